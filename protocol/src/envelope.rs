@@ -1,0 +1,899 @@
+//! The Switchboard v1 envelopes: client commands, replies, pushes; MessagePack and JSON.
+//!
+//! Owns the envelope shapes (documented in `docs/PROTOCOL.md`), decoding commands and
+//! encoding replies and pushes straight into complete WebSocket frames. Does not own
+//! what a command does (the engine) or token checks (the control plane).
+//!
+//! Every envelope is a map with string keys. The application payload (`data`) is opaque:
+//! decoding keeps the raw bytes of that one value ([`Payload`]) and encoding a
+//! publication splices them back unchanged, so user data is never re-encoded on the
+//! fan-out path. Only a subscriber speaking the *other* format gets a transcoded copy,
+//! made once per publication. MessagePack maps are walked with `rmp` (no allocation);
+//! JSON maps are read by serde_json into borrowed `RawValue`s.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::frame::{FrameBuilder, OpCode};
+use crate::handshake::{SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+use crate::Error;
+
+/// Envelope encoding, fixed per connection by the negotiated subprotocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// `switchboard.v1.msgpack`, binary frames.
+    MsgPack,
+    /// `switchboard.v1.json`, text frames.
+    Json,
+}
+
+impl Format {
+    /// Both formats, for encode-once-per-format loops.
+    pub const ALL: [Format; 2] = [Format::MsgPack, Format::Json];
+
+    /// The subprotocol name.
+    pub fn subprotocol(self) -> &'static str {
+        match self {
+            Format::MsgPack => SUBPROTOCOL_MSGPACK,
+            Format::Json => SUBPROTOCOL_JSON,
+        }
+    }
+
+    /// The frame opcode used for this format's messages.
+    pub fn opcode(self) -> OpCode {
+        match self {
+            Format::MsgPack => OpCode::Binary,
+            Format::Json => OpCode::Text,
+        }
+    }
+
+    /// Index of this format in [`Format::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// An opaque application payload: the raw encoding of one value in `format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Payload<'a> {
+    /// Format the value is encoded in.
+    pub format: Format,
+    /// Raw bytes of exactly one MessagePack value or one JSON value.
+    pub raw: &'a [u8],
+}
+
+/// A client command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// Authenticate with a JWT.
+    Connect {
+        /// The JWT.
+        token: Cow<'a, str>,
+    },
+    /// Start receiving a channel's publications.
+    Subscribe {
+        /// Channel name.
+        channel: Cow<'a, str>,
+    },
+    /// Stop receiving a channel's publications.
+    Unsubscribe {
+        /// Channel name.
+        channel: Cow<'a, str>,
+    },
+    /// Publish `data` to every subscriber of `channel`.
+    Publish {
+        /// Channel name.
+        channel: Cow<'a, str>,
+        /// The opaque payload.
+        data: Payload<'a>,
+    },
+    /// Round trip; the reply is empty.
+    Ping,
+    /// Decodable envelope with an `id` but an unknown command or a missing or mistyped
+    /// field: answered with error [`ErrorCode::BadRequest`], the connection stays open.
+    Invalid(&'static str),
+}
+
+/// A command with the id its reply carries back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// Client-chosen id, echoed in the reply.
+    pub id: u32,
+    /// The command.
+    pub command: Command<'a>,
+}
+
+/// Numeric error codes carried in error replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// Unexpected server failure.
+    Internal = 100,
+    /// The token is invalid (bad signature, malformed, wrong issuer/audience, not yet valid).
+    Unauthorized = 101,
+    /// A command other than `connect`/`ping` before a successful `connect`.
+    NotConnected = 102,
+    /// The token's `channels` claim does not allow this channel.
+    PermissionDenied = 103,
+    /// Unknown command, missing or mistyped field, invalid channel name.
+    BadRequest = 104,
+    /// `connect` on a connection that is already connected.
+    AlreadyConnected = 105,
+    /// `subscribe` to a channel already subscribed.
+    AlreadySubscribed = 106,
+    /// `unsubscribe` from a channel not subscribed.
+    NotSubscribed = 107,
+    /// The server cannot take this now (queues full); retry with backoff.
+    Overloaded = 108,
+    /// The token has expired; get a fresh one.
+    TokenExpired = 109,
+    /// A per-connection limit was reached (for example subscriptions).
+    LimitExceeded = 110,
+}
+
+/// Result of a successful `connect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectResult {
+    /// Server-assigned id of this connection.
+    pub client: String,
+    /// User id (the token's `sub`).
+    pub user: String,
+    /// Shard (core) serving the connection.
+    pub shard: u16,
+    /// Interval at which the server pings, in milliseconds.
+    pub ping_interval_ms: u64,
+    /// Token expiry, Unix seconds, if the token has one.
+    pub expires_at: Option<u64>,
+}
+
+/// Result of commands that return nothing but success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Empty {}
+
+/// The raw value bytes of the known top-level keys of an envelope.
+#[derive(Debug, Default, Clone, Copy)]
+struct RawFields<'a> {
+    id: Option<&'a [u8]>,
+    cmd: Option<&'a [u8]>,
+    token: Option<&'a [u8]>,
+    channel: Option<&'a [u8]>,
+    data: Option<&'a [u8]>,
+    push: Option<&'a [u8]>,
+    result: Option<&'a [u8]>,
+    error: Option<&'a [u8]>,
+    code: Option<&'a [u8]>,
+    message: Option<&'a [u8]>,
+    reason: Option<&'a [u8]>,
+    reconnect: Option<&'a [u8]>,
+}
+
+impl<'a> RawFields<'a> {
+    fn slot(&mut self, key: &str) -> Option<&mut Option<&'a [u8]>> {
+        Some(match key {
+            "id" => &mut self.id,
+            "cmd" => &mut self.cmd,
+            "token" => &mut self.token,
+            "channel" => &mut self.channel,
+            "data" => &mut self.data,
+            "push" => &mut self.push,
+            "result" => &mut self.result,
+            "error" => &mut self.error,
+            "code" => &mut self.code,
+            "message" => &mut self.message,
+            "reason" => &mut self.reason,
+            "reconnect" => &mut self.reconnect,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct JsonFields<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    cmd: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    channel: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    push: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    result: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    error: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    code: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    message: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    reason: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    reconnect: Option<&'a RawValue>,
+}
+
+/// A key that is present holds a value, even `null` (plain `Option` would turn a
+/// `null` payload into "missing").
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+fn fields(format: Format, bytes: &[u8]) -> Result<RawFields<'_>, Error> {
+    match format {
+        Format::Json => {
+            // serde's derive would also accept an array as a struct: envelopes are objects.
+            if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                return Err(Error::Envelope("not a JSON object".into()));
+            }
+            let f: JsonFields<'_> = serde_json::from_slice(bytes)
+                .map_err(|e| Error::Envelope(format!("not a JSON object: {e}")))?;
+            fn raw(v: Option<&RawValue>) -> Option<&[u8]> {
+                v.map(|v| v.get().as_bytes())
+            }
+            Ok(RawFields {
+                id: raw(f.id),
+                cmd: raw(f.cmd),
+                token: raw(f.token),
+                channel: raw(f.channel),
+                data: raw(f.data),
+                push: raw(f.push),
+                result: raw(f.result),
+                error: raw(f.error),
+                code: raw(f.code),
+                message: raw(f.message),
+                reason: raw(f.reason),
+                reconnect: raw(f.reconnect),
+            })
+        }
+        Format::MsgPack => {
+            let mut rest = bytes;
+            let n = rmp::decode::read_map_len(&mut rest)
+                .map_err(|_| Error::Envelope("not a MessagePack map".into()))?;
+            let mut out = RawFields::default();
+            for _ in 0..n {
+                let (key, after) = rmp::decode::read_str_from_slice(rest)
+                    .map_err(|_| Error::Envelope("map key is not a string".into()))?;
+                let len = msgpack_value_len(after)?;
+                if let Some(slot) = out.slot(key) {
+                    *slot = Some(&after[..len]);
+                }
+                rest = &after[len..];
+            }
+            if !rest.is_empty() {
+                return Err(Error::Envelope("trailing bytes after the envelope".into()));
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Length in bytes of the one MessagePack value at the start of `buf`.
+///
+/// Iterative (a counter of values still to skip), so nesting depth cannot overflow the
+/// stack; every declared length is checked against the bytes actually present.
+pub fn msgpack_value_len(buf: &[u8]) -> Result<usize, Error> {
+    use rmp::Marker as M;
+    let truncated = || Error::Envelope("truncated MessagePack value".into());
+    let be = |at: usize, n: usize| -> Result<usize, Error> {
+        let b = buf.get(at..at + n).ok_or_else(truncated)?;
+        Ok(b.iter().fold(0usize, |acc, &x| (acc << 8) | x as usize))
+    };
+    let mut pos = 0usize;
+    let mut remaining = 1usize;
+    while remaining > 0 {
+        remaining -= 1;
+        let marker = M::from_u8(*buf.get(pos).ok_or_else(truncated)?);
+        pos += 1;
+        let (skip, items) = match marker {
+            M::FixPos(_) | M::FixNeg(_) | M::Null | M::True | M::False => (0, 0),
+            M::U8 | M::I8 => (1, 0),
+            M::U16 | M::I16 => (2, 0),
+            M::U32 | M::I32 | M::F32 => (4, 0),
+            M::U64 | M::I64 | M::F64 => (8, 0),
+            M::FixStr(n) => (n as usize, 0),
+            M::Str8 | M::Bin8 => (1 + be(pos, 1)?, 0),
+            M::Str16 | M::Bin16 => (2 + be(pos, 2)?, 0),
+            M::Str32 | M::Bin32 => (4 + be(pos, 4)?, 0),
+            M::FixArray(n) => (0, n as usize),
+            M::Array16 => (2, be(pos, 2)?),
+            M::Array32 => (4, be(pos, 4)?),
+            M::FixMap(n) => (0, 2 * n as usize),
+            M::Map16 => (2, 2 * be(pos, 2)?),
+            M::Map32 => (4, 2 * be(pos, 4)?),
+            M::FixExt1 => (2, 0),
+            M::FixExt2 => (3, 0),
+            M::FixExt4 => (5, 0),
+            M::FixExt8 => (9, 0),
+            M::FixExt16 => (17, 0),
+            M::Ext8 => (2 + be(pos, 1)?, 0),
+            M::Ext16 => (3 + be(pos, 2)?, 0),
+            M::Ext32 => (5 + be(pos, 4)?, 0),
+            M::Reserved => return Err(Error::Envelope("reserved MessagePack marker".into())),
+        };
+        pos = pos
+            .checked_add(skip)
+            .filter(|&p| p <= buf.len())
+            .ok_or_else(truncated)?;
+        // Every item takes at least one byte: a count larger than what is left is a lie.
+        if items > buf.len() - pos {
+            return Err(truncated());
+        }
+        remaining += items;
+    }
+    Ok(pos)
+}
+
+fn read_u64(format: Format, raw: &[u8]) -> Option<u64> {
+    match format {
+        Format::MsgPack => {
+            let mut r = raw;
+            rmp::decode::read_int::<u64, _>(&mut r).ok()
+        }
+        Format::Json => serde_json::from_slice::<u64>(raw).ok(),
+    }
+}
+
+fn read_bool(format: Format, raw: &[u8]) -> Option<bool> {
+    match format {
+        Format::MsgPack => {
+            let mut r = raw;
+            rmp::decode::read_bool(&mut r).ok()
+        }
+        Format::Json => serde_json::from_slice::<bool>(raw).ok(),
+    }
+}
+
+fn read_str(format: Format, raw: &[u8]) -> Option<Cow<'_, str>> {
+    match format {
+        Format::MsgPack => rmp::decode::read_str_from_slice(raw)
+            .ok()
+            .map(|(s, _)| Cow::Borrowed(s)),
+        Format::Json => match serde_json::from_slice::<&str>(raw) {
+            Ok(s) => Some(Cow::Borrowed(s)),
+            // Escapes in the string: it cannot be borrowed.
+            Err(_) => serde_json::from_slice::<String>(raw).ok().map(Cow::Owned),
+        },
+    }
+}
+
+/// Decode one client command.
+///
+/// An envelope that is not a map, or has no numeric `id`, is an [`Error::Envelope`]
+/// (the connection is closed with 4000). One with an id but an unknown `cmd` or a bad
+/// field decodes to [`Command::Invalid`] so the client gets an error reply.
+pub fn decode_request<'a>(format: Format, bytes: &'a [u8]) -> Result<Request<'a>, Error> {
+    let f = fields(format, bytes)?;
+    let id =
+        f.id.and_then(|raw| read_u64(format, raw))
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| {
+                Error::Envelope("missing or invalid 'id' (unsigned 32-bit integer)".into())
+            })?;
+    let str_field = |raw: Option<&'a [u8]>| raw.and_then(|r| read_str(format, r));
+    let command = match str_field(f.cmd).as_deref() {
+        None => Command::Invalid("missing or invalid 'cmd'"),
+        Some("connect") => match str_field(f.token) {
+            Some(token) => Command::Connect { token },
+            None => Command::Invalid("connect needs a 'token' string"),
+        },
+        Some("subscribe") => match str_field(f.channel) {
+            Some(channel) => Command::Subscribe { channel },
+            None => Command::Invalid("subscribe needs a 'channel' string"),
+        },
+        Some("unsubscribe") => match str_field(f.channel) {
+            Some(channel) => Command::Unsubscribe { channel },
+            None => Command::Invalid("unsubscribe needs a 'channel' string"),
+        },
+        Some("publish") => match (str_field(f.channel), f.data) {
+            (Some(channel), Some(raw)) => Command::Publish {
+                channel,
+                data: Payload { format, raw },
+            },
+            _ => Command::Invalid("publish needs a 'channel' string and 'data'"),
+        },
+        Some("ping") => Command::Ping,
+        Some(_) => Command::Invalid("unknown command"),
+    };
+    Ok(Request { id, command })
+}
+
+/// Whether `name` is a valid channel name: 1 to 255 bytes, no whitespace or control
+/// characters.
+pub fn valid_channel(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+#[derive(Serialize)]
+struct ResultReply<'a, T: Serialize> {
+    id: u32,
+    result: &'a T,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: u16,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct ErrorReply<'a> {
+    id: u32,
+    error: ErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+struct DisconnectPush<'a> {
+    push: &'static str,
+    code: u16,
+    reason: &'a str,
+    reconnect: bool,
+}
+
+fn encode_serde<T: Serialize>(format: Format, value: &T, hint: usize) -> Bytes {
+    let mut b = FrameBuilder::with_capacity(hint);
+    match format {
+        Format::MsgPack => rmp_serde::encode::write_named(&mut b.writer(), value)
+            .expect("serialising to memory cannot fail"),
+        Format::Json => {
+            serde_json::to_writer(b.writer(), value).expect("serialising to memory cannot fail")
+        }
+    }
+    b.finish(format.opcode())
+}
+
+/// A complete frame carrying `{"id": id, "result": result}`.
+pub fn encode_result<T: Serialize>(format: Format, id: u32, result: &T) -> Bytes {
+    encode_serde(format, &ResultReply { id, result }, 64)
+}
+
+/// A complete frame carrying `{"id": id, "error": {"code": code, "message": message}}`.
+pub fn encode_error(format: Format, id: u32, code: ErrorCode, message: &str) -> Bytes {
+    encode_serde(
+        format,
+        &ErrorReply {
+            id,
+            error: ErrorBody {
+                code: code as u16,
+                message,
+            },
+        },
+        32 + message.len(),
+    )
+}
+
+/// A complete frame carrying the `disconnect` push sent before a close frame.
+pub fn encode_disconnect(format: Format, code: u16, reason: &str, reconnect: bool) -> Bytes {
+    encode_serde(
+        format,
+        &DisconnectPush {
+            push: "disconnect",
+            code,
+            reason,
+            reconnect,
+        },
+        48 + reason.len(),
+    )
+}
+
+/// A complete frame carrying `{"push":"publication","channel":…,"data":…}` for
+/// subscribers speaking `format`.
+///
+/// Hot path (once per publication per format, never per subscriber). When `data` is
+/// already in `format` its bytes are copied in unchanged; otherwise they are transcoded
+/// once (MessagePack `bin` becomes a JSON array of byte values).
+pub fn encode_publication(
+    format: Format,
+    channel: &str,
+    data: Payload<'_>,
+) -> Result<Bytes, Error> {
+    let mut b = FrameBuilder::with_capacity(40 + channel.len() + data.raw.len());
+    match format {
+        Format::MsgPack => {
+            let mut w = b.writer();
+            let io = |_| Error::Envelope("write to memory failed".into());
+            rmp::encode::write_map_len(&mut w, 3).map_err(io)?;
+            rmp::encode::write_str(&mut w, "push").map_err(io)?;
+            rmp::encode::write_str(&mut w, "publication").map_err(io)?;
+            rmp::encode::write_str(&mut w, "channel").map_err(io)?;
+            rmp::encode::write_str(&mut w, channel).map_err(io)?;
+            rmp::encode::write_str(&mut w, "data").map_err(io)?;
+            drop(w);
+            match data.format {
+                Format::MsgPack => b.extend(data.raw),
+                Format::Json => {
+                    let mut de = serde_json::Deserializer::from_slice(data.raw);
+                    let mut ser = rmp_serde::Serializer::new(b.writer()).with_struct_map();
+                    serde_transcode::transcode(&mut de, &mut ser).map_err(|e| {
+                        Error::Envelope(format!("payload does not transcode to MessagePack: {e}"))
+                    })?;
+                }
+            }
+        }
+        Format::Json => {
+            b.extend(b"{\"push\":\"publication\",\"channel\":");
+            serde_json::to_writer(b.writer(), channel)
+                .map_err(|e| Error::Envelope(e.to_string()))?;
+            b.extend(b",\"data\":");
+            match data.format {
+                Format::Json => b.extend(data.raw),
+                Format::MsgPack => {
+                    let mut de = rmp_serde::Deserializer::from_read_ref(data.raw);
+                    let mut ser = serde_json::Serializer::new(b.writer());
+                    serde_transcode::transcode(&mut de, &mut ser).map_err(|e| {
+                        Error::Envelope(format!("payload does not transcode to JSON: {e}"))
+                    })?;
+                }
+            }
+            b.extend(b"}");
+        }
+    }
+    Ok(b.finish(format.opcode()))
+}
+
+/// A message from the server, as a client decodes it (tests, loadtest, SDKs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerMessage<'a> {
+    /// Successful reply to command `id`; `result` is the raw encoded result value.
+    Result {
+        /// Id of the command answered.
+        id: u32,
+        /// Raw result value in the connection's format.
+        result: &'a [u8],
+    },
+    /// Error reply to command `id`.
+    Error {
+        /// Id of the command answered.
+        id: u32,
+        /// Numeric error code (see [`ErrorCode`]).
+        code: u16,
+        /// Human-readable message.
+        message: String,
+    },
+    /// A publication on a subscribed channel.
+    Publication {
+        /// Channel name.
+        channel: Cow<'a, str>,
+        /// The payload, in the connection's format.
+        data: Payload<'a>,
+    },
+    /// The server is about to close the connection.
+    Disconnect {
+        /// Close code that follows.
+        code: u16,
+        /// Reason.
+        reason: String,
+        /// Whether reconnecting makes sense.
+        reconnect: bool,
+    },
+}
+
+#[derive(Deserialize)]
+struct ErrorBodyOwned {
+    code: u16,
+    message: String,
+}
+
+/// Decode one server message (client side).
+pub fn decode_server_message(format: Format, bytes: &[u8]) -> Result<ServerMessage<'_>, Error> {
+    let f = fields(format, bytes)?;
+    let bad = |what: &str| Error::Envelope(format!("server message: {what}"));
+    if let Some(push) = f.push.and_then(|r| read_str(format, r)) {
+        return match &*push {
+            "publication" => Ok(ServerMessage::Publication {
+                channel: f
+                    .channel
+                    .and_then(|r| read_str(format, r))
+                    .ok_or_else(|| bad("channel"))?,
+                data: Payload {
+                    format,
+                    raw: f.data.ok_or_else(|| bad("data"))?,
+                },
+            }),
+            "disconnect" => Ok(ServerMessage::Disconnect {
+                code: f
+                    .code
+                    .and_then(|r| read_u64(format, r))
+                    .and_then(|c| u16::try_from(c).ok())
+                    .ok_or_else(|| bad("code"))?,
+                reason: f
+                    .reason
+                    .and_then(|r| read_str(format, r))
+                    .ok_or_else(|| bad("reason"))?
+                    .into_owned(),
+                reconnect: f
+                    .reconnect
+                    .and_then(|r| read_bool(format, r))
+                    .ok_or_else(|| bad("reconnect"))?,
+            }),
+            _ => Err(bad("unknown push")),
+        };
+    }
+    let id =
+        f.id.and_then(|r| read_u64(format, r))
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| bad("id"))?;
+    if let Some(result) = f.result {
+        return Ok(ServerMessage::Result { id, result });
+    }
+    let raw = f.error.ok_or_else(|| bad("neither result nor error"))?;
+    let body: ErrorBodyOwned = match format {
+        Format::MsgPack => rmp_serde::from_slice(raw).map_err(|e| bad(&e.to_string()))?,
+        Format::Json => serde_json::from_slice(raw).map_err(|e| bad(&e.to_string()))?,
+    };
+    Ok(ServerMessage::Error {
+        id,
+        code: body.code,
+        message: body.message,
+    })
+}
+
+/// Encode a client command (client side: tests, loadtest, SDKs). `data` of a publish
+/// must already be encoded in `format`.
+pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        id: u32,
+        cmd: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'a str>,
+    }
+    let (cmd, token, channel, data) = match &req.command {
+        Command::Connect { token } => ("connect", Some(&**token), None, None),
+        Command::Subscribe { channel } => ("subscribe", None, Some(&**channel), None),
+        Command::Unsubscribe { channel } => ("unsubscribe", None, Some(&**channel), None),
+        Command::Publish { channel, data } => ("publish", None, Some(&**channel), Some(data)),
+        Command::Ping => ("ping", None, None, None),
+        Command::Invalid(c) => (*c, None, None, None),
+    };
+    let out = Out {
+        id: req.id,
+        cmd,
+        token,
+        channel,
+    };
+    let mut bytes = match format {
+        Format::MsgPack => {
+            rmp_serde::to_vec_named(&out).expect("serialising to memory cannot fail")
+        }
+        Format::Json => serde_json::to_vec(&out).expect("serialising to memory cannot fail"),
+    };
+    if let Some(data) = data {
+        // Append the raw data as one more map entry, unchanged.
+        match format {
+            Format::MsgPack => {
+                // The map header is a fixmap (at most 4 entries so far): bump its count.
+                bytes[0] += 1;
+                rmp::encode::write_str(&mut bytes, "data").expect("vec write");
+                bytes.extend_from_slice(data.raw);
+            }
+            Format::Json => {
+                bytes.pop();
+                bytes.extend_from_slice(b",\"data\":");
+                bytes.extend_from_slice(data.raw);
+                bytes.push(b'}');
+            }
+        }
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{check, take, Check, Role};
+    use bytes::BytesMut;
+    use proptest::prelude::*;
+
+    fn payload_of(frame: &Bytes) -> Bytes {
+        let mut buf = BytesMut::from(&frame[..]);
+        let Check::Complete(h) = check(&buf, Role::Client, usize::MAX).unwrap() else {
+            panic!()
+        };
+        take(&mut buf, &h).payload
+    }
+
+    #[test]
+    fn json_commands() {
+        let r = decode_request(
+            Format::Json,
+            br#"{"id":7,"cmd":"publish","channel":"room:1","data":{"text":"hi"}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.id, 7);
+        let Command::Publish { channel, data } = r.command else {
+            panic!()
+        };
+        assert_eq!(channel, "room:1");
+        assert_eq!(data.raw, br#"{"text":"hi"}"#);
+        let r = decode_request(
+            Format::Json,
+            br#"{"id":1,"cmd":"subscribe","channel":"a\u0062"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.command,
+            Command::Subscribe {
+                channel: "ab".into()
+            }
+        );
+        let r = decode_request(Format::Json, br#"{"id":1,"cmd":"dance"}"#).unwrap();
+        assert_eq!(r.command, Command::Invalid("unknown command"));
+        let r = decode_request(Format::Json, br#"{"id":1,"cmd":"subscribe","channel":5}"#).unwrap();
+        assert!(matches!(r.command, Command::Invalid(_)));
+        assert!(decode_request(Format::Json, br#"{"cmd":"ping"}"#).is_err());
+        assert!(decode_request(Format::Json, br#"[1,2]"#).is_err());
+        assert!(decode_request(Format::Json, br#"{"id":-1,"cmd":"ping"}"#).is_err());
+    }
+
+    #[test]
+    fn msgpack_commands_keep_data_raw() {
+        let data =
+            rmp_serde::to_vec_named(&serde_json::json!({"text": "hi", "n": [1, 2, 3]})).unwrap();
+        let req = Request {
+            id: 42,
+            command: Command::Publish {
+                channel: "room:1".into(),
+                data: Payload {
+                    format: Format::MsgPack,
+                    raw: &data,
+                },
+            },
+        };
+        let bytes = encode_request(Format::MsgPack, &req);
+        let back = decode_request(Format::MsgPack, &bytes).unwrap();
+        assert_eq!(back, req);
+        // Unknown keys are skipped.
+        let mut extra = rmp_serde::to_vec_named(
+            &serde_json::json!({"id": 1, "cmd": "ping", "x": {"deep": [1, {"a": null}]}}),
+        )
+        .unwrap();
+        assert_eq!(
+            decode_request(Format::MsgPack, &extra).unwrap().command,
+            Command::Ping
+        );
+        extra.push(0xc0);
+        assert!(decode_request(Format::MsgPack, &extra).is_err());
+    }
+
+    #[test]
+    fn publication_same_and_cross_format() {
+        let json = Payload {
+            format: Format::Json,
+            raw: br#"{"text":"hi","n":1}"#,
+        };
+        let f = encode_publication(Format::Json, "room:\"1\"", json).unwrap();
+        assert_eq!(f[0], 0x81);
+        let v: serde_json::Value = serde_json::from_slice(&payload_of(&f)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"push":"publication","channel":"room:\"1\"","data":{"text":"hi","n":1}})
+        );
+
+        let f = encode_publication(Format::MsgPack, "room:1", json).unwrap();
+        assert_eq!(f[0], 0x82);
+        let p = payload_of(&f);
+        let ServerMessage::Publication { channel, data } =
+            decode_server_message(Format::MsgPack, &p).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(channel, "room:1");
+        let v: serde_json::Value = rmp_serde::from_slice(data.raw).unwrap();
+        assert_eq!(v, serde_json::json!({"text":"hi","n":1}));
+
+        let mp = rmp_serde::to_vec(&serde_bytes::Bytes::new(&[1, 2, 3])).unwrap();
+        let f = encode_publication(
+            Format::Json,
+            "c",
+            Payload {
+                format: Format::MsgPack,
+                raw: &mp,
+            },
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&payload_of(&f)).unwrap();
+        assert_eq!(v["data"], serde_json::json!([1, 2, 3]));
+    }
+
+    #[test]
+    fn replies_decode() {
+        for format in Format::ALL {
+            let f = encode_error(format, 9, ErrorCode::PermissionDenied, "no");
+            let p = payload_of(&f);
+            assert_eq!(
+                decode_server_message(format, &p).unwrap(),
+                ServerMessage::Error {
+                    id: 9,
+                    code: 103,
+                    message: "no".into()
+                }
+            );
+            let f = encode_disconnect(format, 4003, "slow consumer", true);
+            let p = payload_of(&f);
+            assert_eq!(
+                decode_server_message(format, &p).unwrap(),
+                ServerMessage::Disconnect {
+                    code: 4003,
+                    reason: "slow consumer".into(),
+                    reconnect: true
+                }
+            );
+            let f = encode_result(format, 3, &Empty {});
+            let p = payload_of(&f);
+            assert!(matches!(
+                decode_server_message(format, &p).unwrap(),
+                ServerMessage::Result { id: 3, .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn value_len_rejects_lies() {
+        assert!(msgpack_value_len(&[0xdd, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(msgpack_value_len(&[0xda, 0x00, 0x05, b'a']).is_err());
+        assert!(msgpack_value_len(&[0xc1]).is_err());
+        assert_eq!(
+            msgpack_value_len(&[0x92, 0x01, 0xa1, b'x', 0xff]).unwrap(),
+            4
+        );
+    }
+
+    fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "\\PC{0,20}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[a-z]{1,6}", inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn request_roundtrip(id in any::<u32>(), channel in "[a-z:]{1,20}", value in arb_json(), json in any::<bool>()) {
+            let format = if json { Format::Json } else { Format::MsgPack };
+            let raw = match format {
+                Format::Json => serde_json::to_vec(&value).unwrap(),
+                Format::MsgPack => rmp_serde::to_vec_named(&value).unwrap(),
+            };
+            let req = Request { id, command: Command::Publish { channel: channel.clone().into(), data: Payload { format, raw: &raw } } };
+            let bytes = encode_request(format, &req);
+            prop_assert_eq!(decode_request(format, &bytes).unwrap(), req);
+            // The publication carries the same value to both formats.
+            for out in Format::ALL {
+                let f = encode_publication(out, &channel, Payload { format, raw: &raw }).unwrap();
+                let p = payload_of(&f);
+                let ServerMessage::Publication { channel: c, data } = decode_server_message(out, &p).unwrap() else { panic!() };
+                prop_assert_eq!(&c, &channel);
+                let back: serde_json::Value = match out {
+                    Format::Json => serde_json::from_slice(data.raw).unwrap(),
+                    Format::MsgPack => rmp_serde::from_slice(data.raw).unwrap(),
+                };
+                prop_assert_eq!(&back, &value);
+            }
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = decode_request(Format::MsgPack, &bytes);
+            let _ = decode_request(Format::Json, &bytes);
+            let _ = decode_server_message(Format::MsgPack, &bytes);
+        }
+    }
+}
