@@ -1,1 +1,36 @@
+//! Switchboard's engine: thread-per-core shards holding WebSocket connections.
+//!
+//! # Layout
+//! - [`config`]: the engine's settings.
+//! - [`core`]: one shard's connections, commands, fan-out and timers, without sockets.
+//! - [`epoll`]: the backend that drives a core with a single-threaded tokio runtime
+//!   (epoll); the io_uring backend will drive the same core.
+//! - [`mesh`]: lock-free bounded inboxes between shards and from the control plane.
+//! - [`channels`], [`outq`], [`wheel`]: the channel index, per-connection outbound
+//!   queues, the heartbeat wheel.
+//! - [`auth`]: what shards ask the control plane about tokens.
+//! - [`metrics`]: per-shard counters.
+//!
+//! Each shard is a thread pinned to a core, with its own listener on the shared port
+//! (SO_REUSEPORT). Nothing per connection is shared between threads; crossing threads
+//! is a message on a [`mesh::Inbox`]. The engine does not verify tokens, serve HTTP or
+//! read configuration files: the control plane does.
 
+pub mod auth;
+pub mod channels;
+pub mod config;
+pub mod core;
+pub mod epoll;
+pub mod mesh;
+pub mod metrics;
+pub mod outq;
+pub mod wheel;
+
+mod engine;
+
+pub use auth::{AuthFailure, ControlRequest, Identity};
+pub use config::EngineConfig;
+pub use core::{ConnKey, ShardCore};
+pub use engine::{Engine, EngineError, EngineHandle, PublishError};
+pub use mesh::{Mesh, Publication, ShardMsg};
+pub use metrics::{CloseKind, ShardMetrics};

@@ -70,8 +70,8 @@ pub struct Payload<'a> {
 pub enum Command<'a> {
     /// Authenticate with a JWT.
     Connect {
-        /// The JWT.
-        token: Cow<'a, str>,
+        /// The JWT; absent when the upgrade request carried `Authorization: Bearer`.
+        token: Option<Cow<'a, str>>,
     },
     /// Start receiving a channel's publications.
     Subscribe {
@@ -378,9 +378,12 @@ pub fn decode_request<'a>(format: Format, bytes: &'a [u8]) -> Result<Request<'a>
     let str_field = |raw: Option<&'a [u8]>| raw.and_then(|r| read_str(format, r));
     let command = match str_field(f.cmd).as_deref() {
         None => Command::Invalid("missing or invalid 'cmd'"),
-        Some("connect") => match str_field(f.token) {
-            Some(token) => Command::Connect { token },
-            None => Command::Invalid("connect needs a 'token' string"),
+        Some("connect") => match f.token {
+            None => Command::Connect { token: None },
+            Some(raw) => match read_str(format, raw) {
+                Some(token) => Command::Connect { token: Some(token) },
+                None => Command::Invalid("'token' must be a string"),
+            },
         },
         Some("subscribe") => match str_field(f.channel) {
             Some(channel) => Command::Subscribe { channel },
@@ -648,7 +651,7 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         channel: Option<&'a str>,
     }
     let (cmd, token, channel, data) = match &req.command {
-        Command::Connect { token } => ("connect", Some(&**token), None, None),
+        Command::Connect { token } => ("connect", token.as_deref(), None, None),
         Command::Subscribe { channel } => ("subscribe", None, Some(&**channel), None),
         Command::Unsubscribe { channel } => ("unsubscribe", None, Some(&**channel), None),
         Command::Publish { channel, data } => ("publish", None, Some(&**channel), Some(data)),

@@ -1,0 +1,151 @@
+//! Engine settings. Every key has a default and a unit in its name; `tuning/default.toml`
+//! documents when to change each one.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of the shards (the `[engine]` table of the config file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// WebSocket listen address; every shard binds it with SO_REUSEPORT.
+    pub listen: SocketAddr,
+    /// Number of shards (threads); 0 means one per available core.
+    pub shards: usize,
+    /// Pin shard `i` to core `i`.
+    pub pin_cores: bool,
+    /// Listen backlog per shard socket.
+    pub backlog: u32,
+    /// Most connections the process holds; more are refused with HTTP 503.
+    pub max_connections: usize,
+    /// Most connections from one IP address; 0 means no limit. More get HTTP 429.
+    pub max_connections_per_ip: u32,
+    /// Largest upgrade request, in bytes (431 beyond).
+    pub max_handshake_bytes: usize,
+    /// Most header lines in an upgrade request (431 beyond).
+    pub max_handshake_headers: usize,
+    /// Largest single frame payload accepted, in bytes (close 1009 beyond).
+    pub max_frame_bytes: usize,
+    /// Largest reassembled message, in bytes (close 1009 beyond).
+    pub max_message_bytes: usize,
+    /// Bound of a connection's outbound queue, in bytes (each queued frame also counts
+    /// 32 bytes of bookkeeping). A client that lets it fill is closed with 4003.
+    pub max_outbound_bytes: usize,
+    /// Most channels one connection may subscribe to.
+    pub max_subscriptions_per_connection: usize,
+    /// A connection must complete its upgrade request within this time.
+    pub handshake_timeout_ms: u64,
+    /// A connection must complete `connect` within this time after the upgrade (close 4002).
+    pub auth_timeout_ms: u64,
+    /// A connection silent for this long is sent a ping.
+    pub ping_interval_ms: u64,
+    /// After a ping, a connection still silent for this long is closed (4004).
+    pub pong_timeout_ms: u64,
+    /// After the server sends a close frame, how long it waits for the peer to close.
+    pub close_timeout_ms: u64,
+    /// On shutdown, how long shards wait for clients to finish the close handshake.
+    pub drain_timeout_ms: u64,
+    /// Resolution of the heartbeat wheel (and of every timeout above).
+    pub tick_ms: u64,
+    /// Size of each shard's shared read buffer, in bytes.
+    pub read_buffer_bytes: usize,
+    /// Capacity of each shard's inbox (messages from other shards and the control plane).
+    pub inbox_capacity: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            shards: 0,
+            pin_cores: true,
+            backlog: 4096,
+            max_connections: 100_000,
+            max_connections_per_ip: 0,
+            max_handshake_bytes: 8192,
+            max_handshake_headers: 32,
+            max_frame_bytes: 65_536,
+            max_message_bytes: 1_048_576,
+            max_outbound_bytes: 262_144,
+            max_subscriptions_per_connection: 256,
+            handshake_timeout_ms: 5_000,
+            auth_timeout_ms: 10_000,
+            ping_interval_ms: 25_000,
+            pong_timeout_ms: 10_000,
+            close_timeout_ms: 2_000,
+            drain_timeout_ms: 10_000,
+            tick_ms: 100,
+            read_buffer_bytes: 65_536,
+            inbox_capacity: 65_536,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Check values that would make the engine misbehave; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("engine.max_connections", self.max_connections as u64),
+            (
+                "engine.max_handshake_bytes",
+                self.max_handshake_bytes as u64,
+            ),
+            (
+                "engine.max_handshake_headers",
+                self.max_handshake_headers as u64,
+            ),
+            ("engine.max_frame_bytes", self.max_frame_bytes as u64),
+            ("engine.max_message_bytes", self.max_message_bytes as u64),
+            ("engine.max_outbound_bytes", self.max_outbound_bytes as u64),
+            ("engine.handshake_timeout_ms", self.handshake_timeout_ms),
+            ("engine.auth_timeout_ms", self.auth_timeout_ms),
+            ("engine.ping_interval_ms", self.ping_interval_ms),
+            ("engine.pong_timeout_ms", self.pong_timeout_ms),
+            ("engine.tick_ms", self.tick_ms),
+            ("engine.read_buffer_bytes", self.read_buffer_bytes as u64),
+            ("engine.inbox_capacity", self.inbox_capacity as u64),
+            ("engine.backlog", self.backlog as u64),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(format!("{key} must be greater than 0"));
+            }
+        }
+        if self.shards > 64 {
+            return Err("engine.shards must be at most 64".into());
+        }
+        if self.max_message_bytes < self.max_frame_bytes {
+            return Err("engine.max_message_bytes must be at least engine.max_frame_bytes".into());
+        }
+        if self.read_buffer_bytes < 4096 {
+            return Err("engine.read_buffer_bytes must be at least 4096".into());
+        }
+        for (key, ms) in [
+            ("engine.handshake_timeout_ms", self.handshake_timeout_ms),
+            ("engine.auth_timeout_ms", self.auth_timeout_ms),
+            ("engine.ping_interval_ms", self.ping_interval_ms),
+            ("engine.pong_timeout_ms", self.pong_timeout_ms),
+        ] {
+            if ms < self.tick_ms {
+                return Err(format!(
+                    "{key} must be at least engine.tick_ms ({} ms)",
+                    self.tick_ms
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The shard count after resolving 0 to the number of cores.
+    pub fn resolved_shards(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(64)
+        }
+    }
+}

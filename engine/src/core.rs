@@ -1,0 +1,1144 @@
+//! One shard's connections and everything they do, without sockets.
+//!
+//! Owns the connection slab (each connection's explicit [`ConnState`], reassembly state
+//! and outbound queue), the channel index, the heartbeat wheel, the pending
+//! cross-shard interest rounds and the spill queue for full inboxes. Does not own
+//! sockets, the reactor or the clock: a backend (`epoll`, later io_uring) feeds it
+//! bytes ([`ShardCore::on_read`]), end of stream, mesh messages and timer ticks, and
+//! takes from it the connections with frames to write ([`ShardCore::take_dirty`]) and
+//! those to wake ([`ShardCore::take_wake`]). Runs on its shard thread only.
+//!
+//! Connection lifecycle:
+//! `Handshaking → AwaitingConnect → Authenticating → Open → Closing → Draining → Closed`.
+//! `Closing` has a close frame queued; `Draining` has flushed it and shut the write
+//! side, waiting for the peer's end of stream; `Closed` tells the backend to drop the
+//! socket and call [`ShardCore::remove`].
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use crossbeam_channel::{Sender, TrySendError};
+use slab::Slab;
+use switchboard_protocol::envelope::{self, ConnectResult, Empty};
+use switchboard_protocol::frame::{self, Check, OpCode, Role};
+use switchboard_protocol::handshake::{self, HandshakeLimits, Parse, Upgrade};
+use switchboard_protocol::{
+    CloseCode, Command, Error as WireError, ErrorCode, Format, Message, MessageAssembler, Payload,
+};
+
+use crate::auth::{ControlRequest, Identity};
+use crate::channels::ChannelIndex;
+use crate::config::EngineConfig;
+use crate::mesh::{Mesh, Publication, Refusal, ShardMsg};
+use crate::metrics::{CloseKind, ShardMetrics};
+use crate::outq::OutQueue;
+use crate::wheel::HeartbeatWheel;
+
+/// Most messages kept waiting for full inboxes of other shards before publishes are
+/// refused with `Overloaded`.
+const SPILL_LIMIT: usize = 65_536;
+/// Most publish-to-flush samples kept per loop turn.
+const LATENCY_SAMPLES_PER_TURN: usize = 256;
+
+/// Identifies a connection across threads: its slab slot and a generation, so an
+/// answer for a connection that has gone (and whose slot was reused) is recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    /// Slab slot on its shard.
+    pub slot: u32,
+    /// Generation of the connection in that slot.
+    pub gen: u32,
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// Reading the HTTP upgrade request.
+    Handshaking,
+    /// Upgraded; waiting for `connect`.
+    AwaitingConnect,
+    /// `connect` sent to the control plane; waiting for its verdict.
+    Authenticating {
+        /// Id of the `connect` command to answer.
+        req_id: u32,
+    },
+    /// Authenticated; commands allowed.
+    Open,
+    /// A close frame (or HTTP error) is queued; nothing more is read or queued.
+    Closing,
+    /// Everything is flushed and the write side shut; waiting for the peer to end.
+    Draining,
+    /// The backend must drop the socket and call `remove`.
+    Closed,
+}
+
+/// What the backend does after a connection's queue emptied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFlush {
+    /// Nothing.
+    Nothing,
+    /// The close frame went out: shut down the write side of the socket.
+    ShutdownWrite,
+}
+
+/// One connection's state on its shard.
+#[derive(Debug)]
+pub struct Conn {
+    /// Generation, matched against [`ConnKey::gen`].
+    gen: u32,
+    /// Lifecycle state.
+    state: ConnState,
+    /// Envelope format chosen by the subprotocol.
+    format: Format,
+    /// Peer address, released from the per-IP count on removal.
+    peer: IpAddr,
+    /// Tick the current phase began (accept, upgrade, close).
+    since: u32,
+    /// Tick of the last bytes received (liveness).
+    last_rx: u32,
+    /// Tick at which this connection's single valid wheel entry is due.
+    next_visit: u32,
+    /// A ping was sent and nothing has been received since.
+    ping_sent: bool,
+    /// Listed in the shard's dirty list.
+    dirty: bool,
+    /// Bytes of an incomplete request or frame (allocated only while incomplete).
+    pending_in: Option<BytesMut>,
+    /// Fragmented message state (a pointer while idle).
+    assembler: MessageAssembler,
+    /// Frames waiting for the socket.
+    out: OutQueue,
+    /// Channels subscribed, for cleanup on close.
+    subs: Vec<Arc<str>>,
+    /// Set once authenticated.
+    identity: Option<Arc<Identity>>,
+    /// Token from `Authorization: Bearer` on the upgrade, used by a token-less `connect`.
+    bearer: Option<Box<str>>,
+}
+
+/// Subscribers waiting until every other shard has learned about new interest.
+#[derive(Debug, Default)]
+struct InterestRound {
+    /// Acknowledgments still expected.
+    acks_left: usize,
+    /// `(slot, gen, request id)` of subscribe commands to answer when done.
+    waiters: Vec<(u32, u32, u32)>,
+}
+
+/// Timeouts converted to ticks.
+#[derive(Debug, Clone, Copy)]
+struct Ticks {
+    handshake: u32,
+    auth: u32,
+    ping: u32,
+    pong: u32,
+    close: u32,
+}
+
+/// One shard's state.
+#[derive(Debug)]
+pub struct ShardCore {
+    id: u16,
+    cfg: Arc<EngineConfig>,
+    limits: HandshakeLimits,
+    ticks: Ticks,
+    conns: Slab<Conn>,
+    next_gen: u32,
+    channels: ChannelIndex,
+    wheel: HeartbeatWheel,
+    /// Current tick.
+    now: u32,
+    /// Wheel entries due this tick (reused).
+    due: Vec<(u64, (u32, u32))>,
+    /// Connections with frames to write.
+    dirty: Vec<u32>,
+    /// Connections whose backend task must run (closed, or must change interest).
+    wake: Vec<u32>,
+    /// Subscribers whose queue overflowed during a fan-out (reused).
+    overflowed: Vec<u32>,
+    mesh: Arc<Mesh>,
+    control: Sender<ControlRequest>,
+    metrics: Arc<ShardMetrics>,
+    /// The one ping frame every connection is sent.
+    ping_frame: Bytes,
+    interest: HashMap<Arc<str>, InterestRound>,
+    /// Messages for other shards whose inbox was full, in order.
+    spill: VecDeque<(u16, ShardMsg)>,
+    /// Creation times of publications delivered this turn.
+    latency: Vec<Instant>,
+    shutting_down: bool,
+}
+
+fn ms_to_ticks(ms: u64, tick_ms: u64) -> u32 {
+    ms.div_ceil(tick_ms).max(1).min(u32::MAX as u64) as u32
+}
+
+impl ShardCore {
+    /// A shard core; `control` carries token checks to the control plane.
+    pub fn new(
+        id: u16,
+        cfg: Arc<EngineConfig>,
+        mesh: Arc<Mesh>,
+        control: Sender<ControlRequest>,
+        metrics: Arc<ShardMetrics>,
+    ) -> Self {
+        let t = cfg.tick_ms;
+        let ticks = Ticks {
+            handshake: ms_to_ticks(cfg.handshake_timeout_ms, t),
+            auth: ms_to_ticks(cfg.auth_timeout_ms, t),
+            ping: ms_to_ticks(cfg.ping_interval_ms, t),
+            pong: ms_to_ticks(cfg.pong_timeout_ms, t),
+            close: ms_to_ticks(cfg.close_timeout_ms, t),
+        };
+        let horizon = [
+            ticks.handshake,
+            ticks.auth,
+            ticks.ping + ticks.pong,
+            ticks.close,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+        ShardCore {
+            id,
+            limits: HandshakeLimits {
+                max_request_bytes: cfg.max_handshake_bytes,
+                max_headers: cfg.max_handshake_headers,
+            },
+            ticks,
+            conns: Slab::new(),
+            next_gen: 0,
+            channels: ChannelIndex::default(),
+            wheel: HeartbeatWheel::new((horizon as usize + 2).min(4096)),
+            now: 0,
+            due: Vec::new(),
+            dirty: Vec::new(),
+            wake: Vec::new(),
+            overflowed: Vec::new(),
+            mesh,
+            control,
+            metrics,
+            ping_frame: frame::encode(OpCode::Ping, b""),
+            interest: HashMap::new(),
+            spill: VecDeque::new(),
+            latency: Vec::new(),
+            shutting_down: false,
+            cfg,
+        }
+    }
+
+    /// This shard's index.
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// Connections held.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether shutdown has begun.
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    /// A connection's state, if `key` is current.
+    pub fn state(&self, key: ConnKey) -> Option<ConnState> {
+        self.conns
+            .get(key.slot as usize)
+            .filter(|c| c.gen == key.gen)
+            .map(|c| c.state)
+    }
+
+    /// Admit a new TCP connection from `peer`, if limits allow.
+    pub fn admit(&mut self, peer: IpAddr) -> Result<ConnKey, Refusal> {
+        if self.shutting_down {
+            return Err(Refusal::ServerFull);
+        }
+        if let Err(r) = self.mesh.admit(
+            peer,
+            self.cfg.max_connections,
+            self.cfg.max_connections_per_ip,
+        ) {
+            self.metrics.closed(CloseKind::LimitReached);
+            return Err(r);
+        }
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let gen = self.next_gen;
+        let slot = self.conns.insert(Conn {
+            gen,
+            state: ConnState::Handshaking,
+            format: Format::MsgPack,
+            peer,
+            since: self.now,
+            last_rx: self.now,
+            next_visit: 0,
+            ping_sent: false,
+            dirty: false,
+            pending_in: None,
+            assembler: MessageAssembler::default(),
+            out: OutQueue::default(),
+            subs: Vec::new(),
+            identity: None,
+            bearer: None,
+        }) as u32;
+        self.schedule(slot, self.now as u64 + self.ticks.handshake as u64);
+        ShardMetrics::add(&self.metrics.accepted, 1);
+        self.metrics.connections.store(
+            self.conns.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(ConnKey { slot, gen })
+    }
+
+    /// Drop a `Closed` connection's state (the backend has dropped the socket).
+    pub fn remove(&mut self, slot: u32) {
+        if let Some(conn) = self.conns.try_remove(slot as usize) {
+            debug_assert!(conn.subs.is_empty());
+            self.mesh.release(conn.peer);
+            self.metrics.connections.store(
+                self.conns.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+
+    fn schedule(&mut self, slot: u32, at: u64) {
+        let at = at.clamp(self.wheel.now() + 1, self.wheel.now() + 4000);
+        if let Some(c) = self.conns.get_mut(slot as usize) {
+            c.next_visit = at as u32;
+            self.wheel.schedule(at, (slot, c.gen));
+        }
+    }
+
+    // ---- input -------------------------------------------------------------------
+
+    /// New bytes arrived for `slot` in the shard's shared read buffer `buf`; `buf` is
+    /// left empty (bytes of an incomplete request or frame move to the connection).
+    ///
+    /// Hot path: complete frames are parsed straight out of the shared buffer.
+    pub fn on_read(&mut self, slot: u32, buf: &mut BytesMut) {
+        let now = self.now;
+        let Some(conn) = self.conns.get_mut(slot as usize) else {
+            buf.clear();
+            return;
+        };
+        ShardMetrics::add(&self.metrics.bytes_in, buf.len() as u64);
+        conn.last_rx = now;
+        conn.ping_sent = false;
+        if matches!(
+            conn.state,
+            ConnState::Closing | ConnState::Draining | ConnState::Closed
+        ) {
+            buf.clear();
+            return;
+        }
+        match conn.pending_in.take() {
+            Some(mut pending) => {
+                pending.extend_from_slice(buf);
+                buf.clear();
+                self.process(slot, &mut pending);
+                self.keep_leftover(slot, pending);
+            }
+            None => {
+                self.process(slot, buf);
+                if !buf.is_empty() {
+                    let leftover = BytesMut::from(&buf[..]);
+                    buf.clear();
+                    self.keep_leftover(slot, leftover);
+                }
+            }
+        }
+    }
+
+    fn keep_leftover(&mut self, slot: u32, leftover: BytesMut) {
+        if let Some(conn) = self.conns.get_mut(slot as usize) {
+            if !leftover.is_empty()
+                && !matches!(
+                    conn.state,
+                    ConnState::Closing | ConnState::Draining | ConnState::Closed
+                )
+            {
+                conn.pending_in = Some(leftover);
+            }
+        }
+    }
+
+    fn process(&mut self, slot: u32, src: &mut BytesMut) {
+        loop {
+            let Some(conn) = self.conns.get_mut(slot as usize) else {
+                return;
+            };
+            match conn.state {
+                ConnState::Handshaking => match handshake::parse(src, &self.limits) {
+                    Ok(Parse::Incomplete) => return,
+                    Ok(Parse::Complete(up)) => {
+                        src.advance(up.consumed);
+                        self.upgraded(slot, up);
+                        continue;
+                    }
+                    Err(e) => {
+                        src.clear();
+                        self.reject_handshake(slot, &e);
+                        return;
+                    }
+                },
+                ConnState::Closing | ConnState::Draining | ConnState::Closed => {
+                    src.clear();
+                    return;
+                }
+                _ => {}
+            }
+            let header = match frame::check(src, Role::Server, self.cfg.max_frame_bytes) {
+                Ok(Check::Incomplete { needed }) => {
+                    src.reserve(needed.saturating_sub(src.len()));
+                    return;
+                }
+                Ok(Check::Complete(h)) => h,
+                Err(e) => {
+                    src.clear();
+                    self.fail(slot, &e);
+                    return;
+                }
+            };
+            let frame = frame::take(src, &header);
+            ShardMetrics::add(&self.metrics.frames_in, 1);
+            match conn.assembler.push(frame, self.cfg.max_message_bytes) {
+                Ok(None) => {}
+                Ok(Some(msg)) => self.handle_message(slot, msg),
+                Err(e) => {
+                    src.clear();
+                    self.fail(slot, &e);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn upgraded(&mut self, slot: u32, up: Upgrade) {
+        let now = self.now;
+        let conn = &mut self.conns[slot as usize];
+        conn.format = up.format;
+        conn.state = ConnState::AwaitingConnect;
+        conn.since = now;
+        conn.bearer = up.bearer.as_deref().map(Box::from);
+        conn.out.push_unbounded(Bytes::from(up.response()));
+        mark_dirty(conn, slot, &mut self.dirty);
+        ShardMetrics::add(&self.metrics.upgraded, 1);
+        self.schedule(slot, now as u64 + self.ticks.auth as u64);
+    }
+
+    fn reject_handshake(&mut self, slot: u32, e: &WireError) {
+        let now = self.now;
+        let conn = &mut self.conns[slot as usize];
+        conn.out
+            .push_unbounded(Bytes::from(handshake::error_response(
+                e.http_status(),
+                e.close_reason(),
+            )));
+        conn.state = ConnState::Closing;
+        conn.since = now;
+        mark_dirty(conn, slot, &mut self.dirty);
+        self.metrics.closed(CloseKind::HandshakeRejected);
+        self.schedule(slot, now as u64 + self.ticks.close as u64);
+    }
+
+    /// A wire-format violation: close with the matching code.
+    fn fail(&mut self, slot: u32, e: &WireError) {
+        let kind = match e {
+            WireError::InvalidUtf8 => CloseKind::InvalidUtf8,
+            WireError::TooBig { .. } => CloseKind::TooBig,
+            WireError::Envelope(_) => CloseKind::MalformedCommand,
+            _ => CloseKind::ProtocolError,
+        };
+        self.begin_close(slot, CloseCode(e.close_code()), e.close_reason(), kind);
+    }
+
+    fn handle_message(&mut self, slot: u32, msg: Message) {
+        match msg {
+            Message::Ping(payload) => self.enqueue(slot, frame::encode(OpCode::Pong, &payload)),
+            Message::Pong(_) => {}
+            Message::Close { code, .. } => {
+                let conn = &mut self.conns[slot as usize];
+                if matches!(
+                    conn.state,
+                    ConnState::Closing | ConnState::Draining | ConnState::Closed
+                ) {
+                    return;
+                }
+                self.detach(slot);
+                self.metrics.closed(CloseKind::ClientClose);
+                let now = self.now;
+                let conn = &mut self.conns[slot as usize];
+                // Echo the peer's code (RFC 6455 §5.5.1); an empty close gets an empty one.
+                conn.out.push_unbounded(match code {
+                    Some(c) => frame::encode_close(c, ""),
+                    None => frame::encode(OpCode::Close, b""),
+                });
+                conn.state = ConnState::Closing;
+                conn.since = now;
+                mark_dirty(conn, slot, &mut self.dirty);
+                self.schedule(slot, now as u64 + self.ticks.close as u64);
+            }
+            Message::Text(payload) | Message::Binary(payload) => {
+                self.handle_command(slot, &payload)
+            }
+        }
+    }
+
+    fn handle_command(&mut self, slot: u32, payload: &Bytes) {
+        let conn = &mut self.conns[slot as usize];
+        let format = conn.format;
+        let req = match envelope::decode_request(format, payload) {
+            Ok(r) => r,
+            Err(e) => return self.fail(slot, &e),
+        };
+        let id = req.id;
+        let state = conn.state;
+        match req.command {
+            Command::Ping => self.reply_ok(slot, id),
+            Command::Invalid(why) => self.reply_err(slot, id, ErrorCode::BadRequest, why),
+            Command::Connect { token } => match state {
+                ConnState::AwaitingConnect => {
+                    let token = match token {
+                        Some(t) => t.into_owned(),
+                        None => match conn.bearer.take() {
+                            Some(t) => t.into(),
+                            None => {
+                                return self.reply_err(
+                                    slot,
+                                    id,
+                                    ErrorCode::BadRequest,
+                                    "connect needs a token",
+                                );
+                            }
+                        },
+                    };
+                    let key = ConnKey {
+                        slot,
+                        gen: conn.gen,
+                    };
+                    let request = ControlRequest::Authenticate {
+                        shard: self.id,
+                        conn: key,
+                        req_id: id,
+                        token,
+                    };
+                    match self.control.try_send(request) {
+                        Ok(()) => {
+                            self.conns[slot as usize].state =
+                                ConnState::Authenticating { req_id: id }
+                        }
+                        Err(TrySendError::Full(_)) => self.reply_err(
+                            slot,
+                            id,
+                            ErrorCode::Overloaded,
+                            "authentication is busy, retry",
+                        ),
+                        Err(TrySendError::Disconnected(_)) => self.reply_err(
+                            slot,
+                            id,
+                            ErrorCode::Internal,
+                            "authentication unavailable",
+                        ),
+                    }
+                }
+                ConnState::Authenticating { .. } => self.reply_err(
+                    slot,
+                    id,
+                    ErrorCode::AlreadyConnected,
+                    "connect already in progress",
+                ),
+                _ => self.reply_err(slot, id, ErrorCode::AlreadyConnected, "already connected"),
+            },
+            _ if state != ConnState::Open => {
+                self.reply_err(slot, id, ErrorCode::NotConnected, "send connect first")
+            }
+            Command::Subscribe { channel } => self.subscribe(slot, id, &channel),
+            Command::Unsubscribe { channel } => self.unsubscribe(slot, id, &channel),
+            Command::Publish { channel, data } => self.publish_from(slot, id, &channel, data),
+        }
+    }
+
+    fn check_channel(&self, slot: u32, channel: &str) -> Result<(), (ErrorCode, &'static str)> {
+        if !envelope::valid_channel(channel) {
+            return Err((ErrorCode::BadRequest, "invalid channel name"));
+        }
+        let allowed = self.conns[slot as usize]
+            .identity
+            .as_ref()
+            .is_some_and(|i| i.may_use(channel));
+        if !allowed {
+            return Err((ErrorCode::PermissionDenied, "channel not allowed by token"));
+        }
+        Ok(())
+    }
+
+    fn subscribe(&mut self, slot: u32, id: u32, channel: &str) {
+        if let Err((code, why)) = self.check_channel(slot, channel) {
+            return self.reply_err(slot, id, code, why);
+        }
+        let conn = &mut self.conns[slot as usize];
+        if conn.subs.len() >= self.cfg.max_subscriptions_per_connection {
+            return self.reply_err(slot, id, ErrorCode::LimitExceeded, "too many subscriptions");
+        }
+        let (format, gen) = (conn.format, conn.gen);
+        let Some((name, change)) = self.channels.subscribe(channel, slot, format) else {
+            return self.reply_err(slot, id, ErrorCode::AlreadySubscribed, "already subscribed");
+        };
+        self.conns[slot as usize].subs.push(name.clone());
+        let others = self.mesh.shards() - 1;
+        if change.before != change.after && others > 0 {
+            // Answer only once every other shard routes this channel's publications
+            // here, so nothing published after the reply can miss this subscriber.
+            self.announce(&name, change.after, true);
+            let round = self.interest.entry(name).or_default();
+            round.acks_left += others;
+            round.waiters.push((slot, gen, id));
+        } else if let Some(round) = self.interest.get_mut(&name) {
+            round.waiters.push((slot, gen, id));
+        } else {
+            self.reply_ok(slot, id);
+        }
+    }
+
+    fn unsubscribe(&mut self, slot: u32, id: u32, channel: &str) {
+        let format = self.conns[slot as usize].format;
+        let Some(change) = self.channels.unsubscribe(channel, slot, format) else {
+            return self.reply_err(slot, id, ErrorCode::NotSubscribed, "not subscribed");
+        };
+        let subs = &mut self.conns[slot as usize].subs;
+        let pos = subs
+            .iter()
+            .position(|c| &**c == channel)
+            .expect("index and conn agree");
+        let name = subs.swap_remove(pos);
+        if change.before != change.after {
+            self.announce(&name, change.after, false);
+        }
+        self.reply_ok(slot, id);
+    }
+
+    fn publish_from(&mut self, slot: u32, id: u32, channel: &str, data: Payload<'_>) {
+        if let Err((code, why)) = self.check_channel(slot, channel) {
+            return self.reply_err(slot, id, code, why);
+        }
+        if self.spill.len() >= SPILL_LIMIT {
+            return self.reply_err(slot, id, ErrorCode::Overloaded, "server overloaded, retry");
+        }
+        ShardMetrics::add(&self.metrics.publications, 1);
+        match self.publish(channel, data) {
+            Ok(()) => self.reply_ok(slot, id),
+            Err(e) => self.reply_err(slot, id, ErrorCode::BadRequest, &e.to_string()),
+        }
+    }
+
+    /// Publish `data` to `channel` from this shard: encode once per format someone
+    /// needs, deliver locally, send one message to each other shard with subscribers.
+    ///
+    /// Hot path.
+    pub fn publish(&mut self, channel: &str, data: Payload<'_>) -> Result<(), WireError> {
+        let local = self.channels.local(channel).map_or(0, |e| e.formats());
+        let remote = self.channels.remote(channel);
+        let needed = local | (remote[0] != 0) as u8 | ((remote[1] != 0) as u8) << 1;
+        if needed == 0 {
+            return Ok(());
+        }
+        let mut frames = [None, None];
+        for f in Format::ALL {
+            if needed & (1 << f.index()) != 0 {
+                frames[f.index()] = Some(envelope::encode_publication(f, channel, data)?);
+            }
+        }
+        let name = self.channels.name(channel).expect("someone subscribes");
+        let publication = Arc::new(Publication {
+            channel: name,
+            frames,
+            created: Instant::now(),
+        });
+        if local != 0 {
+            self.deliver(&publication);
+        }
+        let mut targets = remote[0] | remote[1];
+        while targets != 0 {
+            let shard = targets.trailing_zeros() as u16;
+            targets &= targets - 1;
+            self.send_to(shard, ShardMsg::Publish(publication.clone()));
+        }
+        Ok(())
+    }
+
+    /// Queue a publication's frame on every local subscriber (a refcount bump each).
+    ///
+    /// Hot path: no allocation, no lock, no syscall; a subscriber whose queue is full
+    /// is disconnected as a slow consumer afterwards.
+    pub fn deliver(&mut self, p: &Publication) {
+        let Some(entry) = self.channels.local(&p.channel) else {
+            return;
+        };
+        let limit = self.cfg.max_outbound_bytes;
+        let mut delivered = 0u64;
+        for &slot in entry.subscribers.iter() {
+            let Some(conn) = self.conns.get_mut(slot as usize) else {
+                continue;
+            };
+            let Some(frame) = &p.frames[conn.format.index()] else {
+                continue;
+            };
+            if conn.out.push(frame.clone(), limit).is_err() {
+                self.overflowed.push(slot);
+                continue;
+            }
+            delivered += 1;
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(slot);
+            }
+        }
+        ShardMetrics::add(&self.metrics.deliveries, delivered);
+        if self.latency.len() < LATENCY_SAMPLES_PER_TURN {
+            self.latency.push(p.created);
+        }
+        while let Some(slot) = self.overflowed.pop() {
+            self.slow_consumer(slot);
+        }
+    }
+
+    fn slow_consumer(&mut self, slot: u32) {
+        if let Some(conn) = self.conns.get_mut(slot as usize) {
+            // What was queued is dropped; the client is told and may reconnect.
+            conn.out.clear();
+        }
+        self.begin_close(
+            slot,
+            CloseCode::SLOW_CONSUMER,
+            "slow consumer",
+            CloseKind::SlowConsumer,
+        );
+    }
+
+    // ---- output ------------------------------------------------------------------
+
+    fn enqueue(&mut self, slot: u32, frame: Bytes) {
+        let conn = &mut self.conns[slot as usize];
+        if conn.out.push(frame, self.cfg.max_outbound_bytes).is_err() {
+            return self.slow_consumer(slot);
+        }
+        mark_dirty(conn, slot, &mut self.dirty);
+    }
+
+    fn reply_ok(&mut self, slot: u32, id: u32) {
+        let format = self.conns[slot as usize].format;
+        self.enqueue(slot, envelope::encode_result(format, id, &Empty {}));
+    }
+
+    fn reply_err(&mut self, slot: u32, id: u32, code: ErrorCode, message: &str) {
+        let format = self.conns[slot as usize].format;
+        self.enqueue(slot, envelope::encode_error(format, id, code, message));
+    }
+
+    /// Start the close handshake: unsubscribe, queue a `disconnect` push (application
+    /// codes and 1001) and the close frame, and give the peer `close_timeout_ms`.
+    fn begin_close(&mut self, slot: u32, code: CloseCode, reason: &str, kind: CloseKind) {
+        let Some(conn) = self.conns.get(slot as usize) else {
+            return;
+        };
+        match conn.state {
+            ConnState::Closing | ConnState::Draining | ConnState::Closed => return,
+            ConnState::Handshaking => return self.close_now(slot, Some(kind)),
+            _ => {}
+        }
+        self.detach(slot);
+        self.metrics.closed(kind);
+        let now = self.now;
+        let conn = &mut self.conns[slot as usize];
+        if code.0 >= 4000 || code == CloseCode::GOING_AWAY {
+            conn.out.push_unbounded(envelope::encode_disconnect(
+                conn.format,
+                code.0,
+                reason,
+                code.reconnect(),
+            ));
+        }
+        conn.out.push_unbounded(frame::encode_close(code.0, reason));
+        conn.state = ConnState::Closing;
+        conn.since = now;
+        mark_dirty(conn, slot, &mut self.dirty);
+        self.schedule(slot, now as u64 + self.ticks.close as u64);
+    }
+
+    /// End a connection at once (no close handshake possible or needed).
+    fn close_now(&mut self, slot: u32, kind: Option<CloseKind>) {
+        let Some(conn) = self.conns.get(slot as usize) else {
+            return;
+        };
+        if conn.state == ConnState::Closed {
+            return;
+        }
+        self.detach(slot);
+        if let Some(kind) = kind {
+            self.metrics.closed(kind);
+        }
+        let conn = &mut self.conns[slot as usize];
+        conn.state = ConnState::Closed;
+        conn.out.clear();
+        conn.pending_in = None;
+        self.wake.push(slot);
+    }
+
+    /// Remove a connection from every channel it subscribed.
+    fn detach(&mut self, slot: u32) {
+        let conn = &mut self.conns[slot as usize];
+        let subs = std::mem::take(&mut conn.subs);
+        let format = conn.format;
+        for name in subs {
+            if let Some(change) = self.channels.unsubscribe(&name, slot, format) {
+                if change.before != change.after {
+                    self.announce(&name, change.after, false);
+                }
+            }
+        }
+    }
+
+    fn announce(&mut self, channel: &Arc<str>, formats: u8, ack: bool) {
+        for shard in 0..self.mesh.shards() as u16 {
+            if shard != self.id {
+                let msg = ShardMsg::Interest {
+                    channel: channel.clone(),
+                    from: self.id,
+                    formats,
+                    ack,
+                };
+                self.send_to(shard, msg);
+            }
+        }
+    }
+
+    fn send_to(&mut self, shard: u16, msg: ShardMsg) {
+        ShardMetrics::add(&self.metrics.mesh_sent, 1);
+        if !self.spill.is_empty() {
+            self.spill.push_back((shard, msg));
+            return;
+        }
+        if let Err(msg) = self.mesh.inbox(shard as usize).push(msg) {
+            ShardMetrics::add(&self.metrics.mesh_spilled, 1);
+            self.spill.push_back((shard, msg));
+        }
+    }
+
+    /// Retry messages that found another shard's inbox full. Returns whether some
+    /// are still waiting.
+    pub fn retry_spill(&mut self) -> bool {
+        while let Some((shard, msg)) = self.spill.pop_front() {
+            if let Err(msg) = self.mesh.inbox(shard as usize).push(msg) {
+                self.spill.push_front((shard, msg));
+                return true;
+            }
+        }
+        false
+    }
+
+    // ---- backend interface -------------------------------------------------------
+
+    /// Move the list of connections with frames to write into `into` (cleared first).
+    pub fn take_dirty(&mut self, into: &mut Vec<u32>) {
+        into.clear();
+        std::mem::swap(into, &mut self.dirty);
+        for &slot in into.iter() {
+            if let Some(c) = self.conns.get_mut(slot as usize) {
+                c.dirty = false;
+            }
+        }
+    }
+
+    /// Whether any connection has frames to write.
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Move the list of connections whose backend task must run into `into`.
+    pub fn take_wake(&mut self, into: &mut Vec<u32>) {
+        into.clear();
+        std::mem::swap(into, &mut self.wake);
+    }
+
+    /// The outbound queue of `slot` (the backend writes from it and advances it).
+    pub fn out_mut(&mut self, slot: u32) -> Option<&mut OutQueue> {
+        self.conns.get_mut(slot as usize).map(|c| &mut c.out)
+    }
+
+    /// `bytes` of `slot`'s queue were written by one syscall.
+    pub fn written(&mut self, slot: u32, bytes: usize) {
+        if let Some(c) = self.conns.get_mut(slot as usize) {
+            let frames = c.out.advance(bytes);
+            ShardMetrics::add(&self.metrics.frames_out, frames as u64);
+            ShardMetrics::add(&self.metrics.bytes_out, bytes as u64);
+            ShardMetrics::add(&self.metrics.writes, 1);
+        }
+    }
+
+    /// `slot`'s queue is empty after writing: a queued close has gone out.
+    pub fn flushed(&mut self, slot: u32) -> AfterFlush {
+        match self.conns.get_mut(slot as usize) {
+            Some(c) if c.state == ConnState::Closing && c.out.is_empty() => {
+                c.state = ConnState::Draining;
+                AfterFlush::ShutdownWrite
+            }
+            _ => AfterFlush::Nothing,
+        }
+    }
+
+    /// The peer ended its side of the stream.
+    pub fn on_eof(&mut self, slot: u32) {
+        let Some(conn) = self.conns.get(slot as usize) else {
+            return;
+        };
+        let kind = match conn.state {
+            ConnState::Closing | ConnState::Draining => None,
+            ConnState::Handshaking => Some(CloseKind::PeerGone),
+            _ => Some(CloseKind::PeerGone),
+        };
+        self.close_now(slot, kind);
+    }
+
+    /// A read or write on `slot`'s socket failed.
+    pub fn on_io_error(&mut self, slot: u32) {
+        let Some(conn) = self.conns.get(slot as usize) else {
+            return;
+        };
+        let kind = match conn.state {
+            ConnState::Closing | ConnState::Draining => None,
+            _ => Some(CloseKind::IoError),
+        };
+        self.close_now(slot, kind);
+    }
+
+    /// Publication creation times delivered since the last call (for latency metrics).
+    pub fn take_latency_samples(&mut self) -> std::vec::Drain<'_, Instant> {
+        self.latency.drain(..)
+    }
+
+    /// The shard's metrics.
+    pub fn metrics(&self) -> &Arc<ShardMetrics> {
+        &self.metrics
+    }
+
+    /// Begin graceful shutdown: refuse new connections, close every connection with
+    /// 1001.
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+        let slots: Vec<u32> = self.conns.iter().map(|(s, _)| s as u32).collect();
+        for slot in slots {
+            self.begin_close(
+                slot,
+                CloseCode::GOING_AWAY,
+                "server shutting down",
+                CloseKind::Shutdown,
+            );
+        }
+    }
+
+    /// Handle a message from another shard or the control plane.
+    pub fn on_message(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Publish(p) => self.deliver(&p),
+            ShardMsg::Interest {
+                channel,
+                from,
+                formats,
+                ack,
+            } => {
+                self.channels.set_remote(channel.clone(), from, formats);
+                if ack {
+                    self.send_to(from, ShardMsg::InterestAck { channel });
+                }
+            }
+            ShardMsg::InterestAck { channel } => {
+                let done = match self.interest.get_mut(&channel) {
+                    Some(round) => {
+                        round.acks_left = round.acks_left.saturating_sub(1);
+                        round.acks_left == 0
+                    }
+                    None => false,
+                };
+                if done {
+                    let round = self.interest.remove(&channel).expect("just seen");
+                    for (slot, gen, id) in round.waiters {
+                        let open = self
+                            .conns
+                            .get(slot as usize)
+                            .is_some_and(|c| c.gen == gen && c.state == ConnState::Open);
+                        if open {
+                            self.reply_ok(slot, id);
+                        }
+                    }
+                }
+            }
+            ShardMsg::AuthDone {
+                conn,
+                req_id,
+                result,
+            } => self.auth_done(conn, req_id, result),
+            ShardMsg::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    fn auth_done(
+        &mut self,
+        key: ConnKey,
+        req_id: u32,
+        result: Result<Arc<Identity>, crate::auth::AuthFailure>,
+    ) {
+        let Some(conn) = self.conns.get_mut(key.slot as usize) else {
+            return;
+        };
+        if conn.gen != key.gen || conn.state != (ConnState::Authenticating { req_id }) {
+            return;
+        }
+        match result {
+            Ok(identity) => {
+                conn.state = ConnState::Open;
+                let reply = ConnectResult {
+                    client: format!("{}.{}.{}", self.id, key.slot, key.gen),
+                    user: identity.user.to_string(),
+                    shard: self.id,
+                    ping_interval_ms: self.cfg.ping_interval_ms,
+                    expires_at: identity.expires_at,
+                };
+                conn.identity = Some(identity);
+                let frame = envelope::encode_result(conn.format, req_id, &reply);
+                self.enqueue(key.slot, frame);
+                let at = self.now as u64 + self.ticks.ping as u64;
+                self.schedule(key.slot, at);
+            }
+            Err(failure) => {
+                self.reply_err(key.slot, req_id, failure.code, &failure.message);
+                if failure.code == ErrorCode::Overloaded {
+                    self.conns[key.slot as usize].state = ConnState::AwaitingConnect;
+                } else {
+                    let reason = if failure.code == ErrorCode::TokenExpired {
+                        "token expired"
+                    } else {
+                        "unauthorized"
+                    };
+                    self.begin_close(
+                        key.slot,
+                        CloseCode::UNAUTHORIZED,
+                        reason,
+                        CloseKind::Unauthorized,
+                    );
+                }
+            }
+        }
+    }
+
+    /// The timer fired: advance the wheel to `tick` and act on every connection due.
+    pub fn on_tick(&mut self, tick: u64) {
+        self.now = tick.min(u32::MAX as u64) as u32;
+        let mut due = std::mem::take(&mut self.due);
+        self.wheel.advance(tick, |_, t, e| due.push((t, e)));
+        for &(t, (slot, gen)) in &due {
+            self.visit(t as u32, slot, gen);
+        }
+        due.clear();
+        self.due = due;
+    }
+
+    fn visit(&mut self, t: u32, slot: u32, gen: u32) {
+        let Some(conn) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        if conn.gen != gen || conn.next_visit != t {
+            return; // stale entry
+        }
+        let tk = self.ticks;
+        match conn.state {
+            ConnState::Handshaking => {
+                if t >= conn.since + tk.handshake {
+                    self.close_now(slot, Some(CloseKind::HandshakeTimeout));
+                } else {
+                    let at = conn.since + tk.handshake;
+                    self.schedule(slot, at as u64);
+                }
+            }
+            ConnState::AwaitingConnect | ConnState::Authenticating { .. } => {
+                if t >= conn.since + tk.auth {
+                    self.begin_close(
+                        slot,
+                        CloseCode::AUTH_TIMEOUT,
+                        "authentication timeout",
+                        CloseKind::AuthTimeout,
+                    );
+                } else {
+                    let at = conn.since + tk.auth;
+                    self.schedule(slot, at as u64);
+                }
+            }
+            ConnState::Open => {
+                let idle = t.saturating_sub(conn.last_rx);
+                if idle >= tk.ping + tk.pong {
+                    self.begin_close(
+                        slot,
+                        CloseCode::HEARTBEAT_TIMEOUT,
+                        "heartbeat timeout",
+                        CloseKind::HeartbeatTimeout,
+                    );
+                } else if idle >= tk.ping {
+                    let at = conn.last_rx + tk.ping + tk.pong;
+                    if !conn.ping_sent {
+                        conn.ping_sent = true;
+                        let ping = self.ping_frame.clone();
+                        self.enqueue(slot, ping);
+                    }
+                    self.schedule(slot, at as u64);
+                } else {
+                    let at = conn.last_rx + tk.ping;
+                    self.schedule(slot, at as u64);
+                }
+            }
+            ConnState::Closing | ConnState::Draining => {
+                if t >= conn.since + tk.close {
+                    self.close_now(slot, None);
+                } else {
+                    let at = conn.since + tk.close;
+                    self.schedule(slot, at as u64);
+                }
+            }
+            ConnState::Closed => {}
+        }
+    }
+
+    /// Put a connection straight into `Open` with `identity` (benches and tests of the
+    /// fan-out path, which need many subscribers and no sockets).
+    #[doc(hidden)]
+    pub fn open_for_test(
+        &mut self,
+        peer: IpAddr,
+        format: Format,
+        identity: Arc<Identity>,
+    ) -> ConnKey {
+        let key = self.admit(peer).expect("within limits");
+        let conn = &mut self.conns[key.slot as usize];
+        conn.state = ConnState::Open;
+        conn.format = format;
+        conn.identity = Some(identity);
+        key
+    }
+
+    /// Subscribe an open connection without a command (benches and tests).
+    #[doc(hidden)]
+    pub fn subscribe_for_test(&mut self, key: ConnKey, channel: &str) {
+        self.subscribe(key.slot, 0, channel);
+    }
+}
+
+#[inline]
+fn mark_dirty(conn: &mut Conn, slot: u32, dirty: &mut Vec<u32>) {
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push(slot);
+    }
+}

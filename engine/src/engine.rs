@@ -1,0 +1,239 @@
+//! Starting the shards, and the handle the control plane holds.
+//!
+//! Owns binding one SO_REUSEPORT listener per shard (all on the port the first one
+//! got, so port 0 works), spawning the pinned shard threads, and the operations the
+//! control plane performs on running shards: deliver auth verdicts, publish from the
+//! server API, report readiness and metrics, shut down.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use switchboard_protocol::{envelope, Format, Payload};
+
+use crate::auth::ControlRequest;
+use crate::config::EngineConfig;
+use crate::epoll::{self, ShardSetup};
+use crate::mesh::{Mesh, Publication, ShardMsg};
+use crate::metrics::ShardMetrics;
+
+/// Errors starting the engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// A configuration value is invalid; the message names the key.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address that failed.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// Another OS resource (eventfd, thread) could not be created.
+    #[error("cannot start shards: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Errors publishing from the server API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The channel name is empty, too long or has whitespace/control characters.
+    #[error("invalid channel name")]
+    InvalidChannel,
+    /// The payload cannot be encoded for subscribers.
+    #[error("invalid payload: {0}")]
+    Payload(String),
+    /// Some shards' inboxes were full; `delivered` of `shards` shards got it.
+    #[error("overloaded: {delivered} of {shards} shards accepted the publication")]
+    Overloaded {
+        /// Shards that accepted it.
+        delivered: usize,
+        /// Shards in all.
+        shards: usize,
+    },
+}
+
+/// Entry point.
+#[derive(Debug)]
+pub struct Engine;
+
+impl Engine {
+    /// Bind the listeners and start the shards. Token checks go to `control`.
+    pub fn start(
+        cfg: EngineConfig,
+        control: Sender<ControlRequest>,
+    ) -> Result<EngineHandle, EngineError> {
+        cfg.validate().map_err(EngineError::Config)?;
+        let shards = cfg.resolved_shards();
+        let mesh = Mesh::new(shards, cfg.inbox_capacity)?;
+        let first = bind(cfg.listen, cfg.backlog).map_err(|source| EngineError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let local_addr = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..shards {
+            listeners.push(
+                bind(local_addr, cfg.backlog).map_err(|source| EngineError::Bind {
+                    addr: local_addr,
+                    source,
+                })?,
+            );
+        }
+        let cores = if cfg.pin_cores {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let cfg = Arc::new(cfg);
+        let metrics: Vec<Arc<ShardMetrics>> = (0..shards)
+            .map(|_| Arc::new(ShardMetrics::default()))
+            .collect();
+        let mut threads = Vec::with_capacity(shards);
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let setup = ShardSetup {
+                id: i as u16,
+                cfg: cfg.clone(),
+                listener,
+                mesh: mesh.clone(),
+                control: control.clone(),
+                metrics: metrics[i].clone(),
+                core_id: if cores.is_empty() {
+                    None
+                } else {
+                    Some(cores[i % cores.len()])
+                },
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("shard-{i}"))
+                    .spawn(move || epoll::run(setup))?,
+            );
+        }
+        tracing::info!(%local_addr, shards, backend = "epoll", "engine started");
+        Ok(EngineHandle {
+            mesh,
+            threads,
+            local_addr,
+            metrics,
+        })
+    }
+}
+
+fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(s.into())
+}
+
+/// The running engine.
+#[derive(Debug)]
+pub struct EngineHandle {
+    mesh: Arc<Mesh>,
+    threads: Vec<JoinHandle<()>>,
+    local_addr: SocketAddr,
+    metrics: Vec<Arc<ShardMetrics>>,
+}
+
+impl EngineHandle {
+    /// The WebSocket address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.metrics.len()
+    }
+
+    /// The I/O backend in use.
+    pub fn backend(&self) -> &'static str {
+        "epoll"
+    }
+
+    /// Per-shard metrics.
+    pub fn metrics(&self) -> &[Arc<ShardMetrics>] {
+        &self.metrics
+    }
+
+    /// Connections held by the process.
+    pub fn connections(&self) -> usize {
+        self.mesh.connections()
+    }
+
+    /// Whether every shard is accepting connections.
+    pub fn ready(&self) -> bool {
+        self.metrics
+            .iter()
+            .all(|m| m.accepting.load(Ordering::Acquire))
+    }
+
+    /// Send a message to a shard; gives it back if the inbox is full.
+    pub fn send(&self, shard: usize, msg: ShardMsg) -> Result<(), ShardMsg> {
+        self.mesh.inbox(shard).push(msg)
+    }
+
+    /// Publish `data` to `channel` on every shard (server API). The payload is encoded
+    /// once per format; each shard delivers to its local subscribers.
+    pub fn publish(&self, channel: &str, data: Payload<'_>) -> Result<(), PublishError> {
+        if !envelope::valid_channel(channel) {
+            return Err(PublishError::InvalidChannel);
+        }
+        let mut frames = [None, None];
+        for f in Format::ALL {
+            frames[f.index()] = Some(
+                envelope::encode_publication(f, channel, data)
+                    .map_err(|e| PublishError::Payload(e.to_string()))?,
+            );
+        }
+        let publication = Arc::new(Publication {
+            channel: channel.into(),
+            frames,
+            created: Instant::now(),
+        });
+        let shards = self.shards();
+        let delivered = (0..shards)
+            .filter(|&i| {
+                self.mesh
+                    .inbox(i)
+                    .push(ShardMsg::Publish(publication.clone()))
+                    .is_ok()
+            })
+            .count();
+        if delivered < shards {
+            return Err(PublishError::Overloaded { delivered, shards });
+        }
+        Ok(())
+    }
+
+    /// Ask every shard to shut down gracefully (close 1001, drain, stop).
+    pub fn shutdown(&self) {
+        for i in 0..self.shards() {
+            let mut msg = ShardMsg::Shutdown;
+            // An inbox full of publications drains quickly; keep trying.
+            while let Err(back) = self.mesh.inbox(i).push(msg) {
+                msg = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Wait for every shard thread to finish.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}

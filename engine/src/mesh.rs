@@ -1,0 +1,258 @@
+//! The queues between shards, and from the control plane to shards.
+//!
+//! Owns one bounded lock-free inbox per shard (a crossbeam `ArrayQueue`) and its
+//! wake-up: an eventfd the shard's reactor watches. A sender pushes, then writes the
+//! eventfd only if the shard has not been woken since it last drained (`notified`),
+//! so a burst of messages costs one syscall, and no mutex is ever taken. Also owns the
+//! process-wide connection counters that admission checks (atomics).
+//!
+//! Does not own what a message means (`core`) or the reactor (`epoll`).
+
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+
+use crate::auth::{AuthFailure, Identity};
+use crate::core::ConnKey;
+
+/// A publication encoded once per wire format that has subscribers.
+#[derive(Debug)]
+pub struct Publication {
+    /// Channel name.
+    pub channel: Arc<str>,
+    /// Complete WebSocket frames, indexed by `Format::index()`; `None` where no
+    /// subscriber needs that format.
+    pub frames: [Option<Bytes>; 2],
+    /// When the publication entered the server (for publish-to-flush latency).
+    pub created: Instant,
+}
+
+/// A message to a shard.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// Deliver to local subscribers of the channel.
+    Publish(Arc<Publication>),
+    /// Shard `from` now has subscribers in `formats` (bit per `Format::index()`) for
+    /// `channel` (0: none). With `ack`, answer [`ShardMsg::InterestAck`].
+    Interest {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Sending shard.
+        from: u16,
+        /// Bit mask of formats with local subscribers on `from`.
+        formats: u8,
+        /// Whether `from` waits for an acknowledgment before answering a subscribe.
+        ack: bool,
+    },
+    /// Shard `from` has applied an interest change for `channel`.
+    InterestAck {
+        /// Channel name.
+        channel: Arc<str>,
+    },
+    /// The control plane's verdict on a token.
+    AuthDone {
+        /// Connection that asked.
+        conn: ConnKey,
+        /// Id of the `connect` command to answer.
+        req_id: u32,
+        /// Identity, or why the token was refused.
+        result: Result<Arc<Identity>, AuthFailure>,
+    },
+    /// Stop accepting, close every connection with 1001, exit after the drain time.
+    Shutdown,
+}
+
+/// One shard's inbox.
+#[derive(Debug)]
+pub struct Inbox {
+    queue: ArrayQueue<ShardMsg>,
+    /// Set by the first sender after a drain; cleared by the shard before draining.
+    notified: AtomicBool,
+    eventfd: OwnedFd,
+}
+
+impl Inbox {
+    fn new(capacity: usize) -> std::io::Result<Inbox> {
+        // SAFETY: eventfd has no memory preconditions; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Inbox {
+            queue: ArrayQueue::new(capacity),
+            notified: AtomicBool::new(false),
+            // SAFETY: fd was just created and is owned by nobody else.
+            eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Push a message; gives it back if the inbox is full.
+    pub fn push(&self, msg: ShardMsg) -> Result<(), ShardMsg> {
+        self.queue.push(msg)?;
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes from a valid u64 to our own eventfd. A failure
+            // (counter overflow) cannot happen with value 1 before 2^64 writes.
+            unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+        Ok(())
+    }
+
+    /// The eventfd the shard's reactor watches.
+    pub fn fd(&self) -> RawFd {
+        self.eventfd.as_raw_fd()
+    }
+
+    /// Shard side: consume the wake-up, then take messages. Call `clear_wakeup` before
+    /// `pop`ping so a message pushed during the drain wakes the shard again.
+    pub fn clear_wakeup(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reading 8 bytes into a valid u64 from our own non-blocking eventfd.
+        unsafe { libc::read(self.eventfd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        self.notified.store(false, Ordering::Release);
+    }
+
+    /// Shard side: take the next message.
+    pub fn pop(&self) -> Option<ShardMsg> {
+        self.queue.pop()
+    }
+
+    /// Messages waiting.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether no message waits.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+const IP_BUCKETS: usize = 4096;
+
+/// Everything shards share: their inboxes and the admission counters.
+#[derive(Debug)]
+pub struct Mesh {
+    inboxes: Vec<Inbox>,
+    /// Connections held by the whole process.
+    connections: AtomicUsize,
+    /// Connections per source address, hashed into buckets. Two addresses sharing a
+    /// bucket share a count, so the per-IP limit errs on the strict side; with 4096
+    /// buckets that needs many distinct addresses near the limit at once.
+    per_ip: Box<[AtomicU32]>,
+}
+
+impl Mesh {
+    /// Inboxes for `shards` shards of `capacity` messages each.
+    pub fn new(shards: usize, capacity: usize) -> std::io::Result<Arc<Mesh>> {
+        let inboxes = (0..shards)
+            .map(|_| Inbox::new(capacity))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Arc::new(Mesh {
+            inboxes,
+            connections: AtomicUsize::new(0),
+            per_ip: (0..IP_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+        }))
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Shard `i`'s inbox.
+    pub fn inbox(&self, i: usize) -> &Inbox {
+        &self.inboxes[i]
+    }
+
+    /// Connections held by the process.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    fn bucket(&self, ip: IpAddr) -> &AtomicU32 {
+        let h = match ip {
+            IpAddr::V4(v4) => u32::from(v4).wrapping_mul(0x9E37_79B1),
+            IpAddr::V6(v6) => {
+                let o = v6.octets();
+                let mut h = 0u32;
+                for c in o.chunks(4) {
+                    h = (h ^ u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                        .wrapping_mul(0x9E37_79B1);
+                }
+                h
+            }
+        };
+        &self.per_ip[(h >> 20) as usize % IP_BUCKETS]
+    }
+
+    /// Count a new connection from `ip` if limits allow.
+    pub fn admit(&self, ip: IpAddr, max_total: usize, max_per_ip: u32) -> Result<(), Refusal> {
+        if self.connections.fetch_add(1, Ordering::Relaxed) >= max_total {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refusal::ServerFull);
+        }
+        let b = self.bucket(ip);
+        if b.fetch_add(1, Ordering::Relaxed) >= max_per_ip && max_per_ip > 0 {
+            b.fetch_sub(1, Ordering::Relaxed);
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refusal::TooManyFromIp);
+        }
+        Ok(())
+    }
+
+    /// Release what [`Mesh::admit`] counted.
+    pub fn release(&self, ip: IpAddr) {
+        self.bucket(ip).fetch_sub(1, Ordering::Relaxed);
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a connection was refused at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `max_connections` reached (HTTP 503).
+    ServerFull,
+    /// `max_connections_per_ip` reached (HTTP 429).
+    TooManyFromIp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_limits() {
+        let mesh = Mesh::new(1, 4).unwrap();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(mesh.admit(a, 3, 2).is_ok());
+        assert!(mesh.admit(a, 3, 2).is_ok());
+        assert_eq!(mesh.admit(a, 3, 2), Err(Refusal::TooManyFromIp));
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(mesh.admit(b, 3, 0).is_ok());
+        assert_eq!(mesh.admit(b, 3, 0), Err(Refusal::ServerFull));
+        mesh.release(a);
+        assert!(mesh.admit(a, 3, 2).is_ok());
+        assert_eq!(mesh.connections(), 3);
+    }
+
+    #[test]
+    fn inbox_wakes_once_per_drain() {
+        let mesh = Mesh::new(1, 2).unwrap();
+        let inbox = mesh.inbox(0);
+        assert!(inbox.push(ShardMsg::Shutdown).is_ok());
+        assert!(inbox.push(ShardMsg::Shutdown).is_ok());
+        assert!(inbox.push(ShardMsg::Shutdown).is_err(), "bounded");
+        let mut v = 0u64;
+        // SAFETY: reading into a valid u64 from the inbox's eventfd.
+        let n = unsafe { libc::read(inbox.fd(), (&mut v as *mut u64).cast(), 8) };
+        assert_eq!((n, v), (8, 1), "two pushes, one wake-up");
+        inbox.clear_wakeup();
+        assert!(inbox.pop().is_some());
+    }
+}

@@ -1,0 +1,161 @@
+//! Counters each shard keeps about itself.
+//!
+//! Owns one cache-line-aligned block of relaxed atomics per shard. Only that shard
+//! writes them (no contention, no lock); the control plane reads them to render
+//! `/metrics` and readiness. Does not own the exposition format.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+/// Why a connection ended; one counter per kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum CloseKind {
+    /// The client sent a close frame.
+    ClientClose = 0,
+    /// The TCP connection ended without a close frame.
+    PeerGone,
+    /// A read or write failed.
+    IoError,
+    /// The upgrade request was refused with an HTTP error.
+    HandshakeRejected,
+    /// The upgrade request did not complete in time.
+    HandshakeTimeout,
+    /// Refused at accept: process or per-IP limit.
+    LimitReached,
+    /// RFC 6455 violation (1002).
+    ProtocolError,
+    /// Invalid UTF-8 (1007).
+    InvalidUtf8,
+    /// Frame or message too big (1009).
+    TooBig,
+    /// Malformed envelope (4000).
+    MalformedCommand,
+    /// Token refused (4001).
+    Unauthorized,
+    /// No connect in time (4002).
+    AuthTimeout,
+    /// Outbound queue overflow (4003).
+    SlowConsumer,
+    /// Silent past ping interval + pong timeout (4004).
+    HeartbeatTimeout,
+    /// Server shutdown (1001).
+    Shutdown,
+}
+
+impl CloseKind {
+    /// Every kind, in counter order.
+    pub const ALL: [CloseKind; 15] = [
+        CloseKind::ClientClose,
+        CloseKind::PeerGone,
+        CloseKind::IoError,
+        CloseKind::HandshakeRejected,
+        CloseKind::HandshakeTimeout,
+        CloseKind::LimitReached,
+        CloseKind::ProtocolError,
+        CloseKind::InvalidUtf8,
+        CloseKind::TooBig,
+        CloseKind::MalformedCommand,
+        CloseKind::Unauthorized,
+        CloseKind::AuthTimeout,
+        CloseKind::SlowConsumer,
+        CloseKind::HeartbeatTimeout,
+        CloseKind::Shutdown,
+    ];
+
+    /// Label value used in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseKind::ClientClose => "client_close",
+            CloseKind::PeerGone => "peer_gone",
+            CloseKind::IoError => "io_error",
+            CloseKind::HandshakeRejected => "handshake_rejected",
+            CloseKind::HandshakeTimeout => "handshake_timeout",
+            CloseKind::LimitReached => "limit_reached",
+            CloseKind::ProtocolError => "protocol_error",
+            CloseKind::InvalidUtf8 => "invalid_utf8",
+            CloseKind::TooBig => "too_big",
+            CloseKind::MalformedCommand => "malformed_command",
+            CloseKind::Unauthorized => "unauthorized",
+            CloseKind::AuthTimeout => "auth_timeout",
+            CloseKind::SlowConsumer => "slow_consumer",
+            CloseKind::HeartbeatTimeout => "heartbeat_timeout",
+            CloseKind::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Upper bounds, in microseconds, of the publish-to-flush latency histogram buckets.
+pub const LATENCY_BUCKETS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000,
+];
+
+/// One shard's counters.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct ShardMetrics {
+    /// The shard's accept loop is running (readiness).
+    pub accepting: AtomicBool,
+    /// Connections currently held.
+    pub connections: AtomicU64,
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Upgrades completed.
+    pub upgraded: AtomicU64,
+    /// Closes, indexed by [`CloseKind`].
+    pub closes: [AtomicU64; 15],
+    /// Frames received.
+    pub frames_in: AtomicU64,
+    /// Bytes received.
+    pub bytes_in: AtomicU64,
+    /// Frames fully written.
+    pub frames_out: AtomicU64,
+    /// Bytes written.
+    pub bytes_out: AtomicU64,
+    /// Write syscalls made (frames_out / writes = batching factor).
+    pub writes: AtomicU64,
+    /// Publications accepted from clients of this shard.
+    pub publications: AtomicU64,
+    /// Publication frames queued to subscribers on this shard.
+    pub deliveries: AtomicU64,
+    /// Messages sent to other shards.
+    pub mesh_sent: AtomicU64,
+    /// Messages that found another shard's inbox full and waited in the spill queue.
+    pub mesh_spilled: AtomicU64,
+    /// Publish-to-flush latency histogram, cumulative counts per bucket (+Inf last).
+    pub latency_buckets: [AtomicU64; 15],
+    /// Sum of observed publish-to-flush latencies, microseconds.
+    pub latency_sum_us: AtomicU64,
+    /// Number of observed publish-to-flush latencies.
+    pub latency_count: AtomicU64,
+}
+
+impl ShardMetrics {
+    /// Add `n` to a counter (shard thread only).
+    #[inline]
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    /// Count one close of `kind`.
+    #[inline]
+    pub fn closed(&self, kind: CloseKind) {
+        self.closes[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Record one publish-to-flush latency.
+    pub fn observe_latency_us(&self, us: u64) {
+        let i = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.latency_buckets[i].fetch_add(1, Relaxed);
+        self.latency_sum_us.fetch_add(us, Relaxed);
+        self.latency_count.fetch_add(1, Relaxed);
+    }
+
+    /// Read a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Relaxed)
+    }
+}

@@ -1,0 +1,144 @@
+//! A connection's bounded outbound queue.
+//!
+//! Owns the frames waiting to be written to one socket and their byte count. Does not
+//! own the socket: a backend asks for the frames as I/O slices (`fill`), writes them
+//! in one vectored call, and reports how many bytes went (`advance`).
+//!
+//! Hot path: fan-out pushes one shared `Bytes` (a refcount bump) per subscriber.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::Bytes;
+
+/// Bookkeeping charged per queued frame on top of its length, so a flood of tiny frames
+/// is bounded too.
+pub const FRAME_OVERHEAD_BYTES: usize = 32;
+
+/// The queue would exceed its bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow;
+
+/// Frames waiting for one socket.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    frames: VecDeque<Bytes>,
+    /// Bytes charged against the bound (lengths plus per-frame overhead).
+    charged: usize,
+    /// Bytes of the front frame already written.
+    head_written: usize,
+}
+
+impl OutQueue {
+    /// Queue `frame` unless that would pass `limit` charged bytes.
+    #[inline]
+    pub fn push(&mut self, frame: Bytes, limit: usize) -> Result<(), Overflow> {
+        let cost = frame.len() + FRAME_OVERHEAD_BYTES;
+        if self.charged + cost > limit {
+            return Err(Overflow);
+        }
+        self.charged += cost;
+        self.frames.push_back(frame);
+        Ok(())
+    }
+
+    /// Queue a frame regardless of the bound (handshake answers, close frames).
+    pub fn push_unbounded(&mut self, frame: Bytes) {
+        self.charged += frame.len() + FRAME_OVERHEAD_BYTES;
+        self.frames.push_back(frame);
+    }
+
+    /// Whether nothing waits.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Frames waiting.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Bytes charged against the bound.
+    pub fn charged(&self) -> usize {
+        self.charged
+    }
+
+    /// Drop everything queued.
+    pub fn clear(&mut self) {
+        self.frames = VecDeque::new();
+        self.charged = 0;
+        self.head_written = 0;
+    }
+
+    /// Point `out` at the unwritten bytes, front first; returns how many slices it set.
+    #[inline]
+    pub fn fill<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (i, f) in self.frames.iter().take(out.len()).enumerate() {
+            out[i] = IoSlice::new(if i == 0 {
+                &f[self.head_written..]
+            } else {
+                &f[..]
+            });
+            n += 1;
+        }
+        n
+    }
+
+    /// Frames in order (for completion-based backends that take ownership).
+    pub fn frames(&self) -> impl Iterator<Item = &Bytes> {
+        self.frames.iter()
+    }
+
+    /// `n` bytes were written; drop the frames they completed. Returns frames completed.
+    #[inline]
+    pub fn advance(&mut self, mut n: usize) -> usize {
+        let mut done = 0;
+        while let Some(front) = self.frames.front() {
+            let left = front.len() - self.head_written;
+            if n >= left {
+                n -= left;
+                self.charged -= front.len() + FRAME_OVERHEAD_BYTES;
+                self.frames.pop_front();
+                self.head_written = 0;
+                done += 1;
+            } else {
+                self.head_written += n;
+                break;
+            }
+        }
+        if self.frames.is_empty() && self.frames.capacity() > 64 {
+            // A burst grew the ring: give the memory back so idle connections stay small.
+            self.frames = VecDeque::new();
+        }
+        done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_and_partial_writes() {
+        let mut q = OutQueue::default();
+        let f = Bytes::from_static(b"0123456789");
+        q.push(f.clone(), 100).unwrap();
+        q.push(f.clone(), 100).unwrap();
+        assert_eq!(q.push(f.clone(), 100), Err(Overflow));
+        assert_eq!(q.charged(), 84);
+        let mut slices = [IoSlice::new(&[]); 8];
+        assert_eq!(q.fill(&mut slices), 2);
+        assert_eq!(q.advance(4), 0);
+        let n = q.fill(&mut slices);
+        assert_eq!(&*slices[0], b"456789");
+        assert_eq!(n, 2);
+        assert_eq!(q.advance(6 + 3), 1);
+        assert_eq!(q.advance(7), 1);
+        assert!(q.is_empty());
+        assert_eq!(q.charged(), 0);
+        q.push_unbounded(Bytes::from(vec![0; 500]));
+        assert_eq!(q.len(), 1);
+    }
+}
