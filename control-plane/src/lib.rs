@@ -1,1 +1,21 @@
+//! Switchboard's control plane: configuration, token verification, the admin and
+//! server HTTP API, metrics, and assembling a running server.
+//!
+//! # Layout
+//! - [`config`]: the TOML file, environment overrides, validation.
+//! - [`auth`]: JWT verification and minting; worker threads answering the shards.
+//! - [`admin`]: health, Prometheus metrics, `POST /api/publish` (axum).
+//! - [`metrics`]: Prometheus text rendering.
+//! - [`server`]: start-up and shutdown of engine, workers and admin API.
+//!
+//! The binary (`switchboard`) parses flags and signals; everything else is here so
+//! integration tests can run a real server in-process on port 0.
 
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod metrics;
+pub mod server;
+
+pub use config::Config;
+pub use server::Server;

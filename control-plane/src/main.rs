@@ -1,1 +1,205 @@
-fn main() {}
+//! The `switchboard` binary: `serve` (the default) and `token`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use switchboard_control_plane::config::ProcessEnv;
+use switchboard_control_plane::{auth, Config, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "A thread-per-core real-time connection engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Print a signed HS256 token.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Default)]
+struct ServeArgs {
+    /// Config file (TOML); see tuning/default.toml.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// WebSocket listen address (overrides engine.listen).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Admin HTTP listen address (overrides admin.listen).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Number of shards (overrides engine.shards; 0 = one per core).
+    #[arg(long)]
+    shards: Option<usize>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// User id (the `sub` claim).
+    #[arg(long)]
+    sub: String,
+    /// Channel patterns the token allows, comma-separated (`room:*,news`); all if omitted.
+    #[arg(long)]
+    channels: Option<String>,
+    /// Lifetime: a number with s, m, h or d (`90s`, `30m`, `1h`, `7d`).
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    ttl: Duration,
+    /// Config file to read auth.hmac_secret (and issuer/audience) from.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The HS256 secret (overrides the config file).
+    #[arg(long, env = "SWITCHBOARD_TOKEN_SECRET")]
+    secret: Option<String>,
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 90s, 30m, 1h, 7d"))?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("unknown unit '{unit}' (use s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Cmd::Serve(ServeArgs::default())) {
+        Cmd::Serve(args) => serve(args),
+        Cmd::Token(args) => token(args),
+    }
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    let cfg = match Config::load(args.config.as_deref(), &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(secret) = args.secret.or(cfg.auth.hmac_secret.clone()) else {
+        eprintln!("error: no secret: pass --secret, or set auth.hmac_secret in --config or SWITCHBOARD_AUTH__HMAC_SECRET");
+        return ExitCode::from(2);
+    };
+    let channels = args.channels.map(|c| {
+        c.split(',')
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect()
+    });
+    println!(
+        "{}",
+        auth::mint(&secret, &args.sub, channels, args.ttl, &cfg.auth)
+    );
+    ExitCode::SUCCESS
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let mut cfg = match Config::load(args.config.as_deref(), &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(a) = args.listen {
+        cfg.engine.listen = a;
+    }
+    if let Some(a) = args.admin {
+        cfg.admin.listen = a;
+    }
+    if let Some(n) = args.shards {
+        cfg.engine.shards = n;
+    }
+    if let Err(e) = cfg.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+
+    let server = match Server::start(cfg.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ws = server.ws_addr();
+    let admin = server.admin_addr();
+    println!("switchboard {} listening", env!("CARGO_PKG_VERSION"));
+    println!("  WebSocket  ws://{ws}/  (subprotocols switchboard.v1.msgpack, switchboard.v1.json)");
+    println!("  Admin      http://{admin}/health/ready  http://{admin}/metrics");
+    if let Some(dev) = &server.dev {
+        println!();
+        println!(
+            "WARNING: dev mode. No auth key is configured, so this process generated a random"
+        );
+        println!("         secret and API key. Tokens die with the process. Not for production:");
+        println!("         set auth.hmac_secret (or a key file) and admin.api_key.");
+        println!("  Token (sub=dev, all channels, 24h):");
+        println!("    {}", dev.token);
+        println!("  Mint more:");
+        println!(
+            "    switchboard token --secret {} --sub alice --channels 'room:*' --ttl 1h",
+            dev.secret
+        );
+    }
+    if let Some(key) = &server.api_key {
+        if server.dev.is_some() {
+            println!("  API key: {key}");
+            println!("    curl -H 'Authorization: Bearer {key}' -d '{{\"channel\":\"room:1\",\"data\":{{\"text\":\"hi\"}}}}' http://{admin}/api/publish");
+        }
+    }
+
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start signal handling: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let signal = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => Ok::<_, std::io::Error>("SIGTERM"),
+            _ = int.recv() => Ok("SIGINT"),
+        }
+    });
+    match signal {
+        Ok(name) => tracing::info!("{name}: closing connections (1001) and draining"),
+        Err(e) => tracing::error!("signal handling failed: {e}; shutting down"),
+    }
+    server.shutdown();
+    server.wait();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}

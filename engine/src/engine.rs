@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -120,7 +120,7 @@ impl Engine {
         tracing::info!(%local_addr, shards, backend = "epoll", "engine started");
         Ok(EngineHandle {
             mesh,
-            threads,
+            threads: Mutex::new(threads),
             local_addr,
             metrics,
         })
@@ -138,11 +138,12 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener
     Ok(s.into())
 }
 
-/// The running engine.
+/// The running engine. Shared by the control plane's threads.
 #[derive(Debug)]
 pub struct EngineHandle {
     mesh: Arc<Mesh>,
-    threads: Vec<JoinHandle<()>>,
+    /// Shard threads, taken by `join` (control-plane only, never on a shard).
+    threads: Mutex<Vec<JoinHandle<()>>>,
     local_addr: SocketAddr,
     metrics: Vec<Arc<ShardMetrics>>,
 }
@@ -231,9 +232,30 @@ impl EngineHandle {
     }
 
     /// Wait for every shard thread to finish.
-    pub fn join(self) {
-        for t in self.threads {
+    pub fn join(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
             let _ = t.join();
         }
+    }
+
+    /// A cheap handle for other threads to send messages to shards.
+    pub fn sender(&self) -> ShardSender {
+        ShardSender {
+            mesh: self.mesh.clone(),
+        }
+    }
+}
+
+/// Sends messages to shards from any thread (auth workers).
+#[derive(Debug, Clone)]
+pub struct ShardSender {
+    mesh: Arc<Mesh>,
+}
+
+impl ShardSender {
+    /// Push `msg` to `shard`'s inbox; gives it back if full.
+    pub fn send(&self, shard: usize, msg: ShardMsg) -> Result<(), ShardMsg> {
+        self.mesh.inbox(shard).push(msg)
     }
 }

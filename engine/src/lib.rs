@@ -31,6 +31,6 @@ mod engine;
 pub use auth::{AuthFailure, ControlRequest, Identity};
 pub use config::EngineConfig;
 pub use core::{ConnKey, ShardCore};
-pub use engine::{Engine, EngineError, EngineHandle, PublishError};
+pub use engine::{Engine, EngineError, EngineHandle, PublishError, ShardSender};
 pub use mesh::{Mesh, Publication, ShardMsg};
 pub use metrics::{CloseKind, ShardMetrics};

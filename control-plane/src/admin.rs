@@ -1,0 +1,202 @@
+//! The admin and server HTTP API (axum): health, metrics, publish.
+//!
+//! Owns the routes and their JSON error shape: every failure is
+//! `{"error": {"code": "...", "message": "..."}}` with a matching HTTP status.
+//! Does not own the engine or auth; it holds handles to them.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use switchboard_engine::{EngineHandle, PublishError};
+use switchboard_protocol::{Format, Payload};
+
+use crate::auth::AuthStats;
+use crate::metrics::{self, ApiStats};
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AdminState {
+    /// The running shards.
+    pub engine: Arc<EngineHandle>,
+    /// Key required by `/api/*`; `None` disables the API.
+    pub api_key: Option<String>,
+    /// Auth worker counters.
+    pub auth: Arc<AuthStats>,
+    /// API counters.
+    pub api: ApiStats,
+    /// Body size limit, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// The router.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+        .route("/api/publish", post(publish))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .with_state(state)
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+async fn live() -> Response {
+    Json(json!({"status": "live"})).into_response()
+}
+
+async fn ready(State(s): State<Arc<AdminState>>) -> Response {
+    let shards: Vec<_> = s
+        .engine
+        .metrics()
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            json!({
+                "shard": i,
+                "accepting": m.accepting.load(Ordering::Relaxed),
+                "connections": m.connections.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    let ready = s.engine.ready();
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "backend": s.engine.backend(),
+        "connections": s.engine.connections(),
+        "shards": shards,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics_text(State(s): State<Arc<AdminState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics::render(&s.engine, &s.auth, &s.api),
+    )
+        .into_response()
+}
+
+fn check_key(s: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(expected) = &s.api_key else {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "api_disabled",
+            "the server API is disabled: set admin.api_key",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    match given {
+        None => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing API key",
+        )),
+        Some(k) if constant_time_eq(k.trim().as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "invalid API key",
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    #[serde(borrow)]
+    channel: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+async fn publish(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
+    let refused = |r: Response| {
+        s.api.refused.fetch_add(1, Ordering::Relaxed);
+        r
+    };
+    if let Err(r) = check_key(&s, &headers) {
+        return refused(r);
+    }
+    let bytes: Bytes = match axum::body::to_bytes(body, s.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return refused(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                &format!("body exceeds {} bytes", s.max_body_bytes),
+            ))
+        }
+    };
+    let req: PublishBody<'_> = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return refused(error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("expected {{\"channel\": string, \"data\": any JSON}}: {e}"),
+            ))
+        }
+    };
+    let payload = Payload {
+        format: Format::Json,
+        raw: req.data.get().as_bytes(),
+    };
+    match s.engine.publish(&req.channel, payload) {
+        Ok(()) => {
+            s.api.publications.fetch_add(1, Ordering::Relaxed);
+            Json(json!({"ok": true})).into_response()
+        }
+        Err(PublishError::InvalidChannel) => refused(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_channel",
+            "invalid channel name",
+        )),
+        Err(PublishError::Payload(m)) => {
+            refused(error(StatusCode::BAD_REQUEST, "invalid_payload", &m))
+        }
+        Err(e @ PublishError::Overloaded { .. }) => refused(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            &e.to_string(),
+        )),
+        Err(e) => refused(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        )),
+    }
+}

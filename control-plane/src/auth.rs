@@ -1,0 +1,397 @@
+//! Token verification and minting (JWT via `jsonwebtoken`), and the worker threads
+//! that answer the shards.
+//!
+//! Owns the accepted keys (HS256 secret, RS256 and ES256 public keys from PEM files),
+//! the claim checks (exp, nbf with leeway, iss and aud when configured, `sub` required)
+//! and the mapping of failures to error codes. Shards send `ControlRequest`s over a
+//! bounded channel; verification runs here, on its own threads, and the verdict goes
+//! back through the shard's inbox, so a burst of connects never stalls a shard.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::Receiver;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use switchboard_engine::{AuthFailure, ControlRequest, Identity, ShardMsg, ShardSender};
+use switchboard_protocol::ErrorCode;
+
+use crate::config::AuthConfig;
+
+/// Claims Switchboard reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// User id.
+    pub sub: String,
+    /// Expiry, Unix seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    /// Not before, Unix seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issued at, Unix seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// Issuer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Audience.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    /// Channel patterns (`room:*`) this token may subscribe and publish to; absent
+    /// means every channel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
+}
+
+/// Verifies tokens against the configured keys.
+pub struct Verifier {
+    keys: Vec<(Algorithm, DecodingKey, Validation)>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field(
+                "algorithms",
+                &self.keys.iter().map(|k| k.0).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// A problem with configured keys (at start-up).
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct KeyError {
+    /// The config key.
+    pub key: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Verifier {
+    /// Build from config; `secret` is the HS256 secret to use (configured or generated).
+    pub fn new(cfg: &AuthConfig, secret: Option<&str>) -> Result<Verifier, KeyError> {
+        let mut keys = Vec::new();
+        let validation = |alg: Algorithm| {
+            let mut v = Validation::new(alg);
+            v.leeway = cfg.leeway_s;
+            v.validate_nbf = true;
+            v.validate_exp = true;
+            let mut required: HashSet<String> = HashSet::from(["sub".to_string()]);
+            if cfg.require_exp {
+                required.insert("exp".into());
+            }
+            v.required_spec_claims = required;
+            match &cfg.issuer {
+                Some(iss) => v.set_issuer(&[iss]),
+                None => v.iss = None,
+            }
+            match &cfg.audience {
+                Some(aud) => v.set_audience(&[aud]),
+                None => v.validate_aud = false,
+            }
+            v
+        };
+        if let Some(secret) = secret {
+            keys.push((
+                Algorithm::HS256,
+                DecodingKey::from_secret(secret.as_bytes()),
+                validation(Algorithm::HS256),
+            ));
+        }
+        if let Some(path) = &cfg.rsa_public_key_file {
+            let pem = std::fs::read(path).map_err(|e| KeyError {
+                key: "auth.rsa_public_key_file",
+                message: format!("cannot read {}: {e}", path.display()),
+            })?;
+            let key = DecodingKey::from_rsa_pem(&pem).map_err(|e| KeyError {
+                key: "auth.rsa_public_key_file",
+                message: format!("not an RSA public key in PEM: {e}"),
+            })?;
+            keys.push((Algorithm::RS256, key, validation(Algorithm::RS256)));
+        }
+        if let Some(path) = &cfg.ec_public_key_file {
+            let pem = std::fs::read(path).map_err(|e| KeyError {
+                key: "auth.ec_public_key_file",
+                message: format!("cannot read {}: {e}", path.display()),
+            })?;
+            let key = DecodingKey::from_ec_pem(&pem).map_err(|e| KeyError {
+                key: "auth.ec_public_key_file",
+                message: format!("not an EC public key in PEM: {e}"),
+            })?;
+            keys.push((Algorithm::ES256, key, validation(Algorithm::ES256)));
+        }
+        Ok(Verifier { keys })
+    }
+
+    /// Verify `token` and turn its claims into an identity.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthFailure> {
+        let fail = |code, message: &str| AuthFailure {
+            code,
+            message: message.to_string(),
+        };
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| fail(ErrorCode::Unauthorized, "malformed token"))?;
+        let Some((_, key, validation)) = self.keys.iter().find(|(alg, _, _)| *alg == header.alg)
+        else {
+            return Err(fail(
+                ErrorCode::Unauthorized,
+                "token algorithm not accepted",
+            ));
+        };
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => fail(ErrorCode::TokenExpired, "token expired"),
+                ErrorKind::ImmatureSignature => {
+                    fail(ErrorCode::Unauthorized, "token not yet valid")
+                }
+                ErrorKind::InvalidSignature => {
+                    fail(ErrorCode::Unauthorized, "invalid token signature")
+                }
+                ErrorKind::InvalidIssuer => fail(ErrorCode::Unauthorized, "wrong token issuer"),
+                ErrorKind::InvalidAudience => fail(ErrorCode::Unauthorized, "wrong token audience"),
+                ErrorKind::MissingRequiredClaim(c) => AuthFailure {
+                    code: ErrorCode::Unauthorized,
+                    message: format!("token lacks the '{c}' claim"),
+                },
+                _ => fail(ErrorCode::Unauthorized, "malformed token"),
+            })?;
+        let claims = data.claims;
+        if claims.sub.is_empty() {
+            return Err(fail(ErrorCode::Unauthorized, "token has an empty 'sub'"));
+        }
+        Ok(Identity {
+            user: claims.sub.into(),
+            channels: claims.channels,
+            expires_at: claims.exp,
+        })
+    }
+}
+
+/// Sign an HS256 token (the `token` subcommand, dev mode, tests).
+pub fn mint(
+    secret: &str,
+    sub: &str,
+    channels: Option<Vec<String>>,
+    ttl: Duration,
+    cfg: &AuthConfig,
+) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = Claims {
+        sub: sub.to_string(),
+        exp: Some(now + ttl.as_secs()),
+        nbf: None,
+        iat: Some(now),
+        iss: cfg.issuer.clone(),
+        aud: cfg.audience.clone(),
+        channels,
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing cannot fail")
+}
+
+/// Counters of the auth workers.
+#[derive(Debug, Default)]
+pub struct AuthStats {
+    /// Tokens accepted.
+    pub accepted: AtomicU64,
+    /// Tokens refused.
+    pub refused: AtomicU64,
+}
+
+/// Start `threads` workers answering shards' token checks until every sender is gone.
+pub fn spawn_workers(
+    threads: usize,
+    requests: Receiver<ControlRequest>,
+    verifier: Arc<Verifier>,
+    shards: ShardSender,
+    stats: Arc<AuthStats>,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    (0..threads)
+        .map(|i| {
+            let (rx, verifier, shards, stats) = (
+                requests.clone(),
+                verifier.clone(),
+                shards.clone(),
+                stats.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("auth-{i}"))
+                .spawn(move || {
+                    while let Ok(req) = rx.recv() {
+                        let ControlRequest::Authenticate {
+                            shard,
+                            conn,
+                            req_id,
+                            token,
+                        } = req;
+                        let result = verifier.verify(&token).map(Arc::new);
+                        let counter = if result.is_ok() {
+                            &stats.accepted
+                        } else {
+                            &stats.refused
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        let mut msg = ShardMsg::AuthDone {
+                            conn,
+                            req_id,
+                            result,
+                        };
+                        // The verdict must arrive: a full inbox drains within microseconds.
+                        while let Err(back) = shards.send(shard as usize, msg) {
+                            msg = back;
+                            std::thread::sleep(Duration::from_micros(200));
+                        }
+                    }
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "test-secret-0123456789";
+
+    fn cfg() -> AuthConfig {
+        AuthConfig::default()
+    }
+
+    #[test]
+    fn accepts_and_refuses() {
+        let v = Verifier::new(&cfg(), Some(SECRET)).unwrap();
+        let t = mint(
+            SECRET,
+            "alice",
+            Some(vec!["room:*".into()]),
+            Duration::from_secs(60),
+            &cfg(),
+        );
+        let id = v.verify(&t).unwrap();
+        assert_eq!(&*id.user, "alice");
+        assert!(id.may_use("room:1") && !id.may_use("admin"));
+
+        let forged = mint(
+            "another-secret-0123456789",
+            "alice",
+            None,
+            Duration::from_secs(60),
+            &cfg(),
+        );
+        assert_eq!(
+            v.verify(&forged).unwrap_err().message,
+            "invalid token signature"
+        );
+        assert_eq!(
+            v.verify("not.a.token").unwrap_err().code,
+            ErrorCode::Unauthorized
+        );
+        assert_eq!(v.verify("").unwrap_err().code, ErrorCode::Unauthorized);
+
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let expired = Claims {
+            sub: "a".into(),
+            exp: Some(now - 3600),
+            nbf: None,
+            iat: None,
+            iss: None,
+            aud: None,
+            channels: None,
+        };
+        let t = jsonwebtoken::encode(
+            &Header::default(),
+            &expired,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&t).unwrap_err().code, ErrorCode::TokenExpired);
+
+        let no_exp = Claims {
+            exp: None,
+            ..expired.clone()
+        };
+        let t = jsonwebtoken::encode(
+            &Header::default(),
+            &no_exp,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert!(v.verify(&t).unwrap_err().message.contains("exp"));
+
+        let future = Claims {
+            exp: Some(now + 7200),
+            nbf: Some(now + 3600),
+            ..expired
+        };
+        let t = jsonwebtoken::encode(
+            &Header::default(),
+            &future,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&t).unwrap_err().message, "token not yet valid");
+    }
+
+    #[test]
+    fn issuer_and_audience() {
+        let mut c = cfg();
+        c.issuer = Some("https://issuer".into());
+        c.audience = Some("switchboard".into());
+        let v = Verifier::new(&c, Some(SECRET)).unwrap();
+        assert!(v
+            .verify(&mint(SECRET, "a", None, Duration::from_secs(60), &c))
+            .is_ok());
+        let other = AuthConfig {
+            issuer: Some("https://evil".into()),
+            ..c.clone()
+        };
+        assert_eq!(
+            v.verify(&mint(SECRET, "a", None, Duration::from_secs(60), &other))
+                .unwrap_err()
+                .message,
+            "wrong token issuer"
+        );
+        let other = AuthConfig {
+            audience: Some("else".into()),
+            ..c
+        };
+        assert_eq!(
+            v.verify(&mint(SECRET, "a", None, Duration::from_secs(60), &other))
+                .unwrap_err()
+                .message,
+            "wrong token audience"
+        );
+    }
+
+    #[test]
+    fn algorithm_must_be_configured() {
+        let v = Verifier::new(&cfg(), None).unwrap();
+        let t = mint(SECRET, "a", None, Duration::from_secs(60), &cfg());
+        assert_eq!(
+            v.verify(&t).unwrap_err().message,
+            "token algorithm not accepted"
+        );
+        let mut c = cfg();
+        c.rsa_public_key_file = Some("/nonexistent.pem".into());
+        assert_eq!(
+            Verifier::new(&c, None).unwrap_err().key,
+            "auth.rsa_public_key_file"
+        );
+    }
+}

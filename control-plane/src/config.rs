@@ -1,0 +1,364 @@
+//! The configuration file, its environment overrides and validation.
+//!
+//! Owns reading `--config FILE` (TOML), applying `SWITCHBOARD_<SECTION>__<KEY>`
+//! environment variables on top, refusing unknown keys and bad values with a message
+//! that names the key. The environment is read through [`Env`] so tests never touch the
+//! real one. Does not own command-line flags (`main`), which override both.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use switchboard_engine::EngineConfig;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Shards, sockets, limits and timeouts.
+    pub engine: EngineConfig,
+    /// Token verification.
+    pub auth: AuthConfig,
+    /// The admin/server HTTP API.
+    pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[auth]`: how tokens are verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 shared secret. Unset (and no key files): dev mode with a generated secret.
+    pub hmac_secret: Option<String>,
+    /// PEM file with an RSA public key: accept RS256 tokens.
+    pub rsa_public_key_file: Option<PathBuf>,
+    /// PEM file with an EC P-256 public key: accept ES256 tokens.
+    pub ec_public_key_file: Option<PathBuf>,
+    /// Required `iss` claim, if set.
+    pub issuer: Option<String>,
+    /// Required `aud` claim, if set.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_s: u64,
+    /// Refuse tokens without `exp`.
+    pub require_exp: bool,
+    /// Threads verifying tokens (off the shards).
+    pub threads: usize,
+    /// Verification requests that may wait; beyond it `connect` gets `Overloaded`.
+    pub queue_capacity: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            hmac_secret: None,
+            rsa_public_key_file: None,
+            ec_public_key_file: None,
+            issuer: None,
+            audience: None,
+            leeway_s: 30,
+            require_exp: true,
+            threads: 1,
+            queue_capacity: 16_384,
+        }
+    }
+}
+
+/// `[admin]`: the HTTP API for operators and backends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// HTTP listen address (health, metrics, server API).
+    pub listen: SocketAddr,
+    /// Key required by `/api/*` (as `Authorization: Bearer KEY` or `X-Api-Key: KEY`).
+    /// Unset: generated in dev mode, otherwise the API answers 403.
+    pub api_key: Option<String>,
+    /// Largest request body accepted by the API, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            api_key: None,
+            max_body_bytes: 1_048_576,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter (`info`, `switchboard=debug,warn`); `RUST_LOG` wins if set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// The process environment, behind a trait so tests can supply their own.
+pub trait Env {
+    /// Every variable.
+    fn vars(&self) -> Vec<(String, String)>;
+}
+
+/// The real environment.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn vars(&self) -> Vec<(String, String)> {
+        std::env::vars().collect()
+    }
+}
+
+impl Env for Vec<(String, String)> {
+    fn vars(&self) -> Vec<(String, String)> {
+        self.clone()
+    }
+}
+
+/// A configuration problem, naming the file and key where it can.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or a key is unknown or mistyped.
+    #[error("invalid config{}: {message}", path.as_ref().map(|p| format!(" file {}", p.display())).unwrap_or_default())]
+    Parse {
+        /// The file, if the problem is in one.
+        path: Option<PathBuf>,
+        /// What the parser says, including the key.
+        message: String,
+    },
+    /// An environment override names no known key or has a bad value.
+    #[error("invalid environment override {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config value: {0}")]
+    Invalid(String),
+}
+
+const ENV_PREFIX: &str = "SWITCHBOARD_";
+
+impl Config {
+    /// Load `file` (or the defaults), apply environment overrides, validate.
+    pub fn load(file: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
+        let mut value = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: Some(path.to_owned()),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        let mut vars = env.vars();
+        vars.sort();
+        for (var, raw) in vars {
+            let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let Some((section, key)) = rest.split_once("__") else {
+                continue;
+            };
+            let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+            if !matches!(section.as_str(), "engine" | "auth" | "admin" | "log") {
+                return Err(ConfigError::Env {
+                    var,
+                    message: format!("unknown section '{section}'"),
+                });
+            }
+            // A value that parses as a TOML value (number, bool, array) is taken as
+            // such; anything else is a string.
+            let parsed = format!("v = {raw}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw));
+            let table = value
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| ConfigError::Env {
+                    var: var.clone(),
+                    message: "section is not a table".into(),
+                })?;
+            table.insert(key, parsed);
+        }
+        let config: Config =
+            toml::Value::Table(value)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: file.map(Path::to_owned),
+                    message: e.to_string(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check ranges; the message names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.engine.validate().map_err(ConfigError::Invalid)?;
+        if self.auth.threads == 0 {
+            return Err(ConfigError::Invalid(
+                "auth.threads must be greater than 0".into(),
+            ));
+        }
+        if self.auth.queue_capacity == 0 {
+            return Err(ConfigError::Invalid(
+                "auth.queue_capacity must be greater than 0".into(),
+            ));
+        }
+        if let Some(s) = &self.auth.hmac_secret {
+            if s.len() < 16 {
+                return Err(ConfigError::Invalid(
+                    "auth.hmac_secret must be at least 16 bytes".into(),
+                ));
+            }
+        }
+        if let Some(k) = &self.admin.api_key {
+            if k.len() < 16 {
+                return Err(ConfigError::Invalid(
+                    "admin.api_key must be at least 16 bytes".into(),
+                ));
+            }
+        }
+        if self.admin.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "admin.max_body_bytes must be greater than 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether no verification key is configured (dev mode).
+    pub fn dev_mode(&self) -> bool {
+        self.auth.hmac_secret.is_none()
+            && self.auth.rsa_public_key_file.is_none()
+            && self.auth.ec_public_key_file.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    fn write(text: &str) -> tempfile_path::TempPath {
+        tempfile_path::TempPath::with(text)
+    }
+
+    /// A tiny temp-file helper (no extra crate for one use).
+    mod tempfile_path {
+        pub struct TempPath(pub std::path::PathBuf);
+        impl TempPath {
+            pub fn with(text: &str) -> TempPath {
+                static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let p =
+                    std::env::temp_dir().join(format!("sb-config-{}-{n}.toml", std::process::id()));
+                std::fs::write(&p, text).unwrap();
+                TempPath(p)
+            }
+        }
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_and_shipped_profile_load() {
+        let c = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(c, Config::default());
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tuning/default.toml");
+        let from_file = Config::load(Some(&shipped), &env(&[])).unwrap();
+        assert_eq!(
+            from_file,
+            Config::default(),
+            "tuning/default.toml documents the defaults"
+        );
+    }
+
+    #[test]
+    fn env_overrides() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("SWITCHBOARD_ENGINE__MAX_FRAME_BYTES", "1024"),
+                ("SWITCHBOARD_ENGINE__MAX_MESSAGE_BYTES", "4096"),
+                ("SWITCHBOARD_AUTH__HMAC_SECRET", "0123456789abcdef0123"),
+                ("SWITCHBOARD_ADMIN__LISTEN", "127.0.0.1:9000"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.engine.max_frame_bytes, 1024);
+        assert_eq!(c.auth.hmac_secret.as_deref(), Some("0123456789abcdef0123"));
+        assert_eq!(c.admin.listen.port(), 9000);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let f = write("[engine]\nmax_frame_bytes = \"lots\"\n");
+        let e = Config::load(Some(&f.0), &env(&[])).unwrap_err().to_string();
+        assert!(e.contains("max_frame_bytes"), "{e}");
+        let f = write("[engine]\nmax_fram_bytes = 10\n");
+        let e = Config::load(Some(&f.0), &env(&[])).unwrap_err().to_string();
+        assert!(e.contains("max_fram_bytes"), "{e}");
+        let f = write("[engine\n");
+        assert!(matches!(
+            Config::load(Some(&f.0), &env(&[])),
+            Err(ConfigError::Parse { .. })
+        ));
+        let e = Config::load(None, &env(&[("SWITCHBOARD_ENGINE__TICK_MS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("engine.tick_ms"), "{e}");
+        let e = Config::load(None, &env(&[("SWITCHBOARD_NOPE__X", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SWITCHBOARD_NOPE__X"), "{e}");
+        let e = Config::load(None, &env(&[("SWITCHBOARD_AUTH__HMAC_SECRET", "short")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.hmac_secret"), "{e}");
+        assert!(matches!(
+            Config::load(Some(Path::new("/nonexistent.toml")), &env(&[])),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

@@ -1,0 +1,169 @@
+//! Assembling a running Switchboard: engine, auth workers, admin HTTP.
+//!
+//! Owns start-up order (verify keys, start shards, start workers, bind the admin
+//! address) and shutdown order (shards close clients with 1001 and drain, then the
+//! admin API stops). Used by the binary and by the integration tests, which start it
+//! on port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use switchboard_engine::{Engine, EngineHandle};
+
+use crate::admin::{self, AdminState};
+use crate::auth::{self, AuthStats, Verifier};
+use crate::config::Config;
+use crate::metrics::ApiStats;
+
+/// Credentials generated for dev mode (no key configured).
+#[derive(Debug, Clone)]
+pub struct DevCredentials {
+    /// The generated HS256 secret.
+    pub secret: String,
+    /// A ready-to-use token (sub `dev`, every channel).
+    pub token: String,
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    engine: Arc<EngineHandle>,
+    admin_addr: SocketAddr,
+    admin_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    admin_thread: Option<std::thread::JoinHandle<()>>,
+    auth_threads: Vec<std::thread::JoinHandle<()>>,
+    /// Set in dev mode.
+    pub dev: Option<DevCredentials>,
+    /// The API key in force (configured, or generated in dev mode).
+    pub api_key: Option<String>,
+}
+
+/// Random hex string of `bytes` random bytes.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::getrandom(&mut buf).expect("the OS random source is available");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Server {
+    /// Start everything described by `cfg`.
+    pub fn start(cfg: Config) -> anyhow::Result<Server> {
+        let (secret, dev) = if cfg.dev_mode() {
+            let secret = random_hex(32);
+            let token = auth::mint(
+                &secret,
+                "dev",
+                None,
+                Duration::from_secs(24 * 3600),
+                &cfg.auth,
+            );
+            (Some(secret.clone()), Some(DevCredentials { secret, token }))
+        } else {
+            (cfg.auth.hmac_secret.clone(), None)
+        };
+        let api_key = cfg
+            .admin
+            .api_key
+            .clone()
+            .or_else(|| dev.as_ref().map(|_| random_hex(16)));
+        let verifier = Arc::new(
+            Verifier::new(&cfg.auth, secret.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+
+        let (requests_tx, requests_rx) = crossbeam_channel::bounded(cfg.auth.queue_capacity);
+        let engine = Arc::new(Engine::start(cfg.engine.clone(), requests_tx)?);
+        let auth_stats = Arc::new(AuthStats::default());
+        let auth_threads = auth::spawn_workers(
+            cfg.auth.threads,
+            requests_rx,
+            verifier,
+            engine.sender(),
+            auth_stats.clone(),
+        )
+        .context("cannot start auth workers")?;
+
+        let listener = std::net::TcpListener::bind(cfg.admin.listen)
+            .with_context(|| format!("cannot listen on admin.listen {}", cfg.admin.listen))?;
+        listener.set_nonblocking(true)?;
+        let admin_addr = listener.local_addr()?;
+        let state = Arc::new(AdminState {
+            engine: engine.clone(),
+            api_key: api_key.clone(),
+            auth: auth_stats,
+            api: ApiStats::default(),
+            max_body_bytes: cfg.admin.max_body_bytes,
+        });
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let admin_thread = std::thread::Builder::new()
+            .name("control-plane".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => return tracing::error!("cannot start admin runtime: {e}"),
+                };
+                rt.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => return tracing::error!("cannot register admin listener: {e}"),
+                    };
+                    let app = admin::router(state);
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                        let _ = stop_rx.await;
+                    });
+                    if let Err(e) = serve.await {
+                        tracing::error!("admin server failed: {e}");
+                    }
+                });
+            })?;
+        tracing::info!(ws = %engine.local_addr(), admin = %admin_addr, "switchboard started");
+        Ok(Server {
+            engine,
+            admin_addr,
+            admin_stop: Some(stop_tx),
+            admin_thread: Some(admin_thread),
+            auth_threads,
+            dev,
+            api_key,
+        })
+    }
+
+    /// The WebSocket address bound.
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.engine.local_addr()
+    }
+
+    /// The admin HTTP address bound.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<EngineHandle> {
+        &self.engine
+    }
+
+    /// Begin graceful shutdown (returns at once).
+    pub fn shutdown(&self) {
+        self.engine.shutdown();
+    }
+
+    /// Wait until the shards have drained and stopped, then stop the admin API.
+    pub fn wait(mut self) {
+        self.engine.join();
+        if let Some(stop) = self.admin_stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.admin_thread.take() {
+            let _ = t.join();
+        }
+        // Shards are gone, so their senders are dropped and the workers exit.
+        for t in self.auth_threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
