@@ -100,13 +100,34 @@ async fn metrics_text(State(s): State<Arc<AdminState>>) -> Response {
         .into_response()
 }
 
-fn check_key(s: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+/// Why an API request is refused before its body is read.
+enum KeyRefusal {
+    Disabled,
+    Missing,
+    Invalid,
+}
+
+impl KeyRefusal {
+    fn response(self) -> Response {
+        match self {
+            KeyRefusal::Disabled => error(
+                StatusCode::FORBIDDEN,
+                "api_disabled",
+                "the server API is disabled: set admin.api_key",
+            ),
+            KeyRefusal::Missing => {
+                error(StatusCode::UNAUTHORIZED, "unauthorized", "missing API key")
+            }
+            KeyRefusal::Invalid => {
+                error(StatusCode::UNAUTHORIZED, "unauthorized", "invalid API key")
+            }
+        }
+    }
+}
+
+fn check_key(s: &AdminState, headers: &HeaderMap) -> Result<(), KeyRefusal> {
     let Some(expected) = &s.api_key else {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "api_disabled",
-            "the server API is disabled: set admin.api_key",
-        ));
+        return Err(KeyRefusal::Disabled);
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -117,17 +138,9 @@ fn check_key(s: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
         })
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
     match given {
-        None => Err(error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing API key",
-        )),
+        None => Err(KeyRefusal::Missing),
         Some(k) if constant_time_eq(k.trim().as_bytes(), expected.as_bytes()) => Ok(()),
-        Some(_) => Err(error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "invalid API key",
-        )),
+        Some(_) => Err(KeyRefusal::Invalid),
     }
 }
 
@@ -149,7 +162,7 @@ async fn publish(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Bod
         r
     };
     if let Err(r) = check_key(&s, &headers) {
-        return refused(r);
+        return refused(r.response());
     }
     let bytes: Bytes = match axum::body::to_bytes(body, s.max_body_bytes).await {
         Ok(b) => b,

@@ -22,6 +22,14 @@ pub struct ApiStats {
     pub refused: std::sync::atomic::AtomicU64,
 }
 
+/// A per-shard metric: name, type, help, and how to read it.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardMetrics) -> u64,
+);
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -43,7 +51,7 @@ pub fn render(engine: &EngineHandle, auth: &AuthStats, api: &ApiStats) -> String
         engine.backend(),
         shards.len()
     );
-    let per_shard: [(&str, &str, &str, fn(&ShardMetrics) -> u64); 13] = [
+    let per_shard: [Family; 13] = [
         (
             "switchboard_connections",
             "gauge",

@@ -709,8 +709,9 @@ impl ShardCore {
 
     fn slow_consumer(&mut self, slot: u32) {
         if let Some(conn) = self.conns.get_mut(slot as usize) {
-            // What was queued is dropped; the client is told and may reconnect.
-            conn.out.clear();
+            // What was queued is dropped (but a frame partly written is finished, so the
+            // close that follows is readable); the client is told and may reconnect.
+            conn.out.discard_unstarted();
         }
         self.begin_close(
             slot,

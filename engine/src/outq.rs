@@ -64,6 +64,23 @@ impl OutQueue {
         self.charged
     }
 
+    /// Drop every frame not yet started. A frame partly written stays, so the stream
+    /// stays well-formed for what is queued after it (a close frame).
+    pub fn discard_unstarted(&mut self) {
+        let written = self.head_written;
+        let keep = if written > 0 {
+            self.frames.pop_front()
+        } else {
+            None
+        };
+        self.clear();
+        if let Some(front) = keep {
+            self.charged = front.len() + FRAME_OVERHEAD_BYTES;
+            self.frames.push_back(front);
+            self.head_written = written;
+        }
+    }
+
     /// Drop everything queued.
     pub fn clear(&mut self) {
         self.frames = VecDeque::new();
@@ -120,6 +137,13 @@ impl OutQueue {
 mod tests {
     use super::*;
 
+    fn front(q: &OutQueue) -> Vec<u8> {
+        let mut slices = [IoSlice::new(&[]); 4];
+        let n = q.fill(&mut slices);
+        assert!(n > 0);
+        slices[0].to_vec()
+    }
+
     #[test]
     fn bounded_and_partial_writes() {
         let mut q = OutQueue::default();
@@ -128,17 +152,32 @@ mod tests {
         q.push(f.clone(), 100).unwrap();
         assert_eq!(q.push(f.clone(), 100), Err(Overflow));
         assert_eq!(q.charged(), 84);
-        let mut slices = [IoSlice::new(&[]); 8];
-        assert_eq!(q.fill(&mut slices), 2);
         assert_eq!(q.advance(4), 0);
-        let n = q.fill(&mut slices);
-        assert_eq!(&*slices[0], b"456789");
-        assert_eq!(n, 2);
+        assert_eq!(front(&q), b"456789");
         assert_eq!(q.advance(6 + 3), 1);
         assert_eq!(q.advance(7), 1);
         assert!(q.is_empty());
         assert_eq!(q.charged(), 0);
         q.push_unbounded(Bytes::from(vec![0; 500]));
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn discard_keeps_a_started_frame() {
+        let mut q = OutQueue::default();
+        for _ in 0..3 {
+            q.push(Bytes::from_static(b"0123456789"), 1000).unwrap();
+        }
+        q.discard_unstarted();
+        assert!(q.is_empty());
+        for _ in 0..3 {
+            q.push(Bytes::from_static(b"0123456789"), 1000).unwrap();
+        }
+        q.advance(3);
+        q.discard_unstarted();
+        assert_eq!(q.len(), 1);
+        assert_eq!(front(&q), b"3456789");
+        assert_eq!(q.advance(7), 1);
+        assert_eq!(q.charged(), 0);
     }
 }

@@ -1,0 +1,341 @@
+//! Helpers for integration tests: a real server on port 0 with two shards, and
+//! WebSocket clients built on fastwebsockets (plus raw sockets for protocol violations).
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
+use serde_json::{json, Value};
+use switchboard_control_plane::{auth, Config, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const SECRET: &str = "integration-test-secret-0123456789";
+pub const API_KEY: &str = "integration-test-api-key-0123";
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Start a server with test defaults, adjusted by `tweak`.
+pub fn start(tweak: impl FnOnce(&mut Config)) -> Server {
+    let mut cfg = Config::default();
+    cfg.engine.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.engine.shards = 2;
+    cfg.engine.tick_ms = 20;
+    cfg.engine.close_timeout_ms = 500;
+    cfg.auth.hmac_secret = Some(SECRET.into());
+    cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.admin.api_key = Some(API_KEY.into());
+    tweak(&mut cfg);
+    let server = Server::start(cfg).expect("server starts");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !server.engine().ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shards never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server
+}
+
+/// A token for `sub` allowing `channels` (all if None).
+pub fn token(sub: &str, channels: Option<&[&str]>) -> String {
+    auth::mint(
+        SECRET,
+        sub,
+        channels.map(|c| c.iter().map(|s| s.to_string()).collect()),
+        Duration::from_secs(600),
+        &Default::default(),
+    )
+}
+
+/// Send an upgrade request; returns the stream and the response head.
+pub async fn upgrade(
+    addr: SocketAddr,
+    subprotocol: Option<&str>,
+    extra: &str,
+) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).unwrap();
+    let proto = subprotocol
+        .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{proto}{extra}\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await;
+    (s, head)
+}
+
+/// Read an HTTP response head byte by byte (so no WebSocket bytes are consumed).
+pub async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(TIMEOUT, s.read(&mut byte))
+            .await
+            .expect("response head in time")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// What a client received.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A decoded envelope.
+    Msg(Value),
+    /// A close frame: code and reason.
+    Close(u16, String),
+}
+
+/// The envelope encoding of a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fmt {
+    MsgPack,
+    Json,
+}
+
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+    pub fmt: Fmt,
+    /// Messages received while waiting for a reply.
+    pub backlog: VecDeque<Event>,
+    pub shard: u64,
+    next_id: u64,
+}
+
+impl Client {
+    /// Upgrade (no authentication yet).
+    pub async fn open(addr: SocketAddr, fmt: Fmt) -> Client {
+        let proto = match fmt {
+            Fmt::MsgPack => "switchboard.v1.msgpack",
+            Fmt::Json => "switchboard.v1.json",
+        };
+        let (stream, head) = upgrade(addr, Some(proto), "").await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(head.contains(proto), "{head}");
+        Client {
+            ws: WebSocket::after_handshake(stream, Role::Client),
+            fmt,
+            backlog: VecDeque::new(),
+            shard: u64::MAX,
+            next_id: 100,
+        }
+    }
+
+    /// Wrap a stream whose upgrade the caller already did.
+    pub fn from_upgraded(stream: TcpStream, fmt: Fmt) -> Client {
+        Client {
+            ws: WebSocket::after_handshake(stream, Role::Client),
+            fmt,
+            backlog: VecDeque::new(),
+            shard: u64::MAX,
+            next_id: 100,
+        }
+    }
+
+    /// Upgrade and authenticate as `sub`.
+    pub async fn connect(addr: SocketAddr, fmt: Fmt, tok: &str) -> Client {
+        let mut c = Client::open(addr, fmt).await;
+        let r = c.call(json!({"cmd": "connect", "token": tok})).await;
+        let result = r
+            .get("result")
+            .unwrap_or_else(|| panic!("connect failed: {r}"));
+        c.shard = result["shard"].as_u64().unwrap();
+        c
+    }
+
+    pub async fn send(&mut self, msg: &Value) {
+        let frame = match self.fmt {
+            Fmt::Json => Frame::text(Payload::Owned(serde_json::to_vec(msg).unwrap())),
+            Fmt::MsgPack => Frame::binary(Payload::Owned(rmp_serde::to_vec_named(msg).unwrap())),
+        };
+        self.ws.write_frame(frame).await.expect("write");
+    }
+
+    /// Next message or close from the socket (skipping pings, answered automatically).
+    pub async fn next_event(&mut self) -> Event {
+        if let Some(e) = self.backlog.pop_front() {
+            return e;
+        }
+        loop {
+            let frame = tokio::time::timeout(TIMEOUT, self.ws.read_frame())
+                .await
+                .expect("a frame in time")
+                .expect("read frame");
+            match frame.opcode {
+                OpCode::Text => {
+                    return Event::Msg(
+                        serde_json::from_slice(&frame.payload).expect("JSON envelope"),
+                    )
+                }
+                OpCode::Binary => {
+                    return Event::Msg(
+                        rmp_serde::from_slice(&frame.payload).expect("MessagePack envelope"),
+                    )
+                }
+                OpCode::Close => {
+                    let p = &frame.payload[..];
+                    let code = if p.len() >= 2 {
+                        u16::from_be_bytes([p[0], p[1]])
+                    } else {
+                        1005
+                    };
+                    return Event::Close(
+                        code,
+                        String::from_utf8_lossy(p.get(2..).unwrap_or(&[])).into_owned(),
+                    );
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Send `cmd` with a fresh id and wait for its reply (other messages are kept).
+    pub async fn call(&mut self, mut cmd: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        cmd["id"] = json!(id);
+        self.send(&cmd).await;
+        let mut kept = VecDeque::new();
+        let reply = loop {
+            match self.next_event().await {
+                Event::Msg(m) if m.get("id") == Some(&json!(id)) => break m,
+                other @ Event::Close(..) => {
+                    kept.push_back(other);
+                    break json!({"closed": true});
+                }
+                other => kept.push_back(other),
+            }
+        };
+        kept.extend(self.backlog.drain(..));
+        self.backlog = kept;
+        reply
+    }
+
+    /// Next publication push (other messages are dropped).
+    pub async fn next_publication(&mut self) -> Value {
+        loop {
+            match self.next_event().await {
+                Event::Msg(m) if m.get("push") == Some(&json!("publication")) => return m,
+                Event::Msg(_) => continue,
+                e => panic!("expected a publication, got {e:?}"),
+            }
+        }
+    }
+
+    /// Read until a close frame; returns the disconnect push (if any) and the close.
+    pub async fn expect_close(&mut self) -> (Option<Value>, u16, String) {
+        let mut push = None;
+        loop {
+            match self.next_event().await {
+                Event::Msg(m) if m.get("push") == Some(&json!("disconnect")) => push = Some(m),
+                Event::Msg(_) => continue,
+                Event::Close(code, reason) => return (push, code, reason),
+            }
+        }
+    }
+}
+
+/// Open clients until one lands on `shard` (the kernel spreads connections by hash).
+pub async fn client_on_shard(addr: SocketAddr, fmt: Fmt, tok: &str, shard: u64) -> Client {
+    for _ in 0..200 {
+        let c = Client::connect(addr, fmt, tok).await;
+        if c.shard == shard {
+            return c;
+        }
+    }
+    panic!("no connection landed on shard {shard} in 200 tries");
+}
+
+/// A minimal HTTP/1.1 request; returns status and body.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    tokio::time::timeout(TIMEOUT, s.read_to_end(&mut resp))
+        .await
+        .expect("HTTP response in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A raw masked client frame.
+pub fn raw_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let op = match opcode {
+        0 => switchboard_protocol::OpCode::Continuation,
+        1 => switchboard_protocol::OpCode::Text,
+        2 => switchboard_protocol::OpCode::Binary,
+        8 => switchboard_protocol::OpCode::Close,
+        9 => switchboard_protocol::OpCode::Ping,
+        _ => switchboard_protocol::OpCode::Pong,
+    };
+    switchboard_protocol::frame::encode_masked(fin, op, payload, [0x11, 0x22, 0x33, 0x44])
+}
+
+/// Read raw server frames until a close frame; returns its code.
+pub async fn read_until_close(s: &mut TcpStream) -> u16 {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        use switchboard_protocol::frame::{self, Check};
+        while let Check::Complete(h) =
+            frame::check(&buf, switchboard_protocol::Role::Client, usize::MAX).unwrap()
+        {
+            let f = frame::take(&mut buf, &h);
+            if f.opcode == switchboard_protocol::OpCode::Close {
+                return u16::from_be_bytes([f.payload[0], f.payload[1]]);
+            }
+        }
+        let n = tokio::time::timeout(TIMEOUT, s.read_buf(&mut buf))
+            .await
+            .expect("frames in time")
+            .unwrap();
+        assert!(n > 0, "connection ended without a close frame");
+    }
+}
+
+/// Read one metric sample summed over shards from the admin endpoint.
+pub async fn metric(admin: SocketAddr, name_and_labels: &str) -> u64 {
+    let (_, body) = http(admin, "GET", "/metrics", &[], "").await;
+    body.lines()
+        .filter(|l| l.starts_with(name_and_labels.split('{').next().unwrap()))
+        .filter(|l| {
+            let want_labels = name_and_labels
+                .split_once('{')
+                .map(|(_, l)| l.trim_end_matches('}'));
+            match want_labels {
+                None => true,
+                Some(labels) => labels.split(',').all(|kv| l.contains(kv)),
+            }
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}

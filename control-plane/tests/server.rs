@@ -1,0 +1,484 @@
+//! The real server, on port 0 with two shards, driven over real sockets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_with_valid_expired_and_forged_tokens() {
+    let server = start(|_| {});
+    let addr = server.ws_addr();
+
+    let mut c = Client::open(addr, Fmt::MsgPack).await;
+    let r = c
+        .call(json!({"cmd": "subscribe", "channel": "room:1"}))
+        .await;
+    assert_eq!(
+        r["error"]["code"], 102,
+        "commands before connect are refused: {r}"
+    );
+    let r = c
+        .call(json!({"cmd": "connect", "token": token("alice", Some(&["room:*"]))}))
+        .await;
+    assert_eq!(r["result"]["user"], "alice", "{r}");
+    assert!(r["result"]["expires_at"].as_u64().is_some());
+    let r = c
+        .call(json!({"cmd": "connect", "token": token("alice", None)}))
+        .await;
+    assert_eq!(r["error"]["code"], 105, "{r}");
+    let r = c
+        .call(json!({"cmd": "subscribe", "channel": "admin:1"}))
+        .await;
+    assert_eq!(r["error"]["code"], 103, "channels claim is enforced: {r}");
+    let r = c.call(json!({"cmd": "frobnicate"})).await;
+    assert_eq!(r["error"]["code"], 104, "{r}");
+    let r = c.call(json!({"cmd": "ping"})).await;
+    assert_eq!(r["result"], json!({}));
+
+    // Expired: error 109, then close 4001.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "bob", "exp": now - 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let mut c = Client::open(addr, Fmt::Json).await;
+    let r = c.call(json!({"cmd": "connect", "token": expired})).await;
+    assert_eq!(r["error"]["code"], 109, "{r}");
+    let (push, code, _) = c.expect_close().await;
+    assert_eq!(code, 4001);
+    assert_eq!(push.unwrap()["reconnect"], false);
+
+    // Forged: signed with another secret.
+    let forged = switchboard_control_plane::auth::mint(
+        "some-other-secret-0123456789",
+        "mallory",
+        None,
+        Duration::from_secs(60),
+        &Default::default(),
+    );
+    let mut c = Client::open(addr, Fmt::MsgPack).await;
+    let r = c.call(json!({"cmd": "connect", "token": forged})).await;
+    assert_eq!(r["error"]["code"], 101, "{r}");
+    assert_eq!(r["error"]["message"], "invalid token signature");
+    assert_eq!(c.expect_close().await.1, 4001);
+
+    // Garbage token.
+    let mut c = Client::open(addr, Fmt::Json).await;
+    let r = c.call(json!({"cmd": "connect", "token": "garbage"})).await;
+    assert_eq!(r["error"]["code"], 101, "{r}");
+
+    // Authorization: Bearer on the upgrade, connect without a token.
+    let (stream, head) = upgrade(
+        addr,
+        Some("switchboard.v1.json"),
+        &format!("Authorization: Bearer {}\r\n", token("carol", None)),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 101"));
+    let mut c = Client::from_upgraded(stream, Fmt::Json);
+    let r = c.call(json!({"cmd": "connect"})).await;
+    assert_eq!(r["result"]["user"], "carol", "{r}");
+
+    server.shutdown();
+    server.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publication_reaches_subscribers_on_both_shards_in_both_formats() {
+    let server = start(|_| {});
+    let addr = server.ws_addr();
+    let tok = token("u", Some(&["room:*"]));
+    let mut sub0 = client_on_shard(addr, Fmt::MsgPack, &tok, 0).await;
+    let mut sub1 = client_on_shard(addr, Fmt::Json, &tok, 1).await;
+    let mut publisher = client_on_shard(addr, Fmt::Json, &tok, 1).await;
+    for s in [&mut sub0, &mut sub1] {
+        let r = s
+            .call(json!({"cmd": "subscribe", "channel": "room:42"}))
+            .await;
+        assert_eq!(r, json!({"id": r["id"], "result": {}}));
+    }
+    let r = sub0
+        .call(json!({"cmd": "subscribe", "channel": "room:42"}))
+        .await;
+    assert_eq!(r["error"]["code"], 106);
+
+    for i in 0..50 {
+        let r = publisher
+            .call(json!({"cmd": "publish", "channel": "room:42", "data": {"seq": i, "text": "hé"}}))
+            .await;
+        assert_eq!(r["result"], json!({}), "{r}");
+    }
+    for s in [&mut sub0, &mut sub1] {
+        for i in 0..50 {
+            let p = s.next_publication().await;
+            assert_eq!(
+                p,
+                json!({"push": "publication", "channel": "room:42", "data": {"seq": i, "text": "hé"}})
+            );
+        }
+    }
+    // After unsubscribing, shard 0 no longer receives; shard 1 still does.
+    let r = sub0
+        .call(json!({"cmd": "unsubscribe", "channel": "room:42"}))
+        .await;
+    assert_eq!(r["result"], json!({}));
+    let r = sub0
+        .call(json!({"cmd": "unsubscribe", "channel": "room:42"}))
+        .await;
+    assert_eq!(r["error"]["code"], 107);
+    publisher
+        .call(json!({"cmd": "publish", "channel": "room:42", "data": "after"}))
+        .await;
+    assert_eq!(sub1.next_publication().await["data"], "after");
+    let r = sub0.call(json!({"cmd": "ping"})).await;
+    assert!(
+        sub0.backlog.is_empty(),
+        "no publication after unsubscribe: {:?} {r}",
+        sub0.backlog
+    );
+    assert!(metric(server.admin_addr(), "switchboard_deliveries_total").await >= 101);
+
+    server.shutdown();
+    server.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_publish_api() {
+    let server = start(|_| {});
+    let admin = server.admin_addr();
+    let mut sub = Client::connect(server.ws_addr(), Fmt::MsgPack, &token("u", None)).await;
+    sub.call(json!({"cmd": "subscribe", "channel": "news"}))
+        .await;
+
+    let auth = format!("Bearer {API_KEY}");
+    let (status, body) = http(
+        admin,
+        "POST",
+        "/api/publish",
+        &[("Authorization", &auth)],
+        r#"{"channel":"news","data":{"headline":"hi"}}"#,
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, r#"{"ok":true}"#));
+    assert_eq!(
+        sub.next_publication().await,
+        json!({"push": "publication", "channel": "news", "data": {"headline": "hi"}})
+    );
+
+    let (status, body) = http(
+        admin,
+        "POST",
+        "/api/publish",
+        &[],
+        r#"{"channel":"news","data":1}"#,
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = http(
+        admin,
+        "POST",
+        "/api/publish",
+        &[("X-Api-Key", "wrong-key-wrong-key")],
+        r#"{"channel":"news","data":1}"#,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, body) = http(
+        admin,
+        "POST",
+        "/api/publish",
+        &[("Authorization", &auth)],
+        "{not json",
+    )
+    .await;
+    assert_eq!(status, 400);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "bad_request");
+    let (status, _) = http(
+        admin,
+        "POST",
+        "/api/publish",
+        &[("Authorization", &auth)],
+        r#"{"channel":"has space","data":1}"#,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = http(admin, "GET", "/nope", &[], "").await;
+    assert_eq!(status, 404);
+
+    let (status, body) = http(admin, "GET", "/health/live", &[], "").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"live"}"#));
+    let (status, body) = http(admin, "GET", "/health/ready", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""backend":"epoll""#));
+    assert_eq!(metric(admin, "switchboard_api_publications_total").await, 1);
+
+    server.shutdown();
+    server.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_is_closed_and_live_one_is_not() {
+    let server = start(|c| {
+        c.engine.ping_interval_ms = 200;
+        c.engine.pong_timeout_ms = 200;
+    });
+    let tok = token("u", None);
+    let mut silent = Client::connect(server.ws_addr(), Fmt::Json, &tok).await;
+    let mut live = Client::connect(server.ws_addr(), Fmt::Json, &tok).await;
+    // The live client keeps reading (fastwebsockets answers pings); the silent one does not.
+    let live_task = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(900);
+        while tokio::time::Instant::now() < deadline {
+            let _ = tokio::time::timeout(Duration::from_millis(50), live.ws.read_frame()).await;
+        }
+        live
+    });
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let (push, code, reason) = silent.expect_close().await;
+    assert_eq!((code, reason.as_str()), (4004, "heartbeat timeout"));
+    assert_eq!(push.unwrap()["reconnect"], true);
+    let mut live = live_task.await.unwrap();
+    let r = live.call(json!({"cmd": "ping"})).await;
+    assert_eq!(
+        r["result"],
+        json!({}),
+        "the client that answered pings is still open"
+    );
+    assert_eq!(
+        metric(
+            server.admin_addr(),
+            "switchboard_closes_total{reason=\"heartbeat_timeout\"}"
+        )
+        .await,
+        1
+    );
+    server.shutdown();
+    server.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_timeout_closes_with_4002() {
+    let server = start(|c| c.engine.auth_timeout_ms = 200);
+    let mut c = Client::open(server.ws_addr(), Fmt::MsgPack).await;
+    let (push, code, _) = c.expect_close().await;
+    assert_eq!(code, 4002);
+    assert_eq!(push.unwrap()["code"], 4002);
+    server.shutdown();
+    server.wait();
+}
+
+async fn raw_connected(server: &switchboard_control_plane::Server) -> tokio::net::TcpStream {
+    let (mut s, head) = upgrade(server.ws_addr(), Some("switchboard.v1.json"), "").await;
+    assert!(head.starts_with("HTTP/1.1 101"));
+    let connect = json!({"id": 1, "cmd": "connect", "token": token("raw", None)}).to_string();
+    s.write_all(&raw_frame(true, 1, connect.as_bytes()))
+        .await
+        .unwrap();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_violations_get_their_close_codes() {
+    let server = start(|c| {
+        c.engine.max_frame_bytes = 1024;
+        c.engine.max_message_bytes = 4096;
+    });
+    // Unmasked client frame: 1002.
+    let mut s = raw_connected(&server).await;
+    s.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+    assert_eq!(read_until_close(&mut s).await, 1002);
+    // Invalid UTF-8 in a text message: 1007.
+    let mut s = raw_connected(&server).await;
+    s.write_all(&raw_frame(true, 1, b"{\"id\":2,\xff}"))
+        .await
+        .unwrap();
+    assert_eq!(read_until_close(&mut s).await, 1007);
+    // Invalid UTF-8 split across fragments: 1007.
+    let mut s = raw_connected(&server).await;
+    s.write_all(&raw_frame(false, 1, b"ok \xce")).await.unwrap();
+    s.write_all(&raw_frame(true, 0, b"\xff")).await.unwrap();
+    assert_eq!(read_until_close(&mut s).await, 1007);
+    // A frame over max_frame_bytes: 1009.
+    let mut s = raw_connected(&server).await;
+    s.write_all(&raw_frame(true, 2, &[0u8; 2000]))
+        .await
+        .unwrap();
+    assert_eq!(read_until_close(&mut s).await, 1009);
+    // Fragments adding up past max_message_bytes: 1009.
+    let mut s = raw_connected(&server).await;
+    s.write_all(&raw_frame(false, 2, &[0u8; 1000]))
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        s.write_all(&raw_frame(false, 0, &[0u8; 1000]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(read_until_close(&mut s).await, 1009);
+    // Not an envelope: 4000.
+    let mut s = raw_connected(&server).await;
+    s.write_all(&raw_frame(true, 1, b"[1,2,3]")).await.unwrap();
+    assert_eq!(read_until_close(&mut s).await, 4000);
+    // Continuation without a message: 1002.
+    let mut s = raw_connected(&server).await;
+    s.write_all(&raw_frame(true, 0, b"x")).await.unwrap();
+    assert_eq!(read_until_close(&mut s).await, 1002);
+
+    // Other connections are unaffected.
+    let mut ok = Client::connect(server.ws_addr(), Fmt::MsgPack, &token("fine", None)).await;
+    assert_eq!(ok.call(json!({"cmd": "ping"})).await["result"], json!({}));
+    let m = server.admin_addr();
+    assert_eq!(
+        metric(m, "switchboard_closes_total{reason=\"invalid_utf8\"}").await,
+        2
+    );
+    assert_eq!(
+        metric(m, "switchboard_closes_total{reason=\"too_big\"}").await,
+        2
+    );
+    server.shutdown();
+    server.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_handshakes_get_http_errors() {
+    let server = start(|c| c.engine.handshake_timeout_ms = 300);
+    let addr = server.ws_addr();
+    let (status, body) = http(addr, "GET", "/", &[], "").await;
+    assert_eq!(status, 426, "{body}");
+    let (_, head) = upgrade(addr, Some("chat"), "").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let (_, head) = upgrade(addr, None, &format!("X-Big: {}\r\n", "a".repeat(9000))).await;
+    assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nSec-WebSocket-Version: 8\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 426"));
+    // A request that trickles and never completes is dropped after the timeout.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(TIMEOUT, tokio::io::AsyncReadExt::read(&mut s, &mut buf))
+        .await
+        .expect("dropped in time");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert_eq!(
+        metric(
+            server.admin_addr(),
+            "switchboard_closes_total{reason=\"handshake_timeout\"}"
+        )
+        .await,
+        1
+    );
+    server.shutdown();
+    server.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_refuses_with_503() {
+    let server = start(|c| c.engine.max_connections = 2);
+    let tok = token("u", None);
+    let _a = Client::connect(server.ws_addr(), Fmt::Json, &tok).await;
+    let _b = Client::connect(server.ws_addr(), Fmt::Json, &tok).await;
+    let (_, head) = upgrade(server.ws_addr(), None, "").await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    server.shutdown();
+    server.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_is_disconnected_while_others_keep_receiving() {
+    let server = start(|c| {
+        c.engine.max_outbound_bytes = 256 * 1024;
+        // Long enough for the slow client to drain its socket and read the close.
+        c.engine.close_timeout_ms = 20_000;
+    });
+    let addr = server.ws_addr();
+    let tok = token("u", None);
+
+    // The slow consumer: a tiny receive buffer, and it never reads.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let mut stream = tokio::net::TcpStream::from_std(sock.into()).unwrap();
+    let req = "GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    stream.write_all(req.as_bytes()).await.unwrap();
+    assert!(read_head(&mut stream).await.starts_with("HTTP/1.1 101"));
+    let mut slow = Client::from_upgraded(stream, Fmt::MsgPack);
+    slow.call(json!({"cmd": "connect", "token": tok})).await;
+    slow.call(json!({"cmd": "subscribe", "channel": "firehose"}))
+        .await;
+
+    let mut fast = Client::connect(addr, Fmt::MsgPack, &tok).await;
+    fast.call(json!({"cmd": "subscribe", "channel": "firehose"}))
+        .await;
+    let mut publisher = Client::connect(addr, Fmt::MsgPack, &tok).await;
+
+    let big = "x".repeat(30_000);
+    let n = 400; // 12 MB: more than the slow socket's kernel buffers plus its queue.
+    let reader = tokio::spawn(async move {
+        for i in 0..n {
+            let p = fast.next_publication().await;
+            assert_eq!(p["data"]["seq"], i);
+        }
+        fast
+    });
+    for i in 0..n {
+        let r = publisher
+            .call(json!({"cmd": "publish", "channel": "firehose", "data": {"seq": i, "blob": big}}))
+            .await;
+        assert_eq!(r["result"], json!({}), "{r}");
+    }
+    let _fast = reader
+        .await
+        .expect("the fast subscriber received every publication");
+    assert_eq!(
+        metric(
+            server.admin_addr(),
+            "switchboard_slow_consumer_disconnects_total"
+        )
+        .await,
+        1
+    );
+    // Now the slow one reads: whatever the kernel held, then the 4003 close.
+    let (push, code, reason) = slow.expect_close().await;
+    assert_eq!((code, reason.as_str()), (4003, "slow consumer"));
+    assert_eq!(push.unwrap()["reconnect"], true);
+    server.shutdown();
+    server.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_sends_1001() {
+    let server = start(|_| {});
+    let tok = token("u", None);
+    let mut a = Client::connect(server.ws_addr(), Fmt::MsgPack, &tok).await;
+    let mut b = Client::connect(server.ws_addr(), Fmt::Json, &tok).await;
+    let admin = server.admin_addr();
+    server.shutdown();
+    for c in [&mut a, &mut b] {
+        let (push, code, reason) = c.expect_close().await;
+        assert_eq!((code, reason.as_str()), (1001, "server shutting down"));
+        assert_eq!(push.unwrap()["reconnect"], true);
+    }
+    let (status, _) = http(admin, "GET", "/health/ready", &[], "").await;
+    assert_eq!(status, 503, "not ready while draining");
+    let started = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "drained promptly once clients closed"
+    );
+}
