@@ -1,1 +1,55 @@
-//! Shared fixtures for the benches.
+//! Fixtures shared by the criterion benches of Switchboard's hot paths.
+//!
+//! The benches themselves are in `benches/hot_paths.rs`; run them with
+//! `cargo bench -p switchboard-benches`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use switchboard_engine::{ControlRequest, EngineConfig, Identity, Mesh, ShardCore, ShardMetrics};
+use switchboard_protocol::Format;
+
+/// A shard core with `subscribers` open connections subscribed to `channel`, and the
+/// receiver its control requests would go to (kept alive for the bench).
+pub fn fanout_core(
+    subscribers: usize,
+    channel: &str,
+) -> (ShardCore, crossbeam_channel::Receiver<ControlRequest>) {
+    let cfg = EngineConfig {
+        shards: 1,
+        max_outbound_bytes: 64 * 1024 * 1024,
+        ..EngineConfig::default()
+    };
+    let mesh = Mesh::new(1, 1024).expect("eventfd");
+    let (tx, rx) = crossbeam_channel::bounded(16);
+    let mut core = ShardCore::new(
+        0,
+        Arc::new(cfg),
+        mesh,
+        tx,
+        Arc::new(ShardMetrics::default()),
+    );
+    let identity = Arc::new(Identity {
+        user: "bench".into(),
+        channels: None,
+        expires_at: None,
+    });
+    for i in 0..subscribers {
+        let peer = IpAddr::V4(Ipv4Addr::from(0x7f00_0000 + (i as u32 % 250) + 1));
+        let key = core.open_for_test(peer, Format::MsgPack, identity.clone());
+        core.subscribe_for_test(key, channel);
+    }
+    drain(&mut core);
+    (core, rx)
+}
+
+/// Empty every queue (what a flush would do, without sockets).
+pub fn drain(core: &mut ShardCore) {
+    let mut dirty = Vec::new();
+    core.take_dirty(&mut dirty);
+    for slot in dirty {
+        if let Some(q) = core.out_mut(slot) {
+            q.clear();
+        }
+    }
+}

@@ -231,6 +231,8 @@ async fn silent_client_is_closed_and_live_one_is_not() {
     let server = start(|c| {
         c.engine.ping_interval_ms = 200;
         c.engine.pong_timeout_ms = 200;
+        // The silent client reads its close only after the test's sleep.
+        c.engine.close_timeout_ms = 5_000;
     });
     let tok = token("u", None);
     let mut silent = Client::connect(server.ws_addr(), Fmt::Json, &tok).await;
