@@ -306,11 +306,10 @@ impl ShardCore {
         }
     }
 
+    /// Make `at` the connection's one valid wheel visit (earlier entries become stale).
     fn schedule(&mut self, slot: u32, at: u64) {
-        let at = at.clamp(self.wheel.now() + 1, self.wheel.now() + 4000);
         if let Some(c) = self.conns.get_mut(slot as usize) {
-            c.next_visit = at as u32;
-            self.wheel.schedule(at, (slot, c.gen));
+            c.next_visit = self.wheel.schedule(at, (slot, c.gen)) as u32;
         }
     }
 
@@ -1038,13 +1037,28 @@ impl ShardCore {
 
     /// The timer fired: advance the wheel to `tick` and act on every connection due.
     pub fn on_tick(&mut self, tick: u64) {
-        self.now = tick.min(u32::MAX as u64) as u32;
         let mut due = std::mem::take(&mut self.due);
-        self.wheel.advance(tick, |_, t, e| due.push((t, e)));
-        for &(t, (slot, gen)) in &due {
-            self.visit(t as u32, slot, gen);
+        let horizon = self.wheel.len() as u64;
+        if tick > self.wheel.now() + horizon {
+            // The shard stalled past the horizon: every entry is due, once.
+            self.now = (tick - 1) as u32;
+            self.wheel.advance(tick - 1, |_, t, e| due.push((t, e)));
+            for &(t, (slot, gen)) in &due {
+                self.visit(t as u32, slot, gen);
+            }
+            due.clear();
         }
-        due.clear();
+        // Tick by tick, so a visit rescheduled within this window still fires on time.
+        while self.wheel.now() < tick {
+            let t = self.wheel.now() + 1;
+            self.now = t as u32;
+            self.wheel.advance(t, |_, t, e| due.push((t, e)));
+            for &(t, (slot, gen)) in &due {
+                self.visit(t as u32, slot, gen);
+            }
+            due.clear();
+        }
+        self.now = tick as u32;
         self.due = due;
     }
 
@@ -1141,5 +1155,217 @@ fn mark_dirty(conn: &mut Conn, slot: u32, dirty: &mut Vec<u32>) {
     if !conn.dirty {
         conn.dirty = true;
         dirty.push(slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Identity;
+    use std::io::IoSlice;
+    use switchboard_protocol::envelope::ServerMessage;
+
+    const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: switchboard.v1.json\r\n\r\n";
+
+    struct Harness {
+        core: ShardCore,
+        control: crossbeam_channel::Receiver<ControlRequest>,
+    }
+
+    fn harness(tweak: impl FnOnce(&mut EngineConfig)) -> Harness {
+        let mut cfg = EngineConfig {
+            shards: 1,
+            tick_ms: 10,
+            ping_interval_ms: 100,
+            pong_timeout_ms: 50,
+            auth_timeout_ms: 200,
+            handshake_timeout_ms: 100,
+            close_timeout_ms: 100,
+            ..EngineConfig::default()
+        };
+        tweak(&mut cfg);
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        let core = ShardCore::new(
+            0,
+            Arc::new(cfg),
+            Mesh::new(1, 64).unwrap(),
+            tx,
+            Arc::new(ShardMetrics::default()),
+        );
+        Harness { core, control: rx }
+    }
+
+    impl Harness {
+        fn read(&mut self, key: ConnKey, bytes: &[u8]) {
+            let mut buf = BytesMut::from(bytes);
+            self.core.on_read(key.slot, &mut buf);
+            assert!(buf.is_empty());
+        }
+
+        /// Everything queued for `key`, as written to a socket.
+        fn written(&mut self, key: ConnKey) -> Vec<u8> {
+            let mut out = Vec::new();
+            while !self.core.out_mut(key.slot).unwrap().is_empty() {
+                let len = {
+                    let q = self.core.out_mut(key.slot).unwrap();
+                    let mut slices = [IoSlice::new(&[]); 64];
+                    let n = q.fill(&mut slices);
+                    for s in &slices[..n] {
+                        out.extend_from_slice(s);
+                    }
+                    slices[..n].iter().map(|s| s.len()).sum::<usize>()
+                };
+                self.core.written(key.slot, len);
+            }
+            self.core.flushed(key.slot);
+            out
+        }
+
+        fn open(&mut self) -> ConnKey {
+            let key = self.core.admit("127.0.0.1".parse().unwrap()).unwrap();
+            self.read(key, UPGRADE);
+            assert!(self.written(key).starts_with(b"HTTP/1.1 101"));
+            self.read(
+                key,
+                &frame::encode_masked(
+                    true,
+                    OpCode::Text,
+                    br#"{"id":1,"cmd":"connect","token":"t"}"#,
+                    [9, 8, 7, 6],
+                ),
+            );
+            let ControlRequest::Authenticate {
+                conn,
+                req_id,
+                token,
+                ..
+            } = self.control.try_recv().unwrap();
+            assert_eq!((conn, req_id, token.as_str()), (key, 1, "t"));
+            let identity = Identity {
+                user: "u".into(),
+                channels: None,
+                expires_at: None,
+            };
+            self.core.on_message(ShardMsg::AuthDone {
+                conn: key,
+                req_id: 1,
+                result: Ok(Arc::new(identity)),
+            });
+            assert_eq!(self.core.state(key), Some(ConnState::Open));
+            let _ = self.written(key);
+            key
+        }
+    }
+
+    /// Server frames in `bytes`: (opcode, payload).
+    fn frames(bytes: &[u8]) -> Vec<(OpCode, Vec<u8>)> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = vec![];
+        while let Ok(Check::Complete(h)) = frame::check(&buf, Role::Client, usize::MAX) {
+            let f = frame::take(&mut buf, &h);
+            out.push((f.opcode, f.payload.to_vec()));
+        }
+        assert!(buf.is_empty());
+        out
+    }
+
+    #[test]
+    fn ping_then_heartbeat_timeout() {
+        let mut h = harness(|_| {});
+        let key = h.open();
+        h.core.on_tick(5);
+        assert!(h.written(key).is_empty(), "nothing due yet");
+        h.core.on_tick(10); // ping interval (100 ms = 10 ticks) of silence
+        assert_eq!(frames(&h.written(key)), vec![(OpCode::Ping, vec![])]);
+        h.core.on_tick(14);
+        assert!(h.written(key).is_empty(), "one ping per silence");
+        h.core.on_tick(15); // + pong timeout
+        let f = frames(&h.written(key));
+        assert_eq!(f.len(), 2);
+        assert!(matches!(
+            envelope::decode_server_message(Format::Json, &f[0].1).unwrap(),
+            ServerMessage::Disconnect { code: 4004, .. }
+        ));
+        assert_eq!(f[1].0, OpCode::Close);
+        assert_eq!(&f[1].1[..2], &4004u16.to_be_bytes());
+        assert_eq!(h.core.state(key), Some(ConnState::Draining));
+        h.core.on_tick(30); // close timeout: give up on the peer
+        assert_eq!(h.core.state(key), Some(ConnState::Closed));
+        h.core.remove(key.slot);
+        assert_eq!(h.core.connections(), 0);
+    }
+
+    #[test]
+    fn activity_postpones_the_ping() {
+        let mut h = harness(|_| {});
+        let key = h.open();
+        for tick in [6, 12, 18, 24] {
+            h.core.on_tick(tick);
+            h.read(
+                key,
+                &frame::encode_masked(true, OpCode::Pong, b"", [1, 1, 1, 1]),
+            );
+            assert!(
+                h.written(key).is_empty(),
+                "no ping at tick {tick}: the client is talking"
+            );
+        }
+        h.core.on_tick(34);
+        assert_eq!(frames(&h.written(key)), vec![(OpCode::Ping, vec![])]);
+    }
+
+    #[test]
+    fn handshake_and_auth_timeouts() {
+        let mut h = harness(|_| {});
+        let trickle = h.core.admit("127.0.0.1".parse().unwrap()).unwrap();
+        h.read(trickle, b"GET / HTTP/1.1\r\n");
+        let idle = h.core.admit("127.0.0.2".parse().unwrap()).unwrap();
+        h.read(idle, UPGRADE);
+        let _ = h.written(idle);
+        h.core.on_tick(10);
+        assert_eq!(
+            h.core.state(trickle),
+            Some(ConnState::Closed),
+            "handshake timeout"
+        );
+        assert_eq!(h.core.state(idle), Some(ConnState::AwaitingConnect));
+        h.core.on_tick(20);
+        let f = frames(&h.written(idle));
+        assert_eq!(&f.last().unwrap().1[..2], &4002u16.to_be_bytes());
+    }
+
+    #[test]
+    fn bytes_split_anywhere_make_the_same_commands() {
+        let mut h = harness(|_| {});
+        let key = h.open();
+        let sub = frame::encode_masked(
+            true,
+            OpCode::Text,
+            br#"{"id":2,"cmd":"subscribe","channel":"a"}"#,
+            [1, 2, 3, 4],
+        );
+        let publ = frame::encode_masked(
+            true,
+            OpCode::Text,
+            br#"{"id":3,"cmd":"publish","channel":"a","data":[1]}"#,
+            [5, 6, 7, 8],
+        );
+        let stream: Vec<u8> = [sub, publ].concat();
+        for b in stream.chunks(3) {
+            h.read(key, b);
+        }
+        let f = frames(&h.written(key));
+        let texts: Vec<String> = f
+            .iter()
+            .map(|(_, p)| String::from_utf8(p.clone()).unwrap())
+            .collect();
+        assert_eq!(
+            texts,
+            vec![
+                r#"{"id":2,"result":{}}"#,
+                r#"{"push":"publication","channel":"a","data":[1]}"#,
+                r#"{"id":3,"result":{}}"#
+            ]
+        );
     }
 }

@@ -33,11 +33,23 @@ impl HeartbeatWheel {
         self.now
     }
 
-    /// Visit `entry` at tick `at` (at the earliest the next tick).
-    pub fn schedule(&mut self, at: u64, entry: (u32, u32)) {
+    /// Number of slots: the horizon, in ticks.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Always false: a wheel has at least two slots.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Visit `entry` at tick `at`, clamped to between the next tick and the horizon.
+    /// Returns the tick the entry will actually be visited at.
+    pub fn schedule(&mut self, at: u64, entry: (u32, u32)) -> u64 {
         let len = self.slots.len() as u64;
         let at = at.clamp(self.now + 1, self.now + len - 1);
         self.slots[(at % len) as usize].push(entry);
+        at
     }
 
     /// Move to tick `to`, calling `visit(tick, entry)` for every entry due on the way.
@@ -79,7 +91,11 @@ mod tests {
                 w.schedule(t + 2, e);
             }
         });
-        assert_eq!(seen, vec![(3, 1), (5, 1), (7, 1), (7, 2)]);
+        assert_eq!(
+            seen,
+            vec![(3, 1), (5, 1), (7, 2), (7, 1)],
+            "in-slot order is insertion order"
+        );
     }
 
     #[test]

@@ -840,6 +840,42 @@ mod tests {
         }
     }
 
+    /// The byte-level example in docs/PROTOCOL.md.
+    #[test]
+    fn documented_publication_frame() {
+        let data = [0x81, 0xa4, b't', b'e', b'x', b't', 0xa2, b'h', b'i'];
+        let f = encode_publication(
+            Format::MsgPack,
+            "room:1",
+            Payload {
+                format: Format::MsgPack,
+                raw: &data,
+            },
+        )
+        .unwrap();
+        let hex: Vec<String> = f.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex.join(" "),
+            "82 2f 83 a4 70 75 73 68 ab 70 75 62 6c 69 63 61 74 69 6f 6e a7 63 68 61 6e 6e 65 6c \
+             a6 72 6f 6f 6d 3a 31 a4 64 61 74 61 81 a4 74 65 78 74 a2 68 69"
+        );
+        let subscribe = [
+            0x83, 0xa2, b'i', b'd', 0x01, 0xa3, b'c', b'm', b'd', 0xa9, b's', b'u', b'b', b's',
+            b'c', b'r', b'i', b'b', b'e', 0xa7, b'c', b'h', b'a', b'n', b'n', b'e', b'l', 0xa6,
+            b'r', b'o', b'o', b'm', b':', b'1',
+        ];
+        assert_eq!(subscribe.len(), 34);
+        assert_eq!(
+            decode_request(Format::MsgPack, &subscribe).unwrap(),
+            Request {
+                id: 1,
+                command: Command::Subscribe {
+                    channel: "room:1".into()
+                }
+            }
+        );
+    }
+
     #[test]
     fn value_len_rejects_lies() {
         assert!(msgpack_value_len(&[0xdd, 0xff, 0xff, 0xff, 0xff]).is_err());

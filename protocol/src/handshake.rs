@@ -137,6 +137,9 @@ pub fn parse(buf: &[u8], limits: &HandshakeLimits) -> Result<Parse, Error> {
         _ => return Err(bad("Sec-WebSocket-Key must be 16 bytes in base64")),
     }
     let (format, subprotocol_offered) = match &protocols {
+        // Clients that cannot set a subprotocol (command-line tools) may ask for JSON
+        // in the query string.
+        None if query_asks_json(req.path.unwrap_or("/")) => (Format::Json, false),
         None => (Format::MsgPack, false),
         Some(list) => {
             let chosen = list.iter().find_map(|p| match *p {
@@ -206,6 +209,11 @@ pub fn error_response(status: u16, reason: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+fn query_asks_json(path: &str) -> bool {
+    path.split_once('?')
+        .is_some_and(|(_, q)| q.split('&').any(|kv| kv == "format=json"))
+}
+
 fn has_token(value: &str, token: &str) -> bool {
     value
         .split(',')
@@ -266,6 +274,21 @@ mod tests {
             .unwrap()
             .contains("Sec-WebSocket-Protocol: switchboard.v1.json\r\n"));
         assert_eq!(u.consumed, r.len());
+    }
+
+    #[test]
+    fn query_selects_json_without_subprotocol() {
+        let r = req("").replace("GET /ws ", "GET /?format=json ");
+        let Parse::Complete(u) = parse(r.as_bytes(), &HandshakeLimits::default()).unwrap() else {
+            panic!()
+        };
+        assert_eq!((u.format, u.subprotocol_offered), (Format::Json, false));
+        let r = req("Sec-WebSocket-Protocol: switchboard.v1.msgpack\r\n")
+            .replace("GET /ws ", "GET /?format=json ");
+        let Parse::Complete(u) = parse(r.as_bytes(), &HandshakeLimits::default()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(u.format, Format::MsgPack, "an offered subprotocol wins");
     }
 
     #[test]
