@@ -15,8 +15,9 @@ use crossbeam_channel::Sender;
 use switchboard_protocol::{envelope, Format, Payload};
 
 use crate::auth::ControlRequest;
+use crate::backend::Backend;
 use crate::config::EngineConfig;
-use crate::epoll::{self, ShardSetup};
+use crate::epoll::ShardSetup;
 use crate::mesh::{Mesh, Publication, ShardMsg};
 use crate::metrics::ShardMetrics;
 
@@ -87,6 +88,7 @@ impl Engine {
                 })?,
             );
         }
+        let backend = Backend::Epoll;
         let cores = if cfg.pin_cores {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
@@ -114,11 +116,12 @@ impl Engine {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("shard-{i}"))
-                    .spawn(move || epoll::run(setup))?,
+                    .spawn(move || backend.run(setup))?,
             );
         }
-        tracing::info!(%local_addr, shards, backend = "epoll", "engine started");
+        tracing::info!(%local_addr, shards, backend = backend.name(), "engine started");
         Ok(EngineHandle {
+            backend,
             mesh,
             threads: Mutex::new(threads),
             local_addr,
@@ -141,6 +144,7 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener
 /// The running engine. Shared by the control plane's threads.
 #[derive(Debug)]
 pub struct EngineHandle {
+    backend: Backend,
     mesh: Arc<Mesh>,
     /// Shard threads, taken by `join` (control-plane only, never on a shard).
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -161,7 +165,7 @@ impl EngineHandle {
 
     /// The I/O backend in use.
     pub fn backend(&self) -> &'static str {
-        "epoll"
+        self.backend.name()
     }
 
     /// Per-shard metrics.

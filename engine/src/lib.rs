@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`config`]: the engine's settings.
 //! - [`core`]: one shard's connections, commands, fan-out and timers, without sockets.
+//! - [`backend`]: the seam between a core and its socket I/O, and the contract.
 //! - [`epoll`]: the backend that drives a core with a single-threaded tokio runtime
 //!   (epoll); the io_uring backend will drive the same core.
 //! - [`mesh`]: lock-free bounded inboxes between shards and from the control plane.
@@ -17,6 +18,7 @@
 //! read configuration files: the control plane does.
 
 pub mod auth;
+pub mod backend;
 pub mod channels;
 pub mod config;
 pub mod core;
@@ -29,6 +31,7 @@ pub mod wheel;
 mod engine;
 
 pub use auth::{AuthFailure, ControlRequest, Identity};
+pub use backend::Backend;
 pub use config::EngineConfig;
 pub use core::{ConnKey, ShardCore};
 pub use engine::{Engine, EngineError, EngineHandle, PublishError, ShardSender};
