@@ -47,6 +47,9 @@ pub struct Claims {
     pub channels: Option<Vec<String>>,
 }
 
+/// Parses a PEM public key.
+type KeyParser = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
+
 /// Verifies tokens against the configured keys.
 pub struct Verifier {
     keys: Vec<(Algorithm, DecodingKey, Validation)>,
@@ -104,27 +107,36 @@ impl Verifier {
                 validation(Algorithm::HS256),
             ));
         }
-        if let Some(path) = &cfg.rsa_public_key_file {
+        let files: [(
+            &'static str,
+            &Option<std::path::PathBuf>,
+            Algorithm,
+            KeyParser,
+        ); 2] = [
+            (
+                "auth.rsa_public_key_file",
+                &cfg.rsa_public_key_file,
+                Algorithm::RS256,
+                DecodingKey::from_rsa_pem,
+            ),
+            (
+                "auth.ec_public_key_file",
+                &cfg.ec_public_key_file,
+                Algorithm::ES256,
+                DecodingKey::from_ec_pem,
+            ),
+        ];
+        for (name, path, alg, parse) in files {
+            let Some(path) = path else { continue };
             let pem = std::fs::read(path).map_err(|e| KeyError {
-                key: "auth.rsa_public_key_file",
+                key: name,
                 message: format!("cannot read {}: {e}", path.display()),
             })?;
-            let key = DecodingKey::from_rsa_pem(&pem).map_err(|e| KeyError {
-                key: "auth.rsa_public_key_file",
-                message: format!("not an RSA public key in PEM: {e}"),
+            let key = parse(&pem).map_err(|e| KeyError {
+                key: name,
+                message: format!("not a {alg:?} public key in PEM: {e}"),
             })?;
-            keys.push((Algorithm::RS256, key, validation(Algorithm::RS256)));
-        }
-        if let Some(path) = &cfg.ec_public_key_file {
-            let pem = std::fs::read(path).map_err(|e| KeyError {
-                key: "auth.ec_public_key_file",
-                message: format!("cannot read {}: {e}", path.display()),
-            })?;
-            let key = DecodingKey::from_ec_pem(&pem).map_err(|e| KeyError {
-                key: "auth.ec_public_key_file",
-                message: format!("not an EC public key in PEM: {e}"),
-            })?;
-            keys.push((Algorithm::ES256, key, validation(Algorithm::ES256)));
+            keys.push((alg, key, validation(alg)));
         }
         Ok(Verifier { keys })
     }

@@ -229,8 +229,9 @@ async fn http_publish_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_client_is_closed_and_live_one_is_not() {
     let server = start(|c| {
-        c.engine.ping_interval_ms = 200;
-        c.engine.pong_timeout_ms = 200;
+        c.engine.ping_interval_ms = 300;
+        // Wide enough that a loaded machine cannot make the live client miss it.
+        c.engine.pong_timeout_ms = 700;
         // The silent client reads its close only after the test's sleep.
         c.engine.close_timeout_ms = 5_000;
     });
@@ -239,13 +240,13 @@ async fn silent_client_is_closed_and_live_one_is_not() {
     let mut live = Client::connect(server.ws_addr(), Fmt::Json, &tok).await;
     // The live client keeps reading (fastwebsockets answers pings); the silent one does not.
     let live_task = tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(900);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(1_500);
         while tokio::time::Instant::now() < deadline {
             let _ = tokio::time::timeout(Duration::from_millis(50), live.ws.read_frame()).await;
         }
         live
     });
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     let (push, code, reason) = silent.expect_close().await;
     assert_eq!((code, reason.as_str()), (4004, "heartbeat timeout"));
     assert_eq!(push.unwrap()["reconnect"], true);
@@ -400,7 +401,11 @@ async fn connection_limit_refuses_with_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_disconnected_while_others_keep_receiving() {
     let server = start(|c| {
-        c.engine.max_outbound_bytes = 256 * 1024;
+        // The slow client can absorb at most its 4 KiB receive buffer + the server's send
+        // buffer (tcp_wmem max, 4 MiB here) + this queue: far less than the 12 MB sent.
+        // The fast client gets the same queue plus its autotuned receive buffer, so a
+        // loaded machine does not make it look slow.
+        c.engine.max_outbound_bytes = 1024 * 1024;
         // Long enough for the slow client to drain its socket and read the close.
         c.engine.close_timeout_ms = 20_000;
     });

@@ -121,13 +121,7 @@ impl Client {
         let (stream, head) = upgrade(addr, Some(proto), "").await;
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         assert!(head.contains(proto), "{head}");
-        Client {
-            ws: WebSocket::after_handshake(stream, Role::Client),
-            fmt,
-            backlog: VecDeque::new(),
-            shard: u64::MAX,
-            next_id: 100,
-        }
+        Client::from_upgraded(stream, fmt)
     }
 
     /// Wrap a stream whose upgrade the caller already did.
