@@ -265,6 +265,7 @@ async fn silent_client_is_closed_and_live_one_is_not() {
         .await,
         1
     );
+    drop((live, silent));
     server.shutdown();
     server.wait();
 }
