@@ -196,7 +196,8 @@ fn fanout(c: &mut Criterion) {
     };
     let publication = Arc::new(publication);
     g.throughput(Throughput::Elements(subscribers as u64));
-    // Only the delivery is timed; queues are emptied (as a flush would) every 64 rounds.
+    // Only the delivery is timed; after each round the queues are emptied as a flush
+    // would (untimed), so every round sees the steady state of one frame per queue.
     let mut timed =
         |b: &mut criterion::Bencher<'_>,
          round: &mut dyn FnMut(&mut switchboard_engine::ShardCore)| {

@@ -43,13 +43,16 @@ pub fn fanout_core(
     (core, rx)
 }
 
-/// Empty every queue (what a flush would do, without sockets).
+/// Empty every queue the way a flush does after the socket took everything: through
+/// `written`, so each queue keeps its small ring as in the steady state.
 pub fn drain(core: &mut ShardCore) {
     let mut dirty = Vec::new();
     core.take_dirty(&mut dirty);
     for slot in dirty {
-        if let Some(q) = core.out_mut(slot) {
-            q.clear();
-        }
+        let queued: usize = match core.out_mut(slot) {
+            Some(q) => q.frames().map(|f| f.len()).sum(),
+            None => continue,
+        };
+        core.written(slot, queued);
     }
 }
