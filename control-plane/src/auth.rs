@@ -261,8 +261,19 @@ pub fn spawn_workers(
                             req_id,
                             result,
                         };
-                        // The verdict must arrive: a full inbox drains within microseconds.
+                        // A full inbox of a running shard drains within microseconds; one
+                        // full for seconds belongs to a shard that has stopped. Then the
+                        // verdict is dropped: the connection, if it still exists, ends
+                        // with the auth timeout (4002).
+                        let deadline = std::time::Instant::now() + Duration::from_secs(5);
                         while let Err(back) = shards.send(shard as usize, msg) {
+                            if std::time::Instant::now() > deadline {
+                                tracing::warn!(
+                                    shard,
+                                    "shard inbox full for 5 s; dropping an auth verdict"
+                                );
+                                break;
+                            }
                             msg = back;
                             std::thread::sleep(Duration::from_micros(200));
                         }

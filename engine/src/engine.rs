@@ -227,8 +227,14 @@ impl EngineHandle {
     pub fn shutdown(&self) {
         for i in 0..self.shards() {
             let mut msg = ShardMsg::Shutdown;
-            // An inbox full of publications drains quickly; keep trying.
+            // An inbox full of publications drains quickly; one full for seconds
+            // belongs to a shard that has already stopped.
+            let deadline = Instant::now() + Duration::from_secs(5);
             while let Err(back) = self.mesh.inbox(i).push(msg) {
+                if Instant::now() > deadline {
+                    tracing::error!(shard = i, "shard inbox full for 5 s; not waiting for it");
+                    break;
+                }
                 msg = back;
                 std::thread::sleep(Duration::from_millis(1));
             }

@@ -103,7 +103,22 @@ pub(crate) fn run(setup: ShardSetup) {
             return;
         }
     };
+    // However the shard ends (a panic unwinding through here also drops its listener, so
+    // the kernel sends new connections to the other shards), it stops counting as
+    // accepting, and readiness says so.
+    let _accepting = NotAcceptingOnExit(setup.metrics.clone());
     LocalSet::new().block_on(&rt, drive(setup));
+}
+
+struct NotAcceptingOnExit(Arc<ShardMetrics>);
+
+impl Drop for NotAcceptingOnExit {
+    fn drop(&mut self) {
+        self.0.accepting.store(false, Ordering::Release);
+        if std::thread::panicking() {
+            tracing::error!("a shard panicked: its connections are gone and it no longer accepts");
+        }
+    }
 }
 
 async fn drive(setup: ShardSetup) {
