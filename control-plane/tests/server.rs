@@ -146,6 +146,15 @@ async fn publication_reaches_subscribers_on_both_shards_in_both_formats() {
         sub0.backlog
     );
     assert!(metric(server.admin_addr(), "switchboard_deliveries_total").await >= 101);
+    assert!(
+        metric(
+            server.admin_addr(),
+            "switchboard_publish_to_flush_seconds_count"
+        )
+        .await
+            >= 51,
+        "every publication delivered on a shard is timed to its flush"
+    );
 
     server.shutdown();
     server.wait();
@@ -395,6 +404,24 @@ async fn connection_limit_refuses_with_503() {
     let _b = Client::connect(server.ws_addr(), Fmt::Json, &tok).await;
     let (_, head) = upgrade(server.ws_addr(), None, "").await;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    server.shutdown();
+    server.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_ip_limit_refuses_with_429() {
+    let server = start(|c| c.engine.max_connections_per_ip = 1);
+    let _a = Client::connect(server.ws_addr(), Fmt::Json, &token("u", None)).await;
+    let (_, head) = upgrade(server.ws_addr(), None, "").await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    assert_eq!(
+        metric(
+            server.admin_addr(),
+            "switchboard_closes_total{reason=\"limit_reached\"}"
+        )
+        .await,
+        1
+    );
     server.shutdown();
     server.wait();
 }
