@@ -1,0 +1,27 @@
+//! Switchboard's load-test harness: the instrument capacity planners point at
+//! Switchboard and at the servers it replaces.
+//!
+//! # Layout
+//! - [`scenario`]: TOML scenarios (`loadtest/scenarios/`), overrides, roles.
+//! - [`proto`]: the wire protocols (Switchboard, Socket.IO, raw), one file each.
+//! - [`conn`]: one client connection (fastwebsockets).
+//! - [`worker`]: a worker process holding a slice of the connections; open-model
+//!   publishing; [`storm`] for the connect-storm scenario.
+//! - [`stats`]: HDR histograms, timeline, loss accounting, merging across workers.
+//! - [`run`]: the coordinator; [`resources`]: `/proc` sampling; [`report`]: results.
+//! - [`stamp`], [`clock`]: the payload stamp and the shared monotonic clock.
+//!
+//! Traffic goes only to loopback addresses; runs are bounded in time and stop by
+//! themselves.
+
+pub mod clock;
+pub mod conn;
+pub mod proto;
+pub mod report;
+pub mod resources;
+pub mod run;
+pub mod scenario;
+pub mod stamp;
+pub mod stats;
+pub mod storm;
+pub mod worker;

@@ -1,0 +1,411 @@
+//! What a run measures, and how results of several worker processes merge.
+//!
+//! Owns the latency histograms (HDR, microseconds, 3 significant digits), the
+//! per-second timeline, delivery accounting (sent per channel, subscribers per
+//! channel, unique / duplicate / out-of-order deliveries per subscriber and publisher)
+//! and the serialised form workers send to the coordinator (histograms as base64 HDR
+//! V2). Does not own time or sockets.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Largest latency recorded, µs (60 s); larger values are clamped to it.
+pub const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// A latency histogram in microseconds.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds")
+}
+
+/// Record `us` (clamped into range).
+#[inline]
+pub fn record(h: &mut Histogram<u64>, us: u64) {
+    let _ = h.record(us.clamp(1, MAX_LATENCY_US));
+}
+
+/// Serialise a histogram (HDR V2, base64).
+pub fn encode_histogram(h: &Histogram<u64>) -> String {
+    let mut buf = Vec::new();
+    V2Serializer::new()
+        .serialize(h, &mut buf)
+        .expect("serialising to memory");
+    base64::engine::general_purpose::STANDARD.encode(buf)
+}
+
+/// Parse a histogram written by [`encode_histogram`].
+pub fn decode_histogram(s: &str) -> anyhow::Result<Histogram<u64>> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(s)?;
+    Ok(Deserializer::new().deserialize(&mut &bytes[..])?)
+}
+
+/// Delivery order of one publisher as seen by one subscriber.
+#[derive(Debug, Default)]
+struct SeqTrack {
+    /// Next sequence number expected.
+    next: u64,
+    /// Sequence numbers skipped over and not yet seen (bounded).
+    missing: BTreeSet<u64>,
+}
+
+/// Most gaps remembered per (subscriber, publisher) pair; beyond, gaps count as lost.
+const MAX_MISSING: usize = 100_000;
+
+/// Per-second figures.
+#[derive(Debug)]
+pub struct Second {
+    /// Messages sent (by intended time) in this second.
+    pub sent: u64,
+    /// Deliveries received in this second.
+    pub received: u64,
+    /// Latency of those deliveries.
+    pub latency: Histogram<u64>,
+}
+
+/// One worker's measurements.
+#[derive(Debug)]
+pub struct Recorder {
+    /// CLOCK_MONOTONIC start of the measured run (`start` signal).
+    pub t0_ns: u64,
+    /// End-to-end latency of every delivery, µs, from the intended send time.
+    pub latency: Histogram<u64>,
+    /// Time to connect, upgrade and authenticate, µs.
+    pub connect: Histogram<u64>,
+    /// Per-second timeline (index = whole seconds since `t0_ns`).
+    pub seconds: Vec<Second>,
+    /// Messages sent per channel.
+    pub sent: BTreeMap<String, u64>,
+    /// Subscribers per channel in this worker.
+    pub subscribers: BTreeMap<String, u64>,
+    tracks: HashMap<(u32, u32), SeqTrack>,
+    /// Deliveries received, including duplicates.
+    pub received: u64,
+    /// First deliveries of a message that arrived after a later one (late, not lost).
+    pub out_of_order: u64,
+    /// Deliveries of a message already delivered to the same subscriber.
+    pub duplicates: u64,
+    /// Publications whose stamp could not be parsed.
+    pub foreign: u64,
+    /// Counted failures by kind (connect refused, closed by server, …).
+    pub errors: BTreeMap<String, u64>,
+    /// Connections established.
+    pub connected: u64,
+}
+
+impl Recorder {
+    /// An empty recorder; `t0_ns` is set when the run starts.
+    pub fn new() -> Self {
+        Recorder {
+            t0_ns: 0,
+            latency: histogram(),
+            connect: histogram(),
+            seconds: Vec::new(),
+            sent: BTreeMap::new(),
+            subscribers: BTreeMap::new(),
+            tracks: HashMap::new(),
+            received: 0,
+            out_of_order: 0,
+            duplicates: 0,
+            foreign: 0,
+            errors: BTreeMap::new(),
+            connected: 0,
+        }
+    }
+
+    fn second(&mut self, at_ns: u64) -> &mut Second {
+        let i = (at_ns.saturating_sub(self.t0_ns) / 1_000_000_000) as usize;
+        while self.seconds.len() <= i {
+            self.seconds.push(Second {
+                sent: 0,
+                received: 0,
+                latency: histogram(),
+            });
+        }
+        &mut self.seconds[i]
+    }
+
+    /// Count a failure.
+    pub fn error(&mut self, kind: &str) {
+        *self.errors.entry(kind.to_string()).or_default() += 1;
+    }
+
+    /// A message was sent to `channel`, intended at `intended_ns`.
+    pub fn sent(&mut self, channel: &str, intended_ns: u64) {
+        match self.sent.get_mut(channel) {
+            Some(n) => *n += 1,
+            None => {
+                self.sent.insert(channel.to_string(), 1);
+            }
+        }
+        self.second(intended_ns).sent += 1;
+    }
+
+    /// Subscriber `subscriber` received a message from `publisher` with sequence `seq`,
+    /// intended at `intended_ns`, at `now_ns`.
+    pub fn delivered(
+        &mut self,
+        subscriber: u32,
+        publisher: u32,
+        seq: u64,
+        intended_ns: u64,
+        now_ns: u64,
+    ) {
+        self.received += 1;
+        let track = self.tracks.entry((subscriber, publisher)).or_default();
+        if seq == track.next {
+            track.next += 1;
+        } else if seq > track.next {
+            if track.missing.len() < MAX_MISSING {
+                track
+                    .missing
+                    .extend(track.next..seq.min(track.next + MAX_MISSING as u64));
+            }
+            track.next = seq + 1;
+        } else if track.missing.remove(&seq) {
+            self.out_of_order += 1;
+        } else {
+            self.duplicates += 1;
+            return;
+        }
+        let us = now_ns.saturating_sub(intended_ns) / 1_000;
+        record(&mut self.latency, us);
+        let second = self.second(now_ns);
+        second.received += 1;
+        record(&mut second.latency, us);
+    }
+
+    /// Unique deliveries (first arrival of each message at each subscriber).
+    pub fn unique(&self) -> u64 {
+        self.received - self.duplicates
+    }
+
+    /// Freeze into the serialisable form.
+    pub fn finish(&self, cpu_s: f64, wall_s: f64) -> WorkerResult {
+        WorkerResult {
+            latency: encode_histogram(&self.latency),
+            connect: encode_histogram(&self.connect),
+            seconds: self
+                .seconds
+                .iter()
+                .map(|s| SecondOut {
+                    sent: s.sent,
+                    received: s.received,
+                    latency: encode_histogram(&s.latency),
+                })
+                .collect(),
+            sent: self.sent.clone(),
+            subscribers: self.subscribers.clone(),
+            received: self.received,
+            unique: self.unique(),
+            out_of_order: self.out_of_order,
+            duplicates: self.duplicates,
+            foreign: self.foreign,
+            errors: self.errors.clone(),
+            connected: self.connected,
+            cpu_s,
+            wall_s,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder::new()
+    }
+}
+
+/// One second of a worker's timeline, serialised.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecondOut {
+    /// Messages sent.
+    pub sent: u64,
+    /// Deliveries received.
+    pub received: u64,
+    /// Latency histogram (base64 HDR V2).
+    pub latency: String,
+}
+
+/// What a worker process reports to the coordinator (one JSON line).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerResult {
+    /// Latency histogram (base64 HDR V2).
+    pub latency: String,
+    /// Connect latency histogram (base64 HDR V2).
+    pub connect: String,
+    /// Per-second timeline.
+    pub seconds: Vec<SecondOut>,
+    /// Messages sent per channel.
+    pub sent: BTreeMap<String, u64>,
+    /// Subscribers per channel.
+    pub subscribers: BTreeMap<String, u64>,
+    /// Deliveries received.
+    pub received: u64,
+    /// Unique deliveries.
+    pub unique: u64,
+    /// Late deliveries.
+    pub out_of_order: u64,
+    /// Duplicate deliveries.
+    pub duplicates: u64,
+    /// Unparseable publications.
+    pub foreign: u64,
+    /// Failures by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Connections established.
+    pub connected: u64,
+    /// CPU seconds the worker used during the run.
+    pub cpu_s: f64,
+    /// Wall seconds of the run.
+    pub wall_s: f64,
+    /// Scenario-specific figures (connect-storm steps).
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// Several workers' results added up.
+#[derive(Debug)]
+pub struct Merged {
+    /// All deliveries' latency.
+    pub latency: Histogram<u64>,
+    /// All connects' latency.
+    pub connect: Histogram<u64>,
+    /// Per-second: sent, received, latency.
+    pub seconds: Vec<(u64, u64, Histogram<u64>)>,
+    /// Messages sent per channel.
+    pub sent: BTreeMap<String, u64>,
+    /// Subscribers per channel.
+    pub subscribers: BTreeMap<String, u64>,
+    /// Deliveries received.
+    pub received: u64,
+    /// Unique deliveries.
+    pub unique: u64,
+    /// Late deliveries.
+    pub out_of_order: u64,
+    /// Duplicates.
+    pub duplicates: u64,
+    /// Unparseable publications.
+    pub foreign: u64,
+    /// Failures by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Connections established.
+    pub connected: u64,
+    /// Harness CPU seconds (all workers).
+    pub cpu_s: f64,
+}
+
+impl Merged {
+    /// Deliveries expected: every message sent to a channel, once per subscriber of it.
+    pub fn expected(&self) -> u64 {
+        self.sent
+            .iter()
+            .map(|(c, n)| n * self.subscribers.get(c).copied().unwrap_or(0))
+            .sum()
+    }
+
+    /// Expected deliveries that never arrived.
+    pub fn lost(&self) -> u64 {
+        self.expected().saturating_sub(self.unique)
+    }
+}
+
+/// Add up workers' results.
+pub fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
+    let mut m = Merged {
+        latency: histogram(),
+        connect: histogram(),
+        seconds: Vec::new(),
+        sent: BTreeMap::new(),
+        subscribers: BTreeMap::new(),
+        received: 0,
+        unique: 0,
+        out_of_order: 0,
+        duplicates: 0,
+        foreign: 0,
+        errors: BTreeMap::new(),
+        connected: 0,
+        cpu_s: 0.0,
+    };
+    for r in results {
+        m.latency.add(decode_histogram(&r.latency)?)?;
+        m.connect.add(decode_histogram(&r.connect)?)?;
+        for (i, s) in r.seconds.iter().enumerate() {
+            while m.seconds.len() <= i {
+                m.seconds.push((0, 0, histogram()));
+            }
+            m.seconds[i].0 += s.sent;
+            m.seconds[i].1 += s.received;
+            m.seconds[i].2.add(decode_histogram(&s.latency)?)?;
+        }
+        for (c, n) in &r.sent {
+            *m.sent.entry(c.clone()).or_default() += n;
+        }
+        for (c, n) in &r.subscribers {
+            *m.subscribers.entry(c.clone()).or_default() += n;
+        }
+        for (k, n) in &r.errors {
+            *m.errors.entry(k.clone()).or_default() += n;
+        }
+        m.received += r.received;
+        m.unique += r.unique;
+        m.out_of_order += r.out_of_order;
+        m.duplicates += r.duplicates;
+        m.foreign += r.foreign;
+        m.connected += r.connected;
+        m.cpu_s += r.cpu_s;
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_duplicates_and_reordering() {
+        let mut r = Recorder::new();
+        r.subscribers.insert("c".into(), 1);
+        for seq in [0u64, 1, 3, 2, 2, 5] {
+            r.delivered(9, 1, seq, 0, 1_000_000);
+        }
+        for _ in 0..6 {
+            r.sent("c", 0);
+        }
+        assert_eq!(r.received, 6);
+        assert_eq!(r.duplicates, 1, "seq 2 twice");
+        assert_eq!(r.out_of_order, 1, "seq 2 after 3");
+        assert_eq!(r.unique(), 5);
+        let m = merge(&[r.finish(0.0, 1.0)]).unwrap();
+        assert_eq!(m.expected(), 6);
+        assert_eq!(m.lost(), 1, "seq 4 never came");
+        assert_eq!(m.latency.len(), 5);
+        assert_eq!(m.latency.value_at_quantile(0.5), 1000);
+    }
+
+    #[test]
+    fn merge_adds_histograms_and_timelines() {
+        let mut a = Recorder::new();
+        let mut b = Recorder::new();
+        a.subscribers.insert("c".into(), 2);
+        b.subscribers.insert("c".into(), 1);
+        for i in 0..100u64 {
+            a.delivered(1, 0, i, 0, (i + 1) * 1_000_000); // 1..100 ms, spread over the first 0.1 s
+            b.delivered(2, 0, i, 0, 2_000_000_000 + i * 1_000); // ~2 s
+            a.sent("c", 0);
+        }
+        let m = merge(&[a.finish(1.0, 3.0), b.finish(0.5, 3.0)]).unwrap();
+        assert_eq!(m.latency.len(), 200);
+        assert_eq!(m.seconds.len(), 3);
+        assert_eq!(m.seconds[0].1, 100);
+        assert_eq!(m.seconds[2].1, 100);
+        assert_eq!(m.seconds[0].0, 100);
+        assert_eq!(m.expected(), 300);
+        assert_eq!(m.lost(), 100);
+        assert!((m.cpu_s - 1.5).abs() < 1e-9);
+        // p50 across both: the slowest of b (~2 s) sorts above all of a.
+        assert!(m.latency.value_at_quantile(0.99) > 1_000_000);
+        let text = encode_histogram(&m.latency);
+        assert_eq!(decode_histogram(&text).unwrap().len(), 200);
+    }
+}

@@ -1,0 +1,498 @@
+//! A worker process: holds one slice of a scenario's connections.
+//!
+//! Owns its connections, the publishing schedule and its [`Recorder`]. Talks to the
+//! coordinator in lines: it reads one JSON line (`WorkerPlan`) and later
+//! `start <t0_ns> <end_ns>` on stdin; it writes `progress <ready> <failed>`,
+//! `ready <ready> <failed>` and finally `result <json>` on stdout. One single-threaded
+//! runtime per worker: the coordinator starts as many workers as the run needs.
+//!
+//! Open-model publishing: message k of a publisher is *intended* at
+//! `t0 + offset + k / rate`. The publisher sleeps until then, or sends at once when it is
+//! behind, and stamps the intended time into the payload, so latency includes any time
+//! the message waited for a stalled server or a busy generator.
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::Duration;
+
+use fastwebsockets::OpCode;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::clock::{instant_at, mono_ns};
+use crate::conn::{self, Client, Progress, SharedProgress};
+use crate::proto::{self, ConnCtx, In, Protocol};
+use crate::scenario::{Kind, Role, Scenario};
+use crate::stamp::Stamp;
+use crate::stats::{self, Recorder};
+
+/// What the coordinator tells a worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerPlan {
+    /// The scenario (after overrides).
+    pub scenario: Scenario,
+    /// This worker's index.
+    pub index: usize,
+}
+
+struct Shared {
+    scenario: Scenario,
+    proto: Box<dyn Protocol>,
+    server: SocketAddr,
+    host: String,
+    base_path: String,
+    source: Option<Ipv4Addr>,
+    rec: RefCell<Recorder>,
+    progress: SharedProgress,
+    /// `(t0_ns, end_ns)` once the coordinator says start.
+    start: watch::Receiver<Option<(u64, u64)>>,
+}
+
+/// Parse `ws://host:port/path` into an address, host header and path.
+pub fn parse_url(url: &str) -> anyhow::Result<(SocketAddr, String, String)> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| anyhow::anyhow!("url must start with ws://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = authority
+        .to_socket_addrs()
+        .map_err(|e| anyhow::anyhow!("url host {authority}: {e}"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("url host {authority} does not resolve"))?;
+    Ok((addr, authority.to_string(), path.to_string()))
+}
+
+/// The token for connection `i`.
+fn token_for(s: &Scenario, i: usize) -> Option<String> {
+    if let Some(secret) = &s.token_secret {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            + 24 * 3600;
+        let claims = serde_json::json!({"sub": format!("lt-{i}"), "exp": exp});
+        return jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .ok();
+    }
+    s.token.clone()
+}
+
+/// Run a worker: read the plan from stdin, report on stdout.
+pub fn run_stdio() -> anyhow::Result<()> {
+    let mut first = String::new();
+    std::io::stdin().read_line(&mut first)?;
+    let plan: WorkerPlan =
+        serde_json::from_str(&first).map_err(|e| anyhow::anyhow!("bad plan on stdin: {e}"))?;
+    let (start_tx, start_rx) = watch::channel(None);
+    // Commands after the plan arrive on a thread and are forwarded to the runtime.
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines().map_while(Result::ok) {
+            let mut parts = line.split_whitespace();
+            if parts.next() == Some("start") {
+                let t0 = parts.next().and_then(|v| v.parse().ok());
+                let end = parts.next().and_then(|v| v.parse().ok());
+                if let (Some(t0), Some(end)) = (t0, end) {
+                    let _ = start_tx.send(Some((t0, end)));
+                }
+            }
+        }
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    let result = local.block_on(&rt, run(plan, start_rx))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "result {}", serde_json::to_string(&result)?)?;
+    out.flush()?;
+    Ok(())
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+async fn run(
+    plan: WorkerPlan,
+    start: watch::Receiver<Option<(u64, u64)>>,
+) -> anyhow::Result<stats::WorkerResult> {
+    let s = plan.scenario;
+    let (server, host, base_path) = parse_url(&s.url)?;
+    let source =
+        (s.source_ips > 0).then(|| Ipv4Addr::new(127, 0, 0, 2 + (plan.index % s.source_ips) as u8));
+    let shared = Rc::new(Shared {
+        proto: proto::for_scenario(&s),
+        server,
+        host,
+        base_path,
+        source: if server.ip().is_loopback() {
+            source
+        } else {
+            None
+        },
+        rec: RefCell::new(Recorder::new()),
+        progress: Rc::new(RefCell::new(Progress::default())),
+        start,
+        scenario: s.clone(),
+    });
+    let cpu_before = cpu_seconds();
+    let wall_before = mono_ns();
+    if s.kind == Kind::ConnectStorm {
+        let steps = crate::storm::run_worker(&shared_view(&shared), plan.index).await;
+        let mut result = shared.rec.borrow().finish(
+            cpu_seconds() - cpu_before,
+            (mono_ns() - wall_before) as f64 / 1e9,
+        );
+        result
+            .extra
+            .insert("storm_steps".into(), serde_json::to_value(steps)?);
+        return Ok(result);
+    }
+
+    let slice = s.slice(plan.index);
+    let total = slice.len();
+    let ramp_rate = s.ramp_per_sec / s.worker_count() as f64;
+    let gap = Duration::from_secs_f64(1.0 / ramp_rate.max(1e-3));
+    let mut tasks = Vec::with_capacity(total);
+    let mut next = tokio::time::Instant::now();
+    let mut last_progress = tokio::time::Instant::now();
+    for i in slice {
+        tokio::time::sleep_until(next).await;
+        next += gap;
+        tasks.push(tokio::task::spawn_local(connection(shared.clone(), i)));
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = tokio::time::Instant::now();
+            let p = shared.progress.borrow();
+            say(&format!("progress {} {}", p.ready, p.failed));
+        }
+    }
+    // Wait until every connection is ready or has failed.
+    loop {
+        let (ready, failed) = {
+            let p = shared.progress.borrow();
+            (p.ready, p.failed)
+        };
+        if ready + failed >= total {
+            say(&format!("ready {ready} {failed}"));
+            break;
+        }
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = tokio::time::Instant::now();
+            say(&format!("progress {ready} {failed}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut start = shared.start.clone();
+    let (t0, end) = loop {
+        if let Some(v) = *start.borrow_and_update() {
+            break v;
+        }
+        if start.changed().await.is_err() {
+            anyhow::bail!("coordinator went away before start");
+        }
+    };
+    shared.rec.borrow_mut().t0_ns = t0;
+    let cpu_at_t0 = cpu_seconds();
+    let _ = cpu_before;
+    let drain_end = end + (s.drain_s * 1e9) as u64;
+    tokio::time::sleep_until(instant_at(drain_end)).await;
+    for t in &tasks {
+        t.abort();
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let cpu = cpu_seconds() - cpu_at_t0;
+    let wall = (mono_ns().saturating_sub(t0)) as f64 / 1e9;
+    let result = shared.rec.borrow().finish(cpu, wall);
+    Ok(result)
+}
+
+/// The pieces of a worker the connect storm needs.
+pub struct WorkerView {
+    /// Scenario.
+    pub scenario: Scenario,
+    /// Server address.
+    pub server: SocketAddr,
+    /// Host header.
+    pub host: String,
+    /// Upgrade path.
+    pub path: String,
+    /// Subprotocol.
+    pub subprotocol: Option<&'static str>,
+    /// Source address.
+    pub source: Option<Ipv4Addr>,
+    /// Protocol.
+    pub proto: Rc<dyn Fn() -> Box<dyn Protocol>>,
+    /// Start signal.
+    pub start: watch::Receiver<Option<(u64, u64)>>,
+}
+
+fn shared_view(s: &Rc<Shared>) -> WorkerView {
+    let scenario = s.scenario.clone();
+    let sc2 = scenario.clone();
+    WorkerView {
+        server: s.server,
+        host: s.host.clone(),
+        path: s.proto.path(&s.base_path, &ConnCtx::default()),
+        subprotocol: s.proto.subprotocol(),
+        source: s.source,
+        proto: Rc::new(move || proto::for_scenario(&sc2)),
+        start: s.start.clone(),
+        scenario,
+    }
+}
+
+/// Open one connection, authenticate, join its channel: the time it takes, or why not.
+pub async fn open(
+    proto: &dyn Protocol,
+    ctx: &ConnCtx,
+    server: SocketAddr,
+    host: &str,
+    path: &str,
+    source: Option<Ipv4Addr>,
+    channel: Option<&str>,
+) -> Result<Client, (&'static str, String)> {
+    let mut client = conn::connect(source, server, host, path, proto.subprotocol())
+        .await
+        .map_err(|e| (e.0, e.1))?;
+    for out in proto.open(ctx) {
+        conn::send(&client.write, out)
+            .await
+            .map_err(|e| ("send", e.to_string()))?;
+    }
+    if proto.needs_opened() {
+        wait_for(&mut client, proto, ctx, |m| matches!(m, In::Opened)).await?;
+    }
+    if let Some(channel) = channel {
+        if let Some(out) = proto.subscribe(channel, 2) {
+            conn::send(&client.write, out)
+                .await
+                .map_err(|e| ("send", e.to_string()))?;
+            wait_for(&mut client, proto, ctx, |m| matches!(m, In::Reply(2))).await?;
+        }
+    }
+    Ok(client)
+}
+
+async fn wait_for(
+    client: &mut Client,
+    proto: &dyn Protocol,
+    ctx: &ConnCtx,
+    done: impl Fn(&In<'_>) -> bool,
+) -> Result<(), (&'static str, String)> {
+    loop {
+        let frame = conn::next_frame(&mut client.read, &client.write)
+            .await
+            .map_err(|e| ("read", e.to_string()))?;
+        match frame.opcode {
+            OpCode::Text | OpCode::Binary => {}
+            OpCode::Close => return Err(("closed", close_reason(&frame.payload))),
+            _ => continue,
+        }
+        let msg = proto.incoming(ctx, frame.opcode == OpCode::Text, &frame.payload);
+        if done(&msg) {
+            return Ok(());
+        }
+        match msg {
+            In::Refused(why) => return Err(("refused", why)),
+            In::Closing(why) => return Err(("closed", why)),
+            In::Respond(out) => conn::send(&client.write, out)
+                .await
+                .map_err(|e| ("send", e.to_string()))?,
+            _ => {}
+        }
+    }
+}
+
+fn close_reason(p: &[u8]) -> String {
+    if p.len() >= 2 {
+        format!(
+            "{} {}",
+            u16::from_be_bytes([p[0], p[1]]),
+            String::from_utf8_lossy(&p[2..])
+        )
+    } else {
+        "close".into()
+    }
+}
+
+async fn connection(shared: Rc<Shared>, i: usize) {
+    let s = &shared.scenario;
+    let role = s.role(i);
+    let channel = role.subscribes_to().map(str::to_string);
+    let ctx = ConnCtx {
+        token: token_for(s, i),
+        channel: channel.clone(),
+    };
+    let path = shared.proto.path(&shared.base_path, &ctx);
+    let started = mono_ns();
+    let opened = tokio::time::timeout(
+        Duration::from_millis(s.connect_timeout_ms),
+        open(
+            &*shared.proto,
+            &ctx,
+            shared.server,
+            &shared.host,
+            &path,
+            shared.source,
+            channel.as_deref(),
+        ),
+    )
+    .await;
+    let mut client = match opened {
+        Ok(Ok(c)) => c,
+        Ok(Err((kind, _why))) => {
+            shared.rec.borrow_mut().error(&format!("connect_{kind}"));
+            shared.progress.borrow_mut().failed += 1;
+            return;
+        }
+        Err(_) => {
+            shared.rec.borrow_mut().error("connect_timeout");
+            shared.progress.borrow_mut().failed += 1;
+            return;
+        }
+    };
+    {
+        let mut rec = shared.rec.borrow_mut();
+        stats::record(&mut rec.connect, (mono_ns() - started) / 1_000);
+        rec.connected += 1;
+        if let Some(c) = &channel {
+            *rec.subscribers.entry(c.clone()).or_default() += 1;
+        }
+    }
+    shared.progress.borrow_mut().ready += 1;
+
+    let mut start = shared.start.clone();
+    let (t0, end) = loop {
+        if let Some(v) = *start.borrow_and_update() {
+            break v;
+        }
+        if start.changed().await.is_err() {
+            return;
+        }
+    };
+    if let Role::Publisher { channel, rate, .. } = &role {
+        if *rate > 0.0 {
+            tokio::task::spawn_local(publish(
+                shared.clone(),
+                client.write.clone(),
+                i,
+                channel.clone(),
+                *rate,
+                t0,
+                end,
+            ));
+        }
+    }
+    if matches!(role, Role::Slow { .. }) {
+        // Never read again: hold the socket until the worker ends.
+        std::future::pending::<()>().await;
+    }
+    read_loop(&shared, &mut client, &ctx, i as u32).await;
+}
+
+async fn read_loop(shared: &Shared, client: &mut Client, ctx: &ConnCtx, me: u32) {
+    loop {
+        let frame = match conn::next_frame(&mut client.read, &client.write).await {
+            Ok(f) => f,
+            Err(_) => {
+                shared.rec.borrow_mut().error("read_failed");
+                return;
+            }
+        };
+        let now = mono_ns();
+        match frame.opcode {
+            OpCode::Text | OpCode::Binary => {}
+            OpCode::Close => {
+                shared.rec.borrow_mut().error(&format!(
+                    "closed_by_server_{}",
+                    close_reason(&frame.payload).split(' ').next().unwrap_or("")
+                ));
+                return;
+            }
+            _ => continue,
+        }
+        match shared
+            .proto
+            .incoming(ctx, frame.opcode == OpCode::Text, &frame.payload)
+        {
+            In::Data(text) => match Stamp::parse(text) {
+                Some(st) => {
+                    shared
+                        .rec
+                        .borrow_mut()
+                        .delivered(me, st.publisher, st.seq, st.intended_ns, now)
+                }
+                None => shared.rec.borrow_mut().foreign += 1,
+            },
+            In::Respond(out) => {
+                if conn::send(&client.write, out).await.is_err() {
+                    return;
+                }
+            }
+            In::Refused(_) => shared.rec.borrow_mut().error("refused"),
+            In::Closing(_) | In::Opened | In::Reply(_) | In::Ignore => {}
+        }
+    }
+}
+
+async fn publish(
+    shared: Rc<Shared>,
+    writer: conn::Writer,
+    me: usize,
+    channel: String,
+    rate: f64,
+    t0: u64,
+    end: u64,
+) {
+    let interval = (1e9 / rate) as u64;
+    // Spread publishers over the interval so they do not all fire at the same instant.
+    let offset = (me as u64).wrapping_mul(2_654_435_761) % interval.max(1);
+    let size = shared.scenario.payload_bytes;
+    let mut k: u64 = 0;
+    loop {
+        let intended = t0 + offset + k * interval;
+        if intended >= end {
+            return;
+        }
+        if intended > mono_ns() {
+            tokio::time::sleep_until(instant_at(intended)).await;
+        }
+        let stamp = Stamp {
+            publisher: me as u32,
+            seq: k,
+            intended_ns: intended,
+        }
+        .encode(size);
+        let out = shared
+            .proto
+            .publish(&channel, (k % 1_000_000) as u32 + 10, &stamp);
+        if conn::send(&writer, out).await.is_err() {
+            shared.rec.borrow_mut().error("publish_failed");
+            return;
+        }
+        shared.rec.borrow_mut().sent(&channel, intended);
+        k += 1;
+    }
+}
+
+/// CPU seconds used by this process so far (user + system).
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct; RUSAGE_SELF is always valid.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
