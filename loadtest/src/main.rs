@@ -88,6 +88,7 @@ fn main() -> ExitCode {
                 &RunOptions {
                     server_pid,
                     progress: !quiet,
+                    worker_exe: None,
                 },
             ) {
                 Ok(r) => r,

@@ -28,6 +28,8 @@ pub struct RunOptions {
     pub server_pid: Option<u32>,
     /// Print progress lines to stderr.
     pub progress: bool,
+    /// The `switchboard-loadtest` executable to start workers from (default: this one).
+    pub worker_exe: Option<std::path::PathBuf>,
 }
 
 enum Event {
@@ -43,7 +45,10 @@ fn mib(b: u64) -> f64 {
 pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> {
     scenario.validate()?;
     let workers = scenario.worker_count();
-    let exe = std::env::current_exe()?;
+    let exe = match &opts.worker_exe {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?,
+    };
     let (tx, rx) = mpsc::channel::<Event>();
     let mut children: Vec<Child> = Vec::with_capacity(workers);
     let server_before = opts.server_pid.and_then(resources::sample);

@@ -368,7 +368,8 @@ async fn connection(shared: Rc<Shared>, i: usize) {
         let mut rec = shared.rec.borrow_mut();
         stats::record(&mut rec.connect, (mono_ns() - started) / 1_000);
         rec.connected += 1;
-        if let Some(c) = &channel {
+        // A subscriber that never reads is not expected to receive anything.
+        if let (Some(c), false) = (&channel, matches!(role, Role::Slow { .. })) {
             *rec.subscribers.entry(c.clone()).or_default() += 1;
         }
     }

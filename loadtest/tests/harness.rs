@@ -1,0 +1,202 @@
+//! The harness against a real Switchboard server (in-process, port 0, two shards): every
+//! scenario kind runs small and its accounting must add up.
+
+use switchboard_control_plane::{Config, Server};
+use switchboard_loadtest::run::{run, RunOptions};
+use switchboard_loadtest::scenario::{Kind, Scenario};
+
+const SECRET: &str = "harness-test-secret-0123456789";
+
+fn server() -> Server {
+    let mut cfg = Config::default();
+    cfg.engine.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.engine.shards = 2;
+    cfg.engine.max_outbound_bytes = 128 * 1024;
+    cfg.engine.close_timeout_ms = 300;
+    cfg.engine.drain_timeout_ms = 1000;
+    cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.auth.hmac_secret = Some(SECRET.into());
+    let s = Server::start(cfg).unwrap();
+    while !s.engine().ready() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    s
+}
+
+fn scenario(server: &Server, kind: Kind) -> Scenario {
+    Scenario {
+        name: format!("{kind:?}"),
+        kind,
+        url: format!("ws://{}/", server.ws_addr()),
+        token_secret: Some(SECRET.into()),
+        duration_s: 1.5,
+        drain_s: 1.0,
+        ramp_per_sec: 2000.0,
+        ..Scenario::default()
+    }
+}
+
+fn opts() -> RunOptions {
+    RunOptions {
+        server_pid: Some(std::process::id()),
+        progress: false,
+        worker_exe: Some(env!("CARGO_BIN_EXE_switchboard-loadtest").into()),
+    }
+}
+
+#[test]
+fn fanout_rooms_echo_in_both_formats_lose_nothing() {
+    let srv = server();
+    let cases = [
+        Scenario {
+            connections: 200,
+            publishers: 2,
+            rate: 40.0,
+            workers: 2,
+            ..scenario(&srv, Kind::Fanout)
+        },
+        Scenario {
+            connections: 200,
+            publishers: 2,
+            rate: 40.0,
+            format: "json".into(),
+            ..scenario(&srv, Kind::Fanout)
+        },
+        Scenario {
+            connections: 100,
+            room_size: 10,
+            rate: 5.0,
+            ..scenario(&srv, Kind::Rooms)
+        },
+        Scenario {
+            connections: 50,
+            rate: 20.0,
+            ..scenario(&srv, Kind::Echo)
+        },
+    ];
+    for s in cases {
+        let r = run(&s, &opts()).unwrap();
+        let summary = switchboard_loadtest::report::summary(&r);
+        assert_eq!(
+            r.connections_ok as usize,
+            s.total_connections(),
+            "{summary}"
+        );
+        assert!(r.messages.sent > 0, "{summary}");
+        let per_channel_subs = match s.kind {
+            Kind::Fanout => s.connections as u64,
+            Kind::Rooms => s.room_size as u64,
+            _ => 1,
+        };
+        assert_eq!(
+            r.messages.expected,
+            r.messages.sent * per_channel_subs,
+            "{summary}"
+        );
+        assert_eq!(r.messages.lost, 0, "{summary}");
+        assert_eq!(r.messages.duplicates, 0, "{summary}");
+        assert_eq!(r.messages.foreign, 0, "{summary}");
+        assert_eq!(r.latency_ms.count, r.messages.unique, "{summary}");
+        assert!(
+            r.latency_ms.p50 > 0.0 && r.latency_ms.p99 < 5_000.0,
+            "{summary}"
+        );
+        assert!(!r.timeline.is_empty(), "{summary}");
+        let sv = r.server.as_ref().expect("server sampled");
+        assert!(sv.cpu_us_per_delivery.is_some(), "{summary}");
+        assert!(r.errors.is_empty(), "{summary}");
+    }
+    srv.shutdown();
+    srv.wait();
+}
+
+#[test]
+fn slow_consumers_are_cut_off_and_the_rest_lose_nothing() {
+    let srv = server();
+    let s = Scenario {
+        connections: 100,
+        publishers: 2,
+        rate: 200.0,
+        payload_bytes: 16_000,
+        slow_fraction: 0.2,
+        duration_s: 3.0,
+        ..scenario(&srv, Kind::SlowConsumers)
+    };
+    let r = run(&s, &opts()).unwrap();
+    let summary = switchboard_loadtest::report::summary(&r);
+    assert_eq!(r.messages.expected, r.messages.sent * 80, "{summary}");
+    assert_eq!(r.messages.lost, 0, "readers are unaffected: {summary}");
+    let closes = srv
+        .engine()
+        .metrics()
+        .iter()
+        .map(|m| {
+            m.closes[switchboard_engine::CloseKind::SlowConsumer as usize]
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum::<u64>();
+    assert_eq!(closes, 20, "every non-reader was disconnected: {summary}");
+    srv.shutdown();
+    srv.wait();
+}
+
+#[test]
+fn idle_and_connect_storm() {
+    let srv = server();
+    let r = run(
+        &Scenario {
+            connections: 300,
+            duration_s: 1.0,
+            drain_s: 0.0,
+            ..scenario(&srv, Kind::Idle)
+        },
+        &opts(),
+    )
+    .unwrap();
+    assert_eq!(
+        r.connections_ok,
+        300,
+        "{}",
+        switchboard_loadtest::report::summary(&r)
+    );
+    assert!(r.server.as_ref().unwrap().rss_ramped_mib > 0.0);
+
+    let s = Scenario {
+        storm_start_rate: 200.0,
+        storm_step_rate: 200.0,
+        storm_max_rate: 600.0,
+        storm_step_s: 1.0,
+        storm_p99_ms: 2000.0,
+        workers: 2,
+        ..scenario(&srv, Kind::ConnectStorm)
+    };
+    let r = run(&s, &opts()).unwrap();
+    let summary = switchboard_loadtest::report::summary(&r);
+    assert_eq!(r.storm.len(), 3, "{summary}");
+    for p in &r.storm {
+        assert!(p.attempts as f64 >= p.rate * 0.9, "{summary}");
+        assert_eq!(p.failed, 0, "{summary}");
+    }
+    assert_eq!(r.storm_max_rate, Some(600.0), "{summary}");
+    srv.shutdown();
+    srv.wait();
+}
+
+#[test]
+fn refused_tokens_are_counted_not_hidden() {
+    let srv = server();
+    let s = Scenario {
+        connections: 20,
+        publishers: 1,
+        rate: 10.0,
+        token_secret: Some("wrong-secret-0123456789".into()),
+        ..scenario(&srv, Kind::Fanout)
+    };
+    let r = run(&s, &opts()).unwrap();
+    assert_eq!(r.connections_ok, 0);
+    assert_eq!(r.connections_failed, 21);
+    assert_eq!(r.errors.get("connect_refused"), Some(&21));
+    assert!(r.warnings.iter().any(|w| w.contains("failed to open")));
+    srv.shutdown();
+    srv.wait();
+}
