@@ -301,7 +301,7 @@ impl Driver {
             let result = {
                 let mut slices = [IoSlice::new(&[]); IOV_MAX];
                 let n = out.fill(&mut slices);
-                sock.stream.try_write_vectored(&slices[..n])
+                send_vectored(&sock.stream, &slices[..n])
             };
             match result {
                 Ok(written) => self.core.written(slot, written),
@@ -322,6 +322,20 @@ impl Driver {
             let _ = socket2::SockRef::from(&sock.stream).shutdown(std::net::Shutdown::Write);
         }
     }
+}
+
+/// Hot path: one `sendmsg(MSG_NOSIGNAL | MSG_DONTWAIT)` with every queued frame.
+///
+/// Hand-written instead of tokio's `try_write_vectored` because that is `writev`, which
+/// goes through the VFS layer (`vfs_writev`, `fdget_pos`, `sock_write_iter`): about 8%
+/// of the shard's CPU in the fan-out profile, for nothing a socket needs. Runs inside
+/// `try_io`, so an EAGAIN still clears tokio's write readiness.
+#[inline]
+fn send_vectored(stream: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    stream.try_io(Interest::WRITABLE, || {
+        socket2::SockRef::from(stream)
+            .send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+    })
 }
 
 /// One connection's task: reads while readable, waits for writability when blocked.

@@ -66,6 +66,19 @@ pub async fn connect(
 ) -> Result<Client, ConnectError> {
     let socket = TcpSocket::new_v4().map_err(|e| ConnectError("socket", e.to_string()))?;
     if let Some(ip) = source {
+        // Choose the port at connect time, on the full 4-tuple: ports stay usable across
+        // destinations, and loopback TIME_WAIT entries from a previous run can be reused.
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt on our own socket with a valid int option.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
         socket
             .bind(SocketAddr::from((ip, 0)))
             .map_err(|e| ConnectError("bind", e.to_string()))?;

@@ -8,6 +8,7 @@
 //! - [`worker`]: a worker process holding a slice of the connections; open-model
 //!   publishing; [`storm`] for the connect-storm scenario.
 //! - [`stats`]: HDR histograms, timeline, loss accounting, merging across workers.
+//! - [`html`]: self-contained HTML reports and comparisons.
 //! - [`run`]: the coordinator; [`resources`]: `/proc` sampling; [`report`]: results.
 //! - [`stamp`], [`clock`]: the payload stamp and the shared monotonic clock.
 //!
@@ -16,6 +17,7 @@
 
 pub mod clock;
 pub mod conn;
+pub mod html;
 pub mod proto;
 pub mod report;
 pub mod resources;

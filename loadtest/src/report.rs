@@ -185,6 +185,9 @@ pub struct RunResult {
     pub storm_max_rate: Option<f64>,
     /// Failures by kind.
     pub errors: BTreeMap<String, u64>,
+    /// A few messages per failure kind.
+    #[serde(default)]
+    pub error_samples: BTreeMap<String, Vec<String>>,
     /// Things the reader must know (generator-bound, server gone, …).
     pub warnings: Vec<String>,
     /// Merged latency histogram (base64 HDR V2), for later comparison.
@@ -287,7 +290,12 @@ pub fn summary(r: &RunResult) -> String {
         h.workers, h.cpu_s, h.max_worker_cpu_pct, h.machine_busy_pct, h.cores
     );
     for (k, n) in &r.errors {
-        let _ = writeln!(o, "error        {k}: {n}");
+        let samples = r
+            .error_samples
+            .get(k)
+            .map(|s| format!("  e.g. {}", s.join(" | ")))
+            .unwrap_or_default();
+        let _ = writeln!(o, "error        {k}: {n}{samples}");
     }
     for w in &r.warnings {
         let _ = writeln!(o, "WARNING      {w}");

@@ -211,6 +211,7 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
         connect_latency_ms: Percentiles::of(&merged.connect),
         latency_ms: Percentiles::of(&merged.latency),
         errors: merged.errors.clone(),
+        error_samples: merged.error_samples.clone(),
         latency_histogram: stats::encode_histogram(&merged.latency),
         ..RunResult::default()
     };

@@ -91,6 +91,8 @@ pub struct Recorder {
     pub foreign: u64,
     /// Counted failures by kind (connect refused, closed by server, …).
     pub errors: BTreeMap<String, u64>,
+    /// A few messages per failure kind.
+    pub error_samples: BTreeMap<String, Vec<String>>,
     /// Connections established.
     pub connected: u64,
 }
@@ -111,6 +113,7 @@ impl Recorder {
             duplicates: 0,
             foreign: 0,
             errors: BTreeMap::new(),
+            error_samples: BTreeMap::new(),
             connected: 0,
         }
     }
@@ -130,6 +133,15 @@ impl Recorder {
     /// Count a failure.
     pub fn error(&mut self, kind: &str) {
         *self.errors.entry(kind.to_string()).or_default() += 1;
+    }
+
+    /// Count a failure and keep its message if it is among the first few of its kind.
+    pub fn error_with(&mut self, kind: &str, message: &str) {
+        self.error(kind);
+        let samples = self.error_samples.entry(kind.to_string()).or_default();
+        if samples.len() < 3 && !samples.iter().any(|m| m == message) {
+            samples.push(message.to_string());
+        }
     }
 
     /// A message was sent to `channel`, intended at `intended_ns`.
@@ -204,6 +216,7 @@ impl Recorder {
             duplicates: self.duplicates,
             foreign: self.foreign,
             errors: self.errors.clone(),
+            error_samples: self.error_samples.clone(),
             connected: self.connected,
             cpu_s,
             wall_s,
@@ -254,6 +267,9 @@ pub struct WorkerResult {
     pub foreign: u64,
     /// Failures by kind.
     pub errors: BTreeMap<String, u64>,
+    /// A few messages per failure kind.
+    #[serde(default)]
+    pub error_samples: BTreeMap<String, Vec<String>>,
     /// Connections established.
     pub connected: u64,
     /// CPU seconds the worker used during the run.
@@ -289,6 +305,8 @@ pub struct Merged {
     pub foreign: u64,
     /// Failures by kind.
     pub errors: BTreeMap<String, u64>,
+    /// A few messages per failure kind.
+    pub error_samples: BTreeMap<String, Vec<String>>,
     /// Connections established.
     pub connected: u64,
     /// Harness CPU seconds (all workers).
@@ -324,6 +342,7 @@ pub fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
         duplicates: 0,
         foreign: 0,
         errors: BTreeMap::new(),
+        error_samples: BTreeMap::new(),
         connected: 0,
         cpu_s: 0.0,
     };
@@ -346,6 +365,14 @@ pub fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
         }
         for (k, n) in &r.errors {
             *m.errors.entry(k.clone()).or_default() += n;
+        }
+        for (k, msgs) in &r.error_samples {
+            let samples = m.error_samples.entry(k.clone()).or_default();
+            for msg in msgs {
+                if samples.len() < 3 && !samples.contains(msg) {
+                    samples.push(msg.clone());
+                }
+            }
         }
         m.received += r.received;
         m.unique += r.unique;

@@ -43,7 +43,8 @@ struct Shared {
     server: SocketAddr,
     host: String,
     base_path: String,
-    source: Option<Ipv4Addr>,
+    /// Spread connections over 127.0.0.2… (only when the server is on loopback).
+    loopback: bool,
     rec: RefCell<Recorder>,
     progress: SharedProgress,
     /// `(t0_ns, end_ns)` once the coordinator says start.
@@ -129,18 +130,13 @@ async fn run(
 ) -> anyhow::Result<stats::WorkerResult> {
     let s = plan.scenario;
     let (server, host, base_path) = parse_url(&s.url)?;
-    let source =
-        (s.source_ips > 0).then(|| Ipv4Addr::new(127, 0, 0, 2 + (plan.index % s.source_ips) as u8));
+
     let shared = Rc::new(Shared {
         proto: proto::for_scenario(&s),
         server,
         host,
         base_path,
-        source: if server.ip().is_loopback() {
-            source
-        } else {
-            None
-        },
+        loopback: server.ip().is_loopback(),
         rec: RefCell::new(Recorder::new()),
         progress: Rc::new(RefCell::new(Progress::default())),
         start,
@@ -239,6 +235,14 @@ pub struct WorkerView {
     pub start: watch::Receiver<Option<(u64, u64)>>,
 }
 
+impl Shared {
+    /// Source address of connection `i`: 127.0.0.2 … 127.0.0.(1 + source_ips).
+    fn source(&self, i: usize) -> Option<Ipv4Addr> {
+        self.loopback
+            .then(|| Ipv4Addr::new(127, 0, 0, 2 + (i % self.scenario.source_ips.max(1)) as u8))
+    }
+}
+
 fn shared_view(s: &Rc<Shared>) -> WorkerView {
     let scenario = s.scenario.clone();
     let sc2 = scenario.clone();
@@ -247,7 +251,7 @@ fn shared_view(s: &Rc<Shared>) -> WorkerView {
         host: s.host.clone(),
         path: s.proto.path(&s.base_path, &ConnCtx::default()),
         subprotocol: s.proto.subprotocol(),
-        source: s.source,
+        source: s.source(0),
         proto: Rc::new(move || proto::for_scenario(&sc2)),
         start: s.start.clone(),
         scenario,
@@ -332,9 +336,14 @@ async fn connection(shared: Rc<Shared>, i: usize) {
     let s = &shared.scenario;
     let role = s.role(i);
     let channel = role.subscribes_to().map(str::to_string);
+    // The room named in the URL (raw protocol): a publisher joins the room it publishes to.
+    let url_room = match &role {
+        Role::Publisher { channel, .. } => Some(channel.clone()),
+        _ => channel.clone(),
+    };
     let ctx = ConnCtx {
         token: token_for(s, i),
-        channel: channel.clone(),
+        channel: url_room,
     };
     let path = shared.proto.path(&shared.base_path, &ctx);
     let started = mono_ns();
@@ -346,15 +355,18 @@ async fn connection(shared: Rc<Shared>, i: usize) {
             shared.server,
             &shared.host,
             &path,
-            shared.source,
+            shared.source(i),
             channel.as_deref(),
         ),
     )
     .await;
     let mut client = match opened {
         Ok(Ok(c)) => c,
-        Ok(Err((kind, _why))) => {
-            shared.rec.borrow_mut().error(&format!("connect_{kind}"));
+        Ok(Err((kind, why))) => {
+            shared
+                .rec
+                .borrow_mut()
+                .error_with(&format!("connect_{kind}"), &why);
             shared.progress.borrow_mut().failed += 1;
             return;
         }
@@ -401,10 +413,12 @@ async fn connection(shared: Rc<Shared>, i: usize) {
         // Never read again: hold the socket until the worker ends.
         std::future::pending::<()>().await;
     }
-    read_loop(&shared, &mut client, &ctx, i as u32).await;
+    read_loop(&shared, &mut client, &ctx, i as u32, channel.is_some()).await;
 }
 
-async fn read_loop(shared: &Shared, client: &mut Client, ctx: &ConnCtx, me: u32) {
+/// Read until the connection ends; deliveries count only for a connection that
+/// subscribed (a raw-protocol publisher also hears its own room, uncounted).
+async fn read_loop(shared: &Shared, client: &mut Client, ctx: &ConnCtx, me: u32, counts: bool) {
     loop {
         let frame = match conn::next_frame(&mut client.read, &client.write).await {
             Ok(f) => f,
@@ -429,6 +443,7 @@ async fn read_loop(shared: &Shared, client: &mut Client, ctx: &ConnCtx, me: u32)
             .proto
             .incoming(ctx, frame.opcode == OpCode::Text, &frame.payload)
         {
+            In::Data(_) if !counts => {}
             In::Data(text) => match Stamp::parse(text) {
                 Some(st) => {
                     shared
