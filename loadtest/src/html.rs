@@ -246,6 +246,11 @@ pub fn table_rows(runs: &[&RunResult]) -> Vec<(&'static str, Vec<Option<f64>>, b
         ("latency p99.9 ms", col(&|r| Some(r.latency_ms.p999)), true),
         ("latency max ms", col(&|r| Some(r.latency_ms.max)), true),
         (
+            "service latency p99 ms",
+            col(&|r| Some(r.service_latency_ms.p99)),
+            true,
+        ),
+        (
             "server µs CPU / delivery",
             col(&|r| r.server.as_ref().and_then(|s| s.cpu_us_per_delivery)),
             true,
@@ -382,7 +387,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
-                        warnings: vec!["<danger>".into()],
+            warnings: vec!["<danger>".into()],
             sent_per_s: 10.0,
             ..RunResult::default()
         };

@@ -9,13 +9,16 @@
 //!   publishing; [`storm`] for the connect-storm scenario.
 //! - [`stats`]: HDR histograms, timeline, loss accounting, merging across workers.
 //! - [`html`]: self-contained HTML reports and comparisons.
+//! - [`capacity`]: the capacity model (fit, predict).
 //! - [`run`]: the coordinator; [`resources`]: `/proc` sampling; [`report`]: results.
 //! - [`stamp`], [`clock`]: the payload stamp and the shared monotonic clock.
 //!
 //! Traffic goes only to loopback addresses; runs are bounded in time and stop by
 //! themselves.
 
+pub mod capacity;
 pub mod clock;
+
 pub mod conn;
 pub mod html;
 pub mod proto;

@@ -37,6 +37,10 @@ enum Cmd {
         /// No progress lines.
         #[arg(long)]
         quiet: bool,
+        /// File name (without extension) of the JSON and HTML results; default
+        /// `<scenario name>-<unix time>`.
+        #[arg(long)]
+        stem: Option<String>,
     },
     /// Compare runs: a side-by-side table with ratios to the first, and an HTML page
     /// with the runs overlaid.
@@ -47,6 +51,55 @@ enum Cmd {
         /// Where to write the HTML comparison.
         #[arg(long, default_value = "loadtest-results/compare.html")]
         html: PathBuf,
+    },
+    /// Step a scenario's rate up until p99 passes a bound or deliveries are lost; report
+    /// the highest rate that held.
+    Knee {
+        /// Scenario file or name.
+        scenario: String,
+        /// Override a scenario key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// The p99 latency bound, ms.
+        #[arg(long, default_value_t = 50.0)]
+        p99_ms: f64,
+        /// First rate (the scenario's `rate` key).
+        #[arg(long)]
+        start_rate: f64,
+        /// Each step multiplies the rate by this.
+        #[arg(long, default_value_t = 1.5)]
+        factor: f64,
+        /// Most steps.
+        #[arg(long, default_value_t = 10)]
+        max_steps: usize,
+        /// Sample this server process.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Directory for the step results.
+        #[arg(long, default_value = "loadtest-results")]
+        out: PathBuf,
+    },
+    /// Fit memory per connection and CPU per delivery from runs, and predict cores and
+    /// memory for a target.
+    Capacity {
+        /// Result files (JSON) of runs made with --server-pid.
+        #[arg(required = true)]
+        results: Vec<PathBuf>,
+        /// Target connections.
+        #[arg(long)]
+        connections: f64,
+        /// Target deliveries per second.
+        #[arg(long)]
+        deliveries_per_s: f64,
+        /// Highest CPU utilisation to plan for (0..1].
+        #[arg(long, default_value_t = 0.7)]
+        utilisation: f64,
+    },
+    /// Print a Markdown table of results (one row per result file), for docs.
+    Markdown {
+        /// Result files (JSON) written by `run`.
+        #[arg(required = true)]
+        results: Vec<PathBuf>,
     },
     /// Internal: one worker process of a run (driven by `run` over stdin/stdout).
     #[command(hide = true)]
@@ -77,6 +130,45 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Knee {
+            scenario,
+            sets,
+            p99_ms,
+            start_rate,
+            factor,
+            max_steps,
+            server_pid,
+            out,
+        } => {
+            match knee(
+                &scenario, &sets, p99_ms, start_rate, factor, max_steps, server_pid, &out,
+            ) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Capacity {
+            results,
+            connections,
+            deliveries_per_s,
+            utilisation,
+        } => match capacity(&results, connections, deliveries_per_s, utilisation) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Markdown { results } => match markdown(&results) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Worker => match switchboard_loadtest::worker::run_stdio() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -90,6 +182,7 @@ fn main() -> ExitCode {
             server_pid,
             out,
             quiet,
+            stem,
         } => {
             let loaded =
                 Scenario::load(&find_scenario(&scenario)).and_then(|s| s.with_overrides(&sets));
@@ -119,15 +212,17 @@ fn main() -> ExitCode {
                 eprintln!("error: cannot create {}: {e}", out.display());
                 return ExitCode::FAILURE;
             }
-            let stem = format!(
-                "{}-{}",
-                result
-                    .scenario
-                    .as_ref()
-                    .map(|s| s.name.as_str())
-                    .unwrap_or("run"),
-                result.started_unix
-            );
+            let stem = stem.unwrap_or_else(|| {
+                format!(
+                    "{}-{}",
+                    result
+                        .scenario
+                        .as_ref()
+                        .map(|s| s.name.as_str())
+                        .unwrap_or("run"),
+                    result.started_unix
+                )
+            });
             let json = out.join(format!("{stem}.json"));
             let page = out.join(format!("{stem}.html"));
             let written = serde_json::to_string_pretty(&result)
@@ -203,5 +298,158 @@ fn compare(files: &[PathBuf], html: &std::path::Path) -> anyhow::Result<()> {
     }
     std::fs::write(html, html::render_compare(&refs))?;
     println!("report       {}", html.display());
+    Ok(())
+}
+
+fn markdown(files: &[PathBuf]) -> anyhow::Result<()> {
+    use switchboard_loadtest::report::RunResult;
+    println!("| run | server | delivered/s | delivered | p50 ms | p99 ms | service p99 ms | server µs/delivery | server CPU % | server B/conn |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for f in files {
+        let text =
+            std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        let r: RunResult =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        let stem = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let delivered = if r.messages.expected > 0 {
+            format!(
+                "{:.1}%",
+                100.0 * r.messages.unique as f64 / r.messages.expected as f64
+            )
+        } else {
+            "–".into()
+        };
+        let opt = |v: Option<f64>, digits: usize| {
+            v.map(|x| format!("{x:.digits$}"))
+                .unwrap_or_else(|| "–".into())
+        };
+        let sv = r.server.as_ref();
+        let lat = |v: f64| {
+            if r.messages.unique > 0 {
+                format!("{v:.1}")
+            } else {
+                "–".into()
+            }
+        };
+        println!(
+            "| {stem} | {} | {:.0} | {delivered} | {} | {} | {} | {} | {} | {} |",
+            r.protocol,
+            r.delivered_per_s,
+            lat(r.latency_ms.p50),
+            lat(r.latency_ms.p99),
+            lat(r.service_latency_ms.p99),
+            opt(sv.and_then(|s| s.cpu_us_per_delivery), 2),
+            opt(sv.map(|s| s.cpu_pct), 0),
+            opt(
+                sv.map(|s| s.bytes_per_connection).filter(|b| *b > 0.0
+                    && r.scenario
+                        .as_ref()
+                        .is_some_and(|s| s.kind == switchboard_loadtest::scenario::Kind::Idle)),
+                0
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn load_results(files: &[PathBuf]) -> anyhow::Result<Vec<switchboard_loadtest::report::RunResult>> {
+    files
+        .iter()
+        .map(|f| {
+            let text =
+                std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+            serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: not a loadtest result: {e}", f.display()))
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn knee(
+    scenario: &str,
+    sets: &[String],
+    p99_ms: f64,
+    start_rate: f64,
+    factor: f64,
+    max_steps: usize,
+    server_pid: Option<u32>,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let base = Scenario::load(&find_scenario(scenario))?.with_overrides(sets)?;
+    std::fs::create_dir_all(out)?;
+    let mut rate = start_rate;
+    let mut held = None;
+    println!(
+        "{:>12} {:>14} {:>10} {:>10} {:>10} {:>12}",
+        "rate", "deliveries/s", "p99 ms", "loss %", "µs/deliv", "verdict"
+    );
+    for step in 0..max_steps {
+        let mut s = base.clone();
+        s.rate = rate;
+        s.name = format!("{}-knee-{step}", base.name);
+        s.validate()?;
+        let r = run::run(
+            &s,
+            &RunOptions {
+                server_pid,
+                progress: false,
+                worker_exe: None,
+            },
+        )?;
+        std::fs::write(
+            out.join(format!("{}.json", s.name)),
+            serde_json::to_string_pretty(&r)?,
+        )?;
+        let ok = r.latency_ms.p99 <= p99_ms && r.messages.lost == 0 && r.connections_failed == 0;
+        println!(
+            "{:>12.1} {:>14.0} {:>10.2} {:>10.4} {:>10} {:>12}",
+            rate,
+            r.delivered_per_s,
+            r.latency_ms.p99,
+            100.0 * r.messages.loss_ratio,
+            r.server
+                .as_ref()
+                .and_then(|s| s.cpu_us_per_delivery)
+                .map(|u| format!("{u:.2}"))
+                .unwrap_or_else(|| "–".into()),
+            if ok { "held" } else { "failed" }
+        );
+        if !ok {
+            break;
+        }
+        held = Some((rate, r.delivered_per_s));
+        rate *= factor;
+    }
+    match held {
+        Some((rate, d)) => println!("knee: highest rate that held p99 <= {p99_ms} ms with no loss: {rate:.1} ({d:.0} deliveries/s)"),
+        None => println!("knee: even the first rate failed (p99 > {p99_ms} ms or loss)"),
+    }
+    Ok(())
+}
+
+fn capacity(
+    files: &[PathBuf],
+    connections: f64,
+    deliveries: f64,
+    utilisation: f64,
+) -> anyhow::Result<()> {
+    let runs = load_results(files)?;
+    let model = switchboard_loadtest::capacity::fit(&runs)?;
+    let p = model.predict(connections, deliveries, utilisation);
+    println!(
+        "model        {:.3} µs server CPU per delivery + {:.3} cores fixed; {:.0} B per connection over a {:.1} MiB base ({} runs)",
+        model.us_per_delivery, model.fixed_cores, model.bytes_per_connection, model.base_rss_mib, model.runs
+    );
+    println!(
+        "target       {connections:.0} connections, {deliveries:.0} deliveries/s, planned at {:.0}% CPU",
+        utilisation * 100.0
+    );
+    println!(
+        "prediction   {:.2} cores busy → {:.2} cores to provision; {:.0} MiB resident memory",
+        p.busy_cores, p.cores, p.memory_mib
+    );
     Ok(())
 }

@@ -210,6 +210,7 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
         connections_failed: ready.iter().map(|r| r.map_or(0, |x| x.1)).sum(),
         connect_latency_ms: Percentiles::of(&merged.connect),
         latency_ms: Percentiles::of(&merged.latency),
+        service_latency_ms: Percentiles::of(&merged.service),
         errors: merged.errors.clone(),
         error_samples: merged.error_samples.clone(),
         latency_histogram: stats::encode_histogram(&merged.latency),

@@ -72,6 +72,8 @@ pub struct Recorder {
     pub t0_ns: u64,
     /// End-to-end latency of every delivery, µs, from the intended send time.
     pub latency: Histogram<u64>,
+    /// The same from the actual send time: the server's (and network's) share.
+    pub service: Histogram<u64>,
     /// Time to connect, upgrade and authenticate, µs.
     pub connect: Histogram<u64>,
     /// Per-second timeline (index = whole seconds since `t0_ns`).
@@ -103,6 +105,7 @@ impl Recorder {
         Recorder {
             t0_ns: 0,
             latency: histogram(),
+            service: histogram(),
             connect: histogram(),
             seconds: Vec::new(),
             sent: BTreeMap::new(),
@@ -163,6 +166,7 @@ impl Recorder {
         publisher: u32,
         seq: u64,
         intended_ns: u64,
+        actual_ns: u64,
         now_ns: u64,
     ) {
         self.received += 1;
@@ -184,6 +188,7 @@ impl Recorder {
         }
         let us = now_ns.saturating_sub(intended_ns) / 1_000;
         record(&mut self.latency, us);
+        record(&mut self.service, now_ns.saturating_sub(actual_ns) / 1_000);
         let second = self.second(now_ns);
         second.received += 1;
         record(&mut second.latency, us);
@@ -198,6 +203,7 @@ impl Recorder {
     pub fn finish(&self, cpu_s: f64, wall_s: f64) -> WorkerResult {
         WorkerResult {
             latency: encode_histogram(&self.latency),
+            service: encode_histogram(&self.service),
             connect: encode_histogram(&self.connect),
             seconds: self
                 .seconds
@@ -247,6 +253,9 @@ pub struct SecondOut {
 pub struct WorkerResult {
     /// Latency histogram (base64 HDR V2).
     pub latency: String,
+    /// Service latency histogram, from the actual send time (base64 HDR V2).
+    #[serde(default)]
+    pub service: String,
     /// Connect latency histogram (base64 HDR V2).
     pub connect: String,
     /// Per-second timeline.
@@ -285,6 +294,8 @@ pub struct WorkerResult {
 pub struct Merged {
     /// All deliveries' latency.
     pub latency: Histogram<u64>,
+    /// All deliveries' service latency.
+    pub service: Histogram<u64>,
     /// All connects' latency.
     pub connect: Histogram<u64>,
     /// Per-second: sent, received, latency.
@@ -332,6 +343,7 @@ impl Merged {
 pub fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
     let mut m = Merged {
         latency: histogram(),
+        service: histogram(),
         connect: histogram(),
         seconds: Vec::new(),
         sent: BTreeMap::new(),
@@ -348,6 +360,9 @@ pub fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
     };
     for r in results {
         m.latency.add(decode_histogram(&r.latency)?)?;
+        if !r.service.is_empty() {
+            m.service.add(decode_histogram(&r.service)?)?;
+        }
         m.connect.add(decode_histogram(&r.connect)?)?;
         for (i, s) in r.seconds.iter().enumerate() {
             while m.seconds.len() <= i {
@@ -394,7 +409,7 @@ mod tests {
         let mut r = Recorder::new();
         r.subscribers.insert("c".into(), 1);
         for seq in [0u64, 1, 3, 2, 2, 5] {
-            r.delivered(9, 1, seq, 0, 1_000_000);
+            r.delivered(9, 1, seq, 0, 0, 1_000_000);
         }
         for _ in 0..6 {
             r.sent("c", 0);
@@ -417,8 +432,8 @@ mod tests {
         a.subscribers.insert("c".into(), 2);
         b.subscribers.insert("c".into(), 1);
         for i in 0..100u64 {
-            a.delivered(1, 0, i, 0, (i + 1) * 1_000_000); // 1..100 ms, spread over the first 0.1 s
-            b.delivered(2, 0, i, 0, 2_000_000_000 + i * 1_000); // ~2 s
+            a.delivered(1, 0, i, 0, 0, (i + 1) * 1_000_000); // 1..100 ms, spread over the first 0.1 s
+            b.delivered(2, 0, i, 0, 0, 2_000_000_000 + i * 1_000); // ~2 s
             a.sent("c", 0);
         }
         let m = merge(&[a.finish(1.0, 3.0), b.finish(0.5, 3.0)]).unwrap();

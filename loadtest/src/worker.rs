@@ -445,12 +445,14 @@ async fn read_loop(shared: &Shared, client: &mut Client, ctx: &ConnCtx, me: u32,
         {
             In::Data(_) if !counts => {}
             In::Data(text) => match Stamp::parse(text) {
-                Some(st) => {
-                    shared
-                        .rec
-                        .borrow_mut()
-                        .delivered(me, st.publisher, st.seq, st.intended_ns, now)
-                }
+                Some(st) => shared.rec.borrow_mut().delivered(
+                    me,
+                    st.publisher,
+                    st.seq,
+                    st.intended_ns,
+                    st.actual_ns,
+                    now,
+                ),
                 None => shared.rec.borrow_mut().foreign += 1,
             },
             In::Respond(out) => {
@@ -490,6 +492,7 @@ async fn publish(
             publisher: me as u32,
             seq: k,
             intended_ns: intended,
+            actual_ns: mono_ns(),
         }
         .encode(size);
         let out = shared

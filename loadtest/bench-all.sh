@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Reproduce docs/BENCHMARKS.md: build, start each server in turn, run the scenarios
+# against it, keep JSON + HTML results in docs/benchmarks/ (or $OUT).
+# Takes about 10 minutes; needs Node/npm for the comparison servers. Loopback only.
+# Usage: loadtest/bench-all.sh [switchboard|bun|socketio|ws ...]   (default: all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-docs/benchmarks}
+SECRET=loadtest-secret-change-me-0123456789
+mkdir -p "$OUT"
+cargo build --release --locked -p switchboard-control-plane -p switchboard-loadtest >&2
+LT=target/release/switchboard-loadtest
+SERVER_PID=
+
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "server on port $1 did not come up" >&2
+  return 1
+}
+
+stop() {
+  if [ -n "$SERVER_PID" ]; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+  fi
+  sleep 2
+}
+trap stop EXIT
+
+start_switchboard() { # shards
+  SWITCHBOARD_AUTH__HMAC_SECRET=$SECRET SWITCHBOARD_LOG__LEVEL=warn \
+    target/release/switchboard serve --shards "$1" >"$OUT/switchboard-server.log" 2>&1 &
+  SERVER_PID=$!
+  wait_port 7400
+}
+
+start_node() { # socketio|bun|ws port
+  loadtest/servers/run.sh "$1" "$2" >"$OUT/$1-server.log" 2>&1 &
+  SERVER_PID=$!
+  wait_port "$2"
+  # run.sh execs the server, so $! is the server itself.
+}
+
+run() { # stem scenario [--set ...]
+  local stem=$1 scenario=$2
+  shift 2
+  echo "== $stem" >&2
+  "$LT" run "$scenario" --server-pid "$SERVER_PID" --out "$OUT" --stem "$stem" --quiet "$@" | tee "$OUT/$stem.txt"
+}
+
+TARGETS=("$@")
+has() { [ ${#TARGETS[@]} -eq 0 ] || [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
+
+# Every run gets a fresh server process: an overloaded run must not leave a backlog
+# that the next scenario pays for.
+if has switchboard; then
+  for shards in 0 1; do
+    prefix=switchboard; [ "$shards" = 1 ] && prefix=switchboard-1shard
+    if [ "$shards" = 0 ]; then
+      start_switchboard 0; run switchboard-idle idle; stop
+      start_switchboard 0; run switchboard-connect-storm connect-storm; stop
+      start_switchboard 0; run switchboard-slow-consumers slow-consumers; stop
+    fi
+    start_switchboard "$shards"; run "$prefix-fanout" fanout --set workers=2; stop
+    start_switchboard "$shards"; run "$prefix-fanout-1m" fanout --set rate=100 --set workers=2; stop
+    start_switchboard "$shards"; run "$prefix-rooms" rooms --set workers=2; stop
+        start_switchboard "$shards"; run "$prefix-echo" echo; stop
+  done
+  start_switchboard 0; run switchboard-idle-19k idle --set connections=19000 --set duration_s=10; stop
+  # The capacity model's validation: fit on 2k and 5k subscribers, predict the 10k run.
+  start_switchboard 0; run capacity-fanout-2k fanout --set connections=2000 --set workers=2; stop
+  start_switchboard 0; run capacity-fanout-5k fanout --set connections=5000 --set workers=2; stop
+  "$LT" capacity "$OUT/capacity-fanout-2k.json" "$OUT/capacity-fanout-5k.json" \
+    --connections 10010 --deliveries-per-s 100000 --utilisation 1.0 | tee "$OUT/capacity-prediction.txt"
+fi
+for srv in bun socketio ws; do
+  has "$srv" || continue
+  case $srv in
+    bun) port=7600; proto=(--set protocol=raw --set url=ws://127.0.0.1:7600/) ;;
+    ws) port=7700; proto=(--set protocol=raw --set url=ws://127.0.0.1:7700/) ;;
+    socketio) port=7500; proto=(--set protocol=socketio --set url=ws://127.0.0.1:7500/) ;;
+  esac
+  start_node "$srv" "$port"; run "$srv-idle" idle "${proto[@]}" --set duration_s=10; stop
+  start_node "$srv" "$port"; run "$srv-fanout" fanout "${proto[@]}" --set workers=2; stop
+  start_node "$srv" "$port"; run "$srv-fanout-1m" fanout "${proto[@]}" --set rate=100 --set workers=2; stop
+  start_node "$srv" "$port"; run "$srv-rooms" rooms "${proto[@]}" --set workers=2; stop
+  start_node "$srv" "$port"; run "$srv-echo" echo "${proto[@]}"; stop
+done
+echo "results in $OUT" >&2
