@@ -206,35 +206,35 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
             .unwrap_or(0),
         machine: machine_facts(),
         connections_target: scenario.total_connections(),
-        connections_ok: merged.connected,
+        connections_ok: merged.counts.connected,
         connections_failed: ready.iter().map(|r| r.map_or(0, |x| x.1)).sum(),
         connect_latency_ms: Percentiles::of(&merged.connect),
         latency_ms: Percentiles::of(&merged.latency),
         service_latency_ms: Percentiles::of(&merged.service),
-        errors: merged.errors.clone(),
-        error_samples: merged.error_samples.clone(),
+        errors: merged.counts.errors.clone(),
+        error_samples: merged.counts.error_samples.clone(),
         latency_histogram: stats::encode_histogram(&merged.latency),
         ..RunResult::default()
     };
-    let sent: u64 = merged.sent.values().sum();
-    let expected = merged.expected();
+    let sent: u64 = merged.counts.sent.values().sum();
+    let expected = merged.counts.expected();
     r.messages = Messages {
         sent,
         expected,
-        received: merged.received,
-        unique: merged.unique,
-        lost: merged.lost(),
-        duplicates: merged.duplicates,
-        out_of_order: merged.out_of_order,
-        foreign: merged.foreign,
+        received: merged.counts.received,
+        unique: merged.counts.unique(),
+        lost: merged.counts.lost(),
+        duplicates: merged.counts.duplicates,
+        out_of_order: merged.counts.out_of_order,
+        foreign: merged.counts.foreign,
         loss_ratio: if expected > 0 {
-            merged.lost() as f64 / expected as f64
+            merged.counts.lost() as f64 / expected as f64
         } else {
             0.0
         },
     };
     r.sent_per_s = sent as f64 / scenario.duration_s;
-    r.delivered_per_s = merged.unique as f64 / scenario.duration_s;
+    r.delivered_per_s = merged.counts.unique() as f64 / scenario.duration_s;
 
     // Timeline, with server samples matched by second.
     let mut by_second: BTreeMap<u64, (f64, Option<f64>)> = BTreeMap::new();
@@ -273,7 +273,7 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
         let start = server_t0.unwrap_or(ramped);
         let stop = server_end.unwrap_or(start);
         let cpu_s = stop.cpu_s - start.cpu_s;
-        let conns = merged.connected.max(1) as f64;
+        let conns = merged.counts.connected.max(1) as f64;
         r.server = Some(ServerUse {
             pid,
             rss_before_mib: mib(before.rss_bytes),
@@ -286,7 +286,8 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
             } else {
                 0.0
             },
-            cpu_us_per_delivery: (merged.unique > 0).then(|| cpu_s * 1e6 / merged.unique as f64),
+            cpu_us_per_delivery: (merged.counts.unique() > 0)
+                .then(|| cpu_s * 1e6 / merged.counts.unique() as f64),
         });
     }
 

@@ -65,6 +65,82 @@ pub struct Second {
     pub latency: Histogram<u64>,
 }
 
+/// Delivery and failure counts: the same in a worker's recorder, its result and the
+/// merge of all workers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Messages sent per channel.
+    pub sent: BTreeMap<String, u64>,
+    /// Reading subscribers per channel.
+    pub subscribers: BTreeMap<String, u64>,
+    /// Deliveries received, including duplicates.
+    pub received: u64,
+    /// First deliveries of a message that arrived after a later one (late, not lost).
+    pub out_of_order: u64,
+    /// Deliveries of a message already delivered to the same subscriber.
+    pub duplicates: u64,
+    /// Publications whose stamp could not be parsed.
+    pub foreign: u64,
+    /// Failures by kind (connect refused, closed by server, …).
+    #[serde(default)]
+    pub errors: BTreeMap<String, u64>,
+    /// A few messages per failure kind.
+    #[serde(default)]
+    pub error_samples: BTreeMap<String, Vec<String>>,
+    /// Connections established.
+    pub connected: u64,
+}
+
+impl Counts {
+    /// First deliveries (each message at each subscriber once).
+    pub fn unique(&self) -> u64 {
+        self.received - self.duplicates
+    }
+
+    /// Deliveries expected: every message sent to a channel, once per reader of it.
+    pub fn expected(&self) -> u64 {
+        self.sent
+            .iter()
+            .map(|(c, n)| n * self.subscribers.get(c).copied().unwrap_or(0))
+            .sum()
+    }
+
+    /// Expected deliveries that never arrived.
+    pub fn lost(&self) -> u64 {
+        self.expected().saturating_sub(self.unique())
+    }
+
+    /// Add another worker's counts.
+    pub fn add(&mut self, other: &Counts) {
+        for (c, n) in &other.sent {
+            *self.sent.entry(c.clone()).or_default() += n;
+        }
+        for (c, n) in &other.subscribers {
+            *self.subscribers.entry(c.clone()).or_default() += n;
+        }
+        for (k, n) in &other.errors {
+            *self.errors.entry(k.clone()).or_default() += n;
+        }
+        for (k, msgs) in &other.error_samples {
+            for msg in msgs {
+                self.sample(k, msg);
+            }
+        }
+        self.received += other.received;
+        self.out_of_order += other.out_of_order;
+        self.duplicates += other.duplicates;
+        self.foreign += other.foreign;
+        self.connected += other.connected;
+    }
+
+    fn sample(&mut self, kind: &str, message: &str) {
+        let samples = self.error_samples.entry(kind.to_string()).or_default();
+        if samples.len() < 3 && !samples.iter().any(|m| m == message) {
+            samples.push(message.to_string());
+        }
+    }
+}
+
 /// One worker's measurements.
 #[derive(Debug)]
 pub struct Recorder {
@@ -78,25 +154,10 @@ pub struct Recorder {
     pub connect: Histogram<u64>,
     /// Per-second timeline (index = whole seconds since `t0_ns`).
     pub seconds: Vec<Second>,
-    /// Messages sent per channel.
-    pub sent: BTreeMap<String, u64>,
-    /// Subscribers per channel in this worker.
-    pub subscribers: BTreeMap<String, u64>,
+    /// Delivery and failure counts.
+    pub counts: Counts,
+    /// Sequence tracking per (subscriber, publisher).
     tracks: HashMap<(u32, u32), SeqTrack>,
-    /// Deliveries received, including duplicates.
-    pub received: u64,
-    /// First deliveries of a message that arrived after a later one (late, not lost).
-    pub out_of_order: u64,
-    /// Deliveries of a message already delivered to the same subscriber.
-    pub duplicates: u64,
-    /// Publications whose stamp could not be parsed.
-    pub foreign: u64,
-    /// Counted failures by kind (connect refused, closed by server, …).
-    pub errors: BTreeMap<String, u64>,
-    /// A few messages per failure kind.
-    pub error_samples: BTreeMap<String, Vec<String>>,
-    /// Connections established.
-    pub connected: u64,
 }
 
 impl Recorder {
@@ -108,16 +169,8 @@ impl Recorder {
             service: histogram(),
             connect: histogram(),
             seconds: Vec::new(),
-            sent: BTreeMap::new(),
-            subscribers: BTreeMap::new(),
+            counts: Counts::default(),
             tracks: HashMap::new(),
-            received: 0,
-            out_of_order: 0,
-            duplicates: 0,
-            foreign: 0,
-            errors: BTreeMap::new(),
-            error_samples: BTreeMap::new(),
-            connected: 0,
         }
     }
 
@@ -135,31 +188,28 @@ impl Recorder {
 
     /// Count a failure.
     pub fn error(&mut self, kind: &str) {
-        *self.errors.entry(kind.to_string()).or_default() += 1;
+        *self.counts.errors.entry(kind.to_string()).or_default() += 1;
     }
 
     /// Count a failure and keep its message if it is among the first few of its kind.
     pub fn error_with(&mut self, kind: &str, message: &str) {
         self.error(kind);
-        let samples = self.error_samples.entry(kind.to_string()).or_default();
-        if samples.len() < 3 && !samples.iter().any(|m| m == message) {
-            samples.push(message.to_string());
-        }
+        self.counts.sample(kind, message);
     }
 
     /// A message was sent to `channel`, intended at `intended_ns`.
     pub fn sent(&mut self, channel: &str, intended_ns: u64) {
-        match self.sent.get_mut(channel) {
+        match self.counts.sent.get_mut(channel) {
             Some(n) => *n += 1,
             None => {
-                self.sent.insert(channel.to_string(), 1);
+                self.counts.sent.insert(channel.to_string(), 1);
             }
         }
         self.second(intended_ns).sent += 1;
     }
 
     /// Subscriber `subscriber` received a message from `publisher` with sequence `seq`,
-    /// intended at `intended_ns`, at `now_ns`.
+    /// intended at `intended_ns` and sent at `actual_ns`, at `now_ns`.
     pub fn delivered(
         &mut self,
         subscriber: u32,
@@ -169,7 +219,7 @@ impl Recorder {
         actual_ns: u64,
         now_ns: u64,
     ) {
-        self.received += 1;
+        self.counts.received += 1;
         let track = self.tracks.entry((subscriber, publisher)).or_default();
         if seq == track.next {
             track.next += 1;
@@ -181,9 +231,9 @@ impl Recorder {
             }
             track.next = seq + 1;
         } else if track.missing.remove(&seq) {
-            self.out_of_order += 1;
+            self.counts.out_of_order += 1;
         } else {
-            self.duplicates += 1;
+            self.counts.duplicates += 1;
             return;
         }
         let us = now_ns.saturating_sub(intended_ns) / 1_000;
@@ -192,11 +242,6 @@ impl Recorder {
         let second = self.second(now_ns);
         second.received += 1;
         record(&mut second.latency, us);
-    }
-
-    /// Unique deliveries (first arrival of each message at each subscriber).
-    pub fn unique(&self) -> u64 {
-        self.received - self.duplicates
     }
 
     /// Freeze into the serialisable form.
@@ -214,16 +259,7 @@ impl Recorder {
                     latency: encode_histogram(&s.latency),
                 })
                 .collect(),
-            sent: self.sent.clone(),
-            subscribers: self.subscribers.clone(),
-            received: self.received,
-            unique: self.unique(),
-            out_of_order: self.out_of_order,
-            duplicates: self.duplicates,
-            foreign: self.foreign,
-            errors: self.errors.clone(),
-            error_samples: self.error_samples.clone(),
-            connected: self.connected,
+            counts: self.counts.clone(),
             cpu_s,
             wall_s,
             extra: BTreeMap::new(),
@@ -260,27 +296,9 @@ pub struct WorkerResult {
     pub connect: String,
     /// Per-second timeline.
     pub seconds: Vec<SecondOut>,
-    /// Messages sent per channel.
-    pub sent: BTreeMap<String, u64>,
-    /// Subscribers per channel.
-    pub subscribers: BTreeMap<String, u64>,
-    /// Deliveries received.
-    pub received: u64,
-    /// Unique deliveries.
-    pub unique: u64,
-    /// Late deliveries.
-    pub out_of_order: u64,
-    /// Duplicate deliveries.
-    pub duplicates: u64,
-    /// Unparseable publications.
-    pub foreign: u64,
-    /// Failures by kind.
-    pub errors: BTreeMap<String, u64>,
-    /// A few messages per failure kind.
-    #[serde(default)]
-    pub error_samples: BTreeMap<String, Vec<String>>,
-    /// Connections established.
-    pub connected: u64,
+    /// Delivery and failure counts.
+    #[serde(flatten)]
+    pub counts: Counts,
     /// CPU seconds the worker used during the run.
     pub cpu_s: f64,
     /// Wall seconds of the run.
@@ -300,43 +318,10 @@ pub struct Merged {
     pub connect: Histogram<u64>,
     /// Per-second: sent, received, latency.
     pub seconds: Vec<(u64, u64, Histogram<u64>)>,
-    /// Messages sent per channel.
-    pub sent: BTreeMap<String, u64>,
-    /// Subscribers per channel.
-    pub subscribers: BTreeMap<String, u64>,
-    /// Deliveries received.
-    pub received: u64,
-    /// Unique deliveries.
-    pub unique: u64,
-    /// Late deliveries.
-    pub out_of_order: u64,
-    /// Duplicates.
-    pub duplicates: u64,
-    /// Unparseable publications.
-    pub foreign: u64,
-    /// Failures by kind.
-    pub errors: BTreeMap<String, u64>,
-    /// A few messages per failure kind.
-    pub error_samples: BTreeMap<String, Vec<String>>,
-    /// Connections established.
-    pub connected: u64,
+    /// Delivery and failure counts of all workers.
+    pub counts: Counts,
     /// Harness CPU seconds (all workers).
     pub cpu_s: f64,
-}
-
-impl Merged {
-    /// Deliveries expected: every message sent to a channel, once per subscriber of it.
-    pub fn expected(&self) -> u64 {
-        self.sent
-            .iter()
-            .map(|(c, n)| n * self.subscribers.get(c).copied().unwrap_or(0))
-            .sum()
-    }
-
-    /// Expected deliveries that never arrived.
-    pub fn lost(&self) -> u64 {
-        self.expected().saturating_sub(self.unique)
-    }
 }
 
 /// Add up workers' results.
@@ -346,16 +331,7 @@ pub fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
         service: histogram(),
         connect: histogram(),
         seconds: Vec::new(),
-        sent: BTreeMap::new(),
-        subscribers: BTreeMap::new(),
-        received: 0,
-        unique: 0,
-        out_of_order: 0,
-        duplicates: 0,
-        foreign: 0,
-        errors: BTreeMap::new(),
-        error_samples: BTreeMap::new(),
-        connected: 0,
+        counts: Counts::default(),
         cpu_s: 0.0,
     };
     for r in results {
@@ -372,29 +348,7 @@ pub fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
             m.seconds[i].1 += s.received;
             m.seconds[i].2.add(decode_histogram(&s.latency)?)?;
         }
-        for (c, n) in &r.sent {
-            *m.sent.entry(c.clone()).or_default() += n;
-        }
-        for (c, n) in &r.subscribers {
-            *m.subscribers.entry(c.clone()).or_default() += n;
-        }
-        for (k, n) in &r.errors {
-            *m.errors.entry(k.clone()).or_default() += n;
-        }
-        for (k, msgs) in &r.error_samples {
-            let samples = m.error_samples.entry(k.clone()).or_default();
-            for msg in msgs {
-                if samples.len() < 3 && !samples.contains(msg) {
-                    samples.push(msg.clone());
-                }
-            }
-        }
-        m.received += r.received;
-        m.unique += r.unique;
-        m.out_of_order += r.out_of_order;
-        m.duplicates += r.duplicates;
-        m.foreign += r.foreign;
-        m.connected += r.connected;
+        m.counts.add(&r.counts);
         m.cpu_s += r.cpu_s;
     }
     Ok(m)
@@ -407,20 +361,20 @@ mod tests {
     #[test]
     fn loss_duplicates_and_reordering() {
         let mut r = Recorder::new();
-        r.subscribers.insert("c".into(), 1);
+        r.counts.subscribers.insert("c".into(), 1);
         for seq in [0u64, 1, 3, 2, 2, 5] {
             r.delivered(9, 1, seq, 0, 0, 1_000_000);
         }
         for _ in 0..6 {
             r.sent("c", 0);
         }
-        assert_eq!(r.received, 6);
-        assert_eq!(r.duplicates, 1, "seq 2 twice");
-        assert_eq!(r.out_of_order, 1, "seq 2 after 3");
-        assert_eq!(r.unique(), 5);
+        assert_eq!(r.counts.received, 6);
+        assert_eq!(r.counts.duplicates, 1, "seq 2 twice");
+        assert_eq!(r.counts.out_of_order, 1, "seq 2 after 3");
+        assert_eq!(r.counts.unique(), 5);
         let m = merge(&[r.finish(0.0, 1.0)]).unwrap();
-        assert_eq!(m.expected(), 6);
-        assert_eq!(m.lost(), 1, "seq 4 never came");
+        assert_eq!(m.counts.expected(), 6);
+        assert_eq!(m.counts.lost(), 1, "seq 4 never came");
         assert_eq!(m.latency.len(), 5);
         assert_eq!(m.latency.value_at_quantile(0.5), 1000);
     }
@@ -429,8 +383,8 @@ mod tests {
     fn merge_adds_histograms_and_timelines() {
         let mut a = Recorder::new();
         let mut b = Recorder::new();
-        a.subscribers.insert("c".into(), 2);
-        b.subscribers.insert("c".into(), 1);
+        a.counts.subscribers.insert("c".into(), 2);
+        b.counts.subscribers.insert("c".into(), 1);
         for i in 0..100u64 {
             a.delivered(1, 0, i, 0, 0, (i + 1) * 1_000_000); // 1..100 ms, spread over the first 0.1 s
             b.delivered(2, 0, i, 0, 0, 2_000_000_000 + i * 1_000); // ~2 s
@@ -442,8 +396,8 @@ mod tests {
         assert_eq!(m.seconds[0].1, 100);
         assert_eq!(m.seconds[2].1, 100);
         assert_eq!(m.seconds[0].0, 100);
-        assert_eq!(m.expected(), 300);
-        assert_eq!(m.lost(), 100);
+        assert_eq!(m.counts.expected(), 300);
+        assert_eq!(m.counts.lost(), 100);
         assert!((m.cpu_s - 1.5).abs() < 1e-9);
         // p50 across both: the slowest of b (~2 s) sorts above all of a.
         assert!(m.latency.value_at_quantile(0.99) > 1_000_000);

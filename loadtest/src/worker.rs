@@ -379,10 +379,10 @@ async fn connection(shared: Rc<Shared>, i: usize) {
     {
         let mut rec = shared.rec.borrow_mut();
         stats::record(&mut rec.connect, (mono_ns() - started) / 1_000);
-        rec.connected += 1;
+        rec.counts.connected += 1;
         // A subscriber that never reads is not expected to receive anything.
         if let (Some(c), false) = (&channel, matches!(role, Role::Slow { .. })) {
-            *rec.subscribers.entry(c.clone()).or_default() += 1;
+            *rec.counts.subscribers.entry(c.clone()).or_default() += 1;
         }
     }
     shared.progress.borrow_mut().ready += 1;
@@ -453,7 +453,7 @@ async fn read_loop(shared: &Shared, client: &mut Client, ctx: &ConnCtx, me: u32,
                     st.actual_ns,
                     now,
                 ),
-                None => shared.rec.borrow_mut().foreign += 1,
+                None => shared.rec.borrow_mut().counts.foreign += 1,
             },
             In::Respond(out) => {
                 if conn::send(&client.write, out).await.is_err() {

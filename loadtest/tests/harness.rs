@@ -7,11 +7,22 @@ use switchboard_loadtest::scenario::{Kind, Scenario};
 
 const SECRET: &str = "harness-test-secret-0123456789";
 
+/// Each test runs a server and worker processes; two at once on a two-core machine
+/// would measure each other. One at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn server() -> Server {
     let mut cfg = Config::default();
     cfg.engine.listen = "127.0.0.1:0".parse().unwrap();
     cfg.engine.shards = 2;
-    cfg.engine.max_outbound_bytes = 128 * 1024;
+    // Readers that fall behind on a loaded machine keep up to this much queued; a
+    // never-reader in the slow-consumer test is sent 9.6 MB, more than twice this plus
+    // the kernel's socket buffers (4 MiB send, 128 KiB receive here).
+    cfg.engine.max_outbound_bytes = 512 * 1024;
     cfg.engine.close_timeout_ms = 300;
     cfg.engine.drain_timeout_ms = 1000;
     cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
@@ -46,6 +57,7 @@ fn opts() -> RunOptions {
 
 #[test]
 fn fanout_rooms_echo_in_both_formats_lose_nothing() {
+    let _one = serial();
     let srv = server();
     let cases = [
         Scenario {
@@ -112,6 +124,7 @@ fn fanout_rooms_echo_in_both_formats_lose_nothing() {
 
 #[test]
 fn slow_consumers_are_cut_off_and_the_rest_lose_nothing() {
+    let _one = serial();
     let srv = server();
     let s = Scenario {
         connections: 100,
@@ -142,6 +155,7 @@ fn slow_consumers_are_cut_off_and_the_rest_lose_nothing() {
 
 #[test]
 fn idle_and_connect_storm() {
+    let _one = serial();
     let srv = server();
     let r = run(
         &Scenario {
@@ -184,6 +198,7 @@ fn idle_and_connect_storm() {
 
 #[test]
 fn refused_tokens_are_counted_not_hidden() {
+    let _one = serial();
     let srv = server();
     let s = Scenario {
         connections: 20,
