@@ -11,6 +11,7 @@
 //! - [`html`]: self-contained HTML reports and comparisons.
 //! - [`capacity`]: the capacity model (fit, predict).
 //! - [`run`]: the coordinator; [`resources`]: `/proc` sampling; [`report`]: results.
+//! - [`schedule`]: the open-model send schedule.
 //! - [`stamp`], [`clock`]: the payload stamp and the shared monotonic clock.
 //!
 //! Traffic goes only to loopback addresses; runs are bounded in time and stop by
@@ -26,6 +27,8 @@ pub mod report;
 pub mod resources;
 pub mod run;
 pub mod scenario;
+pub mod schedule;
+
 pub mod stamp;
 pub mod stats;
 pub mod storm;

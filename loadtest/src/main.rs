@@ -379,34 +379,33 @@ fn knee(
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
     let base = Scenario::load(&find_scenario(scenario))?.with_overrides(sets)?;
+    base.validate()?;
     std::fs::create_dir_all(out)?;
-    let mut rate = start_rate;
-    let mut held = None;
+    let opts = RunOptions {
+        server_pid,
+        progress: false,
+        worker_exe: None,
+    };
+    let steps = run::knee(&base, &opts, p99_ms, start_rate, factor, max_steps)?;
     println!(
-        "{:>12} {:>14} {:>10} {:>10} {:>10} {:>12}",
+        "{:>12} {:>14} {:>10} {:>10} {:>10} {:>8}",
         "rate", "deliveries/s", "p99 ms", "loss %", "µs/deliv", "verdict"
     );
-    for step in 0..max_steps {
-        let mut s = base.clone();
-        s.rate = rate;
-        s.name = format!("{}-knee-{step}", base.name);
-        s.validate()?;
-        let r = run::run(
-            &s,
-            &RunOptions {
-                server_pid,
-                progress: false,
-                worker_exe: None,
-            },
-        )?;
+    for st in &steps {
+        let r = &st.result;
         std::fs::write(
-            out.join(format!("{}.json", s.name)),
-            serde_json::to_string_pretty(&r)?,
+            out.join(format!(
+                "{}.json",
+                r.scenario
+                    .as_ref()
+                    .map(|s| s.name.as_str())
+                    .unwrap_or("knee")
+            )),
+            serde_json::to_string_pretty(r)?,
         )?;
-        let ok = r.latency_ms.p99 <= p99_ms && r.messages.lost == 0 && r.connections_failed == 0;
         println!(
-            "{:>12.1} {:>14.0} {:>10.2} {:>10.4} {:>10} {:>12}",
-            rate,
+            "{:>12.1} {:>14.0} {:>10.2} {:>10.4} {:>10} {:>8}",
+            st.rate,
             r.delivered_per_s,
             r.latency_ms.p99,
             100.0 * r.messages.loss_ratio,
@@ -415,16 +414,14 @@ fn knee(
                 .and_then(|s| s.cpu_us_per_delivery)
                 .map(|u| format!("{u:.2}"))
                 .unwrap_or_else(|| "–".into()),
-            if ok { "held" } else { "failed" }
+            if st.held { "held" } else { "failed" }
         );
-        if !ok {
-            break;
-        }
-        held = Some((rate, r.delivered_per_s));
-        rate *= factor;
     }
-    match held {
-        Some((rate, d)) => println!("knee: highest rate that held p99 <= {p99_ms} ms with no loss: {rate:.1} ({d:.0} deliveries/s)"),
+    match steps.iter().take_while(|s| s.held).last() {
+        Some(st) => println!(
+            "knee: highest rate that held p99 <= {p99_ms} ms with no loss: {:.1} ({:.0} deliveries/s)",
+            st.rate, st.result.delivered_per_s
+        ),
         None => println!("knee: even the first rate failed (p99 > {p99_ms} ms or loss)"),
     }
     Ok(())

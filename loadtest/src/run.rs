@@ -405,3 +405,47 @@ fn machine_facts() -> BTreeMap<String, String> {
     }
     m
 }
+
+/// One step of a knee search.
+#[derive(Debug, Clone)]
+pub struct KneeStep {
+    /// The scenario's `rate` at this step.
+    pub rate: f64,
+    /// What the run measured.
+    pub result: RunResult,
+    /// p99 within the bound, nothing lost, every connection opened.
+    pub held: bool,
+}
+
+/// Run `base` at `start_rate`, `start_rate × factor`, … until a step fails (p99 above
+/// `p99_ms`, a delivery lost or a connection failed) or `max_steps` ran. The last step
+/// that held is the knee.
+pub fn knee(
+    base: &Scenario,
+    opts: &RunOptions,
+    p99_ms: f64,
+    start_rate: f64,
+    factor: f64,
+    max_steps: usize,
+) -> anyhow::Result<Vec<KneeStep>> {
+    if factor <= 1.0 || start_rate <= 0.0 {
+        anyhow::bail!("the knee search needs start_rate > 0 and factor > 1");
+    }
+    let mut steps = Vec::new();
+    let mut rate = start_rate;
+    for step in 0..max_steps {
+        let mut s = base.clone();
+        s.rate = rate;
+        s.name = format!("{}-knee-{step}", base.name);
+        let result = run(&s, opts)?;
+        let held = result.latency_ms.p99 <= p99_ms
+            && result.messages.lost == 0
+            && result.connections_failed == 0;
+        steps.push(KneeStep { rate, result, held });
+        if !held {
+            break;
+        }
+        rate *= factor;
+    }
+    Ok(steps)
+}

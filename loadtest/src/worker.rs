@@ -475,16 +475,10 @@ async fn publish(
     t0: u64,
     end: u64,
 ) {
-    let interval = (1e9 / rate) as u64;
-    // Spread publishers over the interval so they do not all fire at the same instant.
-    let offset = (me as u64).wrapping_mul(2_654_435_761) % interval.max(1);
+    let schedule = crate::schedule::Schedule::new(t0, end, rate, me as u64);
     let size = shared.scenario.payload_bytes;
     let mut k: u64 = 0;
-    loop {
-        let intended = t0 + offset + k * interval;
-        if intended >= end {
-            return;
-        }
+    while let Some(intended) = schedule.intended(k) {
         if intended > mono_ns() {
             tokio::time::sleep_until(instant_at(intended)).await;
         }

@@ -215,3 +215,27 @@ fn refused_tokens_are_counted_not_hidden() {
     srv.shutdown();
     srv.wait();
 }
+
+#[test]
+fn knee_search_stops_at_the_first_failing_step() {
+    let _one = serial();
+    let srv = server();
+    let base = Scenario {
+        connections: 100,
+        publishers: 1,
+        duration_s: 1.0,
+        drain_s: 0.5,
+        ..scenario(&srv, Kind::Fanout)
+    };
+    // A generous bound holds for two steps; an impossible one fails at once.
+    let steps = switchboard_loadtest::run::knee(&base, &opts(), 5_000.0, 5.0, 2.0, 2).unwrap();
+    assert_eq!(steps.len(), 2);
+    assert!(steps.iter().all(|s| s.held));
+    assert_eq!((steps[0].rate, steps[1].rate), (5.0, 10.0));
+    assert!(steps[1].result.messages.sent > steps[0].result.messages.sent);
+    let steps = switchboard_loadtest::run::knee(&base, &opts(), 0.0, 5.0, 2.0, 3).unwrap();
+    assert_eq!(steps.len(), 1, "stops at the first failure");
+    assert!(!steps[0].held);
+    srv.shutdown();
+    srv.wait();
+}
