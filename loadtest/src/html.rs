@@ -142,6 +142,7 @@ fn charts(runs: &[&RunResult]) -> String {
     let mut thr = Vec::new();
     let mut rss = Vec::new();
     let mut cpu = Vec::new();
+    let mut conns = Vec::new();
     for (i, r) in runs.iter().enumerate() {
         let label = |what: &str| {
             if runs.len() == 1 {
@@ -193,6 +194,18 @@ fn charts(runs: &[&RunResult]) -> String {
             points: pts(&|p| p.server_cpu_pct),
             dashed: false,
         });
+        conns.push(Series {
+            name: label("connected"),
+            color: c,
+            points: r.ramp.iter().map(|p| (p.t, p.ready as f64)).collect(),
+            dashed: false,
+        });
+        conns.push(Series {
+            name: label("failed"),
+            color: c,
+            points: r.ramp.iter().map(|p| (p.t, p.failed as f64)).collect(),
+            dashed: true,
+        });
     }
     let mut o = String::new();
     o.push_str(&line_chart(
@@ -212,6 +225,13 @@ fn charts(runs: &[&RunResult]) -> String {
     ));
     o.push_str("<br>");
     o.push_str(&line_chart("Server CPU", "seconds", "% of one core", &cpu));
+    o.push_str("<br>");
+    o.push_str(&line_chart(
+        "Connections during the ramp",
+        "seconds since the first attempt",
+        "connections",
+        &conns,
+    ));
     o
 }
 

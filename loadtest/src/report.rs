@@ -68,6 +68,17 @@ pub struct TimelinePoint {
     pub server_cpu_pct: Option<f64>,
 }
 
+/// Connections open during the ramp, about once a second.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RampPoint {
+    /// Seconds since the first connection attempt.
+    pub t: f64,
+    /// Connections ready.
+    pub ready: u64,
+    /// Connections that failed.
+    pub failed: u64,
+}
+
 /// Delivery accounting.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Messages {
@@ -177,6 +188,9 @@ pub struct RunResult {
     /// own lateness.
     #[serde(default)]
     pub service_latency_ms: Percentiles,
+    /// Connections during the ramp.
+    #[serde(default)]
+    pub ramp: Vec<RampPoint>,
     /// Per-second timeline.
     pub timeline: Vec<TimelinePoint>,
     /// Server resources, if sampled.

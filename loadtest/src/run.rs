@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::clock::mono_ns;
 use crate::report::{
-    HarnessUse, Messages, Percentiles, RunResult, ServerUse, StormPoint, TimelinePoint,
+    HarnessUse, Messages, Percentiles, RampPoint, RunResult, ServerUse, StormPoint, TimelinePoint,
 };
 use crate::resources::{self, ProcSample};
 use crate::scenario::{Kind, Scenario};
@@ -91,6 +91,8 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
     let mut progress = vec![(0u64, 0u64); workers];
     let mut results: Vec<Option<WorkerResult>> = vec![None; workers];
     let mut last_print = std::time::Instant::now();
+    let ramp_start = std::time::Instant::now();
+    let mut ramp: Vec<RampPoint> = Vec::new();
     while ready.iter().any(Option::is_none) {
         match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(Event::Line(w, line)) => {
@@ -113,13 +115,21 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
                 anyhow::bail!("every worker exited during the ramp")
             }
         }
-        if opts.progress && last_print.elapsed() >= Duration::from_secs(1) {
+        // About once a second, and once more when the last worker is ready.
+        if last_print.elapsed() >= Duration::from_secs(1) || ready.iter().all(Option::is_some) {
             last_print = std::time::Instant::now();
             let (ok, failed) = progress.iter().fold((0, 0), |a, p| (a.0 + p.0, a.1 + p.1));
-            eprintln!(
-                "ramp: {ok}/{} connections ready, {failed} failed",
-                scenario.total_connections()
-            );
+            ramp.push(RampPoint {
+                t: ramp_start.elapsed().as_secs_f64(),
+                ready: ok,
+                failed,
+            });
+            if opts.progress {
+                eprintln!(
+                    "ramp: {ok}/{} connections ready, {failed} failed",
+                    scenario.total_connections()
+                );
+            }
         }
     }
     let server_ramped = opts.server_pid.and_then(resources::sample);
@@ -211,6 +221,7 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
         connect_latency_ms: Percentiles::of(&merged.connect),
         latency_ms: Percentiles::of(&merged.latency),
         service_latency_ms: Percentiles::of(&merged.service),
+        ramp,
         errors: merged.counts.errors.clone(),
         error_samples: merged.counts.error_samples.clone(),
         latency_histogram: stats::encode_histogram(&merged.latency),
