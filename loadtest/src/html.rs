@@ -110,9 +110,11 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
         let ly = top + 14.0 * i as f64 + 6.0;
         let _ = write!(
             svg,
-            r#"<rect x="{}" y="{}" width="12" height="3" fill="{}"/><text x="{}" y="{}" font-size="11">{}</text>"#,
-            w - right - 200.0,
-            ly - 4.0,
+            r#"<line x1="{}" x2="{}" y1="{}" y2="{}" stroke="{}" stroke-width="2"{dash}/><text x="{}" y="{}" font-size="11">{}</text>"#,
+            w - right - 204.0,
+            w - right - 188.0,
+            ly - 3.0,
+            ly - 3.0,
             s.color,
             w - right - 184.0,
             ly,
@@ -135,9 +137,9 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:12px 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.warn{color:#a00}pre{background:#f6f6f6;padding:8px}";
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:12px 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}.warn{color:#a00}pre{background:#f6f6f6;padding:8px;white-space:pre-wrap}";
 
-fn charts(runs: &[&RunResult]) -> String {
+fn charts(runs: &[&RunResult], labels: &[String]) -> String {
     let mut lat = Vec::new();
     let mut thr = Vec::new();
     let mut rss = Vec::new();
@@ -148,7 +150,7 @@ fn charts(runs: &[&RunResult]) -> String {
             if runs.len() == 1 {
                 what.to_string()
             } else {
-                format!("{} {what}", run_label(r))
+                format!("{} {what}", labels[i])
             }
         };
         let c = COLORS[i % COLORS.len()];
@@ -304,15 +306,13 @@ pub fn table_rows(runs: &[&RunResult]) -> Vec<(&'static str, Vec<Option<f64>>, b
     ]
 }
 
-fn table_html(runs: &[&RunResult]) -> String {
+fn table_html(runs: &[&RunResult], labels: &[String]) -> String {
     let mut o = String::from("<table><tr><th>metric</th>");
-    for r in runs {
-        let _ = write!(o, "<th>{}</th>", esc(&run_label(r)));
+    for l in labels {
+        let _ = write!(o, "<th>{}</th>", esc(l));
     }
-    if runs.len() > 1 {
-        for r in &runs[1..] {
-            let _ = write!(o, "<th>{} ÷ first</th>", esc(&run_label(r)));
-        }
+    for l in labels.iter().skip(1) {
+        let _ = write!(o, "<th>{} ÷ first</th>", esc(l));
     }
     o.push_str("</tr>");
     for (label, vals, _) in table_rows(runs) {
@@ -363,8 +363,9 @@ pub fn render(r: &RunResult) -> String {
     for w in &r.warnings {
         let _ = write!(o, "<p class=\"warn\">⚠ {}</p>", esc(w));
     }
-    o.push_str(&table_html(&[r]));
-    o.push_str(&charts(&[r]));
+    let labels = [run_label(r)];
+    o.push_str(&table_html(&[r], &labels));
+    o.push_str(&charts(&[r], &labels));
     let _ = write!(
         o,
         "<h2>Scenario</h2><pre>{}</pre><h2>Machine</h2><pre>{}</pre></body></html>",
@@ -378,12 +379,12 @@ pub fn render(r: &RunResult) -> String {
     o
 }
 
-/// Several runs overlaid, with a ratio table.
-pub fn render_compare(runs: &[&RunResult]) -> String {
+/// Several runs overlaid, with a ratio table; `labels` name the runs (file names).
+pub fn render_compare(runs: &[&RunResult], labels: &[String]) -> String {
     let mut o = String::new();
     let _ = write!(o, "<!doctype html><html><head><meta charset=\"utf-8\"><title>comparison</title><style>{STYLE}</style></head><body><h1>Comparison</h1>");
-    o.push_str(&table_html(runs));
-    o.push_str(&charts(runs));
+    o.push_str(&table_html(runs, labels));
+    o.push_str(&charts(runs, labels));
     o.push_str("</body></html>");
     o
 }
@@ -415,7 +416,7 @@ mod tests {
         assert!(html.contains("<svg") && html.contains("polyline"));
         assert!(html.contains("&lt;danger&gt;"), "escaped");
         assert!(!html.contains("<script"), "no script");
-        let cmp = render_compare(&[&r, &r]);
+        let cmp = render_compare(&[&r, &r], &["a".into(), "b".into()]);
         assert!(cmp.contains("1.00×"));
     }
 }

@@ -263,7 +263,15 @@ fn compare(files: &[PathBuf], html: &std::path::Path) -> anyhow::Result<()> {
         })
         .collect::<Result<_, _>>()?;
     let refs: Vec<&RunResult> = runs.iter().collect();
-    let labels: Vec<String> = refs.iter().map(|r| html::run_label(r)).collect();
+    // Runs are named by their file names: two runs of one scenario share a scenario name.
+    let labels: Vec<String> = files
+        .iter()
+        .map(|f| {
+            f.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
     let width = labels.iter().map(|l| l.len()).max().unwrap_or(10).max(12);
     print!("{:<26}", "metric");
     for l in &labels {
@@ -296,7 +304,7 @@ fn compare(files: &[PathBuf], html: &std::path::Path) -> anyhow::Result<()> {
     if let Some(dir) = html.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(html, html::render_compare(&refs))?;
+    std::fs::write(html, html::render_compare(&refs, &labels))?;
     println!("report       {}", html.display());
     Ok(())
 }
