@@ -63,7 +63,7 @@ if has switchboard; then
     if [ "$shards" = 0 ]; then
       start_switchboard 0; run switchboard-idle idle; stop
       start_switchboard 0; run switchboard-connect-storm connect-storm; stop
-      start_switchboard 0; run switchboard-slow-consumers slow-consumers; stop
+        start_switchboard 0; run switchboard-slow-consumers slow-consumers --metrics-url http://127.0.0.1:7401/metrics; stop
     fi
     start_switchboard "$shards"; run "$prefix-fanout" fanout --set workers=2; stop
     start_switchboard "$shards"; run "$prefix-fanout-1m" fanout --set rate=100 --set workers=2; stop

@@ -10,6 +10,7 @@
 //! - [`stats`]: HDR histograms, timeline, loss accounting, merging across workers.
 //! - [`html`]: self-contained HTML reports and comparisons.
 //! - [`capacity`]: the capacity model (fit, predict).
+//! - [`scrape`]: reading the server's Prometheus `/metrics`.
 //! - [`run`]: the coordinator; [`resources`]: `/proc` sampling; [`report`]: results.
 //! - [`schedule`]: the open-model send schedule.
 //! - [`stamp`], [`clock`]: the payload stamp and the shared monotonic clock.
@@ -28,6 +29,7 @@ pub mod resources;
 pub mod run;
 pub mod scenario;
 pub mod schedule;
+pub mod scrape;
 
 pub mod stamp;
 pub mod stats;

@@ -31,6 +31,10 @@ enum Cmd {
         /// Sample this server process's RSS and CPU.
         #[arg(long)]
         server_pid: Option<u32>,
+        /// Scrape the server's Prometheus endpoint (`http://127.0.0.1:7401/metrics`) before
+        /// and after, and report how every metric changed.
+        #[arg(long)]
+        metrics_url: Option<String>,
         /// Directory for the JSON result.
         #[arg(long, default_value = "loadtest-results")]
         out: PathBuf,
@@ -180,6 +184,7 @@ fn main() -> ExitCode {
             scenario,
             sets,
             server_pid,
+            metrics_url,
             out,
             quiet,
             stem,
@@ -199,6 +204,7 @@ fn main() -> ExitCode {
                     server_pid,
                     progress: !quiet,
                     worker_exe: None,
+                    metrics_url,
                 },
             ) {
                 Ok(r) => r,
@@ -393,6 +399,7 @@ fn knee(
         server_pid,
         progress: false,
         worker_exe: None,
+        metrics_url: None,
     };
     let steps = run::knee(&base, &opts, p99_ms, start_rate, factor, max_steps)?;
     println!(

@@ -191,6 +191,10 @@ pub struct RunResult {
     /// Connections during the ramp.
     #[serde(default)]
     pub ramp: Vec<RampPoint>,
+    /// With `--metrics-url`: change of every server metric over the run (summed over
+    /// labels), from before the ramp to after the drain.
+    #[serde(default)]
+    pub server_metrics: BTreeMap<String, f64>,
     /// Per-second timeline.
     pub timeline: Vec<TimelinePoint>,
     /// Server resources, if sampled.
@@ -306,6 +310,15 @@ pub fn summary(r: &RunResult) -> String {
             sv.cpu_pct,
             sv.cpu_us_per_delivery.map(|u| format!(" = {u:.3} µs/delivery")).unwrap_or_default()
         );
+    }
+    for key in [
+        "switchboard_deliveries_total",
+        "switchboard_slow_consumer_disconnects_total",
+        "switchboard_closes_total",
+    ] {
+        if let Some(v) = r.server_metrics.get(key) {
+            let _ = writeln!(o, "metrics      {key} +{v:.0}");
+        }
     }
     let h = &r.harness;
     let _ = writeln!(

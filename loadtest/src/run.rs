@@ -30,6 +30,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// The `switchboard-loadtest` executable to start workers from (default: this one).
     pub worker_exe: Option<std::path::PathBuf>,
+    /// The server's Prometheus endpoint, scraped before the ramp and after the drain.
+    pub metrics_url: Option<String>,
 }
 
 enum Event {
@@ -52,6 +54,11 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
     let (tx, rx) = mpsc::channel::<Event>();
     let mut children: Vec<Child> = Vec::with_capacity(workers);
     let server_before = opts.server_pid.and_then(resources::sample);
+    let metrics_before = opts
+        .metrics_url
+        .as_deref()
+        .map(crate::scrape::scrape)
+        .transpose()?;
     if opts.server_pid.is_some() && server_before.is_none() {
         anyhow::bail!(
             "--server-pid {}: no such process",
@@ -196,6 +203,10 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
     for mut c in children {
         let _ = c.wait();
     }
+    let metrics_after = match (&opts.metrics_url, &metrics_before) {
+        (Some(url), Some(_)) => Some(crate::scrape::scrape(url)?),
+        _ => None,
+    };
     if machine_end.is_none() {
         machine_end = resources::machine();
         server_end = opts.server_pid.and_then(resources::sample);
@@ -221,6 +232,10 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
         connect_latency_ms: Percentiles::of(&merged.connect),
         latency_ms: Percentiles::of(&merged.latency),
         service_latency_ms: Percentiles::of(&merged.service),
+        server_metrics: match (&metrics_before, &metrics_after) {
+            (Some(b), Some(a)) => crate::scrape::delta(b, a),
+            _ => Default::default(),
+        },
         ramp,
         errors: merged.counts.errors.clone(),
         error_samples: merged.counts.error_samples.clone(),

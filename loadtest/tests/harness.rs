@@ -52,6 +52,7 @@ fn opts() -> RunOptions {
         server_pid: Some(std::process::id()),
         progress: false,
         worker_exe: Some(env!("CARGO_BIN_EXE_switchboard-loadtest").into()),
+        metrics_url: None,
     }
 }
 
@@ -135,7 +136,15 @@ fn slow_consumers_are_cut_off_and_the_rest_lose_nothing() {
         duration_s: 3.0,
         ..scenario(&srv, Kind::SlowConsumers)
     };
-    let r = run(&s, &opts()).unwrap();
+    let metrics_url = Some(format!("http://{}/metrics", srv.admin_addr()));
+    let r = run(
+        &s,
+        &RunOptions {
+            metrics_url,
+            ..opts()
+        },
+    )
+    .unwrap();
     let summary = switchboard_loadtest::report::summary(&r);
     assert_eq!(r.messages.expected, r.messages.sent * 80, "{summary}");
     assert_eq!(r.messages.lost, 0, "readers are unaffected: {summary}");
@@ -149,6 +158,17 @@ fn slow_consumers_are_cut_off_and_the_rest_lose_nothing() {
         })
         .sum::<u64>();
     assert_eq!(closes, 20, "every non-reader was disconnected: {summary}");
+    // The same count, as the harness saw it through the server's /metrics.
+    assert_eq!(
+        r.server_metrics
+            .get("switchboard_slow_consumer_disconnects_total"),
+        Some(&20.0),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("switchboard_slow_consumer_disconnects_total +20"),
+        "{summary}"
+    );
     srv.shutdown();
     srv.wait();
 }
