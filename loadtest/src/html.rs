@@ -142,6 +142,8 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#22
 fn charts(runs: &[&RunResult], labels: &[String]) -> String {
     let mut lat = Vec::new();
     let mut thr = Vec::new();
+    // Publications and deliveries differ by the fan-out factor: separate charts.
+    let mut sent = Vec::new();
     let mut rss = Vec::new();
     let mut cpu = Vec::new();
     let mut conns = Vec::new();
@@ -178,11 +180,11 @@ fn charts(runs: &[&RunResult], labels: &[String]) -> String {
             points: pts(&|p| Some(p.delivered as f64)),
             dashed: false,
         });
-        thr.push(Series {
+        sent.push(Series {
             name: label("sent/s"),
             color: c,
             points: pts(&|p| Some(p.sent as f64)),
-            dashed: true,
+            dashed: false,
         });
         rss.push(Series {
             name: label("server RSS"),
@@ -217,7 +219,19 @@ fn charts(runs: &[&RunResult], labels: &[String]) -> String {
         &lat,
     ));
     o.push_str("<br>");
-    o.push_str(&line_chart("Throughput", "seconds", "per second", &thr));
+    o.push_str(&line_chart(
+        "Deliveries per second",
+        "seconds",
+        "per second",
+        &thr,
+    ));
+    o.push_str("<br>");
+    o.push_str(&line_chart(
+        "Messages published per second",
+        "seconds",
+        "per second",
+        &sent,
+    ));
     o.push_str("<br>");
     o.push_str(&line_chart(
         "Server resident memory",
