@@ -78,6 +78,7 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Response {
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "backend": s.engine.backend(),
+        "backend_fallback": s.engine.backend_fallback(),
         "connections": s.engine.connections(),
         "shards": shards,
     });

@@ -1,4 +1,4 @@
-//! The `switchboard` binary: `serve` (the default) and `token`.
+//! The `switchboard` binary: `serve` (the default), `token` and `probe-io`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +26,15 @@ enum Cmd {
     Serve(ServeArgs),
     /// Print a signed HS256 token.
     Token(TokenArgs),
+    /// Check whether the io_uring backend can run here (exit 0) or not (exit 1, why).
+    ProbeIo(ProbeArgs),
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// Config file (its engine.uring_buffers and engine.uring_buffer_bytes are probed).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args, Default)]
@@ -42,6 +51,9 @@ struct ServeArgs {
     /// Number of shards (overrides engine.shards; 0 = one per core).
     #[arg(long)]
     shards: Option<usize>,
+    /// I/O backend: auto, uring or epoll (overrides engine.io).
+    #[arg(long)]
+    io: Option<switchboard_engine::IoMode>,
 }
 
 #[derive(Args)]
@@ -85,6 +97,27 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Cmd::Serve(ServeArgs::default())) {
         Cmd::Serve(args) => serve(args),
         Cmd::Token(args) => token(args),
+        Cmd::ProbeIo(args) => probe_io(args),
+    }
+}
+
+fn probe_io(args: ProbeArgs) -> ExitCode {
+    let cfg = match Config::load(args.config.as_deref(), &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match switchboard_engine::backend::probe_io_uring(&cfg.engine) {
+        Ok(()) => {
+            println!("io_uring: available");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            println!("io_uring: unavailable: {why}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -130,6 +163,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Some(n) = args.shards {
         cfg.engine.shards = n;
     }
+    if let Some(io) = args.io {
+        cfg.engine.io = io;
+    }
     if let Err(e) = cfg.validate() {
         eprintln!("error: {e}");
         return ExitCode::from(2);
@@ -139,6 +175,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
         .init();
 
     let server = match Server::start(cfg.clone()) {

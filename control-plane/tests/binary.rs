@@ -25,6 +25,7 @@ async fn dev_mode_serves_and_sigterm_drains_with_1001() {
             "2",
         ])
         .env("RUST_LOG", "warn")
+        .env("SWITCHBOARD_ENGINE__IO", io_arg())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -134,4 +135,149 @@ fn bad_config_is_refused_with_the_key_named() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no secret"));
+}
+
+/// Make `cmd`'s process unable to use io_uring the way container runtimes do: a seccomp
+/// filter that fails `io_uring_setup` with EPERM (everything else allowed).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn forbid_io_uring(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    const SYS_IO_URING_SETUP: u32 = 425;
+    #[cfg(target_arch = "x86_64")]
+    const ARCH: u32 = 0xc000_003e;
+    #[cfg(target_arch = "aarch64")]
+    const ARCH: u32 = 0xc000_00b7;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let filter = [
+        op(LD_W_ABS, 0, 0, 4), // seccomp_data.arch
+        op(JEQ_K, 0, 3, ARCH),
+        op(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+        op(JEQ_K, 0, 1, SYS_IO_URING_SETUP),
+        op(RET_K, 0, 0, RET_ERRNO | libc::EPERM as u32),
+        op(RET_K, 0, 0, RET_ALLOW),
+    ];
+    // SAFETY: the closure only calls prctl (async-signal-safe) with a filter built before
+    // the fork and moved into it.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+fn serve_cmd(io: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--io",
+        io,
+    ])
+    .env("RUST_LOG", "warn")
+    .env("SWITCHBOARD_AUTH__HMAC_SECRET", SECRET)
+    .env_remove("SWITCHBOARD_ENGINE__IO");
+    cmd
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn io_uring_forbidden_auto_falls_back_and_uring_refuses_to_start() {
+    // `auto` under a policy that forbids io_uring: epoll, with the reason everywhere.
+    let mut cmd = serve_cmd("auto");
+    forbid_io_uring(&mut cmd);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut ws, mut admin) = (None, None);
+    while ws.is_none() || admin.is_none() {
+        let line = lines.next().expect("banner").unwrap();
+        let addr = |rest: &str| {
+            rest.split('/')
+                .next()
+                .unwrap()
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+        };
+        if let Some(rest) = line.trim().strip_prefix("WebSocket  ws://") {
+            ws = Some(addr(rest));
+        } else if let Some(rest) = line.trim().strip_prefix("Admin      http://") {
+            admin = Some(addr(rest));
+        }
+    }
+    let (ws, admin) = (ws.unwrap(), admin.unwrap());
+    let (status, body) = http(admin, "GET", "/health/ready", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["backend"], "epoll", "{body}");
+    let why = ready["backend_fallback"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("io_uring_setup failed") && why.contains("Operation not permitted"),
+        "{body}"
+    );
+    let (_, metrics) = http(admin, "GET", "/metrics", &[], "").await;
+    assert!(metrics.contains(r#"backend="epoll""#), "{metrics}");
+    // It serves.
+    let mut c = Client::connect(ws, Fmt::Json, &token("alice", None)).await;
+    let r = c
+        .call(json!({"cmd": "subscribe", "channel": "room:1"}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "exit status {}", out.status);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        log.matches("io_uring unavailable, using epoll").count(),
+        1,
+        "one clear log line: {log}"
+    );
+
+    // `uring` under the same policy: no start, and the reason.
+    let mut cmd = serve_cmd("uring");
+    forbid_io_uring(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("io_uring cannot run here") && err.contains("Operation not permitted"),
+        "{err}"
+    );
+
+    // `probe-io` says the same.
+    let mut cmd = Command::new(BIN);
+    cmd.arg("probe-io");
+    forbid_io_uring(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("io_uring: unavailable"));
 }

@@ -70,6 +70,7 @@ async fn rs256_and_es256_from_key_files() {
 #[test]
 fn unreadable_or_wrong_key_file_is_a_startup_error() {
     let mut cfg = switchboard_control_plane::Config::default();
+    cfg.engine.io = io_under_test();
     cfg.engine.listen = "127.0.0.1:0".parse().unwrap();
     cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
     cfg.auth.rsa_public_key_file = Some(keys_dir().join("ec.pub.pem"));

@@ -228,7 +228,8 @@ async fn http_publish_api() {
     assert_eq!((status, body.as_str()), (200, r#"{"status":"live"}"#));
     let (status, body) = http(admin, "GET", "/health/ready", &[], "").await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains(r#""backend":"epoll""#));
+    let backend = format!(r#""backend":"{}""#, backend_under_test());
+    assert!(body.contains(&backend), "{body}");
     assert_eq!(metric(admin, "switchboard_api_publications_total").await, 1);
 
     server.shutdown();

@@ -17,9 +17,18 @@
 //! 5. calls `retry_spill` each turn, and records `take_latency_samples` after writing.
 //!
 //! The epoll backend ([`crate::epoll`]) does this with tokio's current-thread runtime;
-//! an io_uring backend does the same with completions.
+//! the io_uring backend ([`crate::uring`]) does the same with completions. A
+//! completion-based backend hands frames to the kernel before they are written, so it
+//! pins them ([`OutQueue::pin`](crate::outq::OutQueue::pin)): pinned frames count as
+//! started and survive a slow-consumer discard, and the backend holds its own clones
+//! until the completion arrives.
+//!
+//! [`select`] picks the backend for `engine.io`: `auto` probes io_uring and falls back
+//! to epoll with the reason; `uring` turns a failed probe into a start-up error.
 
+use crate::config::{EngineConfig, IoMode};
 use crate::epoll::{self, ShardSetup};
+use crate::uring;
 
 /// An I/O backend for the shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +36,9 @@ use crate::epoll::{self, ShardSetup};
 pub enum Backend {
     /// Readiness-based I/O: tokio current-thread runtime over epoll.
     Epoll,
+    /// Completion-based I/O: one io_uring per shard, multishot accept and receive,
+    /// provided buffers, batched sends.
+    Uring,
 }
 
 impl Backend {
@@ -34,6 +46,7 @@ impl Backend {
     pub fn name(self) -> &'static str {
         match self {
             Backend::Epoll => "epoll",
+            Backend::Uring => "io_uring",
         }
     }
 
@@ -41,6 +54,27 @@ impl Backend {
     pub(crate) fn run(self, setup: ShardSetup) {
         match self {
             Backend::Epoll => epoll::run(setup),
+            Backend::Uring => uring::run(setup),
         }
+    }
+}
+
+/// Whether io_uring can run here with `cfg`'s buffer settings, and if not, why.
+pub fn probe_io_uring(cfg: &EngineConfig) -> Result<(), String> {
+    uring::probe(cfg)
+}
+
+/// The backend chosen for `cfg.io`, and why io_uring was not used when `auto` fell
+/// back to epoll. A `uring` that cannot run is an error carrying the probe's reason.
+pub fn select(cfg: &EngineConfig) -> Result<(Backend, Option<String>), String> {
+    match cfg.io {
+        IoMode::Epoll => Ok((Backend::Epoll, None)),
+        IoMode::Uring => uring::probe(cfg)
+            .map(|()| (Backend::Uring, None))
+            .map_err(|why| format!("engine.io = \"uring\" but io_uring cannot run here: {why}")),
+        IoMode::Auto => match uring::probe(cfg) {
+            Ok(()) => Ok((Backend::Uring, None)),
+            Err(why) => Ok((Backend::Epoll, Some(why))),
+        },
     }
 }

@@ -5,6 +5,32 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+/// Which I/O backend the shards use (`engine.io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// io_uring when the start-up probe passes, else epoll with one log line saying why.
+    #[default]
+    Auto,
+    /// io_uring; a failed probe is a start-up error.
+    Uring,
+    /// epoll (tokio), never io_uring.
+    Epoll,
+}
+
+impl std::str::FromStr for IoMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(IoMode::Auto),
+            "uring" | "io_uring" => Ok(IoMode::Uring),
+            "epoll" => Ok(IoMode::Epoll),
+            _ => Err(format!("expected auto, uring or epoll, not {s:?}")),
+        }
+    }
+}
+
 /// Settings of the shards (the `[engine]` table of the config file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -15,6 +41,13 @@ pub struct EngineConfig {
     pub shards: usize,
     /// Pin shard `i` to core `i`.
     pub pin_cores: bool,
+    /// I/O backend of the shards: `auto` (io_uring when the kernel allows it, else
+    /// epoll), `uring` (io_uring or a start-up error) or `epoll`.
+    pub io: IoMode,
+    /// io_uring: provided receive buffers per shard (a power of two, at most 32768).
+    pub uring_buffers: usize,
+    /// io_uring: size of each provided receive buffer, in bytes.
+    pub uring_buffer_bytes: usize,
     /// Listen backlog per shard socket.
     pub backlog: u32,
     /// Most connections the process holds; more are refused with HTTP 503.
@@ -60,6 +93,9 @@ impl Default for EngineConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             shards: 0,
             pin_cores: true,
+            io: IoMode::Auto,
+            uring_buffers: 1024,
+            uring_buffer_bytes: 4096,
             backlog: 4096,
             max_connections: 100_000,
             max_connections_per_ip: 0,
@@ -117,6 +153,12 @@ impl EngineConfig {
         }
         if self.max_message_bytes < self.max_frame_bytes {
             return Err("engine.max_message_bytes must be at least engine.max_frame_bytes".into());
+        }
+        if !self.uring_buffers.is_power_of_two() || self.uring_buffers > 32_768 {
+            return Err("engine.uring_buffers must be a power of two from 1 to 32768".into());
+        }
+        if !(512..=1 << 20).contains(&self.uring_buffer_bytes) {
+            return Err("engine.uring_buffer_bytes must be from 512 to 1048576".into());
         }
         if self.read_buffer_bytes < 4096 {
             return Err("engine.read_buffer_bytes must be at least 4096".into());

@@ -230,6 +230,11 @@ impl ShardCore {
         }
     }
 
+    /// The engine settings this shard runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
     /// This shard's index.
     pub fn id(&self) -> u16 {
         self.id

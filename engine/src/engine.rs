@@ -39,6 +39,10 @@ pub enum EngineError {
     /// Another OS resource (eventfd, thread) could not be created.
     #[error("cannot start shards: {0}")]
     Io(#[from] std::io::Error),
+    /// The I/O backend asked for cannot run (the message says why), or a shard could
+    /// not set up its I/O.
+    #[error("cannot start the I/O backend: {0}")]
+    Backend(String),
 }
 
 /// Errors publishing from the server API.
@@ -88,7 +92,10 @@ impl Engine {
                 })?,
             );
         }
-        let backend = Backend::Epoll;
+        let (backend, fallback) = crate::backend::select(&cfg).map_err(EngineError::Backend)?;
+        if let Some(why) = &fallback {
+            tracing::warn!("io_uring unavailable, using epoll: {why}");
+        }
         let cores = if cfg.pin_cores {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
@@ -99,6 +106,7 @@ impl Engine {
             .map(|_| Arc::new(ShardMetrics::default()))
             .collect();
         let mut threads = Vec::with_capacity(shards);
+        let (started_tx, started_rx) = std::sync::mpsc::sync_channel(shards);
         for (i, listener) in listeners.into_iter().enumerate() {
             let setup = ShardSetup {
                 id: i as u16,
@@ -112,6 +120,7 @@ impl Engine {
                 } else {
                     Some(cores[i % cores.len()])
                 },
+                started: started_tx.clone(),
             };
             threads.push(
                 std::thread::Builder::new()
@@ -119,14 +128,31 @@ impl Engine {
                     .spawn(move || backend.run(setup))?,
             );
         }
-        tracing::info!(%local_addr, shards, backend = backend.name(), "engine started");
-        Ok(EngineHandle {
+        drop(started_tx);
+        let handle = EngineHandle {
             backend,
+            fallback,
             mesh,
             threads: Mutex::new(threads),
             local_addr,
             metrics,
-        })
+        };
+        // Every shard says whether its I/O came up; one that could not fails the start.
+        let mut failure = None;
+        for _ in 0..shards {
+            match started_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => failure = failure.or(Some(why)),
+                Err(_) => failure = failure.or(Some("a shard thread died while starting".into())),
+            }
+        }
+        if let Some(why) = failure {
+            handle.shutdown();
+            handle.join();
+            return Err(EngineError::Backend(why));
+        }
+        tracing::info!(%local_addr, shards, backend = backend.name(), "engine started");
+        Ok(handle)
     }
 }
 
@@ -145,6 +171,8 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener
 #[derive(Debug)]
 pub struct EngineHandle {
     backend: Backend,
+    /// Why `io = "auto"` fell back to epoll.
+    fallback: Option<String>,
     mesh: Arc<Mesh>,
     /// Shard threads, taken by `join` (control-plane only, never on a shard).
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -166,6 +194,12 @@ impl EngineHandle {
     /// The I/O backend in use.
     pub fn backend(&self) -> &'static str {
         self.backend.name()
+    }
+
+    /// Why io_uring is not in use although `engine.io = "auto"` (None when it is, or
+    /// when epoll was asked for).
+    pub fn backend_fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
     }
 
     /// Per-shard metrics.

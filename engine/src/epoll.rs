@@ -57,6 +57,8 @@ pub(crate) struct ShardSetup {
     pub control: Sender<ControlRequest>,
     pub metrics: Arc<ShardMetrics>,
     pub core_id: Option<core_affinity::CoreId>,
+    /// Told once whether the shard's I/O could be set up (and why not).
+    pub started: std::sync::mpsc::SyncSender<Result<(), String>>,
 }
 
 struct Sock {
@@ -99,10 +101,14 @@ pub(crate) fn run(setup: ShardSetup) {
     {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!(shard = setup.id, "cannot start shard runtime: {e}");
+            let _ = setup.started.send(Err(format!(
+                "shard {}: cannot start runtime: {e}",
+                setup.id
+            )));
             return;
         }
     };
+    let _ = setup.started.send(Ok(()));
     // However the shard ends (a panic unwinding through here also drops its listener, so
     // the kernel sends new connections to the other shards), it stops counting as
     // accepting, and readiness says so.
@@ -110,7 +116,7 @@ pub(crate) fn run(setup: ShardSetup) {
     LocalSet::new().block_on(&rt, drive(setup));
 }
 
-struct NotAcceptingOnExit(Arc<ShardMetrics>);
+pub(crate) struct NotAcceptingOnExit(pub(crate) Arc<ShardMetrics>);
 
 impl Drop for NotAcceptingOnExit {
     fn drop(&mut self) {

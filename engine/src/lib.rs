@@ -5,7 +5,7 @@
 //! - [`core`]: one shard's connections, commands, fan-out and timers, without sockets.
 //! - [`backend`]: the seam between a core and its socket I/O, and the contract.
 //! - [`epoll`]: the backend that drives a core with a single-threaded tokio runtime
-//!   (epoll); the io_uring backend will drive the same core.
+//!   (epoll); [`uring`]: the backend that drives the same core with an io_uring.
 //! - [`mesh`]: lock-free bounded inboxes between shards and from the control plane.
 //! - [`channels`], [`outq`], [`wheel`]: the channel index, per-connection outbound
 //!   queues, the heartbeat wheel.
@@ -26,13 +26,14 @@ pub mod epoll;
 pub mod mesh;
 pub mod metrics;
 pub mod outq;
+pub mod uring;
 pub mod wheel;
 
 mod engine;
 
 pub use auth::{AuthFailure, ControlRequest, Identity};
 pub use backend::Backend;
-pub use config::EngineConfig;
+pub use config::{EngineConfig, IoMode};
 pub use core::{ConnKey, ShardCore};
 pub use engine::{Engine, EngineError, EngineHandle, PublishError, ShardSender};
 pub use mesh::{Mesh, Publication, ShardMsg};

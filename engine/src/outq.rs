@@ -27,6 +27,9 @@ pub struct OutQueue {
     charged: usize,
     /// Bytes of the front frame already written.
     head_written: usize,
+    /// Front frames handed to the kernel by a completion-based backend and not yet
+    /// completed: they count as started, so `discard_unstarted` keeps them.
+    pinned: usize,
 }
 
 impl OutQueue {
@@ -66,19 +69,18 @@ impl OutQueue {
 
     /// Drop every frame not yet started. A frame partly written stays, so the stream
     /// stays well-formed for what is queued after it (a close frame).
+    /// Frames handed to the kernel (pinned) count as started.
     pub fn discard_unstarted(&mut self) {
-        let written = self.head_written;
-        let keep = if written > 0 {
-            self.frames.pop_front()
-        } else {
-            None
-        };
-        self.clear();
-        if let Some(front) = keep {
-            self.charged = front.len() + FRAME_OVERHEAD_BYTES;
-            self.frames.push_back(front);
-            self.head_written = written;
+        let keep = self.pinned.max(usize::from(self.head_written > 0));
+        if keep == 0 {
+            return self.clear();
         }
+        self.frames.truncate(keep);
+        self.charged = self
+            .frames
+            .iter()
+            .map(|f| f.len() + FRAME_OVERHEAD_BYTES)
+            .sum();
     }
 
     /// Drop everything queued.
@@ -86,6 +88,26 @@ impl OutQueue {
         self.frames = VecDeque::new();
         self.charged = 0;
         self.head_written = 0;
+        self.pinned = 0;
+    }
+
+    /// Completion-based backends: hand up to `max` front frames to the kernel. Pushes a
+    /// clone of each (a refcount bump, no copy) onto `held`, which the backend keeps
+    /// until the operation completes, so the memory outlives anything the core drops
+    /// meanwhile; returns how many, and how much of the first one is already written.
+    /// Until [`OutQueue::unpin`], those frames count as started.
+    #[inline]
+    pub fn pin(&mut self, held: &mut Vec<Bytes>, max: usize) -> (usize, usize) {
+        let n = self.frames.len().min(max);
+        held.extend(self.frames.iter().take(n).cloned());
+        self.pinned = n;
+        (n, self.head_written)
+    }
+
+    /// The kernel finished with the pinned frames (call after `advance`).
+    #[inline]
+    pub fn unpin(&mut self) {
+        self.pinned = 0;
     }
 
     /// Point `out` at the unwritten bytes, front first; returns how many slices it set.
@@ -119,6 +141,7 @@ impl OutQueue {
                 self.charged -= front.len() + FRAME_OVERHEAD_BYTES;
                 self.frames.pop_front();
                 self.head_written = 0;
+                self.pinned = self.pinned.saturating_sub(1);
                 done += 1;
             } else {
                 self.head_written += n;
@@ -179,5 +202,26 @@ mod tests {
         assert_eq!(front(&q), b"3456789");
         assert_eq!(q.advance(7), 1);
         assert_eq!(q.charged(), 0);
+    }
+
+    #[test]
+    fn discard_keeps_frames_pinned_by_the_kernel() {
+        let mut q = OutQueue::default();
+        for i in 0..4u8 {
+            q.push(Bytes::from(vec![i; 10]), 1000).unwrap();
+        }
+        let mut held = Vec::new();
+        assert_eq!(q.pin(&mut held, 2), (2, 0));
+        assert_eq!(held.len(), 2);
+        q.discard_unstarted();
+        assert_eq!(q.len(), 2, "frames the kernel is sending stay queued");
+        assert_eq!(q.charged(), 2 * (10 + FRAME_OVERHEAD_BYTES));
+        // The kernel wrote one frame and a half: the half stays, the count follows.
+        assert_eq!(q.advance(15), 1);
+        q.unpin();
+        assert_eq!(front(&q), vec![1; 5]);
+        q.push(Bytes::from_static(b"close"), 1000).unwrap();
+        q.discard_unstarted();
+        assert_eq!(q.len(), 1, "only the started frame survives once unpinned");
     }
 }

@@ -17,6 +17,11 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 fn server() -> Server {
     let mut cfg = Config::default();
+    // `.ci/run` runs these once per backend (SWITCHBOARD_TEST_IO=epoll|uring).
+    cfg.engine.io = match std::env::var("SWITCHBOARD_TEST_IO").as_deref() {
+        Ok("uring") => switchboard_engine::IoMode::Uring,
+        _ => switchboard_engine::IoMode::Epoll,
+    };
     cfg.engine.listen = "127.0.0.1:0".parse().unwrap();
     cfg.engine.shards = 2;
     // Readers that fall behind on a loaded machine keep up to this much queued; a

@@ -9,6 +9,7 @@ use std::time::Duration;
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
 use serde_json::{json, Value};
 use switchboard_control_plane::{auth, Config, Server};
+use switchboard_engine::IoMode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -16,9 +17,36 @@ pub const SECRET: &str = "integration-test-secret-0123456789";
 pub const API_KEY: &str = "integration-test-api-key-0123";
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The I/O backend every test server uses: `SWITCHBOARD_TEST_IO` (`epoll` or
+/// `uring`); `.ci/run` runs the integration suites once with each. Unset: epoll.
+pub fn io_under_test() -> IoMode {
+    match std::env::var("SWITCHBOARD_TEST_IO").as_deref() {
+        Ok("uring") => IoMode::Uring,
+        Ok("epoll") | Err(_) => IoMode::Epoll,
+        Ok(other) => panic!("SWITCHBOARD_TEST_IO must be epoll or uring, not {other:?}"),
+    }
+}
+
+/// The backend name the server reports for [`io_under_test`].
+pub fn backend_under_test() -> &'static str {
+    match io_under_test() {
+        IoMode::Uring => "io_uring",
+        _ => "epoll",
+    }
+}
+
+/// The `--io` / `SWITCHBOARD_ENGINE__IO` value for [`io_under_test`].
+pub fn io_arg() -> &'static str {
+    match io_under_test() {
+        IoMode::Uring => "uring",
+        _ => "epoll",
+    }
+}
+
 /// Start a server with test defaults, adjusted by `tweak`.
 pub fn start(tweak: impl FnOnce(&mut Config)) -> Server {
     let mut cfg = Config::default();
+    cfg.engine.io = io_under_test();
     cfg.engine.listen = "127.0.0.1:0".parse().unwrap();
     cfg.engine.shards = 2;
     cfg.engine.tick_ms = 20;
