@@ -2,7 +2,10 @@
 # Reproduce docs/BENCHMARKS.md: build, start each server in turn, run the scenarios
 # against it, keep JSON + HTML results in docs/benchmarks/ (or $OUT).
 # Takes about 10 minutes; needs Node/npm for the comparison servers. Loopback only.
-# Usage: loadtest/bench-all.sh [switchboard|bun|socketio|ws ...]   (default: all)
+# Usage: loadtest/bench-all.sh [switchboard|backends|bun|socketio|ws ...]   (default: all)
+#   switchboard  the scenarios on the epoll backend (2 shards and 1 shard), capacity model
+#   backends     idle, fanout, rooms, echo, connect-storm on epoll and on io_uring, same
+#                settings, back to back (docs/BENCHMARKS.md "io_uring vs epoll")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-docs/benchmarks}
@@ -31,9 +34,9 @@ stop() {
 }
 trap stop EXIT
 
-start_switchboard() { # shards
+start_switchboard() { # shards [io backend: auto|uring|epoll]
   SWITCHBOARD_AUTH__HMAC_SECRET=$SECRET SWITCHBOARD_LOG__LEVEL=warn \
-    target/release/switchboard serve --shards "$1" >"$OUT/switchboard-server.log" 2>&1 &
+    target/release/switchboard serve --shards "$1" --io "${2:-epoll}" >"$OUT/switchboard-server.log" 2>&1 &
   SERVER_PID=$!
   wait_port 7400
 }
@@ -76,6 +79,17 @@ if has switchboard; then
   start_switchboard 0; run capacity-fanout-5k fanout --set connections=5000 --set workers=2; stop
   "$LT" capacity "$OUT/capacity-fanout-2k.json" "$OUT/capacity-fanout-5k.json" \
     --connections 10010 --deliveries-per-s 100000 --utilisation 1.0 | tee "$OUT/capacity-prediction.txt"
+fi
+# io_uring vs epoll: the same scenarios and settings on each backend, default shards.
+if has backends; then
+  for io in epoll uring; do
+    start_switchboard 0 $io; run "$io-idle" idle; stop
+    start_switchboard 0 $io; run "$io-fanout" fanout --set workers=2; stop
+    start_switchboard 0 $io; run "$io-fanout-1m" fanout --set rate=100 --set workers=2; stop
+    start_switchboard 0 $io; run "$io-rooms" rooms --set workers=2; stop
+    start_switchboard 0 $io; run "$io-echo" echo; stop
+    start_switchboard 0 $io; run "$io-connect-storm" connect-storm; stop
+  done
 fi
 for srv in bun socketio ws; do
   has "$srv" || continue
