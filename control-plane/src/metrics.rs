@@ -51,7 +51,7 @@ pub fn render(engine: &EngineHandle, auth: &AuthStats, api: &ApiStats) -> String
         engine.backend(),
         shards.len()
     );
-    let per_shard: [Family; 13] = [
+    let per_shard: [Family; 14] = [
         (
             "switchboard_connections",
             "gauge",
@@ -129,6 +129,12 @@ pub fn render(engine: &EngineHandle, auth: &AuthStats, api: &ApiStats) -> String
             "counter",
             "Messages that met a full shard inbox and waited.",
             |m| m.mesh_spilled.load(Relaxed),
+        ),
+        (
+            "switchboard_uring_buffers_exhausted_total",
+            "counter",
+            "io_uring receives re-armed because the provided-buffer ring was empty.",
+            |m| m.uring_buffers_exhausted.load(Relaxed),
         ),
     ];
     for (name, kind, help, get) in per_shard {

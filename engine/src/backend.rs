@@ -78,3 +78,40 @@ pub fn select(cfg: &EngineConfig) -> Result<(Backend, Option<String>), String> {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_follows_the_mode_and_the_probe() {
+        let mut cfg = EngineConfig {
+            io: IoMode::Epoll,
+            ..EngineConfig::default()
+        };
+        assert_eq!(select(&cfg), Ok((Backend::Epoll, None)));
+        let probe = probe_io_uring(&cfg);
+        cfg.io = IoMode::Auto;
+        match &probe {
+            Ok(()) => assert_eq!(select(&cfg), Ok((Backend::Uring, None))),
+            Err(why) => assert_eq!(select(&cfg), Ok((Backend::Epoll, Some(why.clone())))),
+        }
+        cfg.io = IoMode::Uring;
+        match probe {
+            Ok(()) => assert_eq!(select(&cfg), Ok((Backend::Uring, None))),
+            Err(why) => {
+                let e = select(&cfg).unwrap_err();
+                assert!(e.contains(&why) && e.contains("engine.io"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn io_mode_parses_from_flags_and_config() {
+        assert_eq!("auto".parse::<IoMode>(), Ok(IoMode::Auto));
+        assert_eq!("uring".parse::<IoMode>(), Ok(IoMode::Uring));
+        assert_eq!("io_uring".parse::<IoMode>(), Ok(IoMode::Uring));
+        assert_eq!("epoll".parse::<IoMode>(), Ok(IoMode::Epoll));
+        assert!("kqueue".parse::<IoMode>().unwrap_err().contains("kqueue"));
+    }
+}

@@ -118,6 +118,9 @@ pub struct ShardMetrics {
     pub publications: AtomicU64,
     /// Publication frames queued to subscribers on this shard.
     pub deliveries: AtomicU64,
+    /// io_uring: receives that found the shard's provided-buffer ring empty and were
+    /// re-armed (raise `engine.uring_buffers` if this climbs steadily).
+    pub uring_buffers_exhausted: AtomicU64,
     /// Messages sent to other shards.
     pub mesh_sent: AtomicU64,
     /// Messages that found another shard's inbox full and waited in the spill queue.

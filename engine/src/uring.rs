@@ -55,6 +55,7 @@ use crate::config::EngineConfig;
 use crate::core::{AfterFlush, ConnState, ShardCore};
 use crate::epoll::{NotAcceptingOnExit, ShardSetup};
 use crate::mesh::{Mesh, Refusal};
+use crate::metrics::ShardMetrics;
 
 /// Submission queue entries per shard ring.
 const SQ_ENTRIES: u32 = 4096;
@@ -752,6 +753,7 @@ impl Shard {
             self.core.on_eof(slot);
         } else if res == -libc::ENOBUFS {
             // The ring ran dry this turn: arm again once the buffers are back.
+            ShardMetrics::add(&self.core.metrics().uring_buffers_exhausted, 1);
             self.rearm.push(slot);
         } else if res != -libc::ECANCELED {
             self.core.on_io_error(slot);
