@@ -364,8 +364,8 @@ fn heartbeat_wheel(c: &mut Criterion) {
 /// `fanout_core` admits every connection at tick 0 with the default handshake timeout
 /// (5 s at 100 ms ticks): their first wheel visit is tick 50.
 /// Preparing one connection's write: the epoll backend points `IoSlice`s at the queue
-/// (`fill`); the io_uring backend pins the frames (a refcount bump each) into the
-/// send operation it keeps until the completion, then advances and unpins. Per
+/// (`fill`); the io_uring backend pins the frames in the queue and points the send
+/// operation's iovecs at them, then advances and unpins on the completion. Per
 /// connection per turn, for 1 and 8 queued frames; both include advancing the queue
 /// after the write and queueing the next frames.
 fn outq_write_prep(c: &mut Criterion) {
@@ -394,7 +394,6 @@ fn outq_write_prep(c: &mut Criterion) {
                 refill(&mut q);
             })
         });
-        let mut held = Vec::with_capacity(32);
         let mut iov = [libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
@@ -404,8 +403,8 @@ fn outq_write_prep(c: &mut Criterion) {
             &frames,
             |b, _| {
                 b.iter(|| {
-                    let (n, offset) = q.pin(&mut held, 32);
-                    for (i, f) in held.iter().enumerate() {
+                    let (n, offset) = q.pin(32);
+                    for (i, f) in q.frames().take(n).enumerate() {
                         let s = if i == 0 { &f[offset..] } else { &f[..] };
                         iov[i] = libc::iovec {
                             iov_base: s.as_ptr().cast_mut().cast(),
@@ -416,7 +415,6 @@ fn outq_write_prep(c: &mut Criterion) {
                     // The completion: everything went.
                     q.advance(total);
                     q.unpin();
-                    held.clear();
                     refill(&mut q);
                 })
             },

@@ -30,6 +30,9 @@ pub struct OutQueue {
     /// Front frames handed to the kernel by a completion-based backend and not yet
     /// completed: they count as started, so `discard_unstarted` keeps them.
     pinned: usize,
+    /// Pinned frames that `clear` took out of the queue: kept alive until `unpin` (or
+    /// until the queue is dropped, which the backend does only after the completion).
+    graveyard: Vec<Bytes>,
 }
 
 impl OutQueue {
@@ -84,22 +87,28 @@ impl OutQueue {
     }
 
     /// Drop everything queued.
+    /// Frames the kernel may still be reading (pinned) are not dropped: they move to a
+    /// graveyard until [`OutQueue::unpin`].
     pub fn clear(&mut self) {
+        if self.pinned > 0 {
+            let pinned = self.pinned.min(self.frames.len());
+            self.graveyard.extend(self.frames.drain(..pinned));
+        }
         self.frames = VecDeque::new();
         self.charged = 0;
         self.head_written = 0;
         self.pinned = 0;
     }
 
-    /// Completion-based backends: hand up to `max` front frames to the kernel. Pushes a
-    /// clone of each (a refcount bump, no copy) onto `held`, which the backend keeps
-    /// until the operation completes, so the memory outlives anything the core drops
-    /// meanwhile; returns how many, and how much of the first one is already written.
-    /// Until [`OutQueue::unpin`], those frames count as started.
+    /// Completion-based backends: hand up to `max` front frames to the kernel; returns
+    /// how many, and how much of the first one is already written. Until
+    /// [`OutQueue::unpin`] those frames stay allocated whatever the core does (a
+    /// slow-consumer discard keeps them as started, `clear` moves them aside), so the
+    /// backend can point the kernel at them without taking references of its own, as
+    /// long as it drops the queue only after the operation's completion.
     #[inline]
-    pub fn pin(&mut self, held: &mut Vec<Bytes>, max: usize) -> (usize, usize) {
+    pub fn pin(&mut self, max: usize) -> (usize, usize) {
         let n = self.frames.len().min(max);
-        held.extend(self.frames.iter().take(n).cloned());
         self.pinned = n;
         (n, self.head_written)
     }
@@ -108,6 +117,9 @@ impl OutQueue {
     #[inline]
     pub fn unpin(&mut self) {
         self.pinned = 0;
+        if !self.graveyard.is_empty() {
+            self.graveyard = Vec::new();
+        }
     }
 
     /// Point `out` at the unwritten bytes, front first; returns how many slices it set.
@@ -210,9 +222,7 @@ mod tests {
         for i in 0..4u8 {
             q.push(Bytes::from(vec![i; 10]), 1000).unwrap();
         }
-        let mut held = Vec::new();
-        assert_eq!(q.pin(&mut held, 2), (2, 0));
-        assert_eq!(held.len(), 2);
+        assert_eq!(q.pin(2), (2, 0));
         q.discard_unstarted();
         assert_eq!(q.len(), 2, "frames the kernel is sending stay queued");
         assert_eq!(q.charged(), 2 * (10 + FRAME_OVERHEAD_BYTES));
@@ -223,5 +233,23 @@ mod tests {
         q.push(Bytes::from_static(b"close"), 1000).unwrap();
         q.discard_unstarted();
         assert_eq!(q.len(), 1, "only the started frame survives once unpinned");
+    }
+
+    #[test]
+    fn clear_keeps_pinned_frames_alive_until_unpinned() {
+        let mut q = OutQueue::default();
+        let frame = Bytes::from(vec![7u8; 100]);
+        q.push(frame.clone(), 1000).unwrap();
+        q.push(Bytes::from(vec![8u8; 100]), 1000).unwrap();
+        assert_eq!(q.pin(8), (2, 0));
+        q.clear();
+        assert!(q.is_empty());
+        // Our `frame` plus the graveyard's: the kernel's memory is still owned.
+        assert!(
+            !frame.is_unique(),
+            "pinned frame dropped while the kernel may read it"
+        );
+        q.unpin();
+        assert!(frame.is_unique(), "released once the kernel is done");
     }
 }

@@ -24,17 +24,19 @@
 //! 3. Connections the core closed: cancel their operations (one `ASYNC_CANCEL` by fd);
 //!    when the last completion arrives, close the fd (a `CLOSE` submission) and `remove`.
 //! 4. For each dirty connection without a send in flight: pin its queued frames
-//!    ([`OutQueue::pin`](crate::outq::OutQueue::pin) clones each `Bytes`, a refcount
-//!    bump), point an iovec array at them and queue one `SENDMSG` (or `SEND` for a
+//!    ([`OutQueue::pin`](crate::outq::OutQueue::pin): the core may no longer drop
+//!    them), point an iovec array at them and queue one `SENDMSG` (or `SEND` for a
 //!    single frame). At most one send per connection is in flight, so frames leave in
 //!    order; a short send is continued when it completes.
 //! 5. `submit_and_wait` with a timeout at the next tick.
 //!
 //! Buffer ownership (see `docs/IO_URING.md`): the kernel writes into provided buffers
-//! and reads from pinned frames after the submission returns, so both live in memory the
-//! backend owns until the completion says the kernel is done: the buffer ring and its
-//! buffers until the ring is gone, a send's frames in its [`SendOp`] until its CQE. A
-//! cancelled operation still completes (`-ECANCELED`); only then is its memory reused.
+//! and reads from pinned frames after the submission returns, so both stay allocated
+//! until the completion says the kernel is done: the buffer ring and its buffers until
+//! the ring is gone; a send's frames pinned in the connection's queue, and its
+//! [`SendOp`], until its CQE (the connection leaves the core only after its last
+//! completion). A cancelled operation still completes (`-ECANCELED`); only then is its
+//! memory reused.
 //!
 //! Rare paths use plain syscalls: `getpeername` and `TCP_NODELAY` per accepted socket,
 //! `shutdown(SHUT_WR)` when a close frame has gone out, and the refusal answer (503/429).
@@ -46,7 +48,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use switchboard_protocol::handshake;
@@ -310,13 +312,14 @@ impl Drop for BufRing {
     }
 }
 
-/// One send in flight: the frames the kernel is reading (clones, so they outlive
-/// whatever the core drops meanwhile) and the iovecs and message header pointing at
-/// them. Boxed so its address is stable while the kernel holds it; reused from a pool.
+/// One send in flight: the iovecs and message header pointing at the frames the kernel
+/// is reading. The frames themselves stay pinned in the connection's queue
+/// ([`OutQueue::pin`](crate::outq::OutQueue::pin)), which the shard drops only after
+/// this operation's completion. Boxed so its address is stable while the kernel holds
+/// it; reused from a pool.
 struct SendOp {
     hdr: libc::msghdr,
     iov: [libc::iovec; IOV_MAX],
-    held: Vec<Bytes>,
 }
 
 impl SendOp {
@@ -328,7 +331,6 @@ impl SendOp {
                 iov_base: std::ptr::null_mut(),
                 iov_len: 0,
             }; IOV_MAX],
-            held: Vec::with_capacity(IOV_MAX),
         })
     }
 }
@@ -405,6 +407,11 @@ pub(crate) fn run(setup: ShardSetup) {
     };
     let _ = started.send(Ok(()));
     shard.run();
+    if shard.outstanding > 0 {
+        // The kernel may still read pinned frames or write provided buffers: keep all
+        // of the shard's memory (and the ring) rather than free what it may touch.
+        std::mem::forget(shard);
+    }
 }
 
 fn build_ring() -> io::Result<IoUring> {
@@ -765,12 +772,11 @@ impl Shard {
         let Some(sock) = self.socks.get_mut(slot as usize) else {
             return;
         };
-        let Some(mut op) = sock.send.take() else {
+        let Some(op) = sock.send.take() else {
             return;
         };
         let fd = sock.fd;
         let tearing_down = sock.tearing_down;
-        op.held.clear();
         self.pool.push(op);
         self.sends_in_flight -= 1;
         if tearing_down {
@@ -872,14 +878,17 @@ impl Shard {
             return;
         }
         let mut op = self.pool.pop().unwrap_or_else(SendOp::new);
-        let (n, offset) = out.pin(&mut op.held, IOV_MAX);
+        let (n, offset) = out.pin(IOV_MAX);
         let sqe = if n == 1 {
-            let f = &op.held[0][offset..];
+            let Some(front) = out.frames().next() else {
+                return;
+            };
+            let f = &front[offset..];
             opcode::Send::new(types::Fd(fd), f.as_ptr(), f.len() as u32)
                 .flags(libc::MSG_NOSIGNAL)
                 .build()
         } else {
-            for (i, f) in op.held.iter().enumerate() {
+            for (i, f) in out.frames().take(n).enumerate() {
                 let b = if i == 0 { &f[offset..] } else { &f[..] };
                 op.iov[i] = libc::iovec {
                     iov_base: b.as_ptr().cast_mut().cast(),
@@ -991,35 +1000,11 @@ impl Shard {
             }
         }
         if self.outstanding > 0 {
-            // The kernel still holds operations: keep their memory alive for good
-            // rather than free what it may still write to.
             tracing::warn!(
                 shard = self.id,
                 outstanding = self.outstanding,
-                "io_uring operations still in flight at exit; leaking their buffers"
+                "io_uring operations still in flight at exit; leaking the shard's memory"
             );
-            for s in &mut self.socks {
-                if let Some(op) = s.send.take() {
-                    std::mem::forget(op);
-                }
-            }
-            let bufs = std::mem::replace(&mut self.bufs, BufRing::empty());
-            std::mem::forget(bufs);
-        }
-    }
-}
-
-impl BufRing {
-    /// A placeholder owning nothing (used when the real one must be leaked).
-    fn empty() -> BufRing {
-        BufRing {
-            ring: std::ptr::NonNull::dangling().as_ptr(),
-            ring_layout: std::alloc::Layout::new::<()>(),
-            bufs: std::ptr::NonNull::dangling().as_ptr(),
-            bufs_layout: std::alloc::Layout::new::<()>(),
-            entries: 0,
-            buf_bytes: 0,
-            tail: 0,
         }
     }
 }
