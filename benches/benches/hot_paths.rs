@@ -14,6 +14,12 @@ use switchboard_protocol::envelope::{self, Command, Payload, Request};
 use switchboard_protocol::frame::{self, Check, FrameBuilder, OpCode, Role};
 use switchboard_protocol::{mask, Format};
 
+/// A position as a long-lived channel would have it.
+const POS: switchboard_protocol::Position = switchboard_protocol::Position {
+    epoch: 0x1234_5678_9abc_def0,
+    offset: 1_234_567,
+};
+
 fn payload64() -> Vec<u8> {
     rmp_serde::to_vec_named(&serde_json_value()).unwrap()
 }
@@ -135,7 +141,8 @@ fn envelopes(c: &mut Criterion) {
             |b| {
                 b.iter(|| {
                     black_box(
-                        envelope::encode_publication(format, "room:lobby", black_box(p)).unwrap(),
+                        envelope::encode_publication(format, "room:lobby", POS, black_box(p))
+                            .unwrap(),
                     )
                 })
             },
@@ -150,7 +157,8 @@ fn envelopes(c: &mut Criterion) {
             |b| {
                 b.iter(|| {
                     black_box(
-                        envelope::encode_publication(other, "room:lobby", black_box(p)).unwrap(),
+                        envelope::encode_publication(other, "room:lobby", POS, black_box(p))
+                            .unwrap(),
                     )
                 })
             },
@@ -178,11 +186,13 @@ fn fanout(c: &mut Criterion) {
     let data = payload64();
     let publication = Publication {
         channel: "room:big".into(),
+        position: POS,
         frames: [
             Some(
                 envelope::encode_publication(
                     Format::MsgPack,
                     "room:big",
+                    POS,
                     Payload {
                         format: Format::MsgPack,
                         raw: &data,
@@ -268,6 +278,7 @@ fn cross_shard(c: &mut Criterion) {
     let mesh = Mesh::new(2, 65_536).unwrap();
     let publication = Arc::new(Publication {
         channel: "room:x".into(),
+        position: POS,
         frames: [Some(bytes::Bytes::from_static(&[0x82, 0x01, 0x00])), None],
         created: Instant::now(),
     });

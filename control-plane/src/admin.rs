@@ -189,10 +189,20 @@ async fn publish(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Bod
         format: Format::Json,
         raw: req.data.get().as_bytes(),
     };
-    match s.engine.publish(&req.channel, payload) {
-        Ok(()) => {
+    let outcome = match s.engine.publish(&req.channel, payload) {
+        Ok(ticket) => match tokio::time::timeout(std::time::Duration::from_secs(5), ticket).await {
+            Ok(Ok(Ok(position))) => Ok(position),
+            Ok(Ok(Err(why))) => Err(PublishError::Payload(why)),
+            // The owner shard dropped the request (it stopped) or did not answer.
+            Ok(Err(_)) | Err(_) => Err(PublishError::Overloaded),
+        },
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(position) => {
             s.api.publications.fetch_add(1, Ordering::Relaxed);
-            Json(json!({"ok": true})).into_response()
+            Json(json!({"ok": true, "epoch": position.epoch_hex().as_str(), "offset": position.offset}))
+                .into_response()
         }
         Err(PublishError::InvalidChannel) => refused(error(
             StatusCode::BAD_REQUEST,
@@ -202,7 +212,7 @@ async fn publish(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Bod
         Err(PublishError::Payload(m)) => {
             refused(error(StatusCode::BAD_REQUEST, "invalid_payload", &m))
         }
-        Err(e @ PublishError::Overloaded { .. }) => refused(error(
+        Err(e @ PublishError::Overloaded) => refused(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",
             &e.to_string(),

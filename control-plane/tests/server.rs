@@ -111,18 +111,24 @@ async fn publication_reaches_subscribers_on_both_shards_in_both_formats() {
         .await;
     assert_eq!(r["error"]["code"], 106);
 
+    let mut epoch = None;
     for i in 0..50 {
         let r = publisher
             .call(json!({"cmd": "publish", "channel": "room:42", "data": {"seq": i, "text": "hé"}}))
             .await;
-        assert_eq!(r["result"], json!({}), "{r}");
+        // The reply carries the publication's position: offsets rise by one.
+        assert_eq!(r["result"]["offset"], json!(i + 1), "{r}");
+        let e = r["result"]["epoch"].as_str().unwrap().to_string();
+        assert_eq!(e.len(), 16);
+        assert_eq!(epoch.get_or_insert(e.clone()), &e, "one epoch");
     }
     for s in [&mut sub0, &mut sub1] {
         for i in 0..50 {
             let p = s.next_publication().await;
             assert_eq!(
                 p,
-                json!({"push": "publication", "channel": "room:42", "data": {"seq": i, "text": "hé"}})
+                json!({"push": "publication", "channel": "room:42", "epoch": epoch.as_deref().unwrap(),
+                    "offset": i + 1, "data": {"seq": i, "text": "hé"}})
             );
         }
     }
@@ -177,10 +183,17 @@ async fn http_publish_api() {
         r#"{"channel":"news","data":{"headline":"hi"}}"#,
     )
     .await;
-    assert_eq!((status, body.as_str()), (200, r#"{"ok":true}"#));
+    assert_eq!(status, 200, "{body}");
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (&reply["ok"], &reply["offset"]),
+        (&json!(true), &json!(1)),
+        "{body}"
+    );
     assert_eq!(
         sub.next_publication().await,
-        json!({"push": "publication", "channel": "news", "data": {"headline": "hi"}})
+        json!({"push": "publication", "channel": "news", "epoch": reply["epoch"], "offset": 1,
+            "data": {"headline": "hi"}})
     );
 
     let (status, body) = http(
@@ -473,7 +486,7 @@ async fn slow_consumer_is_disconnected_while_others_keep_receiving() {
         let r = publisher
             .call(json!({"cmd": "publish", "channel": "firehose", "data": {"seq": i, "blob": big}}))
             .await;
-        assert_eq!(r["result"], json!({}), "{r}");
+        assert_eq!(r["result"]["offset"], json!(i + 1), "{r}");
     }
     let _fast = reader
         .await
@@ -562,6 +575,9 @@ async fn bursts_through_tiny_receive_buffers_lose_nothing() {
             while pubs < CLIENTS * EACH || replies < EACH {
                 match c.next_event().await {
                     Event::Msg(m) if m.get("push").is_some() => {
+                        // One sequence for the channel, whoever published and from
+                        // whichever shard: every subscriber sees offsets 1, 2, 3, …
+                        assert_eq!(m["offset"], json!(pubs + 1), "consecutive offsets");
                         let from = m["data"]["from"].as_u64().unwrap() as usize;
                         assert_eq!(m["data"]["seq"], json!(next[from]), "in order from {from}");
                         assert_eq!(m["data"]["pad"].as_str().unwrap().len(), 3000);
@@ -569,7 +585,8 @@ async fn bursts_through_tiny_receive_buffers_lose_nothing() {
                         pubs += 1;
                     }
                     Event::Msg(m) => {
-                        assert_eq!(m["result"], json!({}), "{m}");
+                        let offset = m["result"]["offset"].as_u64().unwrap_or(0);
+                        assert!((1..=(CLIENTS * EACH) as u64).contains(&offset), "{m}");
                         replies += 1;
                     }
                     Event::Close(code, why) => panic!("closed {code} {why}"),

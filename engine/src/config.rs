@@ -85,6 +85,9 @@ pub struct EngineConfig {
     pub read_buffer_bytes: usize,
     /// Capacity of each shard's inbox (messages from other shards and the control plane).
     pub inbox_capacity: usize,
+    /// A channel with no publication for this long forgets its stream position; its
+    /// next publication starts a new epoch.
+    pub stream_idle_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -114,6 +117,7 @@ impl Default for EngineConfig {
             tick_ms: 100,
             read_buffer_bytes: 65_536,
             inbox_capacity: 65_536,
+            stream_idle_ms: 3_600_000,
         }
     }
 }
@@ -141,6 +145,7 @@ impl EngineConfig {
             ("engine.tick_ms", self.tick_ms),
             ("engine.read_buffer_bytes", self.read_buffer_bytes as u64),
             ("engine.inbox_capacity", self.inbox_capacity as u64),
+            ("engine.stream_idle_ms", self.stream_idle_ms),
             ("engine.backlog", self.backlog as u64),
         ];
         for (key, v) in positive {

@@ -27,14 +27,16 @@ use switchboard_protocol::frame::{self, Check, OpCode, Role};
 use switchboard_protocol::handshake::{self, HandshakeLimits, Parse, Upgrade};
 use switchboard_protocol::{
     CloseCode, Command, Error as WireError, ErrorCode, Format, Message, MessageAssembler, Payload,
+    Position,
 };
 
 use crate::auth::{ControlRequest, Identity};
 use crate::channels::ChannelIndex;
 use crate::config::EngineConfig;
-use crate::mesh::{Mesh, Publication, Refusal, ShardMsg};
+use crate::mesh::{Mesh, Publication, PublishReply, Refusal, SequenceReq, ShardMsg};
 use crate::metrics::{CloseKind, ShardMetrics};
 use crate::outq::OutQueue;
+use crate::streams::{self, Streams};
 use crate::wheel::HeartbeatWheel;
 
 /// Most messages kept waiting for full inboxes of other shards before publishes are
@@ -170,6 +172,21 @@ pub struct ShardCore {
     /// Creation times of publications delivered this turn.
     latency: Vec<Instant>,
     shutting_down: bool,
+    /// Positions of the channels this shard owns.
+    streams: Streams,
+}
+
+/// A seed for new epochs that differs per process start and per shard.
+fn stream_seed(shard: u16) -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::getrandom(&mut b).is_err() {
+        // No entropy source: the clock and pid still differ across restarts.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        b = (t ^ u64::from(std::process::id()) << 32).to_le_bytes();
+    }
+    u64::from_le_bytes(b) ^ u64::from(shard)
 }
 
 fn ms_to_ticks(ms: u64, tick_ms: u64) -> u32 {
@@ -226,6 +243,7 @@ impl ShardCore {
             spill: VecDeque::new(),
             latency: Vec::new(),
             shutting_down: false,
+            streams: Streams::new(stream_seed(id)),
             cfg,
         }
     }
@@ -634,34 +652,91 @@ impl ShardCore {
             return self.reply_err(slot, id, ErrorCode::Overloaded, "server overloaded, retry");
         }
         ShardMetrics::add(&self.metrics.publications, 1);
-        match self.publish(channel, data) {
-            Ok(()) => self.reply_ok(slot, id),
-            Err(e) => self.reply_err(slot, id, ErrorCode::BadRequest, &e.to_string()),
+        let owner = streams::owner(channel, self.mesh.shards());
+        if owner == self.id {
+            return match self.sequence(channel, data, Instant::now()) {
+                Ok(pos) => self.reply_position(slot, id, pos),
+                Err(e) => self.reply_err(slot, id, ErrorCode::BadRequest, &e.to_string()),
+            };
         }
+        // Another shard owns the channel's stream: it sequences, fans out and tells us
+        // the position to answer with.
+        let gen = self.conns[slot as usize].gen;
+        let req = SequenceReq {
+            channel: channel.into(),
+            data: Bytes::copy_from_slice(data.raw),
+            format: data.format,
+            created: Instant::now(),
+            reply: PublishReply::Client {
+                shard: self.id,
+                conn: ConnKey { slot, gen },
+                req_id: id,
+            },
+        };
+        self.send_to(owner, ShardMsg::Sequence(Box::new(req)));
     }
 
-    /// Publish `data` to `channel` from this shard: encode once per format someone
-    /// needs, deliver locally, send one message to each other shard with subscribers.
+    fn reply_position(&mut self, slot: u32, id: u32, pos: Position) {
+        let format = self.conns[slot as usize].format;
+        self.enqueue(slot, envelope::encode_result(format, id, &pos));
+    }
+
+    /// Publish `data` to `channel`: sequenced here if this shard owns the channel,
+    /// otherwise handed to the owner (nobody waits for the position then).
+    pub fn publish(&mut self, channel: &str, data: Payload<'_>) -> Result<(), WireError> {
+        let owner = streams::owner(channel, self.mesh.shards());
+        if owner == self.id {
+            return self.sequence(channel, data, Instant::now()).map(|_| ());
+        }
+        let req = SequenceReq {
+            channel: channel.into(),
+            data: Bytes::copy_from_slice(data.raw),
+            format: data.format,
+            created: Instant::now(),
+            reply: PublishReply::None,
+        };
+        self.send_to(owner, ShardMsg::Sequence(Box::new(req)));
+        Ok(())
+    }
+
+    /// On the channel's owner shard: give the publication the channel's next position,
+    /// encode it once per format someone needs, deliver locally, and send one message to
+    /// each other shard with subscribers.
     ///
     /// Hot path.
-    pub fn publish(&mut self, channel: &str, data: Payload<'_>) -> Result<(), WireError> {
+    pub fn sequence(
+        &mut self,
+        channel: &str,
+        data: Payload<'_>,
+        created: Instant,
+    ) -> Result<Position, WireError> {
+        debug_assert_eq!(streams::owner(channel, self.mesh.shards()), self.id);
         let local = self.channels.local(channel).map_or(0, |e| e.formats());
         let remote = self.channels.remote(channel);
         let needed = local | (remote[0] != 0) as u8 | ((remote[1] != 0) as u8) << 1;
+        let position = self.streams.next(channel, self.now);
         if needed == 0 {
-            return Ok(());
+            return Ok(position);
         }
         let mut frames = [None, None];
         for f in Format::ALL {
             if needed & (1 << f.index()) != 0 {
-                frames[f.index()] = Some(envelope::encode_publication(f, channel, data)?);
+                match envelope::encode_publication(f, channel, position, data) {
+                    Ok(frame) => frames[f.index()] = Some(frame),
+                    Err(e) => {
+                        // Refused (does not transcode): the offset was not used.
+                        self.streams.undo(channel);
+                        return Err(e);
+                    }
+                }
             }
         }
         let name = self.channels.name(channel).expect("someone subscribes");
         let publication = Arc::new(Publication {
             channel: name,
+            position,
             frames,
-            created: Instant::now(),
+            created,
         });
         if local != 0 {
             self.deliver(&publication);
@@ -672,7 +747,7 @@ impl ShardCore {
             targets &= targets - 1;
             self.send_to(shard, ShardMsg::Publish(publication.clone()));
         }
-        Ok(())
+        Ok(position)
     }
 
     /// Queue a publication's frame on every local subscriber (a refcount bump each).
@@ -950,6 +1025,52 @@ impl ShardCore {
     pub fn on_message(&mut self, msg: ShardMsg) {
         match msg {
             ShardMsg::Publish(p) => self.deliver(&p),
+            ShardMsg::Sequence(req) => {
+                let SequenceReq {
+                    channel,
+                    data,
+                    format,
+                    created,
+                    reply,
+                } = *req;
+                let result = self
+                    .sequence(&channel, Payload { format, raw: &data }, created)
+                    .map_err(|e| e.to_string());
+                match reply {
+                    PublishReply::None => {}
+                    PublishReply::Client {
+                        shard,
+                        conn,
+                        req_id,
+                    } => self.send_to(
+                        shard,
+                        ShardMsg::Published {
+                            conn,
+                            req_id,
+                            result,
+                        },
+                    ),
+                    PublishReply::Api(tx) => {
+                        let _ = tx.send(result);
+                    }
+                }
+            }
+            ShardMsg::Published {
+                conn,
+                req_id,
+                result,
+            } => {
+                let open = self
+                    .conns
+                    .get(conn.slot as usize)
+                    .is_some_and(|c| c.gen == conn.gen && c.state == ConnState::Open);
+                if open {
+                    match result {
+                        Ok(pos) => self.reply_position(conn.slot, req_id, pos),
+                        Err(e) => self.reply_err(conn.slot, req_id, ErrorCode::BadRequest, &e),
+                    }
+                }
+            }
             ShardMsg::Interest {
                 channel,
                 from,
@@ -1065,6 +1186,8 @@ impl ShardCore {
         }
         self.now = tick as u32;
         self.due = due;
+        let idle = ms_to_ticks(self.cfg.stream_idle_ms, self.cfg.tick_ms);
+        self.streams.sweep(self.now, idle, 256);
     }
 
     fn visit(&mut self, t: u32, slot: u32, gen: u32) {
@@ -1364,12 +1487,21 @@ mod tests {
             .iter()
             .map(|(_, p)| String::from_utf8(p.clone()).unwrap())
             .collect();
+        // The epoch is random per shard start; the offset is the channel's first.
+        let epoch = texts[2]
+            .split("\"epoch\":\"")
+            .nth(1)
+            .and_then(|r| r.get(..16))
+            .expect("the publish reply carries the position")
+            .to_string();
         assert_eq!(
             texts,
             vec![
-                r#"{"id":2,"result":{}}"#,
-                r#"{"push":"publication","channel":"a","data":[1]}"#,
-                r#"{"id":3,"result":{}}"#
+                r#"{"id":2,"result":{}}"#.to_string(),
+                format!(
+                    r#"{{"push":"publication","channel":"a","epoch":"{epoch}","offset":1,"data":[1]}}"#
+                ),
+                format!(r#"{{"id":3,"result":{{"epoch":"{epoch}","offset":1}}}}"#),
             ]
         );
     }

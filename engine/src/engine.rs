@@ -11,15 +11,17 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crossbeam_channel::Sender;
-use switchboard_protocol::{envelope, Format, Payload};
+use switchboard_protocol::{envelope, Payload, Position};
 
 use crate::auth::ControlRequest;
 use crate::backend::Backend;
 use crate::config::EngineConfig;
 use crate::epoll::ShardSetup;
-use crate::mesh::{Mesh, Publication, ShardMsg};
+use crate::mesh::{Mesh, PublishReply, SequenceReq, ShardMsg};
 use crate::metrics::ShardMetrics;
+use crate::streams;
 
 /// Errors starting the engine.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,9 @@ pub enum EngineError {
     Backend(String),
 }
 
+/// Resolves to a server-API publication's position, or why it was refused.
+pub type PublishTicket = tokio::sync::oneshot::Receiver<Result<Position, String>>;
+
 /// Errors publishing from the server API.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -55,14 +60,9 @@ pub enum PublishError {
     /// The payload cannot be encoded for subscribers.
     #[error("invalid payload: {0}")]
     Payload(String),
-    /// Some shards' inboxes were full; `delivered` of `shards` shards got it.
-    #[error("overloaded: {delivered} of {shards} shards accepted the publication")]
-    Overloaded {
-        /// Shards that accepted it.
-        delivered: usize,
-        /// Shards in all.
-        shards: usize,
-    },
+    /// The inbox of the channel's owner shard is full.
+    #[error("overloaded: the channel's shard cannot take more publications now, retry")]
+    Overloaded,
 }
 
 /// Entry point.
@@ -224,37 +224,27 @@ impl EngineHandle {
         self.mesh.inbox(shard).push(msg)
     }
 
-    /// Publish `data` to `channel` on every shard (server API). The payload is encoded
-    /// once per format; each shard delivers to its local subscribers.
-    pub fn publish(&self, channel: &str, data: Payload<'_>) -> Result<(), PublishError> {
+    /// Publish `data` to `channel` (server API). The channel's owner shard sequences it
+    /// and fans it out; the receiver yields the publication's position, or why the
+    /// payload was refused (it does not transcode for a subscriber's format).
+    pub fn publish(&self, channel: &str, data: Payload<'_>) -> Result<PublishTicket, PublishError> {
         if !envelope::valid_channel(channel) {
             return Err(PublishError::InvalidChannel);
         }
-        let mut frames = [None, None];
-        for f in Format::ALL {
-            frames[f.index()] = Some(
-                envelope::encode_publication(f, channel, data)
-                    .map_err(|e| PublishError::Payload(e.to_string()))?,
-            );
-        }
-        let publication = Arc::new(Publication {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let owner = streams::owner(channel, self.shards());
+        let req = SequenceReq {
             channel: channel.into(),
-            frames,
+            data: Bytes::copy_from_slice(data.raw),
+            format: data.format,
             created: Instant::now(),
-        });
-        let shards = self.shards();
-        let delivered = (0..shards)
-            .filter(|&i| {
-                self.mesh
-                    .inbox(i)
-                    .push(ShardMsg::Publish(publication.clone()))
-                    .is_ok()
-            })
-            .count();
-        if delivered < shards {
-            return Err(PublishError::Overloaded { delivered, shards });
-        }
-        Ok(())
+            reply: PublishReply::Api(tx),
+        };
+        self.mesh
+            .inbox(owner as usize)
+            .push(ShardMsg::Sequence(Box::new(req)))
+            .map_err(|_| PublishError::Overloaded)?;
+        Ok(rx)
     }
 
     /// Ask every shard to shut down gracefully (close 1001, drain, stop).

@@ -26,6 +26,7 @@ pub mod epoll;
 pub mod mesh;
 pub mod metrics;
 pub mod outq;
+pub mod streams;
 pub mod uring;
 pub mod wheel;
 
@@ -35,6 +36,6 @@ pub use auth::{AuthFailure, ControlRequest, Identity};
 pub use backend::Backend;
 pub use config::{EngineConfig, IoMode};
 pub use core::{ConnKey, ShardCore};
-pub use engine::{Engine, EngineError, EngineHandle, PublishError, ShardSender};
-pub use mesh::{Mesh, Publication, ShardMsg};
+pub use engine::{Engine, EngineError, EngineHandle, PublishError, PublishTicket, ShardSender};
+pub use mesh::{Mesh, Publication, PublishReply, SequenceReq, ShardMsg};
 pub use metrics::{CloseKind, ShardMetrics};

@@ -17,6 +17,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 
+use switchboard_protocol::{Format, Position};
+
 use crate::auth::{AuthFailure, Identity};
 use crate::core::ConnKey;
 
@@ -25,6 +27,8 @@ use crate::core::ConnKey;
 pub struct Publication {
     /// Channel name.
     pub channel: Arc<str>,
+    /// Its position in the channel's stream (assigned by the channel's owner shard).
+    pub position: Position,
     /// Complete WebSocket frames, indexed by `Format::index()`; `None` where no
     /// subscriber needs that format.
     pub frames: [Option<Bytes>; 2],
@@ -32,11 +36,55 @@ pub struct Publication {
     pub created: Instant,
 }
 
+/// A publication for the channel's owner shard to sequence and fan out.
+#[derive(Debug)]
+pub struct SequenceReq {
+    /// Channel name.
+    pub channel: Arc<str>,
+    /// The payload: the raw bytes of one value in `format`.
+    pub data: Bytes,
+    /// Format of `data`.
+    pub format: Format,
+    /// When the publication entered the server.
+    pub created: Instant,
+    /// Who learns the position.
+    pub reply: PublishReply,
+}
+
+/// Where the position of a sequenced publication goes.
+#[derive(Debug)]
+pub enum PublishReply {
+    /// Nobody waits.
+    None,
+    /// A client's `publish` command on shard `shard`.
+    Client {
+        /// Shard of the publishing connection.
+        shard: u16,
+        /// The publishing connection.
+        conn: ConnKey,
+        /// Id of its `publish` command.
+        req_id: u32,
+    },
+    /// The server API.
+    Api(tokio::sync::oneshot::Sender<Result<Position, String>>),
+}
+
 /// A message to a shard.
 #[derive(Debug)]
 pub enum ShardMsg {
     /// Deliver to local subscribers of the channel.
     Publish(Arc<Publication>),
+    /// Sequence and fan out a publication of a channel this shard owns.
+    Sequence(Box<SequenceReq>),
+    /// The owner sequenced a connection's publication: answer its `publish`.
+    Published {
+        /// The publishing connection.
+        conn: ConnKey,
+        /// Id of its `publish` command.
+        req_id: u32,
+        /// The position, or why the publication was refused.
+        result: Result<Position, String>,
+    },
     /// Shard `from` now has subscribers in `formats` (bit per `Format::index()`) for
     /// `channel` (0: none). With `ack`, answer [`ShardMsg::InterestAck`].
     Interest {

@@ -65,6 +65,60 @@ pub struct Payload<'a> {
     pub raw: &'a [u8],
 }
 
+/// Where a publication sits in its channel's stream: offsets rise by one per
+/// publication; the epoch changes only when the stream's earlier positions are lost
+/// (so a client can tell a gap from a quiet channel). On the wire the epoch is a
+/// 16-digit lowercase hex string (safe in JSON numbers' 53 bits or not) and the offset
+/// an unsigned integer; the first publication of an epoch has offset 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Position {
+    /// Stream incarnation.
+    pub epoch: u64,
+    /// Publications in this epoch up to and including this one.
+    pub offset: u64,
+}
+
+impl Position {
+    /// The epoch as it travels: 16 lowercase hex digits.
+    pub fn epoch_hex(&self) -> EpochHex {
+        let mut b = [0u8; 16];
+        let digits = b"0123456789abcdef";
+        for (i, out) in b.iter_mut().enumerate() {
+            *out = digits[((self.epoch >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        EpochHex(b)
+    }
+
+    /// Parse the wire form of an epoch.
+    pub fn parse_epoch(hex: &str) -> Option<u64> {
+        if hex.len() != 16 {
+            return None;
+        }
+        u64::from_str_radix(hex, 16).ok()
+    }
+}
+
+/// An epoch's 16 hex digits, without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochHex([u8; 16]);
+
+impl EpochHex {
+    /// The digits.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
+}
+
+impl Serialize for Position {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Position", 2)?;
+        st.serialize_field("epoch", self.epoch_hex().as_str())?;
+        st.serialize_field("offset", &self.offset)?;
+        st.end()
+    }
+}
+
 /// A client command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command<'a> {
@@ -168,6 +222,8 @@ struct RawFields<'a> {
     message: Option<&'a [u8]>,
     reason: Option<&'a [u8]>,
     reconnect: Option<&'a [u8]>,
+    offset: Option<&'a [u8]>,
+    epoch: Option<&'a [u8]>,
 }
 
 impl<'a> RawFields<'a> {
@@ -185,6 +241,8 @@ impl<'a> RawFields<'a> {
             "message" => &mut self.message,
             "reason" => &mut self.reason,
             "reconnect" => &mut self.reconnect,
+            "offset" => &mut self.offset,
+            "epoch" => &mut self.epoch,
             _ => return None,
         })
     }
@@ -216,6 +274,10 @@ struct JsonFields<'a> {
     reason: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     reconnect: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    offset: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    epoch: Option<&'a RawValue>,
 }
 
 /// A key that is present holds a value, even `null` (plain `Option` would turn a
@@ -249,6 +311,8 @@ fn fields(format: Format, bytes: &[u8]) -> Result<RawFields<'_>, Error> {
                 message: raw(f.message),
                 reason: raw(f.reason),
                 reconnect: raw(f.reconnect),
+                offset: raw(f.offset),
+                epoch: raw(f.epoch),
             })
         }
         Format::MsgPack => {
@@ -486,8 +550,9 @@ pub fn encode_disconnect(format: Format, code: u16, reason: &str, reconnect: boo
     )
 }
 
-/// A complete frame carrying `{"push":"publication","channel":…,"data":…}` for
-/// subscribers speaking `format`.
+/// A complete frame carrying
+/// `{"push":"publication","channel":…,"epoch":…,"offset":…,"data":…}` for subscribers
+/// speaking `format`.
 ///
 /// Hot path (once per publication per format, never per subscriber). When `data` is
 /// already in `format` its bytes are copied in unchanged; otherwise they are transcoded
@@ -495,18 +560,24 @@ pub fn encode_disconnect(format: Format, code: u16, reason: &str, reconnect: boo
 pub fn encode_publication(
     format: Format,
     channel: &str,
+    pos: Position,
     data: Payload<'_>,
 ) -> Result<Bytes, Error> {
-    let mut b = FrameBuilder::with_capacity(40 + channel.len() + data.raw.len());
+    let mut b = FrameBuilder::with_capacity(80 + channel.len() + data.raw.len());
+    let epoch = pos.epoch_hex();
     match format {
         Format::MsgPack => {
             let mut w = b.writer();
             let io = |_| Error::Envelope("write to memory failed".into());
-            rmp::encode::write_map_len(&mut w, 3).map_err(io)?;
+            rmp::encode::write_map_len(&mut w, 5).map_err(io)?;
             rmp::encode::write_str(&mut w, "push").map_err(io)?;
             rmp::encode::write_str(&mut w, "publication").map_err(io)?;
             rmp::encode::write_str(&mut w, "channel").map_err(io)?;
             rmp::encode::write_str(&mut w, channel).map_err(io)?;
+            rmp::encode::write_str(&mut w, "epoch").map_err(io)?;
+            rmp::encode::write_str(&mut w, epoch.as_str()).map_err(io)?;
+            rmp::encode::write_str(&mut w, "offset").map_err(io)?;
+            rmp::encode::write_uint(&mut w, pos.offset).map_err(io)?;
             rmp::encode::write_str(&mut w, "data").map_err(io)?;
             drop(w);
             match data.format {
@@ -524,6 +595,11 @@ pub fn encode_publication(
             b.extend(b"{\"push\":\"publication\",\"channel\":");
             serde_json::to_writer(b.writer(), channel)
                 .map_err(|e| Error::Envelope(e.to_string()))?;
+            b.extend(b",\"epoch\":\"");
+            b.extend(epoch.as_str().as_bytes());
+            b.extend(b"\",\"offset\":");
+            let mut digits = [0u8; 20];
+            b.extend(decimal(pos.offset, &mut digits));
             b.extend(b",\"data\":");
             match data.format {
                 Format::Json => b.extend(data.raw),
@@ -539,6 +615,19 @@ pub fn encode_publication(
         }
     }
     Ok(b.finish(format.opcode()))
+}
+
+/// `n` in decimal ASCII, written at the end of `buf` (no allocation).
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
 }
 
 /// A message from the server, as a client decodes it (tests, loadtest, SDKs).
@@ -564,6 +653,8 @@ pub enum ServerMessage<'a> {
     Publication {
         /// Channel name.
         channel: Cow<'a, str>,
+        /// Its position in the channel's stream (absent from servers before positions).
+        position: Option<Position>,
         /// The payload, in the connection's format.
         data: Payload<'a>,
     },
@@ -595,6 +686,15 @@ pub fn decode_server_message(format: Format, bytes: &[u8]) -> Result<ServerMessa
                     .channel
                     .and_then(|r| read_str(format, r))
                     .ok_or_else(|| bad("channel"))?,
+                position: match (f.epoch, f.offset) {
+                    (Some(e), Some(o)) => Some(Position {
+                        epoch: read_str(format, e)
+                            .and_then(|e| Position::parse_epoch(&e))
+                            .ok_or_else(|| bad("epoch"))?,
+                        offset: read_u64(format, o).ok_or_else(|| bad("offset"))?,
+                    }),
+                    _ => None,
+                },
                 data: Payload {
                     format,
                     raw: f.data.ok_or_else(|| bad("data"))?,
@@ -774,23 +874,39 @@ mod tests {
             format: Format::Json,
             raw: br#"{"text":"hi","n":1}"#,
         };
-        let f = encode_publication(Format::Json, "room:\"1\"", json).unwrap();
+        let pos = Position {
+            epoch: 0xfeed_0000_0000_beef,
+            offset: 12_345_678_901,
+        };
+        let f = encode_publication(Format::Json, "room:\"1\"", pos, json).unwrap();
         assert_eq!(f[0], 0x81);
         let v: serde_json::Value = serde_json::from_slice(&payload_of(&f)).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"push":"publication","channel":"room:\"1\"","data":{"text":"hi","n":1}})
+            serde_json::json!({"push":"publication","channel":"room:\"1\"",
+                "epoch":"feed00000000beef","offset":12_345_678_901_u64,"data":{"text":"hi","n":1}})
         );
+        let p = payload_of(&f);
+        let ServerMessage::Publication { position, .. } =
+            decode_server_message(Format::Json, &p).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(position, Some(pos));
 
-        let f = encode_publication(Format::MsgPack, "room:1", json).unwrap();
+        let f = encode_publication(Format::MsgPack, "room:1", pos, json).unwrap();
         assert_eq!(f[0], 0x82);
         let p = payload_of(&f);
-        let ServerMessage::Publication { channel, data } =
-            decode_server_message(Format::MsgPack, &p).unwrap()
+        let ServerMessage::Publication {
+            channel,
+            position,
+            data,
+        } = decode_server_message(Format::MsgPack, &p).unwrap()
         else {
             panic!()
         };
         assert_eq!(channel, "room:1");
+        assert_eq!(position, Some(pos));
         let v: serde_json::Value = rmp_serde::from_slice(data.raw).unwrap();
         assert_eq!(v, serde_json::json!({"text":"hi","n":1}));
 
@@ -798,6 +914,7 @@ mod tests {
         let f = encode_publication(
             Format::Json,
             "c",
+            pos,
             Payload {
                 format: Format::MsgPack,
                 raw: &mp,
@@ -847,6 +964,10 @@ mod tests {
         let f = encode_publication(
             Format::MsgPack,
             "room:1",
+            Position {
+                epoch: 0x0123_4567_89ab_cdef,
+                offset: 7,
+            },
             Payload {
                 format: Format::MsgPack,
                 raw: &data,
@@ -856,8 +977,9 @@ mod tests {
         let hex: Vec<String> = f.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             hex.join(" "),
-            "82 2f 83 a4 70 75 73 68 ab 70 75 62 6c 69 63 61 74 69 6f 6e a7 63 68 61 6e 6e 65 6c \
-             a6 72 6f 6f 6d 3a 31 a4 64 61 74 61 81 a4 74 65 78 74 a2 68 69"
+            "82 4e 85 a4 70 75 73 68 ab 70 75 62 6c 69 63 61 74 69 6f 6e a7 63 68 61 6e 6e 65 6c \
+             a6 72 6f 6f 6d 3a 31 a5 65 70 6f 63 68 b0 30 31 32 33 34 35 36 37 38 39 61 62 63 64 \
+             65 66 a6 6f 66 66 73 65 74 07 a4 64 61 74 61 81 a4 74 65 78 74 a2 68 69"
         );
         let subscribe = [
             0x83, 0xa2, b'i', b'd', 0x01, 0xa3, b'c', b'm', b'd', 0xa9, b's', b'u', b'b', b's',
@@ -905,7 +1027,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn request_roundtrip(id in any::<u32>(), channel in "[a-z:]{1,20}", value in arb_json(), json in any::<bool>()) {
+        fn request_roundtrip(id in any::<u32>(), channel in "[a-z:]{1,20}", value in arb_json(), json in any::<bool>(), offset in any::<u64>()) {
             let format = if json { Format::Json } else { Format::MsgPack };
             let raw = match format {
                 Format::Json => serde_json::to_vec(&value).unwrap(),
@@ -916,9 +1038,11 @@ mod tests {
             prop_assert_eq!(decode_request(format, &bytes).unwrap(), req);
             // The publication carries the same value to both formats.
             for out in Format::ALL {
-                let f = encode_publication(out, &channel, Payload { format, raw: &raw }).unwrap();
+                let pos = Position { epoch: offset.wrapping_mul(31), offset };
+                let f = encode_publication(out, &channel, pos, Payload { format, raw: &raw }).unwrap();
                 let p = payload_of(&f);
-                let ServerMessage::Publication { channel: c, data } = decode_server_message(out, &p).unwrap() else { panic!() };
+                let ServerMessage::Publication { channel: c, position, data } = decode_server_message(out, &p).unwrap() else { panic!() };
+                prop_assert_eq!(position, Some(pos));
                 prop_assert_eq!(&c, &channel);
                 let back: serde_json::Value = match out {
                     Format::Json => serde_json::from_slice(data.raw).unwrap(),

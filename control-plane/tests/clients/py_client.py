@@ -29,15 +29,18 @@ async def main(url: str, token: str) -> None:
         r = await call({"id": 2, "cmd": "subscribe", "channel": "room:py"})
         assert r == {"id": 2, "result": {}}, r
         await ws.send(json.dumps({"id": 3, "cmd": "publish", "channel": "room:py", "data": {"text": "héllo", "n": [1, 2]}}))
-        got_reply = got_pub = False
-        while not (got_reply and got_pub):
+        reply = pub = None
+        while reply is None or pub is None:
             m = json.loads(await asyncio.wait_for(ws.recv(), 5))
             if m.get("id") == 3:
-                assert m == {"id": 3, "result": {}}, m
-                got_reply = True
+                reply = m
             elif m.get("push") == "publication":
-                assert m == {"push": "publication", "channel": "room:py", "data": {"text": "héllo", "n": [1, 2]}}, m
-                got_pub = True
+                pub = m
+        # The publish reply and the publication carry the same stream position.
+        position = reply["result"]
+        assert position["offset"] == 1 and len(position["epoch"]) == 16, reply
+        assert pub == {"push": "publication", "channel": "room:py", "epoch": position["epoch"],
+                       "offset": 1, "data": {"text": "héllo", "n": [1, 2]}}, pub
         r = await call({"id": 4, "cmd": "subscribe", "channel": "secret:x"})
         assert r["error"]["code"] == 103, r
         await ws.close()

@@ -139,7 +139,11 @@ mod tests {
             let Command::Publish { data, .. } = req.command else {
                 panic!()
             };
-            let frame = envelope::encode_publication(p.format, "c", data).unwrap();
+            let pos = switchboard_protocol::Position {
+                epoch: 1,
+                offset: 1,
+            };
+            let frame = envelope::encode_publication(p.format, "c", pos, data).unwrap();
             // Strip the 2-byte server frame header (payload < 126 bytes).
             let In::Data(text) = p.incoming(&ConnCtx::default(), json, &frame[2..]) else {
                 panic!()
