@@ -131,6 +131,20 @@ pub enum Command<'a> {
     Subscribe {
         /// Channel name.
         channel: Cow<'a, str>,
+        /// Recover from this position: the reply carries every publication after it
+        /// that the server still has, then the subscription continues live.
+        since: Option<Position>,
+    },
+    /// Read a channel's retained publications.
+    History {
+        /// Channel name.
+        channel: Cow<'a, str>,
+        /// Forward: publications after this offset; reverse: before it (0: from the end).
+        since: u64,
+        /// Most publications in the reply.
+        limit: u32,
+        /// Newest first.
+        reverse: bool,
     },
     /// Stop receiving a channel's publications.
     Unsubscribe {
@@ -224,6 +238,9 @@ struct RawFields<'a> {
     reconnect: Option<&'a [u8]>,
     offset: Option<&'a [u8]>,
     epoch: Option<&'a [u8]>,
+    since: Option<&'a [u8]>,
+    limit: Option<&'a [u8]>,
+    reverse: Option<&'a [u8]>,
 }
 
 impl<'a> RawFields<'a> {
@@ -243,6 +260,9 @@ impl<'a> RawFields<'a> {
             "reconnect" => &mut self.reconnect,
             "offset" => &mut self.offset,
             "epoch" => &mut self.epoch,
+            "since" => &mut self.since,
+            "limit" => &mut self.limit,
+            "reverse" => &mut self.reverse,
             _ => return None,
         })
     }
@@ -278,6 +298,12 @@ struct JsonFields<'a> {
     offset: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     epoch: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    since: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    limit: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    reverse: Option<&'a RawValue>,
 }
 
 /// A key that is present holds a value, even `null` (plain `Option` would turn a
@@ -313,6 +339,9 @@ fn fields(format: Format, bytes: &[u8]) -> Result<RawFields<'_>, Error> {
                 reconnect: raw(f.reconnect),
                 offset: raw(f.offset),
                 epoch: raw(f.epoch),
+                since: raw(f.since),
+                limit: raw(f.limit),
+                reverse: raw(f.reverse),
             })
         }
         Format::MsgPack => {
@@ -426,6 +455,23 @@ fn read_str(format: Format, raw: &[u8]) -> Option<Cow<'_, str>> {
     }
 }
 
+fn read_position(format: Format, raw: &[u8]) -> Option<Position> {
+    #[derive(Deserialize)]
+    struct Wire<'a> {
+        #[serde(borrow)]
+        epoch: Cow<'a, str>,
+        offset: u64,
+    }
+    let w: Wire<'_> = match format {
+        Format::MsgPack => rmp_serde::from_slice(raw).ok()?,
+        Format::Json => serde_json::from_slice(raw).ok()?,
+    };
+    Some(Position {
+        epoch: Position::parse_epoch(&w.epoch)?,
+        offset: w.offset,
+    })
+}
+
 /// Decode one client command.
 ///
 /// An envelope that is not a map, or has no numeric `id`, is an [`Error::Envelope`]
@@ -449,10 +495,31 @@ pub fn decode_request<'a>(format: Format, bytes: &'a [u8]) -> Result<Request<'a>
                 None => Command::Invalid("'token' must be a string"),
             },
         },
-        Some("subscribe") => match str_field(f.channel) {
-            Some(channel) => Command::Subscribe { channel },
-            None => Command::Invalid("subscribe needs a 'channel' string"),
+        Some("subscribe") => match (str_field(f.channel), f.since.map(|r| read_position(format, r))) {
+            (Some(channel), None) => Command::Subscribe { channel, since: None },
+            (Some(channel), Some(Some(p))) => Command::Subscribe { channel, since: Some(p) },
+            (Some(_), Some(None)) => {
+                Command::Invalid("'since' must be {epoch: 16 hex digits, offset: integer}")
+            }
+            (None, _) => Command::Invalid("subscribe needs a 'channel' string"),
         },
+        Some("history") => {
+            let since = f.since.map(|r| read_u64(format, r));
+            let limit = f.limit.map(|r| read_u64(format, r));
+            let reverse = f.reverse.map(|r| read_bool(format, r));
+            match (str_field(f.channel), since, limit, reverse) {
+                (None, ..) => Command::Invalid("history needs a 'channel' string"),
+                (_, Some(None), ..) => Command::Invalid("'since' must be an offset (integer)"),
+                (_, _, Some(None), _) => Command::Invalid("'limit' must be an integer"),
+                (.., Some(None)) => Command::Invalid("'reverse' must be a boolean"),
+                (Some(channel), since, limit, reverse) => Command::History {
+                    channel,
+                    since: since.flatten().unwrap_or(0),
+                    limit: limit.flatten().unwrap_or(100).min(u64::from(u32::MAX)) as u32,
+                    reverse: reverse.flatten().unwrap_or(false),
+                },
+            }
+        }
         Some("unsubscribe") => match str_field(f.channel) {
             Some(channel) => Command::Unsubscribe { channel },
             None => Command::Invalid("unsubscribe needs a 'channel' string"),
@@ -580,16 +647,7 @@ pub fn encode_publication(
             rmp::encode::write_uint(&mut w, pos.offset).map_err(io)?;
             rmp::encode::write_str(&mut w, "data").map_err(io)?;
             drop(w);
-            match data.format {
-                Format::MsgPack => b.extend(data.raw),
-                Format::Json => {
-                    let mut de = serde_json::Deserializer::from_slice(data.raw);
-                    let mut ser = rmp_serde::Serializer::new(b.writer()).with_struct_map();
-                    serde_transcode::transcode(&mut de, &mut ser).map_err(|e| {
-                        Error::Envelope(format!("payload does not transcode to MessagePack: {e}"))
-                    })?;
-                }
-            }
+            write_data(&mut b, format, data)?;
         }
         Format::Json => {
             b.extend(b"{\"push\":\"publication\",\"channel\":");
@@ -601,17 +659,112 @@ pub fn encode_publication(
             let mut digits = [0u8; 20];
             b.extend(decimal(pos.offset, &mut digits));
             b.extend(b",\"data\":");
-            match data.format {
-                Format::Json => b.extend(data.raw),
-                Format::MsgPack => {
-                    let mut de = rmp_serde::Deserializer::from_read_ref(data.raw);
-                    let mut ser = serde_json::Serializer::new(b.writer());
-                    serde_transcode::transcode(&mut de, &mut ser).map_err(|e| {
-                        Error::Envelope(format!("payload does not transcode to JSON: {e}"))
-                    })?;
-                }
-            }
+            write_data(&mut b, format, data)?;
             b.extend(b"}");
+        }
+    }
+    Ok(b.finish(format.opcode()))
+}
+
+/// Append `data` as one value in `format`: its bytes unchanged when it already is in
+/// `format`, else transcoded.
+fn write_data(b: &mut FrameBuilder, format: Format, data: Payload<'_>) -> Result<(), Error> {
+    match (format, data.format) {
+        (Format::MsgPack, Format::MsgPack) | (Format::Json, Format::Json) => b.extend(data.raw),
+        (Format::MsgPack, Format::Json) => {
+            let mut de = serde_json::Deserializer::from_slice(data.raw);
+            let mut ser = rmp_serde::Serializer::new(b.writer()).with_struct_map();
+            serde_transcode::transcode(&mut de, &mut ser).map_err(|e| {
+                Error::Envelope(format!("payload does not transcode to MessagePack: {e}"))
+            })?;
+        }
+        (Format::Json, Format::MsgPack) => {
+            let mut de = rmp_serde::Deserializer::from_read_ref(data.raw);
+            let mut ser = serde_json::Serializer::new(b.writer());
+            serde_transcode::transcode(&mut de, &mut ser).map_err(|e| {
+                Error::Envelope(format!("payload does not transcode to JSON: {e}"))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// A complete frame carrying the reply to a `subscribe` or `history`:
+/// `{"id":…,"result":{"epoch":…,"offset":…[,"recovered":…],"publications":[{"offset":…,"data":…},…]}}`
+/// where `top` is the channel's latest position and each publication's `data` is
+/// spliced in (or transcoded) as in a publication push.
+pub fn encode_stream_reply<'p>(
+    format: Format,
+    id: u32,
+    top: Position,
+    recovered: Option<bool>,
+    publications: impl ExactSizeIterator<Item = (u64, Payload<'p>)> + Clone,
+) -> Result<Bytes, Error> {
+    let hint = 96 + publications.clone().map(|(_, p)| 16 + p.raw.len()).sum::<usize>();
+    let mut b = FrameBuilder::with_capacity(hint);
+    let epoch = top.epoch_hex();
+    let n = publications.len();
+    match format {
+        Format::MsgPack => {
+            let io = |_| Error::Envelope("write to memory failed".into());
+            {
+                let mut w = b.writer();
+                rmp::encode::write_map_len(&mut w, 2).map_err(io)?;
+                rmp::encode::write_str(&mut w, "id").map_err(io)?;
+                rmp::encode::write_uint(&mut w, u64::from(id)).map_err(io)?;
+                rmp::encode::write_str(&mut w, "result").map_err(io)?;
+                rmp::encode::write_map_len(&mut w, 3 + u32::from(recovered.is_some()))
+                    .map_err(io)?;
+                rmp::encode::write_str(&mut w, "epoch").map_err(io)?;
+                rmp::encode::write_str(&mut w, epoch.as_str()).map_err(io)?;
+                rmp::encode::write_str(&mut w, "offset").map_err(io)?;
+                rmp::encode::write_uint(&mut w, top.offset).map_err(io)?;
+                if let Some(r) = recovered {
+                    rmp::encode::write_str(&mut w, "recovered").map_err(io)?;
+                    rmp::encode::write_bool(&mut w, r)
+                        .map_err(|_| Error::Envelope("write to memory failed".into()))?;
+                }
+                rmp::encode::write_str(&mut w, "publications").map_err(io)?;
+                rmp::encode::write_array_len(&mut w, n as u32).map_err(io)?;
+            }
+            for (offset, data) in publications {
+                {
+                    let mut w = b.writer();
+                    rmp::encode::write_map_len(&mut w, 2).map_err(io)?;
+                    rmp::encode::write_str(&mut w, "offset").map_err(io)?;
+                    rmp::encode::write_uint(&mut w, offset).map_err(io)?;
+                    rmp::encode::write_str(&mut w, "data").map_err(io)?;
+                }
+                write_data(&mut b, format, data)?;
+            }
+        }
+        Format::Json => {
+            let mut digits = [0u8; 20];
+            b.extend(b"{\"id\":");
+            b.extend(decimal(u64::from(id), &mut digits));
+            b.extend(b",\"result\":{\"epoch\":\"");
+            b.extend(epoch.as_str().as_bytes());
+            b.extend(b"\",\"offset\":");
+            b.extend(decimal(top.offset, &mut digits));
+            if let Some(r) = recovered {
+                b.extend(if r {
+                    &b",\"recovered\":true"[..]
+                } else {
+                    &b",\"recovered\":false"[..]
+                });
+            }
+            b.extend(b",\"publications\":[");
+            for (i, (offset, data)) in publications.enumerate() {
+                if i > 0 {
+                    b.extend(b",");
+                }
+                b.extend(b"{\"offset\":");
+                b.extend(decimal(offset, &mut digits));
+                b.extend(b",\"data\":");
+                write_data(&mut b, format, data)?;
+                b.extend(b"}");
+            }
+            b.extend(b"]}}");
         }
     }
     Ok(b.finish(format.opcode()))
@@ -749,10 +902,35 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         token: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         channel: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<Since>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reverse: Option<bool>,
     }
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum Since {
+        Position(Position),
+        Offset(u64),
+    }
+    let (mut since, mut limit, mut reverse) = (None, None, None);
     let (cmd, token, channel, data) = match &req.command {
         Command::Connect { token } => ("connect", token.as_deref(), None, None),
-        Command::Subscribe { channel } => ("subscribe", None, Some(&**channel), None),
+        Command::Subscribe { channel, since: s } => {
+            since = s.map(Since::Position);
+            ("subscribe", None, Some(&**channel), None)
+        }
+        Command::History {
+            channel,
+            since: s,
+            limit: l,
+            reverse: r,
+        } => {
+            (since, limit, reverse) = (Some(Since::Offset(*s)), Some(*l), Some(*r));
+            ("history", None, Some(&**channel), None)
+        }
         Command::Unsubscribe { channel } => ("unsubscribe", None, Some(&**channel), None),
         Command::Publish { channel, data } => ("publish", None, Some(&**channel), Some(data)),
         Command::Ping => ("ping", None, None, None),
@@ -763,6 +941,9 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         cmd,
         token,
         channel,
+        since,
+        limit,
+        reverse,
     };
     let mut bytes = match format {
         Format::MsgPack => {
@@ -826,7 +1007,8 @@ mod tests {
         assert_eq!(
             r.command,
             Command::Subscribe {
-                channel: "ab".into()
+                channel: "ab".into(),
+                since: None
             }
         );
         let r = decode_request(Format::Json, br#"{"id":1,"cmd":"dance"}"#).unwrap();
@@ -992,8 +1174,90 @@ mod tests {
             Request {
                 id: 1,
                 command: Command::Subscribe {
-                    channel: "room:1".into()
+                    channel: "room:1".into(),
+                    since: None
                 }
+            }
+        );
+    }
+
+    #[test]
+    fn stream_reply_and_recovery_commands() {
+        let top = Position {
+            epoch: 0xabc,
+            offset: 9,
+        };
+        let json = Payload {
+            format: Format::Json,
+            raw: br#"{"t":"x"}"#,
+        };
+        let mp_raw = rmp_serde::to_vec(&7u8).unwrap();
+        let mp = Payload {
+            format: Format::MsgPack,
+            raw: &mp_raw,
+        };
+        let pubs = [(8u64, json), (9u64, mp)];
+        for out in Format::ALL {
+            let f = encode_stream_reply(out, 5, top, Some(true), pubs.iter().copied()).unwrap();
+            let p = payload_of(&f);
+            let v: serde_json::Value = match out {
+                Format::Json => serde_json::from_slice(&p).unwrap(),
+                Format::MsgPack => rmp_serde::from_slice(&p).unwrap(),
+            };
+            assert_eq!(
+                v,
+                serde_json::json!({"id": 5, "result": {"epoch": "0000000000000abc", "offset": 9,
+                    "recovered": true, "publications": [{"offset": 8, "data": {"t": "x"}},
+                    {"offset": 9, "data": 7}]}})
+            );
+            let f = encode_stream_reply(out, 6, top, None, [].iter().copied()).unwrap();
+            let p = payload_of(&f);
+            let v: serde_json::Value = match out {
+                Format::Json => serde_json::from_slice(&p).unwrap(),
+                Format::MsgPack => rmp_serde::from_slice(&p).unwrap(),
+            };
+            assert_eq!(
+                v,
+                serde_json::json!({"id": 6, "result": {"epoch": "0000000000000abc", "offset": 9,
+                    "publications": []}})
+            );
+        }
+        for format in Format::ALL {
+            let reqs = [
+                Request {
+                    id: 1,
+                    command: Command::Subscribe {
+                        channel: "a".into(),
+                        since: Some(top),
+                    },
+                },
+                Request {
+                    id: 2,
+                    command: Command::History {
+                        channel: "a".into(),
+                        since: 3,
+                        limit: 10,
+                        reverse: true,
+                    },
+                },
+            ];
+            for r in reqs {
+                assert_eq!(decode_request(format, &encode_request(format, &r)).unwrap(), r);
+            }
+        }
+        let bad = br#"{"id":1,"cmd":"subscribe","channel":"a","since":{"epoch":"xyz","offset":1}}"#;
+        assert!(matches!(
+            decode_request(Format::Json, bad).unwrap().command,
+            Command::Invalid(_)
+        ));
+        let dflt = br#"{"id":1,"cmd":"history","channel":"a"}"#;
+        assert_eq!(
+            decode_request(Format::Json, dflt).unwrap().command,
+            Command::History {
+                channel: "a".into(),
+                since: 0,
+                limit: 100,
+                reverse: false
             }
         );
     }
