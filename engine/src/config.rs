@@ -88,6 +88,10 @@ pub struct EngineConfig {
     /// A channel with no publication for this long forgets its stream position; its
     /// next publication starts a new epoch.
     pub stream_idle_ms: u64,
+    /// Publications each channel keeps in memory for `history` and recovery (0: none).
+    pub history_size: usize,
+    /// Retained publications older than this are not served.
+    pub history_ttl_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -118,6 +122,8 @@ impl Default for EngineConfig {
             read_buffer_bytes: 65_536,
             inbox_capacity: 65_536,
             stream_idle_ms: 3_600_000,
+            history_size: 64,
+            history_ttl_ms: 300_000,
         }
     }
 }
@@ -146,6 +152,7 @@ impl EngineConfig {
             ("engine.read_buffer_bytes", self.read_buffer_bytes as u64),
             ("engine.inbox_capacity", self.inbox_capacity as u64),
             ("engine.stream_idle_ms", self.stream_idle_ms),
+            ("engine.history_ttl_ms", self.history_ttl_ms),
             ("engine.backlog", self.backlog as u64),
         ];
         for (key, v) in positive {

@@ -33,10 +33,13 @@ use switchboard_protocol::{
 use crate::auth::{ControlRequest, Identity};
 use crate::channels::ChannelIndex;
 use crate::config::EngineConfig;
-use crate::mesh::{Mesh, Publication, PublishReply, Refusal, SequenceReq, ShardMsg};
+use crate::mesh::{
+    Mesh, Publication, PublishReply, QueryKind, Refusal, SequenceReq, ShardMsg, StreamQuery,
+    StreamReply,
+};
 use crate::metrics::{CloseKind, ShardMetrics};
 use crate::outq::OutQueue;
-use crate::streams::{self, Streams};
+use crate::streams::{self, Entry, Streams};
 use crate::wheel::HeartbeatWheel;
 
 /// Most messages kept waiting for full inboxes of other shards before publishes are
@@ -115,6 +118,10 @@ pub struct Conn {
     out: OutQueue,
     /// Channels subscribed, for cleanup on close.
     subs: Vec<Arc<str>>,
+    /// Subscriptions waiting for their channel owner's answer (position, recovery):
+    /// live publications of these channels are not delivered to this connection yet
+    /// (they are covered by the answer).
+    starting: Vec<Arc<str>>,
     /// Set once authenticated.
     identity: Option<Arc<Identity>>,
     /// Token from `Authorization: Bearer` on the upgrade, used by a token-less `connect`.
@@ -126,8 +133,9 @@ pub struct Conn {
 struct InterestRound {
     /// Acknowledgments still expected.
     acks_left: usize,
-    /// `(slot, gen, request id)` of subscribe commands to answer when done.
-    waiters: Vec<(u32, u32, u32)>,
+    /// `(slot, gen, request id, recover since)` of subscribe commands to answer when
+    /// done.
+    waiters: Vec<(u32, u32, u32, Option<Position>)>,
 }
 
 /// Timeouts converted to ticks.
@@ -305,6 +313,7 @@ impl ShardCore {
             assembler: MessageAssembler::default(),
             out: OutQueue::default(),
             subs: Vec::new(),
+            starting: Vec::new(),
             identity: None,
             bearer: None,
         }) as u32;
@@ -579,7 +588,22 @@ impl ShardCore {
             _ if state != ConnState::Open => {
                 self.reply_err(slot, id, ErrorCode::NotConnected, "send connect first")
             }
-            Command::Subscribe { channel } => self.subscribe(slot, id, &channel),
+            Command::Subscribe { channel, since } => self.subscribe(slot, id, &channel, since),
+            Command::History {
+                channel,
+                since,
+                limit,
+                reverse,
+            } => self.history(
+                slot,
+                id,
+                &channel,
+                QueryKind::History {
+                    since,
+                    limit,
+                    reverse,
+                },
+            ),
             Command::Unsubscribe { channel } => self.unsubscribe(slot, id, &channel),
             Command::Publish { channel, data } => self.publish_from(slot, id, &channel, data),
         }
@@ -599,7 +623,7 @@ impl ShardCore {
         Ok(())
     }
 
-    fn subscribe(&mut self, slot: u32, id: u32, channel: &str) {
+    fn subscribe(&mut self, slot: u32, id: u32, channel: &str, since: Option<Position>) {
         if let Err((code, why)) = self.check_channel(slot, channel) {
             return self.reply_err(slot, id, code, why);
         }
@@ -611,7 +635,9 @@ impl ShardCore {
         let Some((name, change)) = self.channels.subscribe(channel, slot, format) else {
             return self.reply_err(slot, id, ErrorCode::AlreadySubscribed, "already subscribed");
         };
-        self.conns[slot as usize].subs.push(name.clone());
+        let conn = &mut self.conns[slot as usize];
+        conn.subs.push(name.clone());
+        conn.starting.push(name.clone());
         let others = self.mesh.shards() - 1;
         if change.before != change.after && others > 0 {
             // Answer only once every other shard routes this channel's publications
@@ -619,12 +645,120 @@ impl ShardCore {
             self.announce(&name, change.after, true);
             let round = self.interest.entry(name).or_default();
             round.acks_left += others;
-            round.waiters.push((slot, gen, id));
+            round.waiters.push((slot, gen, id, since));
         } else if let Some(round) = self.interest.get_mut(&name) {
-            round.waiters.push((slot, gen, id));
+            round.waiters.push((slot, gen, id, since));
         } else {
-            self.reply_ok(slot, id);
+            self.ask_owner(slot, gen, id, name, QueryKind::Subscribe { since });
         }
+    }
+
+    /// Send a stream question to the channel's owner (answered at once if that is us).
+    fn ask_owner(&mut self, slot: u32, gen: u32, id: u32, channel: Arc<str>, kind: QueryKind) {
+        let q = StreamQuery {
+            channel,
+            kind,
+            shard: self.id,
+            conn: ConnKey { slot, gen },
+            req_id: id,
+        };
+        let owner = streams::owner(&q.channel, self.mesh.shards());
+        if owner == self.id {
+            let reply = self.answer(q);
+            self.on_stream_reply(reply);
+        } else {
+            self.send_to(owner, ShardMsg::StreamQuery(Box::new(q)));
+        }
+    }
+
+    /// On the owner: answer a stream question.
+    fn answer(&mut self, q: StreamQuery) -> StreamReply {
+        let ttl = ms_to_ticks(self.cfg.history_ttl_ms, self.cfg.tick_ms);
+        let (top, recovered, publications, subscribe) = match q.kind {
+            QueryKind::Subscribe { since: None } => (
+                self.streams.touch(&q.channel, self.now),
+                None,
+                Vec::new(),
+                true,
+            ),
+            QueryKind::Subscribe { since: Some(since) } => {
+                let r = self.streams.recover(&q.channel, since, self.now, ttl);
+                (r.top, Some(r.recovered), r.publications, true)
+            }
+            QueryKind::History {
+                since,
+                limit,
+                reverse,
+            } => {
+                let limit = (limit as usize).min(self.cfg.history_size);
+                let (top, h) = self
+                    .streams
+                    .history(&q.channel, since, limit, reverse, self.now, ttl);
+                (top, None, h, false)
+            }
+        };
+        StreamReply {
+            channel: q.channel,
+            conn: q.conn,
+            req_id: q.req_id,
+            subscribe,
+            top,
+            recovered,
+            publications,
+        }
+    }
+
+    /// On the asking shard: answer the command; a subscription goes live.
+    fn on_stream_reply(&mut self, r: StreamReply) {
+        let slot = r.conn.slot;
+        let Some(conn) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        if conn.gen != r.conn.gen || conn.state != ConnState::Open {
+            return;
+        }
+        if r.subscribe {
+            // Absent if the client unsubscribed meanwhile; the subscribe still gets
+            // its answer.
+            if let Some(i) = conn.starting.iter().position(|c| *c == r.channel) {
+                conn.starting.swap_remove(i);
+            }
+        }
+        let format = conn.format;
+        if r.subscribe && r.recovered.is_none() {
+            // A plain subscribe: the position the subscription starts after.
+            return self.reply_position(slot, r.req_id, r.top);
+        }
+        let pubs = r.publications.iter().map(|e| {
+            (
+                e.offset,
+                Payload {
+                    format: e.format,
+                    raw: &e.data,
+                },
+            )
+        });
+        match envelope::encode_stream_reply(format, r.req_id, r.top, r.recovered, pubs) {
+            Ok(frame) => {
+                // Unbounded: the client asked for it, and `history_size` bounds it.
+                let conn = &mut self.conns[slot as usize];
+                conn.out.push_unbounded(frame);
+                mark_dirty(conn, slot, &mut self.dirty);
+            }
+            Err(e) => self.reply_err(slot, r.req_id, ErrorCode::BadRequest, &e.to_string()),
+        }
+    }
+
+    fn history(&mut self, slot: u32, id: u32, channel: &str, kind: QueryKind) {
+        if let Err((code, why)) = self.check_channel(slot, channel) {
+            return self.reply_err(slot, id, code, why);
+        }
+        let gen = self.conns[slot as usize].gen;
+        let name = self
+            .channels
+            .name(channel)
+            .unwrap_or_else(|| Arc::from(channel));
+        self.ask_owner(slot, gen, id, name, kind);
     }
 
     fn unsubscribe(&mut self, slot: u32, id: u32, channel: &str) {
@@ -638,6 +772,11 @@ impl ShardCore {
             .position(|c| &**c == channel)
             .expect("index and conn agree");
         let name = subs.swap_remove(pos);
+        let starting = &mut self.conns[slot as usize].starting;
+        if let Some(i) = starting.iter().position(|c| *c == name) {
+            // The subscribe is still answered when the owner's reply arrives.
+            starting.swap_remove(i);
+        }
         if change.before != change.after {
             self.announce(&name, change.after, false);
         }
@@ -715,6 +854,17 @@ impl ShardCore {
         let remote = self.channels.remote(channel);
         let needed = local | (remote[0] != 0) as u8 | ((remote[1] != 0) as u8) << 1;
         let position = self.streams.next(channel, self.now);
+        if self.cfg.history_size > 0 {
+            let entry = Entry {
+                offset: position.offset,
+                tick: self.now,
+                data: Bytes::copy_from_slice(data.raw),
+                format: data.format,
+            };
+            let ttl = ms_to_ticks(self.cfg.history_ttl_ms, self.cfg.tick_ms);
+            self.streams
+                .retain(channel, entry, self.cfg.history_size, ttl);
+        }
         if needed == 0 {
             return Ok(position);
         }
@@ -767,6 +917,10 @@ impl ShardCore {
             let Some(frame) = &p.frames[conn.format.index()] else {
                 continue;
             };
+            if !conn.starting.is_empty() && conn.starting.contains(&p.channel) {
+                // Covered by the owner's answer to this subscribe (position/recovery).
+                continue;
+            }
             if conn.out.push(frame.clone(), limit).is_err() {
                 self.overflowed.push(slot);
                 continue;
@@ -873,6 +1027,7 @@ impl ShardCore {
     fn detach(&mut self, slot: u32) {
         let conn = &mut self.conns[slot as usize];
         let subs = std::mem::take(&mut conn.subs);
+        conn.starting = Vec::new();
         let format = conn.format;
         for name in subs {
             if let Some(change) = self.channels.unsubscribe(&name, slot, format) {
@@ -1025,6 +1180,12 @@ impl ShardCore {
     pub fn on_message(&mut self, msg: ShardMsg) {
         match msg {
             ShardMsg::Publish(p) => self.deliver(&p),
+            ShardMsg::StreamQuery(q) => {
+                let shard = q.shard;
+                let reply = self.answer(*q);
+                self.send_to(shard, ShardMsg::StreamReply(Box::new(reply)));
+            }
+            ShardMsg::StreamReply(r) => self.on_stream_reply(*r),
             ShardMsg::Sequence(req) => {
                 let SequenceReq {
                     channel,
@@ -1092,13 +1253,14 @@ impl ShardCore {
                 };
                 if done {
                     let round = self.interest.remove(&channel).expect("just seen");
-                    for (slot, gen, id) in round.waiters {
+                    for (slot, gen, id, since) in round.waiters {
                         let open = self
                             .conns
                             .get(slot as usize)
                             .is_some_and(|c| c.gen == gen && c.state == ConnState::Open);
                         if open {
-                            self.reply_ok(slot, id);
+                            let name = channel.clone();
+                            self.ask_owner(slot, gen, id, name, QueryKind::Subscribe { since });
                         }
                     }
                 }
@@ -1274,7 +1436,7 @@ impl ShardCore {
     /// Subscribe an open connection without a command (benches and tests).
     #[doc(hidden)]
     pub fn subscribe_for_test(&mut self, key: ConnKey, channel: &str) {
-        self.subscribe(key.slot, 0, channel);
+        self.subscribe(key.slot, 0, channel, None);
     }
 }
 
@@ -1497,7 +1659,7 @@ mod tests {
         assert_eq!(
             texts,
             vec![
-                r#"{"id":2,"result":{}}"#.to_string(),
+                format!(r#"{{"id":2,"result":{{"epoch":"{epoch}","offset":0}}}}"#),
                 format!(
                     r#"{{"push":"publication","channel":"a","epoch":"{epoch}","offset":1,"data":[1]}}"#
                 ),

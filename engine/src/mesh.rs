@@ -21,6 +21,7 @@ use switchboard_protocol::{Format, Position};
 
 use crate::auth::{AuthFailure, Identity};
 use crate::core::ConnKey;
+use crate::streams::Entry;
 
 /// A publication encoded once per wire format that has subscribers.
 #[derive(Debug)]
@@ -69,9 +70,67 @@ pub enum PublishReply {
     Api(tokio::sync::oneshot::Sender<Result<Position, String>>),
 }
 
+/// A question for a channel's owner shard about its stream.
+#[derive(Debug)]
+pub struct StreamQuery {
+    /// Channel name.
+    pub channel: Arc<str>,
+    /// What is asked.
+    pub kind: QueryKind,
+    /// Shard of the asking connection.
+    pub shard: u16,
+    /// The asking connection.
+    pub conn: ConnKey,
+    /// Id of its command.
+    pub req_id: u32,
+}
+
+/// What a [`StreamQuery`] asks.
+#[derive(Debug, Clone, Copy)]
+pub enum QueryKind {
+    /// A subscription took effect: the position it starts after, and the
+    /// publications after `since` if the client is recovering.
+    Subscribe {
+        /// The client's last seen position.
+        since: Option<Position>,
+    },
+    /// The `history` command.
+    History {
+        /// Offset to read after (forward) or before (reverse; 0: the newest).
+        since: u64,
+        /// Most publications.
+        limit: u32,
+        /// Newest first.
+        reverse: bool,
+    },
+}
+
+/// The owner's answer to a [`StreamQuery`].
+#[derive(Debug)]
+pub struct StreamReply {
+    /// Channel name.
+    pub channel: Arc<str>,
+    /// The asking connection.
+    pub conn: ConnKey,
+    /// Id of its command.
+    pub req_id: u32,
+    /// Whether this answers a subscribe (else a history command).
+    pub subscribe: bool,
+    /// The stream's latest position.
+    pub top: Position,
+    /// For a recovering subscribe: whether `publications` is everything missed.
+    pub recovered: Option<bool>,
+    /// The publications.
+    pub publications: Vec<Entry>,
+}
+
 /// A message to a shard.
 #[derive(Debug)]
 pub enum ShardMsg {
+    /// A question for this channel's owner shard.
+    StreamQuery(Box<StreamQuery>),
+    /// The owner's answer, for the asking connection's shard.
+    StreamReply(Box<StreamReply>),
     /// Deliver to local subscribers of the channel.
     Publish(Arc<Publication>),
     /// Sequence and fan out a publication of a channel this shard owns.

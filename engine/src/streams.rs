@@ -5,15 +5,43 @@
 //! to it. So offsets rise by exactly one per publication, whichever connection or API
 //! call published, with no lock and no shared counter.
 //!
-//! Owns, on the owner shard, each active channel's epoch and last offset. Does not own
-//! history or persistence (a later layer keeps publications by position). A stream idle
-//! for `engine.stream_idle_ms` is forgotten; the next publication starts a new epoch at
-//! offset 1, which tells clients that earlier positions of that channel are gone.
+//! Owns, on the owner shard, each active channel's epoch, last offset and recent
+//! publications (in memory: the last `engine.history_size`, none older than
+//! `engine.history_ttl_ms`), which `history` reads and a recovering `subscribe` replays.
+//! Does not own persistence. A stream idle for `engine.stream_idle_ms` is forgotten; the
+//! next publication starts a new epoch at offset 1, which tells clients that earlier
+//! positions of that channel are gone.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use indexmap::IndexMap;
-use switchboard_protocol::Position;
+use switchboard_protocol::{Format, Position};
+
+/// One retained publication.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Its offset in the stream's epoch.
+    pub offset: u64,
+    /// Tick it was published at.
+    pub tick: u32,
+    /// The payload, as published.
+    pub data: Bytes,
+    /// Format of `data`.
+    pub format: Format,
+}
+
+/// What a recovering subscriber gets.
+#[derive(Debug)]
+pub struct Recovery {
+    /// The stream's latest position.
+    pub top: Position,
+    /// Whether `publications` are everything after the client's position.
+    pub recovered: bool,
+    /// The publications after the client's position (empty if not recovered).
+    pub publications: Vec<Entry>,
+}
 
 /// The shard that sequences `channel` among `shards` shards (FNV-1a of the name).
 #[inline]
@@ -26,12 +54,13 @@ pub fn owner(channel: &str, shards: usize) -> u16 {
     (h % shards.max(1) as u64) as u16
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Stream {
     epoch: u64,
     offset: u64,
     /// Tick of the last publication.
     used: u32,
+    history: VecDeque<Entry>,
 }
 
 /// The streams one shard owns.
@@ -87,24 +116,131 @@ impl Streams {
                 offset: s.offset,
             };
         }
+        let epoch = self.create(channel, 1, now);
+        Position { epoch, offset: 1 }
+    }
+
+    fn create(&mut self, channel: &str, offset: u64, now: u32) -> u64 {
         self.created += 1;
         let epoch = mix(self.seed ^ mix(self.created));
         self.map.insert(
             channel.into(),
             Stream {
                 epoch,
-                offset: 1,
+                offset,
                 used: now,
+                history: VecDeque::new(),
             },
         );
-        Position { epoch, offset: 1 }
+        epoch
+    }
+
+    /// The current position of `channel`, starting its stream (offset 0) if it has
+    /// none, so a subscriber always learns the epoch its offsets will belong to.
+    pub fn touch(&mut self, channel: &str, now: u32) -> Position {
+        if let Some(p) = self.current(channel) {
+            return p;
+        }
+        let epoch = self.create(channel, 0, now);
+        Position { epoch, offset: 0 }
+    }
+
+    /// Keep the publication `next` just positioned, within `keep` entries and `ttl`
+    /// ticks.
+    pub fn retain(&mut self, channel: &str, entry: Entry, keep: usize, ttl: u32) {
+        if keep == 0 {
+            return;
+        }
+        let Some(s) = self.map.get_mut(channel) else {
+            return;
+        };
+        let now = entry.tick;
+        while s.history.len() >= keep
+            || s.history
+                .front()
+                .is_some_and(|e| now.wrapping_sub(e.tick) > ttl)
+        {
+            s.history.pop_front();
+        }
+        s.history.push_back(entry);
+    }
+
+    /// Up to `limit` retained publications of `channel` not older than `ttl` ticks:
+    /// forward, those after offset `since`; reverse, those before `since` (or the
+    /// newest when `since` is 0), newest first. With the stream's latest position.
+    pub fn history(
+        &mut self,
+        channel: &str,
+        since: u64,
+        limit: usize,
+        reverse: bool,
+        now: u32,
+        ttl: u32,
+    ) -> (Position, Vec<Entry>) {
+        let top = self.touch(channel, now);
+        let s = &self.map[channel];
+        let fresh = |e: &&Entry| now.wrapping_sub(e.tick) <= ttl;
+        let out = if reverse {
+            s.history
+                .iter()
+                .rev()
+                .filter(|e| since == 0 || e.offset < since)
+                .filter(fresh)
+                .take(limit)
+                .cloned()
+                .collect()
+        } else {
+            s.history
+                .iter()
+                .filter(|e| e.offset > since)
+                .filter(fresh)
+                .take(limit)
+                .cloned()
+                .collect()
+        };
+        (top, out)
+    }
+
+    /// What a subscriber that last saw `since` missed: every publication after it, if
+    /// the stream is in the same epoch and still retains them all; otherwise nothing,
+    /// and `recovered` is false.
+    pub fn recover(&mut self, channel: &str, since: Position, now: u32, ttl: u32) -> Recovery {
+        let top = self.touch(channel, now);
+        let s = &self.map[channel];
+        let missed = top.offset.saturating_sub(since.offset);
+        let first_fresh = s
+            .history
+            .iter()
+            .find(|e| now.wrapping_sub(e.tick) <= ttl)
+            .map(|e| e.offset);
+        let complete = since.epoch == top.epoch
+            && since.offset <= top.offset
+            && (missed == 0 || first_fresh.is_some_and(|first| first <= since.offset + 1));
+        if !complete {
+            return Recovery {
+                top,
+                recovered: false,
+                publications: Vec::new(),
+            };
+        }
+        let publications = s
+            .history
+            .iter()
+            .filter(|e| e.offset > since.offset)
+            .cloned()
+            .collect();
+        Recovery {
+            top,
+            recovered: true,
+            publications,
+        }
     }
 
     /// Take back the position `next` just gave `channel` (the publication was refused
     /// before anyone saw it).
     pub fn undo(&mut self, channel: &str) {
         if let Some(s) = self.map.get_mut(channel) {
-            if s.offset > 1 {
+            if s.offset > 1 || !s.history.is_empty() {
                 s.offset -= 1;
             } else {
                 self.map.swap_remove(channel);
@@ -173,6 +309,104 @@ mod tests {
             "a new epoch says earlier positions are gone"
         );
         assert_eq!(s.current("busy").unwrap().offset, 2);
+    }
+
+    fn entry(offset: u64, tick: u32) -> Entry {
+        Entry {
+            offset,
+            tick,
+            data: Bytes::from(offset.to_string()),
+            format: Format::Json,
+        }
+    }
+
+    #[test]
+    fn history_keeps_by_count_and_age_and_recovery_is_all_or_nothing() {
+        let mut s = Streams::new(1);
+        let e = s.touch("c", 0);
+        assert_eq!(
+            e.offset, 0,
+            "a subscriber learns the epoch before any publication"
+        );
+        for t in 0..10u32 {
+            let p = s.next("c", t);
+            assert_eq!(p.epoch, e.epoch);
+            s.retain("c", entry(p.offset, t), 5, 100);
+        }
+        let (top, h) = s.history("c", 0, 100, false, 10, 100);
+        assert_eq!(top.offset, 10);
+        assert_eq!(
+            h.iter().map(|e| e.offset).collect::<Vec<_>>(),
+            [6, 7, 8, 9, 10]
+        );
+        let (_, h) = s.history("c", 0, 2, true, 10, 100);
+        assert_eq!(h.iter().map(|e| e.offset).collect::<Vec<_>>(), [10, 9]);
+        let (_, h) = s.history("c", 9, 2, true, 10, 100);
+        assert_eq!(h.iter().map(|e| e.offset).collect::<Vec<_>>(), [8, 7]);
+        let (_, h) = s.history("c", 7, 2, false, 10, 100);
+        assert_eq!(h.iter().map(|e| e.offset).collect::<Vec<_>>(), [8, 9]);
+
+        let ok = s.recover(
+            "c",
+            Position {
+                epoch: e.epoch,
+                offset: 5,
+            },
+            10,
+            100,
+        );
+        assert!(ok.recovered);
+        assert_eq!(ok.publications.len(), 5);
+        let up_to_date = s.recover("c", top, 10, 100);
+        assert!(up_to_date.recovered && up_to_date.publications.is_empty());
+        let too_old = s.recover(
+            "c",
+            Position {
+                epoch: e.epoch,
+                offset: 4,
+            },
+            10,
+            100,
+        );
+        assert!(!too_old.recovered && too_old.publications.is_empty());
+        let other_epoch = s.recover(
+            "c",
+            Position {
+                epoch: e.epoch ^ 1,
+                offset: 9,
+            },
+            10,
+            100,
+        );
+        assert!(!other_epoch.recovered);
+        assert_eq!(other_epoch.top, top);
+        // Age: at tick 108 entries from ticks 5..7 are older than 100 ticks.
+        let (_, h) = s.history("c", 0, 100, false, 108, 100);
+        assert_eq!(h.iter().map(|e| e.offset).collect::<Vec<_>>(), [9, 10]);
+        assert!(
+            !s.recover(
+                "c",
+                Position {
+                    epoch: e.epoch,
+                    offset: 6
+                },
+                108,
+                100
+            )
+            .recovered
+        );
+        assert!(
+            s.recover(
+                "c",
+                Position {
+                    epoch: e.epoch,
+                    offset: 8
+                },
+                108,
+                100
+            )
+            .recovered
+        );
     }
 
     #[test]

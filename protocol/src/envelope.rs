@@ -495,9 +495,18 @@ pub fn decode_request<'a>(format: Format, bytes: &'a [u8]) -> Result<Request<'a>
                 None => Command::Invalid("'token' must be a string"),
             },
         },
-        Some("subscribe") => match (str_field(f.channel), f.since.map(|r| read_position(format, r))) {
-            (Some(channel), None) => Command::Subscribe { channel, since: None },
-            (Some(channel), Some(Some(p))) => Command::Subscribe { channel, since: Some(p) },
+        Some("subscribe") => match (
+            str_field(f.channel),
+            f.since.map(|r| read_position(format, r)),
+        ) {
+            (Some(channel), None) => Command::Subscribe {
+                channel,
+                since: None,
+            },
+            (Some(channel), Some(Some(p))) => Command::Subscribe {
+                channel,
+                since: Some(p),
+            },
             (Some(_), Some(None)) => {
                 Command::Invalid("'since' must be {epoch: 16 hex digits, offset: integer}")
             }
@@ -681,9 +690,8 @@ fn write_data(b: &mut FrameBuilder, format: Format, data: Payload<'_>) -> Result
         (Format::Json, Format::MsgPack) => {
             let mut de = rmp_serde::Deserializer::from_read_ref(data.raw);
             let mut ser = serde_json::Serializer::new(b.writer());
-            serde_transcode::transcode(&mut de, &mut ser).map_err(|e| {
-                Error::Envelope(format!("payload does not transcode to JSON: {e}"))
-            })?;
+            serde_transcode::transcode(&mut de, &mut ser)
+                .map_err(|e| Error::Envelope(format!("payload does not transcode to JSON: {e}")))?;
         }
     }
     Ok(())
@@ -700,7 +708,11 @@ pub fn encode_stream_reply<'p>(
     recovered: Option<bool>,
     publications: impl ExactSizeIterator<Item = (u64, Payload<'p>)> + Clone,
 ) -> Result<Bytes, Error> {
-    let hint = 96 + publications.clone().map(|(_, p)| 16 + p.raw.len()).sum::<usize>();
+    let hint = 96
+        + publications
+            .clone()
+            .map(|(_, p)| 16 + p.raw.len())
+            .sum::<usize>();
     let mut b = FrameBuilder::with_capacity(hint);
     let epoch = top.epoch_hex();
     let n = publications.len();
@@ -1242,7 +1254,10 @@ mod tests {
                 },
             ];
             for r in reqs {
-                assert_eq!(decode_request(format, &encode_request(format, &r)).unwrap(), r);
+                assert_eq!(
+                    decode_request(format, &encode_request(format, &r)).unwrap(),
+                    r
+                );
             }
         }
         let bad = br#"{"id":1,"cmd":"subscribe","channel":"a","since":{"epoch":"xyz","offset":1}}"#;

@@ -27,7 +27,7 @@ async def main(url: str, token: str) -> None:
         assert "result" in r, r
         assert r["result"]["user"] == "py-user", r
         r = await call({"id": 2, "cmd": "subscribe", "channel": "room:py"})
-        assert r == {"id": 2, "result": {}}, r
+        assert r["id"] == 2 and r["result"]["offset"] == 0 and len(r["result"]["epoch"]) == 16, r
         await ws.send(json.dumps({"id": 3, "cmd": "publish", "channel": "room:py", "data": {"text": "héllo", "n": [1, 2]}}))
         reply = pub = None
         while reply is None or pub is None:

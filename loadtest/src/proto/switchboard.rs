@@ -69,6 +69,7 @@ impl Protocol for Switchboard {
             id,
             command: Command::Subscribe {
                 channel: channel.into(),
+                since: None,
             },
         }))
     }
