@@ -44,6 +44,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .route("/api/publish", post(publish))
+        .route("/api/history", get(history))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
 }
@@ -147,6 +148,86 @@ fn check_key(s: &AdminState, headers: &HeaderMap) -> Result<(), KeyRefusal> {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Query of `GET /api/history`.
+#[derive(Deserialize)]
+struct HistoryQuery {
+    channel: String,
+    #[serde(default)]
+    since: u64,
+    #[serde(default = "default_limit")]
+    limit: u32,
+    #[serde(default)]
+    reverse: bool,
+}
+
+fn default_limit() -> u32 {
+    100
+}
+
+/// `GET /api/history?channel=…&since=…&limit=…&reverse=…`: a channel's retained
+/// publications, as the `history` command returns them, with payloads as JSON.
+async fn history(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = check_key(&s, &headers) {
+        return r.response();
+    }
+    let q = match query {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("expected ?channel=NAME[&since=OFFSET][&limit=N][&reverse=true]: {e}"),
+            )
+        }
+    };
+    let ticket = match s.engine.history(&q.channel, q.since, q.limit, q.reverse) {
+        Ok(t) => t,
+        Err(PublishError::InvalidChannel) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_channel",
+                "invalid channel name",
+            )
+        }
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                &e.to_string(),
+            )
+        }
+    };
+    let reply = match tokio::time::timeout(std::time::Duration::from_secs(5), ticket).await {
+        Ok(Ok(r)) => r,
+        _ => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "the channel's shard did not answer",
+            )
+        }
+    };
+    let mut publications = Vec::with_capacity(reply.publications.len());
+    for e in &reply.publications {
+        let data: serde_json::Value = match e.format {
+            Format::Json => serde_json::from_slice(&e.data).unwrap_or(serde_json::Value::Null),
+            Format::MsgPack => rmp_serde::from_slice(&e.data).unwrap_or(serde_json::Value::Null),
+        };
+        publications.push(json!({"offset": e.offset, "data": data}));
+    }
+    Json(json!({
+        "channel": q.channel,
+        "epoch": reply.top.epoch_hex().as_str(),
+        "offset": reply.top.offset,
+        "publications": publications,
+    }))
+    .into_response()
 }
 
 #[derive(Deserialize)]

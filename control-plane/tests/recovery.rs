@@ -178,6 +178,36 @@ async fn too_old_or_other_epoch_is_said_plainly_and_history_pages() {
         .call(json!({"cmd": "subscribe", "channel": "room:x", "since": {"epoch": 5}}))
         .await;
     assert_eq!(r["error"]["code"], 104, "{r}");
+    // The same through the server API, with an API key.
+    let admin = server.admin_addr();
+    let auth = format!("Bearer {API_KEY}");
+    let (status, body) = http(
+        admin,
+        "GET",
+        "/api/history?channel=room:h&reverse=true&limit=2",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v,
+        json!({"channel": "room:h", "epoch": epoch, "offset": 12,
+            "publications": [{"offset": 12, "data": 12}, {"offset": 11, "data": 11}]})
+    );
+    let (status, body) = http(admin, "GET", "/api/history?channel=room:h", &[], "").await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = http(
+        admin,
+        "GET",
+        "/api/history?limit=x",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("bad_request"), "{body}");
     // History is subject to the token's channels claim.
     let mut limited = Client::connect(addr, Fmt::Json, &token("l", Some(&["room:other"]))).await;
     let r = limited

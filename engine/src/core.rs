@@ -661,6 +661,7 @@ impl ShardCore {
             shard: self.id,
             conn: ConnKey { slot, gen },
             req_id: id,
+            api: None,
         };
         let owner = streams::owner(&q.channel, self.mesh.shards());
         if owner == self.id {
@@ -1180,10 +1181,16 @@ impl ShardCore {
     pub fn on_message(&mut self, msg: ShardMsg) {
         match msg {
             ShardMsg::Publish(p) => self.deliver(&p),
-            ShardMsg::StreamQuery(q) => {
+            ShardMsg::StreamQuery(mut q) => {
                 let shard = q.shard;
+                let api = q.api.take();
                 let reply = self.answer(*q);
-                self.send_to(shard, ShardMsg::StreamReply(Box::new(reply)));
+                match api {
+                    Some(tx) => {
+                        let _ = tx.send(reply);
+                    }
+                    None => self.send_to(shard, ShardMsg::StreamReply(Box::new(reply))),
+                }
             }
             ShardMsg::StreamReply(r) => self.on_stream_reply(*r),
             ShardMsg::Sequence(req) => {

@@ -19,7 +19,7 @@ use crate::auth::ControlRequest;
 use crate::backend::Backend;
 use crate::config::EngineConfig;
 use crate::epoll::ShardSetup;
-use crate::mesh::{Mesh, PublishReply, SequenceReq, ShardMsg};
+use crate::mesh::{Mesh, PublishReply, QueryKind, SequenceReq, ShardMsg, StreamQuery, StreamReply};
 use crate::metrics::ShardMetrics;
 use crate::streams;
 
@@ -243,6 +243,39 @@ impl EngineHandle {
         self.mesh
             .inbox(owner as usize)
             .push(ShardMsg::Sequence(Box::new(req)))
+            .map_err(|_| PublishError::Overloaded)?;
+        Ok(rx)
+    }
+
+    /// Read a channel's retained publications (server API): asked of the channel's
+    /// owner shard; the receiver yields its answer.
+    pub fn history(
+        &self,
+        channel: &str,
+        since: u64,
+        limit: u32,
+        reverse: bool,
+    ) -> Result<tokio::sync::oneshot::Receiver<StreamReply>, PublishError> {
+        if !envelope::valid_channel(channel) {
+            return Err(PublishError::InvalidChannel);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let owner = streams::owner(channel, self.shards());
+        let q = StreamQuery {
+            channel: channel.into(),
+            kind: QueryKind::History {
+                since,
+                limit,
+                reverse,
+            },
+            shard: owner,
+            conn: crate::core::ConnKey { slot: 0, gen: 0 },
+            req_id: 0,
+            api: Some(tx),
+        };
+        self.mesh
+            .inbox(owner as usize)
+            .push(ShardMsg::StreamQuery(Box::new(q)))
             .map_err(|_| PublishError::Overloaded)?;
         Ok(rx)
     }

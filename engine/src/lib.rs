@@ -37,5 +37,5 @@ pub use backend::Backend;
 pub use config::{EngineConfig, IoMode};
 pub use core::{ConnKey, ShardCore};
 pub use engine::{Engine, EngineError, EngineHandle, PublishError, PublishTicket, ShardSender};
-pub use mesh::{Mesh, Publication, PublishReply, SequenceReq, ShardMsg};
+pub use mesh::{Mesh, Publication, PublishReply, SequenceReq, ShardMsg, StreamReply};
 pub use metrics::{CloseKind, ShardMetrics};

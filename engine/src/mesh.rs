@@ -83,6 +83,8 @@ pub struct StreamQuery {
     pub conn: ConnKey,
     /// Id of its command.
     pub req_id: u32,
+    /// For the server API: where the answer goes instead of a connection.
+    pub api: Option<tokio::sync::oneshot::Sender<StreamReply>>,
 }
 
 /// What a [`StreamQuery`] asks.
