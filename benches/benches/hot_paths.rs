@@ -128,6 +128,7 @@ fn envelopes(c: &mut Criterion) {
             command: Command::Publish {
                 channel: "room:lobby".into(),
                 data: Payload { format, raw: data },
+                key: None,
             },
         };
         let bytes = envelope::encode_request(format, &req);

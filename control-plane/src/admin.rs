@@ -236,6 +236,9 @@ struct PublishBody<'a> {
     channel: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     data: &'a RawValue,
+    /// Idempotency key: a retry within the dedupe window is not delivered again.
+    #[serde(borrow, default)]
+    key: Option<std::borrow::Cow<'a, str>>,
 }
 
 async fn publish(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
@@ -270,7 +273,18 @@ async fn publish(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Bod
         format: Format::Json,
         raw: req.data.get().as_bytes(),
     };
-    let outcome = match s.engine.publish(&req.channel, payload) {
+    if req
+        .key
+        .as_deref()
+        .is_some_and(|k| k.is_empty() || k.len() > switchboard_protocol::envelope::MAX_KEY_BYTES)
+    {
+        return refused(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_key",
+            "key: must be 1 to 128 bytes",
+        ));
+    }
+    let outcome = match s.engine.publish(&req.channel, payload, req.key.as_deref()) {
         Ok(ticket) => match tokio::time::timeout(std::time::Duration::from_secs(5), ticket).await {
             Ok(Ok(Ok(position))) => Ok(position),
             Ok(Ok(Err(why))) => Err(PublishError::Payload(why)),
@@ -280,10 +294,13 @@ async fn publish(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Bod
         Err(e) => Err(e),
     };
     match outcome {
-        Ok(position) => {
+        Ok((position, duplicate)) => {
             s.api.publications.fetch_add(1, Ordering::Relaxed);
-            Json(json!({"ok": true, "epoch": position.epoch_hex().as_str(), "offset": position.offset}))
-                .into_response()
+            let mut body = json!({"ok": true, "epoch": position.epoch_hex().as_str(), "offset": position.offset});
+            if duplicate {
+                body["duplicate"] = json!(true);
+            }
+            Json(body).into_response()
         }
         Err(PublishError::InvalidChannel) => refused(error(
             StatusCode::BAD_REQUEST,

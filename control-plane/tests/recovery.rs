@@ -217,3 +217,87 @@ async fn too_old_or_other_epoch_is_said_plainly_and_history_pages() {
     server.shutdown();
     server.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_retries_get_the_original_position_and_are_not_delivered_twice() {
+    let server = start(|_| {});
+    let addr = server.ws_addr();
+    let tok = token("idem", None);
+    let mut sub = Client::connect(addr, Fmt::Json, &tok).await;
+    sub.call(json!({"cmd": "subscribe", "channel": "room:idem"}))
+        .await;
+    // Publishers on both shards, so one of them is forwarded to the owner.
+    let mut p0 = client_on_shard(addr, Fmt::MsgPack, &tok, 0).await;
+    let mut p1 = client_on_shard(addr, Fmt::Json, &tok, 1).await;
+    let a = p0
+        .call(json!({"cmd": "publish", "channel": "room:idem", "data": "a", "key": "msg-1"}))
+        .await;
+    assert_eq!(a["result"]["offset"], json!(1), "{a}");
+    assert!(a["result"].get("duplicate").is_none(), "{a}");
+    // The retry (say its reply was lost), from another connection on the other shard.
+    let retry = p1
+        .call(json!({"cmd": "publish", "channel": "room:idem", "data": "a", "key": "msg-1"}))
+        .await;
+    assert_eq!(
+        retry["result"],
+        json!({"epoch": a["result"]["epoch"], "offset": 1, "duplicate": true})
+    );
+    let b = p1
+        .call(json!({"cmd": "publish", "channel": "room:idem", "data": "b", "key": "msg-2"}))
+        .await;
+    assert_eq!(b["result"]["offset"], json!(2));
+    let c = p0
+        .call(json!({"cmd": "publish", "channel": "room:idem", "data": "c"}))
+        .await;
+    assert_eq!(c["result"]["offset"], json!(3));
+    // The server API dedupes the same way.
+    let admin = server.admin_addr();
+    let auth = format!("Bearer {API_KEY}");
+    let body = r#"{"channel":"room:idem","data":"d","key":"api-1"}"#;
+    let (_, first) = http(
+        admin,
+        "POST",
+        "/api/publish",
+        &[("Authorization", &auth)],
+        body,
+    )
+    .await;
+    let (_, again) = http(
+        admin,
+        "POST",
+        "/api/publish",
+        &[("Authorization", &auth)],
+        body,
+    )
+    .await;
+    let first: Value = serde_json::from_str(&first).unwrap();
+    let again: Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(first["offset"], json!(4), "{first}");
+    assert_eq!(
+        (&again["offset"], &again["duplicate"]),
+        (&json!(4), &json!(true))
+    );
+    let (status, bad) = http(
+        admin,
+        "POST",
+        "/api/publish",
+        &[("Authorization", &auth)],
+        r#"{"channel":"room:idem","data":1,"key":""}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{bad}");
+    // The subscriber got each publication once: a, b, c, d.
+    for (offset, data) in [(1, "a"), (2, "b"), (3, "c"), (4, "d")] {
+        let p = sub.next_publication().await;
+        assert_eq!((&p["offset"], &p["data"]), (&json!(offset), &json!(data)));
+    }
+    let r = sub.call(json!({"cmd": "ping"})).await;
+    assert!(r.get("result").is_some());
+    assert!(
+        sub.backlog.is_empty(),
+        "no duplicate delivery: {:?}",
+        sub.backlog
+    );
+    server.shutdown();
+    server.wait();
+}

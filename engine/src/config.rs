@@ -92,6 +92,9 @@ pub struct EngineConfig {
     pub history_size: usize,
     /// Retained publications older than this are not served.
     pub history_ttl_ms: u64,
+    /// How long a publish's idempotency key is remembered: a retry with the same key
+    /// within this window gets the original position and is not delivered again.
+    pub dedupe_window_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -124,6 +127,7 @@ impl Default for EngineConfig {
             stream_idle_ms: 3_600_000,
             history_size: 64,
             history_ttl_ms: 300_000,
+            dedupe_window_ms: 120_000,
         }
     }
 }
@@ -153,6 +157,7 @@ impl EngineConfig {
             ("engine.inbox_capacity", self.inbox_capacity as u64),
             ("engine.stream_idle_ms", self.stream_idle_ms),
             ("engine.history_ttl_ms", self.history_ttl_ms),
+            ("engine.dedupe_window_ms", self.dedupe_window_ms),
             ("engine.backlog", self.backlog as u64),
         ];
         for (key, v) in positive {

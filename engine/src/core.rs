@@ -605,7 +605,9 @@ impl ShardCore {
                 },
             ),
             Command::Unsubscribe { channel } => self.unsubscribe(slot, id, &channel),
-            Command::Publish { channel, data } => self.publish_from(slot, id, &channel, data),
+            Command::Publish { channel, data, key } => {
+                self.publish_from(slot, id, &channel, data, key.as_deref())
+            }
         }
     }
 
@@ -784,7 +786,14 @@ impl ShardCore {
         self.reply_ok(slot, id);
     }
 
-    fn publish_from(&mut self, slot: u32, id: u32, channel: &str, data: Payload<'_>) {
+    fn publish_from(
+        &mut self,
+        slot: u32,
+        id: u32,
+        channel: &str,
+        data: Payload<'_>,
+        key: Option<&str>,
+    ) {
         if let Err((code, why)) = self.check_channel(slot, channel) {
             return self.reply_err(slot, id, code, why);
         }
@@ -794,8 +803,8 @@ impl ShardCore {
         ShardMetrics::add(&self.metrics.publications, 1);
         let owner = streams::owner(channel, self.mesh.shards());
         if owner == self.id {
-            return match self.sequence(channel, data, Instant::now()) {
-                Ok(pos) => self.reply_position(slot, id, pos),
+            return match self.sequence(channel, data, Instant::now(), key) {
+                Ok((pos, dup)) => self.reply_published(slot, id, pos, dup),
                 Err(e) => self.reply_err(slot, id, ErrorCode::BadRequest, &e.to_string()),
             };
         }
@@ -807,6 +816,7 @@ impl ShardCore {
             data: Bytes::copy_from_slice(data.raw),
             format: data.format,
             created: Instant::now(),
+            key: key.map(Box::from),
             reply: PublishReply::Client {
                 shard: self.id,
                 conn: ConnKey { slot, gen },
@@ -821,18 +831,42 @@ impl ShardCore {
         self.enqueue(slot, envelope::encode_result(format, id, &pos));
     }
 
+    /// A publish reply: the position, and `duplicate: true` for a deduplicated retry.
+    fn reply_published(&mut self, slot: u32, id: u32, pos: Position, duplicate: bool) {
+        if !duplicate {
+            return self.reply_position(slot, id, pos);
+        }
+        #[derive(serde::Serialize)]
+        struct Retry<'a> {
+            epoch: &'a str,
+            offset: u64,
+            duplicate: bool,
+        }
+        let epoch = pos.epoch_hex();
+        let r = Retry {
+            epoch: epoch.as_str(),
+            offset: pos.offset,
+            duplicate: true,
+        };
+        let format = self.conns[slot as usize].format;
+        self.enqueue(slot, envelope::encode_result(format, id, &r));
+    }
+
     /// Publish `data` to `channel`: sequenced here if this shard owns the channel,
     /// otherwise handed to the owner (nobody waits for the position then).
     pub fn publish(&mut self, channel: &str, data: Payload<'_>) -> Result<(), WireError> {
         let owner = streams::owner(channel, self.mesh.shards());
         if owner == self.id {
-            return self.sequence(channel, data, Instant::now()).map(|_| ());
+            return self
+                .sequence(channel, data, Instant::now(), None)
+                .map(|_| ());
         }
         let req = SequenceReq {
             channel: channel.into(),
             data: Bytes::copy_from_slice(data.raw),
             format: data.format,
             created: Instant::now(),
+            key: None,
             reply: PublishReply::None,
         };
         self.send_to(owner, ShardMsg::Sequence(Box::new(req)));
@@ -849,12 +883,23 @@ impl ShardCore {
         channel: &str,
         data: Payload<'_>,
         created: Instant,
-    ) -> Result<Position, WireError> {
+        key: Option<&str>,
+    ) -> Result<(Position, bool), WireError> {
         debug_assert_eq!(streams::owner(channel, self.mesh.shards()), self.id);
+        if let Some(key) = key {
+            let window = ms_to_ticks(self.cfg.dedupe_window_ms, self.cfg.tick_ms);
+            if let Some(original) = self.streams.dedupe(channel, key, self.now, window) {
+                return Ok((original, true));
+            }
+        }
         let local = self.channels.local(channel).map_or(0, |e| e.formats());
         let remote = self.channels.remote(channel);
         let needed = local | (remote[0] != 0) as u8 | ((remote[1] != 0) as u8) << 1;
         let position = self.streams.next(channel, self.now);
+        if let Some(key) = key {
+            self.streams
+                .remember(channel, key, position.offset, self.now);
+        }
         if self.cfg.history_size > 0 {
             let entry = Entry {
                 offset: position.offset,
@@ -867,7 +912,7 @@ impl ShardCore {
                 .retain(channel, entry, self.cfg.history_size, ttl);
         }
         if needed == 0 {
-            return Ok(position);
+            return Ok((position, false));
         }
         let mut frames = [None, None];
         for f in Format::ALL {
@@ -898,7 +943,7 @@ impl ShardCore {
             targets &= targets - 1;
             self.send_to(shard, ShardMsg::Publish(publication.clone()));
         }
-        Ok(position)
+        Ok((position, false))
     }
 
     /// Queue a publication's frame on every local subscriber (a refcount bump each).
@@ -1199,10 +1244,16 @@ impl ShardCore {
                     data,
                     format,
                     created,
+                    key,
                     reply,
                 } = *req;
                 let result = self
-                    .sequence(&channel, Payload { format, raw: &data }, created)
+                    .sequence(
+                        &channel,
+                        Payload { format, raw: &data },
+                        created,
+                        key.as_deref(),
+                    )
                     .map_err(|e| e.to_string());
                 match reply {
                     PublishReply::None => {}
@@ -1234,7 +1285,7 @@ impl ShardCore {
                     .is_some_and(|c| c.gen == conn.gen && c.state == ConnState::Open);
                 if open {
                     match result {
-                        Ok(pos) => self.reply_position(conn.slot, req_id, pos),
+                        Ok((pos, dup)) => self.reply_published(conn.slot, req_id, pos, dup),
                         Err(e) => self.reply_err(conn.slot, req_id, ErrorCode::BadRequest, &e),
                     }
                 }
@@ -1356,7 +1407,8 @@ impl ShardCore {
         self.now = tick as u32;
         self.due = due;
         let idle = ms_to_ticks(self.cfg.stream_idle_ms, self.cfg.tick_ms);
-        self.streams.sweep(self.now, idle, 256);
+        let window = ms_to_ticks(self.cfg.dedupe_window_ms, self.cfg.tick_ms);
+        self.streams.sweep(self.now, idle, window, 256);
     }
 
     fn visit(&mut self, t: u32, slot: u32, gen: u32) {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::Sender;
-use switchboard_protocol::{envelope, Payload, Position};
+use switchboard_protocol::{envelope, Payload};
 
 use crate::auth::ControlRequest;
 use crate::backend::Backend;
@@ -48,7 +48,7 @@ pub enum EngineError {
 }
 
 /// Resolves to a server-API publication's position, or why it was refused.
-pub type PublishTicket = tokio::sync::oneshot::Receiver<Result<Position, String>>;
+pub type PublishTicket = tokio::sync::oneshot::Receiver<crate::mesh::Sequenced>;
 
 /// Errors publishing from the server API.
 #[derive(Debug, thiserror::Error)]
@@ -227,7 +227,12 @@ impl EngineHandle {
     /// Publish `data` to `channel` (server API). The channel's owner shard sequences it
     /// and fans it out; the receiver yields the publication's position, or why the
     /// payload was refused (it does not transcode for a subscriber's format).
-    pub fn publish(&self, channel: &str, data: Payload<'_>) -> Result<PublishTicket, PublishError> {
+    pub fn publish(
+        &self,
+        channel: &str,
+        data: Payload<'_>,
+        key: Option<&str>,
+    ) -> Result<PublishTicket, PublishError> {
         if !envelope::valid_channel(channel) {
             return Err(PublishError::InvalidChannel);
         }
@@ -238,6 +243,7 @@ impl EngineHandle {
             data: Bytes::copy_from_slice(data.raw),
             format: data.format,
             created: Instant::now(),
+            key: key.map(Box::from),
             reply: PublishReply::Api(tx),
         };
         self.mesh

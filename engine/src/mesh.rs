@@ -48,9 +48,15 @@ pub struct SequenceReq {
     pub format: Format,
     /// When the publication entered the server.
     pub created: Instant,
+    /// Idempotency key, if the publisher gave one.
+    pub key: Option<Box<str>>,
     /// Who learns the position.
     pub reply: PublishReply,
 }
+
+/// A sequenced publication's position, and whether it was a retry of an earlier one
+/// (same idempotency key within the window: not delivered again).
+pub type Sequenced = Result<(Position, bool), String>;
 
 /// Where the position of a sequenced publication goes.
 #[derive(Debug)]
@@ -67,7 +73,7 @@ pub enum PublishReply {
         req_id: u32,
     },
     /// The server API.
-    Api(tokio::sync::oneshot::Sender<Result<Position, String>>),
+    Api(tokio::sync::oneshot::Sender<Sequenced>),
 }
 
 /// A question for a channel's owner shard about its stream.
@@ -144,7 +150,7 @@ pub enum ShardMsg {
         /// Id of its `publish` command.
         req_id: u32,
         /// The position, or why the publication was refused.
-        result: Result<Position, String>,
+        result: Sequenced,
     },
     /// Shard `from` now has subscribers in `formats` (bit per `Format::index()`) for
     /// `channel` (0: none). With `ack`, answer [`ShardMsg::InterestAck`].

@@ -12,7 +12,7 @@
 //! next publication starts a new epoch at offset 1, which tells clients that earlier
 //! positions of that channel are gone.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -61,6 +61,8 @@ struct Stream {
     /// Tick of the last publication.
     used: u32,
     history: VecDeque<Entry>,
+    /// Idempotency keys seen within the dedupe window: the offset each got and when.
+    keys: HashMap<Box<str>, (u64, u32)>,
 }
 
 /// The streams one shard owns.
@@ -130,6 +132,7 @@ impl Streams {
                 offset,
                 used: now,
                 history: VecDeque::new(),
+                keys: HashMap::new(),
             },
         );
         epoch
@@ -248,6 +251,24 @@ impl Streams {
         }
     }
 
+    /// The position a publication with idempotency `key` already got, if it was
+    /// published within the last `window` ticks in this epoch.
+    pub fn dedupe(&self, channel: &str, key: &str, now: u32, window: u32) -> Option<Position> {
+        let s = self.map.get(channel)?;
+        let &(offset, tick) = s.keys.get(key)?;
+        (now.wrapping_sub(tick) <= window).then_some(Position {
+            epoch: s.epoch,
+            offset,
+        })
+    }
+
+    /// Remember that the publication at `offset` carried `key`.
+    pub fn remember(&mut self, channel: &str, key: &str, offset: u64, now: u32) {
+        if let Some(s) = self.map.get_mut(channel) {
+            s.keys.insert(key.into(), (offset, now));
+        }
+    }
+
     /// The current position of `channel` (offset 0 in a fresh epoch if it has none).
     pub fn current(&self, channel: &str) -> Option<Position> {
         self.map.get(channel).map(|s| Position {
@@ -258,17 +279,23 @@ impl Streams {
 
     /// Forget up to `budget` streams' worth of checking: those unused for `idle`
     /// ticks at tick `now` are dropped. Returns how many were dropped.
-    pub fn sweep(&mut self, now: u32, idle: u32, budget: usize) -> usize {
+    /// Expired idempotency keys (older than `window` ticks) of the streams checked are
+    /// dropped too.
+    pub fn sweep(&mut self, now: u32, idle: u32, window: u32, budget: usize) -> usize {
         let mut dropped = 0;
         for _ in 0..budget.min(self.map.len()) {
             if self.cursor >= self.map.len() {
                 self.cursor = 0;
             }
-            let used = self.map[self.cursor].used;
-            if now.wrapping_sub(used) >= idle {
+            let s = &mut self.map[self.cursor];
+            if now.wrapping_sub(s.used) >= idle {
                 self.map.swap_remove_index(self.cursor);
                 dropped += 1;
             } else {
+                if !s.keys.is_empty() {
+                    s.keys
+                        .retain(|_, &mut (_, t)| now.wrapping_sub(t) <= window);
+                }
                 self.cursor += 1;
             }
         }
@@ -299,7 +326,7 @@ mod tests {
         let old = s.next("quiet", 0);
         s.next("busy", 0);
         s.next("busy", 90);
-        assert_eq!(s.sweep(100, 50, 10), 1);
+        assert_eq!(s.sweep(100, 50, 50, 10), 1);
         assert_eq!(s.len(), 1);
         assert!(s.current("quiet").is_none());
         let new = s.next("quiet", 101);

@@ -157,6 +157,9 @@ pub enum Command<'a> {
         channel: Cow<'a, str>,
         /// The opaque payload.
         data: Payload<'a>,
+        /// Idempotency key: a retry with the same key within the dedupe window gets the
+        /// original position and is not delivered again.
+        key: Option<Cow<'a, str>>,
     },
     /// Round trip; the reply is empty.
     Ping,
@@ -241,6 +244,7 @@ struct RawFields<'a> {
     since: Option<&'a [u8]>,
     limit: Option<&'a [u8]>,
     reverse: Option<&'a [u8]>,
+    key: Option<&'a [u8]>,
 }
 
 impl<'a> RawFields<'a> {
@@ -263,6 +267,7 @@ impl<'a> RawFields<'a> {
             "since" => &mut self.since,
             "limit" => &mut self.limit,
             "reverse" => &mut self.reverse,
+            "key" => &mut self.key,
             _ => return None,
         })
     }
@@ -304,6 +309,8 @@ struct JsonFields<'a> {
     limit: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     reverse: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    key: Option<&'a RawValue>,
 }
 
 /// A key that is present holds a value, even `null` (plain `Option` would turn a
@@ -342,6 +349,7 @@ fn fields(format: Format, bytes: &[u8]) -> Result<RawFields<'_>, Error> {
                 since: raw(f.since),
                 limit: raw(f.limit),
                 reverse: raw(f.reverse),
+                key: raw(f.key),
             })
         }
         Format::MsgPack => {
@@ -455,6 +463,9 @@ fn read_str(format: Format, raw: &[u8]) -> Option<Cow<'_, str>> {
     }
 }
 
+/// Longest idempotency key, in bytes.
+pub const MAX_KEY_BYTES: usize = 128;
+
 fn read_position(format: Format, raw: &[u8]) -> Option<Position> {
     #[derive(Deserialize)]
     struct Wire<'a> {
@@ -533,10 +544,19 @@ pub fn decode_request<'a>(format: Format, bytes: &'a [u8]) -> Result<Request<'a>
             Some(channel) => Command::Unsubscribe { channel },
             None => Command::Invalid("unsubscribe needs a 'channel' string"),
         },
-        Some("publish") => match (str_field(f.channel), f.data) {
-            (Some(channel), Some(raw)) => Command::Publish {
+        Some("publish") => match (
+            str_field(f.channel),
+            f.data,
+            f.key.map(|r| read_str(format, r)),
+        ) {
+            (_, _, Some(None)) => Command::Invalid("'key' must be a string"),
+            (_, _, Some(Some(k))) if k.is_empty() || k.len() > MAX_KEY_BYTES => {
+                Command::Invalid("'key' must be 1 to 128 bytes")
+            }
+            (Some(channel), Some(raw), key) => Command::Publish {
                 channel,
                 data: Payload { format, raw },
+                key: key.flatten(),
             },
             _ => Command::Invalid("publish needs a 'channel' string and 'data'"),
         },
@@ -920,6 +940,8 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         limit: Option<u32>,
         #[serde(skip_serializing_if = "Option::is_none")]
         reverse: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<&'a str>,
     }
     #[derive(Serialize)]
     #[serde(untagged)]
@@ -927,7 +949,7 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         Position(Position),
         Offset(u64),
     }
-    let (mut since, mut limit, mut reverse) = (None, None, None);
+    let (mut since, mut limit, mut reverse, mut publish_key) = (None, None, None, None);
     let (cmd, token, channel, data) = match &req.command {
         Command::Connect { token } => ("connect", token.as_deref(), None, None),
         Command::Subscribe { channel, since: s } => {
@@ -944,7 +966,10 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
             ("history", None, Some(&**channel), None)
         }
         Command::Unsubscribe { channel } => ("unsubscribe", None, Some(&**channel), None),
-        Command::Publish { channel, data } => ("publish", None, Some(&**channel), Some(data)),
+        Command::Publish { channel, data, key } => {
+            publish_key = key.as_deref();
+            ("publish", None, Some(&**channel), Some(data))
+        }
         Command::Ping => ("ping", None, None, None),
         Command::Invalid(c) => (*c, None, None, None),
     };
@@ -956,6 +981,7 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         since,
         limit,
         reverse,
+        key: publish_key,
     };
     let mut bytes = match format {
         Format::MsgPack => {
@@ -1006,7 +1032,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.id, 7);
-        let Command::Publish { channel, data } = r.command else {
+        let Command::Publish { channel, data, .. } = r.command else {
             panic!()
         };
         assert_eq!(channel, "room:1");
@@ -1044,11 +1070,21 @@ mod tests {
                     format: Format::MsgPack,
                     raw: &data,
                 },
+                key: Some("client-msg-17".into()),
             },
         };
         let bytes = encode_request(Format::MsgPack, &req);
         let back = decode_request(Format::MsgPack, &bytes).unwrap();
         assert_eq!(back, req);
+        for bad in [
+            &br#"{"id":1,"cmd":"publish","channel":"a","data":1,"key":5}"#[..],
+            br#"{"id":1,"cmd":"publish","channel":"a","data":1,"key":""}"#,
+        ] {
+            assert!(matches!(
+                decode_request(Format::Json, bad).unwrap().command,
+                Command::Invalid(_)
+            ));
+        }
         // Unknown keys are skipped.
         let mut extra = rmp_serde::to_vec_named(
             &serde_json::json!({"id": 1, "cmd": "ping", "x": {"deep": [1, {"a": null}]}}),
@@ -1312,7 +1348,7 @@ mod tests {
                 Format::Json => serde_json::to_vec(&value).unwrap(),
                 Format::MsgPack => rmp_serde::to_vec_named(&value).unwrap(),
             };
-            let req = Request { id, command: Command::Publish { channel: channel.clone().into(), data: Payload { format, raw: &raw } } };
+            let req = Request { id, command: Command::Publish { channel: channel.clone().into(), data: Payload { format, raw: &raw }, key: None } };
             let bytes = encode_request(format, &req);
             prop_assert_eq!(decode_request(format, &bytes).unwrap(), req);
             // The publication carries the same value to both formats.

@@ -91,6 +91,7 @@ impl Protocol for Switchboard {
                     format: self.format,
                     raw: &raw,
                 },
+                key: None,
             },
         };
         self.out(&req)
