@@ -129,6 +129,7 @@ fn envelopes(c: &mut Criterion) {
                 channel: "room:lobby".into(),
                 data: Payload { format, raw: data },
                 key: None,
+                meta: None,
             },
         };
         let bytes = envelope::encode_request(format, &req);

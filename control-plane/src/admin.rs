@@ -219,7 +219,14 @@ async fn history(
             Format::Json => serde_json::from_slice(&e.data).unwrap_or(serde_json::Value::Null),
             Format::MsgPack => rmp_serde::from_slice(&e.data).unwrap_or(serde_json::Value::Null),
         };
-        publications.push(json!({"offset": e.offset, "data": data}));
+        let mut p = json!({"offset": e.offset, "data": data});
+        if let Some(meta) = &e.meta {
+            p["meta"] = match e.format {
+                Format::Json => serde_json::from_slice(meta).unwrap_or(serde_json::Value::Null),
+                Format::MsgPack => rmp_serde::from_slice(meta).unwrap_or(serde_json::Value::Null),
+            };
+        }
+        publications.push(p);
     }
     Json(json!({
         "channel": q.channel,
@@ -239,6 +246,9 @@ struct PublishBody<'a> {
     /// Idempotency key: a retry within the dedupe window is not delivered again.
     #[serde(borrow, default)]
     key: Option<std::borrow::Cow<'a, str>>,
+    /// Opaque metadata carried with the publication.
+    #[serde(borrow, default)]
+    meta: Option<&'a RawValue>,
 }
 
 async fn publish(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
@@ -284,7 +294,14 @@ async fn publish(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Bod
             "key: must be 1 to 128 bytes",
         ));
     }
-    let outcome = match s.engine.publish(&req.channel, payload, req.key.as_deref()) {
+    let meta = req.meta.map(|m| Payload {
+        format: Format::Json,
+        raw: m.get().as_bytes(),
+    });
+    let outcome = match s
+        .engine
+        .publish(&req.channel, payload, meta, req.key.as_deref())
+    {
         Ok(ticket) => match tokio::time::timeout(std::time::Duration::from_secs(5), ticket).await {
             Ok(Ok(Ok(position))) => Ok(position),
             Ok(Ok(Err(why))) => Err(PublishError::Payload(why)),

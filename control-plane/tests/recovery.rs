@@ -301,3 +301,62 @@ async fn idempotent_retries_get_the_original_position_and_are_not_delivered_twic
     server.shutdown();
     server.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_travels_opaque_and_history_returns_it_unchanged() {
+    let server = start(|_| {});
+    let addr = server.ws_addr();
+    let tok = token("meta", None);
+    let mut json_sub = Client::connect(addr, Fmt::Json, &tok).await;
+    let mut mp_sub = Client::connect(addr, Fmt::MsgPack, &tok).await;
+    for s in [&mut json_sub, &mut mp_sub] {
+        s.call(json!({"cmd": "subscribe", "channel": "case:9"}))
+            .await;
+    }
+    let meta = json!({"client_id": "c-77", "content_type": "application/pdf",
+        "attachments": [{"name": "intake.pdf", "size": 52311, "url": "s3://bucket/k"}]});
+    let mut publisher = Client::connect(addr, Fmt::Json, &tok).await;
+    let r = publisher
+        .call(json!({"cmd": "publish", "channel": "case:9", "data": {"text": "see attached"}, "meta": meta}))
+        .await;
+    assert_eq!(r["result"]["offset"], json!(1), "{r}");
+    let admin = server.admin_addr();
+    let auth = format!("Bearer {API_KEY}");
+    let (status, body) = http(
+        admin,
+        "POST",
+        "/api/publish",
+        &[("Authorization", &auth)],
+        r#"{"channel":"case:9","data":"no meta here"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for s in [&mut json_sub, &mut mp_sub] {
+        let p = s.next_publication().await;
+        assert_eq!((&p["offset"], &p["meta"]), (&json!(1), &meta), "{p}");
+        let p = s.next_publication().await;
+        assert_eq!(p["offset"], json!(2));
+        assert!(p.get("meta").is_none(), "{p}");
+    }
+    let r = mp_sub
+        .call(json!({"cmd": "history", "channel": "case:9"}))
+        .await;
+    assert_eq!(r["result"]["publications"][0]["meta"], meta, "{r}");
+    assert_eq!(
+        r["result"]["publications"][0]["data"],
+        json!({"text": "see attached"})
+    );
+    assert!(r["result"]["publications"][1].get("meta").is_none());
+    let (_, body) = http(
+        admin,
+        "GET",
+        "/api/history?channel=case:9&limit=1",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["publications"][0]["meta"], meta, "{body}");
+    server.shutdown();
+    server.wait();
+}

@@ -605,9 +605,12 @@ impl ShardCore {
                 },
             ),
             Command::Unsubscribe { channel } => self.unsubscribe(slot, id, &channel),
-            Command::Publish { channel, data, key } => {
-                self.publish_from(slot, id, &channel, data, key.as_deref())
-            }
+            Command::Publish {
+                channel,
+                data,
+                key,
+                meta,
+            } => self.publish_from(slot, id, &channel, data, meta, key.as_deref()),
         }
     }
 
@@ -735,6 +738,10 @@ impl ShardCore {
         let pubs = r.publications.iter().map(|e| {
             (
                 e.offset,
+                e.meta.as_ref().map(|m| Payload {
+                    format: e.format,
+                    raw: m,
+                }),
                 Payload {
                     format: e.format,
                     raw: &e.data,
@@ -792,6 +799,7 @@ impl ShardCore {
         id: u32,
         channel: &str,
         data: Payload<'_>,
+        meta: Option<Payload<'_>>,
         key: Option<&str>,
     ) {
         if let Err((code, why)) = self.check_channel(slot, channel) {
@@ -803,7 +811,7 @@ impl ShardCore {
         ShardMetrics::add(&self.metrics.publications, 1);
         let owner = streams::owner(channel, self.mesh.shards());
         if owner == self.id {
-            return match self.sequence(channel, data, Instant::now(), key) {
+            return match self.sequence(channel, data, meta, Instant::now(), key) {
                 Ok((pos, dup)) => self.reply_published(slot, id, pos, dup),
                 Err(e) => self.reply_err(slot, id, ErrorCode::BadRequest, &e.to_string()),
             };
@@ -817,6 +825,7 @@ impl ShardCore {
             format: data.format,
             created: Instant::now(),
             key: key.map(Box::from),
+            meta: meta.map(|m| Bytes::copy_from_slice(m.raw)),
             reply: PublishReply::Client {
                 shard: self.id,
                 conn: ConnKey { slot, gen },
@@ -858,7 +867,7 @@ impl ShardCore {
         let owner = streams::owner(channel, self.mesh.shards());
         if owner == self.id {
             return self
-                .sequence(channel, data, Instant::now(), None)
+                .sequence(channel, data, None, Instant::now(), None)
                 .map(|_| ());
         }
         let req = SequenceReq {
@@ -867,6 +876,7 @@ impl ShardCore {
             format: data.format,
             created: Instant::now(),
             key: None,
+            meta: None,
             reply: PublishReply::None,
         };
         self.send_to(owner, ShardMsg::Sequence(Box::new(req)));
@@ -882,6 +892,7 @@ impl ShardCore {
         &mut self,
         channel: &str,
         data: Payload<'_>,
+        meta: Option<Payload<'_>>,
         created: Instant,
         key: Option<&str>,
     ) -> Result<(Position, bool), WireError> {
@@ -905,6 +916,7 @@ impl ShardCore {
                 offset: position.offset,
                 tick: self.now,
                 data: Bytes::copy_from_slice(data.raw),
+                meta: meta.map(|m| Bytes::copy_from_slice(m.raw)),
                 format: data.format,
             };
             let ttl = ms_to_ticks(self.cfg.history_ttl_ms, self.cfg.tick_ms);
@@ -917,7 +929,7 @@ impl ShardCore {
         let mut frames = [None, None];
         for f in Format::ALL {
             if needed & (1 << f.index()) != 0 {
-                match envelope::encode_publication(f, channel, position, data) {
+                match envelope::encode_publication_with_meta(f, channel, position, meta, data) {
                     Ok(frame) => frames[f.index()] = Some(frame),
                     Err(e) => {
                         // Refused (does not transcode): the offset was not used.
@@ -1245,12 +1257,15 @@ impl ShardCore {
                     format,
                     created,
                     key,
+                    meta,
                     reply,
                 } = *req;
+                let meta = meta.as_ref().map(|m| Payload { format, raw: m });
                 let result = self
                     .sequence(
                         &channel,
                         Payload { format, raw: &data },
+                        meta,
                         created,
                         key.as_deref(),
                     )

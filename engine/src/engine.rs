@@ -231,6 +231,7 @@ impl EngineHandle {
         &self,
         channel: &str,
         data: Payload<'_>,
+        meta: Option<Payload<'_>>,
         key: Option<&str>,
     ) -> Result<PublishTicket, PublishError> {
         if !envelope::valid_channel(channel) {
@@ -244,6 +245,7 @@ impl EngineHandle {
             format: data.format,
             created: Instant::now(),
             key: key.map(Box::from),
+            meta: meta.map(|m| Bytes::copy_from_slice(m.raw)),
             reply: PublishReply::Api(tx),
         };
         self.mesh

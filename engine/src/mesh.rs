@@ -50,6 +50,8 @@ pub struct SequenceReq {
     pub created: Instant,
     /// Idempotency key, if the publisher gave one.
     pub key: Option<Box<str>>,
+    /// Opaque metadata, in `format`.
+    pub meta: Option<Bytes>,
     /// Who learns the position.
     pub reply: PublishReply,
 }

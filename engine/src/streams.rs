@@ -28,6 +28,8 @@ pub struct Entry {
     pub tick: u32,
     /// The payload, as published.
     pub data: Bytes,
+    /// The publisher's opaque metadata, as published.
+    pub meta: Option<Bytes>,
     /// Format of `data`.
     pub format: Format,
 }
@@ -343,6 +345,7 @@ mod tests {
             offset,
             tick,
             data: Bytes::from(offset.to_string()),
+            meta: None,
             format: Format::Json,
         }
     }

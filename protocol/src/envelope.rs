@@ -160,6 +160,9 @@ pub enum Command<'a> {
         /// Idempotency key: a retry with the same key within the dedupe window gets the
         /// original position and is not delivered again.
         key: Option<Cow<'a, str>>,
+        /// Opaque metadata (attachments, content type, client-side id), carried next to
+        /// `data` in publications and history, never interpreted.
+        meta: Option<Payload<'a>>,
     },
     /// Round trip; the reply is empty.
     Ping,
@@ -245,6 +248,7 @@ struct RawFields<'a> {
     limit: Option<&'a [u8]>,
     reverse: Option<&'a [u8]>,
     key: Option<&'a [u8]>,
+    meta: Option<&'a [u8]>,
 }
 
 impl<'a> RawFields<'a> {
@@ -268,6 +272,7 @@ impl<'a> RawFields<'a> {
             "limit" => &mut self.limit,
             "reverse" => &mut self.reverse,
             "key" => &mut self.key,
+            "meta" => &mut self.meta,
             _ => return None,
         })
     }
@@ -311,6 +316,8 @@ struct JsonFields<'a> {
     reverse: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     key: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    meta: Option<&'a RawValue>,
 }
 
 /// A key that is present holds a value, even `null` (plain `Option` would turn a
@@ -350,6 +357,7 @@ fn fields(format: Format, bytes: &[u8]) -> Result<RawFields<'_>, Error> {
                 limit: raw(f.limit),
                 reverse: raw(f.reverse),
                 key: raw(f.key),
+                meta: raw(f.meta),
             })
         }
         Format::MsgPack => {
@@ -557,6 +565,7 @@ pub fn decode_request<'a>(format: Format, bytes: &'a [u8]) -> Result<Request<'a>
                 channel,
                 data: Payload { format, raw },
                 key: key.flatten(),
+                meta: f.meta.map(|raw| Payload { format, raw }),
             },
             _ => Command::Invalid("publish needs a 'channel' string and 'data'"),
         },
@@ -659,13 +668,26 @@ pub fn encode_publication(
     pos: Position,
     data: Payload<'_>,
 ) -> Result<Bytes, Error> {
-    let mut b = FrameBuilder::with_capacity(80 + channel.len() + data.raw.len());
+    encode_publication_with_meta(format, channel, pos, None, data)
+}
+
+/// [`encode_publication`] with the publisher's opaque `meta` value, placed before
+/// `data` (`{"push":…,"channel":…,"epoch":…,"offset":…,"meta":…,"data":…}`).
+pub fn encode_publication_with_meta(
+    format: Format,
+    channel: &str,
+    pos: Position,
+    meta: Option<Payload<'_>>,
+    data: Payload<'_>,
+) -> Result<Bytes, Error> {
+    let meta_len = meta.map_or(0, |m| 8 + m.raw.len());
+    let mut b = FrameBuilder::with_capacity(80 + channel.len() + meta_len + data.raw.len());
     let epoch = pos.epoch_hex();
     match format {
         Format::MsgPack => {
             let mut w = b.writer();
             let io = |_| Error::Envelope("write to memory failed".into());
-            rmp::encode::write_map_len(&mut w, 5).map_err(io)?;
+            rmp::encode::write_map_len(&mut w, 5 + u32::from(meta.is_some())).map_err(io)?;
             rmp::encode::write_str(&mut w, "push").map_err(io)?;
             rmp::encode::write_str(&mut w, "publication").map_err(io)?;
             rmp::encode::write_str(&mut w, "channel").map_err(io)?;
@@ -674,8 +696,12 @@ pub fn encode_publication(
             rmp::encode::write_str(&mut w, epoch.as_str()).map_err(io)?;
             rmp::encode::write_str(&mut w, "offset").map_err(io)?;
             rmp::encode::write_uint(&mut w, pos.offset).map_err(io)?;
-            rmp::encode::write_str(&mut w, "data").map_err(io)?;
             drop(w);
+            if let Some(meta) = meta {
+                rmp::encode::write_str(&mut b.writer(), "meta").map_err(io)?;
+                write_data(&mut b, format, meta)?;
+            }
+            rmp::encode::write_str(&mut b.writer(), "data").map_err(io)?;
             write_data(&mut b, format, data)?;
         }
         Format::Json => {
@@ -687,6 +713,10 @@ pub fn encode_publication(
             b.extend(b"\",\"offset\":");
             let mut digits = [0u8; 20];
             b.extend(decimal(pos.offset, &mut digits));
+            if let Some(meta) = meta {
+                b.extend(b",\"meta\":");
+                write_data(&mut b, format, meta)?;
+            }
             b.extend(b",\"data\":");
             write_data(&mut b, format, data)?;
             b.extend(b"}");
@@ -726,12 +756,12 @@ pub fn encode_stream_reply<'p>(
     id: u32,
     top: Position,
     recovered: Option<bool>,
-    publications: impl ExactSizeIterator<Item = (u64, Payload<'p>)> + Clone,
+    publications: impl ExactSizeIterator<Item = (u64, Option<Payload<'p>>, Payload<'p>)> + Clone,
 ) -> Result<Bytes, Error> {
     let hint = 96
         + publications
             .clone()
-            .map(|(_, p)| 16 + p.raw.len())
+            .map(|(_, m, p)| 24 + m.map_or(0, |m| m.raw.len()) + p.raw.len())
             .sum::<usize>();
     let mut b = FrameBuilder::with_capacity(hint);
     let epoch = top.epoch_hex();
@@ -759,14 +789,19 @@ pub fn encode_stream_reply<'p>(
                 rmp::encode::write_str(&mut w, "publications").map_err(io)?;
                 rmp::encode::write_array_len(&mut w, n as u32).map_err(io)?;
             }
-            for (offset, data) in publications {
+            for (offset, meta, data) in publications {
                 {
                     let mut w = b.writer();
-                    rmp::encode::write_map_len(&mut w, 2).map_err(io)?;
+                    rmp::encode::write_map_len(&mut w, 2 + u32::from(meta.is_some()))
+                        .map_err(io)?;
                     rmp::encode::write_str(&mut w, "offset").map_err(io)?;
                     rmp::encode::write_uint(&mut w, offset).map_err(io)?;
-                    rmp::encode::write_str(&mut w, "data").map_err(io)?;
                 }
+                if let Some(meta) = meta {
+                    rmp::encode::write_str(&mut b.writer(), "meta").map_err(io)?;
+                    write_data(&mut b, format, meta)?;
+                }
+                rmp::encode::write_str(&mut b.writer(), "data").map_err(io)?;
                 write_data(&mut b, format, data)?;
             }
         }
@@ -786,12 +821,16 @@ pub fn encode_stream_reply<'p>(
                 });
             }
             b.extend(b",\"publications\":[");
-            for (i, (offset, data)) in publications.enumerate() {
+            for (i, (offset, meta, data)) in publications.enumerate() {
                 if i > 0 {
                     b.extend(b",");
                 }
                 b.extend(b"{\"offset\":");
                 b.extend(decimal(offset, &mut digits));
+                if let Some(meta) = meta {
+                    b.extend(b",\"meta\":");
+                    write_data(&mut b, format, meta)?;
+                }
                 b.extend(b",\"data\":");
                 write_data(&mut b, format, data)?;
                 b.extend(b"}");
@@ -840,6 +879,8 @@ pub enum ServerMessage<'a> {
         channel: Cow<'a, str>,
         /// Its position in the channel's stream (absent from servers before positions).
         position: Option<Position>,
+        /// The publisher's opaque metadata, if any.
+        meta: Option<Payload<'a>>,
         /// The payload, in the connection's format.
         data: Payload<'a>,
     },
@@ -880,6 +921,7 @@ pub fn decode_server_message(format: Format, bytes: &[u8]) -> Result<ServerMessa
                     }),
                     _ => None,
                 },
+                meta: f.meta.map(|raw| Payload { format, raw }),
                 data: Payload {
                     format,
                     raw: f.data.ok_or_else(|| bad("data"))?,
@@ -950,6 +992,7 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         Offset(u64),
     }
     let (mut since, mut limit, mut reverse, mut publish_key) = (None, None, None, None);
+    let mut publish_meta: Option<&Payload<'_>> = None;
     let (cmd, token, channel, data) = match &req.command {
         Command::Connect { token } => ("connect", token.as_deref(), None, None),
         Command::Subscribe { channel, since: s } => {
@@ -966,8 +1009,14 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
             ("history", None, Some(&**channel), None)
         }
         Command::Unsubscribe { channel } => ("unsubscribe", None, Some(&**channel), None),
-        Command::Publish { channel, data, key } => {
+        Command::Publish {
+            channel,
+            data,
+            key,
+            meta,
+        } => {
             publish_key = key.as_deref();
+            publish_meta = meta.as_ref();
             ("publish", None, Some(&**channel), Some(data))
         }
         Command::Ping => ("ping", None, None, None),
@@ -989,19 +1038,22 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         }
         Format::Json => serde_json::to_vec(&out).expect("serialising to memory cannot fail"),
     };
-    if let Some(data) = data {
-        // Append the raw data as one more map entry, unchanged.
+    for (name, value) in [("meta", publish_meta), ("data", data)] {
+        let Some(value) = value else { continue };
+        // Append the raw value as one more map entry, unchanged.
         match format {
             Format::MsgPack => {
-                // The map header is a fixmap (at most 4 entries so far): bump its count.
+                // The map header is a fixmap (at most 6 entries so far): bump its count.
                 bytes[0] += 1;
-                rmp::encode::write_str(&mut bytes, "data").expect("vec write");
-                bytes.extend_from_slice(data.raw);
+                rmp::encode::write_str(&mut bytes, name).expect("vec write");
+                bytes.extend_from_slice(value.raw);
             }
             Format::Json => {
                 bytes.pop();
-                bytes.extend_from_slice(b",\"data\":");
-                bytes.extend_from_slice(data.raw);
+                bytes.extend_from_slice(b",\"");
+                bytes.extend_from_slice(name.as_bytes());
+                bytes.extend_from_slice(b"\":");
+                bytes.extend_from_slice(value.raw);
                 bytes.push(b'}');
             }
         }
@@ -1062,6 +1114,7 @@ mod tests {
     fn msgpack_commands_keep_data_raw() {
         let data =
             rmp_serde::to_vec_named(&serde_json::json!({"text": "hi", "n": [1, 2, 3]})).unwrap();
+        let meta = rmp_serde::to_vec_named(&serde_json::json!({"type": "image/png"})).unwrap();
         let req = Request {
             id: 42,
             command: Command::Publish {
@@ -1071,6 +1124,10 @@ mod tests {
                     raw: &data,
                 },
                 key: Some("client-msg-17".into()),
+                meta: Some(Payload {
+                    format: Format::MsgPack,
+                    raw: &meta,
+                }),
             },
         };
         let bytes = encode_request(Format::MsgPack, &req);
@@ -1131,6 +1188,7 @@ mod tests {
             channel,
             position,
             data,
+            ..
         } = decode_server_message(Format::MsgPack, &p).unwrap()
         else {
             panic!()
@@ -1244,7 +1302,7 @@ mod tests {
             format: Format::MsgPack,
             raw: &mp_raw,
         };
-        let pubs = [(8u64, json), (9u64, mp)];
+        let pubs = [(8u64, None, json), (9u64, Some(json), mp)];
         for out in Format::ALL {
             let f = encode_stream_reply(out, 5, top, Some(true), pubs.iter().copied()).unwrap();
             let p = payload_of(&f);
@@ -1256,7 +1314,7 @@ mod tests {
                 v,
                 serde_json::json!({"id": 5, "result": {"epoch": "0000000000000abc", "offset": 9,
                     "recovered": true, "publications": [{"offset": 8, "data": {"t": "x"}},
-                    {"offset": 9, "data": 7}]}})
+                    {"offset": 9, "meta": {"t": "x"}, "data": 7}]}})
             );
             let f = encode_stream_reply(out, 6, top, None, [].iter().copied()).unwrap();
             let p = payload_of(&f);
@@ -1348,15 +1406,17 @@ mod tests {
                 Format::Json => serde_json::to_vec(&value).unwrap(),
                 Format::MsgPack => rmp_serde::to_vec_named(&value).unwrap(),
             };
-            let req = Request { id, command: Command::Publish { channel: channel.clone().into(), data: Payload { format, raw: &raw }, key: None } };
+            let req = Request { id, command: Command::Publish { channel: channel.clone().into(), data: Payload { format, raw: &raw }, key: None, meta: Some(Payload { format, raw: &raw }) } };
             let bytes = encode_request(format, &req);
             prop_assert_eq!(decode_request(format, &bytes).unwrap(), req);
             // The publication carries the same value to both formats.
             for out in Format::ALL {
                 let pos = Position { epoch: offset.wrapping_mul(31), offset };
-                let f = encode_publication(out, &channel, pos, Payload { format, raw: &raw }).unwrap();
+                let f = encode_publication_with_meta(out, &channel, pos, Some(Payload { format, raw: &raw }), Payload { format, raw: &raw }).unwrap();
                 let p = payload_of(&f);
-                let ServerMessage::Publication { channel: c, position, data } = decode_server_message(out, &p).unwrap() else { panic!() };
+                let ServerMessage::Publication { channel: c, position, data, meta } = decode_server_message(out, &p).unwrap() else { panic!() };
+                let meta = meta.expect("meta travels");
+                prop_assert_eq!(meta.raw, data.raw);
                 prop_assert_eq!(position, Some(pos));
                 prop_assert_eq!(&c, &channel);
                 let back: serde_json::Value = match out {

@@ -92,6 +92,7 @@ impl Protocol for Switchboard {
                     raw: &raw,
                 },
                 key: None,
+                meta: None,
             },
         };
         self.out(&req)
