@@ -436,6 +436,41 @@ fn outq_write_prep(c: &mut Criterion) {
     g.finish();
 }
 
+/// The owner shard's per-publication stream work: the channel's next position, plus
+/// (with history on) keeping the payload, among 10,000 live channels.
+fn streams(c: &mut Criterion) {
+    use switchboard_engine::streams::{Entry, Streams};
+    let mut g = c.benchmark_group("streams");
+    let names: Vec<String> = (0..10_000).map(|i| format!("room:{i}")).collect();
+    let mut st = Streams::new(7);
+    for n in &names {
+        st.next(n, 0);
+    }
+    let payload = bytes::Bytes::from(payload64());
+    let mut i = 0usize;
+    g.bench_function("next_position_among_10k_channels", |b| {
+        b.iter(|| {
+            i = (i + 1) % names.len();
+            black_box(st.next(black_box(&names[i]), 1))
+        })
+    });
+    g.bench_function("next_position_and_retain_64_of_history", |b| {
+        b.iter(|| {
+            i = (i + 1) % names.len();
+            let pos = st.next(&names[i], 1);
+            let entry = Entry {
+                offset: pos.offset,
+                tick: 1,
+                data: bytes::Bytes::copy_from_slice(&payload),
+                meta: None,
+                format: Format::MsgPack,
+            };
+            st.retain(&names[i], entry, 64, 3000);
+        })
+    });
+    g.finish();
+}
+
 fn core_tick_of_first_visit() -> u64 {
     50
 }
@@ -443,6 +478,6 @@ fn core_tick_of_first_visit() -> u64 {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = frame_decode, frame_encode, unmask, envelopes, fanout, channel_index, cross_shard, jwt, heartbeat_wheel, outq_write_prep
+    targets = frame_decode, frame_encode, unmask, envelopes, fanout, channel_index, cross_shard, jwt, heartbeat_wheel, outq_write_prep, streams
 }
 criterion_main!(benches);

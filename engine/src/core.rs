@@ -118,10 +118,6 @@ pub struct Conn {
     out: OutQueue,
     /// Channels subscribed, for cleanup on close.
     subs: Vec<Arc<str>>,
-    /// Subscriptions waiting for their channel owner's answer (position, recovery):
-    /// live publications of these channels are not delivered to this connection yet
-    /// (they are covered by the answer).
-    starting: Vec<Arc<str>>,
     /// Set once authenticated.
     identity: Option<Arc<Identity>>,
     /// Token from `Authorization: Bearer` on the upgrade, used by a token-less `connect`.
@@ -182,6 +178,9 @@ pub struct ShardCore {
     shutting_down: bool,
     /// Positions of the channels this shard owns.
     streams: Streams,
+    /// Per channel, the connections whose subscribe waits for the owner's answer
+    /// (position, recovery): live publications are held back from them meanwhile.
+    starting: HashMap<Arc<str>, Vec<u32>>,
 }
 
 /// A seed for new epochs that differs per process start and per shard.
@@ -252,6 +251,7 @@ impl ShardCore {
             latency: Vec::new(),
             shutting_down: false,
             streams: Streams::new(stream_seed(id)),
+            starting: HashMap::new(),
             cfg,
         }
     }
@@ -313,7 +313,6 @@ impl ShardCore {
             assembler: MessageAssembler::default(),
             out: OutQueue::default(),
             subs: Vec::new(),
-            starting: Vec::new(),
             identity: None,
             bearer: None,
         }) as u32;
@@ -640,9 +639,8 @@ impl ShardCore {
         let Some((name, change)) = self.channels.subscribe(channel, slot, format) else {
             return self.reply_err(slot, id, ErrorCode::AlreadySubscribed, "already subscribed");
         };
-        let conn = &mut self.conns[slot as usize];
-        conn.subs.push(name.clone());
-        conn.starting.push(name.clone());
+        self.conns[slot as usize].subs.push(name.clone());
+        self.starting.entry(name.clone()).or_default().push(slot);
         let others = self.mesh.shards() - 1;
         if change.before != change.after && others > 0 {
             // Answer only once every other shard routes this channel's publications
@@ -723,14 +721,12 @@ impl ShardCore {
         if conn.gen != r.conn.gen || conn.state != ConnState::Open {
             return;
         }
+        let format = conn.format;
         if r.subscribe {
             // Absent if the client unsubscribed meanwhile; the subscribe still gets
             // its answer.
-            if let Some(i) = conn.starting.iter().position(|c| *c == r.channel) {
-                conn.starting.swap_remove(i);
-            }
+            self.stop_holding(&r.channel, slot);
         }
-        let format = conn.format;
         if r.subscribe && r.recovered.is_none() {
             // A plain subscribe: the position the subscription starts after.
             return self.reply_position(slot, r.req_id, r.top);
@@ -782,11 +778,8 @@ impl ShardCore {
             .position(|c| &**c == channel)
             .expect("index and conn agree");
         let name = subs.swap_remove(pos);
-        let starting = &mut self.conns[slot as usize].starting;
-        if let Some(i) = starting.iter().position(|c| *c == name) {
-            // The subscribe is still answered when the owner's reply arrives.
-            starting.swap_remove(i);
-        }
+        // A subscribe still waiting is answered when the owner's reply arrives.
+        self.stop_holding(&name, slot);
         if change.before != change.after {
             self.announce(&name, change.after, false);
         }
@@ -968,6 +961,15 @@ impl ShardCore {
         };
         let limit = self.cfg.max_outbound_bytes;
         let mut delivered = 0u64;
+        // Subscribers whose subscribe awaits the owner's answer get nothing yet (the
+        // answer covers it). Looked up once per publication, and only when some
+        // subscription on this shard is starting, to keep the per-subscriber loop as
+        // it was.
+        let holding: &[u32] = if self.starting.is_empty() {
+            &[]
+        } else {
+            self.starting.get(&p.channel).map_or(&[], |v| &v[..])
+        };
         for &slot in entry.subscribers.iter() {
             let Some(conn) = self.conns.get_mut(slot as usize) else {
                 continue;
@@ -975,8 +977,7 @@ impl ShardCore {
             let Some(frame) = &p.frames[conn.format.index()] else {
                 continue;
             };
-            if !conn.starting.is_empty() && conn.starting.contains(&p.channel) {
-                // Covered by the owner's answer to this subscribe (position/recovery).
+            if !holding.is_empty() && holding.contains(&slot) {
                 continue;
             }
             if conn.out.push(frame.clone(), limit).is_err() {
@@ -1085,13 +1086,26 @@ impl ShardCore {
     fn detach(&mut self, slot: u32) {
         let conn = &mut self.conns[slot as usize];
         let subs = std::mem::take(&mut conn.subs);
-        conn.starting = Vec::new();
         let format = conn.format;
         for name in subs {
+            self.stop_holding(&name, slot);
             if let Some(change) = self.channels.unsubscribe(&name, slot, format) {
                 if change.before != change.after {
                     self.announce(&name, change.after, false);
                 }
+            }
+        }
+    }
+
+    /// `slot`'s subscription to `channel` is no longer waiting for the owner.
+    fn stop_holding(&mut self, channel: &str, slot: u32) {
+        if self.starting.is_empty() {
+            return;
+        }
+        if let Some(v) = self.starting.get_mut(channel) {
+            v.retain(|&s| s != slot);
+            if v.is_empty() {
+                self.starting.remove(channel);
             }
         }
     }
