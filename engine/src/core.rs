@@ -181,6 +181,10 @@ pub struct ShardCore {
     /// Per channel, the connections whose subscribe waits for the owner's answer
     /// (position, recovery): live publications are held back from them meanwhile.
     starting: HashMap<Arc<str>, Vec<u32>>,
+    /// The backend wakes other shards (see [`ShardCore::defer_wakes`]).
+    defer_wakes: bool,
+    /// Shards to wake, a bit each.
+    wakes: u64,
 }
 
 /// A seed for new epochs that differs per process start and per shard.
@@ -252,6 +256,8 @@ impl ShardCore {
             shutting_down: false,
             streams: Streams::new(stream_seed(id)),
             starting: HashMap::new(),
+            defer_wakes: false,
+            wakes: 0,
             cfg,
         }
     }
@@ -1130,19 +1136,62 @@ impl ShardCore {
             self.spill.push_back((shard, msg));
             return;
         }
-        if let Err(msg) = self.mesh.inbox(shard as usize).push(msg) {
-            ShardMetrics::add(&self.metrics.mesh_spilled, 1);
-            self.spill.push_back((shard, msg));
+        self.push_to(shard, msg);
+    }
+
+    /// Push to `shard`'s inbox and wake it now, or (with deferred wake-ups) note it
+    /// for the backend; a full inbox spills.
+    #[inline]
+    fn push_to(&mut self, shard: u16, msg: ShardMsg) -> bool {
+        let inbox = self.mesh.inbox(shard as usize);
+        match inbox.push_quiet(msg) {
+            Ok(true) => {
+                if self.defer_wakes {
+                    self.wakes |= 1 << shard;
+                } else {
+                    inbox.wake();
+                }
+                true
+            }
+            Ok(false) => true,
+            Err(msg) => {
+                ShardMetrics::add(&self.metrics.mesh_spilled, 1);
+                self.spill.push_back((shard, msg));
+                false
+            }
         }
+    }
+
+    /// Let the backend wake other shards itself (batched with its own I/O):
+    /// [`ShardCore::take_wakes`] then lists the shards to wake.
+    pub fn defer_wakes(&mut self) {
+        self.defer_wakes = true;
+    }
+
+    /// Shards (bit per shard) pushed to since the last call that must be woken.
+    pub fn take_wakes(&mut self) -> u64 {
+        std::mem::take(&mut self.wakes)
     }
 
     /// Retry messages that found another shard's inbox full. Returns whether some
     /// are still waiting.
     pub fn retry_spill(&mut self) -> bool {
         while let Some((shard, msg)) = self.spill.pop_front() {
-            if let Err(msg) = self.mesh.inbox(shard as usize).push(msg) {
-                self.spill.push_front((shard, msg));
-                return true;
+            let inbox = self.mesh.inbox(shard as usize);
+            match inbox.push_quiet(msg) {
+                Ok(wake) => {
+                    if wake {
+                        if self.defer_wakes {
+                            self.wakes |= 1 << shard;
+                        } else {
+                            inbox.wake();
+                        }
+                    }
+                }
+                Err(msg) => {
+                    self.spill.push_front((shard, msg));
+                    return true;
+                }
             }
         }
         false

@@ -187,6 +187,9 @@ pub enum ShardMsg {
 /// One shard's inbox.
 #[derive(Debug)]
 pub struct Inbox {
+    /// The shard's io_uring fd, once it runs on io_uring (-1 otherwise): other io_uring
+    /// shards wake it with a ring message instead of the eventfd.
+    ring_fd: std::sync::atomic::AtomicI32,
     queue: ArrayQueue<ShardMsg>,
     /// Set by the first sender after a drain; cleared by the shard before draining.
     notified: AtomicBool,
@@ -201,11 +204,34 @@ impl Inbox {
             return Err(std::io::Error::last_os_error());
         }
         Ok(Inbox {
+            ring_fd: std::sync::atomic::AtomicI32::new(-1),
             queue: ArrayQueue::new(capacity),
             notified: AtomicBool::new(false),
             // SAFETY: fd was just created and is owned by nobody else.
             eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
+    }
+
+    /// Push a message without waking the shard; returns whether the caller must wake
+    /// it (it was not yet notified since its last drain): with [`Inbox::wake`], or
+    /// another way that ends in [`Inbox::clear_notified`] before the shard drains.
+    #[inline]
+    pub fn push_quiet(&self, msg: ShardMsg) -> Result<bool, ShardMsg> {
+        self.queue.push(msg)?;
+        Ok(!self.notified.swap(true, Ordering::AcqRel))
+    }
+
+    /// Wake the shard through its eventfd.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a valid u64 to our own eventfd.
+        unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Shard side, woken other than by the eventfd (an io_uring message): reset the
+    /// notification before draining, so a push during the drain wakes it again.
+    pub fn clear_notified(&self) {
+        self.notified.store(false, Ordering::Release);
     }
 
     /// Push a message; gives it back if the inbox is full.
@@ -218,6 +244,17 @@ impl Inbox {
             unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
         }
         Ok(())
+    }
+
+    /// The shard's io_uring fd, if it runs on io_uring.
+    pub fn ring_fd(&self) -> Option<RawFd> {
+        let fd = self.ring_fd.load(Ordering::Acquire);
+        (fd >= 0).then_some(fd)
+    }
+
+    /// Shard side: publish (or with -1, withdraw) the shard's io_uring fd.
+    pub fn set_ring_fd(&self, fd: RawFd) {
+        self.ring_fd.store(fd, Ordering::Release);
     }
 
     /// The eventfd the shard's reactor watches.

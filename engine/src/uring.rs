@@ -38,6 +38,11 @@
 //! completion). A cancelled operation still completes (`-ECANCELED`); only then is its
 //! memory reused.
 //!
+//! Other shards on io_uring wake this one with `IORING_OP_MSG_RING` (a completion in
+//! our ring, no eventfd), and this one wakes them the same way: the core defers its
+//! wake-ups ([`ShardCore::defer_wakes`]) and each turn sends one ring message per shard
+//! it pushed to. Control-plane threads still use the inbox's eventfd.
+//!
 //! Rare paths use plain syscalls: `getpeername` and `TCP_NODELAY` per accepted socket,
 //! `shutdown(SHUT_WR)` when a close frame has gone out, and the refusal answer (503/429).
 
@@ -81,6 +86,11 @@ const OP_SEND: u64 = 3;
 const OP_INBOX: u64 = 4;
 const OP_CANCEL: u64 = 5;
 const OP_CLOSE: u64 = 6;
+/// Our ring message to another shard's ring went out (slot: the target shard).
+const OP_WAKE_SENT: u64 = 7;
+/// Another io_uring shard pushed to our inbox and woke us with a ring message. Not an
+/// operation of ours: it does not count as outstanding.
+const OP_WAKE_IN: u64 = 8;
 
 #[inline]
 fn user_data(op: u64, slot: u32, gen: u32) -> u64 {
@@ -121,6 +131,7 @@ pub(crate) fn probe(cfg: &EngineConfig) -> Result<(), String> {
         ("POLL_ADD", opcode::PollAdd::CODE),
         ("ASYNC_CANCEL", opcode::AsyncCancel2::CODE),
         ("CLOSE", opcode::Close::CODE),
+        ("MSG_RING", opcode::MsgRingData::CODE),
     ] {
         if !probe.is_supported(code) {
             return Err(format!("the kernel's io_uring does not support {name}"));
@@ -543,6 +554,8 @@ impl Shard {
         let mut drain_deadline: Option<Instant> = None;
         self.arm_inbox();
         self.arm_accept();
+        self.core.defer_wakes();
+        self.mesh.inbox(self.id).set_ring_fd(self.ring.as_raw_fd());
         self.core.metrics().accepting.store(true, Ordering::Release);
         tracing::debug!(shard = self.id, "accepting (io_uring)");
         loop {
@@ -594,6 +607,9 @@ impl Shard {
             .metrics()
             .accepting
             .store(false, Ordering::Release);
+        // From now on others wake us (if at all) through the eventfd.
+        self.mesh.inbox(self.id).set_ring_fd(-1);
+        self.wake_shards();
         let left = self.core.connections();
         self.close_everything();
         tracing::info!(shard = self.id, connections_left = left, "shard stopped");
@@ -639,9 +655,20 @@ impl Shard {
 
     fn on_cqe(&mut self, ud: u64, res: i32, flags: u32) {
         let (op, gen, slot) = split_user_data(ud);
+        if op == OP_WAKE_IN {
+            self.mesh.inbox(self.id).clear_notified();
+            return self.drain_inbox();
+        }
         let more = cqueue::more(flags);
         if !more {
             self.outstanding -= 1;
+        }
+        if op == OP_WAKE_SENT {
+            if res < 0 {
+                // The target's ring is gone (it stopped): its eventfd still works.
+                self.mesh.inbox(slot as usize).wake();
+            }
+            return;
         }
         match op {
             OP_RECV => self.on_recv(slot, gen, res, flags, more),
@@ -817,6 +844,32 @@ impl Shard {
         }
     }
 
+    /// Wake the shards the core pushed messages to: a ring message straight into each
+    /// io_uring shard's completion queue, submitted with this turn's other work (no
+    /// eventfd write here, no eventfd read there).
+    fn wake_shards(&mut self) {
+        let mut wakes = self.core.take_wakes();
+        while wakes != 0 {
+            let shard = wakes.trailing_zeros() as usize;
+            wakes &= wakes - 1;
+            let inbox = self.mesh.inbox(shard);
+            match inbox.ring_fd() {
+                Some(fd) => {
+                    let sqe = opcode::MsgRingData::new(
+                        types::Fd(fd),
+                        0,
+                        user_data(OP_WAKE_IN, 0, 0),
+                        None,
+                    )
+                    .build()
+                    .user_data(user_data(OP_WAKE_SENT, shard as u32, 0));
+                    self.push(&sqe);
+                }
+                None => inbox.wake(),
+            }
+        }
+    }
+
     /// After the core ran: tear down closed connections, write queued frames, re-arm.
     fn after_core(&mut self) {
         let mut list = std::mem::take(&mut self.scratch);
@@ -852,6 +905,7 @@ impl Shard {
             }
         }
         self.core.retry_spill();
+        self.wake_shards();
     }
 
     fn core_state(&self, slot: u32) -> Option<ConnState> {
