@@ -34,7 +34,7 @@
 //! and reads from pinned frames after the submission returns, so both stay allocated
 //! until the completion says the kernel is done: the buffer ring and its buffers until
 //! the ring is gone; a send's frames pinned in the connection's queue, and its
-//! [`SendOp`], until its CQE (the connection leaves the core only after its last
+//! `SendOp`, until its CQE (the connection leaves the core only after its last
 //! completion). A cancelled operation still completes (`-ECANCELED`); only then is its
 //! memory reused.
 //!
