@@ -150,6 +150,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A stored value (one MessagePack or JSON value, as published) as JSON. Stored
+/// values were validated when published, so a failure here cannot happen; it would
+/// show as null rather than fail the whole response.
+fn as_json(format: Format, raw: &[u8]) -> serde_json::Value {
+    match format {
+        Format::Json => serde_json::from_slice(raw),
+        Format::MsgPack => rmp_serde::from_slice(raw).map_err(serde::de::Error::custom),
+    }
+    .unwrap_or(serde_json::Value::Null)
+}
+
 /// Query of `GET /api/history`.
 #[derive(Deserialize)]
 struct HistoryQuery {
@@ -215,16 +226,9 @@ async fn history(
     };
     let mut publications = Vec::with_capacity(reply.publications.len());
     for e in &reply.publications {
-        let data: serde_json::Value = match e.format {
-            Format::Json => serde_json::from_slice(&e.data).unwrap_or(serde_json::Value::Null),
-            Format::MsgPack => rmp_serde::from_slice(&e.data).unwrap_or(serde_json::Value::Null),
-        };
-        let mut p = json!({"offset": e.offset, "data": data});
+        let mut p = json!({"offset": e.offset, "data": as_json(e.format, &e.data)});
         if let Some(meta) = &e.meta {
-            p["meta"] = match e.format {
-                Format::Json => serde_json::from_slice(meta).unwrap_or(serde_json::Value::Null),
-                Format::MsgPack => rmp_serde::from_slice(meta).unwrap_or(serde_json::Value::Null),
-            };
+            p["meta"] = as_json(e.format, meta);
         }
         publications.push(p);
     }

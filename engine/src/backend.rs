@@ -14,7 +14,7 @@
 //!    connection's frames in one vectored write or submission — reporting bytes with
 //!    `written` and calling `flushed` when a queue empties (`ShutdownWrite` means the
 //!    close frame went out: shut down the write side);
-//! 5. calls `retry_spill` each turn, and records `take_latency_samples` after writing.
+//! 5. calls `retry_spill` each turn, and calls `record_flush_latency` after writing.
 //!
 //! The epoll backend ([`crate::epoll`]) does this with tokio's current-thread runtime;
 //! the io_uring backend ([`crate::uring`]) does the same with completions. A

@@ -818,19 +818,12 @@ impl ShardCore {
         // Another shard owns the channel's stream: it sequences, fans out and tells us
         // the position to answer with.
         let gen = self.conns[slot as usize].gen;
-        let req = SequenceReq {
-            channel: channel.into(),
-            data: Bytes::copy_from_slice(data.raw),
-            format: data.format,
-            created: Instant::now(),
-            key: key.map(Box::from),
-            meta: meta.map(|m| Bytes::copy_from_slice(m.raw)),
-            reply: PublishReply::Client {
-                shard: self.id,
-                conn: ConnKey { slot, gen },
-                req_id: id,
-            },
+        let reply = PublishReply::Client {
+            shard: self.id,
+            conn: ConnKey { slot, gen },
+            req_id: id,
         };
+        let req = SequenceReq::new(channel, data, meta, key, reply);
         self.send_to(owner, ShardMsg::Sequence(Box::new(req)));
     }
 
@@ -869,15 +862,7 @@ impl ShardCore {
                 .sequence(channel, data, None, Instant::now(), None)
                 .map(|_| ());
         }
-        let req = SequenceReq {
-            channel: channel.into(),
-            data: Bytes::copy_from_slice(data.raw),
-            format: data.format,
-            created: Instant::now(),
-            key: None,
-            meta: None,
-            reply: PublishReply::None,
-        };
+        let req = SequenceReq::new(channel, data, None, None, PublishReply::None);
         self.send_to(owner, ShardMsg::Sequence(Box::new(req)));
         Ok(())
     }
@@ -1143,23 +1128,29 @@ impl ShardCore {
     /// for the backend; a full inbox spills.
     #[inline]
     fn push_to(&mut self, shard: u16, msg: ShardMsg) -> bool {
-        let inbox = self.mesh.inbox(shard as usize);
-        match inbox.push_quiet(msg) {
-            Ok(true) => {
-                if self.defer_wakes {
-                    self.wakes |= 1 << shard;
-                } else {
-                    inbox.wake();
-                }
-                true
-            }
-            Ok(false) => true,
+        match self.push_and_wake(shard, msg) {
+            Ok(()) => true,
             Err(msg) => {
                 ShardMetrics::add(&self.metrics.mesh_spilled, 1);
                 self.spill.push_back((shard, msg));
                 false
             }
         }
+    }
+
+    /// Push to `shard`'s inbox; if it needs waking, wake it now or note it for the
+    /// backend. Gives the message back if the inbox is full.
+    #[inline]
+    fn push_and_wake(&mut self, shard: u16, msg: ShardMsg) -> Result<(), ShardMsg> {
+        let inbox = self.mesh.inbox(shard as usize);
+        if inbox.push_quiet(msg)? {
+            if self.defer_wakes {
+                self.wakes |= 1 << shard;
+            } else {
+                inbox.wake();
+            }
+        }
+        Ok(())
     }
 
     /// Let the backend wake other shards itself (batched with its own I/O):
@@ -1177,21 +1168,9 @@ impl ShardCore {
     /// are still waiting.
     pub fn retry_spill(&mut self) -> bool {
         while let Some((shard, msg)) = self.spill.pop_front() {
-            let inbox = self.mesh.inbox(shard as usize);
-            match inbox.push_quiet(msg) {
-                Ok(wake) => {
-                    if wake {
-                        if self.defer_wakes {
-                            self.wakes |= 1 << shard;
-                        } else {
-                            inbox.wake();
-                        }
-                    }
-                }
-                Err(msg) => {
-                    self.spill.push_front((shard, msg));
-                    return true;
-                }
+            if let Err(msg) = self.push_and_wake(shard, msg) {
+                self.spill.push_front((shard, msg));
+                return true;
             }
         }
         false
@@ -1275,6 +1254,19 @@ impl ShardCore {
     /// Publication creation times delivered since the last call (for latency metrics).
     pub fn take_latency_samples(&mut self) -> std::vec::Drain<'_, Instant> {
         self.latency.drain(..)
+    }
+
+    /// The backend has written this turn's frames: record publish-to-flush latency
+    /// for the publications delivered since the last call.
+    pub fn record_flush_latency(&mut self) {
+        if self.latency.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for created in self.latency.drain(..) {
+            self.metrics
+                .observe_latency_us(now.saturating_duration_since(created).as_micros() as u64);
+        }
     }
 
     /// The shard's metrics.

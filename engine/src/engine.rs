@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use crossbeam_channel::Sender;
 use switchboard_protocol::{envelope, Payload};
 
@@ -239,15 +238,7 @@ impl EngineHandle {
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let owner = streams::owner(channel, self.shards());
-        let req = SequenceReq {
-            channel: channel.into(),
-            data: Bytes::copy_from_slice(data.raw),
-            format: data.format,
-            created: Instant::now(),
-            key: key.map(Box::from),
-            meta: meta.map(|m| Bytes::copy_from_slice(m.raw)),
-            reply: PublishReply::Api(tx),
-        };
+        let req = SequenceReq::new(channel, data, meta, key, PublishReply::Api(tx));
         self.mesh
             .inbox(owner as usize)
             .push(ShardMsg::Sequence(Box::new(req)))

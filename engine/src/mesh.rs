@@ -17,7 +17,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 
-use switchboard_protocol::{Format, Position};
+use switchboard_protocol::{Format, Payload, Position};
 
 use crate::auth::{AuthFailure, Identity};
 use crate::core::ConnKey;
@@ -59,6 +59,28 @@ pub struct SequenceReq {
 /// A sequenced publication's position, and whether it was a retry of an earlier one
 /// (same idempotency key within the window: not delivered again).
 pub type Sequenced = Result<(Position, bool), String>;
+
+impl SequenceReq {
+    /// A publication to hand to the channel's owner: the payload (and metadata) are
+    /// copied out of the caller's buffer, stamped with the current time.
+    pub fn new(
+        channel: &str,
+        data: Payload<'_>,
+        meta: Option<Payload<'_>>,
+        key: Option<&str>,
+        reply: PublishReply,
+    ) -> SequenceReq {
+        SequenceReq {
+            channel: channel.into(),
+            data: Bytes::copy_from_slice(data.raw),
+            format: data.format,
+            created: Instant::now(),
+            key: key.map(Box::from),
+            meta: meta.map(|m| Bytes::copy_from_slice(m.raw)),
+            reply,
+        }
+    }
+}
 
 /// Where the position of a sequenced publication goes.
 #[derive(Debug)]
@@ -224,7 +246,8 @@ impl Inbox {
     /// Wake the shard through its eventfd.
     pub fn wake(&self) {
         let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a valid u64 to our own eventfd.
+        // SAFETY: writing 8 bytes from a valid u64 to our own eventfd. A failure
+        // (counter overflow) cannot happen with value 1 before 2^64 writes.
         unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
@@ -236,12 +259,8 @@ impl Inbox {
 
     /// Push a message; gives it back if the inbox is full.
     pub fn push(&self, msg: ShardMsg) -> Result<(), ShardMsg> {
-        self.queue.push(msg)?;
-        if !self.notified.swap(true, Ordering::AcqRel) {
-            let one: u64 = 1;
-            // SAFETY: writing 8 bytes from a valid u64 to our own eventfd. A failure
-            // (counter overflow) cannot happen with value 1 before 2^64 writes.
-            unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if self.push_quiet(msg)? {
+            self.wake();
         }
         Ok(())
     }

@@ -892,18 +892,7 @@ impl Shard {
         rearm.clear();
         self.rearm = rearm;
         self.scratch = list;
-        let metrics = self.core.metrics().clone();
-        {
-            let mut samples = self.core.take_latency_samples().peekable();
-            if samples.peek().is_some() {
-                let now = Instant::now();
-                for created in samples {
-                    metrics.observe_latency_us(
-                        now.saturating_duration_since(created).as_micros() as u64
-                    );
-                }
-            }
-        }
+        self.core.record_flush_latency();
         self.core.retry_spill();
         self.wake_shards();
     }
