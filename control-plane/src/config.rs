@@ -356,6 +356,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("auth.hmac_secret"), "{e}");
+        // The keys of the io_uring backend and of channel streams.
+        let f = write("[engine]\nio = \"kqueue\"\n");
+        let e = Config::load(Some(&f.0), &env(&[])).unwrap_err().to_string();
+        assert!(e.contains("io") && e.contains("kqueue"), "{e}");
+        for (var, value, key) in [
+            ("SWITCHBOARD_ENGINE__IO", "fast", "engine.io"),
+            (
+                "SWITCHBOARD_ENGINE__URING_BUFFERS",
+                "1000",
+                "engine.uring_buffers",
+            ),
+            (
+                "SWITCHBOARD_ENGINE__URING_BUFFER_BYTES",
+                "100",
+                "engine.uring_buffer_bytes",
+            ),
+            (
+                "SWITCHBOARD_ENGINE__STREAM_IDLE_MS",
+                "0",
+                "engine.stream_idle_ms",
+            ),
+            (
+                "SWITCHBOARD_ENGINE__HISTORY_TTL_MS",
+                "0",
+                "engine.history_ttl_ms",
+            ),
+            (
+                "SWITCHBOARD_ENGINE__DEDUPE_WINDOW_MS",
+                "0",
+                "engine.dedupe_window_ms",
+            ),
+            ("SWITCHBOARD_ENGINE__HISTORY_SIZE", "-1", "history_size"),
+        ] {
+            let e = Config::load(None, &env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{var}={value}: {e}");
+        }
         assert!(matches!(
             Config::load(Some(Path::new("/nonexistent.toml")), &env(&[])),
             Err(ConfigError::Read { .. })
