@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 use switchboard_engine::{EngineHandle, PublishError};
-use switchboard_protocol::{Format, Payload};
+use switchboard_protocol::{ErrorCode, Format, Payload};
 
 use crate::auth::AuthStats;
 use crate::metrics::{self, ApiStats};
@@ -308,7 +308,25 @@ async fn publish(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Bod
     {
         Ok(ticket) => match tokio::time::timeout(std::time::Duration::from_secs(5), ticket).await {
             Ok(Ok(Ok(position))) => Ok(position),
-            Ok(Ok(Err(why))) => Err(PublishError::Payload(why)),
+            Ok(Ok(Err(why))) => {
+                return match why.code {
+                    ErrorCode::Overloaded => refused(error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded",
+                        &why.message,
+                    )),
+                    ErrorCode::Unavailable => refused(error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store_unavailable",
+                        &why.message,
+                    )),
+                    _ => refused(error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_payload",
+                        &why.message,
+                    )),
+                }
+            }
             // The owner shard dropped the request (it stopped) or did not answer.
             Ok(Err(_)) | Err(_) => Err(PublishError::Overloaded),
         },

@@ -5,11 +5,14 @@
 //! that names the key. The environment is read through [`Env`] so tests never touch the
 //! real one. Does not own command-line flags (`main`), which override both.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use switchboard_engine::EngineConfig;
+use switchboard_engine::{Durability, EngineConfig, NamespacePolicy};
+
+use crate::store::StoreConfig;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +26,26 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Durable storage (SQLite).
+    pub store: StoreConfig,
+    /// Per-namespace settings, `[namespaces.NAME]`: a channel's namespace is the part
+    /// of its name before the first `:`.
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+}
+
+/// `[namespaces.NAME]`: how the channels `NAME:*` behave.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// `none` (memory only), `async` (acknowledged when sequenced, stored within the
+    /// writer's backlog bound) or `sync` (acknowledged and delivered once stored).
+    pub durability: Durability,
+    /// Publications kept per channel for history and recovery (default:
+    /// `engine.history_size`).
+    pub history_size: Option<usize>,
+    /// Kept publications older than this are not served and are deleted (default:
+    /// `engine.history_ttl_ms`).
+    pub history_ttl_ms: Option<u64>,
 }
 
 /// `[auth]`: how tokens are verified.
@@ -188,7 +211,10 @@ impl Config {
                 continue;
             };
             let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
-            if !matches!(section.as_str(), "engine" | "auth" | "admin" | "log") {
+            if !matches!(
+                section.as_str(),
+                "engine" | "auth" | "admin" | "log" | "store"
+            ) {
                 return Err(ConfigError::Env {
                     var,
                     message: format!("unknown section '{section}'"),
@@ -222,9 +248,40 @@ impl Config {
         Ok(config)
     }
 
+    /// The engine settings with the namespaces' stream policies filled in.
+    pub fn engine_config(&self) -> EngineConfig {
+        let mut engine = self.engine.clone();
+        engine.namespaces = self
+            .namespaces
+            .iter()
+            .map(|(name, ns)| NamespacePolicy {
+                name: name.clone(),
+                durability: ns.durability,
+                history_size: ns.history_size.unwrap_or(self.engine.history_size),
+                history_ttl_ms: ns.history_ttl_ms.unwrap_or(self.engine.history_ttl_ms),
+            })
+            .collect();
+        engine
+    }
+
     /// Check ranges; the message names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.engine.validate().map_err(ConfigError::Invalid)?;
+        for name in self.namespaces.keys() {
+            let ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "namespaces.{name}: a namespace name is 1 to 64 of A-Z a-z 0-9 _ - ."
+                )));
+            }
+        }
+        self.engine_config()
+            .validate()
+            .map_err(ConfigError::Invalid)?;
+        self.store.validate().map_err(ConfigError::Invalid)?;
         if self.auth.threads == 0 {
             return Err(ConfigError::Invalid(
                 "auth.threads must be greater than 0".into(),

@@ -6,6 +6,8 @@
 //! - [`auth`]: JWT verification and minting; worker threads answering the shards.
 //! - [`admin`]: health, Prometheus metrics, `POST /api/publish` (axum).
 //! - [`metrics`]: Prometheus text rendering.
+//! - [`store`]: durable channel streams in SQLite (the writer behind the engine's
+//!   journal seam).
 //! - [`server`]: start-up and shutdown of engine, workers and admin API.
 //!
 //! The binary (`switchboard`) parses flags and signals; everything else is here so
@@ -16,6 +18,7 @@ pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod server;
+pub mod store;
 
 pub use config::Config;
 pub use server::Server;

@@ -16,6 +16,7 @@ use crate::admin::{self, AdminState};
 use crate::auth::{self, AuthStats, Verifier};
 use crate::config::Config;
 use crate::metrics::ApiStats;
+use crate::store::{self, StoreHandle};
 
 /// Credentials generated for dev mode (no key configured).
 #[derive(Debug, Clone)]
@@ -34,6 +35,7 @@ pub struct Server {
     admin_stop: Option<tokio::sync::oneshot::Sender<()>>,
     admin_thread: Option<std::thread::JoinHandle<()>>,
     auth_threads: Vec<std::thread::JoinHandle<()>>,
+    store: Option<StoreHandle>,
     /// Set in dev mode.
     pub dev: Option<DevCredentials>,
     /// The API key in force (configured, or generated in dev mode).
@@ -72,8 +74,31 @@ impl Server {
             Verifier::new(&cfg.auth, secret.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?,
         );
 
+        let engine_cfg = cfg.engine_config();
+        // The store is read before the shards start, so they continue its streams
+        // before they accept anyone.
+        let opened = store::open(
+            &cfg.store,
+            &engine_cfg.namespaces,
+            engine_cfg.stream_idle_ms,
+        )?;
+        tracing::info!(
+            path = %cfg.store.path.display(),
+            clean = opened.opening.clean,
+            streams = opened.opening.streams,
+            continued = opened.opening.continued,
+            "store opened"
+        );
+        if !opened.opening.clean {
+            tracing::warn!(
+                "the previous run did not stop cleanly: async streams start new epochs, sync streams continue"
+            );
+        }
         let (requests_tx, requests_rx) = crossbeam_channel::bounded(cfg.auth.queue_capacity);
-        let engine = Arc::new(Engine::start(cfg.engine.clone(), requests_tx)?);
+        let mut opened = opened;
+        let durable = opened.take_durable();
+        let engine = Arc::new(Engine::start_with(engine_cfg, requests_tx, durable)?);
+        let store = opened.spawn(engine.sender())?;
         let auth_stats = Arc::new(AuthStats::default());
         let auth_threads = auth::spawn_workers(
             cfg.auth.threads,
@@ -127,6 +152,7 @@ impl Server {
             admin_stop: Some(stop_tx),
             admin_thread: Some(admin_thread),
             auth_threads,
+            store: Some(store),
             dev,
             api_key,
         })
@@ -152,9 +178,18 @@ impl Server {
         self.engine.shutdown();
     }
 
-    /// Wait until the shards have drained and stopped, then stop the admin API.
+    /// The store's writer.
+    pub fn store(&self) -> Option<&StoreHandle> {
+        self.store.as_ref()
+    }
+
+    /// Wait until the shards have drained and stopped, then stop the writer (after it
+    /// wrote everything) and the admin API.
     pub fn wait(mut self) {
         self.engine.join();
+        if let Some(store) = self.store.take() {
+            store.finish();
+        }
         if let Some(stop) = self.admin_stop.take() {
             let _ = stop.send(());
         }

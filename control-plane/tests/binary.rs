@@ -26,6 +26,7 @@ async fn dev_mode_serves_and_sigterm_drains_with_1001() {
         ])
         .env("RUST_LOG", "warn")
         .env("SWITCHBOARD_ENGINE__IO", io_arg())
+        .env("SWITCHBOARD_STORE__PATH", temp_store())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -198,6 +199,7 @@ fn serve_cmd(io: &str) -> Command {
     ])
     .env("RUST_LOG", "warn")
     .env("SWITCHBOARD_AUTH__HMAC_SECRET", SECRET)
+    .env("SWITCHBOARD_STORE__PATH", temp_store())
     .env_remove("SWITCHBOARD_ENGINE__IO");
     cmd
 }

@@ -95,6 +95,11 @@ pub struct EngineConfig {
     /// How long a publish's idempotency key is remembered: a retry with the same key
     /// within this window gets the original position and is not delivered again.
     pub dedupe_window_ms: u64,
+    /// Per-namespace stream settings (durability, retention), set by the control plane
+    /// from its `[namespaces.*]` tables; channels of other namespaces use the values
+    /// above with durability `none`.
+    #[serde(skip)]
+    pub namespaces: Vec<crate::journal::NamespacePolicy>,
 }
 
 impl Default for EngineConfig {
@@ -128,6 +133,7 @@ impl Default for EngineConfig {
             history_size: 64,
             history_ttl_ms: 300_000,
             dedupe_window_ms: 120_000,
+            namespaces: Vec::new(),
         }
     }
 }
@@ -163,6 +169,20 @@ impl EngineConfig {
         for (key, v) in positive {
             if v == 0 {
                 return Err(format!("{key} must be greater than 0"));
+            }
+        }
+        for ns in &self.namespaces {
+            if ns.history_ttl_ms == 0 {
+                return Err(format!(
+                    "namespaces.{}.history_ttl_ms must be greater than 0",
+                    ns.name
+                ));
+            }
+            if ns.durability != crate::journal::Durability::None && ns.history_size == 0 {
+                return Err(format!(
+                    "namespaces.{}.history_size must be greater than 0 when durability is not none",
+                    ns.name
+                ));
             }
         }
         if self.shards > 64 {

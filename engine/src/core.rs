@@ -33,9 +33,12 @@ use switchboard_protocol::{
 use crate::auth::{ControlRequest, Identity};
 use crate::channels::ChannelIndex;
 use crate::config::EngineConfig;
+use crate::journal::{
+    Batch, Durability, JournalLink, Policies, Policy, Record, Refusal as JournalRefusal,
+};
 use crate::mesh::{
-    Mesh, Publication, PublishReply, QueryKind, Refusal, SequenceReq, ShardMsg, StreamQuery,
-    StreamReply,
+    Mesh, Publication, PublishReply, QueryKind, Refusal, Refused, SequenceReq, Sequenced, ShardMsg,
+    StreamQuery, StreamReply,
 };
 use crate::metrics::{CloseKind, ShardMetrics};
 use crate::outq::OutQueue;
@@ -134,6 +137,22 @@ struct InterestRound {
     waiters: Vec<(u32, u32, u32, Option<Position>)>,
 }
 
+/// A `sync` publication sequenced and handed to the store, not yet released.
+#[derive(Debug)]
+struct Pending {
+    /// The journal batch it went in.
+    batch: u64,
+    channel: Arc<str>,
+    position: Position,
+    entry: Entry,
+    /// Frames encoded when it was sequenced (formats needed then).
+    frames: [Option<Bytes>; 2],
+    created: Instant,
+    reply: PublishReply,
+    /// Retries with its idempotency key that arrived while it waited.
+    retries: Vec<PublishReply>,
+}
+
 /// Timeouts converted to ticks.
 #[derive(Debug, Clone, Copy)]
 struct Ticks {
@@ -181,6 +200,16 @@ pub struct ShardCore {
     /// Per channel, the connections whose subscribe waits for the owner's answer
     /// (position, recovery): live publications are held back from them meanwhile.
     starting: HashMap<Arc<str>, Vec<u32>>,
+    /// The store's link (when one is attached).
+    journal: Option<JournalLink>,
+    /// This turn's publications for the store.
+    journal_buf: Vec<Record>,
+    /// Number of the batch `journal_buf` becomes.
+    journal_seq: u64,
+    /// A `sync` publication waits for the batch being filled.
+    journal_notify: bool,
+    /// `sync` publications waiting for the store, in sequencing order.
+    pending: VecDeque<Pending>,
     /// The backend wakes other shards (see [`ShardCore::defer_wakes`]).
     defer_wakes: bool,
     /// Shards to wake, a bit each.
@@ -200,7 +229,7 @@ fn stream_seed(shard: u16) -> u64 {
     u64::from_le_bytes(b) ^ u64::from(shard)
 }
 
-fn ms_to_ticks(ms: u64, tick_ms: u64) -> u32 {
+pub(crate) fn ms_to_ticks(ms: u64, tick_ms: u64) -> u32 {
     ms.div_ceil(tick_ms).max(1).min(u32::MAX as u64) as u32
 }
 
@@ -230,6 +259,17 @@ impl ShardCore {
         .into_iter()
         .max()
         .unwrap_or(1);
+        let default = Policy {
+            durability: Durability::None,
+            keep: cfg.history_size,
+            ttl: ms_to_ticks(cfg.history_ttl_ms, t),
+        };
+        let policies = Arc::new(Policies::new(default, &cfg.namespaces, t));
+        let mut streams = Streams::with_policies(stream_seed(id), policies);
+        let journal = mesh.journal().cloned();
+        for seed in mesh.take_seeds(id) {
+            streams.seed(seed, 0, t);
+        }
         ShardCore {
             id,
             limits: HandshakeLimits {
@@ -254,7 +294,12 @@ impl ShardCore {
             spill: VecDeque::new(),
             latency: Vec::new(),
             shutting_down: false,
-            streams: Streams::new(stream_seed(id)),
+            streams,
+            journal,
+            journal_buf: Vec::new(),
+            journal_seq: 0,
+            journal_notify: false,
+            pending: VecDeque::new(),
             starting: HashMap::new(),
             defer_wakes: false,
             wakes: 0,
@@ -683,7 +728,8 @@ impl ShardCore {
 
     /// On the owner: answer a stream question.
     fn answer(&mut self, q: StreamQuery) -> StreamReply {
-        let ttl = ms_to_ticks(self.cfg.history_ttl_ms, self.cfg.tick_ms);
+        let policy = *self.streams.policy_of(&q.channel);
+        let ttl = policy.ttl;
         let (top, recovered, publications, subscribe) = match q.kind {
             QueryKind::Subscribe { since: None } => (
                 self.streams.touch(&q.channel, self.now),
@@ -700,7 +746,7 @@ impl ShardCore {
                 limit,
                 reverse,
             } => {
-                let limit = (limit as usize).min(self.cfg.history_size);
+                let limit = (limit as usize).min(policy.keep);
                 let (top, h) = self
                     .streams
                     .history(&q.channel, since, limit, reverse, self.now, ttl);
@@ -809,20 +855,17 @@ impl ShardCore {
         }
         ShardMetrics::add(&self.metrics.publications, 1);
         let owner = streams::owner(channel, self.mesh.shards());
-        if owner == self.id {
-            return match self.sequence(channel, data, meta, Instant::now(), key) {
-                Ok((pos, dup)) => self.reply_published(slot, id, pos, dup),
-                Err(e) => self.reply_err(slot, id, ErrorCode::BadRequest, &e.to_string()),
-            };
-        }
-        // Another shard owns the channel's stream: it sequences, fans out and tells us
-        // the position to answer with.
         let gen = self.conns[slot as usize].gen;
         let reply = PublishReply::Client {
             shard: self.id,
             conn: ConnKey { slot, gen },
             req_id: id,
         };
+        if owner == self.id {
+            return self.sequence(channel, data, meta, Instant::now(), key, reply);
+        }
+        // Another shard owns the channel's stream: it sequences, fans out and tells us
+        // the position to answer with.
         let req = SequenceReq::new(channel, data, meta, key, reply);
         self.send_to(owner, ShardMsg::Sequence(Box::new(req)));
     }
@@ -853,14 +896,70 @@ impl ShardCore {
         self.enqueue(slot, envelope::encode_result(format, id, &r));
     }
 
+    /// Tell whoever published how it went: a connection here, another shard, or the
+    /// server API.
+    fn answer_publish(&mut self, reply: PublishReply, result: Sequenced) {
+        match reply {
+            PublishReply::None => {}
+            PublishReply::Client {
+                shard,
+                conn,
+                req_id,
+            } if shard == self.id => self.published(conn, req_id, result),
+            PublishReply::Client {
+                shard,
+                conn,
+                req_id,
+            } => self.send_to(
+                shard,
+                ShardMsg::Published {
+                    conn,
+                    req_id,
+                    result,
+                },
+            ),
+            PublishReply::Api(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+
+    /// Answer a connection's `publish`, if it is still open.
+    fn published(&mut self, conn: ConnKey, req_id: u32, result: Sequenced) {
+        let open = self
+            .conns
+            .get(conn.slot as usize)
+            .is_some_and(|c| c.gen == conn.gen && c.state == ConnState::Open);
+        if open {
+            match result {
+                Ok((pos, dup)) => self.reply_published(conn.slot, req_id, pos, dup),
+                Err(e) => self.reply_err(conn.slot, req_id, e.code, &e.message),
+            }
+        }
+    }
+
     /// Publish `data` to `channel`: sequenced here if this shard owns the channel,
     /// otherwise handed to the owner (nobody waits for the position then).
     pub fn publish(&mut self, channel: &str, data: Payload<'_>) -> Result<(), WireError> {
         let owner = streams::owner(channel, self.mesh.shards());
         if owner == self.id {
-            return self
-                .sequence(channel, data, None, Instant::now(), None)
-                .map(|_| ());
+            // Checked first, so a refusal is returned rather than dropped.
+            envelope::encode_publication_with_meta(
+                data.format,
+                channel,
+                Position::default(),
+                None,
+                data,
+            )?;
+            self.sequence(
+                channel,
+                data,
+                None,
+                Instant::now(),
+                None,
+                PublishReply::None,
+            );
+            return Ok(());
         }
         let req = SequenceReq::new(channel, data, None, None, PublishReply::None);
         self.send_to(owner, ShardMsg::Sequence(Box::new(req)));
@@ -868,10 +967,15 @@ impl ShardCore {
     }
 
     /// On the channel's owner shard: give the publication the channel's next position,
-    /// encode it once per format someone needs, deliver locally, and send one message to
-    /// each other shard with subscribers.
+    /// encode it once per format someone needs, deliver locally, send one message to
+    /// each other shard with subscribers, and answer `reply`.
     ///
-    /// Hot path.
+    /// By the channel's namespace policy: `none` stops there; `async` also hands the
+    /// publication to the store (this turn's batch); `sync` hands it to the store and
+    /// waits, in `pending`, for [`ShardMsg::Committed`] before it is released to
+    /// subscribers, history and the publisher.
+    ///
+    /// Hot path: one stream lookup; one copy of the payload when it is kept.
     pub fn sequence(
         &mut self,
         channel: &str,
@@ -879,37 +983,41 @@ impl ShardCore {
         meta: Option<Payload<'_>>,
         created: Instant,
         key: Option<&str>,
-    ) -> Result<(Position, bool), WireError> {
+        reply: PublishReply,
+    ) {
         debug_assert_eq!(streams::owner(channel, self.mesh.shards()), self.id);
         if let Some(key) = key {
             let window = ms_to_ticks(self.cfg.dedupe_window_ms, self.cfg.tick_ms);
             if let Some(original) = self.streams.dedupe(channel, key, self.now, window) {
-                return Ok((original, true));
+                return self.answer_retry(channel, original, reply);
             }
         }
         let local = self.channels.local(channel).map_or(0, |e| e.formats());
         let remote = self.channels.remote(channel);
         let needed = local | (remote[0] != 0) as u8 | ((remote[1] != 0) as u8) << 1;
-        let position = self.streams.next(channel, self.now);
-        if let Some(key) = key {
-            self.streams
-                .remember(channel, key, position.offset, self.now);
-        }
-        if self.cfg.history_size > 0 {
-            let entry = Entry {
-                offset: position.offset,
-                tick: self.now,
-                data: Bytes::copy_from_slice(data.raw),
-                meta: meta.map(|m| Bytes::copy_from_slice(m.raw)),
-                format: data.format,
-            };
-            let ttl = ms_to_ticks(self.cfg.history_ttl_ms, self.cfg.tick_ms);
-            self.streams
-                .retain(channel, entry, self.cfg.history_size, ttl);
-        }
-        if needed == 0 {
-            return Ok((position, false));
-        }
+        let (position, pi) = self.streams.next_in(channel, self.now);
+        let policy = *self.streams.policies().get(pi);
+        let durable = match (&self.journal, policy.durability) {
+            (Some(link), Durability::Async | Durability::Sync) => {
+                if let Err(why) = link.admit() {
+                    self.streams.undo(channel);
+                    let refused = match why {
+                        JournalRefusal::Behind => Refused {
+                            code: ErrorCode::Overloaded,
+                            message: "the store is behind; retry".into(),
+                        },
+                        JournalRefusal::Down => Refused {
+                            code: ErrorCode::Unavailable,
+                            message: "the store cannot write; the publication was not accepted"
+                                .into(),
+                        },
+                    };
+                    return self.answer_publish(reply, Err(refused));
+                }
+                true
+            }
+            _ => false,
+        };
         let mut frames = [None, None];
         for f in Format::ALL {
             if needed & (1 << f.index()) != 0 {
@@ -918,14 +1026,101 @@ impl ShardCore {
                     Err(e) => {
                         // Refused (does not transcode): the offset was not used.
                         self.streams.undo(channel);
-                        return Err(e);
+                        let refused = Refused {
+                            code: ErrorCode::BadRequest,
+                            message: e.to_string(),
+                        };
+                        return self.answer_publish(reply, Err(refused));
                     }
                 }
             }
         }
-        let name = self.channels.name(channel).expect("someone subscribes");
+        if let Some(key) = key {
+            self.streams
+                .remember(channel, key, position.offset, self.now);
+        }
+        if !durable && policy.keep == 0 {
+            self.streams.show(channel, position.offset);
+        } else {
+            let entry = Entry {
+                offset: position.offset,
+                tick: self.now,
+                data: Bytes::copy_from_slice(data.raw),
+                meta: meta.map(|m| Bytes::copy_from_slice(m.raw)),
+                format: data.format,
+            };
+            if durable {
+                let name = self.streams.name(channel).expect("just sequenced");
+                self.journal_buf.push(Record {
+                    channel: name.clone(),
+                    epoch: position.epoch,
+                    offset: position.offset,
+                    format: data.format,
+                    data: entry.data.clone(),
+                    meta: entry.meta.clone(),
+                    key: key.map(Box::from),
+                    keep: policy.keep.min(u32::MAX as usize) as u32,
+                });
+                if policy.durability == Durability::Sync {
+                    self.journal_notify = true;
+                    self.pending.push_back(Pending {
+                        batch: self.journal_seq,
+                        channel: name,
+                        position,
+                        entry,
+                        frames,
+                        created,
+                        reply,
+                        retries: Vec::new(),
+                    });
+                    return;
+                }
+            }
+            if policy.keep > 0 {
+                self.streams.retain(channel, entry, policy.keep, policy.ttl);
+            } else {
+                self.streams.show(channel, position.offset);
+            }
+        }
+        if needed != 0 {
+            let name = self.channels.name(channel).expect("someone subscribes");
+            self.fan_out(name, position, frames, created, local, remote);
+        }
+        self.answer_publish(reply, Ok((position, false)));
+    }
+
+    /// A retry of a publication with the same idempotency key: the original position,
+    /// once the original is released (a `sync` one may still wait for the store).
+    fn answer_retry(&mut self, channel: &str, original: Position, reply: PublishReply) {
+        let released = self
+            .streams
+            .current(channel)
+            .is_some_and(|top| top.offset >= original.offset);
+        if !released {
+            if let Some(p) = self
+                .pending
+                .iter_mut()
+                .find(|p| p.position == original && &*p.channel == channel)
+            {
+                p.retries.push(reply);
+                return;
+            }
+        }
+        self.answer_publish(reply, Ok((original, true)))
+    }
+
+    /// Deliver locally and send one message to each other shard with subscribers.
+    fn fan_out(
+        &mut self,
+        channel: Arc<str>,
+        position: Position,
+        frames: [Option<Bytes>; 2],
+        created: Instant,
+        local: u8,
+        remote: [u64; 2],
+    ) {
         let publication = Arc::new(Publication {
-            channel: name,
+            channel,
             position,
             frames,
             created,
@@ -939,7 +1134,98 @@ impl ShardCore {
             targets &= targets - 1;
             self.send_to(shard, ShardMsg::Publish(publication.clone()));
         }
-        Ok((position, false))
+    }
+
+    /// The store has written this shard's batches up to `batch`: release the `sync`
+    /// publications that waited for them, in order.
+    fn committed(&mut self, batch: u64) {
+        while self.pending.front().is_some_and(|p| p.batch <= batch) {
+            let p = self.pending.pop_front().expect("just seen");
+            let Pending {
+                channel,
+                position,
+                entry,
+                mut frames,
+                created,
+                reply,
+                retries,
+                ..
+            } = p;
+            let policy = *self.streams.policy_of(&channel);
+            let (format, data, meta) = (entry.format, entry.data.clone(), entry.meta.clone());
+            self.streams
+                .retain(&channel, entry, policy.keep, policy.ttl);
+            let local = self.channels.local(&channel).map_or(0, |e| e.formats());
+            let remote = self.channels.remote(&channel);
+            let needed = local | (remote[0] != 0) as u8 | ((remote[1] != 0) as u8) << 1;
+            if needed != 0 {
+                for f in Format::ALL {
+                    if needed & (1 << f.index()) != 0 && frames[f.index()].is_none() {
+                        // A subscriber in a new format arrived while it waited; the
+                        // payload already passed one encoding, so this rarely fails.
+                        let meta = meta.as_ref().map(|m| Payload { format, raw: m });
+                        let data = Payload { format, raw: &data };
+                        match envelope::encode_publication_with_meta(
+                            f, &channel, position, meta, data,
+                        ) {
+                            Ok(frame) => frames[f.index()] = Some(frame),
+                            Err(e) => tracing::warn!(
+                                channel = &*channel,
+                                offset = position.offset,
+                                "stored publication does not transcode for new subscribers: {e}"
+                            ),
+                        }
+                    }
+                }
+                self.fan_out(channel, position, frames, created, local, remote);
+            }
+            self.answer_publish(reply, Ok((position, false)));
+            for r in retries {
+                self.answer_publish(r, Ok((position, true)));
+            }
+        }
+    }
+
+    /// End of a loop turn: hand this turn's durable publications to the store, and
+    /// retry messages that found an inbox full. Returns whether some still wait.
+    pub fn end_turn(&mut self) -> bool {
+        if !self.journal_buf.is_empty() {
+            self.flush_journal();
+        }
+        self.retry_spill()
+    }
+
+    fn flush_journal(&mut self) {
+        let Some(link) = &self.journal else {
+            self.journal_buf.clear();
+            return;
+        };
+        let records = std::mem::replace(&mut self.journal_buf, Vec::with_capacity(64));
+        let batch = Batch {
+            shard: self.id,
+            seq: self.journal_seq,
+            notify: std::mem::take(&mut self.journal_notify),
+            records,
+        };
+        self.journal_seq += 1;
+        if link.send(batch).is_err() {
+            // The store has stopped: publications waiting for it will never be
+            // stored, so their publishers are told (nothing was delivered).
+            tracing::error!(
+                shard = self.id,
+                "the store stopped; refusing waiting publications"
+            );
+            while let Some(p) = self.pending.pop_front() {
+                let refused = Refused {
+                    code: ErrorCode::Unavailable,
+                    message: "the store stopped before the publication was stored".into(),
+                };
+                self.answer_publish(p.reply, Err(refused.clone()));
+                for r in p.retries {
+                    self.answer_publish(r, Err(refused.clone()));
+                }
+            }
+        }
     }
 
     /// Queue a publication's frame on every local subscriber (a refcount bump each).
@@ -1316,50 +1602,21 @@ impl ShardCore {
                     reply,
                 } = *req;
                 let meta = meta.as_ref().map(|m| Payload { format, raw: m });
-                let result = self
-                    .sequence(
-                        &channel,
-                        Payload { format, raw: &data },
-                        meta,
-                        created,
-                        key.as_deref(),
-                    )
-                    .map_err(|e| e.to_string());
-                match reply {
-                    PublishReply::None => {}
-                    PublishReply::Client {
-                        shard,
-                        conn,
-                        req_id,
-                    } => self.send_to(
-                        shard,
-                        ShardMsg::Published {
-                            conn,
-                            req_id,
-                            result,
-                        },
-                    ),
-                    PublishReply::Api(tx) => {
-                        let _ = tx.send(result);
-                    }
-                }
+                self.sequence(
+                    &channel,
+                    Payload { format, raw: &data },
+                    meta,
+                    created,
+                    key.as_deref(),
+                    reply,
+                );
             }
+            ShardMsg::Committed { batch } => self.committed(batch),
             ShardMsg::Published {
                 conn,
                 req_id,
                 result,
-            } => {
-                let open = self
-                    .conns
-                    .get(conn.slot as usize)
-                    .is_some_and(|c| c.gen == conn.gen && c.state == ConnState::Open);
-                if open {
-                    match result {
-                        Ok((pos, dup)) => self.reply_published(conn.slot, req_id, pos, dup),
-                        Err(e) => self.reply_err(conn.slot, req_id, ErrorCode::BadRequest, &e),
-                    }
-                }
-            }
+            } => self.published(conn, req_id, result),
             ShardMsg::Interest {
                 channel,
                 from,

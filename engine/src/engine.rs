@@ -18,6 +18,7 @@ use crate::auth::ControlRequest;
 use crate::backend::Backend;
 use crate::config::EngineConfig;
 use crate::epoll::ShardSetup;
+use crate::journal::{Durability, Durable, JournalState};
 use crate::mesh::{Mesh, PublishReply, QueryKind, SequenceReq, ShardMsg, StreamQuery, StreamReply};
 use crate::metrics::ShardMetrics;
 use crate::streams;
@@ -69,14 +70,42 @@ pub enum PublishError {
 pub struct Engine;
 
 impl Engine {
-    /// Bind the listeners and start the shards. Token checks go to `control`.
+    /// Bind the listeners and start the shards, without a store (every namespace
+    /// must be `none`). Token checks go to `control`.
     pub fn start(
         cfg: EngineConfig,
         control: Sender<ControlRequest>,
     ) -> Result<EngineHandle, EngineError> {
+        Engine::start_with(cfg, control, None)
+    }
+
+    /// Like [`Engine::start`], with a store: durable namespaces' publications go to
+    /// `durable.link`, and each shard continues the streams the store read back
+    /// before it accepts a connection.
+    pub fn start_with(
+        cfg: EngineConfig,
+        control: Sender<ControlRequest>,
+        durable: Option<Durable>,
+    ) -> Result<EngineHandle, EngineError> {
         cfg.validate().map_err(EngineError::Config)?;
+        if durable.is_none() {
+            if let Some(ns) = cfg
+                .namespaces
+                .iter()
+                .find(|n| n.durability != Durability::None)
+            {
+                return Err(EngineError::Config(format!(
+                    "namespaces.{}.durability needs a store, and none is configured",
+                    ns.name
+                )));
+            }
+        }
         let shards = cfg.resolved_shards();
         let mesh = Mesh::new(shards, cfg.inbox_capacity)?;
+        let journal = durable.as_ref().map(|d| d.link.state().clone());
+        if let Some(d) = durable {
+            mesh.attach(d).map_err(EngineError::Config)?;
+        }
         let first = bind(cfg.listen, cfg.backlog).map_err(|source| EngineError::Bind {
             addr: cfg.listen,
             source,
@@ -129,6 +158,7 @@ impl Engine {
         }
         drop(started_tx);
         let handle = EngineHandle {
+            journal,
             backend,
             fallback,
             mesh,
@@ -169,6 +199,8 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener
 /// The running engine. Shared by the control plane's threads.
 #[derive(Debug)]
 pub struct EngineHandle {
+    /// The store's writer state, when a store is attached.
+    journal: Option<Arc<JournalState>>,
     backend: Backend,
     /// Why `io = "auto"` fell back to epoll.
     fallback: Option<String>,
@@ -303,6 +335,11 @@ impl EngineHandle {
         for t in threads {
             let _ = t.join();
         }
+    }
+
+    /// The store's writer state (backlog, health), when a store is attached.
+    pub fn journal(&self) -> Option<&Arc<JournalState>> {
+        self.journal.as_ref()
     }
 
     /// A cheap handle for other threads to send messages to shards.

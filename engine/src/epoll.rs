@@ -275,7 +275,7 @@ impl Driver {
         list.clear();
         self.scratch = list;
         self.core.record_flush_latency();
-        self.core.retry_spill();
+        self.core.end_turn();
     }
 
     /// Hot path: write `slot`'s queued frames with as few syscalls as the kernel allows.
@@ -513,7 +513,7 @@ async fn timer(driver: Shared, tick_ms: u64) {
         let tick = (start.elapsed().as_millis() / tick_ms as u128) as u64;
         let mut d = driver.borrow_mut();
         d.core.on_tick(tick);
-        d.core.retry_spill();
+        d.core.end_turn();
         d.after_core();
     }
 }

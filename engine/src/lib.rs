@@ -10,6 +10,7 @@
 //! - [`channels`], [`outq`], [`wheel`]: the channel index, per-connection outbound
 //!   queues, the heartbeat wheel.
 //! - [`auth`]: what shards ask the control plane about tokens.
+//! - [`journal`]: the seam to durable storage (batches out, seeds and commits back).
 //! - [`metrics`]: per-shard counters.
 //!
 //! Each shard is a thread pinned to a core, with its own listener on the shared port
@@ -23,6 +24,7 @@ pub mod channels;
 pub mod config;
 pub mod core;
 pub mod epoll;
+pub mod journal;
 pub mod mesh;
 pub mod metrics;
 pub mod outq;
@@ -37,5 +39,6 @@ pub use backend::Backend;
 pub use config::{EngineConfig, IoMode};
 pub use core::{ConnKey, ShardCore};
 pub use engine::{Engine, EngineError, EngineHandle, PublishError, PublishTicket, ShardSender};
-pub use mesh::{Mesh, Publication, PublishReply, SequenceReq, ShardMsg, StreamReply};
+pub use journal::{Durability, NamespacePolicy};
+pub use mesh::{Mesh, Publication, PublishReply, Refused, SequenceReq, ShardMsg, StreamReply};
 pub use metrics::{CloseKind, ShardMetrics};

@@ -11,16 +11,17 @@
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 
-use switchboard_protocol::{Format, Payload, Position};
+use switchboard_protocol::{ErrorCode, Format, Payload, Position};
 
 use crate::auth::{AuthFailure, Identity};
 use crate::core::ConnKey;
+use crate::journal::{Durable, JournalLink, SeedStream};
 use crate::streams::Entry;
 
 /// A publication encoded once per wire format that has subscribers.
@@ -58,7 +59,22 @@ pub struct SequenceReq {
 
 /// A sequenced publication's position, and whether it was a retry of an earlier one
 /// (same idempotency key within the window: not delivered again).
-pub type Sequenced = Result<(Position, bool), String>;
+pub type Sequenced = Result<(Position, bool), Refused>;
+
+/// Why a publication was not sequenced: the error code and message the publisher gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Error code of the `publish` reply.
+    pub code: ErrorCode,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
 
 impl SequenceReq {
     /// A publication to hand to the channel's owner: the payload (and metadata) are
@@ -167,6 +183,12 @@ pub enum ShardMsg {
     Publish(Arc<Publication>),
     /// Sequence and fan out a publication of a channel this shard owns.
     Sequence(Box<SequenceReq>),
+    /// The store has durably written this shard's journal batches up to `batch`:
+    /// release the `sync` publications waiting for them.
+    Committed {
+        /// The last batch stored.
+        batch: u64,
+    },
     /// The owner sequenced a connection's publication: answer its `publish`.
     Published {
         /// The publishing connection.
@@ -318,6 +340,10 @@ pub struct Mesh {
     /// bucket share a count, so the per-IP limit errs on the strict side; with 4096
     /// buckets that needs many distinct addresses near the limit at once.
     per_ip: Box<[AtomicU32]>,
+    /// Where durable publications go, when a store is attached.
+    journal: OnceLock<JournalLink>,
+    /// Streams read back from the store, per shard, taken once by each shard.
+    seeds: Mutex<Vec<Vec<SeedStream>>>,
 }
 
 impl Mesh {
@@ -330,7 +356,37 @@ impl Mesh {
             inboxes,
             connections: AtomicUsize::new(0),
             per_ip: (0..IP_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            journal: OnceLock::new(),
+            seeds: Mutex::new(Vec::new()),
         }))
+    }
+
+    /// Attach a store before the shards start: its link, and the streams it read back
+    /// (each goes to its channel's owner shard).
+    pub fn attach(&self, durable: Durable) -> Result<(), String> {
+        let shards = self.shards();
+        let mut per_shard: Vec<Vec<SeedStream>> = (0..shards).map(|_| Vec::new()).collect();
+        for s in durable.seeds {
+            per_shard[crate::streams::owner(&s.channel, shards) as usize].push(s);
+        }
+        *self.seeds.lock().unwrap_or_else(|e| e.into_inner()) = per_shard;
+        self.journal
+            .set(durable.link)
+            .map_err(|_| "a store is already attached".to_string())
+    }
+
+    /// The store's link, if one is attached.
+    pub fn journal(&self) -> Option<&JournalLink> {
+        self.journal.get()
+    }
+
+    /// Shard `shard`'s streams read back from the store (empty after the first call).
+    pub fn take_seeds(&self, shard: u16) -> Vec<SeedStream> {
+        let mut seeds = self.seeds.lock().unwrap_or_else(|e| e.into_inner());
+        seeds
+            .get_mut(shard as usize)
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Number of shards.

@@ -8,9 +8,15 @@
 //! Owns, on the owner shard, each active channel's epoch, last offset and recent
 //! publications (in memory: the last `engine.history_size`, none older than
 //! `engine.history_ttl_ms`), which `history` reads and a recovering `subscribe` replays.
-//! Does not own persistence. A stream idle for `engine.stream_idle_ms` is forgotten; the
-//! next publication starts a new epoch at offset 1, which tells clients that earlier
-//! positions of that channel are gone.
+//! Does not own persistence (the store, through [`crate::journal`], writes publications
+//! of durable namespaces and seeds streams back at start-up). A stream idle for
+//! `engine.stream_idle_ms` is forgotten; the next publication starts a new epoch at
+//! offset 1, which tells clients that earlier positions of that channel are gone.
+//!
+//! A stream has two tops: `offset`, the last position given out, and `shown`, the last
+//! one released to subscribers and history. They differ only while `sync`
+//! publications wait for the store; every answer reports `shown`, so a subscriber's
+//! starting point never lies beyond what it will be delivered.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -18,6 +24,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use indexmap::IndexMap;
 use switchboard_protocol::{Format, Position};
+
+use crate::journal::{Durability, Policies, Policy, SeedStream};
 
 /// One retained publication.
 #[derive(Debug, Clone)]
@@ -60,6 +68,10 @@ pub fn owner(channel: &str, shards: usize) -> u16 {
 struct Stream {
     epoch: u64,
     offset: u64,
+    /// Last offset released to subscribers (see the module doc).
+    shown: u64,
+    /// Index of its namespace's policy.
+    policy: u16,
     /// Tick of the last publication.
     used: u32,
     history: VecDeque<Entry>,
@@ -76,6 +88,7 @@ pub struct Streams {
     created: u64,
     /// Where the idle sweep continues.
     cursor: usize,
+    policies: Arc<Policies>,
 }
 
 /// A well-mixed 64-bit value from `x` (SplitMix64's finaliser).
@@ -86,14 +99,85 @@ fn mix(mut x: u64) -> u64 {
 }
 
 impl Streams {
-    /// Streams with epochs derived from `seed` (random per process and shard).
+    /// Streams with epochs derived from `seed` (random per process and shard), every
+    /// channel under one memory-only policy.
     pub fn new(seed: u64) -> Streams {
+        let default = Policy {
+            durability: Durability::None,
+            keep: 64,
+            ttl: u32::MAX,
+        };
+        Streams::with_policies(seed, Arc::new(Policies::single(default)))
+    }
+
+    /// Streams whose channels follow their namespace's policy.
+    pub fn with_policies(seed: u64, policies: Arc<Policies>) -> Streams {
         Streams {
             map: IndexMap::new(),
             seed,
             created: 0,
             cursor: 0,
+            policies,
         }
+    }
+
+    /// The shared name of `channel`'s stream, if it has one.
+    pub fn name(&self, channel: &str) -> Option<Arc<str>> {
+        self.map.get_key_value(channel).map(|(k, _)| k.clone())
+    }
+
+    /// Every namespace's policy.
+    pub fn policies(&self) -> &Arc<Policies> {
+        &self.policies
+    }
+
+    /// The policy of `channel`'s namespace.
+    #[inline]
+    pub fn policy_of(&self, channel: &str) -> &Policy {
+        let i = match self.map.get(channel) {
+            Some(s) => s.policy,
+            None => self.policies.resolve(channel),
+        };
+        self.policies.get(i)
+    }
+
+    /// Continue a stream read back from the store at tick `now` (ticks of `tick_ms`):
+    /// its epoch and offset, its kept publications and their idempotency keys. A seed
+    /// without an epoch (its tail may have been lost) is skipped: the channel's next
+    /// publication starts a new epoch.
+    pub fn seed(&mut self, seed: SeedStream, now: u32, tick_ms: u64) {
+        let Some(epoch) = seed.epoch else {
+            return;
+        };
+        let policy = self.policies.resolve(&seed.channel);
+        let mut history = VecDeque::with_capacity(seed.entries.len());
+        let mut keys = HashMap::new();
+        for e in seed.entries {
+            let age = (e.age_ms / tick_ms.max(1)).min(u64::from(u32::MAX / 2)) as u32;
+            let tick = now.wrapping_sub(age);
+            if let Some(k) = e.key {
+                keys.insert(k, (e.offset, tick));
+            }
+            history.push_back(Entry {
+                offset: e.offset,
+                tick,
+                data: e.data,
+                meta: e.meta,
+                format: e.format,
+            });
+        }
+        self.map.insert(
+            seed.channel,
+            Stream {
+                epoch,
+                offset: seed.offset,
+                shown: seed.offset,
+                policy,
+                used: now,
+                history,
+                keys,
+            },
+        );
     }
 
     /// Channels with a live stream.
@@ -112,26 +196,39 @@ impl Streams {
     /// of an epoch.
     #[inline]
     pub fn next(&mut self, channel: &str, now: u32) -> Position {
+        self.next_in(channel, now).0
+    }
+
+    /// Like [`Streams::next`], with the index of the channel's policy.
+    #[inline]
+    pub fn next_in(&mut self, channel: &str, now: u32) -> (Position, u16) {
         if let Some(s) = self.map.get_mut(channel) {
             s.offset += 1;
             s.used = now;
-            return Position {
+            let p = Position {
                 epoch: s.epoch,
                 offset: s.offset,
             };
+            return (p, s.policy);
         }
         let epoch = self.create(channel, 1, now);
-        Position { epoch, offset: 1 }
+        let policy = self.map[channel].policy;
+        (Position { epoch, offset: 1 }, policy)
     }
 
     fn create(&mut self, channel: &str, offset: u64, now: u32) -> u64 {
         self.created += 1;
         let epoch = mix(self.seed ^ mix(self.created));
+        let policy = self.policies.resolve(channel);
+        // A stream created by a publication shows its first offset only once it is
+        // released (see `show`).
         self.map.insert(
             channel.into(),
             Stream {
                 epoch,
                 offset,
+                shown: 0,
+                policy,
                 used: now,
                 history: VecDeque::new(),
                 keys: HashMap::new(),
@@ -150,15 +247,25 @@ impl Streams {
         Position { epoch, offset: 0 }
     }
 
-    /// Keep the publication `next` just positioned, within `keep` entries and `ttl`
-    /// ticks.
-    pub fn retain(&mut self, channel: &str, entry: Entry, keep: usize, ttl: u32) {
-        if keep == 0 {
-            return;
+    /// Release `offset` of `channel` to subscribers and history answers (without
+    /// keeping its publication).
+    #[inline]
+    pub fn show(&mut self, channel: &str, offset: u64) {
+        if let Some(s) = self.map.get_mut(channel) {
+            s.shown = s.shown.max(offset);
         }
+    }
+
+    /// Release the publication `next` positioned and keep it, within `keep` entries and
+    /// `ttl` ticks.
+    pub fn retain(&mut self, channel: &str, entry: Entry, keep: usize, ttl: u32) {
         let Some(s) = self.map.get_mut(channel) else {
             return;
         };
+        s.shown = s.shown.max(entry.offset);
+        if keep == 0 {
+            return;
+        }
         let now = entry.tick;
         while s.history.len() >= keep
             || s.history
@@ -245,7 +352,7 @@ impl Streams {
     /// before anyone saw it).
     pub fn undo(&mut self, channel: &str) {
         if let Some(s) = self.map.get_mut(channel) {
-            if s.offset > 1 || !s.history.is_empty() {
+            if s.offset > 1 || s.shown > 0 || !s.history.is_empty() {
                 s.offset -= 1;
             } else {
                 self.map.swap_remove(channel);
@@ -275,7 +382,7 @@ impl Streams {
     pub fn current(&self, channel: &str) -> Option<Position> {
         self.map.get(channel).map(|s| Position {
             epoch: s.epoch,
-            offset: s.offset,
+            offset: s.shown,
         })
     }
 
@@ -290,7 +397,8 @@ impl Streams {
                 self.cursor = 0;
             }
             let s = &mut self.map[self.cursor];
-            if now.wrapping_sub(s.used) >= idle {
+            // A stream with publications waiting for the store stays.
+            if now.wrapping_sub(s.used) >= idle && s.shown == s.offset {
                 self.map.swap_remove_index(self.cursor);
                 dropped += 1;
             } else {
@@ -318,6 +426,8 @@ mod tests {
         assert_eq!((a1.offset, a2.offset, b1.offset), (1, 2, 1));
         assert_eq!(a1.epoch, a2.epoch);
         assert_ne!(a1.epoch, b1.epoch);
+        assert_eq!(s.current("a").unwrap().offset, 0, "not released yet");
+        s.show("a", 2);
         assert_eq!(s.current("a"), Some(a2));
         assert_ne!(Streams::new(43).next("a", 0).epoch, a1.epoch);
     }
@@ -328,7 +438,17 @@ mod tests {
         let old = s.next("quiet", 0);
         s.next("busy", 0);
         s.next("busy", 90);
-        assert_eq!(s.sweep(100, 50, 50, 10), 1);
+        let waiting = s.next("waiting", 0);
+        assert_eq!(
+            s.sweep(100, 50, 50, 10),
+            0,
+            "unreleased publications keep even a quiet stream"
+        );
+        s.show("quiet", 1);
+        s.show("busy", 2);
+        s.show("waiting", waiting.offset);
+        assert_eq!(s.sweep(100, 50, 50, 10), 2);
+        assert!(s.current("waiting").is_none());
         assert_eq!(s.len(), 1);
         assert!(s.current("quiet").is_none());
         let new = s.next("quiet", 101);
@@ -437,6 +557,83 @@ mod tests {
             )
             .recovered
         );
+    }
+
+    #[test]
+    fn seeded_streams_continue_their_epoch_keys_and_history() {
+        use crate::journal::{NamespacePolicy, SeedEntry};
+        let default = Policy {
+            durability: Durability::None,
+            keep: 64,
+            ttl: 1000,
+        };
+        let ns = [NamespacePolicy {
+            name: "chat".into(),
+            durability: Durability::Sync,
+            history_size: 3,
+            history_ttl_ms: 10_000,
+        }];
+        let mut s = Streams::with_policies(3, Arc::new(Policies::new(default, &ns, 10)));
+        let entry = |offset: u64, key: Option<&str>| SeedEntry {
+            offset,
+            age_ms: 100,
+            format: Format::Json,
+            data: Bytes::from(offset.to_string()),
+            meta: None,
+            key: key.map(Box::from),
+        };
+        s.seed(
+            SeedStream {
+                channel: "chat:1".into(),
+                epoch: Some(77),
+                offset: 9,
+                entries: vec![entry(8, None), entry(9, Some("k"))],
+            },
+            5,
+            10,
+        );
+        s.seed(
+            SeedStream {
+                channel: "chat:lost".into(),
+                epoch: None,
+                offset: 4,
+                entries: Vec::new(),
+            },
+            5,
+            10,
+        );
+        assert_eq!(s.policy_of("chat:1").durability, Durability::Sync);
+        assert_eq!(s.policy_of("other").durability, Durability::None);
+        assert_eq!(
+            s.current("chat:1"),
+            Some(Position {
+                epoch: 77,
+                offset: 9
+            })
+        );
+        assert!(s.current("chat:lost").is_none(), "a new epoch on first use");
+        assert_eq!(
+            s.dedupe("chat:1", "k", 5, 100),
+            Some(Position {
+                epoch: 77,
+                offset: 9
+            })
+        );
+        let (p, policy) = s.next_in("chat:1", 6);
+        assert_eq!((p.epoch, p.offset), (77, 10));
+        assert_eq!(s.policies.get(policy).keep, 3);
+        let r = s.recover(
+            "chat:1",
+            Position {
+                epoch: 77,
+                offset: 7,
+            },
+            6,
+            1000,
+        );
+        assert!(r.recovered);
+        assert_eq!(r.top.offset, 9, "offset 10 is not released yet");
+        assert_eq!(r.publications.len(), 2);
     }
 
     #[test]

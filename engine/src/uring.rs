@@ -564,7 +564,7 @@ impl Shard {
             if now >= next_tick {
                 let t = (now.duration_since(start).as_millis() / u128::from(cfg_tick)) as u64;
                 self.core.on_tick(t);
-                self.core.retry_spill();
+                self.core.end_turn();
                 next_tick = start + tick * (t as u32 + 1);
                 self.trim_pool();
                 if self.listener.is_some() && !self.accept_armed {
@@ -893,7 +893,7 @@ impl Shard {
         self.rearm = rearm;
         self.scratch = list;
         self.core.record_flush_latency();
-        self.core.retry_spill();
+        self.core.end_turn();
         self.wake_shards();
     }
 

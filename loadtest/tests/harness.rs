@@ -32,6 +32,15 @@ fn server() -> Server {
     cfg.engine.drain_timeout_ms = 1000;
     cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
     cfg.auth.hmac_secret = Some(SECRET.into());
+    cfg.store.path = std::env::temp_dir()
+        .join(format!("sb-loadtest-store-{}", std::process::id()))
+        .join(format!(
+            "{}.db",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
     let s = Server::start(cfg).unwrap();
     while !s.engine().ready() {
         std::thread::sleep(std::time::Duration::from_millis(5));

@@ -206,6 +206,9 @@ pub enum ErrorCode {
     TokenExpired = 109,
     /// A per-connection limit was reached (for example subscriptions).
     LimitExceeded = 110,
+    /// The store cannot write now: a publication that must be stored was not
+    /// accepted; retry later.
+    Unavailable = 111,
 }
 
 /// Result of a successful `connect`.

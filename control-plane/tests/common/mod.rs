@@ -54,6 +54,7 @@ pub fn start(tweak: impl FnOnce(&mut Config)) -> Server {
     cfg.auth.hmac_secret = Some(SECRET.into());
     cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
     cfg.admin.api_key = Some(API_KEY.into());
+    cfg.store.path = temp_store();
     tweak(&mut cfg);
     let server = Server::start(cfg).expect("server starts");
     let deadline = std::time::Instant::now() + TIMEOUT;
@@ -65,6 +66,22 @@ pub fn start(tweak: impl FnOnce(&mut Config)) -> Server {
         std::thread::sleep(Duration::from_millis(5));
     }
     server
+}
+
+/// A fresh SQLite file path for one test server's store (in a directory of its own,
+/// with the WAL files beside it).
+pub fn temp_store() -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "sb-test-store-{}-{}-{n}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    dir.join("switchboard.db")
 }
 
 /// A token for `sub` allowing `channels` (all if None).

@@ -1,0 +1,627 @@
+//! The store: durable channel streams in an embedded SQLite file (WAL).
+//!
+//! Owns the other end of the engine's journal seam ([`switchboard_engine::journal`]):
+//! one writer thread that takes the shards' batches, writes everything that is waiting
+//! in one transaction (group commit: one fsync for all of it), tells each shard with a
+//! `sync` publication waiting which of its batches are durable, trims each channel to
+//! its namespace's `history_size` and, periodically, by age. At start-up it reads the
+//! streams back for the shards to continue ([`open`]), and records whether the last
+//! stop was clean: after an unclean stop, channels of `async` namespaces start a new
+//! epoch (their last publications may be missing), `sync` ones continue.
+//!
+//! A store that cannot be opened, created or read is a start-up error naming the file.
+//! A write that fails at run time opens the circuit: the shards refuse new durable
+//! publications (`Unavailable`), readiness reports it, and the writer retries the same
+//! transaction until it succeeds; nothing handed over is dropped.
+//!
+//! The seam (batches in, commit notices and seeds out) is what a shared store for
+//! several nodes would implement too; only this file knows about SQLite.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use switchboard_engine::journal::{
+    Batch, Durability, Durable, JournalLink, JournalState, NamespacePolicy, SeedEntry, SeedStream,
+};
+use switchboard_engine::{ShardMsg, ShardSender};
+use switchboard_protocol::Format;
+
+/// Version of the schema this build writes.
+const SCHEMA_VERSION: i64 = 1;
+
+/// `[store]`: where and how durable data is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The SQLite file (created with its directory if missing).
+    pub path: PathBuf,
+    /// Most publications handed to the writer and not yet stored; durable publications
+    /// beyond it are refused as overloaded.
+    pub max_backlog: usize,
+    /// Most publications written in one transaction.
+    pub max_batch: usize,
+    /// After a failed write, wait this long before retrying it.
+    pub retry_ms: u64,
+    /// How often publications older than their namespace's `history_ttl_ms` are
+    /// deleted.
+    pub prune_interval_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("data/switchboard.db"),
+            max_backlog: 262_144,
+            max_batch: 16_384,
+            retry_ms: 500,
+            prune_interval_ms: 60_000,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Check ranges; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.path.as_os_str().is_empty() {
+            return Err("store.path must not be empty".into());
+        }
+        for (key, v) in [
+            ("store.max_backlog", self.max_backlog as u64),
+            ("store.max_batch", self.max_batch as u64),
+            ("store.retry_ms", self.retry_ms),
+            ("store.prune_interval_ms", self.prune_interval_ms),
+        ] {
+            if v == 0 {
+                return Err(format!("{key} must be greater than 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why the store could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("store {path}: {message}")]
+pub struct StoreError {
+    /// The file.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Counters of the writer, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Publications written.
+    pub records: AtomicU64,
+    /// Failed write attempts.
+    pub failures: AtomicU64,
+    /// Duration of the last commit, microseconds.
+    pub last_commit_us: AtomicU64,
+    /// Publications deleted by retention.
+    pub pruned: AtomicU64,
+}
+
+/// What start-up learned about the previous run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opening {
+    /// Whether the previous run stopped cleanly (or the file is new).
+    pub clean: bool,
+    /// Streams handed to the shards.
+    pub streams: usize,
+    /// Of those, continued in their epoch.
+    pub continued: usize,
+}
+
+/// An opened store whose writer has not started yet (it needs the engine's shards to
+/// notify).
+#[derive(Debug)]
+pub struct Opened {
+    writer: Writer,
+    /// What the engine takes: the journal link and the streams to continue.
+    durable: Option<Durable>,
+    /// What start-up learned.
+    pub opening: Opening,
+}
+
+/// The running writer.
+#[derive(Debug)]
+pub struct StoreHandle {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    state: Arc<JournalState>,
+    stats: Arc<StoreStats>,
+}
+
+#[derive(Debug)]
+struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    rx: Receiver<Batch>,
+    state: Arc<JournalState>,
+    cfg: StoreConfig,
+    namespaces: Vec<NamespacePolicy>,
+    /// Epoch last written per channel, so a new epoch's first write deletes the old
+    /// epoch's rows once.
+    epochs: HashMap<Arc<str>, u64>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn format_code(f: Format) -> i64 {
+    f.index() as i64
+}
+
+fn format_from(code: i64) -> Format {
+    Format::ALL
+        .into_iter()
+        .find(|f| f.index() as i64 == code)
+        .unwrap_or(Format::Json)
+}
+
+/// The namespace of `channel` among `namespaces`, if configured.
+fn namespace_of<'a>(
+    channel: &str,
+    namespaces: &'a [NamespacePolicy],
+) -> Option<&'a NamespacePolicy> {
+    let (ns, _) = channel.split_once(':')?;
+    namespaces.iter().find(|n| n.name == ns)
+}
+
+/// Open (or create) the store, read back the streams active within `stream_idle_ms`,
+/// and mark the run as started. `namespaces` decides which streams continue after an
+/// unclean stop and how much history each keeps.
+pub fn open(
+    cfg: &StoreConfig,
+    namespaces: &[NamespacePolicy],
+    stream_idle_ms: u64,
+) -> Result<Opened, StoreError> {
+    let path = cfg.path.clone();
+    let fail = |message: String| StoreError {
+        path: path.clone(),
+        message,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| fail(format!("cannot create directory {}: {e}", dir.display())))?;
+    }
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| fail(format!("cannot open: {e}")))?;
+    prepare(&conn).map_err(|e| fail(format!("cannot use it as a Switchboard store: {e}")))?;
+    let clean = conn
+        .query_row("SELECT value FROM meta WHERE key = 'clean'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()
+        .map_err(|e| fail(format!("cannot read: {e}")))?
+        .is_none_or(|v| v == "1");
+    let seeds = read_seeds(&conn, namespaces, stream_idle_ms, clean)
+        .map_err(|e| fail(format!("cannot read streams: {e}")))?;
+    let opening = Opening {
+        clean,
+        streams: seeds.len(),
+        continued: seeds.iter().filter(|s| s.epoch.is_some()).count(),
+    };
+    let (link, rx) = JournalLink::new(cfg.max_backlog);
+    let writer = Writer {
+        conn,
+        path: path.clone(),
+        rx,
+        state: link.state().clone(),
+        cfg: cfg.clone(),
+        namespaces: namespaces.to_vec(),
+        epochs: HashMap::new(),
+    };
+    Ok(Opened {
+        writer,
+        durable: Some(Durable { link, seeds }),
+        opening,
+    })
+}
+
+/// Pragmas and schema; refuses files written by a newer schema.
+fn prepare(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "journal_mode is {mode}, WAL is required"
+        )));
+    }
+    // FULL: every commit is fsynced (WAL), so a `sync` acknowledgment survives power
+    // loss, not only a process crash.
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "schema version {version} is newer than this build's {SCHEMA_VERSION}"
+        )));
+    }
+    conn.execute_batch(
+        "BEGIN;
+         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS streams (
+             channel TEXT PRIMARY KEY,
+             epoch INTEGER NOT NULL,
+             top INTEGER NOT NULL,
+             updated_ms INTEGER NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS publications (
+             channel TEXT NOT NULL,
+             epoch INTEGER NOT NULL,
+             offset INTEGER NOT NULL,
+             ts_ms INTEGER NOT NULL,
+             format INTEGER NOT NULL,
+             data BLOB NOT NULL,
+             meta BLOB,
+             key TEXT,
+             PRIMARY KEY (channel, epoch, offset)
+         ) WITHOUT ROWID;
+         PRAGMA user_version = 1;
+         COMMIT;",
+    )?;
+    Ok(())
+}
+
+fn read_seeds(
+    conn: &Connection,
+    namespaces: &[NamespacePolicy],
+    stream_idle_ms: u64,
+    clean: bool,
+) -> rusqlite::Result<Vec<SeedStream>> {
+    let now = now_ms();
+    let since = now.saturating_sub(stream_idle_ms.min(i64::MAX as u64) as i64);
+    let mut streams = conn.prepare(
+        "SELECT channel, epoch, top FROM streams WHERE updated_ms >= ?1 ORDER BY channel",
+    )?;
+    let mut entries = conn.prepare(
+        "SELECT offset, ts_ms, format, data, meta, key FROM publications
+         WHERE channel = ?1 AND epoch = ?2 AND offset > ?3 AND ts_ms >= ?4
+         ORDER BY offset",
+    )?;
+    let rows = streams.query_map([since], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)? as u64,
+            r.get::<_, i64>(2)? as u64,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (channel, epoch, top) = row?;
+        let Some(ns) = namespace_of(&channel, namespaces) else {
+            // Its namespace is no longer configured (so no longer durable).
+            continue;
+        };
+        // After an unclean stop only `sync` streams are known complete.
+        let continues = match ns.durability {
+            Durability::Sync => true,
+            Durability::Async => clean,
+            Durability::None => false,
+        };
+        if !continues {
+            out.push(SeedStream {
+                channel: channel.into(),
+                epoch: None,
+                offset: top,
+                entries: Vec::new(),
+            });
+            continue;
+        }
+        let floor = top.saturating_sub(ns.history_size as u64);
+        let oldest = now.saturating_sub(ns.history_ttl_ms.min(i64::MAX as u64) as i64);
+        let list = entries
+            .query_map(params![channel, epoch as i64, floor as i64, oldest], |r| {
+                Ok(SeedEntry {
+                    offset: r.get::<_, i64>(0)? as u64,
+                    age_ms: now.saturating_sub(r.get::<_, i64>(1)?).max(0) as u64,
+                    format: format_from(r.get(2)?),
+                    data: Bytes::from(r.get::<_, Vec<u8>>(3)?),
+                    meta: r.get::<_, Option<Vec<u8>>>(4)?.map(Bytes::from),
+                    key: r.get::<_, Option<String>>(5)?.map(String::into_boxed_str),
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        out.push(SeedStream {
+            channel: channel.into(),
+            epoch: Some(epoch),
+            offset: top,
+            entries: list,
+        });
+    }
+    Ok(out)
+}
+
+impl Opened {
+    /// The journal link and the streams to continue, for the engine (once).
+    pub fn take_durable(&mut self) -> Option<Durable> {
+        self.durable.take()
+    }
+
+    /// Mark the run as started (so a crash from now on is seen as unclean) and start
+    /// the writer; commit notices go to the shards through `shards`.
+    pub fn spawn(self, shards: ShardSender) -> Result<StoreHandle, StoreError> {
+        let Opened { writer, .. } = self;
+        writer
+            .conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('clean', '0')
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [],
+            )
+            .map_err(|e| StoreError {
+                path: writer.path.clone(),
+                message: format!("cannot write: {e}"),
+            })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(StoreStats::default());
+        let state = writer.state.clone();
+        let path = writer.path.clone();
+        let thread = {
+            let stop = stop.clone();
+            let stats = stats.clone();
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || writer.run(&shards, &stop, &stats))
+                .map_err(|e| StoreError {
+                    path: path.clone(),
+                    message: format!("cannot start the writer thread: {e}"),
+                })?
+        };
+        Ok(StoreHandle {
+            path,
+            stop,
+            thread: Some(thread),
+            state,
+            stats,
+        })
+    }
+}
+
+impl StoreHandle {
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Backlog and health, shared with the shards.
+    pub fn state(&self) -> &Arc<JournalState> {
+        &self.state
+    }
+
+    /// Writer counters.
+    pub fn stats(&self) -> &Arc<StoreStats> {
+        &self.stats
+    }
+
+    /// After the shards have stopped: write what is left, mark the stop clean (if
+    /// everything was written) and stop the writer.
+    pub fn finish(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for StoreHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Writer {
+    fn run(mut self, shards: &ShardSender, stop: &AtomicBool, stats: &StoreStats) {
+        let mut batches: Vec<Batch> = Vec::new();
+        let prune_every = Duration::from_millis(self.cfg.prune_interval_ms);
+        let mut next_prune = Instant::now() + prune_every;
+        let mut complete = true;
+        loop {
+            let stopping = stop.load(Ordering::Acquire);
+            if batches.is_empty() {
+                match self.rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok(b) => batches.push(b),
+                    Err(RecvTimeoutError::Timeout) => {
+                        if stopping {
+                            break;
+                        }
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            let mut n: usize = batches.iter().map(|b| b.records.len()).sum();
+            while n < self.cfg.max_batch {
+                match self.rx.try_recv() {
+                    Ok(b) => {
+                        n += b.records.len();
+                        batches.push(b);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !batches.is_empty() {
+                let started = Instant::now();
+                match self.write(&batches) {
+                    Ok(()) => {
+                        stats
+                            .last_commit_us
+                            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        stats.commits.fetch_add(1, Ordering::Relaxed);
+                        stats.records.fetch_add(n as u64, Ordering::Relaxed);
+                        if !self.state.healthy() {
+                            tracing::info!(path = %self.path.display(), "store writes again");
+                            self.state.set_healthy(true);
+                        }
+                        self.state.stored(n);
+                        notify(shards, &batches, stop);
+                        batches.clear();
+                    }
+                    Err(e) => {
+                        stats.failures.fetch_add(1, Ordering::Relaxed);
+                        if self.state.healthy() {
+                            tracing::error!(
+                                path = %self.path.display(),
+                                "store write failed; refusing durable publications until it works: {e}"
+                            );
+                            self.state.set_healthy(false);
+                        }
+                        if stopping {
+                            // Shutting down with a store that cannot write: what is
+                            // left is lost, so the stop is not clean (async streams
+                            // start new epochs next time).
+                            tracing::error!(
+                                records = n,
+                                "store still failing at shutdown; not marking the stop clean"
+                            );
+                            complete = false;
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(self.cfg.retry_ms));
+                    }
+                }
+            }
+            if Instant::now() >= next_prune {
+                next_prune = Instant::now() + prune_every;
+                match self.prune_by_age() {
+                    Ok(n) => {
+                        stats.pruned.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::warn!("store retention pass failed: {e}"),
+                }
+            }
+        }
+        if complete && self.rx.is_empty() {
+            if let Err(e) = self
+                .conn
+                .execute("UPDATE meta SET value = '1' WHERE key = 'clean'", [])
+            {
+                tracing::error!("cannot mark the store's stop clean: {e}");
+            }
+        }
+    }
+
+    /// One transaction for every waiting batch: the publications, each channel's top,
+    /// and the count trim.
+    fn write(&mut self, batches: &[Batch]) -> rusqlite::Result<()> {
+        let now = now_ms();
+        let tx = self.conn.transaction()?;
+        let mut tops: HashMap<&Arc<str>, (u64, u64, u32)> = HashMap::new();
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO publications
+                 (channel, epoch, offset, ts_ms, format, data, meta, key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for r in batches.iter().flat_map(|b| b.records.iter()) {
+                insert.execute(params![
+                    &*r.channel,
+                    r.epoch as i64,
+                    r.offset as i64,
+                    now,
+                    format_code(r.format),
+                    &r.data[..],
+                    r.meta.as_deref(),
+                    r.key.as_deref(),
+                ])?;
+                tops.insert(&r.channel, (r.epoch, r.offset, r.keep));
+            }
+            let mut top = tx.prepare_cached(
+                "INSERT INTO streams (channel, epoch, top, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (channel) DO UPDATE SET
+                     epoch = excluded.epoch, top = excluded.top, updated_ms = excluded.updated_ms",
+            )?;
+            let mut trim = tx.prepare_cached(
+                "DELETE FROM publications WHERE channel = ?1 AND epoch = ?2 AND offset <= ?3",
+            )?;
+            let mut old_epochs =
+                tx.prepare_cached("DELETE FROM publications WHERE channel = ?1 AND epoch <> ?2")?;
+            for (&channel, &(epoch, offset, keep)) in &tops {
+                top.execute(params![&**channel, epoch as i64, offset as i64, now])?;
+                if offset > u64::from(keep) {
+                    trim.execute(params![
+                        &**channel,
+                        epoch as i64,
+                        (offset - u64::from(keep)) as i64
+                    ])?;
+                }
+                if self.epochs.get(channel) != Some(&epoch) {
+                    old_epochs.execute(params![&**channel, epoch as i64])?;
+                }
+            }
+        }
+        tx.commit()?;
+        for (channel, (epoch, _, _)) in tops {
+            if self.epochs.get(channel) != Some(&epoch) {
+                self.epochs.insert(channel.clone(), epoch);
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete publications older than their namespace's `history_ttl_ms`.
+    fn prune_by_age(&mut self) -> rusqlite::Result<usize> {
+        let now = now_ms();
+        let mut deleted = 0;
+        for ns in &self.namespaces {
+            if ns.durability == Durability::None {
+                continue;
+            }
+            let cutoff = now.saturating_sub(ns.history_ttl_ms.min(i64::MAX as u64) as i64);
+            // Channels of the namespace are the key range [ns + ':', ns + ';').
+            deleted += self.conn.execute(
+                "DELETE FROM publications WHERE channel >= ?1 AND channel < ?2 AND ts_ms < ?3",
+                params![format!("{}:", ns.name), format!("{};", ns.name), cutoff],
+            )?;
+        }
+        Ok(deleted)
+    }
+}
+
+/// Tell each shard with a `sync` publication waiting that its batches up to the last
+/// one written are durable.
+fn notify(shards: &ShardSender, batches: &[Batch], stop: &AtomicBool) {
+    let mut last: HashMap<u16, (u64, bool)> = HashMap::new();
+    for b in batches {
+        let e = last.entry(b.shard).or_insert((b.seq, false));
+        e.0 = e.0.max(b.seq);
+        e.1 |= b.notify;
+    }
+    for (shard, (batch, wanted)) in last {
+        if !wanted {
+            continue;
+        }
+        let mut msg = ShardMsg::Committed { batch };
+        // The inbox drains within a loop turn; a shard that has stopped does not.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Err(back) = shards.send(shard as usize, msg) {
+            if stop.load(Ordering::Acquire) || Instant::now() > deadline {
+                tracing::warn!(shard, "cannot tell the shard its publications are stored");
+                break;
+            }
+            msg = back;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
