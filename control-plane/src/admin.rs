@@ -21,6 +21,8 @@ use switchboard_protocol::{ErrorCode, Format, Payload};
 
 use crate::auth::AuthStats;
 use crate::metrics::{self, ApiStats};
+use crate::store::StoreStats;
+use switchboard_engine::journal::JournalState;
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -35,6 +37,19 @@ pub struct AdminState {
     pub api: ApiStats,
     /// Body size limit, in bytes.
     pub max_body_bytes: usize,
+    /// The store's writer: path, backlog and health, counters.
+    pub store: Option<StoreView>,
+}
+
+/// What the admin API shows of the store.
+#[derive(Debug, Clone)]
+pub struct StoreView {
+    /// The file.
+    pub path: String,
+    /// Backlog and health, shared with the shards.
+    pub state: Arc<JournalState>,
+    /// Writer counters.
+    pub stats: Arc<StoreStats>,
 }
 
 /// The router.
@@ -75,13 +90,26 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Response {
             })
         })
         .collect();
-    let ready = s.engine.ready();
+    // A store that cannot write makes the node unready: durable publications are
+    // refused until it recovers.
+    let store_ok = s.store.as_ref().is_none_or(|st| st.state.healthy());
+    let ready = s.engine.ready() && store_ok;
+    let store = s.store.as_ref().map(|st| {
+        json!({
+            "path": st.path,
+            "writing": st.state.healthy(),
+            "backlog": st.state.backlog(),
+            "commits": st.stats.commits.load(Ordering::Relaxed),
+            "failures": st.stats.failures.load(Ordering::Relaxed),
+        })
+    });
     let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
+        "status": if ready { "ready" } else if store_ok { "not_ready" } else { "store_unavailable" },
         "backend": s.engine.backend(),
         "backend_fallback": s.engine.backend_fallback(),
         "connections": s.engine.connections(),
         "shards": shards,
+        "store": store,
     });
     let status = if ready {
         StatusCode::OK
@@ -97,7 +125,7 @@ async fn metrics_text(State(s): State<Arc<AdminState>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics::render(&s.engine, &s.auth, &s.api),
+        metrics::render(&s.engine, &s.auth, &s.api, s.store.as_ref()),
     )
         .into_response()
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use switchboard_engine::metrics::LATENCY_BUCKETS_US;
 use switchboard_engine::{CloseKind, EngineHandle, ShardMetrics};
 
+use crate::admin::StoreView;
 use crate::auth::AuthStats;
 
 /// Counters of the control plane itself.
@@ -35,7 +36,12 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Render every metric.
-pub fn render(engine: &EngineHandle, auth: &AuthStats, api: &ApiStats) -> String {
+pub fn render(
+    engine: &EngineHandle,
+    auth: &AuthStats,
+    api: &ApiStats,
+    store: Option<&StoreView>,
+) -> String {
     let shards = engine.metrics();
     let mut out = String::with_capacity(8192);
     family(
@@ -243,5 +249,60 @@ pub fn render(engine: &EngineHandle, auth: &AuthStats, api: &ApiStats) -> String
         "switchboard_api_refused_total {}",
         api.refused.load(Relaxed)
     );
+    if let Some(st) = store {
+        let gauges: [(&str, &str, &str, u64); 7] = [
+            (
+                "switchboard_store_up",
+                "gauge",
+                "1 while the store writes; 0 while its circuit is open (durable publications refused).",
+                st.state.healthy() as u64,
+            ),
+            (
+                "switchboard_store_backlog",
+                "gauge",
+                "Publications handed to the store writer and not yet stored.",
+                st.state.backlog() as u64,
+            ),
+            (
+                "switchboard_store_commits_total",
+                "counter",
+                "Store transactions committed (each one fsync).",
+                st.stats.commits.load(Relaxed),
+            ),
+            (
+                "switchboard_store_records_total",
+                "counter",
+                "Publications stored.",
+                st.stats.records.load(Relaxed),
+            ),
+            (
+                "switchboard_store_failures_total",
+                "counter",
+                "Failed store write attempts (each retried).",
+                st.stats.failures.load(Relaxed),
+            ),
+            (
+                "switchboard_store_pruned_total",
+                "counter",
+                "Stored publications deleted for age.",
+                st.stats.pruned.load(Relaxed),
+            ),
+            (
+                "switchboard_store_last_commit_seconds",
+                "gauge",
+                "Duration of the last store commit.",
+                0,
+            ),
+        ];
+        for (name, kind, help, v) in gauges {
+            family(&mut out, name, kind, help);
+            if name == "switchboard_store_last_commit_seconds" {
+                let us = st.stats.last_commit_us.load(Relaxed);
+                let _ = writeln!(out, "{name} {}", us as f64 / 1e6);
+            } else {
+                let _ = writeln!(out, "{name} {v}");
+            }
+        }
+    }
     out
 }

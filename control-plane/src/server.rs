@@ -119,6 +119,11 @@ impl Server {
             auth: auth_stats,
             api: ApiStats::default(),
             max_body_bytes: cfg.admin.max_body_bytes,
+            store: Some(admin::StoreView {
+                path: store.path().display().to_string(),
+                state: store.state().clone(),
+                stats: store.stats().clone(),
+            }),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let admin_thread = std::thread::Builder::new()

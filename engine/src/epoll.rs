@@ -204,6 +204,8 @@ async fn drive(setup: ShardSetup) {
     while driver.borrow().core.connections() > 0 && Instant::now() < deadline {
         tokio::time::sleep(poll).await;
     }
+    // Whatever this shard sequenced goes to the store before it stops.
+    driver.borrow_mut().core.end_turn();
     let left = driver.borrow().core.connections();
     tracing::info!(shard = id, connections_left = left, "shard stopped");
 }
@@ -242,6 +244,8 @@ fn accept(driver: &Shared, stream: TcpStream, peer: std::net::IpAddr) {
 impl Driver {
     /// Wake what the core asked to wake, and the flusher if frames are queued.
     fn after_core(&mut self) {
+        // Hand this turn's durable publications to the store, retry full inboxes.
+        self.core.end_turn();
         let mut wake = std::mem::take(&mut self.scratch);
         self.core.take_wake(&mut wake);
         for &slot in &wake {
@@ -275,7 +279,6 @@ impl Driver {
         list.clear();
         self.scratch = list;
         self.core.record_flush_latency();
-        self.core.end_turn();
     }
 
     /// Hot path: write `slot`'s queued frames with as few syscalls as the kernel allows.
@@ -513,7 +516,6 @@ async fn timer(driver: Shared, tick_ms: u64) {
         let tick = (start.elapsed().as_millis() / tick_ms as u128) as u64;
         let mut d = driver.borrow_mut();
         d.core.on_tick(tick);
-        d.core.end_turn();
         d.after_core();
     }
 }

@@ -607,6 +607,8 @@ impl Shard {
             .metrics()
             .accepting
             .store(false, Ordering::Release);
+        // Whatever this shard sequenced goes to the store before it stops.
+        self.core.end_turn();
         // From now on others wake us (if at all) through the eventfd.
         self.mesh.inbox(self.id).set_ring_fd(-1);
         self.wake_shards();
