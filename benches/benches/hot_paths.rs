@@ -471,6 +471,114 @@ fn streams(c: &mut Criterion) {
     g.finish();
 }
 
+/// What durability costs the owner shard per publication (100 local subscribers, 64 B):
+/// `none` sequences, keeps and delivers; `async` also hands a record to the store's
+/// batch (handed over at the end of each simulated loop turn of 64 publications, and
+/// taken off the channel as the writer would).
+fn durability(c: &mut Criterion) {
+    use switchboard_benches::fanout_core_in;
+    use switchboard_engine::journal::Durability;
+    let mut g = c.benchmark_group("durability");
+    let data = payload64();
+    for (name, durability) in [("none", Durability::None), ("async", Durability::Async)] {
+        let ((mut core, _rx), store) = fanout_core_in(100, "feed:bench", durability);
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(BenchmarkId::new("publish_to_100_local", name), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for i in 0..iters {
+                    let start = Instant::now();
+                    core.publish(
+                        "feed:bench",
+                        Payload {
+                            format: Format::MsgPack,
+                            raw: &data,
+                        },
+                    )
+                    .unwrap();
+                    if i % 64 == 63 {
+                        core.end_turn();
+                    }
+                    total += start.elapsed();
+                    if i % 64 == 63 {
+                        drain(&mut core);
+                        let _ = core.take_latency_samples();
+                        if let Some((link, rx)) = &store {
+                            while let Ok(batch) = rx.try_recv() {
+                                link.state().stored(batch.records.len());
+                            }
+                        }
+                    }
+                }
+                core.end_turn();
+                drain(&mut core);
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+/// The store's group commit: one SQLite transaction (WAL, synchronous=FULL, so one
+/// fsync) per batch of 1, 64 or 1024 publications of 64 B, on a real file in the
+/// temp directory. Throughput is publications per second.
+fn group_commit(c: &mut Criterion) {
+    use switchboard_control_plane::store::{self, StoreConfig};
+    use switchboard_engine::journal::{Batch, Durability, NamespacePolicy, Record};
+    let dir = std::env::temp_dir().join(format!("sb-bench-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = StoreConfig {
+        path: dir.join("bench.db"),
+        ..StoreConfig::default()
+    };
+    let ns = [NamespacePolicy {
+        name: "ledger".into(),
+        durability: Durability::Sync,
+        history_size: 10_000,
+        history_ttl_ms: 3_600_000,
+    }];
+    let mut opened = store::open(&cfg, &ns, 3_600_000).expect("store opens");
+    let channel: Arc<str> = "ledger:bench".into();
+    let data = bytes::Bytes::from(payload64());
+    let mut offset = 0u64;
+    let mut g = c.benchmark_group("group_commit");
+    for size in [1usize, 64, 1024] {
+        g.throughput(Throughput::Elements(size as u64));
+        g.bench_function(
+            BenchmarkId::new("publications_per_transaction", size),
+            |b| {
+                b.iter(|| {
+                    let records = (0..size)
+                        .map(|_| {
+                            offset += 1;
+                            Record {
+                                channel: channel.clone(),
+                                epoch: 7,
+                                offset,
+                                format: Format::MsgPack,
+                                data: data.clone(),
+                                meta: None,
+                                key: None,
+                                keep: 10_000,
+                            }
+                        })
+                        .collect();
+                    let batch = Batch {
+                        shard: 0,
+                        seq: offset,
+                        notify: true,
+                        records,
+                    };
+                    opened.write_now(std::slice::from_ref(&batch)).unwrap();
+                })
+            },
+        );
+    }
+    g.finish();
+    drop(opened);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn core_tick_of_first_visit() -> u64 {
     50
 }
@@ -478,6 +586,6 @@ fn core_tick_of_first_visit() -> u64 {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = frame_decode, frame_encode, unmask, envelopes, fanout, channel_index, cross_shard, jwt, heartbeat_wheel, outq_write_prep, streams
+    targets = frame_decode, frame_encode, unmask, envelopes, fanout, channel_index, cross_shard, jwt, heartbeat_wheel, outq_write_prep, streams, durability, group_commit
 }
 criterion_main!(benches);

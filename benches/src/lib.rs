@@ -6,6 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
+use switchboard_engine::journal::{Batch, Durability, Durable, JournalLink, NamespacePolicy};
 use switchboard_engine::{ControlRequest, EngineConfig, Identity, Mesh, ShardCore, ShardMetrics};
 use switchboard_protocol::Format;
 
@@ -15,12 +16,44 @@ pub fn fanout_core(
     subscribers: usize,
     channel: &str,
 ) -> (ShardCore, crossbeam_channel::Receiver<ControlRequest>) {
+    fanout_core_in(subscribers, channel, Durability::None).0
+}
+
+/// A shard core and the receiver of its control requests.
+pub type CoreAndControl = (ShardCore, crossbeam_channel::Receiver<ControlRequest>);
+
+/// The journal link a core sends to, and the store's receiving end.
+pub type StoreEnd = (JournalLink, crossbeam_channel::Receiver<Batch>);
+
+/// Like [`fanout_core`], with `channel`'s namespace at `durability`; for `async` and
+/// `sync` a journal link is attached, and its receiving end (the store's) returned.
+pub fn fanout_core_in(
+    subscribers: usize,
+    channel: &str,
+    durability: Durability,
+) -> (CoreAndControl, Option<StoreEnd>) {
+    let namespace = channel.split_once(':').map_or("", |(n, _)| n).to_string();
     let cfg = EngineConfig {
         shards: 1,
         max_outbound_bytes: 64 * 1024 * 1024,
+        namespaces: vec![NamespacePolicy {
+            name: namespace,
+            durability,
+            history_size: 64,
+            history_ttl_ms: 300_000,
+        }],
         ..EngineConfig::default()
     };
     let mesh = Mesh::new(1, 1024).expect("eventfd");
+    let store = (durability != Durability::None).then(|| {
+        let (link, rx) = JournalLink::new(1 << 30);
+        mesh.attach(Durable {
+            link: link.clone(),
+            seeds: Vec::new(),
+        })
+        .expect("first store");
+        (link, rx)
+    });
     let (tx, rx) = crossbeam_channel::bounded(16);
     let mut core = ShardCore::new(
         0,
@@ -40,7 +73,7 @@ pub fn fanout_core(
         core.subscribe_for_test(key, channel);
     }
     drain(&mut core);
-    (core, rx)
+    ((core, rx), store)
 }
 
 /// Empty every queue the way a flush does after the socket took everything: through

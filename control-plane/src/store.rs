@@ -352,6 +352,13 @@ fn read_seeds(
 }
 
 impl Opened {
+    /// Write `batches` now, on the caller's thread, as the writer would (one
+    /// transaction). For benchmarks and tools; a running server writes through
+    /// [`Opened::spawn`].
+    pub fn write_now(&mut self, batches: &[Batch]) -> rusqlite::Result<()> {
+        self.writer.write(batches)
+    }
+
     /// The journal link and the streams to continue, for the engine (once).
     pub fn take_durable(&mut self) -> Option<Durable> {
         self.durable.take()

@@ -100,6 +100,9 @@ pub struct Messages {
     pub foreign: u64,
     /// `lost / expected`.
     pub loss_ratio: f64,
+    /// Publishes the server acknowledged (protocols that reply to a publish).
+    #[serde(default)]
+    pub acked: u64,
 }
 
 /// Server resources over the run (with `--server-pid`).
@@ -188,6 +191,12 @@ pub struct RunResult {
     /// own lateness.
     #[serde(default)]
     pub service_latency_ms: Percentiles,
+    /// Time from sending a publish to the server's acknowledgment.
+    #[serde(default)]
+    pub ack_latency_ms: Percentiles,
+    /// Acknowledged publishes per second.
+    #[serde(default)]
+    pub acked_per_s: f64,
     /// Connections during the ramp.
     #[serde(default)]
     pub ramp: Vec<RampPoint>,
@@ -278,6 +287,16 @@ pub fn summary(r: &RunResult) -> String {
             "service      p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  (from actual send time)",
             v.p50, v.p90, v.p99, v.p999, v.max
         );
+        if m.acked > 0 {
+            let a = &r.ack_latency_ms;
+            let _ = writeln!(
+                o,
+                "acks         {} acknowledged ({} /s)  p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  (publish to reply)",
+                thousands(m.acked as f64),
+                thousands(r.acked_per_s),
+                a.p50, a.p90, a.p99, a.p999, a.max
+            );
+        }
     }
     for p in &r.storm {
         let _ = writeln!(

@@ -232,6 +232,7 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
         connect_latency_ms: Percentiles::of(&merged.connect),
         latency_ms: Percentiles::of(&merged.latency),
         service_latency_ms: Percentiles::of(&merged.service),
+        ack_latency_ms: Percentiles::of(&merged.ack),
         server_metrics: match (&metrics_before, &metrics_after) {
             (Some(b), Some(a)) => crate::scrape::delta(b, a),
             _ => Default::default(),
@@ -253,6 +254,7 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
         duplicates: merged.counts.duplicates,
         out_of_order: merged.counts.out_of_order,
         foreign: merged.counts.foreign,
+        acked: merged.counts.acked,
         loss_ratio: if expected > 0 {
             merged.counts.lost() as f64 / expected as f64
         } else {
@@ -260,6 +262,7 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
         },
     };
     r.sent_per_s = sent as f64 / scenario.duration_s;
+    r.acked_per_s = merged.counts.acked as f64 / scenario.duration_s;
     r.delivered_per_s = merged.counts.unique() as f64 / scenario.duration_s;
 
     // Timeline, with server samples matched by second.

@@ -89,6 +89,9 @@ pub struct Counts {
     pub error_samples: BTreeMap<String, Vec<String>>,
     /// Connections established.
     pub connected: u64,
+    /// Publishes acknowledged by the server.
+    #[serde(default)]
+    pub acked: u64,
 }
 
 impl Counts {
@@ -131,6 +134,7 @@ impl Counts {
         self.duplicates += other.duplicates;
         self.foreign += other.foreign;
         self.connected += other.connected;
+        self.acked += other.acked;
     }
 
     fn sample(&mut self, kind: &str, message: &str) {
@@ -152,6 +156,10 @@ pub struct Recorder {
     pub service: Histogram<u64>,
     /// Time to connect, upgrade and authenticate, µs.
     pub connect: Histogram<u64>,
+    /// Time from sending a publish to its acknowledgment (reply), µs.
+    pub ack: Histogram<u64>,
+    /// Publishes sent and not yet acknowledged: (publisher, request id) → send time.
+    unacked: HashMap<(u32, u32), u64>,
     /// Per-second timeline (index = whole seconds since `t0_ns`).
     pub seconds: Vec<Second>,
     /// Delivery and failure counts.
@@ -168,6 +176,8 @@ impl Recorder {
             latency: histogram(),
             service: histogram(),
             connect: histogram(),
+            ack: histogram(),
+            unacked: HashMap::new(),
             seconds: Vec::new(),
             counts: Counts::default(),
             tracks: HashMap::new(),
@@ -206,6 +216,20 @@ impl Recorder {
             }
         }
         self.second(intended_ns).sent += 1;
+    }
+
+    /// Publisher `publisher` sent its publish `id` at `now_ns`.
+    pub fn publish_sent(&mut self, publisher: u32, id: u32, now_ns: u64) {
+        self.unacked.insert((publisher, id), now_ns);
+    }
+
+    /// Publisher `publisher` got the reply to its command `id` at `now_ns` (replies to
+    /// other commands are ignored).
+    pub fn replied(&mut self, publisher: u32, id: u32, now_ns: u64) {
+        if let Some(sent) = self.unacked.remove(&(publisher, id)) {
+            self.counts.acked += 1;
+            record(&mut self.ack, now_ns.saturating_sub(sent) / 1_000);
+        }
     }
 
     /// Subscriber `subscriber` received a message from `publisher` with sequence `seq`,
@@ -250,6 +274,7 @@ impl Recorder {
             latency: encode_histogram(&self.latency),
             service: encode_histogram(&self.service),
             connect: encode_histogram(&self.connect),
+            ack: encode_histogram(&self.ack),
             seconds: self
                 .seconds
                 .iter()
@@ -294,6 +319,9 @@ pub struct WorkerResult {
     pub service: String,
     /// Connect latency histogram (base64 HDR V2).
     pub connect: String,
+    /// Publish acknowledgment latency histogram (base64 HDR V2).
+    #[serde(default)]
+    pub ack: String,
     /// Per-second timeline.
     pub seconds: Vec<SecondOut>,
     /// Delivery and failure counts.
@@ -316,6 +344,8 @@ pub struct Merged {
     pub service: Histogram<u64>,
     /// All connects' latency.
     pub connect: Histogram<u64>,
+    /// All publish acknowledgments' latency.
+    pub ack: Histogram<u64>,
     /// Per-second: sent, received, latency.
     pub seconds: Vec<(u64, u64, Histogram<u64>)>,
     /// Delivery and failure counts of all workers.
@@ -330,6 +360,7 @@ pub fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
         latency: histogram(),
         service: histogram(),
         connect: histogram(),
+        ack: histogram(),
         seconds: Vec::new(),
         counts: Counts::default(),
         cpu_s: 0.0,
@@ -340,6 +371,9 @@ pub fn merge(results: &[WorkerResult]) -> anyhow::Result<Merged> {
             m.service.add(decode_histogram(&r.service)?)?;
         }
         m.connect.add(decode_histogram(&r.connect)?)?;
+        if !r.ack.is_empty() {
+            m.ack.add(decode_histogram(&r.ack)?)?;
+        }
         for (i, s) in r.seconds.iter().enumerate() {
             while m.seconds.len() <= i {
                 m.seconds.push((0, 0, histogram()));
@@ -377,6 +411,21 @@ mod tests {
         assert_eq!(m.counts.lost(), 1, "seq 4 never came");
         assert_eq!(m.latency.len(), 5);
         assert_eq!(m.latency.value_at_quantile(0.5), 1000);
+    }
+
+    #[test]
+    fn acknowledgments_are_timed_from_their_publish() {
+        let mut r = Recorder::new();
+        r.publish_sent(1, 10, 1_000_000);
+        r.publish_sent(1, 11, 2_000_000);
+        r.publish_sent(2, 10, 2_000_000);
+        r.replied(1, 11, 5_000_000);
+        r.replied(2, 10, 2_500_000);
+        r.replied(1, 99, 9_000_000); // not a publish: ignored
+        let m = merge(&[r.finish(0.0, 1.0)]).unwrap();
+        assert_eq!(m.counts.acked, 2);
+        assert_eq!(m.ack.len(), 2);
+        assert_eq!(m.ack.max(), m.ack.highest_equivalent(3_000));
     }
 
     #[test]

@@ -461,7 +461,8 @@ async fn read_loop(shared: &Shared, client: &mut Client, ctx: &ConnCtx, me: u32,
                 }
             }
             In::Refused(_) => shared.rec.borrow_mut().error("refused"),
-            In::Closing(_) | In::Opened | In::Reply(_) | In::Ignore => {}
+            In::Reply(id) => shared.rec.borrow_mut().replied(me, id, now),
+            In::Closing(_) | In::Opened | In::Ignore => {}
         }
     }
 }
@@ -489,9 +490,13 @@ async fn publish(
             actual_ns: mono_ns(),
         }
         .encode(size);
-        let out = shared
-            .proto
-            .publish(&channel, (k % 1_000_000) as u32 + 10, &stamp);
+        let id = (k % 1_000_000) as u32 + 10;
+        let out = shared.proto.publish(&channel, id, &stamp);
+        // Noted before sending: the reply may be read before the send returns.
+        shared
+            .rec
+            .borrow_mut()
+            .publish_sent(me as u32, id, mono_ns());
         if conn::send(&writer, out).await.is_err() {
             shared.rec.borrow_mut().error("publish_failed");
             return;
