@@ -6,6 +6,8 @@
 #   switchboard  the scenarios on the epoll backend (2 shards and 1 shard), capacity model
 #   backends     idle, fanout, rooms, echo, connect-storm on epoll and on io_uring, same
 #                settings, back to back (docs/BENCHMARKS.md "io_uring vs epoll")
+#   durability   fanout (100k and 1M deliveries/s) and acks with the lt namespace at
+#                none, async and sync (docs/BENCHMARKS.md "What durability costs")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-docs/benchmarks}
@@ -34,9 +36,12 @@ stop() {
 }
 trap stop EXIT
 
-start_switchboard() { # shards [io backend: auto|uring|epoll]
+start_switchboard() { # shards [io backend: auto|uring|epoll] [durability: none|async|sync]
+  # A fresh store per run, so no run inherits another's streams.
+  SWITCHBOARD_STORE__PATH="$(mktemp -d)/switchboard.db" \
   SWITCHBOARD_AUTH__HMAC_SECRET=$SECRET SWITCHBOARD_LOG__LEVEL=warn \
-    target/release/switchboard serve --shards "$1" --io "${2:-epoll}" >"$OUT/switchboard-server.log" 2>&1 &
+    target/release/switchboard serve --shards "$1" --io "${2:-epoll}" \
+      --config "loadtest/configs/durability-${3:-none}.toml" >"$OUT/switchboard-server.log" 2>&1 &
   SERVER_PID=$!
   wait_port 7400
 }
@@ -89,6 +94,14 @@ if has backends; then
     start_switchboard 0 $io; run "$io-rooms" rooms --set workers=2; stop
     start_switchboard 0 $io; run "$io-echo" echo; stop
     start_switchboard 0 $io; run "$io-connect-storm" connect-storm; stop
+  done
+fi
+# What durability costs: the lt namespace memory-only, stored async, stored sync.
+if has durability; then
+  for d in none async sync; do
+    start_switchboard 0 epoll $d; run "durability-$d-fanout" fanout --set workers=2; stop
+    start_switchboard 0 epoll $d; run "durability-$d-fanout-1m" fanout --set rate=100 --set workers=2; stop
+    start_switchboard 0 epoll $d; run "durability-$d-acks" acks; stop
   done
 fi
 for srv in bun socketio ws; do
