@@ -456,4 +456,48 @@ mod tests {
             Err(ConfigError::Read { .. })
         ));
     }
+
+    #[test]
+    fn store_and_namespaces_load_and_bad_values_name_the_key() {
+        let f = write(
+            "[store]\npath = \"/var/lib/sb/x.db\"\n[namespaces.ledger]\ndurability = \"sync\"\nhistory_size = 500\n[namespaces.chat]\ndurability = \"async\"\n",
+        );
+        let c = Config::load(Some(&f.0), &env(&[("SWITCHBOARD_STORE__MAX_BATCH", "128")])).unwrap();
+        assert_eq!(c.store.path, PathBuf::from("/var/lib/sb/x.db"));
+        assert_eq!(c.store.max_batch, 128);
+        let engine = c.engine_config();
+        let ledger = engine
+            .namespaces
+            .iter()
+            .find(|n| n.name == "ledger")
+            .unwrap();
+        assert_eq!(
+            (ledger.durability, ledger.history_size),
+            (Durability::Sync, 500)
+        );
+        let chat = engine.namespaces.iter().find(|n| n.name == "chat").unwrap();
+        assert_eq!(
+            chat.history_size, c.engine.history_size,
+            "inherits the engine's"
+        );
+        for (text, key) in [
+            ("[namespaces.x]\ndurability = \"maybe\"\n", "durability"),
+            (
+                "[namespaces.x]\nhistory_ttl_ms = 0\n",
+                "namespaces.x.history_ttl_ms",
+            ),
+            (
+                "[namespaces.x]\ndurability = \"sync\"\nhistory_size = 0\n",
+                "namespaces.x.history_size",
+            ),
+            ("[namespaces.\"a:b\"]\n", "namespaces.a:b"),
+            ("[namespaces.x]\nretention = 3\n", "retention"),
+            ("[store]\nmax_backlog = 0\n", "store.max_backlog"),
+            ("[store]\npath = \"\"\n", "store.path"),
+        ] {
+            let f = write(text);
+            let e = Config::load(Some(&f.0), &env(&[])).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
 }
