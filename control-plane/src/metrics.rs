@@ -250,58 +250,54 @@ pub fn render(
         api.refused.load(Relaxed)
     );
     if let Some(st) = store {
-        let gauges: [(&str, &str, &str, u64); 7] = [
+        let last_commit_s = st.stats.last_commit_us.load(Relaxed) as f64 / 1e6;
+        let families: [(&str, &str, &str, String); 7] = [
             (
                 "switchboard_store_up",
                 "gauge",
                 "1 while the store writes; 0 while its circuit is open (durable publications refused).",
-                st.state.healthy() as u64,
+                (st.state.healthy() as u64).to_string(),
             ),
             (
                 "switchboard_store_backlog",
                 "gauge",
                 "Publications handed to the store writer and not yet stored.",
-                st.state.backlog() as u64,
+                st.state.backlog().to_string(),
             ),
             (
                 "switchboard_store_commits_total",
                 "counter",
                 "Store transactions committed (each one fsync).",
-                st.stats.commits.load(Relaxed),
+                st.stats.commits.load(Relaxed).to_string(),
             ),
             (
                 "switchboard_store_records_total",
                 "counter",
                 "Publications stored.",
-                st.stats.records.load(Relaxed),
+                st.stats.records.load(Relaxed).to_string(),
             ),
             (
                 "switchboard_store_failures_total",
                 "counter",
                 "Failed store write attempts (each retried).",
-                st.stats.failures.load(Relaxed),
+                st.stats.failures.load(Relaxed).to_string(),
             ),
             (
                 "switchboard_store_pruned_total",
                 "counter",
                 "Stored publications deleted for age.",
-                st.stats.pruned.load(Relaxed),
+                st.stats.pruned.load(Relaxed).to_string(),
             ),
             (
                 "switchboard_store_last_commit_seconds",
                 "gauge",
                 "Duration of the last store commit.",
-                0,
+                last_commit_s.to_string(),
             ),
         ];
-        for (name, kind, help, v) in gauges {
+        for (name, kind, help, value) in families {
             family(&mut out, name, kind, help);
-            if name == "switchboard_store_last_commit_seconds" {
-                let us = st.stats.last_commit_us.load(Relaxed);
-                let _ = writeln!(out, "{name} {}", us as f64 / 1e6);
-            } else {
-                let _ = writeln!(out, "{name} {v}");
-            }
+            let _ = writeln!(out, "{name} {value}");
         }
     }
     out
