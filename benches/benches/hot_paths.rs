@@ -464,6 +464,7 @@ fn streams(c: &mut Criterion) {
                 data: bytes::Bytes::copy_from_slice(&payload),
                 meta: None,
                 format: Format::MsgPack,
+                from: None,
             };
             st.retain(&names[i], entry, 64, 3000);
         })
@@ -559,6 +560,7 @@ fn group_commit(c: &mut Criterion) {
                                 data: data.clone(),
                                 meta: None,
                                 key: None,
+                                from: None,
                                 keep: 10_000,
                             }
                         })
@@ -568,6 +570,7 @@ fn group_commit(c: &mut Criterion) {
                         seq: offset,
                         notify: true,
                         records,
+                        marks: Vec::new(),
                     };
                     opened.write_now(std::slice::from_ref(&batch)).unwrap();
                 })

@@ -50,6 +50,7 @@ pub fn fanout_core_in(
         mesh.attach(Durable {
             link: link.clone(),
             seeds: Vec::new(),
+            marks: Vec::new(),
         })
         .expect("first store");
         (link, rx)
@@ -66,6 +67,8 @@ pub fn fanout_core_in(
         user: "bench".into(),
         channels: None,
         expires_at: None,
+        send_to: None,
+        schedule: false,
     });
     for i in 0..subscribers {
         let peer = IpAddr::V4(Ipv4Addr::from(0x7f00_0000 + (i as u32 % 250) + 1));

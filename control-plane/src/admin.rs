@@ -11,16 +11,17 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 use switchboard_engine::{EngineHandle, PublishError};
-use switchboard_protocol::{ErrorCode, Format, Payload};
+use switchboard_protocol::{ErrorCode, Format, Payload, Position};
 
 use crate::auth::AuthStats;
 use crate::metrics::{self, ApiStats};
+use crate::schedule::{CancelError, Scheduler, API_OWNER};
 use crate::store::StoreStats;
 use switchboard_engine::journal::JournalState;
 
@@ -39,6 +40,8 @@ pub struct AdminState {
     pub max_body_bytes: usize,
     /// The store's writer: path, backlog and health, counters.
     pub store: Option<StoreView>,
+    /// Scheduled messages.
+    pub scheduler: Scheduler,
 }
 
 /// What the admin API shows of the store.
@@ -60,6 +63,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/api/publish", post(publish))
         .route("/api/history", get(history))
+        .route("/api/send", post(send))
+        .route("/api/receipts", get(receipts))
+        .route("/api/schedule", post(schedule).get(list_scheduled))
+        .route("/api/schedule/{id}", delete(unschedule))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
 }
@@ -258,6 +265,9 @@ async fn history(
         if let Some(meta) = &e.meta {
             p["meta"] = as_json(e.format, meta);
         }
+        if let Some(from) = &e.from {
+            p["from"] = json!(&**from);
+        }
         publications.push(p);
     }
     Json(json!({
@@ -283,109 +293,419 @@ struct PublishBody<'a> {
     meta: Option<&'a RawValue>,
 }
 
-async fn publish(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
-    let refused = |r: Response| {
-        s.api.refused.fetch_add(1, Ordering::Relaxed);
-        r
-    };
-    if let Err(r) = check_key(&s, &headers) {
-        return refused(r.response());
+/// Check the key and read a JSON body of type `T` (with the handler's refusal counted).
+async fn read_body(s: &AdminState, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+    if let Err(r) = check_key(s, headers) {
+        return Err(r.response());
     }
-    let bytes: Bytes = match axum::body::to_bytes(body, s.max_body_bytes).await {
-        Ok(b) => b,
-        Err(_) => {
-            return refused(error(
+    axum::body::to_bytes(body, s.max_body_bytes)
+        .await
+        .map_err(|_| {
+            error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
                 &format!("body exceeds {} bytes", s.max_body_bytes),
-            ))
-        }
-    };
-    let req: PublishBody<'_> = match serde_json::from_slice(&bytes) {
-        Ok(r) => r,
-        Err(e) => {
-            return refused(error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                &format!("expected {{\"channel\": string, \"data\": any JSON}}: {e}"),
-            ))
-        }
-    };
-    let payload = Payload {
-        format: Format::Json,
-        raw: req.data.get().as_bytes(),
-    };
-    if req
-        .key
-        .as_deref()
-        .is_some_and(|k| k.is_empty() || k.len() > switchboard_protocol::envelope::MAX_KEY_BYTES)
+            )
+        })
+}
+
+fn bad_body(expected: &str, e: serde_json::Error) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        &format!("expected {expected}: {e}"),
+    )
+}
+
+fn check_api_key(key: Option<&str>) -> Result<(), Response> {
+    if key.is_some_and(|k| k.is_empty() || k.len() > switchboard_protocol::envelope::MAX_KEY_BYTES)
     {
-        return refused(error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "invalid_key",
             "key: must be 1 to 128 bytes",
         ));
     }
-    let meta = req.meta.map(|m| Payload {
+    Ok(())
+}
+
+/// Sequence one publication through its channel's owner shard and wait for its
+/// position (or the refusal, as the HTTP error the API documents).
+async fn sequence(
+    s: &AdminState,
+    channel: &str,
+    data: &RawValue,
+    meta: Option<&RawValue>,
+    key: Option<&str>,
+    from: Option<Arc<str>>,
+) -> Result<(Position, bool), Response> {
+    let payload = Payload {
+        format: Format::Json,
+        raw: data.get().as_bytes(),
+    };
+    let meta = meta.map(|m| Payload {
         format: Format::Json,
         raw: m.get().as_bytes(),
     });
-    let outcome = match s
-        .engine
-        .publish(&req.channel, payload, meta, req.key.as_deref())
-    {
+    let outcome = match s.engine.publish_from(channel, payload, meta, key, from) {
         Ok(ticket) => match tokio::time::timeout(std::time::Duration::from_secs(5), ticket).await {
             Ok(Ok(Ok(position))) => Ok(position),
             Ok(Ok(Err(why))) => {
-                return match why.code {
-                    ErrorCode::Overloaded => refused(error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "overloaded",
-                        &why.message,
-                    )),
-                    ErrorCode::Unavailable => refused(error(
+                return Err(match why.code {
+                    ErrorCode::Overloaded => {
+                        error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", &why.message)
+                    }
+                    ErrorCode::Unavailable => error(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "store_unavailable",
                         &why.message,
-                    )),
-                    _ => refused(error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_payload",
-                        &why.message,
-                    )),
-                }
+                    ),
+                    _ => error(StatusCode::BAD_REQUEST, "invalid_payload", &why.message),
+                })
             }
             // The owner shard dropped the request (it stopped) or did not answer.
             Ok(Err(_)) | Err(_) => Err(PublishError::Overloaded),
         },
         Err(e) => Err(e),
     };
-    match outcome {
-        Ok((position, duplicate)) => {
-            s.api.publications.fetch_add(1, Ordering::Relaxed);
-            let mut body = json!({"ok": true, "epoch": position.epoch_hex().as_str(), "offset": position.offset});
-            if duplicate {
-                body["duplicate"] = json!(true);
-            }
-            Json(body).into_response()
-        }
-        Err(PublishError::InvalidChannel) => refused(error(
+    outcome.map_err(|e| match e {
+        PublishError::InvalidChannel => error(
             StatusCode::BAD_REQUEST,
             "invalid_channel",
             "invalid channel name",
-        )),
-        Err(PublishError::Payload(m)) => {
-            refused(error(StatusCode::BAD_REQUEST, "invalid_payload", &m))
-        }
-        Err(e @ PublishError::Overloaded) => refused(error(
+        ),
+        PublishError::Payload(m) => error(StatusCode::BAD_REQUEST, "invalid_payload", &m),
+        e @ PublishError::Overloaded => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",
             &e.to_string(),
-        )),
-        Err(e) => refused(error(
+        ),
+        e => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             &e.to_string(),
-        )),
+        ),
+    })
+}
+
+fn position_json(position: Position, duplicate: bool) -> serde_json::Value {
+    let mut body = json!({"epoch": position.epoch_hex().as_str(), "offset": position.offset});
+    if duplicate {
+        body["duplicate"] = json!(true);
+    }
+    body
+}
+
+async fn publish(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
+    let result = async {
+        let bytes = read_body(&s, &headers, body).await?;
+        let req: PublishBody<'_> = serde_json::from_slice(&bytes)
+            .map_err(|e| bad_body("{\"channel\": string, \"data\": any JSON}", e))?;
+        check_api_key(req.key.as_deref())?;
+        let (position, duplicate) = sequence(
+            &s,
+            &req.channel,
+            req.data,
+            req.meta,
+            req.key.as_deref(),
+            None,
+        )
+        .await?;
+        let mut body = position_json(position, duplicate);
+        body["ok"] = json!(true);
+        Ok::<_, Response>(Json(body).into_response())
+    }
+    .await;
+    counted(&s, result, 1)
+}
+
+/// Count the outcome: `n` publications, or one refusal.
+fn counted(s: &AdminState, result: Result<Response, Response>, n: u64) -> Response {
+    match result {
+        Ok(r) => {
+            s.api.publications.fetch_add(n, Ordering::Relaxed);
+            r
+        }
+        Err(r) => {
+            s.api.refused.fetch_add(1, Ordering::Relaxed);
+            r
+        }
+    }
+}
+
+/// Body of `POST /api/send`.
+#[derive(Deserialize)]
+struct SendBody<'a> {
+    /// One recipient…
+    #[serde(borrow, default)]
+    user: Option<std::borrow::Cow<'a, str>>,
+    /// …or several.
+    #[serde(default)]
+    users: Option<Vec<String>>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    /// Message id: a retry within the dedupe window is not delivered again.
+    #[serde(borrow, default)]
+    key: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    meta: Option<&'a RawValue>,
+    /// Sender shown to recipients (default: none, a system message).
+    #[serde(borrow, default)]
+    from: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// Most recipients of one `POST /api/send`.
+const MAX_RECIPIENTS: usize = 1000;
+
+/// `POST /api/send`: a direct message into one or more users' inboxes.
+async fn send(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
+    let mut sent = 0u64;
+    let result = async {
+        let bytes = read_body(&s, &headers, body).await?;
+        let req: SendBody<'_> = serde_json::from_slice(&bytes).map_err(|e| {
+            bad_body(
+                "{\"user\": string or \"users\": [string], \"data\": any JSON}",
+                e,
+            )
+        })?;
+        check_api_key(req.key.as_deref())?;
+        let users: Vec<String> = match (req.user, req.users) {
+            (Some(u), None) => vec![u.into_owned()],
+            (None, Some(list)) if !list.is_empty() && list.len() <= MAX_RECIPIENTS => list,
+            _ => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("users: give 'user', or 'users' with 1 to {MAX_RECIPIENTS} ids"),
+                ))
+            }
+        };
+        let from: Option<Arc<str>> = req.from.as_deref().map(Arc::from);
+        let mut results = Vec::with_capacity(users.len());
+        for user in &users {
+            let Some(channel) = s.engine.inbox_channel(user) else {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    if s.engine.inbox_channel("x").is_none() {
+                        "inbox_disabled"
+                    } else {
+                        "invalid_user"
+                    },
+                    &format!("users: cannot send to {user:?} (inboxes off or invalid id)"),
+                ));
+            };
+            let r = sequence(
+                &s,
+                &channel,
+                req.data,
+                req.meta,
+                req.key.as_deref(),
+                from.clone(),
+            )
+            .await;
+            results.push(match r {
+                Ok((position, duplicate)) => {
+                    sent += 1;
+                    let mut v = position_json(position, duplicate);
+                    v["user"] = json!(user);
+                    v
+                }
+                Err(resp) => {
+                    // One recipient's failure does not undo the others: report each.
+                    let status = resp.status().as_u16();
+                    json!({"user": user, "error": {"status": status}})
+                }
+            });
+        }
+        Ok(Json(json!({"ok": true, "results": results})).into_response())
+    }
+    .await;
+    counted(&s, result, sent)
+}
+
+/// Query of `GET /api/receipts`.
+#[derive(Deserialize)]
+struct ChannelQuery {
+    channel: String,
+}
+
+/// `GET /api/receipts?channel=…`: who has received and read the channel up to where.
+async fn receipts(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<ChannelQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = check_key(&s, &headers) {
+        return r.response();
+    }
+    let Ok(axum::extract::Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "expected ?channel=NAME",
+        );
+    };
+    let ticket = match s.engine.receipts(&q.channel) {
+        Ok(t) => t,
+        Err(PublishError::InvalidChannel) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_channel",
+                "invalid channel name",
+            )
+        }
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                &e.to_string(),
+            )
+        }
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), ticket).await {
+        Ok(Ok(list)) => Json(list).into_response(),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the channel's shard did not answer",
+        ),
+    }
+}
+
+/// Body of `POST /api/schedule`.
+#[derive(Deserialize)]
+struct ScheduleBody<'a> {
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    #[serde(borrow, default)]
+    meta: Option<&'a RawValue>,
+    /// Unix milliseconds…
+    #[serde(default)]
+    at: Option<u64>,
+    /// …or milliseconds from now.
+    #[serde(default)]
+    delay_ms: Option<u64>,
+    /// Sender shown for a direct message.
+    #[serde(default)]
+    from: Option<String>,
+}
+
+/// `POST /api/schedule`: publish to a channel or send to a user later.
+async fn schedule(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
+    let result = async {
+        let bytes = read_body(&s, &headers, body).await?;
+        let req: ScheduleBody<'_> = serde_json::from_slice(&bytes).map_err(|e| {
+            bad_body(
+                "{\"channel\" or \"user\": string, \"data\": any JSON, \"at\" or \"delay_ms\": integer}",
+                e,
+            )
+        })?;
+        let bad = |field: &str, message: &str| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("{field}: {message}"),
+            )
+        };
+        let (channel, from) = match (req.channel, req.user) {
+            (Some(c), None) => {
+                if !switchboard_protocol::envelope::valid_channel(&c) {
+                    return Err(bad("channel", "invalid channel name"));
+                }
+                (c, None)
+            }
+            (None, Some(u)) => match s.engine.inbox_channel(&u) {
+                Some(c) => (c, req.from.map(Arc::<str>::from)),
+                None => return Err(bad("user", "inboxes are off or the id is invalid")),
+            },
+            _ => return Err(bad("channel", "give exactly one of 'channel' and 'user'")),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let due_ms = match (req.at, req.delay_ms) {
+            (Some(at), None) => at,
+            (None, Some(d)) => now.saturating_add(d),
+            _ => return Err(bad("at", "give exactly one of 'at' and 'delay_ms'")),
+        };
+        let job = switchboard_engine::auth::ScheduleJob {
+            channel,
+            from,
+            format: Format::Json,
+            data: bytes::Bytes::copy_from_slice(req.data.get().as_bytes()),
+            meta: req
+                .meta
+                .map(|m| bytes::Bytes::copy_from_slice(m.get().as_bytes())),
+            due_ms,
+            owner: Arc::from(API_OWNER),
+        };
+        let (id, at) = s.scheduler.add(job).await.map_err(|e| {
+            error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &e)
+        })?;
+        Ok(Json(json!({"ok": true, "schedule": id, "at": at})).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|r| r)
+}
+
+/// Query of `GET /api/schedule`.
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+/// `GET /api/schedule[?all=true]`: pending scheduled messages (or the latest 1,000 of
+/// every state).
+async fn list_scheduled(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = check_key(&s, &headers) {
+        return r.response();
+    }
+    let all = query.map(|q| q.0.all).unwrap_or(false);
+    match s.scheduler.list(!all).await {
+        Ok(list) => Json(json!({"scheduled": list})).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &e),
+    }
+}
+
+/// `DELETE /api/schedule/{id}`: cancel a pending scheduled message.
+async fn unschedule(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    path: Result<axum::extract::Path<u64>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    if let Err(r) = check_key(&s, &headers) {
+        return r.response();
+    }
+    let Ok(axum::extract::Path(id)) = path else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "id: expected an integer",
+        );
+    };
+    match s.scheduler.cancel(id).await {
+        Ok(()) => Json(json!({"ok": true})).into_response(),
+        Err(CancelError::NotFound) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such scheduled message",
+        ),
+        Err(CancelError::NotPending(state)) => error(
+            StatusCode::CONFLICT,
+            "not_pending",
+            &format!("the scheduled message is already {state}"),
+        ),
+        Err(CancelError::Store(e)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &e)
+        }
     }
 }

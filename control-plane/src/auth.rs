@@ -45,6 +45,13 @@ pub struct Claims {
     /// means every channel.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub channels: Option<Vec<String>>,
+    /// User-id patterns (`*` for anyone) this token may send direct messages to;
+    /// absent means none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_to: Option<Vec<String>>,
+    /// Whether this token may schedule messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<bool>,
 }
 
 /// Parses a PEM public key.
@@ -181,6 +188,8 @@ impl Verifier {
             user: claims.sub.into(),
             channels: claims.channels,
             expires_at: claims.exp,
+            send_to: claims.send_to,
+            schedule: claims.schedule.unwrap_or(false),
         })
     }
 }
@@ -193,6 +202,17 @@ pub fn mint(
     ttl: Duration,
     cfg: &AuthConfig,
 ) -> String {
+    mint_with(secret, sub, ttl, cfg, |c| c.channels = channels)
+}
+
+/// [`mint`] with the claims adjusted by `edit` (direct-message and scheduling rights).
+pub fn mint_with(
+    secret: &str,
+    sub: &str,
+    ttl: Duration,
+    cfg: &AuthConfig,
+    edit: impl FnOnce(&mut Claims),
+) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -204,8 +224,12 @@ pub fn mint(
         iat: Some(now),
         iss: cfg.issuer.clone(),
         aud: cfg.audience.clone(),
-        channels,
+        channels: None,
+        send_to: None,
+        schedule: None,
     };
+    let mut claims = claims;
+    edit(&mut claims);
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,
@@ -223,64 +247,78 @@ pub struct AuthStats {
     pub refused: AtomicU64,
 }
 
-/// Start `threads` workers answering shards' token checks until every sender is gone.
+/// Start `threads` workers answering shards' token checks until every sender is gone;
+/// scheduling requests go on to `scheduler`.
 pub fn spawn_workers(
     threads: usize,
     requests: Receiver<ControlRequest>,
     verifier: Arc<Verifier>,
     shards: ShardSender,
     stats: Arc<AuthStats>,
+    scheduler: crate::schedule::Scheduler,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     (0..threads)
         .map(|i| {
-            let (rx, verifier, shards, stats) = (
+            let (rx, verifier, shards, stats, scheduler) = (
                 requests.clone(),
                 verifier.clone(),
                 shards.clone(),
                 stats.clone(),
+                scheduler.clone(),
             );
             std::thread::Builder::new()
                 .name(format!("auth-{i}"))
                 .spawn(move || {
                     while let Ok(req) = rx.recv() {
-                        let ControlRequest::Authenticate {
-                            shard,
-                            conn,
-                            req_id,
-                            token,
-                        } = req;
-                        let result = verifier.verify(&token).map(Arc::new);
-                        let counter = if result.is_ok() {
-                            &stats.accepted
-                        } else {
-                            &stats.refused
-                        };
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        let mut msg = ShardMsg::AuthDone {
-                            conn,
-                            req_id,
-                            result,
-                        };
-                        // A full inbox of a running shard drains within microseconds; one
-                        // full for seconds belongs to a shard that has stopped. Then the
-                        // verdict is dropped: the connection, if it still exists, ends
-                        // with the auth timeout (4002).
-                        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-                        while let Err(back) = shards.send(shard as usize, msg) {
-                            if std::time::Instant::now() > deadline {
-                                tracing::warn!(
-                                    shard,
-                                    "shard inbox full for 5 s; dropping an auth verdict"
-                                );
-                                break;
+                        let (shard, msg) = match req {
+                            ControlRequest::Authenticate {
+                                shard,
+                                conn,
+                                req_id,
+                                token,
+                            } => {
+                                let result = verifier.verify(&token).map(Arc::new);
+                                let counter = if result.is_ok() {
+                                    &stats.accepted
+                                } else {
+                                    &stats.refused
+                                };
+                                counter.fetch_add(1, Ordering::Relaxed);
+                                let msg = ShardMsg::AuthDone {
+                                    conn,
+                                    req_id,
+                                    result,
+                                };
+                                (shard, msg)
                             }
-                            msg = back;
-                            std::thread::sleep(Duration::from_micros(200));
-                        }
+                            other => {
+                                // Scheduling: the scheduler answers the shard itself.
+                                scheduler.submit(other);
+                                continue;
+                            }
+                        };
+                        send_patiently(&shards, shard, msg, "an auth verdict");
                     }
                 })
         })
         .collect()
+}
+
+/// Send `msg` to `shard`, waiting while its inbox is full. A full inbox of a running
+/// shard drains within microseconds; one full for seconds belongs to a shard that has
+/// stopped, and the message (`what`) is dropped with a warning: the connection, if it
+/// still exists, ends by its own timeouts.
+pub fn send_patiently(shards: &ShardSender, shard: u16, msg: ShardMsg, what: &str) {
+    let mut msg = msg;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while let Err(back) = shards.send(shard as usize, msg) {
+        if std::time::Instant::now() > deadline {
+            tracing::warn!(shard, "shard inbox full for 5 s; dropping {what}");
+            break;
+        }
+        msg = back;
+        std::thread::sleep(Duration::from_micros(200));
+    }
 }
 
 #[cfg(test)]
@@ -336,6 +374,8 @@ mod tests {
             iss: None,
             aud: None,
             channels: None,
+            send_to: None,
+            schedule: None,
         };
         let t = jsonwebtoken::encode(
             &Header::default(),

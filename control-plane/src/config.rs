@@ -31,6 +31,36 @@ pub struct Config {
     /// Per-namespace settings, `[namespaces.NAME]`: a channel's namespace is the part
     /// of its name before the first `:`.
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// Users' inboxes (direct messages).
+    pub inbox: InboxConfig,
+}
+
+/// `[inbox]`: every user's durable inbox, the channel `NAMESPACE:<user id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InboxConfig {
+    /// Direct messages on: `send`, inbox backlogs on connect, per-device cursors.
+    pub enabled: bool,
+    /// The inbox namespace (not configurable again in `[namespaces]`).
+    pub namespace: String,
+    /// `sync` (default: a `send` is acknowledged once stored) or `async`.
+    pub durability: Durability,
+    /// Messages kept per inbox (the backlog a device gets).
+    pub history_size: usize,
+    /// Messages older than this expire (default 7 days).
+    pub history_ttl_ms: u64,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        InboxConfig {
+            enabled: true,
+            namespace: "inbox".into(),
+            durability: Durability::Sync,
+            history_size: 1000,
+            history_ttl_ms: 7 * 24 * 3600 * 1000,
+        }
+    }
 }
 
 /// `[namespaces.NAME]`: how the channels `NAME:*` behave.
@@ -213,7 +243,7 @@ impl Config {
             let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
             if !matches!(
                 section.as_str(),
-                "engine" | "auth" | "admin" | "log" | "store"
+                "engine" | "auth" | "admin" | "log" | "store" | "inbox"
             ) {
                 return Err(ConfigError::Env {
                     var,
@@ -261,6 +291,15 @@ impl Config {
                 history_ttl_ms: ns.history_ttl_ms.unwrap_or(self.engine.history_ttl_ms),
             })
             .collect();
+        if self.inbox.enabled {
+            engine.inbox = Some(self.inbox.namespace.clone());
+            engine.namespaces.push(NamespacePolicy {
+                name: self.inbox.namespace.clone(),
+                durability: self.inbox.durability,
+                history_size: self.inbox.history_size,
+                history_ttl_ms: self.inbox.history_ttl_ms,
+            });
+        }
         engine
     }
 
@@ -276,6 +315,34 @@ impl Config {
                 return Err(ConfigError::Invalid(format!(
                     "namespaces.{name}: a namespace name is 1 to 64 of A-Z a-z 0-9 _ - ."
                 )));
+            }
+        }
+        if self.inbox.enabled {
+            let ns = &self.inbox.namespace;
+            let ok = !ns.is_empty()
+                && ns.len() <= 64
+                && ns
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if !ok {
+                return Err(ConfigError::Invalid(
+                    "inbox.namespace: a namespace name is 1 to 64 of A-Z a-z 0-9 _ - .".into(),
+                ));
+            }
+            if self.namespaces.contains_key(ns) {
+                return Err(ConfigError::Invalid(format!(
+                    "namespaces.{ns}: this is the inbox namespace; set it in [inbox]"
+                )));
+            }
+            if self.inbox.durability == Durability::None {
+                return Err(ConfigError::Invalid(
+                    "inbox.durability must be sync or async (inboxes are stored)".into(),
+                ));
+            }
+            if self.inbox.history_size == 0 || self.inbox.history_ttl_ms == 0 {
+                return Err(ConfigError::Invalid(
+                    "inbox.history_size and inbox.history_ttl_ms must be greater than 0".into(),
+                ));
             }
         }
         self.engine_config()

@@ -17,6 +17,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod schedule;
 pub mod server;
 pub mod store;
 

@@ -16,6 +16,7 @@ use crate::admin::{self, AdminState};
 use crate::auth::{self, AuthStats, Verifier};
 use crate::config::Config;
 use crate::metrics::ApiStats;
+use crate::schedule::{self, SchedulerHandle};
 use crate::store::{self, StoreHandle};
 
 /// Credentials generated for dev mode (no key configured).
@@ -36,6 +37,7 @@ pub struct Server {
     admin_thread: Option<std::thread::JoinHandle<()>>,
     auth_threads: Vec<std::thread::JoinHandle<()>>,
     store: Option<StoreHandle>,
+    scheduler: Option<SchedulerHandle>,
     /// Set in dev mode.
     pub dev: Option<DevCredentials>,
     /// The API key in force (configured, or generated in dev mode).
@@ -54,12 +56,17 @@ impl Server {
     pub fn start(cfg: Config) -> anyhow::Result<Server> {
         let (secret, dev) = if cfg.dev_mode() {
             let secret = random_hex(32);
-            let token = auth::mint(
+            // Dev mode is permissive: every channel, direct messages to anyone,
+            // scheduling.
+            let token = auth::mint_with(
                 &secret,
                 "dev",
-                None,
                 Duration::from_secs(24 * 3600),
                 &cfg.auth,
+                |c| {
+                    c.send_to = Some(vec!["*".into()]);
+                    c.schedule = Some(true);
+                },
             );
             (Some(secret.clone()), Some(DevCredentials { secret, token }))
         } else {
@@ -74,7 +81,7 @@ impl Server {
             Verifier::new(&cfg.auth, secret.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?,
         );
 
-        let engine_cfg = cfg.engine_config();
+        let mut engine_cfg = cfg.engine_config();
         // The store is read before the shards start, so they continue its streams
         // before they accept anyone.
         let opened = store::open(
@@ -94,11 +101,14 @@ impl Server {
                 "the previous run did not stop cleanly: async streams start new epochs, sync streams continue"
             );
         }
+        engine_cfg.reconnect_secret = Some(Arc::from(&opened.opening.reconnect_key[..]));
         let (requests_tx, requests_rx) = crossbeam_channel::bounded(cfg.auth.queue_capacity);
         let mut opened = opened;
         let durable = opened.take_durable();
         let engine = Arc::new(Engine::start_with(engine_cfg, requests_tx, durable)?);
         let store = opened.spawn(engine.sender())?;
+        let (scheduler, scheduler_handle) =
+            schedule::spawn(store.path(), engine.clone(), engine.sender())?;
         let auth_stats = Arc::new(AuthStats::default());
         let auth_threads = auth::spawn_workers(
             cfg.auth.threads,
@@ -106,6 +116,7 @@ impl Server {
             verifier,
             engine.sender(),
             auth_stats.clone(),
+            scheduler.clone(),
         )
         .context("cannot start auth workers")?;
 
@@ -119,6 +130,7 @@ impl Server {
             auth: auth_stats,
             api: ApiStats::default(),
             max_body_bytes: cfg.admin.max_body_bytes,
+            scheduler,
             store: Some(admin::StoreView {
                 path: store.path().display().to_string(),
                 state: store.state().clone(),
@@ -158,6 +170,7 @@ impl Server {
             admin_thread: Some(admin_thread),
             auth_threads,
             store: Some(store),
+            scheduler: Some(scheduler_handle),
             dev,
             api_key,
         })
@@ -192,6 +205,9 @@ impl Server {
     /// wrote everything) and the admin API.
     pub fn wait(mut self) {
         self.engine.join();
+        if let Some(scheduler) = self.scheduler.take() {
+            scheduler.finish();
+        }
         if let Some(store) = self.store.take() {
             store.finish();
         }

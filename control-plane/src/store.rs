@@ -39,13 +39,18 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use switchboard_engine::journal::{
-    Batch, Durability, Durable, JournalLink, JournalState, NamespacePolicy, SeedEntry, SeedStream,
+    Batch, Durability, Durable, JournalLink, JournalState, MarkKind, MarkRecord, NamespacePolicy,
+    SeedEntry, SeedStream,
 };
 use switchboard_engine::{ShardMsg, ShardSender};
 use switchboard_protocol::Format;
 
 /// Version of the schema this build writes.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Marks (inbox cursors, receipts) not updated for this long are deleted, unless the
+/// longest durable `history_ttl_ms` is longer.
+const MARKS_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
 
 /// `[store]`: where and how durable data is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,7 +128,7 @@ pub struct StoreStats {
 }
 
 /// What start-up learned about the previous run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Opening {
     /// Whether the previous run stopped cleanly (or the file is new).
     pub clean: bool,
@@ -131,6 +136,23 @@ pub struct Opening {
     pub streams: usize,
     /// Of those, continued in their epoch.
     pub continued: usize,
+    /// Inbox cursors and receipts handed to the shards.
+    pub marks: usize,
+    /// Key of reconnect tokens (generated once per store, so every process sharing
+    /// the store accepts the others' tokens).
+    pub reconnect_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Opening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opening")
+            .field("clean", &self.clean)
+            .field("streams", &self.streams)
+            .field("continued", &self.continued)
+            .field("marks", &self.marks)
+            .field("reconnect_key", &"<redacted>")
+            .finish()
+    }
 }
 
 /// An opened store whose writer has not started yet (it needs the engine's shards to
@@ -241,10 +263,15 @@ pub fn open(
         .is_none_or(|v| v == "1");
     let seeds = read_seeds(&conn, namespaces, stream_idle_ms, clean)
         .map_err(|e| fail(format!("cannot read streams: {e}")))?;
+    let marks = read_marks(&conn).map_err(|e| fail(format!("cannot read marks: {e}")))?;
+    let reconnect_key =
+        reconnect_key(&conn).map_err(|e| fail(format!("cannot read or write keys: {e}")))?;
     let opening = Opening {
         clean,
         streams: seeds.len(),
         continued: seeds.iter().filter(|s| s.epoch.is_some()).count(),
+        marks: marks.len(),
+        reconnect_key,
     };
     let (link, rx) = JournalLink::new(cfg.max_backlog);
     let writer = Writer {
@@ -258,7 +285,7 @@ pub fn open(
     };
     Ok(Opened {
         writer,
-        durable: Some(Durable { link, seeds }),
+        durable: Some(Durable { link, seeds, marks }),
         opening,
     })
 }
@@ -303,12 +330,112 @@ fn prepare(conn: &Connection) -> rusqlite::Result<()> {
              format INTEGER NOT NULL,
              data BLOB NOT NULL,
              meta BLOB,
-             key TEXT
+             key TEXT,
+             sender TEXT
          );
-         PRAGMA user_version = 1;
+         CREATE TABLE IF NOT EXISTS marks (
+             channel TEXT NOT NULL,
+             kind INTEGER NOT NULL,
+             who TEXT NOT NULL,
+             epoch INTEGER NOT NULL,
+             delivered INTEGER NOT NULL,
+             read INTEGER NOT NULL,
+             at_ms INTEGER NOT NULL,
+             PRIMARY KEY (channel, kind, who)
+         ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS scheduled (
+             id INTEGER PRIMARY KEY,
+             due_ms INTEGER NOT NULL,
+             channel TEXT NOT NULL,
+             sender TEXT,
+             format INTEGER NOT NULL,
+             data BLOB NOT NULL,
+             meta BLOB,
+             owner TEXT NOT NULL,
+             created_ms INTEGER NOT NULL,
+             state INTEGER NOT NULL,
+             fired_ms INTEGER,
+             epoch INTEGER,
+             offset INTEGER,
+             error TEXT
+         );
+         CREATE INDEX IF NOT EXISTS scheduled_pending ON scheduled (state, due_ms);
+         CREATE INDEX IF NOT EXISTS scheduled_owner ON scheduled (owner, state);
          COMMIT;",
     )?;
+    // Version 1 files: the log had no sender column.
+    let has_sender = conn
+        .prepare("SELECT 1 FROM pragma_table_info('log') WHERE name = 'sender'")?
+        .exists([])?;
+    if !has_sender {
+        conn.execute_batch("ALTER TABLE log ADD COLUMN sender TEXT")?;
+    }
+    conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
     Ok(())
+}
+
+/// Every inbox cursor and receipt.
+fn read_marks(conn: &Connection) -> rusqlite::Result<Vec<MarkRecord>> {
+    let mut q =
+        conn.prepare("SELECT channel, kind, who, epoch, delivered, read, at_ms FROM marks")?;
+    let rows = q.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)? as u64,
+            r.get::<_, i64>(4)? as u64,
+            r.get::<_, i64>(5)? as u64,
+            r.get::<_, i64>(6)? as u64,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (channel, kind, who, epoch, delivered, read, at_ms) = row?;
+        let Some(kind) = MarkKind::from_code(kind) else {
+            continue;
+        };
+        out.push(MarkRecord {
+            channel: channel.into(),
+            kind,
+            who: who.into(),
+            epoch,
+            delivered,
+            read,
+            at_ms,
+        });
+    }
+    Ok(out)
+}
+
+/// The store's reconnect-token key, created on first use.
+fn reconnect_key(conn: &Connection) -> rusqlite::Result<Vec<u8>> {
+    let hex: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'reconnect_key'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let parse = |h: &str| -> Option<Vec<u8>> {
+        (h.len() == 64)
+            .then(|| {
+                (0..32)
+                    .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).ok())
+                    .collect::<Option<Vec<u8>>>()
+            })
+            .flatten()
+    };
+    if let Some(key) = hex.as_deref().and_then(parse) {
+        return Ok(key);
+    }
+    let hex = crate::server::random_hex(32);
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('reconnect_key', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [&hex],
+    )?;
+    Ok(parse(&hex).expect("64 hex digits"))
 }
 
 fn read_seeds(
@@ -354,7 +481,7 @@ fn read_seeds(
     // publications of each continuing stream.
     let mut kept: HashMap<String, std::collections::VecDeque<SeedEntry>> = HashMap::new();
     let mut log = conn.prepare(
-        "SELECT channel, epoch, offset, ts_ms, format, data, meta, key FROM log ORDER BY id",
+        "SELECT channel, epoch, offset, ts_ms, format, data, meta, key, sender FROM log ORDER BY id",
     )?;
     let mut rows = log.query([])?;
     while let Some(r) = rows.next()? {
@@ -383,6 +510,7 @@ fn read_seeds(
             data: Bytes::from(r.get::<_, Vec<u8>>(5)?),
             meta: r.get::<_, Option<Vec<u8>>>(6)?.map(Bytes::from),
             key: r.get::<_, Option<String>>(7)?.map(String::into_boxed_str),
+            from: r.get::<_, Option<String>>(8)?.map(String::into_boxed_str),
         });
     }
     let mut out = Vec::with_capacity(by_channel.len());
@@ -586,8 +714,8 @@ impl Writer {
         let mut updates: Vec<(Arc<str>, Written)> = Vec::new();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO log (channel, epoch, offset, ts_ms, format, data, meta, key)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO log (channel, epoch, offset, ts_ms, format, data, meta, key, sender)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             for r in batches.iter().flat_map(|b| b.records.iter()) {
                 insert.execute(params![
@@ -599,8 +727,26 @@ impl Writer {
                     &r.data[..],
                     r.meta.as_deref(),
                     r.key.as_deref(),
+                    r.from.as_deref(),
                 ])?;
                 tops.insert(&r.channel, (r.epoch, r.offset));
+            }
+            let mut mark = tx.prepare_cached(
+                "INSERT INTO marks (channel, kind, who, epoch, delivered, read, at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (channel, kind, who) DO UPDATE SET epoch = excluded.epoch,
+                     delivered = excluded.delivered, read = excluded.read, at_ms = excluded.at_ms",
+            )?;
+            for m in batches.iter().flat_map(|b| b.marks.iter()) {
+                mark.execute(params![
+                    &*m.channel,
+                    m.kind.code(),
+                    &*m.who,
+                    m.epoch as i64,
+                    m.delivered as i64,
+                    m.read as i64,
+                    m.at_ms as i64,
+                ])?;
             }
             let mut row = tx.prepare_cached(UPSERT_STREAM)?;
             for (&channel, &(epoch, offset)) in &tops {
@@ -663,22 +809,28 @@ impl Writer {
         // Forget channels not written for a while (their next write rewrites the row).
         self.channels
             .retain(|_, w| now.saturating_sub(w.row_ms) < 10 * 60 * 1000);
-        let Some(ttl) = self
+        let ttl = self
             .namespaces
             .iter()
             .filter(|n| n.durability != Durability::None)
             .map(|n| n.history_ttl_ms)
-            .max()
-        else {
-            return Ok(0);
+            .max();
+        let marks_ttl = ttl.unwrap_or(0).max(MARKS_TTL_MS);
+        let marks_cutoff = now.saturating_sub(marks_ttl.min(i64::MAX as u64) as i64);
+        let marks = self
+            .conn
+            .execute("DELETE FROM marks WHERE at_ms < ?1", params![marks_cutoff])?;
+        let Some(ttl) = ttl else {
+            return Ok(marks);
         };
         let cutoff = now.saturating_sub(ttl.min(i64::MAX as u64) as i64);
         // The log is in commit order, so what is too old is a prefix of ids.
-        self.conn.execute(
+        let log = self.conn.execute(
             "DELETE FROM log WHERE id < (SELECT COALESCE(MIN(id), 0) FROM log WHERE ts_ms >= ?1)
                  OR (SELECT MAX(ts_ms) FROM log) < ?1",
             params![cutoff],
-        )
+        )?;
+        Ok(log + marks)
     }
 }
 

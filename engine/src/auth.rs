@@ -12,6 +12,7 @@ use crate::core::ConnKey;
 
 /// A request from a shard to the control plane.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum ControlRequest {
     /// Verify `token` and answer `ShardMsg::AuthDone` to `shard`.
     Authenticate {
@@ -24,6 +25,50 @@ pub enum ControlRequest {
         /// The JWT.
         token: String,
     },
+    /// Store a scheduled message and answer [`crate::ShardMsg::Reply`] to `shard`
+    /// with its id.
+    Schedule {
+        /// Shard to answer.
+        shard: u16,
+        /// Connection that sent `schedule`.
+        conn: ConnKey,
+        /// Id of the command.
+        req_id: u32,
+        /// What to publish, where and when.
+        job: ScheduleJob,
+    },
+    /// Cancel a scheduled message of `owner` and answer [`crate::ShardMsg::Reply`].
+    Unschedule {
+        /// Shard to answer.
+        shard: u16,
+        /// Connection that sent `unschedule`.
+        conn: ConnKey,
+        /// Id of the command.
+        req_id: u32,
+        /// The scheduled message's id.
+        id: u64,
+        /// User asking: only the user who scheduled it may cancel it.
+        owner: Arc<str>,
+    },
+}
+
+/// A message to publish later.
+#[derive(Debug, Clone)]
+pub struct ScheduleJob {
+    /// Target channel (`inbox:<user>` for a direct message).
+    pub channel: String,
+    /// Sender of a direct message.
+    pub from: Option<Arc<str>>,
+    /// Format of `data` and `meta`.
+    pub format: switchboard_protocol::Format,
+    /// The payload.
+    pub data: bytes::Bytes,
+    /// Opaque metadata.
+    pub meta: Option<bytes::Bytes>,
+    /// When to publish, Unix milliseconds.
+    pub due_ms: u64,
+    /// Who scheduled it (a user id, or `api` for the server API).
+    pub owner: Arc<str>,
 }
 
 /// A verified identity.
@@ -36,6 +81,11 @@ pub struct Identity {
     pub channels: Option<Vec<String>>,
     /// Token expiry, Unix seconds.
     pub expires_at: Option<u64>,
+    /// User-id patterns this connection may send direct messages to (the `send_to`
+    /// claim); `None` means none.
+    pub send_to: Option<Vec<String>>,
+    /// Whether the connection may schedule messages (the `schedule` claim).
+    pub schedule: bool,
 }
 
 impl Identity {
@@ -45,6 +95,13 @@ impl Identity {
             None => true,
             Some(patterns) => patterns.iter().any(|p| glob_match(p, channel)),
         }
+    }
+
+    /// Whether the connection may send direct messages to `user`.
+    pub fn may_send(&self, user: &str) -> bool {
+        self.send_to
+            .as_ref()
+            .is_some_and(|patterns| patterns.iter().any(|p| glob_match(p, user)))
     }
 }
 

@@ -2,6 +2,7 @@
 //! documents when to change each one.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -100,6 +101,17 @@ pub struct EngineConfig {
     /// above with durability `none`.
     #[serde(skip)]
     pub namespaces: Vec<crate::journal::NamespacePolicy>,
+    /// How long a reconnect token is valid after it was issued (a connection gets a
+    /// fresh one before the last expires); 0 turns reconnect tokens off.
+    pub reconnect_ttl_ms: u64,
+    /// Key of reconnect tokens, set by the control plane (from the store, so every
+    /// process sharing it accepts them); random per process when absent.
+    #[serde(skip)]
+    pub reconnect_secret: Option<Arc<[u8]>>,
+    /// Namespace of users' inboxes (`inbox` makes `inbox:<user>`), set by the control
+    /// plane when direct messages are on.
+    #[serde(skip)]
+    pub inbox: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -134,6 +146,9 @@ impl Default for EngineConfig {
             history_ttl_ms: 300_000,
             dedupe_window_ms: 120_000,
             namespaces: Vec::new(),
+            reconnect_ttl_ms: 300_000,
+            reconnect_secret: None,
+            inbox: None,
         }
     }
 }

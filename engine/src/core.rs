@@ -30,18 +30,21 @@ use switchboard_protocol::{
     Position,
 };
 
-use crate::auth::{ControlRequest, Identity};
+use crate::auth::{ControlRequest, Identity, ScheduleJob};
 use crate::channels::ChannelIndex;
 use crate::config::EngineConfig;
 use crate::journal::{
-    Batch, Durability, JournalLink, Policies, Policy, Record, Refusal as JournalRefusal,
+    Batch, Durability, JournalLink, MarkKind, MarkRecord, Policies, Policy, Record,
+    Refusal as JournalRefusal,
 };
+use crate::marks::{Marks, ReceiptList};
 use crate::mesh::{
-    Mesh, Publication, PublishReply, QueryKind, Refusal, Refused, SequenceReq, Sequenced, ShardMsg,
-    StreamQuery, StreamReply,
+    Answer, MarkUpdate, Mesh, Publication, PublishReply, QueryKind, Refusal, Refused, ReplyBody,
+    ReplyKind, SequenceReq, Sequenced, ShardMsg, StreamQuery, StreamReply,
 };
 use crate::metrics::{CloseKind, ShardMetrics};
 use crate::outq::OutQueue;
+use crate::session::Sessions;
 use crate::streams::{self, Entry, Streams};
 use crate::wheel::HeartbeatWheel;
 
@@ -125,6 +128,10 @@ pub struct Conn {
     identity: Option<Arc<Identity>>,
     /// Token from `Authorization: Bearer` on the upgrade, used by a token-less `connect`.
     bearer: Option<Box<str>>,
+    /// Device id given in `connect` (its inbox cursor).
+    device: Option<Box<str>>,
+    /// Tick the last reconnect token was issued (`u32::MAX`: none yet).
+    token_at: u32,
 }
 
 /// Subscribers waiting until every other shard has learned about new interest.
@@ -132,9 +139,9 @@ pub struct Conn {
 struct InterestRound {
     /// Acknowledgments still expected.
     acks_left: usize,
-    /// `(slot, gen, request id, recover since)` of subscribe commands to answer when
+    /// `(slot, gen, how to answer, recover since)` of subscriptions to answer when
     /// done.
-    waiters: Vec<(u32, u32, u32, Option<Position>)>,
+    waiters: Vec<(u32, u32, ReplyKind, Option<Position>)>,
 }
 
 /// A `sync` publication sequenced and handed to the store, not yet released.
@@ -214,6 +221,12 @@ pub struct ShardCore {
     defer_wakes: bool,
     /// Shards to wake, a bit each.
     wakes: u64,
+    /// Inbox cursors and receipts of the channels this shard owns.
+    marks: Marks,
+    /// This turn's cursor and receipt changes for the store.
+    journal_marks: Vec<MarkRecord>,
+    /// Reconnect tokens (absent when `reconnect_ttl_ms` is 0).
+    sessions: Option<Sessions>,
 }
 
 /// A seed for new epochs that differs per process start and per shard.
@@ -267,9 +280,18 @@ impl ShardCore {
         let policies = Arc::new(Policies::new(default, &cfg.namespaces, t));
         let mut streams = Streams::with_policies(stream_seed(id), policies);
         let journal = mesh.journal().cloned();
-        for seed in mesh.take_seeds(id) {
+        let (seeds, seeded_marks) = mesh.take_seeds(id);
+        for seed in seeds {
             streams.seed(seed, 0, t);
         }
+        let mut marks = Marks::new();
+        for m in seeded_marks {
+            marks.seed(m);
+        }
+        let sessions = match (&cfg.reconnect_secret, cfg.reconnect_ttl_ms) {
+            (Some(key), ttl) if ttl > 0 => Some(Sessions::new(key)),
+            _ => None,
+        };
         ShardCore {
             id,
             limits: HandshakeLimits {
@@ -303,6 +325,9 @@ impl ShardCore {
             starting: HashMap::new(),
             defer_wakes: false,
             wakes: 0,
+            marks,
+            journal_marks: Vec::new(),
+            sessions,
             cfg,
         }
     }
@@ -366,6 +391,8 @@ impl ShardCore {
             subs: Vec::new(),
             identity: None,
             bearer: None,
+            device: None,
+            token_at: u32::MAX,
         }) as u32;
         self.schedule(slot, self.now as u64 + self.ticks.handshake as u64);
         ShardMetrics::add(&self.metrics.accepted, 1);
@@ -582,8 +609,19 @@ impl ShardCore {
         match req.command {
             Command::Ping => self.reply_ok(slot, id),
             Command::Invalid(why) => self.reply_err(slot, id, ErrorCode::BadRequest, why),
-            Command::Connect { token } => match state {
+            Command::Connect {
+                token,
+                reconnect,
+                device,
+                positions,
+            } => match state {
                 ConnState::AwaitingConnect => {
+                    if let Some(d) = device {
+                        conn.device = Some(d.as_ref().into());
+                    }
+                    if let Some(rt) = reconnect {
+                        return self.resume(slot, id, &rt, &positions);
+                    }
                     let token = match token {
                         Some(t) => t.into_owned(),
                         None => match conn.bearer.take() {
@@ -638,7 +676,9 @@ impl ShardCore {
             _ if state != ConnState::Open => {
                 self.reply_err(slot, id, ErrorCode::NotConnected, "send connect first")
             }
-            Command::Subscribe { channel, since } => self.subscribe(slot, id, &channel, since),
+            Command::Subscribe { channel, since } => {
+                self.subscribe(slot, ReplyKind::Command(id), &channel, since)
+            }
             Command::History {
                 channel,
                 since,
@@ -661,34 +701,226 @@ impl ShardCore {
                 key,
                 meta,
             } => self.publish_from(slot, id, &channel, data, meta, key.as_deref()),
+            Command::Send {
+                user,
+                data,
+                key,
+                meta,
+            } => self.send_direct(slot, id, &user, data, meta, key.as_deref()),
+            Command::Ack { offset } => self.ack_inbox(slot, id, offset),
+            Command::Receipt {
+                channel,
+                delivered,
+                read,
+            } => self.receipt(slot, id, &channel, delivered, read),
+            Command::Receipts { channel } => self.ask_receipts(slot, id, &channel),
+            Command::Schedule {
+                channel,
+                user,
+                data,
+                meta,
+                at,
+                delay,
+            } => self.schedule_from(
+                slot,
+                id,
+                channel.as_deref(),
+                user.as_deref(),
+                data,
+                meta,
+                at,
+                delay,
+            ),
+            Command::Unschedule { schedule } => self.unschedule(slot, id, schedule),
         }
     }
 
-    fn check_channel(&self, slot: u32, channel: &str) -> Result<(), (ErrorCode, &'static str)> {
+    // ---- sessions ----------------------------------------------------------------
+
+    /// `connect` with a reconnect token: checked here (no control-plane round trip);
+    /// the session's subscriptions are restored, each recovering from the position
+    /// the client names in `positions`. A refused token leaves the connection waiting
+    /// for another `connect`.
+    fn resume(&mut self, slot: u32, id: u32, token: &str, positions: &[(String, Position)]) {
+        let Some(sessions) = &self.sessions else {
+            return self.reply_err(
+                slot,
+                id,
+                ErrorCode::BadRequest,
+                "reconnect tokens are off; connect with a token",
+            );
+        };
+        let resumed = match sessions.check(token, unix_ms()) {
+            Ok(r) => r,
+            Err(f) => {
+                ShardMetrics::add(&self.metrics.resumes_refused, 1);
+                return self.reply_err(slot, id, f.code, &f.message);
+            }
+        };
+        ShardMetrics::add(&self.metrics.resumes, 1);
+        let conn = &mut self.conns[slot as usize];
+        if conn.device.is_none() {
+            conn.device = resumed.device.map(Into::into);
+        }
+        self.opened(slot, id, resumed.identity, &resumed.channels, true);
+        for channel in &resumed.channels {
+            let since = positions
+                .iter()
+                .find(|(c, _)| c == channel)
+                .map(|(_, p)| *p);
+            self.subscribe(slot, ReplyKind::Resumed, channel, since);
+        }
+    }
+
+    /// The connection is authenticated: answer `connect` (with a reconnect token for
+    /// `channels`), start its heartbeat, and subscribe its inbox.
+    fn opened(
+        &mut self,
+        slot: u32,
+        req_id: u32,
+        identity: Arc<Identity>,
+        channels: &[String],
+        resumed: bool,
+    ) {
+        let conn = &mut self.conns[slot as usize];
+        conn.state = ConnState::Open;
+        conn.identity = Some(identity.clone());
+        let gen = conn.gen;
+        let device = conn.device.as_deref().map(str::to_string);
+        let token = self.issue_token(slot, channels.iter().map(String::as_str));
+        let reply = ConnectResult {
+            client: format!("{}.{}.{}", self.id, slot, gen),
+            user: identity.user.to_string(),
+            shard: self.id,
+            ping_interval_ms: self.cfg.ping_interval_ms,
+            expires_at: identity.expires_at,
+            device,
+            reconnect_expires_at: token.as_ref().map(|t| t.1),
+            reconnect_token: token.map(|t| t.0),
+            resumed,
+        };
+        let format = self.conns[slot as usize].format;
+        self.enqueue(slot, envelope::encode_result(format, req_id, &reply));
+        let at = self.now as u64 + self.ticks.ping as u64;
+        self.schedule(slot, at);
+        if let Some(inbox) = self.inbox_of(&identity.user) {
+            self.subscribe(slot, ReplyKind::Inbox, &inbox, None);
+        }
+    }
+
+    /// A reconnect token for the connection's identity, device and `channels`.
+    fn issue_token<'c>(
+        &mut self,
+        slot: u32,
+        channels: impl Iterator<Item = &'c str>,
+    ) -> Option<(String, u64)> {
+        let sessions = self.sessions.as_ref()?;
+        let conn = &mut self.conns[slot as usize];
+        let identity = conn.identity.as_ref()?;
+        conn.token_at = self.now;
+        let expires = unix_ms() + self.cfg.reconnect_ttl_ms;
+        Some(sessions.issue(identity, conn.device.as_deref(), channels, expires))
+    }
+
+    /// Push a fresh reconnect token naming the connection's current subscriptions
+    /// (after each change, and before the last token expires).
+    fn push_token(&mut self, slot: u32) {
+        if self.sessions.is_none() {
+            return;
+        }
+        let conn = &self.conns[slot as usize];
+        let inbox = conn.identity.as_ref().and_then(|i| self.inbox_of(&i.user));
+        let subs: Vec<Arc<str>> = conn
+            .subs
+            .iter()
+            .filter(|c| inbox.as_deref() != Some(&***c))
+            .cloned()
+            .collect();
+        let Some((token, expires_at)) = self.issue_token(slot, subs.iter().map(|c| &**c)) else {
+            return;
+        };
+        #[derive(serde::Serialize)]
+        struct TokenPush<'a> {
+            push: &'static str,
+            token: &'a str,
+            expires_at: u64,
+        }
+        let format = self.conns[slot as usize].format;
+        let push = TokenPush {
+            push: "reconnect",
+            token: &token,
+            expires_at,
+        };
+        self.enqueue(slot, envelope::encode_push(format, &push));
+    }
+
+    /// The inbox channel of `user`, when direct messages are on.
+    fn inbox_of(&self, user: &str) -> Option<String> {
+        let ns = self.cfg.inbox.as_deref()?;
+        let channel = format!("{ns}:{user}");
+        envelope::valid_channel(&channel).then_some(channel)
+    }
+
+    /// The user whose inbox `channel` is, if it is one.
+    fn inbox_user<'c>(&self, channel: &'c str) -> Option<&'c str> {
+        let ns = self.cfg.inbox.as_deref()?;
+        channel.strip_prefix(ns)?.strip_prefix(':')
+    }
+
+    /// Whether the connection may use `channel` (to publish, with `publish`): its
+    /// token's channel patterns decide, except for inboxes: only one's own, and only
+    /// through `send`.
+    fn check_channel(
+        &self,
+        slot: u32,
+        channel: &str,
+        publish: bool,
+    ) -> Result<(), (ErrorCode, &'static str)> {
         if !envelope::valid_channel(channel) {
             return Err((ErrorCode::BadRequest, "invalid channel name"));
         }
-        let allowed = self.conns[slot as usize]
-            .identity
-            .as_ref()
-            .is_some_and(|i| i.may_use(channel));
+        let identity = self.conns[slot as usize].identity.as_ref();
+        if let Some(owner) = self.inbox_user(channel) {
+            if publish {
+                return Err((ErrorCode::PermissionDenied, "write to an inbox with send"));
+            }
+            if identity.is_some_and(|i| &*i.user == owner) {
+                return Ok(());
+            }
+            return Err((ErrorCode::PermissionDenied, "not your inbox"));
+        }
+        let allowed = identity.is_some_and(|i| i.may_use(channel));
         if !allowed {
             return Err((ErrorCode::PermissionDenied, "channel not allowed by token"));
         }
         Ok(())
     }
 
-    fn subscribe(&mut self, slot: u32, id: u32, channel: &str, since: Option<Position>) {
-        if let Err((code, why)) = self.check_channel(slot, channel) {
-            return self.reply_err(slot, id, code, why);
+    /// Subscribe the connection to `channel`; the answer goes as `to` says (a command
+    /// reply, or a push for a restored subscription or the inbox).
+    fn subscribe(&mut self, slot: u32, to: ReplyKind, channel: &str, since: Option<Position>) {
+        if let Err((code, why)) = self.check_channel(slot, channel, false) {
+            return self.refuse(slot, to, channel, code, why);
         }
         let conn = &mut self.conns[slot as usize];
         if conn.subs.len() >= self.cfg.max_subscriptions_per_connection {
-            return self.reply_err(slot, id, ErrorCode::LimitExceeded, "too many subscriptions");
+            return self.refuse(
+                slot,
+                to,
+                channel,
+                ErrorCode::LimitExceeded,
+                "too many subscriptions",
+            );
         }
         let (format, gen) = (conn.format, conn.gen);
         let Some((name, change)) = self.channels.subscribe(channel, slot, format) else {
-            return self.reply_err(slot, id, ErrorCode::AlreadySubscribed, "already subscribed");
+            return self.refuse(
+                slot,
+                to,
+                channel,
+                ErrorCode::AlreadySubscribed,
+                "already subscribed",
+            );
         };
         self.conns[slot as usize].subs.push(name.clone());
         self.starting.entry(name.clone()).or_default().push(slot);
@@ -699,22 +931,65 @@ impl ShardCore {
             self.announce(&name, change.after, true);
             let round = self.interest.entry(name).or_default();
             round.acks_left += others;
-            round.waiters.push((slot, gen, id, since));
+            round.waiters.push((slot, gen, to, since));
         } else if let Some(round) = self.interest.get_mut(&name) {
-            round.waiters.push((slot, gen, id, since));
+            round.waiters.push((slot, gen, to, since));
         } else {
-            self.ask_owner(slot, gen, id, name, QueryKind::Subscribe { since });
+            self.ask_owner(slot, gen, to, name, subscribe_kind(to, since));
         }
     }
 
+    /// An error for a command, or an error push about `channel` for what the server
+    /// did on its own (a restored subscription, the inbox).
+    fn refuse(&mut self, slot: u32, to: ReplyKind, channel: &str, code: ErrorCode, why: &str) {
+        let push = match to {
+            ReplyKind::Command(id) => return self.reply_err(slot, id, code, why),
+            ReplyKind::Resumed => "subscribed",
+            ReplyKind::Inbox => "inbox",
+        };
+        #[derive(serde::Serialize)]
+        struct Failed<'a> {
+            push: &'a str,
+            channel: &'a str,
+            error: FailedBody<'a>,
+        }
+        #[derive(serde::Serialize)]
+        struct FailedBody<'a> {
+            code: u16,
+            message: &'a str,
+        }
+        let body = Failed {
+            push,
+            channel,
+            error: FailedBody {
+                code: code as u16,
+                message: why,
+            },
+        };
+        let format = self.conns[slot as usize].format;
+        self.enqueue(slot, envelope::encode_push(format, &body));
+    }
+
     /// Send a stream question to the channel's owner (answered at once if that is us).
-    fn ask_owner(&mut self, slot: u32, gen: u32, id: u32, channel: Arc<str>, kind: QueryKind) {
+    fn ask_owner(
+        &mut self,
+        slot: u32,
+        gen: u32,
+        to: ReplyKind,
+        channel: Arc<str>,
+        kind: QueryKind,
+    ) {
+        let device = match kind {
+            QueryKind::Inbox => self.conns[slot as usize].device.as_deref().map(Arc::from),
+            _ => None,
+        };
         let q = StreamQuery {
             channel,
             kind,
             shard: self.id,
             conn: ConnKey { slot, gen },
-            req_id: id,
+            to,
+            device,
             api: None,
         };
         let owner = streams::owner(&q.channel, self.mesh.shards());
@@ -741,6 +1016,16 @@ impl ShardCore {
                 let r = self.streams.recover(&q.channel, since, self.now, ttl);
                 (r.top, Some(r.recovered), r.publications, true)
             }
+            QueryKind::Inbox => {
+                let cursor = q
+                    .device
+                    .as_deref()
+                    .and_then(|d| self.marks.cursor(&q.channel, d));
+                let r = self
+                    .streams
+                    .backlog(&q.channel, cursor, policy.keep, self.now, ttl);
+                (r.top, Some(r.recovered), r.publications, true)
+            }
             QueryKind::History {
                 since,
                 limit,
@@ -756,7 +1041,7 @@ impl ShardCore {
         StreamReply {
             channel: q.channel,
             conn: q.conn,
-            req_id: q.req_id,
+            to: q.to,
             subscribe,
             top,
             recovered,
@@ -764,7 +1049,7 @@ impl ShardCore {
         }
     }
 
-    /// On the asking shard: answer the command; a subscription goes live.
+    /// On the asking shard: answer the command (or push); a subscription goes live.
     fn on_stream_reply(&mut self, r: StreamReply) {
         let slot = r.conn.slot;
         let Some(conn) = self.conns.get_mut(slot as usize) else {
@@ -779,36 +1064,53 @@ impl ShardCore {
             // its answer.
             self.stop_holding(&r.channel, slot);
         }
-        if r.subscribe && r.recovered.is_none() {
-            // A plain subscribe: the position the subscription starts after.
-            return self.reply_position(slot, r.req_id, r.top);
-        }
-        let pubs = r.publications.iter().map(|e| {
-            (
-                e.offset,
-                e.meta.as_ref().map(|m| Payload {
-                    format: e.format,
-                    raw: m,
-                }),
-                Payload {
-                    format: e.format,
-                    raw: &e.data,
-                },
-            )
+        let to = match r.to {
+            ReplyKind::Command(id) if r.subscribe && r.recovered.is_none() => {
+                // A plain subscribe: the position the subscription starts after.
+                self.reply_position(slot, id, r.top);
+                return self.push_token(slot);
+            }
+            ReplyKind::Command(id) => envelope::ReplyTo::Id(id),
+            ReplyKind::Resumed => envelope::ReplyTo::Push {
+                push: "subscribed",
+                channel: &r.channel,
+            },
+            ReplyKind::Inbox => envelope::ReplyTo::Push {
+                push: "inbox",
+                channel: &r.channel,
+            },
+        };
+        let pubs = r.publications.iter().map(|e| envelope::StoredPublication {
+            offset: e.offset,
+            from: e.from.as_deref(),
+            meta: e.meta.as_ref().map(|m| Payload {
+                format: e.format,
+                raw: m,
+            }),
+            data: Payload {
+                format: e.format,
+                raw: &e.data,
+            },
         });
-        match envelope::encode_stream_reply(format, r.req_id, r.top, r.recovered, pubs) {
+        match envelope::encode_stream_reply(format, to, r.top, r.recovered, pubs) {
             Ok(frame) => {
                 // Unbounded: the client asked for it, and `history_size` bounds it.
                 let conn = &mut self.conns[slot as usize];
                 conn.out.push_unbounded(frame);
                 mark_dirty(conn, slot, &mut self.dirty);
             }
-            Err(e) => self.reply_err(slot, r.req_id, ErrorCode::BadRequest, &e.to_string()),
+            Err(e) => {
+                let channel = r.channel.clone();
+                self.refuse(slot, r.to, &channel, ErrorCode::BadRequest, &e.to_string())
+            }
+        }
+        if r.subscribe && matches!(r.to, ReplyKind::Command(_)) {
+            self.push_token(slot);
         }
     }
 
     fn history(&mut self, slot: u32, id: u32, channel: &str, kind: QueryKind) {
-        if let Err((code, why)) = self.check_channel(slot, channel) {
+        if let Err((code, why)) = self.check_channel(slot, channel, false) {
             return self.reply_err(slot, id, code, why);
         }
         let gen = self.conns[slot as usize].gen;
@@ -816,7 +1118,7 @@ impl ShardCore {
             .channels
             .name(channel)
             .unwrap_or_else(|| Arc::from(channel));
-        self.ask_owner(slot, gen, id, name, kind);
+        self.ask_owner(slot, gen, ReplyKind::Command(id), name, kind);
     }
 
     fn unsubscribe(&mut self, slot: u32, id: u32, channel: &str) {
@@ -836,6 +1138,7 @@ impl ShardCore {
             self.announce(&name, change.after, false);
         }
         self.reply_ok(slot, id);
+        self.push_token(slot);
     }
 
     fn publish_from(
@@ -847,9 +1150,25 @@ impl ShardCore {
         meta: Option<Payload<'_>>,
         key: Option<&str>,
     ) {
-        if let Err((code, why)) = self.check_channel(slot, channel) {
+        if let Err((code, why)) = self.check_channel(slot, channel, true) {
             return self.reply_err(slot, id, code, why);
         }
+        self.route_publish(slot, id, channel, data, meta, key, None);
+    }
+
+    /// Hand a connection's checked publication to the channel's owner (this shard or
+    /// another), which answers its `publish` with the position.
+    #[allow(clippy::too_many_arguments)]
+    fn route_publish(
+        &mut self,
+        slot: u32,
+        id: u32,
+        channel: &str,
+        data: Payload<'_>,
+        meta: Option<Payload<'_>>,
+        key: Option<&str>,
+        from: Option<Arc<str>>,
+    ) {
         if self.spill.len() >= SPILL_LIMIT {
             return self.reply_err(slot, id, ErrorCode::Overloaded, "server overloaded, retry");
         }
@@ -862,12 +1181,399 @@ impl ShardCore {
             req_id: id,
         };
         if owner == self.id {
-            return self.sequence(channel, data, meta, Instant::now(), key, reply);
+            return self.sequence(channel, data, meta, Instant::now(), key, from, reply);
         }
         // Another shard owns the channel's stream: it sequences, fans out and tells us
         // the position to answer with.
-        let req = SequenceReq::new(channel, data, meta, key, reply);
+        let req = SequenceReq::new(channel, data, meta, key, from, reply);
         self.send_to(owner, ShardMsg::Sequence(Box::new(req)));
+    }
+
+    // ---- inboxes, receipts, scheduling ---------------------------------------------
+
+    /// `send`: a direct message into `user`'s inbox, carrying the sender's user id.
+    fn send_direct(
+        &mut self,
+        slot: u32,
+        id: u32,
+        user: &str,
+        data: Payload<'_>,
+        meta: Option<Payload<'_>>,
+        key: Option<&str>,
+    ) {
+        let Some(identity) = self.conns[slot as usize].identity.clone() else {
+            return;
+        };
+        let channel = match self.dm_target(&identity, user) {
+            Ok(c) => c,
+            Err((code, why)) => return self.reply_err(slot, id, code, why),
+        };
+        self.route_publish(
+            slot,
+            id,
+            &channel,
+            data,
+            meta,
+            key,
+            Some(identity.user.clone()),
+        );
+    }
+
+    /// The inbox channel a connection of `identity` may send to for `user`.
+    fn dm_target(
+        &self,
+        identity: &Identity,
+        user: &str,
+    ) -> Result<String, (ErrorCode, &'static str)> {
+        if self.cfg.inbox.is_none() {
+            return Err((ErrorCode::BadRequest, "direct messages are off"));
+        }
+        if !identity.may_send(user) {
+            return Err((
+                ErrorCode::PermissionDenied,
+                "sending to this user is not allowed by the token",
+            ));
+        }
+        self.inbox_of(user)
+            .ok_or((ErrorCode::BadRequest, "invalid user id"))
+    }
+
+    /// `ack`: this device has processed its inbox up to `offset`.
+    fn ack_inbox(&mut self, slot: u32, id: u32, offset: u64) {
+        let conn = &self.conns[slot as usize];
+        let Some(device) = conn.device.clone() else {
+            return self.reply_err(
+                slot,
+                id,
+                ErrorCode::BadRequest,
+                "connect with a 'device' to keep an inbox cursor",
+            );
+        };
+        let Some(inbox) = conn.identity.as_ref().and_then(|i| self.inbox_of(&i.user)) else {
+            return self.reply_err(slot, id, ErrorCode::BadRequest, "direct messages are off");
+        };
+        self.mark(MarkUpdate {
+            channel: inbox.into(),
+            kind: MarkKind::Cursor,
+            who: device,
+            delivered: None,
+            read: Some(offset),
+        });
+        self.reply_ok(slot, id);
+    }
+
+    /// `receipt`: this user received / read `channel` up to these offsets.
+    fn receipt(
+        &mut self,
+        slot: u32,
+        id: u32,
+        channel: &str,
+        delivered: Option<u64>,
+        read: Option<u64>,
+    ) {
+        if let Err((code, why)) = self.check_channel(slot, channel, false) {
+            return self.reply_err(slot, id, code, why);
+        }
+        let Some(user) = self.conns[slot as usize].identity.as_ref().map(|i| &i.user) else {
+            return;
+        };
+        let update = MarkUpdate {
+            channel: channel.into(),
+            kind: MarkKind::Receipt,
+            who: user.as_ref().into(),
+            delivered,
+            read,
+        };
+        self.mark(update);
+        self.reply_ok(slot, id);
+    }
+
+    /// Apply a cursor or receipt change on the channel's owner (here or there).
+    fn mark(&mut self, update: MarkUpdate) {
+        let owner = streams::owner(&update.channel, self.mesh.shards());
+        if owner == self.id {
+            self.apply_mark(update);
+        } else {
+            self.send_to(owner, ShardMsg::Mark(Box::new(update)));
+        }
+    }
+
+    /// On the owner: move the mark (never beyond what was released), hand the change
+    /// to the store, and push a receipt to the channel's subscribers.
+    fn apply_mark(&mut self, u: MarkUpdate) {
+        let top = self.streams.current(&u.channel).unwrap_or_default();
+        let clamp = |o: Option<u64>| o.map(|o| o.min(top.offset));
+        let at_ms = unix_ms();
+        match u.kind {
+            MarkKind::Cursor => {
+                let to = Position {
+                    epoch: top.epoch,
+                    offset: clamp(u.read).unwrap_or(0),
+                };
+                if let Some(rec) = self.marks.set_cursor(&u.channel, &u.who, to, at_ms) {
+                    if self.journal.is_some() {
+                        self.journal_marks.push(rec);
+                    }
+                }
+            }
+            MarkKind::Receipt => {
+                let Some(r) = self.marks.set_receipt(
+                    &u.channel,
+                    &u.who,
+                    top.epoch,
+                    clamp(u.delivered),
+                    clamp(u.read),
+                    at_ms,
+                ) else {
+                    return;
+                };
+                if self.journal.is_some() {
+                    self.journal_marks.push(MarkRecord {
+                        channel: u.channel.clone(),
+                        kind: MarkKind::Receipt,
+                        who: u.who.clone(),
+                        epoch: r.epoch,
+                        delivered: r.delivered,
+                        read: r.read,
+                        at_ms,
+                    });
+                }
+                self.push_receipt(&u.channel, &u.who, r);
+            }
+        }
+    }
+
+    /// Tell `channel`'s subscribers (on every shard) that `user`'s receipt moved.
+    fn push_receipt(&mut self, channel: &str, user: &str, r: crate::marks::Receipt) {
+        let local = self.channels.local(channel).map_or(0, |e| e.formats());
+        let remote = self.channels.remote(channel);
+        let needed = local | (remote[0] != 0) as u8 | ((remote[1] != 0) as u8) << 1;
+        if needed == 0 {
+            return;
+        }
+        #[derive(serde::Serialize)]
+        struct ReceiptPush<'a> {
+            push: &'static str,
+            channel: &'a str,
+            user: &'a str,
+            epoch: &'a str,
+            delivered: u64,
+            read: u64,
+            at: u64,
+        }
+        let position = Position {
+            epoch: r.epoch,
+            offset: r.read,
+        };
+        let epoch = position.epoch_hex();
+        let push = ReceiptPush {
+            push: "receipt",
+            channel,
+            user,
+            epoch: epoch.as_str(),
+            delivered: r.delivered,
+            read: r.read,
+            at: r.at_ms,
+        };
+        let mut frames = [None, None];
+        for f in Format::ALL {
+            if needed & (1 << f.index()) != 0 {
+                frames[f.index()] = Some(envelope::encode_push(f, &push));
+            }
+        }
+        let name = self.channels.name(channel).expect("someone subscribes");
+        self.fan_out(name, position, frames, Instant::now(), local, remote);
+    }
+
+    /// `receipts`: asked of the channel's owner.
+    fn ask_receipts(&mut self, slot: u32, id: u32, channel: &str) {
+        if let Err((code, why)) = self.check_channel(slot, channel, false) {
+            return self.reply_err(slot, id, code, why);
+        }
+        let answer = Answer::Client {
+            shard: self.id,
+            conn: ConnKey {
+                slot,
+                gen: self.conns[slot as usize].gen,
+            },
+            req_id: id,
+        };
+        let owner = streams::owner(channel, self.mesh.shards());
+        if owner == self.id {
+            let list = self.receipt_list(channel);
+            self.answer_with(answer, list);
+        } else {
+            let channel = channel.into();
+            self.send_to(owner, ShardMsg::Receipts { channel, answer });
+        }
+    }
+
+    /// On the owner: every receipt of `channel`, with its current position.
+    fn receipt_list(&self, channel: &str) -> ReceiptList {
+        let top = self.streams.current(channel);
+        ReceiptList {
+            channel: channel.to_string(),
+            epoch: top.map_or(String::new(), |p| p.epoch_hex().as_str().to_string()),
+            offset: top.map_or(0, |p| p.offset),
+            receipts: self.marks.receipts(channel),
+        }
+    }
+
+    fn answer_with(&mut self, answer: Answer<ReceiptList>, list: ReceiptList) {
+        match answer {
+            Answer::Client {
+                shard,
+                conn,
+                req_id,
+            } => {
+                let result = Ok(ReplyBody::Receipts(list));
+                if shard == self.id {
+                    self.replied(conn, req_id, result);
+                } else {
+                    self.send_to(
+                        shard,
+                        ShardMsg::Reply {
+                            conn,
+                            req_id,
+                            result,
+                        },
+                    );
+                }
+            }
+            Answer::Api(tx) => {
+                let _ = tx.send(list);
+            }
+        }
+    }
+
+    /// Answer a connection's command with a result computed elsewhere.
+    fn replied(&mut self, conn: ConnKey, req_id: u32, result: Result<ReplyBody, Refused>) {
+        let open = self
+            .conns
+            .get(conn.slot as usize)
+            .is_some_and(|c| c.gen == conn.gen && c.state == ConnState::Open);
+        if !open {
+            return;
+        }
+        let format = self.conns[conn.slot as usize].format;
+        let frame = match result {
+            Ok(ReplyBody::Empty) => envelope::encode_result(format, req_id, &Empty {}),
+            Ok(ReplyBody::Scheduled { id, at }) => {
+                #[derive(serde::Serialize)]
+                struct Scheduled {
+                    schedule: u64,
+                    at: u64,
+                }
+                let s = Scheduled { schedule: id, at };
+                envelope::encode_result(format, req_id, &s)
+            }
+            Ok(ReplyBody::Receipts(list)) => envelope::encode_result(format, req_id, &list),
+            Err(e) => envelope::encode_error(format, req_id, e.code, &e.message),
+        };
+        self.enqueue(conn.slot, frame);
+    }
+
+    /// `schedule`: checked here (the same rights as publishing or sending now, plus the
+    /// token's `schedule` claim), stored and fired by the control plane.
+    #[allow(clippy::too_many_arguments)]
+    fn schedule_from(
+        &mut self,
+        slot: u32,
+        id: u32,
+        channel: Option<&str>,
+        user: Option<&str>,
+        data: Payload<'_>,
+        meta: Option<Payload<'_>>,
+        at: Option<u64>,
+        delay: Option<u64>,
+    ) {
+        let Some(identity) = self.conns[slot as usize].identity.clone() else {
+            return;
+        };
+        if !identity.schedule {
+            return self.reply_err(
+                slot,
+                id,
+                ErrorCode::PermissionDenied,
+                "scheduling is not allowed by the token",
+            );
+        }
+        let target = match (channel, user) {
+            (Some(c), _) => self
+                .check_channel(slot, c, true)
+                .map(|()| (c.to_string(), None)),
+            (None, Some(u)) => self
+                .dm_target(&identity, u)
+                .map(|c| (c, Some(identity.user.clone()))),
+            (None, None) => Err((ErrorCode::BadRequest, "schedule needs a channel or a user")),
+        };
+        let (channel, from) = match target {
+            Ok(t) => t,
+            Err((code, why)) => return self.reply_err(slot, id, code, why),
+        };
+        let due_ms = match (at, delay) {
+            (Some(at), _) => at,
+            (None, Some(d)) => unix_ms().saturating_add(d),
+            (None, None) => unix_ms(),
+        };
+        let job = ScheduleJob {
+            channel,
+            from,
+            format: data.format,
+            data: Bytes::copy_from_slice(data.raw),
+            meta: meta.map(|m| Bytes::copy_from_slice(m.raw)),
+            due_ms,
+            owner: identity.user.clone(),
+        };
+        let conn = ConnKey {
+            slot,
+            gen: self.conns[slot as usize].gen,
+        };
+        let req = ControlRequest::Schedule {
+            shard: self.id,
+            conn,
+            req_id: id,
+            job,
+        };
+        self.ask_control(slot, id, req);
+    }
+
+    /// `unschedule`: cancelled by the control plane if this user scheduled it.
+    fn unschedule(&mut self, slot: u32, id: u32, schedule: u64) {
+        let conn = &self.conns[slot as usize];
+        let Some(owner) = conn.identity.as_ref().map(|i| i.user.clone()) else {
+            return;
+        };
+        let req = ControlRequest::Unschedule {
+            shard: self.id,
+            conn: ConnKey {
+                slot,
+                gen: conn.gen,
+            },
+            req_id: id,
+            id: schedule,
+            owner,
+        };
+        self.ask_control(slot, id, req);
+    }
+
+    /// Hand a request to the control plane; it answers with [`ShardMsg::Reply`].
+    fn ask_control(&mut self, slot: u32, id: u32, req: ControlRequest) {
+        match self.control.try_send(req) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.reply_err(
+                slot,
+                id,
+                ErrorCode::Overloaded,
+                "the control plane is busy, retry",
+            ),
+            Err(TrySendError::Disconnected(_)) => self.reply_err(
+                slot,
+                id,
+                ErrorCode::Internal,
+                "the control plane is unavailable",
+            ),
+        }
     }
 
     fn reply_position(&mut self, slot: u32, id: u32, pos: Position) {
@@ -944,24 +1650,19 @@ impl ShardCore {
         let owner = streams::owner(channel, self.mesh.shards());
         if owner == self.id {
             // Checked first, so a refusal is returned rather than dropped.
-            envelope::encode_publication_with_meta(
-                data.format,
-                channel,
-                Position::default(),
-                None,
-                data,
-            )?;
+            envelope::encode_publication(data.format, channel, Position::default(), data)?;
             self.sequence(
                 channel,
                 data,
                 None,
                 Instant::now(),
                 None,
+                None,
                 PublishReply::None,
             );
             return Ok(());
         }
-        let req = SequenceReq::new(channel, data, None, None, PublishReply::None);
+        let req = SequenceReq::new(channel, data, None, None, None, PublishReply::None);
         self.send_to(owner, ShardMsg::Sequence(Box::new(req)));
         Ok(())
     }
@@ -976,6 +1677,7 @@ impl ShardCore {
     /// subscribers, history and the publisher.
     ///
     /// Hot path: one stream lookup; one copy of the payload when it is kept.
+    #[allow(clippy::too_many_arguments)]
     pub fn sequence(
         &mut self,
         channel: &str,
@@ -983,6 +1685,7 @@ impl ShardCore {
         meta: Option<Payload<'_>>,
         created: Instant,
         key: Option<&str>,
+        from: Option<Arc<str>>,
         reply: PublishReply,
     ) {
         debug_assert_eq!(streams::owner(channel, self.mesh.shards()), self.id);
@@ -1021,7 +1724,8 @@ impl ShardCore {
         let mut frames = [None, None];
         for f in Format::ALL {
             if needed & (1 << f.index()) != 0 {
-                match envelope::encode_publication_with_meta(f, channel, position, meta, data) {
+                let sender = from.as_deref();
+                match envelope::encode_publication_full(f, channel, position, sender, meta, data) {
                     Ok(frame) => frames[f.index()] = Some(frame),
                     Err(e) => {
                         // Refused (does not transcode): the offset was not used.
@@ -1048,6 +1752,7 @@ impl ShardCore {
                 data: Bytes::copy_from_slice(data.raw),
                 meta: meta.map(|m| Bytes::copy_from_slice(m.raw)),
                 format: data.format,
+                from,
             };
             if durable {
                 let name = self.streams.name(channel).expect("just sequenced");
@@ -1059,6 +1764,7 @@ impl ShardCore {
                     data: entry.data.clone(),
                     meta: entry.meta.clone(),
                     key: key.map(Box::from),
+                    from: entry.from.clone(),
                     keep: policy.keep.min(u32::MAX as usize) as u32,
                 });
                 if policy.durability == Durability::Sync {
@@ -1153,6 +1859,7 @@ impl ShardCore {
             } = p;
             let policy = *self.streams.policy_of(&channel);
             let (format, data, meta) = (entry.format, entry.data.clone(), entry.meta.clone());
+            let from = entry.from.clone();
             self.streams
                 .retain(&channel, entry, policy.keep, policy.ttl);
             let local = self.channels.local(&channel).map_or(0, |e| e.formats());
@@ -1165,8 +1872,13 @@ impl ShardCore {
                         // payload already passed one encoding, so this rarely fails.
                         let meta = meta.as_ref().map(|m| Payload { format, raw: m });
                         let data = Payload { format, raw: &data };
-                        match envelope::encode_publication_with_meta(
-                            f, &channel, position, meta, data,
+                        match envelope::encode_publication_full(
+                            f,
+                            &channel,
+                            position,
+                            from.as_deref(),
+                            meta,
+                            data,
                         ) {
                             Ok(frame) => frames[f.index()] = Some(frame),
                             Err(e) => tracing::warn!(
@@ -1189,7 +1901,7 @@ impl ShardCore {
     /// End of a loop turn: hand this turn's durable publications to the store, and
     /// retry messages that found an inbox full. Returns whether some still wait.
     pub fn end_turn(&mut self) -> bool {
-        if !self.journal_buf.is_empty() {
+        if !self.journal_buf.is_empty() || !self.journal_marks.is_empty() {
             self.flush_journal();
         }
         self.retry_spill()
@@ -1198,6 +1910,7 @@ impl ShardCore {
     fn flush_journal(&mut self) {
         let Some(link) = &self.journal else {
             self.journal_buf.clear();
+            self.journal_marks.clear();
             return;
         };
         let records = std::mem::replace(&mut self.journal_buf, Vec::with_capacity(64));
@@ -1206,6 +1919,7 @@ impl ShardCore {
             seq: self.journal_seq,
             notify: std::mem::take(&mut self.journal_notify),
             records,
+            marks: std::mem::take(&mut self.journal_marks),
         };
         self.journal_seq += 1;
         if link.send(batch).is_err() {
@@ -1599,6 +2313,7 @@ impl ShardCore {
                     created,
                     key,
                     meta,
+                    from,
                     reply,
                 } = *req;
                 let meta = meta.as_ref().map(|m| Payload { format, raw: m });
@@ -1608,9 +2323,20 @@ impl ShardCore {
                     meta,
                     created,
                     key.as_deref(),
+                    from,
                     reply,
                 );
             }
+            ShardMsg::Mark(update) => self.apply_mark(*update),
+            ShardMsg::Receipts { channel, answer } => {
+                let list = self.receipt_list(&channel);
+                self.answer_with(answer, list);
+            }
+            ShardMsg::Reply {
+                conn,
+                req_id,
+                result,
+            } => self.replied(conn, req_id, result),
             ShardMsg::Committed { batch } => self.committed(batch),
             ShardMsg::Published {
                 conn,
@@ -1638,14 +2364,14 @@ impl ShardCore {
                 };
                 if done {
                     let round = self.interest.remove(&channel).expect("just seen");
-                    for (slot, gen, id, since) in round.waiters {
+                    for (slot, gen, to, since) in round.waiters {
                         let open = self
                             .conns
                             .get(slot as usize)
                             .is_some_and(|c| c.gen == gen && c.state == ConnState::Open);
                         if open {
                             let name = channel.clone();
-                            self.ask_owner(slot, gen, id, name, QueryKind::Subscribe { since });
+                            self.ask_owner(slot, gen, to, name, subscribe_kind(to, since));
                         }
                     }
                 }
@@ -1672,21 +2398,7 @@ impl ShardCore {
             return;
         }
         match result {
-            Ok(identity) => {
-                conn.state = ConnState::Open;
-                let reply = ConnectResult {
-                    client: format!("{}.{}.{}", self.id, key.slot, key.gen),
-                    user: identity.user.to_string(),
-                    shard: self.id,
-                    ping_interval_ms: self.cfg.ping_interval_ms,
-                    expires_at: identity.expires_at,
-                };
-                conn.identity = Some(identity);
-                let frame = envelope::encode_result(conn.format, req_id, &reply);
-                self.enqueue(key.slot, frame);
-                let at = self.now as u64 + self.ticks.ping as u64;
-                self.schedule(key.slot, at);
-            }
+            Ok(identity) => self.opened(key.slot, req_id, identity, &[], false),
             Err(failure) => {
                 self.reply_err(key.slot, req_id, failure.code, &failure.message);
                 if failure.code == ErrorCode::Overloaded {
@@ -1789,6 +2501,15 @@ impl ShardCore {
                     let at = conn.last_rx + tk.ping;
                     self.schedule(slot, at as u64);
                 }
+                // Renew the reconnect token once half its life has passed.
+                let half = ms_to_ticks(self.cfg.reconnect_ttl_ms / 2, self.cfg.tick_ms);
+                let conn = &self.conns[slot as usize];
+                if conn.state == ConnState::Open
+                    && conn.token_at != u32::MAX
+                    && t.wrapping_sub(conn.token_at) >= half
+                {
+                    self.push_token(slot);
+                }
             }
             ConnState::Closing | ConnState::Draining => {
                 if t >= conn.since + tk.close {
@@ -1822,8 +2543,23 @@ impl ShardCore {
     /// Subscribe an open connection without a command (benches and tests).
     #[doc(hidden)]
     pub fn subscribe_for_test(&mut self, key: ConnKey, channel: &str) {
-        self.subscribe(key.slot, 0, channel, None);
+        self.subscribe(key.slot, ReplyKind::Command(0), channel, None);
     }
+}
+
+/// What a subscription asks its channel's owner.
+fn subscribe_kind(to: ReplyKind, since: Option<Position>) -> QueryKind {
+    match to {
+        ReplyKind::Inbox => QueryKind::Inbox,
+        _ => QueryKind::Subscribe { since },
+    }
+}
+
+/// Wall-clock time, Unix milliseconds (token expiry, receipt times).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[inline]
@@ -1910,17 +2646,22 @@ mod tests {
                     [9, 8, 7, 6],
                 ),
             );
-            let ControlRequest::Authenticate {
+            let Ok(ControlRequest::Authenticate {
                 conn,
                 req_id,
                 token,
                 ..
-            } = self.control.try_recv().unwrap();
+            }) = self.control.try_recv()
+            else {
+                panic!("expected an authentication request")
+            };
             assert_eq!((conn, req_id, token.as_str()), (key, 1, "t"));
             let identity = Identity {
                 user: "u".into(),
                 channels: None,
                 expires_at: None,
+                send_to: None,
+                schedule: false,
             };
             self.core.on_message(ShardMsg::AuthDone {
                 conn: key,

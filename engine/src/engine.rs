@@ -100,6 +100,15 @@ impl Engine {
                 )));
             }
         }
+        let mut cfg = cfg;
+        if cfg.reconnect_secret.is_none() {
+            // No shared key: tokens are valid for this process only.
+            let mut key = [0u8; 32];
+            getrandom::getrandom(&mut key).map_err(|e| {
+                EngineError::Config(format!("no randomness for reconnect keys: {e}"))
+            })?;
+            cfg.reconnect_secret = Some(Arc::from(&key[..]));
+        }
         let shards = cfg.resolved_shards();
         let mesh = Mesh::new(shards, cfg.inbox_capacity)?;
         let journal = durable.as_ref().map(|d| d.link.state().clone());
@@ -158,6 +167,7 @@ impl Engine {
         }
         drop(started_tx);
         let handle = EngineHandle {
+            cfg: cfg.clone(),
             journal,
             backend,
             fallback,
@@ -199,6 +209,8 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener
 /// The running engine. Shared by the control plane's threads.
 #[derive(Debug)]
 pub struct EngineHandle {
+    /// The settings the shards run with.
+    cfg: Arc<EngineConfig>,
     /// The store's writer state, when a store is attached.
     journal: Option<Arc<JournalState>>,
     backend: Backend,
@@ -265,12 +277,25 @@ impl EngineHandle {
         meta: Option<Payload<'_>>,
         key: Option<&str>,
     ) -> Result<PublishTicket, PublishError> {
+        self.publish_from(channel, data, meta, key, None)
+    }
+
+    /// [`EngineHandle::publish`] with the sender's user id carried in the
+    /// publication (direct messages, scheduled sends).
+    pub fn publish_from(
+        &self,
+        channel: &str,
+        data: Payload<'_>,
+        meta: Option<Payload<'_>>,
+        key: Option<&str>,
+        from: Option<Arc<str>>,
+    ) -> Result<PublishTicket, PublishError> {
         if !envelope::valid_channel(channel) {
             return Err(PublishError::InvalidChannel);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let owner = streams::owner(channel, self.shards());
-        let req = SequenceReq::new(channel, data, meta, key, PublishReply::Api(tx));
+        let req = SequenceReq::new(channel, data, meta, key, from, PublishReply::Api(tx));
         self.mesh
             .inbox(owner as usize)
             .push(ShardMsg::Sequence(Box::new(req)))
@@ -301,12 +326,41 @@ impl EngineHandle {
             },
             shard: owner,
             conn: crate::core::ConnKey { slot: 0, gen: 0 },
-            req_id: 0,
+            to: crate::mesh::ReplyKind::Command(0),
+            device: None,
             api: Some(tx),
         };
         self.mesh
             .inbox(owner as usize)
             .push(ShardMsg::StreamQuery(Box::new(q)))
+            .map_err(|_| PublishError::Overloaded)?;
+        Ok(rx)
+    }
+
+    /// The inbox channel of `user`, if direct messages are on (and the name is valid).
+    pub fn inbox_channel(&self, user: &str) -> Option<String> {
+        let ns = self.cfg.inbox.as_deref()?;
+        let channel = format!("{ns}:{user}");
+        envelope::valid_channel(&channel).then_some(channel)
+    }
+
+    /// Every receipt of `channel` (server API), from its owner shard.
+    pub fn receipts(
+        &self,
+        channel: &str,
+    ) -> Result<tokio::sync::oneshot::Receiver<crate::marks::ReceiptList>, PublishError> {
+        if !envelope::valid_channel(channel) {
+            return Err(PublishError::InvalidChannel);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let owner = streams::owner(channel, self.shards());
+        let msg = ShardMsg::Receipts {
+            channel: channel.into(),
+            answer: crate::mesh::Answer::Api(tx),
+        };
+        self.mesh
+            .inbox(owner as usize)
+            .push(msg)
             .map_err(|_| PublishError::Overloaded)?;
         Ok(rx)
     }

@@ -142,8 +142,59 @@ pub struct Record {
     pub meta: Option<Bytes>,
     /// Idempotency key, if any.
     pub key: Option<Box<str>>,
+    /// Sender's user id, for direct messages.
+    pub from: Option<Arc<str>>,
     /// Publications the channel keeps (its namespace's `history_size`).
     pub keep: u32,
+}
+
+/// What a [`MarkRecord`] records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkKind {
+    /// A device's inbox cursor (`who` is the device id; `read` the offset processed).
+    Cursor,
+    /// A user's delivery and read receipt on a channel (`who` is the user id).
+    Receipt,
+}
+
+impl MarkKind {
+    /// Its code in storage.
+    pub fn code(self) -> i64 {
+        match self {
+            MarkKind::Cursor => 0,
+            MarkKind::Receipt => 1,
+        }
+    }
+
+    /// The kind stored as `code`.
+    pub fn from_code(code: i64) -> Option<MarkKind> {
+        match code {
+            0 => Some(MarkKind::Cursor),
+            1 => Some(MarkKind::Receipt),
+            _ => None,
+        }
+    }
+}
+
+/// How far someone got in a channel: an inbox cursor or a receipt. The latest one per
+/// (channel, kind, who) is kept; written with the owner shard's batches, read back at
+/// start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkRecord {
+    /// Channel name.
+    pub channel: Arc<str>,
+    /// Cursor or receipt.
+    pub kind: MarkKind,
+    /// Device id (cursor) or user id (receipt).
+    pub who: Box<str>,
+    /// Epoch the offsets belong to.
+    pub epoch: u64,
+    /// Delivered up to this offset.
+    pub delivered: u64,
+    /// Read (processed) up to this offset.
+    pub read: u64,
+    /// When it last changed, Unix milliseconds.
+    pub at_ms: u64,
 }
 
 /// What one shard handed over in one loop turn.
@@ -158,6 +209,8 @@ pub struct Batch {
     pub notify: bool,
     /// The publications, in sequencing order.
     pub records: Vec<Record>,
+    /// Cursors and receipts that changed (latest state each).
+    pub marks: Vec<MarkRecord>,
 }
 
 /// A stream read back from the store at start-up, for its owner shard.
@@ -188,6 +241,8 @@ pub struct SeedEntry {
     pub meta: Option<Bytes>,
     /// Idempotency key.
     pub key: Option<Box<str>>,
+    /// Sender's user id, for direct messages.
+    pub from: Option<Box<str>>,
 }
 
 /// The shards' end of the store: where batches go and whether it takes them.
@@ -289,6 +344,8 @@ pub struct Durable {
     pub link: JournalLink,
     /// Streams read back from the store (any shard's; each shard takes its own).
     pub seeds: Vec<SeedStream>,
+    /// Cursors and receipts read back from the store.
+    pub marks: Vec<MarkRecord>,
 }
 
 #[cfg(test)]
@@ -332,6 +389,7 @@ mod tests {
             data: Bytes::from_static(b"1"),
             meta: None,
             key: None,
+            from: None,
             keep: 1,
         };
         let batch = Batch {
@@ -339,6 +397,7 @@ mod tests {
             seq: 0,
             notify: false,
             records: vec![rec.clone(), rec],
+            marks: Vec::new(),
         };
         link.send(batch).unwrap();
         assert_eq!(link.admit(), Err(Refusal::Behind));
@@ -353,6 +412,7 @@ mod tests {
             seq: 1,
             notify: false,
             records: Vec::new(),
+            marks: Vec::new(),
         };
         assert!(link.send(lost).is_err());
         assert_eq!(link.admit(), Err(Refusal::Down));

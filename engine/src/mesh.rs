@@ -21,7 +21,8 @@ use switchboard_protocol::{ErrorCode, Format, Payload, Position};
 
 use crate::auth::{AuthFailure, Identity};
 use crate::core::ConnKey;
-use crate::journal::{Durable, JournalLink, SeedStream};
+use crate::journal::{Durable, JournalLink, MarkKind, MarkRecord, SeedStream};
+use crate::marks::ReceiptList;
 use crate::streams::Entry;
 
 /// A publication encoded once per wire format that has subscribers.
@@ -53,6 +54,8 @@ pub struct SequenceReq {
     pub key: Option<Box<str>>,
     /// Opaque metadata, in `format`.
     pub meta: Option<Bytes>,
+    /// Sender's user id, for direct messages.
+    pub from: Option<Arc<str>>,
     /// Who learns the position.
     pub reply: PublishReply,
 }
@@ -84,6 +87,7 @@ impl SequenceReq {
         data: Payload<'_>,
         meta: Option<Payload<'_>>,
         key: Option<&str>,
+        from: Option<Arc<str>>,
         reply: PublishReply,
     ) -> SequenceReq {
         SequenceReq {
@@ -93,6 +97,7 @@ impl SequenceReq {
             created: Instant::now(),
             key: key.map(Box::from),
             meta: meta.map(|m| Bytes::copy_from_slice(m.raw)),
+            from,
             reply,
         }
     }
@@ -127,10 +132,23 @@ pub struct StreamQuery {
     pub shard: u16,
     /// The asking connection.
     pub conn: ConnKey,
-    /// Id of its command.
-    pub req_id: u32,
+    /// How the answer reaches it.
+    pub to: ReplyKind,
+    /// For an inbox: the device whose cursor the backlog starts after.
+    pub device: Option<Arc<str>>,
     /// For the server API: where the answer goes instead of a connection.
     pub api: Option<tokio::sync::oneshot::Sender<StreamReply>>,
+}
+
+/// How a stream answer reaches a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyKind {
+    /// The reply to command `id`.
+    Command(u32),
+    /// A `subscribed` push: a subscription restored by a reconnect token.
+    Resumed,
+    /// An `inbox` push: the backlog of the connection's inbox.
+    Inbox,
 }
 
 /// What a [`StreamQuery`] asks.
@@ -142,6 +160,9 @@ pub enum QueryKind {
         /// The client's last seen position.
         since: Option<Position>,
     },
+    /// The backlog of an inbox after the device's cursor (all retained publications
+    /// for a device without one), then live.
+    Inbox,
     /// The `history` command.
     History {
         /// Offset to read after (forward) or before (reverse; 0: the newest).
@@ -160,8 +181,8 @@ pub struct StreamReply {
     pub channel: Arc<str>,
     /// The asking connection.
     pub conn: ConnKey,
-    /// Id of its command.
-    pub req_id: u32,
+    /// How the answer reaches it.
+    pub to: ReplyKind,
     /// Whether this answers a subscribe (else a history command).
     pub subscribe: bool,
     /// The stream's latest position.
@@ -224,8 +245,73 @@ pub enum ShardMsg {
         /// Identity, or why the token was refused.
         result: Result<Arc<Identity>, AuthFailure>,
     },
+    /// For this channel's owner: a cursor or receipt moved.
+    Mark(Box<MarkUpdate>),
+    /// For this channel's owner: list the channel's receipts.
+    Receipts {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Where the list goes.
+        answer: Answer<ReceiptList>,
+    },
+    /// The answer to a connection's command, computed elsewhere.
+    Reply {
+        /// The connection.
+        conn: ConnKey,
+        /// Id of its command.
+        req_id: u32,
+        /// The result, or why it failed.
+        result: Result<ReplyBody, Refused>,
+    },
     /// Stop accepting, close every connection with 1001, exit after the drain time.
     Shutdown,
+}
+
+/// A cursor or receipt change for a channel's owner.
+#[derive(Debug)]
+pub struct MarkUpdate {
+    /// Channel name.
+    pub channel: Arc<str>,
+    /// Cursor (`who` is a device) or receipt (`who` is a user).
+    pub kind: MarkKind,
+    /// Device or user id.
+    pub who: Box<str>,
+    /// Delivered up to (receipts).
+    pub delivered: Option<u64>,
+    /// Read or processed up to.
+    pub read: Option<u64>,
+}
+
+/// Where an answer computed on another shard (or the control plane) goes.
+#[derive(Debug)]
+pub enum Answer<T> {
+    /// A connection's command, answered with [`ShardMsg::Reply`] on its shard.
+    Client {
+        /// Shard of the connection.
+        shard: u16,
+        /// The connection.
+        conn: ConnKey,
+        /// Id of its command.
+        req_id: u32,
+    },
+    /// The server API.
+    Api(tokio::sync::oneshot::Sender<T>),
+}
+
+/// A command result computed away from the connection's shard.
+#[derive(Debug)]
+pub enum ReplyBody {
+    /// `{}`.
+    Empty,
+    /// A scheduled message's id and due time.
+    Scheduled {
+        /// Its id.
+        id: u64,
+        /// When it fires, Unix milliseconds.
+        at: u64,
+    },
+    /// A channel's receipts.
+    Receipts(ReceiptList),
 }
 
 /// One shard's inbox.
@@ -342,8 +428,8 @@ pub struct Mesh {
     per_ip: Box<[AtomicU32]>,
     /// Where durable publications go, when a store is attached.
     journal: OnceLock<JournalLink>,
-    /// Streams read back from the store, per shard, taken once by each shard.
-    seeds: Mutex<Vec<Vec<SeedStream>>>,
+    /// Streams and marks read back from the store, per shard, taken once by each shard.
+    seeds: Mutex<Vec<(Vec<SeedStream>, Vec<MarkRecord>)>>,
 }
 
 impl Mesh {
@@ -365,9 +451,17 @@ impl Mesh {
     /// (each goes to its channel's owner shard).
     pub fn attach(&self, durable: Durable) -> Result<(), String> {
         let shards = self.shards();
-        let mut per_shard: Vec<Vec<SeedStream>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut per_shard: Vec<(Vec<SeedStream>, Vec<MarkRecord>)> =
+            (0..shards).map(|_| Default::default()).collect();
         for s in durable.seeds {
-            per_shard[crate::streams::owner(&s.channel, shards) as usize].push(s);
+            per_shard[crate::streams::owner(&s.channel, shards) as usize]
+                .0
+                .push(s);
+        }
+        for m in durable.marks {
+            per_shard[crate::streams::owner(&m.channel, shards) as usize]
+                .1
+                .push(m);
         }
         *self.seeds.lock().unwrap_or_else(|e| e.into_inner()) = per_shard;
         self.journal
@@ -380,8 +474,9 @@ impl Mesh {
         self.journal.get()
     }
 
-    /// Shard `shard`'s streams read back from the store (empty after the first call).
-    pub fn take_seeds(&self, shard: u16) -> Vec<SeedStream> {
+    /// Shard `shard`'s streams and marks read back from the store (empty after the
+    /// first call).
+    pub fn take_seeds(&self, shard: u16) -> (Vec<SeedStream>, Vec<MarkRecord>) {
         let mut seeds = self.seeds.lock().unwrap_or_else(|e| e.into_inner());
         seeds
             .get_mut(shard as usize)

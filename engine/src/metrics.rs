@@ -118,6 +118,10 @@ pub struct ShardMetrics {
     pub publications: AtomicU64,
     /// Publication frames queued to subscribers on this shard.
     pub deliveries: AtomicU64,
+    /// Sessions resumed with a reconnect token.
+    pub resumes: AtomicU64,
+    /// Reconnect tokens refused (forged, malformed or expired).
+    pub resumes_refused: AtomicU64,
     /// io_uring: receives that found the shard's provided-buffer ring empty and were
     /// re-armed (raise `engine.uring_buffers` if this climbs steadily).
     pub uring_buffers_exhausted: AtomicU64,

@@ -40,6 +40,8 @@ pub struct Entry {
     pub meta: Option<Bytes>,
     /// Format of `data`.
     pub format: Format,
+    /// Sender's user id, for direct messages.
+    pub from: Option<Arc<str>>,
 }
 
 /// What a recovering subscriber gets.
@@ -164,6 +166,7 @@ impl Streams {
                 data: e.data,
                 meta: e.meta,
                 format: e.format,
+                from: e.from.map(Arc::from),
             });
         }
         self.map.insert(
@@ -348,6 +351,39 @@ impl Streams {
         }
     }
 
+    /// An inbox's backlog for a device whose cursor is `cursor`: every retained
+    /// publication after it (all retained ones without a cursor, or when the cursor is
+    /// from another epoch). `recovered` says whether that is everything the device
+    /// has not processed (false when some were already dropped by retention).
+    pub fn backlog(
+        &mut self,
+        channel: &str,
+        cursor: Option<Position>,
+        keep: usize,
+        now: u32,
+        ttl: u32,
+    ) -> Recovery {
+        if let Some(c) = cursor {
+            let r = self.recover(channel, c, now, ttl);
+            if r.recovered {
+                return r;
+            }
+        }
+        let after = cursor
+            .filter(|c| {
+                self.current(channel)
+                    .is_some_and(|top| top.epoch == c.epoch)
+            })
+            .map_or(0, |c| c.offset);
+        let (top, publications) = self.history(channel, after, keep, false, now, ttl);
+        let first = publications.first().map_or(top.offset + 1, |e| e.offset);
+        Recovery {
+            top,
+            recovered: cursor.is_none() && first <= after + 1,
+            publications,
+        }
+    }
+
     /// Take back the position `next` just gave `channel` (the publication was refused
     /// before anyone saw it).
     pub fn undo(&mut self, channel: &str) {
@@ -397,8 +433,16 @@ impl Streams {
                 self.cursor = 0;
             }
             let s = &mut self.map[self.cursor];
-            // A stream with publications waiting for the store stays.
-            if now.wrapping_sub(s.used) >= idle && s.shown == s.offset {
+            // A stream with publications waiting for the store stays, and a stored one
+            // stays as long as it retains publications (forgetting it would start a
+            // new epoch while the store still serves the old one).
+            let policy = self.policies.get(s.policy);
+            let idle_for = if policy.durability == Durability::None {
+                idle
+            } else {
+                idle.max(policy.ttl)
+            };
+            if now.wrapping_sub(s.used) >= idle_for && s.shown == s.offset {
                 self.map.swap_remove_index(self.cursor);
                 dropped += 1;
             } else {
@@ -467,6 +511,7 @@ mod tests {
             data: Bytes::from(offset.to_string()),
             meta: None,
             format: Format::Json,
+            from: None,
         }
     }
 
@@ -581,6 +626,7 @@ mod tests {
             data: Bytes::from(offset.to_string()),
             meta: None,
             key: key.map(Box::from),
+            from: None,
         };
         s.seed(
             SeedStream {

@@ -124,8 +124,68 @@ impl Serialize for Position {
 pub enum Command<'a> {
     /// Authenticate with a JWT.
     Connect {
-        /// The JWT; absent when the upgrade request carried `Authorization: Bearer`.
+        /// The JWT; absent when the upgrade request carried `Authorization: Bearer`, or
+        /// when the client resumes with `reconnect`.
         token: Option<Cow<'a, str>>,
+        /// A reconnect token from an earlier session: resume it instead of verifying a
+        /// JWT (subscriptions restored, missed publications recovered).
+        reconnect: Option<Cow<'a, str>>,
+        /// The client's device id (per-device inbox cursor).
+        device: Option<Cow<'a, str>>,
+        /// With `reconnect`: the last position the client saw on each channel.
+        positions: Vec<(String, Position)>,
+    },
+    /// Send a direct message to a user's inbox.
+    Send {
+        /// Recipient user id.
+        user: Cow<'a, str>,
+        /// The opaque payload.
+        data: Payload<'a>,
+        /// Message id: a retry with the same id within the dedupe window is not
+        /// delivered twice.
+        key: Option<Cow<'a, str>>,
+        /// Opaque metadata.
+        meta: Option<Payload<'a>>,
+    },
+    /// This device has processed its inbox up to `offset`.
+    Ack {
+        /// Inbox offset.
+        offset: u64,
+    },
+    /// Record (and tell the channel's members) how far this user has received and read
+    /// a channel.
+    Receipt {
+        /// Channel name.
+        channel: Cow<'a, str>,
+        /// Delivered up to this offset.
+        delivered: Option<u64>,
+        /// Read up to this offset.
+        read: Option<u64>,
+    },
+    /// Who has received and read a channel up to where.
+    Receipts {
+        /// Channel name.
+        channel: Cow<'a, str>,
+    },
+    /// Publish to a channel, or send to a user, at a later time.
+    Schedule {
+        /// Target channel (exactly one of `channel` and `user`).
+        channel: Option<Cow<'a, str>>,
+        /// Target user's inbox.
+        user: Option<Cow<'a, str>>,
+        /// The opaque payload.
+        data: Payload<'a>,
+        /// Opaque metadata.
+        meta: Option<Payload<'a>>,
+        /// When, Unix milliseconds (or use `delay`).
+        at: Option<u64>,
+        /// In how many milliseconds.
+        delay: Option<u64>,
+    },
+    /// Cancel a scheduled message.
+    Unschedule {
+        /// Its id, as the `schedule` reply gave it.
+        schedule: u64,
     },
     /// Start receiving a channel's publications.
     Subscribe {
@@ -209,6 +269,9 @@ pub enum ErrorCode {
     /// The store cannot write now: a publication that must be stored was not
     /// accepted; retry later.
     Unavailable = 111,
+    /// No such thing (a scheduled message that does not exist, is not the caller's,
+    /// or has already fired or been cancelled).
+    NotFound = 112,
 }
 
 /// Result of a successful `connect`.
@@ -224,104 +287,67 @@ pub struct ConnectResult {
     pub ping_interval_ms: u64,
     /// Token expiry, Unix seconds, if the token has one.
     pub expires_at: Option<u64>,
+    /// The device id given in `connect`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// A signed token that resumes this session (`connect` with `reconnect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconnect_token: Option<String>,
+    /// When `reconnect_token` expires, Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconnect_expires_at: Option<u64>,
+    /// Whether this `connect` resumed an earlier session.
+    #[serde(default)]
+    pub resumed: bool,
 }
 
 /// Result of commands that return nothing but success.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Empty {}
 
-/// The raw value bytes of the known top-level keys of an envelope.
-#[derive(Debug, Default, Clone, Copy)]
-struct RawFields<'a> {
-    id: Option<&'a [u8]>,
-    cmd: Option<&'a [u8]>,
-    token: Option<&'a [u8]>,
-    channel: Option<&'a [u8]>,
-    data: Option<&'a [u8]>,
-    push: Option<&'a [u8]>,
-    result: Option<&'a [u8]>,
-    error: Option<&'a [u8]>,
-    code: Option<&'a [u8]>,
-    message: Option<&'a [u8]>,
-    reason: Option<&'a [u8]>,
-    reconnect: Option<&'a [u8]>,
-    offset: Option<&'a [u8]>,
-    epoch: Option<&'a [u8]>,
-    since: Option<&'a [u8]>,
-    limit: Option<&'a [u8]>,
-    reverse: Option<&'a [u8]>,
-    key: Option<&'a [u8]>,
-    meta: Option<&'a [u8]>,
+/// Declares the known top-level keys of an envelope once: [`RawFields`] (the raw value
+/// bytes of each), its lookup by key for MessagePack, and the borrowed serde struct
+/// JSON envelopes are read into.
+macro_rules! envelope_fields {
+    ($($name:ident),* $(,)?) => {
+        /// The raw value bytes of the known top-level keys of an envelope.
+        #[derive(Debug, Default, Clone, Copy)]
+        struct RawFields<'a> {
+            $($name: Option<&'a [u8]>,)*
+        }
+
+        impl<'a> RawFields<'a> {
+            fn slot(&mut self, key: &str) -> Option<&mut Option<&'a [u8]>> {
+                Some(match key {
+                    $(stringify!($name) => &mut self.$name,)*
+                    _ => return None,
+                })
+            }
+        }
+
+        #[derive(Deserialize)]
+        struct JsonFields<'a> {
+            $(
+                #[serde(borrow, default, deserialize_with = "present")]
+                $name: Option<&'a RawValue>,
+            )*
+        }
+
+        impl<'a> JsonFields<'a> {
+            fn raw(self) -> RawFields<'a> {
+                RawFields {
+                    $($name: self.$name.map(|v| v.get().as_bytes()),)*
+                }
+            }
+        }
+    };
 }
 
-impl<'a> RawFields<'a> {
-    fn slot(&mut self, key: &str) -> Option<&mut Option<&'a [u8]>> {
-        Some(match key {
-            "id" => &mut self.id,
-            "cmd" => &mut self.cmd,
-            "token" => &mut self.token,
-            "channel" => &mut self.channel,
-            "data" => &mut self.data,
-            "push" => &mut self.push,
-            "result" => &mut self.result,
-            "error" => &mut self.error,
-            "code" => &mut self.code,
-            "message" => &mut self.message,
-            "reason" => &mut self.reason,
-            "reconnect" => &mut self.reconnect,
-            "offset" => &mut self.offset,
-            "epoch" => &mut self.epoch,
-            "since" => &mut self.since,
-            "limit" => &mut self.limit,
-            "reverse" => &mut self.reverse,
-            "key" => &mut self.key,
-            "meta" => &mut self.meta,
-            _ => return None,
-        })
-    }
-}
-
-#[derive(Deserialize)]
-struct JsonFields<'a> {
-    #[serde(borrow, default, deserialize_with = "present")]
-    id: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    cmd: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    token: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    channel: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    data: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    push: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    result: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    error: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    code: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    message: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    reason: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    reconnect: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    offset: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    epoch: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    since: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    limit: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    reverse: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    key: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    meta: Option<&'a RawValue>,
-}
+envelope_fields!(
+    id, cmd, token, channel, data, push, result, error, code, message, reason, reconnect, offset,
+    epoch, since, limit, reverse, key, meta, device, positions, user, delivered, read, at, delay,
+    schedule,
+);
 
 /// A key that is present holds a value, even `null` (plain `Option` would turn a
 /// `null` payload into "missing").
@@ -338,30 +364,7 @@ fn fields(format: Format, bytes: &[u8]) -> Result<RawFields<'_>, Error> {
             }
             let f: JsonFields<'_> = serde_json::from_slice(bytes)
                 .map_err(|e| Error::Envelope(format!("not a JSON object: {e}")))?;
-            fn raw(v: Option<&RawValue>) -> Option<&[u8]> {
-                v.map(|v| v.get().as_bytes())
-            }
-            Ok(RawFields {
-                id: raw(f.id),
-                cmd: raw(f.cmd),
-                token: raw(f.token),
-                channel: raw(f.channel),
-                data: raw(f.data),
-                push: raw(f.push),
-                result: raw(f.result),
-                error: raw(f.error),
-                code: raw(f.code),
-                message: raw(f.message),
-                reason: raw(f.reason),
-                reconnect: raw(f.reconnect),
-                offset: raw(f.offset),
-                epoch: raw(f.epoch),
-                since: raw(f.since),
-                limit: raw(f.limit),
-                reverse: raw(f.reverse),
-                key: raw(f.key),
-                meta: raw(f.meta),
-            })
+            Ok(f.raw())
         }
         Format::MsgPack => {
             let mut rest = bytes;
@@ -494,6 +497,29 @@ fn read_position(format: Format, raw: &[u8]) -> Option<Position> {
     })
 }
 
+fn read_positions(format: Format, raw: &[u8]) -> Option<Vec<(String, Position)>> {
+    #[derive(Deserialize)]
+    struct Wire {
+        epoch: String,
+        offset: u64,
+    }
+    let map: std::collections::BTreeMap<String, Wire> = match format {
+        Format::MsgPack => rmp_serde::from_slice(raw).ok()?,
+        Format::Json => serde_json::from_slice(raw).ok()?,
+    };
+    map.into_iter()
+        .map(|(channel, w)| {
+            Some((
+                channel,
+                Position {
+                    epoch: Position::parse_epoch(&w.epoch)?,
+                    offset: w.offset,
+                },
+            ))
+        })
+        .collect()
+}
+
 /// Decode one client command.
 ///
 /// An envelope that is not a map, or has no numeric `id`, is an [`Error::Envelope`]
@@ -510,12 +536,102 @@ pub fn decode_request<'a>(format: Format, bytes: &'a [u8]) -> Result<Request<'a>
     let str_field = |raw: Option<&'a [u8]>| raw.and_then(|r| read_str(format, r));
     let command = match str_field(f.cmd).as_deref() {
         None => Command::Invalid("missing or invalid 'cmd'"),
-        Some("connect") => match f.token {
-            None => Command::Connect { token: None },
-            Some(raw) => match read_str(format, raw) {
-                Some(token) => Command::Connect { token: Some(token) },
-                None => Command::Invalid("'token' must be a string"),
+        Some("connect") => {
+            let token = f.token.map(|r| read_str(format, r));
+            let reconnect = f.reconnect.map(|r| read_str(format, r));
+            let device = f.device.map(|r| read_str(format, r));
+            let positions = f.positions.map(|r| read_positions(format, r));
+            match (token, reconnect, device, positions) {
+                (Some(None), ..) => Command::Invalid("'token' must be a string"),
+                (_, Some(None), ..) => Command::Invalid("'reconnect' must be a string"),
+                (_, _, Some(None), _) => Command::Invalid("'device' must be a string"),
+                (_, _, Some(Some(d)), _) if d.is_empty() || d.len() > MAX_KEY_BYTES => {
+                    Command::Invalid("'device' must be 1 to 128 bytes")
+                }
+                (.., Some(None)) => Command::Invalid(
+                    "'positions' must map channel names to {epoch: 16 hex digits, offset: integer}",
+                ),
+                (token, reconnect, device, positions) => Command::Connect {
+                    token: token.flatten(),
+                    reconnect: reconnect.flatten(),
+                    device: device.flatten(),
+                    positions: positions.flatten().unwrap_or_default(),
+                },
+            }
+        }
+        Some("send") => match (
+            str_field(f.user),
+            f.data,
+            f.key.map(|r| read_str(format, r)),
+        ) {
+            (_, _, Some(None)) => Command::Invalid("'key' must be a string"),
+            (_, _, Some(Some(k))) if k.is_empty() || k.len() > MAX_KEY_BYTES => {
+                Command::Invalid("'key' must be 1 to 128 bytes")
+            }
+            (Some(user), Some(raw), key) => Command::Send {
+                user,
+                data: Payload { format, raw },
+                key: key.flatten(),
+                meta: f.meta.map(|raw| Payload { format, raw }),
             },
+            _ => Command::Invalid("send needs a 'user' string and 'data'"),
+        },
+        Some("ack") => match f.offset.and_then(|r| read_u64(format, r)) {
+            Some(offset) => Command::Ack { offset },
+            None => Command::Invalid("ack needs an 'offset' (integer)"),
+        },
+        Some("receipt") => {
+            let delivered = f.delivered.map(|r| read_u64(format, r));
+            let read = f.read.map(|r| read_u64(format, r));
+            match (str_field(f.channel), delivered, read) {
+                (None, ..) => Command::Invalid("receipt needs a 'channel' string"),
+                (_, Some(None), _) | (_, _, Some(None)) => {
+                    Command::Invalid("'delivered' and 'read' must be offsets (integers)")
+                }
+                (_, None, None) => Command::Invalid("receipt needs 'delivered' or 'read'"),
+                (Some(channel), delivered, read) => Command::Receipt {
+                    channel,
+                    delivered: delivered.flatten(),
+                    read: read.flatten(),
+                },
+            }
+        }
+        Some("receipts") => match str_field(f.channel) {
+            Some(channel) => Command::Receipts { channel },
+            None => Command::Invalid("receipts needs a 'channel' string"),
+        },
+        Some("schedule") => {
+            let channel = f.channel.map(|r| read_str(format, r));
+            let user = f.user.map(|r| read_str(format, r));
+            let at = f.at.map(|r| read_u64(format, r));
+            let delay = f.delay.map(|r| read_u64(format, r));
+            match (channel, user, at, delay, f.data) {
+                (Some(None), ..) | (_, Some(None), ..) => {
+                    Command::Invalid("'channel' and 'user' must be strings")
+                }
+                (Some(_), Some(_), ..) | (None, None, ..) => {
+                    Command::Invalid("schedule needs exactly one of 'channel' and 'user'")
+                }
+                (_, _, Some(None), ..) | (_, _, _, Some(None), _) => {
+                    Command::Invalid("'at' and 'delay' must be milliseconds (integers)")
+                }
+                (_, _, Some(_), Some(_), _) | (_, _, None, None, _) => {
+                    Command::Invalid("schedule needs exactly one of 'at' and 'delay'")
+                }
+                (.., None) => Command::Invalid("schedule needs 'data'"),
+                (channel, user, at, delay, Some(raw)) => Command::Schedule {
+                    channel: channel.flatten(),
+                    user: user.flatten(),
+                    data: Payload { format, raw },
+                    meta: f.meta.map(|raw| Payload { format, raw }),
+                    at: at.flatten(),
+                    delay: delay.flatten(),
+                },
+            }
+        }
+        Some("unschedule") => match f.schedule.and_then(|r| read_u64(format, r)) {
+            Some(schedule) => Command::Unschedule { schedule },
+            None => Command::Invalid("unschedule needs 'schedule' (the id, an integer)"),
         },
         Some("subscribe") => match (
             str_field(f.channel),
@@ -629,6 +745,12 @@ pub fn encode_result<T: Serialize>(format: Format, id: u32, result: &T) -> Bytes
     encode_serde(format, &ResultReply { id, result }, 64)
 }
 
+/// A complete frame carrying a push the server composes from a serialisable value
+/// (which must include `"push": name`).
+pub fn encode_push<T: Serialize>(format: Format, push: &T) -> Bytes {
+    encode_serde(format, push, 96)
+}
+
 /// A complete frame carrying `{"id": id, "error": {"code": code, "message": message}}`.
 pub fn encode_error(format: Format, id: u32, code: ErrorCode, message: &str) -> Bytes {
     encode_serde(
@@ -671,26 +793,29 @@ pub fn encode_publication(
     pos: Position,
     data: Payload<'_>,
 ) -> Result<Bytes, Error> {
-    encode_publication_with_meta(format, channel, pos, None, data)
+    encode_publication_full(format, channel, pos, None, None, data)
 }
 
-/// [`encode_publication`] with the publisher's opaque `meta` value, placed before
-/// `data` (`{"push":…,"channel":…,"epoch":…,"offset":…,"meta":…,"data":…}`).
-pub fn encode_publication_with_meta(
+/// [`encode_publication`] with the sender's user id (`from`, set by the server for
+/// direct messages) and the publisher's opaque `meta` value, placed before `data`
+/// (`{"push":…,"channel":…,"epoch":…,"offset":…,"from":…,"meta":…,"data":…}`).
+pub fn encode_publication_full(
     format: Format,
     channel: &str,
     pos: Position,
+    from: Option<&str>,
     meta: Option<Payload<'_>>,
     data: Payload<'_>,
 ) -> Result<Bytes, Error> {
-    let meta_len = meta.map_or(0, |m| 8 + m.raw.len());
+    let meta_len = meta.map_or(0, |m| 8 + m.raw.len()) + from.map_or(0, |f| 8 + f.len());
     let mut b = FrameBuilder::with_capacity(80 + channel.len() + meta_len + data.raw.len());
     let epoch = pos.epoch_hex();
     match format {
         Format::MsgPack => {
             let mut w = b.writer();
             let io = |_| Error::Envelope("write to memory failed".into());
-            rmp::encode::write_map_len(&mut w, 5 + u32::from(meta.is_some())).map_err(io)?;
+            let extra = u32::from(meta.is_some()) + u32::from(from.is_some());
+            rmp::encode::write_map_len(&mut w, 5 + extra).map_err(io)?;
             rmp::encode::write_str(&mut w, "push").map_err(io)?;
             rmp::encode::write_str(&mut w, "publication").map_err(io)?;
             rmp::encode::write_str(&mut w, "channel").map_err(io)?;
@@ -699,6 +824,10 @@ pub fn encode_publication_with_meta(
             rmp::encode::write_str(&mut w, epoch.as_str()).map_err(io)?;
             rmp::encode::write_str(&mut w, "offset").map_err(io)?;
             rmp::encode::write_uint(&mut w, pos.offset).map_err(io)?;
+            if let Some(from) = from {
+                rmp::encode::write_str(&mut w, "from").map_err(io)?;
+                rmp::encode::write_str(&mut w, from).map_err(io)?;
+            }
             drop(w);
             if let Some(meta) = meta {
                 rmp::encode::write_str(&mut b.writer(), "meta").map_err(io)?;
@@ -716,6 +845,11 @@ pub fn encode_publication_with_meta(
             b.extend(b"\",\"offset\":");
             let mut digits = [0u8; 20];
             b.extend(decimal(pos.offset, &mut digits));
+            if let Some(from) = from {
+                b.extend(b",\"from\":");
+                serde_json::to_writer(b.writer(), from)
+                    .map_err(|e| Error::Envelope(e.to_string()))?;
+            }
             if let Some(meta) = meta {
                 b.extend(b",\"meta\":");
                 write_data(&mut b, format, meta)?;
@@ -750,36 +884,80 @@ fn write_data(b: &mut FrameBuilder, format: Format, data: Payload<'_>) -> Result
     Ok(())
 }
 
-/// A complete frame carrying the reply to a `subscribe` or `history`:
+/// Where a stream answer goes: the reply to a command, or a push the server sends on
+/// its own (a restored subscription, an inbox backlog).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyTo<'a> {
+    /// `{"id": id, "result": {…}}`.
+    Id(u32),
+    /// `{"push": push, "channel": channel, …}` with the result's fields inline.
+    Push {
+        /// Push name (`subscribed`, `inbox`).
+        push: &'a str,
+        /// Channel the answer is about.
+        channel: &'a str,
+    },
+}
+
+/// One publication of a stream answer, as kept.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredPublication<'p> {
+    /// Its offset.
+    pub offset: u64,
+    /// The sender's user id, for direct messages.
+    pub from: Option<&'p str>,
+    /// Opaque metadata.
+    pub meta: Option<Payload<'p>>,
+    /// The payload.
+    pub data: Payload<'p>,
+}
+
+/// A complete frame carrying the answer to a `subscribe` or `history` (or a push of
+/// the same fields, see [`ReplyTo`]):
 /// `{"id":…,"result":{"epoch":…,"offset":…[,"recovered":…],"publications":[{"offset":…,"data":…},…]}}`
 /// where `top` is the channel's latest position and each publication's `data` is
 /// spliced in (or transcoded) as in a publication push.
 pub fn encode_stream_reply<'p>(
     format: Format,
-    id: u32,
+    to: ReplyTo<'_>,
     top: Position,
     recovered: Option<bool>,
-    publications: impl ExactSizeIterator<Item = (u64, Option<Payload<'p>>, Payload<'p>)> + Clone,
+    publications: impl ExactSizeIterator<Item = StoredPublication<'p>> + Clone,
 ) -> Result<Bytes, Error> {
-    let hint = 96
+    let hint = 128
         + publications
             .clone()
-            .map(|(_, m, p)| 24 + m.map_or(0, |m| m.raw.len()) + p.raw.len())
+            .map(|p| {
+                32 + p.meta.map_or(0, |m| m.raw.len())
+                    + p.from.map_or(0, str::len)
+                    + p.data.raw.len()
+            })
             .sum::<usize>();
     let mut b = FrameBuilder::with_capacity(hint);
     let epoch = top.epoch_hex();
     let n = publications.len();
+    let fields = 3 + u32::from(recovered.is_some());
     match format {
         Format::MsgPack => {
             let io = |_| Error::Envelope("write to memory failed".into());
             {
                 let mut w = b.writer();
-                rmp::encode::write_map_len(&mut w, 2).map_err(io)?;
-                rmp::encode::write_str(&mut w, "id").map_err(io)?;
-                rmp::encode::write_uint(&mut w, u64::from(id)).map_err(io)?;
-                rmp::encode::write_str(&mut w, "result").map_err(io)?;
-                rmp::encode::write_map_len(&mut w, 3 + u32::from(recovered.is_some()))
-                    .map_err(io)?;
+                match to {
+                    ReplyTo::Id(id) => {
+                        rmp::encode::write_map_len(&mut w, 2).map_err(io)?;
+                        rmp::encode::write_str(&mut w, "id").map_err(io)?;
+                        rmp::encode::write_uint(&mut w, u64::from(id)).map_err(io)?;
+                        rmp::encode::write_str(&mut w, "result").map_err(io)?;
+                        rmp::encode::write_map_len(&mut w, fields).map_err(io)?;
+                    }
+                    ReplyTo::Push { push, channel } => {
+                        rmp::encode::write_map_len(&mut w, 2 + fields).map_err(io)?;
+                        rmp::encode::write_str(&mut w, "push").map_err(io)?;
+                        rmp::encode::write_str(&mut w, push).map_err(io)?;
+                        rmp::encode::write_str(&mut w, "channel").map_err(io)?;
+                        rmp::encode::write_str(&mut w, channel).map_err(io)?;
+                    }
+                }
                 rmp::encode::write_str(&mut w, "epoch").map_err(io)?;
                 rmp::encode::write_str(&mut w, epoch.as_str()).map_err(io)?;
                 rmp::encode::write_str(&mut w, "offset").map_err(io)?;
@@ -792,27 +970,43 @@ pub fn encode_stream_reply<'p>(
                 rmp::encode::write_str(&mut w, "publications").map_err(io)?;
                 rmp::encode::write_array_len(&mut w, n as u32).map_err(io)?;
             }
-            for (offset, meta, data) in publications {
+            for p in publications {
                 {
                     let mut w = b.writer();
-                    rmp::encode::write_map_len(&mut w, 2 + u32::from(meta.is_some()))
-                        .map_err(io)?;
+                    let extra = u32::from(p.meta.is_some()) + u32::from(p.from.is_some());
+                    rmp::encode::write_map_len(&mut w, 2 + extra).map_err(io)?;
                     rmp::encode::write_str(&mut w, "offset").map_err(io)?;
-                    rmp::encode::write_uint(&mut w, offset).map_err(io)?;
+                    rmp::encode::write_uint(&mut w, p.offset).map_err(io)?;
+                    if let Some(from) = p.from {
+                        rmp::encode::write_str(&mut w, "from").map_err(io)?;
+                        rmp::encode::write_str(&mut w, from).map_err(io)?;
+                    }
                 }
-                if let Some(meta) = meta {
+                if let Some(meta) = p.meta {
                     rmp::encode::write_str(&mut b.writer(), "meta").map_err(io)?;
                     write_data(&mut b, format, meta)?;
                 }
                 rmp::encode::write_str(&mut b.writer(), "data").map_err(io)?;
-                write_data(&mut b, format, data)?;
+                write_data(&mut b, format, p.data)?;
             }
         }
         Format::Json => {
+            let json = |e: serde_json::Error| Error::Envelope(e.to_string());
             let mut digits = [0u8; 20];
-            b.extend(b"{\"id\":");
-            b.extend(decimal(u64::from(id), &mut digits));
-            b.extend(b",\"result\":{\"epoch\":\"");
+            match to {
+                ReplyTo::Id(id) => {
+                    b.extend(b"{\"id\":");
+                    b.extend(decimal(u64::from(id), &mut digits));
+                    b.extend(b",\"result\":{\"epoch\":\"");
+                }
+                ReplyTo::Push { push, channel } => {
+                    b.extend(b"{\"push\":");
+                    serde_json::to_writer(b.writer(), push).map_err(json)?;
+                    b.extend(b",\"channel\":");
+                    serde_json::to_writer(b.writer(), channel).map_err(json)?;
+                    b.extend(b",\"epoch\":\"");
+                }
+            }
             b.extend(epoch.as_str().as_bytes());
             b.extend(b"\",\"offset\":");
             b.extend(decimal(top.offset, &mut digits));
@@ -824,21 +1018,28 @@ pub fn encode_stream_reply<'p>(
                 });
             }
             b.extend(b",\"publications\":[");
-            for (i, (offset, meta, data)) in publications.enumerate() {
+            for (i, p) in publications.enumerate() {
                 if i > 0 {
                     b.extend(b",");
                 }
                 b.extend(b"{\"offset\":");
-                b.extend(decimal(offset, &mut digits));
-                if let Some(meta) = meta {
+                b.extend(decimal(p.offset, &mut digits));
+                if let Some(from) = p.from {
+                    b.extend(b",\"from\":");
+                    serde_json::to_writer(b.writer(), from).map_err(json)?;
+                }
+                if let Some(meta) = p.meta {
                     b.extend(b",\"meta\":");
                     write_data(&mut b, format, meta)?;
                 }
                 b.extend(b",\"data\":");
-                write_data(&mut b, format, data)?;
+                write_data(&mut b, format, p.data)?;
                 b.extend(b"}");
             }
-            b.extend(b"]}}");
+            b.extend(match to {
+                ReplyTo::Id(_) => &b"]}}"[..],
+                ReplyTo::Push { .. } => &b"]}"[..],
+            });
         }
     }
     Ok(b.finish(format.opcode()))
@@ -886,6 +1087,14 @@ pub enum ServerMessage<'a> {
         meta: Option<Payload<'a>>,
         /// The payload, in the connection's format.
         data: Payload<'a>,
+    },
+    /// Another push (`inbox`, `subscribed`, `receipt`, `reconnect`): its name and the
+    /// whole raw envelope.
+    Other {
+        /// Push name.
+        push: Cow<'a, str>,
+        /// The whole message, in the connection's format.
+        raw: &'a [u8],
     },
     /// The server is about to close the connection.
     Disconnect {
@@ -946,7 +1155,7 @@ pub fn decode_server_message(format: Format, bytes: &[u8]) -> Result<ServerMessa
                     .and_then(|r| read_bool(format, r))
                     .ok_or_else(|| bad("reconnect"))?,
             }),
-            _ => Err(bad("unknown push")),
+            _ => Ok(ServerMessage::Other { push, raw: bytes }),
         };
     }
     let id =
@@ -987,6 +1196,26 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         reverse: Option<bool>,
         #[serde(skip_serializing_if = "Option::is_none")]
         key: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reconnect: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        device: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        positions: Option<std::collections::BTreeMap<&'a str, Position>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        delivered: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        read: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        at: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        delay: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        schedule: Option<u64>,
     }
     #[derive(Serialize)]
     #[serde(untagged)]
@@ -994,46 +1223,121 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         Position(Position),
         Offset(u64),
     }
-    let (mut since, mut limit, mut reverse, mut publish_key) = (None, None, None, None);
-    let mut publish_meta: Option<&Payload<'_>> = None;
-    let (cmd, token, channel, data) = match &req.command {
-        Command::Connect { token } => ("connect", token.as_deref(), None, None),
-        Command::Subscribe { channel, since: s } => {
-            since = s.map(Since::Position);
-            ("subscribe", None, Some(&**channel), None)
+    let mut out = Out {
+        id: req.id,
+        cmd: "",
+        token: None,
+        channel: None,
+        since: None,
+        limit: None,
+        reverse: None,
+        key: None,
+        reconnect: None,
+        device: None,
+        positions: None,
+        user: None,
+        offset: None,
+        delivered: None,
+        read: None,
+        at: None,
+        delay: None,
+        schedule: None,
+    };
+    let (mut data, mut meta): (Option<&Payload<'_>>, Option<&Payload<'_>>) = (None, None);
+    out.cmd = match &req.command {
+        Command::Connect {
+            token,
+            reconnect,
+            device,
+            positions,
+        } => {
+            out.token = token.as_deref();
+            out.reconnect = reconnect.as_deref();
+            out.device = device.as_deref();
+            if !positions.is_empty() {
+                out.positions = Some(positions.iter().map(|(c, p)| (&**c, *p)).collect());
+            }
+            "connect"
+        }
+        Command::Subscribe { channel, since } => {
+            out.channel = Some(channel);
+            out.since = since.map(Since::Position);
+            "subscribe"
         }
         Command::History {
             channel,
-            since: s,
-            limit: l,
-            reverse: r,
+            since,
+            limit,
+            reverse,
         } => {
-            (since, limit, reverse) = (Some(Since::Offset(*s)), Some(*l), Some(*r));
-            ("history", None, Some(&**channel), None)
+            out.channel = Some(channel);
+            out.since = Some(Since::Offset(*since));
+            (out.limit, out.reverse) = (Some(*limit), Some(*reverse));
+            "history"
         }
-        Command::Unsubscribe { channel } => ("unsubscribe", None, Some(&**channel), None),
+        Command::Unsubscribe { channel } => {
+            out.channel = Some(channel);
+            "unsubscribe"
+        }
         Command::Publish {
             channel,
-            data,
+            data: d,
             key,
-            meta,
+            meta: m,
         } => {
-            publish_key = key.as_deref();
-            publish_meta = meta.as_ref();
-            ("publish", None, Some(&**channel), Some(data))
+            out.channel = Some(channel);
+            out.key = key.as_deref();
+            (data, meta) = (Some(d), m.as_ref());
+            "publish"
         }
-        Command::Ping => ("ping", None, None, None),
-        Command::Invalid(c) => (*c, None, None, None),
-    };
-    let out = Out {
-        id: req.id,
-        cmd,
-        token,
-        channel,
-        since,
-        limit,
-        reverse,
-        key: publish_key,
+        Command::Send {
+            user,
+            data: d,
+            key,
+            meta: m,
+        } => {
+            out.user = Some(user);
+            out.key = key.as_deref();
+            (data, meta) = (Some(d), m.as_ref());
+            "send"
+        }
+        Command::Ack { offset } => {
+            out.offset = Some(*offset);
+            "ack"
+        }
+        Command::Receipt {
+            channel,
+            delivered,
+            read,
+        } => {
+            out.channel = Some(channel);
+            (out.delivered, out.read) = (*delivered, *read);
+            "receipt"
+        }
+        Command::Receipts { channel } => {
+            out.channel = Some(channel);
+            "receipts"
+        }
+        Command::Schedule {
+            channel,
+            user,
+            data: d,
+            meta: m,
+            at,
+            delay,
+        } => {
+            out.channel = channel.as_deref();
+            out.user = user.as_deref();
+            (out.at, out.delay) = (*at, *delay);
+            (data, meta) = (Some(d), m.as_ref());
+            "schedule"
+        }
+        Command::Unschedule { schedule } => {
+            out.schedule = Some(*schedule);
+            "unschedule"
+        }
+        Command::Ping => "ping",
+        Command::Invalid(c) => c,
     };
     let mut bytes = match format {
         Format::MsgPack => {
@@ -1041,7 +1345,7 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         }
         Format::Json => serde_json::to_vec(&out).expect("serialising to memory cannot fail"),
     };
-    for (name, value) in [("meta", publish_meta), ("data", data)] {
+    for (name, value) in [("meta", meta), ("data", data)] {
         let Some(value) = value else { continue };
         // Append the raw value as one more map entry, unchanged.
         match format {
@@ -1305,9 +1609,23 @@ mod tests {
             format: Format::MsgPack,
             raw: &mp_raw,
         };
-        let pubs = [(8u64, None, json), (9u64, Some(json), mp)];
+        let pubs = [
+            StoredPublication {
+                offset: 8,
+                from: None,
+                meta: None,
+                data: json,
+            },
+            StoredPublication {
+                offset: 9,
+                from: None,
+                meta: Some(json),
+                data: mp,
+            },
+        ];
         for out in Format::ALL {
-            let f = encode_stream_reply(out, 5, top, Some(true), pubs.iter().copied()).unwrap();
+            let f = encode_stream_reply(out, ReplyTo::Id(5), top, Some(true), pubs.iter().copied())
+                .unwrap();
             let p = payload_of(&f);
             let v: serde_json::Value = match out {
                 Format::Json => serde_json::from_slice(&p).unwrap(),
@@ -1319,7 +1637,8 @@ mod tests {
                     "recovered": true, "publications": [{"offset": 8, "data": {"t": "x"}},
                     {"offset": 9, "meta": {"t": "x"}, "data": 7}]}})
             );
-            let f = encode_stream_reply(out, 6, top, None, [].iter().copied()).unwrap();
+            let f =
+                encode_stream_reply(out, ReplyTo::Id(6), top, None, [].iter().copied()).unwrap();
             let p = payload_of(&f);
             let v: serde_json::Value = match out {
                 Format::Json => serde_json::from_slice(&p).unwrap(),
@@ -1329,6 +1648,40 @@ mod tests {
                 v,
                 serde_json::json!({"id": 6, "result": {"epoch": "0000000000000abc", "offset": 9,
                     "publications": []}})
+            );
+            let inbox = [StoredPublication {
+                offset: 3,
+                from: Some("al\"ice"),
+                meta: None,
+                data: mp,
+            }];
+            let to = ReplyTo::Push {
+                push: "inbox",
+                channel: "inbox:bob",
+            };
+            let f = encode_stream_reply(out, to, top, Some(false), inbox.iter().copied()).unwrap();
+            let p = payload_of(&f);
+            let v: serde_json::Value = match out {
+                Format::Json => serde_json::from_slice(&p).unwrap(),
+                Format::MsgPack => rmp_serde::from_slice(&p).unwrap(),
+            };
+            assert_eq!(
+                v,
+                serde_json::json!({"push": "inbox", "channel": "inbox:bob",
+                    "epoch": "0000000000000abc", "offset": 9, "recovered": false,
+                    "publications": [{"offset": 3, "from": "al\"ice", "data": 7}]})
+            );
+            let f =
+                encode_publication_full(out, "inbox:bob", top, Some("alice"), None, json).unwrap();
+            let p = payload_of(&f);
+            let v: serde_json::Value = match out {
+                Format::Json => serde_json::from_slice(&p).unwrap(),
+                Format::MsgPack => rmp_serde::from_slice(&p).unwrap(),
+            };
+            assert_eq!(
+                v,
+                serde_json::json!({"push": "publication", "channel": "inbox:bob",
+                    "epoch": "0000000000000abc", "offset": 9, "from": "alice", "data": {"t": "x"}})
             );
         }
         for format in Format::ALL {
@@ -1415,7 +1768,7 @@ mod tests {
             // The publication carries the same value to both formats.
             for out in Format::ALL {
                 let pos = Position { epoch: offset.wrapping_mul(31), offset };
-                let f = encode_publication_with_meta(out, &channel, pos, Some(Payload { format, raw: &raw }), Payload { format, raw: &raw }).unwrap();
+                let f = encode_publication_full(out, &channel, pos, None, Some(Payload { format, raw: &raw }), Payload { format, raw: &raw }).unwrap();
                 let p = payload_of(&f);
                 let ServerMessage::Publication { channel: c, position, data, meta } = decode_server_message(out, &p).unwrap() else { panic!() };
                 let meta = meta.expect("meta travels");

@@ -56,7 +56,12 @@ impl Protocol for Switchboard {
         let token = ctx.token.as_deref().map(Cow::Borrowed);
         vec![self.out(&Request {
             id: CONNECT_ID,
-            command: Command::Connect { token },
+            command: Command::Connect {
+                token,
+                reconnect: None,
+                device: None,
+                positions: Vec::new(),
+            },
         })]
     }
 
@@ -124,7 +129,8 @@ impl Protocol for Switchboard {
             Ok(ServerMessage::Disconnect { code, reason, .. }) => {
                 In::Closing(format!("{code} {reason}"))
             }
-            Err(_) => In::Ignore,
+            // Reconnect tokens, receipts, inbox backlogs: not measured here.
+            Ok(ServerMessage::Other { .. }) | Err(_) => In::Ignore,
         }
     }
 }

@@ -1,0 +1,530 @@
+//! Scheduled messages: publications and direct messages sent at a later time.
+//!
+//! Owns the `scheduled` table of the store (its own SQLite connection to the same file;
+//! WAL lets it write beside the journal writer) and one thread that stores requests,
+//! cancels them, and fires what is due: it publishes through the engine exactly as the
+//! server API does, with the idempotency key `schedule:<id>`, and marks the row fired
+//! with the position it got. A scheduled message survives restarts (the row stays
+//! pending until a publication was acknowledged); one that was published but not yet
+//! marked when the process died is published again at start-up, and the key makes
+//! that a duplicate the channel drops when the original is still within the dedupe
+//! window (at-least-once, deduplicated within the window).
+//!
+//! A publication refused because the store or the server is busy (108, 111) is retried
+//! a second later; one refused for good (its payload does not transcode, its channel is
+//! invalid) is marked failed with the reason.
+//!
+//! Does not own who may schedule (the shards check the token; the server API checks its
+//! key).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use switchboard_engine::auth::ScheduleJob;
+use switchboard_engine::mesh::ReplyBody;
+use switchboard_engine::{ControlRequest, EngineHandle, Refused, ShardMsg, ShardSender};
+use switchboard_protocol::{ErrorCode, Format, Payload, Position};
+
+/// Most pending scheduled messages one user may have (the server API is not limited).
+pub const MAX_PENDING_PER_USER: i64 = 10_000;
+
+/// Owner recorded for messages scheduled through the server API.
+pub const API_OWNER: &str = "api";
+
+const PENDING: i64 = 0;
+const FIRED: i64 = 1;
+const CANCELLED: i64 = 2;
+const FAILED: i64 = 3;
+
+/// Where the scheduler thread takes work from (clone freely).
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    tx: Sender<Work>,
+}
+
+/// The running scheduler thread.
+#[derive(Debug)]
+pub struct SchedulerHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Why a cancellation did nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelError {
+    /// No such id (or not the caller's).
+    NotFound,
+    /// It already fired, failed or was cancelled.
+    NotPending(&'static str),
+    /// The store failed.
+    Store(String),
+}
+
+/// A scheduled message as the server API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScheduledView {
+    /// Its id.
+    pub id: u64,
+    /// When it is (or was) due, Unix milliseconds.
+    pub at: u64,
+    /// Target channel.
+    pub channel: String,
+    /// Sender of a direct message.
+    pub from: Option<String>,
+    /// Who scheduled it (a user id, or `api`).
+    pub owner: String,
+    /// `pending`, `fired`, `cancelled` or `failed`.
+    pub state: &'static str,
+    /// When it fired, Unix milliseconds.
+    pub fired_at: Option<u64>,
+    /// The position it got.
+    pub epoch: Option<String>,
+    /// The position it got.
+    pub offset: Option<u64>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+type Reply<T> = tokio::sync::oneshot::Sender<T>;
+
+enum Work {
+    /// From a shard: `Schedule` or `Unschedule`.
+    Shard(ControlRequest),
+    Add(ScheduleJob, Reply<Result<(u64, u64), String>>),
+    Cancel(u64, Reply<Result<(), CancelError>>),
+    List(bool, Reply<Result<Vec<ScheduledView>, String>>),
+}
+
+impl Scheduler {
+    /// Hand a shard's `Schedule` or `Unschedule` request over; the answer goes to the
+    /// shard.
+    pub fn submit(&self, req: ControlRequest) {
+        if self.tx.send(Work::Shard(req)).is_err() {
+            tracing::warn!("scheduler stopped; a scheduling request is not answered");
+        }
+    }
+
+    /// Schedule `job` (server API): its id and due time.
+    pub async fn add(&self, job: ScheduleJob) -> Result<(u64, u64), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Work::Add(job, tx))
+            .map_err(|_| "scheduler stopped".to_string())?;
+        rx.await.map_err(|_| "scheduler stopped".to_string())?
+    }
+
+    /// Cancel scheduled message `id` (server API: anyone's).
+    pub async fn cancel(&self, id: u64) -> Result<(), CancelError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let stopped = || CancelError::Store("scheduler stopped".into());
+        self.tx.send(Work::Cancel(id, tx)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Scheduled messages, pending only or all recent ones (server API).
+    pub async fn list(&self, pending_only: bool) -> Result<Vec<ScheduledView>, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Work::List(pending_only, tx))
+            .map_err(|_| "scheduler stopped".to_string())?;
+        rx.await.map_err(|_| "scheduler stopped".to_string())?
+    }
+}
+
+impl SchedulerHandle {
+    /// Stop the thread (pending messages stay stored and fire after the next start).
+    pub fn finish(mut self) {
+        self.stop_thread();
+    }
+
+    fn stop_thread(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SchedulerHandle {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Start the scheduler on the store at `path` (already opened and prepared by
+/// [`crate::store::open`]), publishing through `engine` and answering shards through
+/// `shards`.
+pub fn spawn(
+    path: &std::path::Path,
+    engine: Arc<EngineHandle>,
+    shards: ShardSender,
+) -> anyhow::Result<(Scheduler, SchedulerHandle)> {
+    let conn = Connection::open(path)
+        .map_err(|e| anyhow::anyhow!("store {}: scheduler cannot open it: {e}", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute_batch("PRAGMA synchronous = FULL;")?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut worker = Worker {
+        conn,
+        engine,
+        shards,
+    };
+    let thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("scheduler".into())
+            .spawn(move || worker.run(&rx, &stop))?
+    };
+    Ok((
+        Scheduler { tx },
+        SchedulerHandle {
+            stop,
+            thread: Some(thread),
+        },
+    ))
+}
+
+struct Worker {
+    conn: Connection,
+    engine: Arc<EngineHandle>,
+    shards: ShardSender,
+}
+
+impl Worker {
+    fn run(&mut self, rx: &Receiver<Work>, stop: &AtomicBool) {
+        let mut wake = Instant::now();
+        loop {
+            let wait = wake
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(250));
+            match rx.recv_timeout(wait) {
+                Ok(w) => self.handle(w),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {}
+            }
+            while let Ok(w) = rx.try_recv() {
+                self.handle(w);
+            }
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
+            let retry = self.fire_due();
+            wake = match (retry, self.next_due()) {
+                (true, _) => Instant::now() + Duration::from_secs(1),
+                (false, Some(due)) => {
+                    Instant::now() + Duration::from_millis(due.saturating_sub(now_ms()))
+                }
+                (false, None) => Instant::now() + Duration::from_secs(1),
+            };
+        }
+    }
+
+    fn handle(&mut self, w: Work) {
+        match w {
+            Work::Shard(ControlRequest::Schedule {
+                shard,
+                conn,
+                req_id,
+                job,
+            }) => {
+                let result = self
+                    .insert(&job, true)
+                    .map(|(id, at)| ReplyBody::Scheduled { id, at });
+                let msg = ShardMsg::Reply {
+                    conn,
+                    req_id,
+                    result,
+                };
+                crate::auth::send_patiently(&self.shards, shard, msg, "a schedule reply");
+            }
+            Work::Shard(ControlRequest::Unschedule {
+                shard,
+                conn,
+                req_id,
+                id,
+                owner,
+            }) => {
+                let result = match self.cancel(id, Some(&owner)) {
+                    Ok(()) => Ok(ReplyBody::Empty),
+                    Err(e) => Err(cancel_refusal(e)),
+                };
+                let msg = ShardMsg::Reply {
+                    conn,
+                    req_id,
+                    result,
+                };
+                crate::auth::send_patiently(&self.shards, shard, msg, "an unschedule reply");
+            }
+            Work::Shard(ControlRequest::Authenticate { .. }) => {}
+            Work::Add(job, reply) => {
+                let _ = reply.send(self.insert(&job, false).map_err(|e| e.message));
+            }
+            Work::Cancel(id, reply) => {
+                let _ = reply.send(self.cancel(id, None));
+            }
+            Work::List(pending, reply) => {
+                let _ = reply.send(self.list(pending).map_err(|e| e.to_string()));
+            }
+        }
+    }
+
+    fn insert(&mut self, job: &ScheduleJob, limited: bool) -> Result<(u64, u64), Refused> {
+        let store_err = |e: rusqlite::Error| Refused {
+            code: ErrorCode::Unavailable,
+            message: format!("cannot store the scheduled message: {e}"),
+        };
+        if limited {
+            let pending: i64 = self
+                .conn
+                .query_row(
+                    "SELECT COUNT(*) FROM scheduled WHERE owner = ?1 AND state = ?2",
+                    params![&*job.owner, PENDING],
+                    |r| r.get(0),
+                )
+                .map_err(store_err)?;
+            if pending >= MAX_PENDING_PER_USER {
+                return Err(Refused {
+                    code: ErrorCode::LimitExceeded,
+                    message: format!("at most {MAX_PENDING_PER_USER} pending scheduled messages"),
+                });
+            }
+        }
+        self.conn
+            .execute(
+                "INSERT INTO scheduled (due_ms, channel, sender, format, data, meta, owner,
+                     created_ms, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    job.due_ms as i64,
+                    &job.channel,
+                    job.from.as_deref(),
+                    job.format.index() as i64,
+                    &job.data[..],
+                    job.meta.as_deref(),
+                    &*job.owner,
+                    now_ms() as i64,
+                    PENDING,
+                ],
+            )
+            .map_err(store_err)?;
+        Ok((self.conn.last_insert_rowid() as u64, job.due_ms))
+    }
+
+    fn cancel(&mut self, id: u64, owner: Option<&str>) -> Result<(), CancelError> {
+        let row: Option<(String, i64)> = self
+            .conn
+            .query_row(
+                "SELECT owner, state FROM scheduled WHERE id = ?1",
+                [id as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| CancelError::Store(e.to_string()))?;
+        let Some((row_owner, state)) = row else {
+            return Err(CancelError::NotFound);
+        };
+        if owner.is_some_and(|o| o != row_owner) {
+            return Err(CancelError::NotFound);
+        }
+        if state != PENDING {
+            return Err(CancelError::NotPending(state_name(state)));
+        }
+        self.conn
+            .execute(
+                "UPDATE scheduled SET state = ?1 WHERE id = ?2 AND state = ?3",
+                params![CANCELLED, id as i64, PENDING],
+            )
+            .map_err(|e| CancelError::Store(e.to_string()))?;
+        Ok(())
+    }
+
+    fn list(&mut self, pending_only: bool) -> rusqlite::Result<Vec<ScheduledView>> {
+        let sql = if pending_only {
+            "SELECT id, due_ms, channel, sender, owner, state, fired_ms, epoch, offset, error
+             FROM scheduled WHERE state = 0 ORDER BY due_ms, id LIMIT 1000"
+        } else {
+            "SELECT id, due_ms, channel, sender, owner, state, fired_ms, epoch, offset, error
+             FROM scheduled ORDER BY id DESC LIMIT 1000"
+        };
+        let mut q = self.conn.prepare(sql)?;
+        let rows = q.query_map([], |r| {
+            Ok(ScheduledView {
+                id: r.get::<_, i64>(0)? as u64,
+                at: r.get::<_, i64>(1)? as u64,
+                channel: r.get(2)?,
+                from: r.get(3)?,
+                owner: r.get(4)?,
+                state: state_name(r.get(5)?),
+                fired_at: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                epoch: r.get::<_, Option<i64>>(7)?.map(|e| {
+                    Position {
+                        epoch: e as u64,
+                        offset: 0,
+                    }
+                    .epoch_hex()
+                    .as_str()
+                    .to_string()
+                }),
+                offset: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+                error: r.get(9)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    fn next_due(&self) -> Option<u64> {
+        self.conn
+            .query_row(
+                "SELECT MIN(due_ms) FROM scheduled WHERE state = ?1",
+                [PENDING],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .ok()
+            .flatten()
+            .map(|v| v.max(0) as u64)
+    }
+
+    /// Publish everything due. Returns whether something must be retried soon.
+    fn fire_due(&mut self) -> bool {
+        let due = match self.due_rows() {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("scheduler cannot read due messages: {e}");
+                return true;
+            }
+        };
+        let mut tickets = Vec::with_capacity(due.len());
+        let mut retry = false;
+        for d in due {
+            let key = format!("schedule:{}", d.id);
+            let meta = d.meta.as_ref().map(|m| Payload {
+                format: d.format,
+                raw: m,
+            });
+            let data = Payload {
+                format: d.format,
+                raw: &d.data,
+            };
+            let from = d.sender.as_deref().map(Arc::from);
+            match self
+                .engine
+                .publish_from(&d.channel, data, meta, Some(&key), from)
+            {
+                Ok(rx) => tickets.push((d.id, rx)),
+                Err(switchboard_engine::PublishError::InvalidChannel) => {
+                    self.finish(d.id, Err("invalid channel name"));
+                }
+                Err(_) => {
+                    retry = true;
+                    break;
+                }
+            }
+        }
+        for (id, rx) in tickets {
+            match rx.blocking_recv() {
+                Ok(Ok((pos, _duplicate))) => self.finish(id, Ok(pos)),
+                Ok(Err(r)) if matches!(r.code, ErrorCode::Overloaded | ErrorCode::Unavailable) => {
+                    retry = true;
+                }
+                Ok(Err(r)) => self.finish(id, Err(&r.message)),
+                // The engine stopped: it stays pending for the next start.
+                Err(_) => retry = true,
+            }
+        }
+        retry
+    }
+
+    fn due_rows(&self) -> rusqlite::Result<Vec<Due>> {
+        let mut q = self.conn.prepare_cached(
+            "SELECT id, channel, sender, format, data, meta FROM scheduled
+             WHERE state = ?1 AND due_ms <= ?2 ORDER BY due_ms, id LIMIT 512",
+        )?;
+        let rows = q.query_map(params![PENDING, now_ms() as i64], |r| {
+            Ok(Due {
+                id: r.get::<_, i64>(0)? as u64,
+                channel: r.get(1)?,
+                sender: r.get(2)?,
+                format: if r.get::<_, i64>(3)? == Format::Json.index() as i64 {
+                    Format::Json
+                } else {
+                    Format::MsgPack
+                },
+                data: Bytes::from(r.get::<_, Vec<u8>>(4)?),
+                meta: r.get::<_, Option<Vec<u8>>>(5)?.map(Bytes::from),
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Mark a due message fired (with its position) or failed.
+    fn finish(&mut self, id: u64, result: Result<Position, &str>) {
+        let now = now_ms() as i64;
+        let r = match result {
+            Ok(pos) => self.conn.execute(
+                "UPDATE scheduled SET state = ?1, fired_ms = ?2, epoch = ?3, offset = ?4
+                 WHERE id = ?5",
+                params![FIRED, now, pos.epoch as i64, pos.offset as i64, id as i64],
+            ),
+            Err(why) => {
+                tracing::warn!(id, "scheduled message failed: {why}");
+                self.conn.execute(
+                    "UPDATE scheduled SET state = ?1, fired_ms = ?2, error = ?3 WHERE id = ?4",
+                    params![FAILED, now, why, id as i64],
+                )
+            }
+        };
+        if let Err(e) = r {
+            // It stays pending and fires again; its key makes that a duplicate.
+            tracing::warn!(id, "cannot record a scheduled message's outcome: {e}");
+        }
+    }
+}
+
+struct Due {
+    id: u64,
+    channel: String,
+    sender: Option<String>,
+    format: Format,
+    data: Bytes,
+    meta: Option<Bytes>,
+}
+
+fn state_name(state: i64) -> &'static str {
+    match state {
+        PENDING => "pending",
+        FIRED => "fired",
+        CANCELLED => "cancelled",
+        FAILED => "failed",
+        _ => "unknown",
+    }
+}
+
+fn cancel_refusal(e: CancelError) -> Refused {
+    match e {
+        CancelError::NotFound => Refused {
+            code: ErrorCode::NotFound,
+            message: "no such scheduled message".into(),
+        },
+        CancelError::NotPending(state) => Refused {
+            code: ErrorCode::NotFound,
+            message: format!("the scheduled message is already {state}"),
+        },
+        CancelError::Store(e) => Refused {
+            code: ErrorCode::Unavailable,
+            message: format!("cannot cancel: {e}"),
+        },
+    }
+}
