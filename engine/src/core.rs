@@ -762,8 +762,15 @@ impl ShardCore {
         if conn.device.is_none() {
             conn.device = resumed.device.map(Into::into);
         }
-        self.opened(slot, id, resumed.identity, &resumed.channels, true);
-        for channel in &resumed.channels {
+        // The token's channels (as of its last renewal) and the ones the client names.
+        let mut channels = resumed.channels;
+        for (c, _) in positions {
+            if !channels.contains(c) {
+                channels.push(c.clone());
+            }
+        }
+        self.opened(slot, id, resumed.identity, &channels, true);
+        for channel in &channels {
             let since = positions
                 .iter()
                 .find(|(c, _)| c == channel)
@@ -823,7 +830,8 @@ impl ShardCore {
     }
 
     /// Push a fresh reconnect token naming the connection's current subscriptions
-    /// (after each change, and before the last token expires).
+    /// (once half of the last one's life has passed: the only unrequested push, every
+    /// `reconnect_ttl_ms / 2` at most).
     fn push_token(&mut self, slot: u32) {
         if self.sessions.is_none() {
             return;
@@ -902,8 +910,14 @@ impl ShardCore {
         if let Err((code, why)) = self.check_channel(slot, channel, false) {
             return self.refuse(slot, to, channel, code, why);
         }
-        let conn = &mut self.conns[slot as usize];
-        if conn.subs.len() >= self.cfg.max_subscriptions_per_connection {
+        let conn = &self.conns[slot as usize];
+        // The inbox does not count against the limit.
+        let counted = conn
+            .subs
+            .iter()
+            .filter(|c| self.inbox_user(c).is_none())
+            .count();
+        if to != ReplyKind::Inbox && counted >= self.cfg.max_subscriptions_per_connection {
             return self.refuse(
                 slot,
                 to,
@@ -1067,8 +1081,7 @@ impl ShardCore {
         let to = match r.to {
             ReplyKind::Command(id) if r.subscribe && r.recovered.is_none() => {
                 // A plain subscribe: the position the subscription starts after.
-                self.reply_position(slot, id, r.top);
-                return self.push_token(slot);
+                return self.reply_position(slot, id, r.top);
             }
             ReplyKind::Command(id) => envelope::ReplyTo::Id(id),
             ReplyKind::Resumed => envelope::ReplyTo::Push {
@@ -1104,9 +1117,6 @@ impl ShardCore {
                 self.refuse(slot, r.to, &channel, ErrorCode::BadRequest, &e.to_string())
             }
         }
-        if r.subscribe && matches!(r.to, ReplyKind::Command(_)) {
-            self.push_token(slot);
-        }
     }
 
     fn history(&mut self, slot: u32, id: u32, channel: &str, kind: QueryKind) {
@@ -1138,7 +1148,6 @@ impl ShardCore {
             self.announce(&name, change.after, false);
         }
         self.reply_ok(slot, id);
-        self.push_token(slot);
     }
 
     fn publish_from(
