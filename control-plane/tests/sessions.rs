@@ -204,6 +204,15 @@ async fn inbox_backlog_per_device_cursors_and_direct_messages() {
     let mut plain = Client::connect(addr, Fmt::Json, &bob).await;
     let r = plain.call(json!({"cmd": "ack", "offset": 4})).await;
     assert_eq!(r["error"]["code"], json!(104), "{r}");
+    // It gets no inbox on its own, but may subscribe to it (and read its history).
+    let r = plain
+        .call(json!({"cmd": "subscribe", "channel": "inbox:bob"}))
+        .await;
+    assert_eq!(r["result"]["offset"], json!(4), "{r}");
+    let r = plain
+        .call(json!({"cmd": "history", "channel": "inbox:bob", "since": 2}))
+        .await;
+    assert_eq!(offsets(&r["result"]), [3, 4], "{r}");
     drop((phone, laptop, plain, a));
     // Cursors are written with the next batch; give the writer a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -780,7 +780,9 @@ impl ShardCore {
     }
 
     /// The connection is authenticated: answer `connect` (with a reconnect token for
-    /// `channels`), start its heartbeat, and subscribe its inbox.
+    /// `channels`), start its heartbeat, and, for a device (a `connect` that named its
+    /// device id), subscribe its inbox with the backlog after the device's cursor.
+    /// Connections without a device id pay nothing for inboxes.
     fn opened(
         &mut self,
         slot: u32,
@@ -810,8 +812,10 @@ impl ShardCore {
         self.enqueue(slot, envelope::encode_result(format, req_id, &reply));
         let at = self.now as u64 + self.ticks.ping as u64;
         self.schedule(slot, at);
-        if let Some(inbox) = self.inbox_of(&identity.user) {
-            self.subscribe(slot, ReplyKind::Inbox, &inbox, None);
+        if self.conns[slot as usize].device.is_some() {
+            if let Some(inbox) = self.inbox_of(&identity.user) {
+                self.subscribe(slot, ReplyKind::Inbox, &inbox, None);
+            }
         }
     }
 

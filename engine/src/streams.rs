@@ -437,7 +437,7 @@ impl Streams {
             // stays as long as it retains publications (forgetting it would start a
             // new epoch while the store still serves the old one).
             let policy = self.policies.get(s.policy);
-            let idle_for = if policy.durability == Durability::None {
+            let idle_for = if policy.durability == Durability::None || s.history.is_empty() {
                 idle
             } else {
                 idle.max(policy.ttl)
@@ -474,6 +474,35 @@ mod tests {
         s.show("a", 2);
         assert_eq!(s.current("a"), Some(a2));
         assert_ne!(Streams::new(43).next("a", 0).epoch, a1.epoch);
+    }
+
+    #[test]
+    fn stored_streams_with_history_outlive_the_idle_time_until_their_ttl() {
+        let default = Policy {
+            durability: Durability::None,
+            keep: 8,
+            ttl: 1000,
+        };
+        let ns = [crate::journal::NamespacePolicy {
+            name: "inbox".into(),
+            durability: Durability::Sync,
+            history_size: 8,
+            history_ttl_ms: 5000,
+        }];
+        // ttl: 5000 ms / 10 ms ticks = 500 ticks; idle: 50 ticks.
+        let mut s = Streams::with_policies(1, Arc::new(Policies::new(default, &ns, 10)));
+        let p = s.next("inbox:a", 0);
+        s.retain("inbox:a", entry(p.offset, 0), 8, 500);
+        s.touch("inbox:empty", 0);
+        s.next("room:x", 0);
+        s.show("room:x", 1);
+        assert_eq!(
+            s.sweep(100, 50, 50, 10),
+            2,
+            "the empty inbox and the room go"
+        );
+        assert!(s.current("inbox:a").is_some(), "kept: it retains a message");
+        assert_eq!(s.sweep(600, 50, 50, 10), 1, "gone once its ttl passed");
     }
 
     #[test]
