@@ -582,6 +582,71 @@ fn group_commit(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Per connection: the reconnect token every `connect` returns, and its check when a
+/// client resumes. Per receipt: moving a user's receipt and encoding the push.
+fn sessions(c: &mut Criterion) {
+    use switchboard_engine::marks::Marks;
+    use switchboard_engine::session::Sessions;
+    use switchboard_engine::Identity;
+    let mut g = c.benchmark_group("sessions");
+    let s = Sessions::new(&[7u8; 32]);
+    let identity = Identity {
+        user: "user-12345".into(),
+        channels: Some(vec!["chat:*".into(), "user:user-12345".into()]),
+        expires_at: Some(4_000_000_000),
+        send_to: Some(vec!["*".into()]),
+        schedule: false,
+    };
+    let channels: Vec<String> = (0..20).map(|i| format!("chat:room-{i}")).collect();
+    g.bench_function("issue_token_at_connect", |b| {
+        b.iter(|| s.issue(black_box(&identity), Some("phone"), std::iter::empty(), 1 << 50))
+    });
+    g.bench_function("issue_token_20_channels", |b| {
+        b.iter(|| {
+            s.issue(
+                black_box(&identity),
+                Some("phone"),
+                channels.iter().map(String::as_str),
+                1 << 50,
+            )
+        })
+    });
+    let (token, _) = s.issue(&identity, Some("phone"), channels.iter().map(String::as_str), 1 << 50);
+    g.bench_function("check_token_20_channels", |b| {
+        b.iter(|| s.check(black_box(&token), 1).unwrap())
+    });
+    let mut marks = Marks::new();
+    let channel: Arc<str> = "chat:room-1".into();
+    let mut read = 0u64;
+    g.bench_function("receipt_move_and_encode_push", |b| {
+        b.iter(|| {
+            read += 1;
+            let r = marks
+                .set_receipt(&channel, "user-12345", 7, None, Some(read), read)
+                .unwrap();
+            #[derive(serde::Serialize)]
+            struct Push<'a> {
+                push: &'static str,
+                channel: &'a str,
+                user: &'a str,
+                delivered: u64,
+                read: u64,
+            }
+            envelope::encode_push(
+                Format::MsgPack,
+                &Push {
+                    push: "receipt",
+                    channel: &channel,
+                    user: "user-12345",
+                    delivered: r.delivered,
+                    read: r.read,
+                },
+            )
+        })
+    });
+    g.finish();
+}
+
 fn core_tick_of_first_visit() -> u64 {
     50
 }
@@ -589,6 +654,6 @@ fn core_tick_of_first_visit() -> u64 {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = frame_decode, frame_encode, unmask, envelopes, fanout, channel_index, cross_shard, jwt, heartbeat_wheel, outq_write_prep, streams, durability, group_commit
+    targets = frame_decode, frame_encode, unmask, envelopes, fanout, channel_index, cross_shard, jwt, heartbeat_wheel, outq_write_prep, streams, durability, group_commit, sessions
 }
 criterion_main!(benches);

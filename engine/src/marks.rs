@@ -147,8 +147,16 @@ impl Marks {
         read: Option<u64>,
         at_ms: u64,
     ) -> Option<Receipt> {
-        let c = self.channels.entry(channel.clone()).or_default();
-        let r = c.receipts.entry(user.into()).or_default();
+        let c = match self.channels.get_mut(channel) {
+            Some(c) => c,
+            None => self.channels.entry(channel.clone()).or_default(),
+        };
+        // Look up before inserting: the key is allocated only for a user's first
+        // receipt on the channel.
+        if !c.receipts.contains_key(user) {
+            c.receipts.insert(user.into(), Receipt::default());
+        }
+        let r = c.receipts.get_mut(user).expect("just ensured");
         let mut next = if r.epoch == epoch {
             *r
         } else {
