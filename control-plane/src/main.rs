@@ -64,6 +64,12 @@ struct TokenArgs {
     /// Channel patterns the token allows, comma-separated (`room:*,news`); all if omitted.
     #[arg(long)]
     channels: Option<String>,
+    /// User-id patterns the token may send direct messages to, comma-separated (`*`).
+    #[arg(long)]
+    send_to: Option<String>,
+    /// Let the token schedule messages.
+    #[arg(long)]
+    schedule: bool,
     /// Lifetime: a number with s, m, h or d (`90s`, `30m`, `1h`, `7d`).
     #[arg(long, default_value = "1h", value_parser = parse_ttl)]
     ttl: Duration,
@@ -133,15 +139,22 @@ fn token(args: TokenArgs) -> ExitCode {
         eprintln!("error: no secret: pass --secret, or set auth.hmac_secret in --config or SWITCHBOARD_AUTH__HMAC_SECRET");
         return ExitCode::from(2);
     };
-    let channels = args.channels.map(|c| {
+    let list = |c: String| -> Vec<String> {
         c.split(',')
             .map(|p| p.trim().to_string())
             .filter(|p| !p.is_empty())
             .collect()
-    });
+    };
+    let channels = args.channels.map(list);
+    let send_to = args.send_to.map(list);
+    let schedule = args.schedule.then_some(true);
     println!(
         "{}",
-        auth::mint(&secret, &args.sub, channels, args.ttl, &cfg.auth)
+        auth::mint_with(&secret, &args.sub, args.ttl, &cfg.auth, |c| {
+            c.channels = channels;
+            c.send_to = send_to;
+            c.schedule = schedule;
+        })
     );
     ExitCode::SUCCESS
 }
