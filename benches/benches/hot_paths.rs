@@ -599,7 +599,14 @@ fn sessions(c: &mut Criterion) {
     };
     let channels: Vec<String> = (0..20).map(|i| format!("chat:room-{i}")).collect();
     g.bench_function("issue_token_at_connect", |b| {
-        b.iter(|| s.issue(black_box(&identity), Some("phone"), std::iter::empty(), 1 << 50))
+        b.iter(|| {
+            s.issue(
+                black_box(&identity),
+                Some("phone"),
+                std::iter::empty(),
+                1 << 50,
+            )
+        })
     });
     g.bench_function("issue_token_20_channels", |b| {
         b.iter(|| {
@@ -611,7 +618,12 @@ fn sessions(c: &mut Criterion) {
             )
         })
     });
-    let (token, _) = s.issue(&identity, Some("phone"), channels.iter().map(String::as_str), 1 << 50);
+    let (token, _) = s.issue(
+        &identity,
+        Some("phone"),
+        channels.iter().map(String::as_str),
+        1 << 50,
+    );
     g.bench_function("check_token_20_channels", |b| {
         b.iter(|| s.check(black_box(&token), 1).unwrap())
     });

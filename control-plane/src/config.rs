@@ -562,7 +562,10 @@ mod tests {
             ("[inbox]\ndurability = \"none\"\n", "inbox.durability"),
             ("[inbox]\nnamespace = \"a:b\"\n", "inbox.namespace"),
             ("[inbox]\nhistory_size = 0\n", "inbox.history_size"),
-            ("[namespaces.inbox]\ndurability = \"sync\"\n", "namespaces.inbox"),
+            (
+                "[namespaces.inbox]\ndurability = \"sync\"\n",
+                "namespaces.inbox",
+            ),
             ("[store]\nmax_backlog = 0\n", "store.max_backlog"),
             ("[store]\npath = \"\"\n", "store.path"),
         ] {

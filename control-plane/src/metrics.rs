@@ -125,6 +125,18 @@ pub fn render(
             |m| m.deliveries.load(Relaxed),
         ),
         (
+            "switchboard_sessions_resumed_total",
+            "counter",
+            "Sessions resumed with a reconnect token.",
+            |m| m.resumes.load(Relaxed),
+        ),
+        (
+            "switchboard_reconnect_tokens_refused_total",
+            "counter",
+            "Reconnect tokens refused (forged, malformed or expired).",
+            |m| m.resumes_refused.load(Relaxed),
+        ),
+        (
             "switchboard_mesh_messages_total",
             "counter",
             "Messages sent to other shards.",

@@ -488,6 +488,11 @@ async fn reconnect_token_resumes_subscriptions_with_recovery_after_a_restart() {
     );
     drop(c);
 
+    assert_eq!(metric(admin, "switchboard_sessions_resumed_total").await, 1);
+    assert_eq!(
+        metric(admin, "switchboard_reconnect_tokens_refused_total").await,
+        2
+    );
     // Expired: 109, told to connect with a token.
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     let (_c, r) = connect_with(addr, json!({"cmd": "connect", "reconnect": first})).await;
