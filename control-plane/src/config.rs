@@ -214,6 +214,15 @@ pub enum ConfigError {
 
 const ENV_PREFIX: &str = "SWITCHBOARD_";
 
+/// Whether `name` may name a namespace: 1 to 64 of `A-Z a-z 0-9 _ - .` (no `:`).
+fn valid_namespace(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
 impl Config {
     /// Load `file` (or the defaults), apply environment overrides, validate.
     pub fn load(file: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
@@ -306,12 +315,7 @@ impl Config {
     /// Check ranges; the message names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for name in self.namespaces.keys() {
-            let ok = !name.is_empty()
-                && name.len() <= 64
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-            if !ok {
+            if !valid_namespace(name) {
                 return Err(ConfigError::Invalid(format!(
                     "namespaces.{name}: a namespace name is 1 to 64 of A-Z a-z 0-9 _ - ."
                 )));
@@ -319,12 +323,7 @@ impl Config {
         }
         if self.inbox.enabled {
             let ns = &self.inbox.namespace;
-            let ok = !ns.is_empty()
-                && ns.len() <= 64
-                && ns
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-            if !ok {
+            if !valid_namespace(ns) {
                 return Err(ConfigError::Invalid(
                     "inbox.namespace: a namespace name is 1 to 64 of A-Z a-z 0-9 _ - .".into(),
                 ));

@@ -57,7 +57,7 @@ pub fn render(
         engine.backend(),
         shards.len()
     );
-    let per_shard: [Family; 14] = [
+    let per_shard: [Family; 16] = [
         (
             "switchboard_connections",
             "gauge",
