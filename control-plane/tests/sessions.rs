@@ -435,6 +435,13 @@ async fn reconnect_token_resumes_subscriptions_with_recovery_after_a_restart() {
         .call(json!({"cmd": "connect", "reconnect": "v1.e30.AAAA"}))
         .await;
     assert_eq!(r["error"]["code"], json!(101), "{r}");
+    let many: serde_json::Map<String, Value> = (0..300)
+        .map(|i| (format!("ledger:{i}"), json!({"epoch": epoch, "offset": 0})))
+        .collect();
+    let r = c
+        .call(json!({"cmd": "connect", "reconnect": token, "positions": many}))
+        .await;
+    assert_eq!(r["error"]["code"], json!(110), "{r}");
     let r = c
         .call(json!({"cmd": "connect", "token": token_for("rita")}))
         .await;

@@ -750,6 +750,14 @@ impl ShardCore {
                 "reconnect tokens are off; connect with a token",
             );
         };
+        if positions.len() > self.cfg.max_subscriptions_per_connection {
+            return self.reply_err(
+                slot,
+                id,
+                ErrorCode::LimitExceeded,
+                "more positions than max_subscriptions_per_connection",
+            );
+        }
         let resumed = match sessions.check(token, unix_ms()) {
             Ok(r) => r,
             Err(f) => {
