@@ -537,6 +537,7 @@ fn group_commit(c: &mut Criterion) {
         durability: Durability::Sync,
         history_size: 10_000,
         history_ttl_ms: 3_600_000,
+        rules: Default::default(),
     }];
     let mut opened = store::open(&cfg, &ns, 3_600_000).expect("store opens");
     let channel: Arc<str> = "ledger:bench".into();
@@ -596,6 +597,7 @@ fn sessions(c: &mut Criterion) {
         expires_at: Some(4_000_000_000),
         send_to: Some(vec!["*".into()]),
         schedule: false,
+        claims: Vec::new(),
     };
     let channels: Vec<String> = (0..20).map(|i| format!("chat:room-{i}")).collect();
     g.bench_function("issue_token_at_connect", |b| {

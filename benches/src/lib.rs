@@ -41,6 +41,7 @@ pub fn fanout_core_in(
             durability,
             history_size: 64,
             history_ttl_ms: 300_000,
+            rules: Default::default(),
         }],
         ..EngineConfig::default()
     };
@@ -69,6 +70,7 @@ pub fn fanout_core_in(
         expires_at: None,
         send_to: None,
         schedule: false,
+        claims: Vec::new(),
     });
     for i in 0..subscribers {
         let peer = IpAddr::V4(Ipv4Addr::from(0x7f00_0000 + (i as u32 % 250) + 1));

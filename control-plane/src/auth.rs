@@ -52,6 +52,48 @@ pub struct Claims {
     /// Whether this token may schedule messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<bool>,
+    /// Every other claim (`role`, `team`, …), for the namespaces' access rules.
+    #[serde(flatten)]
+    pub extra: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// Most custom claims, values per claim and bytes per value kept for access rules;
+/// the rest of a token is ignored (a token is not a place to store data).
+const MAX_CLAIMS: usize = 32;
+const MAX_CLAIM_VALUES: usize = 64;
+const MAX_CLAIM_BYTES: usize = 256;
+
+/// The custom claims access rules can name: strings, numbers and booleans (as text),
+/// and lists of them.
+fn rule_claims(
+    extra: std::collections::BTreeMap<String, serde_json::Value>,
+) -> Vec<(Box<str>, Vec<Box<str>>)> {
+    use serde_json::Value;
+    let scalar = |v: &Value| -> Option<Box<str>> {
+        let s = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => return None,
+        };
+        (s.len() <= MAX_CLAIM_BYTES).then(|| s.into())
+    };
+    extra
+        .into_iter()
+        .filter(|(k, _)| k.len() <= MAX_CLAIM_BYTES)
+        .filter_map(|(k, v)| {
+            let values: Vec<Box<str>> = match &v {
+                Value::Array(list) => list
+                    .iter()
+                    .filter_map(scalar)
+                    .take(MAX_CLAIM_VALUES)
+                    .collect(),
+                other => scalar(other).into_iter().collect(),
+            };
+            (!values.is_empty()).then(|| (k.into(), values))
+        })
+        .take(MAX_CLAIMS)
+        .collect()
 }
 
 /// Parses a PEM public key.
@@ -190,6 +232,7 @@ impl Verifier {
             expires_at: claims.exp,
             send_to: claims.send_to,
             schedule: claims.schedule.unwrap_or(false),
+            claims: rule_claims(claims.extra),
         })
     }
 }
@@ -227,6 +270,7 @@ pub fn mint_with(
         channels: None,
         send_to: None,
         schedule: None,
+        extra: Default::default(),
     };
     let mut claims = claims;
     edit(&mut claims);
@@ -376,6 +420,7 @@ mod tests {
             channels: None,
             send_to: None,
             schedule: None,
+            extra: Default::default(),
         };
         let t = jsonwebtoken::encode(
             &Header::default(),

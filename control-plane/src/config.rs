@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use switchboard_engine::access::{NamespaceRules, RuleConfig};
 use switchboard_engine::{Durability, EngineConfig, NamespacePolicy};
 
 use crate::store::StoreConfig;
@@ -76,6 +77,57 @@ pub struct NamespaceConfig {
     /// Kept publications older than this are not served and are deleted (default:
     /// `engine.history_ttl_ms`).
     pub history_ttl_ms: Option<u64>,
+    /// Who may subscribe: rules of which one must hold (absent: the token's `channels`
+    /// claim decides). A rule is a table: `channel` (a template such as
+    /// `"case:{team}:*"`) and claims with the value(s) they must have
+    /// (`role = ["provider", "admin"]`).
+    pub subscribe: Option<Vec<BTreeMap<String, OneOrMany>>>,
+    /// Who may publish, as `subscribe`.
+    pub publish: Option<Vec<BTreeMap<String, OneOrMany>>>,
+    /// Who may read history (absent: the `subscribe` rules).
+    pub history: Option<Vec<BTreeMap<String, OneOrMany>>>,
+}
+
+/// A rule value: one string or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One value.
+    One(String),
+    /// Any of these values.
+    Many(Vec<String>),
+}
+
+impl NamespaceConfig {
+    /// The rules as the engine takes them.
+    pub fn rules(&self) -> NamespaceRules {
+        let convert = |rules: &Option<Vec<BTreeMap<String, OneOrMany>>>| {
+            rules.as_ref().map(|list| {
+                list.iter()
+                    .map(|table| {
+                        let mut rule = RuleConfig::default();
+                        for (k, v) in table {
+                            let values = match v {
+                                OneOrMany::One(s) => vec![s.clone()],
+                                OneOrMany::Many(l) => l.clone(),
+                            };
+                            if k == "channel" {
+                                rule.channel = values.into_iter().next();
+                            } else {
+                                rule.claims.push((k.clone(), values));
+                            }
+                        }
+                        rule
+                    })
+                    .collect()
+            })
+        };
+        NamespaceRules {
+            subscribe: convert(&self.subscribe),
+            publish: convert(&self.publish),
+            history: convert(&self.history),
+        }
+    }
 }
 
 /// `[auth]`: how tokens are verified.
@@ -298,6 +350,7 @@ impl Config {
                 durability: ns.durability,
                 history_size: ns.history_size.unwrap_or(self.engine.history_size),
                 history_ttl_ms: ns.history_ttl_ms.unwrap_or(self.engine.history_ttl_ms),
+                rules: ns.rules(),
             })
             .collect();
         if self.inbox.enabled {
@@ -307,6 +360,7 @@ impl Config {
                 durability: self.inbox.durability,
                 history_size: self.inbox.history_size,
                 history_ttl_ms: self.inbox.history_ttl_ms,
+                rules: Default::default(),
             });
         }
         engine

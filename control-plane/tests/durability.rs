@@ -27,6 +27,7 @@ fn namespaces(c: &mut switchboard_control_plane::Config) {
             durability: Durability::Sync,
             history_size: Some(1_000_000),
             history_ttl_ms: Some(3_600_000),
+            ..Default::default()
         },
     );
     c.namespaces.insert(
@@ -35,6 +36,7 @@ fn namespaces(c: &mut switchboard_control_plane::Config) {
             durability: Durability::Async,
             history_size: Some(1000),
             history_ttl_ms: None,
+            ..Default::default()
         },
     );
 }

@@ -35,6 +35,7 @@ fn ledger(c: &mut Config) {
             durability: Durability::Sync,
             history_size: Some(1000),
             history_ttl_ms: Some(3_600_000),
+            ..Default::default()
         },
     );
 }

@@ -86,6 +86,9 @@ pub struct Identity {
     pub send_to: Option<Vec<String>>,
     /// Whether the connection may schedule messages (the `schedule` claim).
     pub schedule: bool,
+    /// The token's other claims that access rules may name (strings, or lists of
+    /// strings; numbers and booleans as text).
+    pub claims: Vec<(Box<str>, Vec<Box<str>>)>,
 }
 
 impl Identity {
@@ -95,6 +98,18 @@ impl Identity {
             None => true,
             Some(patterns) => patterns.iter().any(|p| glob_match(p, channel)),
         }
+    }
+
+    /// The values of claim `name` (`sub` is the user id); none if absent.
+    pub fn claim_values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> + 'a {
+        let sub = (name == "sub").then_some(&*self.user);
+        let listed = self
+            .claims
+            .iter()
+            .find(|(k, _)| &**k == name)
+            .map(|(_, v)| &v[..])
+            .unwrap_or(&[]);
+        sub.into_iter().chain(listed.iter().map(|v| &**v))
     }
 
     /// Whether the connection may send direct messages to `user`.

@@ -112,6 +112,9 @@ pub struct EngineConfig {
     /// plane when direct messages are on.
     #[serde(skip)]
     pub inbox: Option<String>,
+    /// Namespace of users' personal channels (`user` makes `user:<id>`), joined by
+    /// every connection of the user automatically; empty turns them off.
+    pub personal_namespace: String,
 }
 
 impl Default for EngineConfig {
@@ -149,11 +152,17 @@ impl Default for EngineConfig {
             reconnect_ttl_ms: 300_000,
             reconnect_secret: None,
             inbox: None,
+            personal_namespace: "user".into(),
         }
     }
 }
 
 impl EngineConfig {
+    /// The namespaces' access rules, compiled; the error names the rule.
+    pub fn access(&self) -> Result<crate::access::Access, String> {
+        crate::access::Access::new(self.namespaces.iter().map(|n| (n.name.as_str(), &n.rules)))
+    }
+
     /// Check values that would make the engine misbehave; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
@@ -185,6 +194,10 @@ impl EngineConfig {
             if v == 0 {
                 return Err(format!("{key} must be greater than 0"));
             }
+        }
+        self.access()?;
+        if self.personal_namespace.contains(':') {
+            return Err("engine.personal_namespace must not contain ':'".into());
         }
         for ns in &self.namespaces {
             if ns.history_ttl_ms == 0 {

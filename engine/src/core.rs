@@ -30,6 +30,7 @@ use switchboard_protocol::{
     Position,
 };
 
+use crate::access::{Access, Action, Verdict};
 use crate::auth::{ControlRequest, Identity, ScheduleJob};
 use crate::channels::ChannelIndex;
 use crate::config::EngineConfig;
@@ -40,7 +41,7 @@ use crate::journal::{
 use crate::marks::{Marks, ReceiptList};
 use crate::mesh::{
     Answer, MarkUpdate, Mesh, Publication, PublishReply, QueryKind, Refusal, Refused, ReplyBody,
-    ReplyKind, SequenceReq, Sequenced, ShardMsg, StreamQuery, StreamReply,
+    ReplyKind, SequenceReq, Sequenced, ShardMsg, StreamQuery, StreamReply, UserSubscription,
 };
 use crate::metrics::{CloseKind, ShardMetrics};
 use crate::outq::OutQueue;
@@ -227,6 +228,8 @@ pub struct ShardCore {
     journal_marks: Vec<MarkRecord>,
     /// Reconnect tokens (absent when `reconnect_ttl_ms` is 0).
     sessions: Option<Sessions>,
+    /// The namespaces' access rules.
+    access: Access,
 }
 
 /// A seed for new epochs that differs per process start and per shard.
@@ -328,6 +331,8 @@ impl ShardCore {
             marks,
             journal_marks: Vec::new(),
             sessions,
+            // Compiled by `EngineConfig::validate` first, which refuses bad rules.
+            access: cfg.access().unwrap_or_default(),
             cfg,
         }
     }
@@ -820,6 +825,9 @@ impl ShardCore {
         self.enqueue(slot, envelope::encode_result(format, req_id, &reply));
         let at = self.now as u64 + self.ticks.ping as u64;
         self.schedule(slot, at);
+        if let Some(personal) = self.personal_of(&identity.user) {
+            self.join_quietly(slot, &personal);
+        }
         if self.conns[slot as usize].device.is_some() {
             if let Some(inbox) = self.inbox_of(&identity.user) {
                 self.subscribe(slot, ReplyKind::Inbox, &inbox, None);
@@ -848,12 +856,10 @@ impl ShardCore {
         if self.sessions.is_none() {
             return;
         }
-        let conn = &self.conns[slot as usize];
-        let inbox = conn.identity.as_ref().and_then(|i| self.inbox_of(&i.user));
-        let subs: Vec<Arc<str>> = conn
+        let subs: Vec<Arc<str>> = self.conns[slot as usize]
             .subs
             .iter()
-            .filter(|c| inbox.as_deref() != Some(&***c))
+            .filter(|c| !self.automatic(c))
             .cloned()
             .collect();
         let Some((token, expires_at)) = self.issue_token(slot, subs.iter().map(|c| &**c)) else {
@@ -887,48 +893,89 @@ impl ShardCore {
         channel.strip_prefix(ns)?.strip_prefix(':')
     }
 
-    /// Whether the connection may use `channel` (to publish, with `publish`): its
-    /// token's channel patterns decide, except for inboxes: only one's own, and only
-    /// through `send`.
+    /// The user whose personal channel `channel` is, if it is one.
+    fn personal_user<'c>(&self, channel: &'c str) -> Option<&'c str> {
+        let ns = &self.cfg.personal_namespace;
+        if ns.is_empty() {
+            return None;
+        }
+        channel.strip_prefix(ns.as_str())?.strip_prefix(':')
+    }
+
+    /// Whether `channel` is one the server joins on its own (the connection's inbox
+    /// or personal channel): they do not count against the subscription limit and are
+    /// not named in reconnect tokens.
+    fn automatic(&self, channel: &str) -> bool {
+        self.inbox_user(channel).is_some() || self.personal_user(channel).is_some()
+    }
+
+    /// Whether the connection may do `action` on `channel`. Inboxes: only one's own,
+    /// read only (`send` writes them). Personal channels: one's own may be read;
+    /// writing needs the namespace's publish rules. Elsewhere the namespace's rules for
+    /// the action decide, and where it has none, the token's `channels` claim.
     fn check_channel(
         &self,
         slot: u32,
         channel: &str,
-        publish: bool,
+        action: Action,
     ) -> Result<(), (ErrorCode, &'static str)> {
         if !envelope::valid_channel(channel) {
             return Err((ErrorCode::BadRequest, "invalid channel name"));
         }
-        let identity = self.conns[slot as usize].identity.as_ref();
+        let Some(identity) = self.conns[slot as usize].identity.as_deref() else {
+            return Err((ErrorCode::NotConnected, "send connect first"));
+        };
+        let denied = |why| Err((ErrorCode::PermissionDenied, why));
         if let Some(owner) = self.inbox_user(channel) {
-            if publish {
-                return Err((ErrorCode::PermissionDenied, "write to an inbox with send"));
-            }
-            if identity.is_some_and(|i| &*i.user == owner) {
-                return Ok(());
-            }
-            return Err((ErrorCode::PermissionDenied, "not your inbox"));
+            return match (action, &*identity.user == owner) {
+                (Action::Publish, _) => denied("write to an inbox with send"),
+                (_, true) => Ok(()),
+                (_, false) => denied("not your inbox"),
+            };
         }
-        let allowed = identity.is_some_and(|i| i.may_use(channel));
-        if !allowed {
-            return Err((ErrorCode::PermissionDenied, "channel not allowed by token"));
+        let verdict = self.access.check(identity, channel, action);
+        if let Some(owner) = self.personal_user(channel) {
+            return match (action, &*identity.user == owner, verdict) {
+                (Action::Publish, _, Verdict::Allowed) => Ok(()),
+                (Action::Publish, ..) => {
+                    denied("not allowed by the personal namespace's publish rules")
+                }
+                (_, true, _) => Ok(()),
+                (_, false, _) => denied("not your personal channel"),
+            };
         }
-        Ok(())
+        match verdict {
+            Verdict::Allowed => Ok(()),
+            Verdict::Denied => denied(match action {
+                Action::Subscribe => "not allowed by the namespace's subscribe rules",
+                Action::Publish => "not allowed by the namespace's publish rules",
+                Action::History => "not allowed by the namespace's history rules",
+            }),
+            Verdict::NoRules if identity.may_use(channel) => Ok(()),
+            Verdict::NoRules => denied("channel not allowed by token"),
+        }
     }
 
     /// Subscribe the connection to `channel`; the answer goes as `to` says (a command
     /// reply, or a push for a restored subscription or the inbox).
     fn subscribe(&mut self, slot: u32, to: ReplyKind, channel: &str, since: Option<Position>) {
-        if let Err((code, why)) = self.check_channel(slot, channel, false) {
-            return self.refuse(slot, to, channel, code, why);
+        // The server API subscribes whom it wants; everyone else is checked.
+        if to != ReplyKind::Server {
+            if let Err((code, why)) = self.check_channel(slot, channel, Action::Subscribe) {
+                return self.refuse(slot, to, channel, code, why);
+            }
+        } else if !envelope::valid_channel(channel) {
+            return self.refuse(
+                slot,
+                to,
+                channel,
+                ErrorCode::BadRequest,
+                "invalid channel name",
+            );
         }
         let conn = &self.conns[slot as usize];
-        // The inbox does not count against the limit.
-        let counted = conn
-            .subs
-            .iter()
-            .filter(|c| self.inbox_user(c).is_none())
-            .count();
+        // The server's own channels do not count against the limit.
+        let counted = conn.subs.iter().filter(|c| !self.automatic(c)).count();
         if to != ReplyKind::Inbox && counted >= self.cfg.max_subscriptions_per_connection {
             return self.refuse(
                 slot,
@@ -970,7 +1017,7 @@ impl ShardCore {
     fn refuse(&mut self, slot: u32, to: ReplyKind, channel: &str, code: ErrorCode, why: &str) {
         let push = match to {
             ReplyKind::Command(id) => return self.reply_err(slot, id, code, why),
-            ReplyKind::Resumed => "subscribed",
+            ReplyKind::Resumed | ReplyKind::Server => "subscribed",
             ReplyKind::Inbox => "inbox",
         };
         #[derive(serde::Serialize)]
@@ -1096,7 +1143,7 @@ impl ShardCore {
                 return self.reply_position(slot, id, r.top);
             }
             ReplyKind::Command(id) => envelope::ReplyTo::Id(id),
-            ReplyKind::Resumed => envelope::ReplyTo::Push {
+            ReplyKind::Resumed | ReplyKind::Server => envelope::ReplyTo::Push {
                 push: "subscribed",
                 channel: &r.channel,
             },
@@ -1132,7 +1179,7 @@ impl ShardCore {
     }
 
     fn history(&mut self, slot: u32, id: u32, channel: &str, kind: QueryKind) {
-        if let Err((code, why)) = self.check_channel(slot, channel, false) {
+        if let Err((code, why)) = self.check_channel(slot, channel, Action::History) {
             return self.reply_err(slot, id, code, why);
         }
         let gen = self.conns[slot as usize].gen;
@@ -1144,9 +1191,17 @@ impl ShardCore {
     }
 
     fn unsubscribe(&mut self, slot: u32, id: u32, channel: &str) {
+        if !self.leave(slot, channel) {
+            return self.reply_err(slot, id, ErrorCode::NotSubscribed, "not subscribed");
+        }
+        self.reply_ok(slot, id);
+    }
+
+    /// Take the connection off `channel`; false if it was not subscribed.
+    fn leave(&mut self, slot: u32, channel: &str) -> bool {
         let format = self.conns[slot as usize].format;
         let Some(change) = self.channels.unsubscribe(channel, slot, format) else {
-            return self.reply_err(slot, id, ErrorCode::NotSubscribed, "not subscribed");
+            return false;
         };
         let subs = &mut self.conns[slot as usize].subs;
         let pos = subs
@@ -1159,7 +1214,76 @@ impl ShardCore {
         if change.before != change.after {
             self.announce(&name, change.after, false);
         }
-        self.reply_ok(slot, id);
+        true
+    }
+
+    /// Join `channel` without a reply or a position (the connection's personal
+    /// channel): nothing waits, and the other shards learn of the interest as usual.
+    fn join_quietly(&mut self, slot: u32, channel: &str) {
+        let format = self.conns[slot as usize].format;
+        let Some((name, change)) = self.channels.subscribe(channel, slot, format) else {
+            return;
+        };
+        self.conns[slot as usize].subs.push(name.clone());
+        if change.before != change.after && self.mesh.shards() > 1 {
+            self.announce(&name, change.after, false);
+        }
+    }
+
+    /// The personal channel of `user`, when personal channels are on.
+    fn personal_of(&self, user: &str) -> Option<String> {
+        let ns = &self.cfg.personal_namespace;
+        if ns.is_empty() {
+            return None;
+        }
+        let channel = format!("{ns}:{user}");
+        envelope::valid_channel(&channel).then_some(channel)
+    }
+
+    /// The server API subscribes (or unsubscribes) every connection of a user on this
+    /// shard (found through the user's personal channel); each is told with a push.
+    fn user_subscription(&mut self, u: UserSubscription) {
+        let slots: Vec<u32> = self
+            .personal_of(&u.user)
+            .and_then(|p| self.channels.local(&p))
+            .map(|e| e.subscribers.iter().copied().collect())
+            .unwrap_or_default();
+        let mut affected = 0;
+        for slot in slots {
+            let open = self
+                .conns
+                .get(slot as usize)
+                .is_some_and(|c| c.state == ConnState::Open);
+            if !open {
+                continue;
+            }
+            if u.join {
+                let already = self.conns[slot as usize]
+                    .subs
+                    .iter()
+                    .any(|c| **c == *u.channel);
+                if !already {
+                    self.subscribe(slot, ReplyKind::Server, &u.channel, u.since);
+                    affected += 1;
+                }
+            } else if self.leave(slot, &u.channel) {
+                #[derive(serde::Serialize)]
+                struct Left<'a> {
+                    push: &'static str,
+                    channel: &'a str,
+                }
+                let format = self.conns[slot as usize].format;
+                let push = Left {
+                    push: "unsubscribed",
+                    channel: &u.channel,
+                };
+                self.enqueue(slot, envelope::encode_push(format, &push));
+                affected += 1;
+            }
+        }
+        if let Some(done) = u.done {
+            let _ = done.send(affected);
+        }
     }
 
     fn publish_from(
@@ -1171,7 +1295,7 @@ impl ShardCore {
         meta: Option<Payload<'_>>,
         key: Option<&str>,
     ) {
-        if let Err((code, why)) = self.check_channel(slot, channel, true) {
+        if let Err((code, why)) = self.check_channel(slot, channel, Action::Publish) {
             return self.reply_err(slot, id, code, why);
         }
         self.route_publish(slot, id, channel, data, meta, key, None);
@@ -1292,7 +1416,7 @@ impl ShardCore {
         delivered: Option<u64>,
         read: Option<u64>,
     ) {
-        if let Err((code, why)) = self.check_channel(slot, channel, false) {
+        if let Err((code, why)) = self.check_channel(slot, channel, Action::Subscribe) {
             return self.reply_err(slot, id, code, why);
         }
         let Some(user) = self.conns[slot as usize].identity.as_ref().map(|i| &i.user) else {
@@ -1408,7 +1532,7 @@ impl ShardCore {
 
     /// `receipts`: asked of the channel's owner.
     fn ask_receipts(&mut self, slot: u32, id: u32, channel: &str) {
-        if let Err((code, why)) = self.check_channel(slot, channel, false) {
+        if let Err((code, why)) = self.check_channel(slot, channel, Action::Subscribe) {
             return self.reply_err(slot, id, code, why);
         }
         let answer = Answer::Client {
@@ -1521,7 +1645,7 @@ impl ShardCore {
         }
         let target = match (channel, user) {
             (Some(c), _) => self
-                .check_channel(slot, c, true)
+                .check_channel(slot, c, Action::Publish)
                 .map(|()| (c.to_string(), None)),
             (None, Some(u)) => self
                 .dm_target(&identity, u)
@@ -2349,6 +2473,7 @@ impl ShardCore {
                 );
             }
             ShardMsg::Mark(update) => self.apply_mark(*update),
+            ShardMsg::UserSubscription(u) => self.user_subscription(*u),
             ShardMsg::Receipts { channel, answer } => {
                 let list = self.receipt_list(&channel);
                 self.answer_with(answer, list);
@@ -2683,6 +2808,7 @@ mod tests {
                 expires_at: None,
                 send_to: None,
                 schedule: false,
+                claims: Vec::new(),
             };
             self.core.on_message(ShardMsg::AuthDone {
                 conn: key,

@@ -337,6 +337,39 @@ impl EngineHandle {
         Ok(rx)
     }
 
+    /// Subscribe (`join`) or unsubscribe every connection of `user` to `channel`, on
+    /// every shard (server API); each receiver yields how many connections of that
+    /// shard changed.
+    pub fn user_subscription(
+        &self,
+        user: &str,
+        channel: &str,
+        join: bool,
+        since: Option<switchboard_protocol::Position>,
+    ) -> Result<Vec<tokio::sync::oneshot::Receiver<usize>>, PublishError> {
+        if !envelope::valid_channel(channel) {
+            return Err(PublishError::InvalidChannel);
+        }
+        let (user, channel): (Arc<str>, Arc<str>) = (user.into(), channel.into());
+        let mut answers = Vec::with_capacity(self.shards());
+        for shard in 0..self.shards() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let msg = ShardMsg::UserSubscription(Box::new(crate::mesh::UserSubscription {
+                user: user.clone(),
+                channel: channel.clone(),
+                join,
+                since,
+                done: Some(tx),
+            }));
+            self.mesh
+                .inbox(shard)
+                .push(msg)
+                .map_err(|_| PublishError::Overloaded)?;
+            answers.push(rx);
+        }
+        Ok(answers)
+    }
+
     /// The inbox channel of `user`, if direct messages are on (and the name is valid).
     pub fn inbox_channel(&self, user: &str) -> Option<String> {
         let ns = self.cfg.inbox.as_deref()?;

@@ -59,6 +59,9 @@ pub struct NamespacePolicy {
     pub history_size: usize,
     /// Kept publications older than this are not served and are pruned.
     pub history_ttl_ms: u64,
+    /// Who may subscribe, publish and read history.
+    #[serde(default)]
+    pub rules: crate::access::NamespaceRules,
 }
 
 /// A namespace policy resolved for a shard (ttl in ticks).
@@ -366,6 +369,7 @@ mod tests {
                 durability: Durability::Sync,
                 history_size: 5,
                 history_ttl_ms: 1000,
+                rules: Default::default(),
             }],
             100,
         );

@@ -18,6 +18,7 @@
 //! is a message on a [`mesh::Inbox`]. The engine does not verify tokens, serve HTTP or
 //! read configuration files: the control plane does.
 
+pub mod access;
 pub mod auth;
 pub mod backend;
 pub mod channels;

@@ -149,6 +149,8 @@ pub enum ReplyKind {
     Resumed,
     /// An `inbox` push: the backlog of the connection's inbox.
     Inbox,
+    /// A `subscribed` push: the server API subscribed the connection (no access check).
+    Server,
 }
 
 /// What a [`StreamQuery`] asks.
@@ -247,6 +249,8 @@ pub enum ShardMsg {
     },
     /// For this channel's owner: a cursor or receipt moved.
     Mark(Box<MarkUpdate>),
+    /// To every shard: subscribe or unsubscribe every connection of a user.
+    UserSubscription(Box<UserSubscription>),
     /// For this channel's owner: list the channel's receipts.
     Receipts {
         /// Channel name.
@@ -265,6 +269,21 @@ pub enum ShardMsg {
     },
     /// Stop accepting, close every connection with 1001, exit after the drain time.
     Shutdown,
+}
+
+/// The server API subscribes (or unsubscribes) every connection of a user.
+#[derive(Debug)]
+pub struct UserSubscription {
+    /// The user.
+    pub user: Arc<str>,
+    /// The channel.
+    pub channel: Arc<str>,
+    /// Subscribe (else unsubscribe).
+    pub join: bool,
+    /// Recover from this position when subscribing.
+    pub since: Option<Position>,
+    /// Told how many of the user's connections on the shard were changed.
+    pub done: Option<tokio::sync::oneshot::Sender<usize>>,
 }
 
 /// A cursor or receipt change for a channel's owner.

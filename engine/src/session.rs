@@ -60,6 +60,9 @@ struct Payload<'a> {
     /// Channels subscribed.
     #[serde(default)]
     ch: Vec<String>,
+    /// Other claims of the original token (for access rules).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    cl: Vec<(String, Vec<String>)>,
 }
 
 /// A session a reconnect token resumes.
@@ -103,6 +106,11 @@ impl Sessions {
             j: identity.expires_at,
             x,
             ch: channels.map(str::to_string).collect(),
+            cl: identity
+                .claims
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+                .collect(),
         };
         let json = serde_json::to_vec(&p).expect("serialising to memory cannot fail");
         let mut token = String::with_capacity(8 + json.len() * 4 / 3 + 48);
@@ -145,6 +153,11 @@ impl Sessions {
                 expires_at: p.j,
                 send_to: p.s,
                 schedule: p.k,
+                claims: p
+                    .cl
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), v.into_iter().map(Into::into).collect()))
+                    .collect(),
             }),
             device: p.d,
             channels: p.ch,
@@ -163,6 +176,7 @@ mod tests {
             expires_at: Some(4_000_000_000),
             send_to: Some(vec!["*".into()]),
             schedule: true,
+            claims: vec![("team".into(), vec!["t1".into(), "t2".into()])],
         }
     }
 

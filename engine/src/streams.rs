@@ -488,6 +488,7 @@ mod tests {
             durability: Durability::Sync,
             history_size: 8,
             history_ttl_ms: 5000,
+            rules: Default::default(),
         }];
         // ttl: 5000 ms / 10 ms ticks = 500 ticks; idle: 50 ticks.
         let mut s = Streams::with_policies(1, Arc::new(Policies::new(default, &ns, 10)));
@@ -646,6 +647,7 @@ mod tests {
             durability: Durability::Sync,
             history_size: 3,
             history_ttl_ms: 10_000,
+            rules: Default::default(),
         }];
         let mut s = Streams::with_policies(3, Arc::new(Policies::new(default, &ns, 10)));
         let entry = |offset: u64, key: Option<&str>| SeedEntry {
