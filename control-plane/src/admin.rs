@@ -71,6 +71,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/receipts", get(receipts))
         .route("/api/schedule", post(schedule).get(list_scheduled))
         .route("/api/schedule/{id}", delete(unschedule))
+        .route("/api/users/{user}/subscribe", post(user_subscribe))
+        .route("/api/users/{user}/unsubscribe", post(user_unsubscribe))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
 }
@@ -712,4 +714,103 @@ async fn unschedule(
             error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &e)
         }
     }
+}
+
+/// Body of `POST /api/users/{user}/subscribe` and `…/unsubscribe`.
+#[derive(Deserialize)]
+struct UserSubscriptionBody {
+    channel: String,
+    /// Recover from this position (subscribe only).
+    #[serde(default)]
+    since: Option<SinceBody>,
+}
+
+#[derive(Deserialize)]
+struct SinceBody {
+    epoch: String,
+    offset: u64,
+}
+
+/// `POST /api/users/{user}/subscribe`: subscribe every connection of the user.
+async fn user_subscribe(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    path: axum::extract::Path<String>,
+    body: Body,
+) -> Response {
+    user_subscription(&s, &headers, &path.0, body, true).await
+}
+
+/// `POST /api/users/{user}/unsubscribe`: unsubscribe every connection of the user.
+async fn user_unsubscribe(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    path: axum::extract::Path<String>,
+    body: Body,
+) -> Response {
+    user_subscription(&s, &headers, &path.0, body, false).await
+}
+
+async fn user_subscription(
+    s: &AdminState,
+    headers: &HeaderMap,
+    user: &str,
+    body: Body,
+    join: bool,
+) -> Response {
+    let result = async {
+        let bytes = read_body(s, headers, body).await?;
+        let req: UserSubscriptionBody = serde_json::from_slice(&bytes).map_err(|e| {
+            bad_body(
+                "{\"channel\": string, \"since\"?: {\"epoch\", \"offset\"}}",
+                e,
+            )
+        })?;
+        let since = match req.since {
+            None => None,
+            Some(p) => Some(Position {
+                epoch: Position::parse_epoch(&p.epoch).ok_or_else(|| {
+                    error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "since.epoch: expected 16 hex digits",
+                    )
+                })?,
+                offset: p.offset,
+            }),
+        };
+        let answers = match s.engine.user_subscription(user, &req.channel, join, since) {
+            Ok(a) => a,
+            Err(PublishError::InvalidChannel) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_channel",
+                    "channel: invalid channel name",
+                ))
+            }
+            Err(e) => {
+                return Err(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    &e.to_string(),
+                ))
+            }
+        };
+        let mut connections = 0;
+        for rx in answers {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), rx).await {
+                Ok(Ok(n)) => connections += n,
+                _ => {
+                    return Err(error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded",
+                        "a shard did not answer",
+                    ))
+                }
+            }
+        }
+        Ok(Json(json!({"ok": true, "connections": connections})).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|r| r)
 }

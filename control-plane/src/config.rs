@@ -613,6 +613,14 @@ mod tests {
             ("[namespaces.\"a:b\"]\n", "namespaces.a:b"),
             ("[namespaces.x]\nretention = 3\n", "retention"),
             ("[inbox]\ndurability = \"none\"\n", "inbox.durability"),
+            (
+                "[namespaces.case]\nsubscribe = [{ role = \"a\" }, { channel = \"case:{team\" }]\n",
+                "namespaces.case.subscribe[1].channel",
+            ),
+            (
+                "[engine]\npersonal_namespace = \"a:b\"\n",
+                "engine.personal_namespace",
+            ),
             ("[inbox]\nnamespace = \"a:b\"\n", "inbox.namespace"),
             ("[inbox]\nhistory_size = 0\n", "inbox.history_size"),
             (
