@@ -229,6 +229,23 @@ async fn personal_channel_and_server_side_subscriptions() {
         .call(json!({"cmd": "publish", "channel": "user:bob", "data": 1}))
         .await;
     assert_eq!(code(&r), json!(103), "{r}");
+    let r = bobs[0]
+        .call(json!({"cmd": "subscribe", "channel": "user:bob"}))
+        .await;
+    assert_eq!(code(&r), json!(106), "joined already: {r}");
+    // A third connection of bob on a shard that already has one: all three get it.
+    bobs.push(client_on_shard(addr, Fmt::Json, &bob_tok, 0).await);
+    api(
+        admin,
+        "/api/publish",
+        &json!({"channel": "user:bob", "data": "pong"}),
+        true,
+    )
+    .await;
+    for b in bobs.iter_mut() {
+        assert_eq!(b.next_publication().await["data"], json!("pong"));
+    }
+    drop(bobs.pop());
     let r = alice
         .call(json!({"cmd": "history", "channel": "user:alice"}))
         .await;

@@ -230,6 +230,56 @@ pub struct ShardCore {
     sessions: Option<Sessions>,
     /// The namespaces' access rules.
     access: Access,
+    /// Each user's open connections on this shard (personal channels, server-side
+    /// subscriptions).
+    users: HashMap<Arc<str>, UserConns>,
+    /// A bit per shard of the process.
+    all_shards: u64,
+}
+
+/// A user's connections on one shard: one inline (the common case), more in a list.
+#[derive(Debug, Default)]
+enum UserConns {
+    #[default]
+    None,
+    One([u32; 1]),
+    Many(Vec<u32>),
+}
+
+impl UserConns {
+    fn slots(&self) -> &[u32] {
+        match self {
+            UserConns::None => &[],
+            UserConns::One(s) => s,
+            UserConns::Many(v) => v,
+        }
+    }
+
+    fn add(&mut self, slot: u32) {
+        *self = match std::mem::take(self) {
+            UserConns::None => UserConns::One([slot]),
+            UserConns::One([a]) => UserConns::Many(vec![a, slot]),
+            UserConns::Many(mut v) => {
+                v.push(slot);
+                UserConns::Many(v)
+            }
+        };
+    }
+
+    /// Remove `slot`; true when none is left.
+    fn remove(&mut self, slot: u32) -> bool {
+        match self {
+            UserConns::None => true,
+            UserConns::One([a]) => *a == slot,
+            UserConns::Many(v) => {
+                v.retain(|&s| s != slot);
+                if v.len() == 1 {
+                    *self = UserConns::One([v[0]]);
+                }
+                false
+            }
+        }
+    }
 }
 
 /// A seed for new epochs that differs per process start and per shard.
@@ -283,6 +333,7 @@ impl ShardCore {
         let policies = Arc::new(Policies::new(default, &cfg.namespaces, t));
         let mut streams = Streams::with_policies(stream_seed(id), policies);
         let journal = mesh.journal().cloned();
+        let mesh_shards = mesh.shards();
         let (seeds, seeded_marks) = mesh.take_seeds(id);
         for seed in seeds {
             streams.seed(seed, 0, t);
@@ -333,6 +384,12 @@ impl ShardCore {
             sessions,
             // Compiled by `EngineConfig::validate` first, which refuses bad rules.
             access: cfg.access().unwrap_or_default(),
+            users: HashMap::new(),
+            all_shards: if mesh_shards >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << mesh_shards) - 1
+            },
             cfg,
         }
     }
@@ -825,8 +882,11 @@ impl ShardCore {
         self.enqueue(slot, envelope::encode_result(format, req_id, &reply));
         let at = self.now as u64 + self.ticks.ping as u64;
         self.schedule(slot, at);
-        if let Some(personal) = self.personal_of(&identity.user) {
-            self.join_quietly(slot, &personal);
+        if !self.cfg.personal_namespace.is_empty() {
+            self.users
+                .entry(identity.user.clone())
+                .or_default()
+                .add(slot);
         }
         if self.conns[slot as usize].device.is_some() {
             if let Some(inbox) = self.inbox_of(&identity.user) {
@@ -940,6 +1000,10 @@ impl ShardCore {
                 (Action::Publish, ..) => {
                     denied("not allowed by the personal namespace's publish rules")
                 }
+                (Action::Subscribe, true, _) => Err((
+                    ErrorCode::AlreadySubscribed,
+                    "every connection is on its personal channel",
+                )),
                 (_, true, _) => Ok(()),
                 (_, false, _) => denied("not your personal channel"),
             };
@@ -1217,36 +1281,13 @@ impl ShardCore {
         true
     }
 
-    /// Join `channel` without a reply or a position (the connection's personal
-    /// channel): nothing waits, and the other shards learn of the interest as usual.
-    fn join_quietly(&mut self, slot: u32, channel: &str) {
-        let format = self.conns[slot as usize].format;
-        let Some((name, change)) = self.channels.subscribe(channel, slot, format) else {
-            return;
-        };
-        self.conns[slot as usize].subs.push(name.clone());
-        if change.before != change.after && self.mesh.shards() > 1 {
-            self.announce(&name, change.after, false);
-        }
-    }
-
-    /// The personal channel of `user`, when personal channels are on.
-    fn personal_of(&self, user: &str) -> Option<String> {
-        let ns = &self.cfg.personal_namespace;
-        if ns.is_empty() {
-            return None;
-        }
-        let channel = format!("{ns}:{user}");
-        envelope::valid_channel(&channel).then_some(channel)
-    }
-
     /// The server API subscribes (or unsubscribes) every connection of a user on this
     /// shard (found through the user's personal channel); each is told with a push.
     fn user_subscription(&mut self, u: UserSubscription) {
         let slots: Vec<u32> = self
-            .personal_of(&u.user)
-            .and_then(|p| self.channels.local(&p))
-            .map(|e| e.subscribers.iter().copied().collect())
+            .users
+            .get(&*u.user)
+            .map(|c| c.slots().to_vec())
             .unwrap_or_default();
         let mut affected = 0;
         for slot in slots {
@@ -1488,11 +1529,50 @@ impl ShardCore {
         }
     }
 
-    /// Tell `channel`'s subscribers (on every shard) that `user`'s receipt moved.
-    fn push_receipt(&mut self, channel: &str, user: &str, r: crate::marks::Receipt) {
+    /// Who receives `channel`'s publications: the formats of this shard's subscribers
+    /// (a bit per `Format::index()`), the other shards with subscribers per format, and
+    /// the formats to encode. A personal channel goes to every shard in both formats
+    /// (other shards do not announce interest in personal channels: a user's
+    /// connections come and go too often for that to pay), and here to the user's
+    /// connections.
+    ///
+    /// Hot path: one lookup for a channel, two for a personal one.
+    #[inline]
+    fn audience(&self, channel: &str) -> (u8, [u64; 2], u8) {
+        if let Some(user) = self.personal_user(channel) {
+            let local = self.users.get(user).map_or(0, |u| self.formats_of(u));
+            let others = self.all_shards & !(1u64 << self.id);
+            let remote = [others, others];
+            let needed = local | if others != 0 { 0b11 } else { 0 };
+            return (local, remote, needed);
+        }
         let local = self.channels.local(channel).map_or(0, |e| e.formats());
         let remote = self.channels.remote(channel);
         let needed = local | (remote[0] != 0) as u8 | ((remote[1] != 0) as u8) << 1;
+        (local, remote, needed)
+    }
+
+    /// The shared name of a channel with an audience (subscribers, or a stream).
+    fn audience_name(&self, channel: &str) -> Arc<str> {
+        self.channels
+            .name(channel)
+            .or_else(|| self.streams.name(channel))
+            .unwrap_or_else(|| Arc::from(channel))
+    }
+
+    /// The formats of a user's connections here.
+    fn formats_of(&self, u: &UserConns) -> u8 {
+        u.slots().iter().fold(0, |acc, &slot| {
+            acc | self
+                .conns
+                .get(slot as usize)
+                .map_or(0, |c| 1 << c.format.index())
+        })
+    }
+
+    /// Tell `channel`'s subscribers (on every shard) that `user`'s receipt moved.
+    fn push_receipt(&mut self, channel: &str, user: &str, r: crate::marks::Receipt) {
+        let (local, remote, needed) = self.audience(channel);
         if needed == 0 {
             return;
         }
@@ -1526,7 +1606,7 @@ impl ShardCore {
                 frames[f.index()] = Some(envelope::encode_push(f, &push));
             }
         }
-        let name = self.channels.name(channel).expect("someone subscribes");
+        let name = self.audience_name(channel);
         self.fan_out(name, position, frames, Instant::now(), local, remote);
     }
 
@@ -1840,9 +1920,7 @@ impl ShardCore {
                 return self.answer_retry(channel, original, reply);
             }
         }
-        let local = self.channels.local(channel).map_or(0, |e| e.formats());
-        let remote = self.channels.remote(channel);
-        let needed = local | (remote[0] != 0) as u8 | ((remote[1] != 0) as u8) << 1;
+        let (local, remote, needed) = self.audience(channel);
         let (position, pi) = self.streams.next_in(channel, self.now);
         let policy = *self.streams.policies().get(pi);
         let durable = match (&self.journal, policy.durability) {
@@ -1934,7 +2012,7 @@ impl ShardCore {
             }
         }
         if needed != 0 {
-            let name = self.channels.name(channel).expect("someone subscribes");
+            let name = self.audience_name(channel);
             self.fan_out(name, position, frames, created, local, remote);
         }
         self.answer_publish(reply, Ok((position, false)));
@@ -2007,9 +2085,7 @@ impl ShardCore {
             let from = entry.from.clone();
             self.streams
                 .retain(&channel, entry, policy.keep, policy.ttl);
-            let local = self.channels.local(&channel).map_or(0, |e| e.formats());
-            let remote = self.channels.remote(&channel);
-            let needed = local | (remote[0] != 0) as u8 | ((remote[1] != 0) as u8) << 1;
+            let (local, remote, needed) = self.audience(&channel);
             if needed != 0 {
                 for f in Format::ALL {
                     if needed & (1 << f.index()) != 0 && frames[f.index()].is_none() {
@@ -2092,6 +2168,9 @@ impl ShardCore {
     /// Hot path: no allocation, no lock, no syscall; a subscriber whose queue is full
     /// is disconnected as a slow consumer afterwards.
     pub fn deliver(&mut self, p: &Publication) {
+        if let Some(user) = self.personal_user(&p.channel) {
+            return self.deliver_to_user(user, p);
+        }
         let Some(entry) = self.channels.local(&p.channel) else {
             return;
         };
@@ -2130,6 +2209,33 @@ impl ShardCore {
         if self.latency.len() < LATENCY_SAMPLES_PER_TURN {
             self.latency.push(p.created);
         }
+        while let Some(slot) = self.overflowed.pop() {
+            self.slow_consumer(slot);
+        }
+    }
+
+    /// A personal channel's publication: to every connection of the user here.
+    fn deliver_to_user(&mut self, user: &str, p: &Publication) {
+        let Some(u) = self.users.get(user) else {
+            return;
+        };
+        let limit = self.cfg.max_outbound_bytes;
+        let mut delivered = 0;
+        for &slot in u.slots() {
+            let Some(conn) = self.conns.get_mut(slot as usize) else {
+                continue;
+            };
+            let Some(frame) = &p.frames[conn.format.index()] else {
+                continue;
+            };
+            if conn.out.push(frame.clone(), limit).is_err() {
+                self.overflowed.push(slot);
+                continue;
+            }
+            delivered += 1;
+            mark_dirty(conn, slot, &mut self.dirty);
+        }
+        ShardMetrics::add(&self.metrics.deliveries, delivered);
         while let Some(slot) = self.overflowed.pop() {
             self.slow_consumer(slot);
         }
@@ -2221,6 +2327,13 @@ impl ShardCore {
     /// Remove a connection from every channel it subscribed.
     fn detach(&mut self, slot: u32) {
         let conn = &mut self.conns[slot as usize];
+        if let Some(identity) = &conn.identity {
+            if let Some(u) = self.users.get_mut(&*identity.user) {
+                if u.remove(slot) {
+                    self.users.remove(&*identity.user);
+                }
+            }
+        }
         let subs = std::mem::take(&mut conn.subs);
         let format = conn.format;
         for name in subs {
@@ -2831,6 +2944,21 @@ mod tests {
         }
         assert!(buf.is_empty());
         out
+    }
+
+    #[test]
+    fn user_connections_inline_then_listed() {
+        let mut u = UserConns::default();
+        u.add(3);
+        assert_eq!(u.slots(), [3]);
+        u.add(5);
+        u.add(7);
+        assert_eq!(u.slots(), [3, 5, 7]);
+        assert!(!u.remove(5));
+        assert!(!u.remove(3));
+        assert!(matches!(u, UserConns::One([7])));
+        assert!(!u.remove(9), "another slot leaves it");
+        assert!(u.remove(7));
     }
 
     #[test]
