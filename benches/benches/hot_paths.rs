@@ -538,6 +538,8 @@ fn group_commit(c: &mut Criterion) {
         history_size: 10_000,
         history_ttl_ms: 3_600_000,
         rules: Default::default(),
+        presence: false,
+        presence_events: false,
     }];
     let mut opened = store::open(&cfg, &ns, 3_600_000).expect("store opens");
     let channel: Arc<str> = "ledger:bench".into();

@@ -42,6 +42,8 @@ pub fn fanout_core_in(
             history_size: 64,
             history_ttl_ms: 300_000,
             rules: Default::default(),
+            presence: false,
+            presence_events: false,
         }],
         ..EngineConfig::default()
     };

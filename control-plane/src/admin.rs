@@ -69,6 +69,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/history", get(history))
         .route("/api/send", post(send))
         .route("/api/receipts", get(receipts))
+        .route("/api/presence", get(presence))
         .route("/api/schedule", post(schedule).get(list_scheduled))
         .route("/api/schedule/{id}", delete(unschedule))
         .route("/api/users/{user}/subscribe", post(user_subscribe))
@@ -552,6 +553,61 @@ async fn receipts(
         );
     };
     let ticket = match s.engine.receipts(&q.channel) {
+        Ok(t) => t,
+        Err(PublishError::InvalidChannel) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_channel",
+                "invalid channel name",
+            )
+        }
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                &e.to_string(),
+            )
+        }
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), ticket).await {
+        Ok(Ok(list)) => Json(list).into_response(),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the channel's shard did not answer",
+        ),
+    }
+}
+
+/// Query of `GET /api/presence`.
+#[derive(Deserialize)]
+struct PresenceQuery {
+    channel: String,
+    #[serde(default = "yes")]
+    members: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `GET /api/presence?channel=…[&members=false]`: who is on a channel.
+async fn presence(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<PresenceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = check_key(&s, &headers) {
+        return r.response();
+    }
+    let Ok(axum::extract::Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "expected ?channel=NAME[&members=false]",
+        );
+    };
+    let ticket = match s.engine.presence(&q.channel, q.members) {
         Ok(t) => t,
         Err(PublishError::InvalidChannel) => {
             return error(

@@ -86,6 +86,13 @@ pub struct NamespaceConfig {
     pub publish: Option<Vec<BTreeMap<String, OneOrMany>>>,
     /// Who may read history (absent: the `subscribe` rules).
     pub history: Option<Vec<BTreeMap<String, OneOrMany>>>,
+    /// Who may see who is present (absent: the `subscribe` rules).
+    pub presence_rules: Option<Vec<BTreeMap<String, OneOrMany>>>,
+    /// Track who is on each channel (`presence`, `presence_count`, the server API).
+    pub presence: bool,
+    /// Push join, leave and status events to the members (default true; turn off for
+    /// big rooms, where counts are what members want).
+    pub presence_events: Option<bool>,
 }
 
 /// A rule value: one string or a list of them.
@@ -126,6 +133,7 @@ impl NamespaceConfig {
             subscribe: convert(&self.subscribe),
             publish: convert(&self.publish),
             history: convert(&self.history),
+            presence: convert(&self.presence_rules),
         }
     }
 }
@@ -351,6 +359,8 @@ impl Config {
                 history_size: ns.history_size.unwrap_or(self.engine.history_size),
                 history_ttl_ms: ns.history_ttl_ms.unwrap_or(self.engine.history_ttl_ms),
                 rules: ns.rules(),
+                presence: ns.presence,
+                presence_events: ns.presence && ns.presence_events.unwrap_or(true),
             })
             .collect();
         if self.inbox.enabled {
@@ -361,6 +371,8 @@ impl Config {
                 history_size: self.inbox.history_size,
                 history_ttl_ms: self.inbox.history_ttl_ms,
                 rules: Default::default(),
+                presence: false,
+                presence_events: false,
             });
         }
         engine

@@ -29,6 +29,8 @@ pub enum Action {
     Publish,
     /// `history`.
     History,
+    /// `presence` and `presence_count`.
+    Presence,
 }
 
 impl Action {
@@ -38,6 +40,7 @@ impl Action {
             Action::Subscribe => "subscribe",
             Action::Publish => "publish",
             Action::History => "history",
+            Action::Presence => "presence",
         }
     }
 }
@@ -60,6 +63,9 @@ pub struct NamespaceRules {
     pub publish: Option<Vec<RuleConfig>>,
     /// Who may read history (default: the subscribe rules).
     pub history: Option<Vec<RuleConfig>>,
+    /// Who may see who is present (default: the subscribe rules).
+    #[serde(default)]
+    pub presence: Option<Vec<RuleConfig>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +86,7 @@ struct Compiled {
     subscribe: Option<Vec<Rule>>,
     publish: Option<Vec<Rule>>,
     history: Option<Vec<Rule>>,
+    presence: Option<Vec<Rule>>,
 }
 
 /// Every namespace's compiled rules.
@@ -222,8 +229,13 @@ impl Access {
                 subscribe: compile(&r.subscribe).map_err(|e| at("subscribe", e))?,
                 publish: compile(&r.publish).map_err(|e| at("publish", e))?,
                 history: compile(&r.history).map_err(|e| at("history", e))?,
+                presence: compile(&r.presence).map_err(|e| at("presence", e))?,
             };
-            if c.subscribe.is_some() || c.publish.is_some() || c.history.is_some() {
+            if c.subscribe.is_some()
+                || c.publish.is_some()
+                || c.history.is_some()
+                || c.presence.is_some()
+            {
                 by_ns.insert(name.into(), c);
             }
         }
@@ -252,6 +264,13 @@ impl Access {
             Action::History => {
                 if c.history.is_some() {
                     &c.history
+                } else {
+                    &c.subscribe
+                }
+            }
+            Action::Presence => {
+                if c.presence.is_some() {
+                    &c.presence
                 } else {
                     &c.subscribe
                 }
@@ -306,6 +325,7 @@ mod tests {
                 &[("role", &["provider", "admin"])],
             )]),
             history: None,
+            presence: None,
         };
         let chat = NamespaceRules {
             subscribe: Some(vec![rule(Some("chat:{sub}:*"), &[])]),

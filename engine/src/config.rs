@@ -115,6 +115,9 @@ pub struct EngineConfig {
     /// Namespace of users' personal channels (`user` makes `user:<id>`), joined by
     /// every connection of the user automatically; empty turns them off.
     pub personal_namespace: String,
+    /// A connection that drops without a goodbye stays present this long, so a
+    /// reconnect within it does not flap presence.
+    pub presence_grace_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -153,6 +156,7 @@ impl Default for EngineConfig {
             reconnect_secret: None,
             inbox: None,
             personal_namespace: "user".into(),
+            presence_grace_ms: 5_000,
         }
     }
 }

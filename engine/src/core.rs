@@ -40,11 +40,13 @@ use crate::journal::{
 };
 use crate::marks::{Marks, ReceiptList};
 use crate::mesh::{
-    Answer, MarkUpdate, Mesh, Publication, PublishReply, QueryKind, Refusal, Refused, ReplyBody,
-    ReplyKind, SequenceReq, Sequenced, ShardMsg, StreamQuery, StreamReply, UserSubscription,
+    Answer, MarkUpdate, Mesh, PresenceKind, PresenceUpdate, Publication, PublishReply, QueryKind,
+    Refusal, Refused, ReplyBody, ReplyKind, SequenceReq, Sequenced, ShardMsg, StreamQuery,
+    StreamReply, UserSubscription,
 };
 use crate::metrics::{CloseKind, ShardMetrics};
 use crate::outq::OutQueue;
+use crate::presence::{Event as PresenceEvent, Presence};
 use crate::session::Sessions;
 use crate::streams::{self, Entry, Streams};
 use crate::wheel::HeartbeatWheel;
@@ -133,6 +135,8 @@ pub struct Conn {
     device: Option<Box<str>>,
     /// Tick the last reconnect token was issued (`u32::MAX`: none yet).
     token_at: u32,
+    /// Presence status set with `status` (`None`: online).
+    status: Option<Arc<str>>,
 }
 
 /// Subscribers waiting until every other shard has learned about new interest.
@@ -235,6 +239,12 @@ pub struct ShardCore {
     users: HashMap<Arc<str>, UserConns>,
     /// A bit per shard of the process.
     all_shards: u64,
+    /// Who is on the channels this shard owns (namespaces with presence).
+    presence: Presence,
+    /// Namespaces with presence, and whether they push events.
+    presence_ns: HashMap<Box<str>, bool>,
+    /// The status every connection starts with.
+    online: Arc<str>,
 }
 
 /// A user's connections on one shard: one inline (the common case), more in a list.
@@ -385,6 +395,14 @@ impl ShardCore {
             // Compiled by `EngineConfig::validate` first, which refuses bad rules.
             access: cfg.access().unwrap_or_default(),
             users: HashMap::new(),
+            presence: Presence::new(),
+            presence_ns: cfg
+                .namespaces
+                .iter()
+                .filter(|n| n.presence)
+                .map(|n| (n.name.as_str().into(), n.presence_events))
+                .collect(),
+            online: Arc::from("online"),
             all_shards: if mesh_shards >= 64 {
                 u64::MAX
             } else {
@@ -455,6 +473,7 @@ impl ShardCore {
             bearer: None,
             device: None,
             token_at: u32::MAX,
+            status: None,
         }) as u32;
         self.schedule(slot, self.now as u64 + self.ticks.handshake as u64);
         ShardMetrics::add(&self.metrics.accepted, 1);
@@ -639,7 +658,7 @@ impl ShardCore {
                 ) {
                     return;
                 }
-                self.detach(slot);
+                self.detach(slot, true);
                 self.metrics.closed(CloseKind::ClientClose);
                 let now = self.now;
                 let conn = &mut self.conns[slot as usize];
@@ -794,6 +813,9 @@ impl ShardCore {
                 delay,
             ),
             Command::Unschedule { schedule } => self.unschedule(slot, id, schedule),
+            Command::Status { status } => self.set_status(slot, id, &status),
+            Command::Presence { channel } => self.ask_presence(slot, id, &channel, true),
+            Command::PresenceCount { channel } => self.ask_presence(slot, id, &channel, false),
         }
     }
 
@@ -1014,6 +1036,7 @@ impl ShardCore {
                 Action::Subscribe => "not allowed by the namespace's subscribe rules",
                 Action::Publish => "not allowed by the namespace's publish rules",
                 Action::History => "not allowed by the namespace's history rules",
+                Action::Presence => "not allowed by the namespace's presence rules",
             }),
             Verdict::NoRules if identity.may_use(channel) => Ok(()),
             Verdict::NoRules => denied("channel not allowed by token"),
@@ -1060,6 +1083,11 @@ impl ShardCore {
             );
         };
         self.conns[slot as usize].subs.push(name.clone());
+        if self.presence_events_of(&name).is_some() {
+            let status = self.conns[slot as usize].status.clone();
+            let status = status.unwrap_or_else(|| self.online.clone());
+            self.report_presence(slot, &name, PresenceKind::Join { status });
+        }
         self.starting.entry(name.clone()).or_default().push(slot);
         let others = self.mesh.shards() - 1;
         if change.before != change.after && others > 0 {
@@ -1278,6 +1306,9 @@ impl ShardCore {
         if change.before != change.after {
             self.announce(&name, change.after, false);
         }
+        if self.presence_events_of(&name).is_some() {
+            self.report_presence(slot, &name, PresenceKind::Leave { linger: false });
+        }
         true
     }
 
@@ -1373,6 +1404,181 @@ impl ShardCore {
         // the position to answer with.
         let req = SequenceReq::new(channel, data, meta, key, from, reply);
         self.send_to(owner, ShardMsg::Sequence(Box::new(req)));
+    }
+
+    // ---- presence ---------------------------------------------------------------------
+
+    /// Whether `channel`'s namespace tracks presence, and if so whether it pushes
+    /// events.
+    #[inline]
+    fn presence_events_of(&self, channel: &str) -> Option<bool> {
+        if self.presence_ns.is_empty() {
+            return None;
+        }
+        let (ns, _) = channel.split_once(':')?;
+        self.presence_ns.get(ns).copied()
+    }
+
+    /// Tell `channel`'s owner that this connection joined, left or changed status.
+    fn report_presence(&mut self, slot: u32, channel: &Arc<str>, kind: PresenceKind) {
+        let conn = &self.conns[slot as usize];
+        let Some(identity) = &conn.identity else {
+            return;
+        };
+        let update = PresenceUpdate {
+            channel: channel.clone(),
+            user: identity.user.clone(),
+            client: format!("{}.{}.{}", self.id, slot, conn.gen).into(),
+            device: conn.device.clone(),
+            kind,
+        };
+        let owner = streams::owner(channel, self.mesh.shards());
+        if owner == self.id {
+            self.apply_presence(update);
+        } else {
+            self.send_to(owner, ShardMsg::Presence(Box::new(update)));
+        }
+    }
+
+    /// On the owner: apply a presence change and push what it means to the members.
+    fn apply_presence(&mut self, u: PresenceUpdate) {
+        let now_ms = unix_ms();
+        let event = match u.kind {
+            PresenceKind::Join { status } => self.presence.join(
+                &u.channel,
+                &u.user,
+                &u.client,
+                u.device.as_deref(),
+                &status,
+                now_ms,
+            ),
+            PresenceKind::Leave { linger } => {
+                let grace = ms_to_ticks(self.cfg.presence_grace_ms, self.cfg.tick_ms);
+                let until = linger.then(|| self.now.wrapping_add(grace.max(1)));
+                self.presence
+                    .leave(&u.channel, &u.user, &u.client, until, now_ms)
+            }
+            PresenceKind::Status { status } => self
+                .presence
+                .status(&u.channel, &u.user, &u.client, &status),
+        };
+        if let Some(e) = event {
+            self.push_presence(&u.channel, &e);
+        }
+    }
+
+    /// Push a presence event to `channel`'s subscribers (if its namespace wants them).
+    fn push_presence(&mut self, channel: &str, event: &PresenceEvent) {
+        if self.presence_events_of(channel) != Some(true) {
+            return;
+        }
+        let (local, remote, needed) = self.audience(channel);
+        if needed == 0 {
+            return;
+        }
+        #[derive(serde::Serialize)]
+        struct Push<'a> {
+            push: &'static str,
+            channel: &'a str,
+            event: &'static str,
+            user: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            status: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            last_seen: Option<u64>,
+        }
+        let push = match event {
+            PresenceEvent::Join { user, status } => Push {
+                push: "presence",
+                channel,
+                event: "join",
+                user,
+                status: Some(status),
+                last_seen: None,
+            },
+            PresenceEvent::Leave { user, at_ms } => Push {
+                push: "presence",
+                channel,
+                event: "leave",
+                user,
+                status: None,
+                last_seen: Some(*at_ms),
+            },
+            PresenceEvent::Status { user, status } => Push {
+                push: "presence",
+                channel,
+                event: "status",
+                user,
+                status: Some(status),
+                last_seen: None,
+            },
+        };
+        let mut frames = [None, None];
+        for f in Format::ALL {
+            if needed & (1 << f.index()) != 0 {
+                frames[f.index()] = Some(envelope::encode_push(f, &push));
+            }
+        }
+        let name = self.audience_name(channel);
+        let position = self.streams.current(channel).unwrap_or_default();
+        self.fan_out(name, position, frames, Instant::now(), local, remote);
+    }
+
+    /// `status`: this connection's status on every channel it is present on.
+    fn set_status(&mut self, slot: u32, id: u32, status: &str) {
+        let status: Arc<str> = if status == "online" {
+            self.online.clone()
+        } else {
+            status.into()
+        };
+        self.conns[slot as usize].status = Some(status.clone());
+        if !self.presence_ns.is_empty() {
+            let subs = self.conns[slot as usize].subs.clone();
+            for name in subs {
+                if self.presence_events_of(&name).is_some() {
+                    let kind = PresenceKind::Status {
+                        status: status.clone(),
+                    };
+                    self.report_presence(slot, &name, kind);
+                }
+            }
+        }
+        self.reply_ok(slot, id);
+    }
+
+    /// `presence` / `presence_count`: asked of the channel's owner.
+    fn ask_presence(&mut self, slot: u32, id: u32, channel: &str, members: bool) {
+        if let Err((code, why)) = self.check_channel(slot, channel, Action::Presence) {
+            return self.reply_err(slot, id, code, why);
+        }
+        if self.presence_events_of(channel).is_none() {
+            return self.reply_err(
+                slot,
+                id,
+                ErrorCode::BadRequest,
+                "this channel's namespace does not track presence",
+            );
+        }
+        let answer = Answer::Client {
+            shard: self.id,
+            conn: ConnKey {
+                slot,
+                gen: self.conns[slot as usize].gen,
+            },
+            req_id: id,
+        };
+        let owner = streams::owner(channel, self.mesh.shards());
+        if owner == self.id {
+            let list = self.presence.list(channel, members);
+            self.answer_with(answer, list, ReplyBody::Presence);
+        } else {
+            let msg = ShardMsg::PresenceQuery {
+                channel: channel.into(),
+                members,
+                answer,
+            };
+            self.send_to(owner, msg);
+        }
     }
 
     // ---- inboxes, receipts, scheduling ---------------------------------------------
@@ -1626,7 +1832,7 @@ impl ShardCore {
         let owner = streams::owner(channel, self.mesh.shards());
         if owner == self.id {
             let list = self.receipt_list(channel);
-            self.answer_with(answer, list);
+            self.answer_with(answer, list, ReplyBody::Receipts);
         } else {
             let channel = channel.into();
             self.send_to(owner, ShardMsg::Receipts { channel, answer });
@@ -1644,14 +1850,16 @@ impl ShardCore {
         }
     }
 
-    fn answer_with(&mut self, answer: Answer<ReceiptList>, list: ReceiptList) {
+    /// Send a value computed here (the owner) where it was asked for: a connection's
+    /// command (here or on another shard), or the server API.
+    fn answer_with<T>(&mut self, answer: Answer<T>, value: T, wrap: fn(T) -> ReplyBody) {
         match answer {
             Answer::Client {
                 shard,
                 conn,
                 req_id,
             } => {
-                let result = Ok(ReplyBody::Receipts(list));
+                let result = Ok(wrap(value));
                 if shard == self.id {
                     self.replied(conn, req_id, result);
                 } else {
@@ -1666,7 +1874,7 @@ impl ShardCore {
                 }
             }
             Answer::Api(tx) => {
-                let _ = tx.send(list);
+                let _ = tx.send(value);
             }
         }
     }
@@ -1693,6 +1901,7 @@ impl ShardCore {
                 envelope::encode_result(format, req_id, &s)
             }
             Ok(ReplyBody::Receipts(list)) => envelope::encode_result(format, req_id, &list),
+            Ok(ReplyBody::Presence(list)) => envelope::encode_result(format, req_id, &list),
             Err(e) => envelope::encode_error(format, req_id, e.code, &e.message),
         };
         self.enqueue(conn.slot, frame);
@@ -2286,7 +2495,7 @@ impl ShardCore {
             ConnState::Handshaking => return self.close_now(slot, Some(kind)),
             _ => {}
         }
-        self.detach(slot);
+        self.detach(slot, false);
         self.metrics.closed(kind);
         let now = self.now;
         let conn = &mut self.conns[slot as usize];
@@ -2313,7 +2522,7 @@ impl ShardCore {
         if conn.state == ConnState::Closed {
             return;
         }
-        self.detach(slot);
+        self.detach(slot, false);
         if let Some(kind) = kind {
             self.metrics.closed(kind);
         }
@@ -2325,7 +2534,18 @@ impl ShardCore {
     }
 
     /// Remove a connection from every channel it subscribed.
-    fn detach(&mut self, slot: u32) {
+    /// Take a closing connection off everything. `graceful`: the client said goodbye
+    /// (a close frame); otherwise its presence lingers for the grace period.
+    fn detach(&mut self, slot: u32, graceful: bool) {
+        if !self.presence_ns.is_empty() {
+            let subs = self.conns[slot as usize].subs.clone();
+            for name in subs {
+                if self.presence_events_of(&name).is_some() {
+                    let kind = PresenceKind::Leave { linger: !graceful };
+                    self.report_presence(slot, &name, kind);
+                }
+            }
+        }
         let conn = &mut self.conns[slot as usize];
         if let Some(identity) = &conn.identity {
             if let Some(u) = self.users.get_mut(&*identity.user) {
@@ -2587,9 +2807,18 @@ impl ShardCore {
             }
             ShardMsg::Mark(update) => self.apply_mark(*update),
             ShardMsg::UserSubscription(u) => self.user_subscription(*u),
+            ShardMsg::Presence(u) => self.apply_presence(*u),
+            ShardMsg::PresenceQuery {
+                channel,
+                members,
+                answer,
+            } => {
+                let list = self.presence.list(&channel, members);
+                self.answer_with(answer, list, ReplyBody::Presence);
+            }
             ShardMsg::Receipts { channel, answer } => {
                 let list = self.receipt_list(&channel);
-                self.answer_with(answer, list);
+                self.answer_with(answer, list, ReplyBody::Receipts);
             }
             ShardMsg::Reply {
                 conn,
@@ -2707,6 +2936,11 @@ impl ShardCore {
         let idle = ms_to_ticks(self.cfg.stream_idle_ms, self.cfg.tick_ms);
         let window = ms_to_ticks(self.cfg.dedupe_window_ms, self.cfg.tick_ms);
         self.streams.sweep(self.now, idle, window, 256);
+        if !self.presence_ns.is_empty() {
+            for (channel, event) in self.presence.expire(self.now, unix_ms()) {
+                self.push_presence(&channel, &event);
+            }
+        }
     }
 
     fn visit(&mut self, t: u32, slot: u32, gen: u32) {

@@ -370,6 +370,30 @@ impl EngineHandle {
         Ok(answers)
     }
 
+    /// Who is on `channel` (server API), from its owner shard; `members` false: the
+    /// counts only.
+    pub fn presence(
+        &self,
+        channel: &str,
+        members: bool,
+    ) -> Result<tokio::sync::oneshot::Receiver<crate::presence::PresenceList>, PublishError> {
+        if !envelope::valid_channel(channel) {
+            return Err(PublishError::InvalidChannel);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let owner = streams::owner(channel, self.shards());
+        let msg = ShardMsg::PresenceQuery {
+            channel: channel.into(),
+            members,
+            answer: crate::mesh::Answer::Api(tx),
+        };
+        self.mesh
+            .inbox(owner as usize)
+            .push(msg)
+            .map_err(|_| PublishError::Overloaded)?;
+        Ok(rx)
+    }
+
     /// The inbox channel of `user`, if direct messages are on (and the name is valid).
     pub fn inbox_channel(&self, user: &str) -> Option<String> {
         let ns = self.cfg.inbox.as_deref()?;

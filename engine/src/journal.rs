@@ -62,6 +62,13 @@ pub struct NamespacePolicy {
     /// Who may subscribe, publish and read history.
     #[serde(default)]
     pub rules: crate::access::NamespaceRules,
+    /// Track who is on each channel (its owner shard keeps the table).
+    #[serde(default)]
+    pub presence: bool,
+    /// Push join, leave and status events to the channel's subscribers (turn off for
+    /// big rooms; presence is still tracked and can be asked for).
+    #[serde(default)]
+    pub presence_events: bool,
 }
 
 /// A namespace policy resolved for a shard (ttl in ticks).
@@ -370,6 +377,8 @@ mod tests {
                 history_size: 5,
                 history_ttl_ms: 1000,
                 rules: Default::default(),
+                presence: false,
+                presence_events: false,
             }],
             100,
         );

@@ -30,6 +30,7 @@ pub mod marks;
 pub mod mesh;
 pub mod metrics;
 pub mod outq;
+pub mod presence;
 pub mod session;
 pub mod streams;
 pub mod uring;

@@ -23,6 +23,7 @@ use crate::auth::{AuthFailure, Identity};
 use crate::core::ConnKey;
 use crate::journal::{Durable, JournalLink, MarkKind, MarkRecord, SeedStream};
 use crate::marks::ReceiptList;
+use crate::presence::PresenceList;
 use crate::streams::Entry;
 
 /// A publication encoded once per wire format that has subscribers.
@@ -251,6 +252,17 @@ pub enum ShardMsg {
     Mark(Box<MarkUpdate>),
     /// To every shard: subscribe or unsubscribe every connection of a user.
     UserSubscription(Box<UserSubscription>),
+    /// For this channel's owner: a connection joined, left or changed status.
+    Presence(Box<PresenceUpdate>),
+    /// For this channel's owner: who is on the channel (`members` false: counts).
+    PresenceQuery {
+        /// Channel name.
+        channel: Arc<str>,
+        /// List the members, not only count them.
+        members: bool,
+        /// Where the answer goes.
+        answer: Answer<PresenceList>,
+    },
     /// For this channel's owner: list the channel's receipts.
     Receipts {
         /// Channel name.
@@ -269,6 +281,41 @@ pub enum ShardMsg {
     },
     /// Stop accepting, close every connection with 1001, exit after the drain time.
     Shutdown,
+}
+
+/// A connection's presence change, for the channel's owner.
+#[derive(Debug)]
+pub struct PresenceUpdate {
+    /// Channel name.
+    pub channel: Arc<str>,
+    /// The connection's user.
+    pub user: Arc<str>,
+    /// The connection's id (`shard.slot.generation`).
+    pub client: Box<str>,
+    /// Its device id.
+    pub device: Option<Box<str>>,
+    /// What happened.
+    pub kind: PresenceKind,
+}
+
+/// What a [`PresenceUpdate`] reports.
+#[derive(Debug, Clone)]
+pub enum PresenceKind {
+    /// Joined, with this status.
+    Join {
+        /// The connection's status.
+        status: Arc<str>,
+    },
+    /// Left; with `linger`, without a goodbye (kept for the grace period).
+    Leave {
+        /// Dropped rather than left.
+        linger: bool,
+    },
+    /// Changed status.
+    Status {
+        /// The new status.
+        status: Arc<str>,
+    },
 }
 
 /// The server API subscribes (or unsubscribes) every connection of a user.
@@ -331,6 +378,8 @@ pub enum ReplyBody {
     },
     /// A channel's receipts.
     Receipts(ReceiptList),
+    /// Who is on a channel.
+    Presence(PresenceList),
 }
 
 /// One shard's inbox.

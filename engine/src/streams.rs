@@ -489,6 +489,8 @@ mod tests {
             history_size: 8,
             history_ttl_ms: 5000,
             rules: Default::default(),
+            presence: false,
+            presence_events: false,
         }];
         // ttl: 5000 ms / 10 ms ticks = 500 ticks; idle: 50 ticks.
         let mut s = Streams::with_policies(1, Arc::new(Policies::new(default, &ns, 10)));
@@ -648,6 +650,8 @@ mod tests {
             history_size: 3,
             history_ttl_ms: 10_000,
             rules: Default::default(),
+            presence: false,
+            presence_events: false,
         }];
         let mut s = Streams::with_policies(3, Arc::new(Policies::new(default, &ns, 10)));
         let entry = |offset: u64, key: Option<&str>| SeedEntry {

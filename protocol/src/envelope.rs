@@ -182,6 +182,22 @@ pub enum Command<'a> {
         /// In how many milliseconds.
         delay: Option<u64>,
     },
+    /// Set this connection's presence status (`online`, `away`, `busy`, `in_call`,
+    /// or any other 1–32 bytes) on every channel it is present on.
+    Status {
+        /// The status.
+        status: Cow<'a, str>,
+    },
+    /// Who is on a channel: users, their connections and statuses.
+    Presence {
+        /// Channel name.
+        channel: Cow<'a, str>,
+    },
+    /// How many users and connections are on a channel (cheap on big channels).
+    PresenceCount {
+        /// Channel name.
+        channel: Cow<'a, str>,
+    },
     /// Cancel a scheduled message.
     Unschedule {
         /// Its id, as the `schedule` reply gave it.
@@ -346,7 +362,7 @@ macro_rules! envelope_fields {
 envelope_fields!(
     id, cmd, token, channel, data, push, result, error, code, message, reason, reconnect, offset,
     epoch, since, limit, reverse, key, meta, device, positions, user, delivered, read, at, delay,
-    schedule,
+    schedule, status,
 );
 
 /// A key that is present holds a value, even `null` (plain `Option` would turn a
@@ -476,6 +492,9 @@ fn read_str(format: Format, raw: &[u8]) -> Option<Cow<'_, str>> {
         },
     }
 }
+
+/// Longest presence status, in bytes.
+pub const MAX_STATUS_BYTES: usize = 32;
 
 /// Longest idempotency key, in bytes.
 pub const MAX_KEY_BYTES: usize = 128;
@@ -629,6 +648,20 @@ pub fn decode_request<'a>(format: Format, bytes: &'a [u8]) -> Result<Request<'a>
                 },
             }
         }
+        Some("status") => match str_field(f.status) {
+            Some(s) if !s.is_empty() && s.len() <= MAX_STATUS_BYTES => {
+                Command::Status { status: s }
+            }
+            _ => Command::Invalid("status needs a 'status' string of 1 to 32 bytes"),
+        },
+        Some("presence") => match str_field(f.channel) {
+            Some(channel) => Command::Presence { channel },
+            None => Command::Invalid("presence needs a 'channel' string"),
+        },
+        Some("presence_count") => match str_field(f.channel) {
+            Some(channel) => Command::PresenceCount { channel },
+            None => Command::Invalid("presence_count needs a 'channel' string"),
+        },
         Some("unschedule") => match f.schedule.and_then(|r| read_u64(format, r)) {
             Some(schedule) => Command::Unschedule { schedule },
             None => Command::Invalid("unschedule needs 'schedule' (the id, an integer)"),
@@ -1216,6 +1249,8 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         delay: Option<u64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         schedule: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status: Option<&'a str>,
     }
     #[derive(Serialize)]
     #[serde(untagged)]
@@ -1242,6 +1277,7 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         at: None,
         delay: None,
         schedule: None,
+        status: None,
     };
     let (mut data, mut meta): (Option<&Payload<'_>>, Option<&Payload<'_>>) = (None, None);
     out.cmd = match &req.command {
@@ -1331,6 +1367,18 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
             (out.at, out.delay) = (*at, *delay);
             (data, meta) = (Some(d), m.as_ref());
             "schedule"
+        }
+        Command::Status { status } => {
+            out.status = Some(status);
+            "status"
+        }
+        Command::Presence { channel } => {
+            out.channel = Some(channel);
+            "presence"
+        }
+        Command::PresenceCount { channel } => {
+            out.channel = Some(channel);
+            "presence_count"
         }
         Command::Unschedule { schedule } => {
             out.schedule = Some(*schedule);
