@@ -205,6 +205,7 @@ fn fanout(c: &mut Criterion) {
             None,
         ],
         created: Instant::now(),
+        droppable: false,
     };
     let publication = Arc::new(publication);
     g.throughput(Throughput::Elements(subscribers as u64));
@@ -283,6 +284,7 @@ fn cross_shard(c: &mut Criterion) {
         position: POS,
         frames: [Some(bytes::Bytes::from_static(&[0x82, 0x01, 0x00])), None],
         created: Instant::now(),
+        droppable: false,
     });
     g.throughput(Throughput::Elements(1000));
     // Same thread: the cost of the queue operations and one coalesced eventfd wake-up.

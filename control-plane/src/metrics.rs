@@ -57,7 +57,7 @@ pub fn render(
         engine.backend(),
         shards.len()
     );
-    let per_shard: [Family; 16] = [
+    let per_shard: [Family; 17] = [
         (
             "switchboard_connections",
             "gauge",
@@ -123,6 +123,12 @@ pub fn render(
             "counter",
             "Publication frames queued to subscribers.",
             |m| m.deliveries.load(Relaxed),
+        ),
+        (
+            "switchboard_ephemeral_dropped_total",
+            "counter",
+            "Ephemeral pushes (typing) skipped for subscribers with half-full queues.",
+            |m| m.ephemeral_dropped.load(Relaxed),
         ),
         (
             "switchboard_sessions_resumed_total",

@@ -118,6 +118,11 @@ pub struct EngineConfig {
     /// A connection that drops without a goodbye stays present this long, so a
     /// reconnect within it does not flap presence.
     pub presence_grace_ms: u64,
+    /// A connection's typing starts reach the channel at most this often.
+    pub typing_throttle_ms: u64,
+    /// A typing start with no stop (and no new start) for this long is stopped by the
+    /// server.
+    pub typing_timeout_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -157,6 +162,8 @@ impl Default for EngineConfig {
             inbox: None,
             personal_namespace: "user".into(),
             presence_grace_ms: 5_000,
+            typing_throttle_ms: 1_000,
+            typing_timeout_ms: 6_000,
         }
     }
 }

@@ -137,6 +137,8 @@ pub struct Conn {
     token_at: u32,
     /// Presence status set with `status` (`None`: online).
     status: Option<Arc<str>>,
+    /// The channel this connection is typing in, and the tick its start was last sent.
+    typing: Option<(Arc<str>, u32)>,
 }
 
 /// Subscribers waiting until every other shard has learned about new interest.
@@ -245,6 +247,8 @@ pub struct ShardCore {
     presence_ns: HashMap<Box<str>, bool>,
     /// The status every connection starts with.
     online: Arc<str>,
+    /// Typing connections by the tick their typing expires (in order: one timeout).
+    typing_expiry: VecDeque<(u32, u32, u32)>,
 }
 
 /// A user's connections on one shard: one inline (the common case), more in a list.
@@ -403,6 +407,7 @@ impl ShardCore {
                 .map(|n| (n.name.as_str().into(), n.presence_events))
                 .collect(),
             online: Arc::from("online"),
+            typing_expiry: VecDeque::new(),
             all_shards: if mesh_shards >= 64 {
                 u64::MAX
             } else {
@@ -474,6 +479,7 @@ impl ShardCore {
             device: None,
             token_at: u32::MAX,
             status: None,
+            typing: None,
         }) as u32;
         self.schedule(slot, self.now as u64 + self.ticks.handshake as u64);
         ShardMetrics::add(&self.metrics.accepted, 1);
@@ -814,6 +820,7 @@ impl ShardCore {
             ),
             Command::Unschedule { schedule } => self.unschedule(slot, id, schedule),
             Command::Status { status } => self.set_status(slot, id, &status),
+            Command::Typing { channel, typing } => self.typing(slot, id, &channel, typing),
             Command::Presence { channel } => self.ask_presence(slot, id, &channel, true),
             Command::PresenceCount { channel } => self.ask_presence(slot, id, &channel, false),
         }
@@ -1581,6 +1588,115 @@ impl ShardCore {
         }
     }
 
+    // ---- typing -------------------------------------------------------------------------
+
+    /// `typing`: tell the channel's other subscribers this user started (or stopped)
+    /// typing. Never stored or sequenced; sent from this shard straight to the
+    /// subscribers' shards. A start is sent at most once per `typing_throttle_ms`
+    /// per connection (repeats in between are answered and absorbed); a connection
+    /// types in one channel at a time (starting in another stops the first); a start
+    /// with no stop within `typing_timeout_ms` of the last one is stopped by the server.
+    fn typing(&mut self, slot: u32, id: u32, channel: &str, typing: bool) {
+        let conn = &self.conns[slot as usize];
+        let Some(name) = conn.subs.iter().find(|c| ***c == *channel).cloned() else {
+            return self.reply_err(
+                slot,
+                id,
+                ErrorCode::NotSubscribed,
+                "typing needs a subscription",
+            );
+        };
+        if !typing {
+            if conn.typing.as_ref().is_some_and(|(c, _)| *c == name) {
+                self.stop_typing(slot);
+            }
+            return self.reply_ok(slot, id);
+        }
+        let throttle = ms_to_ticks(self.cfg.typing_throttle_ms, self.cfg.tick_ms);
+        match &conn.typing {
+            Some((c, at)) if *c == name && self.now.wrapping_sub(*at) < throttle => {
+                return self.reply_ok(slot, id);
+            }
+            Some((c, _)) if *c != name => self.stop_typing(slot),
+            _ => {}
+        }
+        let gen = self.conns[slot as usize].gen;
+        self.conns[slot as usize].typing = Some((name.clone(), self.now));
+        let timeout = ms_to_ticks(self.cfg.typing_timeout_ms, self.cfg.tick_ms).max(1);
+        self.typing_expiry
+            .push_back((self.now.wrapping_add(timeout), slot, gen));
+        self.push_typing(slot, &name, true);
+        self.reply_ok(slot, id);
+    }
+
+    /// Stop the connection's typing and tell the channel.
+    fn stop_typing(&mut self, slot: u32) {
+        if let Some((channel, _)) = self.conns[slot as usize].typing.take() {
+            self.push_typing(slot, &channel, false);
+        }
+    }
+
+    /// Stop typing whose last start is older than `typing_timeout_ms`.
+    fn expire_typing(&mut self) {
+        let timeout = ms_to_ticks(self.cfg.typing_timeout_ms, self.cfg.tick_ms).max(1);
+        while let Some(&(deadline, slot, gen)) = self.typing_expiry.front() {
+            if deadline > self.now {
+                break;
+            }
+            self.typing_expiry.pop_front();
+            let expired = self.conns.get(slot as usize).is_some_and(|c| {
+                c.gen == gen
+                    && c.typing
+                        .as_ref()
+                        .is_some_and(|(_, at)| self.now.wrapping_sub(*at) >= timeout)
+            });
+            if expired {
+                self.stop_typing(slot);
+            }
+        }
+    }
+
+    fn push_typing(&mut self, slot: u32, channel: &Arc<str>, typing: bool) {
+        let (local, remote, needed) = self.audience(channel);
+        if needed == 0 {
+            return;
+        }
+        let Some(user) = self.conns[slot as usize]
+            .identity
+            .as_ref()
+            .map(|i| i.user.clone())
+        else {
+            return;
+        };
+        #[derive(serde::Serialize)]
+        struct Push<'a> {
+            push: &'static str,
+            channel: &'a str,
+            user: &'a str,
+            typing: bool,
+        }
+        let push = Push {
+            push: "typing",
+            channel,
+            user: &user,
+            typing,
+        };
+        let mut frames = [None, None];
+        for f in Format::ALL {
+            if needed & (1 << f.index()) != 0 {
+                frames[f.index()] = Some(envelope::encode_push(f, &push));
+            }
+        }
+        let publication = Arc::new(Publication {
+            channel: channel.clone(),
+            position: Position::default(),
+            frames,
+            created: Instant::now(),
+            droppable: true,
+        });
+        self.fan_out_publication(publication, local, remote);
+    }
+
     // ---- inboxes, receipts, scheduling ---------------------------------------------
 
     /// `send`: a direct message into `user`'s inbox, carrying the sender's user id.
@@ -2262,7 +2378,13 @@ impl ShardCore {
             position,
             frames,
             created,
+            droppable: false,
         });
+        self.fan_out_publication(publication, local, remote);
+    }
+
+    /// Deliver a built publication locally and to the other shards in `remote`.
+    fn fan_out_publication(&mut self, publication: Arc<Publication>, local: u8, remote: [u64; 2]) {
         if local != 0 {
             self.deliver(&publication);
         }
@@ -2383,6 +2505,9 @@ impl ShardCore {
         let Some(entry) = self.channels.local(&p.channel) else {
             return;
         };
+        if p.droppable {
+            return self.deliver_droppable(p);
+        }
         let limit = self.cfg.max_outbound_bytes;
         let mut delivered = 0u64;
         // Subscribers whose subscribe awaits the owner's answer get nothing yet (the
@@ -2421,6 +2546,33 @@ impl ShardCore {
         while let Some(slot) = self.overflowed.pop() {
             self.slow_consumer(slot);
         }
+    }
+
+    /// An ephemeral push (typing): queued only on subscribers whose queue is under half
+    /// its limit; the others skip it rather than being closed as slow consumers, so it
+    /// is what backpressure drops first. Not counted in delivery latency.
+    fn deliver_droppable(&mut self, p: &Publication) {
+        let Some(entry) = self.channels.local(&p.channel) else {
+            return;
+        };
+        let limit = self.cfg.max_outbound_bytes / 2;
+        let holding: &[u32] = self.starting.get(&p.channel).map_or(&[], |v| &v[..]);
+        let mut delivered = 0;
+        for &slot in entry.subscribers.iter() {
+            let Some(conn) = self.conns.get_mut(slot as usize) else {
+                continue;
+            };
+            let Some(frame) = &p.frames[conn.format.index()] else {
+                continue;
+            };
+            if holding.contains(&slot) || conn.out.push(frame.clone(), limit).is_err() {
+                ShardMetrics::add(&self.metrics.ephemeral_dropped, 1);
+                continue;
+            }
+            delivered += 1;
+            mark_dirty(conn, slot, &mut self.dirty);
+        }
+        ShardMetrics::add(&self.metrics.deliveries, delivered);
     }
 
     /// A personal channel's publication: to every connection of the user here.
@@ -2537,6 +2689,9 @@ impl ShardCore {
     /// Take a closing connection off everything. `graceful`: the client said goodbye
     /// (a close frame); otherwise its presence lingers for the grace period.
     fn detach(&mut self, slot: u32, graceful: bool) {
+        if self.conns[slot as usize].typing.is_some() {
+            self.stop_typing(slot);
+        }
         if !self.presence_ns.is_empty() {
             let subs = self.conns[slot as usize].subs.clone();
             for name in subs {
@@ -2936,6 +3091,7 @@ impl ShardCore {
         let idle = ms_to_ticks(self.cfg.stream_idle_ms, self.cfg.tick_ms);
         let window = ms_to_ticks(self.cfg.dedupe_window_ms, self.cfg.tick_ms);
         self.streams.sweep(self.now, idle, window, 256);
+        self.expire_typing();
         if !self.presence_ns.is_empty() {
             for (channel, event) in self.presence.expire(self.now, unix_ms()) {
                 self.push_presence(&channel, &event);
@@ -3178,6 +3334,57 @@ mod tests {
         }
         assert!(buf.is_empty());
         out
+    }
+
+    /// A masked client text frame with `json`.
+    fn cmd(json: &str) -> Vec<u8> {
+        frame::encode_masked(true, OpCode::Text, json.as_bytes(), [1, 2, 3, 4])
+    }
+
+    #[test]
+    fn typing_is_dropped_first_under_backpressure() {
+        let mut h = harness(|c| c.max_outbound_bytes = 4096);
+        let (typist, slow) = (h.open(), h.open());
+        for k in [typist, slow] {
+            h.read(k, &cmd(r#"{"id":2,"cmd":"subscribe","channel":"room:1"}"#));
+            let _ = h.written(k);
+        }
+        // Fill the slow subscriber's queue past half its limit (nothing is written).
+        let pad = "x".repeat(700);
+        for i in 0..4 {
+            let publish = format!(
+                r#"{{"id":{},"cmd":"publish","channel":"room:1","data":"{pad}"}}"#,
+                10 + i
+            );
+            h.read(typist, &cmd(&publish));
+        }
+        let _ = h.written(typist);
+        assert!(h.core.out_mut(slow.slot).unwrap().charged() > 2048);
+        h.read(
+            typist,
+            &cmd(r#"{"id":20,"cmd":"typing","channel":"room:1"}"#),
+        );
+        assert_eq!(
+            h.core.state(slow),
+            Some(ConnState::Open),
+            "not a slow consumer"
+        );
+        assert_eq!(
+            h.core
+                .metrics()
+                .ephemeral_dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        let typed = h.written(typist);
+        assert!(
+            String::from_utf8_lossy(&typed).contains(r#""typing":true"#),
+            "the typist's own connection (queue empty) gets it"
+        );
+        // The slow one gets its publications, and no typing.
+        let out = String::from_utf8_lossy(&h.written(slow)).into_owned();
+        assert_eq!(out.matches(r#""push":"publication""#).count(), 4);
+        assert!(!out.contains("typing"), "{out}");
     }
 
     #[test]

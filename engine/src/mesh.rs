@@ -38,6 +38,9 @@ pub struct Publication {
     pub frames: [Option<Bytes>; 2],
     /// When the publication entered the server (for publish-to-flush latency).
     pub created: Instant,
+    /// An ephemeral push (typing): skipped for subscribers whose queue is half full
+    /// instead of closing them, and not counted in delivery latency.
+    pub droppable: bool,
 }
 
 /// A publication for the channel's owner shard to sequence and fan out.

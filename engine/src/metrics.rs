@@ -118,6 +118,8 @@ pub struct ShardMetrics {
     pub publications: AtomicU64,
     /// Publication frames queued to subscribers on this shard.
     pub deliveries: AtomicU64,
+    /// Ephemeral pushes (typing) skipped for subscribers with half-full queues.
+    pub ephemeral_dropped: AtomicU64,
     /// Sessions resumed with a reconnect token.
     pub resumes: AtomicU64,
     /// Reconnect tokens refused (forged, malformed or expired).

@@ -188,6 +188,13 @@ pub enum Command<'a> {
         /// The status.
         status: Cow<'a, str>,
     },
+    /// This user started (or stopped) typing in a subscribed channel.
+    Typing {
+        /// Channel name.
+        channel: Cow<'a, str>,
+        /// Started (true, the default) or stopped.
+        typing: bool,
+    },
     /// Who is on a channel: users, their connections and statuses.
     Presence {
         /// Channel name.
@@ -362,7 +369,7 @@ macro_rules! envelope_fields {
 envelope_fields!(
     id, cmd, token, channel, data, push, result, error, code, message, reason, reconnect, offset,
     epoch, since, limit, reverse, key, meta, device, positions, user, delivered, read, at, delay,
-    schedule, status,
+    schedule, status, typing,
 );
 
 /// A key that is present holds a value, even `null` (plain `Option` would turn a
@@ -653,6 +660,14 @@ pub fn decode_request<'a>(format: Format, bytes: &'a [u8]) -> Result<Request<'a>
                 Command::Status { status: s }
             }
             _ => Command::Invalid("status needs a 'status' string of 1 to 32 bytes"),
+        },
+        Some("typing") => match (str_field(f.channel), f.typing.map(|r| read_bool(format, r))) {
+            (_, Some(None)) => Command::Invalid("'typing' must be a boolean"),
+            (Some(channel), typing) => Command::Typing {
+                channel,
+                typing: typing.flatten().unwrap_or(true),
+            },
+            (None, _) => Command::Invalid("typing needs a 'channel' string"),
         },
         Some("presence") => match str_field(f.channel) {
             Some(channel) => Command::Presence { channel },
@@ -1251,6 +1266,8 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         schedule: Option<u64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         status: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        typing: Option<bool>,
     }
     #[derive(Serialize)]
     #[serde(untagged)]
@@ -1278,6 +1295,7 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         delay: None,
         schedule: None,
         status: None,
+        typing: None,
     };
     let (mut data, mut meta): (Option<&Payload<'_>>, Option<&Payload<'_>>) = (None, None);
     out.cmd = match &req.command {
@@ -1375,6 +1393,11 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         Command::Presence { channel } => {
             out.channel = Some(channel);
             "presence"
+        }
+        Command::Typing { channel, typing } => {
+            out.channel = Some(channel);
+            out.typing = Some(*typing);
+            "typing"
         }
         Command::PresenceCount { channel } => {
             out.channel = Some(channel);
