@@ -665,6 +665,41 @@ fn sessions(c: &mut Criterion) {
     g.finish();
 }
 
+/// Per subscription on a presence channel: the owner's table with 10,000 members —
+/// a member joining and leaving, a status change, and the count members ask for.
+fn presence(c: &mut Criterion) {
+    use switchboard_engine::presence::Presence;
+    let mut g = c.benchmark_group("presence");
+    let mut p = Presence::new();
+    let channel: Arc<str> = "visit:big".into();
+    let online: Arc<str> = "online".into();
+    let away: Arc<str> = "away".into();
+    let users: Vec<Arc<str>> = (0..10_000).map(|i| format!("user-{i}").into()).collect();
+    for (i, u) in users.iter().enumerate() {
+        p.join(&channel, u, &format!("0.{i}.1"), None, &online, 1);
+    }
+    let newcomer: Arc<str> = "newcomer".into();
+    g.bench_function("join_and_leave_in_10k_member_channel", |b| {
+        b.iter(|| {
+            let e = p.join(&channel, &newcomer, "1.1.1", Some("phone"), &online, 2);
+            let l = p.leave("visit:big", &newcomer, "1.1.1", None, 3);
+            black_box((e, l))
+        })
+    });
+    let mut flip = false;
+    g.bench_function("status_change_in_10k_member_channel", |b| {
+        b.iter(|| {
+            flip = !flip;
+            let s = if flip { &away } else { &online };
+            black_box(p.status("visit:big", &users[5000], "0.5000.1", s))
+        })
+    });
+    g.bench_function("count_10k_member_channel", |b| {
+        b.iter(|| black_box(p.count(black_box("visit:big"))))
+    });
+    g.finish();
+}
+
 fn core_tick_of_first_visit() -> u64 {
     50
 }
@@ -672,6 +707,6 @@ fn core_tick_of_first_visit() -> u64 {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = frame_decode, frame_encode, unmask, envelopes, fanout, channel_index, cross_shard, jwt, heartbeat_wheel, outq_write_prep, streams, durability, group_commit, sessions
+    targets = frame_decode, frame_encode, unmask, envelopes, fanout, channel_index, cross_shard, jwt, heartbeat_wheel, outq_write_prep, streams, durability, group_commit, sessions, presence
 }
 criterion_main!(benches);
