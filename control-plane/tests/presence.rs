@@ -283,3 +283,66 @@ async fn presence_events_counts_grace_and_rules() {
     server.shutdown();
     server.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_follow_a_users_own_presence() {
+    let server = start(|c| {
+        presence_config(c);
+        c.engine.user_presence_namespace = "online".into();
+    });
+    let addr = server.ws_addr();
+    let mut friend = connect_device(addr, &token("fay", None), "f", 0).await;
+    subscribe(&mut friend, "online:bob").await;
+    let r = friend
+        .call(json!({"cmd": "presence_count", "channel": "online:bob"}))
+        .await;
+    assert_eq!(r["result"]["users"], json!(0), "bob is offline: {r}");
+
+    let bob = token("bob", None);
+    let mut phone = connect_device(addr, &bob, "phone", 1).await;
+    let e = next_presence_or_publication(&mut friend).await;
+    assert_eq!(
+        (&e["channel"], &e["event"], &e["user"]),
+        (&json!("online:bob"), &json!("join"), &json!("bob")),
+        "{e}"
+    );
+    // Status changes reach contacts though bob subscribed to nothing.
+    phone
+        .call(json!({"cmd": "status", "status": "in_call"}))
+        .await;
+    let e = next_presence_or_publication(&mut friend).await;
+    assert_eq!(
+        (&e["event"], &e["status"]),
+        (&json!("status"), &json!("in_call")),
+        "{e}"
+    );
+    let mut laptop = connect_device(addr, &bob, "laptop", 0).await;
+    let r = friend
+        .call(json!({"cmd": "presence", "channel": "online:bob"}))
+        .await;
+    let m = &r["result"]["members"][0];
+    assert_eq!(
+        (&m["user"], &m["status"]),
+        (&json!("bob"), &json!("in_call")),
+        "{r}"
+    );
+    assert_eq!(m["connections"].as_array().unwrap().len(), 2, "{r}");
+    // Gone: the laptop says goodbye, the phone drops; leave only after the grace period.
+    laptop
+        .ws
+        .write_frame(fastwebsockets::Frame::close(1000, b""))
+        .await
+        .unwrap();
+    drop(phone);
+    let started = std::time::Instant::now();
+    let e = next_presence_or_publication(&mut friend).await;
+    assert_eq!(
+        (&e["event"], &e["user"]),
+        (&json!("leave"), &json!("bob")),
+        "{e}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(400), "{e}");
+    drop((friend, laptop));
+    server.shutdown();
+    server.wait();
+}

@@ -118,6 +118,12 @@ pub struct EngineConfig {
     /// A connection that drops without a goodbye stays present this long, so a
     /// reconnect within it does not flap presence.
     pub presence_grace_ms: u64,
+    /// Namespace of users' own presence (`online` makes `online:<user>`): every
+    /// connection is reported there, so contacts subscribe to `online:<user>` for join,
+    /// leave and status events and ask `presence` for the current state. Empty (the
+    /// default) turns user presence off: it costs a message to another shard per
+    /// connect and close.
+    pub user_presence_namespace: String,
     /// A connection's typing starts reach the channel at most this often.
     pub typing_throttle_ms: u64,
     /// A typing start with no stop (and no new start) for this long is stopped by the
@@ -162,6 +168,7 @@ impl Default for EngineConfig {
             inbox: None,
             personal_namespace: "user".into(),
             presence_grace_ms: 5_000,
+            user_presence_namespace: String::new(),
             typing_throttle_ms: 1_000,
             typing_timeout_ms: 6_000,
         }
@@ -209,6 +216,9 @@ impl EngineConfig {
         self.access()?;
         if self.personal_namespace.contains(':') {
             return Err("engine.personal_namespace must not contain ':'".into());
+        }
+        if self.user_presence_namespace.contains(':') {
+            return Err("engine.user_presence_namespace must not contain ':'".into());
         }
         for ns in &self.namespaces {
             if ns.history_ttl_ms == 0 {

@@ -139,6 +139,9 @@ pub struct Conn {
     status: Option<Arc<str>>,
     /// The channel this connection is typing in, and the tick its start was last sent.
     typing: Option<(Arc<str>, u32)>,
+    /// The channel its user's own presence is reported on (`online:<user>`), when
+    /// user presence is on.
+    presence_self: Option<Arc<str>>,
 }
 
 /// Subscribers waiting until every other shard has learned about new interest.
@@ -405,6 +408,10 @@ impl ShardCore {
                 .iter()
                 .filter(|n| n.presence)
                 .map(|n| (n.name.as_str().into(), n.presence_events))
+                .chain(
+                    (!cfg.user_presence_namespace.is_empty())
+                        .then(|| (cfg.user_presence_namespace.as_str().into(), true)),
+                )
                 .collect(),
             online: Arc::from("online"),
             typing_expiry: VecDeque::new(),
@@ -480,6 +487,7 @@ impl ShardCore {
             token_at: u32::MAX,
             status: None,
             typing: None,
+            presence_self: None,
         }) as u32;
         self.schedule(slot, self.now as u64 + self.ticks.handshake as u64);
         ShardMetrics::add(&self.metrics.accepted, 1);
@@ -917,6 +925,16 @@ impl ShardCore {
                 .or_default()
                 .add(slot);
         }
+        let ns = &self.cfg.user_presence_namespace;
+        if !ns.is_empty() {
+            let channel = format!("{ns}:{}", identity.user);
+            if envelope::valid_channel(&channel) {
+                let channel: Arc<str> = channel.into();
+                self.conns[slot as usize].presence_self = Some(channel.clone());
+                let status = self.online.clone();
+                self.report_presence(slot, &channel, PresenceKind::Join { status });
+            }
+        }
         if self.conns[slot as usize].device.is_some() {
             if let Some(inbox) = self.inbox_of(&identity.user) {
                 self.subscribe(slot, ReplyKind::Inbox, &inbox, None);
@@ -1090,7 +1108,7 @@ impl ShardCore {
             );
         };
         self.conns[slot as usize].subs.push(name.clone());
-        if self.presence_events_of(&name).is_some() {
+        if self.tracks_members(&name) {
             let status = self.conns[slot as usize].status.clone();
             let status = status.unwrap_or_else(|| self.online.clone());
             self.report_presence(slot, &name, PresenceKind::Join { status });
@@ -1313,7 +1331,7 @@ impl ShardCore {
         if change.before != change.after {
             self.announce(&name, change.after, false);
         }
-        if self.presence_events_of(&name).is_some() {
+        if self.tracks_members(&name) {
             self.report_presence(slot, &name, PresenceKind::Leave { linger: false });
         }
         true
@@ -1424,6 +1442,19 @@ impl ShardCore {
         }
         let (ns, _) = channel.split_once(':')?;
         self.presence_ns.get(ns).copied()
+    }
+
+    /// Whether subscribing to `channel` makes a connection present on it (a channel of
+    /// a namespace with presence; not the users' own presence channels, which report
+    /// their user's connections, not their watchers).
+    #[inline]
+    fn tracks_members(&self, channel: &str) -> bool {
+        self.presence_events_of(channel).is_some()
+            && !channel
+                .strip_prefix(self.cfg.user_presence_namespace.as_str())
+                .is_some_and(|rest| {
+                    !self.cfg.user_presence_namespace.is_empty() && rest.starts_with(':')
+                })
     }
 
     /// Tell `channel`'s owner that this connection joined, left or changed status.
@@ -1540,14 +1571,15 @@ impl ShardCore {
         };
         self.conns[slot as usize].status = Some(status.clone());
         if !self.presence_ns.is_empty() {
-            let subs = self.conns[slot as usize].subs.clone();
+            let conn = &self.conns[slot as usize];
+            let mut subs = conn.subs.clone();
+            subs.retain(|c| self.tracks_members(c));
+            subs.extend(conn.presence_self.clone());
             for name in subs {
-                if self.presence_events_of(&name).is_some() {
-                    let kind = PresenceKind::Status {
-                        status: status.clone(),
-                    };
-                    self.report_presence(slot, &name, kind);
-                }
+                let kind = PresenceKind::Status {
+                    status: status.clone(),
+                };
+                self.report_presence(slot, &name, kind);
             }
         }
         self.reply_ok(slot, id);
@@ -2693,12 +2725,13 @@ impl ShardCore {
             self.stop_typing(slot);
         }
         if !self.presence_ns.is_empty() {
-            let subs = self.conns[slot as usize].subs.clone();
+            let conn = &self.conns[slot as usize];
+            let mut subs = conn.subs.clone();
+            subs.retain(|c| self.tracks_members(c));
+            subs.extend(conn.presence_self.clone());
             for name in subs {
-                if self.presence_events_of(&name).is_some() {
-                    let kind = PresenceKind::Leave { linger: !graceful };
-                    self.report_presence(slot, &name, kind);
-                }
+                let kind = PresenceKind::Leave { linger: !graceful };
+                self.report_presence(slot, &name, kind);
             }
         }
         let conn = &mut self.conns[slot as usize];

@@ -168,14 +168,12 @@ impl Presence {
             lingering_until: None,
         });
         c.connections += 1;
-        let previous = entry.status.replace(status.clone());
-        if !was_present {
-            return Some(Event::Join {
-                user: user.clone(),
-                status: status.clone(),
-            });
+        if was_present {
+            // Another device of a user already here keeps the user's status.
+            return None;
         }
-        (previous.as_deref() != Some(&**status)).then(|| Event::Status {
+        entry.status = Some(status.clone());
+        Some(Event::Join {
             user: user.clone(),
             status: status.clone(),
         })
