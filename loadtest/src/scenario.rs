@@ -94,6 +94,12 @@ pub struct Scenario {
     pub storm_p99_ms: f64,
     /// connect-storm: a step fails when more than this fraction of attempts fail.
     pub storm_max_failure_ratio: f64,
+    /// Channels every connection joins besides its own (Switchboard): `lt:x:<n>`, drawn
+    /// so that each has about as many members as each connection has extra channels
+    /// (the memory of connections in many rooms).
+    pub extra_channels: usize,
+    /// `typing` commands per second per room member (rooms, Switchboard).
+    pub typing_rate: f64,
 }
 
 impl Default for Scenario {
@@ -124,6 +130,8 @@ impl Default for Scenario {
             storm_max_rate: 20_000.0,
             storm_p99_ms: 100.0,
             storm_max_failure_ratio: 0.01,
+            extra_channels: 0,
+            typing_rate: 0.0,
         }
     }
 }
@@ -219,6 +227,12 @@ impl Scenario {
         if !(0.0..=1.0).contains(&self.slow_fraction) {
             return fail("slow_fraction must be between 0 and 1");
         }
+        if self.typing_rate < 0.0 || !self.typing_rate.is_finite() {
+            return fail("typing_rate must be a non-negative number");
+        }
+        if self.extra_channels > 200 {
+            return fail("extra_channels must be at most 200");
+        }
         if self.kind == Kind::Rooms && self.room_size == 0 {
             return fail("room_size must be at least 1");
         }
@@ -249,6 +263,15 @@ impl Scenario {
         } else {
             self.total_connections().div_ceil(15_000).max(1)
         }
+    }
+
+    /// The extra channels connection `i` joins (`extra_channels` of them).
+    pub fn extra_channels_of(&self, i: usize) -> Vec<String> {
+        let n = self.connections.max(1);
+        let step = n / self.extra_channels.max(1) + 1;
+        (0..self.extra_channels)
+            .map(|k| format!("lt:x:{}", (i + k * step) % n))
+            .collect()
     }
 
     /// The role of connection `i` (0-based, over all workers).

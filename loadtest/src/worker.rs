@@ -267,6 +267,7 @@ pub async fn open(
     path: &str,
     source: Option<Ipv4Addr>,
     channel: Option<&str>,
+    extras: &[String],
 ) -> Result<Client, (&'static str, String)> {
     let mut client = conn::connect(source, server, host, path, proto.subprotocol())
         .await
@@ -285,6 +286,21 @@ pub async fn open(
                 .await
                 .map_err(|e| ("send", e.to_string()))?;
             wait_for(&mut client, proto, ctx, |m| matches!(m, In::Reply(2))).await?;
+        }
+    }
+    for (k, extra) in extras.iter().enumerate() {
+        let id = 3 + k as u32;
+        if let Some(out) = proto.subscribe(extra, id) {
+            conn::send(&client.write, out)
+                .await
+                .map_err(|e| ("send", e.to_string()))?;
+            wait_for(
+                &mut client,
+                proto,
+                ctx,
+                |m| matches!(m, In::Reply(r) if *r == id),
+            )
+            .await?;
         }
     }
     Ok(client)
@@ -357,6 +373,7 @@ async fn connection(shared: Rc<Shared>, i: usize) {
             &path,
             shared.source(i),
             channel.as_deref(),
+            &s.extra_channels_of(i),
         ),
     )
     .await;
@@ -408,6 +425,17 @@ async fn connection(shared: Rc<Shared>, i: usize) {
                 end,
             ));
         }
+    }
+    if let (Some(room), true) = (&channel, s.typing_rate > 0.0) {
+        tokio::task::spawn_local(typing(
+            shared.clone(),
+            client.write.clone(),
+            i,
+            room.clone(),
+            s.typing_rate,
+            t0,
+            end,
+        ));
     }
     if matches!(role, Role::Slow { .. }) {
         // Never read again: hold the socket until the worker ends.
@@ -502,6 +530,34 @@ async fn publish(
             return;
         }
         shared.rec.borrow_mut().sent(&channel, intended);
+        k += 1;
+    }
+}
+
+/// Send `typing` in `channel` at `rate` per second (replies and pushes are not measured).
+async fn typing(
+    shared: Rc<Shared>,
+    writer: conn::Writer,
+    me: usize,
+    channel: String,
+    rate: f64,
+    t0: u64,
+    end: u64,
+) {
+    let schedule = crate::schedule::Schedule::new(t0, end, rate, me as u64 ^ 0x7e57);
+    let mut k: u64 = 0;
+    while let Some(intended) = schedule.intended(k) {
+        if intended > mono_ns() {
+            tokio::time::sleep_until(instant_at(intended)).await;
+        }
+        // Ids above the publishes' range, so they are never taken for publish replies.
+        let id = 2_000_000 + (k % 1_000_000) as u32;
+        let Some(out) = shared.proto.typing(&channel, id) else {
+            return;
+        };
+        if conn::send(&writer, out).await.is_err() {
+            return;
+        }
         k += 1;
     }
 }

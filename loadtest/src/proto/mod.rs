@@ -81,6 +81,10 @@ pub trait Protocol: Send + Sync {
     fn publish(&self, channel: &str, id: u32, stamp: &str) -> Out;
     /// Interpret an incoming message.
     fn incoming<'a>(&self, ctx: &ConnCtx, text: bool, payload: &'a [u8]) -> In<'a>;
+    /// Say "typing" in `channel` (protocols without typing: `None`).
+    fn typing(&self, _channel: &str, _id: u32) -> Option<Out> {
+        None
+    }
 }
 
 /// The protocol a scenario asks for.

@@ -79,6 +79,16 @@ impl Protocol for Switchboard {
         }))
     }
 
+    fn typing(&self, channel: &str, id: u32) -> Option<Out> {
+        Some(self.out(&Request {
+            id,
+            command: Command::Typing {
+                channel: channel.into(),
+                typing: true,
+            },
+        }))
+    }
+
     fn publish(&self, channel: &str, id: u32, stamp: &str) -> Out {
         let raw = match self.format {
             Format::Json => serde_json::to_vec(stamp).expect("string to JSON"),
