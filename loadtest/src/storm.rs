@@ -100,7 +100,7 @@ pub async fn run_worker(view: &WorkerView, index: usize) -> Vec<StormStep> {
             handles.push(tokio::task::spawn_local(async move {
                 let r = tokio::time::timeout(
                     timeout,
-                    open(&*proto, &ctx, server, &host, &path, source, None, &[]),
+                    open(&*proto, &ctx, server, &host, &path, source, &[]),
                 )
                 .await;
                 let mut t = tally.borrow_mut();

@@ -266,8 +266,7 @@ pub async fn open(
     host: &str,
     path: &str,
     source: Option<Ipv4Addr>,
-    channel: Option<&str>,
-    extras: &[String],
+    channels: &[String],
 ) -> Result<Client, (&'static str, String)> {
     let mut client = conn::connect(source, server, host, path, proto.subprotocol())
         .await
@@ -280,17 +279,10 @@ pub async fn open(
     if proto.needs_opened() {
         wait_for(&mut client, proto, ctx, |m| matches!(m, In::Opened)).await?;
     }
-    if let Some(channel) = channel {
-        if let Some(out) = proto.subscribe(channel, 2) {
-            conn::send(&client.write, out)
-                .await
-                .map_err(|e| ("send", e.to_string()))?;
-            wait_for(&mut client, proto, ctx, |m| matches!(m, In::Reply(2))).await?;
-        }
-    }
-    for (k, extra) in extras.iter().enumerate() {
-        let id = 3 + k as u32;
-        if let Some(out) = proto.subscribe(extra, id) {
+    // In order, one at a time: the connection's own channel (reply id 2), then extras.
+    for (k, channel) in channels.iter().enumerate() {
+        let id = 2 + k as u32;
+        if let Some(out) = proto.subscribe(channel, id) {
             conn::send(&client.write, out)
                 .await
                 .map_err(|e| ("send", e.to_string()))?;
@@ -372,8 +364,11 @@ async fn connection(shared: Rc<Shared>, i: usize) {
             &shared.host,
             &path,
             shared.source(i),
-            channel.as_deref(),
-            &s.extra_channels_of(i),
+            &channel
+                .iter()
+                .cloned()
+                .chain(s.extra_channels_of(i))
+                .collect::<Vec<_>>(),
         ),
     )
     .await;
