@@ -129,12 +129,20 @@ pub struct Conn {
     subs: Vec<Arc<str>>,
     /// Set once authenticated.
     identity: Option<Arc<Identity>>,
+    /// Tick the last reconnect token was issued (`u32::MAX`: none yet).
+    token_at: u32,
+    /// What only some connections use, allocated on first use (keeps a plain
+    /// subscriber small).
+    ext: Option<Box<ConnExt>>,
+}
+
+/// The parts of a connection's state only some connections use.
+#[derive(Debug, Default)]
+struct ConnExt {
     /// Token from `Authorization: Bearer` on the upgrade, used by a token-less `connect`.
     bearer: Option<Box<str>>,
     /// Device id given in `connect` (its inbox cursor).
     device: Option<Box<str>>,
-    /// Tick the last reconnect token was issued (`u32::MAX`: none yet).
-    token_at: u32,
     /// Presence status set with `status` (`None`: online).
     status: Option<Arc<str>>,
     /// The channel this connection is typing in, and the tick its start was last sent.
@@ -142,6 +150,28 @@ pub struct Conn {
     /// The channel its user's own presence is reported on (`online:<user>`), when
     /// user presence is on.
     presence_self: Option<Arc<str>>,
+}
+
+impl Conn {
+    fn ext(&self) -> Option<&ConnExt> {
+        self.ext.as_deref()
+    }
+
+    fn ext_mut(&mut self) -> &mut ConnExt {
+        self.ext.get_or_insert_with(Default::default)
+    }
+
+    fn device(&self) -> Option<&str> {
+        self.ext()?.device.as_deref()
+    }
+
+    fn typing_in(&self) -> Option<&(Arc<str>, u32)> {
+        self.ext()?.typing.as_ref()
+    }
+
+    fn presence_self(&self) -> Option<Arc<str>> {
+        self.ext()?.presence_self.clone()
+    }
 }
 
 /// Subscribers waiting until every other shard has learned about new interest.
@@ -482,12 +512,8 @@ impl ShardCore {
             out: OutQueue::default(),
             subs: Vec::new(),
             identity: None,
-            bearer: None,
-            device: None,
             token_at: u32::MAX,
-            status: None,
-            typing: None,
-            presence_self: None,
+            ext: None,
         }) as u32;
         self.schedule(slot, self.now as u64 + self.ticks.handshake as u64);
         ShardMetrics::add(&self.metrics.accepted, 1);
@@ -627,7 +653,9 @@ impl ShardCore {
         conn.format = up.format;
         conn.state = ConnState::AwaitingConnect;
         conn.since = now;
-        conn.bearer = up.bearer.as_deref().map(Box::from);
+        if let Some(b) = up.bearer.as_deref() {
+            conn.ext_mut().bearer = Some(b.into());
+        }
         conn.out.push_unbounded(Bytes::from(up.response()));
         mark_dirty(conn, slot, &mut self.dirty);
         ShardMetrics::add(&self.metrics.upgraded, 1);
@@ -712,14 +740,14 @@ impl ShardCore {
             } => match state {
                 ConnState::AwaitingConnect => {
                     if let Some(d) = device {
-                        conn.device = Some(d.as_ref().into());
+                        conn.ext_mut().device = Some(d.as_ref().into());
                     }
                     if let Some(rt) = reconnect {
                         return self.resume(slot, id, &rt, &positions);
                     }
                     let token = match token {
                         Some(t) => t.into_owned(),
-                        None => match conn.bearer.take() {
+                        None => match conn.ext.as_mut().and_then(|e| e.bearer.take()) {
                             Some(t) => t.into(),
                             None => {
                                 return self.reply_err(
@@ -866,8 +894,10 @@ impl ShardCore {
         };
         ShardMetrics::add(&self.metrics.resumes, 1);
         let conn = &mut self.conns[slot as usize];
-        if conn.device.is_none() {
-            conn.device = resumed.device.map(Into::into);
+        if conn.device().is_none() {
+            if let Some(d) = resumed.device {
+                conn.ext_mut().device = Some(d.into());
+            }
         }
         // The token's channels (as of its last renewal) and the ones the client names.
         let mut channels = resumed.channels;
@@ -902,7 +932,7 @@ impl ShardCore {
         conn.state = ConnState::Open;
         conn.identity = Some(identity.clone());
         let gen = conn.gen;
-        let device = conn.device.as_deref().map(str::to_string);
+        let device = conn.device().map(str::to_string);
         let token = self.issue_token(slot, channels.iter().map(String::as_str));
         let reply = ConnectResult {
             client: format!("{}.{}.{}", self.id, slot, gen),
@@ -930,12 +960,12 @@ impl ShardCore {
             let channel = format!("{ns}:{}", identity.user);
             if envelope::valid_channel(&channel) {
                 let channel: Arc<str> = channel.into();
-                self.conns[slot as usize].presence_self = Some(channel.clone());
+                self.conns[slot as usize].ext_mut().presence_self = Some(channel.clone());
                 let status = self.online.clone();
                 self.report_presence(slot, &channel, PresenceKind::Join { status });
             }
         }
-        if self.conns[slot as usize].device.is_some() {
+        if self.conns[slot as usize].device().is_some() {
             if let Some(inbox) = self.inbox_of(&identity.user) {
                 self.subscribe(slot, ReplyKind::Inbox, &inbox, None);
             }
@@ -953,7 +983,7 @@ impl ShardCore {
         let identity = conn.identity.as_ref()?;
         conn.token_at = self.now;
         let expires = unix_ms() + self.cfg.reconnect_ttl_ms;
-        Some(sessions.issue(identity, conn.device.as_deref(), channels, expires))
+        Some(sessions.issue(identity, conn.device(), channels, expires))
     }
 
     /// Push a fresh reconnect token naming the connection's current subscriptions
@@ -1109,7 +1139,9 @@ impl ShardCore {
         };
         self.conns[slot as usize].subs.push(name.clone());
         if self.tracks_members(&name) {
-            let status = self.conns[slot as usize].status.clone();
+            let status = self.conns[slot as usize]
+                .ext()
+                .and_then(|e| e.status.clone());
             let status = status.unwrap_or_else(|| self.online.clone());
             self.report_presence(slot, &name, PresenceKind::Join { status });
         }
@@ -1170,7 +1202,7 @@ impl ShardCore {
         kind: QueryKind,
     ) {
         let device = match kind {
-            QueryKind::Inbox => self.conns[slot as usize].device.as_deref().map(Arc::from),
+            QueryKind::Inbox => self.conns[slot as usize].device().map(Arc::from),
             _ => None,
         };
         let q = StreamQuery {
@@ -1467,7 +1499,7 @@ impl ShardCore {
             channel: channel.clone(),
             user: identity.user.clone(),
             client: format!("{}.{}.{}", self.id, slot, conn.gen).into(),
-            device: conn.device.clone(),
+            device: conn.device().map(Box::from),
             kind,
         };
         let owner = streams::owner(channel, self.mesh.shards());
@@ -1569,12 +1601,12 @@ impl ShardCore {
         } else {
             status.into()
         };
-        self.conns[slot as usize].status = Some(status.clone());
+        self.conns[slot as usize].ext_mut().status = Some(status.clone());
         if !self.presence_ns.is_empty() {
             let conn = &self.conns[slot as usize];
             let mut subs = conn.subs.clone();
             subs.retain(|c| self.tracks_members(c));
-            subs.extend(conn.presence_self.clone());
+            subs.extend(conn.presence_self());
             for name in subs {
                 let kind = PresenceKind::Status {
                     status: status.clone(),
@@ -1639,13 +1671,13 @@ impl ShardCore {
             );
         };
         if !typing {
-            if conn.typing.as_ref().is_some_and(|(c, _)| *c == name) {
+            if conn.typing_in().is_some_and(|(c, _)| *c == name) {
                 self.stop_typing(slot);
             }
             return self.reply_ok(slot, id);
         }
         let throttle = ms_to_ticks(self.cfg.typing_throttle_ms, self.cfg.tick_ms);
-        match &conn.typing {
+        match conn.typing_in() {
             Some((c, at)) if *c == name && self.now.wrapping_sub(*at) < throttle => {
                 return self.reply_ok(slot, id);
             }
@@ -1653,7 +1685,7 @@ impl ShardCore {
             _ => {}
         }
         let gen = self.conns[slot as usize].gen;
-        self.conns[slot as usize].typing = Some((name.clone(), self.now));
+        self.conns[slot as usize].ext_mut().typing = Some((name.clone(), self.now));
         let timeout = ms_to_ticks(self.cfg.typing_timeout_ms, self.cfg.tick_ms).max(1);
         self.typing_expiry
             .push_back((self.now.wrapping_add(timeout), slot, gen));
@@ -1663,7 +1695,11 @@ impl ShardCore {
 
     /// Stop the connection's typing and tell the channel.
     fn stop_typing(&mut self, slot: u32) {
-        if let Some((channel, _)) = self.conns[slot as usize].typing.take() {
+        let typing = self.conns[slot as usize]
+            .ext
+            .as_mut()
+            .and_then(|e| e.typing.take());
+        if let Some((channel, _)) = typing {
             self.push_typing(slot, &channel, false);
         }
     }
@@ -1678,8 +1714,7 @@ impl ShardCore {
             self.typing_expiry.pop_front();
             let expired = self.conns.get(slot as usize).is_some_and(|c| {
                 c.gen == gen
-                    && c.typing
-                        .as_ref()
+                    && c.typing_in()
                         .is_some_and(|(_, at)| self.now.wrapping_sub(*at) >= timeout)
             });
             if expired {
@@ -1781,7 +1816,7 @@ impl ShardCore {
     /// `ack`: this device has processed its inbox up to `offset`.
     fn ack_inbox(&mut self, slot: u32, id: u32, offset: u64) {
         let conn = &self.conns[slot as usize];
-        let Some(device) = conn.device.clone() else {
+        let Some(device) = conn.device().map(Box::from) else {
             return self.reply_err(
                 slot,
                 id,
@@ -2721,14 +2756,14 @@ impl ShardCore {
     /// Take a closing connection off everything. `graceful`: the client said goodbye
     /// (a close frame); otherwise its presence lingers for the grace period.
     fn detach(&mut self, slot: u32, graceful: bool) {
-        if self.conns[slot as usize].typing.is_some() {
+        if self.conns[slot as usize].typing_in().is_some() {
             self.stop_typing(slot);
         }
         if !self.presence_ns.is_empty() {
             let conn = &self.conns[slot as usize];
             let mut subs = conn.subs.clone();
             subs.retain(|c| self.tracks_members(c));
-            subs.extend(conn.presence_self.clone());
+            subs.extend(conn.presence_self());
             for name in subs {
                 let kind = PresenceKind::Leave { linger: !graceful };
                 self.report_presence(slot, &name, kind);
