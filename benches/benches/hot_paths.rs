@@ -668,7 +668,12 @@ fn sessions(c: &mut Criterion) {
 /// Per subscription on a presence channel: the owner's table with 10,000 members —
 /// a member joining and leaving, a status change, and the count members ask for.
 fn presence(c: &mut Criterion) {
-    use switchboard_engine::presence::Presence;
+    use switchboard_engine::presence::{ClientId, Presence};
+    let cid = |shard: u16, slot: u32| ClientId {
+        shard,
+        slot,
+        gen: 1,
+    };
     let mut g = c.benchmark_group("presence");
     let mut p = Presence::new();
     let channel: Arc<str> = "visit:big".into();
@@ -676,13 +681,18 @@ fn presence(c: &mut Criterion) {
     let away: Arc<str> = "away".into();
     let users: Vec<Arc<str>> = (0..10_000).map(|i| format!("user-{i}").into()).collect();
     for (i, u) in users.iter().enumerate() {
-        p.join(&channel, u, &format!("0.{i}.1"), None, &online, 1);
+        let id = ClientId {
+            shard: 0,
+            slot: i as u32,
+            gen: 1,
+        };
+        p.join(&channel, u, id, None, &online, 1);
     }
     let newcomer: Arc<str> = "newcomer".into();
     g.bench_function("join_and_leave_in_10k_member_channel", |b| {
         b.iter(|| {
-            let e = p.join(&channel, &newcomer, "1.1.1", Some("phone"), &online, 2);
-            let l = p.leave("visit:big", &newcomer, "1.1.1", None, 3);
+            let e = p.join(&channel, &newcomer, cid(1, 1), Some("phone"), &online, 2);
+            let l = p.leave("visit:big", &newcomer, cid(1, 1), None, 3);
             black_box((e, l))
         })
     });
@@ -691,7 +701,7 @@ fn presence(c: &mut Criterion) {
         b.iter(|| {
             flip = !flip;
             let s = if flip { &away } else { &online };
-            black_box(p.status("visit:big", &users[5000], "0.5000.1", s))
+            black_box(p.status("visit:big", &users[5000], cid(0, 5000), s))
         })
     });
     g.bench_function("count_10k_member_channel", |b| {

@@ -1498,7 +1498,11 @@ impl ShardCore {
         let update = PresenceUpdate {
             channel: channel.clone(),
             user: identity.user.clone(),
-            client: format!("{}.{}.{}", self.id, slot, conn.gen).into(),
+            client: crate::presence::ClientId {
+                shard: self.id,
+                slot,
+                gen: conn.gen,
+            },
             device: conn.device().map(Box::from),
             kind,
         };
@@ -1517,7 +1521,7 @@ impl ShardCore {
             PresenceKind::Join { status } => self.presence.join(
                 &u.channel,
                 &u.user,
-                &u.client,
+                u.client,
                 u.device.as_deref(),
                 &status,
                 now_ms,
@@ -1526,11 +1530,11 @@ impl ShardCore {
                 let grace = ms_to_ticks(self.cfg.presence_grace_ms, self.cfg.tick_ms);
                 let until = linger.then(|| self.now.wrapping_add(grace.max(1)));
                 self.presence
-                    .leave(&u.channel, &u.user, &u.client, until, now_ms)
+                    .leave(&u.channel, &u.user, u.client, until, now_ms)
             }
-            PresenceKind::Status { status } => self
-                .presence
-                .status(&u.channel, &u.user, &u.client, &status),
+            PresenceKind::Status { status } => {
+                self.presence.status(&u.channel, &u.user, u.client, &status)
+            }
         };
         if let Some(e) = event {
             self.push_presence(&u.channel, &e);

@@ -293,8 +293,8 @@ pub struct PresenceUpdate {
     pub channel: Arc<str>,
     /// The connection's user.
     pub user: Arc<str>,
-    /// The connection's id (`shard.slot.generation`).
-    pub client: Box<str>,
+    /// The connection.
+    pub client: crate::presence::ClientId,
     /// Its device id.
     pub device: Option<Box<str>>,
     /// What happened.

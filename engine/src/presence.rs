@@ -2,8 +2,8 @@
 //!
 //! Owns, for each channel of a namespace with `presence = true`, one entry per
 //! connection grouped by user (a user may be on several devices), each with a status
-//! (`online` unless the client set another), the user's status (the last one set by
-//! any of its connections), when each joined, and when each user was last seen. Shards
+//! (`online` unless the client set another), the user's status (the one it arrived
+//! with, then the last one set by any of its connections), when each joined, and when each user was last seen. Shards
 //! report their connections joining, leaving and changing status to the channel's owner,
 //! which applies them here and gets back the events to push to the channel's members:
 //! `join` when a user's first connection arrives, `leave` when its last one is gone,
@@ -21,6 +21,23 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use serde::Serialize;
+
+/// A connection, as `connect` names it to its client (`shard.slot.generation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientId {
+    /// Its shard.
+    pub shard: u16,
+    /// Its slot there.
+    pub slot: u32,
+    /// The slot's generation.
+    pub gen: u32,
+}
+
+impl std::fmt::Display for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.shard, self.slot, self.gen)
+    }
+}
 
 /// One connection on a channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -95,7 +112,7 @@ pub enum Event {
 
 #[derive(Debug)]
 struct Member {
-    client: Box<str>,
+    client: ClientId,
     device: Option<Box<str>>,
     status: Arc<str>,
     since_ms: u64,
@@ -130,7 +147,7 @@ pub struct Presence {
 }
 
 /// A lingering member: its deadline (tick), channel, user and connection id.
-type Lingering = (u32, Arc<str>, Arc<str>, Box<str>);
+type Lingering = (u32, Arc<str>, Arc<str>, ClientId);
 
 impl Presence {
     /// No one anywhere.
@@ -146,7 +163,7 @@ impl Presence {
         &mut self,
         channel: &Arc<str>,
         user: &Arc<str>,
-        client: &str,
+        client: ClientId,
         device: Option<&str>,
         status: &Arc<str>,
         now_ms: u64,
@@ -160,8 +177,10 @@ impl Presence {
             entry.members.swap_remove(i);
             c.connections -= 1;
         }
+        // Most users are on a channel once: room for exactly one member at first.
+        entry.members.reserve_exact(1);
         entry.members.push(Member {
-            client: client.into(),
+            client,
             device: device.map(Into::into),
             status: status.clone(),
             since_ms: now_ms,
@@ -185,18 +204,18 @@ impl Presence {
         &mut self,
         channel: &str,
         user: &Arc<str>,
-        client: &str,
+        client: ClientId,
         linger_until: Option<u32>,
         now_ms: u64,
     ) -> Option<Event> {
         let c = self.channels.get_mut(channel)?;
         let entry = c.users.get_mut(user)?;
-        let i = entry.members.iter().position(|m| &*m.client == client)?;
+        let i = entry.members.iter().position(|m| m.client == client)?;
         if let Some(deadline) = linger_until {
             entry.members[i].lingering_until = Some(deadline);
             let channel = self.channels.get_key_value(channel)?.0.clone();
             self.lingering
-                .push_back((deadline, channel, user.clone(), client.into()));
+                .push_back((deadline, channel, user.clone(), client));
             return None;
         }
         entry.members.swap_remove(i);
@@ -229,11 +248,11 @@ impl Presence {
         &mut self,
         channel: &str,
         user: &Arc<str>,
-        client: &str,
+        client: ClientId,
         status: &Arc<str>,
     ) -> Option<Event> {
         let entry = self.channels.get_mut(channel)?.users.get_mut(user)?;
-        let m = entry.members.iter_mut().find(|m| &*m.client == client)?;
+        let m = entry.members.iter_mut().find(|m| m.client == client)?;
         m.status = status.clone();
         let previous = entry.status.replace(status.clone());
         (previous.as_deref() != Some(&**status)).then(|| Event::Status {
@@ -338,27 +357,35 @@ mod tests {
         s.into()
     }
 
+    fn cid(shard: u16, slot: u32, gen: u32) -> ClientId {
+        ClientId { shard, slot, gen }
+    }
+
     #[test]
     fn users_join_once_and_leave_with_their_last_connection() {
         let mut p = Presence::new();
         let (ch, bob, online, away) = (a("room:1"), a("bob"), a("online"), a("away"));
         assert!(matches!(
-            p.join(&ch, &bob, "0.1.1", Some("phone"), &online, 10),
+            p.join(&ch, &bob, cid(0, 1, 1), Some("phone"), &online, 10),
             Some(Event::Join { .. })
         ));
         assert_eq!(
-            p.join(&ch, &bob, "1.4.1", Some("laptop"), &online, 11),
+            p.join(&ch, &bob, cid(1, 4, 1), Some("laptop"), &online, 11),
             None
         );
         assert_eq!(p.count("room:1"), (1, 2));
         assert!(matches!(
-            p.status("room:1", &bob, "1.4.1", &away),
+            p.status("room:1", &bob, cid(1, 4, 1), &away),
             Some(Event::Status { .. })
         ));
-        assert_eq!(p.status("room:1", &bob, "0.1.1", &away), None, "unchanged");
-        assert_eq!(p.leave("room:1", &bob, "0.1.1", None, 20), None);
+        assert_eq!(
+            p.status("room:1", &bob, cid(0, 1, 1), &away),
+            None,
+            "unchanged"
+        );
+        assert_eq!(p.leave("room:1", &bob, cid(0, 1, 1), None, 20), None);
         assert!(matches!(
-            p.leave("room:1", &bob, "1.4.1", None, 21),
+            p.leave("room:1", &bob, cid(1, 4, 1), None, 21),
             Some(Event::Leave { at_ms: 21, .. })
         ));
         let l = p.list("room:1", true);
@@ -370,19 +397,22 @@ mod tests {
     fn a_dropped_connection_lingers_and_a_return_is_silent() {
         let mut p = Presence::new();
         let (ch, bob, online) = (a("room:1"), a("bob"), a("online"));
-        p.join(&ch, &bob, "0.1.1", Some("phone"), &online, 10);
-        assert_eq!(p.leave("room:1", &bob, "0.1.1", Some(50), 20), None);
+        p.join(&ch, &bob, cid(0, 1, 1), Some("phone"), &online, 10);
+        assert_eq!(p.leave("room:1", &bob, cid(0, 1, 1), Some(50), 20), None);
         assert_eq!(p.count("room:1"), (1, 1), "still present while lingering");
         assert!(p.list("room:1", true).members.unwrap()[0].connections[0].lingering);
         // Back on the same device within the grace period: no event at all.
-        assert_eq!(p.join(&ch, &bob, "1.2.1", Some("phone"), &online, 30), None);
+        assert_eq!(
+            p.join(&ch, &bob, cid(1, 2, 1), Some("phone"), &online, 30),
+            None
+        );
         assert!(
             p.expire(60, 60).is_empty(),
             "the replaced one does not expire"
         );
         assert_eq!(p.count("room:1"), (1, 1));
         // Dropped again and not back: gone after the grace period.
-        p.leave("room:1", &bob, "1.2.1", Some(100), 90);
+        p.leave("room:1", &bob, cid(1, 2, 1), Some(100), 90);
         assert!(p.expire(99, 99).is_empty());
         let gone = p.expire(100, 100);
         assert_eq!(gone.len(), 1);
