@@ -530,6 +530,38 @@ async fn send(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) 
     counted(&s, result, sent)
 }
 
+/// Wait for what a channel's owner shard answers, or the HTTP error for why there is
+/// no answer (invalid channel, full inbox, no answer within 5 s).
+async fn owner_reply<T>(
+    asked: Result<tokio::sync::oneshot::Receiver<T>, PublishError>,
+) -> Result<T, Response> {
+    let ticket = match asked {
+        Ok(t) => t,
+        Err(PublishError::InvalidChannel) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_channel",
+                "invalid channel name",
+            ))
+        }
+        Err(e) => {
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                &e.to_string(),
+            ))
+        }
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), ticket).await {
+        Ok(Ok(v)) => Ok(v),
+        _ => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the channel's shard did not answer",
+        )),
+    }
+}
+
 /// Query of `GET /api/receipts`.
 #[derive(Deserialize)]
 struct ChannelQuery {
@@ -552,30 +584,9 @@ async fn receipts(
             "expected ?channel=NAME",
         );
     };
-    let ticket = match s.engine.receipts(&q.channel) {
-        Ok(t) => t,
-        Err(PublishError::InvalidChannel) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_channel",
-                "invalid channel name",
-            )
-        }
-        Err(e) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                &e.to_string(),
-            )
-        }
-    };
-    match tokio::time::timeout(std::time::Duration::from_secs(5), ticket).await {
-        Ok(Ok(list)) => Json(list).into_response(),
-        _ => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "the channel's shard did not answer",
-        ),
+    match owner_reply(s.engine.receipts(&q.channel)).await {
+        Ok(list) => Json(list).into_response(),
+        Err(r) => r,
     }
 }
 
@@ -607,30 +618,9 @@ async fn presence(
             "expected ?channel=NAME[&members=false]",
         );
     };
-    let ticket = match s.engine.presence(&q.channel, q.members) {
-        Ok(t) => t,
-        Err(PublishError::InvalidChannel) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_channel",
-                "invalid channel name",
-            )
-        }
-        Err(e) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                &e.to_string(),
-            )
-        }
-    };
-    match tokio::time::timeout(std::time::Duration::from_secs(5), ticket).await {
-        Ok(Ok(list)) => Json(list).into_response(),
-        _ => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "the channel's shard did not answer",
-        ),
+    match owner_reply(s.engine.presence(&q.channel, q.members)).await {
+        Ok(list) => Json(list).into_response(),
+        Err(r) => r,
     }
 }
 

@@ -259,22 +259,11 @@ impl Access {
             return Verdict::NoRules;
         };
         let rules = match action {
-            Action::Subscribe => &c.subscribe,
-            Action::Publish => &c.publish,
-            Action::History => {
-                if c.history.is_some() {
-                    &c.history
-                } else {
-                    &c.subscribe
-                }
-            }
-            Action::Presence => {
-                if c.presence.is_some() {
-                    &c.presence
-                } else {
-                    &c.subscribe
-                }
-            }
+            Action::Subscribe => c.subscribe.as_ref(),
+            Action::Publish => c.publish.as_ref(),
+            // Without their own rules, reading history and presence follows subscribe.
+            Action::History => c.history.as_ref().or(c.subscribe.as_ref()),
+            Action::Presence => c.presence.as_ref().or(c.subscribe.as_ref()),
         };
         match rules {
             None => Verdict::NoRules,

@@ -1587,12 +1587,7 @@ impl ShardCore {
                 last_seen: None,
             },
         };
-        let mut frames = [None, None];
-        for f in Format::ALL {
-            if needed & (1 << f.index()) != 0 {
-                frames[f.index()] = Some(envelope::encode_push(f, &push));
-            }
-        }
+        let frames = push_frames(needed, &push);
         let name = self.audience_name(channel);
         let position = self.streams.current(channel).unwrap_or_default();
         self.fan_out(name, position, frames, Instant::now(), local, remote);
@@ -1752,12 +1747,7 @@ impl ShardCore {
             user: &user,
             typing,
         };
-        let mut frames = [None, None];
-        for f in Format::ALL {
-            if needed & (1 << f.index()) != 0 {
-                frames[f.index()] = Some(envelope::encode_push(f, &push));
-            }
-        }
+        let frames = push_frames(needed, &push);
         let publication = Arc::new(Publication {
             channel: channel.clone(),
             position: Position::default(),
@@ -1993,12 +1983,7 @@ impl ShardCore {
             read: r.read,
             at: r.at_ms,
         };
-        let mut frames = [None, None];
-        for f in Format::ALL {
-            if needed & (1 << f.index()) != 0 {
-                frames[f.index()] = Some(envelope::encode_push(f, &push));
-            }
-        }
+        let frames = push_frames(needed, &push);
         let name = self.audience_name(channel);
         self.fan_out(name, position, frames, Instant::now(), local, remote);
     }
@@ -3266,6 +3251,17 @@ impl ShardCore {
     pub fn subscribe_for_test(&mut self, key: ConnKey, channel: &str) {
         self.subscribe(key.slot, ReplyKind::Command(0), channel, None);
     }
+}
+
+/// A push encoded once for each format in `needed` (a bit per `Format::index()`).
+fn push_frames<T: serde::Serialize>(needed: u8, push: &T) -> [Option<Bytes>; 2] {
+    let mut frames = [None, None];
+    for f in Format::ALL {
+        if needed & (1 << f.index()) != 0 {
+            frames[f.index()] = Some(envelope::encode_push(f, push));
+        }
+    }
+    frames
 }
 
 /// What a subscription asks its channel's owner.

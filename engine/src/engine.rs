@@ -370,6 +370,26 @@ impl EngineHandle {
         Ok(answers)
     }
 
+    /// Send `channel`'s owner shard the question `make` builds; the receiver yields
+    /// its answer.
+    fn ask_owner<T>(
+        &self,
+        channel: &str,
+        make: impl FnOnce(Arc<str>, crate::mesh::Answer<T>) -> ShardMsg,
+    ) -> Result<tokio::sync::oneshot::Receiver<T>, PublishError> {
+        if !envelope::valid_channel(channel) {
+            return Err(PublishError::InvalidChannel);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let owner = streams::owner(channel, self.shards());
+        let msg = make(channel.into(), crate::mesh::Answer::Api(tx));
+        self.mesh
+            .inbox(owner as usize)
+            .push(msg)
+            .map_err(|_| PublishError::Overloaded)?;
+        Ok(rx)
+    }
+
     /// Who is on `channel` (server API), from its owner shard; `members` false: the
     /// counts only.
     pub fn presence(
@@ -377,21 +397,11 @@ impl EngineHandle {
         channel: &str,
         members: bool,
     ) -> Result<tokio::sync::oneshot::Receiver<crate::presence::PresenceList>, PublishError> {
-        if !envelope::valid_channel(channel) {
-            return Err(PublishError::InvalidChannel);
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let owner = streams::owner(channel, self.shards());
-        let msg = ShardMsg::PresenceQuery {
-            channel: channel.into(),
+        self.ask_owner(channel, |channel, answer| ShardMsg::PresenceQuery {
+            channel,
             members,
-            answer: crate::mesh::Answer::Api(tx),
-        };
-        self.mesh
-            .inbox(owner as usize)
-            .push(msg)
-            .map_err(|_| PublishError::Overloaded)?;
-        Ok(rx)
+            answer,
+        })
     }
 
     /// The inbox channel of `user`, if direct messages are on (and the name is valid).
@@ -406,20 +416,10 @@ impl EngineHandle {
         &self,
         channel: &str,
     ) -> Result<tokio::sync::oneshot::Receiver<crate::marks::ReceiptList>, PublishError> {
-        if !envelope::valid_channel(channel) {
-            return Err(PublishError::InvalidChannel);
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let owner = streams::owner(channel, self.shards());
-        let msg = ShardMsg::Receipts {
-            channel: channel.into(),
-            answer: crate::mesh::Answer::Api(tx),
-        };
-        self.mesh
-            .inbox(owner as usize)
-            .push(msg)
-            .map_err(|_| PublishError::Overloaded)?;
-        Ok(rx)
+        self.ask_owner(channel, |channel, answer| ShardMsg::Receipts {
+            channel,
+            answer,
+        })
     }
 
     /// Ask every shard to shut down gracefully (close 1001, drain, stop).
