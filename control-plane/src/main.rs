@@ -210,7 +210,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         );
         println!("         secret and API key. Tokens die with the process. Not for production:");
         println!("         set auth.hmac_secret (or a key file) and admin.api_key.");
-        println!("  Token (sub=dev, all channels, 24h):");
+        println!("  Token (sub=dev, all channels, direct messages to anyone, scheduling, 24h):");
         println!("    {}", dev.token);
         println!("  Mint more:");
         println!(
