@@ -8,6 +8,9 @@
 #                settings, back to back (docs/BENCHMARKS.md "io_uring vs epoll")
 #   durability   fanout (100k and 1M deliveries/s) and acks with the lt namespace at
 #                none, async and sync (docs/BENCHMARKS.md "What durability costs")
+#   features     rooms plain / with presence / with presence and typing, idle with 20
+#                channels per connection with and without presence (docs/BENCHMARKS.md
+#                "What presence and typing cost")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-docs/benchmarks}
@@ -42,6 +45,15 @@ start_switchboard() { # shards [io backend: auto|uring|epoll] [durability: none|
   SWITCHBOARD_AUTH__HMAC_SECRET=$SECRET SWITCHBOARD_LOG__LEVEL=warn \
     target/release/switchboard serve --shards "$1" --io "${2:-epoll}" \
       --config "loadtest/configs/durability-${3:-none}.toml" >"$OUT/switchboard-server.log" 2>&1 &
+  SERVER_PID=$!
+  wait_port 7400
+}
+
+start_switchboard_with() { # config file under loadtest/configs (without .toml)
+  SWITCHBOARD_STORE__PATH="$(mktemp -d)/switchboard.db" \
+  SWITCHBOARD_AUTH__HMAC_SECRET=$SECRET SWITCHBOARD_LOG__LEVEL=warn \
+    target/release/switchboard serve --shards 0 --io epoll \
+      --config "loadtest/configs/$1.toml" >"$OUT/switchboard-server.log" 2>&1 &
   SERVER_PID=$!
   wait_port 7400
 }
@@ -103,6 +115,14 @@ if has durability; then
     start_switchboard 0 epoll $d; run "durability-$d-fanout-1m" fanout --set rate=100 --set workers=2; stop
     start_switchboard 0 epoll $d; run "durability-$d-acks" acks; stop
   done
+fi
+if has features; then
+  start_switchboard_with durability-none; run features-rooms rooms; stop
+  start_switchboard_with presence; run features-rooms-presence rooms; stop
+  start_switchboard_with presence; run features-rooms-presence-typing rooms --set typing_rate=0.2; stop
+  start_switchboard_with durability-none; run features-idle-20ch idle --set extra_channels=20; stop
+  start_switchboard_with presence; run features-idle-20ch-presence idle --set extra_channels=20; stop
+  start_switchboard_with presence-quiet; run features-idle-20ch-presence-quiet idle --set extra_channels=20; stop
 fi
 for srv in bun socketio ws; do
   has "$srv" || continue
