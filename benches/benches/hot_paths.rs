@@ -710,6 +710,67 @@ fn presence(c: &mut Criterion) {
     g.finish();
 }
 
+/// Per command (every publish and subscribe): the namespace's access rules.
+fn access(c: &mut Criterion) {
+    use switchboard_engine::access::{Access, Action, NamespaceRules, RuleConfig};
+    use switchboard_engine::Identity;
+    let mut g = c.benchmark_group("access");
+    let rule = |channel: Option<&str>, claims: &[(&str, &[&str])]| RuleConfig {
+        channel: channel.map(str::to_string),
+        claims: claims
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+            .collect(),
+    };
+    let case = NamespaceRules {
+        publish: Some(vec![
+            rule(Some("case:{team}:*"), &[("role", &["provider", "admin"])]),
+            rule(None, &[("role", &["admin"])]),
+        ]),
+        ..Default::default()
+    };
+    let a = Access::new([("case", &case)]).unwrap();
+    let identity = Identity {
+        user: "d1".into(),
+        channels: None,
+        expires_at: None,
+        send_to: None,
+        schedule: false,
+        claims: vec![
+            ("team".into(), vec!["t1".into(), "t2".into(), "t3".into()]),
+            ("role".into(), vec!["provider".into()]),
+        ],
+    };
+    g.bench_function("publish_rule_with_template_allowed", |b| {
+        b.iter(|| {
+            a.check(
+                black_box(&identity),
+                black_box("case:t3:visit-42"),
+                Action::Publish,
+            )
+        })
+    });
+    g.bench_function("publish_rule_with_template_denied", |b| {
+        b.iter(|| {
+            a.check(
+                black_box(&identity),
+                black_box("case:t9:visit-42"),
+                Action::Publish,
+            )
+        })
+    });
+    g.bench_function("namespace_without_rules", |b| {
+        b.iter(|| {
+            a.check(
+                black_box(&identity),
+                black_box("room:lobby"),
+                Action::Publish,
+            )
+        })
+    });
+    g.finish();
+}
+
 fn core_tick_of_first_visit() -> u64 {
     50
 }
@@ -717,6 +778,6 @@ fn core_tick_of_first_visit() -> u64 {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = frame_decode, frame_encode, unmask, envelopes, fanout, channel_index, cross_shard, jwt, heartbeat_wheel, outq_write_prep, streams, durability, group_commit, sessions, presence
+    targets = frame_decode, frame_encode, unmask, envelopes, fanout, channel_index, cross_shard, jwt, heartbeat_wheel, outq_write_prep, streams, durability, group_commit, sessions, presence, access
 }
 criterion_main!(benches);
