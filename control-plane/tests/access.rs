@@ -168,28 +168,16 @@ async fn namespace_rules_decide_subscribe_publish_and_history() {
     server.wait();
 }
 
-async fn api(admin: std::net::SocketAddr, path: &str, body: &Value, key: bool) -> (u16, Value) {
-    let auth = format!("Bearer {API_KEY}");
-    let headers: Vec<(&str, &str)> = if key {
-        vec![("Authorization", &auth)]
-    } else {
-        Vec::new()
-    };
-    let (status, text) = http(admin, "POST", path, &headers, &body.to_string()).await;
+/// A POST to the server API, with the key or without.
+async fn post(admin: std::net::SocketAddr, path: &str, body: &Value, key: bool) -> (u16, Value) {
+    if key {
+        return api(admin, "POST", path, body).await;
+    }
+    let (status, text) = http(admin, "POST", path, &[], &body.to_string()).await;
     (
         status,
         serde_json::from_str(&text).unwrap_or(json!({"raw": text})),
     )
-}
-
-async fn next_push(c: &mut Client, name: &str) -> Value {
-    loop {
-        match c.next_event().await {
-            Event::Msg(m) if m.get("push") == Some(&json!(name)) => return m,
-            Event::Msg(_) => continue,
-            e => panic!("expected a {name} push, got {e:?}"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,7 +193,7 @@ async fn personal_channel_and_server_side_subscriptions() {
     let mut alice = Client::connect(addr, Fmt::Json, &token("alice", None)).await;
 
     // The personal channel: every connection of the user has joined it.
-    let (status, body) = api(
+    let (status, body) = post(
         admin,
         "/api/publish",
         &json!({"channel": "user:bob", "data": "ping"}),
@@ -235,7 +223,7 @@ async fn personal_channel_and_server_side_subscriptions() {
     assert_eq!(code(&r), json!(106), "joined already: {r}");
     // A third connection of bob on a shard that already has one: all three get it.
     bobs.push(client_on_shard(addr, Fmt::Json, &bob_tok, 0).await);
-    api(
+    post(
         admin,
         "/api/publish",
         &json!({"channel": "user:bob", "data": "pong"}),
@@ -259,7 +247,7 @@ async fn personal_channel_and_server_side_subscriptions() {
         .call(json!({"cmd": "subscribe", "channel": "visit:42"}))
         .await;
     assert_eq!(code(&r), json!(103), "{r}");
-    let (status, body) = api(
+    let (status, body) = post(
         admin,
         "/api/users/bob/subscribe",
         &json!({"channel": "visit:42"}),
@@ -268,14 +256,14 @@ async fn personal_channel_and_server_side_subscriptions() {
     .await;
     assert_eq!((status, &body["connections"]), (200, &json!(2)), "{body}");
     for b in bobs.iter_mut() {
-        let p = next_push(b, "subscribed").await;
+        let p = b.next_push(&["subscribed"]).await;
         assert_eq!(
             (&p["channel"], &p["offset"]),
             (&json!("visit:42"), &json!(0)),
             "{p}"
         );
     }
-    let (status, body) = api(
+    let (status, body) = post(
         admin,
         "/api/users/bob/subscribe",
         &json!({"channel": "visit:42"}),
@@ -287,7 +275,7 @@ async fn personal_channel_and_server_side_subscriptions() {
         (200, &json!(0)),
         "already in: {body}"
     );
-    api(
+    post(
         admin,
         "/api/publish",
         &json!({"channel": "visit:42", "data": "doctor joined"}),
@@ -304,7 +292,7 @@ async fn personal_channel_and_server_side_subscriptions() {
     }
 
     // And takes him out: told with a push, nothing more arrives from the room.
-    let (status, body) = api(
+    let (status, body) = post(
         admin,
         "/api/users/bob/unsubscribe",
         &json!({"channel": "visit:42"}),
@@ -313,17 +301,17 @@ async fn personal_channel_and_server_side_subscriptions() {
     .await;
     assert_eq!((status, &body["connections"]), (200, &json!(2)), "{body}");
     for b in bobs.iter_mut() {
-        let p = next_push(b, "unsubscribed").await;
+        let p = b.next_push(&["unsubscribed"]).await;
         assert_eq!(p["channel"], json!("visit:42"), "{p}");
     }
-    api(
+    post(
         admin,
         "/api/publish",
         &json!({"channel": "visit:42", "data": "after"}),
         true,
     )
     .await;
-    api(
+    post(
         admin,
         "/api/publish",
         &json!({"channel": "user:bob", "data": "marker"}),
@@ -340,7 +328,7 @@ async fn personal_channel_and_server_side_subscriptions() {
     }
 
     // Refusals.
-    let (status, body) = api(
+    let (status, body) = post(
         admin,
         "/api/users/bob/subscribe",
         &json!({"channel": "bad name"}),
@@ -352,7 +340,7 @@ async fn personal_channel_and_server_side_subscriptions() {
         (400, &json!("invalid_channel")),
         "{body}"
     );
-    let (status, _) = api(
+    let (status, _) = post(
         admin,
         "/api/users/bob/subscribe",
         &json!({"chan": "x"}),
@@ -360,7 +348,7 @@ async fn personal_channel_and_server_side_subscriptions() {
     )
     .await;
     assert_eq!(status, 400);
-    let (status, _) = api(
+    let (status, _) = post(
         admin,
         "/api/users/bob/subscribe",
         &json!({"channel": "x:1"}),
@@ -368,7 +356,7 @@ async fn personal_channel_and_server_side_subscriptions() {
     )
     .await;
     assert_eq!(status, 401);
-    let (status, body) = api(
+    let (status, body) = post(
         admin,
         "/api/users/nobody/subscribe",
         &json!({"channel": "x:1"}),

@@ -56,18 +56,7 @@ async fn connect_device(addr: std::net::SocketAddr, tok: &str, device: &str, sha
 
 /// The next presence push, or the next publication (a marker) if none comes first.
 async fn next_presence_or_publication(c: &mut Client) -> Value {
-    loop {
-        match c.next_event().await {
-            Event::Msg(m)
-                if m.get("push") == Some(&json!("presence"))
-                    || m.get("push") == Some(&json!("publication")) =>
-            {
-                return m
-            }
-            Event::Msg(_) => continue,
-            e => panic!("expected a push, got {e:?}"),
-        }
-    }
+    c.next_push(&["presence", "publication"]).await
 }
 
 async fn subscribe(c: &mut Client, channel: &str) {

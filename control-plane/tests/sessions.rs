@@ -11,21 +11,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::*;
 use serde_json::{json, Value};
 use switchboard_control_plane::config::NamespaceConfig;
-use switchboard_control_plane::{auth, Config};
+use switchboard_control_plane::Config;
 use switchboard_engine::Durability;
 
 /// A token for `sub` that may send direct messages to `send_to` and schedule.
 fn rich_token(sub: &str, send_to: Option<&[&str]>, schedule: bool) -> String {
-    auth::mint_with(
-        SECRET,
-        sub,
-        Duration::from_secs(600),
-        &Default::default(),
-        |c| {
-            c.send_to = send_to.map(|s| s.iter().map(|u| u.to_string()).collect());
-            c.schedule = Some(schedule);
-        },
-    )
+    token_with(sub, |c| {
+        c.send_to = send_to.map(|s| s.iter().map(|u| u.to_string()).collect());
+        c.schedule = Some(schedule);
+    })
 }
 
 fn ledger(c: &mut Config) {
@@ -54,17 +48,6 @@ async fn connect_with(addr: std::net::SocketAddr, cmd: Value) -> (Client, Value)
     (c, r)
 }
 
-/// The next push named `name` (other messages are dropped).
-async fn next_push(c: &mut Client, name: &str) -> Value {
-    loop {
-        match c.next_event().await {
-            Event::Msg(m) if m.get("push") == Some(&json!(name)) => return m,
-            Event::Msg(_) => continue,
-            e => panic!("expected a {name} push, got {e:?}"),
-        }
-    }
-}
-
 fn offsets(v: &Value) -> Vec<u64> {
     v["publications"]
         .as_array()
@@ -72,23 +55,6 @@ fn offsets(v: &Value) -> Vec<u64> {
         .iter()
         .map(|p| p["offset"].as_u64().unwrap())
         .collect()
-}
-
-async fn api(admin: std::net::SocketAddr, method: &str, path: &str, body: &Value) -> (u16, Value) {
-    let auth = format!("Bearer {API_KEY}");
-    let (status, text) = http(
-        admin,
-        method,
-        path,
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        &body.to_string(),
-    )
-    .await;
-    let v = serde_json::from_str(&text).unwrap_or_else(|_| json!({"raw": text}));
-    (status, v)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +71,7 @@ async fn inbox_backlog_per_device_cursors_and_direct_messages() {
     )
     .await
     .0;
-    let inbox = next_push(&mut phone, "inbox").await;
+    let inbox = phone.next_push(&["inbox"]).await;
     assert_eq!(inbox["channel"], json!("inbox:bob"), "{inbox}");
     assert_eq!(inbox["recovered"], json!(true), "{inbox}");
     assert!(offsets(&inbox).is_empty(), "{inbox}");
@@ -164,7 +130,7 @@ async fn inbox_backlog_per_device_cursors_and_direct_messages() {
     )
     .await;
     assert_eq!(r["result"]["device"], json!("laptop"), "{r}");
-    let inbox = next_push(&mut laptop, "inbox").await;
+    let inbox = laptop.next_push(&["inbox"]).await;
     assert_eq!(offsets(&inbox), [1, 2, 3], "{inbox}");
     assert_eq!(inbox["publications"][0]["from"], json!("alice"), "{inbox}");
     drop(phone);
@@ -196,7 +162,7 @@ async fn inbox_backlog_per_device_cursors_and_direct_messages() {
     )
     .await
     .0;
-    let inbox = next_push(&mut phone, "inbox").await;
+    let inbox = phone.next_push(&["inbox"]).await;
     assert_eq!(offsets(&inbox), [3, 4], "{inbox}");
     assert_eq!(inbox["recovered"], json!(true), "{inbox}");
     let r = phone.call(json!({"cmd": "ack", "offset": 4})).await;
@@ -229,7 +195,7 @@ async fn inbox_backlog_per_device_cursors_and_direct_messages() {
     )
     .await
     .0;
-    let inbox = next_push(&mut phone, "inbox").await;
+    let inbox = phone.next_push(&["inbox"]).await;
     assert!(
         offsets(&inbox).is_empty(),
         "the phone had acknowledged 4: {inbox}"
@@ -239,7 +205,7 @@ async fn inbox_backlog_per_device_cursors_and_direct_messages() {
         json!({"cmd": "connect", "token": bob, "device": "laptop"}),
     )
     .await;
-    let inbox = next_push(&mut laptop, "inbox").await;
+    let inbox = laptop.next_push(&["inbox"]).await;
     assert_eq!(offsets(&inbox), [1, 2, 3, 4], "{inbox}");
     assert_eq!(inbox["publications"][3]["from"], json!("ops"), "{inbox}");
     let carol = rich_token("carol", None, false);
@@ -248,7 +214,7 @@ async fn inbox_backlog_per_device_cursors_and_direct_messages() {
         json!({"cmd": "connect", "token": carol, "device": "d"}),
     )
     .await;
-    let inbox = next_push(&mut carol, "inbox").await;
+    let inbox = carol.next_push(&["inbox"]).await;
     assert_eq!(offsets(&inbox), [1], "{inbox}");
     drop((phone, laptop, carol));
     server.shutdown();
@@ -280,7 +246,7 @@ async fn receipts_are_stored_pushed_and_queryable() {
         .call(json!({"cmd": "receipt", "channel": "chat:r", "delivered": 3, "read": 2}))
         .await;
     assert_eq!(r["result"], json!({}), "{r}");
-    let push = next_push(&mut ann, "receipt").await;
+    let push = ann.next_push(&["receipt"]).await;
     assert_eq!(
         (
             &push["channel"],
@@ -402,7 +368,7 @@ async fn reconnect_token_resumes_subscriptions_with_recovery_after_a_restart() {
     let seen = c.next_publication().await;
     assert_eq!(seen["offset"], json!(1));
     // The renewed token names the subscriptions.
-    let renewed = next_push(&mut c, "reconnect").await;
+    let renewed = c.next_push(&["reconnect"]).await;
     let token = renewed["token"].as_str().unwrap().to_string();
     assert_ne!(token, first);
     // Missed while away: two more before the restart, two after.
@@ -465,7 +431,7 @@ async fn reconnect_token_resumes_subscriptions_with_recovery_after_a_restart() {
     );
     let mut restored = std::collections::BTreeMap::new();
     while restored.len() < 2 {
-        let p = next_push(&mut c, "subscribed").await;
+        let p = c.next_push(&["subscribed"]).await;
         restored.insert(p["channel"].as_str().unwrap().to_string(), p);
     }
     let a = &restored["ledger:a"];

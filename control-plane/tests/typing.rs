@@ -13,18 +13,7 @@ use serde_json::{json, Value};
 
 /// The next typing push or publication (a marker).
 async fn next_typing_or_publication(c: &mut Client) -> Value {
-    loop {
-        match c.next_event().await {
-            Event::Msg(m)
-                if m.get("push") == Some(&json!("typing"))
-                    || m.get("push") == Some(&json!("publication")) =>
-            {
-                return m
-            }
-            Event::Msg(_) => continue,
-            e => panic!("expected a push, got {e:?}"),
-        }
-    }
+    c.next_push(&["typing", "publication"]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,6 +95,36 @@ pub fn token(sub: &str, channels: Option<&[&str]>) -> String {
     )
 }
 
+/// A token for `sub` with its claims adjusted by `edit` (custom claims, `send_to`,
+/// `schedule`).
+pub fn token_with(sub: &str, edit: impl FnOnce(&mut auth::Claims)) -> String {
+    auth::mint_with(
+        SECRET,
+        sub,
+        Duration::from_secs(600),
+        &Default::default(),
+        edit,
+    )
+}
+
+/// A server API call with the test API key; the status and the JSON body.
+pub async fn api(admin: SocketAddr, method: &str, path: &str, body: &Value) -> (u16, Value) {
+    let auth = format!("Bearer {API_KEY}");
+    let (status, text) = http(
+        admin,
+        method,
+        path,
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        &body.to_string(),
+    )
+    .await;
+    let v = serde_json::from_str(&text).unwrap_or_else(|_| json!({"raw": text}));
+    (status, v)
+}
+
 /// Send an upgrade request; returns the stream and the response head.
 pub async fn upgrade(
     addr: SocketAddr,
@@ -257,6 +287,23 @@ impl Client {
         kept.extend(self.backlog.drain(..));
         self.backlog = kept;
         reply
+    }
+
+    /// The next push named one of `names` (other messages are dropped).
+    pub async fn next_push(&mut self, names: &[&str]) -> Value {
+        loop {
+            match self.next_event().await {
+                Event::Msg(m)
+                    if m.get("push")
+                        .and_then(Value::as_str)
+                        .is_some_and(|p| names.contains(&p)) =>
+                {
+                    return m
+                }
+                Event::Msg(_) => continue,
+                e => panic!("expected a push of {names:?}, got {e:?}"),
+            }
+        }
     }
 
     /// Next publication push (other messages are dropped).
