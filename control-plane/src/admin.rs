@@ -226,45 +226,18 @@ async fn history(
     headers: HeaderMap,
     query: Result<axum::extract::Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(r) = check_key(&s, &headers) {
-        return r.response();
-    }
-    let q = match query {
-        Ok(axum::extract::Query(q)) => q,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                &format!("expected ?channel=NAME[&since=OFFSET][&limit=N][&reverse=true]: {e}"),
-            )
-        }
+    let q = match checked_query(
+        &s,
+        &headers,
+        query,
+        "?channel=NAME[&since=OFFSET][&limit=N][&reverse=true]",
+    ) {
+        Ok(q) => q,
+        Err(r) => return r,
     };
-    let ticket = match s.engine.history(&q.channel, q.since, q.limit, q.reverse) {
-        Ok(t) => t,
-        Err(PublishError::InvalidChannel) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_channel",
-                "invalid channel name",
-            )
-        }
-        Err(e) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                &e.to_string(),
-            )
-        }
-    };
-    let reply = match tokio::time::timeout(std::time::Duration::from_secs(5), ticket).await {
-        Ok(Ok(r)) => r,
-        _ => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "the channel's shard did not answer",
-            )
-        }
+    let reply = match owner_reply(s.engine.history(&q.channel, q.since, q.limit, q.reverse)).await {
+        Ok(r) => r,
+        Err(r) => return r,
     };
     let mut publications = Vec::with_capacity(reply.publications.len());
     for e in &reply.publications {
@@ -530,6 +503,23 @@ async fn send(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) 
     counted(&s, result, sent)
 }
 
+/// Check the API key, then the query string (`expected` says what it should be).
+fn checked_query<T>(
+    s: &AdminState,
+    headers: &HeaderMap,
+    query: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+    expected: &str,
+) -> Result<T, Response> {
+    check_key(s, headers).map_err(KeyRefusal::response)?;
+    query.map(|q| q.0).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("expected {expected}: {e}"),
+        )
+    })
+}
+
 /// Wait for what a channel's owner shard answers, or the HTTP error for why there is
 /// no answer (invalid channel, full inbox, no answer within 5 s).
 async fn owner_reply<T>(
@@ -574,15 +564,9 @@ async fn receipts(
     headers: HeaderMap,
     query: Result<axum::extract::Query<ChannelQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(r) = check_key(&s, &headers) {
-        return r.response();
-    }
-    let Ok(axum::extract::Query(q)) = query else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "expected ?channel=NAME",
-        );
+    let q = match checked_query(&s, &headers, query, "?channel=NAME") {
+        Ok(q) => q,
+        Err(r) => return r,
     };
     match owner_reply(s.engine.receipts(&q.channel)).await {
         Ok(list) => Json(list).into_response(),
@@ -608,15 +592,9 @@ async fn presence(
     headers: HeaderMap,
     query: Result<axum::extract::Query<PresenceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(r) = check_key(&s, &headers) {
-        return r.response();
-    }
-    let Ok(axum::extract::Query(q)) = query else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "expected ?channel=NAME[&members=false]",
-        );
+    let q = match checked_query(&s, &headers, query, "?channel=NAME[&members=false]") {
+        Ok(q) => q,
+        Err(r) => return r,
     };
     match owner_reply(s.engine.presence(&q.channel, q.members)).await {
         Ok(list) => Json(list).into_response(),
