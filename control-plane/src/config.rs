@@ -633,6 +633,15 @@ mod tests {
                 "[engine]\npersonal_namespace = \"a:b\"\n",
                 "engine.personal_namespace",
             ),
+            (
+                "[engine]\nuser_presence_namespace = \"a:b\"\n",
+                "engine.user_presence_namespace",
+            ),
+            (
+                "[namespaces.x]\npresence_events = \"yes\"\n",
+                "presence_events",
+            ),
+            ("[namespaces.x]\npublish = [{ role = 3 }]\n", "publish"),
             ("[inbox]\nnamespace = \"a:b\"\n", "inbox.namespace"),
             ("[inbox]\nhistory_size = 0\n", "inbox.history_size"),
             (

@@ -368,3 +368,97 @@ async fn personal_channel_and_server_side_subscriptions() {
     server.shutdown();
     server.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_api_refuses_malformed_requests_with_json_errors() {
+    let server = start(rules);
+    let admin = server.admin_addr();
+    let auth = format!("Bearer {API_KEY}");
+    let raw = |method: &'static str, path: &'static str, body: &'static str| {
+        let auth = auth.clone();
+        async move {
+            let (status, text) = http(admin, method, path, &[("Authorization", &auth)], body).await;
+            let v: Value =
+                serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON error: {text}"));
+            (status, v)
+        }
+    };
+    for (method, path, body, want) in [
+        ("POST", "/api/send", "not json", "bad_request"),
+        ("POST", "/api/send", r#"{"user":"bob"}"#, "bad_request"),
+        (
+            "POST",
+            "/api/send",
+            r#"{"user":"bob","users":["x"],"data":1}"#,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/api/send",
+            r#"{"user":"bob","data":1,"key":""}"#,
+            "invalid_key",
+        ),
+        (
+            "POST",
+            "/api/schedule",
+            r#"{"channel":"c:1","data":1,"at":1,"delay_ms":1}"#,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/api/schedule",
+            r#"{"channel":"bad name","data":1,"delay_ms":1}"#,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/api/schedule",
+            r#"{"channel":"c:1","user":"u","data":1,"delay_ms":1}"#,
+            "bad_request",
+        ),
+        ("DELETE", "/api/schedule/abc", "", "bad_request"),
+        ("GET", "/api/presence", "", "bad_request"),
+        (
+            "GET",
+            "/api/presence?channel=bad%20name",
+            "",
+            "invalid_channel",
+        ),
+        ("GET", "/api/receipts", "", "bad_request"),
+        (
+            "POST",
+            "/api/users/bob/subscribe",
+            r#"{"channel":"x:1","since":{"epoch":"zz","offset":1}}"#,
+            "bad_request",
+        ),
+        ("POST", "/api/users/bob/unsubscribe", "[]", "bad_request"),
+    ] {
+        let (status, v) = raw(method, path, body).await;
+        assert_eq!(status, 400, "{method} {path} {body}: {v}");
+        assert_eq!(
+            v["error"]["code"],
+            json!(want),
+            "{method} {path} {body}: {v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+    }
+    // Without the key, every new endpoint refuses.
+    for (method, path) in [
+        ("POST", "/api/send"),
+        ("POST", "/api/schedule"),
+        ("GET", "/api/schedule"),
+        ("GET", "/api/receipts?channel=a:1"),
+        ("GET", "/api/presence?channel=a:1"),
+        ("POST", "/api/users/bob/subscribe"),
+    ] {
+        let (status, _) = http(admin, method, path, &[], "{}").await;
+        assert_eq!(status, 401, "{method} {path}");
+    }
+    server.shutdown();
+    server.wait();
+}

@@ -1665,6 +1665,51 @@ mod tests {
         );
     }
 
+    /// Malformed session, inbox, receipt, schedule, presence and typing commands are
+    /// answerable errors (the connection stays open), in both formats.
+    #[test]
+    fn malformed_new_commands_are_invalid_not_fatal() {
+        let long = "d".repeat(129);
+        let cases = [
+            r#"{"id":1,"cmd":"connect","reconnect":5}"#.to_string(),
+            format!(r#"{{"id":1,"cmd":"connect","token":"t","device":"{long}"}}"#),
+            r#"{"id":1,"cmd":"connect","token":"t","device":""}"#.to_string(),
+            r#"{"id":1,"cmd":"connect","reconnect":"x","positions":{"a":{"epoch":"zz","offset":1}}}"#.to_string(),
+            r#"{"id":1,"cmd":"connect","reconnect":"x","positions":[1,2]}"#.to_string(),
+            r#"{"id":1,"cmd":"send","data":1}"#.to_string(),
+            r#"{"id":1,"cmd":"send","user":"u"}"#.to_string(),
+            r#"{"id":1,"cmd":"send","user":"u","data":1,"key":""}"#.to_string(),
+            r#"{"id":1,"cmd":"ack"}"#.to_string(),
+            r#"{"id":1,"cmd":"ack","offset":"3"}"#.to_string(),
+            r#"{"id":1,"cmd":"receipt","channel":"c"}"#.to_string(),
+            r#"{"id":1,"cmd":"receipt","channel":"c","read":-1}"#.to_string(),
+            r#"{"id":1,"cmd":"receipts"}"#.to_string(),
+            r#"{"id":1,"cmd":"schedule","channel":"c","user":"u","data":1,"delay":1}"#.to_string(),
+            r#"{"id":1,"cmd":"schedule","data":1,"delay":1}"#.to_string(),
+            r#"{"id":1,"cmd":"schedule","channel":"c","data":1}"#.to_string(),
+            r#"{"id":1,"cmd":"schedule","channel":"c","data":1,"at":1,"delay":1}"#.to_string(),
+            r#"{"id":1,"cmd":"schedule","channel":"c","delay":1}"#.to_string(),
+            r#"{"id":1,"cmd":"unschedule"}"#.to_string(),
+            r#"{"id":1,"cmd":"status","status":""}"#.to_string(),
+            r#"{"id":1,"cmd":"presence"}"#.to_string(),
+            r#"{"id":1,"cmd":"presence_count","channel":7}"#.to_string(),
+            r#"{"id":1,"cmd":"typing","channel":"c","typing":"yes"}"#.to_string(),
+            r#"{"id":1,"cmd":"typing"}"#.to_string(),
+        ];
+        for json in &cases {
+            let value: serde_json::Value = serde_json::from_str(json).unwrap();
+            let mp = rmp_serde::to_vec_named(&value).unwrap();
+            for (format, bytes) in [(Format::Json, json.as_bytes()), (Format::MsgPack, &mp[..])] {
+                let r = decode_request(format, bytes).unwrap_or_else(|e| panic!("{json}: {e}"));
+                assert!(
+                    matches!(r.command, Command::Invalid(_)),
+                    "{format:?} {json}: {:?}",
+                    r.command
+                );
+            }
+        }
+    }
+
     #[test]
     fn stream_reply_and_recovery_commands() {
         let top = Position {
