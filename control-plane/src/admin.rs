@@ -654,9 +654,7 @@ async fn schedule(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Bo
             },
             _ => return Err(bad("channel", "give exactly one of 'channel' and 'user'")),
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = crate::schedule::now_ms();
         let due_ms = match (req.at, req.delay_ms) {
             (Some(at), None) => at,
             (None, Some(d)) => now.saturating_add(d),

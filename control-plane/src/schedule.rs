@@ -157,7 +157,8 @@ impl Drop for SchedulerHandle {
     }
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock time, Unix milliseconds (due times are in it).
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
