@@ -18,13 +18,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::json;
 use serde_json::value::RawValue;
+use serde_json::{json, Value};
 use switchboard_engine::{EngineHandle, PublishError};
 use switchboard_protocol::{ErrorCode, Format, Payload, Position};
 
 use crate::auth::AuthStats;
+use crate::calls::Calls;
 use crate::metrics::{self, ApiStats};
+use crate::notify::{NewNotification, Notifier, Recipients, Refusal as NotifyRefusal};
 use crate::schedule::{CancelError, Scheduler, API_OWNER};
 use crate::store::StoreStats;
 use switchboard_engine::journal::JournalState;
@@ -46,6 +48,10 @@ pub struct AdminState {
     pub store: Option<StoreView>,
     /// Scheduled messages.
     pub scheduler: Scheduler,
+    /// Notifications.
+    pub notifier: Notifier,
+    /// Calls.
+    pub calls: Calls,
 }
 
 /// What the admin API shows of the store.
@@ -74,6 +80,14 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/schedule/{id}", delete(unschedule))
         .route("/api/users/{user}/subscribe", post(user_subscribe))
         .route("/api/users/{user}/unsubscribe", post(user_unsubscribe))
+        .route("/api/users/{user}/topics", post(user_topics))
+        .route(
+            "/api/notifications",
+            post(create_notification).get(list_notifications),
+        )
+        .route("/api/notifications/read", post(read_notifications))
+        .route("/api/calls", get(active_calls))
+        .route("/api/calls/log", get(call_log))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
 }
@@ -835,4 +849,236 @@ async fn user_subscription(
     }
     .await;
     result.unwrap_or_else(|r| r)
+}
+
+/// Body of `POST /api/notifications`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotificationBody {
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    users: Option<Vec<String>>,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    data: Value,
+    #[serde(default)]
+    key: Option<String>,
+}
+
+fn refusal(r: NotifyRefusal) -> Response {
+    let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::BAD_REQUEST => "bad_request",
+        _ => "store_unavailable",
+    };
+    error(status, code, &r.message)
+}
+
+/// `POST /api/notifications`: create a notification for one user, many users or a
+/// topic's subscribers (or update the one with the same `key`), store and push it.
+async fn create_notification(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        let bytes = read_body(&s, &headers, body).await?;
+        let req: NotificationBody = serde_json::from_slice(&bytes).map_err(|e| {
+            bad_body(
+                "{\"user\" | \"users\" | \"topic\", \"kind\"?: string, \"data\"?: any JSON, \"key\"?: string}",
+                e,
+            )
+        })?;
+        let to = match (req.user, req.users, req.topic) {
+            (Some(u), None, None) => Recipients::Users(vec![u]),
+            (None, Some(u), None) => Recipients::Users(u),
+            (None, None, Some(t)) => Recipients::Topic(t),
+            _ => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "user: give exactly one of 'user', 'users' and 'topic'",
+                ))
+            }
+        };
+        let n = NewNotification {
+            to,
+            kind: req.kind.unwrap_or_else(|| "message".into()),
+            data: req.data,
+            key: req.key,
+        };
+        if let Err(m) = crate::notify::check(&n) {
+            return Err(error(StatusCode::BAD_REQUEST, "bad_request", &m));
+        }
+        let created = s.notifier.create(n).await.map_err(refusal)?;
+        Ok(Json(json!({
+            "ok": true,
+            "id": created.id,
+            "recipients": created.recipients,
+            "updated": created.updated,
+        }))
+        .into_response())
+    }
+    .await;
+    result.unwrap_or_else(|r| r)
+}
+
+/// Query of `GET /api/notifications`.
+#[derive(Deserialize)]
+struct NotificationsQuery {
+    user: String,
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    before: Option<u64>,
+    #[serde(default)]
+    unread: bool,
+}
+
+/// `GET /api/notifications?user=U[&limit=N&before=ID&unread=true]`: a user's
+/// notifications, newest first, and the unread count.
+async fn list_notifications(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    query: Result<
+        axum::extract::Query<NotificationsQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Response {
+    let q = match checked_query(
+        &s,
+        &headers,
+        query,
+        "?user=ID[&limit=N&before=ID&unread=true]",
+    ) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    match s.notifier.list(q.user, limit, q.before, q.unread).await {
+        Ok(l) => Json(l).into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+/// Body of `POST /api/notifications/read`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadBody {
+    user: String,
+    #[serde(default)]
+    notification: Option<u64>,
+    #[serde(default)]
+    all: bool,
+}
+
+/// `POST /api/notifications/read`: mark one (or all) of a user's notifications read.
+async fn read_notifications(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        let bytes = read_body(&s, &headers, body).await?;
+        let req: ReadBody = serde_json::from_slice(&bytes).map_err(|e| {
+            bad_body(
+                "{\"user\": string, \"notification\": id | \"all\": true}",
+                e,
+            )
+        })?;
+        let id = match (req.notification, req.all) {
+            (Some(id), false) => Some(id),
+            (None, true) => None,
+            _ => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "notification: give 'notification' (an id) or 'all': true",
+                ))
+            }
+        };
+        let unread = s.notifier.read(req.user, id).await.map_err(refusal)?;
+        Ok(Json(json!({"ok": true, "unread": unread})).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|r| r)
+}
+
+/// Body of `POST /api/users/{user}/topics`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicsBody {
+    #[serde(default)]
+    subscribe: Vec<String>,
+    #[serde(default)]
+    unsubscribe: Vec<String>,
+}
+
+/// `POST /api/users/{user}/topics`: subscribe a user to notification topics (any
+/// topic: the key is trusted) or unsubscribe; answers the user's topics.
+async fn user_topics(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    path: axum::extract::Path<String>,
+    body: Body,
+) -> Response {
+    let result = async {
+        let bytes = read_body(&s, &headers, body).await?;
+        let req: TopicsBody = serde_json::from_slice(&bytes)
+            .map_err(|e| bad_body("{\"subscribe\"?: [topic], \"unsubscribe\"?: [topic]}", e))?;
+        let user = path.0;
+        if user.is_empty() || user.len() > 128 {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "user: 1 to 128 bytes",
+            ));
+        }
+        let topics = s
+            .notifier
+            .topics(user, req.subscribe, req.unsubscribe)
+            .await
+            .map_err(refusal)?;
+        Ok(Json(json!({"ok": true, "topics": topics})).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|r| r)
+}
+
+/// `GET /api/calls`: every active call, its state and participants.
+async fn active_calls(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = check_key(&s, &headers) {
+        return r.response();
+    }
+    Json(json!({"calls": s.calls.active().await})).into_response()
+}
+
+/// Query of `GET /api/calls/log`.
+#[derive(Deserialize)]
+struct CallLogQuery {
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+/// `GET /api/calls/log[?user=U&limit=N]`: the call log, newest first.
+async fn call_log(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<CallLogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match checked_query(&s, &headers, query, "[?user=ID&limit=N]") {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    match s.calls.log(q.user, q.limit.unwrap_or(100)).await {
+        Ok(calls) => Json(json!({ "calls": calls })).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &e),
+    }
 }

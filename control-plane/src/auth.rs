@@ -299,16 +299,16 @@ pub fn spawn_workers(
     verifier: Arc<Verifier>,
     shards: ShardSender,
     stats: Arc<AuthStats>,
-    scheduler: crate::schedule::Scheduler,
+    workers: Workers,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     (0..threads)
         .map(|i| {
-            let (rx, verifier, shards, stats, scheduler) = (
+            let (rx, verifier, shards, stats, workers) = (
                 requests.clone(),
                 verifier.clone(),
                 shards.clone(),
                 stats.clone(),
-                scheduler.clone(),
+                workers.clone(),
             );
             std::thread::Builder::new()
                 .name(format!("auth-{i}"))
@@ -336,8 +336,8 @@ pub fn spawn_workers(
                                 (shard, msg)
                             }
                             other => {
-                                // Scheduling: the scheduler answers the shard itself.
-                                scheduler.submit(other);
+                                // The workers answer the shard themselves.
+                                workers.route(other);
                                 continue;
                             }
                         };
@@ -346,6 +346,28 @@ pub fn spawn_workers(
                 })
         })
         .collect()
+}
+
+/// The control-plane workers a shard's requests other than token checks go to.
+#[derive(Debug, Clone)]
+pub struct Workers {
+    /// `schedule`, `unschedule`.
+    pub scheduler: crate::schedule::Scheduler,
+    /// Notification commands.
+    pub notifier: crate::notify::Notifier,
+    /// Call commands and departures.
+    pub calls: crate::calls::Calls,
+}
+
+impl Workers {
+    fn route(&self, req: ControlRequest) {
+        match req {
+            ControlRequest::Command { ref cmd, .. } if cmd.is_call() => self.calls.submit(req),
+            ControlRequest::Command { .. } => self.notifier.submit(req),
+            ControlRequest::Gone { .. } => self.calls.submit(req),
+            other => self.scheduler.submit(other),
+        }
+    }
 }
 
 /// Send `msg` to `shard`, waiting while its inbox is full. A full inbox of a running

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use switchboard_engine::access::{NamespaceRules, RuleConfig};
 use switchboard_engine::{Durability, EngineConfig, NamespacePolicy};
+use switchboard_protocol::envelope::valid_topic;
 
 use crate::store::StoreConfig;
 
@@ -34,6 +35,61 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// Users' inboxes (direct messages).
     pub inbox: InboxConfig,
+    /// Stored notifications and topics.
+    pub notifications: NotificationsConfig,
+    /// Call signaling.
+    pub calls: CallsConfig,
+}
+
+/// `[notifications]`: notifications created by the server API, stored per user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// Topics any client may subscribe itself to (`*` matches any run of
+    /// characters); a token's `topics` claim adds more. The server API may subscribe
+    /// users to any topic.
+    pub public_topics: Vec<String>,
+    /// Notifications kept per user (older ones are deleted first).
+    pub max_per_user: u32,
+    /// Notifications older than this are deleted (default 30 days).
+    pub ttl_ms: u64,
+    /// Most recipients of one notification (a topic with more subscribers is
+    /// refused: use a channel for broadcasts).
+    pub max_recipients: u32,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        NotificationsConfig {
+            public_topics: Vec::new(),
+            max_per_user: 1000,
+            ttl_ms: 30 * 24 * 3600 * 1000,
+            max_recipients: 100_000,
+        }
+    }
+}
+
+/// `[calls]`: the call state machine's timers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallsConfig {
+    /// A call nobody answers within this becomes `missed` (default 30 s).
+    pub ring_timeout_ms: u64,
+    /// A participant whose connection dropped (no close) may come back within this
+    /// before the call ends for them (default 15 s).
+    pub grace_ms: u64,
+    /// Most calls one user may be ringing or in at once.
+    pub max_per_user: u32,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig {
+            ring_timeout_ms: 30_000,
+            grace_ms: 15_000,
+            max_per_user: 8,
+        }
+    }
 }
 
 /// `[inbox]`: every user's durable inbox, the channel `NAMESPACE:<user id>`.
@@ -414,6 +470,25 @@ impl Config {
             .validate()
             .map_err(ConfigError::Invalid)?;
         self.store.validate().map_err(ConfigError::Invalid)?;
+        let n = &self.notifications;
+        for (i, t) in n.public_topics.iter().enumerate() {
+            if t.is_empty() || !valid_topic(&t.replace('*', "x")) {
+                return Err(ConfigError::Invalid(format!(
+                    "notifications.public_topics[{i}]: a topic pattern is 1 to 128 letters, digits, _ - . : @ and *"
+                )));
+            }
+        }
+        if n.max_per_user == 0 || n.ttl_ms == 0 || n.max_recipients == 0 {
+            return Err(ConfigError::Invalid(
+                "notifications.max_per_user, notifications.ttl_ms and notifications.max_recipients must be greater than 0".into(),
+            ));
+        }
+        let c = &self.calls;
+        if c.ring_timeout_ms == 0 || c.grace_ms == 0 || c.max_per_user == 0 {
+            return Err(ConfigError::Invalid(
+                "calls.ring_timeout_ms, calls.grace_ms and calls.max_per_user must be greater than 0".into(),
+            ));
+        }
         if self.auth.threads == 0 {
             return Err(ConfigError::Invalid(
                 "auth.threads must be greater than 0".into(),

@@ -15,8 +15,10 @@
 
 pub mod admin;
 pub mod auth;
+pub mod calls;
 pub mod config;
 pub mod metrics;
+pub mod notify;
 pub mod schedule;
 pub mod server;
 pub mod store;

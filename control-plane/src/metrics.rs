@@ -57,7 +57,7 @@ pub fn render(
         engine.backend(),
         shards.len()
     );
-    let per_shard: [Family; 17] = [
+    let per_shard: [Family; 18] = [
         (
             "switchboard_connections",
             "gauge",
@@ -129,6 +129,12 @@ pub fn render(
             "counter",
             "Ephemeral pushes (typing) skipped for subscribers with half-full queues.",
             |m| m.ephemeral_dropped.load(Relaxed),
+        ),
+        (
+            "switchboard_pushes_coalesced_total",
+            "counter",
+            "Progress pushes that replaced an older one still queued for a slow client.",
+            |m| m.coalesced.load(Relaxed),
         ),
         (
             "switchboard_sessions_resumed_total",

@@ -269,7 +269,7 @@ impl Worker {
                 };
                 crate::auth::send_patiently(&self.shards, shard, msg, "an unschedule reply");
             }
-            Work::Shard(ControlRequest::Authenticate { .. }) => {}
+            Work::Shard(_) => {}
             Work::Add(job, reply) => {
                 let _ = reply.send(self.insert(&job, false).map_err(|e| e.message));
             }

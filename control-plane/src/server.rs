@@ -14,8 +14,10 @@ use switchboard_engine::{Engine, EngineHandle};
 
 use crate::admin::{self, AdminState};
 use crate::auth::{self, AuthStats, Verifier};
+use crate::calls::{self, CallsHandle};
 use crate::config::Config;
 use crate::metrics::ApiStats;
+use crate::notify::{self, NotifierHandle};
 use crate::schedule::{self, SchedulerHandle};
 use crate::store::{self, StoreHandle};
 
@@ -38,6 +40,8 @@ pub struct Server {
     auth_threads: Vec<std::thread::JoinHandle<()>>,
     store: Option<StoreHandle>,
     scheduler: Option<SchedulerHandle>,
+    notifier: Option<NotifierHandle>,
+    calls: Option<CallsHandle>,
     /// Set in dev mode.
     pub dev: Option<DevCredentials>,
     /// The API key in force (configured, or generated in dev mode).
@@ -109,6 +113,14 @@ impl Server {
         let store = opened.spawn(engine.sender())?;
         let (scheduler, scheduler_handle) =
             schedule::spawn(store.path(), engine.clone(), engine.sender())?;
+        let (notifier, notifier_handle) =
+            notify::spawn(store.path(), engine.sender(), cfg.notifications.clone())?;
+        let (calls, calls_handle) = calls::spawn(
+            store.path(),
+            engine.sender(),
+            cfg.calls.clone(),
+            notifier.clone(),
+        )?;
         let auth_stats = Arc::new(AuthStats::default());
         let auth_threads = auth::spawn_workers(
             cfg.auth.threads,
@@ -116,7 +128,11 @@ impl Server {
             verifier,
             engine.sender(),
             auth_stats.clone(),
-            scheduler.clone(),
+            auth::Workers {
+                scheduler: scheduler.clone(),
+                notifier: notifier.clone(),
+                calls: calls.clone(),
+            },
         )
         .context("cannot start auth workers")?;
 
@@ -131,6 +147,8 @@ impl Server {
             api: ApiStats::default(),
             max_body_bytes: cfg.admin.max_body_bytes,
             scheduler,
+            notifier,
+            calls,
             store: Some(admin::StoreView {
                 path: store.path().display().to_string(),
                 state: store.state().clone(),
@@ -171,6 +189,8 @@ impl Server {
             auth_threads,
             store: Some(store),
             scheduler: Some(scheduler_handle),
+            notifier: Some(notifier_handle),
+            calls: Some(calls_handle),
             dev,
             api_key,
         })
@@ -207,6 +227,12 @@ impl Server {
         self.engine.join();
         if let Some(scheduler) = self.scheduler.take() {
             scheduler.finish();
+        }
+        if let Some(calls) = self.calls.take() {
+            calls.finish();
+        }
+        if let Some(notifier) = self.notifier.take() {
+            notifier.finish();
         }
         if let Some(store) = self.store.take() {
             store.finish();

@@ -46,7 +46,7 @@ use switchboard_engine::{ShardMsg, ShardSender};
 use switchboard_protocol::Format;
 
 /// Version of the schema this build writes.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Marks (inbox cursors, receipts) not updated for this long are deleted, unless the
 /// longest durable `history_ttl_ms` is longer.
@@ -361,6 +361,50 @@ fn prepare(conn: &Connection) -> rusqlite::Result<()> {
          );
          CREATE INDEX IF NOT EXISTS scheduled_pending ON scheduled (state, due_ms);
          CREATE INDEX IF NOT EXISTS scheduled_owner ON scheduled (owner, state);
+         CREATE TABLE IF NOT EXISTS notifications (
+             id INTEGER PRIMARY KEY,
+             key TEXT UNIQUE,
+             topic TEXT,
+             kind TEXT NOT NULL,
+             data TEXT NOT NULL,
+             created_ms INTEGER NOT NULL,
+             updated_ms INTEGER NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS notification_recipients (
+             user TEXT NOT NULL,
+             id INTEGER NOT NULL,
+             read_ms INTEGER,
+             PRIMARY KEY (user, id)
+         ) WITHOUT ROWID;
+         CREATE INDEX IF NOT EXISTS notification_recipients_id ON notification_recipients (id);
+         CREATE TABLE IF NOT EXISTS notification_topics (
+             topic TEXT NOT NULL,
+             user TEXT NOT NULL,
+             PRIMARY KEY (topic, user)
+         ) WITHOUT ROWID;
+         CREATE INDEX IF NOT EXISTS notification_topics_user ON notification_topics (user);
+         CREATE TABLE IF NOT EXISTS calls (
+             id INTEGER PRIMARY KEY,
+             caller TEXT NOT NULL,
+             callee TEXT,
+             room TEXT,
+             media TEXT,
+             created_ms INTEGER NOT NULL,
+             answered_ms INTEGER,
+             ended_ms INTEGER,
+             outcome TEXT,
+             reason TEXT,
+             participants TEXT
+         );
+         CREATE INDEX IF NOT EXISTS calls_caller ON calls (caller, id);
+         CREATE INDEX IF NOT EXISTS calls_callee ON calls (callee, id);
+         CREATE TABLE IF NOT EXISTS call_quality (
+             call INTEGER NOT NULL,
+             user TEXT NOT NULL,
+             at_ms INTEGER NOT NULL,
+             data TEXT NOT NULL
+         );
+         CREATE INDEX IF NOT EXISTS call_quality_call ON call_quality (call);
          COMMIT;",
     )?;
     // Version 1 files: the log had no sender column.

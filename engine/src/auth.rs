@@ -50,6 +50,28 @@ pub enum ControlRequest {
         /// User asking: only the user who scheduled it may cancel it.
         owner: Arc<str>,
     },
+    /// A command for a control-plane worker (notifications, calls): it answers
+    /// [`crate::ShardMsg::Reply`] to `shard`.
+    Command {
+        /// Shard to answer.
+        shard: u16,
+        /// Connection that sent it.
+        conn: ConnKey,
+        /// Id of the command.
+        req_id: u32,
+        /// Who sent it.
+        caller: crate::control::Caller,
+        /// What to do.
+        cmd: crate::control::ControlCommand,
+    },
+    /// A connection that took part in a call has gone (`graceful`: it closed cleanly;
+    /// otherwise it dropped and may come back within the call's grace period).
+    Gone {
+        /// The connection.
+        caller: crate::control::Caller,
+        /// Closed cleanly.
+        graceful: bool,
+    },
 }
 
 /// A message to publish later.

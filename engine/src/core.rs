@@ -14,6 +14,7 @@
 //! side, waiting for the peer's end of stream; `Closed` tells the backend to drop the
 //! socket and call [`ShardCore::remove`].
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 use crossbeam_channel::{Sender, TrySendError};
 use slab::Slab;
-use switchboard_protocol::envelope::{self, ConnectResult, Empty};
+use switchboard_protocol::envelope::{self, CallAction, ConnectResult, Empty};
 use switchboard_protocol::frame::{self, Check, OpCode, Role};
 use switchboard_protocol::handshake::{self, HandshakeLimits, Parse, Upgrade};
 use switchboard_protocol::{
@@ -34,6 +35,7 @@ use crate::access::{Access, Action, Verdict};
 use crate::auth::{ControlRequest, Identity, ScheduleJob};
 use crate::channels::ChannelIndex;
 use crate::config::EngineConfig;
+use crate::control::{CallTarget, Caller, ControlCommand, Frames, Push, PushTo};
 use crate::journal::{
     Batch, Durability, JournalLink, MarkKind, MarkRecord, Policies, Policy, Record,
     Refusal as JournalRefusal,
@@ -46,7 +48,7 @@ use crate::mesh::{
 };
 use crate::metrics::{CloseKind, ShardMetrics};
 use crate::outq::OutQueue;
-use crate::presence::{Event as PresenceEvent, Presence};
+use crate::presence::{ClientId, Event as PresenceEvent, Presence};
 use crate::session::Sessions;
 use crate::streams::{self, Entry, Streams};
 use crate::wheel::HeartbeatWheel;
@@ -150,7 +152,16 @@ struct ConnExt {
     /// The channel its user's own presence is reported on (`online:<user>`), when
     /// user presence is on.
     presence_self: Option<Arc<str>>,
+    /// It sent a call command: the call worker hears when it goes.
+    in_call: bool,
+    /// Coalescing keys of control-plane pushes sent to it, with the last frame of each
+    /// (replaced in the queue by the next one while still unwritten). At most
+    /// [`MAX_COALESCE_KEYS`], oldest dropped.
+    coalesced: Vec<(Arc<str>, Bytes)>,
 }
+
+/// Most coalescing keys remembered per connection.
+const MAX_COALESCE_KEYS: usize = 8;
 
 impl Conn {
     fn ext(&self) -> Option<&ConnExt> {
@@ -859,7 +870,264 @@ impl ShardCore {
             Command::Typing { channel, typing } => self.typing(slot, id, &channel, typing),
             Command::Presence { channel } => self.ask_presence(slot, id, &channel, true),
             Command::PresenceCount { channel } => self.ask_presence(slot, id, &channel, false),
+            Command::Notifications {
+                limit,
+                before,
+                unread,
+            } => self.forward(
+                slot,
+                id,
+                ControlCommand::Notifications {
+                    limit,
+                    before,
+                    unread,
+                },
+            ),
+            Command::NotificationsRead { notification } => self.forward(
+                slot,
+                id,
+                ControlCommand::NotificationsRead { id: notification },
+            ),
+            Command::NotificationsTopic { topic, subscribe } => {
+                let allowed = self.conns[slot as usize]
+                    .identity
+                    .as_ref()
+                    .map(|i| i.claim_values("topics").map(String::from).collect())
+                    .unwrap_or_default();
+                let cmd = ControlCommand::Topic {
+                    topic: topic.into_owned(),
+                    subscribe,
+                    allowed,
+                };
+                self.forward(slot, id, cmd)
+            }
+            Command::Call {
+                user,
+                channel,
+                media,
+                data,
+            } => self.call(slot, id, user.as_deref(), channel.as_deref(), media, data),
+            Command::CallAction {
+                call,
+                action,
+                reason,
+            } => {
+                let channels = match action {
+                    CallAction::Accept => self.conns[slot as usize].subs.to_vec(),
+                    _ => Vec::new(),
+                };
+                let cmd = ControlCommand::CallAction {
+                    call,
+                    action,
+                    reason: reason.map(Cow::into_owned),
+                    channels,
+                };
+                self.forward(slot, id, cmd)
+            }
+            Command::CallSignal {
+                call,
+                to,
+                data,
+                quality,
+            } => {
+                let to = match to.as_deref().map(crate::control::parse_client_id) {
+                    Some(None) => {
+                        return self.reply_err(
+                            slot,
+                            id,
+                            ErrorCode::BadRequest,
+                            "'to' is not a client id (shard.slot.generation)",
+                        )
+                    }
+                    to => to.flatten(),
+                };
+                let data = match data.to_value() {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return self.reply_err(slot, id, ErrorCode::BadRequest, &e.to_string())
+                    }
+                };
+                let cmd = ControlCommand::CallSignal {
+                    call,
+                    to,
+                    data,
+                    quality,
+                };
+                self.forward(slot, id, cmd)
+            }
         }
+    }
+
+    // ---- notifications and calls -------------------------------------------------
+
+    /// `call`: the caller's right to call the user (the token's `send_to`, as for
+    /// direct messages) or to publish in the room is checked here; the call worker
+    /// does the rest.
+    fn call(
+        &mut self,
+        slot: u32,
+        id: u32,
+        user: Option<&str>,
+        channel: Option<&str>,
+        media: Option<Cow<'_, str>>,
+        data: Option<Payload<'_>>,
+    ) {
+        let Some(identity) = self.conns[slot as usize].identity.clone() else {
+            return;
+        };
+        let to = match (user, channel) {
+            (Some(u), _) if u.is_empty() || u.len() > envelope::MAX_KEY_BYTES => {
+                Err((ErrorCode::BadRequest, "invalid user id"))
+            }
+            (Some(u), _) if *u == *identity.user => {
+                Err((ErrorCode::BadRequest, "a user cannot call themselves"))
+            }
+            (Some(u), _) if !identity.may_send(u) => Err((
+                ErrorCode::PermissionDenied,
+                "calling this user is not allowed by the token",
+            )),
+            (Some(u), _) => Ok(CallTarget::User(u.to_string())),
+            (None, Some(c)) => self
+                .check_channel(slot, c, Action::Publish)
+                .map(|()| CallTarget::Room(c.to_string())),
+            (None, None) => Err((ErrorCode::BadRequest, "call needs a user or a channel")),
+        };
+        let to = match to {
+            Ok(t) => t,
+            Err((code, why)) => return self.reply_err(slot, id, code, why),
+        };
+        let data = match data.map(|d| d.to_value()).transpose() {
+            Ok(d) => d,
+            Err(e) => return self.reply_err(slot, id, ErrorCode::BadRequest, &e.to_string()),
+        };
+        let cmd = ControlCommand::Call {
+            to,
+            media: media.map(Cow::into_owned),
+            data,
+        };
+        self.forward(slot, id, cmd);
+    }
+
+    /// The caller of `slot`'s commands, as the control plane sees it.
+    fn caller(&self, slot: u32) -> Option<Caller> {
+        let conn = &self.conns[slot as usize];
+        Some(Caller {
+            user: conn.identity.as_ref()?.user.clone(),
+            client: ClientId {
+                shard: self.id,
+                slot,
+                gen: conn.gen,
+            },
+            device: conn.device().map(Box::from),
+        })
+    }
+
+    /// Hand a notification or call command to its control-plane worker.
+    fn forward(&mut self, slot: u32, id: u32, cmd: ControlCommand) {
+        let Some(caller) = self.caller(slot) else {
+            return;
+        };
+        if cmd.is_call() {
+            self.conns[slot as usize].ext_mut().in_call = true;
+        }
+        let req = ControlRequest::Command {
+            shard: self.id,
+            conn: ConnKey {
+                slot,
+                gen: caller.client.gen,
+            },
+            req_id: id,
+            caller,
+            cmd,
+        };
+        self.ask_control(slot, id, req);
+    }
+
+    /// A control-plane push: to users' connections here, one connection, or a
+    /// channel's local subscribers.
+    fn on_push(&mut self, push: &Push) {
+        let coalesce = push.coalesce.as_ref();
+        match &push.to {
+            PushTo::Users(list) => {
+                for (user, frames) in list {
+                    let Some(u) = self.users.get(&**user) else {
+                        continue;
+                    };
+                    let slots: Vec<u32> = u.slots().to_vec();
+                    for slot in slots {
+                        self.push_control(slot, frames, coalesce);
+                    }
+                }
+            }
+            PushTo::Client(client, frames) => {
+                let here = client.shard == self.id
+                    && self
+                        .conns
+                        .get(client.slot as usize)
+                        .is_some_and(|c| c.gen == client.gen);
+                if here {
+                    self.push_control(client.slot, frames, coalesce);
+                }
+            }
+            PushTo::Channel {
+                channel,
+                except,
+                frames,
+            } => {
+                let Some(entry) = self.channels.local(channel) else {
+                    return;
+                };
+                let skip = except.filter(|c| c.shard == self.id).map(|c| c.slot);
+                let slots: Vec<u32> = entry
+                    .subscribers
+                    .iter()
+                    .copied()
+                    .filter(|&s| Some(s) != skip)
+                    .collect();
+                for slot in slots {
+                    self.push_control(slot, frames, coalesce);
+                }
+            }
+        }
+        while let Some(slot) = self.overflowed.pop() {
+            self.slow_consumer(slot);
+        }
+    }
+
+    /// Queue a control-plane push on `slot`; with a coalescing key, replace the
+    /// previous frame of that key if it is still waiting unwritten.
+    fn push_control(&mut self, slot: u32, frames: &Frames, coalesce: Option<&Arc<str>>) {
+        let limit = self.cfg.max_outbound_bytes;
+        let conn = &mut self.conns[slot as usize];
+        if conn.state != ConnState::Open {
+            return;
+        }
+        let frame = &frames[conn.format.index()];
+        if let Some(key) = coalesce {
+            let Conn { ext, out, .. } = conn;
+            let ext = ext.get_or_insert_with(Default::default);
+            if let Some(i) = ext.coalesced.iter().position(|(k, _)| k == key) {
+                if out.replace_unstarted(&ext.coalesced[i].1, frame.clone()) {
+                    ext.coalesced[i].1 = frame.clone();
+                    ShardMetrics::add(&self.metrics.coalesced, 1);
+                    return;
+                }
+                ext.coalesced.remove(i);
+            }
+        }
+        if conn.out.push(frame.clone(), limit).is_err() {
+            self.overflowed.push(slot);
+            return;
+        }
+        if let Some(key) = coalesce {
+            let ext = conn.ext_mut();
+            if ext.coalesced.len() == MAX_COALESCE_KEYS {
+                ext.coalesced.remove(0);
+            }
+            ext.coalesced.push((key.clone(), frame.clone()));
+        }
+        ShardMetrics::add(&self.metrics.deliveries, 1);
+        mark_dirty(conn, slot, &mut self.dirty);
     }
 
     // ---- sessions ----------------------------------------------------------------
@@ -2074,6 +2342,7 @@ impl ShardCore {
             }
             Ok(ReplyBody::Receipts(list)) => envelope::encode_result(format, req_id, &list),
             Ok(ReplyBody::Presence(list)) => envelope::encode_result(format, req_id, &list),
+            Ok(ReplyBody::Value(v)) => envelope::encode_result(format, req_id, &v),
             Err(e) => envelope::encode_error(format, req_id, e.code, &e.message),
         };
         self.enqueue(conn.slot, frame);
@@ -2748,6 +3017,19 @@ impl ShardCore {
         if self.conns[slot as usize].typing_in().is_some() {
             self.stop_typing(slot);
         }
+        if self.conns[slot as usize].ext().is_some_and(|e| e.in_call) {
+            if let Some(caller) = self.caller(slot) {
+                // With the control plane's queue full the notice is lost and the
+                // call stays up until the other side ends it: rare, so said loudly.
+                if self
+                    .control
+                    .try_send(ControlRequest::Gone { caller, graceful })
+                    .is_err()
+                {
+                    tracing::warn!("control plane busy: a call participant's departure is lost");
+                }
+            }
+        }
         if !self.presence_ns.is_empty() {
             let conn = &self.conns[slot as usize];
             let mut subs = conn.subs.clone();
@@ -3081,6 +3363,7 @@ impl ShardCore {
                 req_id,
                 result,
             } => self.auth_done(conn, req_id, result),
+            ShardMsg::Push(p) => self.on_push(&p),
             ShardMsg::Shutdown => self.begin_shutdown(),
         }
     }

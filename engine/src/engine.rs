@@ -472,4 +472,9 @@ impl ShardSender {
     pub fn send(&self, shard: usize, msg: ShardMsg) -> Result<(), ShardMsg> {
         self.mesh.inbox(shard).push(msg)
     }
+
+    /// How many shards there are.
+    pub fn shards(&self) -> usize {
+        self.mesh.shards()
+    }
 }

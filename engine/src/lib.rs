@@ -23,6 +23,7 @@ pub mod auth;
 pub mod backend;
 pub mod channels;
 pub mod config;
+pub mod control;
 pub mod core;
 pub mod epoll;
 pub mod journal;

@@ -282,6 +282,8 @@ pub enum ShardMsg {
         /// The result, or why it failed.
         result: Result<ReplyBody, Refused>,
     },
+    /// A control-plane push to users, a connection or a channel's subscribers here.
+    Push(Arc<crate::control::Push>),
     /// Stop accepting, close every connection with 1001, exit after the drain time.
     Shutdown,
 }
@@ -383,6 +385,8 @@ pub enum ReplyBody {
     Receipts(ReceiptList),
     /// Who is on a channel.
     Presence(PresenceList),
+    /// A control-plane worker's answer (encoded in the connection's format).
+    Value(serde_json::Value),
 }
 
 /// One shard's inbox.

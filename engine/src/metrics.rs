@@ -120,6 +120,9 @@ pub struct ShardMetrics {
     pub deliveries: AtomicU64,
     /// Ephemeral pushes (typing) skipped for subscribers with half-full queues.
     pub ephemeral_dropped: AtomicU64,
+    /// Control-plane pushes (progress notifications) that replaced an older one still
+    /// queued for a slow connection.
+    pub coalesced: AtomicU64,
     /// Sessions resumed with a reconnect token.
     pub resumes: AtomicU64,
     /// Reconnect tokens refused (forged, malformed or expired).

@@ -54,6 +54,26 @@ impl OutQueue {
         self.frames.push_back(frame);
     }
 
+    /// Replace the queued, not yet started frame that is `old` (the same bytes, by
+    /// address) with `new`. False when `old` is no longer waiting (written, being
+    /// written, or never queued here). Scans the queue: used only for coalescing
+    /// control-plane pushes on a slow connection, never on the fan-out path.
+    pub fn replace_unstarted(&mut self, old: &Bytes, new: Bytes) -> bool {
+        let started = self.pinned.max(usize::from(self.head_written > 0));
+        let found = self
+            .frames
+            .iter()
+            .skip(started)
+            .position(|f| f.as_ptr() == old.as_ptr() && f.len() == old.len());
+        let Some(i) = found else {
+            return false;
+        };
+        let slot = &mut self.frames[started + i];
+        self.charged = self.charged - slot.len() + new.len();
+        *slot = new;
+        true
+    }
+
     /// Whether nothing waits.
     #[inline]
     pub fn is_empty(&self) -> bool {
@@ -171,6 +191,29 @@ impl OutQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replace_unstarted_swaps_only_waiting_frames() {
+        let mut q = OutQueue::default();
+        let (a, b, c) = (
+            Bytes::from_static(b"aaaa"),
+            Bytes::from_static(b"bb"),
+            Bytes::from_static(b"cccccc"),
+        );
+        q.push(a.clone(), 1 << 20).unwrap();
+        q.push(b.clone(), 1 << 20).unwrap();
+        let before = q.charged();
+        assert!(q.replace_unstarted(&b, c.clone()));
+        assert_eq!(q.charged(), before + 4);
+        assert!(!q.replace_unstarted(&b, c.clone()), "b is gone");
+        // The head frame, once partly written, is started and stays.
+        q.advance(1);
+        assert!(!q.replace_unstarted(&a, b.clone()));
+        let mut slices = [IoSlice::new(&[]); 4];
+        let n = q.fill(&mut slices);
+        let bytes: Vec<u8> = slices[..n].iter().flat_map(|s| s.to_vec()).collect();
+        assert_eq!(bytes, b"aaacccccc");
+    }
 
     fn front(q: &OutQueue) -> Vec<u8> {
         let mut slices = [IoSlice::new(&[]); 4];

@@ -65,6 +65,20 @@ pub struct Payload<'a> {
     pub raw: &'a [u8],
 }
 
+impl Payload<'_> {
+    /// The value, decoded (for the control plane, which re-encodes it in each format;
+    /// off the hot path). MessagePack binary and extension values have no JSON
+    /// equivalent and are refused.
+    pub fn to_value(&self) -> Result<serde_json::Value, Error> {
+        match self.format {
+            Format::Json => serde_json::from_slice(self.raw)
+                .map_err(|e| Error::Envelope(format!("'data' is not JSON: {e}"))),
+            Format::MsgPack => rmp_serde::from_slice(self.raw)
+                .map_err(|e| Error::Envelope(format!("'data' has no JSON equivalent: {e}"))),
+        }
+    }
+}
+
 /// Where a publication sits in its channel's stream: offsets rise by one per
 /// publication; the epoch changes only when the stream's earlier positions are lost
 /// (so a client can tell a gap from a quiet channel). On the wire the epoch is a
@@ -247,11 +261,75 @@ pub enum Command<'a> {
         /// `data` in publications and history, never interpreted.
         meta: Option<Payload<'a>>,
     },
+    /// This user's notifications, newest first, and the unread count.
+    Notifications {
+        /// Most notifications in the reply (default 50, at most 500).
+        limit: u32,
+        /// Only notifications with an id below this one (paging).
+        before: Option<u64>,
+        /// Only unread ones.
+        unread: bool,
+    },
+    /// Mark one notification, or all of them, as read (on every device of the user).
+    NotificationsRead {
+        /// The notification's id; `None`: all.
+        notification: Option<u64>,
+    },
+    /// Subscribe this user to a notification topic, or unsubscribe.
+    NotificationsTopic {
+        /// Topic name.
+        topic: Cow<'a, str>,
+        /// Subscribe (true) or unsubscribe.
+        subscribe: bool,
+    },
+    /// Start a call to a user (every device rings) or a room (its subscribers ring).
+    Call {
+        /// Callee user id (exactly one of `user` and `channel`).
+        user: Option<Cow<'a, str>>,
+        /// Room channel.
+        channel: Option<Cow<'a, str>>,
+        /// `audio`, `video` or another label of at most 32 bytes, passed on.
+        media: Option<Cow<'a, str>>,
+        /// Opaque data for the callee (shown while ringing).
+        data: Option<Payload<'a>>,
+    },
+    /// Accept, reject or end a call.
+    CallAction {
+        /// The call's id.
+        call: u64,
+        /// What to do.
+        action: CallAction,
+        /// Why (rejections and ends), at most 128 bytes.
+        reason: Option<Cow<'a, str>>,
+    },
+    /// Relay signaling data (SDP offer or answer, ICE candidate) to the other
+    /// participant(s) of a call, or record a quality report.
+    CallSignal {
+        /// The call's id.
+        call: u64,
+        /// Client id of one participant (rooms); default: every other participant.
+        to: Option<Cow<'a, str>>,
+        /// The signaling data or report.
+        data: Payload<'a>,
+        /// A quality report (stored, not relayed) instead of signaling data.
+        quality: bool,
+    },
     /// Round trip; the reply is empty.
     Ping,
     /// Decodable envelope with an `id` but an unknown command or a missing or mistyped
     /// field: answered with error [`ErrorCode::BadRequest`], the connection stays open.
     Invalid(&'static str),
+}
+
+/// What `call_accept`, `call_reject` and `call_end` do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallAction {
+    /// Answer a ringing call (or join a room call).
+    Accept,
+    /// Decline a ringing call.
+    Reject,
+    /// Hang up (or cancel a call still ringing).
+    End,
 }
 
 /// A command with the id its reply carries back.
@@ -295,6 +373,9 @@ pub enum ErrorCode {
     /// No such thing (a scheduled message that does not exist, is not the caller's,
     /// or has already fired or been cancelled).
     NotFound = 112,
+    /// The state of the thing forbids it now: a call already answered on another
+    /// device, ended, or not in a state that allows this transition.
+    Conflict = 113,
 }
 
 /// Result of a successful `connect`.
@@ -367,9 +448,43 @@ macro_rules! envelope_fields {
 }
 
 envelope_fields!(
-    id, cmd, token, channel, data, push, result, error, code, message, reason, reconnect, offset,
-    epoch, since, limit, reverse, key, meta, device, positions, user, delivered, read, at, delay,
-    schedule, status, typing,
+    id,
+    cmd,
+    token,
+    channel,
+    data,
+    push,
+    result,
+    error,
+    code,
+    message,
+    reason,
+    reconnect,
+    offset,
+    epoch,
+    since,
+    limit,
+    reverse,
+    key,
+    meta,
+    device,
+    positions,
+    user,
+    delivered,
+    read,
+    at,
+    delay,
+    schedule,
+    status,
+    typing,
+    topic,
+    before,
+    unread,
+    all,
+    notification,
+    call,
+    to,
+    media,
 );
 
 /// A key that is present holds a value, even `null` (plain `Option` would turn a
@@ -502,6 +617,25 @@ fn read_str(format: Format, raw: &[u8]) -> Option<Cow<'_, str>> {
 
 /// Longest presence status, in bytes.
 pub const MAX_STATUS_BYTES: usize = 32;
+
+/// Longest call media label, in bytes.
+pub const MAX_MEDIA_BYTES: usize = 32;
+
+/// Longest reason given to reject or end a call, in bytes.
+pub const MAX_REASON_BYTES: usize = 128;
+
+/// Longest notification topic, in bytes.
+pub const MAX_TOPIC_BYTES: usize = 128;
+
+/// Whether `topic` is a valid notification topic: 1 to 128 bytes of ASCII letters,
+/// digits and `_ - . : @`.
+pub fn valid_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= MAX_TOPIC_BYTES
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:@".contains(&b))
+}
 
 /// Longest idempotency key, in bytes.
 pub const MAX_KEY_BYTES: usize = 128;
@@ -736,6 +870,102 @@ pub fn decode_request<'a>(format: Format, bytes: &'a [u8]) -> Result<Request<'a>
             },
             _ => Command::Invalid("publish needs a 'channel' string and 'data'"),
         },
+        Some("notifications") => {
+            let limit = f.limit.map(|r| read_u64(format, r));
+            let before = f.before.map(|r| read_u64(format, r));
+            let unread = f.unread.map(|r| read_bool(format, r));
+            match (limit, before, unread) {
+                (Some(None), ..) | (_, Some(None), _) => {
+                    Command::Invalid("'limit' and 'before' must be integers")
+                }
+                (.., Some(None)) => Command::Invalid("'unread' must be a boolean"),
+                (limit, before, unread) => Command::Notifications {
+                    limit: limit.flatten().unwrap_or(50).clamp(1, 500) as u32,
+                    before: before.flatten(),
+                    unread: unread.flatten().unwrap_or(false),
+                },
+            }
+        }
+        Some("notifications_read") => {
+            let one = f.notification.map(|r| read_u64(format, r));
+            let all = f.all.map(|r| read_bool(format, r));
+            match (one, all) {
+                (Some(Some(n)), None) => Command::NotificationsRead {
+                    notification: Some(n),
+                },
+                (None, Some(Some(true))) => Command::NotificationsRead { notification: None },
+                _ => Command::Invalid(
+                    "notifications_read needs 'notification' (an id) or 'all': true",
+                ),
+            }
+        }
+        Some(cmd @ ("notifications_subscribe" | "notifications_unsubscribe")) => {
+            match str_field(f.topic) {
+                Some(topic) if valid_topic(&topic) => Command::NotificationsTopic {
+                    topic,
+                    subscribe: cmd == "notifications_subscribe",
+                },
+                _ => Command::Invalid("needs a 'topic' of 1 to 128 letters, digits and _ - . : @"),
+            }
+        }
+        Some("call") => {
+            let channel = f.channel.map(|r| read_str(format, r));
+            let user = f.user.map(|r| read_str(format, r));
+            let media = f.media.map(|r| read_str(format, r));
+            match (channel, user, media) {
+                (Some(None), ..) | (_, Some(None), _) => {
+                    Command::Invalid("'channel' and 'user' must be strings")
+                }
+                (Some(_), Some(_), _) | (None, None, _) => {
+                    Command::Invalid("call needs exactly one of 'user' and 'channel'")
+                }
+                (_, _, Some(None)) => Command::Invalid("'media' must be a string"),
+                (_, _, Some(Some(m))) if m.is_empty() || m.len() > MAX_MEDIA_BYTES => {
+                    Command::Invalid("'media' must be 1 to 32 bytes")
+                }
+                (channel, user, media) => Command::Call {
+                    user: user.flatten(),
+                    channel: channel.flatten(),
+                    media: media.flatten(),
+                    data: f.data.map(|raw| Payload { format, raw }),
+                },
+            }
+        }
+        Some(cmd @ ("call_accept" | "call_reject" | "call_end")) => {
+            let call = f.call.map(|r| read_u64(format, r));
+            let reason = f.reason.map(|r| read_str(format, r));
+            match (call, reason) {
+                (None | Some(None), _) => Command::Invalid("needs 'call' (the call's id)"),
+                (_, Some(None)) => Command::Invalid("'reason' must be a string"),
+                (_, Some(Some(r))) if r.len() > MAX_REASON_BYTES => {
+                    Command::Invalid("'reason' must be at most 128 bytes")
+                }
+                (Some(Some(call)), reason) => Command::CallAction {
+                    call,
+                    action: match cmd {
+                        "call_accept" => CallAction::Accept,
+                        "call_reject" => CallAction::Reject,
+                        _ => CallAction::End,
+                    },
+                    reason: reason.flatten(),
+                },
+            }
+        }
+        Some(cmd @ ("call_signal" | "call_quality")) => {
+            let call = f.call.map(|r| read_u64(format, r));
+            let to = f.to.map(|r| read_str(format, r));
+            match (call, to, f.data) {
+                (None | Some(None), ..) => Command::Invalid("needs 'call' (the call's id)"),
+                (_, Some(None), _) => Command::Invalid("'to' must be a client id string"),
+                (.., None) => Command::Invalid("needs 'data'"),
+                (Some(Some(call)), to, Some(raw)) => Command::CallSignal {
+                    call,
+                    to: to.flatten(),
+                    data: Payload { format, raw },
+                    quality: cmd == "call_quality",
+                },
+            }
+        }
         Some("ping") => Command::Ping,
         Some(_) => Command::Invalid("unknown command"),
     };
@@ -1268,6 +1498,24 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         status: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         typing: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        unread: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        all: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        notification: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        call: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        to: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        media: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
     }
     #[derive(Serialize)]
     #[serde(untagged)]
@@ -1296,6 +1544,15 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         schedule: None,
         status: None,
         typing: None,
+        topic: None,
+        before: None,
+        unread: None,
+        all: None,
+        notification: None,
+        call: None,
+        to: None,
+        media: None,
+        reason: None,
     };
     let (mut data, mut meta): (Option<&Payload<'_>>, Option<&Payload<'_>>) = (None, None);
     out.cmd = match &req.command {
@@ -1406,6 +1663,64 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         Command::Unschedule { schedule } => {
             out.schedule = Some(*schedule);
             "unschedule"
+        }
+        Command::Notifications {
+            limit,
+            before,
+            unread,
+        } => {
+            (out.limit, out.before, out.unread) = (Some(*limit), *before, Some(*unread));
+            "notifications"
+        }
+        Command::NotificationsRead { notification } => {
+            out.notification = *notification;
+            out.all = notification.is_none().then_some(true);
+            "notifications_read"
+        }
+        Command::NotificationsTopic { topic, subscribe } => {
+            out.topic = Some(topic);
+            if *subscribe {
+                "notifications_subscribe"
+            } else {
+                "notifications_unsubscribe"
+            }
+        }
+        Command::Call {
+            user,
+            channel,
+            media,
+            data: d,
+        } => {
+            (out.user, out.channel) = (user.as_deref(), channel.as_deref());
+            out.media = media.as_deref();
+            data = d.as_ref();
+            "call"
+        }
+        Command::CallAction {
+            call,
+            action,
+            reason,
+        } => {
+            (out.call, out.reason) = (Some(*call), reason.as_deref());
+            match action {
+                CallAction::Accept => "call_accept",
+                CallAction::Reject => "call_reject",
+                CallAction::End => "call_end",
+            }
+        }
+        Command::CallSignal {
+            call,
+            to,
+            data: d,
+            quality,
+        } => {
+            (out.call, out.to) = (Some(*call), to.as_deref());
+            data = Some(d);
+            if *quality {
+                "call_quality"
+            } else {
+                "call_signal"
+            }
         }
         Command::Ping => "ping",
         Command::Invalid(c) => c,
@@ -1695,6 +2010,24 @@ mod tests {
             r#"{"id":1,"cmd":"presence_count","channel":7}"#.to_string(),
             r#"{"id":1,"cmd":"typing","channel":"c","typing":"yes"}"#.to_string(),
             r#"{"id":1,"cmd":"typing"}"#.to_string(),
+            r#"{"id":1,"cmd":"notifications","limit":"x"}"#.to_string(),
+            r#"{"id":1,"cmd":"notifications","unread":1}"#.to_string(),
+            r#"{"id":1,"cmd":"notifications_read"}"#.to_string(),
+            r#"{"id":1,"cmd":"notifications_read","all":false}"#.to_string(),
+            r#"{"id":1,"cmd":"notifications_read","notification":1,"all":true}"#.to_string(),
+            r#"{"id":1,"cmd":"notifications_subscribe"}"#.to_string(),
+            r#"{"id":1,"cmd":"notifications_subscribe","topic":"a b"}"#.to_string(),
+            r#"{"id":1,"cmd":"notifications_unsubscribe","topic":""}"#.to_string(),
+            r#"{"id":1,"cmd":"call"}"#.to_string(),
+            r#"{"id":1,"cmd":"call","user":"u","channel":"c"}"#.to_string(),
+            r#"{"id":1,"cmd":"call","user":5}"#.to_string(),
+            r#"{"id":1,"cmd":"call","user":"u","media":""}"#.to_string(),
+            r#"{"id":1,"cmd":"call_accept"}"#.to_string(),
+            r#"{"id":1,"cmd":"call_reject","call":"7"}"#.to_string(),
+            r#"{"id":1,"cmd":"call_end","call":7,"reason":3}"#.to_string(),
+            r#"{"id":1,"cmd":"call_signal","call":7}"#.to_string(),
+            r#"{"id":1,"cmd":"call_signal","call":7,"to":1,"data":{}}"#.to_string(),
+            r#"{"id":1,"cmd":"call_quality","data":{}}"#.to_string(),
         ];
         for json in &cases {
             let value: serde_json::Value = serde_json::from_str(json).unwrap();

@@ -1,0 +1,1127 @@
+//! Call signaling: the call state machine, ringing, signaling relay, the call log.
+//!
+//! Owns every active call (in memory, on one thread, so two accepts or two users
+//! calling each other at once are ordered: the first accept wins, and the second
+//! `call` of a glare finds the first and answers it instead of ringing back) and the
+//! `calls` and `call_quality` tables of the store (the log: who, when, how long, how it
+//! ended). A call moves only along [`allowed`]:
+//!
+//! ```text
+//! initiating → ringing → accepted → in_progress → ended
+//!                      ↘ rejected     ↘ ended      ↘ failed
+//!                      ↘ missed       ↘ failed
+//!                      ↘ ended (cancelled by the caller), failed
+//! ```
+//!
+//! A user call rings every device of the callee; a room call rings the room's
+//! subscribers and anyone subscribed may join. `in_progress` starts when two
+//! participants have exchanged signaling data. A call not answered within
+//! `calls.ring_timeout_ms` is `missed` (both sides are told, and the callee gets a
+//! `missed_call` notification). A participant whose connection drops without a close
+//! has `calls.grace_ms` to come back (`call_accept` again from any of its devices);
+//! then the call fails for it. Active calls do not survive a restart: the log records
+//! them as failed (`server restarted`).
+//!
+//! Does not own media (clients exchange SDP and ICE through `call_signal`; media flows
+//! peer to peer or through the application's TURN/SFU) or who may call whom (the shard
+//! checks the token before forwarding).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rusqlite::{params, Connection};
+use serde::Serialize;
+use serde_json::Value;
+use switchboard_engine::control::{self, CallTarget, Caller, ControlCommand, Push, PushTo};
+use switchboard_engine::mesh::ReplyBody;
+use switchboard_engine::presence::ClientId;
+use switchboard_engine::{ConnKey, ControlRequest, Refused, ShardMsg, ShardSender};
+use switchboard_protocol::envelope::CallAction;
+use switchboard_protocol::ErrorCode;
+
+use crate::config::CallsConfig;
+use crate::notify::{NewNotification, Notifier, Recipients};
+use crate::schedule::now_ms;
+
+/// Where a call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Created, not yet rung.
+    Initiating,
+    /// The callee's devices (or the room) ring.
+    Ringing,
+    /// Answered; signaling under way.
+    Accepted,
+    /// Both sides exchanged signaling data.
+    InProgress,
+    /// Declined by the callee.
+    Rejected,
+    /// Not answered in time.
+    Missed,
+    /// Hung up (or cancelled while ringing).
+    Ended,
+    /// Broke: a participant dropped and did not come back, or the server restarted.
+    Failed,
+}
+
+impl State {
+    /// Whether the call is over.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            State::Rejected | State::Missed | State::Ended | State::Failed
+        )
+    }
+}
+
+/// The transitions the state machine allows.
+pub fn allowed(from: State, to: State) -> bool {
+    use State::*;
+    matches!(
+        (from, to),
+        (Initiating, Ringing | Failed)
+            | (Ringing, Accepted | Rejected | Missed | Ended | Failed)
+            | (Accepted, InProgress | Ended | Failed)
+            | (InProgress, Ended | Failed)
+    )
+}
+
+/// A participant of a call, as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParticipantView {
+    /// The user.
+    pub user: String,
+    /// Its connection (`shard.slot.generation`).
+    pub client: String,
+    /// Its device id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Its connection dropped; it has until the grace period ends to come back.
+    pub lost: bool,
+    /// Its last quality report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<Value>,
+}
+
+/// An active call, as the admin API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallView {
+    /// Its id.
+    pub id: u64,
+    /// Where it is.
+    pub state: State,
+    /// Who called.
+    pub caller: String,
+    /// Who was called (user calls).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callee: Option<String>,
+    /// The room (room calls).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    /// Media label.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media: Option<String>,
+    /// Started, Unix milliseconds.
+    pub created: u64,
+    /// Answered, Unix milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answered: Option<u64>,
+    /// Who is in it.
+    pub participants: Vec<ParticipantView>,
+}
+
+/// One finished (or active) call in the log.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogEntry {
+    /// Its id.
+    pub id: u64,
+    /// Who called.
+    pub caller: String,
+    /// Who was called.
+    pub callee: Option<String>,
+    /// The room.
+    pub room: Option<String>,
+    /// Media label.
+    pub media: Option<String>,
+    /// Started, Unix milliseconds.
+    pub created: u64,
+    /// Answered.
+    pub answered: Option<u64>,
+    /// Ended.
+    pub ended: Option<u64>,
+    /// From answer to end, milliseconds.
+    pub duration_ms: Option<u64>,
+    /// `completed`, `cancelled`, `rejected`, `missed` or `failed` (absent: active).
+    pub outcome: Option<String>,
+    /// Why it ended, when someone said.
+    pub reason: Option<String>,
+    /// Users who took part.
+    pub participants: Vec<String>,
+}
+
+type Reply<T> = tokio::sync::oneshot::Sender<T>;
+
+enum Work {
+    Shard {
+        shard: u16,
+        conn: ConnKey,
+        req_id: u32,
+        caller: Caller,
+        cmd: ControlCommand,
+    },
+    Gone(Caller, bool),
+    Active(Reply<Vec<CallView>>),
+    Log(Option<String>, u32, Reply<Result<Vec<LogEntry>, String>>),
+}
+
+/// Where the call thread takes work from (clone freely).
+#[derive(Clone)]
+pub struct Calls {
+    tx: Sender<Work>,
+}
+
+impl std::fmt::Debug for Calls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Calls")
+    }
+}
+
+impl Calls {
+    /// Hand a shard's call command, or a participant's departure, over.
+    pub fn submit(&self, req: ControlRequest) {
+        let work = match req {
+            ControlRequest::Command {
+                shard,
+                conn,
+                req_id,
+                caller,
+                cmd,
+            } => Work::Shard {
+                shard,
+                conn,
+                req_id,
+                caller,
+                cmd,
+            },
+            ControlRequest::Gone { caller, graceful } => Work::Gone(caller, graceful),
+            _ => return,
+        };
+        if self.tx.send(work).is_err() {
+            tracing::warn!("call worker stopped; a call command is not answered");
+        }
+    }
+
+    /// Active calls (admin API).
+    pub async fn active(&self) -> Vec<CallView> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Work::Active(tx)).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// The call log, newest first, of one user or everyone (admin API).
+    pub async fn log(&self, user: Option<String>, limit: u32) -> Result<Vec<LogEntry>, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Work::Log(user, limit, tx))
+            .map_err(|_| "call worker stopped".to_string())?;
+        rx.await.map_err(|_| "call worker stopped".to_string())?
+    }
+}
+
+/// The running call thread.
+#[derive(Debug)]
+pub struct CallsHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CallsHandle {
+    /// Stop the thread (active calls are logged as failed at the next start).
+    pub fn finish(mut self) {
+        self.stop_thread();
+    }
+
+    fn stop_thread(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for CallsHandle {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
+
+/// Start the call thread on the store at `path`; calls left active by the previous
+/// run are logged as failed.
+pub fn spawn(
+    path: &std::path::Path,
+    shards: ShardSender,
+    cfg: CallsConfig,
+    notifier: Notifier,
+) -> anyhow::Result<(Calls, CallsHandle)> {
+    let conn = Connection::open(path)
+        .map_err(|e| anyhow::anyhow!("store {}: calls cannot open it: {e}", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute_batch("PRAGMA synchronous = FULL;")?;
+    let left = conn.execute(
+        "UPDATE calls SET ended_ms = ?1, outcome = 'failed', reason = 'server restarted'
+         WHERE ended_ms IS NULL",
+        params![now_ms() as i64],
+    )?;
+    if left > 0 {
+        tracing::warn!(
+            calls = left,
+            "calls active at the last stop are logged as failed"
+        );
+    }
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut worker = Worker {
+        conn,
+        shards,
+        cfg,
+        notifier,
+        calls: BTreeMap::new(),
+    };
+    let thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("calls".into())
+            .spawn(move || worker.run(&rx, &stop))?
+    };
+    Ok((
+        Calls { tx },
+        CallsHandle {
+            stop,
+            thread: Some(thread),
+        },
+    ))
+}
+
+#[derive(Debug, Clone)]
+struct Participant {
+    user: Arc<str>,
+    client: ClientId,
+    device: Option<Box<str>>,
+    /// When its connection dropped.
+    lost: Option<Instant>,
+    /// It has sent signaling data.
+    signaled: bool,
+    quality: Option<Value>,
+}
+
+impl Participant {
+    fn of(c: &Caller) -> Participant {
+        Participant {
+            user: c.user.clone(),
+            client: c.client,
+            device: c.device.clone(),
+            lost: None,
+            signaled: false,
+            quality: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Call {
+    id: u64,
+    state: State,
+    caller: Arc<str>,
+    callee: Option<String>,
+    room: Option<String>,
+    media: Option<String>,
+    created_ms: u64,
+    answered_ms: Option<u64>,
+    ring_deadline: Instant,
+    /// The caller's connection first, then whoever accepted.
+    participants: Vec<Participant>,
+    /// Every user who took part (for the log).
+    joined: Vec<Arc<str>>,
+}
+
+impl Call {
+    fn participant(&self, client: ClientId) -> Option<usize> {
+        self.participants.iter().position(|p| p.client == client)
+    }
+
+    fn involves(&self, user: &str) -> bool {
+        &*self.caller == user
+            || self.callee.as_deref() == Some(user)
+            || self.participants.iter().any(|p| &*p.user == user)
+    }
+}
+
+/// What a client is told, pushed as `{"push": "call", "event": ..., "call": id, ...}`.
+#[derive(Debug, Default, Serialize)]
+struct Event<'a> {
+    push: &'static str,
+    event: &'static str,
+    call: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<Who<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    by: Option<Who<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    media: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Who<'a> {
+    user: &'a str,
+    #[serde(serialize_with = "display")]
+    client: ClientId,
+}
+
+fn display<S: serde::Serializer>(c: &ClientId, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(c)
+}
+
+impl<'a> Who<'a> {
+    fn of(p: &'a Participant) -> Who<'a> {
+        Who {
+            user: &p.user,
+            client: p.client,
+        }
+    }
+}
+
+fn event(name: &'static str, call: u64) -> Event<'static> {
+    Event {
+        push: "call",
+        event: name,
+        call,
+        ..Default::default()
+    }
+}
+
+fn refuse(code: ErrorCode, message: &str) -> Refused {
+    Refused {
+        code,
+        message: message.into(),
+    }
+}
+
+struct Worker {
+    conn: Connection,
+    shards: ShardSender,
+    cfg: CallsConfig,
+    notifier: Notifier,
+    calls: BTreeMap<u64, Call>,
+}
+
+impl Worker {
+    fn run(&mut self, rx: &Receiver<Work>, stop: &AtomicBool) {
+        loop {
+            let wait = self
+                .next_deadline()
+                .map_or(Duration::from_millis(250), |d| {
+                    d.saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(250))
+                });
+            match rx.recv_timeout(wait) {
+                Ok(w) => self.handle(w),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while let Ok(w) = rx.try_recv() {
+                self.handle(w);
+            }
+            self.expire();
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let grace = Duration::from_millis(self.cfg.grace_ms);
+        self.calls
+            .values()
+            .flat_map(|c| {
+                let ring = (c.state == State::Ringing).then_some(c.ring_deadline);
+                let lost = c.participants.iter().filter_map(move |p| p.lost);
+                ring.into_iter().chain(lost.map(move |l| l + grace))
+            })
+            .min()
+    }
+
+    fn handle(&mut self, w: Work) {
+        match w {
+            Work::Shard {
+                shard,
+                conn,
+                req_id,
+                caller,
+                cmd,
+            } => {
+                let result = self.command(&caller, cmd).map(ReplyBody::Value);
+                let msg = ShardMsg::Reply {
+                    conn,
+                    req_id,
+                    result,
+                };
+                crate::auth::send_patiently(&self.shards, shard, msg, "a call reply");
+            }
+            Work::Gone(caller, graceful) => self.gone(&caller, graceful),
+            Work::Active(reply) => {
+                let _ = reply.send(self.calls.values().map(view).collect());
+            }
+            Work::Log(user, limit, reply) => {
+                let _ = reply.send(self.log(user.as_deref(), limit).map_err(|e| e.to_string()));
+            }
+        }
+    }
+
+    fn command(&mut self, caller: &Caller, cmd: ControlCommand) -> Result<Value, Refused> {
+        match cmd {
+            ControlCommand::Call { to, media, data } => self.start(caller, to, media, data),
+            ControlCommand::CallAction {
+                call,
+                action,
+                reason,
+                channels,
+            } => match action {
+                CallAction::Accept => self.accept(caller, call, &channels),
+                CallAction::Reject => self.reject(caller, call, reason.as_deref()),
+                CallAction::End => self.end(caller, call, reason.as_deref()),
+            },
+            ControlCommand::CallSignal {
+                call,
+                to,
+                data,
+                quality,
+            } => self.signal(caller, call, to, &data, quality),
+            _ => Err(refuse(ErrorCode::Internal, "not a call command")),
+        }
+    }
+
+    fn start(
+        &mut self,
+        caller: &Caller,
+        to: CallTarget,
+        media: Option<String>,
+        data: Option<Value>,
+    ) -> Result<Value, Refused> {
+        let mine = self
+            .calls
+            .values()
+            .filter(|c| c.involves(&caller.user))
+            .count();
+        if mine >= self.cfg.max_per_user as usize {
+            return Err(refuse(
+                ErrorCode::LimitExceeded,
+                "too many calls at once (calls.max_per_user)",
+            ));
+        }
+        let (callee, room) = match to {
+            CallTarget::User(u) => (Some(u), None),
+            CallTarget::Room(r) => (None, Some(r)),
+        };
+        // Glare: the callee is ringing us already; answer that call instead.
+        if let Some(callee) = &callee {
+            let crossing = self.calls.values().find(|c| {
+                c.state == State::Ringing
+                    && *c.caller == **callee
+                    && c.callee.as_deref() == Some(&*caller.user)
+            });
+            if let Some(id) = crossing.map(|c| c.id) {
+                let mut answer = self.accept(caller, id, &[])?;
+                answer["glare"] = Value::Bool(true);
+                return Ok(answer);
+            }
+        }
+        let now = now_ms();
+        self.conn
+            .execute(
+                "INSERT INTO calls (caller, callee, room, media, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![&*caller.user, callee.as_deref(), room.as_deref(), media.as_deref(), now as i64],
+            )
+            .map_err(|e| refuse(ErrorCode::Unavailable, &format!("call log: {e}")))?;
+        let id = self.conn.last_insert_rowid() as u64;
+        let mut call = Call {
+            id,
+            state: State::Initiating,
+            caller: caller.user.clone(),
+            callee,
+            room,
+            media,
+            created_ms: now,
+            answered_ms: None,
+            ring_deadline: Instant::now() + Duration::from_millis(self.cfg.ring_timeout_ms),
+            participants: vec![Participant::of(caller)],
+            joined: vec![caller.user.clone()],
+        };
+        move_to(&mut call, State::Ringing);
+        let mut ring = event("ring", id);
+        ring.from = Some(Who::of(&call.participants[0]));
+        ring.room = call.room.as_deref();
+        ring.media = call.media.as_deref();
+        ring.data = data.as_ref();
+        let frames = control::frames(&ring);
+        let to = match (&call.callee, &call.room) {
+            (Some(u), _) => PushTo::Users(vec![(Arc::from(u.as_str()), frames)]),
+            (None, Some(r)) => PushTo::Channel {
+                channel: Arc::from(r.as_str()),
+                except: Some(caller.client),
+                frames,
+            },
+            (None, None) => unreachable!("a call has a callee or a room"),
+        };
+        self.push(to);
+        self.calls.insert(id, call);
+        Ok(serde_json::json!({ "call": id, "state": State::Ringing }))
+    }
+
+    fn accept(
+        &mut self,
+        caller: &Caller,
+        id: u64,
+        channels: &[Arc<str>],
+    ) -> Result<Value, Refused> {
+        let call = self.calls.get_mut(&id).ok_or_else(not_found)?;
+        // Coming back within the grace period, from any device of a lost participant.
+        if let Some(p) = call
+            .participants
+            .iter_mut()
+            .find(|p| p.lost.is_some() && p.user == caller.user)
+        {
+            let old = p.client;
+            *p = Participant {
+                signaled: p.signaled,
+                ..Participant::of(caller)
+            };
+            let mut back = event("rejoined", id);
+            back.from = Some(Who::of(p));
+            let frames = control::frames(&back);
+            let others = clients_except(call, caller.client);
+            tracing::debug!(call = id, %old, new = %caller.client, "call participant came back");
+            let answer = answer(call);
+            self.push_clients(others, &frames);
+            return Ok(answer);
+        }
+        match (&call.callee, &call.room) {
+            (Some(callee), _) => {
+                if **callee != *caller.user {
+                    return Err(refuse(
+                        ErrorCode::PermissionDenied,
+                        "this call is not for you",
+                    ));
+                }
+                if call.state != State::Ringing {
+                    let why = if call.state.is_final() {
+                        "the call is over"
+                    } else {
+                        "the call was answered on another device"
+                    };
+                    return Err(refuse(ErrorCode::Conflict, why));
+                }
+            }
+            (None, Some(room)) => {
+                if call.state.is_final() {
+                    return Err(refuse(ErrorCode::Conflict, "the call is over"));
+                }
+                if !channels.iter().any(|c| **c == **room) {
+                    return Err(refuse(
+                        ErrorCode::PermissionDenied,
+                        "joining a room call needs a subscription to the room",
+                    ));
+                }
+                if call.participant(caller.client).is_some() {
+                    return Err(refuse(ErrorCode::Conflict, "already in this call"));
+                }
+            }
+            (None, None) => unreachable!("a call has a callee or a room"),
+        }
+        let first = call.state == State::Ringing;
+        if first {
+            move_to(call, State::Accepted);
+            call.answered_ms = Some(now_ms());
+        }
+        call.participants.push(Participant::of(caller));
+        if !call.joined.contains(&caller.user) {
+            call.joined.push(caller.user.clone());
+        }
+        let me = call.participants.last().expect("just pushed");
+        let mut accepted = event(if first { "accepted" } else { "joined" }, id);
+        accepted.by = Some(Who::of(me));
+        let frames = control::frames(&accepted);
+        let others = clients_except(call, caller.client);
+        let callee = call.callee.clone();
+        let answer = answer(call);
+        if first {
+            let _ = self.conn.execute(
+                "UPDATE calls SET answered_ms = ?2 WHERE id = ?1",
+                params![id as i64, now_ms() as i64],
+            );
+        }
+        self.push_clients(others, &frames);
+        // The callee's other devices stop ringing: they see who answered.
+        if let (true, Some(callee)) = (first, callee) {
+            self.push(PushTo::Users(vec![(Arc::from(callee.as_str()), frames)]));
+        }
+        Ok(answer)
+    }
+
+    fn reject(&mut self, caller: &Caller, id: u64, reason: Option<&str>) -> Result<Value, Refused> {
+        let call = self.calls.get_mut(&id).ok_or_else(not_found)?;
+        if call.room.is_some() {
+            // Declining a room call only stops this user's ringing.
+            return Ok(serde_json::json!({}));
+        }
+        if call.callee.as_deref() != Some(&*caller.user) {
+            return Err(refuse(
+                ErrorCode::PermissionDenied,
+                "this call is not for you",
+            ));
+        }
+        if call.state != State::Ringing {
+            return Err(refuse(ErrorCode::Conflict, "the call is not ringing"));
+        }
+        let mut e = event("rejected", id);
+        e.reason = reason;
+        e.by = Some(Who {
+            user: &caller.user,
+            client: caller.client,
+        });
+        let frames = control::frames(&e);
+        self.finish(id, State::Rejected, "rejected", reason, frames, true);
+        Ok(serde_json::json!({}))
+    }
+
+    fn end(&mut self, caller: &Caller, id: u64, reason: Option<&str>) -> Result<Value, Refused> {
+        let call = self.calls.get(&id).ok_or_else(not_found)?;
+        let Some(i) = call.participant(caller.client) else {
+            return Err(refuse(
+                ErrorCode::PermissionDenied,
+                "not in this call (a callee that has not answered uses call_reject)",
+            ));
+        };
+        if call.state == State::Ringing {
+            let mut e = event("ended", id);
+            e.outcome = Some("cancelled");
+            e.reason = reason;
+            let frames = control::frames(&e);
+            self.finish(id, State::Ended, "cancelled", reason, frames, true);
+            return Ok(serde_json::json!({ "call": id, "state": State::Ended }));
+        }
+        self.leave(id, i, State::Ended, reason);
+        let duration = self.calls.get(&id).map_or_else(
+            || self.logged_duration(id),
+            |c| c.answered_ms.map(|a| now_ms().saturating_sub(a)),
+        );
+        let state = self.calls.get(&id).map_or(State::Ended, |c| c.state);
+        Ok(serde_json::json!({ "call": id, "state": state, "duration_ms": duration }))
+    }
+
+    /// Participant `i` leaves: a user call ends (with `state`); a room call goes on
+    /// until its last participant leaves.
+    fn leave(&mut self, id: u64, i: usize, state: State, reason: Option<&str>) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let outcome = if state == State::Failed {
+            "failed"
+        } else {
+            "completed"
+        };
+        if call.room.is_some() && call.participants.len() > 1 {
+            let p = call.participants.remove(i);
+            let mut e = event("left", id);
+            e.from = Some(Who::of(&p));
+            e.reason = reason;
+            let frames = control::frames(&e);
+            let others = clients_except(call, p.client);
+            self.push_clients(others, &frames);
+            return;
+        }
+        let duration = call.answered_ms.map(|a| now_ms().saturating_sub(a));
+        let p = call.participants[i].clone();
+        let mut e = event("ended", id);
+        e.by = Some(Who::of(&p));
+        e.outcome = Some(outcome);
+        e.reason = reason;
+        e.duration_ms = duration;
+        let frames = control::frames(&e);
+        self.finish(id, state, outcome, reason, frames, false);
+    }
+
+    /// End call `id`: tell its participants (and, while it rang, the callee's devices
+    /// or the room) with `frames`, and log it.
+    fn finish(
+        &mut self,
+        id: u64,
+        state: State,
+        outcome: &str,
+        reason: Option<&str>,
+        frames: control::Frames,
+        ringing: bool,
+    ) {
+        let Some(mut call) = self.calls.remove(&id) else {
+            return;
+        };
+        move_to(&mut call, state);
+        let clients: Vec<ClientId> = call.participants.iter().map(|p| p.client).collect();
+        self.push_clients(clients, &frames);
+        if ringing {
+            match (&call.callee, &call.room) {
+                (Some(u), _) => self.push(PushTo::Users(vec![(Arc::from(u.as_str()), frames)])),
+                (None, Some(r)) => self.push(PushTo::Channel {
+                    channel: Arc::from(r.as_str()),
+                    except: call.participants.first().map(|p| p.client),
+                    frames,
+                }),
+                (None, None) => {}
+            }
+        }
+        let users: Vec<&str> = call.joined.iter().map(|u| &**u).collect();
+        let participants = serde_json::to_string(&users).unwrap_or_default();
+        if let Err(e) = self.conn.execute(
+            "UPDATE calls SET ended_ms = ?2, outcome = ?3, reason = ?4, participants = ?5
+             WHERE id = ?1",
+            params![id as i64, now_ms() as i64, outcome, reason, participants],
+        ) {
+            tracing::warn!(call = id, "cannot log the end of a call: {e}");
+        }
+        if state == State::Missed {
+            if let Some(callee) = &call.callee {
+                self.notifier.create_later(NewNotification {
+                    to: Recipients::Users(vec![callee.clone()]),
+                    kind: "missed_call".into(),
+                    data: serde_json::json!({
+                        "call": id,
+                        "from": &*call.caller,
+                        "media": call.media,
+                        "at": call.created_ms,
+                    }),
+                    key: None,
+                });
+            }
+        }
+    }
+
+    fn signal(
+        &mut self,
+        caller: &Caller,
+        id: u64,
+        to: Option<ClientId>,
+        data: &Value,
+        quality: bool,
+    ) -> Result<Value, Refused> {
+        let call = self.calls.get_mut(&id).ok_or_else(not_found)?;
+        let Some(i) = call.participant(caller.client) else {
+            return Err(refuse(ErrorCode::PermissionDenied, "not in this call"));
+        };
+        if quality {
+            call.participants[i].quality = Some(data.clone());
+            let text = data.to_string();
+            if let Err(e) = self.conn.execute(
+                "INSERT INTO call_quality (call, user, at_ms, data) VALUES (?1, ?2, ?3, ?4)",
+                params![id as i64, &*caller.user, now_ms() as i64, text],
+            ) {
+                return Err(refuse(ErrorCode::Unavailable, &format!("call log: {e}")));
+            }
+            return Ok(serde_json::json!({}));
+        }
+        if !matches!(call.state, State::Accepted | State::InProgress) {
+            return Err(refuse(
+                ErrorCode::Conflict,
+                "signaling data is relayed once the call is answered",
+            ));
+        }
+        let targets: Vec<ClientId> = match to {
+            Some(t) if t == caller.client => {
+                return Err(refuse(ErrorCode::BadRequest, "'to' is the sender itself"))
+            }
+            Some(t) if call.participant(t).is_some() => vec![t],
+            Some(_) => return Err(refuse(ErrorCode::NotFound, "'to' is not in this call")),
+            None => clients_except(call, caller.client),
+        };
+        call.participants[i].signaled = true;
+        if call.state == State::Accepted
+            && call.participants.iter().filter(|p| p.signaled).count() >= 2
+        {
+            move_to(call, State::InProgress);
+        }
+        let mut e = event("signal", id);
+        e.from = Some(Who::of(&call.participants[i]));
+        e.data = Some(data);
+        let frames = control::frames(&e);
+        let state = call.state;
+        self.push_clients(targets, &frames);
+        Ok(serde_json::json!({ "state": state }))
+    }
+
+    /// A connection that sent call commands has gone.
+    fn gone(&mut self, caller: &Caller, graceful: bool) {
+        let ids: Vec<u64> = self
+            .calls
+            .values()
+            .filter(|c| c.participant(caller.client).is_some())
+            .map(|c| c.id)
+            .collect();
+        for id in ids {
+            let Some(call) = self.calls.get_mut(&id) else {
+                continue;
+            };
+            let Some(i) = call.participant(caller.client) else {
+                continue;
+            };
+            if graceful {
+                if call.state == State::Ringing && i == 0 {
+                    let mut e = event("ended", id);
+                    e.outcome = Some("cancelled");
+                    let frames = control::frames(&e);
+                    self.finish(
+                        id,
+                        State::Ended,
+                        "cancelled",
+                        Some("caller left"),
+                        frames,
+                        true,
+                    );
+                } else {
+                    self.leave(id, i, State::Ended, Some("left"));
+                }
+                continue;
+            }
+            call.participants[i].lost = Some(Instant::now());
+            let mut e = event("participant_lost", id);
+            e.from = Some(Who::of(&call.participants[i]));
+            let frames = control::frames(&e);
+            let others = clients_except(call, caller.client);
+            self.push_clients(others, &frames);
+        }
+    }
+
+    /// Ringing calls past their timeout are missed; participants lost for longer than
+    /// the grace period leave (a user call fails).
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let grace = Duration::from_millis(self.cfg.grace_ms);
+        let missed: Vec<u64> = self
+            .calls
+            .values()
+            .filter(|c| c.state == State::Ringing && c.ring_deadline <= now)
+            .map(|c| c.id)
+            .collect();
+        for id in missed {
+            let frames = control::frames(&event("missed", id));
+            self.finish(id, State::Missed, "missed", None, frames, true);
+        }
+        let lost: Vec<(u64, ClientId)> = self
+            .calls
+            .values()
+            .flat_map(|c| {
+                c.participants
+                    .iter()
+                    .filter(|p| p.lost.is_some_and(|l| l + grace <= now))
+                    .map(|p| (c.id, p.client))
+            })
+            .collect();
+        for (id, client) in lost {
+            let Some(i) = self.calls.get(&id).and_then(|c| c.participant(client)) else {
+                continue;
+            };
+            let ringing = self
+                .calls
+                .get(&id)
+                .is_some_and(|c| c.state == State::Ringing);
+            if ringing {
+                let mut e = event("ended", id);
+                e.outcome = Some("failed");
+                e.reason = Some("caller lost");
+                let frames = control::frames(&e);
+                self.finish(
+                    id,
+                    State::Failed,
+                    "failed",
+                    Some("caller lost"),
+                    frames,
+                    true,
+                );
+            } else {
+                self.leave(id, i, State::Failed, Some("participant lost"));
+            }
+        }
+    }
+
+    fn logged_duration(&self, id: u64) -> Option<u64> {
+        self.conn
+            .query_row(
+                "SELECT ended_ms - answered_ms FROM calls WHERE id = ?1",
+                params![id as i64],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .ok()
+            .flatten()
+            .map(|d| d.max(0) as u64)
+    }
+
+    fn log(&self, user: Option<&str>, limit: u32) -> rusqlite::Result<Vec<LogEntry>> {
+        let mut q = self.conn.prepare_cached(
+            "SELECT id, caller, callee, room, media, created_ms, answered_ms, ended_ms,
+                    outcome, reason, participants
+             FROM calls
+             WHERE ?1 IS NULL OR caller = ?1 OR callee = ?1
+                OR EXISTS (SELECT 1 FROM json_each(calls.participants) WHERE value = ?1)
+             ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = q.query_map(params![user, limit.clamp(1, 1000) as i64], |r| {
+            let opt = |i: usize| -> rusqlite::Result<Option<u64>> {
+                Ok(r.get::<_, Option<i64>>(i)?.map(|v| v as u64))
+            };
+            let (answered, ended) = (opt(6)?, opt(7)?);
+            let participants: Option<String> = r.get(10)?;
+            Ok(LogEntry {
+                id: r.get::<_, i64>(0)? as u64,
+                caller: r.get(1)?,
+                callee: r.get(2)?,
+                room: r.get(3)?,
+                media: r.get(4)?,
+                created: r.get::<_, i64>(5)? as u64,
+                answered,
+                ended,
+                duration_ms: answered.zip(ended).map(|(a, e)| e.saturating_sub(a)),
+                outcome: r.get(8)?,
+                reason: r.get(9)?,
+                participants: participants
+                    .and_then(|p| serde_json::from_str(&p).ok())
+                    .unwrap_or_default(),
+            })
+        })?;
+        rows.collect()
+    }
+
+    fn push(&self, to: PushTo) {
+        let push = Arc::new(Push { to, coalesce: None });
+        let shards: Vec<u16> = match &push.to {
+            PushTo::Client(c, _) => vec![c.shard],
+            _ => (0..self.shards.shards() as u16).collect(),
+        };
+        for shard in shards {
+            let msg = ShardMsg::Push(push.clone());
+            crate::auth::send_patiently(&self.shards, shard, msg, "a call push");
+        }
+    }
+
+    fn push_clients(&self, clients: Vec<ClientId>, frames: &control::Frames) {
+        for c in clients {
+            self.push(PushTo::Client(c, frames.clone()));
+        }
+    }
+}
+
+fn move_to(call: &mut Call, to: State) {
+    debug_assert!(allowed(call.state, to), "{:?} -> {to:?}", call.state);
+    if allowed(call.state, to) {
+        call.state = to;
+    } else {
+        tracing::error!(call = call.id, from = ?call.state, ?to, "call transition refused");
+    }
+}
+
+fn not_found() -> Refused {
+    refuse(ErrorCode::NotFound, "no such call (or it is over)")
+}
+
+fn clients_except(call: &Call, me: ClientId) -> Vec<ClientId> {
+    call.participants
+        .iter()
+        .filter(|p| p.client != me && p.lost.is_none())
+        .map(|p| p.client)
+        .collect()
+}
+
+/// The reply to `call_accept`: the call and who is in it.
+fn answer(call: &Call) -> Value {
+    let peers: Vec<Who<'_>> = call.participants.iter().map(Who::of).collect();
+    serde_json::json!({ "call": call.id, "state": call.state, "participants": peers })
+}
+
+fn view(c: &Call) -> CallView {
+    CallView {
+        id: c.id,
+        state: c.state,
+        caller: c.caller.to_string(),
+        callee: c.callee.clone(),
+        room: c.room.clone(),
+        media: c.media.clone(),
+        created: c.created_ms,
+        answered: c.answered_ms,
+        participants: c
+            .participants
+            .iter()
+            .map(|p| ParticipantView {
+                user: p.user.to_string(),
+                client: p.client.to_string(),
+                device: p.device.as_deref().map(String::from),
+                lost: p.lost.is_some(),
+                quality: p.quality.clone(),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_documented_transitions_are_allowed() {
+        use State::*;
+        let all = [
+            Initiating, Ringing, Accepted, InProgress, Rejected, Missed, Ended, Failed,
+        ];
+        let expected = [
+            (Initiating, Ringing),
+            (Initiating, Failed),
+            (Ringing, Accepted),
+            (Ringing, Rejected),
+            (Ringing, Missed),
+            (Ringing, Ended),
+            (Ringing, Failed),
+            (Accepted, InProgress),
+            (Accepted, Ended),
+            (Accepted, Failed),
+            (InProgress, Ended),
+            (InProgress, Failed),
+        ];
+        for from in all {
+            for to in all {
+                assert_eq!(
+                    allowed(from, to),
+                    expected.contains(&(from, to)),
+                    "{from:?} -> {to:?}"
+                );
+            }
+            if from.is_final() {
+                assert!(
+                    all.iter().all(|&to| !allowed(from, to)),
+                    "{from:?} is final"
+                );
+            }
+        }
+    }
+}
