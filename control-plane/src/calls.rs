@@ -356,10 +356,10 @@ impl Call {
         self.participants.iter().position(|p| p.client == client)
     }
 
+    /// Whether `user` placed this call or is in it (being rung does not count, so
+    /// others ringing a user cannot use up that user's calls).
     fn involves(&self, user: &str) -> bool {
-        &*self.caller == user
-            || self.callee.as_deref() == Some(user)
-            || self.participants.iter().any(|p| &*p.user == user)
+        &*self.caller == user || self.participants.iter().any(|p| &*p.user == user)
     }
 }
 

@@ -662,6 +662,26 @@ mod tests {
             Config::load(Some(Path::new("/nonexistent.toml")), &env(&[])),
             Err(ConfigError::Read { .. })
         ));
+        // Notifications and calls.
+        for (text, key) in [
+            (
+                "[notifications]\npublic_topics = [\"news\", \"a b\"]\n",
+                "notifications.public_topics[1]",
+            ),
+            (
+                "[notifications]\nmax_per_user = 0\n",
+                "notifications.max_per_user",
+            ),
+            ("[notifications]\nttl_ms = -1\n", "ttl_ms"),
+            ("[notifications]\ntopics = []\n", "topics"),
+            ("[calls]\nring_timeout_ms = 0\n", "calls.ring_timeout_ms"),
+            ("[calls]\ngrace_ms = \"soon\"\n", "grace_ms"),
+            ("[calls]\nmax_calls = 1\n", "max_calls"),
+        ] {
+            let f = write(text);
+            let e = Config::load(Some(&f.0), &env(&[])).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -196,7 +196,8 @@ enum Work {
         caller: Caller,
         cmd: ControlCommand,
     },
-    Create(NewNotification, Reply<Result<Created, Refusal>>),
+    /// Without a reply channel: from another worker, a refusal is logged.
+    Create(NewNotification, Option<Reply<Result<Created, Refusal>>>),
     List(
         String,
         u32,
@@ -289,21 +290,15 @@ impl Notifier {
 
     /// Create (or, with a known key, update) a notification and push it.
     pub async fn create(&self, n: NewNotification) -> Result<Created, Refusal> {
-        self.ask(|tx| Work::Create(n, tx)).await
+        self.ask(|tx| Work::Create(n, Some(tx))).await
     }
 
     /// Create a notification without waiting for the answer (from another worker);
     /// a refusal is logged.
     pub fn create_later(&self, n: NewNotification) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.tx.send(Work::Create(n, tx)).is_err() {
-            return tracing::warn!("notification worker stopped; a notification is lost");
+        if self.tx.send(Work::Create(n, None)).is_err() {
+            tracing::warn!("notification worker stopped; a notification is lost");
         }
-        std::thread::spawn(move || {
-            if let Ok(Err(e)) = rx.blocking_recv() {
-                tracing::warn!("a notification was refused: {}", e.message);
-            }
-        });
     }
 
     /// A user's notifications, newest first.
@@ -431,7 +426,16 @@ impl Worker {
                 crate::auth::send_patiently(&self.shards, shard, msg, "a notification reply");
             }
             Work::Create(n, reply) => {
-                let _ = reply.send(self.create(&n));
+                let result = self.create(&n);
+                match (reply, result) {
+                    (Some(reply), result) => {
+                        let _ = reply.send(result);
+                    }
+                    (None, Err(e)) => {
+                        tracing::warn!(kind = %n.kind, "a notification was refused: {}", e.message)
+                    }
+                    (None, Ok(_)) => {}
+                }
             }
             Work::List(user, limit, before, unread, reply) => {
                 let _ = reply.send(self.list(&user, limit, before, unread));

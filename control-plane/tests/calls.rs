@@ -172,7 +172,7 @@ async fn devices_race_to_accept_signaling_quality_and_the_call_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn glare_resolves_to_one_call() {
-    let server = start(|_| {});
+    let server = start(|c| c.calls.max_per_user = 1);
     let (addr, admin) = (server.ws_addr(), server.admin_addr());
     let mut ann = client_on_shard(addr, Fmt::Json, &caller_token("ann", &["bob"]), 0).await;
     let mut bob = client_on_shard(addr, Fmt::MsgPack, &caller_token("bob", &["ann"]), 1).await;
@@ -206,6 +206,9 @@ async fn glare_resolves_to_one_call() {
         .await;
     assert!(r.get("result").is_some(), "{r}");
     assert_eq!(call_event(&mut ann, "signal").await["data"], json!("offer"));
+    // One call at a time each (calls.max_per_user = 1).
+    let r = ann.call(json!({"cmd": "call", "user": "bob"})).await;
+    assert_eq!(r["error"]["code"], json!(110), "{r}");
     server.shutdown();
     server.wait();
 }
