@@ -3739,6 +3739,113 @@ mod tests {
     }
 
     #[test]
+    fn control_pushes_reach_users_clients_and_channels_and_coalesce() {
+        let mut h = harness(|_| {});
+        let (a, b) = (h.open(), h.open());
+        h.read(b, &cmd(r#"{"id":2,"cmd":"subscribe","channel":"room:1"}"#));
+        let _ = h.written(b);
+        let push = |to: PushTo, key: Option<&str>| {
+            ShardMsg::Push(Arc::new(Push {
+                to,
+                coalesce: key.map(Arc::from),
+            }))
+        };
+        let f = |n: u32| crate::control::frames(&serde_json::json!({"push": "x", "n": n}));
+        let ns = |bytes: Vec<u8>| -> Vec<u64> {
+            frames(&bytes)
+                .iter()
+                .map(|(_, p)| {
+                    let v: serde_json::Value = serde_json::from_slice(p).unwrap();
+                    v["n"].as_u64().unwrap()
+                })
+                .collect()
+        };
+        // Every connection of a user.
+        h.core
+            .on_message(push(PushTo::Users(vec![(Arc::from("u"), f(1))]), None));
+        assert_eq!((ns(h.written(a)), ns(h.written(b))), (vec![1], vec![1]));
+        h.core
+            .on_message(push(PushTo::Users(vec![(Arc::from("v"), f(9))]), None));
+        // One connection, and only while it is the same connection.
+        let client = |k: ConnKey, gen: u32| ClientId {
+            shard: 0,
+            slot: k.slot,
+            gen,
+        };
+        h.core
+            .on_message(push(PushTo::Client(client(a, a.gen), f(2)), None));
+        h.core
+            .on_message(push(PushTo::Client(client(a, a.gen + 1), f(3)), None));
+        assert_eq!((ns(h.written(a)), ns(h.written(b))), (vec![2], vec![]));
+        // A channel's subscribers, but the one left out.
+        let channel = |except| PushTo::Channel {
+            channel: Arc::from("room:1"),
+            except,
+            frames: f(4),
+        };
+        h.core
+            .on_message(push(channel(Some(client(b, b.gen))), None));
+        assert!(h.written(b).is_empty());
+        h.core.on_message(push(channel(None), None));
+        assert_eq!((ns(h.written(a)), ns(h.written(b))), (vec![], vec![4]));
+        // Coalescing: while unwritten, each push of a key replaces the previous one.
+        for n in 5..=7 {
+            h.core.on_message(push(
+                PushTo::Users(vec![(Arc::from("u"), f(n))]),
+                Some("progress"),
+            ));
+        }
+        assert_eq!(ns(h.written(a)), vec![7]);
+        let metrics = h.core.metrics().clone();
+        let coalesced = &metrics.coalesced;
+        assert_eq!(coalesced.load(std::sync::atomic::Ordering::Relaxed), 4);
+        h.core.on_message(push(
+            PushTo::Users(vec![(Arc::from("u"), f(8))]),
+            Some("progress"),
+        ));
+        assert_eq!(ns(h.written(a)), vec![8], "written ones are not replaced");
+        assert_eq!(
+            ns(h.written(b)),
+            vec![8],
+            "b, still not written, gets the latest"
+        );
+        assert_eq!(coalesced.load(std::sync::atomic::Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn call_commands_are_forwarded_and_departures_reported() {
+        let mut h = harness(|_| {});
+        let a = h.open();
+        h.read(a, &cmd(r#"{"id":2,"cmd":"call_accept","call":7}"#));
+        let Ok(ControlRequest::Command { caller, cmd: c, .. }) = h.control.try_recv() else {
+            panic!("expected a forwarded command")
+        };
+        assert_eq!((&*caller.user, caller.client.slot), ("u", a.slot));
+        assert!(matches!(
+            c,
+            ControlCommand::CallAction {
+                call: 7,
+                action: CallAction::Accept,
+                ..
+            }
+        ));
+        h.read(
+            a,
+            &cmd(r#"{"id":3,"cmd":"call_signal","call":7,"to":"0.1","data":1}"#),
+        );
+        assert!(String::from_utf8_lossy(&h.written(a)).contains("104"));
+        h.core.on_eof(a.slot);
+        let Ok(ControlRequest::Gone { caller, graceful }) = h.control.try_recv() else {
+            panic!("expected a departure")
+        };
+        assert_eq!((caller.client.slot, graceful), (a.slot, false));
+        // A connection that never took part in a call is not reported.
+        let b = h.open();
+        h.core.on_eof(b.slot);
+        assert!(h.control.try_recv().is_err());
+    }
+
+    #[test]
     fn user_connections_inline_then_listed() {
         let mut u = UserConns::default();
         u.add(3);
