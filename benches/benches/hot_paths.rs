@@ -771,6 +771,108 @@ fn access(c: &mut Criterion) {
     g.finish();
 }
 
+/// Control-plane pushes on a shard: a notification to 1,000 users' connections, a
+/// progress update coalesced into a slow connection's deep queue, one call signal.
+fn notifications(c: &mut Criterion) {
+    use std::net::{IpAddr, Ipv4Addr};
+    use switchboard_engine::control::{frames, Push, PushTo};
+    use switchboard_engine::presence::ClientId;
+    use switchboard_engine::{EngineConfig, Identity, Mesh, ShardMetrics, ShardMsg};
+    let mut g = c.benchmark_group("notifications");
+    let cfg = EngineConfig {
+        shards: 1,
+        max_outbound_bytes: 64 * 1024 * 1024,
+        ..EngineConfig::default()
+    };
+    let (tx, _rx) = crossbeam_channel::bounded(16);
+    let mut core = switchboard_engine::ShardCore::new(
+        0,
+        Arc::new(cfg),
+        Mesh::new(1, 1024).expect("eventfd"),
+        tx,
+        Arc::new(ShardMetrics::default()),
+    );
+    let users: Vec<Arc<str>> = (0..1000).map(|i| format!("user-{i}").into()).collect();
+    let mut keys = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        let identity = Arc::new(Identity {
+            user: u.clone(),
+            channels: None,
+            expires_at: None,
+            send_to: None,
+            schedule: false,
+            claims: Vec::new(),
+        });
+        let peer = IpAddr::V4(Ipv4Addr::from(0x7f00_0000 + (i as u32 % 250) + 1));
+        keys.push(core.open_for_test(peer, Format::MsgPack, identity));
+    }
+    drain(&mut core);
+    let push = serde_json::json!({"push": "notification", "notification": {"id": 1, "kind": "message", "data": {"text": "hello"}}, "unread": 3});
+    let f = frames(&push);
+    let to_all = Arc::new(Push {
+        to: PushTo::Users(users.iter().map(|u| (u.clone(), f.clone())).collect()),
+        coalesce: None,
+    });
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("push_to_1000_users", |b| {
+        b.iter(|| {
+            core.on_message(ShardMsg::Push(to_all.clone()));
+            drain(&mut core);
+        })
+    });
+    g.throughput(Throughput::Elements(1));
+    // A slow connection with 1,000 frames waiting; each progress update replaces the
+    // previous one in place (the worst case: it is at the back of the queue).
+    let slow = keys[0];
+    let filler = frames(&serde_json::json!({"push": "publication", "data": 1}));
+    for _ in 0..1000 {
+        core.on_message(ShardMsg::Push(Arc::new(Push {
+            to: PushTo::Users(vec![(users[0].clone(), filler.clone())]),
+            coalesce: None,
+        })));
+    }
+    let progress = |pct: u32| {
+        Arc::new(Push {
+            to: PushTo::Users(vec![(
+                users[0].clone(),
+                frames(&serde_json::json!({"push": "notification", "percent": pct})),
+            )]),
+            coalesce: Some(Arc::from("notification:job")),
+        })
+    };
+    let (p1, p2) = (progress(1), progress(2));
+    core.on_message(ShardMsg::Push(p1.clone()));
+    let mut flip = false;
+    g.bench_function("coalesce_progress_behind_1000_frames", |b| {
+        b.iter(|| {
+            flip = !flip;
+            core.on_message(ShardMsg::Push(if flip { p2.clone() } else { p1.clone() }));
+        })
+    });
+    assert!(core.out_mut(slow.slot).unwrap().len() == 1001);
+    drain(&mut core);
+    let signal = Arc::new(Push {
+        to: PushTo::Client(
+            ClientId {
+                shard: 0,
+                slot: keys[1].slot,
+                gen: keys[1].gen,
+            },
+            frames(
+                &serde_json::json!({"push": "call", "event": "signal", "call": 1, "data": {"candidate": "candidate:1 1 UDP 2122252543 192.0.2.1 54321 typ host"}}),
+            ),
+        ),
+        coalesce: None,
+    });
+    g.bench_function("call_signal_to_one_connection", |b| {
+        b.iter(|| {
+            core.on_message(ShardMsg::Push(signal.clone()));
+            drain(&mut core);
+        })
+    });
+    g.finish();
+}
+
 fn core_tick_of_first_visit() -> u64 {
     50
 }
@@ -778,6 +880,6 @@ fn core_tick_of_first_visit() -> u64 {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = frame_decode, frame_encode, unmask, envelopes, fanout, channel_index, cross_shard, jwt, heartbeat_wheel, outq_write_prep, streams, durability, group_commit, sessions, presence, access
+    targets = frame_decode, frame_encode, unmask, envelopes, fanout, channel_index, cross_shard, jwt, heartbeat_wheel, outq_write_prep, streams, durability, group_commit, sessions, presence, access, notifications
 }
 criterion_main!(benches);

@@ -242,6 +242,8 @@ pub struct ShardCore {
     wake: Vec<u32>,
     /// Subscribers whose queue overflowed during a fan-out (reused).
     overflowed: Vec<u32>,
+    /// Connections a control-plane push goes to (reused).
+    push_slots: Vec<u32>,
     mesh: Arc<Mesh>,
     control: Sender<ControlRequest>,
     metrics: Arc<ShardMetrics>,
@@ -281,7 +283,7 @@ pub struct ShardCore {
     /// The namespaces' access rules.
     access: Access,
     /// Each user's open connections on this shard (personal channels, server-side
-    /// subscriptions).
+    /// subscriptions, notifications and calls).
     users: HashMap<Arc<str>, UserConns>,
     /// A bit per shard of the process.
     all_shards: u64,
@@ -420,6 +422,7 @@ impl ShardCore {
             dirty: Vec::new(),
             wake: Vec::new(),
             overflowed: Vec::new(),
+            push_slots: Vec::new(),
             mesh,
             control,
             metrics,
@@ -1047,14 +1050,16 @@ impl ShardCore {
     /// channel's local subscribers.
     fn on_push(&mut self, push: &Push) {
         let coalesce = push.coalesce.as_ref();
+        let mut slots = std::mem::take(&mut self.push_slots);
         match &push.to {
             PushTo::Users(list) => {
                 for (user, frames) in list {
                     let Some(u) = self.users.get(&**user) else {
                         continue;
                     };
-                    let slots: Vec<u32> = u.slots().to_vec();
-                    for slot in slots {
+                    slots.clear();
+                    slots.extend_from_slice(u.slots());
+                    for &slot in &slots {
                         self.push_control(slot, frames, coalesce);
                     }
                 }
@@ -1074,21 +1079,17 @@ impl ShardCore {
                 except,
                 frames,
             } => {
-                let Some(entry) = self.channels.local(channel) else {
-                    return;
-                };
                 let skip = except.filter(|c| c.shard == self.id).map(|c| c.slot);
-                let slots: Vec<u32> = entry
-                    .subscribers
-                    .iter()
-                    .copied()
-                    .filter(|&s| Some(s) != skip)
-                    .collect();
-                for slot in slots {
+                slots.clear();
+                if let Some(entry) = self.channels.local(channel) {
+                    slots.extend(entry.subscribers.iter().filter(|&&s| Some(s) != skip));
+                }
+                for &slot in &slots {
                     self.push_control(slot, frames, coalesce);
                 }
             }
         }
+        self.push_slots = slots;
         while let Some(slot) = self.overflowed.pop() {
             self.slow_consumer(slot);
         }
@@ -1217,12 +1218,12 @@ impl ShardCore {
         self.enqueue(slot, envelope::encode_result(format, req_id, &reply));
         let at = self.now as u64 + self.ticks.ping as u64;
         self.schedule(slot, at);
-        if !self.cfg.personal_namespace.is_empty() {
-            self.users
-                .entry(identity.user.clone())
-                .or_default()
-                .add(slot);
-        }
+        // Indexed even with the personal channel off: notifications and calls reach
+        // users through it.
+        self.users
+            .entry(identity.user.clone())
+            .or_default()
+            .add(slot);
         let ns = &self.cfg.user_presence_namespace;
         if !ns.is_empty() {
             let channel = format!("{ns}:{}", identity.user);
@@ -3525,7 +3526,11 @@ impl ShardCore {
         let conn = &mut self.conns[key.slot as usize];
         conn.state = ConnState::Open;
         conn.format = format;
-        conn.identity = Some(identity);
+        self.users
+            .entry(identity.user.clone())
+            .or_default()
+            .add(key.slot);
+        self.conns[key.slot as usize].identity = Some(identity);
         key
     }
 
