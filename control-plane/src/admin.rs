@@ -303,6 +303,17 @@ async fn read_body(s: &AdminState, headers: &HeaderMap, body: Body) -> Result<By
         })
 }
 
+/// Check the key, read the body and parse it as `T` (400 naming `expected` if not).
+async fn json_body<T: serde::de::DeserializeOwned>(
+    s: &AdminState,
+    headers: &HeaderMap,
+    body: Body,
+    expected: &str,
+) -> Result<T, Response> {
+    let bytes = read_body(s, headers, body).await?;
+    serde_json::from_slice(&bytes).map_err(|e| bad_body(expected, e))
+}
+
 fn bad_body(expected: &str, e: serde_json::Error) -> Response {
     error(
         StatusCode::BAD_REQUEST,
@@ -795,13 +806,13 @@ async fn user_subscription(
     join: bool,
 ) -> Response {
     let result = async {
-        let bytes = read_body(s, headers, body).await?;
-        let req: UserSubscriptionBody = serde_json::from_slice(&bytes).map_err(|e| {
-            bad_body(
-                "{\"channel\": string, \"since\"?: {\"epoch\", \"offset\"}}",
-                e,
-            )
-        })?;
+        let req: UserSubscriptionBody = json_body(
+            s,
+            headers,
+            body,
+            "{\"channel\": string, \"since\"?: {\"epoch\", \"offset\"}}",
+        )
+        .await?;
         let since = match req.since {
             None => None,
             Some(p) => Some(Position {
@@ -887,13 +898,8 @@ async fn create_notification(
     body: Body,
 ) -> Response {
     let result = async {
-        let bytes = read_body(&s, &headers, body).await?;
-        let req: NotificationBody = serde_json::from_slice(&bytes).map_err(|e| {
-            bad_body(
-                "{\"user\" | \"users\" | \"topic\", \"kind\"?: string, \"data\"?: any JSON, \"key\"?: string}",
-                e,
-            )
-        })?;
+        let expected = "{\"user\" | \"users\" | \"topic\", \"kind\"?: string, \"data\"?: any JSON, \"key\"?: string}";
+        let req: NotificationBody = json_body(&s, &headers, body, expected).await?;
         let to = match (req.user, req.users, req.topic) {
             (Some(u), None, None) => Recipients::Users(vec![u]),
             (None, Some(u), None) => Recipients::Users(u),
@@ -984,13 +990,13 @@ async fn read_notifications(
     body: Body,
 ) -> Response {
     let result = async {
-        let bytes = read_body(&s, &headers, body).await?;
-        let req: ReadBody = serde_json::from_slice(&bytes).map_err(|e| {
-            bad_body(
-                "{\"user\": string, \"notification\": id | \"all\": true}",
-                e,
-            )
-        })?;
+        let req: ReadBody = json_body(
+            &s,
+            &headers,
+            body,
+            "{\"user\": string, \"notification\": id | \"all\": true}",
+        )
+        .await?;
         let id = match (req.notification, req.all) {
             (Some(id), false) => Some(id),
             (None, true) => None,
@@ -1028,9 +1034,8 @@ async fn user_topics(
     body: Body,
 ) -> Response {
     let result = async {
-        let bytes = read_body(&s, &headers, body).await?;
-        let req: TopicsBody = serde_json::from_slice(&bytes)
-            .map_err(|e| bad_body("{\"subscribe\"?: [topic], \"unsubscribe\"?: [topic]}", e))?;
+        let expected = "{\"subscribe\"?: [topic], \"unsubscribe\"?: [topic]}";
+        let req: TopicsBody = json_body(&s, &headers, body, expected).await?;
         let user = path.0;
         if user.is_empty() || user.len() > 128 {
             return Err(error(

@@ -29,7 +29,6 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -46,6 +45,7 @@ use switchboard_protocol::ErrorCode;
 use crate::config::CallsConfig;
 use crate::notify::{NewNotification, Notifier, Recipients};
 use crate::schedule::now_ms;
+use crate::worker::{open_store, WorkerHandle};
 
 /// Where a call is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -235,32 +235,8 @@ impl Calls {
     }
 }
 
-/// The running call thread.
-#[derive(Debug)]
-pub struct CallsHandle {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl CallsHandle {
-    /// Stop the thread (active calls are logged as failed at the next start).
-    pub fn finish(mut self) {
-        self.stop_thread();
-    }
-
-    fn stop_thread(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for CallsHandle {
-    fn drop(&mut self) {
-        self.stop_thread();
-    }
-}
+/// The running call thread (active calls are logged as failed at the next start).
+pub type CallsHandle = WorkerHandle;
 
 /// Start the call thread on the store at `path`; calls left active by the previous
 /// run are logged as failed.
@@ -270,10 +246,7 @@ pub fn spawn(
     cfg: CallsConfig,
     notifier: Notifier,
 ) -> anyhow::Result<(Calls, CallsHandle)> {
-    let conn = Connection::open(path)
-        .map_err(|e| anyhow::anyhow!("store {}: calls cannot open it: {e}", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    conn.execute_batch("PRAGMA synchronous = FULL;")?;
+    let conn = open_store(path, "calls")?;
     let left = conn.execute(
         "UPDATE calls SET ended_ms = ?1, outcome = 'failed', reason = 'server restarted'
          WHERE ended_ms IS NULL",
@@ -286,7 +259,6 @@ pub fn spawn(
         );
     }
     let (tx, rx) = crossbeam_channel::unbounded();
-    let stop = Arc::new(AtomicBool::new(false));
     let mut worker = Worker {
         conn,
         shards,
@@ -294,19 +266,8 @@ pub fn spawn(
         notifier,
         calls: BTreeMap::new(),
     };
-    let thread = {
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("calls".into())
-            .spawn(move || worker.run(&rx, &stop))?
-    };
-    Ok((
-        Calls { tx },
-        CallsHandle {
-            stop,
-            thread: Some(thread),
-        },
-    ))
+    let handle = WorkerHandle::spawn("calls", move |stop| worker.run(&rx, stop))?;
+    Ok((Calls { tx }, handle))
 }
 
 #[derive(Debug, Clone)]

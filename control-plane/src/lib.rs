@@ -22,6 +22,7 @@ pub mod notify;
 pub mod schedule;
 pub mod server;
 pub mod store;
+pub mod worker;
 
 pub use config::Config;
 pub use server::Server;

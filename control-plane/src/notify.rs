@@ -21,7 +21,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -36,6 +35,7 @@ use switchboard_protocol::ErrorCode;
 
 use crate::config::NotificationsConfig;
 use crate::schedule::now_ms;
+use crate::worker::{open_store, WorkerHandle};
 
 /// Longest notification key or kind, in bytes.
 pub const MAX_KEY_BYTES: usize = 128;
@@ -226,32 +226,8 @@ impl std::fmt::Debug for Work {
     }
 }
 
-/// The running notification thread.
-#[derive(Debug)]
-pub struct NotifierHandle {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl NotifierHandle {
-    /// Stop the thread (everything it answered is stored).
-    pub fn finish(mut self) {
-        self.stop_thread();
-    }
-
-    fn stop_thread(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for NotifierHandle {
-    fn drop(&mut self) {
-        self.stop_thread();
-    }
-}
+/// The running notification thread (everything it answered is stored).
+pub type NotifierHandle = WorkerHandle;
 
 impl Notifier {
     /// Hand a shard's notification command over; the answer goes to the shard.
@@ -337,35 +313,16 @@ pub fn spawn(
     shards: ShardSender,
     cfg: NotificationsConfig,
 ) -> anyhow::Result<(Notifier, NotifierHandle)> {
-    let conn = Connection::open(path).map_err(|e| {
-        anyhow::anyhow!(
-            "store {}: notifications cannot open it: {e}",
-            path.display()
-        )
-    })?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    conn.execute_batch("PRAGMA synchronous = FULL;")?;
+    let conn = open_store(path, "notifications")?;
     let (tx, rx) = crossbeam_channel::unbounded();
-    let stop = Arc::new(AtomicBool::new(false));
     let mut worker = Worker {
         conn,
         shards,
         cfg,
         unread: HashMap::new(),
     };
-    let thread = {
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("notifications".into())
-            .spawn(move || worker.run(&rx, &stop))?
-    };
-    Ok((
-        Notifier { tx },
-        NotifierHandle {
-            stop,
-            thread: Some(thread),
-        },
-    ))
+    let handle = WorkerHandle::spawn("notifications", move |stop| worker.run(&rx, stop))?;
+    Ok((Notifier { tx }, handle))
 }
 
 /// Users whose unread counts are cached at most (then the cache starts over).

@@ -19,7 +19,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -30,6 +29,8 @@ use switchboard_engine::auth::ScheduleJob;
 use switchboard_engine::mesh::ReplyBody;
 use switchboard_engine::{ControlRequest, EngineHandle, Refused, ShardMsg, ShardSender};
 use switchboard_protocol::{ErrorCode, Format, Payload, Position};
+
+use crate::worker::{open_store, WorkerHandle};
 
 /// Most pending scheduled messages one user may have (the server API is not limited).
 pub const MAX_PENDING_PER_USER: i64 = 10_000;
@@ -48,12 +49,9 @@ pub struct Scheduler {
     tx: Sender<Work>,
 }
 
-/// The running scheduler thread.
-#[derive(Debug)]
-pub struct SchedulerHandle {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
+/// The running scheduler thread (pending messages stay stored and fire after the next
+/// start).
+pub type SchedulerHandle = WorkerHandle;
 
 /// Why a cancellation did nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,26 +135,6 @@ impl Scheduler {
     }
 }
 
-impl SchedulerHandle {
-    /// Stop the thread (pending messages stay stored and fire after the next start).
-    pub fn finish(mut self) {
-        self.stop_thread();
-    }
-
-    fn stop_thread(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for SchedulerHandle {
-    fn drop(&mut self) {
-        self.stop_thread();
-    }
-}
-
 /// Wall-clock time, Unix milliseconds (due times are in it).
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -172,30 +150,15 @@ pub fn spawn(
     engine: Arc<EngineHandle>,
     shards: ShardSender,
 ) -> anyhow::Result<(Scheduler, SchedulerHandle)> {
-    let conn = Connection::open(path)
-        .map_err(|e| anyhow::anyhow!("store {}: scheduler cannot open it: {e}", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    conn.execute_batch("PRAGMA synchronous = FULL;")?;
+    let conn = open_store(path, "the scheduler")?;
     let (tx, rx) = crossbeam_channel::unbounded();
-    let stop = Arc::new(AtomicBool::new(false));
     let mut worker = Worker {
         conn,
         engine,
         shards,
     };
-    let thread = {
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("scheduler".into())
-            .spawn(move || worker.run(&rx, &stop))?
-    };
-    Ok((
-        Scheduler { tx },
-        SchedulerHandle {
-            stop,
-            thread: Some(thread),
-        },
-    ))
+    let handle = WorkerHandle::spawn("scheduler", move |stop| worker.run(&rx, stop))?;
+    Ok((Scheduler { tx }, handle))
 }
 
 struct Worker {

@@ -1,0 +1,65 @@
+//! The control plane's worker threads (scheduler, notifications, calls): each owns a
+//! SQLite connection to the store file and runs until told to stop.
+//!
+//! Owns starting such a thread, stopping it (a flag it polls, then a join) and opening
+//! its connection. Does not own what a worker does.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+/// A running worker thread; stopped (and joined) by [`WorkerHandle::finish`] or on drop.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// Start thread `name` running `run` with the stop flag it must poll.
+    pub fn spawn(
+        name: &str,
+        run: impl FnOnce(&AtomicBool) + Send + 'static,
+    ) -> std::io::Result<WorkerHandle> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || run(&flag))?;
+        Ok(WorkerHandle {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stop the thread and wait for it.
+    pub fn finish(mut self) {
+        self.stop_thread();
+    }
+
+    fn stop_thread(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
+
+/// A worker's own connection to the store file at `path` (already opened and
+/// prepared by [`crate::store::open`]; WAL lets it write beside the journal writer).
+pub fn open_store(path: &std::path::Path, who: &str) -> anyhow::Result<Connection> {
+    let conn = Connection::open(path)
+        .map_err(|e| anyhow::anyhow!("store {}: {who} cannot open it: {e}", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute_batch("PRAGMA synchronous = FULL;")?;
+    Ok(conn)
+}
