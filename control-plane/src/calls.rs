@@ -680,11 +680,7 @@ impl Worker {
             ));
         };
         if call.state == State::Ringing {
-            let mut e = event("ended", id);
-            e.outcome = Some("cancelled");
-            e.reason = reason;
-            let frames = control::frames(&e);
-            self.finish(id, State::Ended, "cancelled", reason, frames, true);
+            self.stop_ringing(id, State::Ended, "cancelled", reason);
             return Ok(serde_json::json!({ "call": id, "state": State::Ended }));
         }
         self.leave(id, i, State::Ended, reason);
@@ -726,6 +722,16 @@ impl Worker {
         e.duration_ms = duration;
         let frames = control::frames(&e);
         self.finish(id, state, outcome, reason, frames, false);
+    }
+
+    /// End a call that is still ringing (the caller cancelled or was lost): the
+    /// caller's connection and everyone ringing get `ended` with the outcome.
+    fn stop_ringing(&mut self, id: u64, state: State, outcome: &'static str, reason: Option<&str>) {
+        let mut e = event("ended", id);
+        e.outcome = Some(outcome);
+        e.reason = reason;
+        let frames = control::frames(&e);
+        self.finish(id, state, outcome, reason, frames, true);
     }
 
     /// End call `id`: tell its participants (and, while it rang, the callee's devices
@@ -851,17 +857,7 @@ impl Worker {
             };
             if graceful {
                 if call.state == State::Ringing && i == 0 {
-                    let mut e = event("ended", id);
-                    e.outcome = Some("cancelled");
-                    let frames = control::frames(&e);
-                    self.finish(
-                        id,
-                        State::Ended,
-                        "cancelled",
-                        Some("caller left"),
-                        frames,
-                        true,
-                    );
+                    self.stop_ringing(id, State::Ended, "cancelled", Some("caller left"));
                 } else {
                     self.leave(id, i, State::Ended, Some("left"));
                 }
@@ -910,18 +906,7 @@ impl Worker {
                 .get(&id)
                 .is_some_and(|c| c.state == State::Ringing);
             if ringing {
-                let mut e = event("ended", id);
-                e.outcome = Some("failed");
-                e.reason = Some("caller lost");
-                let frames = control::frames(&e);
-                self.finish(
-                    id,
-                    State::Failed,
-                    "failed",
-                    Some("caller lost"),
-                    frames,
-                    true,
-                );
+                self.stop_ringing(id, State::Failed, "failed", Some("caller lost"));
             } else {
                 self.leave(id, i, State::Failed, Some("participant lost"));
             }
