@@ -677,6 +677,18 @@ mod tests {
             ("[calls]\nring_timeout_ms = 0\n", "calls.ring_timeout_ms"),
             ("[calls]\ngrace_ms = \"soon\"\n", "grace_ms"),
             ("[calls]\nmax_calls = 1\n", "max_calls"),
+            (
+                "[[engine.rate_limits]]\nscope = \"user\"\nevent = \"publish\"\nrate = 0\nper_ms = 1000\n",
+                "engine.rate_limits[0]",
+            ),
+            (
+                "[[engine.rate_limits]]\nscope = \"user\"\nevent = \"chat\"\nrate = 1\nper_ms = 1000\n",
+                "chat",
+            ),
+            (
+                "[[engine.rate_limits]]\nscope = \"room\"\nevent = \"publish\"\nrate = 1\nper_ms = 1000\n",
+                "room",
+            ),
         ] {
             let f = write(text);
             let e = Config::load(Some(&f.0), &env(&[])).unwrap_err().to_string();

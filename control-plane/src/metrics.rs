@@ -191,6 +191,22 @@ pub fn render(
     }
     family(
         &mut out,
+        "switchboard_rate_limited_total",
+        "counter",
+        "Commands refused by a rate limit (error 114), by the event whose bucket was empty.",
+    );
+    for (i, m) in shards.iter().enumerate() {
+        for e in switchboard_engine::limits::LimitEvent::ALL {
+            let _ = writeln!(
+                out,
+                "switchboard_rate_limited_total{{shard=\"{i}\",event=\"{}\"}} {}",
+                e.name(),
+                m.rate_limited[e.index()].load(Relaxed)
+            );
+        }
+    }
+    family(
+        &mut out,
         "switchboard_slow_consumer_disconnects_total",
         "counter",
         "Connections closed because their outbound queue overflowed.",

@@ -129,6 +129,12 @@ pub struct EngineConfig {
     /// A typing start with no stop (and no new start) for this long is stopped by the
     /// server.
     pub typing_timeout_ms: u64,
+    /// Rate limits (token buckets per connection and per user); empty: none. Changed
+    /// at runtime through [`crate::EngineHandle::set_limits`].
+    pub rate_limits: Vec<crate::limits::LimitRule>,
+    /// A connection refused by a rate limit this many times in a row is closed with
+    /// 4008 (0: never).
+    pub rate_limit_disconnect_after: u32,
 }
 
 impl Default for EngineConfig {
@@ -171,6 +177,8 @@ impl Default for EngineConfig {
             user_presence_namespace: String::new(),
             typing_throttle_ms: 1_000,
             typing_timeout_ms: 6_000,
+            rate_limits: Vec::new(),
+            rate_limit_disconnect_after: 20,
         }
     }
 }
@@ -181,8 +189,15 @@ impl EngineConfig {
         crate::access::Access::new(self.namespaces.iter().map(|n| (n.name.as_str(), &n.rules)))
     }
 
+    /// The rate limits, compiled; the error names the rule.
+    pub fn limits(&self) -> Result<crate::limits::LimitTable, String> {
+        crate::limits::LimitTable::new(self.rate_limits.clone())
+            .map_err(|e| format!("engine.rate_limits{}", e.trim_start_matches("rules")))
+    }
+
     /// Check values that would make the engine misbehave; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
+        self.limits()?;
         let positive = [
             ("engine.max_connections", self.max_connections as u64),
             (

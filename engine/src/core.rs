@@ -40,6 +40,7 @@ use crate::journal::{
     Batch, Durability, JournalLink, MarkKind, MarkRecord, Policies, Policy, Record,
     Refusal as JournalRefusal,
 };
+use crate::limits::{Buckets, LimitEvent, LimitTable, Scope};
 use crate::marks::{Marks, ReceiptList};
 use crate::mesh::{
     Answer, MarkUpdate, Mesh, PresenceKind, PresenceUpdate, Publication, PublishReply, QueryKind,
@@ -154,6 +155,10 @@ struct ConnExt {
     presence_self: Option<Arc<str>>,
     /// It sent a call command: the call worker hears when it goes.
     in_call: bool,
+    /// Its rate-limit buckets (made on its first limited command).
+    buckets: Option<Box<Buckets>>,
+    /// Commands refused by a rate limit in a row.
+    refused_in_a_row: u32,
     /// Coalescing keys of control-plane pushes sent to it, with the last frame of each
     /// (replaced in the queue by the next one while still unwritten). At most
     /// [`MAX_COALESCE_KEYS`], oldest dropped.
@@ -244,6 +249,11 @@ pub struct ShardCore {
     overflowed: Vec<u32>,
     /// Connections a control-plane push goes to (reused).
     push_slots: Vec<u32>,
+    /// Rate limits in force (replaced whole at runtime).
+    rate_limits: Arc<LimitTable>,
+    /// Per-user rate-limit buckets of users with connections here (made on a user's
+    /// first limited command, dropped with its last connection).
+    user_buckets: HashMap<Arc<str>, Box<Buckets>>,
     mesh: Arc<Mesh>,
     control: Sender<ControlRequest>,
     metrics: Arc<ShardMetrics>,
@@ -423,6 +433,9 @@ impl ShardCore {
             wake: Vec::new(),
             overflowed: Vec::new(),
             push_slots: Vec::new(),
+            // Compiled by `EngineConfig::validate` first, which refuses bad rules.
+            rate_limits: Arc::new(cfg.limits().unwrap_or_default()),
+            user_buckets: HashMap::new(),
             mesh,
             control,
             metrics,
@@ -743,6 +756,7 @@ impl ShardCore {
         };
         let id = req.id;
         let state = conn.state;
+        let event = limit_event(&req.command);
         match req.command {
             Command::Ping => self.reply_ok(slot, id),
             Command::Invalid(why) => self.reply_err(slot, id, ErrorCode::BadRequest, why),
@@ -813,6 +827,7 @@ impl ShardCore {
             _ if state != ConnState::Open => {
                 self.reply_err(slot, id, ErrorCode::NotConnected, "send connect first")
             }
+            _ if !self.rate_limits.is_empty() && !self.within_limits(slot, id, event) => {}
             Command::Subscribe { channel, since } => {
                 self.subscribe(slot, ReplyKind::Command(id), &channel, since)
             }
@@ -959,6 +974,108 @@ impl ShardCore {
                 self.forward(slot, id, cmd)
             }
         }
+    }
+
+    // ---- rate limits ---------------------------------------------------------------
+
+    /// Hot path (every command while rules exist): take one event from the
+    /// connection's and the user's buckets for `event` and for `command`; when one is
+    /// empty, take nothing, answer 114 with when to retry, and close a connection that
+    /// keeps at it (4008).
+    fn within_limits(&mut self, slot: u32, id: u32, event: LimitEvent) -> bool {
+        let now_ms = self.now.wrapping_mul(self.cfg.tick_ms as u32);
+        let table = &*self.rate_limits;
+        let conn = &mut self.conns[slot as usize];
+        let Some(identity) = conn.identity.as_ref() else {
+            return true;
+        };
+        let tier = identity
+            .claims
+            .iter()
+            .find(|(k, _)| &**k == "tier")
+            .and_then(|(_, v)| v.first())
+            .map(|v| &**v);
+        let events = [LimitEvent::Command, event];
+        let n = if event == LimitEvent::Command { 1 } else { 2 };
+        // [connection, user] × [command, event]
+        let mut rules = [[None; 2]; 2];
+        for (s, scope) in [Scope::Connection, Scope::User].into_iter().enumerate() {
+            for i in 0..n {
+                rules[s][i] = table.rule(tier, scope, events[i]);
+            }
+        }
+        let has_user = rules[1].iter().any(Option::is_some);
+        if !has_user && rules[0].iter().all(Option::is_none) {
+            return true;
+        }
+        // Check everything before taking anything.
+        let fresh: Buckets = Default::default();
+        let user = has_user.then(|| identity.user.clone());
+        let mine = conn
+            .ext
+            .as_ref()
+            .and_then(|e| e.buckets.as_deref())
+            .unwrap_or(&fresh);
+        let theirs = user
+            .as_ref()
+            .and_then(|u| self.user_buckets.get(&**u))
+            .map_or(&fresh, |b| &**b);
+        let mut wait: Option<(u32, LimitEvent)> = None;
+        for (buckets, row) in [(mine, &rules[0]), (theirs, &rules[1])] {
+            for i in 0..n {
+                let Some(r) = row[i] else { continue };
+                let e = events[i];
+                if let Err(ms) = buckets[e.index()].check(r, now_ms) {
+                    if wait.is_none_or(|(w, _)| ms > w) {
+                        wait = Some((ms, e));
+                    }
+                }
+            }
+        }
+        if let Some((ms, e)) = wait {
+            ShardMetrics::add(&self.metrics.rate_limited[e.index()], 1);
+            let format = conn.format;
+            let ext = conn.ext_mut();
+            ext.refused_in_a_row += 1;
+            let limit = self.cfg.rate_limit_disconnect_after;
+            if limit > 0 && ext.refused_in_a_row >= limit {
+                self.begin_close(
+                    slot,
+                    CloseCode::RATE_LIMITED,
+                    "rate limits exceeded repeatedly",
+                    CloseKind::RateLimited,
+                );
+            } else {
+                let why = RATE_LIMITED_MESSAGES[e.index()];
+                self.enqueue(
+                    slot,
+                    envelope::encode_rate_limited(format, id, why, ms.max(1)),
+                );
+            }
+            return false;
+        }
+        let ext = conn.ext_mut();
+        ext.refused_in_a_row = 0;
+        let mine = ext.buckets.get_or_insert_with(Default::default);
+        for i in 0..n {
+            if let Some(r) = rules[0][i] {
+                mine[events[i].index()].take(r, now_ms);
+            }
+        }
+        if let Some(user) = user {
+            let theirs = self.user_buckets.entry(user).or_default();
+            for i in 0..n {
+                if let Some(r) = rules[1][i] {
+                    theirs[events[i].index()].take(r, now_ms);
+                }
+            }
+        }
+        true
+    }
+
+    /// Replace the rate limits (admin API); buckets keep what they used.
+    pub fn set_rate_limits(&mut self, table: Arc<LimitTable>) {
+        self.rate_limits = table;
     }
 
     // ---- notifications and calls -------------------------------------------------
@@ -3046,6 +3163,7 @@ impl ShardCore {
             if let Some(u) = self.users.get_mut(&*identity.user) {
                 if u.remove(slot) {
                     self.users.remove(&*identity.user);
+                    self.user_buckets.remove(&*identity.user);
                 }
             }
         }
@@ -3365,6 +3483,7 @@ impl ShardCore {
                 result,
             } => self.auth_done(conn, req_id, result),
             ShardMsg::Push(p) => self.on_push(&p),
+            ShardMsg::Limits(table) => self.set_rate_limits(table),
             ShardMsg::Shutdown => self.begin_shutdown(),
         }
     }
@@ -3538,6 +3657,45 @@ impl ShardCore {
     #[doc(hidden)]
     pub fn subscribe_for_test(&mut self, key: ConnKey, channel: &str) {
         self.subscribe(key.slot, ReplyKind::Command(0), channel, None);
+    }
+}
+
+/// The message of a 114 reply, per [`LimitEvent`].
+const RATE_LIMITED_MESSAGES: [&str; crate::limits::EVENTS] = [
+    "rate limit exceeded: commands",
+    "rate limit exceeded: publish",
+    "rate limit exceeded: send",
+    "rate limit exceeded: subscribe",
+    "rate limit exceeded: typing",
+    "rate limit exceeded: call",
+    "rate limit exceeded: notification",
+];
+
+/// What a command counts against in the rate limits (besides `command`).
+fn limit_event(cmd: &Command<'_>) -> LimitEvent {
+    match cmd {
+        Command::Publish { .. } | Command::Schedule { user: None, .. } => LimitEvent::Publish,
+        Command::Send { .. } | Command::Schedule { .. } => LimitEvent::Send,
+        Command::Subscribe { .. }
+        | Command::History { .. }
+        | Command::Presence { .. }
+        | Command::PresenceCount { .. }
+        | Command::Receipts { .. } => LimitEvent::Subscribe,
+        Command::Typing { .. }
+        | Command::Status { .. }
+        | Command::Receipt { .. }
+        | Command::Ack { .. } => LimitEvent::Typing,
+        Command::Call { .. } | Command::CallAction { .. } | Command::CallSignal { .. } => {
+            LimitEvent::Call
+        }
+        Command::Notifications { .. }
+        | Command::NotificationsRead { .. }
+        | Command::NotificationsTopic { .. } => LimitEvent::Notification,
+        Command::Connect { .. }
+        | Command::Ping
+        | Command::Invalid(_)
+        | Command::Unsubscribe { .. }
+        | Command::Unschedule { .. } => LimitEvent::Command,
     }
 }
 
@@ -3848,6 +4006,86 @@ mod tests {
         let b = h.open();
         h.core.on_eof(b.slot);
         assert!(h.control.try_recv().is_err());
+    }
+
+    #[test]
+    fn rate_limits_refuse_with_retry_after_share_user_buckets_and_disconnect() {
+        use crate::limits::LimitRule;
+        let rule = |scope, event, rate, per_ms| LimitRule {
+            scope,
+            event,
+            rate,
+            per_ms,
+            burst: None,
+            tier: None,
+        };
+        let mut h = harness(|c| {
+            c.rate_limits = vec![
+                rule(Scope::Connection, LimitEvent::Publish, 3, 90),
+                rule(Scope::User, LimitEvent::Command, 5, 1000),
+            ];
+            c.rate_limit_disconnect_after = 3;
+        });
+        let (a, b) = (h.open(), h.open());
+        let publish = |id: u32| {
+            cmd(&format!(
+                r#"{{"id":{id},"cmd":"publish","channel":"room:1","data":1}}"#
+            ))
+        };
+        let reply = |h: &mut Harness, k: ConnKey| -> serde_json::Value {
+            let out = h.written(k);
+            let f = frames(&out);
+            serde_json::from_slice(&f.last().expect("a reply").1).unwrap()
+        };
+        for id in 10..13 {
+            h.read(a, &publish(id));
+            assert!(reply(&mut h, a).get("result").is_some());
+        }
+        h.read(a, &publish(13));
+        let r = reply(&mut h, a);
+        assert_eq!(r["error"]["code"], 114, "{r}");
+        assert_eq!(r["error"]["retry_after_ms"], 30, "{r}");
+        assert_eq!(r["error"]["message"], "rate limit exceeded: publish");
+        // 30 ms later one publish fits again (the refused one took nothing).
+        h.core.on_tick(3);
+        h.read(a, &publish(14));
+        assert!(reply(&mut h, a).get("result").is_some());
+        // The user's bucket is shared by its connections: b has its own connection
+        // bucket but the user has used 4 of 5 commands.
+        h.read(b, &publish(15));
+        assert!(reply(&mut h, b).get("result").is_some());
+        h.read(b, &publish(16));
+        let r = reply(&mut h, b);
+        assert_eq!(
+            r["error"]["message"], "rate limit exceeded: commands",
+            "{r}"
+        );
+        assert!(r["error"]["retry_after_ms"].as_u64().unwrap() > 100, "{r}");
+        // Refused three times in a row: closed with 4008.
+        h.read(b, &publish(17));
+        assert_eq!(reply(&mut h, b)["error"]["code"], 114);
+        h.read(b, &publish(18));
+        let out = h.written(b);
+        let f = frames(&out);
+        assert_eq!(f.last().unwrap().0, OpCode::Close);
+        assert_eq!(&f.last().unwrap().1[..2], &4008u16.to_be_bytes());
+        assert_eq!(
+            h.core.metrics().closes[CloseKind::RateLimited as usize]
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(
+            h.core.metrics().rate_limited[LimitEvent::Command.index()]
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+        // New rules at runtime: none, and a publishes freely.
+        h.core
+            .on_message(ShardMsg::Limits(Arc::new(LimitTable::default())));
+        for id in 20..30 {
+            h.read(a, &publish(id));
+            assert!(reply(&mut h, a).get("result").is_some());
+        }
     }
 
     #[test]

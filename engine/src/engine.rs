@@ -19,6 +19,7 @@ use crate::backend::Backend;
 use crate::config::EngineConfig;
 use crate::epoll::ShardSetup;
 use crate::journal::{Durability, Durable, JournalState};
+use crate::limits::{LimitRule, LimitTable};
 use crate::mesh::{Mesh, PublishReply, QueryKind, SequenceReq, ShardMsg, StreamQuery, StreamReply};
 use crate::metrics::ShardMetrics;
 use crate::streams;
@@ -175,6 +176,8 @@ impl Engine {
             threads: Mutex::new(threads),
             local_addr,
             metrics,
+            // Validated before the shards started.
+            limits: Mutex::new(Arc::new(cfg.limits().unwrap_or_default())),
         };
         // Every shard says whether its I/O came up; one that could not fails the start.
         let mut failure = None;
@@ -221,9 +224,40 @@ pub struct EngineHandle {
     threads: Mutex<Vec<JoinHandle<()>>>,
     local_addr: SocketAddr,
     metrics: Vec<Arc<ShardMetrics>>,
+    /// The rate limits in force (the shards hold copies of the same table).
+    limits: Mutex<Arc<LimitTable>>,
 }
 
 impl EngineHandle {
+    /// The rate-limit rules in force.
+    pub fn limits(&self) -> Vec<LimitRule> {
+        self.limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rules()
+            .to_vec()
+    }
+
+    /// Replace the rate-limit rules on every shard (each applies them when it next
+    /// drains its inbox: within a tick). The error names the bad rule.
+    pub fn set_limits(&self, rules: Vec<LimitRule>) -> Result<(), String> {
+        let table = Arc::new(LimitTable::new(rules)?);
+        let mut current = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        for shard in 0..self.shards() {
+            let mut msg = ShardMsg::Limits(table.clone());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            while let Err(back) = self.mesh.inbox(shard).push(msg) {
+                if std::time::Instant::now() > deadline {
+                    return Err(format!("shard {shard} is not draining its inbox"));
+                }
+                msg = back;
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        }
+        *current = table;
+        Ok(())
+    }
+
     /// The WebSocket address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr

@@ -27,6 +27,7 @@ pub mod control;
 pub mod core;
 pub mod epoll;
 pub mod journal;
+pub mod limits;
 pub mod marks;
 pub mod mesh;
 pub mod metrics;

@@ -284,6 +284,8 @@ pub enum ShardMsg {
     },
     /// A control-plane push to users, a connection or a channel's subscribers here.
     Push(Arc<crate::control::Push>),
+    /// New rate limits (admin API).
+    Limits(Arc<crate::limits::LimitTable>),
     /// Stop accepting, close every connection with 1001, exit after the drain time.
     Shutdown,
 }

@@ -40,11 +40,13 @@ pub enum CloseKind {
     HeartbeatTimeout,
     /// Server shutdown (1001).
     Shutdown,
+    /// Kept exceeding its rate limits (4008).
+    RateLimited,
 }
 
 impl CloseKind {
     /// Every kind, in counter order.
-    pub const ALL: [CloseKind; 15] = [
+    pub const ALL: [CloseKind; 16] = [
         CloseKind::ClientClose,
         CloseKind::PeerGone,
         CloseKind::IoError,
@@ -60,6 +62,7 @@ impl CloseKind {
         CloseKind::SlowConsumer,
         CloseKind::HeartbeatTimeout,
         CloseKind::Shutdown,
+        CloseKind::RateLimited,
     ];
 
     /// Label value used in metrics.
@@ -80,6 +83,7 @@ impl CloseKind {
             CloseKind::SlowConsumer => "slow_consumer",
             CloseKind::HeartbeatTimeout => "heartbeat_timeout",
             CloseKind::Shutdown => "shutdown",
+            CloseKind::RateLimited => "rate_limited",
         }
     }
 }
@@ -103,7 +107,7 @@ pub struct ShardMetrics {
     /// Upgrades completed.
     pub upgraded: AtomicU64,
     /// Closes, indexed by [`CloseKind`].
-    pub closes: [AtomicU64; 15],
+    pub closes: [AtomicU64; 16],
     /// Frames received.
     pub frames_in: AtomicU64,
     /// Bytes received.
@@ -123,6 +127,8 @@ pub struct ShardMetrics {
     /// Control-plane pushes (progress notifications) that replaced an older one still
     /// queued for a slow connection.
     pub coalesced: AtomicU64,
+    /// Commands refused by a rate limit (114), per [`crate::limits::LimitEvent`].
+    pub rate_limited: [AtomicU64; crate::limits::EVENTS],
     /// Sessions resumed with a reconnect token.
     pub resumes: AtomicU64,
     /// Reconnect tokens refused (forged, malformed or expired).

@@ -32,10 +32,12 @@ impl CloseCode {
     pub const SLOW_CONSUMER: CloseCode = CloseCode(4003);
     /// Nothing received from the client within ping interval + pong timeout.
     pub const HEARTBEAT_TIMEOUT: CloseCode = CloseCode(4004);
+    /// The client kept exceeding its rate limits after being told.
+    pub const RATE_LIMITED: CloseCode = CloseCode(4008);
 
     /// Whether a client should reconnect after being closed with this code.
     pub fn reconnect(self) -> bool {
-        matches!(self.0, 1001 | 1011 | 4002 | 4003 | 4004)
+        matches!(self.0, 1001 | 1011 | 4002 | 4003 | 4004 | 4008)
     }
 
     /// Whether `code` may appear in a close frame received from a peer.

@@ -376,6 +376,8 @@ pub enum ErrorCode {
     /// The state of the thing forbids it now: a call already answered on another
     /// device, ended, or not in a state that allows this transition.
     Conflict = 113,
+    /// A rate limit was exceeded; `retry_after_ms` says when the next one fits.
+    RateLimited = 114,
 }
 
 /// Result of a successful `connect`.
@@ -990,6 +992,8 @@ struct ResultReply<'a, T: Serialize> {
 struct ErrorBody<'a> {
     code: u16,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -1038,9 +1042,26 @@ pub fn encode_error(format: Format, id: u32, code: ErrorCode, message: &str) -> 
             error: ErrorBody {
                 code: code as u16,
                 message,
+                retry_after_ms: None,
             },
         },
         32 + message.len(),
+    )
+}
+
+/// A complete frame carrying a rate-limit refusal (114) with when to retry.
+pub fn encode_rate_limited(format: Format, id: u32, message: &str, retry_after_ms: u32) -> Bytes {
+    encode_serde(
+        format,
+        &ErrorReply {
+            id,
+            error: ErrorBody {
+                code: ErrorCode::RateLimited as u16,
+                message,
+                retry_after_ms: Some(retry_after_ms),
+            },
+        },
+        48 + message.len(),
     )
 }
 
