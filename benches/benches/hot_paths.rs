@@ -873,6 +873,87 @@ fn notifications(c: &mut Criterion) {
     g.finish();
 }
 
+/// Per command while rate limits exist: the bucket check on its own, and a whole
+/// `publish` command through a shard (decode, checks, sequencing, reply) without rules
+/// and with a connection and a user rule that never refuse.
+fn rate_limits(c: &mut Criterion) {
+    use std::net::{IpAddr, Ipv4Addr};
+    use switchboard_engine::limits::{Bucket, LimitEvent, LimitRule, LimitTable, Scope};
+    let mut g = c.benchmark_group("rate_limits");
+    let rule = |scope, event| LimitRule {
+        scope,
+        event,
+        rate: u32::MAX / 2,
+        per_ms: 1,
+        burst: None,
+        tier: None,
+    };
+    let mut premium = rule(Scope::User, LimitEvent::Publish);
+    premium.tier = Some("premium".into());
+    let rules = vec![
+        rule(Scope::Connection, LimitEvent::Publish),
+        rule(Scope::User, LimitEvent::Command),
+        premium,
+    ];
+    let table = LimitTable::new(rules).unwrap();
+    let mut bucket = Bucket::default();
+    let mut now = 0u32;
+    g.bench_function("rule_lookup_check_and_take", |b| {
+        b.iter(|| {
+            now = now.wrapping_add(1);
+            let r = table
+                .rule(black_box(Some("gold")), Scope::User, LimitEvent::Command)
+                .unwrap();
+            if bucket.check(r, now).is_ok() {
+                bucket.take(r, now);
+            }
+        })
+    });
+    let (mut core, _rx) = fanout_core(0, "room:quiet");
+    let identity = Arc::new(switchboard_engine::Identity {
+        user: "publisher".into(),
+        channels: None,
+        expires_at: None,
+        send_to: None,
+        schedule: false,
+        claims: vec![("tier".into(), vec!["gold".into()])],
+    });
+    let key = core.open_for_test(IpAddr::V4(Ipv4Addr::LOCALHOST), Format::MsgPack, identity);
+    let command = envelope::encode_request(
+        Format::MsgPack,
+        &Request {
+            id: 7,
+            command: Command::Publish {
+                channel: "room:quiet".into(),
+                data: Payload {
+                    format: Format::MsgPack,
+                    raw: &payload64(),
+                },
+                key: None,
+                meta: None,
+            },
+        },
+    );
+    let frame = frame::encode_masked(true, OpCode::Binary, &command, [1, 2, 3, 4]);
+    let mut run = |name: &str, core: &mut switchboard_engine::ShardCore| {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut buf = BytesMut::from(&frame[..]);
+                core.on_read(key.slot, &mut buf);
+                drain(core);
+            })
+        });
+    };
+    run("publish_command_without_rules", &mut core);
+    core.set_rate_limits(Arc::new(
+        LimitTable::new(vec![rule(Scope::Connection, LimitEvent::Publish)]).unwrap(),
+    ));
+    run("publish_command_with_a_connection_rule", &mut core);
+    core.set_rate_limits(Arc::new(table.clone()));
+    run("publish_command_with_connection_and_user_rules", &mut core);
+    g.finish();
+}
+
 fn core_tick_of_first_visit() -> u64 {
     50
 }
@@ -880,6 +961,6 @@ fn core_tick_of_first_visit() -> u64 {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = frame_decode, frame_encode, unmask, envelopes, fanout, channel_index, cross_shard, jwt, heartbeat_wheel, outq_write_prep, streams, durability, group_commit, sessions, presence, access, notifications
+    targets = frame_decode, frame_encode, unmask, envelopes, fanout, channel_index, cross_shard, jwt, heartbeat_wheel, outq_write_prep, streams, durability, group_commit, sessions, presence, access, notifications, rate_limits
 }
 criterion_main!(benches);
