@@ -52,6 +52,10 @@ pub struct AdminState {
     pub notifier: Notifier,
     /// Calls.
     pub calls: Calls,
+    /// Checks admin tokens (`None`: `/admin/*` is off).
+    pub admin_auth: Option<crate::ops::AdminAuth>,
+    /// The audit log of admin actions.
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 /// What the admin API shows of the store.
@@ -88,6 +92,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/notifications/read", post(read_notifications))
         .route("/api/calls", get(active_calls))
         .route("/api/calls/log", get(call_log))
+        .merge(crate::ops::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
 }

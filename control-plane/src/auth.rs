@@ -282,6 +282,13 @@ pub fn mint_with(
     .expect("HS256 signing cannot fail")
 }
 
+/// An admin token (`/admin/*`): `sub`, `exp`, and `role`, signed with the admin key.
+pub fn mint_admin(secret: &str, sub: &str, ttl: Duration, role: &str) -> String {
+    mint_with(secret, sub, ttl, &AuthConfig::default(), |c| {
+        c.extra.insert("role".into(), serde_json::json!(role));
+    })
+}
+
 /// Counters of the auth workers.
 #[derive(Debug, Default)]
 pub struct AuthStats {

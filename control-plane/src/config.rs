@@ -245,6 +245,11 @@ pub struct AdminConfig {
     pub api_key: Option<String>,
     /// Largest request body accepted by the API, in bytes.
     pub max_body_bytes: usize,
+    /// HS256 key of admin tokens (`/admin/*`), at least 16 bytes and not the clients'
+    /// `auth.hmac_secret`. Unset: generated in dev mode, otherwise `/admin/*` answers 403.
+    pub jwt_secret: Option<String>,
+    /// The value an admin token's `role` claim must have (or contain).
+    pub role: String,
 }
 
 impl Default for AdminConfig {
@@ -253,6 +258,8 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
             api_key: None,
             max_body_bytes: 1_048_576,
+            jwt_secret: None,
+            role: "admin".into(),
         }
     }
 }
@@ -505,6 +512,21 @@ impl Config {
                     "auth.hmac_secret must be at least 16 bytes".into(),
                 ));
             }
+        }
+        if let Some(k) = &self.admin.jwt_secret {
+            if k.len() < 16 {
+                return Err(ConfigError::Invalid(
+                    "admin.jwt_secret must be at least 16 bytes".into(),
+                ));
+            }
+            if self.auth.hmac_secret.as_ref() == Some(k) {
+                return Err(ConfigError::Invalid(
+                    "admin.jwt_secret must differ from auth.hmac_secret (a client token must never pass as an admin's)".into(),
+                ));
+            }
+        }
+        if self.admin.role.is_empty() {
+            return Err(ConfigError::Invalid("admin.role must not be empty".into()));
         }
         if let Some(k) = &self.admin.api_key {
             if k.len() < 16 {

@@ -14,11 +14,13 @@
 //! integration tests can run a real server in-process on port 0.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod calls;
 pub mod config;
 pub mod metrics;
 pub mod notify;
+pub mod ops;
 pub mod schedule;
 pub mod server;
 pub mod store;

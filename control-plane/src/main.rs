@@ -79,6 +79,9 @@ struct TokenArgs {
     /// The HS256 secret (overrides the config file).
     #[arg(long, env = "SWITCHBOARD_TOKEN_SECRET")]
     secret: Option<String>,
+    /// Mint an admin token (for `/admin/*`) with admin.jwt_secret and admin.role.
+    #[arg(long)]
+    admin: bool,
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
@@ -135,6 +138,17 @@ fn token(args: TokenArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.admin {
+        let Some(secret) = args.secret.or(cfg.admin.jwt_secret.clone()) else {
+            eprintln!("error: no admin key: pass --secret, or set admin.jwt_secret in --config or SWITCHBOARD_ADMIN__JWT_SECRET");
+            return ExitCode::from(2);
+        };
+        println!(
+            "{}",
+            auth::mint_admin(&secret, &args.sub, args.ttl, &cfg.admin.role)
+        );
+        return ExitCode::SUCCESS;
+    }
     let Some(secret) = args.secret.or(cfg.auth.hmac_secret.clone()) else {
         eprintln!("error: no secret: pass --secret, or set auth.hmac_secret in --config or SWITCHBOARD_AUTH__HMAC_SECRET");
         return ExitCode::from(2);
@@ -223,6 +237,18 @@ fn serve(args: ServeArgs) -> ExitCode {
             println!("  API key: {key}");
             println!("    curl -H 'Authorization: Bearer {key}' -d '{{\"channel\":\"room:1\",\"data\":{{\"text\":\"hi\"}}}}' http://{admin}/api/publish");
         }
+    }
+    if let (Some(_), Some(secret)) = (&server.dev, &server.admin_secret) {
+        let token = auth::mint_admin(
+            secret,
+            "dev-admin",
+            Duration::from_secs(24 * 3600),
+            &cfg.admin.role,
+        );
+        println!("  Admin token (role {}, 24h): {token}", cfg.admin.role);
+        println!(
+            "    curl -H 'Authorization: Bearer <ADMIN TOKEN>' http://{admin}/admin/rate-limits"
+        );
     }
 
     let rt = match tokio::runtime::Builder::new_current_thread()

@@ -46,6 +46,8 @@ pub struct Server {
     pub dev: Option<DevCredentials>,
     /// The API key in force (configured, or generated in dev mode).
     pub api_key: Option<String>,
+    /// The admin token key in force (configured, or generated in dev mode).
+    pub admin_secret: Option<String>,
 }
 
 /// Random hex string of `bytes` random bytes.
@@ -81,6 +83,11 @@ impl Server {
             .api_key
             .clone()
             .or_else(|| dev.as_ref().map(|_| random_hex(16)));
+        let admin_secret = cfg
+            .admin
+            .jwt_secret
+            .clone()
+            .or_else(|| dev.as_ref().map(|_| random_hex(32)));
         let verifier = Arc::new(
             Verifier::new(&cfg.auth, secret.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?,
         );
@@ -149,6 +156,10 @@ impl Server {
             scheduler,
             notifier,
             calls,
+            admin_auth: admin_secret
+                .as_deref()
+                .map(|k| crate::ops::AdminAuth::new(k, &cfg.admin.role)),
+            audit: Arc::new(crate::audit::Audit::open(store.path())?),
             store: Some(admin::StoreView {
                 path: store.path().display().to_string(),
                 state: store.state().clone(),
@@ -193,6 +204,7 @@ impl Server {
             calls: Some(calls_handle),
             dev,
             api_key,
+            admin_secret,
         })
     }
 

@@ -405,6 +405,15 @@ fn prepare(conn: &Connection) -> rusqlite::Result<()> {
              data TEXT NOT NULL
          );
          CREATE INDEX IF NOT EXISTS call_quality_call ON call_quality (call);
+         CREATE TABLE IF NOT EXISTS audit (
+             id INTEGER PRIMARY KEY,
+             at_ms INTEGER NOT NULL,
+             actor TEXT NOT NULL,
+             action TEXT NOT NULL,
+             target TEXT,
+             result TEXT NOT NULL,
+             detail TEXT NOT NULL
+         );
          COMMIT;",
     )?;
     // Version 1 files: the log had no sender column.

@@ -1,0 +1,329 @@
+//! The admin API (`/admin/*`): what operators do to a running server, behind an admin
+//! JWT, every action audited.
+//!
+//! An admin token is a JWT signed (HS256) with `admin.jwt_secret` — a key of its own,
+//! not the clients' — carrying `sub` (who acts, recorded in the audit log), `exp`, and
+//! `role` (a string or a list) containing `admin.role` (default `admin`). No token or
+//! a bad one: 401; a valid one without the role: 403; no admin key configured: 403.
+//!
+//! Owns the routes, the admin token check and the validation of admin bodies (errors
+//! carry the JSON path of the bad field). Does not own the actions themselves (the
+//! engine applies rate limits; the audit log stores entries).
+
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use switchboard_engine::limits::LimitRule;
+
+use crate::admin::AdminState;
+
+/// Checks admin tokens.
+pub struct AdminAuth {
+    key: DecodingKey,
+    role: String,
+}
+
+impl std::fmt::Debug for AdminAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminAuth")
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Roles {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct AdminClaims {
+    sub: String,
+    #[serde(default)]
+    role: Option<Roles>,
+}
+
+/// Who is acting.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// The token's `sub`.
+    pub name: String,
+}
+
+impl AdminAuth {
+    /// Tokens signed with `secret`, needing `role`.
+    pub fn new(secret: &str, role: &str) -> AdminAuth {
+        AdminAuth {
+            key: DecodingKey::from_secret(secret.as_bytes()),
+            role: role.to_string(),
+        }
+    }
+
+    fn verify(&self, headers: &HeaderMap) -> Result<Admin, Response> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| {
+                fail(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "an admin token is required (Authorization: Bearer <JWT>)",
+                )
+            })?;
+        let mut v = Validation::new(Algorithm::HS256);
+        v.set_required_spec_claims(&["exp", "sub"]);
+        v.leeway = 5;
+        let data = jsonwebtoken::decode::<AdminClaims>(token, &self.key, &v).map_err(|e| {
+            let (code, why) = match e.kind() {
+                ErrorKind::ExpiredSignature => ("token_expired", "the admin token has expired"),
+                ErrorKind::InvalidSignature => ("unauthorized", "bad admin token signature"),
+                _ => ("unauthorized", "invalid admin token"),
+            };
+            tracing::warn!(target: "security", reason = why, "admin token refused");
+            fail(StatusCode::UNAUTHORIZED, code, why)
+        })?;
+        let claims = data.claims;
+        let has_role = match &claims.role {
+            Some(Roles::One(r)) => *r == self.role,
+            Some(Roles::Many(rs)) => rs.contains(&self.role),
+            None => false,
+        };
+        if !has_role {
+            tracing::warn!(target: "security", sub = %claims.sub, "admin token without the admin role");
+            return Err(fail(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &format!("the token's role does not include {:?}", self.role),
+            ));
+        }
+        Ok(Admin { name: claims.sub })
+    }
+}
+
+/// The admin routes.
+pub fn routes() -> Router<Arc<AdminState>> {
+    Router::new()
+        .route(
+            "/admin/rate-limits",
+            get(list_limits).put(replace_limits).post(add_limit),
+        )
+        .route("/admin/rate-limits/{index}", delete(remove_limit))
+        .route("/admin/audit", get(audit_log))
+}
+
+fn fail(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+/// A validation error: the JSON path of the bad field and what is wrong with it.
+fn invalid(field: &str, message: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": {"code": "bad_request", "field": field, "message": message}})),
+    )
+        .into_response()
+}
+
+fn admin(s: &AdminState, headers: &HeaderMap) -> Result<Admin, Response> {
+    match &s.admin_auth {
+        Some(a) => a.verify(headers),
+        None => Err(fail(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "no admin key is configured (admin.jwt_secret)",
+        )),
+    }
+}
+
+/// Check the admin token, read the body and parse it as `T`; a bad field is a 400
+/// naming its path.
+async fn admin_body<T: DeserializeOwned>(
+    s: &AdminState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Admin, T), Response> {
+    let who = admin(s, headers)?;
+    let bytes = axum::body::to_bytes(body, s.max_body_bytes)
+        .await
+        .map_err(|_| {
+            fail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "request body too large",
+            )
+        })?;
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    let value = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "" } else { &path };
+        invalid(field, &e.inner().to_string())
+    })?;
+    Ok((who, value))
+}
+
+/// Apply `rules` on every shard and record the action.
+async fn apply(
+    s: &Arc<AdminState>,
+    who: &Admin,
+    action: &str,
+    target: Option<String>,
+    rules: Vec<LimitRule>,
+    detail: Value,
+) -> Response {
+    let engine = s.engine.clone();
+    let applied = tokio::task::spawn_blocking(move || engine.set_limits(rules))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    let result = match &applied {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.clone(),
+    };
+    let _ = s
+        .audit
+        .record(&who.name, action, target.as_deref(), &result, &detail);
+    match applied {
+        Ok(()) => Json(json!({"ok": true, "rules": s.engine.limits()})).into_response(),
+        Err(e) if e.starts_with("rules[") => {
+            let (field, message) = e.split_once(": ").unwrap_or((&e, ""));
+            invalid(field, message)
+        }
+        Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, "overloaded", &e),
+    }
+}
+
+/// `GET /admin/rate-limits`: the rules in force.
+async fn list_limits(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin(&s, &headers) {
+        return r;
+    }
+    Json(json!({"rules": s.engine.limits()})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesBody {
+    rules: Vec<LimitRule>,
+}
+
+/// `PUT /admin/rate-limits {"rules": [...]}`: replace every rule.
+async fn replace_limits(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (who, req) = match admin_body::<RulesBody>(&s, &headers, body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let detail = json!({ "rules": req.rules });
+    apply(&s, &who, "rate_limits.replace", None, req.rules, detail).await
+}
+
+/// `POST /admin/rate-limits {rule}`: add a rule (it replaces one for the same scope,
+/// event and tier).
+async fn add_limit(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
+    let (who, rule) = match admin_body::<LimitRule>(&s, &headers, body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if let Some(p) = rule.problem() {
+        return invalid("", &p);
+    }
+    let mut rules = s.engine.limits();
+    rules.retain(|r| (r.scope, r.event, &r.tier) != (rule.scope, rule.event, &rule.tier));
+    let detail = json!({ "rule": rule });
+    rules.push(rule);
+    apply(&s, &who, "rate_limits.add", None, rules, detail).await
+}
+
+/// `DELETE /admin/rate-limits/{index}`: remove the rule at `index` of the list.
+async fn remove_limit(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    path: Result<axum::extract::Path<usize>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let who = match admin(&s, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let Ok(axum::extract::Path(index)) = path else {
+        return invalid("index", "expected a rule's position in the list (0, 1, …)");
+    };
+    let mut rules = s.engine.limits();
+    if index >= rules.len() {
+        return fail(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no rule at {index}: there are {}", rules.len()),
+        );
+    }
+    let removed = rules.remove(index);
+    let detail = json!({ "index": index, "rule": removed });
+    apply(
+        &s,
+        &who,
+        "rate_limits.remove",
+        Some(index.to_string()),
+        rules,
+        detail,
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    actor: Option<String>,
+    #[serde(default)]
+    action: Option<String>,
+}
+
+/// `GET /admin/audit[?limit=N&actor=…&action=…]`: the audit log, newest first.
+async fn audit_log(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = admin(&s, &headers) {
+        return r;
+    }
+    let q = match query {
+        Ok(q) => q.0,
+        Err(e) => return invalid("query", &e.body_text()),
+    };
+    let audit = s.audit.clone();
+    let limit = q.limit.unwrap_or(100);
+    let listed = tokio::task::spawn_blocking(move || {
+        audit.list(limit, q.actor.as_deref(), q.action.as_deref())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match listed {
+        Ok(entries) => Json(json!({ "entries": entries })).into_response(),
+        Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &e),
+    }
+}
