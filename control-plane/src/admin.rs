@@ -54,8 +54,12 @@ pub struct AdminState {
     pub calls: Calls,
     /// Checks admin tokens (`None`: `/admin/*` is off).
     pub admin_auth: Option<crate::ops::AdminAuth>,
-    /// The audit log of admin actions.
+    /// The audit log of admin actions (and stored revocations).
     pub audit: Arc<crate::audit::Audit>,
+    /// Revoked users, honoured by the auth workers.
+    pub revocations: Arc<crate::auth::Revocations>,
+    /// Maintenance mode in force.
+    pub maintenance: std::sync::Mutex<Option<Arc<switchboard_engine::control::Maintenance>>>,
 }
 
 /// What the admin API shows of the store.

@@ -1,9 +1,10 @@
 //! The audit log: every admin action (who, what, on what, when, with which result),
-//! stored in the store file and queryable, and mirrored to the `security` log target.
+//! stored in the store file and queryable, and mirrored to the `security` log target;
+//! and the token revocations the admin API makes, kept across restarts.
 //!
-//! Owns the `audit` table (its own SQLite connection behind a mutex: admin actions are
-//! rare and each is one short insert). Does not own who may act (the admin routes
-//! check the admin token first).
+//! Owns the `audit` and `revocations` tables (its own SQLite connection behind a mutex:
+//! admin actions are rare and each is one short statement). Does not own who may act
+//! (the admin routes check the admin token first).
 
 use std::sync::Mutex;
 
@@ -82,6 +83,30 @@ impl Audit {
             tracing::error!(target: "security", action, "cannot store an audit entry: {e}");
             e.to_string()
         })
+    }
+
+    /// Keep a revocation (a later one for the same user replaces it).
+    pub fn save_revocation(&self, user: &str, at_ms: u64) -> Result<(), String> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        conn.execute(
+            "INSERT INTO revocations (user, at_ms) VALUES (?1, ?2)
+             ON CONFLICT (user) DO UPDATE SET at_ms = excluded.at_ms",
+            params![user, at_ms as i64],
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+
+    /// Every revocation kept.
+    pub fn revocations(&self) -> Result<Vec<(String, u64)>, String> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = conn
+            .prepare("SELECT user, at_ms FROM revocations")
+            .map_err(|e| e.to_string())?;
+        let rows = q
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
     }
 
     /// The newest entries first, optionally of one actor or action.

@@ -102,6 +102,30 @@ type KeyParser = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
 /// Verifies tokens against the configured keys.
 pub struct Verifier {
     keys: Vec<(Algorithm, DecodingKey, Validation)>,
+    revocations: Arc<Revocations>,
+}
+
+/// Users whose tokens were revoked, and when (Unix ms): a token of theirs issued (`iat`)
+/// in an earlier second is refused. Shared by the auth workers and the admin API.
+#[derive(Debug, Default)]
+pub struct Revocations(std::sync::RwLock<std::collections::HashMap<String, u64>>);
+
+impl Revocations {
+    /// Revoke `user`'s tokens issued before `at_ms`.
+    pub fn revoke(&self, user: &str, at_ms: u64) {
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        map.insert(user.to_string(), at_ms);
+    }
+
+    /// Whether a token of `user` issued at `iat` (Unix seconds) is revoked; a token
+    /// without `iat` cannot show it is newer, so it is revoked too.
+    pub fn is_revoked(&self, user: &str, iat: Option<u64>) -> bool {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        match map.get(user) {
+            None => false,
+            Some(&at_ms) => iat.is_none_or(|iat| iat < at_ms / 1000),
+        }
+    }
 }
 
 impl std::fmt::Debug for Verifier {
@@ -187,7 +211,15 @@ impl Verifier {
             })?;
             keys.push((alg, key, validation(alg)));
         }
-        Ok(Verifier { keys })
+        Ok(Verifier {
+            keys,
+            revocations: Arc::default(),
+        })
+    }
+
+    /// The revocations this verifier honours (the admin API adds to them).
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
     }
 
     /// Verify `token` and turn its claims into an identity.
@@ -225,6 +257,12 @@ impl Verifier {
         let claims = data.claims;
         if claims.sub.is_empty() {
             return Err(fail(ErrorCode::Unauthorized, "token has an empty 'sub'"));
+        }
+        if self.revocations.is_revoked(&claims.sub, claims.iat) {
+            return Err(fail(
+                ErrorCode::Unauthorized,
+                "token revoked: get a new token",
+            ));
         }
         Ok(Identity {
             user: claims.sub.into(),

@@ -18,13 +18,14 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use switchboard_engine::control::{self, AdminOp, ConnFilter, ConnView, Maintenance, Target};
 use switchboard_engine::limits::LimitRule;
 
 use crate::admin::AdminState;
@@ -127,6 +128,14 @@ pub fn routes() -> Router<Arc<AdminState>> {
         )
         .route("/admin/rate-limits/{index}", delete(remove_limit))
         .route("/admin/audit", get(audit_log))
+        .route("/admin/disconnect", post(disconnect))
+        .route(
+            "/admin/maintenance",
+            get(maintenance_state).post(maintenance),
+        )
+        .route("/admin/revoke", post(revoke))
+        .route("/admin/connections", get(connections))
+        .route("/admin/connections/{client}", get(connection))
 }
 
 fn fail(status: StatusCode, code: &str, message: &str) -> Response {
@@ -325,5 +334,319 @@ async fn audit_log(
     match listed {
         Ok(entries) => Json(json!({ "entries": entries })).into_response(),
         Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &e),
+    }
+}
+
+fn overloaded() -> Response {
+    fail(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "a shard cannot take the request now; retry",
+    )
+}
+
+fn client_id(field: &str, s: &str) -> Result<switchboard_engine::presence::ClientId, Response> {
+    control::parse_client_id(s)
+        .ok_or_else(|| invalid(field, "expected a client id (shard.slot.generation)"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    #[serde(default)]
+    client: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default = "yes")]
+    reconnect: bool,
+    #[serde(default)]
+    spread_ms: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /admin/disconnect {"client" | "user" | "all": true, "reason"?, "reconnect"?,
+/// "spread_ms"?}`: close connections with 4009; `spread_ms` spreads their reconnect
+/// hints (a drain).
+async fn disconnect(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
+    let (who, req) = match admin_body::<DisconnectBody>(&s, &headers, body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let target = match (req.client.as_deref(), req.user.as_deref(), req.all) {
+        (Some(c), None, false) => match client_id("client", c) {
+            Ok(id) => Target::Client(id),
+            Err(r) => return r,
+        },
+        (None, Some(u), false) if !u.is_empty() => Target::User(Arc::from(u)),
+        (None, None, true) => Target::All,
+        _ => return invalid("", "give exactly one of 'client', 'user' and 'all': true"),
+    };
+    let reason = req
+        .reason
+        .unwrap_or_else(|| "disconnected by an operator".into());
+    if reason.len() > 120 {
+        return invalid("reason", "at most 120 bytes (it goes in a close frame)");
+    }
+    let only = match &target {
+        Target::Client(c) => Some(c.shard),
+        _ => None,
+    };
+    let reason_arc: Arc<str> = Arc::from(reason.as_str());
+    let counts = s
+        .engine
+        .admin(only, |done| AdminOp::Disconnect {
+            who: target.clone(),
+            reason: reason_arc.clone(),
+            reconnect: req.reconnect,
+            spread_ms: req.spread_ms,
+            done,
+        })
+        .await;
+    let (name, target_text) = match &target {
+        Target::Client(c) => ("connection", Some(c.to_string())),
+        Target::User(u) => ("user", Some(u.to_string())),
+        Target::All => ("all", None),
+    };
+    let detail = json!({"reason": reason, "reconnect": req.reconnect, "spread_ms": req.spread_ms});
+    let Ok(counts) = counts else {
+        let _ = s.audit.record(
+            &who.name,
+            &format!("disconnect.{name}"),
+            target_text.as_deref(),
+            "overloaded",
+            &detail,
+        );
+        return overloaded();
+    };
+    let n: usize = counts.iter().sum();
+    let _ = s.audit.record(
+        &who.name,
+        &format!("disconnect.{name}"),
+        target_text.as_deref(),
+        "ok",
+        &json!({"reason": reason, "reconnect": req.reconnect, "spread_ms": req.spread_ms, "disconnected": n}),
+    );
+    Json(json!({"ok": true, "disconnected": n})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceBody {
+    on: bool,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    retry_after_ms: Option<u32>,
+}
+
+/// `GET /admin/maintenance`: whether maintenance mode is on.
+async fn maintenance_state(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin(&s, &headers) {
+        return r;
+    }
+    let mode = s
+        .maintenance
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Json(json!({"on": mode.is_some(), "mode": mode.as_deref()})).into_response()
+}
+
+/// `POST /admin/maintenance {"on": bool, "message"?, "retry_after_ms"?}`: while on,
+/// new connections are closed with 4010 and the retry hint; connected clients get a
+/// `maintenance` push when it starts and ends.
+async fn maintenance(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
+    let (who, req) = match admin_body::<MaintenanceBody>(&s, &headers, body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let message = req
+        .message
+        .unwrap_or_else(|| "the server is under maintenance".into());
+    if message.is_empty() || message.len() > 100 {
+        return invalid("message", "1 to 100 bytes (it goes in a close frame)");
+    }
+    let mode = req.on.then(|| {
+        Arc::new(Maintenance {
+            message,
+            retry_after_ms: req.retry_after_ms.unwrap_or(30_000),
+        })
+    });
+    let told = s
+        .engine
+        .admin(None, |done| AdminOp::Maintenance {
+            mode: mode.clone(),
+            done,
+        })
+        .await;
+    let detail = json!({"on": req.on, "mode": mode.as_deref()});
+    let result = if told.is_ok() { "ok" } else { "overloaded" };
+    let _ = s
+        .audit
+        .record(&who.name, "maintenance", None, result, &detail);
+    let Ok(told) = told else {
+        return overloaded();
+    };
+    *s.maintenance.lock().unwrap_or_else(|e| e.into_inner()) = mode;
+    let n: usize = told.iter().sum();
+    Json(json!({"ok": true, "on": req.on, "told": n})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    user: String,
+}
+
+/// `POST /admin/revoke {"user"}`: the user's connections close (4011) and every token
+/// of theirs issued before now (JWTs by `iat`, reconnect tokens) is refused, also after
+/// a restart; tokens issued from the next second on work.
+async fn revoke(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
+    let (who, req) = match admin_body::<RevokeBody>(&s, &headers, body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if req.user.is_empty() || req.user.len() > 128 {
+        return invalid("user", "1 to 128 bytes");
+    }
+    let at_ms = crate::schedule::now_ms();
+    let audit = s.audit.clone();
+    let user = req.user.clone();
+    let saved = tokio::task::spawn_blocking(move || audit.save_revocation(&user, at_ms))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    if let Err(e) = saved {
+        let _ = s
+            .audit
+            .record(&who.name, "revoke", Some(&req.user), &e, &json!({}));
+        return fail(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &e);
+    }
+    s.revocations.revoke(&req.user, at_ms);
+    let user: Arc<str> = Arc::from(req.user.as_str());
+    let closed = s
+        .engine
+        .admin(None, |done| AdminOp::Revoke {
+            user: user.clone(),
+            before_ms: at_ms,
+            done,
+        })
+        .await;
+    let n: usize = closed.as_ref().map_or(0, |c| c.iter().sum());
+    let result = if closed.is_ok() { "ok" } else { "overloaded" };
+    let _ = s.audit.record(
+        &who.name,
+        "revoke",
+        Some(&req.user),
+        result,
+        &json!({"revoked_at": at_ms, "disconnected": n}),
+    );
+    if closed.is_err() {
+        return overloaded();
+    }
+    Json(json!({"ok": true, "revoked_at": at_ms, "disconnected": n})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectionsQuery {
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    ip: Option<std::net::IpAddr>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    shard: Option<u16>,
+    #[serde(default)]
+    min_age_ms: Option<u64>,
+    #[serde(default)]
+    offset: Option<usize>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn list(
+    s: &AdminState,
+    shard: Option<u16>,
+    filter: ConnFilter,
+    limit: usize,
+) -> Result<Vec<ConnView>, Response> {
+    let lists = s
+        .engine
+        .admin(shard, |done| AdminOp::List {
+            filter: filter.clone(),
+            limit,
+            done,
+        })
+        .await
+        .map_err(|_| overloaded())?;
+    Ok(lists.into_iter().flatten().collect())
+}
+
+/// `GET /admin/connections[?user&ip&channel&shard&min_age_ms&offset&limit]`: the
+/// connections matching every filter given, by shard and slot, a page at a time
+/// (`limit` at most 1,000, default 100; `next_offset` while more may follow).
+async fn connections(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<ConnectionsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = admin(&s, &headers) {
+        return r;
+    }
+    let q = match query {
+        Ok(q) => q.0,
+        Err(e) => return invalid("query", &e.body_text()),
+    };
+    let (offset, limit) = (q.offset.unwrap_or(0), q.limit.unwrap_or(100).clamp(1, 1000));
+    let filter = ConnFilter {
+        user: q.user,
+        ip: q.ip,
+        channel: q.channel,
+        min_age_ms: q.min_age_ms,
+        client: None,
+        detail: false,
+    };
+    let mut all = match list(&s, q.shard, filter, offset + limit + 1).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    all.sort_by_key(|c| (c.client.shard, c.client.slot));
+    let more = all.len() > offset + limit;
+    let page: Vec<ConnView> = all.into_iter().skip(offset).take(limit).collect();
+    let next = more.then_some(offset + limit);
+    Json(json!({"connections": page, "next_offset": next})).into_response()
+}
+
+/// `GET /admin/connections/{client}`: one connection with its subscriptions, queue and
+/// rate-limit state.
+async fn connection(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    path: axum::extract::Path<String>,
+) -> Response {
+    if let Err(r) = admin(&s, &headers) {
+        return r;
+    }
+    let id = match client_id("client", &path.0) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let filter = ConnFilter {
+        client: Some(id),
+        detail: true,
+        ..Default::default()
+    };
+    match list(&s, Some(id.shard), filter, 1).await {
+        Ok(mut l) if !l.is_empty() => Json(l.remove(0)).into_response(),
+        Ok(_) => fail(StatusCode::NOT_FOUND, "not_found", "no such connection"),
+        Err(r) => r,
     }
 }

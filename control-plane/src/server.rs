@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use switchboard_engine::{Engine, EngineHandle};
+use switchboard_engine::{Engine, EngineHandle, ShardMsg};
 
 use crate::admin::{self, AdminState};
 use crate::auth::{self, AuthStats, Verifier};
@@ -118,6 +118,30 @@ impl Server {
         let durable = opened.take_durable();
         let engine = Arc::new(Engine::start_with(engine_cfg, requests_tx, durable)?);
         let store = opened.spawn(engine.sender())?;
+        // Revocations outlive restarts: the auth workers and the shards (reconnect
+        // tokens) refuse the revoked users' older tokens from the start.
+        let audit = Arc::new(crate::audit::Audit::open(store.path())?);
+        let revoked = audit
+            .revocations()
+            .map_err(|e| anyhow::anyhow!("store: {e}"))?;
+        for (user, at_ms) in &revoked {
+            verifier.revocations().revoke(user, *at_ms);
+            let user: Arc<str> = Arc::from(user.as_str());
+            for shard in 0..engine.shards() {
+                let (done, _) = tokio::sync::oneshot::channel();
+                let op = switchboard_engine::control::AdminOp::Revoke {
+                    user: user.clone(),
+                    before_ms: *at_ms,
+                    done,
+                };
+                auth::send_patiently(
+                    &engine.sender(),
+                    shard as u16,
+                    ShardMsg::Admin(op),
+                    "a revocation",
+                );
+            }
+        }
         let (scheduler, scheduler_handle) =
             schedule::spawn(store.path(), engine.clone(), engine.sender())?;
         let (notifier, notifier_handle) =
@@ -129,6 +153,7 @@ impl Server {
             notifier.clone(),
         )?;
         let auth_stats = Arc::new(AuthStats::default());
+        let revocations = verifier.revocations().clone();
         let auth_threads = auth::spawn_workers(
             cfg.auth.threads,
             requests_rx,
@@ -159,7 +184,9 @@ impl Server {
             admin_auth: admin_secret
                 .as_deref()
                 .map(|k| crate::ops::AdminAuth::new(k, &cfg.admin.role)),
-            audit: Arc::new(crate::audit::Audit::open(store.path())?),
+            audit,
+            revocations,
+            maintenance: Default::default(),
             store: Some(admin::StoreView {
                 path: store.path().display().to_string(),
                 state: store.state().clone(),

@@ -405,6 +405,10 @@ fn prepare(conn: &Connection) -> rusqlite::Result<()> {
              data TEXT NOT NULL
          );
          CREATE INDEX IF NOT EXISTS call_quality_call ON call_quality (call);
+         CREATE TABLE IF NOT EXISTS revocations (
+             user TEXT PRIMARY KEY,
+             at_ms INTEGER NOT NULL
+         );
          CREATE TABLE IF NOT EXISTS audit (
              id INTEGER PRIMARY KEY,
              at_ms INTEGER NOT NULL,

@@ -277,3 +277,254 @@ async fn rate_limits_change_at_runtime_with_tiers_and_audit() {
     server.shutdown();
     server.wait();
 }
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token for `sub` issued at `iat` (Unix seconds).
+fn token_issued(sub: &str, iat: u64) -> String {
+    token_with(sub, |c| c.iat = Some(iat))
+}
+
+async fn client_of(admin: std::net::SocketAddr, ops: &str, user: &str) -> Vec<String> {
+    let path = format!("/admin/connections?user={user}");
+    let (st, r) = admin_call(admin, "GET", &path, Some(ops), "").await;
+    assert_eq!(st, 200, "{r}");
+    r["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["client"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_list_disconnect_maintain_and_revoke() {
+    let store = temp_store();
+    let cfg = |c: &mut switchboard_control_plane::Config| {
+        c.admin.jwt_secret = Some(ADMIN_SECRET.into());
+        c.store.path = store.clone();
+    };
+    let server = start(cfg);
+    let (addr, admin) = (server.ws_addr(), server.admin_addr());
+    let ops = admin_token("ops-ann", "admin");
+    let mut ann1 = client_on_shard(addr, Fmt::Json, &token("ann", None), 0).await;
+    let mut ann2 = client_on_shard(addr, Fmt::MsgPack, &token("ann", None), 1).await;
+    let mut bob = Client::connect(addr, Fmt::Json, &token("bob", None)).await;
+    let r = ann1
+        .call(json!({"cmd": "subscribe", "channel": "chat:1"}))
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+
+    // Listing with filters and pages; one connection in detail.
+    let (st, r) = admin_call(admin, "GET", "/admin/connections", Some(&ops), "").await;
+    assert_eq!(
+        (st, r["connections"].as_array().unwrap().len()),
+        (200, 3),
+        "{r}"
+    );
+    assert_eq!(client_of(admin, &ops, "ann").await.len(), 2);
+    let (_, r) = admin_call(
+        admin,
+        "GET",
+        "/admin/connections?channel=chat:1",
+        Some(&ops),
+        "",
+    )
+    .await;
+    let listed = &r["connections"];
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(
+        (&listed[0]["user"], &listed[0]["ip"], &listed[0]["format"]),
+        (&json!("ann"), &json!("127.0.0.1"), &json!("json")),
+        "{r}"
+    );
+    let (_, r) = admin_call(admin, "GET", "/admin/connections?limit=2", Some(&ops), "").await;
+    assert_eq!(r["next_offset"], json!(2), "{r}");
+    let (_, r) = admin_call(
+        admin,
+        "GET",
+        "/admin/connections?limit=2&offset=2",
+        Some(&ops),
+        "",
+    )
+    .await;
+    assert_eq!(
+        (
+            r["connections"].as_array().unwrap().len(),
+            &r["next_offset"]
+        ),
+        (1, &Value::Null),
+        "{r}"
+    );
+    let ann1_id = listed[0]["client"].as_str().unwrap().to_string();
+    let (st, r) = admin_call(
+        admin,
+        "GET",
+        &format!("/admin/connections/{ann1_id}"),
+        Some(&ops),
+        "",
+    )
+    .await;
+    assert_eq!((st, &r["channels"]), (200, &json!(["chat:1"])), "{r}");
+    for (path, status) in [
+        ("/admin/connections/9.9.9", 404),
+        ("/admin/connections/x", 400),
+        ("/admin/connections?ip=nope", 400),
+        ("/admin/connections?limit=-1", 400),
+    ] {
+        let (st, r) = admin_call(admin, "GET", path, Some(&ops), "").await;
+        assert_eq!(st, status, "{path}: {r}");
+    }
+
+    // Force disconnect one connection, then a user with spread reconnect hints.
+    let bob_id = client_of(admin, &ops, "bob").await.remove(0);
+    let body = json!({"client": bob_id, "reason": "bye"}).to_string();
+    let (st, r) = admin_call(admin, "POST", "/admin/disconnect", Some(&ops), &body).await;
+    assert_eq!((st, &r["disconnected"]), (200, &json!(1)), "{r}");
+    let (push, code, reason) = bob.expect_close().await;
+    assert_eq!((code, reason.as_str()), (4009, "bye"));
+    assert_eq!(push.unwrap()["reconnect"], json!(true));
+    let body = json!({"user": "ann", "spread_ms": 5000, "reason": "rebalancing"}).to_string();
+    let (_, r) = admin_call(admin, "POST", "/admin/disconnect", Some(&ops), &body).await;
+    assert_eq!(r["disconnected"], json!(2), "{r}");
+    for c in [&mut ann1, &mut ann2] {
+        let (push, code, _) = c.expect_close().await;
+        let push = push.unwrap();
+        assert_eq!(code, 4009);
+        assert!(
+            push["reconnect_after_ms"].as_u64().unwrap() < 5000,
+            "{push}"
+        );
+    }
+    for body in [
+        json!({}),
+        json!({"user": "a", "all": true}),
+        json!({"client": "1.2"}),
+        json!({"all": true, "reason": "x".repeat(200)}),
+    ] {
+        let (st, r) = admin_call(
+            admin,
+            "POST",
+            "/admin/disconnect",
+            Some(&ops),
+            &body.to_string(),
+        )
+        .await;
+        assert_eq!(st, 400, "{body}: {r}");
+    }
+
+    // Maintenance: connected clients are told; new ones are turned away with a hint.
+    let mut carl = Client::connect(addr, Fmt::Json, &token("carl", None)).await;
+    let body = json!({"on": true, "message": "upgrade", "retry_after_ms": 60000}).to_string();
+    let (st, r) = admin_call(admin, "POST", "/admin/maintenance", Some(&ops), &body).await;
+    assert_eq!((st, &r["told"]), (200, &json!(1)), "{r}");
+    let p = carl.next_push(&["maintenance"]).await;
+    assert_eq!(
+        (&p["on"], &p["message"], &p["retry_after_ms"]),
+        (&json!(true), &json!("upgrade"), &json!(60000)),
+        "{p}"
+    );
+    let mut refused = Client::open(addr, Fmt::Json).await;
+    let (push, code, reason) = refused.expect_close().await;
+    assert_eq!((code, reason.as_str()), (4010, "maintenance: upgrade"));
+    assert_eq!(push.unwrap()["reconnect_after_ms"], json!(60000));
+    let (_, r) = admin_call(admin, "GET", "/admin/maintenance", Some(&ops), "").await;
+    assert_eq!(r["on"], json!(true), "{r}");
+    let (st, _) = admin_call(
+        admin,
+        "POST",
+        "/admin/maintenance",
+        Some(&ops),
+        r#"{"on": false}"#,
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(carl.next_push(&["maintenance"]).await["on"], json!(false));
+    Client::connect(addr, Fmt::Json, &token("carl", None)).await;
+
+    // Revoking a user: its connections close and its older tokens are refused
+    // (JWTs and reconnect tokens), also after a restart; a new token works.
+    let old = token_issued("dave", now_s() - 30);
+    let mut dave = Client::open(addr, Fmt::Json).await;
+    let r = dave.call(json!({"cmd": "connect", "token": old})).await;
+    let reconnect = r["result"]["reconnect_token"].as_str().unwrap().to_string();
+    let (st, r) = admin_call(
+        admin,
+        "POST",
+        "/admin/revoke",
+        Some(&ops),
+        r#"{"user": "dave"}"#,
+    )
+    .await;
+    assert_eq!((st, &r["disconnected"]), (200, &json!(1)), "{r}");
+    let (push, code, _) = dave.expect_close().await;
+    assert_eq!((code, &push.unwrap()["reconnect"]), (4011, &json!(false)));
+    let refused_connect = |tok: Value| async move {
+        let mut c = Client::open(addr, Fmt::Json).await;
+        c.call(json!({"cmd": "connect", "token": tok})).await
+    };
+    let r = refused_connect(json!(old)).await;
+    assert_eq!(r["error"]["code"], json!(101), "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("revoked"),
+        "{r}"
+    );
+    let mut c = Client::open(addr, Fmt::Json).await;
+    let r = c
+        .call(json!({"cmd": "connect", "reconnect": reconnect}))
+        .await;
+    assert_eq!(r["error"]["code"], json!(101), "{r}");
+    let fresh = token_issued("dave", now_s() + 1);
+    Client::connect(addr, Fmt::Json, &fresh).await;
+    let (st, _) = admin_call(
+        admin,
+        "POST",
+        "/admin/revoke",
+        Some(&ops),
+        r#"{"user": ""}"#,
+    )
+    .await;
+    assert_eq!(st, 400);
+
+    let (_, r) = admin_call(admin, "GET", "/admin/audit", Some(&ops), "").await;
+    let actions: Vec<&str> = r["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "revoke",
+            "maintenance",
+            "maintenance",
+            "disconnect.user",
+            "disconnect.connection"
+        ],
+        "{r}"
+    );
+    assert_eq!(r["entries"][0]["target"], json!("dave"), "{r}");
+    assert_eq!(r["entries"][3]["detail"]["disconnected"], json!(2), "{r}");
+    server.shutdown();
+    server.wait();
+
+    let server = start(cfg);
+    let r = {
+        let mut c = Client::open(server.ws_addr(), Fmt::Json).await;
+        c.call(json!({"cmd": "connect", "token": old})).await
+    };
+    assert_eq!(
+        r["error"]["code"],
+        json!(101),
+        "still revoked after a restart: {r}"
+    );
+    Client::connect(server.ws_addr(), Fmt::Json, &fresh).await;
+    server.shutdown();
+    server.wait();
+}

@@ -171,3 +171,122 @@ mod tests {
         }
     }
 }
+
+/// Which connections an admin action is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One connection.
+    Client(ClientId),
+    /// Every connection of a user.
+    User(Arc<str>),
+    /// Every connection.
+    All,
+}
+
+/// Maintenance mode: new connections are refused with 4010 and the hint; connected
+/// clients are told with a `maintenance` push.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Maintenance {
+    /// What clients are told.
+    pub message: String,
+    /// When to try again, milliseconds.
+    pub retry_after_ms: u32,
+}
+
+/// Which connections to list (every condition given must hold).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnFilter {
+    /// Of this user.
+    pub user: Option<String>,
+    /// From this address.
+    pub ip: Option<std::net::IpAddr>,
+    /// Subscribed to this channel.
+    pub channel: Option<String>,
+    /// Open at least this long, milliseconds.
+    pub min_age_ms: Option<u64>,
+    /// This one connection (detail).
+    pub client: Option<ClientId>,
+    /// Include the subscriptions (detail).
+    pub detail: bool,
+}
+
+/// A connection as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConnView {
+    /// Its id.
+    #[serde(serialize_with = "as_string")]
+    pub client: ClientId,
+    /// Its user (absent before `connect`).
+    pub user: Option<String>,
+    /// Peer address.
+    pub ip: String,
+    /// `handshaking`, `awaiting_connect`, `authenticating`, `open`, `closing`.
+    pub state: &'static str,
+    /// `json` or `msgpack`.
+    pub format: &'static str,
+    /// Open for, milliseconds.
+    pub age_ms: u64,
+    /// Device id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// How many channels it is subscribed to.
+    pub subscriptions: usize,
+    /// Its channels (detail only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
+    /// Frames waiting to be written.
+    pub queued_frames: usize,
+    /// Bytes charged to its outbound queue.
+    pub queued_bytes: usize,
+    /// Commands refused by rate limits in a row.
+    pub rate_limited_in_a_row: u32,
+}
+
+fn as_string<S: serde::Serializer>(c: &ClientId, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(c)
+}
+
+/// An admin action for a shard; each answers on its `done` channel.
+#[derive(Debug)]
+pub enum AdminOp {
+    /// Close the target's connections with 4009 and `reason`; when `reconnect`, each
+    /// is told to come back after a random delay below `spread_ms`.
+    Disconnect {
+        /// Which connections.
+        who: Target,
+        /// Why (sent to the clients).
+        reason: Arc<str>,
+        /// Whether they should reconnect.
+        reconnect: bool,
+        /// Spread of the reconnect hints, milliseconds (a drain).
+        spread_ms: u32,
+        /// How many were closed.
+        done: tokio::sync::oneshot::Sender<usize>,
+    },
+    /// Turn maintenance on (`Some`) or off; answers how many connections were told.
+    Maintenance {
+        /// The mode.
+        mode: Option<Arc<Maintenance>>,
+        /// How many connections were told.
+        done: tokio::sync::oneshot::Sender<usize>,
+    },
+    /// Close a user's connections with 4011 and refuse its reconnect tokens issued
+    /// before `before_ms`.
+    Revoke {
+        /// The user.
+        user: Arc<str>,
+        /// Revocation time, Unix milliseconds.
+        before_ms: u64,
+        /// How many connections were closed.
+        done: tokio::sync::oneshot::Sender<usize>,
+    },
+    /// List connections.
+    List {
+        /// Which.
+        filter: ConnFilter,
+        /// At most this many.
+        limit: usize,
+        /// The list.
+        done: tokio::sync::oneshot::Sender<Vec<ConnView>>,
+    },
+}

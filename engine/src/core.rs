@@ -35,7 +35,10 @@ use crate::access::{Access, Action, Verdict};
 use crate::auth::{ControlRequest, Identity, ScheduleJob};
 use crate::channels::ChannelIndex;
 use crate::config::EngineConfig;
-use crate::control::{CallTarget, Caller, ControlCommand, Frames, Push, PushTo};
+use crate::control::{
+    AdminOp, CallTarget, Caller, ConnFilter, ConnView, ControlCommand, Frames, Maintenance, Push,
+    PushTo, Target,
+};
 use crate::journal::{
     Batch, Durability, JournalLink, MarkKind, MarkRecord, Policies, Policy, Record,
     Refusal as JournalRefusal,
@@ -254,6 +257,11 @@ pub struct ShardCore {
     /// Per-user rate-limit buckets of users with connections here (made on a user's
     /// first limited command, dropped with its last connection).
     user_buckets: HashMap<Arc<str>, Box<Buckets>>,
+    /// Maintenance mode (admin API): new connections are refused.
+    maintenance: Option<Arc<Maintenance>>,
+    /// Users whose tokens were revoked, and when (reconnect tokens issued before are
+    /// refused).
+    revoked: HashMap<Arc<str>, u64>,
     mesh: Arc<Mesh>,
     control: Sender<ControlRequest>,
     metrics: Arc<ShardMetrics>,
@@ -436,6 +444,8 @@ impl ShardCore {
             // Compiled by `EngineConfig::validate` first, which refuses bad rules.
             rate_limits: Arc::new(cfg.limits().unwrap_or_default()),
             user_buckets: HashMap::new(),
+            maintenance: None,
+            revoked: HashMap::new(),
             mesh,
             control,
             metrics,
@@ -687,6 +697,17 @@ impl ShardCore {
         mark_dirty(conn, slot, &mut self.dirty);
         ShardMetrics::add(&self.metrics.upgraded, 1);
         self.schedule(slot, now as u64 + self.ticks.auth as u64);
+        if let Some(m) = self.maintenance.clone() {
+            let reason = format!("maintenance: {}", m.message);
+            self.begin_close_after(
+                slot,
+                CloseCode::MAINTENANCE,
+                &reason,
+                CloseKind::Maintenance,
+                true,
+                Some(m.retry_after_ms),
+            );
+        }
     }
 
     fn reject_handshake(&mut self, slot: u32, e: &WireError) {
@@ -974,6 +995,165 @@ impl ShardCore {
                 self.forward(slot, id, cmd)
             }
         }
+    }
+
+    // ---- admin actions ---------------------------------------------------------------
+
+    fn on_admin(&mut self, op: AdminOp) {
+        match op {
+            AdminOp::Disconnect {
+                who,
+                reason,
+                reconnect,
+                spread_ms,
+                done,
+            } => {
+                let slots = self.targets(&who);
+                for &slot in &slots {
+                    let hint = (spread_ms > 0).then(|| {
+                        let mix = slot.wrapping_mul(2_654_435_761) ^ self.now.rotate_left(13);
+                        mix % spread_ms
+                    });
+                    self.begin_close_after(
+                        slot,
+                        CloseCode::KICKED,
+                        &reason,
+                        CloseKind::Kicked,
+                        reconnect,
+                        hint,
+                    );
+                }
+                let _ = done.send(slots.len());
+            }
+            AdminOp::Maintenance { mode, done } => {
+                self.maintenance = mode.clone();
+                #[derive(serde::Serialize)]
+                struct Push<'a> {
+                    push: &'static str,
+                    on: bool,
+                    #[serde(flatten)]
+                    mode: Option<&'a Maintenance>,
+                }
+                let push = Push {
+                    push: "maintenance",
+                    on: mode.is_some(),
+                    mode: mode.as_deref(),
+                };
+                let frames = crate::control::frames(&push);
+                let slots = self.targets(&Target::All);
+                for &slot in &slots {
+                    self.push_control(slot, &frames, None);
+                }
+                while let Some(slot) = self.overflowed.pop() {
+                    self.slow_consumer(slot);
+                }
+                let _ = done.send(slots.len());
+            }
+            AdminOp::Revoke {
+                user,
+                before_ms,
+                done,
+            } => {
+                let slots = self.targets(&Target::User(user.clone()));
+                self.revoked.insert(user, before_ms);
+                for &slot in &slots {
+                    self.begin_close(
+                        slot,
+                        CloseCode::REVOKED,
+                        "token revoked",
+                        CloseKind::Revoked,
+                    );
+                }
+                let _ = done.send(slots.len());
+            }
+            AdminOp::List {
+                filter,
+                limit,
+                done,
+            } => {
+                let _ = done.send(self.list_connections(&filter, limit));
+            }
+        }
+    }
+
+    /// The open connections an admin action names, on this shard.
+    fn targets(&self, who: &Target) -> Vec<u32> {
+        match who {
+            Target::Client(c) => {
+                let here = c.shard == self.id
+                    && self
+                        .conns
+                        .get(c.slot as usize)
+                        .is_some_and(|x| x.gen == c.gen && x.state == ConnState::Open);
+                if here {
+                    vec![c.slot]
+                } else {
+                    vec![]
+                }
+            }
+            Target::User(u) => self.users.get(&**u).map_or(vec![], |u| u.slots().to_vec()),
+            Target::All => self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.state == ConnState::Open)
+                .map(|(slot, _)| slot as u32)
+                .collect(),
+        }
+    }
+
+    fn list_connections(&self, f: &ConnFilter, limit: usize) -> Vec<ConnView> {
+        let tick = self.cfg.tick_ms;
+        let mut out = Vec::new();
+        for (slot, c) in self.conns.iter() {
+            if out.len() >= limit {
+                break;
+            }
+            let user = c.identity.as_ref().map(|i| &*i.user);
+            let age_ms = self.now.wrapping_sub(c.since) as u64 * tick;
+            let keep = c.state != ConnState::Closed
+                && f.user.as_deref().is_none_or(|u| user == Some(u))
+                && f.ip.is_none_or(|ip| ip == c.peer)
+                && f.channel
+                    .as_deref()
+                    .is_none_or(|ch| c.subs.iter().any(|s| **s == *ch))
+                && f.min_age_ms.is_none_or(|m| age_ms >= m)
+                && f.client
+                    .is_none_or(|id| id.slot == slot as u32 && id.gen == c.gen);
+            if !keep {
+                continue;
+            }
+            out.push(ConnView {
+                client: ClientId {
+                    shard: self.id,
+                    slot: slot as u32,
+                    gen: c.gen,
+                },
+                user: user.map(String::from),
+                ip: c.peer.to_string(),
+                state: match c.state {
+                    ConnState::Handshaking => "handshaking",
+                    ConnState::AwaitingConnect => "awaiting_connect",
+                    ConnState::Authenticating { .. } => "authenticating",
+                    ConnState::Open => "open",
+                    ConnState::Closing | ConnState::Draining => "closing",
+                    ConnState::Closed => "closed",
+                },
+                format: match c.format {
+                    Format::Json => "json",
+                    Format::MsgPack => "msgpack",
+                },
+                age_ms,
+                device: c.device().map(String::from),
+                subscriptions: c.subs.len(),
+                channels: f
+                    .detail
+                    .then(|| c.subs.iter().map(|s| s.to_string()).collect()),
+                queued_frames: c.out.len(),
+                queued_bytes: c.out.charged(),
+                rate_limited_in_a_row: c.ext().map_or(0, |e| e.refused_in_a_row),
+            });
+        }
+        out
     }
 
     // ---- rate limits ---------------------------------------------------------------
@@ -1278,6 +1458,17 @@ impl ShardCore {
                 return self.reply_err(slot, id, f.code, &f.message);
             }
         };
+        let revoked_at = self.revoked.get(&*resumed.identity.user).copied();
+        let ttl = self.cfg.reconnect_ttl_ms;
+        if revoked_at.is_some_and(|at| resumed.expires_ms <= at.saturating_add(ttl)) {
+            ShardMetrics::add(&self.metrics.resumes_refused, 1);
+            return self.reply_err(
+                slot,
+                id,
+                ErrorCode::Unauthorized,
+                "reconnect token revoked; connect with a new token",
+            );
+        }
         ShardMetrics::add(&self.metrics.resumes, 1);
         let conn = &mut self.conns[slot as usize];
         if conn.device().is_none() {
@@ -3082,6 +3273,20 @@ impl ShardCore {
     /// Start the close handshake: unsubscribe, queue a `disconnect` push (application
     /// codes and 1001) and the close frame, and give the peer `close_timeout_ms`.
     fn begin_close(&mut self, slot: u32, code: CloseCode, reason: &str, kind: CloseKind) {
+        self.begin_close_after(slot, code, reason, kind, code.reconnect(), None);
+    }
+
+    /// [`Self::begin_close`], saying in the `disconnect` push whether to reconnect and
+    /// after how long.
+    fn begin_close_after(
+        &mut self,
+        slot: u32,
+        code: CloseCode,
+        reason: &str,
+        kind: CloseKind,
+        reconnect: bool,
+        reconnect_after_ms: Option<u32>,
+    ) {
         let Some(conn) = self.conns.get(slot as usize) else {
             return;
         };
@@ -3095,11 +3300,12 @@ impl ShardCore {
         let now = self.now;
         let conn = &mut self.conns[slot as usize];
         if code.0 >= 4000 || code == CloseCode::GOING_AWAY {
-            conn.out.push_unbounded(envelope::encode_disconnect(
+            conn.out.push_unbounded(envelope::encode_disconnect_after(
                 conn.format,
                 code.0,
                 reason,
-                code.reconnect(),
+                reconnect,
+                reconnect_after_ms.filter(|_| reconnect),
             ));
         }
         conn.out.push_unbounded(frame::encode_close(code.0, reason));
@@ -3484,6 +3690,7 @@ impl ShardCore {
             } => self.auth_done(conn, req_id, result),
             ShardMsg::Push(p) => self.on_push(&p),
             ShardMsg::Limits(table) => self.set_rate_limits(table),
+            ShardMsg::Admin(op) => self.on_admin(op),
             ShardMsg::Shutdown => self.begin_shutdown(),
         }
     }

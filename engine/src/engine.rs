@@ -229,6 +229,34 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
+    /// Hand an admin action to every shard (or to `only`), each built by `make` with
+    /// the channel its answer comes back on; the answers, one per shard asked.
+    pub async fn admin<T>(
+        &self,
+        only: Option<u16>,
+        make: impl Fn(tokio::sync::oneshot::Sender<T>) -> crate::control::AdminOp,
+    ) -> Result<Vec<T>, PublishError> {
+        let shards: Vec<usize> = match only {
+            Some(s) if (s as usize) < self.shards() => vec![s as usize],
+            Some(_) => vec![],
+            None => (0..self.shards()).collect(),
+        };
+        let mut answers = Vec::with_capacity(shards.len());
+        for shard in shards {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.mesh
+                .inbox(shard)
+                .push(ShardMsg::Admin(make(tx)))
+                .map_err(|_| PublishError::Overloaded)?;
+            answers.push(rx);
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for rx in answers {
+            out.push(rx.await.map_err(|_| PublishError::Overloaded)?);
+        }
+        Ok(out)
+    }
+
     /// The rate-limit rules in force.
     pub fn limits(&self) -> Vec<LimitRule> {
         self.limits

@@ -286,6 +286,8 @@ pub enum ShardMsg {
     Push(Arc<crate::control::Push>),
     /// New rate limits (admin API).
     Limits(Arc<crate::limits::LimitTable>),
+    /// An admin action on this shard's connections.
+    Admin(crate::control::AdminOp),
     /// Stop accepting, close every connection with 1001, exit after the drain time.
     Shutdown,
 }

@@ -42,11 +42,17 @@ pub enum CloseKind {
     Shutdown,
     /// Kept exceeding its rate limits (4008).
     RateLimited,
+    /// Disconnected by an operator (4009).
+    Kicked,
+    /// Refused or told to leave for maintenance (4010).
+    Maintenance,
+    /// Its user's tokens were revoked (4011).
+    Revoked,
 }
 
 impl CloseKind {
     /// Every kind, in counter order.
-    pub const ALL: [CloseKind; 16] = [
+    pub const ALL: [CloseKind; 19] = [
         CloseKind::ClientClose,
         CloseKind::PeerGone,
         CloseKind::IoError,
@@ -63,6 +69,9 @@ impl CloseKind {
         CloseKind::HeartbeatTimeout,
         CloseKind::Shutdown,
         CloseKind::RateLimited,
+        CloseKind::Kicked,
+        CloseKind::Maintenance,
+        CloseKind::Revoked,
     ];
 
     /// Label value used in metrics.
@@ -84,6 +93,9 @@ impl CloseKind {
             CloseKind::HeartbeatTimeout => "heartbeat_timeout",
             CloseKind::Shutdown => "shutdown",
             CloseKind::RateLimited => "rate_limited",
+            CloseKind::Kicked => "kicked",
+            CloseKind::Maintenance => "maintenance",
+            CloseKind::Revoked => "revoked",
         }
     }
 }
@@ -107,7 +119,7 @@ pub struct ShardMetrics {
     /// Upgrades completed.
     pub upgraded: AtomicU64,
     /// Closes, indexed by [`CloseKind`].
-    pub closes: [AtomicU64; 16],
+    pub closes: [AtomicU64; 19],
     /// Frames received.
     pub frames_in: AtomicU64,
     /// Bytes received.

@@ -74,6 +74,8 @@ pub struct Resumed {
     pub device: Option<String>,
     /// The channels it had subscribed.
     pub channels: Vec<String>,
+    /// When the token expires, Unix milliseconds.
+    pub expires_ms: u64,
 }
 
 impl Sessions {
@@ -161,6 +163,7 @@ impl Sessions {
             }),
             device: p.d,
             channels: p.ch,
+            expires_ms: p.x,
         })
     }
 }

@@ -34,10 +34,19 @@ impl CloseCode {
     pub const HEARTBEAT_TIMEOUT: CloseCode = CloseCode(4004);
     /// The client kept exceeding its rate limits after being told.
     pub const RATE_LIMITED: CloseCode = CloseCode(4008);
+    /// An operator disconnected the connection (admin API); reconnecting is allowed.
+    pub const KICKED: CloseCode = CloseCode(4009);
+    /// The server is in maintenance: try again after the hint.
+    pub const MAINTENANCE: CloseCode = CloseCode(4010);
+    /// The user's tokens were revoked: get a new token before reconnecting.
+    pub const REVOKED: CloseCode = CloseCode(4011);
 
     /// Whether a client should reconnect after being closed with this code.
     pub fn reconnect(self) -> bool {
-        matches!(self.0, 1001 | 1011 | 4002 | 4003 | 4004 | 4008)
+        matches!(
+            self.0,
+            1001 | 1011 | 4002 | 4003 | 4004 | 4008 | 4009 | 4010
+        )
     }
 
     /// Whether `code` may appear in a close frame received from a peer.

@@ -1008,6 +1008,8 @@ struct DisconnectPush<'a> {
     code: u16,
     reason: &'a str,
     reconnect: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reconnect_after_ms: Option<u32>,
 }
 
 fn encode_serde<T: Serialize>(format: Format, value: &T, hint: usize) -> Bytes {
@@ -1067,6 +1069,18 @@ pub fn encode_rate_limited(format: Format, id: u32, message: &str, retry_after_m
 
 /// A complete frame carrying the `disconnect` push sent before a close frame.
 pub fn encode_disconnect(format: Format, code: u16, reason: &str, reconnect: bool) -> Bytes {
+    encode_disconnect_after(format, code, reason, reconnect, None)
+}
+
+/// The same, telling a client that should reconnect to wait `reconnect_after_ms` first
+/// (maintenance, a drain spreading reconnects).
+pub fn encode_disconnect_after(
+    format: Format,
+    code: u16,
+    reason: &str,
+    reconnect: bool,
+    reconnect_after_ms: Option<u32>,
+) -> Bytes {
     encode_serde(
         format,
         &DisconnectPush {
@@ -1074,8 +1088,9 @@ pub fn encode_disconnect(format: Format, code: u16, reason: &str, reconnect: boo
             code,
             reason,
             reconnect,
+            reconnect_after_ms,
         },
-        48 + reason.len(),
+        64 + reason.len(),
     )
 }
 
