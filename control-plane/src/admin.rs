@@ -98,7 +98,53 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/calls/log", get(call_log))
         .merge(crate::ops::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(axum::middleware::from_fn(harden))
         .with_state(state)
+}
+
+/// Every HTTP response: a request id (the client's `X-Request-Id` when it is a short
+/// token, else a new one) on the response and on every log line of the request, and
+/// security headers (this API serves JSON and text only: nothing may frame, sniff,
+/// cache or embed it).
+async fn harden(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument as _;
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(String::from)
+        .unwrap_or_else(|| crate::server::random_hex(8));
+    let span = tracing::info_span!(
+        "http",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.uri().path()
+    );
+    let mut res = next.run(req).instrument(span).await;
+    let h = res.headers_mut();
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        (
+            "content-security-policy",
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+        ("cross-origin-resource-policy", "same-origin"),
+        ("cache-control", "no-store"),
+    ] {
+        h.insert(name, header::HeaderValue::from_static(value));
+    }
+    if let Ok(v) = header::HeaderValue::from_str(&id) {
+        h.insert("x-request-id", v);
+    }
+    res
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {

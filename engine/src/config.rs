@@ -129,6 +129,10 @@ pub struct EngineConfig {
     /// A typing start with no stop (and no new start) for this long is stopped by the
     /// server.
     pub typing_timeout_ms: u64,
+    /// Origins browsers may open WebSockets from (`*` matches any run of characters,
+    /// `https://*.example.com`); empty: any. An upgrade whose `Origin` matches none is
+    /// refused with 403. Clients that send no `Origin` (not browsers) are not affected.
+    pub allowed_origins: Vec<String>,
     /// Rate limits (token buckets per connection and per user); empty: none. Changed
     /// at runtime through [`crate::EngineHandle::set_limits`].
     pub rate_limits: Vec<crate::limits::LimitRule>,
@@ -177,6 +181,7 @@ impl Default for EngineConfig {
             user_presence_namespace: String::new(),
             typing_throttle_ms: 1_000,
             typing_timeout_ms: 6_000,
+            allowed_origins: Vec::new(),
             rate_limits: Vec::new(),
             rate_limit_disconnect_after: 20,
         }

@@ -641,6 +641,15 @@ impl ShardCore {
             match conn.state {
                 ConnState::Handshaking => match handshake::parse(src, &self.limits) {
                     Ok(Parse::Incomplete) => return,
+                    Ok(Parse::Complete(up)) if !self.origin_allowed(up.origin.as_deref()) => {
+                        src.clear();
+                        let refused = WireError::Handshake {
+                            status: 403,
+                            reason: "origin not allowed",
+                        };
+                        self.reject_handshake(slot, &refused);
+                        return;
+                    }
                     Ok(Parse::Complete(up)) => {
                         src.advance(up.consumed);
                         self.upgraded(slot, up);
@@ -680,6 +689,17 @@ impl ShardCore {
                     self.fail(slot, &e);
                     return;
                 }
+            }
+        }
+    }
+
+    /// Whether a browser from `origin` may connect (`engine.allowed_origins`).
+    fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        let patterns = &self.cfg.allowed_origins;
+        match origin {
+            None => true,
+            Some(o) => {
+                patterns.is_empty() || patterns.iter().any(|p| crate::auth::glob_match(p, o))
             }
         }
     }

@@ -49,6 +49,8 @@ pub struct Upgrade {
     pub accept: String,
     /// Token from `Authorization: Bearer …`, if present.
     pub bearer: Option<String>,
+    /// The `Origin` header (browsers send it), if present.
+    pub origin: Option<String>,
 }
 
 /// Result of [`parse`].
@@ -94,6 +96,7 @@ pub fn parse(buf: &[u8], limits: &HandshakeLimits) -> Result<Parse, Error> {
     let mut key = None;
     let mut protocols: Option<Vec<&str>> = None;
     let mut bearer = None;
+    let mut origin = None;
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value).map_err(|_| bad("non-UTF-8 header value"))?;
         let name = h.name;
@@ -109,6 +112,8 @@ pub fn parse(buf: &[u8], limits: &HandshakeLimits) -> Result<Parse, Error> {
             protocols
                 .get_or_insert_with(Vec::new)
                 .extend(value.split(',').map(str::trim).filter(|p| !p.is_empty()));
+        } else if name.eq_ignore_ascii_case("origin") {
+            origin = Some(value.trim().to_owned());
         } else if name.eq_ignore_ascii_case("authorization") {
             let v = value.trim();
             if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
@@ -161,6 +166,7 @@ pub fn parse(buf: &[u8], limits: &HandshakeLimits) -> Result<Parse, Error> {
         subprotocol_offered,
         accept: accept_key(key),
         bearer,
+        origin,
     }))
 }
 
@@ -191,6 +197,7 @@ impl Upgrade {
 pub fn error_response(status: u16, reason: &str) -> Vec<u8> {
     let phrase = match status {
         400 => "Bad Request",
+        403 => "Forbidden",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -203,7 +210,7 @@ pub fn error_response(status: u16, reason: &str) -> Vec<u8> {
         ""
     };
     format!(
-        "HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{reason}\n",
+        "HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n{extra}\r\n{reason}\n",
         reason.len() + 1
     )
     .into_bytes()

@@ -1,0 +1,241 @@
+//! Protection at the edges: the origin allow-list for browser upgrades, security
+//! headers and request ids on every HTTP response, and secrets never written to the
+//! logs (the real binary, at trace level, fed bad tokens and keys).
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The raw response (head and body) of one HTTP request.
+async fn raw_http(addr: std::net::SocketAddr, request: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(TIMEOUT, s.read_to_end(&mut out))
+        .await
+        .expect("a response in time")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_origins_are_checked_against_the_allow_list() {
+    let server = start(|c| {
+        c.engine.allowed_origins = vec![
+            "https://app.example.com".into(),
+            "https://*.example.org".into(),
+        ];
+    });
+    let addr = server.ws_addr();
+    for origin in ["https://app.example.com", "https://eu.example.org"] {
+        let (_, head) = upgrade(addr, None, &format!("Origin: {origin}\r\n")).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{origin}: {head}");
+    }
+    // Not a browser (no Origin): allowed.
+    let (_, head) = upgrade(addr, None, "").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for origin in ["https://evil.example.net", "http://app.example.com", "null"] {
+        let (mut s, head) = upgrade(addr, None, &format!("Origin: {origin}\r\n")).await;
+        assert!(
+            head.starts_with("HTTP/1.1 403 Forbidden"),
+            "{origin}: {head}"
+        );
+        assert!(head.contains("X-Content-Type-Options: nosniff"), "{head}");
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body).await;
+        assert_eq!(body.trim(), "origin not allowed");
+    }
+    assert!(
+        metric(
+            server.admin_addr(),
+            "switchboard_closes_total{shard=\"0\",reason=\"handshake_rejected\"}"
+        )
+        .await
+            + metric(
+                server.admin_addr(),
+                "switchboard_closes_total{shard=\"1\",reason=\"handshake_rejected\"}"
+            )
+            .await
+            >= 3
+    );
+    server.shutdown();
+    server.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_http_response_has_security_headers_and_a_request_id() {
+    let server = start(|_| {});
+    let admin = server.admin_addr();
+    for (request, status) in [
+        ("GET /health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 200),
+        ("GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 200),
+        ("GET /nope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 404),
+        ("POST /api/publish HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}", 401),
+        ("GET /admin/audit HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 403),
+    ] {
+        let text = raw_http(admin, request).await;
+        let head = text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        assert!(head.starts_with(&format!("http/1.1 {status}")), "{request}: {head}");
+        for h in [
+            "x-content-type-options: nosniff",
+            "x-frame-options: deny",
+            "referrer-policy: no-referrer",
+            "content-security-policy: default-src 'none'; frame-ancestors 'none'",
+            "cache-control: no-store",
+            "x-request-id: ",
+        ] {
+            assert!(head.contains(h), "{request}: missing {h}: {head}");
+        }
+    }
+    // A well-formed request id is kept; a bad one is replaced.
+    let text = raw_http(
+        admin,
+        "GET /health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Request-Id: trace-42\r\n\r\n",
+    )
+    .await;
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("x-request-id: trace-42\r\n"),
+        "{text}"
+    );
+    let text = raw_http(
+        admin,
+        "GET /health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Request-Id: <script>\r\n\r\n",
+    )
+    .await;
+    assert!(!text.contains("<script>"), "{text}");
+    server.shutdown();
+    server.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_logs() {
+    const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+    let hmac = "log-test-hmac-secret-9f8e7d6c5b4a";
+    let api_key = "log-test-api-key-1a2b3c4d5e6f";
+    let admin_secret = "log-test-admin-secret-0a9b8c7d6e5f";
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+        ])
+        .env("RUST_LOG", "trace")
+        .env("SWITCHBOARD_ENGINE__IO", io_arg())
+        .env("SWITCHBOARD_STORE__PATH", temp_store())
+        .env("SWITCHBOARD_AUTH__HMAC_SECRET", hmac)
+        .env("SWITCHBOARD_ADMIN__API_KEY", api_key)
+        .env("SWITCHBOARD_ADMIN__JWT_SECRET", admin_secret)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut banner = String::new();
+    let (mut ws, mut admin) = (None, None);
+    let mut buf = [0u8; 4096];
+    while ws.is_none() || admin.is_none() {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "the server exited: {banner}");
+        banner.push_str(&String::from_utf8_lossy(&buf[..n]));
+        for line in banner.lines() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("WebSocket  ws://") {
+                ws = rest.split('/').next().and_then(|a| a.parse().ok());
+            }
+            if let Some(rest) = line.strip_prefix("Admin      http://") {
+                admin = rest.split('/').next().and_then(|a| a.parse().ok());
+            }
+        }
+    }
+    let (ws, admin): (std::net::SocketAddr, std::net::SocketAddr) = (ws.unwrap(), admin.unwrap());
+    // A good token, a forged one, the API key and admin tokens, right and wrong.
+    let good = switchboard_control_plane::auth::mint(
+        hmac,
+        "ann",
+        None,
+        Duration::from_secs(60),
+        &Default::default(),
+    );
+    let forged = switchboard_control_plane::auth::mint(
+        "some-other-secret-0123456789",
+        "ann",
+        None,
+        Duration::from_secs(60),
+        &Default::default(),
+    );
+    let mut c = Client::connect(ws, Fmt::Json, &good).await;
+    c.call(json!({"cmd": "publish", "channel": "room:1", "data": 1}))
+        .await;
+    let mut bad = Client::open(ws, Fmt::Json).await;
+    bad.call(json!({"cmd": "connect", "token": forged})).await;
+    let bearer = format!("Bearer {api_key}");
+    http(
+        admin,
+        "POST",
+        "/api/publish",
+        &[("Authorization", &bearer)],
+        r#"{"channel":"room:1","data":2}"#,
+    )
+    .await;
+    http(
+        admin,
+        "POST",
+        "/api/publish",
+        &[("Authorization", "Bearer wrong-key-000000000")],
+        "{}",
+    )
+    .await;
+    let admin_token = switchboard_control_plane::auth::mint_admin(
+        admin_secret,
+        "ops",
+        Duration::from_secs(60),
+        "admin",
+    );
+    let admin_bearer = format!("Bearer {admin_token}");
+    let (st, _) = http(
+        admin,
+        "GET",
+        "/admin/rate-limits",
+        &[("Authorization", &admin_bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(st, 200);
+    let wrong_admin = format!("Bearer {forged}");
+    http(
+        admin,
+        "GET",
+        "/admin/audit",
+        &[("Authorization", &wrong_admin)],
+        "",
+    )
+    .await;
+    drop((c, bad));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    child.wait().unwrap();
+    assert!(logs.len() > 1000, "trace logs were written: {logs}");
+    for secret in [hmac, api_key, admin_secret, &good, &forged, &admin_token] {
+        assert!(
+            !logs.contains(secret),
+            "a secret reached the logs: {secret}"
+        );
+    }
+}
