@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
-use switchboard_engine::metrics::LATENCY_BUCKETS_US;
+use switchboard_engine::metrics::{COMMANDS, LATENCY_BUCKETS_US};
 use switchboard_engine::{CloseKind, EngineHandle, ShardMetrics};
 
 use crate::admin::StoreView;
@@ -218,39 +218,71 @@ pub fn render(
             m.closes[CloseKind::SlowConsumer as usize].load(Relaxed)
         );
     }
-    let name = "switchboard_publish_to_flush_seconds";
+    histogram(
+        &mut out,
+        "switchboard_publish_to_flush_seconds",
+        "Time from a publication entering the server to the end of the shard's write pass that sent it.",
+        shards,
+        |m| (&m.latency_buckets, &m.latency_sum_us, &m.latency_count),
+    );
+    histogram(
+        &mut out,
+        "switchboard_command_duration_seconds",
+        "Time to handle a client command (decode, checks, reply queued), one command in 64 sampled.",
+        shards,
+        |m| {
+            (
+                &m.command_latency_buckets,
+                &m.command_latency_sum_us,
+                &m.command_latency_count,
+            )
+        },
+    );
     family(
         &mut out,
-        name,
-        "histogram",
-        "Time from a publication entering the server to the end of the shard's write pass that sent it.",
+        "switchboard_connections_authenticated",
+        "gauge",
+        "Connections that completed connect (the rest of switchboard_connections are anonymous: upgrading, awaiting or checking a token, closing).",
     );
     for (i, m) in shards.iter().enumerate() {
-        let mut cumulative = 0;
-        for (b, upper) in LATENCY_BUCKETS_US.iter().enumerate() {
-            cumulative += m.latency_buckets[b].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{shard=\"{i}\",le=\"{}\"}} {cumulative}",
-                *upper as f64 / 1e6
-            );
-        }
-        cumulative += m.latency_buckets[LATENCY_BUCKETS_US.len()].load(Relaxed);
         let _ = writeln!(
             out,
-            "{name}_bucket{{shard=\"{i}\",le=\"+Inf\"}} {cumulative}"
-        );
-        let _ = writeln!(
-            out,
-            "{name}_sum{{shard=\"{i}\"}} {}",
-            m.latency_sum_us.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(
-            out,
-            "{name}_count{{shard=\"{i}\"}} {}",
-            m.latency_count.load(Relaxed)
+            "switchboard_connections_authenticated{{shard=\"{i}\"}} {}",
+            m.authenticated.load(Relaxed)
         );
     }
+    family(
+        &mut out,
+        "switchboard_commands_total",
+        "counter",
+        "Client commands received, by command.",
+    );
+    for (i, m) in shards.iter().enumerate() {
+        for (c, name) in COMMANDS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "switchboard_commands_total{{shard=\"{i}\",command=\"{name}\"}} {}",
+                m.commands[c].load(Relaxed)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "switchboard_command_errors_total",
+        "counter",
+        "Error replies to client commands, by error code (docs/PROTOCOL.md).",
+    );
+    for (i, m) in shards.iter().enumerate() {
+        for (c, n) in m.command_errors.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "switchboard_command_errors_total{{shard=\"{i}\",code=\"{}\"}} {}",
+                100 + c,
+                n.load(Relaxed)
+            );
+        }
+    }
+    process(&mut out);
     family(
         &mut out,
         "switchboard_auth_total",
@@ -341,4 +373,113 @@ pub fn render(
         }
     }
     out
+}
+
+type Histogram<'a> = (
+    &'a [std::sync::atomic::AtomicU64; 15],
+    &'a std::sync::atomic::AtomicU64,
+    &'a std::sync::atomic::AtomicU64,
+);
+
+/// A per-shard histogram over [`LATENCY_BUCKETS_US`] (microseconds, shown in seconds).
+fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    shards: &[std::sync::Arc<ShardMetrics>],
+    get: impl Fn(&ShardMetrics) -> Histogram<'_>,
+) {
+    family(out, name, "histogram", help);
+    for (i, m) in shards.iter().enumerate() {
+        let (buckets, sum, count) = get(m);
+        let mut cumulative = 0;
+        for (b, upper) in LATENCY_BUCKETS_US.iter().enumerate() {
+            cumulative += buckets[b].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{shard=\"{i}\",le=\"{}\"}} {cumulative}",
+                *upper as f64 / 1e6
+            );
+        }
+        cumulative += buckets[LATENCY_BUCKETS_US.len()].load(Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{shard=\"{i}\",le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            out,
+            "{name}_sum{{shard=\"{i}\"}} {}",
+            sum.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{{shard=\"{i}\"}} {}", count.load(Relaxed));
+    }
+}
+
+/// The standard process metrics (Linux `/proc/self`): CPU, memory, file descriptors,
+/// threads, start time. Missing files leave the metric out.
+fn process(out: &mut String) {
+    // SAFETY: sysconf only reads a configuration value.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK).max(1) as f64,
+            libc::sysconf(libc::_SC_PAGESIZE).max(1) as f64,
+        )
+    };
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may contain spaces) in parentheses.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+        // f[0] is field 3 (state): utime 14, stime 15, threads 20, starttime 22,
+        // vsize 23, rss 24.
+        if let (Some(u), Some(s)) = (num(11), num(12)) {
+            family(
+                out,
+                "process_cpu_seconds_total",
+                "counter",
+                "User and system CPU time spent, seconds.",
+            );
+            let _ = writeln!(out, "process_cpu_seconds_total {}", (u + s) / ticks);
+        }
+        if let Some(t) = num(17) {
+            family(out, "process_threads", "gauge", "Threads of the process.");
+            let _ = writeln!(out, "process_threads {t}");
+        }
+        if let Some(v) = num(20) {
+            family(
+                out,
+                "process_virtual_memory_bytes",
+                "gauge",
+                "Virtual memory size, bytes.",
+            );
+            let _ = writeln!(out, "process_virtual_memory_bytes {v}");
+        }
+        if let Some(r) = num(21) {
+            family(
+                out,
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size, bytes.",
+            );
+            let _ = writeln!(out, "process_resident_memory_bytes {}", r * page);
+        }
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        if let (Some(start), Some(boot)) = (num(19), boot) {
+            family(
+                out,
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process, Unix seconds.",
+            );
+            let _ = writeln!(out, "process_start_time_seconds {}", boot + start / ticks);
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        family(out, "process_open_fds", "gauge", "Open file descriptors.");
+        let _ = writeln!(out, "process_open_fds {}", fds.count());
+    }
 }

@@ -50,7 +50,7 @@ use crate::mesh::{
     Refusal, Refused, ReplyBody, ReplyKind, SequenceReq, Sequenced, ShardMsg, StreamQuery,
     StreamReply, UserSubscription,
 };
-use crate::metrics::{CloseKind, ShardMetrics};
+use crate::metrics::{CloseKind, ShardMetrics, COMMAND_SAMPLE};
 use crate::outq::OutQueue;
 use crate::presence::{ClientId, Event as PresenceEvent, Presence};
 use crate::session::Sessions;
@@ -252,6 +252,8 @@ pub struct ShardCore {
     overflowed: Vec<u32>,
     /// Connections a control-plane push goes to (reused).
     push_slots: Vec<u32>,
+    /// Commands handled (picks the sampled ones).
+    commands_seen: u32,
     /// Rate limits in force (replaced whole at runtime).
     rate_limits: Arc<LimitTable>,
     /// Per-user rate-limit buckets of users with connections here (made on a user's
@@ -441,6 +443,7 @@ impl ShardCore {
             wake: Vec::new(),
             overflowed: Vec::new(),
             push_slots: Vec::new(),
+            commands_seen: 0,
             // Compiled by `EngineConfig::validate` first, which refuses bad rules.
             rate_limits: Arc::new(cfg.limits().unwrap_or_default()),
             user_buckets: HashMap::new(),
@@ -565,6 +568,11 @@ impl ShardCore {
     pub fn remove(&mut self, slot: u32) {
         if let Some(conn) = self.conns.try_remove(slot as usize) {
             debug_assert!(conn.subs.is_empty());
+            if conn.identity.is_some() {
+                self.metrics
+                    .authenticated
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
             self.mesh.release(conn.peer);
             self.metrics.connections.store(
                 self.conns.len() as u64,
@@ -788,7 +796,19 @@ impl ShardCore {
         }
     }
 
+    /// Hot path: one command; one in [`COMMAND_SAMPLE`] is timed.
     fn handle_command(&mut self, slot: u32, payload: &Bytes) {
+        self.commands_seen = self.commands_seen.wrapping_add(1);
+        if self.commands_seen % COMMAND_SAMPLE != 0 {
+            return self.dispatch_command(slot, payload);
+        }
+        let start = Instant::now();
+        self.dispatch_command(slot, payload);
+        self.metrics
+            .observe_command_us(start.elapsed().as_micros() as u64);
+    }
+
+    fn dispatch_command(&mut self, slot: u32, payload: &Bytes) {
         let conn = &mut self.conns[slot as usize];
         let format = conn.format;
         let req = match envelope::decode_request(format, payload) {
@@ -798,6 +818,7 @@ impl ShardCore {
         let id = req.id;
         let state = conn.state;
         let event = limit_event(&req.command);
+        ShardMetrics::add(&self.metrics.commands[command_index(&req.command)], 1);
         match req.command {
             Command::Ping => self.reply_ok(slot, id),
             Command::Invalid(why) => self.reply_err(slot, id, ErrorCode::BadRequest, why),
@@ -1246,6 +1267,7 @@ impl ShardCore {
                     CloseKind::RateLimited,
                 );
             } else {
+                self.metrics.error(ErrorCode::RateLimited as u16);
                 let why = RATE_LIMITED_MESSAGES[e.index()];
                 self.enqueue(
                     slot,
@@ -1528,6 +1550,7 @@ impl ShardCore {
         let conn = &mut self.conns[slot as usize];
         conn.state = ConnState::Open;
         conn.identity = Some(identity.clone());
+        ShardMetrics::add(&self.metrics.authenticated, 1);
         let gen = conn.gen;
         let device = conn.device().map(str::to_string);
         let token = self.issue_token(slot, channels.iter().map(String::as_str));
@@ -2672,7 +2695,10 @@ impl ShardCore {
             Ok(ReplyBody::Receipts(list)) => envelope::encode_result(format, req_id, &list),
             Ok(ReplyBody::Presence(list)) => envelope::encode_result(format, req_id, &list),
             Ok(ReplyBody::Value(v)) => envelope::encode_result(format, req_id, &v),
-            Err(e) => envelope::encode_error(format, req_id, e.code, &e.message),
+            Err(e) => {
+                self.metrics.error(e.code as u16);
+                envelope::encode_error(format, req_id, e.code, &e.message)
+            }
         };
         self.enqueue(conn.slot, frame);
     }
@@ -3286,6 +3312,7 @@ impl ShardCore {
     }
 
     fn reply_err(&mut self, slot: u32, id: u32, code: ErrorCode, message: &str) {
+        self.metrics.error(code as u16);
         let format = self.conns[slot as usize].format;
         self.enqueue(slot, envelope::encode_error(format, id, code, message));
     }
@@ -3877,6 +3904,7 @@ impl ShardCore {
             .or_default()
             .add(key.slot);
         self.conns[key.slot as usize].identity = Some(identity);
+        ShardMetrics::add(&self.metrics.authenticated, 1);
         key
     }
 
@@ -3884,6 +3912,35 @@ impl ShardCore {
     #[doc(hidden)]
     pub fn subscribe_for_test(&mut self, key: ConnKey, channel: &str) {
         self.subscribe(key.slot, ReplyKind::Command(0), channel, None);
+    }
+}
+
+/// Index of a command's name in [`crate::metrics::COMMANDS`].
+fn command_index(cmd: &Command<'_>) -> usize {
+    match cmd {
+        Command::Connect { .. } => 0,
+        Command::Ping => 1,
+        Command::Invalid(_) => 2,
+        Command::Subscribe { .. } => 3,
+        Command::Unsubscribe { .. } => 4,
+        Command::Publish { .. } => 5,
+        Command::History { .. } => 6,
+        Command::Send { .. } => 7,
+        Command::Ack { .. } => 8,
+        Command::Receipt { .. } => 9,
+        Command::Receipts { .. } => 10,
+        Command::Schedule { .. } => 11,
+        Command::Unschedule { .. } => 12,
+        Command::Status { .. } => 13,
+        Command::Typing { .. } => 14,
+        Command::Presence { .. } => 15,
+        Command::PresenceCount { .. } => 16,
+        Command::Notifications { .. } => 17,
+        Command::NotificationsRead { .. } => 18,
+        Command::NotificationsTopic { .. } => 19,
+        Command::Call { .. } => 20,
+        Command::CallAction { .. } => 21,
+        Command::CallSignal { .. } => 22,
     }
 }
 

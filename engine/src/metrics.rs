@@ -106,6 +106,39 @@ pub const LATENCY_BUCKETS_US: [u64; 14] = [
     1_000_000,
 ];
 
+/// Command names, as counted in [`ShardMetrics::commands`] (the `command` label).
+pub const COMMANDS: [&str; 23] = [
+    "connect",
+    "ping",
+    "invalid",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "history",
+    "send",
+    "ack",
+    "receipt",
+    "receipts",
+    "schedule",
+    "unschedule",
+    "status",
+    "typing",
+    "presence",
+    "presence_count",
+    "notifications",
+    "notifications_read",
+    "notifications_topic",
+    "call",
+    "call_action",
+    "call_signal",
+];
+
+/// Error codes counted (100 to 100 + this − 1).
+pub const ERROR_CODES: usize = 16;
+
+/// One command in this many has its handling time measured (two clock reads).
+pub const COMMAND_SAMPLE: u32 = 64;
+
 /// One shard's counters.
 #[derive(Debug, Default)]
 #[repr(align(128))]
@@ -152,6 +185,19 @@ pub struct ShardMetrics {
     pub mesh_sent: AtomicU64,
     /// Messages that found another shard's inbox full and waited in the spill queue.
     pub mesh_spilled: AtomicU64,
+    /// Connections that completed `connect` and are still held.
+    pub authenticated: AtomicU64,
+    /// Commands received, per [`COMMANDS`] name.
+    pub commands: [AtomicU64; COMMANDS.len()],
+    /// Error replies, per error code (index `code - 100`).
+    pub command_errors: [AtomicU64; ERROR_CODES],
+    /// Command handling time (decode to reply queued) of one command in
+    /// [`COMMAND_SAMPLE`], per [`LATENCY_BUCKETS_US`] bucket (+Inf last).
+    pub command_latency_buckets: [AtomicU64; 15],
+    /// Sum of the sampled command handling times, microseconds.
+    pub command_latency_sum_us: AtomicU64,
+    /// Number of sampled command handling times.
+    pub command_latency_count: AtomicU64,
     /// Publish-to-flush latency histogram, cumulative counts per bucket (+Inf last).
     pub latency_buckets: [AtomicU64; 15],
     /// Sum of observed publish-to-flush latencies, microseconds.
@@ -171,6 +217,25 @@ impl ShardMetrics {
     #[inline]
     pub fn closed(&self, kind: CloseKind) {
         self.closes[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Count an error reply with `code`.
+    #[inline]
+    pub fn error(&self, code: u16) {
+        if let Some(c) = self.command_errors.get(code.wrapping_sub(100) as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Record one sampled command handling time.
+    pub fn observe_command_us(&self, us: u64) {
+        let i = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.command_latency_buckets[i].fetch_add(1, Relaxed);
+        self.command_latency_sum_us.fetch_add(us, Relaxed);
+        self.command_latency_count.fetch_add(1, Relaxed);
     }
 
     /// Record one publish-to-flush latency.

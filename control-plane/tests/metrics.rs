@@ -1,0 +1,286 @@
+//! `/metrics` is valid Prometheus text: scraped after real traffic and parsed by a
+//! strict reader of the exposition format (every sample's family declared once with a
+//! type, label syntax, no duplicate series, cumulative histogram buckets ending in a
+//! `+Inf` equal to `_count`, counters named `_total` and never negative), with bounded
+//! label names (no per-user labels) and the families operators alert on present.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::*;
+use serde_json::json;
+
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let (name, after) = rest
+            .split_once("=\"")
+            .ok_or(format!("label without value: {s}"))?;
+        let valid_name = name
+            .chars()
+            .enumerate()
+            .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+        if name.is_empty() || !valid_name {
+            return Err(format!("bad label name {name:?}"));
+        }
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next() {
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, c @ ('\\' | '"'))) => value.push(c),
+                    other => return Err(format!("bad escape {other:?} in {s}")),
+                },
+                Some((i, '"')) => break i,
+                Some((_, c)) => value.push(c),
+                None => return Err(format!("unterminated label value in {s}")),
+            }
+        };
+        if out.insert(name.to_string(), value).is_some() {
+            return Err(format!("label {name} twice in {s}"));
+        }
+        rest = &after[end + 1..];
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+    Ok(out)
+}
+
+/// Parse the exposition; every rule broken is an error naming the line.
+fn parse(text: &str) -> Result<(BTreeMap<String, String>, Vec<Sample>), String> {
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut samples = Vec::new();
+    let mut series = BTreeSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let at = |e: String| format!("line {}: {e}: {line}", n + 1);
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').ok_or_else(|| at("bad TYPE".into()))?;
+            if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                return Err(at(format!("unknown type {kind}")));
+            }
+            if types.insert(name.to_string(), kind.to_string()).is_some() {
+                return Err(at(format!("{name} declared twice")));
+            }
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.starts_with('#') {
+            continue;
+        }
+        let (head, value) = line.rsplit_once(' ').ok_or_else(|| at("no value".into()))?;
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().map_err(|_| at(format!("bad value {v}")))?,
+        };
+        let (name, labels) = match head.split_once('{') {
+            Some((name, l)) => {
+                let l = l
+                    .strip_suffix('}')
+                    .ok_or_else(|| at("unclosed labels".into()))?;
+                (name, parse_labels(l).map_err(at)?)
+            }
+            None => (head, BTreeMap::new()),
+        };
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(name);
+        let kind = types
+            .get(family)
+            .ok_or_else(|| at(format!("{family} has no TYPE before it")))?;
+        if kind == "counter" && (!name.ends_with("_total") || value < 0.0) {
+            return Err(at(
+                "a counter must be named _total and not be negative".into()
+            ));
+        }
+        if !series.insert(format!("{name}{labels:?}")) {
+            return Err(at("duplicate series".into()));
+        }
+        samples.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
+    }
+    // Histograms: cumulative buckets, +Inf last and equal to _count.
+    for (family, kind) in &types {
+        if kind != "histogram" {
+            continue;
+        }
+        let mut by_series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut counts: BTreeMap<String, f64> = BTreeMap::new();
+        for s in &samples {
+            let mut key = s.labels.clone();
+            let le = key.remove("le");
+            let key = format!("{key:?}");
+            if s.name == format!("{family}_bucket") {
+                let le = le.ok_or(format!("{family} bucket without le"))?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().map_err(|_| format!("bad le {le}"))?
+                };
+                by_series.entry(key).or_default().push((le, s.value));
+            } else if s.name == format!("{family}_count") {
+                counts.insert(key, s.value);
+            }
+        }
+        for (key, buckets) in by_series {
+            let ordered = buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1);
+            let last = buckets.last().unwrap();
+            if !ordered || last.0 != f64::INFINITY || Some(&last.1) != counts.get(&key) {
+                return Err(format!(
+                    "{family}{key}: buckets not cumulative or +Inf != count"
+                ));
+            }
+        }
+    }
+    Ok((types, samples))
+}
+
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_valid_prometheus_text_with_bounded_labels() {
+    let server = start(|_| {});
+    let (addr, admin) = (server.ws_addr(), server.admin_addr());
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let mut c = Client::connect(addr, Fmt::Json, &token(&format!("user-{i}"), None)).await;
+        c.call(json!({"cmd": "subscribe", "channel": "room:1"}))
+            .await;
+        for _ in 0..70 {
+            c.call(json!({"cmd": "publish", "channel": "room:1", "data": i}))
+                .await;
+        }
+        c.call(json!({"cmd": "nope"})).await;
+        clients.push(c);
+    }
+    let _anonymous = Client::open(addr, Fmt::Json).await;
+    let (status, text) = http(admin, "GET", "/metrics", &[], "").await;
+    assert_eq!(status, 200);
+    let (types, samples) = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+
+    // Bounded label names: shards, reasons, commands, codes, events, buckets.
+    let allowed = [
+        "shard", "reason", "event", "result", "command", "code", "le", "version", "backend",
+        "shards",
+    ];
+    for s in &samples {
+        for k in s.labels.keys() {
+            assert!(
+                allowed.contains(&k.as_str()),
+                "unexpected label {k} on {}",
+                s.name
+            );
+        }
+        for v in s.labels.values() {
+            assert!(
+                !v.starts_with("user-"),
+                "a per-user label value on {}",
+                s.name
+            );
+        }
+    }
+    for family in [
+        "switchboard_connections",
+        "switchboard_connections_authenticated",
+        "switchboard_commands_total",
+        "switchboard_command_errors_total",
+        "switchboard_command_duration_seconds",
+        "switchboard_deliveries_total",
+        "switchboard_closes_total",
+        "switchboard_rate_limited_total",
+        "switchboard_publish_to_flush_seconds",
+        "switchboard_store_up",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(types.contains_key(family), "{family} missing");
+    }
+    assert_eq!(
+        value(&samples, "switchboard_connections_authenticated", &[]),
+        4.0
+    );
+    assert_eq!(value(&samples, "switchboard_connections", &[]), 5.0);
+    assert_eq!(
+        value(
+            &samples,
+            "switchboard_commands_total",
+            &[("command", "publish")]
+        ),
+        280.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "switchboard_commands_total",
+            &[("command", "invalid")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "switchboard_command_errors_total",
+            &[("code", "104")]
+        ),
+        4.0
+    );
+    // 4 connects + 4 subscribes + 280 publishes + 4 invalid = 292: 4 sampled (1 in 64).
+    assert!(value(&samples, "switchboard_command_duration_seconds_count", &[]) >= 4.0);
+    assert!(value(&samples, "process_resident_memory_bytes", &[]) > 1e6);
+    assert!(value(&samples, "process_cpu_seconds_total", &[]) > 0.0);
+    drop(clients);
+    server.shutdown();
+    server.wait();
+}
+
+#[test]
+fn the_reader_refuses_what_prometheus_would() {
+    for bad in [
+        "x 1\n",
+        "# TYPE x counter\nx 1\n",
+        "# TYPE x_total counter\nx_total -1\n",
+        "# TYPE g gauge\ng{a=\"1} 2\n",
+        "# TYPE g gauge\ng{1a=\"1\"} 2\n",
+        "# TYPE g gauge\ng 1\ng 2\n",
+        "# TYPE g gauge\n# TYPE g gauge\n",
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_count 1\n",
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_count 3\n",
+        "# TYPE g gauge\ng one\n",
+    ] {
+        assert!(parse(bad).is_err(), "accepted: {bad}");
+    }
+    let good = "# HELP g A gauge.\n# TYPE g gauge\ng{a=\"x\\\"y\"} 1.5\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n";
+    parse(good).unwrap();
+}
