@@ -176,7 +176,13 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Response {
     // A store that cannot write makes the node unready: durable publications are
     // refused until it recovers.
     let store_ok = s.store.as_ref().is_none_or(|st| st.state.healthy());
-    let ready = s.engine.ready() && store_ok;
+    // In maintenance new connections are turned away: send them elsewhere.
+    let maintenance = s
+        .maintenance
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some();
+    let ready = s.engine.ready() && store_ok && !maintenance;
     let store = s.store.as_ref().map(|st| {
         json!({
             "path": st.path,
@@ -187,7 +193,16 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Response {
         })
     });
     let body = json!({
-        "status": if ready { "ready" } else if store_ok { "not_ready" } else { "store_unavailable" },
+        "status": if ready {
+            "ready"
+        } else if maintenance {
+            "maintenance"
+        } else if store_ok {
+            "not_ready"
+        } else {
+            "store_unavailable"
+        },
+        "maintenance": maintenance,
         "backend": s.engine.backend(),
         "backend_fallback": s.engine.backend_fallback(),
         "connections": s.engine.connections(),

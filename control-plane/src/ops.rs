@@ -136,6 +136,7 @@ pub fn routes() -> Router<Arc<AdminState>> {
         .route("/admin/revoke", post(revoke))
         .route("/admin/connections", get(connections))
         .route("/admin/connections/{client}", get(connection))
+        .route("/admin/health", get(health))
 }
 
 fn fail(status: StatusCode, code: &str, message: &str) -> Response {
@@ -649,4 +650,58 @@ async fn connection(
         Ok(_) => fail(StatusCode::NOT_FOUND, "not_found", "no such connection"),
         Err(r) => r,
     }
+}
+
+/// `GET /admin/health`: everything at once for an operator: shards (accepting,
+/// connections, authenticated), backend, store and its circuit, maintenance, rate
+/// limits, auth counters.
+async fn health(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    if let Err(r) = admin(&s, &headers) {
+        return r;
+    }
+    let shards: Vec<Value> = s
+        .engine
+        .metrics()
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            json!({
+                "shard": i,
+                "accepting": m.accepting.load(Relaxed),
+                "connections": m.connections.load(Relaxed),
+                "authenticated": m.authenticated.load(Relaxed),
+            })
+        })
+        .collect();
+    let store = s.store.as_ref().map(|st| {
+        json!({
+            "path": st.path,
+            "circuit": if st.state.healthy() { "closed" } else { "open" },
+            "backlog": st.state.backlog(),
+            "commits": st.stats.commits.load(Relaxed),
+            "failures": st.stats.failures.load(Relaxed),
+        })
+    });
+    let maintenance = s
+        .maintenance
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Json(json!({
+        "ready": s.engine.ready() && s.store.as_ref().is_none_or(|st| st.state.healthy()) && maintenance.is_none(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "backend": s.engine.backend(),
+        "backend_fallback": s.engine.backend_fallback(),
+        "connections": s.engine.connections(),
+        "shards": shards,
+        "store": store,
+        "maintenance": maintenance.as_deref(),
+        "rate_limits": s.engine.limits(),
+        "auth": {
+            "accepted": s.auth.accepted.load(Relaxed),
+            "refused": s.auth.refused.load(Relaxed),
+        },
+    }))
+    .into_response()
 }

@@ -435,6 +435,16 @@ async fn operators_list_disconnect_maintain_and_revoke() {
     assert_eq!(push.unwrap()["reconnect_after_ms"], json!(60000));
     let (_, r) = admin_call(admin, "GET", "/admin/maintenance", Some(&ops), "").await;
     assert_eq!(r["on"], json!(true), "{r}");
+    // Not ready while in maintenance (load balancers send new clients elsewhere).
+    let (st, r) = admin_call(admin, "GET", "/health/ready", None, "").await;
+    assert_eq!((st, &r["status"]), (503, &json!("maintenance")), "{r}");
+    let (st, r) = admin_call(admin, "GET", "/admin/health", Some(&ops), "").await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["maintenance"]["message"], json!("upgrade"), "{r}");
+    assert_eq!(r["shards"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(r["store"]["circuit"], json!("closed"), "{r}");
+    let (st, _) = admin_call(admin, "GET", "/admin/health", None, "").await;
+    assert_eq!(st, 401);
     let (st, _) = admin_call(
         admin,
         "POST",
@@ -445,6 +455,8 @@ async fn operators_list_disconnect_maintain_and_revoke() {
     .await;
     assert_eq!(st, 200);
     assert_eq!(carl.next_push(&["maintenance"]).await["on"], json!(false));
+    let (st, _) = admin_call(admin, "GET", "/health/ready", None, "").await;
+    assert_eq!(st, 200);
     Client::connect(addr, Fmt::Json, &token("carl", None)).await;
 
     // Revoking a user: its connections close and its older tokens are refused
