@@ -284,3 +284,88 @@ fn the_reader_refuses_what_prometheus_would() {
     let good = "# HELP g A gauge.\n# TYPE g gauge\ng{a=\"x\\\"y\"} 1.5\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n";
     parse(good).unwrap();
 }
+
+/// The metric names a deploy file refers to (`switchboard_…`, `process_…`).
+fn referenced_metrics(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for start in ["switchboard_", "process_"] {
+        let mut rest = text;
+        while let Some(i) = rest.find(start) {
+            let before = rest[..i].chars().next_back();
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                out.insert(tail[..end].to_string());
+            }
+            rest = &tail[end..];
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_files_name_real_metrics_and_a_valid_config() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let alerts = std::fs::read_to_string(root.join("prometheus/alerts.yml")).unwrap();
+    let dashboard = std::fs::read_to_string(root.join("grafana/switchboard.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard JSON");
+    assert!(!dash["panels"].as_array().unwrap().is_empty());
+    let server = start(|_| {});
+    let (_, text) = http(server.admin_addr(), "GET", "/metrics", &[], "").await;
+    let (types, _) = parse(&text).unwrap();
+    let served = |name: &str| {
+        types.contains_key(name)
+            || ["_bucket", "_sum", "_count"]
+                .iter()
+                .any(|s| name.strip_suffix(s).is_some_and(|f| types.contains_key(f)))
+    };
+    let names: BTreeSet<String> = referenced_metrics(&alerts)
+        .into_iter()
+        .chain(referenced_metrics(&dashboard))
+        .collect();
+    assert!(names.len() >= 12, "{names:?}");
+    for name in &names {
+        assert!(
+            served(name),
+            "deploy files name {name}, which /metrics does not serve"
+        );
+    }
+    // Every alert has a severity of the four levels.
+    let severities: Vec<&str> = alerts
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("severity: "))
+        .collect();
+    assert_eq!(severities.len(), alerts.matches("- alert:").count());
+    for s in severities {
+        assert!(
+            ["info", "warning", "critical", "emergency"].contains(&s),
+            "{s}"
+        );
+    }
+    // The Kubernetes ConfigMap holds a configuration Switchboard accepts.
+    let k8s = std::fs::read_to_string(root.join("kubernetes/switchboard.yaml")).unwrap();
+    let block = k8s
+        .split("switchboard.toml: |\n")
+        .nth(1)
+        .unwrap()
+        .split("\n---")
+        .next()
+        .unwrap();
+    let toml: String = block
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = std::env::temp_dir().join(format!("sb-k8s-{}.toml", std::process::id()));
+    std::fs::write(&path, toml).unwrap();
+    let env: Vec<(String, String)> = vec![];
+    let loaded = switchboard_control_plane::Config::load(Some(&path), &env);
+    let _ = std::fs::remove_file(&path);
+    let cfg = loaded.expect("the Kubernetes config loads");
+    assert_eq!(cfg.admin.listen.port(), 7401);
+    assert_eq!(cfg.engine.allowed_origins, ["https://app.example.com"]);
+    server.shutdown();
+    server.wait();
+}
