@@ -36,8 +36,8 @@ use switchboard_engine::journal::JournalState;
 pub struct AdminState {
     /// The running shards.
     pub engine: Arc<EngineHandle>,
-    /// Key required by `/api/*`; `None` disables the API.
-    pub api_key: Option<String>,
+    /// Keys accepted by `/api/*`, with their scopes; none: the API is disabled.
+    pub api_keys: Vec<ApiKey>,
     /// Auth worker counters.
     pub auth: Arc<AuthStats>,
     /// API counters.
@@ -97,7 +97,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/calls", get(active_calls))
         .route("/api/calls/log", get(call_log))
         .merge(crate::ops::routes())
+        .merge(crate::api::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api_scopes,
+        ))
         .layer(axum::middleware::from_fn(harden))
         .with_state(state)
 }
@@ -147,7 +152,7 @@ async fn harden(req: axum::extract::Request, next: axum::middleware::Next) -> Re
     res
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
         Json(json!({"error": {"code": code, "message": message}})),
@@ -229,14 +234,15 @@ async fn metrics_text(State(s): State<Arc<AdminState>>) -> Response {
 }
 
 /// Why an API request is refused before its body is read.
-enum KeyRefusal {
+pub(crate) enum KeyRefusal {
     Disabled,
     Missing,
     Invalid,
+    Scope(&'static str),
 }
 
 impl KeyRefusal {
-    fn response(self) -> Response {
+    pub(crate) fn response(self) -> Response {
         match self {
             KeyRefusal::Disabled => error(
                 StatusCode::FORBIDDEN,
@@ -249,14 +255,84 @@ impl KeyRefusal {
             KeyRefusal::Invalid => {
                 error(StatusCode::UNAUTHORIZED, "unauthorized", "invalid API key")
             }
+            KeyRefusal::Scope(scope) => error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &format!("this API key lacks the '{scope}' scope"),
+            ),
         }
     }
 }
 
+/// A server API key: its name and scopes.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    /// Who uses it.
+    pub name: String,
+    /// The key.
+    pub key: String,
+    /// Its scopes (`*`: all).
+    pub scopes: Vec<String>,
+}
+
+/// The scope a server API request needs.
+fn scope_of(method: &axum::http::Method, path: &str) -> &'static str {
+    use axum::http::Method;
+    let users = path.starts_with("/api/users/") || path.starts_with("/api/connections/");
+    match *method {
+        Method::GET | Method::HEAD => "read",
+        _ if users => "users",
+        _ if path.starts_with("/api/send") || path.starts_with("/api/notifications") => "send",
+        _ => "publish",
+    }
+}
+
+/// The server API's key check for `/api/*`: a known key with the scope the route
+/// needs, named in the request's log span.
+async fn api_scopes(
+    State(s): State<Arc<AdminState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    if !path.starts_with("/api/") || path == "/api/openapi.json" {
+        return next.run(req).await;
+    }
+    let scope = scope_of(req.method(), path);
+    match key_of(&s, req.headers()) {
+        Ok(k) if k.scopes.iter().any(|have| have == "*" || have == scope) => {
+            tracing::debug!(key = %k.name, scope, "server API key accepted");
+            next.run(req).await
+        }
+        Ok(k) => {
+            tracing::warn!(target: "security", key = %k.name, scope, "API key without the scope");
+            s.api.refused.fetch_add(1, Ordering::Relaxed);
+            KeyRefusal::Scope(scope).response()
+        }
+        Err(r) => {
+            if !matches!(r, KeyRefusal::Disabled) {
+                tracing::warn!(target: "security", "server API request with a missing or unknown key");
+            }
+            s.api.refused.fetch_add(1, Ordering::Relaxed);
+            r.response()
+        }
+    }
+}
+
+/// The key check as a response to send back when it fails.
+pub(crate) fn check(s: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+    check_key(s, headers).map_err(KeyRefusal::response)
+}
+
 fn check_key(s: &AdminState, headers: &HeaderMap) -> Result<(), KeyRefusal> {
-    let Some(expected) = &s.api_key else {
+    key_of(s, headers).map(|_| ())
+}
+
+/// The API key a request carries, if it is one of ours.
+pub(crate) fn key_of<'a>(s: &'a AdminState, headers: &HeaderMap) -> Result<&'a ApiKey, KeyRefusal> {
+    if s.api_keys.is_empty() {
         return Err(KeyRefusal::Disabled);
-    };
+    }
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -265,11 +341,18 @@ fn check_key(s: &AdminState, headers: &HeaderMap) -> Result<(), KeyRefusal> {
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
-    match given {
-        None => Err(KeyRefusal::Missing),
-        Some(k) if constant_time_eq(k.trim().as_bytes(), expected.as_bytes()) => Ok(()),
-        Some(_) => Err(KeyRefusal::Invalid),
+    let Some(given) = given else {
+        return Err(KeyRefusal::Missing);
+    };
+    let given = given.trim().as_bytes();
+    // Compare with every key (constant time each), so timing says nothing of which.
+    let mut found = None;
+    for k in &s.api_keys {
+        if constant_time_eq(given, k.key.as_bytes()) {
+            found = Some(k);
+        }
     }
+    found.ok_or(KeyRefusal::Invalid)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -319,10 +402,21 @@ async fn history(
         Ok(q) => q,
         Err(r) => return r,
     };
-    let reply = match owner_reply(s.engine.history(&q.channel, q.since, q.limit, q.reverse)).await {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+    history_of(&s, &q.channel, q.since, q.limit, q.reverse)
+        .await
+        .unwrap_or_else(|r| r)
+}
+
+/// A channel's retained publications as the server API shows them (`GET /api/history`,
+/// a user's inbox).
+pub(crate) async fn history_of(
+    s: &AdminState,
+    channel: &str,
+    since: u64,
+    limit: u32,
+    reverse: bool,
+) -> Result<Response, Response> {
+    let reply = owner_reply(s.engine.history(channel, since, limit, reverse)).await?;
     let mut publications = Vec::with_capacity(reply.publications.len());
     for e in &reply.publications {
         let mut p = json!({"offset": e.offset, "data": as_json(e.format, &e.data)});
@@ -334,13 +428,13 @@ async fn history(
         }
         publications.push(p);
     }
-    Json(json!({
-        "channel": q.channel,
+    Ok(Json(json!({
+        "channel": channel,
         "epoch": reply.top.epoch_hex().as_str(),
         "offset": reply.top.offset,
         "publications": publications,
     }))
-    .into_response()
+    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -374,7 +468,7 @@ async fn read_body(s: &AdminState, headers: &HeaderMap, body: Body) -> Result<By
 }
 
 /// Check the key, read the body and parse it as `T` (400 naming `expected` if not).
-async fn json_body<T: serde::de::DeserializeOwned>(
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
     s: &AdminState,
     headers: &HeaderMap,
     body: Body,
@@ -599,7 +693,7 @@ async fn send(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) 
 }
 
 /// Check the API key, then the query string (`expected` says what it should be).
-fn checked_query<T>(
+pub(crate) fn checked_query<T>(
     s: &AdminState,
     headers: &HeaderMap,
     query: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,

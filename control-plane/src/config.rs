@@ -245,6 +245,11 @@ pub struct AdminConfig {
     pub api_key: Option<String>,
     /// Largest request body accepted by the API, in bytes.
     pub max_body_bytes: usize,
+    /// More server API keys, each limited to scopes: `publish` (publish, broadcast,
+    /// schedule), `send` (direct messages, notifications), `read` (every GET),
+    /// `users` (server-side subscriptions, topics, disconnect, revoke), `*` (all).
+    /// `api_key` has every scope.
+    pub api_keys: Vec<ApiKeyConfig>,
     /// HS256 key of admin tokens (`/admin/*`), at least 16 bytes and not the clients'
     /// `auth.hmac_secret`. Unset: generated in dev mode, otherwise `/admin/*` answers 403.
     pub jwt_secret: Option<String>,
@@ -258,11 +263,27 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
             api_key: None,
             max_body_bytes: 1_048_576,
+            api_keys: Vec::new(),
             jwt_secret: None,
             role: "admin".into(),
         }
     }
 }
+
+/// `[[admin.api_keys]]`: a server API key limited to some scopes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Who uses it (shown in the audit log).
+    pub name: String,
+    /// The key (at least 16 bytes).
+    pub key: String,
+    /// What it may do.
+    pub scopes: Vec<String>,
+}
+
+/// The scopes an API key may have.
+pub const API_SCOPES: [&str; 5] = ["publish", "send", "read", "users", "*"];
 
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -523,6 +544,23 @@ impl Config {
                 return Err(ConfigError::Invalid(
                     "admin.jwt_secret must differ from auth.hmac_secret (a client token must never pass as an admin's)".into(),
                 ));
+            }
+        }
+        for (i, k) in self.admin.api_keys.iter().enumerate() {
+            if k.key.len() < 16 {
+                return Err(ConfigError::Invalid(format!(
+                    "admin.api_keys[{i}].key must be at least 16 bytes"
+                )));
+            }
+            if k.name.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "admin.api_keys[{i}].name must not be empty"
+                )));
+            }
+            if let Some(bad) = k.scopes.iter().find(|s| !API_SCOPES.contains(&s.as_str())) {
+                return Err(ConfigError::Invalid(format!(
+                    "admin.api_keys[{i}].scopes: unknown scope {bad:?} (publish, send, read, users, *)"
+                )));
             }
         }
         if self.admin.role.is_empty() {

@@ -395,6 +395,22 @@ async fn disconnect(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: 
     if reason.len() > 120 {
         return invalid("reason", "at most 120 bytes (it goes in a close frame)");
     }
+    match disconnect_target(&s, &who.name, target, reason, req.reconnect, req.spread_ms).await {
+        Ok(n) => Json(json!({"ok": true, "disconnected": n})).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Close the target's connections (4009) and record it as `actor`'s action; how many
+/// closed. Shared by the admin API and the server API.
+pub async fn disconnect_target(
+    s: &AdminState,
+    actor: &str,
+    target: Target,
+    reason: String,
+    reconnect: bool,
+    spread_ms: u32,
+) -> Result<usize, Response> {
     let only = match &target {
         Target::Client(c) => Some(c.shard),
         _ => None,
@@ -405,8 +421,8 @@ async fn disconnect(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: 
         .admin(only, |done| AdminOp::Disconnect {
             who: target.clone(),
             reason: reason_arc.clone(),
-            reconnect: req.reconnect,
-            spread_ms: req.spread_ms,
+            reconnect,
+            spread_ms,
             done,
         })
         .await;
@@ -415,26 +431,14 @@ async fn disconnect(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: 
         Target::User(u) => ("user", Some(u.to_string())),
         Target::All => ("all", None),
     };
-    let detail = json!({"reason": reason, "reconnect": req.reconnect, "spread_ms": req.spread_ms});
-    let Ok(counts) = counts else {
-        let _ = s.audit.record(
-            &who.name,
-            &format!("disconnect.{name}"),
-            target_text.as_deref(),
-            "overloaded",
-            &detail,
-        );
-        return overloaded();
-    };
-    let n: usize = counts.iter().sum();
-    let _ = s.audit.record(
-        &who.name,
-        &format!("disconnect.{name}"),
-        target_text.as_deref(),
-        "ok",
-        &json!({"reason": reason, "reconnect": req.reconnect, "spread_ms": req.spread_ms, "disconnected": n}),
-    );
-    Json(json!({"ok": true, "disconnected": n})).into_response()
+    let n: usize = counts.as_ref().map_or(0, |c| c.iter().sum());
+    let detail = json!({"reason": reason, "reconnect": reconnect, "spread_ms": spread_ms, "disconnected": n});
+    let result = if counts.is_ok() { "ok" } else { "overloaded" };
+    let action = format!("disconnect.{name}");
+    let _ = s
+        .audit
+        .record(actor, &action, target_text.as_deref(), result, &detail);
+    counts.map(|_| n).map_err(|_| overloaded())
 }
 
 #[derive(Deserialize)]
@@ -517,24 +521,43 @@ async fn revoke(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body
     if req.user.is_empty() || req.user.len() > 128 {
         return invalid("user", "1 to 128 bytes");
     }
+    match revoke_user(&s, &who.name, &req.user).await {
+        Ok((at_ms, n)) => {
+            Json(json!({"ok": true, "revoked_at": at_ms, "disconnected": n})).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// Revoke `user`'s tokens issued before now (stored, honoured by the auth workers and
+/// the shards) and close its connections (4011), recorded as `actor`'s action; the
+/// revocation time and how many connections closed. Shared by the admin API and the
+/// server API.
+pub async fn revoke_user(
+    s: &AdminState,
+    actor: &str,
+    user: &str,
+) -> Result<(u64, usize), Response> {
     let at_ms = crate::schedule::now_ms();
     let audit = s.audit.clone();
-    let user = req.user.clone();
-    let saved = tokio::task::spawn_blocking(move || audit.save_revocation(&user, at_ms))
+    let owned = user.to_string();
+    let saved = tokio::task::spawn_blocking(move || audit.save_revocation(&owned, at_ms))
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
     if let Err(e) = saved {
-        let _ = s
-            .audit
-            .record(&who.name, "revoke", Some(&req.user), &e, &json!({}));
-        return fail(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &e);
+        let _ = s.audit.record(actor, "revoke", Some(user), &e, &json!({}));
+        return Err(fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            &e,
+        ));
     }
-    s.revocations.revoke(&req.user, at_ms);
-    let user: Arc<str> = Arc::from(req.user.as_str());
+    s.revocations.revoke(user, at_ms);
+    let arc: Arc<str> = Arc::from(user);
     let closed = s
         .engine
         .admin(None, |done| AdminOp::Revoke {
-            user: user.clone(),
+            user: arc.clone(),
             before_ms: at_ms,
             done,
         })
@@ -542,16 +565,13 @@ async fn revoke(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body
     let n: usize = closed.as_ref().map_or(0, |c| c.iter().sum());
     let result = if closed.is_ok() { "ok" } else { "overloaded" };
     let _ = s.audit.record(
-        &who.name,
+        actor,
         "revoke",
-        Some(&req.user),
+        Some(user),
         result,
         &json!({"revoked_at": at_ms, "disconnected": n}),
     );
-    if closed.is_err() {
-        return overloaded();
-    }
-    Json(json!({"ok": true, "revoked_at": at_ms, "disconnected": n})).into_response()
+    closed.map(|_| (at_ms, n)).map_err(|_| overloaded())
 }
 
 #[derive(Deserialize)]

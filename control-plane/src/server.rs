@@ -174,7 +174,19 @@ impl Server {
         let admin_addr = listener.local_addr()?;
         let state = Arc::new(AdminState {
             engine: engine.clone(),
-            api_key: api_key.clone(),
+            api_keys: api_key
+                .iter()
+                .map(|k| admin::ApiKey {
+                    name: "default".into(),
+                    key: k.clone(),
+                    scopes: vec!["*".into()],
+                })
+                .chain(cfg.admin.api_keys.iter().map(|k| admin::ApiKey {
+                    name: k.name.clone(),
+                    key: k.key.clone(),
+                    scopes: k.scopes.clone(),
+                }))
+                .collect(),
             auth: auth_stats,
             api: ApiStats::default(),
             max_body_bytes: cfg.admin.max_body_bytes,

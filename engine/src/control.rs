@@ -132,6 +132,8 @@ pub enum PushTo {
     Users(Vec<(Arc<str>, Frames)>),
     /// One connection.
     Client(ClientId, Frames),
+    /// Every open connection (a broadcast).
+    All(Frames),
     /// Every subscriber of a channel, except one connection.
     Channel {
         /// Channel name.
@@ -279,6 +281,13 @@ pub enum AdminOp {
         before_ms: u64,
         /// How many connections were closed.
         done: tokio::sync::oneshot::Sender<usize>,
+    },
+    /// When the user was last connected here (now, if it is).
+    LastSeen {
+        /// The user.
+        user: Arc<str>,
+        /// Unix milliseconds, if ever seen since the process started.
+        done: tokio::sync::oneshot::Sender<Option<u64>>,
     },
     /// List connections.
     List {

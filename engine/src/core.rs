@@ -168,6 +168,9 @@ struct ConnExt {
     coalesced: Vec<(Arc<str>, Bytes)>,
 }
 
+/// Most users whose last-seen time a shard remembers.
+const MAX_LAST_SEEN: usize = 200_000;
+
 /// Most coalescing keys remembered per connection.
 const MAX_COALESCE_KEYS: usize = 8;
 
@@ -261,6 +264,9 @@ pub struct ShardCore {
     user_buckets: HashMap<Arc<str>, Box<Buckets>>,
     /// Maintenance mode (admin API): new connections are refused.
     maintenance: Option<Arc<Maintenance>>,
+    /// When users whose last connection here closed were last seen (Unix ms; at most
+    /// [`MAX_LAST_SEEN`] users, then it starts over).
+    last_seen: HashMap<Arc<str>, u64>,
     /// Users whose tokens were revoked, and when (reconnect tokens issued before are
     /// refused).
     revoked: HashMap<Arc<str>, u64>,
@@ -449,6 +455,7 @@ impl ShardCore {
             user_buckets: HashMap::new(),
             maintenance: None,
             revoked: HashMap::new(),
+            last_seen: HashMap::new(),
             mesh,
             control,
             metrics,
@@ -1107,6 +1114,14 @@ impl ShardCore {
                 }
                 let _ = done.send(slots.len());
             }
+            AdminOp::LastSeen { user, done } => {
+                let seen = if self.users.contains_key(&*user) {
+                    Some(unix_ms())
+                } else {
+                    self.last_seen.get(&*user).copied()
+                };
+                let _ = done.send(seen);
+            }
             AdminOp::List {
                 filter,
                 limit,
@@ -1401,6 +1416,18 @@ impl ShardCore {
                     for &slot in &slots {
                         self.push_control(slot, frames, coalesce);
                     }
+                }
+            }
+            PushTo::All(frames) => {
+                slots.clear();
+                slots.extend(
+                    self.conns
+                        .iter()
+                        .filter(|(_, c)| c.state == ConnState::Open)
+                        .map(|(slot, _)| slot as u32),
+                );
+                for &slot in &slots {
+                    self.push_control(slot, frames, coalesce);
                 }
             }
             PushTo::Client(client, frames) => {
@@ -3417,6 +3444,11 @@ impl ShardCore {
                 if u.remove(slot) {
                     self.users.remove(&*identity.user);
                     self.user_buckets.remove(&*identity.user);
+                    if self.last_seen.len() >= MAX_LAST_SEEN {
+                        // Best effort, bounded: start over rather than grow.
+                        self.last_seen.clear();
+                    }
+                    self.last_seen.insert(identity.user.clone(), unix_ms());
                 }
             }
         }

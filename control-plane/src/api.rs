@@ -1,0 +1,279 @@
+//! The server API's user and connection routes for backends (API keys with scopes):
+//! broadcast to everyone, a user's status and pending inbox, disconnecting a user or a
+//! connection, revoking a user's tokens; and the OpenAPI document of the whole server
+//! API (`GET /api/openapi.json`, no key needed).
+//!
+//! Owns these routes. The scope check is the router's (`admin::api_scopes`); the
+//! actions are shared with the admin API (`ops`), recorded in the audit log as
+//! `api:<key name>`.
+
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use switchboard_engine::control::{self, AdminOp, ConnFilter, Push, PushTo, Target};
+use switchboard_engine::ShardMsg;
+
+use crate::admin::{checked_query, error, json_body, key_of, AdminState};
+
+/// The OpenAPI document, as served.
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// The routes.
+pub fn routes() -> Router<Arc<AdminState>> {
+    Router::new()
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/broadcast", post(broadcast))
+        .route("/api/users/{user}", get(user_status))
+        .route("/api/users/{user}/inbox", get(user_inbox))
+        .route("/api/users/{user}/disconnect", post(disconnect_user))
+        .route("/api/users/{user}/revoke", post(revoke_user))
+        .route(
+            "/api/connections/{client}/disconnect",
+            post(disconnect_client),
+        )
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// A validation error with the path of the bad field.
+fn invalid(field: &str, message: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": {"code": "bad_request", "field": field, "message": message}})),
+    )
+        .into_response()
+}
+
+fn valid_user(user: &str) -> Result<(), Response> {
+    if user.is_empty() || user.len() > 128 {
+        return Err(invalid("user", "1 to 128 bytes"));
+    }
+    Ok(())
+}
+
+/// Who is acting, for the audit log: `api:<key name>`.
+fn actor(s: &AdminState, headers: &HeaderMap) -> String {
+    key_of(s, headers).map_or_else(|_| "api".into(), |k| format!("api:{}", k.name))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastBody {
+    data: Value,
+}
+
+/// `POST /api/broadcast {"data": any JSON}`: `{"push": "broadcast", "data": …}` to every
+/// connected client on every shard (not stored).
+async fn broadcast(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
+    let req: BroadcastBody = match json_body(&s, &headers, body, "{\"data\": any JSON}").await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let frames = control::frames(&json!({"push": "broadcast", "data": req.data}));
+    let push = Arc::new(Push {
+        to: PushTo::All(frames),
+        coalesce: None,
+    });
+    let sender = s.engine.sender();
+    for shard in 0..sender.shards() {
+        if sender.send(shard, ShardMsg::Push(push.clone())).is_err() {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "a shard cannot take the broadcast now; retry",
+            );
+        }
+    }
+    Json(json!({"ok": true})).into_response()
+}
+
+/// `GET /api/users/{user}`: whether the user is connected, its connections (devices)
+/// and when it was last seen (now while connected; since the process started).
+async fn user_status(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    path: axum::extract::Path<String>,
+) -> Response {
+    if let Err(r) = crate::admin::check(&s, &headers) {
+        return r;
+    }
+    let user = path.0;
+    if let Err(r) = valid_user(&user) {
+        return r;
+    }
+    let filter = ConnFilter {
+        user: Some(user.clone()),
+        ..Default::default()
+    };
+    let lists = s
+        .engine
+        .admin(None, |done| AdminOp::List {
+            filter: filter.clone(),
+            limit: 1000,
+            done,
+        })
+        .await;
+    let arc: Arc<str> = Arc::from(user.as_str());
+    let seen = s
+        .engine
+        .admin(None, |done| AdminOp::LastSeen {
+            user: arc.clone(),
+            done,
+        })
+        .await;
+    let (Ok(lists), Ok(seen)) = (lists, seen) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "a shard cannot answer now; retry",
+        );
+    };
+    let connections: Vec<Value> = lists
+        .into_iter()
+        .flatten()
+        .filter(|c| c.state == "open")
+        .map(|c| {
+            json!({
+                "client": c.client.to_string(),
+                "device": c.device,
+                "ip": c.ip,
+                "format": c.format,
+                "connected_ms": c.age_ms,
+                "subscriptions": c.subscriptions,
+            })
+        })
+        .collect();
+    let last_seen = seen.into_iter().flatten().max();
+    Json(json!({
+        "user": user,
+        "online": !connections.is_empty(),
+        "connections": connections,
+        "last_seen": last_seen,
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct InboxQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+/// `GET /api/users/{user}/inbox[?since=OFFSET&limit=N]`: the user's inbox messages after
+/// `since` (a device's cursor: what it has not acknowledged), oldest first.
+async fn user_inbox(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    path: axum::extract::Path<String>,
+    query: Result<axum::extract::Query<InboxQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match checked_query(&s, &headers, query, "[?since=OFFSET&limit=N]") {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    let Some(channel) = s.engine.inbox_channel(&path.0) else {
+        return invalid("user", "inboxes are off or the user id is invalid");
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    crate::admin::history_of(&s, &channel, q.since, limit, false)
+        .await
+        .unwrap_or_else(|r| r)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    reconnect: Option<bool>,
+}
+
+async fn disconnect(s: &AdminState, headers: &HeaderMap, body: Body, target: Target) -> Response {
+    let req: DisconnectBody = match json_body(
+        s,
+        headers,
+        body,
+        "{\"reason\"?: string, \"reconnect\"?: bool}",
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let reason = req
+        .reason
+        .unwrap_or_else(|| "disconnected by the service".into());
+    if reason.len() > 120 {
+        return invalid("reason", "at most 120 bytes (it goes in a close frame)");
+    }
+    let who = actor(s, headers);
+    let reconnect = req.reconnect.unwrap_or(true);
+    match crate::ops::disconnect_target(s, &who, target, reason, reconnect, 0).await {
+        Ok(n) => Json(json!({"ok": true, "disconnected": n})).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `POST /api/users/{user}/disconnect {"reason"?, "reconnect"?}`: close every
+/// connection of the user (4009).
+async fn disconnect_user(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    path: axum::extract::Path<String>,
+    body: Body,
+) -> Response {
+    if let Err(r) = valid_user(&path.0) {
+        return r;
+    }
+    disconnect(&s, &headers, body, Target::User(Arc::from(path.0.as_str()))).await
+}
+
+/// `POST /api/connections/{client}/disconnect {"reason"?, "reconnect"?}`: close one
+/// connection (4009).
+async fn disconnect_client(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    path: axum::extract::Path<String>,
+    body: Body,
+) -> Response {
+    let Some(id) = control::parse_client_id(&path.0) else {
+        return invalid("client", "expected a client id (shard.slot.generation)");
+    };
+    disconnect(&s, &headers, body, Target::Client(id)).await
+}
+
+/// `POST /api/users/{user}/revoke`: revoke the user's tokens (connections closed with
+/// 4011; tokens issued before now refused, also after a restart).
+async fn revoke_user(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    path: axum::extract::Path<String>,
+) -> Response {
+    if let Err(r) = crate::admin::check(&s, &headers) {
+        return r;
+    }
+    if let Err(r) = valid_user(&path.0) {
+        return r;
+    }
+    let who = actor(&s, &headers);
+    match crate::ops::revoke_user(&s, &who, &path.0).await {
+        Ok((at, n)) => {
+            Json(json!({"ok": true, "revoked_at": at, "disconnected": n})).into_response()
+        }
+        Err(r) => r,
+    }
+}
