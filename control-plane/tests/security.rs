@@ -69,6 +69,27 @@ async fn browser_origins_are_checked_against_the_allow_list() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_rate_per_address_is_limited() {
+    let server = start(|c| c.engine.max_connection_rate_per_ip = 3);
+    let addr = server.ws_addr();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (s, head) = upgrade(addr, None, "").await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        held.push(s);
+    }
+    let (_, head) = upgrade(addr, None, "").await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    assert!(head.contains("Retry-After: 1"), "{head}");
+    // A second later the budget is back.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (_, head) = upgrade(addr, None, "").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    server.shutdown();
+    server.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_http_response_has_security_headers_and_a_request_id() {
     let server = start(|_| {});
     let admin = server.admin_addr();

@@ -129,6 +129,9 @@ pub struct EngineConfig {
     /// A typing start with no stop (and no new start) for this long is stopped by the
     /// server.
     pub typing_timeout_ms: u64,
+    /// New connections per second one address may open (bursts of as many; 0: no
+    /// limit). Refused with HTTP 429 and `Retry-After`.
+    pub max_connection_rate_per_ip: u32,
     /// Origins browsers may open WebSockets from (`*` matches any run of characters,
     /// `https://*.example.com`); empty: any. An upgrade whose `Origin` matches none is
     /// refused with 403. Clients that send no `Origin` (not browsers) are not affected.
@@ -182,6 +185,7 @@ impl Default for EngineConfig {
             typing_throttle_ms: 1_000,
             typing_timeout_ms: 6_000,
             allowed_origins: Vec::new(),
+            max_connection_rate_per_ip: 0,
             rate_limits: Vec::new(),
             rate_limit_disconnect_after: 20,
         }

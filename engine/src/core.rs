@@ -538,6 +538,7 @@ impl ShardCore {
             peer,
             self.cfg.max_connections,
             self.cfg.max_connections_per_ip,
+            self.cfg.max_connection_rate_per_ip,
         ) {
             self.metrics.closed(CloseKind::LimitReached);
             return Err(r);

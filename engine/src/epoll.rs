@@ -234,6 +234,7 @@ fn accept(driver: &Shared, stream: TcpStream, peer: std::net::IpAddr) {
             let (status, reason) = match refusal {
                 Refusal::ServerFull => (503, "server is at its connection limit"),
                 Refusal::TooManyFromIp => (429, "too many connections from this address"),
+                Refusal::TooFastFromIp => (429, "connecting too fast from this address"),
             };
             // Best effort, never waits: the socket is dropped right after.
             let _ = stream.try_write(&handshake::error_response(status, reason));

@@ -10,7 +10,7 @@
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -495,6 +495,10 @@ impl Inbox {
 
 const IP_BUCKETS: usize = 4096;
 
+/// Buckets of the per-address connection rate (addresses hashing alike share one; more
+/// than for counts, so a storm of many addresses rarely trips another's limit).
+const RATE_BUCKETS: usize = 65_536;
+
 /// Everything shards share: their inboxes and the admission counters.
 #[derive(Debug)]
 pub struct Mesh {
@@ -505,6 +509,12 @@ pub struct Mesh {
     /// bucket share a count, so the per-IP limit errs on the strict side; with 4096
     /// buckets that needs many distinct addresses near the limit at once.
     per_ip: Box<[AtomicU32]>,
+    /// New-connection token buckets per address bucket: high 32 bits the time of the
+    /// last take (ms since `epoch`, wrapping), low 32 bits the budget in use
+    /// (thousandths of a connection). Shared by the shards, updated by CAS.
+    ip_rate: Box<[AtomicU64]>,
+    /// Zero of `ip_rate`'s clock.
+    epoch: std::time::Instant,
     /// Where durable publications go, when a store is attached.
     journal: OnceLock<JournalLink>,
     /// Streams and marks read back from the store, per shard, taken once by each shard.
@@ -521,6 +531,8 @@ impl Mesh {
             inboxes,
             connections: AtomicUsize::new(0),
             per_ip: (0..IP_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            ip_rate: (0..RATE_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            epoch: std::time::Instant::now(),
             journal: OnceLock::new(),
             seeds: Mutex::new(Vec::new()),
         }))
@@ -578,8 +590,8 @@ impl Mesh {
         self.connections.load(Ordering::Relaxed)
     }
 
-    fn bucket(&self, ip: IpAddr) -> &AtomicU32 {
-        let h = match ip {
+    fn ip_hash(ip: IpAddr) -> u32 {
+        match ip {
             IpAddr::V4(v4) => u32::from(v4).wrapping_mul(0x9E37_79B1),
             IpAddr::V6(v6) => {
                 let o = v6.octets();
@@ -590,12 +602,48 @@ impl Mesh {
                 }
                 h
             }
-        };
-        &self.per_ip[(h >> 20) as usize % IP_BUCKETS]
+        }
     }
 
-    /// Count a new connection from `ip` if limits allow.
-    pub fn admit(&self, ip: IpAddr, max_total: usize, max_per_ip: u32) -> Result<(), Refusal> {
+    fn bucket(&self, ip: IpAddr) -> &AtomicU32 {
+        &self.per_ip[(Self::ip_hash(ip) >> 20) as usize % IP_BUCKETS]
+    }
+
+    /// Take one new connection from `ip`'s rate bucket (`per_second` a second, bursts
+    /// of as many); refused when it is empty.
+    fn take_rate(&self, ip: IpAddr, per_second: u32) -> Result<(), Refusal> {
+        let now = self.epoch.elapsed().as_millis() as u32;
+        let burst = u64::from(per_second) * 1000;
+        let b = &self.ip_rate[(Self::ip_hash(ip) >> 16) as usize % RATE_BUCKETS];
+        let mut cur = b.load(Ordering::Relaxed);
+        loop {
+            let (at, used) = ((cur >> 32) as u32, cur & 0xffff_ffff);
+            // One connection is 1,000; `per_second` come back per 1,000 ms.
+            let refill = u64::from(now.wrapping_sub(at)) * u64::from(per_second);
+            let used = used.saturating_sub(refill);
+            if used + 1000 > burst {
+                return Err(Refusal::TooFastFromIp);
+            }
+            let next = (u64::from(now) << 32) | (used + 1000);
+            match b.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Count a new connection from `ip` if limits allow (`per_second`: the address's
+    /// new-connection rate, 0 for none).
+    pub fn admit(
+        &self,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_ip: u32,
+        per_second: u32,
+    ) -> Result<(), Refusal> {
+        if per_second > 0 {
+            self.take_rate(ip, per_second)?;
+        }
         if self.connections.fetch_add(1, Ordering::Relaxed) >= max_total {
             self.connections.fetch_sub(1, Ordering::Relaxed);
             return Err(Refusal::ServerFull);
@@ -623,6 +671,8 @@ pub enum Refusal {
     ServerFull,
     /// `max_connections_per_ip` reached (HTTP 429).
     TooManyFromIp,
+    /// `max_connection_rate_per_ip` exceeded (HTTP 429).
+    TooFastFromIp,
 }
 
 #[cfg(test)]
@@ -630,17 +680,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn connection_rate_per_address() {
+        let mesh = Mesh::new(1, 4).unwrap();
+        let a: IpAddr = "10.0.0.9".parse().unwrap();
+        for _ in 0..5 {
+            assert!(mesh.admit(a, 100, 0, 5).is_ok());
+            mesh.release(a);
+        }
+        assert_eq!(mesh.admit(a, 100, 0, 5), Err(Refusal::TooFastFromIp));
+        assert_eq!(mesh.connections(), 0, "a refusal counts nothing");
+        let b: IpAddr = "10.0.0.10".parse().unwrap();
+        assert!(
+            mesh.admit(b, 100, 0, 5).is_ok(),
+            "another address has its own"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert!(mesh.admit(a, 100, 0, 5).is_ok(), "one back after 200 ms");
+    }
+
+    #[test]
     fn admission_limits() {
         let mesh = Mesh::new(1, 4).unwrap();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
-        assert!(mesh.admit(a, 3, 2).is_ok());
-        assert!(mesh.admit(a, 3, 2).is_ok());
-        assert_eq!(mesh.admit(a, 3, 2), Err(Refusal::TooManyFromIp));
+        assert!(mesh.admit(a, 3, 2, 0).is_ok());
+        assert!(mesh.admit(a, 3, 2, 0).is_ok());
+        assert_eq!(mesh.admit(a, 3, 2, 0), Err(Refusal::TooManyFromIp));
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert!(mesh.admit(b, 3, 0).is_ok());
-        assert_eq!(mesh.admit(b, 3, 0), Err(Refusal::ServerFull));
+        assert!(mesh.admit(b, 3, 0, 0).is_ok());
+        assert_eq!(mesh.admit(b, 3, 0, 0), Err(Refusal::ServerFull));
         mesh.release(a);
-        assert!(mesh.admit(a, 3, 2).is_ok());
+        assert!(mesh.admit(a, 3, 2, 0).is_ok());
         assert_eq!(mesh.connections(), 3);
     }
 

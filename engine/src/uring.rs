@@ -740,6 +740,7 @@ impl Shard {
                 let (status, reason) = match refusal {
                     Refusal::ServerFull => (503, "server is at its connection limit"),
                     Refusal::TooManyFromIp => (429, "too many connections from this address"),
+                    Refusal::TooFastFromIp => (429, "connecting too fast from this address"),
                 };
                 let resp = handshake::error_response(status, reason);
                 // Best effort, never waits: the socket is closed right after.

@@ -204,10 +204,10 @@ pub fn error_response(status: u16, reason: &str) -> Vec<u8> {
         503 => "Service Unavailable",
         _ => "Error",
     };
-    let extra = if status == 426 {
-        "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-    } else {
-        ""
+    let extra = match status {
+        426 => "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+        429 | 503 => "Retry-After: 1\r\n",
+        _ => "",
     };
     format!(
         "HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n{extra}\r\n{reason}\n",
