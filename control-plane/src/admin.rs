@@ -58,6 +58,8 @@ pub struct AdminState {
     pub audit: Arc<crate::audit::Audit>,
     /// Revoked users, honoured by the auth workers.
     pub revocations: Arc<crate::auth::Revocations>,
+    /// Told when an operator asks the process to stop (`POST /admin/shutdown`).
+    pub shutdown: Arc<tokio::sync::Notify>,
     /// Maintenance mode in force.
     pub maintenance: std::sync::Mutex<Option<Arc<switchboard_engine::control::Maintenance>>>,
 }

@@ -261,6 +261,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let requested = server.shutdown_requested.clone();
     let signal = rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
@@ -268,6 +269,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         tokio::select! {
             _ = term.recv() => Ok::<_, std::io::Error>("SIGTERM"),
             _ = int.recv() => Ok("SIGINT"),
+            _ = requested.notified() => Ok("POST /admin/shutdown"),
         }
     });
     match signal {

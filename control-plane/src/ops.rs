@@ -137,6 +137,10 @@ pub fn routes() -> Router<Arc<AdminState>> {
         .route("/admin/connections", get(connections))
         .route("/admin/connections/{client}", get(connection))
         .route("/admin/health", get(health))
+        .route("/admin/breakers", get(breakers))
+        .route("/admin/breakers/{name}/reset", post(reset_breaker))
+        .route("/admin/drain", post(drain))
+        .route("/admin/shutdown", post(shutdown))
 }
 
 fn fail(status: StatusCode, code: &str, message: &str) -> Response {
@@ -724,4 +728,127 @@ async fn health(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Respons
         },
     }))
     .into_response()
+}
+
+/// `GET /admin/breakers`: the circuit breakers and their failure counts. Today the
+/// store's (open: durable publications are refused with 111 until a write works).
+async fn breakers(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    if let Err(r) = admin(&s, &headers) {
+        return r;
+    }
+    let list: Vec<Value> = s
+        .store
+        .iter()
+        .map(|st| {
+            json!({
+                "name": "store",
+                "state": if st.state.healthy() { "closed" } else { "open" },
+                "failures": st.stats.failures.load(Relaxed),
+                "backlog": st.state.backlog(),
+            })
+        })
+        .collect();
+    Json(json!({ "breakers": list })).into_response()
+}
+
+/// `POST /admin/breakers/{name}/reset`: close a breaker now (the store's writer keeps
+/// retrying; if its next write fails the breaker opens again).
+async fn reset_breaker(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    path: axum::extract::Path<String>,
+) -> Response {
+    let who = match admin(&s, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let (Some(st), "store") = (s.store.as_ref(), path.0.as_str()) else {
+        return fail(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such breaker (store)",
+        );
+    };
+    let was = if st.state.healthy() { "closed" } else { "open" };
+    st.state.set_healthy(true);
+    let _ = s.audit.record(
+        &who.name,
+        "breaker.reset",
+        Some("store"),
+        "ok",
+        &json!({ "was": was }),
+    );
+    Json(json!({"ok": true, "name": "store", "was": was, "state": "closed"})).into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    #[serde(default)]
+    spread_ms: Option<u32>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// `POST /admin/drain {"spread_ms"?, "message"?}`: stop taking connections (maintenance
+/// on: new ones get 4010, readiness 503) and move every client away, each told to
+/// reconnect after a random delay below `spread_ms` (default 30 s), so they land on
+/// other nodes without a stampede.
+async fn drain(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
+    let (who, req) = match admin_body::<DrainBody>(&s, &headers, body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let spread = req.spread_ms.unwrap_or(30_000);
+    let message = req
+        .message
+        .unwrap_or_else(|| "this node is draining".into());
+    if message.is_empty() || message.len() > 100 {
+        return invalid("message", "1 to 100 bytes (it goes in a close frame)");
+    }
+    let mode = Some(Arc::new(Maintenance {
+        message: message.clone(),
+        retry_after_ms: spread,
+    }));
+    let told = s
+        .engine
+        .admin(None, |done| AdminOp::Maintenance {
+            mode: mode.clone(),
+            done,
+        })
+        .await;
+    if told.is_err() {
+        return overloaded();
+    }
+    *s.maintenance.lock().unwrap_or_else(|e| e.into_inner()) = mode;
+    match disconnect_target(&s, &who.name, Target::All, message, true, spread).await {
+        Ok(n) => {
+            let _ = s.audit.record(
+                &who.name,
+                "drain",
+                None,
+                "ok",
+                &json!({"spread_ms": spread, "disconnected": n}),
+            );
+            Json(json!({"ok": true, "disconnected": n, "spread_ms": spread})).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// `POST /admin/shutdown`: stop the process as SIGTERM does (close 1001, drain for
+/// `engine.drain_timeout_ms`, exit 0).
+async fn shutdown(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    let who = match admin(&s, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let _ = s
+        .audit
+        .record(&who.name, "shutdown", None, "ok", &json!({}));
+    tracing::warn!(target: "security", actor = %who.name, "shutdown requested through the admin API");
+    s.engine.shutdown();
+    s.shutdown.notify_one();
+    Json(json!({"ok": true, "stopping": true})).into_response()
 }

@@ -48,6 +48,9 @@ pub struct Server {
     pub api_key: Option<String>,
     /// The admin token key in force (configured, or generated in dev mode).
     pub admin_secret: Option<String>,
+    /// Notified when an operator asks the process to stop (the shards are already
+    /// draining then): the binary waits on it beside SIGTERM.
+    pub shutdown_requested: Arc<tokio::sync::Notify>,
 }
 
 /// Random hex string of `bytes` random bytes.
@@ -168,6 +171,7 @@ impl Server {
         )
         .context("cannot start auth workers")?;
 
+        let shutdown = Arc::new(tokio::sync::Notify::new());
         let listener = std::net::TcpListener::bind(cfg.admin.listen)
             .with_context(|| format!("cannot listen on admin.listen {}", cfg.admin.listen))?;
         listener.set_nonblocking(true)?;
@@ -199,6 +203,7 @@ impl Server {
             audit,
             revocations,
             maintenance: Default::default(),
+            shutdown: shutdown.clone(),
             store: Some(admin::StoreView {
                 path: store.path().display().to_string(),
                 state: store.state().clone(),
@@ -244,6 +249,7 @@ impl Server {
             dev,
             api_key,
             admin_secret,
+            shutdown_requested: shutdown,
         })
     }
 

@@ -540,3 +540,71 @@ async fn operators_list_disconnect_maintain_and_revoke() {
     server.shutdown();
     server.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breakers_drain_and_shutdown() {
+    let server = start(|c| c.admin.jwt_secret = Some(ADMIN_SECRET.into()));
+    let (addr, admin) = (server.ws_addr(), server.admin_addr());
+    let ops = admin_token("ops-ann", "admin");
+    let (st, r) = admin_call(admin, "GET", "/admin/breakers", Some(&ops), "").await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        (&r["breakers"][0]["name"], &r["breakers"][0]["state"]),
+        (&json!("store"), &json!("closed")),
+        "{r}"
+    );
+    let (st, r) = admin_call(admin, "POST", "/admin/breakers/store/reset", Some(&ops), "").await;
+    assert_eq!((st, &r["state"]), (200, &json!("closed")), "{r}");
+    let (st, _) = admin_call(admin, "POST", "/admin/breakers/redis/reset", Some(&ops), "").await;
+    assert_eq!(st, 404);
+
+    // Drain: everyone is moved away with spread hints, newcomers are turned away.
+    let mut a = client_on_shard(addr, Fmt::Json, &token("ann", None), 0).await;
+    let mut b = client_on_shard(addr, Fmt::MsgPack, &token("bob", None), 1).await;
+    let (st, r) = admin_call(
+        admin,
+        "POST",
+        "/admin/drain",
+        Some(&ops),
+        r#"{"spread_ms": 2000}"#,
+    )
+    .await;
+    assert_eq!((st, &r["disconnected"]), (200, &json!(2)), "{r}");
+    for c in [&mut a, &mut b] {
+        let (push, code, _) = c.expect_close().await;
+        assert_eq!(code, 4009);
+        assert!(push.unwrap()["reconnect_after_ms"].as_u64().unwrap() < 2000);
+    }
+    let mut late = Client::open(addr, Fmt::Json).await;
+    assert_eq!(late.expect_close().await.1, 4010);
+    let (st, _) = admin_call(admin, "GET", "/health/ready", None, "").await;
+    assert_eq!(st, 503);
+    let (st, _) = admin_call(
+        admin,
+        "POST",
+        "/admin/drain",
+        Some(&ops),
+        r#"{"spread": 1}"#,
+    )
+    .await;
+    assert_eq!(st, 400);
+
+    // Shutdown through the API: clients get 1001, the server stops.
+    admin_call(
+        admin,
+        "POST",
+        "/admin/maintenance",
+        Some(&ops),
+        r#"{"on": false}"#,
+    )
+    .await;
+    let mut c = Client::connect(addr, Fmt::Json, &token("carl", None)).await;
+    let (st, _) = admin_call(admin, "POST", "/admin/shutdown", None, "").await;
+    assert_eq!(st, 401);
+    let (st, r) = admin_call(admin, "POST", "/admin/shutdown", Some(&ops), "").await;
+    assert_eq!((st, &r["stopping"]), (200, &json!(true)), "{r}");
+    assert_eq!(c.expect_close().await.1, 1001);
+    tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+}
