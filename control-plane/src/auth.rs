@@ -367,10 +367,19 @@ pub fn spawn_workers(
                                 token,
                             } => {
                                 let result = verifier.verify(&token).map(Arc::new);
-                                let counter = if result.is_ok() {
-                                    &stats.accepted
-                                } else {
-                                    &stats.refused
+                                let counter = match &result {
+                                    Ok(_) => &stats.accepted,
+                                    Err(f) => {
+                                        // Never the token itself: only why.
+                                        tracing::info!(
+                                            target: "security",
+                                            client = %format_args!("{shard}.{}.{}", conn.slot, conn.gen),
+                                            code = f.code as u16,
+                                            reason = %f.message,
+                                            "token refused"
+                                        );
+                                        &stats.refused
+                                    }
                                 };
                                 counter.fetch_add(1, Ordering::Relaxed);
                                 let msg = ShardMsg::AuthDone {

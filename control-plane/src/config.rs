@@ -291,12 +291,27 @@ pub const API_SCOPES: [&str; 5] = ["publish", "send", "read", "users", "*"];
 pub struct LogConfig {
     /// A `tracing` filter (`info`, `switchboard=debug,warn`); `RUST_LOG` wins if set.
     pub level: String,
+    /// `text` (for people) or `json` (one object per line, for log pipelines: the
+    /// target, the span's fields such as `request_id`, and each event's fields).
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            format: LogFormat::Text,
         }
     }
 }

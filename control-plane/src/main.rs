@@ -199,11 +199,20 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
-    tracing_subscriber::fmt()
+    // Security events (refused tokens and keys, admin actions, rate-limit
+    // disconnects) carry the target `security`: shown in both formats so they can be
+    // routed apart.
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cfg.log.format {
+        switchboard_control_plane::config::LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        switchboard_control_plane::config::LogFormat::Text => builder.init(),
+    }
 
     let server = match Server::start(cfg.clone()) {
         Ok(s) => s,

@@ -135,32 +135,33 @@ async fn every_http_response_has_security_headers_and_a_request_id() {
     server.wait();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secrets_never_reach_the_logs() {
+/// Start the real binary with `env`; its process, WebSocket and admin addresses.
+fn spawn_binary(
+    env: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
     const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
-    let hmac = "log-test-hmac-secret-9f8e7d6c5b4a";
-    let api_key = "log-test-api-key-1a2b3c4d5e6f";
-    let admin_secret = "log-test-admin-secret-0a9b8c7d6e5f";
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-        ])
-        .env("RUST_LOG", "trace")
-        .env("SWITCHBOARD_ENGINE__IO", io_arg())
-        .env("SWITCHBOARD_STORE__PATH", temp_store())
-        .env("SWITCHBOARD_AUTH__HMAC_SECRET", hmac)
-        .env("SWITCHBOARD_ADMIN__API_KEY", api_key)
-        .env("SWITCHBOARD_ADMIN__JWT_SECRET", admin_secret)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+    ])
+    .env("SWITCHBOARD_ENGINE__IO", io_arg())
+    .env("SWITCHBOARD_STORE__PATH", temp_store())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut banner = String::new();
     let (mut ws, mut admin) = (None, None);
@@ -179,7 +180,96 @@ async fn secrets_never_reach_the_logs() {
             }
         }
     }
-    let (ws, admin): (std::net::SocketAddr, std::net::SocketAddr) = (ws.unwrap(), admin.unwrap());
+    (child, ws.unwrap(), admin.unwrap())
+}
+
+/// SIGTERM the binary and return what it logged.
+fn stop_binary(mut child: std::process::Child) -> String {
+    // SAFETY: signals our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    child.wait().unwrap();
+    logs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_request_ids_and_security_events() {
+    let hmac = "json-log-test-hmac-secret-0123";
+    let (child, ws, admin) = spawn_binary(&[
+        ("RUST_LOG", "info"),
+        ("SWITCHBOARD_LOG__FORMAT", "json"),
+        ("SWITCHBOARD_AUTH__HMAC_SECRET", hmac),
+        ("SWITCHBOARD_ADMIN__API_KEY", "json-log-test-api-key-0123"),
+    ]);
+    let forged = switchboard_control_plane::auth::mint(
+        "not-the-secret-0123456789",
+        "mallory",
+        None,
+        Duration::from_secs(60),
+        &Default::default(),
+    );
+    let mut c = Client::open(ws, Fmt::Json).await;
+    let r = c.call(json!({"cmd": "connect", "token": forged})).await;
+    assert_eq!(r["error"]["code"], json!(101), "{r}");
+    let (st, _) = http(
+        admin,
+        "GET",
+        "/api/calls",
+        &[
+            ("Authorization", "Bearer wrong-key-000000000"),
+            ("X-Request-Id", "trace-77"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(st, 401);
+    drop(c);
+    let logs = stop_binary(child);
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() >= 3, "{logs}");
+    let token_refused = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == json!("token refused"))
+        .unwrap_or_else(|| panic!("no token refusal logged: {logs}"));
+    assert_eq!(
+        token_refused["target"],
+        json!("security"),
+        "{token_refused}"
+    );
+    let client = token_refused["fields"]["client"].as_str().unwrap();
+    assert_eq!(client.split('.').count(), 3, "a client id: {client}");
+    let key_refused = lines
+        .iter()
+        .find(|l| l["target"] == json!("security") && l["span"]["request_id"] == json!("trace-77"))
+        .unwrap_or_else(|| panic!("no API key refusal with the request id: {logs}"));
+    assert_eq!(
+        key_refused["span"]["path"],
+        json!("/api/calls"),
+        "{key_refused}"
+    );
+    assert!(!logs.contains(&forged) && !logs.contains(hmac));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_logs() {
+    let hmac = "log-test-hmac-secret-9f8e7d6c5b4a";
+    let api_key = "log-test-api-key-1a2b3c4d5e6f";
+    let admin_secret = "log-test-admin-secret-0a9b8c7d6e5f";
+    let (child, ws, admin) = spawn_binary(&[
+        ("RUST_LOG", "trace"),
+        ("SWITCHBOARD_AUTH__HMAC_SECRET", hmac),
+        ("SWITCHBOARD_ADMIN__API_KEY", api_key),
+        ("SWITCHBOARD_ADMIN__JWT_SECRET", admin_secret),
+    ]);
     // A good token, a forged one, the API key and admin tokens, right and wrong.
     let good = switchboard_control_plane::auth::mint(
         hmac,
@@ -243,15 +333,7 @@ async fn secrets_never_reach_the_logs() {
     )
     .await;
     drop((c, bad));
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
-    child.wait().unwrap();
+    let logs = stop_binary(child);
     assert!(logs.len() > 1000, "trace logs were written: {logs}");
     for secret in [hmac, api_key, admin_secret, &good, &forged, &admin_token] {
         assert!(

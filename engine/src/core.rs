@@ -1276,6 +1276,12 @@ impl ShardCore {
             ext.refused_in_a_row += 1;
             let limit = self.cfg.rate_limit_disconnect_after;
             if limit > 0 && ext.refused_in_a_row >= limit {
+                tracing::info!(
+                    target: "security",
+                    client = %format_args!("{}.{}.{}", self.id, slot, conn.gen),
+                    event = e.name(),
+                    "closed after repeated rate-limit refusals"
+                );
                 self.begin_close(
                     slot,
                     CloseCode::RATE_LIMITED,
