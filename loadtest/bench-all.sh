@@ -11,6 +11,9 @@
 #   features     rooms plain / with presence / with presence and typing, idle with 20
 #                channels per connection with and without presence (docs/BENCHMARKS.md
 #                "What presence and typing cost")
+#   protection   fanout and echo without and with rate limits on every command, twice
+#                each, alternating (docs/BENCHMARKS.md "What rate limiting and metrics
+#                cost"; the commit before them: BASE=<binary> runs it as a third server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-docs/benchmarks}
@@ -114,6 +117,28 @@ if has durability; then
     start_switchboard 0 epoll $d; run "durability-$d-fanout" fanout --set workers=2; stop
     start_switchboard 0 epoll $d; run "durability-$d-fanout-1m" fanout --set rate=100 --set workers=2; stop
     start_switchboard 0 epoll $d; run "durability-$d-acks" acks; stop
+  done
+fi
+if has protection; then
+  for round in 1 2; do
+    for cfg in durability-none rate-limits; do
+      start_switchboard_with "$cfg"; run "protection-fanout-$cfg-$round" fanout; stop
+      start_switchboard_with "$cfg"; run "protection-echo-$cfg-$round" echo; stop
+      if [ -n "${BASE:-}" ] && [ "$cfg" = durability-none ]; then
+        SWITCHBOARD_STORE__PATH="$(mktemp -d)/switchboard.db" \
+        SWITCHBOARD_AUTH__HMAC_SECRET=$SECRET SWITCHBOARD_LOG__LEVEL=warn \
+          "$BASE" serve --shards 0 --io epoll --config loadtest/configs/durability-none.toml \
+          >"$OUT/switchboard-server.log" 2>&1 &
+        SERVER_PID=$!; wait_port 7400
+        run "protection-fanout-base-$round" fanout; stop
+        SWITCHBOARD_STORE__PATH="$(mktemp -d)/switchboard.db" \
+        SWITCHBOARD_AUTH__HMAC_SECRET=$SECRET SWITCHBOARD_LOG__LEVEL=warn \
+          "$BASE" serve --shards 0 --io epoll --config loadtest/configs/durability-none.toml \
+          >"$OUT/switchboard-server.log" 2>&1 &
+        SERVER_PID=$!; wait_port 7400
+        run "protection-echo-base-$round" echo; stop
+      fi
+    done
   done
 fi
 if has features; then

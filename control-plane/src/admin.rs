@@ -154,6 +154,15 @@ async fn harden(req: axum::extract::Request, next: axum::middleware::Next) -> Re
     res
 }
 
+/// A validation error: the JSON path of the bad field and what is wrong with it.
+pub(crate) fn invalid(field: &str, message: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": {"code": "bad_request", "field": field, "message": message}})),
+    )
+        .into_response()
+}
+
 pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use switchboard_engine::control::{self, AdminOp, ConnFilter, Push, PushTo, Target};
 use switchboard_engine::ShardMsg;
 
-use crate::admin::{checked_query, error, json_body, key_of, AdminState};
+use crate::admin::{checked_query, error, invalid, json_body, key_of, AdminState};
 
 /// The OpenAPI document, as served.
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
@@ -44,15 +44,6 @@ pub fn routes() -> Router<Arc<AdminState>> {
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
-}
-
-/// A validation error with the path of the bad field.
-fn invalid(field: &str, message: &str) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({"error": {"code": "bad_request", "field": field, "message": message}})),
-    )
-        .into_response()
 }
 
 fn valid_user(user: &str) -> Result<(), Response> {

@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use switchboard_engine::control::{self, AdminOp, ConnFilter, ConnView, Maintenance, Target};
 use switchboard_engine::limits::LimitRule;
 
-use crate::admin::AdminState;
+use crate::admin::{invalid, AdminState};
 
 /// Checks admin tokens.
 pub struct AdminAuth {
@@ -151,15 +151,6 @@ fn fail(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// A validation error: the JSON path of the bad field and what is wrong with it.
-fn invalid(field: &str, message: &str) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({"error": {"code": "bad_request", "field": field, "message": message}})),
-    )
-        .into_response()
-}
-
 fn admin(s: &AdminState, headers: &HeaderMap) -> Result<Admin, Response> {
     match &s.admin_auth {
         Some(a) => a.verify(headers),
@@ -169,6 +160,18 @@ fn admin(s: &AdminState, headers: &HeaderMap) -> Result<Admin, Response> {
             "no admin key is configured (admin.jwt_secret)",
         )),
     }
+}
+
+/// Check the admin token and the query (a bad one is a 400 naming `query`).
+fn admin_query<T>(
+    s: &AdminState,
+    headers: &HeaderMap,
+    query: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, Response> {
+    admin(s, headers)?;
+    query
+        .map(|q| q.0)
+        .map_err(|e| invalid("query", &e.body_text()))
 }
 
 /// Check the admin token, read the body and parse it as `T`; a bad field is a 400
@@ -322,12 +325,9 @@ async fn audit_log(
     headers: HeaderMap,
     query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(r) = admin(&s, &headers) {
-        return r;
-    }
-    let q = match query {
-        Ok(q) => q.0,
-        Err(e) => return invalid("query", &e.body_text()),
+    let q = match admin_query(&s, &headers, query) {
+        Ok(q) => q,
+        Err(r) => return r,
     };
     let audit = s.audit.clone();
     let limit = q.limit.unwrap_or(100);
@@ -623,12 +623,9 @@ async fn connections(
     headers: HeaderMap,
     query: Result<axum::extract::Query<ConnectionsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(r) = admin(&s, &headers) {
-        return r;
-    }
-    let q = match query {
-        Ok(q) => q.0,
-        Err(e) => return invalid("query", &e.body_text()),
+    let q = match admin_query(&s, &headers, query) {
+        Ok(q) => q,
+        Err(r) => return r,
     };
     let (offset, limit) = (q.offset.unwrap_or(0), q.limit.unwrap_or(100).clamp(1, 1000));
     let filter = ConnFilter {
