@@ -140,6 +140,18 @@ pub struct Conn {
     /// What only some connections use, allocated on first use (keeps a plain
     /// subscriber small).
     ext: Option<Box<ConnExt>>,
+    /// Its rate-limit state, made on its first command while connection rules exist
+    /// (64 bytes; kept out of `ext` so a limited connection does not pay for all of it).
+    limits: Option<Box<ConnLimits>>,
+}
+
+/// A connection's rate-limit state.
+#[derive(Debug, Default)]
+struct ConnLimits {
+    /// Its buckets, one per event.
+    buckets: Buckets,
+    /// Commands refused by a rate limit in a row.
+    refused_in_a_row: u32,
 }
 
 /// The parts of a connection's state only some connections use.
@@ -158,10 +170,6 @@ struct ConnExt {
     presence_self: Option<Arc<str>>,
     /// It sent a call command: the call worker hears when it goes.
     in_call: bool,
-    /// Its rate-limit buckets (made on its first limited command).
-    buckets: Option<Box<Buckets>>,
-    /// Commands refused by a rate limit in a row.
-    refused_in_a_row: u32,
     /// Coalescing keys of control-plane pushes sent to it, with the last frame of each
     /// (replaced in the queue by the next one while still unwritten). At most
     /// [`MAX_COALESCE_KEYS`], oldest dropped.
@@ -562,6 +570,7 @@ impl ShardCore {
             identity: None,
             token_at: u32::MAX,
             ext: None,
+            limits: None,
         }) as u32;
         self.schedule(slot, self.now as u64 + self.ticks.handshake as u64);
         ShardMetrics::add(&self.metrics.accepted, 1);
@@ -1207,7 +1216,7 @@ impl ShardCore {
                     .then(|| c.subs.iter().map(|s| s.to_string()).collect()),
                 queued_frames: c.out.len(),
                 queued_bytes: c.out.charged(),
-                rate_limited_in_a_row: c.ext().map_or(0, |e| e.refused_in_a_row),
+                rate_limited_in_a_row: c.limits.as_ref().map_or(0, |l| l.refused_in_a_row),
             });
         }
         out
@@ -1248,11 +1257,7 @@ impl ShardCore {
         // Check everything before taking anything.
         let fresh: Buckets = Default::default();
         let user = has_user.then(|| identity.user.clone());
-        let mine = conn
-            .ext
-            .as_ref()
-            .and_then(|e| e.buckets.as_deref())
-            .unwrap_or(&fresh);
+        let mine = conn.limits.as_ref().map_or(&fresh, |l| &l.buckets);
         let theirs = user
             .as_ref()
             .and_then(|u| self.user_buckets.get(&**u))
@@ -1272,10 +1277,10 @@ impl ShardCore {
         if let Some((ms, e)) = wait {
             ShardMetrics::add(&self.metrics.rate_limited[e.index()], 1);
             let format = conn.format;
-            let ext = conn.ext_mut();
-            ext.refused_in_a_row += 1;
+            let state = conn.limits.get_or_insert_with(Default::default);
+            state.refused_in_a_row += 1;
             let limit = self.cfg.rate_limit_disconnect_after;
-            if limit > 0 && ext.refused_in_a_row >= limit {
+            if limit > 0 && state.refused_in_a_row >= limit {
                 tracing::info!(
                     target: "security",
                     client = %format_args!("{}.{}.{}", self.id, slot, conn.gen),
@@ -1298,9 +1303,9 @@ impl ShardCore {
             }
             return false;
         }
-        let ext = conn.ext_mut();
-        ext.refused_in_a_row = 0;
-        let mine = ext.buckets.get_or_insert_with(Default::default);
+        let state = conn.limits.get_or_insert_with(Default::default);
+        state.refused_in_a_row = 0;
+        let mine = &mut state.buckets;
         for i in 0..n {
             if let Some(r) = rules[0][i] {
                 mine[events[i].index()].take(r, now_ms);
