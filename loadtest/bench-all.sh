@@ -119,24 +119,23 @@ if has durability; then
     start_switchboard 0 epoll $d; run "durability-$d-acks" acks; stop
   done
 fi
+start_base() { # the $BASE binary (an older build) with the plain loadtest config
+  SWITCHBOARD_STORE__PATH="$(mktemp -d)/switchboard.db" \
+  SWITCHBOARD_AUTH__HMAC_SECRET=$SECRET SWITCHBOARD_LOG__LEVEL=warn \
+    "$BASE" serve --shards 0 --io epoll --config loadtest/configs/durability-none.toml \
+    >"$OUT/switchboard-server.log" 2>&1 &
+  SERVER_PID=$!
+  wait_port 7400
+}
+
 if has protection; then
   for round in 1 2; do
     for cfg in durability-none rate-limits; do
       start_switchboard_with "$cfg"; run "protection-fanout-$cfg-$round" fanout; stop
       start_switchboard_with "$cfg"; run "protection-echo-$cfg-$round" echo; stop
       if [ -n "${BASE:-}" ] && [ "$cfg" = durability-none ]; then
-        SWITCHBOARD_STORE__PATH="$(mktemp -d)/switchboard.db" \
-        SWITCHBOARD_AUTH__HMAC_SECRET=$SECRET SWITCHBOARD_LOG__LEVEL=warn \
-          "$BASE" serve --shards 0 --io epoll --config loadtest/configs/durability-none.toml \
-          >"$OUT/switchboard-server.log" 2>&1 &
-        SERVER_PID=$!; wait_port 7400
-        run "protection-fanout-base-$round" fanout; stop
-        SWITCHBOARD_STORE__PATH="$(mktemp -d)/switchboard.db" \
-        SWITCHBOARD_AUTH__HMAC_SECRET=$SECRET SWITCHBOARD_LOG__LEVEL=warn \
-          "$BASE" serve --shards 0 --io epoll --config loadtest/configs/durability-none.toml \
-          >"$OUT/switchboard-server.log" 2>&1 &
-        SERVER_PID=$!; wait_port 7400
-        run "protection-echo-base-$round" echo; stop
+        start_base; run "protection-fanout-base-$round" fanout; stop
+        start_base; run "protection-echo-base-$round" echo; stop
       fi
     done
   done
