@@ -58,6 +58,8 @@ pub struct AdminState {
     pub audit: Arc<crate::audit::Audit>,
     /// Revoked users, honoured by the auth workers.
     pub revocations: Arc<crate::auth::Revocations>,
+    /// Alerts firing and their history, and the webhook breaker.
+    pub alerts: Arc<crate::alerts::AlertsView>,
     /// Told when an operator asks the process to stop (`POST /admin/shutdown`).
     pub shutdown: Arc<tokio::sync::Notify>,
     /// Maintenance mode in force.

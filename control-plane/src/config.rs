@@ -17,7 +17,7 @@ use switchboard_protocol::envelope::valid_topic;
 use crate::store::StoreConfig;
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Shards, sockets, limits and timeouts.
@@ -39,6 +39,8 @@ pub struct Config {
     pub notifications: NotificationsConfig,
     /// Call signaling.
     pub calls: CallsConfig,
+    /// Alerts evaluated inside the server.
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 /// `[notifications]`: notifications created by the server API, stored per user.
@@ -525,6 +527,9 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "notifications.max_per_user, notifications.ttl_ms and notifications.max_recipients must be greater than 0".into(),
             ));
+        }
+        if let Some(p) = self.alerts.problem() {
+            return Err(ConfigError::Invalid(p));
         }
         let c = &self.calls;
         if c.ring_timeout_ms == 0 || c.grace_ms == 0 || c.max_per_user == 0 {

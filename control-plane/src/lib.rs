@@ -14,6 +14,7 @@
 //! integration tests can run a real server in-process on port 0.
 
 pub mod admin;
+pub mod alerts;
 pub mod api;
 pub mod audit;
 pub mod auth;

@@ -138,6 +138,7 @@ pub fn routes() -> Router<Arc<AdminState>> {
         .route("/admin/connections/{client}", get(connection))
         .route("/admin/health", get(health))
         .route("/admin/breakers", get(breakers))
+        .route("/admin/alerts", get(alerts))
         .route("/admin/breakers/{name}/reset", post(reset_breaker))
         .route("/admin/drain", post(drain))
         .route("/admin/shutdown", post(shutdown))
@@ -734,7 +735,7 @@ async fn breakers(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Respo
     if let Err(r) = admin(&s, &headers) {
         return r;
     }
-    let list: Vec<Value> = s
+    let mut list: Vec<Value> = s
         .store
         .iter()
         .map(|st| {
@@ -746,6 +747,12 @@ async fn breakers(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Respo
             })
         })
         .collect();
+    list.push(json!({
+        "name": "webhooks",
+        "state": if s.alerts.webhook_open.load(Relaxed) { "open" } else { "closed" },
+        "failures": s.alerts.webhook_failures.load(Relaxed),
+        "sent": s.alerts.webhook_sent.load(Relaxed),
+    }));
     Json(json!({ "breakers": list })).into_response()
 }
 
@@ -848,4 +855,13 @@ async fn shutdown(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Respo
     s.engine.shutdown();
     s.shutdown.notify_one();
     Json(json!({"ok": true, "stopping": true})).into_response()
+}
+
+/// `GET /admin/alerts`: alerts firing now, the notices (newest first) and the rules.
+async fn alerts(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin(&s, &headers) {
+        return r;
+    }
+    let (active, history) = s.alerts.snapshot();
+    Json(json!({"active": active, "history": history})).into_response()
 }

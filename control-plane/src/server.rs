@@ -42,6 +42,7 @@ pub struct Server {
     scheduler: Option<SchedulerHandle>,
     notifier: Option<NotifierHandle>,
     calls: Option<CallsHandle>,
+    alerts: Option<crate::worker::WorkerHandle>,
     /// Set in dev mode.
     pub dev: Option<DevCredentials>,
     /// The API key in force (configured, or generated in dev mode).
@@ -172,6 +173,13 @@ impl Server {
         .context("cannot start auth workers")?;
 
         let shutdown = Arc::new(tokio::sync::Notify::new());
+        let store_view = admin::StoreView {
+            path: store.path().display().to_string(),
+            state: store.state().clone(),
+            stats: store.stats().clone(),
+        };
+        let (alerts, alerts_handle) =
+            crate::alerts::spawn(cfg.alerts.clone(), engine.clone(), Some(store_view.clone()))?;
         let listener = std::net::TcpListener::bind(cfg.admin.listen)
             .with_context(|| format!("cannot listen on admin.listen {}", cfg.admin.listen))?;
         listener.set_nonblocking(true)?;
@@ -204,11 +212,8 @@ impl Server {
             revocations,
             maintenance: Default::default(),
             shutdown: shutdown.clone(),
-            store: Some(admin::StoreView {
-                path: store.path().display().to_string(),
-                state: store.state().clone(),
-                stats: store.stats().clone(),
-            }),
+            store: Some(store_view),
+            alerts,
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let admin_thread = std::thread::Builder::new()
@@ -246,6 +251,7 @@ impl Server {
             scheduler: Some(scheduler_handle),
             notifier: Some(notifier_handle),
             calls: Some(calls_handle),
+            alerts: Some(alerts_handle),
             dev,
             api_key,
             admin_secret,
@@ -287,6 +293,9 @@ impl Server {
         }
         if let Some(calls) = self.calls.take() {
             calls.finish();
+        }
+        if let Some(alerts) = self.alerts.take() {
+            alerts.finish();
         }
         if let Some(notifier) = self.notifier.take() {
             notifier.finish();

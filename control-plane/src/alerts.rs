@@ -1,0 +1,593 @@
+//! Alerts evaluated inside the server: threshold rules on its own metrics, with levels,
+//! a `for` duration, automatic resolve, a bounded history, and delivery to webhooks in
+//! Slack's incoming-webhook format (`{"text": …}`).
+//!
+//! Owns the rules' state and one thread that samples the shards' counters every
+//! `alerts.interval_ms`, turns counters into rates and histograms into p99 over that
+//! interval, and moves each rule: inactive → pending (above its threshold) → firing
+//! (above for `for_ms`) → resolved (back below; a resolved notice is sent). Webhook
+//! delivery is plain HTTP/1.1 POST (`http://` only: put a relay in front of an
+//! `https://` endpoint such as Slack's) with a 5 s timeout; repeated failures open the
+//! `webhooks` breaker for a minute (listed by `/admin/breakers`).
+//!
+//! Does not own the metrics (the shards count) or Prometheus alerting (`deploy/`).
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use switchboard_engine::metrics::LATENCY_BUCKETS_US;
+use switchboard_engine::EngineHandle;
+
+use crate::admin::StoreView;
+use crate::schedule::now_ms;
+use crate::worker::WorkerHandle;
+
+/// What a rule watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertMetric {
+    /// p99 command handling time over the interval, seconds.
+    CommandP99Seconds,
+    /// p99 publish-to-delivery time over the interval, seconds.
+    DeliveryP99Seconds,
+    /// Error replies / commands over the interval (rate-limit and subscription-state
+    /// answers, 106, 107 and 114, are not errors of the server).
+    ErrorRate,
+    /// Resident memory of the process, bytes.
+    MemoryBytes,
+    /// Connections held.
+    Connections,
+    /// 1 while the store cannot write.
+    StoreDown,
+    /// Slow-consumer disconnects per second over the interval.
+    SlowConsumersPerSecond,
+    /// Rate-limit refusals per second over the interval.
+    RateLimitedPerSecond,
+}
+
+/// How loud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    /// For the record.
+    Info,
+    /// Look soon.
+    Warning,
+    /// Act now.
+    Critical,
+    /// Everyone, now.
+    Emergency,
+}
+
+/// `[[alerts.rules]]`: fire when `metric` is above `above` for `for_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRule {
+    /// Its name (in notices and the API).
+    pub name: String,
+    /// What it watches.
+    pub metric: AlertMetric,
+    /// The threshold.
+    pub above: f64,
+    /// How long it must stay above before firing (0: at the first sample).
+    #[serde(default)]
+    pub for_ms: u64,
+    /// How loud.
+    pub level: Level,
+}
+
+/// `[alerts]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Evaluate the rules this often.
+    pub interval_ms: u64,
+    /// Where firing and resolved notices are POSTed (`http://host:port/path`).
+    pub webhooks: Vec<String>,
+    /// Notices kept for `GET /admin/alerts`.
+    pub history_size: usize,
+    /// The rules (defaults: the old servers' thresholds).
+    pub rules: Vec<AlertRule>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        let rule = |name: &str, metric, above, for_ms, level| AlertRule {
+            name: name.into(),
+            metric,
+            above,
+            for_ms,
+            level,
+        };
+        AlertsConfig {
+            interval_ms: 10_000,
+            webhooks: Vec::new(),
+            history_size: 500,
+            rules: vec![
+                rule(
+                    "slow responses",
+                    AlertMetric::CommandP99Seconds,
+                    1.0,
+                    60_000,
+                    Level::Warning,
+                ),
+                rule(
+                    "slow delivery",
+                    AlertMetric::DeliveryP99Seconds,
+                    1.0,
+                    60_000,
+                    Level::Critical,
+                ),
+                rule(
+                    "error rate",
+                    AlertMetric::ErrorRate,
+                    0.05,
+                    60_000,
+                    Level::Warning,
+                ),
+                rule(
+                    "memory",
+                    AlertMetric::MemoryBytes,
+                    8e9,
+                    60_000,
+                    Level::Critical,
+                ),
+                rule(
+                    "connections",
+                    AlertMetric::Connections,
+                    18_000.0,
+                    60_000,
+                    Level::Warning,
+                ),
+                rule(
+                    "store down",
+                    AlertMetric::StoreDown,
+                    0.0,
+                    0,
+                    Level::Critical,
+                ),
+            ],
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// The first problem, naming the key.
+    pub fn problem(&self) -> Option<String> {
+        if self.interval_ms == 0 || self.history_size == 0 {
+            return Some(
+                "alerts.interval_ms and alerts.history_size must be greater than 0".into(),
+            );
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            if parse_http_url(w).is_none() {
+                return Some(format!(
+                    "alerts.webhooks[{i}]: expected http://host:port/path (relay https endpoints)"
+                ));
+            }
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            if r.name.is_empty() || !r.above.is_finite() {
+                return Some(format!(
+                    "alerts.rules[{i}]: a name and a finite 'above' are required"
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// One notice: a rule started firing or resolved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Notice {
+    /// The rule.
+    pub rule: String,
+    /// Its level.
+    pub level: Level,
+    /// `firing` or `resolved`.
+    pub state: &'static str,
+    /// The value that decided it.
+    pub value: f64,
+    /// The threshold.
+    pub above: f64,
+    /// When, Unix milliseconds.
+    pub at: u64,
+}
+
+/// An alert firing now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Active {
+    /// The rule.
+    pub rule: String,
+    /// Its level.
+    pub level: Level,
+    /// The last value.
+    pub value: f64,
+    /// Firing since, Unix milliseconds.
+    pub since: u64,
+}
+
+/// What the API shows and the webhook breaker.
+#[derive(Debug, Default)]
+pub struct AlertsView {
+    state: Mutex<(Vec<Active>, VecDeque<Notice>)>,
+    /// Webhook deliveries that failed.
+    pub webhook_failures: AtomicU64,
+    /// Webhook deliveries that worked.
+    pub webhook_sent: AtomicU64,
+    /// The webhook breaker is open (deliveries skipped).
+    pub webhook_open: AtomicBool,
+}
+
+impl AlertsView {
+    /// Alerts firing now, and the notices, newest first.
+    pub fn snapshot(&self) -> (Vec<Active>, Vec<Notice>) {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        (s.0.clone(), s.1.iter().rev().cloned().collect())
+    }
+}
+
+/// Start the evaluator thread.
+pub fn spawn(
+    cfg: AlertsConfig,
+    engine: Arc<EngineHandle>,
+    store: Option<StoreView>,
+) -> std::io::Result<(Arc<AlertsView>, WorkerHandle)> {
+    let view = Arc::new(AlertsView::default());
+    let shared = view.clone();
+    let handle = WorkerHandle::spawn("alerts", move |stop| {
+        let mut e = Evaluator {
+            cfg,
+            engine,
+            store,
+            view: shared,
+            last: None,
+            rules: Vec::new(),
+            failures_in_a_row: 0,
+            open_until: None,
+        };
+        e.rules = e.cfg.rules.iter().map(|_| RuleState::default()).collect();
+        let tick = Duration::from_millis(e.cfg.interval_ms);
+        let mut next = Instant::now() + tick;
+        while !stop.load(Relaxed) {
+            std::thread::sleep(Duration::from_millis(50).min(tick));
+            if Instant::now() >= next {
+                e.evaluate();
+                next = Instant::now() + tick;
+            }
+        }
+    })?;
+    Ok((view, handle))
+}
+
+#[derive(Debug, Default, Clone)]
+struct RuleState {
+    above_since: Option<u64>,
+    firing_since: Option<u64>,
+}
+
+/// Counters summed over the shards at one sample.
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    at: Option<Instant>,
+    commands: u64,
+    errors: u64,
+    slow: u64,
+    limited: u64,
+    command_buckets: [u64; 15],
+    delivery_buckets: [u64; 15],
+}
+
+struct Evaluator {
+    cfg: AlertsConfig,
+    engine: Arc<EngineHandle>,
+    store: Option<StoreView>,
+    view: Arc<AlertsView>,
+    last: Option<Sample>,
+    rules: Vec<RuleState>,
+    failures_in_a_row: u32,
+    open_until: Option<Instant>,
+}
+
+fn p99(now: &[u64; 15], before: &[u64; 15]) -> f64 {
+    let counts: Vec<u64> = now
+        .iter()
+        .zip(before)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect();
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let want = (total as f64 * 0.99).ceil() as u64;
+    let mut seen = 0;
+    for (i, c) in counts.iter().enumerate() {
+        seen += c;
+        if seen >= want {
+            // The bucket's upper bound; past the last bound, twice it.
+            let us = LATENCY_BUCKETS_US
+                .get(i)
+                .copied()
+                .unwrap_or(LATENCY_BUCKETS_US[LATENCY_BUCKETS_US.len() - 1] * 2);
+            return us as f64 / 1e6;
+        }
+    }
+    0.0
+}
+
+fn resident_bytes() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as f64;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |pages| pages * page)
+}
+
+impl Evaluator {
+    fn sample(&self) -> Sample {
+        let mut s = Sample {
+            at: Some(Instant::now()),
+            ..Default::default()
+        };
+        for m in self.engine.metrics() {
+            s.commands += m.commands.iter().map(|c| c.load(Relaxed)).sum::<u64>();
+            s.errors += m
+                .command_errors
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| ![6, 7, 14].contains(i))
+                .map(|(_, c)| c.load(Relaxed))
+                .sum::<u64>();
+            s.slow += m.closes[switchboard_engine::CloseKind::SlowConsumer as usize].load(Relaxed);
+            s.limited += m.rate_limited.iter().map(|c| c.load(Relaxed)).sum::<u64>();
+            for i in 0..15 {
+                s.command_buckets[i] += m.command_latency_buckets[i].load(Relaxed);
+                s.delivery_buckets[i] += m.latency_buckets[i].load(Relaxed);
+            }
+        }
+        s
+    }
+}
+
+/// A rule's metric between two samples.
+fn value(
+    engine: &EngineHandle,
+    store: Option<&StoreView>,
+    metric: AlertMetric,
+    now: &Sample,
+    before: &Sample,
+) -> f64 {
+    {
+        let secs = match (now.at, before.at) {
+            (Some(a), Some(b)) => a.saturating_duration_since(b).as_secs_f64().max(1e-3),
+            _ => 1.0,
+        };
+        match metric {
+            AlertMetric::CommandP99Seconds => p99(&now.command_buckets, &before.command_buckets),
+            AlertMetric::DeliveryP99Seconds => p99(&now.delivery_buckets, &before.delivery_buckets),
+            AlertMetric::ErrorRate => {
+                let commands = now.commands.saturating_sub(before.commands);
+                let errors = now.errors.saturating_sub(before.errors);
+                if commands == 0 {
+                    0.0
+                } else {
+                    errors as f64 / commands as f64
+                }
+            }
+            AlertMetric::MemoryBytes => resident_bytes(),
+            AlertMetric::Connections => engine.connections() as f64,
+            AlertMetric::StoreDown => {
+                f64::from(u8::from(store.is_some_and(|s| !s.state.healthy())))
+            }
+            AlertMetric::SlowConsumersPerSecond => {
+                now.slow.saturating_sub(before.slow) as f64 / secs
+            }
+            AlertMetric::RateLimitedPerSecond => {
+                now.limited.saturating_sub(before.limited) as f64 / secs
+            }
+        }
+    }
+}
+
+impl Evaluator {
+    fn evaluate(&mut self) {
+        let now = self.sample();
+        let before = self.last.replace(now.clone()).unwrap_or_default();
+        let at = now_ms();
+        let mut notices = Vec::new();
+        let mut active = Vec::new();
+        for (rule, state) in self.cfg.rules.iter().zip(self.rules.iter_mut()) {
+            let v = value(
+                &self.engine,
+                self.store.as_ref(),
+                rule.metric,
+                &now,
+                &before,
+            );
+            if v > rule.above {
+                let since = *state.above_since.get_or_insert(at);
+                if state.firing_since.is_none() && at.saturating_sub(since) >= rule.for_ms {
+                    state.firing_since = Some(at);
+                    notices.push(notice(rule, "firing", v, at));
+                }
+            } else {
+                state.above_since = None;
+                if state.firing_since.take().is_some() {
+                    notices.push(notice(rule, "resolved", v, at));
+                }
+            }
+            if let Some(since) = state.firing_since {
+                active.push(Active {
+                    rule: rule.name.clone(),
+                    level: rule.level,
+                    value: v,
+                    since,
+                });
+            }
+        }
+        {
+            let mut s = self.view.state.lock().unwrap_or_else(|e| e.into_inner());
+            s.0 = active;
+            for n in &notices {
+                s.1.push_back(n.clone());
+                while s.1.len() > self.cfg.history_size {
+                    s.1.pop_front();
+                }
+            }
+        }
+        for n in notices {
+            tracing::warn!(
+                target: "alerts",
+                rule = %n.rule,
+                level = ?n.level,
+                state = n.state,
+                value = n.value,
+                above = n.above,
+                "alert"
+            );
+            self.deliver(&n);
+        }
+    }
+
+    /// POST the notice to every webhook, unless the breaker is open.
+    fn deliver(&mut self, n: &Notice) {
+        if self.cfg.webhooks.is_empty() {
+            return;
+        }
+        if self.open_until.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        self.open_until = None;
+        self.view.webhook_open.store(false, Relaxed);
+        let text = format!(
+            "[{}] {} {}: {} = {} (threshold {})",
+            serde_json::to_value(n.level)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_uppercase))
+                .unwrap_or_default(),
+            n.rule,
+            n.state,
+            n.rule,
+            n.value,
+            n.above
+        );
+        let body = serde_json::json!({ "text": text, "alert": n }).to_string();
+        for url in &self.cfg.webhooks {
+            match post(url, &body) {
+                Ok(()) => {
+                    self.failures_in_a_row = 0;
+                    self.view.webhook_sent.fetch_add(1, Relaxed);
+                }
+                Err(e) => {
+                    self.failures_in_a_row += 1;
+                    self.view.webhook_failures.fetch_add(1, Relaxed);
+                    tracing::warn!(target: "alerts", url = %url, "webhook delivery failed: {e}");
+                    if self.failures_in_a_row >= 5 {
+                        self.open_until = Some(Instant::now() + Duration::from_secs(60));
+                        self.view.webhook_open.store(true, Relaxed);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn notice(rule: &AlertRule, state: &'static str, value: f64, at: u64) -> Notice {
+    Notice {
+        rule: rule.name.clone(),
+        level: rule.level,
+        state,
+        value,
+        above: rule.above,
+        at,
+    }
+}
+
+/// `(host:port, path)` of an `http://` URL.
+fn parse_http_url(url: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return None;
+    }
+    let authority = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    Some((authority, path.to_string()))
+}
+
+/// One HTTP/1.1 POST of JSON; a 2xx answer is success.
+fn post(url: &str, body: &str) -> Result<(), String> {
+    let (authority, path) = parse_http_url(url).ok_or("not an http:// URL")?;
+    let addr = authority
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no address")?;
+    let timeout = Duration::from_secs(5);
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let host = authority.split(':').next().unwrap_or("");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).map_err(|e| e.to_string())?;
+    match head.get(9) {
+        Some(b'2') => Ok(()),
+        _ => Err(format!(
+            "answered {}",
+            String::from_utf8_lossy(&head[9..12])
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p99_over_an_interval_and_urls() {
+        let mut before = [0u64; 15];
+        let mut now = [0u64; 15];
+        before[0] = 500;
+        now[0] = 599; // 99 fast ones in the interval
+        now[6] = 1; // one at 5 ms
+        assert_eq!(p99(&now, &before), 50e-6, "99 of 100 under 50 µs");
+        now[6] = 2;
+        assert_eq!(p99(&now, &before), 5e-3);
+        assert_eq!(p99(&before, &before), 0.0);
+        assert_eq!(
+            parse_http_url("http://relay:8080/hooks/x"),
+            Some(("relay:8080".into(), "/hooks/x".into()))
+        );
+        assert_eq!(
+            parse_http_url("http://relay"),
+            Some(("relay:80".into(), "/".into()))
+        );
+        assert_eq!(parse_http_url("https://hooks.slack.com/x"), None);
+        assert_eq!(parse_http_url("http:///x"), None);
+        let mut cfg = AlertsConfig::default();
+        assert_eq!(cfg.problem(), None);
+        cfg.webhooks
+            .push("https://hooks.slack.com/services/x".into());
+        assert!(cfg.problem().unwrap().starts_with("alerts.webhooks[0]"));
+    }
+}
