@@ -488,15 +488,29 @@ pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
     expected: &str,
 ) -> Result<T, Response> {
     let bytes = read_body(s, headers, body).await?;
-    serde_json::from_slice(&bytes).map_err(|e| bad_body(expected, e))
+    parse_body(&bytes, expected)
 }
 
-fn bad_body(expected: &str, e: serde_json::Error) -> Response {
-    error(
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        &format!("expected {expected}: {e}"),
-    )
+/// Parse a JSON body as `T`; a 400 naming the JSON path of the bad field (`users[2]`,
+/// `data`) and what was expected.
+fn parse_body<'a, T: serde::Deserialize<'a>>(
+    bytes: &'a [u8],
+    expected: &str,
+) -> Result<T, Response> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "" } else { &path };
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {
+                "code": "bad_request",
+                "field": field,
+                "message": format!("expected {expected}: {}", e.inner()),
+            }})),
+        )
+            .into_response()
+    })
 }
 
 fn check_api_key(key: Option<&str>) -> Result<(), Response> {
@@ -581,8 +595,7 @@ fn position_json(position: Position, duplicate: bool) -> serde_json::Value {
 async fn publish(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
     let result = async {
         let bytes = read_body(&s, &headers, body).await?;
-        let req: PublishBody<'_> = serde_json::from_slice(&bytes)
-            .map_err(|e| bad_body("{\"channel\": string, \"data\": any JSON}", e))?;
+        let req: PublishBody<'_> = parse_body(&bytes, "{\"channel\": string, \"data\": any JSON}")?;
         check_api_key(req.key.as_deref())?;
         let (position, duplicate) = sequence(
             &s,
@@ -644,12 +657,10 @@ async fn send(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) 
     let mut sent = 0u64;
     let result = async {
         let bytes = read_body(&s, &headers, body).await?;
-        let req: SendBody<'_> = serde_json::from_slice(&bytes).map_err(|e| {
-            bad_body(
-                "{\"user\": string or \"users\": [string], \"data\": any JSON}",
-                e,
-            )
-        })?;
+        let req: SendBody<'_> = parse_body(
+            &bytes,
+            "{\"user\": string or \"users\": [string], \"data\": any JSON}",
+        )?;
         check_api_key(req.key.as_deref())?;
         let users: Vec<String> = match (req.user, req.users) {
             (Some(u), None) => vec![u.into_owned()],
@@ -830,12 +841,10 @@ struct ScheduleBody<'a> {
 async fn schedule(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
     let result = async {
         let bytes = read_body(&s, &headers, body).await?;
-        let req: ScheduleBody<'_> = serde_json::from_slice(&bytes).map_err(|e| {
-            bad_body(
-                "{\"channel\" or \"user\": string, \"data\": any JSON, \"at\" or \"delay_ms\": integer}",
-                e,
-            )
-        })?;
+        let req: ScheduleBody<'_> = parse_body(
+            &bytes,
+            "{\"channel\" or \"user\": string, \"data\": any JSON, \"at\" or \"delay_ms\": integer}",
+        )?;
         let bad = |field: &str, message: &str| {
             error(
                 StatusCode::BAD_REQUEST,

@@ -293,6 +293,23 @@ async fn users_status_inbox_broadcast_disconnect_and_revoke() {
         let (st, r) = call(admin, "POST", path, Some(key), body).await;
         assert_eq!(st, 400, "{path}: {r}");
     }
+    // Validation errors name the JSON path of the bad field.
+    for (path, body, field) in [
+        ("/api/send", r#"{"users": ["a", 5], "data": 1}"#, "users[1]"),
+        ("/api/publish", r#"{"channel": 7, "data": 1}"#, "channel"),
+        (
+            "/api/schedule",
+            r#"{"channel": "c", "data": 1, "at": "soon"}"#,
+            "at",
+        ),
+    ] {
+        let (st, r) = call(admin, "POST", path, Some(API_KEY), body).await;
+        assert_eq!(
+            (st, &r["error"]["field"]),
+            (400, &json!(field)),
+            "{path}: {r}"
+        );
+    }
     server.shutdown();
     server.wait();
 }
