@@ -241,7 +241,7 @@ async fn metrics_text(State(s): State<Arc<AdminState>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics::render(&s.engine, &s.auth, &s.api, s.store.as_ref()),
+        metrics::render(&s.engine, &s.auth, &s.api, s.store.as_ref(), &s.alerts),
     )
         .into_response()
 }

@@ -460,10 +460,14 @@ impl Evaluator {
         if self.cfg.webhooks.is_empty() {
             return;
         }
-        if self.open_until.is_some_and(|t| Instant::now() < t) {
+        // Open: skip, unless an operator reset the breaker (`/admin/breakers`).
+        let reset = !self.view.webhook_open.load(Relaxed);
+        if self.open_until.is_some_and(|t| Instant::now() < t) && !reset {
             return;
         }
-        self.open_until = None;
+        if self.open_until.take().is_some() {
+            self.failures_in_a_row = 0;
+        }
         self.view.webhook_open.store(false, Relaxed);
         let text = format!(
             "[{}] {} {}: {} = {} (threshold {})",

@@ -41,6 +41,7 @@ pub fn render(
     auth: &AuthStats,
     api: &ApiStats,
     store: Option<&StoreView>,
+    alerts: &crate::alerts::AlertsView,
 ) -> String {
     let shards = engine.metrics();
     let mut out = String::with_capacity(8192);
@@ -282,6 +283,52 @@ pub fn render(
             );
         }
     }
+    family(
+        &mut out,
+        "switchboard_shard_inbox_depth",
+        "gauge",
+        "Messages waiting in a shard's inbox (from other shards and the control plane).",
+    );
+    for (i, depth) in engine.inbox_depths().iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "switchboard_shard_inbox_depth{{shard=\"{i}\"}} {depth}"
+        );
+    }
+    family(
+        &mut out,
+        "switchboard_breaker_open",
+        "gauge",
+        "1 while a circuit breaker is open (store: durable publications refused; webhooks: alert deliveries skipped).",
+    );
+    if let Some(st) = store {
+        let _ = writeln!(
+            out,
+            "switchboard_breaker_open{{breaker=\"store\"}} {}",
+            u8::from(!st.state.healthy())
+        );
+    }
+    let _ = writeln!(
+        out,
+        "switchboard_breaker_open{{breaker=\"webhooks\"}} {}",
+        u8::from(alerts.webhook_open.load(Relaxed))
+    );
+    family(
+        &mut out,
+        "switchboard_alert_webhooks_total",
+        "counter",
+        "Alert notices POSTed to webhooks, by result.",
+    );
+    let _ = writeln!(
+        out,
+        "switchboard_alert_webhooks_total{{result=\"sent\"}} {}",
+        alerts.webhook_sent.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "switchboard_alert_webhooks_total{{result=\"failed\"}} {}",
+        alerts.webhook_failures.load(Relaxed)
+    );
     process(&mut out);
     family(
         &mut out,

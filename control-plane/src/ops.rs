@@ -767,23 +767,34 @@ async fn reset_breaker(
         Ok(w) => w,
         Err(r) => return r,
     };
-    let (Some(st), "store") = (s.store.as_ref(), path.0.as_str()) else {
-        return fail(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such breaker (store)",
-        );
+    let name = path.0.as_str();
+    let was_open = match (name, s.store.as_ref()) {
+        ("store", Some(st)) => {
+            let open = !st.state.healthy();
+            st.state.set_healthy(true);
+            open
+        }
+        ("webhooks", _) => s
+            .alerts
+            .webhook_open
+            .swap(false, std::sync::atomic::Ordering::Relaxed),
+        _ => {
+            return fail(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such breaker (store, webhooks)",
+            )
+        }
     };
-    let was = if st.state.healthy() { "closed" } else { "open" };
-    st.state.set_healthy(true);
+    let was = if was_open { "open" } else { "closed" };
     let _ = s.audit.record(
         &who.name,
         "breaker.reset",
-        Some("store"),
+        Some(name),
         "ok",
         &json!({ "was": was }),
     );
-    Json(json!({"ok": true, "name": "store", "was": was, "state": "closed"})).into_response()
+    Json(json!({"ok": true, "name": name, "was": was, "state": "closed"})).into_response()
 }
 
 #[derive(Deserialize, Default)]

@@ -555,6 +555,15 @@ async fn breakers_drain_and_shutdown() {
     );
     let (st, r) = admin_call(admin, "POST", "/admin/breakers/store/reset", Some(&ops), "").await;
     assert_eq!((st, &r["state"]), (200, &json!("closed")), "{r}");
+    let (st, r) = admin_call(
+        admin,
+        "POST",
+        "/admin/breakers/webhooks/reset",
+        Some(&ops),
+        "",
+    )
+    .await;
+    assert_eq!((st, &r["was"]), (200, &json!("closed")), "{r}");
     let (st, _) = admin_call(admin, "POST", "/admin/breakers/redis/reset", Some(&ops), "").await;
     assert_eq!(st, 404);
 

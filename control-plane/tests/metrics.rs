@@ -192,7 +192,7 @@ async fn metrics_are_valid_prometheus_text_with_bounded_labels() {
     // Bounded label names: shards, reasons, commands, codes, events, buckets.
     let allowed = [
         "shard", "reason", "event", "result", "command", "code", "le", "version", "backend",
-        "shards",
+        "shards", "breaker",
     ];
     for s in &samples {
         for k in s.labels.keys() {
@@ -224,6 +224,8 @@ async fn metrics_are_valid_prometheus_text_with_bounded_labels() {
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
         "process_open_fds",
+        "switchboard_shard_inbox_depth",
+        "switchboard_breaker_open",
     ] {
         assert!(types.contains_key(family), "{family} missing");
     }

@@ -257,6 +257,14 @@ impl EngineHandle {
         Ok(out)
     }
 
+    /// Messages waiting in each shard's inbox (cross-shard and control-plane queue
+    /// depth).
+    pub fn inbox_depths(&self) -> Vec<usize> {
+        (0..self.shards())
+            .map(|i| self.mesh.inbox(i).len())
+            .collect()
+    }
+
     /// The rate-limit rules in force.
     pub fn limits(&self) -> Vec<LimitRule> {
         self.limits
