@@ -880,14 +880,7 @@ fn rate_limits(c: &mut Criterion) {
     use std::net::{IpAddr, Ipv4Addr};
     use switchboard_engine::limits::{Bucket, LimitEvent, LimitRule, LimitTable, Scope};
     let mut g = c.benchmark_group("rate_limits");
-    let rule = |scope, event| LimitRule {
-        scope,
-        event,
-        rate: u32::MAX / 2,
-        per_ms: 1,
-        burst: None,
-        tier: None,
-    };
+    let rule = |scope, event| LimitRule::new(scope, event, u32::MAX / 2, 1);
     let mut premium = rule(Scope::User, LimitEvent::Publish);
     premium.tier = Some("premium".into());
     let rules = vec![

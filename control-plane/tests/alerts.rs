@@ -53,6 +53,11 @@ fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
     (url, got)
 }
 
+async fn admin_get(admin: std::net::SocketAddr, bearer: &str, path: &str) -> (u16, Value) {
+    let (st, text) = http(admin, "GET", path, &[("Authorization", bearer)], "").await;
+    (st, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
 async fn wait_for(got: &Arc<Mutex<Vec<Value>>>, rule: &str, state: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -117,16 +122,8 @@ async fn rules_fire_resolve_and_reach_the_webhook() {
         "{fired}"
     );
     assert_eq!(fired["alert"]["value"], json!(2.0), "{fired}");
-    let (st, text) = http(
-        admin,
-        "GET",
-        "/admin/alerts",
-        &[("Authorization", &bearer)],
-        "",
-    )
-    .await;
+    let (st, r) = admin_get(admin, &bearer, "/admin/alerts").await;
     assert_eq!(st, 200);
-    let r: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(r["active"][0]["rule"], json!("busy"), "{r}");
 
     // Every command in an interval fails: the error rate fires, then resolves.
@@ -139,15 +136,7 @@ async fn rules_fire_resolve_and_reach_the_webhook() {
 
     drop((a, b));
     wait_for(&got, "busy", "resolved").await;
-    let (_, text) = http(
-        admin,
-        "GET",
-        "/admin/alerts",
-        &[("Authorization", &bearer)],
-        "",
-    )
-    .await;
-    let r: Value = serde_json::from_str(&text).unwrap();
+    let (_, r) = admin_get(admin, &bearer, "/admin/alerts").await;
     assert_eq!(r["active"], json!([]), "{r}");
     let history: Vec<(String, String)> = r["history"]
         .as_array()
@@ -166,15 +155,7 @@ async fn rules_fire_resolve_and_reach_the_webhook() {
         ("busy".into(), "resolved".into()),
         "newest first: {r}"
     );
-    let (_, text) = http(
-        admin,
-        "GET",
-        "/admin/breakers",
-        &[("Authorization", &bearer)],
-        "",
-    )
-    .await;
-    let r: Value = serde_json::from_str(&text).unwrap();
+    let (_, r) = admin_get(admin, &bearer, "/admin/breakers").await;
     let hooks = r["breakers"]
         .as_array()
         .unwrap()

@@ -4339,14 +4339,7 @@ mod tests {
     #[test]
     fn rate_limits_refuse_with_retry_after_share_user_buckets_and_disconnect() {
         use crate::limits::LimitRule;
-        let rule = |scope, event, rate, per_ms| LimitRule {
-            scope,
-            event,
-            rate,
-            per_ms,
-            burst: None,
-            tier: None,
-        };
+        let rule = LimitRule::new;
         let mut h = harness(|c| {
             c.rate_limits = vec![
                 rule(Scope::Connection, LimitEvent::Publish, 3, 90),

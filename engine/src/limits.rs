@@ -104,6 +104,18 @@ pub struct LimitRule {
 }
 
 impl LimitRule {
+    /// `rate` events per `per_ms` in `scope`, bursts of `rate`, for every tier.
+    pub fn new(scope: Scope, event: LimitEvent, rate: u32, per_ms: u64) -> LimitRule {
+        LimitRule {
+            scope,
+            event,
+            rate,
+            per_ms,
+            burst: None,
+            tier: None,
+        }
+    }
+
     /// Why the rule is unusable, if it is.
     pub fn problem(&self) -> Option<String> {
         if self.rate == 0 || self.per_ms == 0 {
@@ -241,15 +253,10 @@ pub type Buckets = [Bucket; EVENTS];
 mod tests {
     use super::*;
 
+    use LimitRule as R;
+
     fn rule(scope: Scope, event: LimitEvent, rate: u32, per_ms: u64) -> LimitRule {
-        LimitRule {
-            scope,
-            event,
-            rate,
-            per_ms,
-            burst: None,
-            tier: None,
-        }
+        R::new(scope, event, rate, per_ms)
     }
 
     #[test]
