@@ -236,12 +236,28 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Response {
 }
 
 async fn metrics_text(State(s): State<Arc<AdminState>>) -> Response {
+    // Connections by state and queue depths: each shard counts its own (one pass over
+    // its connections per scrape); a shard too busy to answer is left out.
+    let census = s
+        .engine
+        .admin(None, |done| switchboard_engine::control::AdminOp::Census {
+            done,
+        })
+        .await
+        .unwrap_or_default();
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics::render(&s.engine, &s.auth, &s.api, s.store.as_ref(), &s.alerts),
+        metrics::render(
+            &s.engine,
+            &s.auth,
+            &s.api,
+            s.store.as_ref(),
+            &s.alerts,
+            &census,
+        ),
     )
         .into_response()
 }

@@ -42,6 +42,7 @@ pub fn render(
     api: &ApiStats,
     store: Option<&StoreView>,
     alerts: &crate::alerts::AlertsView,
+    census: &[switchboard_engine::control::Census],
 ) -> String {
     let shards = engine.metrics();
     let mut out = String::with_capacity(8192);
@@ -281,6 +282,47 @@ pub fn render(
                 100 + c,
                 n.load(Relaxed)
             );
+        }
+    }
+    family(
+        &mut out,
+        "switchboard_connections_by_state",
+        "gauge",
+        "Connections by state: handshaking, awaiting_connect (no connect yet, or its token being checked), open, closing.",
+    );
+    for (i, c) in census.iter().enumerate() {
+        for (state, n) in [
+            ("handshaking", c.handshaking),
+            ("awaiting_connect", c.awaiting_connect),
+            ("open", c.open),
+            ("closing", c.closing),
+        ] {
+            let _ = writeln!(
+                out,
+                "switchboard_connections_by_state{{shard=\"{i}\",state=\"{state}\"}} {n}"
+            );
+        }
+    }
+    for (name, help, get) in [
+        (
+            "switchboard_outbound_queued_frames",
+            "Frames waiting in the connections' outbound queues.",
+            (|c: &switchboard_engine::control::Census| c.queued_frames) as fn(&_) -> u64,
+        ),
+        (
+            "switchboard_outbound_queued_bytes",
+            "Bytes charged to the connections' outbound queues.",
+            |c| c.queued_bytes,
+        ),
+        (
+            "switchboard_outbound_max_queued_bytes",
+            "The deepest outbound queue, bytes (near engine.max_outbound_bytes: a slow consumer about to be closed).",
+            |c| c.max_queued_bytes,
+        ),
+    ] {
+        family(&mut out, name, "gauge", help);
+        for (i, c) in census.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(c));
         }
     }
     family(

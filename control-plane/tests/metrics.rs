@@ -192,7 +192,7 @@ async fn metrics_are_valid_prometheus_text_with_bounded_labels() {
     // Bounded label names: shards, reasons, commands, codes, events, buckets.
     let allowed = [
         "shard", "reason", "event", "result", "command", "code", "le", "version", "backend",
-        "shards", "breaker",
+        "shards", "breaker", "state",
     ];
     for s in &samples {
         for k in s.labels.keys() {
@@ -234,6 +234,24 @@ async fn metrics_are_valid_prometheus_text_with_bounded_labels() {
         4.0
     );
     assert_eq!(value(&samples, "switchboard_connections", &[]), 5.0);
+    assert_eq!(
+        value(
+            &samples,
+            "switchboard_connections_by_state",
+            &[("state", "open")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "switchboard_connections_by_state",
+            &[("state", "awaiting_connect")]
+        ),
+        1.0
+    );
+    assert!(types.contains_key("switchboard_outbound_queued_bytes"));
+    assert!(types.contains_key("switchboard_outbound_max_queued_bytes"));
     assert_eq!(
         value(
             &samples,

@@ -248,6 +248,25 @@ fn as_string<S: serde::Serializer>(c: &ClientId, s: S) -> Result<S::Ok, S::Error
     s.collect_str(c)
 }
 
+/// A shard's connections by state, and its outbound queues.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Upgrading (HTTP handshake).
+    pub handshaking: u64,
+    /// Upgraded, no successful `connect` yet (including a token being checked).
+    pub awaiting_connect: u64,
+    /// Connected.
+    pub open: u64,
+    /// Closing (close handshake, draining).
+    pub closing: u64,
+    /// Frames waiting in outbound queues.
+    pub queued_frames: u64,
+    /// Bytes charged to outbound queues.
+    pub queued_bytes: u64,
+    /// The deepest queue, bytes.
+    pub max_queued_bytes: u64,
+}
+
 /// An admin action for a shard; each answers on its `done` channel.
 #[derive(Debug)]
 pub enum AdminOp {
@@ -288,6 +307,11 @@ pub enum AdminOp {
         user: Arc<str>,
         /// Unix milliseconds, if ever seen since the process started.
         done: tokio::sync::oneshot::Sender<Option<u64>>,
+    },
+    /// Count connections by state and what waits in their outbound queues (`/metrics`).
+    Census {
+        /// The counts.
+        done: tokio::sync::oneshot::Sender<Census>,
     },
     /// List connections.
     List {

@@ -1124,6 +1124,26 @@ impl ShardCore {
                 }
                 let _ = done.send(slots.len());
             }
+            AdminOp::Census { done } => {
+                let mut c = crate::control::Census::default();
+                for (_, conn) in self.conns.iter() {
+                    match conn.state {
+                        ConnState::Handshaking => c.handshaking += 1,
+                        ConnState::AwaitingConnect | ConnState::Authenticating { .. } => {
+                            c.awaiting_connect += 1
+                        }
+                        ConnState::Open => c.open += 1,
+                        ConnState::Closing | ConnState::Draining | ConnState::Closed => {
+                            c.closing += 1
+                        }
+                    }
+                    let bytes = conn.out.charged() as u64;
+                    c.queued_frames += conn.out.len() as u64;
+                    c.queued_bytes += bytes;
+                    c.max_queued_bytes = c.max_queued_bytes.max(bytes);
+                }
+                let _ = done.send(c);
+            }
             AdminOp::LastSeen { user, done } => {
                 let seen = if self.users.contains_key(&*user) {
                     Some(unix_ms())
