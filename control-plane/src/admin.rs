@@ -178,6 +178,18 @@ async fn live() -> Response {
 }
 
 async fn ready(State(s): State<Arc<AdminState>>) -> Response {
+    let (ready, body) = readiness(&s);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Whether the node should get new clients, and why, with its shards and store: the
+/// body of `/health/ready`, and the base of `/admin/health`.
+pub(crate) fn readiness(s: &AdminState) -> (bool, Value) {
     let shards: Vec<_> = s
         .engine
         .metrics()
@@ -188,6 +200,7 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Response {
                 "shard": i,
                 "accepting": m.accepting.load(Ordering::Relaxed),
                 "connections": m.connections.load(Ordering::Relaxed),
+                "authenticated": m.authenticated.load(Ordering::Relaxed),
             })
         })
         .collect();
@@ -205,6 +218,7 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Response {
         json!({
             "path": st.path,
             "writing": st.state.healthy(),
+            "circuit": if st.state.healthy() { "closed" } else { "open" },
             "backlog": st.state.backlog(),
             "commits": st.stats.commits.load(Ordering::Relaxed),
             "failures": st.stats.failures.load(Ordering::Relaxed),
@@ -227,12 +241,7 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Response {
         "shards": shards,
         "store": store,
     });
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body)).into_response()
+    (ready, body)
 }
 
 async fn metrics_text(State(s): State<Arc<AdminState>>) -> Response {

@@ -35,6 +35,20 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// A family and its samples, each `(labels, value)` (labels without braces).
+fn series(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (String, u64)>,
+) {
+    family(out, name, kind, help);
+    for (labels, value) in rows {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
+}
+
 /// Render every metric.
 pub fn render(
     engine: &EngineHandle,
@@ -191,22 +205,19 @@ pub fn render(
             );
         }
     }
-    family(
+    let limited = shards.iter().enumerate().flat_map(|(i, m)| {
+        switchboard_engine::limits::LimitEvent::ALL.map(|e| {
+            let n = m.rate_limited[e.index()].load(Relaxed);
+            (format!("shard=\"{i}\",event=\"{}\"", e.name()), n)
+        })
+    });
+    series(
         &mut out,
         "switchboard_rate_limited_total",
         "counter",
         "Commands refused by a rate limit (error 114), by the event whose bucket was empty.",
+        limited,
     );
-    for (i, m) in shards.iter().enumerate() {
-        for e in switchboard_engine::limits::LimitEvent::ALL {
-            let _ = writeln!(
-                out,
-                "switchboard_rate_limited_total{{shard=\"{i}\",event=\"{}\"}} {}",
-                e.name(),
-                m.rate_limited[e.index()].load(Relaxed)
-            );
-        }
-    }
     family(
         &mut out,
         "switchboard_slow_consumer_disconnects_total",
@@ -240,74 +251,66 @@ pub fn render(
             )
         },
     );
-    family(
+    series(
         &mut out,
         "switchboard_connections_authenticated",
         "gauge",
         "Connections that completed connect (the rest of switchboard_connections are anonymous: upgrading, awaiting or checking a token, closing).",
+        shards
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (format!("shard=\"{i}\""), m.authenticated.load(Relaxed))),
     );
-    for (i, m) in shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "switchboard_connections_authenticated{{shard=\"{i}\"}} {}",
-            m.authenticated.load(Relaxed)
-        );
-    }
-    family(
+    let commands = shards.iter().enumerate().flat_map(|(i, m)| {
+        COMMANDS.iter().enumerate().map(move |(c, name)| {
+            let n = m.commands[c].load(Relaxed);
+            (format!("shard=\"{i}\",command=\"{name}\""), n)
+        })
+    });
+    series(
         &mut out,
         "switchboard_commands_total",
         "counter",
         "Client commands received, by command.",
+        commands,
     );
-    for (i, m) in shards.iter().enumerate() {
-        for (c, name) in COMMANDS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "switchboard_commands_total{{shard=\"{i}\",command=\"{name}\"}} {}",
-                m.commands[c].load(Relaxed)
-            );
-        }
-    }
-    family(
+    let errors = shards.iter().enumerate().flat_map(|(i, m)| {
+        m.command_errors.iter().enumerate().map(move |(c, n)| {
+            (
+                format!("shard=\"{i}\",code=\"{}\"", 100 + c),
+                n.load(Relaxed),
+            )
+        })
+    });
+    series(
         &mut out,
         "switchboard_command_errors_total",
         "counter",
         "Error replies to client commands, by error code (docs/PROTOCOL.md).",
+        errors,
     );
-    for (i, m) in shards.iter().enumerate() {
-        for (c, n) in m.command_errors.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "switchboard_command_errors_total{{shard=\"{i}\",code=\"{}\"}} {}",
-                100 + c,
-                n.load(Relaxed)
-            );
-        }
-    }
-    family(
-        &mut out,
-        "switchboard_connections_by_state",
-        "gauge",
-        "Connections by state: handshaking, awaiting_connect (no connect yet, or its token being checked), open, closing.",
-    );
-    for (i, c) in census.iter().enumerate() {
-        for (state, n) in [
+    let states = census.iter().enumerate().flat_map(|(i, c)| {
+        [
             ("handshaking", c.handshaking),
             ("awaiting_connect", c.awaiting_connect),
             ("open", c.open),
             ("closing", c.closing),
-        ] {
-            let _ = writeln!(
-                out,
-                "switchboard_connections_by_state{{shard=\"{i}\",state=\"{state}\"}} {n}"
-            );
-        }
-    }
-    for (name, help, get) in [
+        ]
+        .map(|(state, n)| (format!("shard=\"{i}\",state=\"{state}\""), n))
+    });
+    series(
+        &mut out,
+        "switchboard_connections_by_state",
+        "gauge",
+        "Connections by state: handshaking, awaiting_connect (no connect yet, or its token being checked), open, closing.",
+        states,
+    );
+    type Get = fn(&switchboard_engine::control::Census) -> u64;
+    let queues: [(&str, &str, Get); 3] = [
         (
             "switchboard_outbound_queued_frames",
             "Frames waiting in the connections' outbound queues.",
-            (|c: &switchboard_engine::control::Census| c.queued_frames) as fn(&_) -> u64,
+            |c| c.queued_frames,
         ),
         (
             "switchboard_outbound_queued_bytes",
@@ -319,57 +322,57 @@ pub fn render(
             "The deepest outbound queue, bytes (near engine.max_outbound_bytes: a slow consumer about to be closed).",
             |c| c.max_queued_bytes,
         ),
-    ] {
-        family(&mut out, name, "gauge", help);
-        for (i, c) in census.iter().enumerate() {
-            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(c));
-        }
+    ];
+    for (name, help, get) in queues {
+        let rows = census
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("shard=\"{i}\""), get(c)));
+        series(&mut out, name, "gauge", help, rows);
     }
-    family(
+    let depths = engine.inbox_depths();
+    series(
         &mut out,
         "switchboard_shard_inbox_depth",
         "gauge",
         "Messages waiting in a shard's inbox (from other shards and the control plane).",
+        depths
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("shard=\"{i}\""), *d as u64)),
     );
-    for (i, depth) in engine.inbox_depths().iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "switchboard_shard_inbox_depth{{shard=\"{i}\"}} {depth}"
-        );
-    }
-    family(
+    let store_open = store.map(|st| {
+        (
+            "breaker=\"store\"".to_string(),
+            u64::from(!st.state.healthy()),
+        )
+    });
+    let hooks_open = (
+        "breaker=\"webhooks\"".to_string(),
+        u64::from(alerts.webhook_open.load(Relaxed)),
+    );
+    series(
         &mut out,
         "switchboard_breaker_open",
         "gauge",
         "1 while a circuit breaker is open (store: durable publications refused; webhooks: alert deliveries skipped).",
+        store_open.into_iter().chain([hooks_open]),
     );
-    if let Some(st) = store {
-        let _ = writeln!(
-            out,
-            "switchboard_breaker_open{{breaker=\"store\"}} {}",
-            u8::from(!st.state.healthy())
-        );
-    }
-    let _ = writeln!(
-        out,
-        "switchboard_breaker_open{{breaker=\"webhooks\"}} {}",
-        u8::from(alerts.webhook_open.load(Relaxed))
-    );
-    family(
+    series(
         &mut out,
         "switchboard_alert_webhooks_total",
         "counter",
         "Alert notices POSTed to webhooks, by result.",
-    );
-    let _ = writeln!(
-        out,
-        "switchboard_alert_webhooks_total{{result=\"sent\"}} {}",
-        alerts.webhook_sent.load(Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "switchboard_alert_webhooks_total{{result=\"failed\"}} {}",
-        alerts.webhook_failures.load(Relaxed)
+        [
+            (
+                "result=\"sent\"".to_string(),
+                alerts.webhook_sent.load(Relaxed),
+            ),
+            (
+                "result=\"failed\"".to_string(),
+                alerts.webhook_failures.load(Relaxed),
+            ),
+        ],
     );
     process(&mut out);
     family(

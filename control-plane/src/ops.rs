@@ -682,50 +682,21 @@ async fn health(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Respons
     if let Err(r) = admin(&s, &headers) {
         return r;
     }
-    let shards: Vec<Value> = s
-        .engine
-        .metrics()
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            json!({
-                "shard": i,
-                "accepting": m.accepting.load(Relaxed),
-                "connections": m.connections.load(Relaxed),
-                "authenticated": m.authenticated.load(Relaxed),
-            })
-        })
-        .collect();
-    let store = s.store.as_ref().map(|st| {
-        json!({
-            "path": st.path,
-            "circuit": if st.state.healthy() { "closed" } else { "open" },
-            "backlog": st.state.backlog(),
-            "commits": st.stats.commits.load(Relaxed),
-            "failures": st.stats.failures.load(Relaxed),
-        })
-    });
+    let (ready, mut body) = crate::admin::readiness(&s);
     let maintenance = s
         .maintenance
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    Json(json!({
-        "ready": s.engine.ready() && s.store.as_ref().is_none_or(|st| st.state.healthy()) && maintenance.is_none(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "backend": s.engine.backend(),
-        "backend_fallback": s.engine.backend_fallback(),
-        "connections": s.engine.connections(),
-        "shards": shards,
-        "store": store,
-        "maintenance": maintenance.as_deref(),
-        "rate_limits": s.engine.limits(),
-        "auth": {
-            "accepted": s.auth.accepted.load(Relaxed),
-            "refused": s.auth.refused.load(Relaxed),
-        },
-    }))
-    .into_response()
+    body["ready"] = json!(ready);
+    body["version"] = json!(env!("CARGO_PKG_VERSION"));
+    body["maintenance"] = json!(maintenance.as_deref());
+    body["rate_limits"] = json!(s.engine.limits());
+    body["auth"] = json!({
+        "accepted": s.auth.accepted.load(Relaxed),
+        "refused": s.auth.refused.load(Relaxed),
+    });
+    Json(body).into_response()
 }
 
 /// `GET /admin/breakers`: the circuit breakers and their failure counts. Today the
