@@ -1248,7 +1248,7 @@ async fn user_topics(
         let expected = "{\"subscribe\"?: [topic], \"unsubscribe\"?: [topic]}";
         let req: TopicsBody = json_body(&s, &headers, body, expected).await?;
         let user = path.0;
-        if user.is_empty() || user.len() > 128 {
+        if !crate::notify::valid_user_id(&user) {
             return Err(error(
                 StatusCode::BAD_REQUEST,
                 "bad_request",

@@ -320,15 +320,6 @@ fn p99(now: &[u64; 15], before: &[u64; 15]) -> f64 {
     0.0
 }
 
-fn resident_bytes() -> f64 {
-    // SAFETY: sysconf only reads a configuration value.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as f64;
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |pages| pages * page)
-}
-
 impl Evaluator {
     fn sample(&self) -> Sample {
         let mut s = Sample {
@@ -380,7 +371,7 @@ fn value(
                     errors as f64 / commands as f64
                 }
             }
-            AlertMetric::MemoryBytes => resident_bytes(),
+            AlertMetric::MemoryBytes => crate::metrics::resident_bytes().unwrap_or(0.0),
             AlertMetric::Connections => engine.connections() as f64,
             AlertMetric::StoreDown => {
                 f64::from(u8::from(store.is_some_and(|s| !s.state.healthy())))

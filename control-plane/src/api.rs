@@ -47,7 +47,7 @@ async fn openapi() -> Response {
 }
 
 fn valid_user(user: &str) -> Result<(), Response> {
-    if user.is_empty() || user.len() > 128 {
+    if !crate::notify::valid_user_id(user) {
         return Err(invalid("user", "1 to 128 bytes"));
     }
     Ok(())

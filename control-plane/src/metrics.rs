@@ -507,6 +507,16 @@ fn histogram(
     }
 }
 
+/// The process's resident memory, bytes (Linux `/proc/self/statm`).
+pub fn resident_bytes() -> Option<f64> {
+    // SAFETY: sysconf only reads a configuration value.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as f64;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map(|pages| pages * page)
+}
+
 /// The standard process metrics (Linux `/proc/self`): CPU, memory, file descriptors,
 /// threads, start time. Missing files leave the metric out.
 fn process(out: &mut String) {

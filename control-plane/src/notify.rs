@@ -37,6 +37,11 @@ use crate::config::NotificationsConfig;
 use crate::schedule::now_ms;
 use crate::worker::{open_store, WorkerHandle};
 
+/// Whether `user` is a usable user id: 1 to 128 bytes (the server API's check).
+pub fn valid_user_id(user: &str) -> bool {
+    !user.is_empty() && user.len() <= 128
+}
+
 /// Longest notification key or kind, in bytes.
 pub const MAX_KEY_BYTES: usize = 128;
 
@@ -160,7 +165,7 @@ pub fn check(n: &NewNotification) -> Result<(), String> {
     match &n.to {
         Recipients::Users(u) if u.is_empty() => return Err("users: at least one user".into()),
         Recipients::Users(u) => {
-            if let Some(bad) = u.iter().position(|u| u.is_empty() || u.len() > 128) {
+            if let Some(bad) = u.iter().position(|u| !valid_user_id(u)) {
                 return Err(format!("users[{bad}]: a user id is 1 to 128 bytes"));
             }
         }

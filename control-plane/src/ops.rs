@@ -523,7 +523,7 @@ async fn revoke(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body
         Ok(v) => v,
         Err(r) => return r,
     };
-    if req.user.is_empty() || req.user.len() > 128 {
+    if !crate::notify::valid_user_id(&req.user) {
         return invalid("user", "1 to 128 bytes");
     }
     match revoke_user(&s, &who.name, &req.user).await {

@@ -1276,10 +1276,10 @@ impl ShardCore {
         }
         // Check everything before taking anything.
         let fresh: Buckets = Default::default();
-        let user = has_user.then(|| identity.user.clone());
+        // Borrowed, not cloned: the user's map entry exists after its first command.
+        let user = has_user.then_some(&identity.user);
         let mine = conn.limits.as_ref().map_or(&fresh, |l| &l.buckets);
         let theirs = user
-            .as_ref()
             .and_then(|u| self.user_buckets.get(&**u))
             .map_or(&fresh, |b| &**b);
         let mut wait: Option<(u32, LimitEvent)> = None;
@@ -1332,7 +1332,10 @@ impl ShardCore {
             }
         }
         if let Some(user) = user {
-            let theirs = self.user_buckets.entry(user).or_default();
+            let theirs = match self.user_buckets.get_mut(&**user) {
+                Some(b) => b,
+                None => self.user_buckets.entry(user.clone()).or_default(),
+            };
             for i in 0..n {
                 if let Some(r) = rules[1][i] {
                     theirs[events[i].index()].take(r, now_ms);
