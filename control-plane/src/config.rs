@@ -769,6 +769,34 @@ mod tests {
                 "[[engine.rate_limits]]\nscope = \"room\"\nevent = \"publish\"\nrate = 1\nper_ms = 1000\n",
                 "room",
             ),
+            ("[engine]\nmax_connection_rate_per_ip = -1\n", "max_connection_rate_per_ip"),
+            ("[engine]\nallowed_origins = \"https://a\"\n", "allowed_origins"),
+            ("[engine]\nrate_limit_disconnect_after = \"x\"\n", "rate_limit_disconnect_after"),
+            (
+                "[[admin.api_keys]]\nname = \"a\"\nkey = \"short\"\nscopes = [\"read\"]\n",
+                "admin.api_keys[0].key",
+            ),
+            (
+                "[[admin.api_keys]]\nname = \"a\"\nkey = \"0123456789abcdef0\"\nscopes = [\"write\"]\n",
+                "admin.api_keys[0].scopes",
+            ),
+            ("[admin]\njwt_secret = \"short\"\n", "admin.jwt_secret"),
+            (
+                "[auth]\nhmac_secret = \"same-secret-0123456789\"\n[admin]\njwt_secret = \"same-secret-0123456789\"\n",
+                "admin.jwt_secret",
+            ),
+            ("[admin]\nrole = \"\"\n", "admin.role"),
+            ("[log]\nformat = \"xml\"\n", "xml"),
+            ("[alerts]\ninterval_ms = 0\n", "alerts.interval_ms"),
+            ("[alerts]\nwebhooks = [\"https://hooks.example.com/x\"]\n", "alerts.webhooks[0]"),
+            (
+                "[[alerts.rules]]\nname = \"x\"\nmetric = \"cpu\"\nabove = 1.0\nlevel = \"warning\"\n",
+                "cpu",
+            ),
+            (
+                "[[alerts.rules]]\nname = \"x\"\nmetric = \"connections\"\nabove = 1.0\nlevel = \"loud\"\n",
+                "loud",
+            ),
         ] {
             let f = write(text);
             let e = Config::load(Some(&f.0), &env(&[])).unwrap_err().to_string();

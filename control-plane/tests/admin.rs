@@ -597,6 +597,10 @@ async fn breakers_drain_and_shutdown() {
     )
     .await;
     assert_eq!(st, 400);
+    for body in [r#"{"on": "yes"}"#, r#"{"on": true, "message": ""}"#, "{"] {
+        let (st, r) = admin_call(admin, "POST", "/admin/maintenance", Some(&ops), body).await;
+        assert_eq!(st, 400, "{body}: {r}");
+    }
 
     // Shutdown through the API: clients get 1001, the server stops.
     admin_call(

@@ -293,6 +293,13 @@ async fn users_status_inbox_broadcast_disconnect_and_revoke() {
         let (st, r) = call(admin, "POST", path, Some(key), body).await;
         assert_eq!(st, 400, "{path}: {r}");
     }
+    for (path, status) in [
+        ("/api/users/ann/inbox?since=x", 400),
+        (&format!("/api/users/{}", "u".repeat(200)) as &str, 400),
+    ] {
+        let (st, r) = call(admin, "GET", path, Some(READER), "").await;
+        assert_eq!(st, status, "{path}: {r}");
+    }
     // Validation errors name the JSON path of the bad field.
     for (path, body, field) in [
         ("/api/send", r#"{"users": ["a", 5], "data": 1}"#, "users[1]"),
