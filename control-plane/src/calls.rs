@@ -437,10 +437,12 @@ impl Worker {
                 caller,
                 cmd,
             } => {
+                let command = cmd.kind();
                 let result = self.command(&caller, cmd).map(ReplyBody::Value);
                 let msg = ShardMsg::Reply {
                     conn,
                     req_id,
+                    command,
                     result,
                 };
                 crate::auth::send_patiently(&self.shards, shard, msg, "a call reply");

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
-use switchboard_engine::metrics::{COMMANDS, LATENCY_BUCKETS_US};
+use switchboard_engine::metrics::{COMMANDS, LATENCY_BUCKETS_US, RESULTS};
 use switchboard_engine::{CloseKind, EngineHandle, ShardMetrics};
 
 use crate::admin::StoreView;
@@ -273,6 +273,26 @@ pub fn render(
         "counter",
         "Client commands received, by command.",
         commands,
+    );
+    let results = shards.iter().enumerate().flat_map(|(i, m)| {
+        m.command_results
+            .iter()
+            .zip(COMMANDS)
+            .flat_map(move |(row, command)| {
+                row.iter().zip(RESULTS).map(move |(n, result)| {
+                    (
+                        format!("shard=\"{i}\",command=\"{command}\",result=\"{result}\""),
+                        n.load(Relaxed),
+                    )
+                })
+            })
+    });
+    series(
+        &mut out,
+        "switchboard_command_results_total",
+        "counter",
+        "Replies to client commands, by command and result: ok, rejected (the request or the caller's rights), rate_limited (114), failed (the server could not: 100, 108, 111).",
+        results,
     );
     let errors = shards.iter().enumerate().flat_map(|(i, m)| {
         m.command_errors.iter().enumerate().map(move |(c, n)| {

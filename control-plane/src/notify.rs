@@ -376,6 +376,7 @@ impl Worker {
                 caller,
                 cmd,
             } => {
+                let command = cmd.kind();
                 let result = self.command(&caller, cmd).map_err(|r| Refused {
                     code: r.code,
                     message: r.message,
@@ -383,6 +384,7 @@ impl Worker {
                 let msg = ShardMsg::Reply {
                     conn,
                     req_id,
+                    command,
                     result: result.map(ReplyBody::Value),
                 };
                 crate::auth::send_patiently(&self.shards, shard, msg, "a notification reply");

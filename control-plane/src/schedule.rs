@@ -27,6 +27,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use switchboard_engine::auth::ScheduleJob;
 use switchboard_engine::mesh::ReplyBody;
+use switchboard_engine::metrics::CommandKind;
 use switchboard_engine::{ControlRequest, EngineHandle, Refused, ShardMsg, ShardSender};
 use switchboard_protocol::{ErrorCode, Format, Payload, Position};
 
@@ -210,6 +211,7 @@ impl Worker {
                 let msg = ShardMsg::Reply {
                     conn,
                     req_id,
+                    command: CommandKind::Schedule,
                     result,
                 };
                 crate::auth::send_patiently(&self.shards, shard, msg, "a schedule reply");
@@ -228,6 +230,7 @@ impl Worker {
                 let msg = ShardMsg::Reply {
                     conn,
                     req_id,
+                    command: CommandKind::Unschedule,
                     result,
                 };
                 crate::auth::send_patiently(&self.shards, shard, msg, "an unschedule reply");

@@ -170,6 +170,14 @@ async fn rate_limits_change_at_runtime_with_tiers_and_audit() {
         .await
             >= 1
     );
+    assert!(
+        metric(
+            admin,
+            "switchboard_command_results_total{command=\"publish\",result=\"rate_limited\"}"
+        )
+        .await
+            >= 1
+    );
 
     // Add a connection rule on subscribes, then remove the default publish rule.
     let (st, r) = admin_call(

@@ -82,6 +82,10 @@ async fn devices_race_to_accept_signaling_quality_and_the_call_log() {
     let lost = if won == a { &b } else { &a };
     assert_eq!(lost["error"]["code"], json!(113), "{lost}");
     assert_eq!(won["result"]["state"], json!("accepted"), "{won}");
+    // Answers computed by the call worker are counted by command and result too.
+    let results = "switchboard_command_results_total{command=\"call_action\",result=";
+    assert_eq!(metric(admin, &format!("{results}\"ok\"}}")).await, 1);
+    assert_eq!(metric(admin, &format!("{results}\"rejected\"}}")).await, 1);
     let winner_client = won["result"]["participants"][1]["client"].clone();
     let accepted = call_event(&mut ann, "accepted").await;
     assert_eq!(accepted["by"]["client"], winner_client, "{accepted}");

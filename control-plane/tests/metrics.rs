@@ -182,6 +182,8 @@ async fn metrics_are_valid_prometheus_text_with_bounded_labels() {
                 .await;
         }
         c.call(json!({"cmd": "nope"})).await;
+        c.call(json!({"cmd": "unsubscribe", "channel": "room:2"}))
+            .await;
         clients.push(c);
     }
     let _anonymous = Client::open(addr, Fmt::Json).await;
@@ -214,6 +216,7 @@ async fn metrics_are_valid_prometheus_text_with_bounded_labels() {
         "switchboard_connections",
         "switchboard_connections_authenticated",
         "switchboard_commands_total",
+        "switchboard_command_results_total",
         "switchboard_command_errors_total",
         "switchboard_command_duration_seconds",
         "switchboard_deliveries_total",
@@ -276,7 +279,39 @@ async fn metrics_are_valid_prometheus_text_with_bounded_labels() {
         ),
         4.0
     );
-    // 4 connects + 4 subscribes + 280 publishes + 4 invalid = 292: 4 sampled (1 in 64).
+    // Every command was answered: results by command and result add up to the commands.
+    let results = [
+        ("connect", "ok", 4.0),
+        ("subscribe", "ok", 4.0),
+        ("publish", "ok", 280.0),
+        ("invalid", "rejected", 4.0),
+        ("unsubscribe", "rejected", 4.0),
+    ];
+    for (command, result, n) in results {
+        assert_eq!(
+            value(
+                &samples,
+                "switchboard_command_results_total",
+                &[("command", command), ("result", result)]
+            ),
+            n,
+            "{command} {result}"
+        );
+    }
+    assert_eq!(
+        value(&samples, "switchboard_command_results_total", &[]),
+        value(&samples, "switchboard_commands_total", &[])
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "switchboard_command_errors_total",
+            &[("code", "107")]
+        ),
+        4.0
+    );
+    // 4 connects + 4 subscribes + 280 publishes + 4 invalid + 4 unsubscribes = 296: at
+    // least 4 sampled (1 in 64).
     assert!(value(&samples, "switchboard_command_duration_seconds_count", &[]) >= 4.0);
     assert!(value(&samples, "process_resident_memory_bytes", &[]) > 1e6);
     assert!(value(&samples, "process_cpu_seconds_total", &[]) > 0.0);

@@ -95,6 +95,19 @@ pub enum ControlCommand {
 }
 
 impl ControlCommand {
+    /// The client command it came from (counted by kind and result).
+    pub fn kind(&self) -> crate::metrics::CommandKind {
+        use crate::metrics::CommandKind;
+        match self {
+            ControlCommand::Notifications { .. } => CommandKind::Notifications,
+            ControlCommand::NotificationsRead { .. } => CommandKind::NotificationsRead,
+            ControlCommand::Topic { .. } => CommandKind::NotificationsTopic,
+            ControlCommand::Call { .. } => CommandKind::Call,
+            ControlCommand::CallAction { .. } => CommandKind::CallAction,
+            ControlCommand::CallSignal { .. } => CommandKind::CallSignal,
+        }
+    }
+
     /// Whether the call worker (not the notification worker) carries it out.
     pub fn is_call(&self) -> bool {
         matches!(

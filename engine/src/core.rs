@@ -50,7 +50,7 @@ use crate::mesh::{
     Refusal, Refused, ReplyBody, ReplyKind, SequenceReq, Sequenced, ShardMsg, StreamQuery,
     StreamReply, UserSubscription,
 };
-use crate::metrics::{CloseKind, ShardMetrics, COMMAND_SAMPLE};
+use crate::metrics::{CloseKind, CommandKind, ShardMetrics, COMMAND_SAMPLE};
 use crate::outq::OutQueue;
 use crate::presence::{ClientId, Event as PresenceEvent, Presence};
 use crate::session::Sessions;
@@ -281,6 +281,10 @@ pub struct ShardCore {
     mesh: Arc<Mesh>,
     control: Sender<ControlRequest>,
     metrics: Arc<ShardMetrics>,
+    /// The kind of command whose replies are being written now (for
+    /// `switchboard_command_results_total`): set where a command is dispatched and
+    /// where an answer computed elsewhere comes back.
+    answering: CommandKind,
     /// The one ping frame every connection is sent.
     ping_frame: Bytes,
     interest: HashMap<Arc<str>, InterestRound>,
@@ -467,6 +471,7 @@ impl ShardCore {
             mesh,
             control,
             metrics,
+            answering: CommandKind::Ping,
             ping_frame: frame::encode(OpCode::Ping, b""),
             interest: HashMap::new(),
             spill: VecDeque::new(),
@@ -835,7 +840,8 @@ impl ShardCore {
         let id = req.id;
         let state = conn.state;
         let event = limit_event(&req.command);
-        ShardMetrics::add(&self.metrics.commands[command_index(&req.command)], 1);
+        self.answering = command_kind(&req.command);
+        ShardMetrics::add(&self.metrics.commands[self.answering as usize], 1);
         match req.command {
             Command::Ping => self.reply_ok(slot, id),
             Command::Invalid(why) => self.reply_err(slot, id, ErrorCode::BadRequest, why),
@@ -1314,7 +1320,8 @@ impl ShardCore {
                     CloseKind::RateLimited,
                 );
             } else {
-                self.metrics.error(ErrorCode::RateLimited as u16);
+                self.metrics
+                    .answered(self.answering, Some(ErrorCode::RateLimited as u16));
                 let why = RATE_LIMITED_MESSAGES[e.index()];
                 self.enqueue(
                     slot,
@@ -1627,6 +1634,7 @@ impl ShardCore {
             reconnect_token: token.map(|t| t.0),
             resumed,
         };
+        self.metrics.answered(CommandKind::Connect, None);
         let format = self.conns[slot as usize].format;
         self.enqueue(slot, envelope::encode_result(format, req_id, &reply));
         let at = self.now as u64 + self.ticks.ping as u64;
@@ -1955,6 +1963,11 @@ impl ShardCore {
 
     /// On the asking shard: answer the command (or push); a subscription goes live.
     fn on_stream_reply(&mut self, r: StreamReply) {
+        self.answering = if r.subscribe {
+            CommandKind::Subscribe
+        } else {
+            CommandKind::History
+        };
         let slot = r.conn.slot;
         let Some(conn) = self.conns.get_mut(slot as usize) else {
             return;
@@ -2322,7 +2335,7 @@ impl ShardCore {
         let owner = streams::owner(channel, self.mesh.shards());
         if owner == self.id {
             let list = self.presence.list(channel, members);
-            self.answer_with(answer, list, ReplyBody::Presence);
+            self.answer_with(answer, list, CommandKind::Presence, ReplyBody::Presence);
         } else {
             let msg = ShardMsg::PresenceQuery {
                 channel: channel.into(),
@@ -2686,7 +2699,7 @@ impl ShardCore {
         let owner = streams::owner(channel, self.mesh.shards());
         if owner == self.id {
             let list = self.receipt_list(channel);
-            self.answer_with(answer, list, ReplyBody::Receipts);
+            self.answer_with(answer, list, CommandKind::Receipts, ReplyBody::Receipts);
         } else {
             let channel = channel.into();
             self.send_to(owner, ShardMsg::Receipts { channel, answer });
@@ -2706,7 +2719,13 @@ impl ShardCore {
 
     /// Send a value computed here (the owner) where it was asked for: a connection's
     /// command (here or on another shard), or the server API.
-    fn answer_with<T>(&mut self, answer: Answer<T>, value: T, wrap: fn(T) -> ReplyBody) {
+    fn answer_with<T>(
+        &mut self,
+        answer: Answer<T>,
+        value: T,
+        command: CommandKind,
+        wrap: fn(T) -> ReplyBody,
+    ) {
         match answer {
             Answer::Client {
                 shard,
@@ -2715,13 +2734,14 @@ impl ShardCore {
             } => {
                 let result = Ok(wrap(value));
                 if shard == self.id {
-                    self.replied(conn, req_id, result);
+                    self.replied(conn, req_id, command, result);
                 } else {
                     self.send_to(
                         shard,
                         ShardMsg::Reply {
                             conn,
                             req_id,
+                            command,
                             result,
                         },
                     );
@@ -2734,7 +2754,13 @@ impl ShardCore {
     }
 
     /// Answer a connection's command with a result computed elsewhere.
-    fn replied(&mut self, conn: ConnKey, req_id: u32, result: Result<ReplyBody, Refused>) {
+    fn replied(
+        &mut self,
+        conn: ConnKey,
+        req_id: u32,
+        command: CommandKind,
+        result: Result<ReplyBody, Refused>,
+    ) {
         let open = self
             .conns
             .get(conn.slot as usize)
@@ -2743,6 +2769,9 @@ impl ShardCore {
             return;
         }
         let format = self.conns[conn.slot as usize].format;
+        if result.is_ok() {
+            self.metrics.answered(command, None);
+        }
         let frame = match result {
             Ok(ReplyBody::Empty) => envelope::encode_result(format, req_id, &Empty {}),
             Ok(ReplyBody::Scheduled { id, at }) => {
@@ -2758,7 +2787,7 @@ impl ShardCore {
             Ok(ReplyBody::Presence(list)) => envelope::encode_result(format, req_id, &list),
             Ok(ReplyBody::Value(v)) => envelope::encode_result(format, req_id, &v),
             Err(e) => {
-                self.metrics.error(e.code as u16);
+                self.metrics.answered(command, Some(e.code as u16));
                 envelope::encode_error(format, req_id, e.code, &e.message)
             }
         };
@@ -2869,6 +2898,7 @@ impl ShardCore {
     }
 
     fn reply_position(&mut self, slot: u32, id: u32, pos: Position) {
+        self.metrics.answered(self.answering, None);
         let format = self.conns[slot as usize].format;
         self.enqueue(slot, envelope::encode_result(format, id, &pos));
     }
@@ -2890,6 +2920,7 @@ impl ShardCore {
             offset: pos.offset,
             duplicate: true,
         };
+        self.metrics.answered(self.answering, None);
         let format = self.conns[slot as usize].format;
         self.enqueue(slot, envelope::encode_result(format, id, &r));
     }
@@ -2924,6 +2955,7 @@ impl ShardCore {
 
     /// Answer a connection's `publish`, if it is still open.
     fn published(&mut self, conn: ConnKey, req_id: u32, result: Sequenced) {
+        self.answering = CommandKind::Publish;
         let open = self
             .conns
             .get(conn.slot as usize)
@@ -3369,12 +3401,13 @@ impl ShardCore {
     }
 
     fn reply_ok(&mut self, slot: u32, id: u32) {
+        self.metrics.answered(self.answering, None);
         let format = self.conns[slot as usize].format;
         self.enqueue(slot, envelope::encode_result(format, id, &Empty {}));
     }
 
     fn reply_err(&mut self, slot: u32, id: u32, code: ErrorCode, message: &str) {
-        self.metrics.error(code as u16);
+        self.metrics.answered(self.answering, Some(code as u16));
         let format = self.conns[slot as usize].format;
         self.enqueue(slot, envelope::encode_error(format, id, code, message));
     }
@@ -3747,17 +3780,18 @@ impl ShardCore {
                 answer,
             } => {
                 let list = self.presence.list(&channel, members);
-                self.answer_with(answer, list, ReplyBody::Presence);
+                self.answer_with(answer, list, CommandKind::Presence, ReplyBody::Presence);
             }
             ShardMsg::Receipts { channel, answer } => {
                 let list = self.receipt_list(&channel);
-                self.answer_with(answer, list, ReplyBody::Receipts);
+                self.answer_with(answer, list, CommandKind::Receipts, ReplyBody::Receipts);
             }
             ShardMsg::Reply {
                 conn,
                 req_id,
+                command,
                 result,
-            } => self.replied(conn, req_id, result),
+            } => self.replied(conn, req_id, command, result),
             ShardMsg::Committed { batch } => self.committed(batch),
             ShardMsg::Published {
                 conn,
@@ -3815,6 +3849,7 @@ impl ShardCore {
         req_id: u32,
         result: Result<Arc<Identity>, crate::auth::AuthFailure>,
     ) {
+        self.answering = CommandKind::Connect;
         let Some(conn) = self.conns.get_mut(key.slot as usize) else {
             return;
         };
@@ -3982,32 +4017,32 @@ impl ShardCore {
     }
 }
 
-/// Index of a command's name in [`crate::metrics::COMMANDS`].
-fn command_index(cmd: &Command<'_>) -> usize {
+/// The kind of a command (its name in [`crate::metrics::COMMANDS`]).
+fn command_kind(cmd: &Command<'_>) -> CommandKind {
     match cmd {
-        Command::Connect { .. } => 0,
-        Command::Ping => 1,
-        Command::Invalid(_) => 2,
-        Command::Subscribe { .. } => 3,
-        Command::Unsubscribe { .. } => 4,
-        Command::Publish { .. } => 5,
-        Command::History { .. } => 6,
-        Command::Send { .. } => 7,
-        Command::Ack { .. } => 8,
-        Command::Receipt { .. } => 9,
-        Command::Receipts { .. } => 10,
-        Command::Schedule { .. } => 11,
-        Command::Unschedule { .. } => 12,
-        Command::Status { .. } => 13,
-        Command::Typing { .. } => 14,
-        Command::Presence { .. } => 15,
-        Command::PresenceCount { .. } => 16,
-        Command::Notifications { .. } => 17,
-        Command::NotificationsRead { .. } => 18,
-        Command::NotificationsTopic { .. } => 19,
-        Command::Call { .. } => 20,
-        Command::CallAction { .. } => 21,
-        Command::CallSignal { .. } => 22,
+        Command::Connect { .. } => CommandKind::Connect,
+        Command::Ping => CommandKind::Ping,
+        Command::Invalid(_) => CommandKind::Invalid,
+        Command::Subscribe { .. } => CommandKind::Subscribe,
+        Command::Unsubscribe { .. } => CommandKind::Unsubscribe,
+        Command::Publish { .. } => CommandKind::Publish,
+        Command::History { .. } => CommandKind::History,
+        Command::Send { .. } => CommandKind::Send,
+        Command::Ack { .. } => CommandKind::Ack,
+        Command::Receipt { .. } => CommandKind::Receipt,
+        Command::Receipts { .. } => CommandKind::Receipts,
+        Command::Schedule { .. } => CommandKind::Schedule,
+        Command::Unschedule { .. } => CommandKind::Unschedule,
+        Command::Status { .. } => CommandKind::Status,
+        Command::Typing { .. } => CommandKind::Typing,
+        Command::Presence { .. } => CommandKind::Presence,
+        Command::PresenceCount { .. } => CommandKind::PresenceCount,
+        Command::Notifications { .. } => CommandKind::Notifications,
+        Command::NotificationsRead { .. } => CommandKind::NotificationsRead,
+        Command::NotificationsTopic { .. } => CommandKind::NotificationsTopic,
+        Command::Call { .. } => CommandKind::Call,
+        Command::CallAction { .. } => CommandKind::CallAction,
+        Command::CallSignal { .. } => CommandKind::CallSignal,
     }
 }
 

@@ -279,6 +279,8 @@ pub enum ShardMsg {
         conn: ConnKey,
         /// Id of its command.
         req_id: u32,
+        /// What kind of command it answers (counted by kind and result).
+        command: crate::metrics::CommandKind,
         /// The result, or why it failed.
         result: Result<ReplyBody, Refused>,
     },

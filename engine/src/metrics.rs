@@ -106,7 +106,37 @@ pub const LATENCY_BUCKETS_US: [u64; 14] = [
     1_000_000,
 ];
 
-/// Command names, as counted in [`ShardMetrics::commands`] (the `command` label).
+/// Kinds of client command, indexing [`COMMANDS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CommandKind {
+    Connect,
+    Ping,
+    Invalid,
+    Subscribe,
+    Unsubscribe,
+    Publish,
+    History,
+    Send,
+    Ack,
+    Receipt,
+    Receipts,
+    Schedule,
+    Unschedule,
+    Status,
+    Typing,
+    Presence,
+    PresenceCount,
+    Notifications,
+    NotificationsRead,
+    NotificationsTopic,
+    Call,
+    CallAction,
+    CallSignal,
+}
+
+/// Command names, as counted in [`ShardMetrics::commands`] (the `command` label),
+/// indexed by [`CommandKind`].
 pub const COMMANDS: [&str; 23] = [
     "connect",
     "ping",
@@ -135,6 +165,22 @@ pub const COMMANDS: [&str; 23] = [
 
 /// Error codes counted (100 to 100 + this − 1).
 pub const ERROR_CODES: usize = 16;
+
+/// Result classes of replies to commands, as counted in
+/// [`ShardMetrics::command_results`] (the `result` label): a result; refused because
+/// of the request or the caller's rights (`rejected`: 101–107, 109, 110, 112, 113); a
+/// rate limit (114); the server could not (`failed`: 100 internal, 108 overloaded,
+/// 111 store unavailable).
+pub const RESULTS: [&str; 4] = ["ok", "rejected", "rate_limited", "failed"];
+
+/// The [`RESULTS`] class of an error reply's code.
+pub fn result_class(code: u16) -> usize {
+    match code {
+        114 => 2,
+        100 | 108 | 111 => 3,
+        _ => 1,
+    }
+}
 
 /// One command in this many has its handling time measured (two clock reads).
 pub const COMMAND_SAMPLE: u32 = 64;
@@ -191,6 +237,8 @@ pub struct ShardMetrics {
     pub commands: [AtomicU64; COMMANDS.len()],
     /// Error replies, per error code (index `code - 100`).
     pub command_errors: [AtomicU64; ERROR_CODES],
+    /// Replies per [`COMMANDS`] name and [`RESULTS`] class.
+    pub command_results: [[AtomicU64; RESULTS.len()]; COMMANDS.len()],
     /// Command handling time (decode to reply queued) of one command in
     /// [`COMMAND_SAMPLE`], per [`LATENCY_BUCKETS_US`] bucket (+Inf last).
     pub command_latency_buckets: [AtomicU64; 15],
@@ -219,11 +267,21 @@ impl ShardMetrics {
         self.closes[kind as usize].fetch_add(1, Relaxed);
     }
 
-    /// Count an error reply with `code`.
+    /// Count a reply to a command of kind `command`: a result,
+    /// or an error reply with `code` (also counted by code).
     #[inline]
-    pub fn error(&self, code: u16) {
-        if let Some(c) = self.command_errors.get(code.wrapping_sub(100) as usize) {
-            c.fetch_add(1, Relaxed);
+    pub fn answered(&self, command: CommandKind, code: Option<u16>) {
+        let class = match code {
+            None => 0,
+            Some(code) => {
+                if let Some(c) = self.command_errors.get(code.wrapping_sub(100) as usize) {
+                    c.fetch_add(1, Relaxed);
+                }
+                result_class(code)
+            }
+        };
+        if let Some(row) = self.command_results.get(command as usize) {
+            row[class].fetch_add(1, Relaxed);
         }
     }
 
