@@ -5,16 +5,15 @@
 //! Owns the rules' state and one thread that samples the shards' counters every
 //! `alerts.interval_ms`, turns counters into rates and histograms into p99 over that
 //! interval, and moves each rule: inactive → pending (above its threshold) → firing
-//! (above for `for_ms`) → resolved (back below; a resolved notice is sent). Webhook
-//! delivery is plain HTTP/1.1 POST (`http://` only: put a relay in front of an
-//! `https://` endpoint such as Slack's) with a 5 s timeout; repeated failures open the
-//! `webhooks` breaker for a minute (listed by `/admin/breakers`).
+//! (above for `for_ms`) → resolved (back below; a resolved notice is sent). Webhooks
+//! are POSTed with `ureq` over `http://` or `https://` (rustls; Mozilla's roots, or only
+//! the certificates of `alerts.ca_file`), 5 s timeout, no redirects; repeated failures
+//! open the `webhooks` breaker for a minute (listed by `/admin/breakers`). Webhook URLs
+//! are secrets (Slack's carry a token in the path): logs name only scheme and host.
 //!
 //! Does not own the metrics (the shards count) or Prometheus alerting (`deploy/`).
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,6 +25,7 @@ use switchboard_engine::EngineHandle;
 use crate::admin::StoreView;
 use crate::schedule::now_ms;
 use crate::worker::WorkerHandle;
+use ureq::tls::Certificate;
 
 /// What a rule watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,8 +87,12 @@ pub struct AlertRule {
 pub struct AlertsConfig {
     /// Evaluate the rules this often.
     pub interval_ms: u64,
-    /// Where firing and resolved notices are POSTed (`http://host:port/path`).
+    /// Where firing and resolved notices are POSTed (`https://host/path` or
+    /// `http://host:port/path`).
     pub webhooks: Vec<String>,
+    /// PEM file of the certificates to trust for `https://` webhooks instead of the
+    /// built-in Mozilla roots (a private CA or a self-signed relay).
+    pub ca_file: Option<String>,
     /// Notices kept for `GET /admin/alerts`.
     pub history_size: usize,
     /// The rules (defaults: the old servers' thresholds).
@@ -107,6 +111,7 @@ impl Default for AlertsConfig {
         AlertsConfig {
             interval_ms: 10_000,
             webhooks: Vec::new(),
+            ca_file: None,
             history_size: 500,
             rules: vec![
                 rule(
@@ -165,11 +170,14 @@ impl AlertsConfig {
             );
         }
         for (i, w) in self.webhooks.iter().enumerate() {
-            if parse_http_url(w).is_none() {
+            if webhook_host(w).is_none() {
                 return Some(format!(
-                    "alerts.webhooks[{i}]: expected http://host:port/path (relay https endpoints)"
+                    "alerts.webhooks[{i}]: expected an http:// or https:// URL with a host"
                 ));
             }
+        }
+        if let Err(e) = self.trusted() {
+            return Some(e);
         }
         for (i, r) in self.rules.iter().enumerate() {
             if r.name.is_empty() || !r.above.is_finite() {
@@ -238,11 +246,13 @@ pub fn spawn(
     engine: Arc<EngineHandle>,
     store: Option<StoreView>,
 ) -> std::io::Result<(Arc<AlertsView>, WorkerHandle)> {
+    let agent = webhook_agent(&cfg).map_err(std::io::Error::other)?;
     let view = Arc::new(AlertsView::default());
     let shared = view.clone();
     let handle = WorkerHandle::spawn("alerts", move |stop| {
         let mut e = Evaluator {
             cfg,
+            agent,
             engine,
             store,
             view: shared,
@@ -285,6 +295,7 @@ struct Sample {
 
 struct Evaluator {
     cfg: AlertsConfig,
+    agent: ureq::Agent,
     engine: Arc<EngineHandle>,
     store: Option<StoreView>,
     view: Arc<AlertsView>,
@@ -474,7 +485,7 @@ impl Evaluator {
         );
         let body = serde_json::json!({ "text": text, "alert": n }).to_string();
         for url in &self.cfg.webhooks {
-            match post(url, &body) {
+            match post(&self.agent, url, &body) {
                 Ok(()) => {
                     self.failures_in_a_row = 0;
                     self.view.webhook_sent.fetch_add(1, Relaxed);
@@ -482,7 +493,8 @@ impl Evaluator {
                 Err(e) => {
                     self.failures_in_a_row += 1;
                     self.view.webhook_failures.fetch_add(1, Relaxed);
-                    tracing::warn!(target: "alerts", url = %url, "webhook delivery failed: {e}");
+                    let host = webhook_host(url).unwrap_or_default();
+                    tracing::warn!(target: "alerts", webhook = %host, "webhook delivery failed: {e}");
                     if self.failures_in_a_row >= 5 {
                         self.open_until = Some(Instant::now() + Duration::from_secs(60));
                         self.view.webhook_open.store(true, Relaxed);
@@ -505,53 +517,65 @@ fn notice(rule: &AlertRule, state: &'static str, value: f64, at: u64) -> Notice 
     }
 }
 
-/// `(host:port, path)` of an `http://` URL.
-fn parse_http_url(url: &str) -> Option<(String, String)> {
-    let rest = url.strip_prefix("http://")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() {
-        return None;
+impl AlertsConfig {
+    /// The certificates of `ca_file`, if set (an error names the key).
+    fn trusted(&self) -> Result<Option<Vec<Certificate<'static>>>, String> {
+        let Some(path) = &self.ca_file else {
+            return Ok(None);
+        };
+        let pem = std::fs::read(path).map_err(|e| format!("alerts.ca_file: {path}: {e}"))?;
+        let certs = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("alerts.ca_file: {path}: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("alerts.ca_file: {path}: no PEM certificate in it"));
+        }
+        Ok(Some(certs))
     }
-    let authority = if authority.contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    Some((authority, path.to_string()))
 }
 
-/// One HTTP/1.1 POST of JSON; a 2xx answer is success.
-fn post(url: &str, body: &str) -> Result<(), String> {
-    let (authority, path) = parse_http_url(url).ok_or("not an http:// URL")?;
-    let addr = authority
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or("no address")?;
-    let timeout = Duration::from_secs(5);
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let host = authority.split(':').next().unwrap_or("");
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).map_err(|e| e.to_string())?;
-    match head.get(9) {
-        Some(b'2') => Ok(()),
-        _ => Err(format!(
-            "answered {}",
-            String::from_utf8_lossy(&head[9..12])
-        )),
+/// `scheme://host[:port]` of a webhook URL (what logs may show: the path of a Slack
+/// webhook is its secret), if it is an `http://` or `https://` URL with a host.
+fn webhook_host(url: &str) -> Option<String> {
+    let uri: ureq::http::Uri = url.parse().ok()?;
+    let scheme = uri.scheme_str().filter(|s| *s == "http" || *s == "https")?;
+    let authority = uri.authority().filter(|a| !a.host().is_empty())?;
+    Some(format!("{scheme}://{authority}"))
+}
+
+/// The HTTP client for webhooks: 5 s for the whole exchange, no redirects, statuses
+/// other than 2xx are failures.
+fn webhook_agent(cfg: &AlertsConfig) -> Result<ureq::Agent, String> {
+    let mut config = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .max_redirects(0)
+        .http_status_as_error(true)
+        .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")));
+    if let Some(certs) = cfg.trusted()? {
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+            .build();
+        config = config.tls_config(tls);
     }
+    Ok(config.build().new_agent())
+}
+
+/// One POST of JSON; a 2xx answer is success.
+fn post(agent: &ureq::Agent, url: &str, body: &str) -> Result<(), String> {
+    agent
+        .post(url)
+        .header("content-type", "application/json")
+        .send(body)
+        .map(drop)
+        .map_err(|e| match e {
+            ureq::Error::StatusCode(code) => format!("answered {code}"),
+            e => e.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -570,19 +594,43 @@ mod tests {
         assert_eq!(p99(&now, &before), 5e-3);
         assert_eq!(p99(&before, &before), 0.0);
         assert_eq!(
-            parse_http_url("http://relay:8080/hooks/x"),
-            Some(("relay:8080".into(), "/hooks/x".into()))
+            webhook_host("http://relay:8080/hooks/x").as_deref(),
+            Some("http://relay:8080")
         );
         assert_eq!(
-            parse_http_url("http://relay"),
-            Some(("relay:80".into(), "/".into()))
+            webhook_host("https://hooks.slack.com/services/T0/B0/secret").as_deref(),
+            Some("https://hooks.slack.com")
         );
-        assert_eq!(parse_http_url("https://hooks.slack.com/x"), None);
-        assert_eq!(parse_http_url("http:///x"), None);
+        for bad in [
+            "http:///x",
+            "ftp://relay/x",
+            "relay:8080/x",
+            "/hooks",
+            "",
+            "https://",
+        ] {
+            assert_eq!(webhook_host(bad), None, "{bad}");
+        }
         let mut cfg = AlertsConfig::default();
         assert_eq!(cfg.problem(), None);
         cfg.webhooks
             .push("https://hooks.slack.com/services/x".into());
-        assert!(cfg.problem().unwrap().starts_with("alerts.webhooks[0]"));
+        assert_eq!(cfg.problem(), None);
+        cfg.webhooks.push("ftp://relay/x".into());
+        assert!(cfg.problem().unwrap().starts_with("alerts.webhooks[1]"));
+        cfg.webhooks.pop();
+        cfg.ca_file = Some("/nonexistent/ca.pem".into());
+        assert!(cfg.problem().unwrap().starts_with("alerts.ca_file"));
+        let dir = std::env::temp_dir().join(format!("sb-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        cfg.ca_file = Some(empty.display().to_string());
+        let problem = cfg.problem().unwrap();
+        assert!(
+            problem.starts_with("alerts.ca_file") && problem.contains("no PEM"),
+            "{problem}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -413,7 +413,15 @@ impl Config {
             let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
             if !matches!(
                 section.as_str(),
-                "engine" | "auth" | "admin" | "log" | "store" | "inbox"
+                "engine"
+                    | "auth"
+                    | "admin"
+                    | "log"
+                    | "store"
+                    | "inbox"
+                    | "notifications"
+                    | "calls"
+                    | "alerts"
             ) {
                 return Err(ConfigError::Env {
                     var,
@@ -732,6 +740,27 @@ mod tests {
                 "engine.dedupe_window_ms",
             ),
             ("SWITCHBOARD_ENGINE__HISTORY_SIZE", "-1", "history_size"),
+            // Every section can be set from the environment.
+            (
+                "SWITCHBOARD_ALERTS__CA_FILE",
+                "/nonexistent/ca.pem",
+                "alerts.ca_file",
+            ),
+            (
+                "SWITCHBOARD_ALERTS__WEBHOOKS",
+                r#"["ftp://relay/x"]"#,
+                "alerts.webhooks[0]",
+            ),
+            (
+                "SWITCHBOARD_CALLS__RING_TIMEOUT_MS",
+                "0",
+                "calls.ring_timeout_ms",
+            ),
+            (
+                "SWITCHBOARD_NOTIFICATIONS__MAX_PER_USER",
+                "0",
+                "notifications.max_per_user",
+            ),
         ] {
             let e = Config::load(None, &env(&[(var, value)]))
                 .unwrap_err()
@@ -788,7 +817,8 @@ mod tests {
             ("[admin]\nrole = \"\"\n", "admin.role"),
             ("[log]\nformat = \"xml\"\n", "xml"),
             ("[alerts]\ninterval_ms = 0\n", "alerts.interval_ms"),
-            ("[alerts]\nwebhooks = [\"https://hooks.example.com/x\"]\n", "alerts.webhooks[0]"),
+            ("[alerts]\nwebhooks = [\"hooks.example.com/x\"]\n", "alerts.webhooks[0]"),
+            ("[alerts]\nca_file = \"/nonexistent/ca.pem\"\n", "alerts.ca_file"),
             (
                 "[[alerts.rules]]\nname = \"x\"\nmetric = \"cpu\"\nabove = 1.0\nlevel = \"warning\"\n",
                 "cpu",

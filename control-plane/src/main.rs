@@ -197,8 +197,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    // The HTTP and TLS clients (alert webhooks) log whole URLs at debug, and a
+    // webhook's URL is its secret: capped at warn whatever the level asked for.
+    for quiet in ["ureq=warn", "ureq_proto=warn", "rustls=warn"] {
+        filter = filter.add_directive(quiet.parse().expect("a valid directive"));
+    }
     // Security events (refused tokens and keys, admin actions, rate-limit
     // disconnects) carry the target `security`: shown in both formats so they can be
     // routed apart.

@@ -1,6 +1,7 @@
 //! Alerts inside the server: rules on its own metrics fire and resolve on their own,
 //! are listed with their history by the admin API, and reach a webhook receiver (a
-//! local HTTP server speaking Slack's incoming-webhook format: JSON with `text`, `ok`).
+//! local HTTP or HTTPS server speaking Slack's incoming-webhook format: JSON with
+//! `text`, `ok`; the HTTPS one has a certificate from a private CA made here).
 
 mod common;
 
@@ -14,43 +15,87 @@ use switchboard_control_plane::alerts::{AlertMetric, AlertRule, Level};
 
 const ADMIN_SECRET: &str = "alerts-admin-secret-0123456789";
 
-/// A webhook receiver: every POSTed body, in order.
-fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+/// A webhook receiver: every POSTed body, in order. With `tls` (a server config), it
+/// speaks HTTPS.
+fn receiver(tls: Option<Arc<rustls::ServerConfig>>) -> (String, Arc<Mutex<Vec<Value>>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let url = format!(
-        "http://{}/hooks/switchboard",
+        "{scheme}://{}/hooks/switchboard",
         listener.local_addr().unwrap()
     );
     let got = Arc::new(Mutex::new(Vec::new()));
     let sink = got.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut len = 0;
-            let mut line = String::new();
-            let mut request_line = String::new();
-            reader.read_line(&mut request_line).unwrap();
-            assert!(request_line.starts_with("POST /hooks/switchboard HTTP/1.1"));
-            loop {
-                line.clear();
-                reader.read_line(&mut line).unwrap();
-                if line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
+            let Ok(stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            match &tls {
+                None => serve(stream, &sink),
+                Some(config) => {
+                    let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                    // A client that refuses the certificate ends here with an error.
+                    serve(rustls::StreamOwned::new(conn, stream), &sink)
                 }
             }
-            let mut body = vec![0; len];
-            reader.read_exact(&mut body).unwrap();
-            sink.lock()
-                .unwrap()
-                .push(serde_json::from_slice(&body).unwrap());
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
         }
     });
     (url, got)
+}
+
+/// Read one POST, keep its JSON body, answer 200.
+fn serve(stream: impl Read + Write, sink: &Mutex<Vec<Value>>) {
+    let mut reader = BufReader::new(stream);
+    let mut len = 0;
+    let mut line = String::new();
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    assert!(
+        request_line.starts_with("POST /hooks/switchboard HTTP/1.1"),
+        "{request_line:?}"
+    );
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).unwrap();
+    sink.lock()
+        .unwrap()
+        .push(serde_json::from_slice(&body).unwrap());
+    let stream = reader.get_mut();
+    let _ =
+        stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+    let _ = stream.flush();
+}
+
+/// A private CA (its PEM) and a server config whose certificate it issued for
+/// 127.0.0.1 and localhost.
+fn private_ca() -> (String, Arc<rustls::ServerConfig>) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "switchboard test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], key)
+        .unwrap();
+    (ca.pem(), Arc::new(config))
 }
 
 async fn admin_get(admin: std::net::SocketAddr, bearer: &str, path: &str) -> (u16, Value) {
@@ -81,7 +126,7 @@ async fn wait_for(got: &Arc<Mutex<Vec<Value>>>, rule: &str, state: &str) -> Valu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_fire_resolve_and_reach_the_webhook() {
-    let (url, got) = receiver();
+    let (url, got) = receiver(None);
     let server = start(|c| {
         c.admin.jwt_secret = Some(ADMIN_SECRET.into());
         c.alerts.interval_ms = 100;
@@ -172,4 +217,86 @@ async fn rules_fire_resolve_and_reach_the_webhook() {
     assert_eq!(st, 401);
     server.shutdown();
     server.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_webhooks_trust_the_configured_ca_only() {
+    let (ca_pem, tls) = private_ca();
+    let (url, got) = receiver(Some(tls));
+    let dir = temp_store().parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let busy = AlertRule {
+        name: "busy".into(),
+        metric: AlertMetric::Connections,
+        above: 0.0,
+        for_ms: 0,
+        level: Level::Info,
+    };
+    let configure = |ca_file: Option<String>| {
+        let (url, busy) = (url.clone(), busy.clone());
+        move |c: &mut switchboard_control_plane::config::Config| {
+            c.admin.jwt_secret = Some(ADMIN_SECRET.into());
+            c.alerts.interval_ms = 100;
+            c.alerts.webhooks = vec![url];
+            c.alerts.ca_file = ca_file;
+            c.alerts.rules = vec![busy];
+        }
+    };
+    let ops = switchboard_control_plane::auth::mint_admin(
+        ADMIN_SECRET,
+        "ops",
+        Duration::from_secs(60),
+        "admin",
+    );
+    let bearer = format!("Bearer {ops}");
+    let webhooks = |r: &Value| {
+        r["breakers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == json!("webhooks"))
+            .cloned()
+            .unwrap()
+    };
+
+    // Trusting the private CA: the notice arrives over TLS.
+    let server = start(configure(Some(ca_file.display().to_string())));
+    let c = Client::connect(server.ws_addr(), Fmt::Json, &token("ann", None)).await;
+    let fired = wait_for(&got, "busy", "firing").await;
+    assert!(
+        fired["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("[INFO] busy firing"),
+        "{fired}"
+    );
+    let (_, r) = admin_get(server.admin_addr(), &bearer, "/admin/breakers").await;
+    assert_eq!(webhooks(&r)["failures"], json!(0), "{r}");
+    assert!(webhooks(&r)["sent"].as_u64().unwrap() >= 1, "{r}");
+    drop(c);
+    server.shutdown();
+    server.wait();
+
+    // The built-in roots do not know that CA: delivery fails and is counted; nothing
+    // reaches the receiver.
+    got.lock().unwrap().clear();
+    let server = start(configure(None));
+    let c = Client::connect(server.ws_addr(), Fmt::Json, &token("bob", None)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, r) = admin_get(server.admin_addr(), &bearer, "/admin/breakers").await;
+        if webhooks(&r)["failures"].as_u64().unwrap() >= 1 {
+            assert_eq!(webhooks(&r)["sent"], json!(0), "{r}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed delivery: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(got.lock().unwrap().is_empty());
+    drop(c);
+    server.shutdown();
+    server.wait();
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -264,11 +264,21 @@ async fn secrets_never_reach_the_logs() {
     let hmac = "log-test-hmac-secret-9f8e7d6c5b4a";
     let api_key = "log-test-api-key-1a2b3c4d5e6f";
     let admin_secret = "log-test-admin-secret-0a9b8c7d6e5f";
+    // A webhook URL carries its secret in the path (Slack's do); nothing listens on
+    // port 1, so delivery fails and is logged — by host only.
+    let webhook_path = "services/T0/B0/log-test-webhook-path-secret";
+    let webhooks = format!(r#"["http://127.0.0.1:1/{webhook_path}"]"#);
     let (child, ws, admin) = spawn_binary(&[
         ("RUST_LOG", "trace"),
         ("SWITCHBOARD_AUTH__HMAC_SECRET", hmac),
         ("SWITCHBOARD_ADMIN__API_KEY", api_key),
         ("SWITCHBOARD_ADMIN__JWT_SECRET", admin_secret),
+        ("SWITCHBOARD_ALERTS__WEBHOOKS", &webhooks),
+        ("SWITCHBOARD_ALERTS__INTERVAL_MS", "50"),
+        (
+            "SWITCHBOARD_ALERTS__RULES",
+            r#"[{name = "busy", metric = "connections", above = 0, for_ms = 0, level = "info"}]"#,
+        ),
     ]);
     // A good token, a forged one, the API key and admin tokens, right and wrong.
     let good = switchboard_control_plane::auth::mint(
@@ -332,13 +342,29 @@ async fn secrets_never_reach_the_logs() {
         "",
     )
     .await;
+    // Give the alert a few intervals to fire and its delivery to fail.
+    tokio::time::sleep(Duration::from_millis(400)).await;
     drop((c, bad));
     let logs = stop_binary(child);
     assert!(logs.len() > 1000, "trace logs were written: {logs}");
-    for secret in [hmac, api_key, admin_secret, &good, &forged, &admin_token] {
+    assert!(
+        logs.contains("webhook delivery failed"),
+        "the failed webhook was logged: {logs}"
+    );
+    for secret in [
+        hmac,
+        api_key,
+        admin_secret,
+        &good,
+        &forged,
+        &admin_token,
+        webhook_path,
+    ] {
+        let leaks: Vec<&str> = logs.lines().filter(|l| l.contains(secret)).collect();
         assert!(
-            !logs.contains(secret),
-            "a secret reached the logs: {secret}"
+            leaks.is_empty(),
+            "a secret reached the logs: {secret}\n{}",
+            leaks.join("\n")
         );
     }
 }
