@@ -202,7 +202,7 @@ fn stop_binary(mut child: std::process::Child) -> String {
 async fn json_logs_carry_request_ids_and_security_events() {
     let hmac = "json-log-test-hmac-secret-0123";
     let (child, ws, admin) = spawn_binary(&[
-        ("RUST_LOG", "info"),
+        ("RUST_LOG", "info,switchboard_engine=debug"),
         ("SWITCHBOARD_LOG__FORMAT", "json"),
         ("SWITCHBOARD_AUTH__HMAC_SECRET", hmac),
         ("SWITCHBOARD_ADMIN__API_KEY", "json-log-test-api-key-0123"),
@@ -229,7 +229,21 @@ async fn json_logs_carry_request_ids_and_security_events() {
     )
     .await;
     assert_eq!(st, 401);
-    drop(c);
+    // A connection's lifecycle is logged (debug) under the client id its connect
+    // reply gave it.
+    let good = switchboard_control_plane::auth::mint(
+        hmac,
+        "ann",
+        None,
+        Duration::from_secs(60),
+        &Default::default(),
+    );
+    let mut ann = Client::open(ws, Fmt::Json).await;
+    let r = ann.call(json!({"cmd": "connect", "token": good})).await;
+    let ann_id = r["result"]["client"].as_str().unwrap().to_string();
+    ann.call(json!({"cmd": "nope"})).await;
+    drop((c, ann));
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let logs = stop_binary(child);
     let lines: Vec<serde_json::Value> = logs
         .lines()
@@ -256,7 +270,22 @@ async fn json_logs_carry_request_ids_and_security_events() {
         json!("/api/calls"),
         "{key_refused}"
     );
-    assert!(!logs.contains(&forged) && !logs.contains(hmac));
+    let lifecycle: Vec<(&str, &str)> = lines
+        .iter()
+        .filter(|l| l["fields"]["client"] == json!(ann_id))
+        .map(|l| {
+            (
+                l["fields"]["message"].as_str().unwrap(),
+                l["fields"]["user"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lifecycle,
+        [("connection opened", "ann"), ("connection closed", "ann")],
+        "{logs}"
+    );
+    assert!(!logs.contains(&forged) && !logs.contains(hmac) && !logs.contains(&good));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

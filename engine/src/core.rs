@@ -799,7 +799,7 @@ impl ShardCore {
                     return;
                 }
                 self.detach(slot, true);
-                self.metrics.closed(CloseKind::ClientClose);
+                self.closed(slot, CloseKind::ClientClose);
                 let now = self.now;
                 let conn = &mut self.conns[slot as usize];
                 // Echo the peer's code (RFC 6455 §5.5.1); an empty close gets an empty one.
@@ -1309,7 +1309,7 @@ impl ShardCore {
             if limit > 0 && state.refused_in_a_row >= limit {
                 tracing::info!(
                     target: "security",
-                    client = %format_args!("{}.{}.{}", self.id, slot, conn.gen),
+                    client = %self.client_id(slot),
                     event = e.name(),
                     "closed after repeated rate-limit refusals"
                 );
@@ -1620,11 +1620,19 @@ impl ShardCore {
         conn.state = ConnState::Open;
         conn.identity = Some(identity.clone());
         ShardMetrics::add(&self.metrics.authenticated, 1);
-        let gen = conn.gen;
+        let peer = conn.peer;
         let device = conn.device().map(str::to_string);
+        let client = self.client_id(slot);
+        tracing::debug!(
+            client = %client,
+            user = &*identity.user,
+            peer = %peer,
+            resumed,
+            "connection opened"
+        );
         let token = self.issue_token(slot, channels.iter().map(String::as_str));
         let reply = ConnectResult {
-            client: format!("{}.{}.{}", self.id, slot, gen),
+            client: client.to_string(),
             user: identity.user.to_string(),
             shard: self.id,
             ping_interval_ms: self.cfg.ping_interval_ms,
@@ -3438,7 +3446,7 @@ impl ShardCore {
             _ => {}
         }
         self.detach(slot, false);
-        self.metrics.closed(kind);
+        self.closed(slot, kind);
         let now = self.now;
         let conn = &mut self.conns[slot as usize];
         if code.0 >= 4000 || code == CloseCode::GOING_AWAY {
@@ -3457,6 +3465,29 @@ impl ShardCore {
         self.schedule(slot, now as u64 + self.ticks.close as u64);
     }
 
+    /// The id `connect` gave the connection in `slot` (`shard.slot.generation`).
+    fn client_id(&self, slot: u32) -> crate::presence::ClientId {
+        crate::presence::ClientId {
+            shard: self.id,
+            slot,
+            gen: self.conns[slot as usize].gen,
+        }
+    }
+
+    /// Count a connection's close, and log it (debug) under the connection's client id,
+    /// the correlation id its `connect` reply, the admin API and security events use.
+    fn closed(&self, slot: u32, kind: CloseKind) {
+        self.metrics.closed(kind);
+        let conn = &self.conns[slot as usize];
+        tracing::debug!(
+            client = %self.client_id(slot),
+            user = conn.identity.as_ref().map(|i| &*i.user),
+            peer = %conn.peer,
+            reason = kind.label(),
+            "connection closed"
+        );
+    }
+
     /// End a connection at once (no close handshake possible or needed).
     fn close_now(&mut self, slot: u32, kind: Option<CloseKind>) {
         let Some(conn) = self.conns.get(slot as usize) else {
@@ -3467,7 +3498,7 @@ impl ShardCore {
         }
         self.detach(slot, false);
         if let Some(kind) = kind {
-            self.metrics.closed(kind);
+            self.closed(slot, kind);
         }
         let conn = &mut self.conns[slot as usize];
         conn.state = ConnState::Closed;
@@ -3492,7 +3523,10 @@ impl ShardCore {
                     .try_send(ControlRequest::Gone { caller, graceful })
                     .is_err()
                 {
-                    tracing::warn!("control plane busy: a call participant's departure is lost");
+                    tracing::warn!(
+                        client = %self.client_id(slot),
+                        "control plane busy: a call participant's departure is lost"
+                    );
                 }
             }
         }
