@@ -873,7 +873,8 @@ fn notifications(c: &mut Criterion) {
     g.finish();
 }
 
-/// Per command while rate limits exist: the bucket check on its own, and a whole
+/// Per command while rate limits exist: the bucket check on its own, the shared
+/// per-user buckets on their own, and a whole
 /// `publish` command through a shard (decode, checks, sequencing, reply) without rules
 /// and with a connection and a user rule that never refuse.
 fn rate_limits(c: &mut Criterion) {
@@ -900,6 +901,28 @@ fn rate_limits(c: &mut Criterion) {
             if bucket.check(r, now).is_ok() {
                 bucket.take(r, now);
             }
+        })
+    });
+    // The per-user buckets shared by the shards: probe, then one compare-and-swap per
+    // rule (here: the user's command and publish rules).
+    let users = switchboard_engine::limits::UserBuckets::new(100_000);
+    let user = users.key("publisher");
+    let user_rules = [
+        (
+            LimitEvent::Command,
+            table.rule(None, Scope::User, LimitEvent::Command).unwrap(),
+        ),
+        (
+            LimitEvent::Publish,
+            table
+                .rule(Some("premium"), Scope::User, LimitEvent::Publish)
+                .unwrap(),
+        ),
+    ];
+    g.bench_function("shared_user_take_two_rules", |b| {
+        b.iter(|| {
+            now = now.wrapping_add(1);
+            black_box(users.take(black_box(user), &user_rules, now, 1_000))
         })
     });
     let (mut core, _rx) = fanout_core(0, "room:quiet");

@@ -801,6 +801,8 @@ mod tests {
             ("[engine]\nmax_connection_rate_per_ip = -1\n", "max_connection_rate_per_ip"),
             ("[engine]\nallowed_origins = \"https://a\"\n", "allowed_origins"),
             ("[engine]\nrate_limit_disconnect_after = \"x\"\n", "rate_limit_disconnect_after"),
+            ("[engine]\nrate_limit_users = 9999999\n", "engine.rate_limit_users"),
+            ("[engine]\nrate_limit_users = -1\n", "rate_limit_users"),
             (
                 "[[admin.api_keys]]\nname = \"a\"\nkey = \"short\"\nscopes = [\"read\"]\n",
                 "admin.api_keys[0].key",

@@ -151,6 +151,12 @@ async fn rate_limits_change_at_runtime_with_tiers_and_audit() {
         (10_000..=20_000).contains(&retry),
         "one every 20 s: {refused}"
     );
+    // A user's budget is one budget across shards: bob's connection on the other shard
+    // finds it spent.
+    let mut bob_elsewhere = client_on_shard(addr, Fmt::Json, &token("bob", None), 1).await;
+    let r = publish(&mut bob_elsewhere, 101).await;
+    assert_eq!(r["error"]["code"], json!(114), "{r}");
+    drop(bob_elsewhere);
     // Other commands are not limited by a publish rule.
     let r = basic
         .call(json!({"cmd": "subscribe", "channel": "chat:2"}))

@@ -142,6 +142,11 @@ pub struct EngineConfig {
     /// A connection refused by a rate limit this many times in a row is closed with
     /// 4008 (0: never).
     pub rate_limit_disconnect_after: u32,
+    /// Users whose per-user buckets the shards share at once (a table of twice as many
+    /// 72-byte slots, made when a user rule first applies). Users beyond it, and every
+    /// user with 0, have their buckets kept per shard (up to `n` times the rate on `n`
+    /// shards).
+    pub rate_limit_users: u32,
 }
 
 impl Default for EngineConfig {
@@ -188,6 +193,7 @@ impl Default for EngineConfig {
             max_connection_rate_per_ip: 0,
             rate_limits: Vec::new(),
             rate_limit_disconnect_after: 20,
+            rate_limit_users: 32_768,
         }
     }
 }
@@ -207,6 +213,9 @@ impl EngineConfig {
     /// Check values that would make the engine misbehave; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
         self.limits()?;
+        if self.rate_limit_users > 1 << 22 {
+            return Err("engine.rate_limit_users: at most 4194304".into());
+        }
         let positive = [
             ("engine.max_connections", self.max_connections as u64),
             (

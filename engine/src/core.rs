@@ -43,7 +43,7 @@ use crate::journal::{
     Batch, Durability, JournalLink, MarkKind, MarkRecord, Policies, Policy, Record,
     Refusal as JournalRefusal,
 };
-use crate::limits::{Buckets, LimitEvent, LimitTable, Scope};
+use crate::limits::{Buckets, Compiled, LimitEvent, LimitTable, Scope};
 use crate::marks::{Marks, ReceiptList};
 use crate::mesh::{
     Answer, MarkUpdate, Mesh, PresenceKind, PresenceUpdate, Publication, PublishReply, QueryKind,
@@ -152,7 +152,15 @@ struct ConnLimits {
     buckets: Buckets,
     /// Commands refused by a rate limit in a row.
     refused_in_a_row: u32,
+    /// Its user's key in the shared user buckets (0: not looked up yet).
+    user_key: u64,
 }
+
+/// Filler for unused entries of a rule list.
+const NO_RULE: Compiled = Compiled {
+    ms_per_event: 1.0,
+    burst: 0.0,
+};
 
 /// The parts of a connection's state only some connections use.
 #[derive(Debug, Default)]
@@ -267,8 +275,9 @@ pub struct ShardCore {
     commands_seen: u32,
     /// Rate limits in force (replaced whole at runtime).
     rate_limits: Arc<LimitTable>,
-    /// Per-user rate-limit buckets of users with connections here (made on a user's
-    /// first limited command, dropped with its last connection).
+    /// Per-user rate-limit buckets kept by this shard, for users the shared table
+    /// ([`crate::limits::UserBuckets`]) had no room for or with `rate_limit_users = 0`
+    /// (made on a user's first limited command, dropped with its last connection here).
     user_buckets: HashMap<Arc<str>, Box<Buckets>>,
     /// Maintenance mode (admin API): new connections are refused.
     maintenance: Option<Arc<Maintenance>>,
@@ -1276,24 +1285,69 @@ impl ShardCore {
                 rules[s][i] = table.rule(tier, scope, events[i]);
             }
         }
-        let has_user = rules[1].iter().any(Option::is_some);
-        if !has_user && rules[0].iter().all(Option::is_none) {
+        if rules.iter().flatten().all(Option::is_none) {
             return true;
         }
-        // Check everything before taking anything.
+        // The user's key in the shared buckets, computed once per connection.
+        let mut user_rules = [(LimitEvent::Command, NO_RULE); 2];
+        let mut user_n = 0;
+        for i in 0..n {
+            if let Some(r) = rules[1][i] {
+                user_rules[user_n] = (events[i], r);
+                user_n += 1;
+            }
+        }
+        let users = self.cfg.rate_limit_users as usize;
+        let shared = (user_n > 0 && users > 0).then(|| self.mesh.user_buckets(users));
+        let user_key = match shared {
+            Some(shared) => {
+                let state = conn.limits.get_or_insert_with(Default::default);
+                if state.user_key == 0 {
+                    state.user_key = shared.key(&identity.user);
+                }
+                state.user_key
+            }
+            None => 0,
+        };
+        let user_rules = &user_rules[..user_n];
+        // The connection's buckets: checked first, taken only when everything fits.
         let fresh: Buckets = Default::default();
-        // Borrowed, not cloned: the user's map entry exists after its first command.
-        let user = has_user.then_some(&identity.user);
         let mine = conn.limits.as_ref().map_or(&fresh, |l| &l.buckets);
-        let theirs = user
-            .and_then(|u| self.user_buckets.get(&**u))
-            .map_or(&fresh, |b| &**b);
         let mut wait: Option<(u32, LimitEvent)> = None;
-        for (buckets, row) in [(mine, &rules[0]), (theirs, &rules[1])] {
-            for i in 0..n {
-                let Some(r) = row[i] else { continue };
-                let e = events[i];
-                if let Err(ms) = buckets[e.index()].check(r, now_ms) {
+        for i in 0..n {
+            let Some(r) = rules[0][i] else { continue };
+            if let Err(ms) = mine[events[i].index()].check(r, now_ms) {
+                if wait.is_none_or(|(w, _)| ms > w) {
+                    wait = Some((ms, events[i]));
+                }
+            }
+        }
+        // The user's buckets, shared by the shards: taken all or none when the
+        // connection's fit; else only read, to say the longest wait.
+        let mut on_this_shard = user_n > 0 && shared.is_none();
+        if let Some(shared) = shared {
+            match wait {
+                Some((w, _)) => {
+                    let (ms, e) = shared.wait(user_key, user_rules, now_ms);
+                    if ms > w {
+                        wait = Some((ms, e));
+                    }
+                }
+                None => match shared.take(user_key, user_rules, now_ms, table.user_idle_ms()) {
+                    Ok(true) => {}
+                    // No room in the shared table: this shard keeps the user's buckets.
+                    Ok(false) => on_this_shard = true,
+                    Err(refused) => wait = Some(refused),
+                },
+            }
+        }
+        if on_this_shard {
+            let theirs = self
+                .user_buckets
+                .get(&*identity.user)
+                .map_or(&fresh, |b| &**b);
+            for &(e, r) in user_rules {
+                if let Err(ms) = theirs[e.index()].check(r, now_ms) {
                     if wait.is_none_or(|(w, _)| ms > w) {
                         wait = Some((ms, e));
                     }
@@ -1338,15 +1392,14 @@ impl ShardCore {
                 mine[events[i].index()].take(r, now_ms);
             }
         }
-        if let Some(user) = user {
+        if on_this_shard {
+            let user = &identity.user;
             let theirs = match self.user_buckets.get_mut(&**user) {
                 Some(b) => b,
                 None => self.user_buckets.entry(user.clone()).or_default(),
             };
-            for i in 0..n {
-                if let Some(r) = rules[1][i] {
-                    theirs[events[i].index()].take(r, now_ms);
-                }
+            for &(e, r) in user_rules {
+                theirs[e.index()].take(r, now_ms);
             }
         }
         true
@@ -4430,6 +4483,13 @@ mod tests {
 
     #[test]
     fn rate_limits_refuse_with_retry_after_share_user_buckets_and_disconnect() {
+        // User buckets in the table the shards share, and kept by the shard.
+        for users in [32_768, 0] {
+            rate_limits_with(users);
+        }
+    }
+
+    fn rate_limits_with(users: u32) {
         use crate::limits::LimitRule;
         let rule = LimitRule::new;
         let mut h = harness(|c| {
@@ -4438,6 +4498,7 @@ mod tests {
                 rule(Scope::User, LimitEvent::Command, 5, 1000),
             ];
             c.rate_limit_disconnect_after = 3;
+            c.rate_limit_users = users;
         });
         let (a, b) = (h.open(), h.open());
         let publish = |id: u32| {

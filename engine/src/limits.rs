@@ -7,14 +7,19 @@
 //! connection (or a user) has used, not what it has left, so a zeroed bucket is a full
 //! one and a rule change keeps what was used.
 //!
-//! Per-user buckets are kept per shard: a user whose connections land on `n` shards may
-//! reach `n` times a per-user rate. Connection rules bound each connection exactly.
+//! Per-user buckets are shared by the shards ([`UserBuckets`]): a user's budget is one
+//! budget however its connections spread over the shards. Connection buckets live in
+//! the connection (one shard, no sharing).
 //!
-//! Does not own where the buckets live (the shard: connection buckets in the
-//! connection, user buckets in its user index) or the replies.
+//! Does not own where connection buckets live (the connection) or the replies.
 //!
 //! Hot path: [`LimitTable::rule`] and [`Bucket::take`] run for every command when any
-//! rule exists: an array index, a short scan for the tier, float arithmetic.
+//! rule exists: an array index, a short scan for the tier, float arithmetic. With user
+//! rules, [`UserBuckets::take`] adds a probe of a shared table (the user's hash is
+//! computed once per connection) and one compare-and-swap per rule.
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use serde::{Deserialize, Serialize};
 
@@ -152,6 +157,9 @@ pub struct LimitTable {
     rules: Vec<LimitRule>,
     /// `(tier, rules)`; the default tier is `None` and comes first when present.
     rows: Vec<(Option<Box<str>>, Row)>,
+    /// Longest time a user-scope bucket takes to empty from full, ms: a user idle that
+    /// long has nothing to remember.
+    user_idle_ms: u32,
 }
 
 impl LimitTable {
@@ -178,7 +186,23 @@ impl LimitTable {
             });
         }
         rows.sort_by_key(|(t, _)| t.is_some());
-        Ok(LimitTable { rules, rows })
+        let user_idle_ms = rows
+            .iter()
+            .flat_map(|(_, row)| row[Scope::User as usize].iter().flatten())
+            .map(|c| (c.burst * c.ms_per_event).ceil() as u64)
+            .max()
+            .unwrap_or(0)
+            .min(u32::MAX as u64 / 4) as u32;
+        Ok(LimitTable {
+            rules,
+            rows,
+            user_idle_ms,
+        })
+    }
+
+    /// How long a user's buckets take to empty from full at most, ms.
+    pub fn user_idle_ms(&self) -> u32 {
+        self.user_idle_ms
     }
 
     /// No rules: nothing to check.
@@ -236,13 +260,212 @@ impl Bucket {
     #[inline]
     pub fn take(&mut self, rule: Compiled, now_ms: u32) {
         self.used = self.current(rule, now_ms) + 1.0;
-        self.at_ms = now_ms;
+        if !behind(now_ms, self.at_ms) {
+            self.at_ms = now_ms;
+        }
     }
 
     #[inline]
     fn current(&self, rule: Compiled, now_ms: u32) -> f32 {
-        let elapsed = now_ms.wrapping_sub(self.at_ms) as f32;
+        let elapsed = if behind(now_ms, self.at_ms) {
+            0.0
+        } else {
+            now_ms.wrapping_sub(self.at_ms) as f32
+        };
         (self.used - elapsed / rule.ms_per_event).max(0.0)
+    }
+
+    /// One word: `used` (f32 bits) high, `at_ms` low.
+    #[inline]
+    fn pack(self) -> u64 {
+        (u64::from(self.used.to_bits()) << 32) | u64::from(self.at_ms)
+    }
+
+    #[inline]
+    fn unpack(word: u64) -> Bucket {
+        Bucket {
+            used: f32::from_bits((word >> 32) as u32),
+            at_ms: word as u32,
+        }
+    }
+}
+
+/// Whether `now_ms` is a little before `at_ms`: the clock of a shard a tick behind the
+/// one that took last (shards tick on their own; a minute of slack is far more than
+/// they drift). Anything further back is a clock that wrapped: long ago.
+#[inline]
+fn behind(now_ms: u32, at_ms: u32) -> bool {
+    let d = now_ms.wrapping_sub(at_ms) as i32;
+    (-60_000..0).contains(&d)
+}
+
+/// Slots looked at for a user before giving up (the caller then keeps the user's
+/// buckets per shard).
+const PROBES: usize = 16;
+
+/// One user's buckets in [`UserBuckets`].
+#[derive(Debug, Default)]
+struct Slot {
+    /// The user's hash; 0: free.
+    key: AtomicU64,
+    /// When a bucket was last taken from, ms (wrapping).
+    last_ms: AtomicU32,
+    /// [`Bucket`]s, packed, one per event.
+    buckets: [AtomicU64; EVENTS],
+}
+
+/// Per-user buckets shared by every shard, so a user's budget is one budget however
+/// its connections spread.
+///
+/// Lock-free: an open-addressed table of slots, each claimed by a user's 64-bit hash
+/// (SipHash with a per-process random key, so user ids cannot be chosen to collide),
+/// each bucket one atomic word updated by compare-and-swap. Slots are never freed: a
+/// user arriving takes a free slot or one whose user has been idle longer than every
+/// user rule's window (its buckets would read empty anyway). A race between a shard
+/// taking from a slot and another reclaiming it charges the newcomer at most one
+/// event. Sized at twice `engine.rate_limit_users` (a power of two, 72 bytes a slot),
+/// so the table stays under half full; allocated on the first command that meets a
+/// user rule.
+#[derive(Debug)]
+pub struct UserBuckets {
+    hasher: std::hash::RandomState,
+    slots: Box<[Slot]>,
+}
+
+impl UserBuckets {
+    /// A table for `users` users at once (twice as many slots, a power of two).
+    pub fn new(users: usize) -> UserBuckets {
+        let n = (users.max(512) * 2).next_power_of_two();
+        UserBuckets {
+            hasher: std::hash::RandomState::new(),
+            slots: (0..n).map(|_| Slot::default()).collect(),
+        }
+    }
+
+    /// The key of `user` (never 0).
+    pub fn key(&self, user: &str) -> u64 {
+        self.hasher.hash_one(user).max(1)
+    }
+
+    /// Bytes the table holds.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.slots)
+    }
+
+    /// The slot of `key`, claiming a free or idle one; `None` when the user's
+    /// [`PROBES`] slots are all busy with others.
+    fn slot(&self, key: u64, now_ms: u32, idle_ms: u32) -> Option<&Slot> {
+        let mask = self.slots.len() - 1;
+        let start = key as usize & mask;
+        let mut idle = None;
+        for i in 0..PROBES {
+            let slot = &self.slots[(start + i) & mask];
+            let mut k = slot.key.load(Relaxed);
+            if k == 0 {
+                match slot.key.compare_exchange(0, key, Relaxed, Relaxed) {
+                    Ok(_) => return Some(Self::claimed(slot, now_ms)),
+                    Err(now) => k = now,
+                }
+            }
+            if k == key {
+                return Some(slot);
+            }
+            let quiet = now_ms.wrapping_sub(slot.last_ms.load(Relaxed));
+            if idle.is_none() && quiet > idle_ms && quiet < u32::MAX - 60_000 {
+                idle = Some((slot, k));
+            }
+        }
+        let (slot, old) = idle?;
+        slot.key
+            .compare_exchange(old, key, Relaxed, Relaxed)
+            .ok()
+            .map(|_| Self::claimed(slot, now_ms))
+    }
+
+    fn claimed(slot: &Slot, now_ms: u32) -> &Slot {
+        for b in &slot.buckets {
+            b.store(0, Relaxed);
+        }
+        slot.last_ms.store(now_ms, Relaxed);
+        slot
+    }
+
+    /// Take one event from each of `rules` (`(event, rule)`) for user `key`: all or
+    /// none. `Err` says how long until the first one that does not fit would, and
+    /// which; `Ok(false)` when the table had no room for the user (nothing taken: keep
+    /// its buckets elsewhere).
+    pub fn take(
+        &self,
+        key: u64,
+        rules: &[(LimitEvent, Compiled)],
+        now_ms: u32,
+        idle_ms: u32,
+    ) -> Result<bool, (u32, LimitEvent)> {
+        let Some(slot) = self.slot(key, now_ms, idle_ms) else {
+            return Ok(false);
+        };
+        for (i, &(event, rule)) in rules.iter().enumerate() {
+            let cell = &slot.buckets[event.index()];
+            let mut word = cell.load(Relaxed);
+            loop {
+                let mut b = Bucket::unpack(word);
+                if let Err(ms) = b.check(rule, now_ms) {
+                    for &(taken, rule) in &rules[..i] {
+                        Self::give_back(&slot.buckets[taken.index()], rule, now_ms);
+                    }
+                    return Err((ms, event));
+                }
+                b.take(rule, now_ms);
+                match cell.compare_exchange_weak(word, b.pack(), Relaxed, Relaxed) {
+                    Ok(_) => break,
+                    Err(now) => word = now,
+                }
+            }
+        }
+        slot.last_ms.store(now_ms, Relaxed);
+        Ok(true)
+    }
+
+    /// How long until one more event of each of `rules` fits for user `key` (0: now),
+    /// without taking anything.
+    pub fn wait(
+        &self,
+        key: u64,
+        rules: &[(LimitEvent, Compiled)],
+        now_ms: u32,
+    ) -> (u32, LimitEvent) {
+        let mut worst = (0, LimitEvent::Command);
+        let mask = self.slots.len() - 1;
+        let start = key as usize & mask;
+        let found = (0..PROBES)
+            .map(|i| &self.slots[(start + i) & mask])
+            .find(|s| s.key.load(Relaxed) == key);
+        if let Some(slot) = found {
+            for &(event, rule) in rules {
+                let b = Bucket::unpack(slot.buckets[event.index()].load(Relaxed));
+                if let Err(ms) = b.check(rule, now_ms) {
+                    if ms > worst.0 {
+                        worst = (ms, event);
+                    }
+                }
+            }
+        }
+        worst
+    }
+
+    fn give_back(cell: &AtomicU64, rule: Compiled, now_ms: u32) {
+        let mut word = cell.load(Relaxed);
+        loop {
+            let mut b = Bucket::unpack(word);
+            b.used = (b.current(rule, now_ms) - 1.0).max(0.0);
+            if !behind(now_ms, b.at_ms) {
+                b.at_ms = now_ms;
+            }
+            match cell.compare_exchange_weak(word, b.pack(), Relaxed, Relaxed) {
+                Ok(_) => return,
+                Err(now) => word = now,
+            }
+        }
     }
 }
 
@@ -320,5 +543,108 @@ mod tests {
         bad.rate = 1;
         bad.burst = Some(0);
         assert!(LimitTable::new(vec![bad]).is_err());
+    }
+
+    fn per_minute(rate: u32) -> Compiled {
+        Compiled {
+            ms_per_event: 60_000.0 / rate as f32,
+            burst: rate as f32,
+        }
+    }
+
+    #[test]
+    fn shared_user_buckets_are_one_budget_across_threads() {
+        let table = std::sync::Arc::new(UserBuckets::new(1000));
+        let rules = [(LimitEvent::Publish, per_minute(100))];
+        let key = table.key("ann");
+        assert_eq!(key, table.key("ann"));
+        assert_ne!(key, table.key("bob"));
+        // Four shards' threads race for one user's budget of 100: exactly 100 fit.
+        let taken: u32 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let table = &table;
+                    s.spawn(move || {
+                        (0..1000)
+                            .filter(|_| table.take(key, &rules, 1000, 60_000) == Ok(true))
+                            .count() as u32
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(taken, 100);
+        let (wait, event) = table.wait(key, &rules, 1000);
+        assert_eq!((wait, event), (600, LimitEvent::Publish));
+        assert_eq!(
+            table.take(key, &rules, 1000, 60_000),
+            Err((600, LimitEvent::Publish))
+        );
+        // A shard whose clock is a tick behind neither refills nor wraps.
+        assert!(table.take(key, &rules, 900, 60_000).is_err());
+        assert_eq!(table.take(key, &rules, 1600, 60_000), Ok(true));
+    }
+
+    #[test]
+    fn shared_user_buckets_take_all_or_none() {
+        let table = UserBuckets::new(10);
+        let command = (LimitEvent::Command, per_minute(10));
+        let publish = (LimitEvent::Publish, per_minute(2));
+        let both = [command, publish];
+        assert_eq!(table.take(7, &both, 0, 60_000), Ok(true));
+        assert_eq!(table.take(7, &both, 0, 60_000), Ok(true));
+        // The publish rule refuses: the command budget taken first is given back.
+        assert_eq!(
+            table.take(7, &both, 0, 60_000),
+            Err((30_000, LimitEvent::Publish))
+        );
+        for _ in 0..8 {
+            assert_eq!(table.take(7, &[command], 0, 60_000), Ok(true));
+        }
+        assert_eq!(
+            table.take(7, &[command], 0, 60_000),
+            Err((6_000, LimitEvent::Command))
+        );
+    }
+
+    #[test]
+    fn shared_user_slots_are_reclaimed_only_from_idle_users() {
+        let table = UserBuckets::new(1); // 1024 slots
+        let n = table.slots.len() as u64;
+        let rules = [(LimitEvent::Publish, per_minute(1))];
+        // Seventeen users whose keys start probing at the same slot.
+        let keys: Vec<u64> = (1..=17).map(|i| 5 + i * n).collect();
+        for &k in &keys[..16] {
+            assert_eq!(table.take(k, &rules, 1000, 60_000), Ok(true));
+        }
+        // No room among the sixteen busy slots: nothing taken, the caller keeps it.
+        assert_eq!(table.take(keys[16], &rules, 1000, 60_000), Ok(false));
+        // After a minute of quiet, a slot is reclaimed, starting empty; the others keep
+        // their users and what they used.
+        assert_eq!(table.take(keys[16], &rules, 62_000, 60_000), Ok(true));
+        assert_eq!(
+            table
+                .take(keys[16], &rules, 62_000, 60_000)
+                .map_err(|e| e.1),
+            Err(LimitEvent::Publish)
+        );
+        let kept = keys[..16]
+            .iter()
+            .filter(|&&k| table.take(k, &rules, 1000, 60_000).is_err())
+            .count();
+        assert_eq!(kept, 15, "one of the sixteen lost its slot");
+        assert!(table.bytes() >= 1024 * 72);
+    }
+
+    #[test]
+    fn the_table_knows_how_long_users_take_to_go_idle() {
+        let t = LimitTable::new(vec![
+            rule(Scope::User, LimitEvent::Publish, 30, 60_000),
+            rule(Scope::User, LimitEvent::Command, 10, 1_000),
+            rule(Scope::Connection, LimitEvent::Send, 1, 3_600_000),
+        ])
+        .unwrap();
+        assert_eq!(t.user_idle_ms(), 60_000);
+        assert_eq!(LimitTable::default().user_idle_ms(), 0);
     }
 }

@@ -517,6 +517,8 @@ pub struct Mesh {
     ip_rate: Box<[AtomicU64]>,
     /// Zero of `ip_rate`'s clock.
     epoch: std::time::Instant,
+    /// Per-user rate-limit buckets, made on first use.
+    user_buckets: OnceLock<crate::limits::UserBuckets>,
     /// Where durable publications go, when a store is attached.
     journal: OnceLock<JournalLink>,
     /// Streams and marks read back from the store, per shard, taken once by each shard.
@@ -524,6 +526,13 @@ pub struct Mesh {
 }
 
 impl Mesh {
+    /// The per-user rate-limit buckets shared by the shards, made for `users` users
+    /// (`engine.rate_limit_users`) on first use.
+    pub fn user_buckets(&self, users: usize) -> &crate::limits::UserBuckets {
+        self.user_buckets
+            .get_or_init(|| crate::limits::UserBuckets::new(users))
+    }
+
     /// Inboxes for `shards` shards of `capacity` messages each.
     pub fn new(shards: usize, capacity: usize) -> std::io::Result<Arc<Mesh>> {
         let inboxes = (0..shards)
@@ -534,6 +543,7 @@ impl Mesh {
             connections: AtomicUsize::new(0),
             per_ip: (0..IP_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
             ip_rate: (0..RATE_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            user_buckets: OnceLock::new(),
             epoch: std::time::Instant::now(),
             journal: OnceLock::new(),
             seeds: Mutex::new(Vec::new()),
