@@ -143,7 +143,7 @@ pub struct EngineConfig {
     /// 4008 (0: never).
     pub rate_limit_disconnect_after: u32,
     /// Users whose per-user buckets the shards share at once (a table of twice as many
-    /// 72-byte slots, made when a user rule first applies). Users beyond it, and every
+    /// 64-byte slots, made when a user rule first applies). Users beyond it, and every
     /// user with 0, have their buckets kept per shard (up to `n` times the rate on `n`
     /// shards).
     pub rate_limit_users: u32,
