@@ -98,6 +98,28 @@ fn private_ca() -> (String, Arc<rustls::ServerConfig>) {
     (ca.pem(), Arc::new(config))
 }
 
+/// `Authorization` for an admin token.
+fn ops_bearer() -> String {
+    let ops = switchboard_control_plane::auth::mint_admin(
+        ADMIN_SECRET,
+        "ops",
+        Duration::from_secs(60),
+        "admin",
+    );
+    format!("Bearer {ops}")
+}
+
+/// The `webhooks` breaker in a `/admin/breakers` answer.
+fn webhooks(r: &Value) -> Value {
+    r["breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == json!("webhooks"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no webhooks breaker: {r}"))
+}
+
 async fn admin_get(admin: std::net::SocketAddr, bearer: &str, path: &str) -> (u16, Value) {
     let (st, text) = http(admin, "GET", path, &[("Authorization", bearer)], "").await;
     (st, serde_json::from_str(&text).unwrap_or(Value::Null))
@@ -149,13 +171,7 @@ async fn rules_fire_resolve_and_reach_the_webhook() {
         ];
     });
     let (addr, admin) = (server.ws_addr(), server.admin_addr());
-    let ops = switchboard_control_plane::auth::mint_admin(
-        ADMIN_SECRET,
-        "ops",
-        Duration::from_secs(60),
-        "admin",
-    );
-    let bearer = format!("Bearer {ops}");
+    let bearer = ops_bearer();
     let mut a = Client::connect(addr, Fmt::Json, &token("ann", None)).await;
     let b = Client::connect(addr, Fmt::Json, &token("bob", None)).await;
     let fired = wait_for(&got, "busy", "firing").await;
@@ -201,13 +217,7 @@ async fn rules_fire_resolve_and_reach_the_webhook() {
         "newest first: {r}"
     );
     let (_, r) = admin_get(admin, &bearer, "/admin/breakers").await;
-    let hooks = r["breakers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == json!("webhooks"))
-        .cloned()
-        .unwrap();
+    let hooks = webhooks(&r);
     assert_eq!(
         (&hooks["state"], &hooks["sent"]),
         (&json!("closed"), &json!(4)),
@@ -244,22 +254,7 @@ async fn https_webhooks_trust_the_configured_ca_only() {
             c.alerts.rules = vec![busy];
         }
     };
-    let ops = switchboard_control_plane::auth::mint_admin(
-        ADMIN_SECRET,
-        "ops",
-        Duration::from_secs(60),
-        "admin",
-    );
-    let bearer = format!("Bearer {ops}");
-    let webhooks = |r: &Value| {
-        r["breakers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["name"] == json!("webhooks"))
-            .cloned()
-            .unwrap()
-    };
+    let bearer = ops_bearer();
 
     // Trusting the private CA: the notice arrives over TLS.
     let server = start(configure(Some(ca_file.display().to_string())));
