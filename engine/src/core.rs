@@ -1288,7 +1288,8 @@ impl ShardCore {
         if rules.iter().flatten().all(Option::is_none) {
             return true;
         }
-        // The user's key in the shared buckets, computed once per connection.
+        // The user-scope rules that apply, and the user's key in the shared buckets
+        // (computed once per connection).
         let mut user_rules = [(LimitEvent::Command, NO_RULE); 2];
         let mut user_n = 0;
         for i in 0..n {
