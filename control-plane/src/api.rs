@@ -53,6 +53,17 @@ fn valid_user(user: &str) -> Result<(), Response> {
     Ok(())
 }
 
+/// The `{user}` of a user route, once the API key is checked and the id is valid.
+fn checked_user(
+    s: &AdminState,
+    headers: &HeaderMap,
+    path: axum::extract::Path<String>,
+) -> Result<String, Response> {
+    crate::admin::check(s, headers)?;
+    valid_user(&path.0)?;
+    Ok(path.0)
+}
+
 /// Who is acting, for the audit log: `api:<key name>`.
 fn actor(s: &AdminState, headers: &HeaderMap) -> String {
     key_of(s, headers).map_or_else(|_| "api".into(), |k| format!("api:{}", k.name))
@@ -96,13 +107,10 @@ async fn user_status(
     headers: HeaderMap,
     path: axum::extract::Path<String>,
 ) -> Response {
-    if let Err(r) = crate::admin::check(&s, &headers) {
-        return r;
-    }
-    let user = path.0;
-    if let Err(r) = valid_user(&user) {
-        return r;
-    }
+    let user = match checked_user(&s, &headers, path) {
+        Ok(user) => user,
+        Err(r) => return r,
+    };
     let filter = ConnFilter {
         user: Some(user.clone()),
         ..Default::default()
@@ -254,14 +262,12 @@ async fn revoke_user(
     headers: HeaderMap,
     path: axum::extract::Path<String>,
 ) -> Response {
-    if let Err(r) = crate::admin::check(&s, &headers) {
-        return r;
-    }
-    if let Err(r) = valid_user(&path.0) {
-        return r;
-    }
+    let user = match checked_user(&s, &headers, path) {
+        Ok(user) => user,
+        Err(r) => return r,
+    };
     let who = actor(&s, &headers);
-    match crate::ops::revoke_user(&s, &who, &path.0).await {
+    match crate::ops::revoke_user(&s, &who, &user).await {
         Ok((at, n)) => {
             Json(json!({"ok": true, "revoked_at": at, "disconnected": n})).into_response()
         }

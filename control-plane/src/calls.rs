@@ -439,13 +439,7 @@ impl Worker {
             } => {
                 let command = cmd.kind();
                 let result = self.command(&caller, cmd).map(ReplyBody::Value);
-                let msg = ShardMsg::Reply {
-                    conn,
-                    req_id,
-                    command,
-                    result,
-                };
-                crate::auth::send_patiently(&self.shards, shard, msg, "a call reply");
+                crate::worker::reply(&self.shards, shard, conn, req_id, command, result);
             }
             Work::Gone(caller, graceful) => self.gone(&caller, graceful),
             Work::Active(reply) => {

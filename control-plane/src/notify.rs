@@ -381,13 +381,8 @@ impl Worker {
                     code: r.code,
                     message: r.message,
                 });
-                let msg = ShardMsg::Reply {
-                    conn,
-                    req_id,
-                    command,
-                    result: result.map(ReplyBody::Value),
-                };
-                crate::auth::send_patiently(&self.shards, shard, msg, "a notification reply");
+                let result = result.map(ReplyBody::Value);
+                crate::worker::reply(&self.shards, shard, conn, req_id, command, result);
             }
             Work::Create(n, reply) => {
                 let result = self.create(&n);

@@ -28,7 +28,7 @@ use serde::Serialize;
 use switchboard_engine::auth::ScheduleJob;
 use switchboard_engine::mesh::ReplyBody;
 use switchboard_engine::metrics::CommandKind;
-use switchboard_engine::{ControlRequest, EngineHandle, Refused, ShardMsg, ShardSender};
+use switchboard_engine::{ControlRequest, EngineHandle, Refused, ShardSender};
 use switchboard_protocol::{ErrorCode, Format, Payload, Position};
 
 use crate::worker::{open_store, WorkerHandle};
@@ -208,13 +208,8 @@ impl Worker {
                 let result = self
                     .insert(&job, true)
                     .map(|(id, at)| ReplyBody::Scheduled { id, at });
-                let msg = ShardMsg::Reply {
-                    conn,
-                    req_id,
-                    command: CommandKind::Schedule,
-                    result,
-                };
-                crate::auth::send_patiently(&self.shards, shard, msg, "a schedule reply");
+                let command = CommandKind::Schedule;
+                crate::worker::reply(&self.shards, shard, conn, req_id, command, result);
             }
             Work::Shard(ControlRequest::Unschedule {
                 shard,
@@ -227,13 +222,8 @@ impl Worker {
                     Ok(()) => Ok(ReplyBody::Empty),
                     Err(e) => Err(cancel_refusal(e)),
                 };
-                let msg = ShardMsg::Reply {
-                    conn,
-                    req_id,
-                    command: CommandKind::Unschedule,
-                    result,
-                };
-                crate::auth::send_patiently(&self.shards, shard, msg, "an unschedule reply");
+                let command = CommandKind::Unschedule;
+                crate::worker::reply(&self.shards, shard, conn, req_id, command, result);
             }
             Work::Shard(_) => {}
             Work::Add(job, reply) => {
