@@ -1,0 +1,310 @@
+//! Direct messages, inbox cursors, receipts and scheduled messages.
+//!
+//! Owns `send` into a user's inbox, `ack` (a device's cursor), `receipt`/`receipts`
+//! (kept by the channel's owner, stored, pushed to subscribers) and `schedule`/
+//! `unschedule` (handed to the control plane). Does not own storage of marks
+//! ([`crate::marks`]) or firing schedules (control plane).
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use switchboard_protocol::{ErrorCode, Payload, Position};
+
+use super::conn::ConnKey;
+use super::fanout::push_frames;
+use super::{unix_ms, ShardCore};
+use crate::access::Action;
+use crate::auth::{ControlRequest, ScheduleJob};
+use crate::journal::{MarkKind, MarkRecord};
+use crate::marks::ReceiptList;
+use crate::mesh::{Answer, MarkUpdate, ReplyBody, ShardMsg};
+use crate::metrics::CommandKind;
+use crate::streams;
+
+impl ShardCore {
+    /// `send`: a direct message into `user`'s inbox, carrying the sender's user id.
+    pub(super) fn send_direct(
+        &mut self,
+        slot: u32,
+        id: u32,
+        user: &str,
+        data: Payload<'_>,
+        meta: Option<Payload<'_>>,
+        key: Option<&str>,
+    ) {
+        let Some(identity) = self.conns[slot as usize].identity.clone() else {
+            return;
+        };
+        let channel = match self.dm_target(&identity, user) {
+            Ok(c) => c,
+            Err((code, why)) => return self.reply_err(slot, id, code, why),
+        };
+        self.route_publish(
+            slot,
+            id,
+            &channel,
+            data,
+            meta,
+            key,
+            Some(identity.user.clone()),
+        );
+    }
+
+    /// `ack`: this device has processed its inbox up to `offset`.
+    pub(super) fn ack_inbox(&mut self, slot: u32, id: u32, offset: u64) {
+        let conn = &self.conns[slot as usize];
+        let Some(device) = conn.device().map(Box::from) else {
+            return self.reply_err(
+                slot,
+                id,
+                ErrorCode::BadRequest,
+                "connect with a 'device' to keep an inbox cursor",
+            );
+        };
+        let Some(inbox) = conn.identity.as_ref().and_then(|i| self.inbox_of(&i.user)) else {
+            return self.reply_err(slot, id, ErrorCode::BadRequest, "direct messages are off");
+        };
+        self.mark(MarkUpdate {
+            channel: inbox.into(),
+            kind: MarkKind::Cursor,
+            who: device,
+            delivered: None,
+            read: Some(offset),
+        });
+        self.reply_ok(slot, id);
+    }
+
+    /// `receipt`: this user received / read `channel` up to these offsets.
+    pub(super) fn receipt(
+        &mut self,
+        slot: u32,
+        id: u32,
+        channel: &str,
+        delivered: Option<u64>,
+        read: Option<u64>,
+    ) {
+        if let Err((code, why)) = self.check_channel(slot, channel, Action::Subscribe) {
+            return self.reply_err(slot, id, code, why);
+        }
+        let Some(user) = self.conns[slot as usize].identity.as_ref().map(|i| &i.user) else {
+            return;
+        };
+        let update = MarkUpdate {
+            channel: channel.into(),
+            kind: MarkKind::Receipt,
+            who: user.as_ref().into(),
+            delivered,
+            read,
+        };
+        self.mark(update);
+        self.reply_ok(slot, id);
+    }
+
+    /// Apply a cursor or receipt change on the channel's owner (here or there).
+    pub(super) fn mark(&mut self, update: MarkUpdate) {
+        let owner = streams::owner(&update.channel, self.mesh.shards());
+        if owner == self.id {
+            self.apply_mark(update);
+        } else {
+            self.send_to(owner, ShardMsg::Mark(Box::new(update)));
+        }
+    }
+
+    /// On the owner: move the mark (never beyond what was released), hand the change
+    /// to the store, and push a receipt to the channel's subscribers.
+    pub(super) fn apply_mark(&mut self, u: MarkUpdate) {
+        let top = self.streams.current(&u.channel).unwrap_or_default();
+        let clamp = |o: Option<u64>| o.map(|o| o.min(top.offset));
+        let at_ms = unix_ms();
+        match u.kind {
+            MarkKind::Cursor => {
+                let to = Position {
+                    epoch: top.epoch,
+                    offset: clamp(u.read).unwrap_or(0),
+                };
+                if let Some(rec) = self.marks.set_cursor(&u.channel, &u.who, to, at_ms) {
+                    if self.journal.is_some() {
+                        self.journal_marks.push(rec);
+                    }
+                }
+            }
+            MarkKind::Receipt => {
+                let Some(r) = self.marks.set_receipt(
+                    &u.channel,
+                    &u.who,
+                    top.epoch,
+                    clamp(u.delivered),
+                    clamp(u.read),
+                    at_ms,
+                ) else {
+                    return;
+                };
+                if self.journal.is_some() {
+                    self.journal_marks.push(MarkRecord {
+                        channel: u.channel.clone(),
+                        kind: MarkKind::Receipt,
+                        who: u.who.clone(),
+                        epoch: r.epoch,
+                        delivered: r.delivered,
+                        read: r.read,
+                        at_ms,
+                    });
+                }
+                self.push_receipt(&u.channel, &u.who, r);
+            }
+        }
+    }
+
+    /// Tell `channel`'s subscribers (on every shard) that `user`'s receipt moved.
+    pub(super) fn push_receipt(&mut self, channel: &str, user: &str, r: crate::marks::Receipt) {
+        let (local, remote, needed) = self.audience(channel);
+        if needed == 0 {
+            return;
+        }
+        #[derive(serde::Serialize)]
+        struct ReceiptPush<'a> {
+            push: &'static str,
+            channel: &'a str,
+            user: &'a str,
+            epoch: &'a str,
+            delivered: u64,
+            read: u64,
+            at: u64,
+        }
+        let position = Position {
+            epoch: r.epoch,
+            offset: r.read,
+        };
+        let epoch = position.epoch_hex();
+        let push = ReceiptPush {
+            push: "receipt",
+            channel,
+            user,
+            epoch: epoch.as_str(),
+            delivered: r.delivered,
+            read: r.read,
+            at: r.at_ms,
+        };
+        let frames = push_frames(needed, &push);
+        let name = self.audience_name(channel);
+        self.fan_out(name, position, frames, Instant::now(), local, remote);
+    }
+
+    /// `receipts`: asked of the channel's owner.
+    pub(super) fn ask_receipts(&mut self, slot: u32, id: u32, channel: &str) {
+        if let Err((code, why)) = self.check_channel(slot, channel, Action::Subscribe) {
+            return self.reply_err(slot, id, code, why);
+        }
+        let answer = Answer::Client {
+            shard: self.id,
+            conn: ConnKey {
+                slot,
+                gen: self.conns[slot as usize].gen,
+            },
+            req_id: id,
+        };
+        let owner = streams::owner(channel, self.mesh.shards());
+        if owner == self.id {
+            let list = self.receipt_list(channel);
+            self.answer_with(answer, list, CommandKind::Receipts, ReplyBody::Receipts);
+        } else {
+            let channel = channel.into();
+            self.send_to(owner, ShardMsg::Receipts { channel, answer });
+        }
+    }
+
+    /// On the owner: every receipt of `channel`, with its current position.
+    pub(super) fn receipt_list(&self, channel: &str) -> ReceiptList {
+        let top = self.streams.current(channel);
+        ReceiptList {
+            channel: channel.to_string(),
+            epoch: top.map_or(String::new(), |p| p.epoch_hex().as_str().to_string()),
+            offset: top.map_or(0, |p| p.offset),
+            receipts: self.marks.receipts(channel),
+        }
+    }
+
+    /// `schedule`: checked here (the same rights as publishing or sending now, plus the
+    /// token's `schedule` claim), stored and fired by the control plane.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn schedule_from(
+        &mut self,
+        slot: u32,
+        id: u32,
+        channel: Option<&str>,
+        user: Option<&str>,
+        data: Payload<'_>,
+        meta: Option<Payload<'_>>,
+        at: Option<u64>,
+        delay: Option<u64>,
+    ) {
+        let Some(identity) = self.conns[slot as usize].identity.clone() else {
+            return;
+        };
+        if !identity.schedule {
+            return self.reply_err(
+                slot,
+                id,
+                ErrorCode::PermissionDenied,
+                "scheduling is not allowed by the token",
+            );
+        }
+        let target = match (channel, user) {
+            (Some(c), _) => self
+                .check_channel(slot, c, Action::Publish)
+                .map(|()| (c.to_string(), None)),
+            (None, Some(u)) => self
+                .dm_target(&identity, u)
+                .map(|c| (c, Some(identity.user.clone()))),
+            (None, None) => Err((ErrorCode::BadRequest, "schedule needs a channel or a user")),
+        };
+        let (channel, from) = match target {
+            Ok(t) => t,
+            Err((code, why)) => return self.reply_err(slot, id, code, why),
+        };
+        let due_ms = match (at, delay) {
+            (Some(at), _) => at,
+            (None, Some(d)) => unix_ms().saturating_add(d),
+            (None, None) => unix_ms(),
+        };
+        let job = ScheduleJob {
+            channel,
+            from,
+            format: data.format,
+            data: Bytes::copy_from_slice(data.raw),
+            meta: meta.map(|m| Bytes::copy_from_slice(m.raw)),
+            due_ms,
+            owner: identity.user.clone(),
+        };
+        let conn = ConnKey {
+            slot,
+            gen: self.conns[slot as usize].gen,
+        };
+        let req = ControlRequest::Schedule {
+            shard: self.id,
+            conn,
+            req_id: id,
+            job,
+        };
+        self.ask_control(slot, id, req);
+    }
+
+    /// `unschedule`: cancelled by the control plane if this user scheduled it.
+    pub(super) fn unschedule(&mut self, slot: u32, id: u32, schedule: u64) {
+        let conn = &self.conns[slot as usize];
+        let Some(owner) = conn.identity.as_ref().map(|i| i.user.clone()) else {
+            return;
+        };
+        let req = ControlRequest::Unschedule {
+            shard: self.id,
+            conn: ConnKey {
+                slot,
+                gen: conn.gen,
+            },
+            req_id: id,
+            id: schedule,
+            owner,
+        };
+        self.ask_control(slot, id, req);
+    }
+}

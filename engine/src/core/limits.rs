@@ -1,0 +1,179 @@
+//! Rate limits as a command passes: the connection's buckets and its user's.
+//!
+//! Owns the check-then-take of a command against the connection's and the user's
+//! buckets (shared by the shards, or kept here), the 114 reply with when to retry and
+//! the close after repeated refusals. Does not own the rules or the bucket arithmetic
+//! ([`crate::limits`]).
+
+use switchboard_protocol::envelope;
+use switchboard_protocol::{CloseCode, ErrorCode};
+
+use super::ShardCore;
+use crate::limits::{Buckets, Compiled, LimitEvent, Scope};
+use crate::metrics::{CloseKind, ShardMetrics};
+
+/// Filler for unused entries of a rule list.
+const NO_RULE: Compiled = Compiled {
+    ms_per_event: 1.0,
+    burst: 0.0,
+};
+
+/// The message of a 114 reply, per [`LimitEvent`].
+const RATE_LIMITED_MESSAGES: [&str; crate::limits::EVENTS] = [
+    "rate limit exceeded: commands",
+    "rate limit exceeded: publish",
+    "rate limit exceeded: send",
+    "rate limit exceeded: subscribe",
+    "rate limit exceeded: typing",
+    "rate limit exceeded: call",
+    "rate limit exceeded: notification",
+];
+
+impl ShardCore {
+    /// Hot path (every command while rules exist): take one event from the
+    /// connection's and the user's buckets for `event` and for `command`; when one is
+    /// empty, take nothing, answer 114 with when to retry, and close a connection that
+    /// keeps at it (4008).
+    pub(super) fn within_limits(&mut self, slot: u32, id: u32, event: LimitEvent) -> bool {
+        let now_ms = self.now.wrapping_mul(self.cfg.tick_ms as u32);
+        let table = &*self.rate_limits;
+        let conn = &mut self.conns[slot as usize];
+        let Some(identity) = conn.identity.as_ref() else {
+            return true;
+        };
+        let tier = identity
+            .claims
+            .iter()
+            .find(|(k, _)| &**k == "tier")
+            .and_then(|(_, v)| v.first())
+            .map(|v| &**v);
+        let events = [LimitEvent::Command, event];
+        let n = if event == LimitEvent::Command { 1 } else { 2 };
+        // [connection, user] × [command, event]
+        let mut rules = [[None; 2]; 2];
+        for (s, scope) in [Scope::Connection, Scope::User].into_iter().enumerate() {
+            for i in 0..n {
+                rules[s][i] = table.rule(tier, scope, events[i]);
+            }
+        }
+        if rules.iter().flatten().all(Option::is_none) {
+            return true;
+        }
+        // The user-scope rules that apply, and the user's key in the shared buckets
+        // (computed once per connection).
+        let mut user_rules = [(LimitEvent::Command, NO_RULE); 2];
+        let mut user_n = 0;
+        for i in 0..n {
+            if let Some(r) = rules[1][i] {
+                user_rules[user_n] = (events[i], r);
+                user_n += 1;
+            }
+        }
+        let users = self.cfg.rate_limit_users as usize;
+        let shared = (user_n > 0 && users > 0).then(|| self.mesh.user_buckets(users));
+        let user_key = match shared {
+            Some(shared) => {
+                let state = conn.limits.get_or_insert_with(Default::default);
+                if state.user_key == 0 {
+                    state.user_key = shared.key(&identity.user);
+                }
+                state.user_key
+            }
+            None => 0,
+        };
+        let user_rules = &user_rules[..user_n];
+        // The connection's buckets: checked first, taken only when everything fits.
+        let fresh: Buckets = Default::default();
+        let mine = conn.limits.as_ref().map_or(&fresh, |l| &l.buckets);
+        let mut wait: Option<(u32, LimitEvent)> = None;
+        for i in 0..n {
+            let Some(r) = rules[0][i] else { continue };
+            if let Err(ms) = mine[events[i].index()].check(r, now_ms) {
+                if wait.is_none_or(|(w, _)| ms > w) {
+                    wait = Some((ms, events[i]));
+                }
+            }
+        }
+        // The user's buckets, shared by the shards: taken all or none when the
+        // connection's fit; else only read, to say the longest wait.
+        let mut on_this_shard = user_n > 0 && shared.is_none();
+        if let Some(shared) = shared {
+            match wait {
+                Some((w, _)) => {
+                    let (ms, e) = shared.wait(user_key, user_rules, now_ms);
+                    if ms > w {
+                        wait = Some((ms, e));
+                    }
+                }
+                None => match shared.take(user_key, user_rules, now_ms, table.user_idle_ms()) {
+                    Ok(true) => {}
+                    // No room in the shared table: this shard keeps the user's buckets.
+                    Ok(false) => on_this_shard = true,
+                    Err(refused) => wait = Some(refused),
+                },
+            }
+        }
+        if on_this_shard {
+            let theirs = self
+                .user_buckets
+                .get(&*identity.user)
+                .map_or(&fresh, |b| &**b);
+            for &(e, r) in user_rules {
+                if let Err(ms) = theirs[e.index()].check(r, now_ms) {
+                    if wait.is_none_or(|(w, _)| ms > w) {
+                        wait = Some((ms, e));
+                    }
+                }
+            }
+        }
+        if let Some((ms, e)) = wait {
+            ShardMetrics::add(&self.metrics.rate_limited[e.index()], 1);
+            let format = conn.format;
+            let state = conn.limits.get_or_insert_with(Default::default);
+            state.refused_in_a_row += 1;
+            let limit = self.cfg.rate_limit_disconnect_after;
+            if limit > 0 && state.refused_in_a_row >= limit {
+                tracing::info!(
+                    target: "security",
+                    client = %self.client_id(slot),
+                    event = e.name(),
+                    "closed after repeated rate-limit refusals"
+                );
+                self.begin_close(
+                    slot,
+                    CloseCode::RATE_LIMITED,
+                    "rate limits exceeded repeatedly",
+                    CloseKind::RateLimited,
+                );
+            } else {
+                self.metrics
+                    .answered(self.answering, Some(ErrorCode::RateLimited as u16));
+                let why = RATE_LIMITED_MESSAGES[e.index()];
+                self.enqueue(
+                    slot,
+                    envelope::encode_rate_limited(format, id, why, ms.max(1)),
+                );
+            }
+            return false;
+        }
+        let state = conn.limits.get_or_insert_with(Default::default);
+        state.refused_in_a_row = 0;
+        let mine = &mut state.buckets;
+        for i in 0..n {
+            if let Some(r) = rules[0][i] {
+                mine[events[i].index()].take(r, now_ms);
+            }
+        }
+        if on_this_shard {
+            let user = &identity.user;
+            let theirs = match self.user_buckets.get_mut(&**user) {
+                Some(b) => b,
+                None => self.user_buckets.entry(user.clone()).or_default(),
+            };
+            for &(e, r) in user_rules {
+                theirs[e.index()].take(r, now_ms);
+            }
+        }
+        true
+    }
+}

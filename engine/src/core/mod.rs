@@ -1,0 +1,808 @@
+//! One shard's connections and everything they do, without sockets.
+//!
+//! This module holds [`ShardCore`] and the contract a backend (`epoll`, `uring`) drives
+//! it by; each feature lives in a file of its own below. Owns the connection slab, the
+//! channel index, the heartbeat wheel and the per-shard state of every feature. Does
+//! not own sockets, the reactor or the clock: a backend feeds it bytes
+//! ([`ShardCore::on_read`]), end of stream ([`ShardCore::on_eof`]), mesh messages
+//! ([`ShardCore::on_message`]) and timer ticks ([`ShardCore::on_tick`]), and takes from
+//! it the connections with frames to write ([`ShardCore::take_dirty`],
+//! [`ShardCore::out_mut`], [`ShardCore::written`], [`ShardCore::flushed`]) and those
+//! to wake ([`ShardCore::take_wake`]); [`ShardCore::end_turn`] closes each loop turn.
+//! Runs on its shard thread only.
+//!
+//! # Rooms
+//! - [`conn`]: one connection's state ([`Conn`], [`ConnState`], [`ConnKey`]).
+//! - [`wire`]: the session seam: bytes → handshake → frames → commands, per wire
+//!   protocol (Switchboard v1 in MessagePack and JSON today).
+//! - [`dispatch`]: command → feature, as one table.
+//! - [`reply`]: answering a client (results, errors, pushes), the one place replies
+//!   are encoded for a connection's wire format.
+//! - [`sessions`]: `connect`, authentication verdicts, reconnect tokens and resume.
+//! - [`permissions`]: who may do what on which channel (inboxes, personal channels).
+//! - [`subscriptions`]: subscribe, unsubscribe, history and recovery with the owner
+//!   shard, cross-shard interest.
+//! - [`publish`]: sequencing on the owner shard, durability with the store,
+//!   publish replies.
+//! - [`fanout`]: encode once, deliver to local subscribers, one message per other
+//!   shard; slow consumers.
+//! - [`presence`]: presence and typing.
+//! - [`inbox`]: direct messages, inbox cursors, receipts, schedules.
+//! - [`control`]: commands handed to control-plane workers (notifications, calls)
+//!   and their pushes.
+//! - [`limits`]: rate limits per connection and per user.
+//! - [`admin`]: admin operations (disconnect, maintenance, revoke, census, lists).
+//! - [`closing`]: the close handshake and detaching a connection from everything.
+//! - [`links`]: messages to other shards (inbox pushes, spill, deferred wake-ups).
+//! - [`timers`]: heartbeat and lifecycle deadlines from the wheel.
+//!
+//! Connection lifecycle:
+//! `Handshaking → AwaitingConnect → Authenticating → Open → Closing → Draining → Closed`.
+//! `Closing` has a close frame queued; `Draining` has flushed it and shut the write
+//! side, waiting for the peer's end of stream; `Closed` tells the backend to drop the
+//! socket and call [`ShardCore::remove`].
+
+mod admin;
+mod closing;
+mod conn;
+mod control;
+mod dispatch;
+mod fanout;
+mod inbox;
+mod limits;
+mod links;
+mod permissions;
+mod presence;
+mod publish;
+mod reply;
+mod sessions;
+mod subscriptions;
+#[cfg(test)]
+mod tests;
+mod timers;
+mod wire;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use crossbeam_channel::Sender;
+use slab::Slab;
+use switchboard_protocol::frame::{self, OpCode};
+use switchboard_protocol::handshake::HandshakeLimits;
+use switchboard_protocol::{CloseCode, Format, MessageAssembler, Payload, Position};
+
+use crate::access::Access;
+use crate::auth::{ControlRequest, Identity};
+use crate::channels::ChannelIndex;
+use crate::config::EngineConfig;
+use crate::control::Maintenance;
+use crate::journal::{Durability, JournalLink, MarkRecord, Policies, Policy, Record};
+use crate::limits::{Buckets, LimitTable};
+use crate::marks::Marks;
+use crate::mesh::{Mesh, Refusal, ReplyBody, ReplyKind, SequenceReq, ShardMsg};
+use crate::metrics::{CloseKind, CommandKind, ShardMetrics};
+use crate::outq::OutQueue;
+use crate::presence::Presence;
+use crate::session::Sessions;
+use crate::streams::Streams;
+use crate::wheel::HeartbeatWheel;
+use conn::UserConns;
+pub use conn::{AfterFlush, Conn, ConnKey, ConnState};
+use publish::Pending;
+use subscriptions::subscribe_kind;
+
+/// Most messages kept waiting for full inboxes of other shards before publishes are
+/// refused with `Overloaded`.
+const SPILL_LIMIT: usize = 65_536;
+/// Most publish-to-flush samples kept per loop turn.
+const LATENCY_SAMPLES_PER_TURN: usize = 256;
+
+/// Most users whose last-seen time a shard remembers.
+const MAX_LAST_SEEN: usize = 200_000;
+
+/// Subscribers waiting until every other shard has learned about new interest.
+#[derive(Debug, Default)]
+struct InterestRound {
+    /// Acknowledgments still expected.
+    acks_left: usize,
+    /// `(slot, gen, how to answer, recover since)` of subscriptions to answer when
+    /// done.
+    waiters: Vec<(u32, u32, ReplyKind, Option<Position>)>,
+}
+
+/// Timeouts converted to ticks.
+#[derive(Debug, Clone, Copy)]
+struct Ticks {
+    handshake: u32,
+    auth: u32,
+    ping: u32,
+    pong: u32,
+    close: u32,
+}
+
+/// One shard's state.
+#[derive(Debug)]
+pub struct ShardCore {
+    id: u16,
+    cfg: Arc<EngineConfig>,
+    limits: HandshakeLimits,
+    ticks: Ticks,
+    conns: Slab<Conn>,
+    next_gen: u32,
+    channels: ChannelIndex,
+    wheel: HeartbeatWheel,
+    /// Current tick.
+    now: u32,
+    /// Wheel entries due this tick (reused).
+    due: Vec<(u64, (u32, u32))>,
+    /// Connections with frames to write.
+    dirty: Vec<u32>,
+    /// Connections whose backend task must run (closed, or must change interest).
+    wake: Vec<u32>,
+    /// Subscribers whose queue overflowed during a fan-out (reused).
+    overflowed: Vec<u32>,
+    /// Connections a control-plane push goes to (reused).
+    push_slots: Vec<u32>,
+    /// Commands handled (picks the sampled ones).
+    commands_seen: u32,
+    /// Rate limits in force (replaced whole at runtime).
+    rate_limits: Arc<LimitTable>,
+    /// Per-user rate-limit buckets kept by this shard, for users the shared table
+    /// ([`crate::limits::UserBuckets`]) had no room for or with `rate_limit_users = 0`
+    /// (made on a user's first limited command, dropped with its last connection here).
+    user_buckets: HashMap<Arc<str>, Box<Buckets>>,
+    /// Maintenance mode (admin API): new connections are refused.
+    maintenance: Option<Arc<Maintenance>>,
+    /// When users whose last connection here closed were last seen (Unix ms; at most
+    /// [`MAX_LAST_SEEN`] users, then it starts over).
+    last_seen: HashMap<Arc<str>, u64>,
+    /// Users whose tokens were revoked, and when (reconnect tokens issued before are
+    /// refused).
+    revoked: HashMap<Arc<str>, u64>,
+    mesh: Arc<Mesh>,
+    control: Sender<ControlRequest>,
+    metrics: Arc<ShardMetrics>,
+    /// The kind of command whose replies are being written now (for
+    /// `switchboard_command_results_total`): set where a command is dispatched and
+    /// where an answer computed elsewhere comes back.
+    answering: CommandKind,
+    /// The one ping frame every connection is sent.
+    ping_frame: Bytes,
+    interest: HashMap<Arc<str>, InterestRound>,
+    /// Messages for other shards whose inbox was full, in order.
+    spill: VecDeque<(u16, ShardMsg)>,
+    /// Creation times of publications delivered this turn.
+    latency: Vec<Instant>,
+    shutting_down: bool,
+    /// Positions of the channels this shard owns.
+    streams: Streams,
+    /// Per channel, the connections whose subscribe waits for the owner's answer
+    /// (position, recovery): live publications are held back from them meanwhile.
+    starting: HashMap<Arc<str>, Vec<u32>>,
+    /// The store's link (when one is attached).
+    journal: Option<JournalLink>,
+    /// This turn's publications for the store.
+    journal_buf: Vec<Record>,
+    /// Number of the batch `journal_buf` becomes.
+    journal_seq: u64,
+    /// A `sync` publication waits for the batch being filled.
+    journal_notify: bool,
+    /// `sync` publications waiting for the store, in sequencing order.
+    pending: VecDeque<Pending>,
+    /// The backend wakes other shards (see [`ShardCore::defer_wakes`]).
+    defer_wakes: bool,
+    /// Shards to wake, a bit each.
+    wakes: u64,
+    /// Inbox cursors and receipts of the channels this shard owns.
+    marks: Marks,
+    /// This turn's cursor and receipt changes for the store.
+    journal_marks: Vec<MarkRecord>,
+    /// Reconnect tokens (absent when `reconnect_ttl_ms` is 0).
+    sessions: Option<Sessions>,
+    /// The namespaces' access rules.
+    access: Access,
+    /// Each user's open connections on this shard (personal channels, server-side
+    /// subscriptions, notifications and calls).
+    users: HashMap<Arc<str>, UserConns>,
+    /// A bit per shard of the process.
+    all_shards: u64,
+    /// Who is on the channels this shard owns (namespaces with presence).
+    presence: Presence,
+    /// Namespaces with presence, and whether they push events.
+    presence_ns: HashMap<Box<str>, bool>,
+    /// The status every connection starts with.
+    online: Arc<str>,
+    /// Typing connections by the tick their typing expires (in order: one timeout).
+    typing_expiry: VecDeque<(u32, u32, u32)>,
+}
+
+/// A seed for new epochs that differs per process start and per shard.
+fn stream_seed(shard: u16) -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::getrandom(&mut b).is_err() {
+        // No entropy source: the clock and pid still differ across restarts.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        b = (t ^ u64::from(std::process::id()) << 32).to_le_bytes();
+    }
+    u64::from_le_bytes(b) ^ u64::from(shard)
+}
+
+pub(crate) fn ms_to_ticks(ms: u64, tick_ms: u64) -> u32 {
+    ms.div_ceil(tick_ms).max(1).min(u32::MAX as u64) as u32
+}
+
+impl ShardCore {
+    /// A shard core; `control` carries token checks to the control plane.
+    pub fn new(
+        id: u16,
+        cfg: Arc<EngineConfig>,
+        mesh: Arc<Mesh>,
+        control: Sender<ControlRequest>,
+        metrics: Arc<ShardMetrics>,
+    ) -> Self {
+        let t = cfg.tick_ms;
+        let ticks = Ticks {
+            handshake: ms_to_ticks(cfg.handshake_timeout_ms, t),
+            auth: ms_to_ticks(cfg.auth_timeout_ms, t),
+            ping: ms_to_ticks(cfg.ping_interval_ms, t),
+            pong: ms_to_ticks(cfg.pong_timeout_ms, t),
+            close: ms_to_ticks(cfg.close_timeout_ms, t),
+        };
+        let horizon = [
+            ticks.handshake,
+            ticks.auth,
+            ticks.ping + ticks.pong,
+            ticks.close,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+        let default = Policy {
+            durability: Durability::None,
+            keep: cfg.history_size,
+            ttl: ms_to_ticks(cfg.history_ttl_ms, t),
+        };
+        let policies = Arc::new(Policies::new(default, &cfg.namespaces, t));
+        let mut streams = Streams::with_policies(stream_seed(id), policies);
+        let journal = mesh.journal().cloned();
+        let mesh_shards = mesh.shards();
+        let (seeds, seeded_marks) = mesh.take_seeds(id);
+        for seed in seeds {
+            streams.seed(seed, 0, t);
+        }
+        let mut marks = Marks::new();
+        for m in seeded_marks {
+            marks.seed(m);
+        }
+        let sessions = match (&cfg.reconnect_secret, cfg.reconnect_ttl_ms) {
+            (Some(key), ttl) if ttl > 0 => Some(Sessions::new(key)),
+            _ => None,
+        };
+        ShardCore {
+            id,
+            limits: HandshakeLimits {
+                max_request_bytes: cfg.max_handshake_bytes,
+                max_headers: cfg.max_handshake_headers,
+            },
+            ticks,
+            conns: Slab::new(),
+            next_gen: 0,
+            channels: ChannelIndex::default(),
+            wheel: HeartbeatWheel::new((horizon as usize + 2).min(4096)),
+            now: 0,
+            due: Vec::new(),
+            dirty: Vec::new(),
+            wake: Vec::new(),
+            overflowed: Vec::new(),
+            push_slots: Vec::new(),
+            commands_seen: 0,
+            // Compiled by `EngineConfig::validate` first, which refuses bad rules.
+            rate_limits: Arc::new(cfg.limits().unwrap_or_default()),
+            user_buckets: HashMap::new(),
+            maintenance: None,
+            revoked: HashMap::new(),
+            last_seen: HashMap::new(),
+            mesh,
+            control,
+            metrics,
+            answering: CommandKind::Ping,
+            ping_frame: frame::encode(OpCode::Ping, b""),
+            interest: HashMap::new(),
+            spill: VecDeque::new(),
+            latency: Vec::new(),
+            shutting_down: false,
+            streams,
+            journal,
+            journal_buf: Vec::new(),
+            journal_seq: 0,
+            journal_notify: false,
+            pending: VecDeque::new(),
+            starting: HashMap::new(),
+            defer_wakes: false,
+            wakes: 0,
+            marks,
+            journal_marks: Vec::new(),
+            sessions,
+            // Compiled by `EngineConfig::validate` first, which refuses bad rules.
+            access: cfg.access().unwrap_or_default(),
+            users: HashMap::new(),
+            presence: Presence::new(),
+            presence_ns: cfg
+                .namespaces
+                .iter()
+                .filter(|n| n.presence)
+                .map(|n| (n.name.as_str().into(), n.presence_events))
+                .chain(
+                    (!cfg.user_presence_namespace.is_empty())
+                        .then(|| (cfg.user_presence_namespace.as_str().into(), true)),
+                )
+                .collect(),
+            online: Arc::from("online"),
+            typing_expiry: VecDeque::new(),
+            all_shards: if mesh_shards >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << mesh_shards) - 1
+            },
+            cfg,
+        }
+    }
+
+    /// The engine settings this shard runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// This shard's index.
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// Connections held.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether shutdown has begun.
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    /// A connection's state, if `key` is current.
+    pub fn state(&self, key: ConnKey) -> Option<ConnState> {
+        self.conns
+            .get(key.slot as usize)
+            .filter(|c| c.gen == key.gen)
+            .map(|c| c.state)
+    }
+
+    /// Admit a new TCP connection from `peer`, if limits allow.
+    pub fn admit(&mut self, peer: IpAddr) -> Result<ConnKey, Refusal> {
+        if self.shutting_down {
+            return Err(Refusal::ServerFull);
+        }
+        if let Err(r) = self.mesh.admit(
+            peer,
+            self.cfg.max_connections,
+            self.cfg.max_connections_per_ip,
+            self.cfg.max_connection_rate_per_ip,
+        ) {
+            self.metrics.closed(CloseKind::LimitReached);
+            return Err(r);
+        }
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let gen = self.next_gen;
+        let slot = self.conns.insert(Conn {
+            gen,
+            state: ConnState::Handshaking,
+            format: Format::MsgPack,
+            peer,
+            since: self.now,
+            last_rx: self.now,
+            next_visit: 0,
+            ping_sent: false,
+            dirty: false,
+            pending_in: None,
+            assembler: MessageAssembler::default(),
+            out: OutQueue::default(),
+            subs: Vec::new(),
+            identity: None,
+            token_at: u32::MAX,
+            ext: None,
+            limits: None,
+        }) as u32;
+        self.schedule(slot, self.now as u64 + self.ticks.handshake as u64);
+        ShardMetrics::add(&self.metrics.accepted, 1);
+        self.metrics.connections.store(
+            self.conns.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(ConnKey { slot, gen })
+    }
+
+    /// Drop a `Closed` connection's state (the backend has dropped the socket).
+    pub fn remove(&mut self, slot: u32) {
+        if let Some(conn) = self.conns.try_remove(slot as usize) {
+            debug_assert!(conn.subs.is_empty());
+            if conn.identity.is_some() {
+                self.metrics
+                    .authenticated
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            self.mesh.release(conn.peer);
+            self.metrics.connections.store(
+                self.conns.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Make `at` the connection's one valid wheel visit (earlier entries become stale).
+    fn schedule(&mut self, slot: u32, at: u64) {
+        if let Some(c) = self.conns.get_mut(slot as usize) {
+            c.next_visit = self.wheel.schedule(at, (slot, c.gen)) as u32;
+        }
+    }
+
+    /// New bytes arrived for `slot` in the shard's shared read buffer `buf`; `buf` is
+    /// left empty (bytes of an incomplete request or frame move to the connection).
+    ///
+    /// Hot path: complete frames are parsed straight out of the shared buffer.
+    pub fn on_read(&mut self, slot: u32, buf: &mut BytesMut) {
+        let now = self.now;
+        let Some(conn) = self.conns.get_mut(slot as usize) else {
+            buf.clear();
+            return;
+        };
+        ShardMetrics::add(&self.metrics.bytes_in, buf.len() as u64);
+        conn.last_rx = now;
+        conn.ping_sent = false;
+        if matches!(
+            conn.state,
+            ConnState::Closing | ConnState::Draining | ConnState::Closed
+        ) {
+            buf.clear();
+            return;
+        }
+        match conn.pending_in.take() {
+            Some(mut pending) => {
+                pending.extend_from_slice(buf);
+                buf.clear();
+                self.process(slot, &mut pending);
+                self.keep_leftover(slot, pending);
+            }
+            None => {
+                self.process(slot, buf);
+                if !buf.is_empty() {
+                    let leftover = BytesMut::from(&buf[..]);
+                    buf.clear();
+                    self.keep_leftover(slot, leftover);
+                }
+            }
+        }
+    }
+
+    fn keep_leftover(&mut self, slot: u32, leftover: BytesMut) {
+        if let Some(conn) = self.conns.get_mut(slot as usize) {
+            if !leftover.is_empty()
+                && !matches!(
+                    conn.state,
+                    ConnState::Closing | ConnState::Draining | ConnState::Closed
+                )
+            {
+                conn.pending_in = Some(leftover);
+            }
+        }
+    }
+
+    /// Handle a message from another shard or the control plane.
+    pub fn on_message(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Publish(p) => self.deliver(&p),
+            ShardMsg::StreamQuery(mut q) => {
+                let shard = q.shard;
+                let api = q.api.take();
+                let reply = self.answer(*q);
+                match api {
+                    Some(tx) => {
+                        let _ = tx.send(reply);
+                    }
+                    None => self.send_to(shard, ShardMsg::StreamReply(Box::new(reply))),
+                }
+            }
+            ShardMsg::StreamReply(r) => self.on_stream_reply(*r),
+            ShardMsg::Sequence(req) => {
+                let SequenceReq {
+                    channel,
+                    data,
+                    format,
+                    created,
+                    key,
+                    meta,
+                    from,
+                    reply,
+                } = *req;
+                let meta = meta.as_ref().map(|m| Payload { format, raw: m });
+                self.sequence(
+                    &channel,
+                    Payload { format, raw: &data },
+                    meta,
+                    created,
+                    key.as_deref(),
+                    from,
+                    reply,
+                );
+            }
+            ShardMsg::Mark(update) => self.apply_mark(*update),
+            ShardMsg::UserSubscription(u) => self.user_subscription(*u),
+            ShardMsg::Presence(u) => self.apply_presence(*u),
+            ShardMsg::PresenceQuery {
+                channel,
+                members,
+                answer,
+            } => {
+                let list = self.presence.list(&channel, members);
+                self.answer_with(answer, list, CommandKind::Presence, ReplyBody::Presence);
+            }
+            ShardMsg::Receipts { channel, answer } => {
+                let list = self.receipt_list(&channel);
+                self.answer_with(answer, list, CommandKind::Receipts, ReplyBody::Receipts);
+            }
+            ShardMsg::Reply {
+                conn,
+                req_id,
+                command,
+                result,
+            } => self.replied(conn, req_id, command, result),
+            ShardMsg::Committed { batch } => self.committed(batch),
+            ShardMsg::Published {
+                conn,
+                req_id,
+                result,
+            } => self.published(conn, req_id, result),
+            ShardMsg::Interest {
+                channel,
+                from,
+                formats,
+                ack,
+            } => {
+                self.channels.set_remote(channel.clone(), from, formats);
+                if ack {
+                    self.send_to(from, ShardMsg::InterestAck { channel });
+                }
+            }
+            ShardMsg::InterestAck { channel } => {
+                let done = match self.interest.get_mut(&channel) {
+                    Some(round) => {
+                        round.acks_left = round.acks_left.saturating_sub(1);
+                        round.acks_left == 0
+                    }
+                    None => false,
+                };
+                if done {
+                    let round = self.interest.remove(&channel).expect("just seen");
+                    for (slot, gen, to, since) in round.waiters {
+                        let open = self
+                            .conns
+                            .get(slot as usize)
+                            .is_some_and(|c| c.gen == gen && c.state == ConnState::Open);
+                        if open {
+                            let name = channel.clone();
+                            self.ask_owner(slot, gen, to, name, subscribe_kind(to, since));
+                        }
+                    }
+                }
+            }
+            ShardMsg::AuthDone {
+                conn,
+                req_id,
+                result,
+            } => self.auth_done(conn, req_id, result),
+            ShardMsg::Push(p) => self.on_push(&p),
+            ShardMsg::Limits(table) => self.set_rate_limits(table),
+            ShardMsg::Admin(op) => self.on_admin(op),
+            ShardMsg::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    /// The timer fired: advance the wheel to `tick` and act on every connection due.
+    pub fn on_tick(&mut self, tick: u64) {
+        let mut due = std::mem::take(&mut self.due);
+        let horizon = self.wheel.len() as u64;
+        if tick > self.wheel.now() + horizon {
+            // The shard stalled past the horizon: every entry is due, once.
+            self.now = (tick - 1) as u32;
+            self.wheel.advance(tick - 1, |_, t, e| due.push((t, e)));
+            for &(t, (slot, gen)) in &due {
+                self.visit(t as u32, slot, gen);
+            }
+            due.clear();
+        }
+        // Tick by tick, so a visit rescheduled within this window still fires on time.
+        while self.wheel.now() < tick {
+            let t = self.wheel.now() + 1;
+            self.now = t as u32;
+            self.wheel.advance(t, |_, t, e| due.push((t, e)));
+            for &(t, (slot, gen)) in &due {
+                self.visit(t as u32, slot, gen);
+            }
+            due.clear();
+        }
+        self.now = tick as u32;
+        self.due = due;
+        let idle = ms_to_ticks(self.cfg.stream_idle_ms, self.cfg.tick_ms);
+        let window = ms_to_ticks(self.cfg.dedupe_window_ms, self.cfg.tick_ms);
+        self.streams.sweep(self.now, idle, window, 256);
+        self.expire_typing();
+        if !self.presence_ns.is_empty() {
+            for (channel, event) in self.presence.expire(self.now, unix_ms()) {
+                self.push_presence(&channel, &event);
+            }
+        }
+    }
+
+    /// End of a loop turn: hand this turn's durable publications to the store, and
+    /// retry messages that found an inbox full. Returns whether some still wait.
+    pub fn end_turn(&mut self) -> bool {
+        if !self.journal_buf.is_empty() || !self.journal_marks.is_empty() {
+            self.flush_journal();
+        }
+        self.retry_spill()
+    }
+
+    /// Move the list of connections with frames to write into `into` (cleared first).
+    pub fn take_dirty(&mut self, into: &mut Vec<u32>) {
+        into.clear();
+        std::mem::swap(into, &mut self.dirty);
+        for &slot in into.iter() {
+            if let Some(c) = self.conns.get_mut(slot as usize) {
+                c.dirty = false;
+            }
+        }
+    }
+
+    /// Whether any connection has frames to write.
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Move the list of connections whose backend task must run into `into`.
+    pub fn take_wake(&mut self, into: &mut Vec<u32>) {
+        into.clear();
+        std::mem::swap(into, &mut self.wake);
+    }
+
+    /// The outbound queue of `slot` (the backend writes from it and advances it).
+    pub fn out_mut(&mut self, slot: u32) -> Option<&mut OutQueue> {
+        self.conns.get_mut(slot as usize).map(|c| &mut c.out)
+    }
+
+    /// `bytes` of `slot`'s queue were written by one syscall.
+    pub fn written(&mut self, slot: u32, bytes: usize) {
+        if let Some(c) = self.conns.get_mut(slot as usize) {
+            let frames = c.out.advance(bytes);
+            ShardMetrics::add(&self.metrics.frames_out, frames as u64);
+            ShardMetrics::add(&self.metrics.bytes_out, bytes as u64);
+            ShardMetrics::add(&self.metrics.writes, 1);
+        }
+    }
+
+    /// `slot`'s queue is empty after writing: a queued close has gone out.
+    pub fn flushed(&mut self, slot: u32) -> AfterFlush {
+        match self.conns.get_mut(slot as usize) {
+            Some(c) if c.state == ConnState::Closing && c.out.is_empty() => {
+                c.state = ConnState::Draining;
+                AfterFlush::ShutdownWrite
+            }
+            _ => AfterFlush::Nothing,
+        }
+    }
+
+    /// The peer ended its side of the stream.
+    pub fn on_eof(&mut self, slot: u32) {
+        let Some(conn) = self.conns.get(slot as usize) else {
+            return;
+        };
+        let kind = match conn.state {
+            ConnState::Closing | ConnState::Draining => None,
+            ConnState::Handshaking => Some(CloseKind::PeerGone),
+            _ => Some(CloseKind::PeerGone),
+        };
+        self.close_now(slot, kind);
+    }
+
+    /// A read or write on `slot`'s socket failed.
+    pub fn on_io_error(&mut self, slot: u32) {
+        let Some(conn) = self.conns.get(slot as usize) else {
+            return;
+        };
+        let kind = match conn.state {
+            ConnState::Closing | ConnState::Draining => None,
+            _ => Some(CloseKind::IoError),
+        };
+        self.close_now(slot, kind);
+    }
+
+    /// Publication creation times delivered since the last call (for latency metrics).
+    pub fn take_latency_samples(&mut self) -> std::vec::Drain<'_, Instant> {
+        self.latency.drain(..)
+    }
+
+    /// The backend has written this turn's frames: record publish-to-flush latency
+    /// for the publications delivered since the last call.
+    pub fn record_flush_latency(&mut self) {
+        if self.latency.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for created in self.latency.drain(..) {
+            self.metrics
+                .observe_latency_us(now.saturating_duration_since(created).as_micros() as u64);
+        }
+    }
+
+    /// The shard's metrics.
+    pub fn metrics(&self) -> &Arc<ShardMetrics> {
+        &self.metrics
+    }
+
+    /// Begin graceful shutdown: refuse new connections, close every connection with
+    /// 1001.
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+        let slots: Vec<u32> = self.conns.iter().map(|(s, _)| s as u32).collect();
+        for slot in slots {
+            self.begin_close(
+                slot,
+                CloseCode::GOING_AWAY,
+                "server shutting down",
+                CloseKind::Shutdown,
+            );
+        }
+    }
+
+    /// Replace the rate limits (admin API); buckets keep what they used.
+    pub fn set_rate_limits(&mut self, table: Arc<LimitTable>) {
+        self.rate_limits = table;
+    }
+
+    /// Put a connection straight into `Open` with `identity` (benches and tests of the
+    /// fan-out path, which need many subscribers and no sockets).
+    #[doc(hidden)]
+    pub fn open_for_test(
+        &mut self,
+        peer: IpAddr,
+        format: Format,
+        identity: Arc<Identity>,
+    ) -> ConnKey {
+        let key = self.admit(peer).expect("within limits");
+        let conn = &mut self.conns[key.slot as usize];
+        conn.state = ConnState::Open;
+        conn.format = format;
+        self.users
+            .entry(identity.user.clone())
+            .or_default()
+            .add(key.slot);
+        self.conns[key.slot as usize].identity = Some(identity);
+        ShardMetrics::add(&self.metrics.authenticated, 1);
+        key
+    }
+
+    /// Subscribe an open connection without a command (benches and tests).
+    #[doc(hidden)]
+    pub fn subscribe_for_test(&mut self, key: ConnKey, channel: &str) {
+        self.subscribe(key.slot, ReplyKind::Command(0), channel, None);
+    }
+}
+
+/// Wall-clock time, Unix milliseconds (token expiry, receipt times).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

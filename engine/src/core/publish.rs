@@ -1,0 +1,416 @@
+//! Publications on the owner shard: positions, durability and publish replies.
+//!
+//! Owns routing a publication to its channel's owner, sequencing (idempotency keys,
+//! encode once per needed format), handing durable publications to the store and
+//! releasing `sync` ones when committed, and answering the publisher. Does not own
+//! delivery ([`super::fanout`]) or the store (control plane).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use switchboard_protocol::envelope;
+use switchboard_protocol::{Error as WireError, ErrorCode, Format, Payload, Position};
+
+use super::conn::{ConnKey, ConnState};
+use super::{ms_to_ticks, ShardCore, SPILL_LIMIT};
+use crate::access::Action;
+use crate::journal::{Batch, Durability, Record, Refusal as JournalRefusal};
+use crate::mesh::{PublishReply, Refused, SequenceReq, Sequenced, ShardMsg};
+use crate::metrics::{CommandKind, ShardMetrics};
+use crate::streams::{self, Entry};
+
+/// A `sync` publication sequenced and handed to the store, not yet released.
+#[derive(Debug)]
+pub(super) struct Pending {
+    /// The journal batch it went in.
+    pub(super) batch: u64,
+    pub(super) channel: Arc<str>,
+    pub(super) position: Position,
+    pub(super) entry: Entry,
+    /// Frames encoded when it was sequenced (formats needed then).
+    pub(super) frames: [Option<Bytes>; 2],
+    pub(super) created: Instant,
+    pub(super) reply: PublishReply,
+    /// Retries with its idempotency key that arrived while it waited.
+    pub(super) retries: Vec<PublishReply>,
+}
+
+impl ShardCore {
+    pub(super) fn publish_from(
+        &mut self,
+        slot: u32,
+        id: u32,
+        channel: &str,
+        data: Payload<'_>,
+        meta: Option<Payload<'_>>,
+        key: Option<&str>,
+    ) {
+        if let Err((code, why)) = self.check_channel(slot, channel, Action::Publish) {
+            return self.reply_err(slot, id, code, why);
+        }
+        self.route_publish(slot, id, channel, data, meta, key, None);
+    }
+
+    /// Hand a connection's checked publication to the channel's owner (this shard or
+    /// another), which answers its `publish` with the position.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn route_publish(
+        &mut self,
+        slot: u32,
+        id: u32,
+        channel: &str,
+        data: Payload<'_>,
+        meta: Option<Payload<'_>>,
+        key: Option<&str>,
+        from: Option<Arc<str>>,
+    ) {
+        if self.spill.len() >= SPILL_LIMIT {
+            return self.reply_err(slot, id, ErrorCode::Overloaded, "server overloaded, retry");
+        }
+        ShardMetrics::add(&self.metrics.publications, 1);
+        let owner = streams::owner(channel, self.mesh.shards());
+        let gen = self.conns[slot as usize].gen;
+        let reply = PublishReply::Client {
+            shard: self.id,
+            conn: ConnKey { slot, gen },
+            req_id: id,
+        };
+        if owner == self.id {
+            return self.sequence(channel, data, meta, Instant::now(), key, from, reply);
+        }
+        // Another shard owns the channel's stream: it sequences, fans out and tells us
+        // the position to answer with.
+        let req = SequenceReq::new(channel, data, meta, key, from, reply);
+        self.send_to(owner, ShardMsg::Sequence(Box::new(req)));
+    }
+
+    /// Publish `data` to `channel`: sequenced here if this shard owns the channel,
+    /// otherwise handed to the owner (nobody waits for the position then).
+    pub fn publish(&mut self, channel: &str, data: Payload<'_>) -> Result<(), WireError> {
+        let owner = streams::owner(channel, self.mesh.shards());
+        if owner == self.id {
+            // Checked first, so a refusal is returned rather than dropped.
+            envelope::encode_publication(data.format, channel, Position::default(), data)?;
+            self.sequence(
+                channel,
+                data,
+                None,
+                Instant::now(),
+                None,
+                None,
+                PublishReply::None,
+            );
+            return Ok(());
+        }
+        let req = SequenceReq::new(channel, data, None, None, None, PublishReply::None);
+        self.send_to(owner, ShardMsg::Sequence(Box::new(req)));
+        Ok(())
+    }
+
+    /// On the channel's owner shard: give the publication the channel's next position,
+    /// encode it once per format someone needs, deliver locally, send one message to
+    /// each other shard with subscribers, and answer `reply`.
+    ///
+    /// By the channel's namespace policy: `none` stops there; `async` also hands the
+    /// publication to the store (this turn's batch); `sync` hands it to the store and
+    /// waits, in `pending`, for [`ShardMsg::Committed`] before it is released to
+    /// subscribers, history and the publisher.
+    ///
+    /// Hot path: one stream lookup; one copy of the payload when it is kept.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sequence(
+        &mut self,
+        channel: &str,
+        data: Payload<'_>,
+        meta: Option<Payload<'_>>,
+        created: Instant,
+        key: Option<&str>,
+        from: Option<Arc<str>>,
+        reply: PublishReply,
+    ) {
+        debug_assert_eq!(streams::owner(channel, self.mesh.shards()), self.id);
+        if let Some(key) = key {
+            let window = ms_to_ticks(self.cfg.dedupe_window_ms, self.cfg.tick_ms);
+            if let Some(original) = self.streams.dedupe(channel, key, self.now, window) {
+                return self.answer_retry(channel, original, reply);
+            }
+        }
+        let (local, remote, needed) = self.audience(channel);
+        let (position, pi) = self.streams.next_in(channel, self.now);
+        let policy = *self.streams.policies().get(pi);
+        let durable = match (&self.journal, policy.durability) {
+            (Some(link), Durability::Async | Durability::Sync) => {
+                if let Err(why) = link.admit() {
+                    self.streams.undo(channel);
+                    let refused = match why {
+                        JournalRefusal::Behind => Refused {
+                            code: ErrorCode::Overloaded,
+                            message: "the store is behind; retry".into(),
+                        },
+                        JournalRefusal::Down => Refused {
+                            code: ErrorCode::Unavailable,
+                            message: "the store cannot write; the publication was not accepted"
+                                .into(),
+                        },
+                    };
+                    return self.answer_publish(reply, Err(refused));
+                }
+                true
+            }
+            _ => false,
+        };
+        let mut frames = [None, None];
+        for f in Format::ALL {
+            if needed & (1 << f.index()) != 0 {
+                let sender = from.as_deref();
+                match envelope::encode_publication_full(f, channel, position, sender, meta, data) {
+                    Ok(frame) => frames[f.index()] = Some(frame),
+                    Err(e) => {
+                        // Refused (does not transcode): the offset was not used.
+                        self.streams.undo(channel);
+                        let refused = Refused {
+                            code: ErrorCode::BadRequest,
+                            message: e.to_string(),
+                        };
+                        return self.answer_publish(reply, Err(refused));
+                    }
+                }
+            }
+        }
+        if let Some(key) = key {
+            self.streams
+                .remember(channel, key, position.offset, self.now);
+        }
+        if !durable && policy.keep == 0 {
+            self.streams.show(channel, position.offset);
+        } else {
+            let entry = Entry {
+                offset: position.offset,
+                tick: self.now,
+                data: Bytes::copy_from_slice(data.raw),
+                meta: meta.map(|m| Bytes::copy_from_slice(m.raw)),
+                format: data.format,
+                from,
+            };
+            if durable {
+                let name = self.streams.name(channel).expect("just sequenced");
+                self.journal_buf.push(Record {
+                    channel: name.clone(),
+                    epoch: position.epoch,
+                    offset: position.offset,
+                    format: data.format,
+                    data: entry.data.clone(),
+                    meta: entry.meta.clone(),
+                    key: key.map(Box::from),
+                    from: entry.from.clone(),
+                    keep: policy.keep.min(u32::MAX as usize) as u32,
+                });
+                if policy.durability == Durability::Sync {
+                    self.journal_notify = true;
+                    self.pending.push_back(Pending {
+                        batch: self.journal_seq,
+                        channel: name,
+                        position,
+                        entry,
+                        frames,
+                        created,
+                        reply,
+                        retries: Vec::new(),
+                    });
+                    return;
+                }
+            }
+            if policy.keep > 0 {
+                self.streams.retain(channel, entry, policy.keep, policy.ttl);
+            } else {
+                self.streams.show(channel, position.offset);
+            }
+        }
+        if needed != 0 {
+            let name = self.audience_name(channel);
+            self.fan_out(name, position, frames, created, local, remote);
+        }
+        self.answer_publish(reply, Ok((position, false)));
+    }
+
+    /// A retry of a publication with the same idempotency key: the original position,
+    /// once the original is released (a `sync` one may still wait for the store).
+    pub(super) fn answer_retry(&mut self, channel: &str, original: Position, reply: PublishReply) {
+        let released = self
+            .streams
+            .current(channel)
+            .is_some_and(|top| top.offset >= original.offset);
+        if !released {
+            if let Some(p) = self
+                .pending
+                .iter_mut()
+                .find(|p| p.position == original && &*p.channel == channel)
+            {
+                p.retries.push(reply);
+                return;
+            }
+        }
+        self.answer_publish(reply, Ok((original, true)))
+    }
+
+    /// The store has written this shard's batches up to `batch`: release the `sync`
+    /// publications that waited for them, in order.
+    pub(super) fn committed(&mut self, batch: u64) {
+        while self.pending.front().is_some_and(|p| p.batch <= batch) {
+            let p = self.pending.pop_front().expect("just seen");
+            let Pending {
+                channel,
+                position,
+                entry,
+                mut frames,
+                created,
+                reply,
+                retries,
+                ..
+            } = p;
+            let policy = *self.streams.policy_of(&channel);
+            let (format, data, meta) = (entry.format, entry.data.clone(), entry.meta.clone());
+            let from = entry.from.clone();
+            self.streams
+                .retain(&channel, entry, policy.keep, policy.ttl);
+            let (local, remote, needed) = self.audience(&channel);
+            if needed != 0 {
+                for f in Format::ALL {
+                    if needed & (1 << f.index()) != 0 && frames[f.index()].is_none() {
+                        // A subscriber in a new format arrived while it waited; the
+                        // payload already passed one encoding, so this rarely fails.
+                        let meta = meta.as_ref().map(|m| Payload { format, raw: m });
+                        let data = Payload { format, raw: &data };
+                        match envelope::encode_publication_full(
+                            f,
+                            &channel,
+                            position,
+                            from.as_deref(),
+                            meta,
+                            data,
+                        ) {
+                            Ok(frame) => frames[f.index()] = Some(frame),
+                            Err(e) => tracing::warn!(
+                                channel = &*channel,
+                                offset = position.offset,
+                                "stored publication does not transcode for new subscribers: {e}"
+                            ),
+                        }
+                    }
+                }
+                self.fan_out(channel, position, frames, created, local, remote);
+            }
+            self.answer_publish(reply, Ok((position, false)));
+            for r in retries {
+                self.answer_publish(r, Ok((position, true)));
+            }
+        }
+    }
+
+    pub(super) fn flush_journal(&mut self) {
+        let Some(link) = &self.journal else {
+            self.journal_buf.clear();
+            self.journal_marks.clear();
+            return;
+        };
+        let records = std::mem::replace(&mut self.journal_buf, Vec::with_capacity(64));
+        let batch = Batch {
+            shard: self.id,
+            seq: self.journal_seq,
+            notify: std::mem::take(&mut self.journal_notify),
+            records,
+            marks: std::mem::take(&mut self.journal_marks),
+        };
+        self.journal_seq += 1;
+        if link.send(batch).is_err() {
+            // The store has stopped: publications waiting for it will never be
+            // stored, so their publishers are told (nothing was delivered).
+            tracing::error!(
+                shard = self.id,
+                "the store stopped; refusing waiting publications"
+            );
+            while let Some(p) = self.pending.pop_front() {
+                let refused = Refused {
+                    code: ErrorCode::Unavailable,
+                    message: "the store stopped before the publication was stored".into(),
+                };
+                self.answer_publish(p.reply, Err(refused.clone()));
+                for r in p.retries {
+                    self.answer_publish(r, Err(refused.clone()));
+                }
+            }
+        }
+    }
+
+    /// A publish reply: the position, and `duplicate: true` for a deduplicated retry.
+    pub(super) fn reply_published(&mut self, slot: u32, id: u32, pos: Position, duplicate: bool) {
+        if !duplicate {
+            return self.reply_position(slot, id, pos);
+        }
+        #[derive(serde::Serialize)]
+        struct Retry<'a> {
+            epoch: &'a str,
+            offset: u64,
+            duplicate: bool,
+        }
+        let epoch = pos.epoch_hex();
+        let r = Retry {
+            epoch: epoch.as_str(),
+            offset: pos.offset,
+            duplicate: true,
+        };
+        self.metrics.answered(self.answering, None);
+        let format = self.conns[slot as usize].format;
+        self.enqueue(slot, envelope::encode_result(format, id, &r));
+    }
+
+    /// Tell whoever published how it went: a connection here, another shard, or the
+    /// server API.
+    pub(super) fn answer_publish(&mut self, reply: PublishReply, result: Sequenced) {
+        match reply {
+            PublishReply::None => {}
+            PublishReply::Client {
+                shard,
+                conn,
+                req_id,
+            } if shard == self.id => self.published(conn, req_id, result),
+            PublishReply::Client {
+                shard,
+                conn,
+                req_id,
+            } => self.send_to(
+                shard,
+                ShardMsg::Published {
+                    conn,
+                    req_id,
+                    result,
+                },
+            ),
+            PublishReply::Api(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+
+    /// Answer a connection's `publish`, if it is still open.
+    pub(super) fn published(&mut self, conn: ConnKey, req_id: u32, result: Sequenced) {
+        self.answering = CommandKind::Publish;
+        let open = self
+            .conns
+            .get(conn.slot as usize)
+            .is_some_and(|c| c.gen == conn.gen && c.state == ConnState::Open);
+        if open {
+            match result {
+                Ok((pos, dup)) => self.reply_published(conn.slot, req_id, pos, dup),
+                Err(e) => self.reply_err(conn.slot, req_id, e.code, &e.message),
+            }
+        }
+    }
+
+    pub(super) fn reply_position(&mut self, slot: u32, id: u32, pos: Position) {
+        self.metrics.answered(self.answering, None);
+        let format = self.conns[slot as usize].format;
+        self.enqueue(slot, envelope::encode_result(format, id, &pos));
+    }
+}

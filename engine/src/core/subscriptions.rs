@@ -1,0 +1,393 @@
+//! Subscriptions: joining and leaving channels, history and recovery.
+//!
+//! Owns subscribe and unsubscribe (limits, cross-shard interest rounds so nothing
+//! published after the reply is missed), stream questions to the channel's owner and
+//! their answers (positions, recovery, inbox backlogs, history), and server-side
+//! subscriptions. Does not own the channel index ([`crate::channels`]) or stream
+//! storage ([`crate::streams`]).
+
+use std::sync::Arc;
+
+use switchboard_protocol::envelope;
+use switchboard_protocol::{ErrorCode, Payload, Position};
+
+use super::conn::{mark_dirty, ConnKey, ConnState};
+use super::ShardCore;
+use crate::access::Action;
+use crate::mesh::{
+    PresenceKind, QueryKind, ReplyKind, ShardMsg, StreamQuery, StreamReply, UserSubscription,
+};
+use crate::metrics::CommandKind;
+use crate::streams;
+
+impl ShardCore {
+    /// Subscribe the connection to `channel`; the answer goes as `to` says (a command
+    /// reply, or a push for a restored subscription or the inbox).
+    pub(super) fn subscribe(
+        &mut self,
+        slot: u32,
+        to: ReplyKind,
+        channel: &str,
+        since: Option<Position>,
+    ) {
+        // The server API subscribes whom it wants; everyone else is checked.
+        if to != ReplyKind::Server {
+            if let Err((code, why)) = self.check_channel(slot, channel, Action::Subscribe) {
+                return self.refuse(slot, to, channel, code, why);
+            }
+        } else if !envelope::valid_channel(channel) {
+            return self.refuse(
+                slot,
+                to,
+                channel,
+                ErrorCode::BadRequest,
+                "invalid channel name",
+            );
+        }
+        let conn = &self.conns[slot as usize];
+        // The server's own channels do not count against the limit.
+        let counted = conn.subs.iter().filter(|c| !self.automatic(c)).count();
+        if to != ReplyKind::Inbox && counted >= self.cfg.max_subscriptions_per_connection {
+            return self.refuse(
+                slot,
+                to,
+                channel,
+                ErrorCode::LimitExceeded,
+                "too many subscriptions",
+            );
+        }
+        let (format, gen) = (conn.format, conn.gen);
+        let Some((name, change)) = self.channels.subscribe(channel, slot, format) else {
+            return self.refuse(
+                slot,
+                to,
+                channel,
+                ErrorCode::AlreadySubscribed,
+                "already subscribed",
+            );
+        };
+        self.conns[slot as usize].subs.push(name.clone());
+        if self.tracks_members(&name) {
+            let status = self.conns[slot as usize]
+                .ext()
+                .and_then(|e| e.status.clone());
+            let status = status.unwrap_or_else(|| self.online.clone());
+            self.report_presence(slot, &name, PresenceKind::Join { status });
+        }
+        self.starting.entry(name.clone()).or_default().push(slot);
+        let others = self.mesh.shards() - 1;
+        if change.before != change.after && others > 0 {
+            // Answer only once every other shard routes this channel's publications
+            // here, so nothing published after the reply can miss this subscriber.
+            self.announce(&name, change.after, true);
+            let round = self.interest.entry(name).or_default();
+            round.acks_left += others;
+            round.waiters.push((slot, gen, to, since));
+        } else if let Some(round) = self.interest.get_mut(&name) {
+            round.waiters.push((slot, gen, to, since));
+        } else {
+            self.ask_owner(slot, gen, to, name, subscribe_kind(to, since));
+        }
+    }
+
+    /// An error for a command, or an error push about `channel` for what the server
+    /// did on its own (a restored subscription, the inbox).
+    pub(super) fn refuse(
+        &mut self,
+        slot: u32,
+        to: ReplyKind,
+        channel: &str,
+        code: ErrorCode,
+        why: &str,
+    ) {
+        let push = match to {
+            ReplyKind::Command(id) => return self.reply_err(slot, id, code, why),
+            ReplyKind::Resumed | ReplyKind::Server => "subscribed",
+            ReplyKind::Inbox => "inbox",
+        };
+        #[derive(serde::Serialize)]
+        struct Failed<'a> {
+            push: &'a str,
+            channel: &'a str,
+            error: FailedBody<'a>,
+        }
+        #[derive(serde::Serialize)]
+        struct FailedBody<'a> {
+            code: u16,
+            message: &'a str,
+        }
+        let body = Failed {
+            push,
+            channel,
+            error: FailedBody {
+                code: code as u16,
+                message: why,
+            },
+        };
+        let format = self.conns[slot as usize].format;
+        self.enqueue(slot, envelope::encode_push(format, &body));
+    }
+
+    /// Send a stream question to the channel's owner (answered at once if that is us).
+    pub(super) fn ask_owner(
+        &mut self,
+        slot: u32,
+        gen: u32,
+        to: ReplyKind,
+        channel: Arc<str>,
+        kind: QueryKind,
+    ) {
+        let device = match kind {
+            QueryKind::Inbox => self.conns[slot as usize].device().map(Arc::from),
+            _ => None,
+        };
+        let q = StreamQuery {
+            channel,
+            kind,
+            shard: self.id,
+            conn: ConnKey { slot, gen },
+            to,
+            device,
+            api: None,
+        };
+        let owner = streams::owner(&q.channel, self.mesh.shards());
+        if owner == self.id {
+            let reply = self.answer(q);
+            self.on_stream_reply(reply);
+        } else {
+            self.send_to(owner, ShardMsg::StreamQuery(Box::new(q)));
+        }
+    }
+
+    /// On the owner: answer a stream question.
+    pub(super) fn answer(&mut self, q: StreamQuery) -> StreamReply {
+        let policy = *self.streams.policy_of(&q.channel);
+        let ttl = policy.ttl;
+        let (top, recovered, publications, subscribe) = match q.kind {
+            QueryKind::Subscribe { since: None } => (
+                self.streams.touch(&q.channel, self.now),
+                None,
+                Vec::new(),
+                true,
+            ),
+            QueryKind::Subscribe { since: Some(since) } => {
+                let r = self.streams.recover(&q.channel, since, self.now, ttl);
+                (r.top, Some(r.recovered), r.publications, true)
+            }
+            QueryKind::Inbox => {
+                let cursor = q
+                    .device
+                    .as_deref()
+                    .and_then(|d| self.marks.cursor(&q.channel, d));
+                let r = self
+                    .streams
+                    .backlog(&q.channel, cursor, policy.keep, self.now, ttl);
+                (r.top, Some(r.recovered), r.publications, true)
+            }
+            QueryKind::History {
+                since,
+                limit,
+                reverse,
+            } => {
+                let limit = (limit as usize).min(policy.keep);
+                let (top, h) = self
+                    .streams
+                    .history(&q.channel, since, limit, reverse, self.now, ttl);
+                (top, None, h, false)
+            }
+        };
+        StreamReply {
+            channel: q.channel,
+            conn: q.conn,
+            to: q.to,
+            subscribe,
+            top,
+            recovered,
+            publications,
+        }
+    }
+
+    /// On the asking shard: answer the command (or push); a subscription goes live.
+    pub(super) fn on_stream_reply(&mut self, r: StreamReply) {
+        self.answering = if r.subscribe {
+            CommandKind::Subscribe
+        } else {
+            CommandKind::History
+        };
+        let slot = r.conn.slot;
+        let Some(conn) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        if conn.gen != r.conn.gen || conn.state != ConnState::Open {
+            return;
+        }
+        let format = conn.format;
+        if r.subscribe {
+            // Absent if the client unsubscribed meanwhile; the subscribe still gets
+            // its answer.
+            self.stop_holding(&r.channel, slot);
+        }
+        let to = match r.to {
+            ReplyKind::Command(id) if r.subscribe && r.recovered.is_none() => {
+                // A plain subscribe: the position the subscription starts after.
+                return self.reply_position(slot, id, r.top);
+            }
+            ReplyKind::Command(id) => envelope::ReplyTo::Id(id),
+            ReplyKind::Resumed | ReplyKind::Server => envelope::ReplyTo::Push {
+                push: "subscribed",
+                channel: &r.channel,
+            },
+            ReplyKind::Inbox => envelope::ReplyTo::Push {
+                push: "inbox",
+                channel: &r.channel,
+            },
+        };
+        let pubs = r.publications.iter().map(|e| envelope::StoredPublication {
+            offset: e.offset,
+            from: e.from.as_deref(),
+            meta: e.meta.as_ref().map(|m| Payload {
+                format: e.format,
+                raw: m,
+            }),
+            data: Payload {
+                format: e.format,
+                raw: &e.data,
+            },
+        });
+        match envelope::encode_stream_reply(format, to, r.top, r.recovered, pubs) {
+            Ok(frame) => {
+                // Unbounded: the client asked for it, and `history_size` bounds it.
+                let conn = &mut self.conns[slot as usize];
+                conn.out.push_unbounded(frame);
+                mark_dirty(conn, slot, &mut self.dirty);
+            }
+            Err(e) => {
+                let channel = r.channel.clone();
+                self.refuse(slot, r.to, &channel, ErrorCode::BadRequest, &e.to_string())
+            }
+        }
+    }
+
+    pub(super) fn history(&mut self, slot: u32, id: u32, channel: &str, kind: QueryKind) {
+        if let Err((code, why)) = self.check_channel(slot, channel, Action::History) {
+            return self.reply_err(slot, id, code, why);
+        }
+        let gen = self.conns[slot as usize].gen;
+        let name = self
+            .channels
+            .name(channel)
+            .unwrap_or_else(|| Arc::from(channel));
+        self.ask_owner(slot, gen, ReplyKind::Command(id), name, kind);
+    }
+
+    pub(super) fn unsubscribe(&mut self, slot: u32, id: u32, channel: &str) {
+        if !self.leave(slot, channel) {
+            return self.reply_err(slot, id, ErrorCode::NotSubscribed, "not subscribed");
+        }
+        self.reply_ok(slot, id);
+    }
+
+    /// Take the connection off `channel`; false if it was not subscribed.
+    pub(super) fn leave(&mut self, slot: u32, channel: &str) -> bool {
+        let format = self.conns[slot as usize].format;
+        let Some(change) = self.channels.unsubscribe(channel, slot, format) else {
+            return false;
+        };
+        let subs = &mut self.conns[slot as usize].subs;
+        let pos = subs
+            .iter()
+            .position(|c| &**c == channel)
+            .expect("index and conn agree");
+        let name = subs.swap_remove(pos);
+        // A subscribe still waiting is answered when the owner's reply arrives.
+        self.stop_holding(&name, slot);
+        if change.before != change.after {
+            self.announce(&name, change.after, false);
+        }
+        if self.tracks_members(&name) {
+            self.report_presence(slot, &name, PresenceKind::Leave { linger: false });
+        }
+        true
+    }
+
+    /// The server API subscribes (or unsubscribes) every connection of a user on this
+    /// shard (found through the user's personal channel); each is told with a push.
+    pub(super) fn user_subscription(&mut self, u: UserSubscription) {
+        let slots: Vec<u32> = self
+            .users
+            .get(&*u.user)
+            .map(|c| c.slots().to_vec())
+            .unwrap_or_default();
+        let mut affected = 0;
+        for slot in slots {
+            let open = self
+                .conns
+                .get(slot as usize)
+                .is_some_and(|c| c.state == ConnState::Open);
+            if !open {
+                continue;
+            }
+            if u.join {
+                let already = self.conns[slot as usize]
+                    .subs
+                    .iter()
+                    .any(|c| **c == *u.channel);
+                if !already {
+                    self.subscribe(slot, ReplyKind::Server, &u.channel, u.since);
+                    affected += 1;
+                }
+            } else if self.leave(slot, &u.channel) {
+                #[derive(serde::Serialize)]
+                struct Left<'a> {
+                    push: &'static str,
+                    channel: &'a str,
+                }
+                let format = self.conns[slot as usize].format;
+                let push = Left {
+                    push: "unsubscribed",
+                    channel: &u.channel,
+                };
+                self.enqueue(slot, envelope::encode_push(format, &push));
+                affected += 1;
+            }
+        }
+        if let Some(done) = u.done {
+            let _ = done.send(affected);
+        }
+    }
+
+    /// `slot`'s subscription to `channel` is no longer waiting for the owner.
+    pub(super) fn stop_holding(&mut self, channel: &str, slot: u32) {
+        if self.starting.is_empty() {
+            return;
+        }
+        if let Some(v) = self.starting.get_mut(channel) {
+            v.retain(|&s| s != slot);
+            if v.is_empty() {
+                self.starting.remove(channel);
+            }
+        }
+    }
+
+    pub(super) fn announce(&mut self, channel: &Arc<str>, formats: u8, ack: bool) {
+        for shard in 0..self.mesh.shards() as u16 {
+            if shard != self.id {
+                let msg = ShardMsg::Interest {
+                    channel: channel.clone(),
+                    from: self.id,
+                    formats,
+                    ack,
+                };
+                self.send_to(shard, msg);
+            }
+        }
+    }
+}
+
+/// What a subscription asks its channel's owner.
+pub(super) fn subscribe_kind(to: ReplyKind, since: Option<Position>) -> QueryKind {
+    match to {
+        ReplyKind::Inbox => QueryKind::Inbox,
+        _ => QueryKind::Subscribe { since },
+    }
+}
