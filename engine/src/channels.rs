@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use indexmap::IndexSet;
-use switchboard_protocol::Format;
+use switchboard_protocol::{Format, FORMATS};
 
 /// Local subscribers of one channel.
 #[derive(Debug, Default)]
@@ -17,13 +17,17 @@ pub struct ChannelEntry {
     /// Connection slots, dense for the fan-out loop.
     pub subscribers: IndexSet<u32>,
     /// Subscribers per `Format::index()`.
-    per_format: [u32; 2],
+    per_format: [u32; FORMATS],
 }
 
 impl ChannelEntry {
     /// Bit mask of formats with at least one local subscriber.
     pub fn formats(&self) -> u8 {
-        (self.per_format[0] > 0) as u8 | ((self.per_format[1] > 0) as u8) << 1
+        let mut mask = 0;
+        for (i, &n) in self.per_format.iter().enumerate() {
+            mask |= ((n > 0) as u8) << i;
+        }
+        mask
     }
 }
 
@@ -41,7 +45,7 @@ pub struct Change {
 pub struct ChannelIndex {
     local: HashMap<Arc<str>, ChannelEntry>,
     /// Other shards with subscribers: channel → shard bit mask per format.
-    remote: HashMap<Arc<str>, [u64; 2]>,
+    remote: HashMap<Arc<str>, [u64; FORMATS]>,
 }
 
 impl ChannelIndex {
@@ -108,7 +112,7 @@ impl ChannelIndex {
     /// Record that shard `shard` has subscribers in `formats` for `channel`.
     pub fn set_remote(&mut self, channel: Arc<str>, shard: u16, formats: u8) {
         let bit = 1u64 << shard;
-        let entry = self.remote.entry(channel.clone()).or_insert([0, 0]);
+        let entry = self.remote.entry(channel.clone()).or_insert([0; FORMATS]);
         for (i, mask) in entry.iter_mut().enumerate() {
             if formats & (1 << i) != 0 {
                 *mask |= bit;
@@ -116,15 +120,15 @@ impl ChannelIndex {
                 *mask &= !bit;
             }
         }
-        if entry == &[0, 0] {
+        if entry.iter().all(|&m| m == 0) {
             self.remote.remove(&channel);
         }
     }
 
     /// Other shards with subscribers to `channel`, per format.
     #[inline]
-    pub fn remote(&self, channel: &str) -> [u64; 2] {
-        self.remote.get(channel).copied().unwrap_or([0, 0])
+    pub fn remote(&self, channel: &str) -> [u64; FORMATS] {
+        self.remote.get(channel).copied().unwrap_or([0; FORMATS])
     }
 
     /// Channels with local subscribers.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use switchboard_protocol::envelope::{self, CallAction, Format};
+use switchboard_protocol::FORMATS;
 
 use crate::presence::ClientId;
 
@@ -120,7 +121,7 @@ impl ControlCommand {
 }
 
 /// One push's frames, indexed by `Format::index()`.
-pub type Frames = [Bytes; 2];
+pub type Frames = [Bytes; FORMATS];
 
 /// Encode `push` once per format.
 pub fn frames<T: serde::Serialize>(push: &T) -> Frames {

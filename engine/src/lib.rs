@@ -46,5 +46,7 @@ pub use config::{EngineConfig, IoMode};
 pub use core::{ConnKey, ShardCore};
 pub use engine::{Engine, EngineError, EngineHandle, PublishError, PublishTicket, ShardSender};
 pub use journal::{Durability, NamespacePolicy};
-pub use mesh::{Mesh, Publication, PublishReply, Refused, SequenceReq, ShardMsg, StreamReply};
+pub use mesh::{
+    EncodedFrames, Mesh, Publication, PublishReply, Refused, SequenceReq, ShardMsg, StreamReply,
+};
 pub use metrics::{CloseKind, ShardMetrics};

@@ -17,7 +17,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 
-use switchboard_protocol::{ErrorCode, Format, Payload, Position};
+use switchboard_protocol::{ErrorCode, Format, Payload, Position, FORMATS};
 
 use crate::auth::{AuthFailure, Identity};
 use crate::core::ConnKey;
@@ -25,6 +25,10 @@ use crate::journal::{Durable, JournalLink, MarkKind, MarkRecord, SeedStream};
 use crate::marks::ReceiptList;
 use crate::presence::PresenceList;
 use crate::streams::Entry;
+
+/// One message's complete WebSocket frames, indexed by `Format::index()`; `None`
+/// where nobody needs that format.
+pub type EncodedFrames = [Option<Bytes>; FORMATS];
 
 /// A publication encoded once per wire format that has subscribers.
 #[derive(Debug)]
@@ -35,7 +39,7 @@ pub struct Publication {
     pub position: Position,
     /// Complete WebSocket frames, indexed by `Format::index()`; `None` where no
     /// subscriber needs that format.
-    pub frames: [Option<Bytes>; 2],
+    pub frames: EncodedFrames,
     /// When the publication entered the server (for publish-to-flush latency).
     pub created: Instant,
     /// An ephemeral push (typing): skipped for subscribers whose queue is half full

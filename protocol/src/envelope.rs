@@ -30,9 +30,17 @@ pub enum Format {
     Json,
 }
 
+/// How many wire formats a publication may be encoded in: the width of every
+/// per-format array (frames, subscriber counts, interest masks). A new format (the
+/// Socket.IO session's) widens it here.
+pub const FORMATS: usize = 2;
+
+/// A bit per format, every format set.
+pub const EVERY_FORMAT: u8 = (1 << FORMATS) - 1;
+
 impl Format {
-    /// Both formats, for encode-once-per-format loops.
-    pub const ALL: [Format; 2] = [Format::MsgPack, Format::Json];
+    /// Every format, for encode-once-per-format loops.
+    pub const ALL: [Format; FORMATS] = [Format::MsgPack, Format::Json];
 
     /// The subprotocol name.
     pub fn subprotocol(self) -> &'static str {

@@ -26,7 +26,7 @@ pub mod message;
 pub mod utf8;
 
 pub use close::CloseCode;
-pub use envelope::{Command, ErrorCode, Format, Payload, Position, Request};
+pub use envelope::{Command, ErrorCode, Format, Payload, Position, Request, EVERY_FORMAT, FORMATS};
 pub use error::Error;
 pub use frame::{FrameHeader, OpCode, Role};
 pub use handshake::{HandshakeLimits, Upgrade};

@@ -5,7 +5,6 @@
 //! from channels, presence, typing, calls and its user. Does not own sockets: the
 //! backend shuts and drops them when told.
 
-use switchboard_protocol::envelope;
 use switchboard_protocol::frame;
 use switchboard_protocol::CloseCode;
 
@@ -50,15 +49,11 @@ impl ShardCore {
         self.detach(slot, false);
         self.closed(slot, kind);
         let now = self.now;
+        let notice = (code.0 >= 4000 || code == CloseCode::GOING_AWAY)
+            .then(|| self.disconnect_frame(slot, code, reason, reconnect, reconnect_after_ms));
         let conn = &mut self.conns[slot as usize];
-        if code.0 >= 4000 || code == CloseCode::GOING_AWAY {
-            conn.out.push_unbounded(envelope::encode_disconnect_after(
-                conn.format,
-                code.0,
-                reason,
-                reconnect,
-                reconnect_after_ms.filter(|_| reconnect),
-            ));
+        if let Some(notice) = notice {
+            conn.out.push_unbounded(notice);
         }
         conn.out.push_unbounded(frame::encode_close(code.0, reason));
         conn.state = ConnState::Closing;

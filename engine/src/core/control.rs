@@ -12,13 +12,14 @@ use crossbeam_channel::TrySendError;
 use switchboard_protocol::envelope;
 use switchboard_protocol::{ErrorCode, Payload};
 
-use super::conn::{mark_dirty, Conn, ConnKey, ConnState, MAX_COALESCE_KEYS};
+use super::conn::{mark_dirty, Conn, ConnState, MAX_COALESCE_KEYS};
 use super::ShardCore;
 use crate::access::Action;
 use crate::auth::ControlRequest;
 use crate::control::{CallTarget, Caller, ControlCommand, Frames, Push, PushTo};
 use crate::metrics::ShardMetrics;
 use crate::presence::ClientId;
+use switchboard_protocol::envelope::CallAction;
 
 impl ShardCore {
     /// `call`: the caller's right to call the user (the token's `send_to`, as for
@@ -69,6 +70,85 @@ impl ShardCore {
         self.forward(slot, id, cmd);
     }
 
+    /// `notifications_topic`: the token's `topics` claim goes along; the notification
+    /// worker decides.
+    pub(super) fn notifications_topic(
+        &mut self,
+        slot: u32,
+        id: u32,
+        topic: Cow<'_, str>,
+        subscribe: bool,
+    ) {
+        let allowed = self.conns[slot as usize]
+            .identity
+            .as_ref()
+            .map(|i| i.claim_values("topics").map(String::from).collect())
+            .unwrap_or_default();
+        let cmd = ControlCommand::Topic {
+            topic: topic.into_owned(),
+            subscribe,
+            allowed,
+        };
+        self.forward(slot, id, cmd)
+    }
+
+    /// `call_accept` / `call_reject` / `call_end`: an accepting connection's channels go
+    /// along (a room call checks them).
+    pub(super) fn call_action(
+        &mut self,
+        slot: u32,
+        id: u32,
+        call: u64,
+        action: CallAction,
+        reason: Option<Cow<'_, str>>,
+    ) {
+        let channels = match action {
+            CallAction::Accept => self.conns[slot as usize].subs.to_vec(),
+            _ => Vec::new(),
+        };
+        let cmd = ControlCommand::CallAction {
+            call,
+            action,
+            reason: reason.map(Cow::into_owned),
+            channels,
+        };
+        self.forward(slot, id, cmd)
+    }
+
+    /// `call_signal`: SDP or ICE for the other side, optionally to one client of it.
+    pub(super) fn call_signal(
+        &mut self,
+        slot: u32,
+        id: u32,
+        call: u64,
+        to: Option<&str>,
+        data: Payload<'_>,
+        quality: bool,
+    ) {
+        let to = match to.map(crate::control::parse_client_id) {
+            Some(None) => {
+                return self.reply_err(
+                    slot,
+                    id,
+                    ErrorCode::BadRequest,
+                    "'to' is not a client id (shard.slot.generation)",
+                )
+            }
+            to => to.flatten(),
+        };
+        let data = match data.to_value() {
+            Ok(v) => v,
+            Err(e) => return self.reply_err(slot, id, ErrorCode::BadRequest, &e.to_string()),
+        };
+        let cmd = ControlCommand::CallSignal {
+            call,
+            to,
+            data,
+            quality,
+        };
+        self.forward(slot, id, cmd)
+    }
+
     /// The caller of `slot`'s commands, as the control plane sees it.
     pub(super) fn caller(&self, slot: u32) -> Option<Caller> {
         let conn = &self.conns[slot as usize];
@@ -93,10 +173,7 @@ impl ShardCore {
         }
         let req = ControlRequest::Command {
             shard: self.id,
-            conn: ConnKey {
-                slot,
-                gen: caller.client.gen,
-            },
+            conn: self.key(slot),
             req_id: id,
             caller,
             cmd,

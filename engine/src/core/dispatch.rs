@@ -4,31 +4,22 @@
 //! `connect`-first and rate-limit gates, and which feature method answers each
 //! command. Does not own any feature's logic.
 
-use std::borrow::Cow;
-
-use bytes::Bytes;
-use crossbeam_channel::TrySendError;
-use switchboard_protocol::envelope::{self, CallAction};
+use switchboard_protocol::envelope::Request;
 use switchboard_protocol::{Command, ErrorCode};
 
-use super::conn::{ConnKey, ConnState};
+use super::conn::ConnState;
 use super::ShardCore;
-use crate::auth::ControlRequest;
 use crate::control::ControlCommand;
 use crate::limits::LimitEvent;
 use crate::mesh::{QueryKind, ReplyKind};
 use crate::metrics::{CommandKind, ShardMetrics};
 
 impl ShardCore {
-    pub(super) fn dispatch_command(&mut self, slot: u32, payload: &Bytes) {
-        let conn = &mut self.conns[slot as usize];
-        let format = conn.format;
-        let req = match envelope::decode_request(format, payload) {
-            Ok(r) => r,
-            Err(e) => return self.fail(slot, &e),
-        };
+    /// Hot path: one decoded command of an open (or connecting) connection, whatever
+    /// its wire protocol, to the feature that answers it.
+    pub(super) fn dispatch(&mut self, slot: u32, req: Request<'_>) {
         let id = req.id;
-        let state = conn.state;
+        let state = self.conns[slot as usize].state;
         let event = limit_event(&req.command);
         self.answering = command_kind(&req.command);
         ShardMetrics::add(&self.metrics.commands[self.answering as usize], 1);
@@ -40,65 +31,7 @@ impl ShardCore {
                 reconnect,
                 device,
                 positions,
-            } => match state {
-                ConnState::AwaitingConnect => {
-                    if let Some(d) = device {
-                        conn.ext_mut().device = Some(d.as_ref().into());
-                    }
-                    if let Some(rt) = reconnect {
-                        return self.resume(slot, id, &rt, &positions);
-                    }
-                    let token = match token {
-                        Some(t) => t.into_owned(),
-                        None => match conn.ext.as_mut().and_then(|e| e.bearer.take()) {
-                            Some(t) => t.into(),
-                            None => {
-                                return self.reply_err(
-                                    slot,
-                                    id,
-                                    ErrorCode::BadRequest,
-                                    "connect needs a token",
-                                );
-                            }
-                        },
-                    };
-                    let key = ConnKey {
-                        slot,
-                        gen: conn.gen,
-                    };
-                    let request = ControlRequest::Authenticate {
-                        shard: self.id,
-                        conn: key,
-                        req_id: id,
-                        token,
-                    };
-                    match self.control.try_send(request) {
-                        Ok(()) => {
-                            self.conns[slot as usize].state =
-                                ConnState::Authenticating { req_id: id }
-                        }
-                        Err(TrySendError::Full(_)) => self.reply_err(
-                            slot,
-                            id,
-                            ErrorCode::Overloaded,
-                            "authentication is busy, retry",
-                        ),
-                        Err(TrySendError::Disconnected(_)) => self.reply_err(
-                            slot,
-                            id,
-                            ErrorCode::Internal,
-                            "authentication unavailable",
-                        ),
-                    }
-                }
-                ConnState::Authenticating { .. } => self.reply_err(
-                    slot,
-                    id,
-                    ErrorCode::AlreadyConnected,
-                    "connect already in progress",
-                ),
-                _ => self.reply_err(slot, id, ErrorCode::AlreadyConnected, "already connected"),
-            },
+            } => self.connect(slot, id, token, reconnect, device, &positions),
             _ if state != ConnState::Open => {
                 self.reply_err(slot, id, ErrorCode::NotConnected, "send connect first")
             }
@@ -111,16 +44,14 @@ impl ShardCore {
                 since,
                 limit,
                 reverse,
-            } => self.history(
-                slot,
-                id,
-                &channel,
-                QueryKind::History {
+            } => {
+                let kind = QueryKind::History {
                     since,
                     limit,
                     reverse,
-                },
-            ),
+                };
+                self.history(slot, id, &channel, kind)
+            }
             Command::Unsubscribe { channel } => self.unsubscribe(slot, id, &channel),
             Command::Publish {
                 channel,
@@ -148,16 +79,10 @@ impl ShardCore {
                 meta,
                 at,
                 delay,
-            } => self.schedule_from(
-                slot,
-                id,
-                channel.as_deref(),
-                user.as_deref(),
-                data,
-                meta,
-                at,
-                delay,
-            ),
+            } => {
+                let to = (channel.as_deref(), user.as_deref());
+                self.schedule_from(slot, id, to, data, meta, at, delay)
+            }
             Command::Unschedule { schedule } => self.unschedule(slot, id, schedule),
             Command::Status { status } => self.set_status(slot, id, &status),
             Command::Typing { channel, typing } => self.typing(slot, id, &channel, typing),
@@ -167,32 +92,20 @@ impl ShardCore {
                 limit,
                 before,
                 unread,
-            } => self.forward(
-                slot,
-                id,
-                ControlCommand::Notifications {
+            } => {
+                let cmd = ControlCommand::Notifications {
                     limit,
                     before,
                     unread,
-                },
-            ),
-            Command::NotificationsRead { notification } => self.forward(
-                slot,
-                id,
-                ControlCommand::NotificationsRead { id: notification },
-            ),
-            Command::NotificationsTopic { topic, subscribe } => {
-                let allowed = self.conns[slot as usize]
-                    .identity
-                    .as_ref()
-                    .map(|i| i.claim_values("topics").map(String::from).collect())
-                    .unwrap_or_default();
-                let cmd = ControlCommand::Topic {
-                    topic: topic.into_owned(),
-                    subscribe,
-                    allowed,
                 };
                 self.forward(slot, id, cmd)
+            }
+            Command::NotificationsRead { notification } => {
+                let cmd = ControlCommand::NotificationsRead { id: notification };
+                self.forward(slot, id, cmd)
+            }
+            Command::NotificationsTopic { topic, subscribe } => {
+                self.notifications_topic(slot, id, topic, subscribe)
             }
             Command::Call {
                 user,
@@ -204,50 +117,13 @@ impl ShardCore {
                 call,
                 action,
                 reason,
-            } => {
-                let channels = match action {
-                    CallAction::Accept => self.conns[slot as usize].subs.to_vec(),
-                    _ => Vec::new(),
-                };
-                let cmd = ControlCommand::CallAction {
-                    call,
-                    action,
-                    reason: reason.map(Cow::into_owned),
-                    channels,
-                };
-                self.forward(slot, id, cmd)
-            }
+            } => self.call_action(slot, id, call, action, reason),
             Command::CallSignal {
                 call,
                 to,
                 data,
                 quality,
-            } => {
-                let to = match to.as_deref().map(crate::control::parse_client_id) {
-                    Some(None) => {
-                        return self.reply_err(
-                            slot,
-                            id,
-                            ErrorCode::BadRequest,
-                            "'to' is not a client id (shard.slot.generation)",
-                        )
-                    }
-                    to => to.flatten(),
-                };
-                let data = match data.to_value() {
-                    Ok(v) => v,
-                    Err(e) => {
-                        return self.reply_err(slot, id, ErrorCode::BadRequest, &e.to_string())
-                    }
-                };
-                let cmd = ControlCommand::CallSignal {
-                    call,
-                    to,
-                    data,
-                    quality,
-                };
-                self.forward(slot, id, cmd)
-            }
+            } => self.call_signal(slot, id, call, to.as_deref(), data, quality),
         }
     }
 }

@@ -8,13 +8,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use switchboard_protocol::envelope;
-use switchboard_protocol::{CloseCode, Format, Position};
+use switchboard_protocol::{CloseCode, Format, Position, EVERY_FORMAT, FORMATS};
 
 use super::conn::{mark_dirty, UserConns};
 use super::{ShardCore, LATENCY_SAMPLES_PER_TURN};
-use crate::mesh::{Publication, ShardMsg};
+use crate::mesh::{EncodedFrames, Publication, ShardMsg};
 use crate::metrics::{CloseKind, ShardMetrics};
 
 impl ShardCore {
@@ -27,17 +26,20 @@ impl ShardCore {
     ///
     /// Hot path: one lookup for a channel, two for a personal one.
     #[inline]
-    pub(super) fn audience(&self, channel: &str) -> (u8, [u64; 2], u8) {
+    pub(super) fn audience(&self, channel: &str) -> (u8, [u64; FORMATS], u8) {
         if let Some(user) = self.personal_user(channel) {
             let local = self.users.get(user).map_or(0, |u| self.formats_of(u));
             let others = self.all_shards & !(1u64 << self.id);
-            let remote = [others, others];
-            let needed = local | if others != 0 { 0b11 } else { 0 };
+            let remote = [others; FORMATS];
+            let needed = local | if others != 0 { EVERY_FORMAT } else { 0 };
             return (local, remote, needed);
         }
         let local = self.channels.local(channel).map_or(0, |e| e.formats());
         let remote = self.channels.remote(channel);
-        let needed = local | (remote[0] != 0) as u8 | ((remote[1] != 0) as u8) << 1;
+        let mut needed = local;
+        for (i, &shards) in remote.iter().enumerate() {
+            needed |= ((shards != 0) as u8) << i;
+        }
         (local, remote, needed)
     }
 
@@ -64,10 +66,10 @@ impl ShardCore {
         &mut self,
         channel: Arc<str>,
         position: Position,
-        frames: [Option<Bytes>; 2],
+        frames: EncodedFrames,
         created: Instant,
         local: u8,
-        remote: [u64; 2],
+        remote: [u64; FORMATS],
     ) {
         let publication = Arc::new(Publication {
             channel,
@@ -84,7 +86,7 @@ impl ShardCore {
         &mut self,
         publication: Arc<Publication>,
         local: u8,
-        remote: [u64; 2],
+        remote: [u64; FORMATS],
     ) {
         if local != 0 {
             self.deliver(&publication);
@@ -221,8 +223,8 @@ impl ShardCore {
 }
 
 /// A push encoded once for each format in `needed` (a bit per `Format::index()`).
-pub(super) fn push_frames<T: serde::Serialize>(needed: u8, push: &T) -> [Option<Bytes>; 2] {
-    let mut frames = [None, None];
+pub(super) fn push_frames<T: serde::Serialize>(needed: u8, push: &T) -> EncodedFrames {
+    let mut frames = EncodedFrames::default();
     for f in Format::ALL {
         if needed & (1 << f.index()) != 0 {
             frames[f.index()] = Some(envelope::encode_push(f, push));

@@ -10,14 +10,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use switchboard_protocol::{ErrorCode, Payload, Position};
 
-use super::conn::ConnKey;
 use super::fanout::push_frames;
 use super::{unix_ms, ShardCore};
 use crate::access::Action;
 use crate::auth::{ControlRequest, ScheduleJob};
 use crate::journal::{MarkKind, MarkRecord};
 use crate::marks::ReceiptList;
-use crate::mesh::{Answer, MarkUpdate, ReplyBody, ShardMsg};
+use crate::mesh::{MarkUpdate, ReplyBody, ShardMsg};
 use crate::metrics::CommandKind;
 use crate::streams;
 
@@ -195,14 +194,7 @@ impl ShardCore {
         if let Err((code, why)) = self.check_channel(slot, channel, Action::Subscribe) {
             return self.reply_err(slot, id, code, why);
         }
-        let answer = Answer::Client {
-            shard: self.id,
-            conn: ConnKey {
-                slot,
-                gen: self.conns[slot as usize].gen,
-            },
-            req_id: id,
-        };
+        let answer = self.asker(slot, id);
         let owner = streams::owner(channel, self.mesh.shards());
         if owner == self.id {
             let list = self.receipt_list(channel);
@@ -231,8 +223,7 @@ impl ShardCore {
         &mut self,
         slot: u32,
         id: u32,
-        channel: Option<&str>,
-        user: Option<&str>,
+        (channel, user): (Option<&str>, Option<&str>),
         data: Payload<'_>,
         meta: Option<Payload<'_>>,
         at: Option<u64>,
@@ -276,13 +267,9 @@ impl ShardCore {
             due_ms,
             owner: identity.user.clone(),
         };
-        let conn = ConnKey {
-            slot,
-            gen: self.conns[slot as usize].gen,
-        };
         let req = ControlRequest::Schedule {
             shard: self.id,
-            conn,
+            conn: self.key(slot),
             req_id: id,
             job,
         };
@@ -297,10 +284,7 @@ impl ShardCore {
         };
         let req = ControlRequest::Unschedule {
             shard: self.id,
-            conn: ConnKey {
-                slot,
-                gen: conn.gen,
-            },
+            conn: self.key(slot),
             req_id: id,
             id: schedule,
             owner,

@@ -5,8 +5,7 @@
 //! the close after repeated refusals. Does not own the rules or the bucket arithmetic
 //! ([`crate::limits`]).
 
-use switchboard_protocol::envelope;
-use switchboard_protocol::{CloseCode, ErrorCode};
+use switchboard_protocol::CloseCode;
 
 use super::ShardCore;
 use crate::limits::{Buckets, Compiled, LimitEvent, Scope};
@@ -128,7 +127,6 @@ impl ShardCore {
         }
         if let Some((ms, e)) = wait {
             ShardMetrics::add(&self.metrics.rate_limited[e.index()], 1);
-            let format = conn.format;
             let state = conn.limits.get_or_insert_with(Default::default);
             state.refused_in_a_row += 1;
             let limit = self.cfg.rate_limit_disconnect_after;
@@ -146,13 +144,8 @@ impl ShardCore {
                     CloseKind::RateLimited,
                 );
             } else {
-                self.metrics
-                    .answered(self.answering, Some(ErrorCode::RateLimited as u16));
                 let why = RATE_LIMITED_MESSAGES[e.index()];
-                self.enqueue(
-                    slot,
-                    envelope::encode_rate_limited(format, id, why, ms.max(1)),
-                );
+                self.reply_rate_limited(slot, id, why, ms.max(1));
             }
             return false;
         }

@@ -10,11 +10,10 @@ use std::time::Instant;
 
 use switchboard_protocol::{ErrorCode, Position};
 
-use super::conn::ConnKey;
 use super::fanout::push_frames;
 use super::{ms_to_ticks, unix_ms, ShardCore};
 use crate::access::Action;
-use crate::mesh::{Answer, PresenceKind, PresenceUpdate, Publication, ReplyBody, ShardMsg};
+use crate::mesh::{PresenceKind, PresenceUpdate, Publication, ReplyBody, ShardMsg};
 use crate::metrics::CommandKind;
 use crate::presence::Event as PresenceEvent;
 use crate::streams;
@@ -184,14 +183,7 @@ impl ShardCore {
                 "this channel's namespace does not track presence",
             );
         }
-        let answer = Answer::Client {
-            shard: self.id,
-            conn: ConnKey {
-                slot,
-                gen: self.conns[slot as usize].gen,
-            },
-            req_id: id,
-        };
+        let answer = self.asker(slot, id);
         let owner = streams::owner(channel, self.mesh.shards());
         if owner == self.id {
             let list = self.presence.list(channel, members);

@@ -16,7 +16,7 @@ use super::conn::{ConnKey, ConnState};
 use super::{ms_to_ticks, ShardCore, SPILL_LIMIT};
 use crate::access::Action;
 use crate::journal::{Batch, Durability, Record, Refusal as JournalRefusal};
-use crate::mesh::{PublishReply, Refused, SequenceReq, Sequenced, ShardMsg};
+use crate::mesh::{EncodedFrames, PublishReply, Refused, SequenceReq, Sequenced, ShardMsg};
 use crate::metrics::{CommandKind, ShardMetrics};
 use crate::streams::{self, Entry};
 
@@ -29,7 +29,7 @@ pub(super) struct Pending {
     pub(super) position: Position,
     pub(super) entry: Entry,
     /// Frames encoded when it was sequenced (formats needed then).
-    pub(super) frames: [Option<Bytes>; 2],
+    pub(super) frames: EncodedFrames,
     pub(super) created: Instant,
     pub(super) reply: PublishReply,
     /// Retries with its idempotency key that arrived while it waited.
@@ -70,10 +70,9 @@ impl ShardCore {
         }
         ShardMetrics::add(&self.metrics.publications, 1);
         let owner = streams::owner(channel, self.mesh.shards());
-        let gen = self.conns[slot as usize].gen;
         let reply = PublishReply::Client {
             shard: self.id,
-            conn: ConnKey { slot, gen },
+            conn: self.key(slot),
             req_id: id,
         };
         if owner == self.id {
@@ -160,7 +159,7 @@ impl ShardCore {
             }
             _ => false,
         };
-        let mut frames = [None, None];
+        let mut frames = EncodedFrames::default();
         for f in Format::ALL {
             if needed & (1 << f.index()) != 0 {
                 let sender = from.as_deref();
@@ -361,8 +360,7 @@ impl ShardCore {
             duplicate: true,
         };
         self.metrics.answered(self.answering, None);
-        let format = self.conns[slot as usize].format;
-        self.enqueue(slot, envelope::encode_result(format, id, &r));
+        self.send_result(slot, id, &r);
     }
 
     /// Tell whoever published how it went: a connection here, another shard, or the
@@ -410,7 +408,6 @@ impl ShardCore {
 
     pub(super) fn reply_position(&mut self, slot: u32, id: u32, pos: Position) {
         self.metrics.answered(self.answering, None);
-        let format = self.conns[slot as usize].format;
-        self.enqueue(slot, envelope::encode_result(format, id, &pos));
+        self.send_result(slot, id, &pos);
     }
 }

@@ -5,15 +5,34 @@
 //! counted by command. Does not own what the reply says.
 
 use bytes::Bytes;
+use serde::Serialize;
 use switchboard_protocol::envelope::{self, Empty};
-use switchboard_protocol::ErrorCode;
+
+use switchboard_protocol::{CloseCode, ErrorCode, Payload};
 
 use super::conn::{mark_dirty, ConnKey, ConnState};
 use super::ShardCore;
-use crate::mesh::{Answer, Refused, ReplyBody, ShardMsg};
+use crate::mesh::{Answer, Refused, ReplyBody, ReplyKind, ShardMsg, StreamReply};
 use crate::metrics::CommandKind;
 
 impl ShardCore {
+    /// The key of the connection in `slot` (for answers that come back later).
+    pub(super) fn key(&self, slot: u32) -> ConnKey {
+        ConnKey {
+            slot,
+            gen: self.conns[slot as usize].gen,
+        }
+    }
+
+    /// Where the answer to command `id` of `slot` goes, from whichever shard computes it.
+    pub(super) fn asker<T>(&self, slot: u32, id: u32) -> Answer<T> {
+        Answer::Client {
+            shard: self.id,
+            conn: self.key(slot),
+            req_id: id,
+        }
+    }
+
     pub(super) fn enqueue(&mut self, slot: u32, frame: Bytes) {
         let conn = &mut self.conns[slot as usize];
         if conn.out.push(frame, self.cfg.max_outbound_bytes).is_err() {
@@ -22,10 +41,47 @@ impl ShardCore {
         mark_dirty(conn, slot, &mut self.dirty);
     }
 
+    /// Answer command `id` with an empty result.
     pub(super) fn reply_ok(&mut self, slot: u32, id: u32) {
         self.metrics.answered(self.answering, None);
+        self.send_result(slot, id, &Empty {});
+    }
+
+    /// Answer command `id` with `value` (counted by the caller).
+    pub(super) fn send_result<T: Serialize>(&mut self, slot: u32, id: u32, value: &T) {
         let format = self.conns[slot as usize].format;
-        self.enqueue(slot, envelope::encode_result(format, id, &Empty {}));
+        self.enqueue(slot, envelope::encode_result(format, id, value));
+    }
+
+    /// Queue a push (an object with a `push` field) for the connection.
+    pub(super) fn send_push<T: Serialize>(&mut self, slot: u32, push: &T) {
+        let format = self.conns[slot as usize].format;
+        self.enqueue(slot, envelope::encode_push(format, push));
+    }
+
+    /// Answer command `id` with error 114 and when to retry.
+    pub(super) fn reply_rate_limited(&mut self, slot: u32, id: u32, why: &str, retry_ms: u32) {
+        self.metrics
+            .answered(self.answering, Some(ErrorCode::RateLimited as u16));
+        let format = self.conns[slot as usize].format;
+        self.enqueue(
+            slot,
+            envelope::encode_rate_limited(format, id, why, retry_ms),
+        );
+    }
+
+    /// The `disconnect` push before a close frame (application codes and 1001).
+    pub(super) fn disconnect_frame(
+        &self,
+        slot: u32,
+        code: CloseCode,
+        reason: &str,
+        reconnect: bool,
+        reconnect_after_ms: Option<u32>,
+    ) -> Bytes {
+        let format = self.conns[slot as usize].format;
+        let after = reconnect_after_ms.filter(|_| reconnect);
+        envelope::encode_disconnect_after(format, code.0, reason, reconnect, after)
     }
 
     pub(super) fn reply_err(&mut self, slot: u32, id: u32, code: ErrorCode, message: &str) {
@@ -109,5 +165,47 @@ impl ShardCore {
             }
         };
         self.enqueue(conn.slot, frame);
+    }
+
+    /// A stream answer carrying publications (history, recovery, an inbox backlog),
+    /// as a reply to a command or as a push; one that cannot be encoded in the
+    /// connection's format is refused.
+    pub(super) fn send_stream(&mut self, slot: u32, r: &StreamReply) {
+        let format = self.conns[slot as usize].format;
+        let to = match r.to {
+            ReplyKind::Command(id) => envelope::ReplyTo::Id(id),
+            ReplyKind::Resumed | ReplyKind::Server => envelope::ReplyTo::Push {
+                push: "subscribed",
+                channel: &r.channel,
+            },
+            ReplyKind::Inbox => envelope::ReplyTo::Push {
+                push: "inbox",
+                channel: &r.channel,
+            },
+        };
+        let pubs = r.publications.iter().map(|e| envelope::StoredPublication {
+            offset: e.offset,
+            from: e.from.as_deref(),
+            meta: e.meta.as_ref().map(|m| Payload {
+                format: e.format,
+                raw: m,
+            }),
+            data: Payload {
+                format: e.format,
+                raw: &e.data,
+            },
+        });
+        match envelope::encode_stream_reply(format, to, r.top, r.recovered, pubs) {
+            Ok(frame) => {
+                // Unbounded: the client asked for it, and `history_size` bounds it.
+                let conn = &mut self.conns[slot as usize];
+                conn.out.push_unbounded(frame);
+                mark_dirty(conn, slot, &mut self.dirty);
+            }
+            Err(e) => {
+                let channel = r.channel.clone();
+                self.refuse(slot, r.to, &channel, ErrorCode::BadRequest, &e.to_string())
+            }
+        }
     }
 }

@@ -5,18 +5,81 @@
 //! `connect` reply, and issuing and renewing reconnect tokens. Does not verify JWTs
 //! (control plane) or sign tokens ([`crate::session`]).
 
+use std::borrow::Cow;
 use std::sync::Arc;
+
+use crossbeam_channel::TrySendError;
 
 use switchboard_protocol::envelope::{self, ConnectResult};
 use switchboard_protocol::{CloseCode, ErrorCode, Position};
 
 use super::conn::{ConnKey, ConnState};
 use super::{unix_ms, ShardCore};
-use crate::auth::Identity;
+use crate::auth::{ControlRequest, Identity};
 use crate::mesh::{PresenceKind, ReplyKind};
 use crate::metrics::{CloseKind, CommandKind, ShardMetrics};
 
 impl ShardCore {
+    /// `connect`: with a reconnect token, resumed here; otherwise the JWT (from the
+    /// command or the upgrade's `Authorization: Bearer`) goes to the control plane,
+    /// whose verdict comes back as [`ShardMsg::AuthDone`](crate::mesh::ShardMsg).
+    pub(super) fn connect(
+        &mut self,
+        slot: u32,
+        id: u32,
+        token: Option<Cow<'_, str>>,
+        reconnect: Option<Cow<'_, str>>,
+        device: Option<Cow<'_, str>>,
+        positions: &[(String, Position)],
+    ) {
+        let conn = &mut self.conns[slot as usize];
+        match conn.state {
+            ConnState::AwaitingConnect => {}
+            ConnState::Authenticating { .. } => {
+                return self.reply_err(
+                    slot,
+                    id,
+                    ErrorCode::AlreadyConnected,
+                    "connect already in progress",
+                )
+            }
+            _ => return self.reply_err(slot, id, ErrorCode::AlreadyConnected, "already connected"),
+        }
+        if let Some(d) = device {
+            conn.ext_mut().device = Some(d.as_ref().into());
+        }
+        if let Some(rt) = reconnect {
+            return self.resume(slot, id, &rt, positions);
+        }
+        let token = match token {
+            Some(t) => t.into_owned(),
+            None => match conn.ext.as_mut().and_then(|e| e.bearer.take()) {
+                Some(t) => t.into(),
+                None => {
+                    return self.reply_err(slot, id, ErrorCode::BadRequest, "connect needs a token")
+                }
+            },
+        };
+        let request = ControlRequest::Authenticate {
+            shard: self.id,
+            conn: self.key(slot),
+            req_id: id,
+            token,
+        };
+        match self.control.try_send(request) {
+            Ok(()) => self.conns[slot as usize].state = ConnState::Authenticating { req_id: id },
+            Err(TrySendError::Full(_)) => self.reply_err(
+                slot,
+                id,
+                ErrorCode::Overloaded,
+                "authentication is busy, retry",
+            ),
+            Err(TrySendError::Disconnected(_)) => {
+                self.reply_err(slot, id, ErrorCode::Internal, "authentication unavailable")
+            }
+        }
+    }
+
     pub(super) fn auth_done(
         &mut self,
         key: ConnKey,
@@ -161,8 +224,7 @@ impl ShardCore {
             resumed,
         };
         self.metrics.answered(CommandKind::Connect, None);
-        let format = self.conns[slot as usize].format;
-        self.enqueue(slot, envelope::encode_result(format, req_id, &reply));
+        self.send_result(slot, req_id, &reply);
         let at = self.now as u64 + self.ticks.ping as u64;
         self.schedule(slot, at);
         // Indexed even with the personal channel off: notifications and calls reach
@@ -224,12 +286,12 @@ impl ShardCore {
             token: &'a str,
             expires_at: u64,
         }
-        let format = self.conns[slot as usize].format;
+
         let push = TokenPush {
             push: "reconnect",
             token: &token,
             expires_at,
         };
-        self.enqueue(slot, envelope::encode_push(format, &push));
+        self.send_push(slot, &push);
     }
 }

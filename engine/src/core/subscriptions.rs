@@ -9,9 +9,9 @@
 use std::sync::Arc;
 
 use switchboard_protocol::envelope;
-use switchboard_protocol::{ErrorCode, Payload, Position};
+use switchboard_protocol::{ErrorCode, Position};
 
-use super::conn::{mark_dirty, ConnKey, ConnState};
+use super::conn::{ConnKey, ConnState};
 use super::ShardCore;
 use crate::access::Action;
 use crate::mesh::{
@@ -124,8 +124,7 @@ impl ShardCore {
                 message: why,
             },
         };
-        let format = self.conns[slot as usize].format;
-        self.enqueue(slot, envelope::encode_push(format, &body));
+        self.send_push(slot, &body);
     }
 
     /// Send a stream question to the channel's owner (answered at once if that is us).
@@ -221,51 +220,18 @@ impl ShardCore {
         if conn.gen != r.conn.gen || conn.state != ConnState::Open {
             return;
         }
-        let format = conn.format;
         if r.subscribe {
             // Absent if the client unsubscribed meanwhile; the subscribe still gets
             // its answer.
             self.stop_holding(&r.channel, slot);
         }
-        let to = match r.to {
-            ReplyKind::Command(id) if r.subscribe && r.recovered.is_none() => {
+        if let ReplyKind::Command(id) = r.to {
+            if r.subscribe && r.recovered.is_none() {
                 // A plain subscribe: the position the subscription starts after.
                 return self.reply_position(slot, id, r.top);
             }
-            ReplyKind::Command(id) => envelope::ReplyTo::Id(id),
-            ReplyKind::Resumed | ReplyKind::Server => envelope::ReplyTo::Push {
-                push: "subscribed",
-                channel: &r.channel,
-            },
-            ReplyKind::Inbox => envelope::ReplyTo::Push {
-                push: "inbox",
-                channel: &r.channel,
-            },
-        };
-        let pubs = r.publications.iter().map(|e| envelope::StoredPublication {
-            offset: e.offset,
-            from: e.from.as_deref(),
-            meta: e.meta.as_ref().map(|m| Payload {
-                format: e.format,
-                raw: m,
-            }),
-            data: Payload {
-                format: e.format,
-                raw: &e.data,
-            },
-        });
-        match envelope::encode_stream_reply(format, to, r.top, r.recovered, pubs) {
-            Ok(frame) => {
-                // Unbounded: the client asked for it, and `history_size` bounds it.
-                let conn = &mut self.conns[slot as usize];
-                conn.out.push_unbounded(frame);
-                mark_dirty(conn, slot, &mut self.dirty);
-            }
-            Err(e) => {
-                let channel = r.channel.clone();
-                self.refuse(slot, r.to, &channel, ErrorCode::BadRequest, &e.to_string())
-            }
         }
+        self.send_stream(slot, &r);
     }
 
     pub(super) fn history(&mut self, slot: u32, id: u32, channel: &str, kind: QueryKind) {
@@ -342,12 +308,12 @@ impl ShardCore {
                     push: &'static str,
                     channel: &'a str,
                 }
-                let format = self.conns[slot as usize].format;
+
                 let push = Left {
                     push: "unsubscribed",
                     channel: &u.channel,
                 };
-                self.enqueue(slot, envelope::encode_push(format, &push));
+                self.send_push(slot, &push);
                 affected += 1;
             }
         }

@@ -9,6 +9,7 @@
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
+use switchboard_protocol::envelope;
 use switchboard_protocol::frame::{self, Check, OpCode, Role};
 use switchboard_protocol::handshake::{self, Parse, Upgrade};
 use switchboard_protocol::{CloseCode, Error as WireError, Message};
@@ -177,11 +178,21 @@ impl ShardCore {
     pub(super) fn handle_command(&mut self, slot: u32, payload: &Bytes) {
         self.commands_seen = self.commands_seen.wrapping_add(1);
         if self.commands_seen % COMMAND_SAMPLE != 0 {
-            return self.dispatch_command(slot, payload);
+            return self.decode_and_dispatch(slot, payload);
         }
         let start = Instant::now();
-        self.dispatch_command(slot, payload);
+        self.decode_and_dispatch(slot, payload);
         self.metrics
             .observe_command_us(start.elapsed().as_micros() as u64);
+    }
+
+    /// Hot path: a Switchboard v1 envelope in the connection's format becomes a
+    /// command; one that does not decode closes the connection (4002 or 1007).
+    fn decode_and_dispatch(&mut self, slot: u32, payload: &Bytes) {
+        let format = self.conns[slot as usize].format;
+        match envelope::decode_request(format, payload) {
+            Ok(req) => self.dispatch(slot, req),
+            Err(e) => self.fail(slot, &e),
+        }
     }
 }
