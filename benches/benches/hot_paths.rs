@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use switchboard_benches::{drain, fanout_core};
-use switchboard_engine::Publication;
+use switchboard_engine::{Now, Publication};
 use switchboard_protocol::envelope::{self, Command, Payload, Request};
 use switchboard_protocol::frame::{self, Check, FrameBuilder, OpCode, Role};
 use switchboard_protocol::{mask, Format};
@@ -240,6 +240,7 @@ fn fanout(c: &mut Criterion) {
                     format: Format::MsgPack,
                     raw: black_box(&data),
                 },
+                Now::read(),
             )
             .unwrap()
         })
@@ -367,7 +368,7 @@ fn heartbeat_wheel(c: &mut Criterion) {
                 let (mut core, _rx) = fanout_core(20_000, "room:hb");
                 let due = core_tick_of_first_visit();
                 let start = Instant::now();
-                core.on_tick(black_box(due));
+                core.on_tick(black_box(due), Now::read());
                 total += start.elapsed();
             }
             total
@@ -497,6 +498,7 @@ fn durability(c: &mut Criterion) {
                             format: Format::MsgPack,
                             raw: &data,
                         },
+                        Now::read(),
                     )
                     .unwrap();
                     if i % 64 == 63 {
@@ -791,6 +793,7 @@ fn notifications(c: &mut Criterion) {
         Mesh::new(1, 1024).expect("eventfd"),
         tx,
         Arc::new(ShardMetrics::default()),
+        Now::read(),
     );
     let users: Vec<Arc<str>> = (0..1000).map(|i| format!("user-{i}").into()).collect();
     let mut keys = Vec::new();
@@ -816,7 +819,7 @@ fn notifications(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1000));
     g.bench_function("push_to_1000_users", |b| {
         b.iter(|| {
-            core.on_message(ShardMsg::Push(to_all.clone()));
+            core.on_message(ShardMsg::Push(to_all.clone()), Now::read());
             drain(&mut core);
         })
     });
@@ -826,10 +829,13 @@ fn notifications(c: &mut Criterion) {
     let slow = keys[0];
     let filler = frames(&serde_json::json!({"push": "publication", "data": 1}));
     for _ in 0..1000 {
-        core.on_message(ShardMsg::Push(Arc::new(Push {
-            to: PushTo::Users(vec![(users[0].clone(), filler.clone())]),
-            coalesce: None,
-        })));
+        core.on_message(
+            ShardMsg::Push(Arc::new(Push {
+                to: PushTo::Users(vec![(users[0].clone(), filler.clone())]),
+                coalesce: None,
+            })),
+            Now::read(),
+        );
     }
     let progress = |pct: u32| {
         Arc::new(Push {
@@ -841,12 +847,15 @@ fn notifications(c: &mut Criterion) {
         })
     };
     let (p1, p2) = (progress(1), progress(2));
-    core.on_message(ShardMsg::Push(p1.clone()));
+    core.on_message(ShardMsg::Push(p1.clone()), Now::read());
     let mut flip = false;
     g.bench_function("coalesce_progress_behind_1000_frames", |b| {
         b.iter(|| {
             flip = !flip;
-            core.on_message(ShardMsg::Push(if flip { p2.clone() } else { p1.clone() }));
+            core.on_message(
+                ShardMsg::Push(if flip { p2.clone() } else { p1.clone() }),
+                Now::read(),
+            );
         })
     });
     assert!(core.out_mut(slow.slot).unwrap().len() == 1001);
@@ -866,7 +875,7 @@ fn notifications(c: &mut Criterion) {
     });
     g.bench_function("call_signal_to_one_connection", |b| {
         b.iter(|| {
-            core.on_message(ShardMsg::Push(signal.clone()));
+            core.on_message(ShardMsg::Push(signal.clone()), Now::read());
             drain(&mut core);
         })
     });
@@ -955,7 +964,7 @@ fn rate_limits(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter(|| {
                 let mut buf = BytesMut::from(&frame[..]);
-                core.on_read(key.slot, &mut buf);
+                core.on_read(key.slot, &mut buf, Now::read());
                 drain(core);
             })
         });

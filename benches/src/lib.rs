@@ -7,7 +7,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use switchboard_engine::journal::{Batch, Durability, Durable, JournalLink, NamespacePolicy};
-use switchboard_engine::{ControlRequest, EngineConfig, Identity, Mesh, ShardCore, ShardMetrics};
+use switchboard_engine::{
+    ControlRequest, EngineConfig, Identity, Mesh, Now, ShardCore, ShardMetrics,
+};
 use switchboard_protocol::Format;
 
 /// A shard core with `subscribers` open connections subscribed to `channel`, and the
@@ -65,6 +67,7 @@ pub fn fanout_core_in(
         mesh,
         tx,
         Arc::new(ShardMetrics::default()),
+        Now::read(),
     );
     let identity = Arc::new(Identity {
         user: "bench".into(),

@@ -7,9 +7,13 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+// Locks of the handle only (control-plane threads: join, runtime limit changes), never
+// touched by a shard.
+#[allow(clippy::disallowed_types)]
+use std::sync::Mutex;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use switchboard_protocol::{envelope, Payload};
@@ -83,6 +87,7 @@ impl Engine {
     /// Like [`Engine::start`], with a store: durable namespaces' publications go to
     /// `durable.link`, and each shard continues the streams the store read back
     /// before it accepts a connection.
+    #[allow(clippy::disallowed_types)] // The handle's control-plane-side locks.
     pub fn start_with(
         cfg: EngineConfig,
         control: Sender<ControlRequest>,
@@ -211,6 +216,7 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener
 
 /// The running engine. Shared by the control plane's threads.
 #[derive(Debug)]
+#[allow(clippy::disallowed_types)] // `threads` and `limits`: control-plane side only.
 pub struct EngineHandle {
     /// The settings the shards run with.
     cfg: Arc<EngineConfig>,
@@ -281,12 +287,14 @@ impl EngineHandle {
         let mut current = self.limits.lock().unwrap_or_else(|e| e.into_inner());
         for shard in 0..self.shards() {
             let mut msg = ShardMsg::Limits(table.clone());
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            let deadline = crate::clock::mono() + std::time::Duration::from_secs(1);
             while let Err(back) = self.mesh.inbox(shard).push(msg) {
-                if std::time::Instant::now() > deadline {
+                if crate::clock::mono() > deadline {
                     return Err(format!("shard {shard} is not draining its inbox"));
                 }
                 msg = back;
+                // The admin API's thread waits for a busy shard, never a shard.
+                #[allow(clippy::disallowed_methods)]
                 std::thread::sleep(std::time::Duration::from_micros(200));
             }
         }
@@ -365,7 +373,16 @@ impl EngineHandle {
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let owner = streams::owner(channel, self.shards());
-        let req = SequenceReq::new(channel, data, meta, key, from, PublishReply::Api(tx));
+        let created = crate::clock::mono();
+        let req = SequenceReq::new(
+            channel,
+            data,
+            meta,
+            key,
+            from,
+            PublishReply::Api(tx),
+            created,
+        );
         self.mesh
             .inbox(owner as usize)
             .push(ShardMsg::Sequence(Box::new(req)))
@@ -498,13 +515,15 @@ impl EngineHandle {
             let mut msg = ShardMsg::Shutdown;
             // An inbox full of publications drains quickly; one full for seconds
             // belongs to a shard that has already stopped.
-            let deadline = Instant::now() + Duration::from_secs(5);
+            let deadline = crate::clock::mono() + Duration::from_secs(5);
             while let Err(back) = self.mesh.inbox(i).push(msg) {
-                if Instant::now() > deadline {
+                if crate::clock::mono() > deadline {
                     tracing::error!(shard = i, "shard inbox full for 5 s; not waiting for it");
                     break;
                 }
                 msg = back;
+                // The stopping thread waits for a busy shard, never a shard.
+                #[allow(clippy::disallowed_methods)]
                 std::thread::sleep(Duration::from_millis(1));
             }
         }

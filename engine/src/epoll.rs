@@ -23,7 +23,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use crossbeam_channel::Sender;
@@ -36,6 +36,7 @@ use tokio::task::LocalSet;
 use switchboard_protocol::handshake;
 
 use crate::auth::ControlRequest;
+use crate::clock::{self, Now};
 use crate::config::EngineConfig;
 use crate::core::{AfterFlush, ConnKey, ConnState, ShardCore};
 use crate::mesh::{Mesh, Refusal};
@@ -159,7 +160,14 @@ async fn drive(setup: ShardSetup) {
     };
     let shutdown = Rc::new(Notify::new());
     let driver: Shared = Rc::new(RefCell::new(Driver {
-        core: ShardCore::new(id, cfg.clone(), mesh.clone(), control, metrics.clone()),
+        core: ShardCore::new(
+            id,
+            cfg.clone(),
+            mesh.clone(),
+            control,
+            metrics.clone(),
+            Now::read(),
+        ),
         socks: Vec::new(),
         read_buf: BytesMut::with_capacity(cfg.read_buffer_bytes),
         read_buf_bytes: cfg.read_buffer_bytes,
@@ -199,9 +207,9 @@ async fn drive(setup: ShardSetup) {
     metrics.accepting.store(false, Ordering::Release);
     drop(listener);
 
-    let deadline = Instant::now() + Duration::from_millis(cfg.drain_timeout_ms);
+    let deadline = clock::mono() + Duration::from_millis(cfg.drain_timeout_ms);
     let poll = Duration::from_millis(cfg.tick_ms.min(20));
-    while driver.borrow().core.connections() > 0 && Instant::now() < deadline {
+    while driver.borrow().core.connections() > 0 && clock::mono() < deadline {
         tokio::time::sleep(poll).await;
     }
     // Whatever this shard sequenced goes to the store before it stops.
@@ -213,7 +221,7 @@ async fn drive(setup: ShardSetup) {
 fn accept(driver: &Shared, stream: TcpStream, peer: std::net::IpAddr) {
     let _ = stream.set_nodelay(true);
     let mut d = driver.borrow_mut();
-    match d.core.admit(peer) {
+    match d.core.admit(peer, Now::read()) {
         Ok(key) => {
             let slot = key.slot as usize;
             if d.socks.len() <= slot {
@@ -279,7 +287,7 @@ impl Driver {
         }
         list.clear();
         self.scratch = list;
-        self.core.record_flush_latency();
+        self.core.record_flush_latency(Now::read());
     }
 
     /// Hot path: write `slot`'s queued frames with as few syscalls as the kernel allows.
@@ -312,7 +320,7 @@ impl Driver {
                     return;
                 }
                 Err(_) => {
-                    self.core.on_io_error(slot);
+                    self.core.on_io_error(slot, Now::read());
                     return;
                 }
             }
@@ -367,7 +375,7 @@ impl Future for ConnTask {
             match sock.stream.poll_read_ready(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Err(_)) => {
-                    d.core.on_io_error(slot);
+                    d.core.on_io_error(slot, Now::read());
                     break;
                 }
                 Poll::Ready(Ok(())) => {}
@@ -377,11 +385,11 @@ impl Future for ConnTask {
             }
             match sock.stream.try_read_buf(&mut d.read_buf) {
                 Ok(0) => {
-                    d.core.on_eof(slot);
+                    d.core.on_eof(slot, Now::read());
                     break;
                 }
                 Ok(_) => {
-                    d.core.on_read(slot, &mut d.read_buf);
+                    d.core.on_read(slot, &mut d.read_buf, Now::read());
                     reads += 1;
                     if reads == READS_PER_WAKE {
                         cx.waker().wake_by_ref();
@@ -390,7 +398,7 @@ impl Future for ConnTask {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(_) => {
-                    d.core.on_io_error(slot);
+                    d.core.on_io_error(slot, Now::read());
                     break;
                 }
             }
@@ -401,7 +409,7 @@ impl Future for ConnTask {
                     sock.write_blocked = false;
                     d.flush_one(slot);
                 }
-                Poll::Ready(Err(_)) => d.core.on_io_error(slot),
+                Poll::Ready(Err(_)) => d.core.on_io_error(slot, Now::read()),
                 Poll::Pending => {}
             }
         }
@@ -491,8 +499,9 @@ impl Future for InboxTask {
             this.more = false;
             let mut d = this.driver.borrow_mut();
             let mut n = 0;
+            let now = Now::read();
             while let Some(msg) = inbox.pop() {
-                d.core.on_message(msg);
+                d.core.on_message(msg, now);
                 n += 1;
                 if n == INBOX_BUDGET {
                     this.more = true;
@@ -509,14 +518,16 @@ impl Future for InboxTask {
 }
 
 async fn timer(driver: Shared, tick_ms: u64) {
-    let start = Instant::now();
+    let start = clock::mono();
     let mut interval = tokio::time::interval(Duration::from_millis(tick_ms));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         interval.tick().await;
-        let tick = (start.elapsed().as_millis() / tick_ms as u128) as u64;
+        let now = Now::read();
+        let since = now.mono.saturating_duration_since(start);
+        let tick = (since.as_millis() / tick_ms as u128) as u64;
         let mut d = driver.borrow_mut();
-        d.core.on_tick(tick);
+        d.core.on_tick(tick, now);
         d.after_core();
     }
 }

@@ -9,6 +9,7 @@
 //! - [`mesh`]: lock-free bounded inboxes between shards and from the control plane.
 //! - [`channels`], [`outq`], [`wheel`]: the channel index, per-connection outbound
 //!   queues, the heartbeat wheel.
+//! - [`clock`]: [`Now`], the one place the engine reads time (the core is passed it).
 //! - [`auth`]: what shards ask the control plane about tokens.
 //! - [`journal`]: the seam to durable storage (batches out, seeds and commits back).
 //! - [`metrics`]: per-shard counters.
@@ -22,6 +23,7 @@ pub mod access;
 pub mod auth;
 pub mod backend;
 pub mod channels;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod core;
@@ -42,6 +44,7 @@ mod engine;
 
 pub use auth::{AuthFailure, ControlRequest, Identity};
 pub use backend::Backend;
+pub use clock::Now;
 pub use config::{EngineConfig, IoMode};
 pub use core::{ConnKey, ShardCore};
 pub use engine::{Engine, EngineError, EngineHandle, PublishError, PublishTicket, ShardSender};

@@ -11,7 +11,10 @@
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+// `seeds` only: taken once by each shard at start, never on the message path.
+#[allow(clippy::disallowed_types)]
+use std::sync::Mutex;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -89,7 +92,7 @@ impl std::fmt::Display for Refused {
 
 impl SequenceReq {
     /// A publication to hand to the channel's owner: the payload (and metadata) are
-    /// copied out of the caller's buffer, stamped with the current time.
+    /// copied out of the caller's buffer, stamped with `created`.
     pub fn new(
         channel: &str,
         data: Payload<'_>,
@@ -97,12 +100,13 @@ impl SequenceReq {
         key: Option<&str>,
         from: Option<Arc<str>>,
         reply: PublishReply,
+        created: Instant,
     ) -> SequenceReq {
         SequenceReq {
             channel: channel.into(),
             data: Bytes::copy_from_slice(data.raw),
             format: data.format,
-            created: Instant::now(),
+            created,
             key: key.map(Box::from),
             meta: meta.map(|m| Bytes::copy_from_slice(m.raw)),
             from,
@@ -507,6 +511,7 @@ const RATE_BUCKETS: usize = 65_536;
 
 /// Everything shards share: their inboxes and the admission counters.
 #[derive(Debug)]
+#[allow(clippy::disallowed_types)] // `seeds`: taken once per shard at start.
 pub struct Mesh {
     inboxes: Vec<Inbox>,
     /// Connections held by the whole process.
@@ -538,6 +543,7 @@ impl Mesh {
     }
 
     /// Inboxes for `shards` shards of `capacity` messages each.
+    #[allow(clippy::disallowed_types)] // `seeds` (see the field).
     pub fn new(shards: usize, capacity: usize) -> std::io::Result<Arc<Mesh>> {
         let inboxes = (0..shards)
             .map(|_| Inbox::new(capacity))
@@ -548,7 +554,7 @@ impl Mesh {
             per_ip: (0..IP_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
             ip_rate: (0..RATE_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             user_buckets: OnceLock::new(),
-            epoch: std::time::Instant::now(),
+            epoch: crate::clock::mono(),
             journal: OnceLock::new(),
             seeds: Mutex::new(Vec::new()),
         }))
@@ -627,8 +633,8 @@ impl Mesh {
 
     /// Take one new connection from `ip`'s rate bucket (`per_second` a second, bursts
     /// of as many); refused when it is empty.
-    fn take_rate(&self, ip: IpAddr, per_second: u32) -> Result<(), Refusal> {
-        let now = self.epoch.elapsed().as_millis() as u32;
+    fn take_rate(&self, ip: IpAddr, per_second: u32, now: Instant) -> Result<(), Refusal> {
+        let now = now.saturating_duration_since(self.epoch).as_millis() as u32;
         let burst = u64::from(per_second) * 1000;
         let b = &self.ip_rate[(Self::ip_hash(ip) >> 16) as usize % RATE_BUCKETS];
         let mut cur = b.load(Ordering::Relaxed);
@@ -653,12 +659,13 @@ impl Mesh {
     pub fn admit(
         &self,
         ip: IpAddr,
+        now: Instant,
         max_total: usize,
         max_per_ip: u32,
         per_second: u32,
     ) -> Result<(), Refusal> {
         if per_second > 0 {
-            self.take_rate(ip, per_second)?;
+            self.take_rate(ip, per_second, now)?;
         }
         if self.connections.fetch_add(1, Ordering::Relaxed) >= max_total {
             self.connections.fetch_sub(1, Ordering::Relaxed);
@@ -698,34 +705,39 @@ mod tests {
     #[test]
     fn connection_rate_per_address() {
         let mesh = Mesh::new(1, 4).unwrap();
+        let t0 = crate::clock::mono();
         let a: IpAddr = "10.0.0.9".parse().unwrap();
         for _ in 0..5 {
-            assert!(mesh.admit(a, 100, 0, 5).is_ok());
+            assert!(mesh.admit(a, t0, 100, 0, 5).is_ok());
             mesh.release(a);
         }
-        assert_eq!(mesh.admit(a, 100, 0, 5), Err(Refusal::TooFastFromIp));
+        assert_eq!(mesh.admit(a, t0, 100, 0, 5), Err(Refusal::TooFastFromIp));
         assert_eq!(mesh.connections(), 0, "a refusal counts nothing");
         let b: IpAddr = "10.0.0.10".parse().unwrap();
         assert!(
-            mesh.admit(b, 100, 0, 5).is_ok(),
+            mesh.admit(b, t0, 100, 0, 5).is_ok(),
             "another address has its own"
         );
-        std::thread::sleep(std::time::Duration::from_millis(250));
-        assert!(mesh.admit(a, 100, 0, 5).is_ok(), "one back after 200 ms");
+        let later = t0 + std::time::Duration::from_millis(250);
+        assert!(
+            mesh.admit(a, later, 100, 0, 5).is_ok(),
+            "one back after 200 ms"
+        );
     }
 
     #[test]
     fn admission_limits() {
         let mesh = Mesh::new(1, 4).unwrap();
+        let t0 = crate::clock::mono();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
-        assert!(mesh.admit(a, 3, 2, 0).is_ok());
-        assert!(mesh.admit(a, 3, 2, 0).is_ok());
-        assert_eq!(mesh.admit(a, 3, 2, 0), Err(Refusal::TooManyFromIp));
+        assert!(mesh.admit(a, t0, 3, 2, 0).is_ok());
+        assert!(mesh.admit(a, t0, 3, 2, 0).is_ok());
+        assert_eq!(mesh.admit(a, t0, 3, 2, 0), Err(Refusal::TooManyFromIp));
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert!(mesh.admit(b, 3, 0, 0).is_ok());
-        assert_eq!(mesh.admit(b, 3, 0, 0), Err(Refusal::ServerFull));
+        assert!(mesh.admit(b, t0, 3, 0, 0).is_ok());
+        assert_eq!(mesh.admit(b, t0, 3, 0, 0), Err(Refusal::ServerFull));
         mesh.release(a);
-        assert!(mesh.admit(a, 3, 2, 0).is_ok());
+        assert!(mesh.admit(a, t0, 3, 2, 0).is_ok());
         assert_eq!(mesh.connections(), 3);
     }
 

@@ -53,6 +53,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::clock::{self, Now};
+
 use bytes::BytesMut;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
@@ -370,6 +372,8 @@ struct Shard {
     ring: IoUring,
     bufs: BufRing,
     core: ShardCore,
+    /// The clock reading for the completions being handled (read once per batch).
+    now: Now,
     mesh: Arc<Mesh>,
     id: usize,
     socks: Vec<Sock>,
@@ -473,7 +477,8 @@ impl Shard {
         Ok(Shard {
             ring,
             bufs,
-            core: ShardCore::new(id, cfg.clone(), mesh.clone(), control, metrics),
+            now: Now::read(),
+            core: ShardCore::new(id, cfg.clone(), mesh.clone(), control, metrics, Now::read()),
             mesh,
             id: id as usize,
             socks: Vec::new(),
@@ -549,7 +554,7 @@ impl Shard {
     fn run(&mut self) {
         let cfg_tick = self.core_tick_ms();
         let tick = Duration::from_millis(cfg_tick);
-        let start = Instant::now();
+        let start = clock::mono();
         let mut next_tick = start + tick;
         let mut drain_deadline: Option<Instant> = None;
         self.arm_inbox();
@@ -560,10 +565,11 @@ impl Shard {
         tracing::debug!(shard = self.id, "accepting (io_uring)");
         loop {
             self.reap();
-            let now = Instant::now();
+            let clock = Now::read();
+            let now = clock.mono;
             if now >= next_tick {
                 let t = (now.duration_since(start).as_millis() / u128::from(cfg_tick)) as u64;
-                self.core.on_tick(t);
+                self.core.on_tick(t, clock);
                 self.core.end_turn();
                 next_tick = start + tick * (t as u32 + 1);
                 self.trim_pool();
@@ -587,7 +593,7 @@ impl Shard {
             }
             let busy = self.inbox_more || !self.rearm.is_empty() || !self.resend.is_empty();
             let wait = if busy { 0 } else { 1 };
-            let timeout = next_tick.saturating_duration_since(Instant::now());
+            let timeout = next_tick.saturating_duration_since(clock::mono());
             let ts = types::Timespec::from(timeout);
             let args = types::SubmitArgs::new().timespec(&ts);
             match self.ring.submitter().submit_with_args(wait, &args) {
@@ -648,6 +654,8 @@ impl Shard {
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.clear();
         cqes.extend(self.ring.completion());
+        // One clock reading for the whole batch of completions.
+        self.now = Now::read();
         for cqe in &cqes {
             self.on_cqe(cqe.user_data(), cqe.result(), cqe.flags());
         }
@@ -720,7 +728,7 @@ impl Shard {
             return;
         };
         set_nodelay(fd);
-        match self.core.admit(peer) {
+        match self.core.admit(peer, self.now) {
             Ok(key) => {
                 let slot = key.slot as usize;
                 if self.socks.len() <= slot {
@@ -769,7 +777,7 @@ impl Shard {
         }
         if res > 0 {
             let Some(bid) = cqueue::buffer_select(flags) else {
-                self.core.on_io_error(slot);
+                self.core.on_io_error(slot, self.now);
                 return;
             };
             if !sock.tearing_down {
@@ -778,7 +786,7 @@ impl Shard {
                 self.read_buf
                     .extend_from_slice(self.bufs.get(bid, res as usize));
                 self.bufs.push(bid);
-                self.core.on_read(slot, &mut self.read_buf);
+                self.core.on_read(slot, &mut self.read_buf, self.now);
                 self.read_buf.clear();
             } else {
                 self.bufs.push(bid);
@@ -787,13 +795,13 @@ impl Shard {
                 self.rearm.push(slot);
             }
         } else if res == 0 {
-            self.core.on_eof(slot);
+            self.core.on_eof(slot, self.now);
         } else if res == -libc::ENOBUFS {
             // The ring ran dry this turn: arm again once the buffers are back.
             ShardMetrics::add(&self.core.metrics().uring_buffers_exhausted, 1);
             self.rearm.push(slot);
         } else if res != -libc::ECANCELED {
-            self.core.on_io_error(slot);
+            self.core.on_io_error(slot, self.now);
         }
         self.maybe_finish(slot);
     }
@@ -828,7 +836,7 @@ impl Shard {
             if let Some(out) = self.core.out_mut(slot) {
                 out.unpin();
             }
-            self.core.on_io_error(slot);
+            self.core.on_io_error(slot, self.now);
         }
     }
 
@@ -837,8 +845,9 @@ impl Shard {
         let mesh = self.mesh.clone();
         let inbox = mesh.inbox(self.id);
         let mut n = 0;
+        let now = Now::read();
         while let Some(msg) = inbox.pop() {
-            self.core.on_message(msg);
+            self.core.on_message(msg, now);
             n += 1;
             if n == INBOX_BUDGET {
                 self.inbox_more = true;
@@ -895,7 +904,7 @@ impl Shard {
         rearm.clear();
         self.rearm = rearm;
         self.scratch = list;
-        self.core.record_flush_latency();
+        self.core.record_flush_latency(Now::read());
         self.core.end_turn();
         self.wake_shards();
     }
@@ -1017,8 +1026,8 @@ impl Shard {
             .build()
             .user_data(user_data(OP_CANCEL, 0, 0));
         self.push(&sqe);
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while self.outstanding > 0 && Instant::now() < deadline {
+        let deadline = clock::mono() + Duration::from_secs(1);
+        while self.outstanding > 0 && clock::mono() < deadline {
             let ts = types::Timespec::new().nsec(10_000_000);
             let args = types::SubmitArgs::new().timespec(&ts);
             let _ = self.ring.submitter().submit_with_args(1, &args);

@@ -7,7 +7,7 @@
 use switchboard_protocol::{CloseCode, Format};
 
 use super::conn::ConnState;
-use super::{unix_ms, ShardCore};
+use super::ShardCore;
 use crate::control::{AdminOp, ConnFilter, ConnView, Maintenance, Target};
 use crate::metrics::CloseKind;
 use crate::presence::ClientId;
@@ -25,7 +25,7 @@ impl ShardCore {
                 let slots = self.targets(&who);
                 for &slot in &slots {
                     let hint = (spread_ms > 0).then(|| {
-                        let mix = slot.wrapping_mul(2_654_435_761) ^ self.now.rotate_left(13);
+                        let mix = slot.wrapping_mul(2_654_435_761) ^ self.tick.rotate_left(13);
                         mix % spread_ms
                     });
                     self.begin_close_after(
@@ -102,7 +102,7 @@ impl ShardCore {
             }
             AdminOp::LastSeen { user, done } => {
                 let seen = if self.users.contains_key(&*user) {
-                    Some(unix_ms())
+                    Some(self.clock.unix_ms)
                 } else {
                     self.last_seen.get(&*user).copied()
                 };
@@ -151,7 +151,7 @@ impl ShardCore {
                 break;
             }
             let user = c.identity.as_ref().map(|i| &*i.user);
-            let age_ms = self.now.wrapping_sub(c.since) as u64 * tick;
+            let age_ms = self.tick.wrapping_sub(c.since) as u64 * tick;
             let keep = c.state != ConnState::Closed
                 && f.user.as_deref().is_none_or(|u| user == Some(u))
                 && f.ip.is_none_or(|ip| ip == c.peer)

@@ -9,7 +9,7 @@ use switchboard_protocol::frame;
 use switchboard_protocol::CloseCode;
 
 use super::conn::{mark_dirty, ConnState};
-use super::{unix_ms, ShardCore, MAX_LAST_SEEN};
+use super::{ShardCore, MAX_LAST_SEEN};
 use crate::auth::ControlRequest;
 use crate::mesh::PresenceKind;
 use crate::metrics::CloseKind;
@@ -48,7 +48,7 @@ impl ShardCore {
         }
         self.detach(slot, false);
         self.closed(slot, kind);
-        let now = self.now;
+        let now = self.tick;
         let notice = (code.0 >= 4000 || code == CloseCode::GOING_AWAY)
             .then(|| self.disconnect_frame(slot, code, reason, reconnect, reconnect_after_ms));
         let conn = &mut self.conns[slot as usize];
@@ -147,7 +147,8 @@ impl ShardCore {
                         // Best effort, bounded: start over rather than grow.
                         self.last_seen.clear();
                     }
-                    self.last_seen.insert(identity.user.clone(), unix_ms());
+                    self.last_seen
+                        .insert(identity.user.clone(), self.clock.unix_ms);
                 }
             }
         }

@@ -5,13 +5,11 @@
 //! `unschedule` (handed to the control plane). Does not own storage of marks
 //! ([`crate::marks`]) or firing schedules (control plane).
 
-use std::time::Instant;
-
 use bytes::Bytes;
 use switchboard_protocol::{ErrorCode, Payload, Position};
 
 use super::fanout::push_frames;
-use super::{unix_ms, ShardCore};
+use super::ShardCore;
 use crate::access::Action;
 use crate::auth::{ControlRequest, ScheduleJob};
 use crate::journal::{MarkKind, MarkRecord};
@@ -114,7 +112,7 @@ impl ShardCore {
     pub(super) fn apply_mark(&mut self, u: MarkUpdate) {
         let top = self.streams.current(&u.channel).unwrap_or_default();
         let clamp = |o: Option<u64>| o.map(|o| o.min(top.offset));
-        let at_ms = unix_ms();
+        let at_ms = self.clock.unix_ms;
         match u.kind {
             MarkKind::Cursor => {
                 let to = Position {
@@ -186,7 +184,7 @@ impl ShardCore {
         };
         let frames = push_frames(needed, &push);
         let name = self.audience_name(channel);
-        self.fan_out(name, position, frames, Instant::now(), local, remote);
+        self.fan_out(name, position, frames, self.clock.mono, local, remote);
     }
 
     /// `receipts`: asked of the channel's owner.
@@ -255,8 +253,8 @@ impl ShardCore {
         };
         let due_ms = match (at, delay) {
             (Some(at), _) => at,
-            (None, Some(d)) => unix_ms().saturating_add(d),
-            (None, None) => unix_ms(),
+            (None, Some(d)) => self.clock.unix_ms.saturating_add(d),
+            (None, None) => self.clock.unix_ms,
         };
         let job = ScheduleJob {
             channel,

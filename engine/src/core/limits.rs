@@ -34,7 +34,7 @@ impl ShardCore {
     /// empty, take nothing, answer 114 with when to retry, and close a connection that
     /// keeps at it (4008).
     pub(super) fn within_limits(&mut self, slot: u32, id: u32, event: LimitEvent) -> bool {
-        let now_ms = self.now.wrapping_mul(self.cfg.tick_ms as u32);
+        let now_ms = self.tick.wrapping_mul(self.cfg.tick_ms as u32);
         let table = &*self.rate_limits;
         let conn = &mut self.conns[slot as usize];
         let Some(identity) = conn.identity.as_ref() else {

@@ -77,6 +77,7 @@ use switchboard_protocol::{CloseCode, Format, MessageAssembler, Payload, Positio
 use crate::access::Access;
 use crate::auth::{ControlRequest, Identity};
 use crate::channels::ChannelIndex;
+use crate::clock::Now;
 use crate::config::EngineConfig;
 use crate::control::Maintenance;
 use crate::journal::{Durability, JournalLink, MarkRecord, Policies, Policy, Record};
@@ -135,7 +136,10 @@ pub struct ShardCore {
     channels: ChannelIndex,
     wheel: HeartbeatWheel,
     /// Current tick.
-    now: u32,
+    tick: u32,
+    /// The moment of the call being handled, passed in by the backend (the core reads
+    /// no clock).
+    clock: Now,
     /// Wheel entries due this tick (reused).
     due: Vec<(u64, (u32, u32))>,
     /// Connections with frames to write.
@@ -220,14 +224,11 @@ pub struct ShardCore {
 }
 
 /// A seed for new epochs that differs per process start and per shard.
-fn stream_seed(shard: u16) -> u64 {
+fn stream_seed(shard: u16, now: Now) -> u64 {
     let mut b = [0u8; 8];
     if getrandom::getrandom(&mut b).is_err() {
-        // No entropy source: the clock and pid still differ across restarts.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        b = (t ^ u64::from(std::process::id()) << 32).to_le_bytes();
+        // No entropy source: the start time and pid still differ across restarts.
+        b = (now.unix_ms ^ u64::from(std::process::id()) << 32).to_le_bytes();
     }
     u64::from_le_bytes(b) ^ u64::from(shard)
 }
@@ -244,6 +245,7 @@ impl ShardCore {
         mesh: Arc<Mesh>,
         control: Sender<ControlRequest>,
         metrics: Arc<ShardMetrics>,
+        now: Now,
     ) -> Self {
         let t = cfg.tick_ms;
         let ticks = Ticks {
@@ -268,7 +270,7 @@ impl ShardCore {
             ttl: ms_to_ticks(cfg.history_ttl_ms, t),
         };
         let policies = Arc::new(Policies::new(default, &cfg.namespaces, t));
-        let mut streams = Streams::with_policies(stream_seed(id), policies);
+        let mut streams = Streams::with_policies(stream_seed(id, now), policies);
         let journal = mesh.journal().cloned();
         let mesh_shards = mesh.shards();
         let (seeds, seeded_marks) = mesh.take_seeds(id);
@@ -294,7 +296,8 @@ impl ShardCore {
             next_gen: 0,
             channels: ChannelIndex::default(),
             wheel: HeartbeatWheel::new((horizon as usize + 2).min(4096)),
-            now: 0,
+            tick: 0,
+            clock: now,
             due: Vec::new(),
             dirty: Vec::new(),
             wake: Vec::new(),
@@ -382,12 +385,14 @@ impl ShardCore {
     }
 
     /// Admit a new TCP connection from `peer`, if limits allow.
-    pub fn admit(&mut self, peer: IpAddr) -> Result<ConnKey, Refusal> {
+    pub fn admit(&mut self, peer: IpAddr, now: Now) -> Result<ConnKey, Refusal> {
+        self.clock = now;
         if self.shutting_down {
             return Err(Refusal::ServerFull);
         }
         if let Err(r) = self.mesh.admit(
             peer,
+            now.mono,
             self.cfg.max_connections,
             self.cfg.max_connections_per_ip,
             self.cfg.max_connection_rate_per_ip,
@@ -402,8 +407,8 @@ impl ShardCore {
             state: ConnState::Handshaking,
             format: Format::MsgPack,
             peer,
-            since: self.now,
-            last_rx: self.now,
+            since: self.tick,
+            last_rx: self.tick,
             next_visit: 0,
             ping_sent: false,
             dirty: false,
@@ -416,7 +421,7 @@ impl ShardCore {
             ext: None,
             limits: None,
         }) as u32;
-        self.schedule(slot, self.now as u64 + self.ticks.handshake as u64);
+        self.schedule(slot, self.tick as u64 + self.ticks.handshake as u64);
         ShardMetrics::add(&self.metrics.accepted, 1);
         self.metrics.connections.store(
             self.conns.len() as u64,
@@ -453,8 +458,9 @@ impl ShardCore {
     /// left empty (bytes of an incomplete request or frame move to the connection).
     ///
     /// Hot path: complete frames are parsed straight out of the shared buffer.
-    pub fn on_read(&mut self, slot: u32, buf: &mut BytesMut) {
-        let now = self.now;
+    pub fn on_read(&mut self, slot: u32, buf: &mut BytesMut, now: Now) {
+        self.clock = now;
+        let now = self.tick;
         let Some(conn) = self.conns.get_mut(slot as usize) else {
             buf.clear();
             return;
@@ -501,7 +507,8 @@ impl ShardCore {
     }
 
     /// Handle a message from another shard or the control plane.
-    pub fn on_message(&mut self, msg: ShardMsg) {
+    pub fn on_message(&mut self, msg: ShardMsg, now: Now) {
+        self.clock = now;
         match msg {
             ShardMsg::Publish(p) => self.deliver(&p),
             ShardMsg::StreamQuery(mut q) => {
@@ -606,17 +613,18 @@ impl ShardCore {
             ShardMsg::Push(p) => self.on_push(&p),
             ShardMsg::Limits(table) => self.set_rate_limits(table),
             ShardMsg::Admin(op) => self.on_admin(op),
-            ShardMsg::Shutdown => self.begin_shutdown(),
+            ShardMsg::Shutdown => self.begin_shutdown(now),
         }
     }
 
     /// The timer fired: advance the wheel to `tick` and act on every connection due.
-    pub fn on_tick(&mut self, tick: u64) {
+    pub fn on_tick(&mut self, tick: u64, now: Now) {
+        self.clock = now;
         let mut due = std::mem::take(&mut self.due);
         let horizon = self.wheel.len() as u64;
         if tick > self.wheel.now() + horizon {
             // The shard stalled past the horizon: every entry is due, once.
-            self.now = (tick - 1) as u32;
+            self.tick = (tick - 1) as u32;
             self.wheel.advance(tick - 1, |_, t, e| due.push((t, e)));
             for &(t, (slot, gen)) in &due {
                 self.visit(t as u32, slot, gen);
@@ -626,21 +634,21 @@ impl ShardCore {
         // Tick by tick, so a visit rescheduled within this window still fires on time.
         while self.wheel.now() < tick {
             let t = self.wheel.now() + 1;
-            self.now = t as u32;
+            self.tick = t as u32;
             self.wheel.advance(t, |_, t, e| due.push((t, e)));
             for &(t, (slot, gen)) in &due {
                 self.visit(t as u32, slot, gen);
             }
             due.clear();
         }
-        self.now = tick as u32;
+        self.tick = tick as u32;
         self.due = due;
         let idle = ms_to_ticks(self.cfg.stream_idle_ms, self.cfg.tick_ms);
         let window = ms_to_ticks(self.cfg.dedupe_window_ms, self.cfg.tick_ms);
-        self.streams.sweep(self.now, idle, window, 256);
+        self.streams.sweep(self.tick, idle, window, 256);
         self.expire_typing();
         if !self.presence_ns.is_empty() {
-            for (channel, event) in self.presence.expire(self.now, unix_ms()) {
+            for (channel, event) in self.presence.expire(self.tick, self.clock.unix_ms) {
                 self.push_presence(&channel, &event);
             }
         }
@@ -704,7 +712,8 @@ impl ShardCore {
     }
 
     /// The peer ended its side of the stream.
-    pub fn on_eof(&mut self, slot: u32) {
+    pub fn on_eof(&mut self, slot: u32, now: Now) {
+        self.clock = now;
         let Some(conn) = self.conns.get(slot as usize) else {
             return;
         };
@@ -717,7 +726,8 @@ impl ShardCore {
     }
 
     /// A read or write on `slot`'s socket failed.
-    pub fn on_io_error(&mut self, slot: u32) {
+    pub fn on_io_error(&mut self, slot: u32, now: Now) {
+        self.clock = now;
         let Some(conn) = self.conns.get(slot as usize) else {
             return;
         };
@@ -735,11 +745,12 @@ impl ShardCore {
 
     /// The backend has written this turn's frames: record publish-to-flush latency
     /// for the publications delivered since the last call.
-    pub fn record_flush_latency(&mut self) {
+    pub fn record_flush_latency(&mut self, now: Now) {
+        self.clock = now;
         if self.latency.is_empty() {
             return;
         }
-        let now = Instant::now();
+        let now = now.mono;
         for created in self.latency.drain(..) {
             self.metrics
                 .observe_latency_us(now.saturating_duration_since(created).as_micros() as u64);
@@ -753,7 +764,8 @@ impl ShardCore {
 
     /// Begin graceful shutdown: refuse new connections, close every connection with
     /// 1001.
-    pub fn begin_shutdown(&mut self) {
+    pub fn begin_shutdown(&mut self, now: Now) {
+        self.clock = now;
         self.shutting_down = true;
         let slots: Vec<u32> = self.conns.iter().map(|(s, _)| s as u32).collect();
         for slot in slots {
@@ -780,7 +792,7 @@ impl ShardCore {
         format: Format,
         identity: Arc<Identity>,
     ) -> ConnKey {
-        let key = self.admit(peer).expect("within limits");
+        let key = self.admit(peer, self.clock).expect("within limits");
         let conn = &mut self.conns[key.slot as usize];
         conn.state = ConnState::Open;
         conn.format = format;
@@ -798,11 +810,4 @@ impl ShardCore {
     pub fn subscribe_for_test(&mut self, key: ConnKey, channel: &str) {
         self.subscribe(key.slot, ReplyKind::Command(0), channel, None);
     }
-}
-
-/// Wall-clock time, Unix milliseconds (token expiry, receipt times).
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -6,12 +6,11 @@
 //! ([`crate::presence`]).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use switchboard_protocol::{ErrorCode, Position};
 
 use super::fanout::push_frames;
-use super::{ms_to_ticks, unix_ms, ShardCore};
+use super::{ms_to_ticks, ShardCore};
 use crate::access::Action;
 use crate::mesh::{PresenceKind, PresenceUpdate, Publication, ReplyBody, ShardMsg};
 use crate::metrics::CommandKind;
@@ -70,7 +69,7 @@ impl ShardCore {
 
     /// On the owner: apply a presence change and push what it means to the members.
     pub(super) fn apply_presence(&mut self, u: PresenceUpdate) {
-        let now_ms = unix_ms();
+        let now_ms = self.clock.unix_ms;
         let event = match u.kind {
             PresenceKind::Join { status } => self.presence.join(
                 &u.channel,
@@ -82,7 +81,7 @@ impl ShardCore {
             ),
             PresenceKind::Leave { linger } => {
                 let grace = ms_to_ticks(self.cfg.presence_grace_ms, self.cfg.tick_ms);
-                let until = linger.then(|| self.now.wrapping_add(grace.max(1)));
+                let until = linger.then(|| self.tick.wrapping_add(grace.max(1)));
                 self.presence
                     .leave(&u.channel, &u.user, u.client, until, now_ms)
             }
@@ -144,7 +143,7 @@ impl ShardCore {
         let frames = push_frames(needed, &push);
         let name = self.audience_name(channel);
         let position = self.streams.current(channel).unwrap_or_default();
-        self.fan_out(name, position, frames, Instant::now(), local, remote);
+        self.fan_out(name, position, frames, self.clock.mono, local, remote);
     }
 
     /// `status`: this connection's status on every channel it is present on.
@@ -222,17 +221,17 @@ impl ShardCore {
         }
         let throttle = ms_to_ticks(self.cfg.typing_throttle_ms, self.cfg.tick_ms);
         match conn.typing_in() {
-            Some((c, at)) if *c == name && self.now.wrapping_sub(*at) < throttle => {
+            Some((c, at)) if *c == name && self.tick.wrapping_sub(*at) < throttle => {
                 return self.reply_ok(slot, id);
             }
             Some((c, _)) if *c != name => self.stop_typing(slot),
             _ => {}
         }
         let gen = self.conns[slot as usize].gen;
-        self.conns[slot as usize].ext_mut().typing = Some((name.clone(), self.now));
+        self.conns[slot as usize].ext_mut().typing = Some((name.clone(), self.tick));
         let timeout = ms_to_ticks(self.cfg.typing_timeout_ms, self.cfg.tick_ms).max(1);
         self.typing_expiry
-            .push_back((self.now.wrapping_add(timeout), slot, gen));
+            .push_back((self.tick.wrapping_add(timeout), slot, gen));
         self.push_typing(slot, &name, true);
         self.reply_ok(slot, id);
     }
@@ -252,14 +251,14 @@ impl ShardCore {
     pub(super) fn expire_typing(&mut self) {
         let timeout = ms_to_ticks(self.cfg.typing_timeout_ms, self.cfg.tick_ms).max(1);
         while let Some(&(deadline, slot, gen)) = self.typing_expiry.front() {
-            if deadline > self.now {
+            if deadline > self.tick {
                 break;
             }
             self.typing_expiry.pop_front();
             let expired = self.conns.get(slot as usize).is_some_and(|c| {
                 c.gen == gen
                     && c.typing_in()
-                        .is_some_and(|(_, at)| self.now.wrapping_sub(*at) >= timeout)
+                        .is_some_and(|(_, at)| self.tick.wrapping_sub(*at) >= timeout)
             });
             if expired {
                 self.stop_typing(slot);
@@ -297,7 +296,7 @@ impl ShardCore {
             channel: channel.clone(),
             position: Position::default(),
             frames,
-            created: Instant::now(),
+            created: self.clock.mono,
             droppable: true,
         });
         self.fan_out_publication(publication, local, remote);

@@ -15,6 +15,7 @@ use switchboard_protocol::{Error as WireError, ErrorCode, Format, Payload, Posit
 use super::conn::{ConnKey, ConnState};
 use super::{ms_to_ticks, ShardCore, SPILL_LIMIT};
 use crate::access::Action;
+use crate::clock::Now;
 use crate::journal::{Batch, Durability, Record, Refusal as JournalRefusal};
 use crate::mesh::{EncodedFrames, PublishReply, Refused, SequenceReq, Sequenced, ShardMsg};
 use crate::metrics::{CommandKind, ShardMetrics};
@@ -76,17 +77,18 @@ impl ShardCore {
             req_id: id,
         };
         if owner == self.id {
-            return self.sequence(channel, data, meta, Instant::now(), key, from, reply);
+            return self.sequence(channel, data, meta, self.clock.mono, key, from, reply);
         }
         // Another shard owns the channel's stream: it sequences, fans out and tells us
         // the position to answer with.
-        let req = SequenceReq::new(channel, data, meta, key, from, reply);
+        let req = SequenceReq::new(channel, data, meta, key, from, reply, self.clock.mono);
         self.send_to(owner, ShardMsg::Sequence(Box::new(req)));
     }
 
     /// Publish `data` to `channel`: sequenced here if this shard owns the channel,
     /// otherwise handed to the owner (nobody waits for the position then).
-    pub fn publish(&mut self, channel: &str, data: Payload<'_>) -> Result<(), WireError> {
+    pub fn publish(&mut self, channel: &str, data: Payload<'_>, now: Now) -> Result<(), WireError> {
+        self.clock = now;
         let owner = streams::owner(channel, self.mesh.shards());
         if owner == self.id {
             // Checked first, so a refusal is returned rather than dropped.
@@ -95,14 +97,22 @@ impl ShardCore {
                 channel,
                 data,
                 None,
-                Instant::now(),
+                self.clock.mono,
                 None,
                 None,
                 PublishReply::None,
             );
             return Ok(());
         }
-        let req = SequenceReq::new(channel, data, None, None, None, PublishReply::None);
+        let req = SequenceReq::new(
+            channel,
+            data,
+            None,
+            None,
+            None,
+            PublishReply::None,
+            now.mono,
+        );
         self.send_to(owner, ShardMsg::Sequence(Box::new(req)));
         Ok(())
     }
@@ -131,12 +141,12 @@ impl ShardCore {
         debug_assert_eq!(streams::owner(channel, self.mesh.shards()), self.id);
         if let Some(key) = key {
             let window = ms_to_ticks(self.cfg.dedupe_window_ms, self.cfg.tick_ms);
-            if let Some(original) = self.streams.dedupe(channel, key, self.now, window) {
+            if let Some(original) = self.streams.dedupe(channel, key, self.tick, window) {
                 return self.answer_retry(channel, original, reply);
             }
         }
         let (local, remote, needed) = self.audience(channel);
-        let (position, pi) = self.streams.next_in(channel, self.now);
+        let (position, pi) = self.streams.next_in(channel, self.tick);
         let policy = *self.streams.policies().get(pi);
         let durable = match (&self.journal, policy.durability) {
             (Some(link), Durability::Async | Durability::Sync) => {
@@ -179,14 +189,14 @@ impl ShardCore {
         }
         if let Some(key) = key {
             self.streams
-                .remember(channel, key, position.offset, self.now);
+                .remember(channel, key, position.offset, self.tick);
         }
         if !durable && policy.keep == 0 {
             self.streams.show(channel, position.offset);
         } else {
             let entry = Entry {
                 offset: position.offset,
-                tick: self.now,
+                tick: self.tick,
                 data: Bytes::copy_from_slice(data.raw),
                 meta: meta.map(|m| Bytes::copy_from_slice(m.raw)),
                 format: data.format,

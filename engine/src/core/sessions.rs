@@ -14,7 +14,7 @@ use switchboard_protocol::envelope::{self, ConnectResult};
 use switchboard_protocol::{CloseCode, ErrorCode, Position};
 
 use super::conn::{ConnKey, ConnState};
-use super::{unix_ms, ShardCore};
+use super::ShardCore;
 use crate::auth::{ControlRequest, Identity};
 use crate::mesh::{PresenceKind, ReplyKind};
 use crate::metrics::{CloseKind, CommandKind, ShardMetrics};
@@ -143,7 +143,7 @@ impl ShardCore {
                 "more positions than max_subscriptions_per_connection",
             );
         }
-        let resumed = match sessions.check(token, unix_ms()) {
+        let resumed = match sessions.check(token, self.clock.unix_ms) {
             Ok(r) => r,
             Err(f) => {
                 ShardMetrics::add(&self.metrics.resumes_refused, 1);
@@ -225,7 +225,7 @@ impl ShardCore {
         };
         self.metrics.answered(CommandKind::Connect, None);
         self.send_result(slot, req_id, &reply);
-        let at = self.now as u64 + self.ticks.ping as u64;
+        let at = self.tick as u64 + self.ticks.ping as u64;
         self.schedule(slot, at);
         // Indexed even with the personal channel off: notifications and calls reach
         // users through it.
@@ -259,8 +259,8 @@ impl ShardCore {
         let sessions = self.sessions.as_ref()?;
         let conn = &mut self.conns[slot as usize];
         let identity = conn.identity.as_ref()?;
-        conn.token_at = self.now;
-        let expires = unix_ms() + self.cfg.reconnect_ttl_ms;
+        conn.token_at = self.tick;
+        let expires = self.clock.unix_ms + self.cfg.reconnect_ttl_ms;
         Some(sessions.issue(identity, conn.device(), channels, expires))
     }
 

@@ -164,13 +164,13 @@ impl ShardCore {
         let ttl = policy.ttl;
         let (top, recovered, publications, subscribe) = match q.kind {
             QueryKind::Subscribe { since: None } => (
-                self.streams.touch(&q.channel, self.now),
+                self.streams.touch(&q.channel, self.tick),
                 None,
                 Vec::new(),
                 true,
             ),
             QueryKind::Subscribe { since: Some(since) } => {
-                let r = self.streams.recover(&q.channel, since, self.now, ttl);
+                let r = self.streams.recover(&q.channel, since, self.tick, ttl);
                 (r.top, Some(r.recovered), r.publications, true)
             }
             QueryKind::Inbox => {
@@ -180,7 +180,7 @@ impl ShardCore {
                     .and_then(|d| self.marks.cursor(&q.channel, d));
                 let r = self
                     .streams
-                    .backlog(&q.channel, cursor, policy.keep, self.now, ttl);
+                    .backlog(&q.channel, cursor, policy.keep, self.tick, ttl);
                 (r.top, Some(r.recovered), r.publications, true)
             }
             QueryKind::History {
@@ -191,7 +191,7 @@ impl ShardCore {
                 let limit = (limit as usize).min(policy.keep);
                 let (top, h) = self
                     .streams
-                    .history(&q.channel, since, limit, reverse, self.now, ttl);
+                    .history(&q.channel, since, limit, reverse, self.tick, ttl);
                 (top, None, h, false)
             }
         };

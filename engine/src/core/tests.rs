@@ -24,6 +24,10 @@ const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConn
 struct Harness {
     core: ShardCore,
     control: crossbeam_channel::Receiver<ControlRequest>,
+    /// The virtual clock at tick 0.
+    start: Now,
+    /// The virtual clock now (advanced by [`Harness::tick`]).
+    clock: Now,
 }
 
 fn harness(tweak: impl FnOnce(&mut EngineConfig)) -> Harness {
@@ -39,20 +43,33 @@ fn harness(tweak: impl FnOnce(&mut EngineConfig)) -> Harness {
     };
     tweak(&mut cfg);
     let (tx, rx) = crossbeam_channel::bounded(8);
+    let start = Now::at(crate::clock::mono(), 1_800_000_000_000);
     let core = ShardCore::new(
         0,
         Arc::new(cfg),
         Mesh::new(1, 64).unwrap(),
         tx,
         Arc::new(ShardMetrics::default()),
+        start,
     );
-    Harness { core, control: rx }
+    Harness {
+        core,
+        control: rx,
+        start,
+        clock: start,
+    }
 }
 
 impl Harness {
+    /// Advance the virtual clock to `tick` (10 ms each) and run the shard's timer.
+    fn tick(&mut self, tick: u64) {
+        self.clock = self.start.later(tick * 10);
+        self.core.on_tick(tick, self.clock);
+    }
+
     fn read(&mut self, key: ConnKey, bytes: &[u8]) {
         let mut buf = BytesMut::from(bytes);
-        self.core.on_read(key.slot, &mut buf);
+        self.core.on_read(key.slot, &mut buf, self.clock);
         assert!(buf.is_empty());
     }
 
@@ -76,7 +93,10 @@ impl Harness {
     }
 
     fn open(&mut self) -> ConnKey {
-        let key = self.core.admit("127.0.0.1".parse().unwrap()).unwrap();
+        let key = self
+            .core
+            .admit("127.0.0.1".parse().unwrap(), self.clock)
+            .unwrap();
         self.read(key, UPGRADE);
         assert!(self.written(key).starts_with(b"HTTP/1.1 101"));
         self.read(
@@ -106,11 +126,14 @@ impl Harness {
             schedule: false,
             claims: Vec::new(),
         };
-        self.core.on_message(ShardMsg::AuthDone {
-            conn: key,
-            req_id: 1,
-            result: Ok(Arc::new(identity)),
-        });
+        self.core.on_message(
+            ShardMsg::AuthDone {
+                conn: key,
+                req_id: 1,
+                result: Ok(Arc::new(identity)),
+            },
+            self.clock,
+        );
         assert_eq!(self.core.state(key), Some(ConnState::Open));
         let _ = self.written(key);
         key
@@ -203,11 +226,15 @@ fn control_pushes_reach_users_clients_and_channels_and_coalesce() {
             .collect()
     };
     // Every connection of a user.
-    h.core
-        .on_message(push(PushTo::Users(vec![(Arc::from("u"), f(1))]), None));
+    h.core.on_message(
+        push(PushTo::Users(vec![(Arc::from("u"), f(1))]), None),
+        h.clock,
+    );
     assert_eq!((ns(h.written(a)), ns(h.written(b))), (vec![1], vec![1]));
-    h.core
-        .on_message(push(PushTo::Users(vec![(Arc::from("v"), f(9))]), None));
+    h.core.on_message(
+        push(PushTo::Users(vec![(Arc::from("v"), f(9))]), None),
+        h.clock,
+    );
     // One connection, and only while it is the same connection.
     let client = |k: ConnKey, gen: u32| ClientId {
         shard: 0,
@@ -215,9 +242,11 @@ fn control_pushes_reach_users_clients_and_channels_and_coalesce() {
         gen,
     };
     h.core
-        .on_message(push(PushTo::Client(client(a, a.gen), f(2)), None));
-    h.core
-        .on_message(push(PushTo::Client(client(a, a.gen + 1), f(3)), None));
+        .on_message(push(PushTo::Client(client(a, a.gen), f(2)), None), h.clock);
+    h.core.on_message(
+        push(PushTo::Client(client(a, a.gen + 1), f(3)), None),
+        h.clock,
+    );
     assert_eq!((ns(h.written(a)), ns(h.written(b))), (vec![2], vec![]));
     // A channel's subscribers, but the one left out.
     let channel = |except| PushTo::Channel {
@@ -226,25 +255,31 @@ fn control_pushes_reach_users_clients_and_channels_and_coalesce() {
         frames: f(4),
     };
     h.core
-        .on_message(push(channel(Some(client(b, b.gen))), None));
+        .on_message(push(channel(Some(client(b, b.gen))), None), h.clock);
     assert!(h.written(b).is_empty());
-    h.core.on_message(push(channel(None), None));
+    h.core.on_message(push(channel(None), None), h.clock);
     assert_eq!((ns(h.written(a)), ns(h.written(b))), (vec![], vec![4]));
     // Coalescing: while unwritten, each push of a key replaces the previous one.
     for n in 5..=7 {
-        h.core.on_message(push(
-            PushTo::Users(vec![(Arc::from("u"), f(n))]),
-            Some("progress"),
-        ));
+        h.core.on_message(
+            push(
+                PushTo::Users(vec![(Arc::from("u"), f(n))]),
+                Some("progress"),
+            ),
+            h.clock,
+        );
     }
     assert_eq!(ns(h.written(a)), vec![7]);
     let metrics = h.core.metrics().clone();
     let coalesced = &metrics.coalesced;
     assert_eq!(coalesced.load(std::sync::atomic::Ordering::Relaxed), 4);
-    h.core.on_message(push(
-        PushTo::Users(vec![(Arc::from("u"), f(8))]),
-        Some("progress"),
-    ));
+    h.core.on_message(
+        push(
+            PushTo::Users(vec![(Arc::from("u"), f(8))]),
+            Some("progress"),
+        ),
+        h.clock,
+    );
     assert_eq!(ns(h.written(a)), vec![8], "written ones are not replaced");
     assert_eq!(
         ns(h.written(b)),
@@ -276,14 +311,14 @@ fn call_commands_are_forwarded_and_departures_reported() {
         &cmd(r#"{"id":3,"cmd":"call_signal","call":7,"to":"0.1","data":1}"#),
     );
     assert!(String::from_utf8_lossy(&h.written(a)).contains("104"));
-    h.core.on_eof(a.slot);
+    h.core.on_eof(a.slot, h.clock);
     let Ok(ControlRequest::Gone { caller, graceful }) = h.control.try_recv() else {
         panic!("expected a departure")
     };
     assert_eq!((caller.client.slot, graceful), (a.slot, false));
     // A connection that never took part in a call is not reported.
     let b = h.open();
-    h.core.on_eof(b.slot);
+    h.core.on_eof(b.slot, h.clock);
     assert!(h.control.try_recv().is_err());
 }
 
@@ -327,7 +362,7 @@ fn rate_limits_with(users: u32) {
     assert_eq!(r["error"]["retry_after_ms"], 30, "{r}");
     assert_eq!(r["error"]["message"], "rate limit exceeded: publish");
     // 30 ms later one publish fits again (the refused one took nothing).
-    h.core.on_tick(3);
+    h.tick(3);
     h.read(a, &publish(14));
     assert!(reply(&mut h, a).get("result").is_some());
     // The user's bucket is shared by its connections: b has its own connection
@@ -361,7 +396,7 @@ fn rate_limits_with(users: u32) {
     );
     // New rules at runtime: none, and a publishes freely.
     h.core
-        .on_message(ShardMsg::Limits(Arc::new(LimitTable::default())));
+        .on_message(ShardMsg::Limits(Arc::new(LimitTable::default())), h.clock);
     for id in 20..30 {
         h.read(a, &publish(id));
         assert!(reply(&mut h, a).get("result").is_some());
@@ -387,13 +422,13 @@ fn user_connections_inline_then_listed() {
 fn ping_then_heartbeat_timeout() {
     let mut h = harness(|_| {});
     let key = h.open();
-    h.core.on_tick(5);
+    h.tick(5);
     assert!(h.written(key).is_empty(), "nothing due yet");
-    h.core.on_tick(10); // ping interval (100 ms = 10 ticks) of silence
+    h.tick(10); // ping interval (100 ms = 10 ticks) of silence
     assert_eq!(frames(&h.written(key)), vec![(OpCode::Ping, vec![])]);
-    h.core.on_tick(14);
+    h.tick(14);
     assert!(h.written(key).is_empty(), "one ping per silence");
-    h.core.on_tick(15); // + pong timeout
+    h.tick(15); // + pong timeout
     let f = frames(&h.written(key));
     assert_eq!(f.len(), 2);
     assert!(matches!(
@@ -403,7 +438,7 @@ fn ping_then_heartbeat_timeout() {
     assert_eq!(f[1].0, OpCode::Close);
     assert_eq!(&f[1].1[..2], &4004u16.to_be_bytes());
     assert_eq!(h.core.state(key), Some(ConnState::Draining));
-    h.core.on_tick(30); // close timeout: give up on the peer
+    h.tick(30); // close timeout: give up on the peer
     assert_eq!(h.core.state(key), Some(ConnState::Closed));
     h.core.remove(key.slot);
     assert_eq!(h.core.connections(), 0);
@@ -414,7 +449,7 @@ fn activity_postpones_the_ping() {
     let mut h = harness(|_| {});
     let key = h.open();
     for tick in [6, 12, 18, 24] {
-        h.core.on_tick(tick);
+        h.tick(tick);
         h.read(
             key,
             &frame::encode_masked(true, OpCode::Pong, b"", [1, 1, 1, 1]),
@@ -424,26 +459,26 @@ fn activity_postpones_the_ping() {
             "no ping at tick {tick}: the client is talking"
         );
     }
-    h.core.on_tick(34);
+    h.tick(34);
     assert_eq!(frames(&h.written(key)), vec![(OpCode::Ping, vec![])]);
 }
 
 #[test]
 fn handshake_and_auth_timeouts() {
     let mut h = harness(|_| {});
-    let trickle = h.core.admit("127.0.0.1".parse().unwrap()).unwrap();
+    let trickle = h.core.admit("127.0.0.1".parse().unwrap(), h.clock).unwrap();
     h.read(trickle, b"GET / HTTP/1.1\r\n");
-    let idle = h.core.admit("127.0.0.2".parse().unwrap()).unwrap();
+    let idle = h.core.admit("127.0.0.2".parse().unwrap(), h.clock).unwrap();
     h.read(idle, UPGRADE);
     let _ = h.written(idle);
-    h.core.on_tick(10);
+    h.tick(10);
     assert_eq!(
         h.core.state(trickle),
         Some(ConnState::Closed),
         "handshake timeout"
     );
     assert_eq!(h.core.state(idle), Some(ConnState::AwaitingConnect));
-    h.core.on_tick(20);
+    h.tick(20);
     let f = frames(&h.written(idle));
     assert_eq!(&f.last().unwrap().1[..2], &4002u16.to_be_bytes());
 }

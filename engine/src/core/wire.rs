@@ -6,7 +6,7 @@
 //! ([`super::dispatch`]) or how replies are encoded ([`super::reply`]). A second wire
 //! protocol (Socket.IO) plugs in here as another session kind.
 
-use std::time::Instant;
+use crate::clock::Stopwatch;
 
 use bytes::{Buf, Bytes, BytesMut};
 use switchboard_protocol::envelope;
@@ -91,7 +91,7 @@ impl ShardCore {
     }
 
     pub(super) fn upgraded(&mut self, slot: u32, up: Upgrade) {
-        let now = self.now;
+        let now = self.tick;
         let conn = &mut self.conns[slot as usize];
         conn.format = up.format;
         conn.state = ConnState::AwaitingConnect;
@@ -117,7 +117,7 @@ impl ShardCore {
     }
 
     pub(super) fn reject_handshake(&mut self, slot: u32, e: &WireError) {
-        let now = self.now;
+        let now = self.tick;
         let conn = &mut self.conns[slot as usize];
         conn.out
             .push_unbounded(Bytes::from(handshake::error_response(
@@ -156,7 +156,7 @@ impl ShardCore {
                 }
                 self.detach(slot, true);
                 self.closed(slot, CloseKind::ClientClose);
-                let now = self.now;
+                let now = self.tick;
                 let conn = &mut self.conns[slot as usize];
                 // Echo the peer's code (RFC 6455 §5.5.1); an empty close gets an empty one.
                 conn.out.push_unbounded(match code {
@@ -180,10 +180,9 @@ impl ShardCore {
         if self.commands_seen % COMMAND_SAMPLE != 0 {
             return self.decode_and_dispatch(slot, payload);
         }
-        let start = Instant::now();
+        let watch = Stopwatch::start();
         self.decode_and_dispatch(slot, payload);
-        self.metrics
-            .observe_command_us(start.elapsed().as_micros() as u64);
+        self.metrics.observe_command_us(watch.elapsed_us());
     }
 
     /// Hot path: a Switchboard v1 envelope in the connection's format becomes a
