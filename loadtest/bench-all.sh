@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce docs/BENCHMARKS.md: build, start each server in turn, run the scenarios
-# against it, keep JSON + HTML results in docs/benchmarks/ (or $OUT).
+# against it, keep JSON + HTML results in docs/benchmarks/ (or $OUT). Only the JSON is
+# committed; `switchboard-loadtest report docs/benchmarks/*.json` remakes the HTML and text.
 # Takes about 10 minutes; needs Node/npm for the comparison servers. Loopback only.
 # Usage: loadtest/bench-all.sh [switchboard|backends|bun|socketio|ws ...]   (default: all)
 #   switchboard  the scenarios on the epoll backend (2 shards and 1 shard), capacity model

@@ -99,6 +99,16 @@ enum Cmd {
         #[arg(long, default_value_t = 0.7)]
         utilisation: f64,
     },
+    /// Regenerate the HTML report and the text summary of results from their JSON
+    /// (`<stem>.html` and `<stem>.txt` beside each file, or in `--out`).
+    Report {
+        /// Result files (JSON) written by `run`.
+        #[arg(required = true)]
+        results: Vec<PathBuf>,
+        /// Directory for the reports (default: beside each result).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Print a Markdown table of results (one row per result file), for docs.
     Markdown {
         /// Result files (JSON) written by `run`.
@@ -160,6 +170,13 @@ fn main() -> ExitCode {
             deliveries_per_s,
             utilisation,
         } => match capacity(&results, connections, deliveries_per_s, utilisation) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Report { results, out } => match report_files(&results, out.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -254,6 +271,33 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// `report`: each result's HTML page and text summary, as `run` wrote them.
+fn report_files(files: &[PathBuf], out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use switchboard_loadtest::report::RunResult;
+    for f in files {
+        let text =
+            std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        let result: RunResult = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: not a loadtest result: {e}", f.display()))?;
+        let dir = match out {
+            Some(d) => d.to_path_buf(),
+            None => f.parent().map(PathBuf::from).unwrap_or_default(),
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        let stem = f
+            .file_stem()
+            .ok_or_else(|| anyhow::anyhow!("{}: no file name", f.display()))?;
+        let page = dir.join(stem).with_extension("html");
+        let summary = dir.join(stem).with_extension("txt");
+        std::fs::write(&page, switchboard_loadtest::html::render(&result))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", page.display()))?;
+        std::fs::write(&summary, report::summary(&result))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", summary.display()))?;
+        println!("{}  {}", page.display(), summary.display());
+    }
+    Ok(())
 }
 
 fn compare(files: &[PathBuf], html: &std::path::Path) -> anyhow::Result<()> {

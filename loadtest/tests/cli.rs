@@ -77,3 +77,36 @@ fn bad_result_files_are_refused() {
     assert!(err.contains("--server-pid"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn report_remakes_html_and_text_from_a_result_and_refuses_garbage() {
+    let dir = std::env::temp_dir().join(format!("lt-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let result = dir.join("run-a.json");
+    std::fs::write(
+        &result,
+        serde_json::to_string(&switchboard_loadtest::report::RunResult::default()).unwrap(),
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let (code, err) = run(&[
+        "report",
+        result.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let page = std::fs::read_to_string(out.join("run-a.html")).unwrap();
+    assert!(
+        page.starts_with("<!DOCTYPE html>") || page.contains("<html"),
+        "{page}"
+    );
+    let summary = std::fs::read_to_string(out.join("run-a.txt")).unwrap();
+    assert!(summary.contains("connections  0 ok"), "{summary}");
+    let garbage = dir.join("garbage.json");
+    std::fs::write(&garbage, "{not json").unwrap();
+    let (code, err) = run(&["report", garbage.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not a loadtest result"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
