@@ -69,7 +69,7 @@ impl ShardCore {
                 done,
             } => {
                 let slots = self.targets(&Target::User(user.clone()));
-                self.revoked.insert(user, before_ms);
+                self.users.revoked.insert(user, before_ms);
                 for &slot in &slots {
                     self.begin_close(
                         slot,
@@ -101,10 +101,10 @@ impl ShardCore {
                 let _ = done.send(c);
             }
             AdminOp::LastSeen { user, done } => {
-                let seen = if self.users.contains_key(&*user) {
+                let seen = if self.users.conns.contains_key(&*user) {
                     Some(self.clock.unix_ms)
                 } else {
-                    self.last_seen.get(&*user).copied()
+                    self.users.last_seen.get(&*user).copied()
                 };
                 let _ = done.send(seen);
             }
@@ -133,7 +133,11 @@ impl ShardCore {
                     vec![]
                 }
             }
-            Target::User(u) => self.users.get(&**u).map_or(vec![], |u| u.slots().to_vec()),
+            Target::User(u) => self
+                .users
+                .conns
+                .get(&**u)
+                .map_or(vec![], |u| u.slots().to_vec()),
             Target::All => self
                 .conns
                 .iter()

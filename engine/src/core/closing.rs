@@ -127,7 +127,7 @@ impl ShardCore {
                 }
             }
         }
-        if !self.presence_ns.is_empty() {
+        if !self.presence.namespaces.is_empty() {
             let conn = &self.conns[slot as usize];
             let mut subs = conn.subs.clone();
             subs.retain(|c| self.tracks_members(c));
@@ -139,15 +139,16 @@ impl ShardCore {
         }
         let conn = &mut self.conns[slot as usize];
         if let Some(identity) = &conn.identity {
-            if let Some(u) = self.users.get_mut(&*identity.user) {
+            if let Some(u) = self.users.conns.get_mut(&*identity.user) {
                 if u.remove(slot) {
-                    self.users.remove(&*identity.user);
-                    self.user_buckets.remove(&*identity.user);
-                    if self.last_seen.len() >= MAX_LAST_SEEN {
+                    self.users.conns.remove(&*identity.user);
+                    self.rate.user_buckets.remove(&*identity.user);
+                    if self.users.last_seen.len() >= MAX_LAST_SEEN {
                         // Best effort, bounded: start over rather than grow.
-                        self.last_seen.clear();
+                        self.users.last_seen.clear();
                     }
-                    self.last_seen
+                    self.users
+                        .last_seen
                         .insert(identity.user.clone(), self.clock.unix_ms);
                 }
             }

@@ -4,6 +4,7 @@
 //! the rarely used parts boxed aside), [`ConnKey`] and a user's connection list. Does
 //! not own what happens to a connection: the feature files of [`super`] do that.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -205,4 +206,18 @@ pub(super) fn mark_dirty(conn: &mut Conn, slot: u32, dirty: &mut Vec<u32>) {
         conn.dirty = true;
         dirty.push(slot);
     }
+}
+
+/// The users with connections on this shard, and what the shard remembers of users.
+#[derive(Debug, Default)]
+pub(super) struct Users {
+    /// Each user's open connections on this shard (personal channels, server-side
+    /// subscriptions, notifications and calls).
+    pub(super) conns: HashMap<Arc<str>, UserConns>,
+    /// When users whose last connection here closed were last seen (Unix ms; at most
+    /// `MAX_LAST_SEEN` users, then it starts over).
+    pub(super) last_seen: HashMap<Arc<str>, u64>,
+    /// Users whose tokens were revoked, and when (reconnect tokens issued before are
+    /// refused).
+    pub(super) revoked: HashMap<Arc<str>, u64>,
 }

@@ -208,7 +208,7 @@ impl ShardCore {
         match &push.to {
             PushTo::Users(list) => {
                 for (user, frames) in list {
-                    let Some(u) = self.users.get(&**user) else {
+                    let Some(u) = self.users.conns.get(&**user) else {
                         continue;
                     };
                     slots.clear();

@@ -35,7 +35,7 @@ impl ShardCore {
             _ if state != ConnState::Open => {
                 self.reply_err(slot, id, ErrorCode::NotConnected, "send connect first")
             }
-            _ if !self.rate_limits.is_empty() && !self.within_limits(slot, id, event) => {}
+            _ if !self.rate.table.is_empty() && !self.within_limits(slot, id, event) => {}
             Command::Subscribe { channel, since } => {
                 self.subscribe(slot, ReplyKind::Command(id), &channel, since)
             }

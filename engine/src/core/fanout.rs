@@ -28,7 +28,7 @@ impl ShardCore {
     #[inline]
     pub(super) fn audience(&self, channel: &str) -> (u8, [u64; FORMATS], u8) {
         if let Some(user) = self.personal_user(channel) {
-            let local = self.users.get(user).map_or(0, |u| self.formats_of(u));
+            let local = self.users.conns.get(user).map_or(0, |u| self.formats_of(u));
             let others = self.all_shards & !(1u64 << self.id);
             let remote = [others; FORMATS];
             let needed = local | if others != 0 { EVERY_FORMAT } else { 0 };
@@ -119,10 +119,13 @@ impl ShardCore {
         // answer covers it). Looked up once per publication, and only when some
         // subscription on this shard is starting, to keep the per-subscriber loop as
         // it was.
-        let holding: &[u32] = if self.starting.is_empty() {
+        let holding: &[u32] = if self.joining.starting.is_empty() {
             &[]
         } else {
-            self.starting.get(&p.channel).map_or(&[], |v| &v[..])
+            self.joining
+                .starting
+                .get(&p.channel)
+                .map_or(&[], |v| &v[..])
         };
         for &slot in entry.subscribers.iter() {
             let Some(conn) = self.conns.get_mut(slot as usize) else {
@@ -161,7 +164,11 @@ impl ShardCore {
             return;
         };
         let limit = self.cfg.max_outbound_bytes / 2;
-        let holding: &[u32] = self.starting.get(&p.channel).map_or(&[], |v| &v[..]);
+        let holding: &[u32] = self
+            .joining
+            .starting
+            .get(&p.channel)
+            .map_or(&[], |v| &v[..]);
         let mut delivered = 0;
         for &slot in entry.subscribers.iter() {
             let Some(conn) = self.conns.get_mut(slot as usize) else {
@@ -182,7 +189,7 @@ impl ShardCore {
 
     /// A personal channel's publication: to every connection of the user here.
     pub(super) fn deliver_to_user(&mut self, user: &str, p: &Publication) {
-        let Some(u) = self.users.get(user) else {
+        let Some(u) = self.users.conns.get(user) else {
             return;
         };
         let limit = self.cfg.max_outbound_bytes;

@@ -120,8 +120,8 @@ impl ShardCore {
                     offset: clamp(u.read).unwrap_or(0),
                 };
                 if let Some(rec) = self.marks.set_cursor(&u.channel, &u.who, to, at_ms) {
-                    if self.journal.is_some() {
-                        self.journal_marks.push(rec);
+                    if self.store.link.is_some() {
+                        self.store.marks.push(rec);
                     }
                 }
             }
@@ -136,8 +136,8 @@ impl ShardCore {
                 ) else {
                     return;
                 };
-                if self.journal.is_some() {
-                    self.journal_marks.push(MarkRecord {
+                if self.store.link.is_some() {
+                    self.store.marks.push(MarkRecord {
                         channel: u.channel.clone(),
                         kind: MarkKind::Receipt,
                         who: u.who.clone(),

@@ -5,6 +5,9 @@
 //! the close after repeated refusals. Does not own the rules or the bucket arithmetic
 //! ([`crate::limits`]).
 
+use crate::limits::LimitTable;
+use std::collections::HashMap;
+use std::sync::Arc;
 use switchboard_protocol::CloseCode;
 
 use super::ShardCore;
@@ -28,6 +31,26 @@ const RATE_LIMITED_MESSAGES: [&str; crate::limits::EVENTS] = [
     "rate limit exceeded: notification",
 ];
 
+/// The rate limits in force and the per-user buckets this shard keeps.
+#[derive(Debug)]
+pub(super) struct RateLimits {
+    /// Rate limits in force (replaced whole at runtime).
+    pub(super) table: Arc<LimitTable>,
+    /// Per-user rate-limit buckets kept by this shard, for users the shared table
+    /// ([`crate::limits::UserBuckets`]) had no room for or with `rate_limit_users = 0`
+    /// (made on a user's first limited command, dropped with its last connection here).
+    pub(super) user_buckets: HashMap<Arc<str>, Box<Buckets>>,
+}
+
+impl RateLimits {
+    pub(super) fn new(table: Arc<LimitTable>) -> RateLimits {
+        RateLimits {
+            table,
+            user_buckets: HashMap::new(),
+        }
+    }
+}
+
 impl ShardCore {
     /// Hot path (every command while rules exist): take one event from the
     /// connection's and the user's buckets for `event` and for `command`; when one is
@@ -35,7 +58,7 @@ impl ShardCore {
     /// keeps at it (4008).
     pub(super) fn within_limits(&mut self, slot: u32, id: u32, event: LimitEvent) -> bool {
         let now_ms = self.tick.wrapping_mul(self.cfg.tick_ms as u32);
-        let table = &*self.rate_limits;
+        let table = &*self.rate.table;
         let conn = &mut self.conns[slot as usize];
         let Some(identity) = conn.identity.as_ref() else {
             return true;
@@ -114,6 +137,7 @@ impl ShardCore {
         }
         if on_this_shard {
             let theirs = self
+                .rate
                 .user_buckets
                 .get(&*identity.user)
                 .map_or(&fresh, |b| &**b);
@@ -159,9 +183,9 @@ impl ShardCore {
         }
         if on_this_shard {
             let user = &identity.user;
-            let theirs = match self.user_buckets.get_mut(&**user) {
+            let theirs = match self.rate.user_buckets.get_mut(&**user) {
                 Some(b) => b,
-                None => self.user_buckets.entry(user.clone()).or_default(),
+                None => self.rate.user_buckets.entry(user.clone()).or_default(),
             };
             for &(e, r) in user_rules {
                 theirs[e.index()].take(r, now_ms);

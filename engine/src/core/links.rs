@@ -7,12 +7,24 @@
 use super::ShardCore;
 use crate::mesh::ShardMsg;
 use crate::metrics::ShardMetrics;
+use std::collections::VecDeque;
+
+/// Messages to other shards that could not go yet, and wake-ups owed.
+#[derive(Debug, Default)]
+pub(super) struct Links {
+    /// Messages for other shards whose inbox was full, in order.
+    pub(super) spill: VecDeque<(u16, ShardMsg)>,
+    /// The backend wakes other shards (see [`ShardCore::defer_wakes`]).
+    pub(super) deferred: bool,
+    /// Shards to wake, a bit each.
+    pub(super) wakes: u64,
+}
 
 impl ShardCore {
     pub(super) fn send_to(&mut self, shard: u16, msg: ShardMsg) {
         ShardMetrics::add(&self.metrics.mesh_sent, 1);
-        if !self.spill.is_empty() {
-            self.spill.push_back((shard, msg));
+        if !self.links.spill.is_empty() {
+            self.links.spill.push_back((shard, msg));
             return;
         }
         self.push_to(shard, msg);
@@ -26,7 +38,7 @@ impl ShardCore {
             Ok(()) => true,
             Err(msg) => {
                 ShardMetrics::add(&self.metrics.mesh_spilled, 1);
-                self.spill.push_back((shard, msg));
+                self.links.spill.push_back((shard, msg));
                 false
             }
         }
@@ -38,8 +50,8 @@ impl ShardCore {
     pub(super) fn push_and_wake(&mut self, shard: u16, msg: ShardMsg) -> Result<(), ShardMsg> {
         let inbox = self.mesh.inbox(shard as usize);
         if inbox.push_quiet(msg)? {
-            if self.defer_wakes {
-                self.wakes |= 1 << shard;
+            if self.links.deferred {
+                self.links.wakes |= 1 << shard;
             } else {
                 inbox.wake();
             }
@@ -50,20 +62,20 @@ impl ShardCore {
     /// Let the backend wake other shards itself (batched with its own I/O):
     /// [`ShardCore::take_wakes`] then lists the shards to wake.
     pub fn defer_wakes(&mut self) {
-        self.defer_wakes = true;
+        self.links.deferred = true;
     }
 
     /// Shards (bit per shard) pushed to since the last call that must be woken.
     pub fn take_wakes(&mut self) -> u64 {
-        std::mem::take(&mut self.wakes)
+        std::mem::take(&mut self.links.wakes)
     }
 
     /// Retry messages that found another shard's inbox full. Returns whether some
     /// are still waiting.
     pub fn retry_spill(&mut self) -> bool {
-        while let Some((shard, msg)) = self.spill.pop_front() {
+        while let Some((shard, msg)) = self.links.spill.pop_front() {
             if let Err(msg) = self.push_and_wake(shard, msg) {
-                self.spill.push_front((shard, msg));
+                self.links.spill.push_front((shard, msg));
                 return true;
             }
         }

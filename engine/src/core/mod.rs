@@ -62,7 +62,6 @@ mod tests;
 mod timers;
 mod wire;
 
-use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -72,7 +71,7 @@ use crossbeam_channel::Sender;
 use slab::Slab;
 use switchboard_protocol::frame::{self, OpCode};
 use switchboard_protocol::handshake::HandshakeLimits;
-use switchboard_protocol::{CloseCode, Format, MessageAssembler, Payload, Position};
+use switchboard_protocol::{CloseCode, Format, MessageAssembler};
 
 use crate::access::Access;
 use crate::auth::{ControlRequest, Identity};
@@ -80,20 +79,22 @@ use crate::channels::ChannelIndex;
 use crate::clock::Now;
 use crate::config::EngineConfig;
 use crate::control::Maintenance;
-use crate::journal::{Durability, JournalLink, MarkRecord, Policies, Policy, Record};
-use crate::limits::{Buckets, LimitTable};
+use crate::journal::{Durability, Policies, Policy};
+use crate::limits::LimitTable;
 use crate::marks::Marks;
-use crate::mesh::{Mesh, Refusal, ReplyBody, ReplyKind, SequenceReq, ShardMsg};
+use crate::mesh::{Mesh, Refusal, ReplyBody, ReplyKind, ShardMsg};
 use crate::metrics::{CloseKind, CommandKind, ShardMetrics};
 use crate::outq::OutQueue;
-use crate::presence::Presence;
 use crate::session::Sessions;
 use crate::streams::Streams;
 use crate::wheel::HeartbeatWheel;
-use conn::UserConns;
+use conn::Users;
 pub use conn::{AfterFlush, Conn, ConnKey, ConnState};
-use publish::Pending;
-use subscriptions::subscribe_kind;
+use limits::RateLimits;
+use links::Links;
+use presence::PresenceRoom;
+use publish::StoreQueue;
+use subscriptions::Joining;
 
 /// Most messages kept waiting for full inboxes of other shards before publishes are
 /// refused with `Overloaded`.
@@ -103,16 +104,6 @@ const LATENCY_SAMPLES_PER_TURN: usize = 256;
 
 /// Most users whose last-seen time a shard remembers.
 const MAX_LAST_SEEN: usize = 200_000;
-
-/// Subscribers waiting until every other shard has learned about new interest.
-#[derive(Debug, Default)]
-struct InterestRound {
-    /// Acknowledgments still expected.
-    acks_left: usize,
-    /// `(slot, gen, how to answer, recover since)` of subscriptions to answer when
-    /// done.
-    waiters: Vec<(u32, u32, ReplyKind, Option<Position>)>,
-}
 
 /// Timeouts converted to ticks.
 #[derive(Debug, Clone, Copy)]
@@ -124,103 +115,80 @@ struct Ticks {
     close: u32,
 }
 
-/// One shard's state.
+/// One shard's state: the connections, and one room per feature.
 #[derive(Debug)]
 pub struct ShardCore {
+    // ---- the shard and what it was given ----
     id: u16,
     cfg: Arc<EngineConfig>,
-    limits: HandshakeLimits,
+    mesh: Arc<Mesh>,
+    control: Sender<ControlRequest>,
+    metrics: Arc<ShardMetrics>,
+    /// A bit per shard of the process.
+    all_shards: u64,
+    shutting_down: bool,
+    /// Maintenance mode (admin API): new connections are refused.
+    maintenance: Option<Arc<Maintenance>>,
+
+    // ---- time ----
+    /// Timeouts converted to ticks.
     ticks: Ticks,
-    conns: Slab<Conn>,
-    next_gen: u32,
-    channels: ChannelIndex,
-    wheel: HeartbeatWheel,
     /// Current tick.
     tick: u32,
     /// The moment of the call being handled, passed in by the backend (the core reads
     /// no clock).
     clock: Now,
+    wheel: HeartbeatWheel,
     /// Wheel entries due this tick (reused).
     due: Vec<(u64, (u32, u32))>,
+
+    // ---- connections (conn, wire, reply) ----
+    conns: Slab<Conn>,
+    next_gen: u32,
+    handshake_limits: HandshakeLimits,
     /// Connections with frames to write.
     dirty: Vec<u32>,
     /// Connections whose backend task must run (closed, or must change interest).
     wake: Vec<u32>,
-    /// Subscribers whose queue overflowed during a fan-out (reused).
-    overflowed: Vec<u32>,
-    /// Connections a control-plane push goes to (reused).
-    push_slots: Vec<u32>,
+    /// The one ping frame every connection is sent.
+    ping_frame: Bytes,
     /// Commands handled (picks the sampled ones).
     commands_seen: u32,
-    /// Rate limits in force (replaced whole at runtime).
-    rate_limits: Arc<LimitTable>,
-    /// Per-user rate-limit buckets kept by this shard, for users the shared table
-    /// ([`crate::limits::UserBuckets`]) had no room for or with `rate_limit_users = 0`
-    /// (made on a user's first limited command, dropped with its last connection here).
-    user_buckets: HashMap<Arc<str>, Box<Buckets>>,
-    /// Maintenance mode (admin API): new connections are refused.
-    maintenance: Option<Arc<Maintenance>>,
-    /// When users whose last connection here closed were last seen (Unix ms; at most
-    /// [`MAX_LAST_SEEN`] users, then it starts over).
-    last_seen: HashMap<Arc<str>, u64>,
-    /// Users whose tokens were revoked, and when (reconnect tokens issued before are
-    /// refused).
-    revoked: HashMap<Arc<str>, u64>,
-    mesh: Arc<Mesh>,
-    control: Sender<ControlRequest>,
-    metrics: Arc<ShardMetrics>,
     /// The kind of command whose replies are being written now (for
     /// `switchboard_command_results_total`): set where a command is dispatched and
     /// where an answer computed elsewhere comes back.
     answering: CommandKind,
-    /// The one ping frame every connection is sent.
-    ping_frame: Bytes,
-    interest: HashMap<Arc<str>, InterestRound>,
-    /// Messages for other shards whose inbox was full, in order.
-    spill: VecDeque<(u16, ShardMsg)>,
+    /// Each user's connections here, last seen times, revocations.
+    users: Users,
+
+    // ---- channels (subscriptions, publish, fanout) ----
+    channels: ChannelIndex,
+    /// Positions and history of the channels this shard owns.
+    streams: Streams,
+    /// Subscriptions waiting for other shards or the owner.
+    joining: Joining,
+    /// Publications on their way to the store.
+    store: StoreQueue,
+    /// Subscribers whose queue overflowed during a fan-out (reused).
+    overflowed: Vec<u32>,
     /// Creation times of publications delivered this turn.
     latency: Vec<Instant>,
-    shutting_down: bool,
-    /// Positions of the channels this shard owns.
-    streams: Streams,
-    /// Per channel, the connections whose subscribe waits for the owner's answer
-    /// (position, recovery): live publications are held back from them meanwhile.
-    starting: HashMap<Arc<str>, Vec<u32>>,
-    /// The store's link (when one is attached).
-    journal: Option<JournalLink>,
-    /// This turn's publications for the store.
-    journal_buf: Vec<Record>,
-    /// Number of the batch `journal_buf` becomes.
-    journal_seq: u64,
-    /// A `sync` publication waits for the batch being filled.
-    journal_notify: bool,
-    /// `sync` publications waiting for the store, in sequencing order.
-    pending: VecDeque<Pending>,
-    /// The backend wakes other shards (see [`ShardCore::defer_wakes`]).
-    defer_wakes: bool,
-    /// Shards to wake, a bit each.
-    wakes: u64,
+
+    // ---- features ----
     /// Inbox cursors and receipts of the channels this shard owns.
     marks: Marks,
-    /// This turn's cursor and receipt changes for the store.
-    journal_marks: Vec<MarkRecord>,
+    /// Presence and typing.
+    presence: PresenceRoom,
     /// Reconnect tokens (absent when `reconnect_ttl_ms` is 0).
     sessions: Option<Sessions>,
     /// The namespaces' access rules.
     access: Access,
-    /// Each user's open connections on this shard (personal channels, server-side
-    /// subscriptions, notifications and calls).
-    users: HashMap<Arc<str>, UserConns>,
-    /// A bit per shard of the process.
-    all_shards: u64,
-    /// Who is on the channels this shard owns (namespaces with presence).
-    presence: Presence,
-    /// Namespaces with presence, and whether they push events.
-    presence_ns: HashMap<Box<str>, bool>,
-    /// The status every connection starts with.
-    online: Arc<str>,
-    /// Typing connections by the tick their typing expires (in order: one timeout).
-    typing_expiry: VecDeque<(u32, u32, u32)>,
+    /// Rate limits and the buckets kept here.
+    rate: RateLimits,
+    /// Connections a control-plane push goes to (reused).
+    push_slots: Vec<u32>,
+    /// Messages to other shards.
+    links: Links,
 }
 
 /// A seed for new epochs that differs per process start and per shard.
@@ -287,71 +255,48 @@ impl ShardCore {
         };
         ShardCore {
             id,
-            limits: HandshakeLimits {
-                max_request_bytes: cfg.max_handshake_bytes,
-                max_headers: cfg.max_handshake_headers,
-            },
-            ticks,
-            conns: Slab::new(),
-            next_gen: 0,
-            channels: ChannelIndex::default(),
-            wheel: HeartbeatWheel::new((horizon as usize + 2).min(4096)),
-            tick: 0,
-            clock: now,
-            due: Vec::new(),
-            dirty: Vec::new(),
-            wake: Vec::new(),
-            overflowed: Vec::new(),
-            push_slots: Vec::new(),
-            commands_seen: 0,
-            // Compiled by `EngineConfig::validate` first, which refuses bad rules.
-            rate_limits: Arc::new(cfg.limits().unwrap_or_default()),
-            user_buckets: HashMap::new(),
-            maintenance: None,
-            revoked: HashMap::new(),
-            last_seen: HashMap::new(),
             mesh,
             control,
             metrics,
-            answering: CommandKind::Ping,
-            ping_frame: frame::encode(OpCode::Ping, b""),
-            interest: HashMap::new(),
-            spill: VecDeque::new(),
-            latency: Vec::new(),
-            shutting_down: false,
-            streams,
-            journal,
-            journal_buf: Vec::new(),
-            journal_seq: 0,
-            journal_notify: false,
-            pending: VecDeque::new(),
-            starting: HashMap::new(),
-            defer_wakes: false,
-            wakes: 0,
-            marks,
-            journal_marks: Vec::new(),
-            sessions,
-            // Compiled by `EngineConfig::validate` first, which refuses bad rules.
-            access: cfg.access().unwrap_or_default(),
-            users: HashMap::new(),
-            presence: Presence::new(),
-            presence_ns: cfg
-                .namespaces
-                .iter()
-                .filter(|n| n.presence)
-                .map(|n| (n.name.as_str().into(), n.presence_events))
-                .chain(
-                    (!cfg.user_presence_namespace.is_empty())
-                        .then(|| (cfg.user_presence_namespace.as_str().into(), true)),
-                )
-                .collect(),
-            online: Arc::from("online"),
-            typing_expiry: VecDeque::new(),
             all_shards: if mesh_shards >= 64 {
                 u64::MAX
             } else {
                 (1u64 << mesh_shards) - 1
             },
+            shutting_down: false,
+            maintenance: None,
+            ticks,
+            tick: 0,
+            clock: now,
+            wheel: HeartbeatWheel::new((horizon as usize + 2).min(4096)),
+            due: Vec::new(),
+            conns: Slab::new(),
+            next_gen: 0,
+            handshake_limits: HandshakeLimits {
+                max_request_bytes: cfg.max_handshake_bytes,
+                max_headers: cfg.max_handshake_headers,
+            },
+            dirty: Vec::new(),
+            wake: Vec::new(),
+            ping_frame: frame::encode(OpCode::Ping, b""),
+            commands_seen: 0,
+            answering: CommandKind::Ping,
+            users: Users::default(),
+            channels: ChannelIndex::default(),
+            streams,
+            joining: Joining::default(),
+            store: StoreQueue::new(journal),
+            overflowed: Vec::new(),
+            latency: Vec::new(),
+            marks,
+            presence: PresenceRoom::new(&cfg),
+            sessions,
+            // Compiled by `EngineConfig::validate` first, which refuses bad rules.
+            access: cfg.access().unwrap_or_default(),
+            // Compiled by `EngineConfig::validate` first, which refuses bad rules.
+            rate: RateLimits::new(Arc::new(cfg.limits().unwrap_or_default())),
+            push_slots: Vec::new(),
+            links: Links::default(),
             cfg,
         }
     }
@@ -511,40 +456,9 @@ impl ShardCore {
         self.clock = now;
         match msg {
             ShardMsg::Publish(p) => self.deliver(&p),
-            ShardMsg::StreamQuery(mut q) => {
-                let shard = q.shard;
-                let api = q.api.take();
-                let reply = self.answer(*q);
-                match api {
-                    Some(tx) => {
-                        let _ = tx.send(reply);
-                    }
-                    None => self.send_to(shard, ShardMsg::StreamReply(Box::new(reply))),
-                }
-            }
+            ShardMsg::StreamQuery(q) => self.stream_query(*q),
             ShardMsg::StreamReply(r) => self.on_stream_reply(*r),
-            ShardMsg::Sequence(req) => {
-                let SequenceReq {
-                    channel,
-                    data,
-                    format,
-                    created,
-                    key,
-                    meta,
-                    from,
-                    reply,
-                } = *req;
-                let meta = meta.as_ref().map(|m| Payload { format, raw: m });
-                self.sequence(
-                    &channel,
-                    Payload { format, raw: &data },
-                    meta,
-                    created,
-                    key.as_deref(),
-                    from,
-                    reply,
-                );
-            }
+            ShardMsg::Sequence(req) => self.sequence_request(*req),
             ShardMsg::Mark(update) => self.apply_mark(*update),
             ShardMsg::UserSubscription(u) => self.user_subscription(*u),
             ShardMsg::Presence(u) => self.apply_presence(*u),
@@ -553,7 +467,7 @@ impl ShardCore {
                 members,
                 answer,
             } => {
-                let list = self.presence.list(&channel, members);
+                let list = self.presence.members.list(&channel, members);
                 self.answer_with(answer, list, CommandKind::Presence, ReplyBody::Presence);
             }
             ShardMsg::Receipts { channel, answer } => {
@@ -577,34 +491,8 @@ impl ShardCore {
                 from,
                 formats,
                 ack,
-            } => {
-                self.channels.set_remote(channel.clone(), from, formats);
-                if ack {
-                    self.send_to(from, ShardMsg::InterestAck { channel });
-                }
-            }
-            ShardMsg::InterestAck { channel } => {
-                let done = match self.interest.get_mut(&channel) {
-                    Some(round) => {
-                        round.acks_left = round.acks_left.saturating_sub(1);
-                        round.acks_left == 0
-                    }
-                    None => false,
-                };
-                if done {
-                    let round = self.interest.remove(&channel).expect("just seen");
-                    for (slot, gen, to, since) in round.waiters {
-                        let open = self
-                            .conns
-                            .get(slot as usize)
-                            .is_some_and(|c| c.gen == gen && c.state == ConnState::Open);
-                        if open {
-                            let name = channel.clone();
-                            self.ask_owner(slot, gen, to, name, subscribe_kind(to, since));
-                        }
-                    }
-                }
-            }
+            } => self.interest(channel, from, formats, ack),
+            ShardMsg::InterestAck { channel } => self.interest_acked(channel),
             ShardMsg::AuthDone {
                 conn,
                 req_id,
@@ -647,8 +535,8 @@ impl ShardCore {
         let window = ms_to_ticks(self.cfg.dedupe_window_ms, self.cfg.tick_ms);
         self.streams.sweep(self.tick, idle, window, 256);
         self.expire_typing();
-        if !self.presence_ns.is_empty() {
-            for (channel, event) in self.presence.expire(self.tick, self.clock.unix_ms) {
+        if !self.presence.namespaces.is_empty() {
+            for (channel, event) in self.presence.members.expire(self.tick, self.clock.unix_ms) {
                 self.push_presence(&channel, &event);
             }
         }
@@ -657,7 +545,7 @@ impl ShardCore {
     /// End of a loop turn: hand this turn's durable publications to the store, and
     /// retry messages that found an inbox full. Returns whether some still wait.
     pub fn end_turn(&mut self) -> bool {
-        if !self.journal_buf.is_empty() || !self.journal_marks.is_empty() {
+        if !self.store.records.is_empty() || !self.store.marks.is_empty() {
             self.flush_journal();
         }
         self.retry_spill()
@@ -780,7 +668,7 @@ impl ShardCore {
 
     /// Replace the rate limits (admin API); buckets keep what they used.
     pub fn set_rate_limits(&mut self, table: Arc<LimitTable>) {
-        self.rate_limits = table;
+        self.rate.table = table;
     }
 
     /// Put a connection straight into `Open` with `identity` (benches and tests of the
@@ -797,6 +685,7 @@ impl ShardCore {
         conn.state = ConnState::Open;
         conn.format = format;
         self.users
+            .conns
             .entry(identity.user.clone())
             .or_default()
             .add(key.slot);

@@ -5,6 +5,9 @@
 //! straight to the subscribers' shards). Does not own the member lists
 //! ([`crate::presence`]).
 
+use crate::config::EngineConfig;
+use crate::presence::Presence;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use switchboard_protocol::{ErrorCode, Position};
@@ -17,16 +20,49 @@ use crate::metrics::CommandKind;
 use crate::presence::Event as PresenceEvent;
 use crate::streams;
 
+/// Presence and typing state of the shard.
+#[derive(Debug)]
+pub(super) struct PresenceRoom {
+    /// Who is on the channels this shard owns (namespaces with presence).
+    pub(super) members: Presence,
+    /// Namespaces with presence, and whether they push events.
+    pub(super) namespaces: HashMap<Box<str>, bool>,
+    /// The status every connection starts with.
+    pub(super) online: Arc<str>,
+    /// Typing connections by the tick their typing expires (in order: one timeout).
+    pub(super) typing_expiry: VecDeque<(u32, u32, u32)>,
+}
+
+impl PresenceRoom {
+    pub(super) fn new(cfg: &EngineConfig) -> PresenceRoom {
+        PresenceRoom {
+            members: Presence::new(),
+            namespaces: cfg
+                .namespaces
+                .iter()
+                .filter(|n| n.presence)
+                .map(|n| (n.name.as_str().into(), n.presence_events))
+                .chain(
+                    (!cfg.user_presence_namespace.is_empty())
+                        .then(|| (cfg.user_presence_namespace.as_str().into(), true)),
+                )
+                .collect(),
+            online: Arc::from("online"),
+            typing_expiry: VecDeque::new(),
+        }
+    }
+}
+
 impl ShardCore {
     /// Whether `channel`'s namespace tracks presence, and if so whether it pushes
     /// events.
     #[inline]
     pub(super) fn presence_events_of(&self, channel: &str) -> Option<bool> {
-        if self.presence_ns.is_empty() {
+        if self.presence.namespaces.is_empty() {
             return None;
         }
         let (ns, _) = channel.split_once(':')?;
-        self.presence_ns.get(ns).copied()
+        self.presence.namespaces.get(ns).copied()
     }
 
     /// Whether subscribing to `channel` makes a connection present on it (a channel of
@@ -71,7 +107,7 @@ impl ShardCore {
     pub(super) fn apply_presence(&mut self, u: PresenceUpdate) {
         let now_ms = self.clock.unix_ms;
         let event = match u.kind {
-            PresenceKind::Join { status } => self.presence.join(
+            PresenceKind::Join { status } => self.presence.members.join(
                 &u.channel,
                 &u.user,
                 u.client,
@@ -83,11 +119,13 @@ impl ShardCore {
                 let grace = ms_to_ticks(self.cfg.presence_grace_ms, self.cfg.tick_ms);
                 let until = linger.then(|| self.tick.wrapping_add(grace.max(1)));
                 self.presence
+                    .members
                     .leave(&u.channel, &u.user, u.client, until, now_ms)
             }
-            PresenceKind::Status { status } => {
-                self.presence.status(&u.channel, &u.user, u.client, &status)
-            }
+            PresenceKind::Status { status } => self
+                .presence
+                .members
+                .status(&u.channel, &u.user, u.client, &status),
         };
         if let Some(e) = event {
             self.push_presence(&u.channel, &e);
@@ -149,12 +187,12 @@ impl ShardCore {
     /// `status`: this connection's status on every channel it is present on.
     pub(super) fn set_status(&mut self, slot: u32, id: u32, status: &str) {
         let status: Arc<str> = if status == "online" {
-            self.online.clone()
+            self.presence.online.clone()
         } else {
             status.into()
         };
         self.conns[slot as usize].ext_mut().status = Some(status.clone());
-        if !self.presence_ns.is_empty() {
+        if !self.presence.namespaces.is_empty() {
             let conn = &self.conns[slot as usize];
             let mut subs = conn.subs.clone();
             subs.retain(|c| self.tracks_members(c));
@@ -185,7 +223,7 @@ impl ShardCore {
         let answer = self.asker(slot, id);
         let owner = streams::owner(channel, self.mesh.shards());
         if owner == self.id {
-            let list = self.presence.list(channel, members);
+            let list = self.presence.members.list(channel, members);
             self.answer_with(answer, list, CommandKind::Presence, ReplyBody::Presence);
         } else {
             let msg = ShardMsg::PresenceQuery {
@@ -230,7 +268,8 @@ impl ShardCore {
         let gen = self.conns[slot as usize].gen;
         self.conns[slot as usize].ext_mut().typing = Some((name.clone(), self.tick));
         let timeout = ms_to_ticks(self.cfg.typing_timeout_ms, self.cfg.tick_ms).max(1);
-        self.typing_expiry
+        self.presence
+            .typing_expiry
             .push_back((self.tick.wrapping_add(timeout), slot, gen));
         self.push_typing(slot, &name, true);
         self.reply_ok(slot, id);
@@ -250,11 +289,11 @@ impl ShardCore {
     /// Stop typing whose last start is older than `typing_timeout_ms`.
     pub(super) fn expire_typing(&mut self) {
         let timeout = ms_to_ticks(self.cfg.typing_timeout_ms, self.cfg.tick_ms).max(1);
-        while let Some(&(deadline, slot, gen)) = self.typing_expiry.front() {
+        while let Some(&(deadline, slot, gen)) = self.presence.typing_expiry.front() {
             if deadline > self.tick {
                 break;
             }
-            self.typing_expiry.pop_front();
+            self.presence.typing_expiry.pop_front();
             let expired = self.conns.get(slot as usize).is_some_and(|c| {
                 c.gen == gen
                     && c.typing_in()

@@ -5,6 +5,8 @@
 //! releasing `sync` ones when committed, and answering the publisher. Does not own
 //! delivery ([`super::fanout`]) or the store (control plane).
 
+use crate::journal::{JournalLink, MarkRecord};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,6 +39,37 @@ pub(super) struct Pending {
     pub(super) retries: Vec<PublishReply>,
 }
 
+/// Publications and marks on their way to the store, and `sync` publications waiting
+/// for it.
+#[derive(Debug)]
+pub(super) struct StoreQueue {
+    /// The store's link (when one is attached).
+    pub(super) link: Option<JournalLink>,
+    /// This turn's publications for the store.
+    pub(super) records: Vec<Record>,
+    /// This turn's cursor and receipt changes for the store.
+    pub(super) marks: Vec<MarkRecord>,
+    /// Number of the batch `records` becomes.
+    pub(super) seq: u64,
+    /// A `sync` publication waits for the batch being filled.
+    pub(super) notify: bool,
+    /// `sync` publications waiting for the store, in sequencing order.
+    pub(super) pending: VecDeque<Pending>,
+}
+
+impl StoreQueue {
+    pub(super) fn new(link: Option<JournalLink>) -> StoreQueue {
+        StoreQueue {
+            link,
+            records: Vec::new(),
+            marks: Vec::new(),
+            seq: 0,
+            notify: false,
+            pending: VecDeque::new(),
+        }
+    }
+}
+
 impl ShardCore {
     pub(super) fn publish_from(
         &mut self,
@@ -66,7 +99,7 @@ impl ShardCore {
         key: Option<&str>,
         from: Option<Arc<str>>,
     ) {
-        if self.spill.len() >= SPILL_LIMIT {
+        if self.links.spill.len() >= SPILL_LIMIT {
             return self.reply_err(slot, id, ErrorCode::Overloaded, "server overloaded, retry");
         }
         ShardMetrics::add(&self.metrics.publications, 1);
@@ -148,7 +181,7 @@ impl ShardCore {
         let (local, remote, needed) = self.audience(channel);
         let (position, pi) = self.streams.next_in(channel, self.tick);
         let policy = *self.streams.policies().get(pi);
-        let durable = match (&self.journal, policy.durability) {
+        let durable = match (&self.store.link, policy.durability) {
             (Some(link), Durability::Async | Durability::Sync) => {
                 if let Err(why) = link.admit() {
                     self.streams.undo(channel);
@@ -204,7 +237,7 @@ impl ShardCore {
             };
             if durable {
                 let name = self.streams.name(channel).expect("just sequenced");
-                self.journal_buf.push(Record {
+                self.store.records.push(Record {
                     channel: name.clone(),
                     epoch: position.epoch,
                     offset: position.offset,
@@ -216,9 +249,9 @@ impl ShardCore {
                     keep: policy.keep.min(u32::MAX as usize) as u32,
                 });
                 if policy.durability == Durability::Sync {
-                    self.journal_notify = true;
-                    self.pending.push_back(Pending {
-                        batch: self.journal_seq,
+                    self.store.notify = true;
+                    self.store.pending.push_back(Pending {
+                        batch: self.store.seq,
                         channel: name,
                         position,
                         entry,
@@ -243,6 +276,30 @@ impl ShardCore {
         self.answer_publish(reply, Ok((position, false)));
     }
 
+    /// On the owner: a publication handed over by another shard or the server API.
+    pub(super) fn sequence_request(&mut self, req: SequenceReq) {
+        let SequenceReq {
+            channel,
+            data,
+            format,
+            created,
+            key,
+            meta,
+            from,
+            reply,
+        } = req;
+        let meta = meta.as_ref().map(|m| Payload { format, raw: m });
+        self.sequence(
+            &channel,
+            Payload { format, raw: &data },
+            meta,
+            created,
+            key.as_deref(),
+            from,
+            reply,
+        );
+    }
+
     /// A retry of a publication with the same idempotency key: the original position,
     /// once the original is released (a `sync` one may still wait for the store).
     pub(super) fn answer_retry(&mut self, channel: &str, original: Position, reply: PublishReply) {
@@ -252,6 +309,7 @@ impl ShardCore {
             .is_some_and(|top| top.offset >= original.offset);
         if !released {
             if let Some(p) = self
+                .store
                 .pending
                 .iter_mut()
                 .find(|p| p.position == original && &*p.channel == channel)
@@ -266,8 +324,8 @@ impl ShardCore {
     /// The store has written this shard's batches up to `batch`: release the `sync`
     /// publications that waited for them, in order.
     pub(super) fn committed(&mut self, batch: u64) {
-        while self.pending.front().is_some_and(|p| p.batch <= batch) {
-            let p = self.pending.pop_front().expect("just seen");
+        while self.store.pending.front().is_some_and(|p| p.batch <= batch) {
+            let p = self.store.pending.pop_front().expect("just seen");
             let Pending {
                 channel,
                 position,
@@ -318,20 +376,20 @@ impl ShardCore {
     }
 
     pub(super) fn flush_journal(&mut self) {
-        let Some(link) = &self.journal else {
-            self.journal_buf.clear();
-            self.journal_marks.clear();
+        let Some(link) = &self.store.link else {
+            self.store.records.clear();
+            self.store.marks.clear();
             return;
         };
-        let records = std::mem::replace(&mut self.journal_buf, Vec::with_capacity(64));
+        let records = std::mem::replace(&mut self.store.records, Vec::with_capacity(64));
         let batch = Batch {
             shard: self.id,
-            seq: self.journal_seq,
-            notify: std::mem::take(&mut self.journal_notify),
+            seq: self.store.seq,
+            notify: std::mem::take(&mut self.store.notify),
             records,
-            marks: std::mem::take(&mut self.journal_marks),
+            marks: std::mem::take(&mut self.store.marks),
         };
-        self.journal_seq += 1;
+        self.store.seq += 1;
         if link.send(batch).is_err() {
             // The store has stopped: publications waiting for it will never be
             // stored, so their publishers are told (nothing was delivered).
@@ -339,7 +397,7 @@ impl ShardCore {
                 shard = self.id,
                 "the store stopped; refusing waiting publications"
             );
-            while let Some(p) = self.pending.pop_front() {
+            while let Some(p) = self.store.pending.pop_front() {
                 let refused = Refused {
                     code: ErrorCode::Unavailable,
                     message: "the store stopped before the publication was stored".into(),

@@ -150,7 +150,7 @@ impl ShardCore {
                 return self.reply_err(slot, id, f.code, &f.message);
             }
         };
-        let revoked_at = self.revoked.get(&*resumed.identity.user).copied();
+        let revoked_at = self.users.revoked.get(&*resumed.identity.user).copied();
         let ttl = self.cfg.reconnect_ttl_ms;
         if revoked_at.is_some_and(|at| resumed.expires_ms <= at.saturating_add(ttl)) {
             ShardMetrics::add(&self.metrics.resumes_refused, 1);
@@ -230,6 +230,7 @@ impl ShardCore {
         // Indexed even with the personal channel off: notifications and calls reach
         // users through it.
         self.users
+            .conns
             .entry(identity.user.clone())
             .or_default()
             .add(slot);
@@ -239,7 +240,7 @@ impl ShardCore {
             if envelope::valid_channel(&channel) {
                 let channel: Arc<str> = channel.into();
                 self.conns[slot as usize].ext_mut().presence_self = Some(channel.clone());
-                let status = self.online.clone();
+                let status = self.presence.online.clone();
                 self.report_presence(slot, &channel, PresenceKind::Join { status });
             }
         }

@@ -6,6 +6,7 @@
 //! subscriptions. Does not own the channel index ([`crate::channels`]) or stream
 //! storage ([`crate::streams`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use switchboard_protocol::envelope;
@@ -19,6 +20,27 @@ use crate::mesh::{
 };
 use crate::metrics::CommandKind;
 use crate::streams;
+
+/// Subscriptions on their way in.
+#[derive(Debug, Default)]
+pub(super) struct Joining {
+    /// Per channel, the round of interest announcements to other shards a new
+    /// subscription waits for.
+    pub(super) interest: HashMap<Arc<str>, InterestRound>,
+    /// Per channel, the connections whose subscribe waits for the owner's answer
+    /// (position, recovery): live publications are held back from them meanwhile.
+    pub(super) starting: HashMap<Arc<str>, Vec<u32>>,
+}
+
+/// Subscribers waiting until every other shard has learned about new interest.
+#[derive(Debug, Default)]
+pub(super) struct InterestRound {
+    /// Acknowledgments still expected.
+    pub(super) acks_left: usize,
+    /// `(slot, gen, how to answer, recover since)` of subscriptions to answer when
+    /// done.
+    pub(super) waiters: Vec<(u32, u32, ReplyKind, Option<Position>)>,
+}
 
 impl ShardCore {
     /// Subscribe the connection to `channel`; the answer goes as `to` says (a command
@@ -71,19 +93,23 @@ impl ShardCore {
             let status = self.conns[slot as usize]
                 .ext()
                 .and_then(|e| e.status.clone());
-            let status = status.unwrap_or_else(|| self.online.clone());
+            let status = status.unwrap_or_else(|| self.presence.online.clone());
             self.report_presence(slot, &name, PresenceKind::Join { status });
         }
-        self.starting.entry(name.clone()).or_default().push(slot);
+        self.joining
+            .starting
+            .entry(name.clone())
+            .or_default()
+            .push(slot);
         let others = self.mesh.shards() - 1;
         if change.before != change.after && others > 0 {
             // Answer only once every other shard routes this channel's publications
             // here, so nothing published after the reply can miss this subscriber.
             self.announce(&name, change.after, true);
-            let round = self.interest.entry(name).or_default();
+            let round = self.joining.interest.entry(name).or_default();
             round.acks_left += others;
             round.waiters.push((slot, gen, to, since));
-        } else if let Some(round) = self.interest.get_mut(&name) {
+        } else if let Some(round) = self.joining.interest.get_mut(&name) {
             round.waiters.push((slot, gen, to, since));
         } else {
             self.ask_owner(slot, gen, to, name, subscribe_kind(to, since));
@@ -155,6 +181,54 @@ impl ShardCore {
             self.on_stream_reply(reply);
         } else {
             self.send_to(owner, ShardMsg::StreamQuery(Box::new(q)));
+        }
+    }
+
+    /// On the owner: a stream question from another shard or the server API.
+    pub(super) fn stream_query(&mut self, mut q: StreamQuery) {
+        let shard = q.shard;
+        let api = q.api.take();
+        let reply = self.answer(q);
+        match api {
+            Some(tx) => {
+                let _ = tx.send(reply);
+            }
+            None => self.send_to(shard, ShardMsg::StreamReply(Box::new(reply))),
+        }
+    }
+
+    /// Shard `from` has (or no longer has) subscribers to `channel` in `formats`;
+    /// with `ack`, a subscription there waits for our acknowledgment.
+    pub(super) fn interest(&mut self, channel: Arc<str>, from: u16, formats: u8, ack: bool) {
+        self.channels.set_remote(channel.clone(), from, formats);
+        if ack {
+            self.send_to(from, ShardMsg::InterestAck { channel });
+        }
+    }
+
+    /// Another shard routes `channel` here now; when all have, the subscriptions that
+    /// waited ask the owner for their position.
+    pub(super) fn interest_acked(&mut self, channel: Arc<str>) {
+        let done = match self.joining.interest.get_mut(&channel) {
+            Some(round) => {
+                round.acks_left = round.acks_left.saturating_sub(1);
+                round.acks_left == 0
+            }
+            None => false,
+        };
+        if !done {
+            return;
+        }
+        let round = self.joining.interest.remove(&channel).expect("just seen");
+        for (slot, gen, to, since) in round.waiters {
+            let open = self
+                .conns
+                .get(slot as usize)
+                .is_some_and(|c| c.gen == gen && c.state == ConnState::Open);
+            if open {
+                let name = channel.clone();
+                self.ask_owner(slot, gen, to, name, subscribe_kind(to, since));
+            }
         }
     }
 
@@ -281,6 +355,7 @@ impl ShardCore {
     pub(super) fn user_subscription(&mut self, u: UserSubscription) {
         let slots: Vec<u32> = self
             .users
+            .conns
             .get(&*u.user)
             .map(|c| c.slots().to_vec())
             .unwrap_or_default();
@@ -324,13 +399,13 @@ impl ShardCore {
 
     /// `slot`'s subscription to `channel` is no longer waiting for the owner.
     pub(super) fn stop_holding(&mut self, channel: &str, slot: u32) {
-        if self.starting.is_empty() {
+        if self.joining.starting.is_empty() {
             return;
         }
-        if let Some(v) = self.starting.get_mut(channel) {
+        if let Some(v) = self.joining.starting.get_mut(channel) {
             v.retain(|&s| s != slot);
             if v.is_empty() {
-                self.starting.remove(channel);
+                self.joining.starting.remove(channel);
             }
         }
     }

@@ -25,7 +25,7 @@ impl ShardCore {
                 return;
             };
             match conn.state {
-                ConnState::Handshaking => match handshake::parse(src, &self.limits) {
+                ConnState::Handshaking => match handshake::parse(src, &self.handshake_limits) {
                     Ok(Parse::Incomplete) => return,
                     Ok(Parse::Complete(up)) if !self.origin_allowed(up.origin.as_deref()) => {
                         src.clear();
