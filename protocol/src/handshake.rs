@@ -8,13 +8,8 @@
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
-use crate::envelope::Format;
+use crate::envelope::{Format, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
 use crate::Error;
-
-/// The subprotocol names, in the server's order of preference.
-pub const SUBPROTOCOL_MSGPACK: &str = "switchboard.v1.msgpack";
-/// The JSON flavour of the same envelopes.
-pub const SUBPROTOCOL_JSON: &str = "switchboard.v1.json";
 
 const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 

@@ -1,0 +1,406 @@
+//! Server-side encoding: replies, pushes and publications as complete WebSocket frames.
+//!
+//! Owns encoding straight into frames ([`FrameBuilder`]), splicing opaque payloads
+//! back unchanged (transcoding only for a subscriber of the other format), and stream
+//! answers with stored publications. Does not decode (see [`super::decode`]).
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::*;
+use crate::frame::FrameBuilder;
+use crate::Error;
+
+#[derive(Serialize)]
+pub(super) struct ResultReply<'a, T: Serialize> {
+    id: u32,
+    result: &'a T,
+}
+
+#[derive(Serialize)]
+pub(super) struct ErrorBody<'a> {
+    code: u16,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u32>,
+}
+
+#[derive(Serialize)]
+pub(super) struct ErrorReply<'a> {
+    id: u32,
+    error: ErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+pub(super) struct DisconnectPush<'a> {
+    push: &'static str,
+    code: u16,
+    reason: &'a str,
+    reconnect: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reconnect_after_ms: Option<u32>,
+}
+
+pub(super) fn encode_serde<T: Serialize>(format: Format, value: &T, hint: usize) -> Bytes {
+    let mut b = FrameBuilder::with_capacity(hint);
+    match format {
+        Format::MsgPack => rmp_serde::encode::write_named(&mut b.writer(), value)
+            .expect("serialising to memory cannot fail"),
+        Format::Json => {
+            serde_json::to_writer(b.writer(), value).expect("serialising to memory cannot fail")
+        }
+    }
+    b.finish(format.opcode())
+}
+
+/// A complete frame carrying `{"id": id, "result": result}`.
+pub fn encode_result<T: Serialize>(format: Format, id: u32, result: &T) -> Bytes {
+    encode_serde(format, &ResultReply { id, result }, 64)
+}
+
+/// A complete frame carrying a push the server composes from a serialisable value
+/// (which must include `"push": name`).
+pub fn encode_push<T: Serialize>(format: Format, push: &T) -> Bytes {
+    encode_serde(format, push, 96)
+}
+
+/// A complete frame carrying `{"id": id, "error": {"code": code, "message": message}}`.
+pub fn encode_error(format: Format, id: u32, code: ErrorCode, message: &str) -> Bytes {
+    encode_serde(
+        format,
+        &ErrorReply {
+            id,
+            error: ErrorBody {
+                code: code as u16,
+                message,
+                retry_after_ms: None,
+            },
+        },
+        32 + message.len(),
+    )
+}
+
+/// A complete frame carrying a rate-limit refusal (114) with when to retry.
+pub fn encode_rate_limited(format: Format, id: u32, message: &str, retry_after_ms: u32) -> Bytes {
+    encode_serde(
+        format,
+        &ErrorReply {
+            id,
+            error: ErrorBody {
+                code: ErrorCode::RateLimited as u16,
+                message,
+                retry_after_ms: Some(retry_after_ms),
+            },
+        },
+        48 + message.len(),
+    )
+}
+
+/// A complete frame carrying the `disconnect` push sent before a close frame.
+pub fn encode_disconnect(format: Format, code: u16, reason: &str, reconnect: bool) -> Bytes {
+    encode_disconnect_after(format, code, reason, reconnect, None)
+}
+
+/// The same, telling a client that should reconnect to wait `reconnect_after_ms` first
+/// (maintenance, a drain spreading reconnects).
+pub fn encode_disconnect_after(
+    format: Format,
+    code: u16,
+    reason: &str,
+    reconnect: bool,
+    reconnect_after_ms: Option<u32>,
+) -> Bytes {
+    encode_serde(
+        format,
+        &DisconnectPush {
+            push: "disconnect",
+            code,
+            reason,
+            reconnect,
+            reconnect_after_ms,
+        },
+        64 + reason.len(),
+    )
+}
+
+/// A complete frame carrying
+/// `{"push":"publication","channel":…,"epoch":…,"offset":…,"data":…}` for subscribers
+/// speaking `format`.
+///
+/// Hot path (once per publication per format, never per subscriber). When `data` is
+/// already in `format` its bytes are copied in unchanged; otherwise they are transcoded
+/// once (MessagePack `bin` becomes a JSON array of byte values).
+pub fn encode_publication(
+    format: Format,
+    channel: &str,
+    pos: Position,
+    data: Payload<'_>,
+) -> Result<Bytes, Error> {
+    encode_publication_full(format, channel, pos, None, None, data)
+}
+
+/// [`encode_publication`] with the sender's user id (`from`, set by the server for
+/// direct messages) and the publisher's opaque `meta` value, placed before `data`
+/// (`{"push":…,"channel":…,"epoch":…,"offset":…,"from":…,"meta":…,"data":…}`).
+pub fn encode_publication_full(
+    format: Format,
+    channel: &str,
+    pos: Position,
+    from: Option<&str>,
+    meta: Option<Payload<'_>>,
+    data: Payload<'_>,
+) -> Result<Bytes, Error> {
+    let meta_len = meta.map_or(0, |m| 8 + m.raw.len()) + from.map_or(0, |f| 8 + f.len());
+    let mut b = FrameBuilder::with_capacity(80 + channel.len() + meta_len + data.raw.len());
+    let epoch = pos.epoch_hex();
+    match format {
+        Format::MsgPack => {
+            let mut w = b.writer();
+            let io = |_| Error::Envelope("write to memory failed".into());
+            let extra = u32::from(meta.is_some()) + u32::from(from.is_some());
+            rmp::encode::write_map_len(&mut w, 5 + extra).map_err(io)?;
+            rmp::encode::write_str(&mut w, "push").map_err(io)?;
+            rmp::encode::write_str(&mut w, "publication").map_err(io)?;
+            rmp::encode::write_str(&mut w, "channel").map_err(io)?;
+            rmp::encode::write_str(&mut w, channel).map_err(io)?;
+            rmp::encode::write_str(&mut w, "epoch").map_err(io)?;
+            rmp::encode::write_str(&mut w, epoch.as_str()).map_err(io)?;
+            rmp::encode::write_str(&mut w, "offset").map_err(io)?;
+            rmp::encode::write_uint(&mut w, pos.offset).map_err(io)?;
+            if let Some(from) = from {
+                rmp::encode::write_str(&mut w, "from").map_err(io)?;
+                rmp::encode::write_str(&mut w, from).map_err(io)?;
+            }
+            drop(w);
+            if let Some(meta) = meta {
+                rmp::encode::write_str(&mut b.writer(), "meta").map_err(io)?;
+                write_data(&mut b, format, meta)?;
+            }
+            rmp::encode::write_str(&mut b.writer(), "data").map_err(io)?;
+            write_data(&mut b, format, data)?;
+        }
+        Format::Json => {
+            b.extend(b"{\"push\":\"publication\",\"channel\":");
+            serde_json::to_writer(b.writer(), channel)
+                .map_err(|e| Error::Envelope(e.to_string()))?;
+            b.extend(b",\"epoch\":\"");
+            b.extend(epoch.as_str().as_bytes());
+            b.extend(b"\",\"offset\":");
+            let mut digits = [0u8; 20];
+            b.extend(decimal(pos.offset, &mut digits));
+            if let Some(from) = from {
+                b.extend(b",\"from\":");
+                serde_json::to_writer(b.writer(), from)
+                    .map_err(|e| Error::Envelope(e.to_string()))?;
+            }
+            if let Some(meta) = meta {
+                b.extend(b",\"meta\":");
+                write_data(&mut b, format, meta)?;
+            }
+            b.extend(b",\"data\":");
+            write_data(&mut b, format, data)?;
+            b.extend(b"}");
+        }
+    }
+    Ok(b.finish(format.opcode()))
+}
+
+/// Append `data` as one value in `format`: its bytes unchanged when it already is in
+/// `format`, else transcoded.
+pub(super) fn write_data(
+    b: &mut FrameBuilder,
+    format: Format,
+    data: Payload<'_>,
+) -> Result<(), Error> {
+    match (format, data.format) {
+        (Format::MsgPack, Format::MsgPack) | (Format::Json, Format::Json) => b.extend(data.raw),
+        (Format::MsgPack, Format::Json) => {
+            let mut de = serde_json::Deserializer::from_slice(data.raw);
+            let mut ser = rmp_serde::Serializer::new(b.writer()).with_struct_map();
+            serde_transcode::transcode(&mut de, &mut ser).map_err(|e| {
+                Error::Envelope(format!("payload does not transcode to MessagePack: {e}"))
+            })?;
+        }
+        (Format::Json, Format::MsgPack) => {
+            let mut de = rmp_serde::Deserializer::from_read_ref(data.raw);
+            let mut ser = serde_json::Serializer::new(b.writer());
+            serde_transcode::transcode(&mut de, &mut ser)
+                .map_err(|e| Error::Envelope(format!("payload does not transcode to JSON: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Where a stream answer goes: the reply to a command, or a push the server sends on
+/// its own (a restored subscription, an inbox backlog).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyTo<'a> {
+    /// `{"id": id, "result": {…}}`.
+    Id(u32),
+    /// `{"push": push, "channel": channel, …}` with the result's fields inline.
+    Push {
+        /// Push name (`subscribed`, `inbox`).
+        push: &'a str,
+        /// Channel the answer is about.
+        channel: &'a str,
+    },
+}
+
+/// One publication of a stream answer, as kept.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredPublication<'p> {
+    /// Its offset.
+    pub offset: u64,
+    /// The sender's user id, for direct messages.
+    pub from: Option<&'p str>,
+    /// Opaque metadata.
+    pub meta: Option<Payload<'p>>,
+    /// The payload.
+    pub data: Payload<'p>,
+}
+
+/// A complete frame carrying the answer to a `subscribe` or `history` (or a push of
+/// the same fields, see [`ReplyTo`]):
+/// `{"id":…,"result":{"epoch":…,"offset":…[,"recovered":…],"publications":[{"offset":…,"data":…},…]}}`
+/// where `top` is the channel's latest position and each publication's `data` is
+/// spliced in (or transcoded) as in a publication push.
+pub fn encode_stream_reply<'p>(
+    format: Format,
+    to: ReplyTo<'_>,
+    top: Position,
+    recovered: Option<bool>,
+    publications: impl ExactSizeIterator<Item = StoredPublication<'p>> + Clone,
+) -> Result<Bytes, Error> {
+    let hint = 128
+        + publications
+            .clone()
+            .map(|p| {
+                32 + p.meta.map_or(0, |m| m.raw.len())
+                    + p.from.map_or(0, str::len)
+                    + p.data.raw.len()
+            })
+            .sum::<usize>();
+    let mut b = FrameBuilder::with_capacity(hint);
+    let epoch = top.epoch_hex();
+    let n = publications.len();
+    let fields = 3 + u32::from(recovered.is_some());
+    match format {
+        Format::MsgPack => {
+            let io = |_| Error::Envelope("write to memory failed".into());
+            {
+                let mut w = b.writer();
+                match to {
+                    ReplyTo::Id(id) => {
+                        rmp::encode::write_map_len(&mut w, 2).map_err(io)?;
+                        rmp::encode::write_str(&mut w, "id").map_err(io)?;
+                        rmp::encode::write_uint(&mut w, u64::from(id)).map_err(io)?;
+                        rmp::encode::write_str(&mut w, "result").map_err(io)?;
+                        rmp::encode::write_map_len(&mut w, fields).map_err(io)?;
+                    }
+                    ReplyTo::Push { push, channel } => {
+                        rmp::encode::write_map_len(&mut w, 2 + fields).map_err(io)?;
+                        rmp::encode::write_str(&mut w, "push").map_err(io)?;
+                        rmp::encode::write_str(&mut w, push).map_err(io)?;
+                        rmp::encode::write_str(&mut w, "channel").map_err(io)?;
+                        rmp::encode::write_str(&mut w, channel).map_err(io)?;
+                    }
+                }
+                rmp::encode::write_str(&mut w, "epoch").map_err(io)?;
+                rmp::encode::write_str(&mut w, epoch.as_str()).map_err(io)?;
+                rmp::encode::write_str(&mut w, "offset").map_err(io)?;
+                rmp::encode::write_uint(&mut w, top.offset).map_err(io)?;
+                if let Some(r) = recovered {
+                    rmp::encode::write_str(&mut w, "recovered").map_err(io)?;
+                    rmp::encode::write_bool(&mut w, r)
+                        .map_err(|_| Error::Envelope("write to memory failed".into()))?;
+                }
+                rmp::encode::write_str(&mut w, "publications").map_err(io)?;
+                rmp::encode::write_array_len(&mut w, n as u32).map_err(io)?;
+            }
+            for p in publications {
+                {
+                    let mut w = b.writer();
+                    let extra = u32::from(p.meta.is_some()) + u32::from(p.from.is_some());
+                    rmp::encode::write_map_len(&mut w, 2 + extra).map_err(io)?;
+                    rmp::encode::write_str(&mut w, "offset").map_err(io)?;
+                    rmp::encode::write_uint(&mut w, p.offset).map_err(io)?;
+                    if let Some(from) = p.from {
+                        rmp::encode::write_str(&mut w, "from").map_err(io)?;
+                        rmp::encode::write_str(&mut w, from).map_err(io)?;
+                    }
+                }
+                if let Some(meta) = p.meta {
+                    rmp::encode::write_str(&mut b.writer(), "meta").map_err(io)?;
+                    write_data(&mut b, format, meta)?;
+                }
+                rmp::encode::write_str(&mut b.writer(), "data").map_err(io)?;
+                write_data(&mut b, format, p.data)?;
+            }
+        }
+        Format::Json => {
+            let json = |e: serde_json::Error| Error::Envelope(e.to_string());
+            let mut digits = [0u8; 20];
+            match to {
+                ReplyTo::Id(id) => {
+                    b.extend(b"{\"id\":");
+                    b.extend(decimal(u64::from(id), &mut digits));
+                    b.extend(b",\"result\":{\"epoch\":\"");
+                }
+                ReplyTo::Push { push, channel } => {
+                    b.extend(b"{\"push\":");
+                    serde_json::to_writer(b.writer(), push).map_err(json)?;
+                    b.extend(b",\"channel\":");
+                    serde_json::to_writer(b.writer(), channel).map_err(json)?;
+                    b.extend(b",\"epoch\":\"");
+                }
+            }
+            b.extend(epoch.as_str().as_bytes());
+            b.extend(b"\",\"offset\":");
+            b.extend(decimal(top.offset, &mut digits));
+            if let Some(r) = recovered {
+                b.extend(if r {
+                    &b",\"recovered\":true"[..]
+                } else {
+                    &b",\"recovered\":false"[..]
+                });
+            }
+            b.extend(b",\"publications\":[");
+            for (i, p) in publications.enumerate() {
+                if i > 0 {
+                    b.extend(b",");
+                }
+                b.extend(b"{\"offset\":");
+                b.extend(decimal(p.offset, &mut digits));
+                if let Some(from) = p.from {
+                    b.extend(b",\"from\":");
+                    serde_json::to_writer(b.writer(), from).map_err(json)?;
+                }
+                if let Some(meta) = p.meta {
+                    b.extend(b",\"meta\":");
+                    write_data(&mut b, format, meta)?;
+                }
+                b.extend(b",\"data\":");
+                write_data(&mut b, format, p.data)?;
+                b.extend(b"}");
+            }
+            b.extend(match to {
+                ReplyTo::Id(_) => &b"]}}"[..],
+                ReplyTo::Push { .. } => &b"]}"[..],
+            });
+        }
+    }
+    Ok(b.finish(format.opcode()))
+}
+
+/// `n` in decimal ASCII, written at the end of `buf` (no allocation).
+pub(super) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
