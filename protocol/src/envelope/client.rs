@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use super::decode::*;
-use super::*;
+use super::types::*;
 use crate::Error;
 
 /// A message from the server, as a client decodes it (tests, loadtest, SDKs).

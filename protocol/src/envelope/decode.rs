@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::*;
+use super::types::*;
 use crate::Error;
 
 /// Declares the known top-level keys of an envelope once: [`RawFields`] (the raw value

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::*;
+use super::types::*;
 use crate::frame::FrameBuilder;
 use crate::Error;
 
