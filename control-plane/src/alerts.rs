@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use switchboard_engine::metrics::LATENCY_BUCKETS_US;
 use switchboard_engine::EngineHandle;
 
-use crate::admin::StoreView;
-use crate::schedule::now_ms;
+use crate::clock::now_ms;
+use crate::store::StoreView;
 use crate::worker::WorkerHandle;
 use ureq::tls::Certificate;
 
@@ -382,7 +382,7 @@ fn value(
                     errors as f64 / commands as f64
                 }
             }
-            AlertMetric::MemoryBytes => crate::metrics::resident_bytes().unwrap_or(0.0),
+            AlertMetric::MemoryBytes => crate::process::resident_bytes().unwrap_or(0.0),
             AlertMetric::Connections => engine.connections() as f64,
             AlertMetric::StoreDown => {
                 f64::from(u8::from(store.is_some_and(|s| !s.state.healthy())))

@@ -12,7 +12,7 @@ use rusqlite::{params, Connection};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::schedule::now_ms;
+use crate::clock::now_ms;
 
 /// One admin action.
 #[derive(Debug, Clone, PartialEq, Serialize)]

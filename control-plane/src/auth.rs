@@ -20,6 +20,8 @@ use switchboard_engine::{AuthFailure, ControlRequest, Identity, ShardMsg, ShardS
 use switchboard_protocol::ErrorCode;
 
 use crate::config::AuthConfig;
+use crate::router::Workers;
+use crate::shards::send_patiently;
 
 /// Claims Switchboard reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -400,45 +402,6 @@ pub fn spawn_workers(
                 })
         })
         .collect()
-}
-
-/// The control-plane workers a shard's requests other than token checks go to.
-#[derive(Debug, Clone)]
-pub struct Workers {
-    /// `schedule`, `unschedule`.
-    pub scheduler: crate::schedule::Scheduler,
-    /// Notification commands.
-    pub notifier: crate::notify::Notifier,
-    /// Call commands and departures.
-    pub calls: crate::calls::Calls,
-}
-
-impl Workers {
-    fn route(&self, req: ControlRequest) {
-        match req {
-            ControlRequest::Command { ref cmd, .. } if cmd.is_call() => self.calls.submit(req),
-            ControlRequest::Command { .. } => self.notifier.submit(req),
-            ControlRequest::Gone { .. } => self.calls.submit(req),
-            other => self.scheduler.submit(other),
-        }
-    }
-}
-
-/// Send `msg` to `shard`, waiting while its inbox is full. A full inbox of a running
-/// shard drains within microseconds; one full for seconds belongs to a shard that has
-/// stopped, and the message (`what`) is dropped with a warning: the connection, if it
-/// still exists, ends by its own timeouts.
-pub fn send_patiently(shards: &ShardSender, shard: u16, msg: ShardMsg, what: &str) {
-    let mut msg = msg;
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while let Err(back) = shards.send(shard as usize, msg) {
-        if std::time::Instant::now() > deadline {
-            tracing::warn!(shard, "shard inbox full for 5 s; dropping {what}");
-            break;
-        }
-        msg = back;
-        std::thread::sleep(Duration::from_micros(200));
-    }
 }
 
 #[cfg(test)]

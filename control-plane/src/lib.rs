@@ -2,29 +2,49 @@
 //! server HTTP API, metrics, and assembling a running server.
 //!
 //! # Layout
+//! Features (each owns its state and, where it has one, its worker thread):
 //! - [`config`]: the TOML file, environment overrides, validation.
-//! - [`auth`]: JWT verification and minting; worker threads answering the shards.
-//! - [`admin`]: health, Prometheus metrics, `POST /api/publish` (axum).
-//! - [`metrics`]: Prometheus text rendering.
+//! - [`auth`]: JWT verification and minting; the threads that answer the shards'
+//!   token checks.
 //! - [`store`]: durable channel streams in SQLite (the writer behind the engine's
-//!   journal seam).
-//! - [`server`]: start-up and shutdown of engine, workers and admin API.
+//!   journal seam), and what the HTTP side sees of it.
+//! - [`schedule`], [`notify`], [`calls`]: scheduled messages, notifications, call
+//!   signaling — each a worker thread on the store.
+//! - [`alerts`]: threshold rules on the server's own metrics, webhooks.
+//! - [`audit`]: the audit log of admin actions.
+//! - [`metrics`]: Prometheus text rendering.
+//!
+//! Plumbing:
+//! - [`router`]: the one place control work from the shards is routed to a worker.
+//! - [`shards`]: sending to shards from control-plane threads.
+//! - [`worker`]: a worker thread's start, stop and store connection.
+//! - [`clock`], [`ids`], [`process`]: wall-clock time, random ids, this process's
+//!   resource use.
+//!
+//! Edges:
+//! - [`http`]: the server API (`/api/*`), the admin API (`/admin/*`), health and
+//!   metrics over HTTP. No feature module imports it.
+//! - [`server`]: start-up and shutdown of engine, workers and HTTP; imports everything,
+//!   imported by nothing but the binary and tests.
 //!
 //! The binary (`switchboard`) parses flags and signals; everything else is here so
 //! integration tests can run a real server in-process on port 0.
 
-pub mod admin;
 pub mod alerts;
-pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod calls;
+pub mod clock;
 pub mod config;
+pub mod http;
+pub mod ids;
 pub mod metrics;
 pub mod notify;
-pub mod ops;
+pub mod process;
+pub mod router;
 pub mod schedule;
 pub mod server;
+pub mod shards;
 pub mod store;
 pub mod worker;
 

@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use switchboard_engine::metrics::{COMMANDS, LATENCY_BUCKETS_US, RESULTS};
 use switchboard_engine::{CloseKind, EngineHandle, ShardMetrics};
 
-use crate::admin::StoreView;
 use crate::auth::AuthStats;
+use crate::store::StoreView;
 
 /// Counters of the control plane itself.
 #[derive(Debug, Default)]
@@ -527,81 +527,52 @@ fn histogram(
     }
 }
 
-/// The process's resident memory, bytes (Linux `/proc/self/statm`).
-pub fn resident_bytes() -> Option<f64> {
-    // SAFETY: sysconf only reads a configuration value.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as f64;
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map(|pages| pages * page)
-}
-
-/// The standard process metrics (Linux `/proc/self`): CPU, memory, file descriptors,
-/// threads, start time. Missing files leave the metric out.
+/// The standard process metrics (from [`crate::process`]); what could not be read is
+/// left out.
 fn process(out: &mut String) {
-    // SAFETY: sysconf only reads a configuration value.
-    let (ticks, page) = unsafe {
+    let p = crate::process::ProcessStats::read();
+    let gauges: [(&str, &str, &str, Option<f64>); 6] = [
         (
-            libc::sysconf(libc::_SC_CLK_TCK).max(1) as f64,
-            libc::sysconf(libc::_SC_PAGESIZE).max(1) as f64,
-        )
-    };
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        // Fields after the command name (which may contain spaces) in parentheses.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
-        // f[0] is field 3 (state): utime 14, stime 15, threads 20, starttime 22,
-        // vsize 23, rss 24.
-        if let (Some(u), Some(s)) = (num(11), num(12)) {
-            family(
-                out,
-                "process_cpu_seconds_total",
-                "counter",
-                "User and system CPU time spent, seconds.",
-            );
-            let _ = writeln!(out, "process_cpu_seconds_total {}", (u + s) / ticks);
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent, seconds.",
+            p.cpu_seconds,
+        ),
+        (
+            "process_threads",
+            "gauge",
+            "Threads of the process.",
+            p.threads,
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size, bytes.",
+            p.virtual_bytes,
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size, bytes.",
+            p.resident_bytes,
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process, Unix seconds.",
+            p.start_time_seconds,
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors.",
+            p.open_fds,
+        ),
+    ];
+    for (name, kind, help, value) in gauges {
+        if let Some(v) = value {
+            family(out, name, kind, help);
+            let _ = writeln!(out, "{name} {v}");
         }
-        if let Some(t) = num(17) {
-            family(out, "process_threads", "gauge", "Threads of the process.");
-            let _ = writeln!(out, "process_threads {t}");
-        }
-        if let Some(v) = num(20) {
-            family(
-                out,
-                "process_virtual_memory_bytes",
-                "gauge",
-                "Virtual memory size, bytes.",
-            );
-            let _ = writeln!(out, "process_virtual_memory_bytes {v}");
-        }
-        if let Some(r) = num(21) {
-            family(
-                out,
-                "process_resident_memory_bytes",
-                "gauge",
-                "Resident memory size, bytes.",
-            );
-            let _ = writeln!(out, "process_resident_memory_bytes {}", r * page);
-        }
-        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("btime "))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        });
-        if let (Some(start), Some(boot)) = (num(19), boot) {
-            family(
-                out,
-                "process_start_time_seconds",
-                "gauge",
-                "Start time of the process, Unix seconds.",
-            );
-            let _ = writeln!(out, "process_start_time_seconds {}", boot + start / ticks);
-        }
-    }
-    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        family(out, "process_open_fds", "gauge", "Open file descriptors.");
-        let _ = writeln!(out, "process_open_fds {}", fds.count());
     }
 }

@@ -33,8 +33,8 @@ use switchboard_engine::mesh::ReplyBody;
 use switchboard_engine::{ControlRequest, Refused, ShardMsg, ShardSender};
 use switchboard_protocol::ErrorCode;
 
+use crate::clock::now_ms;
 use crate::config::NotificationsConfig;
-use crate::schedule::now_ms;
 use crate::worker::{open_store, WorkerHandle};
 
 /// Whether `user` is a usable user id: 1 to 128 bytes (the server API's check).
@@ -382,7 +382,7 @@ impl Worker {
                     message: r.message,
                 });
                 let result = result.map(ReplyBody::Value);
-                crate::worker::reply(&self.shards, shard, conn, req_id, command, result);
+                crate::shards::reply(&self.shards, shard, conn, req_id, command, result);
             }
             Work::Create(n, reply) => {
                 let result = self.create(&n);
@@ -788,7 +788,7 @@ impl Worker {
         let push = Arc::new(Push { to, coalesce });
         for shard in 0..self.shards.shards() {
             let msg = ShardMsg::Push(push.clone());
-            crate::auth::send_patiently(&self.shards, shard as u16, msg, "a notification push");
+            crate::shards::send_patiently(&self.shards, shard as u16, msg, "a notification push");
         }
     }
 }

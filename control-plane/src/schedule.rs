@@ -19,7 +19,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -31,6 +31,7 @@ use switchboard_engine::metrics::CommandKind;
 use switchboard_engine::{ControlRequest, EngineHandle, Refused, ShardSender};
 use switchboard_protocol::{ErrorCode, Format, Payload, Position};
 
+use crate::clock::now_ms;
 use crate::worker::{open_store, WorkerHandle};
 
 /// Most pending scheduled messages one user may have (the server API is not limited).
@@ -136,13 +137,6 @@ impl Scheduler {
     }
 }
 
-/// Wall-clock time, Unix milliseconds (due times are in it).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Start the scheduler on the store at `path` (already opened and prepared by
 /// [`crate::store::open`]), publishing through `engine` and answering shards through
 /// `shards`.
@@ -209,7 +203,7 @@ impl Worker {
                     .insert(&job, true)
                     .map(|(id, at)| ReplyBody::Scheduled { id, at });
                 let command = CommandKind::Schedule;
-                crate::worker::reply(&self.shards, shard, conn, req_id, command, result);
+                crate::shards::reply(&self.shards, shard, conn, req_id, command, result);
             }
             Work::Shard(ControlRequest::Unschedule {
                 shard,
@@ -223,7 +217,7 @@ impl Worker {
                     Err(e) => Err(cancel_refusal(e)),
                 };
                 let command = CommandKind::Unschedule;
-                crate::worker::reply(&self.shards, shard, conn, req_id, command, result);
+                crate::shards::reply(&self.shards, shard, conn, req_id, command, result);
             }
             Work::Shard(_) => {}
             Work::Add(job, reply) => {

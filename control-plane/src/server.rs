@@ -12,10 +12,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use switchboard_engine::{Engine, EngineHandle, ShardMsg};
 
-use crate::admin::{self, AdminState};
 use crate::auth::{self, AuthStats, Verifier};
 use crate::calls::{self, CallsHandle};
 use crate::config::Config;
+use crate::http::{self, HttpState};
+use crate::ids::random_hex;
 use crate::metrics::ApiStats;
 use crate::notify::{self, NotifierHandle};
 use crate::schedule::{self, SchedulerHandle};
@@ -52,13 +53,6 @@ pub struct Server {
     /// Notified when an operator asks the process to stop (the shards are already
     /// draining then): the binary waits on it beside SIGTERM.
     pub shutdown_requested: Arc<tokio::sync::Notify>,
-}
-
-/// Random hex string of `bytes` random bytes.
-pub fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    getrandom::getrandom(&mut buf).expect("the OS random source is available");
-    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Server {
@@ -138,7 +132,7 @@ impl Server {
                     before_ms: *at_ms,
                     done,
                 };
-                auth::send_patiently(
+                crate::shards::send_patiently(
                     &engine.sender(),
                     shard as u16,
                     ShardMsg::Admin(op),
@@ -164,7 +158,7 @@ impl Server {
             verifier,
             engine.sender(),
             auth_stats.clone(),
-            auth::Workers {
+            crate::router::Workers {
                 scheduler: scheduler.clone(),
                 notifier: notifier.clone(),
                 calls: calls.clone(),
@@ -173,7 +167,7 @@ impl Server {
         .context("cannot start auth workers")?;
 
         let shutdown = Arc::new(tokio::sync::Notify::new());
-        let store_view = admin::StoreView {
+        let store_view = crate::store::StoreView {
             path: store.path().display().to_string(),
             state: store.state().clone(),
             stats: store.stats().clone(),
@@ -184,16 +178,16 @@ impl Server {
             .with_context(|| format!("cannot listen on admin.listen {}", cfg.admin.listen))?;
         listener.set_nonblocking(true)?;
         let admin_addr = listener.local_addr()?;
-        let state = Arc::new(AdminState {
+        let state = Arc::new(HttpState {
             engine: engine.clone(),
             api_keys: api_key
                 .iter()
-                .map(|k| admin::ApiKey {
+                .map(|k| http::ApiKey {
                     name: "default".into(),
                     key: k.clone(),
                     scopes: vec!["*".into()],
                 })
-                .chain(cfg.admin.api_keys.iter().map(|k| admin::ApiKey {
+                .chain(cfg.admin.api_keys.iter().map(|k| http::ApiKey {
                     name: k.name.clone(),
                     key: k.key.clone(),
                     scopes: k.scopes.clone(),
@@ -207,7 +201,7 @@ impl Server {
             calls,
             admin_auth: admin_secret
                 .as_deref()
-                .map(|k| crate::ops::AdminAuth::new(k, &cfg.admin.role)),
+                .map(|k| crate::http::AdminAuth::new(k, &cfg.admin.role)),
             audit,
             revocations,
             maintenance: Default::default(),
@@ -231,7 +225,7 @@ impl Server {
                         Ok(l) => l,
                         Err(e) => return tracing::error!("cannot register admin listener: {e}"),
                     };
-                    let app = admin::router(state);
+                    let app = http::router(state);
                     let serve = axum::serve(listener, app).with_graceful_shutdown(async {
                         let _ = stop_rx.await;
                     });

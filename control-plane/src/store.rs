@@ -486,7 +486,7 @@ fn reconnect_key(conn: &Connection) -> rusqlite::Result<Vec<u8>> {
     if let Some(key) = hex.as_deref().and_then(parse) {
         return Ok(key);
     }
-    let hex = crate::server::random_hex(32);
+    let hex = crate::ids::random_hex(32);
     conn.execute(
         "INSERT INTO meta (key, value) VALUES ('reconnect_key', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -921,4 +921,15 @@ fn notify(shards: &ShardSender, batches: &[Batch], stop: &AtomicBool) {
             std::thread::sleep(Duration::from_micros(200));
         }
     }
+}
+
+/// What the HTTP API, metrics and alerts see of the store.
+#[derive(Debug, Clone)]
+pub struct StoreView {
+    /// The file.
+    pub path: String,
+    /// Backlog and health, shared with the shards.
+    pub state: Arc<JournalState>,
+    /// Writer counters.
+    pub stats: Arc<StoreStats>,
 }

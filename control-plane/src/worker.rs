@@ -2,7 +2,7 @@
 //! SQLite connection to the store file and runs until told to stop.
 //!
 //! Owns starting such a thread, stopping it (a flag it polls, then a join), opening
-//! its connection and sending its answer to a connection's command. Does not own what a
+//! and its connection to the store. Does not own what a
 //! worker does.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,28 +11,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::Connection;
-use switchboard_engine::mesh::ReplyBody;
-use switchboard_engine::metrics::{CommandKind, COMMANDS};
-use switchboard_engine::{ConnKey, Refused, ShardMsg, ShardSender};
-
-/// Answer command `req_id` (of kind `command`) of connection `conn` on `shard`.
-pub fn reply(
-    shards: &ShardSender,
-    shard: u16,
-    conn: ConnKey,
-    req_id: u32,
-    command: CommandKind,
-    result: Result<ReplyBody, Refused>,
-) {
-    let msg = ShardMsg::Reply {
-        conn,
-        req_id,
-        command,
-        result,
-    };
-    let what = COMMANDS[command as usize];
-    crate::auth::send_patiently(shards, shard, msg, what);
-}
 
 /// A running worker thread; stopped (and joined) by [`WorkerHandle::finish`] or on drop.
 #[derive(Debug)]

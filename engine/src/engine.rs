@@ -557,6 +557,12 @@ pub struct ShardSender {
 }
 
 impl ShardSender {
+    /// A sender to the inboxes of `mesh` (tests and tools that drive shards
+    /// themselves; a running engine hands one out with [`EngineHandle::sender`]).
+    pub fn over(mesh: Arc<Mesh>) -> ShardSender {
+        ShardSender { mesh }
+    }
+
     /// Push `msg` to `shard`'s inbox; gives it back if full.
     pub fn send(&self, shard: usize, msg: ShardMsg) -> Result<(), ShardMsg> {
         self.mesh.inbox(shard).push(msg)

@@ -1,126 +1,33 @@
 //! The admin API (`/admin/*`): what operators do to a running server, behind an admin
-//! JWT, every action audited.
+//! token ([`super::admin_auth`]), every action audited.
 //!
-//! An admin token is a JWT signed (HS256) with `admin.jwt_secret` — a key of its own,
-//! not the clients' — carrying `sub` (who acts, recorded in the audit log), `exp`, and
-//! `role` (a string or a list) containing `admin.role` (default `admin`). No token or
-//! a bad one: 401; a valid one without the role: 403; no admin key configured: 403.
-//!
-//! Owns the routes, the admin token check and the validation of admin bodies (errors
-//! carry the JSON path of the bad field). Does not own the actions themselves (the
-//! engine applies rate limits; the audit log stores entries).
+//! Owns the routes: rate limits, audit log, disconnect, maintenance, revocation,
+//! connections, health, breakers, drain, shutdown, alerts. Does not own the actions
+//! themselves (the engine applies rate limits; the audit log stores entries).
 
+// The handlers' helpers return the HTTP error as `Err(Response)` to be sent as is; it is
+// built once per refused request, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
-use std::sync::Arc;
-
+use super::actions::disconnect_target;
+use super::admin_auth::Admin;
+use super::errors::{error, invalid, overloaded};
+use super::requests::{admin, admin_body, admin_query};
+use super::state::HttpState;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use switchboard_engine::control::{self, AdminOp, ConnFilter, ConnView, Maintenance, Target};
 use switchboard_engine::limits::LimitRule;
 
-use crate::admin::{invalid, AdminState};
-
-/// Checks admin tokens.
-pub struct AdminAuth {
-    key: DecodingKey,
-    role: String,
-}
-
-impl std::fmt::Debug for AdminAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminAuth")
-            .field("role", &self.role)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Roles {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
-struct AdminClaims {
-    sub: String,
-    #[serde(default)]
-    role: Option<Roles>,
-}
-
-/// Who is acting.
-#[derive(Debug, Clone)]
-pub struct Admin {
-    /// The token's `sub`.
-    pub name: String,
-}
-
-impl AdminAuth {
-    /// Tokens signed with `secret`, needing `role`.
-    pub fn new(secret: &str, role: &str) -> AdminAuth {
-        AdminAuth {
-            key: DecodingKey::from_secret(secret.as_bytes()),
-            role: role.to_string(),
-        }
-    }
-
-    fn verify(&self, headers: &HeaderMap) -> Result<Admin, Response> {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .ok_or_else(|| {
-                fail(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "an admin token is required (Authorization: Bearer <JWT>)",
-                )
-            })?;
-        let mut v = Validation::new(Algorithm::HS256);
-        v.set_required_spec_claims(&["exp", "sub"]);
-        v.leeway = 5;
-        let data = jsonwebtoken::decode::<AdminClaims>(token, &self.key, &v).map_err(|e| {
-            let (code, why) = match e.kind() {
-                ErrorKind::ExpiredSignature => ("token_expired", "the admin token has expired"),
-                ErrorKind::InvalidSignature => ("unauthorized", "bad admin token signature"),
-                _ => ("unauthorized", "invalid admin token"),
-            };
-            tracing::warn!(target: "security", reason = why, "admin token refused");
-            fail(StatusCode::UNAUTHORIZED, code, why)
-        })?;
-        let claims = data.claims;
-        let has_role = match &claims.role {
-            Some(Roles::One(r)) => *r == self.role,
-            Some(Roles::Many(rs)) => rs.contains(&self.role),
-            None => false,
-        };
-        if !has_role {
-            tracing::warn!(target: "security", sub = %claims.sub, "admin token without the admin role");
-            return Err(fail(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                &format!("the token's role does not include {:?}", self.role),
-            ));
-        }
-        Ok(Admin { name: claims.sub })
-    }
-}
-
 /// The admin routes.
-pub fn routes() -> Router<Arc<AdminState>> {
+pub fn routes() -> Router<Arc<HttpState>> {
     Router::new()
         .route(
             "/admin/rate-limits",
@@ -144,66 +51,9 @@ pub fn routes() -> Router<Arc<AdminState>> {
         .route("/admin/shutdown", post(shutdown))
 }
 
-fn fail(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
-}
-
-fn admin(s: &AdminState, headers: &HeaderMap) -> Result<Admin, Response> {
-    match &s.admin_auth {
-        Some(a) => a.verify(headers),
-        None => Err(fail(
-            StatusCode::FORBIDDEN,
-            "admin_disabled",
-            "no admin key is configured (admin.jwt_secret)",
-        )),
-    }
-}
-
-/// Check the admin token and the query (a bad one is a 400 naming `query`).
-fn admin_query<T>(
-    s: &AdminState,
-    headers: &HeaderMap,
-    query: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
-) -> Result<T, Response> {
-    admin(s, headers)?;
-    query
-        .map(|q| q.0)
-        .map_err(|e| invalid("query", &e.body_text()))
-}
-
-/// Check the admin token, read the body and parse it as `T`; a bad field is a 400
-/// naming its path.
-async fn admin_body<T: DeserializeOwned>(
-    s: &AdminState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<(Admin, T), Response> {
-    let who = admin(s, headers)?;
-    let bytes = axum::body::to_bytes(body, s.max_body_bytes)
-        .await
-        .map_err(|_| {
-            fail(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "request body too large",
-            )
-        })?;
-    let de = &mut serde_json::Deserializer::from_slice(&bytes);
-    let value = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." { "" } else { &path };
-        invalid(field, &e.inner().to_string())
-    })?;
-    Ok((who, value))
-}
-
 /// Apply `rules` on every shard and record the action.
-async fn apply(
-    s: &Arc<AdminState>,
+pub(super) async fn apply(
+    s: &Arc<HttpState>,
     who: &Admin,
     action: &str,
     target: Option<String>,
@@ -227,12 +77,12 @@ async fn apply(
             let (field, message) = e.split_once(": ").unwrap_or((&e, ""));
             invalid(field, message)
         }
-        Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, "overloaded", &e),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", &e),
     }
 }
 
 /// `GET /admin/rate-limits`: the rules in force.
-async fn list_limits(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+pub(super) async fn list_limits(State(s): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
     if let Err(r) = admin(&s, &headers) {
         return r;
     }
@@ -241,13 +91,13 @@ async fn list_limits(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Re
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RulesBody {
+pub(super) struct RulesBody {
     rules: Vec<LimitRule>,
 }
 
 /// `PUT /admin/rate-limits {"rules": [...]}`: replace every rule.
-async fn replace_limits(
-    State(s): State<Arc<AdminState>>,
+pub(super) async fn replace_limits(
+    State(s): State<Arc<HttpState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -261,7 +111,11 @@ async fn replace_limits(
 
 /// `POST /admin/rate-limits {rule}`: add a rule (it replaces one for the same scope,
 /// event and tier).
-async fn add_limit(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn add_limit(
+    State(s): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let (who, rule) = match admin_body::<LimitRule>(&s, &headers, body).await {
         Ok(v) => v,
         Err(r) => return r,
@@ -277,8 +131,8 @@ async fn add_limit(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: B
 }
 
 /// `DELETE /admin/rate-limits/{index}`: remove the rule at `index` of the list.
-async fn remove_limit(
-    State(s): State<Arc<AdminState>>,
+pub(super) async fn remove_limit(
+    State(s): State<Arc<HttpState>>,
     headers: HeaderMap,
     path: Result<axum::extract::Path<usize>, axum::extract::rejection::PathRejection>,
 ) -> Response {
@@ -291,7 +145,7 @@ async fn remove_limit(
     };
     let mut rules = s.engine.limits();
     if index >= rules.len() {
-        return fail(
+        return error(
             StatusCode::NOT_FOUND,
             "not_found",
             &format!("no rule at {index}: there are {}", rules.len()),
@@ -311,7 +165,7 @@ async fn remove_limit(
 }
 
 #[derive(Deserialize)]
-struct AuditQuery {
+pub(super) struct AuditQuery {
     #[serde(default)]
     limit: Option<u32>,
     #[serde(default)]
@@ -321,8 +175,8 @@ struct AuditQuery {
 }
 
 /// `GET /admin/audit[?limit=N&actor=…&action=…]`: the audit log, newest first.
-async fn audit_log(
-    State(s): State<Arc<AdminState>>,
+pub(super) async fn audit_log(
+    State(s): State<Arc<HttpState>>,
     headers: HeaderMap,
     query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
@@ -339,26 +193,21 @@ async fn audit_log(
     .unwrap_or_else(|e| Err(e.to_string()));
     match listed {
         Ok(entries) => Json(json!({ "entries": entries })).into_response(),
-        Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &e),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &e),
     }
 }
 
-fn overloaded() -> Response {
-    fail(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "overloaded",
-        "a shard cannot take the request now; retry",
-    )
-}
-
-fn client_id(field: &str, s: &str) -> Result<switchboard_engine::presence::ClientId, Response> {
+pub(super) fn client_id(
+    field: &str,
+    s: &str,
+) -> Result<switchboard_engine::presence::ClientId, Response> {
     control::parse_client_id(s)
         .ok_or_else(|| invalid(field, "expected a client id (shard.slot.generation)"))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DisconnectBody {
+pub(super) struct DisconnectBody {
     #[serde(default)]
     client: Option<String>,
     #[serde(default)]
@@ -373,14 +222,18 @@ struct DisconnectBody {
     spread_ms: u32,
 }
 
-fn yes() -> bool {
+pub(super) fn yes() -> bool {
     true
 }
 
 /// `POST /admin/disconnect {"client" | "user" | "all": true, "reason"?, "reconnect"?,
 /// "spread_ms"?}`: close connections with 4009; `spread_ms` spreads their reconnect
 /// hints (a drain).
-async fn disconnect(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn disconnect(
+    State(s): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let (who, req) = match admin_body::<DisconnectBody>(&s, &headers, body).await {
         Ok(v) => v,
         Err(r) => return r,
@@ -406,49 +259,9 @@ async fn disconnect(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: 
     }
 }
 
-/// Close the target's connections (4009) and record it as `actor`'s action; how many
-/// closed. Shared by the admin API and the server API.
-pub async fn disconnect_target(
-    s: &AdminState,
-    actor: &str,
-    target: Target,
-    reason: String,
-    reconnect: bool,
-    spread_ms: u32,
-) -> Result<usize, Response> {
-    let only = match &target {
-        Target::Client(c) => Some(c.shard),
-        _ => None,
-    };
-    let reason_arc: Arc<str> = Arc::from(reason.as_str());
-    let counts = s
-        .engine
-        .admin(only, |done| AdminOp::Disconnect {
-            who: target.clone(),
-            reason: reason_arc.clone(),
-            reconnect,
-            spread_ms,
-            done,
-        })
-        .await;
-    let (name, target_text) = match &target {
-        Target::Client(c) => ("connection", Some(c.to_string())),
-        Target::User(u) => ("user", Some(u.to_string())),
-        Target::All => ("all", None),
-    };
-    let n: usize = counts.as_ref().map_or(0, |c| c.iter().sum());
-    let detail = json!({"reason": reason, "reconnect": reconnect, "spread_ms": spread_ms, "disconnected": n});
-    let result = if counts.is_ok() { "ok" } else { "overloaded" };
-    let action = format!("disconnect.{name}");
-    let _ = s
-        .audit
-        .record(actor, &action, target_text.as_deref(), result, &detail);
-    counts.map(|_| n).map_err(|_| overloaded())
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct MaintenanceBody {
+pub(super) struct MaintenanceBody {
     on: bool,
     #[serde(default)]
     message: Option<String>,
@@ -457,7 +270,10 @@ struct MaintenanceBody {
 }
 
 /// `GET /admin/maintenance`: whether maintenance mode is on.
-async fn maintenance_state(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+pub(super) async fn maintenance_state(
+    State(s): State<Arc<HttpState>>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(r) = admin(&s, &headers) {
         return r;
     }
@@ -472,7 +288,11 @@ async fn maintenance_state(State(s): State<Arc<AdminState>>, headers: HeaderMap)
 /// `POST /admin/maintenance {"on": bool, "message"?, "retry_after_ms"?}`: while on,
 /// new connections are closed with 4010 and the retry hint; connected clients get a
 /// `maintenance` push when it starts and ends.
-async fn maintenance(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn maintenance(
+    State(s): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let (who, req) = match admin_body::<MaintenanceBody>(&s, &headers, body).await {
         Ok(v) => v,
         Err(r) => return r,
@@ -511,14 +331,18 @@ async fn maintenance(State(s): State<Arc<AdminState>>, headers: HeaderMap, body:
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RevokeBody {
+pub(super) struct RevokeBody {
     user: String,
 }
 
 /// `POST /admin/revoke {"user"}`: the user's connections close (4011) and every token
 /// of theirs issued before now (JWTs by `iat`, reconnect tokens) is refused, also after
 /// a restart; tokens issued from the next second on work.
-async fn revoke(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn revoke(
+    State(s): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let (who, req) = match admin_body::<RevokeBody>(&s, &headers, body).await {
         Ok(v) => v,
         Err(r) => return r,
@@ -526,7 +350,7 @@ async fn revoke(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body
     if !crate::notify::valid_user_id(&req.user) {
         return invalid("user", "1 to 128 bytes");
     }
-    match revoke_user(&s, &who.name, &req.user).await {
+    match super::actions::revoke_user(&s, &who.name, &req.user).await {
         Ok((at_ms, n)) => {
             Json(json!({"ok": true, "revoked_at": at_ms, "disconnected": n})).into_response()
         }
@@ -534,54 +358,9 @@ async fn revoke(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body
     }
 }
 
-/// Revoke `user`'s tokens issued before now (stored, honoured by the auth workers and
-/// the shards) and close its connections (4011), recorded as `actor`'s action; the
-/// revocation time and how many connections closed. Shared by the admin API and the
-/// server API.
-pub async fn revoke_user(
-    s: &AdminState,
-    actor: &str,
-    user: &str,
-) -> Result<(u64, usize), Response> {
-    let at_ms = crate::schedule::now_ms();
-    let audit = s.audit.clone();
-    let owned = user.to_string();
-    let saved = tokio::task::spawn_blocking(move || audit.save_revocation(&owned, at_ms))
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-    if let Err(e) = saved {
-        let _ = s.audit.record(actor, "revoke", Some(user), &e, &json!({}));
-        return Err(fail(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            &e,
-        ));
-    }
-    s.revocations.revoke(user, at_ms);
-    let arc: Arc<str> = Arc::from(user);
-    let closed = s
-        .engine
-        .admin(None, |done| AdminOp::Revoke {
-            user: arc.clone(),
-            before_ms: at_ms,
-            done,
-        })
-        .await;
-    let n: usize = closed.as_ref().map_or(0, |c| c.iter().sum());
-    let result = if closed.is_ok() { "ok" } else { "overloaded" };
-    let _ = s.audit.record(
-        actor,
-        "revoke",
-        Some(user),
-        result,
-        &json!({"revoked_at": at_ms, "disconnected": n}),
-    );
-    closed.map(|_| (at_ms, n)).map_err(|_| overloaded())
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ConnectionsQuery {
+pub(super) struct ConnectionsQuery {
     #[serde(default)]
     user: Option<String>,
     #[serde(default)]
@@ -598,8 +377,8 @@ struct ConnectionsQuery {
     limit: Option<usize>,
 }
 
-async fn list(
-    s: &AdminState,
+pub(super) async fn list(
+    s: &HttpState,
     shard: Option<u16>,
     filter: ConnFilter,
     limit: usize,
@@ -619,8 +398,8 @@ async fn list(
 /// `GET /admin/connections[?user&ip&channel&shard&min_age_ms&offset&limit]`: the
 /// connections matching every filter given, by shard and slot, a page at a time
 /// (`limit` at most 1,000, default 100; `next_offset` while more may follow).
-async fn connections(
-    State(s): State<Arc<AdminState>>,
+pub(super) async fn connections(
+    State(s): State<Arc<HttpState>>,
     headers: HeaderMap,
     query: Result<axum::extract::Query<ConnectionsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
@@ -650,8 +429,8 @@ async fn connections(
 
 /// `GET /admin/connections/{client}`: one connection with its subscriptions, queue and
 /// rate-limit state.
-async fn connection(
-    State(s): State<Arc<AdminState>>,
+pub(super) async fn connection(
+    State(s): State<Arc<HttpState>>,
     headers: HeaderMap,
     path: axum::extract::Path<String>,
 ) -> Response {
@@ -669,7 +448,7 @@ async fn connection(
     };
     match list(&s, Some(id.shard), filter, 1).await {
         Ok(mut l) if !l.is_empty() => Json(l.remove(0)).into_response(),
-        Ok(_) => fail(StatusCode::NOT_FOUND, "not_found", "no such connection"),
+        Ok(_) => error(StatusCode::NOT_FOUND, "not_found", "no such connection"),
         Err(r) => r,
     }
 }
@@ -677,12 +456,12 @@ async fn connection(
 /// `GET /admin/health`: everything at once for an operator: shards (accepting,
 /// connections, authenticated), backend, store and its circuit, maintenance, rate
 /// limits, auth counters.
-async fn health(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+pub(super) async fn health(State(s): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
     if let Err(r) = admin(&s, &headers) {
         return r;
     }
-    let (ready, mut body) = crate::admin::readiness(&s);
+    let (ready, mut body) = super::health::readiness(&s);
     let maintenance = s
         .maintenance
         .lock()
@@ -701,7 +480,7 @@ async fn health(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Respons
 
 /// `GET /admin/breakers`: the circuit breakers and their failure counts. Today the
 /// store's (open: durable publications are refused with 111 until a write works).
-async fn breakers(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+pub(super) async fn breakers(State(s): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
     if let Err(r) = admin(&s, &headers) {
         return r;
@@ -729,8 +508,8 @@ async fn breakers(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Respo
 
 /// `POST /admin/breakers/{name}/reset`: close a breaker now (the store's writer keeps
 /// retrying; if its next write fails the breaker opens again).
-async fn reset_breaker(
-    State(s): State<Arc<AdminState>>,
+pub(super) async fn reset_breaker(
+    State(s): State<Arc<HttpState>>,
     headers: HeaderMap,
     path: axum::extract::Path<String>,
 ) -> Response {
@@ -750,7 +529,7 @@ async fn reset_breaker(
             .webhook_open
             .swap(false, std::sync::atomic::Ordering::Relaxed),
         _ => {
-            return fail(
+            return error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "no such breaker (store, webhooks)",
@@ -770,7 +549,7 @@ async fn reset_breaker(
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct DrainBody {
+pub(super) struct DrainBody {
     #[serde(default)]
     spread_ms: Option<u32>,
     #[serde(default)]
@@ -781,7 +560,11 @@ struct DrainBody {
 /// on: new ones get 4010, readiness 503) and move every client away, each told to
 /// reconnect after a random delay below `spread_ms` (default 30 s), so they land on
 /// other nodes without a stampede.
-async fn drain(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn drain(
+    State(s): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let (who, req) = match admin_body::<DrainBody>(&s, &headers, body).await {
         Ok(v) => v,
         Err(r) => return r,
@@ -825,7 +608,7 @@ async fn drain(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body)
 
 /// `POST /admin/shutdown`: stop the process as SIGTERM does (close 1001, drain for
 /// `engine.drain_timeout_ms`, exit 0).
-async fn shutdown(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+pub(super) async fn shutdown(State(s): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
     let who = match admin(&s, &headers) {
         Ok(w) => w,
         Err(r) => return r,
@@ -840,7 +623,7 @@ async fn shutdown(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Respo
 }
 
 /// `GET /admin/alerts`: alerts firing now, the notices (newest first) and the rules.
-async fn alerts(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+pub(super) async fn alerts(State(s): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
     if let Err(r) = admin(&s, &headers) {
         return r;
     }

@@ -1,277 +1,31 @@
-//! Call signaling: the call state machine, ringing, signaling relay, the call log.
+//! Every active call, and what commands, departures and deadlines do to it.
 //!
-//! Owns every active call (in memory, on one thread, so two accepts or two users
-//! calling each other at once are ordered: the first accept wins, and the second
-//! `call` of a glare finds the first and answers it instead of ringing back) and the
-//! `calls` and `call_quality` tables of the store (the log: who, when, how long, how it
-//! ended). A call moves only along [`allowed`]:
-//!
-//! ```text
-//! initiating → ringing → accepted → in_progress → ended
-//!                      ↘ rejected     ↘ ended      ↘ failed
-//!                      ↘ missed       ↘ failed
-//!                      ↘ ended (cancelled by the caller), failed
-//! ```
-//!
-//! A user call rings every device of the callee; a room call rings the room's
-//! subscribers and anyone subscribed may join. `in_progress` starts when two
-//! participants have exchanged signaling data. A call not answered within
-//! `calls.ring_timeout_ms` is `missed` (both sides are told, and the callee gets a
-//! `missed_call` notification). A participant whose connection drops without a close
-//! has `calls.grace_ms` to come back (`call_accept` again from any of its devices);
-//! then the call fails for it. Active calls do not survive a restart: the log records
-//! them as failed (`server restarted`).
-//!
-//! Does not own media (clients exchange SDP and ICE through `call_signal`; media flows
-//! peer to peer or through the application's TURN/SFU) or who may call whom (the shard
-//! checks the token before forwarding).
+//! Owns the calls in memory, their moves along [`super::allowed`], ringing deadlines
+//! and grace periods, and writing the call log. Reads no clock: the worker thread
+//! passes the moment in ([`CallBook::at`]), so tests run it on a virtual clock. Does
+//! not own the thread (`super`) or the push shapes (`super::events`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::{params, Connection};
-use serde::Serialize;
 use serde_json::Value;
 use switchboard_engine::control::{self, CallTarget, Caller, ControlCommand, Push, PushTo};
 use switchboard_engine::mesh::ReplyBody;
 use switchboard_engine::presence::ClientId;
-use switchboard_engine::{ConnKey, ControlRequest, Refused, ShardMsg, ShardSender};
+use switchboard_engine::{Refused, ShardMsg, ShardSender};
 use switchboard_protocol::envelope::CallAction;
 use switchboard_protocol::ErrorCode;
 
+use super::events::*;
+use super::state::*;
 use crate::config::CallsConfig;
 use crate::notify::{NewNotification, Notifier, Recipients};
-use crate::schedule::now_ms;
-use crate::worker::{open_store, WorkerHandle};
-
-/// Where a call is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// Created, not yet rung.
-    Initiating,
-    /// The callee's devices (or the room) ring.
-    Ringing,
-    /// Answered; signaling under way.
-    Accepted,
-    /// Both sides exchanged signaling data.
-    InProgress,
-    /// Declined by the callee.
-    Rejected,
-    /// Not answered in time.
-    Missed,
-    /// Hung up (or cancelled while ringing).
-    Ended,
-    /// Broke: a participant dropped and did not come back, or the server restarted.
-    Failed,
-}
-
-impl State {
-    /// Whether the call is over.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            State::Rejected | State::Missed | State::Ended | State::Failed
-        )
-    }
-}
-
-/// The transitions the state machine allows.
-pub fn allowed(from: State, to: State) -> bool {
-    use State::*;
-    matches!(
-        (from, to),
-        (Initiating, Ringing | Failed)
-            | (Ringing, Accepted | Rejected | Missed | Ended | Failed)
-            | (Accepted, InProgress | Ended | Failed)
-            | (InProgress, Ended | Failed)
-    )
-}
-
-/// A participant of a call, as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ParticipantView {
-    /// The user.
-    pub user: String,
-    /// Its connection (`shard.slot.generation`).
-    pub client: String,
-    /// Its device id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// Its connection dropped; it has until the grace period ends to come back.
-    pub lost: bool,
-    /// Its last quality report.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub quality: Option<Value>,
-}
-
-/// An active call, as the admin API lists it.
-#[derive(Debug, Clone, Serialize)]
-pub struct CallView {
-    /// Its id.
-    pub id: u64,
-    /// Where it is.
-    pub state: State,
-    /// Who called.
-    pub caller: String,
-    /// Who was called (user calls).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub callee: Option<String>,
-    /// The room (room calls).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub room: Option<String>,
-    /// Media label.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub media: Option<String>,
-    /// Started, Unix milliseconds.
-    pub created: u64,
-    /// Answered, Unix milliseconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub answered: Option<u64>,
-    /// Who is in it.
-    pub participants: Vec<ParticipantView>,
-}
-
-/// One finished (or active) call in the log.
-#[derive(Debug, Clone, Serialize)]
-pub struct LogEntry {
-    /// Its id.
-    pub id: u64,
-    /// Who called.
-    pub caller: String,
-    /// Who was called.
-    pub callee: Option<String>,
-    /// The room.
-    pub room: Option<String>,
-    /// Media label.
-    pub media: Option<String>,
-    /// Started, Unix milliseconds.
-    pub created: u64,
-    /// Answered.
-    pub answered: Option<u64>,
-    /// Ended.
-    pub ended: Option<u64>,
-    /// From answer to end, milliseconds.
-    pub duration_ms: Option<u64>,
-    /// `completed`, `cancelled`, `rejected`, `missed` or `failed` (absent: active).
-    pub outcome: Option<String>,
-    /// Why it ended, when someone said.
-    pub reason: Option<String>,
-    /// Users who took part.
-    pub participants: Vec<String>,
-}
-
-type Reply<T> = tokio::sync::oneshot::Sender<T>;
-
-enum Work {
-    Shard {
-        shard: u16,
-        conn: ConnKey,
-        req_id: u32,
-        caller: Caller,
-        cmd: ControlCommand,
-    },
-    Gone(Caller, bool),
-    Active(Reply<Vec<CallView>>),
-    Log(Option<String>, u32, Reply<Result<Vec<LogEntry>, String>>),
-}
-
-/// Where the call thread takes work from (clone freely).
-#[derive(Clone)]
-pub struct Calls {
-    tx: Sender<Work>,
-}
-
-impl std::fmt::Debug for Calls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Calls")
-    }
-}
-
-impl Calls {
-    /// Hand a shard's call command, or a participant's departure, over.
-    pub fn submit(&self, req: ControlRequest) {
-        let work = match req {
-            ControlRequest::Command {
-                shard,
-                conn,
-                req_id,
-                caller,
-                cmd,
-            } => Work::Shard {
-                shard,
-                conn,
-                req_id,
-                caller,
-                cmd,
-            },
-            ControlRequest::Gone { caller, graceful } => Work::Gone(caller, graceful),
-            _ => return,
-        };
-        if self.tx.send(work).is_err() {
-            tracing::warn!("call worker stopped; a call command is not answered");
-        }
-    }
-
-    /// Active calls (admin API).
-    pub async fn active(&self) -> Vec<CallView> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.tx.send(Work::Active(tx)).is_err() {
-            return Vec::new();
-        }
-        rx.await.unwrap_or_default()
-    }
-
-    /// The call log, newest first, of one user or everyone (admin API).
-    pub async fn log(&self, user: Option<String>, limit: u32) -> Result<Vec<LogEntry>, String> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Work::Log(user, limit, tx))
-            .map_err(|_| "call worker stopped".to_string())?;
-        rx.await.map_err(|_| "call worker stopped".to_string())?
-    }
-}
-
-/// The running call thread (active calls are logged as failed at the next start).
-pub type CallsHandle = WorkerHandle;
-
-/// Start the call thread on the store at `path`; calls left active by the previous
-/// run are logged as failed.
-pub fn spawn(
-    path: &std::path::Path,
-    shards: ShardSender,
-    cfg: CallsConfig,
-    notifier: Notifier,
-) -> anyhow::Result<(Calls, CallsHandle)> {
-    let conn = open_store(path, "calls")?;
-    let left = conn.execute(
-        "UPDATE calls SET ended_ms = ?1, outcome = 'failed', reason = 'server restarted'
-         WHERE ended_ms IS NULL",
-        params![now_ms() as i64],
-    )?;
-    if left > 0 {
-        tracing::warn!(
-            calls = left,
-            "calls active at the last stop are logged as failed"
-        );
-    }
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let mut worker = Worker {
-        conn,
-        shards,
-        cfg,
-        notifier,
-        calls: BTreeMap::new(),
-    };
-    let handle = WorkerHandle::spawn("calls", move |stop| worker.run(&rx, stop))?;
-    Ok((Calls { tx }, handle))
-}
+use switchboard_engine::Now;
 
 #[derive(Debug, Clone)]
-struct Participant {
+pub(super) struct Participant {
     user: Arc<str>,
     client: ClientId,
     device: Option<Box<str>>,
@@ -296,7 +50,7 @@ impl Participant {
 }
 
 #[derive(Debug)]
-struct Call {
+pub(super) struct Call {
     id: u64,
     state: State,
     caller: Arc<str>,
@@ -324,99 +78,46 @@ impl Call {
     }
 }
 
-/// What a client is told, pushed as `{"push": "call", "event": ..., "call": id, ...}`.
-#[derive(Debug, Default, Serialize)]
-struct Event<'a> {
-    push: &'static str,
-    event: &'static str,
-    call: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    from: Option<Who<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    by: Option<Who<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    room: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    media: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    outcome: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    duration_ms: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-struct Who<'a> {
-    user: &'a str,
-    #[serde(serialize_with = "display")]
-    client: ClientId,
-}
-
-fn display<S: serde::Serializer>(c: &ClientId, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(c)
-}
-
-impl<'a> Who<'a> {
-    fn of(p: &'a Participant) -> Who<'a> {
-        Who {
-            user: &p.user,
-            client: p.client,
-        }
-    }
-}
-
-fn event(name: &'static str, call: u64) -> Event<'static> {
-    Event {
-        push: "call",
-        event: name,
-        call,
-        ..Default::default()
-    }
-}
-
-fn refuse(code: ErrorCode, message: &str) -> Refused {
-    Refused {
-        code,
-        message: message.into(),
-    }
-}
-
-struct Worker {
+/// Every active call of the process, on the call worker's thread.
+pub(super) struct CallBook {
+    /// The call log (`calls`, `call_quality` tables).
     conn: Connection,
+    /// Where pushes and replies go.
     shards: ShardSender,
     cfg: CallsConfig,
+    /// Missed-call notifications.
     notifier: Notifier,
     calls: BTreeMap<u64, Call>,
+    /// The moment of the work being handled (set by [`CallBook::at`]).
+    now: Now,
 }
 
-impl Worker {
-    fn run(&mut self, rx: &Receiver<Work>, stop: &AtomicBool) {
-        loop {
-            let wait = self
-                .next_deadline()
-                .map_or(Duration::from_millis(250), |d| {
-                    d.saturating_duration_since(Instant::now())
-                        .min(Duration::from_millis(250))
-                });
-            match rx.recv_timeout(wait) {
-                Ok(w) => self.handle(w),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            while let Ok(w) = rx.try_recv() {
-                self.handle(w);
-            }
-            self.expire();
-            if stop.load(Ordering::Acquire) {
-                break;
-            }
+impl CallBook {
+    /// A book with no calls, logging to `conn`.
+    pub(super) fn new(
+        conn: Connection,
+        shards: ShardSender,
+        cfg: CallsConfig,
+        notifier: Notifier,
+        now: Now,
+    ) -> CallBook {
+        CallBook {
+            conn,
+            shards,
+            cfg,
+            notifier,
+            calls: BTreeMap::new(),
+            now,
         }
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
+    /// The moment the next work happens at (the thread's clock, or a test's).
+    pub(super) fn at(&mut self, now: Now) {
+        self.now = now;
+    }
+
+    /// The next ringing deadline or grace period end, if any call has one.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
         let grace = Duration::from_millis(self.cfg.grace_ms);
         self.calls
             .values()
@@ -428,7 +129,8 @@ impl Worker {
             .min()
     }
 
-    fn handle(&mut self, w: Work) {
+    /// Do one piece of work.
+    pub(super) fn handle(&mut self, w: Work) {
         match w {
             Work::Shard {
                 shard,
@@ -439,7 +141,7 @@ impl Worker {
             } => {
                 let command = cmd.kind();
                 let result = self.command(&caller, cmd).map(ReplyBody::Value);
-                crate::worker::reply(&self.shards, shard, conn, req_id, command, result);
+                crate::shards::reply(&self.shards, shard, conn, req_id, command, result);
             }
             Work::Gone(caller, graceful) => self.gone(&caller, graceful),
             Work::Active(reply) => {
@@ -509,7 +211,7 @@ impl Worker {
                 return Ok(answer);
             }
         }
-        let now = now_ms();
+        let now = self.now.unix_ms;
         self.conn
             .execute(
                 "INSERT INTO calls (caller, callee, room, media, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -526,7 +228,7 @@ impl Worker {
             media,
             created_ms: now,
             answered_ms: None,
-            ring_deadline: Instant::now() + Duration::from_millis(self.cfg.ring_timeout_ms),
+            ring_deadline: self.now.mono + Duration::from_millis(self.cfg.ring_timeout_ms),
             participants: vec![Participant::of(caller)],
             joined: vec![caller.user.clone()],
         };
@@ -614,7 +316,7 @@ impl Worker {
         let first = call.state == State::Ringing;
         if first {
             move_to(call, State::Accepted);
-            call.answered_ms = Some(now_ms());
+            call.answered_ms = Some(self.now.unix_ms);
         }
         call.participants.push(Participant::of(caller));
         if !call.joined.contains(&caller.user) {
@@ -630,7 +332,7 @@ impl Worker {
         if first {
             let _ = self.conn.execute(
                 "UPDATE calls SET answered_ms = ?2 WHERE id = ?1",
-                params![id as i64, now_ms() as i64],
+                params![id as i64, self.now.unix_ms as i64],
             );
         }
         self.push_clients(others, &frames);
@@ -682,7 +384,7 @@ impl Worker {
         self.leave(id, i, State::Ended, reason);
         let duration = self.calls.get(&id).map_or_else(
             || self.logged_duration(id),
-            |c| c.answered_ms.map(|a| now_ms().saturating_sub(a)),
+            |c| c.answered_ms.map(|a| self.now.unix_ms.saturating_sub(a)),
         );
         let state = self.calls.get(&id).map_or(State::Ended, |c| c.state);
         Ok(serde_json::json!({ "call": id, "state": state, "duration_ms": duration }))
@@ -709,7 +411,7 @@ impl Worker {
             self.push_clients(others, &frames);
             return;
         }
-        let duration = call.answered_ms.map(|a| now_ms().saturating_sub(a));
+        let duration = call.answered_ms.map(|a| self.now.unix_ms.saturating_sub(a));
         let p = call.participants[i].clone();
         let mut e = event("ended", id);
         e.by = Some(Who::of(&p));
@@ -763,7 +465,13 @@ impl Worker {
         if let Err(e) = self.conn.execute(
             "UPDATE calls SET ended_ms = ?2, outcome = ?3, reason = ?4, participants = ?5
              WHERE id = ?1",
-            params![id as i64, now_ms() as i64, outcome, reason, participants],
+            params![
+                id as i64,
+                self.now.unix_ms as i64,
+                outcome,
+                reason,
+                participants
+            ],
         ) {
             tracing::warn!(call = id, "cannot log the end of a call: {e}");
         }
@@ -801,7 +509,7 @@ impl Worker {
             let text = data.to_string();
             if let Err(e) = self.conn.execute(
                 "INSERT INTO call_quality (call, user, at_ms, data) VALUES (?1, ?2, ?3, ?4)",
-                params![id as i64, &*caller.user, now_ms() as i64, text],
+                params![id as i64, &*caller.user, self.now.unix_ms as i64, text],
             ) {
                 return Err(refuse(ErrorCode::Unavailable, &format!("call log: {e}")));
             }
@@ -859,7 +567,7 @@ impl Worker {
                 }
                 continue;
             }
-            call.participants[i].lost = Some(Instant::now());
+            call.participants[i].lost = Some(self.now.mono);
             let mut e = event("participant_lost", id);
             e.from = Some(Who::of(&call.participants[i]));
             let frames = control::frames(&e);
@@ -870,8 +578,9 @@ impl Worker {
 
     /// Ringing calls past their timeout are missed; participants lost for longer than
     /// the grace period leave (a user call fails).
-    fn expire(&mut self) {
-        let now = Instant::now();
+    /// Ring out calls past their deadline, fail participants past their grace.
+    pub(super) fn expire(&mut self) {
+        let now = self.now.mono;
         let grace = Duration::from_millis(self.cfg.grace_ms);
         let missed: Vec<u64> = self
             .calls
@@ -964,7 +673,7 @@ impl Worker {
         };
         for shard in shards {
             let msg = ShardMsg::Push(push.clone());
-            crate::auth::send_patiently(&self.shards, shard, msg, "a call push");
+            crate::shards::send_patiently(&self.shards, shard, msg, "a call push");
         }
     }
 
@@ -975,7 +684,7 @@ impl Worker {
     }
 }
 
-fn move_to(call: &mut Call, to: State) {
+pub(super) fn move_to(call: &mut Call, to: State) {
     debug_assert!(allowed(call.state, to), "{:?} -> {to:?}", call.state);
     if allowed(call.state, to) {
         call.state = to;
@@ -984,11 +693,7 @@ fn move_to(call: &mut Call, to: State) {
     }
 }
 
-fn not_found() -> Refused {
-    refuse(ErrorCode::NotFound, "no such call (or it is over)")
-}
-
-fn clients_except(call: &Call, me: ClientId) -> Vec<ClientId> {
+pub(super) fn clients_except(call: &Call, me: ClientId) -> Vec<ClientId> {
     call.participants
         .iter()
         .filter(|p| p.client != me && p.lost.is_none())
@@ -997,12 +702,12 @@ fn clients_except(call: &Call, me: ClientId) -> Vec<ClientId> {
 }
 
 /// The reply to `call_accept`: the call and who is in it.
-fn answer(call: &Call) -> Value {
+pub(super) fn answer(call: &Call) -> Value {
     let peers: Vec<Who<'_>> = call.participants.iter().map(Who::of).collect();
     serde_json::json!({ "call": call.id, "state": call.state, "participants": peers })
 }
 
-fn view(c: &Call) -> CallView {
+pub(super) fn view(c: &Call) -> CallView {
     CallView {
         id: c.id,
         state: c.state,
@@ -1026,44 +731,12 @@ fn view(c: &Call) -> CallView {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_documented_transitions_are_allowed() {
-        use State::*;
-        let all = [
-            Initiating, Ringing, Accepted, InProgress, Rejected, Missed, Ended, Failed,
-        ];
-        let expected = [
-            (Initiating, Ringing),
-            (Initiating, Failed),
-            (Ringing, Accepted),
-            (Ringing, Rejected),
-            (Ringing, Missed),
-            (Ringing, Ended),
-            (Ringing, Failed),
-            (Accepted, InProgress),
-            (Accepted, Ended),
-            (Accepted, Failed),
-            (InProgress, Ended),
-            (InProgress, Failed),
-        ];
-        for from in all {
-            for to in all {
-                assert_eq!(
-                    allowed(from, to),
-                    expected.contains(&(from, to)),
-                    "{from:?} -> {to:?}"
-                );
-            }
-            if from.is_final() {
-                assert!(
-                    all.iter().all(|&to| !allowed(from, to)),
-                    "{from:?} is final"
-                );
-            }
+/// Who a participant is, in pushes.
+impl<'a> Who<'a> {
+    pub(super) fn of(p: &'a Participant) -> Who<'a> {
+        Who {
+            user: &p.user,
+            client: p.client,
         }
     }
 }

@@ -1,16 +1,21 @@
 //! The server API's user and connection routes for backends (API keys with scopes):
-//! broadcast to everyone, a user's status and pending inbox, disconnecting a user or a
-//! connection, revoking a user's tokens; and the OpenAPI document of the whole server
-//! API (`GET /api/openapi.json`, no key needed).
+//! broadcast to everyone, a user's status and pending inbox, server-side subscriptions
+//! and notification topics, disconnecting a user or a connection, revoking a user's
+//! tokens; and the OpenAPI document of the whole server API (`GET /api/openapi.json`,
+//! no key needed).
 //!
-//! Owns these routes. The scope check is the router's (`admin::api_scopes`); the
-//! actions are shared with the admin API (`ops`), recorded in the audit log as
-//! `api:<key name>`.
+//! Owns these routes. The scope check is the router's ([`super::keys`]); the
+//! actions shared with the admin API are in [`super::actions`], recorded in the audit
+//! log as `api:<key name>`.
 
+// The handlers' helpers return the HTTP error as `Err(Response)` to be sent as is; it is
+// built once per refused request, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
-use std::sync::Arc;
-
+use super::errors::{error, invalid};
+use super::notifications::refusal;
+use super::requests::{checked_query, json_body, key_of};
+use super::state::HttpState;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -19,16 +24,16 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use switchboard_engine::control::{self, AdminOp, ConnFilter, Push, PushTo, Target};
-use switchboard_engine::ShardMsg;
-
-use crate::admin::{checked_query, error, invalid, json_body, key_of, AdminState};
+use switchboard_engine::{PublishError, ShardMsg};
+use switchboard_protocol::Position;
 
 /// The OpenAPI document, as served.
-pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 
 /// The routes.
-pub fn routes() -> Router<Arc<AdminState>> {
+pub fn routes() -> Router<Arc<HttpState>> {
     Router::new()
         .route("/api/openapi.json", get(openapi))
         .route("/api/broadcast", post(broadcast))
@@ -36,17 +41,20 @@ pub fn routes() -> Router<Arc<AdminState>> {
         .route("/api/users/{user}/inbox", get(user_inbox))
         .route("/api/users/{user}/disconnect", post(disconnect_user))
         .route("/api/users/{user}/revoke", post(revoke_user))
+        .route("/api/users/{user}/subscribe", post(user_subscribe))
+        .route("/api/users/{user}/unsubscribe", post(user_unsubscribe))
+        .route("/api/users/{user}/topics", post(user_topics))
         .route(
             "/api/connections/{client}/disconnect",
             post(disconnect_client),
         )
 }
 
-async fn openapi() -> Response {
+pub(super) async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-fn valid_user(user: &str) -> Result<(), Response> {
+pub(super) fn valid_user(user: &str) -> Result<(), Response> {
     if !crate::notify::valid_user_id(user) {
         return Err(invalid("user", "1 to 128 bytes"));
     }
@@ -54,30 +62,34 @@ fn valid_user(user: &str) -> Result<(), Response> {
 }
 
 /// The `{user}` of a user route, once the API key is checked and the id is valid.
-fn checked_user(
-    s: &AdminState,
+pub(super) fn checked_user(
+    s: &HttpState,
     headers: &HeaderMap,
     path: axum::extract::Path<String>,
 ) -> Result<String, Response> {
-    crate::admin::check(s, headers)?;
+    super::requests::check(s, headers)?;
     valid_user(&path.0)?;
     Ok(path.0)
 }
 
 /// Who is acting, for the audit log: `api:<key name>`.
-fn actor(s: &AdminState, headers: &HeaderMap) -> String {
+pub(super) fn actor(s: &HttpState, headers: &HeaderMap) -> String {
     key_of(s, headers).map_or_else(|_| "api".into(), |k| format!("api:{}", k.name))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BroadcastBody {
+pub(super) struct BroadcastBody {
     data: Value,
 }
 
 /// `POST /api/broadcast {"data": any JSON}`: `{"push": "broadcast", "data": …}` to every
 /// connected client on every shard (not stored).
-async fn broadcast(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn broadcast(
+    State(s): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let req: BroadcastBody = match json_body(&s, &headers, body, "{\"data\": any JSON}").await {
         Ok(r) => r,
         Err(r) => return r,
@@ -102,8 +114,8 @@ async fn broadcast(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: B
 
 /// `GET /api/users/{user}`: whether the user is connected, its connections (devices)
 /// and when it was last seen (now while connected; since the process started).
-async fn user_status(
-    State(s): State<Arc<AdminState>>,
+pub(super) async fn user_status(
+    State(s): State<Arc<HttpState>>,
     headers: HeaderMap,
     path: axum::extract::Path<String>,
 ) -> Response {
@@ -164,7 +176,7 @@ async fn user_status(
 }
 
 #[derive(Deserialize)]
-struct InboxQuery {
+pub(super) struct InboxQuery {
     #[serde(default)]
     since: u64,
     #[serde(default)]
@@ -173,8 +185,8 @@ struct InboxQuery {
 
 /// `GET /api/users/{user}/inbox[?since=OFFSET&limit=N]`: the user's inbox messages after
 /// `since` (a device's cursor: what it has not acknowledged), oldest first.
-async fn user_inbox(
-    State(s): State<Arc<AdminState>>,
+pub(super) async fn user_inbox(
+    State(s): State<Arc<HttpState>>,
     headers: HeaderMap,
     path: axum::extract::Path<String>,
     query: Result<axum::extract::Query<InboxQuery>, axum::extract::rejection::QueryRejection>,
@@ -187,21 +199,26 @@ async fn user_inbox(
         return invalid("user", "inboxes are off or the user id is invalid");
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    crate::admin::history_of(&s, &channel, q.since, limit, false)
+    super::server_api::history_of(&s, &channel, q.since, limit, false)
         .await
         .unwrap_or_else(|r| r)
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct DisconnectBody {
+pub(super) struct DisconnectBody {
     #[serde(default)]
     reason: Option<String>,
     #[serde(default)]
     reconnect: Option<bool>,
 }
 
-async fn disconnect(s: &AdminState, headers: &HeaderMap, body: Body, target: Target) -> Response {
+pub(super) async fn disconnect(
+    s: &HttpState,
+    headers: &HeaderMap,
+    body: Body,
+    target: Target,
+) -> Response {
     let req: DisconnectBody = match json_body(
         s,
         headers,
@@ -221,7 +238,7 @@ async fn disconnect(s: &AdminState, headers: &HeaderMap, body: Body, target: Tar
     }
     let who = actor(s, headers);
     let reconnect = req.reconnect.unwrap_or(true);
-    match crate::ops::disconnect_target(s, &who, target, reason, reconnect, 0).await {
+    match super::actions::disconnect_target(s, &who, target, reason, reconnect, 0).await {
         Ok(n) => Json(json!({"ok": true, "disconnected": n})).into_response(),
         Err(r) => r,
     }
@@ -229,8 +246,8 @@ async fn disconnect(s: &AdminState, headers: &HeaderMap, body: Body, target: Tar
 
 /// `POST /api/users/{user}/disconnect {"reason"?, "reconnect"?}`: close every
 /// connection of the user (4009).
-async fn disconnect_user(
-    State(s): State<Arc<AdminState>>,
+pub(super) async fn disconnect_user(
+    State(s): State<Arc<HttpState>>,
     headers: HeaderMap,
     path: axum::extract::Path<String>,
     body: Body,
@@ -243,8 +260,8 @@ async fn disconnect_user(
 
 /// `POST /api/connections/{client}/disconnect {"reason"?, "reconnect"?}`: close one
 /// connection (4009).
-async fn disconnect_client(
-    State(s): State<Arc<AdminState>>,
+pub(super) async fn disconnect_client(
+    State(s): State<Arc<HttpState>>,
     headers: HeaderMap,
     path: axum::extract::Path<String>,
     body: Body,
@@ -257,8 +274,8 @@ async fn disconnect_client(
 
 /// `POST /api/users/{user}/revoke`: revoke the user's tokens (connections closed with
 /// 4011; tokens issued before now refused, also after a restart).
-async fn revoke_user(
-    State(s): State<Arc<AdminState>>,
+pub(super) async fn revoke_user(
+    State(s): State<Arc<HttpState>>,
     headers: HeaderMap,
     path: axum::extract::Path<String>,
 ) -> Response {
@@ -267,10 +284,149 @@ async fn revoke_user(
         Err(r) => return r,
     };
     let who = actor(&s, &headers);
-    match crate::ops::revoke_user(&s, &who, &user).await {
+    match super::actions::revoke_user(&s, &who, &user).await {
         Ok((at, n)) => {
             Json(json!({"ok": true, "revoked_at": at, "disconnected": n})).into_response()
         }
         Err(r) => r,
     }
+}
+
+/// Body of `POST /api/users/{user}/subscribe` and `…/unsubscribe`.
+#[derive(Deserialize)]
+pub(super) struct UserSubscriptionBody {
+    channel: String,
+    /// Recover from this position (subscribe only).
+    #[serde(default)]
+    since: Option<SinceBody>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct SinceBody {
+    epoch: String,
+    offset: u64,
+}
+
+/// `POST /api/users/{user}/subscribe`: subscribe every connection of the user.
+pub(super) async fn user_subscribe(
+    State(s): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    path: axum::extract::Path<String>,
+    body: Body,
+) -> Response {
+    user_subscription(&s, &headers, &path.0, body, true).await
+}
+
+/// `POST /api/users/{user}/unsubscribe`: unsubscribe every connection of the user.
+pub(super) async fn user_unsubscribe(
+    State(s): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    path: axum::extract::Path<String>,
+    body: Body,
+) -> Response {
+    user_subscription(&s, &headers, &path.0, body, false).await
+}
+
+pub(super) async fn user_subscription(
+    s: &HttpState,
+    headers: &HeaderMap,
+    user: &str,
+    body: Body,
+    join: bool,
+) -> Response {
+    let result = async {
+        let req: UserSubscriptionBody = json_body(
+            s,
+            headers,
+            body,
+            "{\"channel\": string, \"since\"?: {\"epoch\", \"offset\"}}",
+        )
+        .await?;
+        let since = match req.since {
+            None => None,
+            Some(p) => Some(Position {
+                epoch: Position::parse_epoch(&p.epoch).ok_or_else(|| {
+                    error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "since.epoch: expected 16 hex digits",
+                    )
+                })?,
+                offset: p.offset,
+            }),
+        };
+        let answers = match s.engine.user_subscription(user, &req.channel, join, since) {
+            Ok(a) => a,
+            Err(PublishError::InvalidChannel) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_channel",
+                    "channel: invalid channel name",
+                ))
+            }
+            Err(e) => {
+                return Err(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    &e.to_string(),
+                ))
+            }
+        };
+        let mut connections = 0;
+        for rx in answers {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), rx).await {
+                Ok(Ok(n)) => connections += n,
+                _ => {
+                    return Err(error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded",
+                        "a shard did not answer",
+                    ))
+                }
+            }
+        }
+        Ok(Json(json!({"ok": true, "connections": connections})).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|r| r)
+}
+
+/// Body of `POST /api/users/{user}/topics`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TopicsBody {
+    #[serde(default)]
+    subscribe: Vec<String>,
+    #[serde(default)]
+    unsubscribe: Vec<String>,
+}
+
+/// `POST /api/users/{user}/topics`: subscribe a user to notification topics (any
+/// topic: the key is trusted) or unsubscribe; answers the user's topics.
+pub(super) async fn user_topics(
+    State(s): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    path: axum::extract::Path<String>,
+    body: Body,
+) -> Response {
+    let result = async {
+        let expected = "{\"subscribe\"?: [topic], \"unsubscribe\"?: [topic]}";
+        let req: TopicsBody = json_body(&s, &headers, body, expected).await?;
+        let user = path.0;
+        if !crate::notify::valid_user_id(&user) {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "user: 1 to 128 bytes",
+            ));
+        }
+        let topics = s
+            .notifier
+            .topics(user, req.subscribe, req.unsubscribe)
+            .await
+            .map_err(refusal)?;
+        Ok(Json(json!({"ok": true, "topics": topics})).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|r| r)
 }

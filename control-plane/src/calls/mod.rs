@@ -1,0 +1,168 @@
+//! Call signaling: the call state machine, ringing, signaling relay, the call log.
+//!
+//! Owns every active call (in memory, on one thread, so two accepts or two users
+//! calling each other at once are ordered: the first accept wins, and the second
+//! `call` of a glare finds the first and answers it instead of ringing back) and the
+//! `calls` and `call_quality` tables of the store (the log: who, when, how long, how it
+//! ended). A call moves only along [`allowed`]:
+//!
+//! ```text
+//! initiating → ringing → accepted → in_progress → ended
+//!                      ↘ rejected     ↘ ended      ↘ failed
+//!                      ↘ missed       ↘ failed
+//!                      ↘ ended (cancelled by the caller), failed
+//! ```
+//!
+//! A user call rings every device of the callee; a room call rings the room's
+//! subscribers and anyone subscribed may join. `in_progress` starts when two
+//! participants have exchanged signaling data. A call not answered within
+//! `calls.ring_timeout_ms` is `missed` (both sides are told, and the callee gets a
+//! `missed_call` notification). A participant whose connection drops without a close
+//! has `calls.grace_ms` to come back (`call_accept` again from any of its devices);
+//! then the call fails for it. Active calls do not survive a restart: the log records
+//! them as failed (`server restarted`).
+//!
+//! Does not own media (clients exchange SDP and ICE through `call_signal`; media flows
+//! peer to peer or through the application's TURN/SFU) or who may call whom (the shard
+//! checks the token before forwarding).
+//!
+//! # Layout
+//! - this file: the call states, the handle the shards' router and the HTTP API use,
+//!   and the worker thread (the only place the call code reads the clock);
+//! - `book`: every active call and what each command, departure and deadline does to
+//!   it, given the moment ([`switchboard_engine::Now`]) — testable on a virtual clock;
+//! - `events`: the `call` pushes clients get.
+
+mod book;
+mod state;
+use book::CallBook;
+use state::Work;
+pub use state::{allowed, CallView, LogEntry, ParticipantView, State};
+use switchboard_engine::Now;
+mod events;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rusqlite::params;
+use switchboard_engine::{ControlRequest, ShardSender};
+
+use crate::clock::now_ms;
+use crate::config::CallsConfig;
+use crate::notify::Notifier;
+use crate::worker::{open_store, WorkerHandle};
+
+/// Where the call thread takes work from (clone freely).
+#[derive(Clone)]
+pub struct Calls {
+    tx: Sender<Work>,
+}
+
+impl std::fmt::Debug for Calls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Calls")
+    }
+}
+
+impl Calls {
+    /// Hand a shard's call command, or a participant's departure, over.
+    pub fn submit(&self, req: ControlRequest) {
+        let work = match req {
+            ControlRequest::Command {
+                shard,
+                conn,
+                req_id,
+                caller,
+                cmd,
+            } => Work::Shard {
+                shard,
+                conn,
+                req_id,
+                caller,
+                cmd,
+            },
+            ControlRequest::Gone { caller, graceful } => Work::Gone(caller, graceful),
+            _ => return,
+        };
+        if self.tx.send(work).is_err() {
+            tracing::warn!("call worker stopped; a call command is not answered");
+        }
+    }
+
+    /// Active calls (admin API).
+    pub async fn active(&self) -> Vec<CallView> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Work::Active(tx)).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// The call log, newest first, of one user or everyone (admin API).
+    pub async fn log(&self, user: Option<String>, limit: u32) -> Result<Vec<LogEntry>, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Work::Log(user, limit, tx))
+            .map_err(|_| "call worker stopped".to_string())?;
+        rx.await.map_err(|_| "call worker stopped".to_string())?
+    }
+}
+
+/// The running call thread (active calls are logged as failed at the next start).
+pub type CallsHandle = WorkerHandle;
+
+/// Start the call thread on the store at `path`; calls left active by the previous
+/// run are logged as failed.
+pub fn spawn(
+    path: &std::path::Path,
+    shards: ShardSender,
+    cfg: CallsConfig,
+    notifier: Notifier,
+) -> anyhow::Result<(Calls, CallsHandle)> {
+    let conn = open_store(path, "calls")?;
+    let left = conn.execute(
+        "UPDATE calls SET ended_ms = ?1, outcome = 'failed', reason = 'server restarted'
+         WHERE ended_ms IS NULL",
+        params![now_ms() as i64],
+    )?;
+    if left > 0 {
+        tracing::warn!(
+            calls = left,
+            "calls active at the last stop are logged as failed"
+        );
+    }
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut book = CallBook::new(conn, shards, cfg, notifier, Now::read());
+    let handle = WorkerHandle::spawn("calls", move |stop| run(&mut book, &rx, stop))?;
+    Ok((Calls { tx }, handle))
+}
+
+/// The call worker's thread: wait for work or the next deadline (at most 250 ms),
+/// reading the clock once per wake-up for everything handled then.
+fn run(book: &mut CallBook, rx: &Receiver<Work>, stop: &AtomicBool) {
+    loop {
+        let wait = book
+            .next_deadline()
+            .map_or(Duration::from_millis(250), |d| {
+                d.saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(250))
+            });
+        let first = rx.recv_timeout(wait);
+        book.at(Now::read());
+        match first {
+            Ok(w) => book.handle(w),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        while let Ok(w) = rx.try_recv() {
+            book.handle(w);
+        }
+        book.expire();
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
+    }
+}

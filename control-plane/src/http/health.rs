@@ -1,0 +1,126 @@
+//! Health and metrics: `/health/live`, `/health/ready` (every shard accepting, the
+//! store writing, not in maintenance) and `/metrics` (Prometheus text).
+//!
+//! Owns these routes and the readiness computation the admin health view shares. Does
+//! not own the metrics' rendering (`crate::metrics`).
+
+// The handlers' helpers return the HTTP error as `Err(Response)` to be sent as is; it is
+// built once per refused request, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
+use super::state::HttpState;
+use crate::metrics::{self};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// The routes.
+pub fn routes() -> Router<Arc<HttpState>> {
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+}
+
+pub(super) async fn live() -> Response {
+    Json(json!({"status": "live"})).into_response()
+}
+
+pub(super) async fn ready(State(s): State<Arc<HttpState>>) -> Response {
+    let (ready, body) = readiness(&s);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Whether the node should get new clients, and why, with its shards and store: the
+/// body of `/health/ready`, and the base of `/admin/health`.
+pub(crate) fn readiness(s: &HttpState) -> (bool, Value) {
+    let shards: Vec<_> = s
+        .engine
+        .metrics()
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            json!({
+                "shard": i,
+                "accepting": m.accepting.load(Ordering::Relaxed),
+                "connections": m.connections.load(Ordering::Relaxed),
+                "authenticated": m.authenticated.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    // A store that cannot write makes the node unready: durable publications are
+    // refused until it recovers.
+    let store_ok = s.store.as_ref().is_none_or(|st| st.state.healthy());
+    // In maintenance new connections are turned away: send them elsewhere.
+    let maintenance = s
+        .maintenance
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some();
+    let ready = s.engine.ready() && store_ok && !maintenance;
+    let store = s.store.as_ref().map(|st| {
+        json!({
+            "path": st.path,
+            "writing": st.state.healthy(),
+            "circuit": if st.state.healthy() { "closed" } else { "open" },
+            "backlog": st.state.backlog(),
+            "commits": st.stats.commits.load(Ordering::Relaxed),
+            "failures": st.stats.failures.load(Ordering::Relaxed),
+        })
+    });
+    let body = json!({
+        "status": if ready {
+            "ready"
+        } else if maintenance {
+            "maintenance"
+        } else if store_ok {
+            "not_ready"
+        } else {
+            "store_unavailable"
+        },
+        "maintenance": maintenance,
+        "backend": s.engine.backend(),
+        "backend_fallback": s.engine.backend_fallback(),
+        "connections": s.engine.connections(),
+        "shards": shards,
+        "store": store,
+    });
+    (ready, body)
+}
+
+pub(super) async fn metrics_text(State(s): State<Arc<HttpState>>) -> Response {
+    // Connections by state and queue depths: each shard counts its own (one pass over
+    // its connections per scrape); a shard too busy to answer is left out.
+    let census = s
+        .engine
+        .admin(None, |done| switchboard_engine::control::AdminOp::Census {
+            done,
+        })
+        .await
+        .unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics::render(
+            &s.engine,
+            &s.auth,
+            &s.api,
+            s.store.as_ref(),
+            &s.alerts,
+            &census,
+        ),
+    )
+        .into_response()
+}

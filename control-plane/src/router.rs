@@ -1,0 +1,35 @@
+//! The one place that routes the shards' control work to the workers.
+//!
+//! Owns which worker takes which [`ControlRequest`]: token checks stay with the auth
+//! threads that read the shards' queue; call commands and departures go to the call
+//! worker, notification commands to the notification worker, schedules to the
+//! scheduler. Does not own any of that work.
+
+use switchboard_engine::ControlRequest;
+
+use crate::calls::Calls;
+use crate::notify::Notifier;
+use crate::schedule::Scheduler;
+
+/// The control-plane workers a shard's requests other than token checks go to.
+#[derive(Debug, Clone)]
+pub struct Workers {
+    /// `schedule`, `unschedule`.
+    pub scheduler: Scheduler,
+    /// Notification commands.
+    pub notifier: Notifier,
+    /// Call commands and departures.
+    pub calls: Calls,
+}
+
+impl Workers {
+    /// Hand `req` to the worker that does it.
+    pub fn route(&self, req: ControlRequest) {
+        match req {
+            ControlRequest::Command { ref cmd, .. } if cmd.is_call() => self.calls.submit(req),
+            ControlRequest::Command { .. } => self.notifier.submit(req),
+            ControlRequest::Gone { .. } => self.calls.submit(req),
+            other => self.scheduler.submit(other),
+        }
+    }
+}
