@@ -1,0 +1,346 @@
+//! The configuration file, its environment overrides and validation.
+//!
+//! Owns reading `--config FILE` (TOML), applying `SWITCHBOARD_<SECTION>__<KEY>`
+//! environment variables on top, refusing unknown keys and bad values with a message
+//! that names the key. The environment is read through [`Env`] so tests never touch the
+//! real one. Does not own command-line flags (`main`), which override both.
+
+mod sections;
+pub use sections::*;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use switchboard_engine::{Durability, EngineConfig, NamespacePolicy};
+use switchboard_protocol::envelope::valid_topic;
+
+use crate::store::StoreConfig;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Shards, sockets, limits and timeouts.
+    pub engine: EngineConfig,
+    /// Token verification.
+    pub auth: AuthConfig,
+    /// The admin/server HTTP API.
+    pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Durable storage (SQLite).
+    pub store: StoreConfig,
+    /// Per-namespace settings, `[namespaces.NAME]`: a channel's namespace is the part
+    /// of its name before the first `:`.
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// Users' inboxes (direct messages).
+    pub inbox: InboxConfig,
+    /// Stored notifications and topics.
+    pub notifications: NotificationsConfig,
+    /// Call signaling.
+    pub calls: CallsConfig,
+    /// Alerts evaluated inside the server.
+    pub alerts: crate::alerts::AlertsConfig,
+}
+
+/// The process environment, behind a trait so tests can supply their own.
+pub trait Env {
+    /// Every variable.
+    fn vars(&self) -> Vec<(String, String)>;
+}
+
+/// The real environment.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn vars(&self) -> Vec<(String, String)> {
+        std::env::vars().collect()
+    }
+}
+
+impl Env for Vec<(String, String)> {
+    fn vars(&self) -> Vec<(String, String)> {
+        self.clone()
+    }
+}
+
+/// A configuration problem, naming the file and key where it can.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or a key is unknown or mistyped.
+    #[error("invalid config{}: {message}", path.as_ref().map(|p| format!(" file {}", p.display())).unwrap_or_default())]
+    Parse {
+        /// The file, if the problem is in one.
+        path: Option<PathBuf>,
+        /// What the parser says, including the key.
+        message: String,
+    },
+    /// An environment override names no known key or has a bad value.
+    #[error("invalid environment override {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config value: {0}")]
+    Invalid(String),
+}
+
+const ENV_PREFIX: &str = "SWITCHBOARD_";
+
+/// Whether `name` may name a namespace: 1 to 64 of `A-Z a-z 0-9 _ - .` (no `:`).
+fn valid_namespace(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+impl Config {
+    /// Load `file` (or the defaults), apply environment overrides, validate.
+    pub fn load(file: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
+        let mut value = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: Some(path.to_owned()),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        let mut vars = env.vars();
+        vars.sort();
+        for (var, raw) in vars {
+            let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let Some((section, key)) = rest.split_once("__") else {
+                continue;
+            };
+            let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+            if !matches!(
+                section.as_str(),
+                "engine"
+                    | "auth"
+                    | "admin"
+                    | "log"
+                    | "store"
+                    | "inbox"
+                    | "notifications"
+                    | "calls"
+                    | "alerts"
+            ) {
+                return Err(ConfigError::Env {
+                    var,
+                    message: format!("unknown section '{section}'"),
+                });
+            }
+            // A value that parses as a TOML value (number, bool, array) is taken as
+            // such; anything else is a string.
+            let parsed = format!("v = {raw}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw));
+            let table = value
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| ConfigError::Env {
+                    var: var.clone(),
+                    message: "section is not a table".into(),
+                })?;
+            table.insert(key, parsed);
+        }
+        let config: Config =
+            toml::Value::Table(value)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: file.map(Path::to_owned),
+                    message: e.to_string(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The engine settings with the namespaces' stream policies filled in.
+    pub fn engine_config(&self) -> EngineConfig {
+        let mut engine = self.engine.clone();
+        engine.namespaces = self
+            .namespaces
+            .iter()
+            .map(|(name, ns)| NamespacePolicy {
+                name: name.clone(),
+                durability: ns.durability,
+                history_size: ns.history_size.unwrap_or(self.engine.history_size),
+                history_ttl_ms: ns.history_ttl_ms.unwrap_or(self.engine.history_ttl_ms),
+                rules: ns.rules(),
+                presence: ns.presence,
+                presence_events: ns.presence && ns.presence_events.unwrap_or(true),
+            })
+            .collect();
+        if self.inbox.enabled {
+            engine.inbox = Some(self.inbox.namespace.clone());
+            engine.namespaces.push(NamespacePolicy {
+                name: self.inbox.namespace.clone(),
+                durability: self.inbox.durability,
+                history_size: self.inbox.history_size,
+                history_ttl_ms: self.inbox.history_ttl_ms,
+                rules: Default::default(),
+                presence: false,
+                presence_events: false,
+            });
+        }
+        engine
+    }
+
+    /// Check ranges; the message names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for name in self.namespaces.keys() {
+            if !valid_namespace(name) {
+                return Err(ConfigError::Invalid(format!(
+                    "namespaces.{name}: a namespace name is 1 to 64 of A-Z a-z 0-9 _ - ."
+                )));
+            }
+        }
+        if self.inbox.enabled {
+            let ns = &self.inbox.namespace;
+            if !valid_namespace(ns) {
+                return Err(ConfigError::Invalid(
+                    "inbox.namespace: a namespace name is 1 to 64 of A-Z a-z 0-9 _ - .".into(),
+                ));
+            }
+            if self.namespaces.contains_key(ns) {
+                return Err(ConfigError::Invalid(format!(
+                    "namespaces.{ns}: this is the inbox namespace; set it in [inbox]"
+                )));
+            }
+            if self.inbox.durability == Durability::None {
+                return Err(ConfigError::Invalid(
+                    "inbox.durability must be sync or async (inboxes are stored)".into(),
+                ));
+            }
+            if self.inbox.history_size == 0 || self.inbox.history_ttl_ms == 0 {
+                return Err(ConfigError::Invalid(
+                    "inbox.history_size and inbox.history_ttl_ms must be greater than 0".into(),
+                ));
+            }
+        }
+        self.engine_config()
+            .validate()
+            .map_err(ConfigError::Invalid)?;
+        self.store.validate().map_err(ConfigError::Invalid)?;
+        let n = &self.notifications;
+        for (i, t) in n.public_topics.iter().enumerate() {
+            if t.is_empty() || !valid_topic(&t.replace('*', "x")) {
+                return Err(ConfigError::Invalid(format!(
+                    "notifications.public_topics[{i}]: a topic pattern is 1 to 128 letters, digits, _ - . : @ and *"
+                )));
+            }
+        }
+        if n.max_per_user == 0 || n.ttl_ms == 0 || n.max_recipients == 0 {
+            return Err(ConfigError::Invalid(
+                "notifications.max_per_user, notifications.ttl_ms and notifications.max_recipients must be greater than 0".into(),
+            ));
+        }
+        if let Some(p) = self.alerts.problem() {
+            return Err(ConfigError::Invalid(p));
+        }
+        let c = &self.calls;
+        if c.ring_timeout_ms == 0 || c.grace_ms == 0 || c.max_per_user == 0 {
+            return Err(ConfigError::Invalid(
+                "calls.ring_timeout_ms, calls.grace_ms and calls.max_per_user must be greater than 0".into(),
+            ));
+        }
+        if self.auth.threads == 0 {
+            return Err(ConfigError::Invalid(
+                "auth.threads must be greater than 0".into(),
+            ));
+        }
+        if self.auth.queue_capacity == 0 {
+            return Err(ConfigError::Invalid(
+                "auth.queue_capacity must be greater than 0".into(),
+            ));
+        }
+        if let Some(s) = &self.auth.hmac_secret {
+            if s.len() < 16 {
+                return Err(ConfigError::Invalid(
+                    "auth.hmac_secret must be at least 16 bytes".into(),
+                ));
+            }
+        }
+        if let Some(k) = &self.admin.jwt_secret {
+            if k.len() < 16 {
+                return Err(ConfigError::Invalid(
+                    "admin.jwt_secret must be at least 16 bytes".into(),
+                ));
+            }
+            if self.auth.hmac_secret.as_ref() == Some(k) {
+                return Err(ConfigError::Invalid(
+                    "admin.jwt_secret must differ from auth.hmac_secret (a client token must never pass as an admin's)".into(),
+                ));
+            }
+        }
+        for (i, k) in self.admin.api_keys.iter().enumerate() {
+            if k.key.len() < 16 {
+                return Err(ConfigError::Invalid(format!(
+                    "admin.api_keys[{i}].key must be at least 16 bytes"
+                )));
+            }
+            if k.name.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "admin.api_keys[{i}].name must not be empty"
+                )));
+            }
+            if let Some(bad) = k.scopes.iter().find(|s| !API_SCOPES.contains(&s.as_str())) {
+                return Err(ConfigError::Invalid(format!(
+                    "admin.api_keys[{i}].scopes: unknown scope {bad:?} (publish, send, read, users, *)"
+                )));
+            }
+        }
+        if self.admin.role.is_empty() {
+            return Err(ConfigError::Invalid("admin.role must not be empty".into()));
+        }
+        if let Some(k) = &self.admin.api_key {
+            if k.len() < 16 {
+                return Err(ConfigError::Invalid(
+                    "admin.api_key must be at least 16 bytes".into(),
+                ));
+            }
+        }
+        if self.admin.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "admin.max_body_bytes must be greater than 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether no verification key is configured (dev mode).
+    pub fn dev_mode(&self) -> bool {
+        self.auth.hmac_secret.is_none()
+            && self.auth.rsa_public_key_file.is_none()
+            && self.auth.ec_public_key_file.is_none()
+    }
+}

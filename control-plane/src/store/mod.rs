@@ -1,0 +1,349 @@
+//! The store: durable channel streams in an embedded SQLite file (WAL).
+//!
+//! Owns the other end of the engine's journal seam ([`switchboard_engine::journal`]):
+//! one writer thread that takes the shards' batches, appends everything that is
+//! waiting to the `log` table in one transaction (group commit: one fsync for all of
+//! it), and tells each shard with a `sync` publication waiting which of its batches are
+//! durable. At start-up it reads the streams back for the shards to continue
+//! ([`open`]), and records whether the last stop was clean: after an unclean stop,
+//! channels of `async` namespaces start a new epoch (their last publications may be
+//! missing), `sync` ones continue.
+//!
+//! Layout: publications are appended in commit order to `log` (a rowid table with no
+//! other index), so a commit writes a few sequential pages however many channels it
+//! touches; a clustered per-channel table cost ~20 µs per publication with 1,000
+//! channels interleaved, because every channel dirtied its own page. Each channel's
+//! epoch and top offset are in the small `streams` table, written when its epoch
+//! changes and otherwise at most once a second; start-up takes the top from the log
+//! where it is newer. Retention on disk is by age: every `prune_interval_ms` the log
+//! loses what is older than the longest `history_ttl_ms` of the durable namespaces
+//! (after every lagging `streams` row is brought up to date, so a top offset is never
+//! lost); `history_size` bounds what is reloaded and served.
+//!
+//! A store that cannot be opened, created or read is a start-up error naming the file.
+//! A write that fails at run time opens the circuit: the shards refuse new durable
+//! publications (`Unavailable`), readiness reports it, and the writer retries the same
+//! transaction until it succeeds; nothing handed over is dropped.
+//!
+//! The seam (batches in, commit notices and seeds out) is what a shared store for
+//! several nodes would implement too; only this module knows about SQLite: start-up
+//! reading in `startup`, the writer thread in `writer`, the handles here.
+
+mod startup;
+mod writer;
+
+use startup::{prepare, read_marks, read_seeds, reconnect_key};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use writer::Writer;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use switchboard_engine::journal::{Batch, Durable, JournalLink, JournalState, NamespacePolicy};
+use switchboard_engine::ShardSender;
+use switchboard_protocol::Format;
+
+/// Version of the schema this build writes.
+const SCHEMA_VERSION: i64 = 3;
+
+/// Marks (inbox cursors, receipts) not updated for this long are deleted, unless the
+/// longest durable `history_ttl_ms` is longer.
+const MARKS_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// `[store]`: where and how durable data is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The SQLite file (created with its directory if missing).
+    pub path: PathBuf,
+    /// Most publications handed to the writer and not yet stored; durable publications
+    /// beyond it are refused as overloaded.
+    pub max_backlog: usize,
+    /// Most publications written in one transaction.
+    pub max_batch: usize,
+    /// After a failed write, wait this long before retrying it.
+    pub retry_ms: u64,
+    /// How often publications older than the longest `history_ttl_ms` of the durable
+    /// namespaces are deleted.
+    pub prune_interval_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("data/switchboard.db"),
+            max_backlog: 262_144,
+            max_batch: 16_384,
+            retry_ms: 500,
+            prune_interval_ms: 60_000,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Check ranges; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.path.as_os_str().is_empty() {
+            return Err("store.path must not be empty".into());
+        }
+        for (key, v) in [
+            ("store.max_backlog", self.max_backlog as u64),
+            ("store.max_batch", self.max_batch as u64),
+            ("store.retry_ms", self.retry_ms),
+            ("store.prune_interval_ms", self.prune_interval_ms),
+        ] {
+            if v == 0 {
+                return Err(format!("{key} must be greater than 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why the store could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("store {path}: {message}")]
+pub struct StoreError {
+    /// The file.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Counters of the writer, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Publications written.
+    pub records: AtomicU64,
+    /// Failed write attempts.
+    pub failures: AtomicU64,
+    /// Duration of the last commit, microseconds.
+    pub last_commit_us: AtomicU64,
+    /// Publications deleted by retention.
+    pub pruned: AtomicU64,
+}
+
+/// What start-up learned about the previous run.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Opening {
+    /// Whether the previous run stopped cleanly (or the file is new).
+    pub clean: bool,
+    /// Streams handed to the shards.
+    pub streams: usize,
+    /// Of those, continued in their epoch.
+    pub continued: usize,
+    /// Inbox cursors and receipts handed to the shards.
+    pub marks: usize,
+    /// Key of reconnect tokens (generated once per store, so every process sharing
+    /// the store accepts the others' tokens).
+    pub reconnect_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Opening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opening")
+            .field("clean", &self.clean)
+            .field("streams", &self.streams)
+            .field("continued", &self.continued)
+            .field("marks", &self.marks)
+            .field("reconnect_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// An opened store whose writer has not started yet (it needs the engine's shards to
+/// notify).
+#[derive(Debug)]
+pub struct Opened {
+    writer: Writer,
+    /// What the engine takes: the journal link and the streams to continue.
+    durable: Option<Durable>,
+    /// What start-up learned.
+    pub opening: Opening,
+}
+
+/// The running writer.
+#[derive(Debug)]
+pub struct StoreHandle {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    state: Arc<JournalState>,
+    stats: Arc<StoreStats>,
+}
+
+fn format_code(f: Format) -> i64 {
+    f.index() as i64
+}
+
+fn format_from(code: i64) -> Format {
+    Format::ALL
+        .into_iter()
+        .find(|f| f.index() as i64 == code)
+        .unwrap_or(Format::Json)
+}
+
+/// Open (or create) the store, read back the streams active within `stream_idle_ms`,
+/// and mark the run as started. `namespaces` decides which streams continue after an
+/// unclean stop and how much history each keeps.
+pub fn open(
+    cfg: &StoreConfig,
+    namespaces: &[NamespacePolicy],
+    stream_idle_ms: u64,
+) -> Result<Opened, StoreError> {
+    let path = cfg.path.clone();
+    let fail = |message: String| StoreError {
+        path: path.clone(),
+        message,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| fail(format!("cannot create directory {}: {e}", dir.display())))?;
+    }
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| fail(format!("cannot open: {e}")))?;
+    prepare(&conn).map_err(|e| fail(format!("cannot use it as a Switchboard store: {e}")))?;
+    let clean = conn
+        .query_row("SELECT value FROM meta WHERE key = 'clean'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()
+        .map_err(|e| fail(format!("cannot read: {e}")))?
+        .is_none_or(|v| v == "1");
+    let seeds = read_seeds(&conn, namespaces, stream_idle_ms, clean)
+        .map_err(|e| fail(format!("cannot read streams: {e}")))?;
+    let marks = read_marks(&conn).map_err(|e| fail(format!("cannot read marks: {e}")))?;
+    let reconnect_key =
+        reconnect_key(&conn).map_err(|e| fail(format!("cannot read or write keys: {e}")))?;
+    let opening = Opening {
+        clean,
+        streams: seeds.len(),
+        continued: seeds.iter().filter(|s| s.epoch.is_some()).count(),
+        marks: marks.len(),
+        reconnect_key,
+    };
+    let (link, rx) = JournalLink::new(cfg.max_backlog);
+    let writer = Writer {
+        conn,
+        path: path.clone(),
+        rx,
+        state: link.state().clone(),
+        cfg: cfg.clone(),
+        namespaces: namespaces.to_vec(),
+        channels: HashMap::new(),
+    };
+    Ok(Opened {
+        writer,
+        durable: Some(Durable { link, seeds, marks }),
+        opening,
+    })
+}
+
+impl Opened {
+    /// Write `batches` now, on the caller's thread, as the writer would (one
+    /// transaction). For benchmarks and tools; a running server writes through
+    /// [`Opened::spawn`].
+    pub fn write_now(&mut self, batches: &[Batch]) -> rusqlite::Result<()> {
+        self.writer.write(batches)
+    }
+
+    /// The journal link and the streams to continue, for the engine (once).
+    pub fn take_durable(&mut self) -> Option<Durable> {
+        self.durable.take()
+    }
+
+    /// Mark the run as started (so a crash from now on is seen as unclean) and start
+    /// the writer; commit notices go to the shards through `shards`.
+    pub fn spawn(self, shards: ShardSender) -> Result<StoreHandle, StoreError> {
+        let Opened { writer, .. } = self;
+        writer
+            .conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('clean', '0')
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [],
+            )
+            .map_err(|e| StoreError {
+                path: writer.path.clone(),
+                message: format!("cannot write: {e}"),
+            })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(StoreStats::default());
+        let state = writer.state.clone();
+        let path = writer.path.clone();
+        let thread = {
+            let stop = stop.clone();
+            let stats = stats.clone();
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || writer.run(&shards, &stop, &stats))
+                .map_err(|e| StoreError {
+                    path: path.clone(),
+                    message: format!("cannot start the writer thread: {e}"),
+                })?
+        };
+        Ok(StoreHandle {
+            path,
+            stop,
+            thread: Some(thread),
+            state,
+            stats,
+        })
+    }
+}
+
+impl StoreHandle {
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Backlog and health, shared with the shards.
+    pub fn state(&self) -> &Arc<JournalState> {
+        &self.state
+    }
+
+    /// Writer counters.
+    pub fn stats(&self) -> &Arc<StoreStats> {
+        &self.stats
+    }
+
+    /// After the shards have stopped: write what is left, mark the stop clean (if
+    /// everything was written) and stop the writer.
+    pub fn finish(mut self) {
+        self.stop_threads();
+    }
+
+    fn stop_threads(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for StoreHandle {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+/// What the HTTP API, metrics and alerts see of the store.
+#[derive(Debug, Clone)]
+pub struct StoreView {
+    /// The file.
+    pub path: String,
+    /// Backlog and health, shared with the shards.
+    pub state: Arc<JournalState>,
+    /// Writer counters.
+    pub stats: Arc<StoreStats>,
+}

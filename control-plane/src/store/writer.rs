@@ -1,0 +1,296 @@
+//! The writer thread: the shards' journal batches appended in one transaction each
+//! turn (group commit), commit notices back to the shards, pruning by age.
+//!
+//! Owns every write to the store file after start-up, and the circuit a failing write
+//! opens. Does not own reading at start-up (`startup`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use rusqlite::{params, Connection};
+use switchboard_engine::journal::{Batch, Durability, JournalState, NamespacePolicy};
+use switchboard_engine::{ShardMsg, ShardSender};
+
+use super::*;
+
+#[derive(Debug)]
+pub(super) struct Writer {
+    pub(super) conn: Connection,
+    pub(super) path: PathBuf,
+    pub(super) rx: Receiver<Batch>,
+    pub(super) state: Arc<JournalState>,
+    pub(super) cfg: StoreConfig,
+    pub(super) namespaces: Vec<NamespacePolicy>,
+    /// What the writer remembers per channel it wrote, so most commits are only the
+    /// appends.
+    pub(super) channels: HashMap<Arc<str>, Written>,
+}
+
+/// Per channel: the epoch and top offset written to the log, and what its `streams`
+/// row says (and since when).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Written {
+    pub(super) epoch: u64,
+    pub(super) top: u64,
+    pub(super) row_top: u64,
+    pub(super) row_ms: i64,
+}
+
+/// A channel's `streams` row is rewritten at most this often unless its epoch changes
+/// (start-up takes the top offset from the log where it is newer).
+pub(super) const ROW_REFRESH_MS: i64 = 1_000;
+
+impl Writer {
+    pub(super) fn run(mut self, shards: &ShardSender, stop: &AtomicBool, stats: &StoreStats) {
+        let mut batches: Vec<Batch> = Vec::new();
+        let prune_every = Duration::from_millis(self.cfg.prune_interval_ms);
+        let mut next_prune = Instant::now() + prune_every;
+        let mut complete = true;
+        loop {
+            let stopping = stop.load(Ordering::Acquire);
+            if batches.is_empty() {
+                match self.rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok(b) => batches.push(b),
+                    Err(RecvTimeoutError::Timeout) => {
+                        if stopping {
+                            break;
+                        }
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            let mut n: usize = batches.iter().map(|b| b.records.len()).sum();
+            while n < self.cfg.max_batch {
+                match self.rx.try_recv() {
+                    Ok(b) => {
+                        n += b.records.len();
+                        batches.push(b);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !batches.is_empty() {
+                let started = Instant::now();
+                match self.write(&batches) {
+                    Ok(()) => {
+                        stats
+                            .last_commit_us
+                            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        stats.commits.fetch_add(1, Ordering::Relaxed);
+                        stats.records.fetch_add(n as u64, Ordering::Relaxed);
+                        if !self.state.healthy() {
+                            tracing::info!(path = %self.path.display(), "store writes again");
+                            self.state.set_healthy(true);
+                        }
+                        self.state.stored(n);
+                        notify(shards, &batches, stop);
+                        batches.clear();
+                    }
+                    Err(e) => {
+                        stats.failures.fetch_add(1, Ordering::Relaxed);
+                        if self.state.healthy() {
+                            tracing::error!(
+                                path = %self.path.display(),
+                                "store write failed; refusing durable publications until it works: {e}"
+                            );
+                            self.state.set_healthy(false);
+                        }
+                        if stopping {
+                            // Shutting down with a store that cannot write: what is
+                            // left is lost, so the stop is not clean (async streams
+                            // start new epochs next time).
+                            tracing::error!(
+                                records = n,
+                                "store still failing at shutdown; not marking the stop clean"
+                            );
+                            complete = false;
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(self.cfg.retry_ms));
+                    }
+                }
+            }
+            if Instant::now() >= next_prune {
+                next_prune = Instant::now() + prune_every;
+                match self.prune_by_age() {
+                    Ok(n) => {
+                        stats.pruned.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::warn!("store retention pass failed: {e}"),
+                }
+            }
+        }
+        if complete && self.rx.is_empty() {
+            if let Err(e) = self
+                .conn
+                .execute("UPDATE meta SET value = '1' WHERE key = 'clean'", [])
+            {
+                tracing::error!("cannot mark the store's stop clean: {e}");
+            }
+        }
+    }
+
+    /// One transaction for every waiting batch: the appends, and the `streams` rows
+    /// of channels whose epoch changed or whose row is a second old.
+    pub(super) fn write(&mut self, batches: &[Batch]) -> rusqlite::Result<()> {
+        let now = crate::clock::now_ms() as i64;
+        let tx = self.conn.transaction()?;
+        let mut tops: HashMap<&Arc<str>, (u64, u64)> = HashMap::new();
+        let mut updates: Vec<(Arc<str>, Written)> = Vec::new();
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO log (channel, epoch, offset, ts_ms, format, data, meta, key, sender)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for r in batches.iter().flat_map(|b| b.records.iter()) {
+                insert.execute(params![
+                    &*r.channel,
+                    r.epoch as i64,
+                    r.offset as i64,
+                    now,
+                    format_code(r.format),
+                    &r.data[..],
+                    r.meta.as_deref(),
+                    r.key.as_deref(),
+                    r.from.as_deref(),
+                ])?;
+                tops.insert(&r.channel, (r.epoch, r.offset));
+            }
+            let mut mark = tx.prepare_cached(
+                "INSERT INTO marks (channel, kind, who, epoch, delivered, read, at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (channel, kind, who) DO UPDATE SET epoch = excluded.epoch,
+                     delivered = excluded.delivered, read = excluded.read, at_ms = excluded.at_ms",
+            )?;
+            for m in batches.iter().flat_map(|b| b.marks.iter()) {
+                mark.execute(params![
+                    &*m.channel,
+                    m.kind.code(),
+                    &*m.who,
+                    m.epoch as i64,
+                    m.delivered as i64,
+                    m.read as i64,
+                    m.at_ms as i64,
+                ])?;
+            }
+            let mut row = tx.prepare_cached(UPSERT_STREAM)?;
+            for (&channel, &(epoch, offset)) in &tops {
+                let mut w = match self.channels.get(channel) {
+                    Some(w) if w.epoch == epoch => *w,
+                    // First write of this channel here, or a new epoch: its row says so
+                    // now, so start-up never mixes epochs.
+                    _ => Written {
+                        epoch,
+                        top: 0,
+                        row_top: 0,
+                        row_ms: i64::MIN,
+                    },
+                };
+                w.top = offset;
+                if now.saturating_sub(w.row_ms) >= ROW_REFRESH_MS {
+                    row.execute(params![&**channel, epoch as i64, offset as i64, now])?;
+                    w.row_ms = now;
+                    w.row_top = offset;
+                }
+                updates.push((channel.clone(), w));
+            }
+        }
+        tx.commit()?;
+        // Only once committed: a failed transaction is retried whole.
+        for (channel, w) in updates {
+            self.channels.insert(channel, w);
+        }
+        Ok(())
+    }
+
+    /// Bring every lagging `streams` row up to date (before the log loses anything,
+    /// and at a clean stop).
+    pub(super) fn sync_rows(&mut self) -> rusqlite::Result<()> {
+        let now = crate::clock::now_ms() as i64;
+        let tx = self.conn.transaction()?;
+        {
+            let mut row = tx.prepare_cached(UPSERT_STREAM)?;
+            for (channel, w) in self.channels.iter_mut() {
+                if w.row_top != w.top {
+                    row.execute(params![&**channel, w.epoch as i64, w.top as i64, now])?;
+                }
+            }
+        }
+        tx.commit()?;
+        for w in self.channels.values_mut() {
+            if w.row_top != w.top {
+                w.row_top = w.top;
+                w.row_ms = now;
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete publications older than the longest `history_ttl_ms` of the durable
+    /// namespaces (after the `streams` rows caught up, so no top offset is lost).
+    pub(super) fn prune_by_age(&mut self) -> rusqlite::Result<usize> {
+        let now = crate::clock::now_ms() as i64;
+        self.sync_rows()?;
+        // Forget channels not written for a while (their next write rewrites the row).
+        self.channels
+            .retain(|_, w| now.saturating_sub(w.row_ms) < 10 * 60 * 1000);
+        let ttl = self
+            .namespaces
+            .iter()
+            .filter(|n| n.durability != Durability::None)
+            .map(|n| n.history_ttl_ms)
+            .max();
+        let marks_ttl = ttl.unwrap_or(0).max(MARKS_TTL_MS);
+        let marks_cutoff = now.saturating_sub(marks_ttl.min(i64::MAX as u64) as i64);
+        let marks = self
+            .conn
+            .execute("DELETE FROM marks WHERE at_ms < ?1", params![marks_cutoff])?;
+        let Some(ttl) = ttl else {
+            return Ok(marks);
+        };
+        let cutoff = now.saturating_sub(ttl.min(i64::MAX as u64) as i64);
+        // The log is in commit order, so what is too old is a prefix of ids.
+        let log = self.conn.execute(
+            "DELETE FROM log WHERE id < (SELECT COALESCE(MIN(id), 0) FROM log WHERE ts_ms >= ?1)
+                 OR (SELECT MAX(ts_ms) FROM log) < ?1",
+            params![cutoff],
+        )?;
+        Ok(log + marks)
+    }
+}
+
+pub(super) const UPSERT_STREAM: &str =
+    "INSERT INTO streams (channel, epoch, top, updated_ms) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (channel) DO UPDATE SET
+         epoch = excluded.epoch, top = excluded.top, updated_ms = excluded.updated_ms";
+
+/// Tell each shard with a `sync` publication waiting that its batches up to the last
+/// one written are durable.
+pub(super) fn notify(shards: &ShardSender, batches: &[Batch], stop: &AtomicBool) {
+    let mut last: HashMap<u16, (u64, bool)> = HashMap::new();
+    for b in batches {
+        let e = last.entry(b.shard).or_insert((b.seq, false));
+        e.0 = e.0.max(b.seq);
+        e.1 |= b.notify;
+    }
+    for (shard, (batch, wanted)) in last {
+        if !wanted {
+            continue;
+        }
+        let mut msg = ShardMsg::Committed { batch };
+        // The inbox drains within a loop turn; a shard that has stopped does not.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Err(back) = shards.send(shard as usize, msg) {
+            if stop.load(Ordering::Acquire) || Instant::now() > deadline {
+                tracing::warn!(shard, "cannot tell the shard its publications are stored");
+                break;
+            }
+            msg = back;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
