@@ -1,67 +1,26 @@
-//! Prometheus text exposition of the shards' counters.
+//! What the shards count, per shard: connections, frames and bytes, publications and
+//! deliveries, closes by reason, rate-limit refusals, latency histograms, commands
+//! and their results, connections by state, queue and inbox depths.
 //!
-//! Owns rendering. The counters themselves live in each shard's cache-line-aligned
-//! block of atomics (`switchboard_engine::ShardMetrics`), written by that shard alone;
-//! the text format is simple enough that a metrics crate would only add a second copy
-//! of every counter.
+//! Owns exposing `switchboard_engine::ShardMetrics` and the shards' census: one table
+//! of plain per-shard counters (name, type, help, getter) and a few labelled families.
+//! Does not own the counters (each shard writes its own block of atomics).
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
-use switchboard_engine::metrics::{COMMANDS, LATENCY_BUCKETS_US, RESULTS};
-use switchboard_engine::{CloseKind, EngineHandle, ShardMetrics};
+use switchboard_engine::control::Census;
+use switchboard_engine::metrics::{COMMANDS, RESULTS};
+use switchboard_engine::{CloseKind, EngineHandle};
 
-use crate::auth::AuthStats;
-use crate::store::StoreView;
+use super::text::{family, histogram, series, Family};
 
-/// Counters of the control plane itself.
-#[derive(Debug, Default)]
-pub struct ApiStats {
-    /// Publications accepted by `POST /api/publish`.
-    pub publications: std::sync::atomic::AtomicU64,
-    /// API requests refused (auth, validation, overload).
-    pub refused: std::sync::atomic::AtomicU64,
-}
-
-/// A per-shard metric: name, type, help, and how to read it.
-type Family = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&ShardMetrics) -> u64,
-);
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// A family and its samples, each `(labels, value)` (labels without braces).
-fn series(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    rows: impl IntoIterator<Item = (String, u64)>,
-) {
-    family(out, name, kind, help);
-    for (labels, value) in rows {
-        let _ = writeln!(out, "{name}{{{labels}}} {value}");
-    }
-}
-
-/// Render every metric.
-pub fn render(
-    engine: &EngineHandle,
-    auth: &AuthStats,
-    api: &ApiStats,
-    store: Option<&StoreView>,
-    alerts: &crate::alerts::AlertsView,
-    census: &[switchboard_engine::control::Census],
-) -> String {
+/// Expose the shards' metrics of `engine`, with `census` (one per shard, asked at
+/// scrape time).
+pub(super) fn expose(out: &mut String, engine: &EngineHandle, census: &[Census]) {
     let shards = engine.metrics();
-    let mut out = String::with_capacity(8192);
     family(
-        &mut out,
+        out,
         "switchboard_info",
         "gauge",
         "Build and backend information.",
@@ -184,13 +143,13 @@ pub fn render(
         ),
     ];
     for (name, kind, help, get) in per_shard {
-        family(&mut out, name, kind, help);
+        family(out, name, kind, help);
         for (i, m) in shards.iter().enumerate() {
             let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(m));
         }
     }
     family(
-        &mut out,
+        out,
         "switchboard_closes_total",
         "counter",
         "Connections ended, by reason.",
@@ -212,14 +171,14 @@ pub fn render(
         })
     });
     series(
-        &mut out,
+        out,
         "switchboard_rate_limited_total",
         "counter",
         "Commands refused by a rate limit (error 114), by the event whose bucket was empty.",
         limited,
     );
     family(
-        &mut out,
+        out,
         "switchboard_slow_consumer_disconnects_total",
         "counter",
         "Connections closed because their outbound queue overflowed.",
@@ -232,14 +191,14 @@ pub fn render(
         );
     }
     histogram(
-        &mut out,
+        out,
         "switchboard_publish_to_flush_seconds",
         "Time from a publication entering the server to the end of the shard's write pass that sent it.",
         shards,
         |m| (&m.latency_buckets, &m.latency_sum_us, &m.latency_count),
     );
     histogram(
-        &mut out,
+        out,
         "switchboard_command_duration_seconds",
         "Time to handle a client command (decode, checks, reply queued), one command in 64 sampled.",
         shards,
@@ -252,7 +211,7 @@ pub fn render(
         },
     );
     series(
-        &mut out,
+        out,
         "switchboard_connections_authenticated",
         "gauge",
         "Connections that completed connect (the rest of switchboard_connections are anonymous: upgrading, awaiting or checking a token, closing).",
@@ -268,7 +227,7 @@ pub fn render(
         })
     });
     series(
-        &mut out,
+        out,
         "switchboard_commands_total",
         "counter",
         "Client commands received, by command.",
@@ -288,7 +247,7 @@ pub fn render(
             })
     });
     series(
-        &mut out,
+        out,
         "switchboard_command_results_total",
         "counter",
         "Replies to client commands, by command and result: ok, rejected (the request or the caller's rights), rate_limited (114), failed (the server could not: 100, 108, 111).",
@@ -303,7 +262,7 @@ pub fn render(
         })
     });
     series(
-        &mut out,
+        out,
         "switchboard_command_errors_total",
         "counter",
         "Error replies to client commands, by error code (docs/PROTOCOL.md).",
@@ -319,7 +278,7 @@ pub fn render(
         .map(|(state, n)| (format!("shard=\"{i}\",state=\"{state}\""), n))
     });
     series(
-        &mut out,
+        out,
         "switchboard_connections_by_state",
         "gauge",
         "Connections by state: handshaking, awaiting_connect (no connect yet, or its token being checked), open, closing.",
@@ -348,11 +307,11 @@ pub fn render(
             .iter()
             .enumerate()
             .map(|(i, c)| (format!("shard=\"{i}\""), get(c)));
-        series(&mut out, name, "gauge", help, rows);
+        series(out, name, "gauge", help, rows);
     }
     let depths = engine.inbox_depths();
     series(
-        &mut out,
+        out,
         "switchboard_shard_inbox_depth",
         "gauge",
         "Messages waiting in a shard's inbox (from other shards and the control plane).",
@@ -361,218 +320,4 @@ pub fn render(
             .enumerate()
             .map(|(i, d)| (format!("shard=\"{i}\""), *d as u64)),
     );
-    let store_open = store.map(|st| {
-        (
-            "breaker=\"store\"".to_string(),
-            u64::from(!st.state.healthy()),
-        )
-    });
-    let hooks_open = (
-        "breaker=\"webhooks\"".to_string(),
-        u64::from(alerts.webhook_open.load(Relaxed)),
-    );
-    series(
-        &mut out,
-        "switchboard_breaker_open",
-        "gauge",
-        "1 while a circuit breaker is open (store: durable publications refused; webhooks: alert deliveries skipped).",
-        store_open.into_iter().chain([hooks_open]),
-    );
-    series(
-        &mut out,
-        "switchboard_alert_webhooks_total",
-        "counter",
-        "Alert notices POSTed to webhooks, by result.",
-        [
-            (
-                "result=\"sent\"".to_string(),
-                alerts.webhook_sent.load(Relaxed),
-            ),
-            (
-                "result=\"failed\"".to_string(),
-                alerts.webhook_failures.load(Relaxed),
-            ),
-        ],
-    );
-    process(&mut out);
-    family(
-        &mut out,
-        "switchboard_auth_total",
-        "counter",
-        "Tokens verified, by result.",
-    );
-    let _ = writeln!(
-        out,
-        "switchboard_auth_total{{result=\"accepted\"}} {}",
-        auth.accepted.load(Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "switchboard_auth_total{{result=\"refused\"}} {}",
-        auth.refused.load(Relaxed)
-    );
-    family(
-        &mut out,
-        "switchboard_api_publications_total",
-        "counter",
-        "Publications accepted by POST /api/publish.",
-    );
-    let _ = writeln!(
-        out,
-        "switchboard_api_publications_total {}",
-        api.publications.load(Relaxed)
-    );
-    family(
-        &mut out,
-        "switchboard_api_refused_total",
-        "counter",
-        "Server API requests refused.",
-    );
-    let _ = writeln!(
-        out,
-        "switchboard_api_refused_total {}",
-        api.refused.load(Relaxed)
-    );
-    if let Some(st) = store {
-        let last_commit_s = st.stats.last_commit_us.load(Relaxed) as f64 / 1e6;
-        let families: [(&str, &str, &str, String); 7] = [
-            (
-                "switchboard_store_up",
-                "gauge",
-                "1 while the store writes; 0 while its circuit is open (durable publications refused).",
-                (st.state.healthy() as u64).to_string(),
-            ),
-            (
-                "switchboard_store_backlog",
-                "gauge",
-                "Publications handed to the store writer and not yet stored.",
-                st.state.backlog().to_string(),
-            ),
-            (
-                "switchboard_store_commits_total",
-                "counter",
-                "Store transactions committed (each one fsync).",
-                st.stats.commits.load(Relaxed).to_string(),
-            ),
-            (
-                "switchboard_store_records_total",
-                "counter",
-                "Publications stored.",
-                st.stats.records.load(Relaxed).to_string(),
-            ),
-            (
-                "switchboard_store_failures_total",
-                "counter",
-                "Failed store write attempts (each retried).",
-                st.stats.failures.load(Relaxed).to_string(),
-            ),
-            (
-                "switchboard_store_pruned_total",
-                "counter",
-                "Stored publications deleted for age.",
-                st.stats.pruned.load(Relaxed).to_string(),
-            ),
-            (
-                "switchboard_store_last_commit_seconds",
-                "gauge",
-                "Duration of the last store commit.",
-                last_commit_s.to_string(),
-            ),
-        ];
-        for (name, kind, help, value) in families {
-            family(&mut out, name, kind, help);
-            let _ = writeln!(out, "{name} {value}");
-        }
-    }
-    out
-}
-
-type Histogram<'a> = (
-    &'a [std::sync::atomic::AtomicU64; 15],
-    &'a std::sync::atomic::AtomicU64,
-    &'a std::sync::atomic::AtomicU64,
-);
-
-/// A per-shard histogram over [`LATENCY_BUCKETS_US`] (microseconds, shown in seconds).
-fn histogram(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    shards: &[std::sync::Arc<ShardMetrics>],
-    get: impl Fn(&ShardMetrics) -> Histogram<'_>,
-) {
-    family(out, name, "histogram", help);
-    for (i, m) in shards.iter().enumerate() {
-        let (buckets, sum, count) = get(m);
-        let mut cumulative = 0;
-        for (b, upper) in LATENCY_BUCKETS_US.iter().enumerate() {
-            cumulative += buckets[b].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{shard=\"{i}\",le=\"{}\"}} {cumulative}",
-                *upper as f64 / 1e6
-            );
-        }
-        cumulative += buckets[LATENCY_BUCKETS_US.len()].load(Relaxed);
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{shard=\"{i}\",le=\"+Inf\"}} {cumulative}"
-        );
-        let _ = writeln!(
-            out,
-            "{name}_sum{{shard=\"{i}\"}} {}",
-            sum.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count{{shard=\"{i}\"}} {}", count.load(Relaxed));
-    }
-}
-
-/// The standard process metrics (from [`crate::process`]); what could not be read is
-/// left out.
-fn process(out: &mut String) {
-    let p = crate::process::ProcessStats::read();
-    let gauges: [(&str, &str, &str, Option<f64>); 6] = [
-        (
-            "process_cpu_seconds_total",
-            "counter",
-            "User and system CPU time spent, seconds.",
-            p.cpu_seconds,
-        ),
-        (
-            "process_threads",
-            "gauge",
-            "Threads of the process.",
-            p.threads,
-        ),
-        (
-            "process_virtual_memory_bytes",
-            "gauge",
-            "Virtual memory size, bytes.",
-            p.virtual_bytes,
-        ),
-        (
-            "process_resident_memory_bytes",
-            "gauge",
-            "Resident memory size, bytes.",
-            p.resident_bytes,
-        ),
-        (
-            "process_start_time_seconds",
-            "gauge",
-            "Start time of the process, Unix seconds.",
-            p.start_time_seconds,
-        ),
-        (
-            "process_open_fds",
-            "gauge",
-            "Open file descriptors.",
-            p.open_fds,
-        ),
-    ];
-    for (name, kind, help, value) in gauges {
-        if let Some(v) = value {
-            family(out, name, kind, help);
-            let _ = writeln!(out, "{name} {v}");
-        }
-    }
 }
