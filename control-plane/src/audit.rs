@@ -41,7 +41,7 @@ pub struct Audit {
 
 impl Audit {
     /// Open the log in the store at `path` (prepared by [`crate::store::open`]).
-    pub fn open(path: &std::path::Path) -> anyhow::Result<Audit> {
+    pub fn open(path: &std::path::Path) -> Result<Audit, crate::Error> {
         Ok(Audit {
             conn: Mutex::new(crate::worker::open_store(path, "the audit log")?),
         })

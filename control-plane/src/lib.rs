@@ -36,6 +36,7 @@ pub mod auth;
 pub mod calls;
 pub mod clock;
 pub mod config;
+pub mod error;
 pub mod http;
 pub mod ids;
 pub mod metrics;
@@ -49,4 +50,5 @@ pub mod store;
 pub mod worker;
 
 pub use config::Config;
+pub use error::{Error, Result};
 pub use server::Server;

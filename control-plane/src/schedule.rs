@@ -144,7 +144,7 @@ pub fn spawn(
     path: &std::path::Path,
     engine: Arc<EngineHandle>,
     shards: ShardSender,
-) -> anyhow::Result<(Scheduler, SchedulerHandle)> {
+) -> Result<(Scheduler, SchedulerHandle), crate::Error> {
     let conn = open_store(path, "the scheduler")?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut worker = Worker {
@@ -152,7 +152,8 @@ pub fn spawn(
         engine,
         shards,
     };
-    let handle = WorkerHandle::spawn("scheduler", move |stop| worker.run(&rx, stop))?;
+    let handle = WorkerHandle::spawn("scheduler", move |stop| worker.run(&rx, stop))
+        .map_err(|e| crate::Error::start("the scheduler", e))?;
     Ok((Scheduler { tx }, handle))
 }
 
@@ -375,7 +376,7 @@ impl Worker {
                 .publish_from(&d.channel, data, meta, Some(&key), from)
             {
                 Ok(rx) => tickets.push((d.id, rx)),
-                Err(switchboard_engine::PublishError::InvalidChannel) => {
+                Err(switchboard_engine::Error::InvalidChannel) => {
                     self.finish(d.id, Err("invalid channel name"));
                 }
                 Err(_) => {

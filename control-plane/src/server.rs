@@ -1,7 +1,6 @@
 //! Assembling a running Switchboard: engine, auth workers, admin HTTP.
 //!
-//! Owns start-up order (verify keys, start shards, start workers, bind the admin
-//! address) and shutdown order (shards close clients with 1001 and drain, then the
+//! Owns start-up order (keys, store, shards, workers, the admin address) and shutdown order (shards close clients with 1001 and drain, then the
 //! admin API stops). Used by the binary and by the integration tests, which start it
 //! on port 0.
 
@@ -9,12 +8,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use switchboard_engine::{Engine, EngineHandle, ShardMsg};
 
 use crate::auth::{self, AuthStats, Verifier};
 use crate::calls::{self, CallsHandle};
 use crate::config::Config;
+use crate::error::Error;
 use crate::http::{self, HttpState};
 use crate::ids::random_hex;
 use crate::metrics::ApiStats;
@@ -56,90 +55,31 @@ pub struct Server {
 }
 
 impl Server {
-    /// Start everything described by `cfg`.
-    pub fn start(cfg: Config) -> anyhow::Result<Server> {
-        let (secret, dev) = if cfg.dev_mode() {
-            let secret = random_hex(32);
-            // Dev mode is permissive: every channel, direct messages to anyone,
-            // scheduling.
-            let token = auth::mint_with(
-                &secret,
-                "dev",
-                Duration::from_secs(24 * 3600),
-                &cfg.auth,
-                |c| {
-                    c.send_to = Some(vec!["*".into()]);
-                    c.schedule = Some(true);
-                },
-            );
-            (Some(secret.clone()), Some(DevCredentials { secret, token }))
-        } else {
-            (cfg.auth.hmac_secret.clone(), None)
-        };
-        let api_key = cfg
-            .admin
-            .api_key
-            .clone()
-            .or_else(|| dev.as_ref().map(|_| random_hex(16)));
-        let admin_secret = cfg
-            .admin
-            .jwt_secret
-            .clone()
-            .or_else(|| dev.as_ref().map(|_| random_hex(32)));
+    /// Start everything described by `cfg`, in order: keys, the store read back, the
+    /// shards (continuing the store's streams), the store writer, revocations, the
+    /// workers, the auth threads, alerts, the admin listener.
+    pub fn start(cfg: Config) -> Result<Server, Error> {
+        let keys = Keys::of(&cfg);
         let verifier = Arc::new(
-            Verifier::new(&cfg.auth, secret.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?,
+            Verifier::new(&cfg.auth, keys.secret.as_deref())
+                .map_err(|e| Error::invalid(format!("{}: {}", e.key, e.message)))?,
         );
-
         let mut engine_cfg = cfg.engine_config();
         // The store is read before the shards start, so they continue its streams
         // before they accept anyone.
-        let opened = store::open(
+        let mut opened = store::open(
             &cfg.store,
             &engine_cfg.namespaces,
             engine_cfg.stream_idle_ms,
         )?;
-        tracing::info!(
-            path = %cfg.store.path.display(),
-            clean = opened.opening.clean,
-            streams = opened.opening.streams,
-            continued = opened.opening.continued,
-            "store opened"
-        );
-        if !opened.opening.clean {
-            tracing::warn!(
-                "the previous run did not stop cleanly: async streams start new epochs, sync streams continue"
-            );
-        }
+        log_opening(&cfg, &opened.opening);
         engine_cfg.reconnect_secret = Some(Arc::from(&opened.opening.reconnect_key[..]));
         let (requests_tx, requests_rx) = crossbeam_channel::bounded(cfg.auth.queue_capacity);
-        let mut opened = opened;
         let durable = opened.take_durable();
         let engine = Arc::new(Engine::start_with(engine_cfg, requests_tx, durable)?);
         let store = opened.spawn(engine.sender())?;
-        // Revocations outlive restarts: the auth workers and the shards (reconnect
-        // tokens) refuse the revoked users' older tokens from the start.
         let audit = Arc::new(crate::audit::Audit::open(store.path())?);
-        let revoked = audit
-            .revocations()
-            .map_err(|e| anyhow::anyhow!("store: {e}"))?;
-        for (user, at_ms) in &revoked {
-            verifier.revocations().revoke(user, *at_ms);
-            let user: Arc<str> = Arc::from(user.as_str());
-            for shard in 0..engine.shards() {
-                let (done, _) = tokio::sync::oneshot::channel();
-                let op = switchboard_engine::control::AdminOp::Revoke {
-                    user: user.clone(),
-                    before_ms: *at_ms,
-                    done,
-                };
-                crate::shards::send_patiently(
-                    &engine.sender(),
-                    shard as u16,
-                    ShardMsg::Admin(op),
-                    "a revocation",
-                );
-            }
-        }
+        replay_revocations(&audit, &verifier, &engine, store.path())?;
         let (scheduler, scheduler_handle) =
             schedule::spawn(store.path(), engine.clone(), engine.sender())?;
         let (notifier, notifier_handle) =
@@ -164,42 +104,36 @@ impl Server {
                 calls: calls.clone(),
             },
         )
-        .context("cannot start auth workers")?;
-
-        let shutdown = Arc::new(tokio::sync::Notify::new());
+        .map_err(|e| Error::start("the auth workers", e))?;
         let store_view = crate::store::StoreView {
             path: store.path().display().to_string(),
             state: store.state().clone(),
             stats: store.stats().clone(),
         };
         let (alerts, alerts_handle) =
-            crate::alerts::spawn(cfg.alerts.clone(), engine.clone(), Some(store_view.clone()))?;
-        let listener = std::net::TcpListener::bind(cfg.admin.listen)
-            .with_context(|| format!("cannot listen on admin.listen {}", cfg.admin.listen))?;
-        listener.set_nonblocking(true)?;
-        let admin_addr = listener.local_addr()?;
+            crate::alerts::spawn(cfg.alerts.clone(), engine.clone(), Some(store_view.clone()))
+                .map_err(|e| Error::start("the alerts worker", e))?;
+        let listen = |e: std::io::Error| {
+            Error::start(
+                "the admin listener",
+                format!("admin.listen {}: {e}", cfg.admin.listen),
+            )
+        };
+        let listener = std::net::TcpListener::bind(cfg.admin.listen).map_err(listen)?;
+        listener.set_nonblocking(true).map_err(listen)?;
+        let admin_addr = listener.local_addr().map_err(listen)?;
+        let shutdown = Arc::new(tokio::sync::Notify::new());
         let state = Arc::new(HttpState {
             engine: engine.clone(),
-            api_keys: api_key
-                .iter()
-                .map(|k| http::ApiKey {
-                    name: "default".into(),
-                    key: k.clone(),
-                    scopes: vec!["*".into()],
-                })
-                .chain(cfg.admin.api_keys.iter().map(|k| http::ApiKey {
-                    name: k.name.clone(),
-                    key: k.key.clone(),
-                    scopes: k.scopes.clone(),
-                }))
-                .collect(),
+            api_keys: keys.api_keys(&cfg),
             auth: auth_stats,
             api: ApiStats::default(),
             max_body_bytes: cfg.admin.max_body_bytes,
             scheduler,
             notifier,
             calls,
-            admin_auth: admin_secret
+            admin_auth: keys
+                .admin_secret
                 .as_deref()
                 .map(|k| crate::http::AdminAuth::new(k, &cfg.admin.role)),
             audit,
@@ -209,36 +143,12 @@ impl Server {
             store: Some(store_view),
             alerts,
         });
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let admin_thread = std::thread::Builder::new()
-            .name("control-plane".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => return tracing::error!("cannot start admin runtime: {e}"),
-                };
-                rt.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => return tracing::error!("cannot register admin listener: {e}"),
-                    };
-                    let app = http::router(state);
-                    let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                        let _ = stop_rx.await;
-                    });
-                    if let Err(e) = serve.await {
-                        tracing::error!("admin server failed: {e}");
-                    }
-                });
-            })?;
+        let (admin_stop, admin_thread) = serve_http(listener, state)?;
         tracing::info!(ws = %engine.local_addr(), admin = %admin_addr, "switchboard started");
         Ok(Server {
             engine,
             admin_addr,
-            admin_stop: Some(stop_tx),
+            admin_stop: Some(admin_stop),
             admin_thread: Some(admin_thread),
             auth_threads,
             store: Some(store),
@@ -246,9 +156,9 @@ impl Server {
             notifier: Some(notifier_handle),
             calls: Some(calls_handle),
             alerts: Some(alerts_handle),
-            dev,
-            api_key,
-            admin_secret,
+            dev: keys.dev,
+            api_key: keys.api_key,
+            admin_secret: keys.admin_secret,
             shutdown_requested: shutdown,
         })
     }
@@ -308,4 +218,153 @@ impl Server {
             let _ = t.join();
         }
     }
+}
+
+/// The keys in force: configured, or generated in dev mode (no verification key).
+struct Keys {
+    /// The HS256 secret of client tokens.
+    secret: Option<String>,
+    /// Dev mode's generated secret and token.
+    dev: Option<DevCredentials>,
+    /// The default server API key.
+    api_key: Option<String>,
+    /// The admin token key.
+    admin_secret: Option<String>,
+}
+
+impl Keys {
+    fn of(cfg: &Config) -> Keys {
+        let (secret, dev) = if cfg.dev_mode() {
+            let secret = random_hex(32);
+            // Dev mode is permissive: every channel, direct messages to anyone,
+            // scheduling.
+            let token = auth::mint_with(
+                &secret,
+                "dev",
+                Duration::from_secs(24 * 3600),
+                &cfg.auth,
+                |c| {
+                    c.send_to = Some(vec!["*".into()]);
+                    c.schedule = Some(true);
+                },
+            );
+            (Some(secret.clone()), Some(DevCredentials { secret, token }))
+        } else {
+            (cfg.auth.hmac_secret.clone(), None)
+        };
+        let generated = |bytes| dev.as_ref().map(|_| random_hex(bytes));
+        Keys {
+            api_key: cfg.admin.api_key.clone().or_else(|| generated(16)),
+            admin_secret: cfg.admin.jwt_secret.clone().or_else(|| generated(32)),
+            secret,
+            dev,
+        }
+    }
+
+    /// The server API's keys: the default one (every scope) and the scoped ones.
+    fn api_keys(&self, cfg: &Config) -> Vec<http::ApiKey> {
+        self.api_key
+            .iter()
+            .map(|k| http::ApiKey {
+                name: "default".into(),
+                key: k.clone(),
+                scopes: vec!["*".into()],
+            })
+            .chain(cfg.admin.api_keys.iter().map(|k| http::ApiKey {
+                name: k.name.clone(),
+                key: k.key.clone(),
+                scopes: k.scopes.clone(),
+            }))
+            .collect()
+    }
+}
+
+/// Log what start-up found in the store.
+fn log_opening(cfg: &Config, opening: &store::Opening) {
+    tracing::info!(
+        path = %cfg.store.path.display(),
+        clean = opening.clean,
+        streams = opening.streams,
+        continued = opening.continued,
+        "store opened"
+    );
+    if !opening.clean {
+        tracing::warn!(
+            "the previous run did not stop cleanly: async streams start new epochs, sync streams continue"
+        );
+    }
+}
+
+/// Revocations outlive restarts: the auth workers and the shards (reconnect tokens)
+/// refuse the revoked users' older tokens from the start.
+fn replay_revocations(
+    audit: &crate::audit::Audit,
+    verifier: &Verifier,
+    engine: &EngineHandle,
+    path: &std::path::Path,
+) -> Result<(), Error> {
+    let revoked = audit.revocations().map_err(|message| Error::Store {
+        path: path.to_owned(),
+        message,
+    })?;
+    for (user, at_ms) in &revoked {
+        verifier.revocations().revoke(user, *at_ms);
+        let user: Arc<str> = Arc::from(user.as_str());
+        for shard in 0..engine.shards() {
+            let (done, _) = tokio::sync::oneshot::channel();
+            let op = switchboard_engine::control::AdminOp::Revoke {
+                user: user.clone(),
+                before_ms: *at_ms,
+                done,
+            };
+            crate::shards::send_patiently(
+                &engine.sender(),
+                shard as u16,
+                ShardMsg::Admin(op),
+                "a revocation",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Serve the HTTP API on its own thread (a current-thread runtime); stopped by the
+/// returned sender.
+fn serve_http(
+    listener: std::net::TcpListener,
+    state: Arc<HttpState>,
+) -> Result<
+    (
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<()>,
+    ),
+    Error,
+> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("control-plane".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return tracing::error!("cannot start admin runtime: {e}"),
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::error!("cannot register admin listener: {e}"),
+                };
+                let app = http::router(state);
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!("admin server failed: {e}");
+                }
+            });
+        })
+        .map_err(|e| Error::start("the HTTP thread", e))?;
+    Ok((stop_tx, thread))
 }

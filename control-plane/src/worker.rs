@@ -57,10 +57,14 @@ impl Drop for WorkerHandle {
 
 /// A worker's own connection to the store file at `path` (already opened and
 /// prepared by [`crate::store::open`]; WAL lets it write beside the journal writer).
-pub fn open_store(path: &std::path::Path, who: &str) -> anyhow::Result<Connection> {
-    let conn = Connection::open(path)
-        .map_err(|e| anyhow::anyhow!("store {}: {who} cannot open it: {e}", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    conn.execute_batch("PRAGMA synchronous = FULL;")?;
+pub fn open_store(path: &std::path::Path, who: &str) -> Result<Connection, crate::Error> {
+    let fail = |e: rusqlite::Error| crate::Error::Store {
+        path: path.to_owned(),
+        message: format!("{who} cannot open it: {e}"),
+    };
+    let conn = Connection::open(path).map_err(fail)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(fail)?;
+    conn.execute_batch("PRAGMA synchronous = FULL;")
+        .map_err(fail)?;
     Ok(conn)
 }

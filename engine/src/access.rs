@@ -221,10 +221,14 @@ impl Access {
     /// Compile every namespace's rules; the error names the namespace, action and rule.
     pub fn new<'a>(
         namespaces: impl IntoIterator<Item = (&'a str, &'a NamespaceRules)>,
-    ) -> Result<Access, String> {
+    ) -> Result<Access, crate::Error> {
         let mut by_ns = HashMap::new();
         for (name, r) in namespaces {
-            let at = |action: &str, e: String| format!("namespaces.{name}.{action}{e}");
+            let at = |action: &str, e: String| {
+                // `e` is `[i].field: what` from the rule's compiler.
+                let (place, message) = e.split_once(": ").unwrap_or((&e, "invalid"));
+                crate::Error::config(format!("namespaces.{name}.{action}{place}"), message)
+            };
             let c = Compiled {
                 subscribe: compile(&r.subscribe).map_err(|e| at("subscribe", e))?,
                 publish: compile(&r.publish).map_err(|e| at("publish", e))?,
@@ -367,7 +371,7 @@ mod tests {
                 publish: Some(vec![rule(None, &[]), rule(Some(t), &[])]),
                 ..Default::default()
             };
-            let e = Access::new([("case", &r)]).unwrap_err();
+            let e = Access::new([("case", &r)]).unwrap_err().to_string();
             assert!(e.starts_with("namespaces.case.publish[1].channel"), "{e}");
             assert!(e.contains(want), "{e}");
         }

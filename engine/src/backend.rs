@@ -28,6 +28,7 @@
 
 use crate::config::{EngineConfig, IoMode};
 use crate::epoll::{self, ShardSetup};
+use crate::error::Error;
 use crate::uring;
 
 /// An I/O backend for the shards.
@@ -60,18 +61,24 @@ impl Backend {
 }
 
 /// Whether io_uring can run here with `cfg`'s buffer settings, and if not, why.
-pub fn probe_io_uring(cfg: &EngineConfig) -> Result<(), String> {
-    uring::probe(cfg)
+pub fn probe_io_uring(cfg: &EngineConfig) -> Result<(), Error> {
+    uring::probe(cfg).map_err(|message| Error::Backend {
+        backend: "io_uring",
+        message,
+    })
 }
 
 /// The backend chosen for `cfg.io`, and why io_uring was not used when `auto` fell
 /// back to epoll. A `uring` that cannot run is an error carrying the probe's reason.
-pub fn select(cfg: &EngineConfig) -> Result<(Backend, Option<String>), String> {
+pub fn select(cfg: &EngineConfig) -> Result<(Backend, Option<String>), Error> {
     match cfg.io {
         IoMode::Epoll => Ok((Backend::Epoll, None)),
         IoMode::Uring => uring::probe(cfg)
             .map(|()| (Backend::Uring, None))
-            .map_err(|why| format!("engine.io = \"uring\" but io_uring cannot run here: {why}")),
+            .map_err(|why| Error::Backend {
+                backend: "io_uring",
+                message: format!("engine.io = \"uring\" but io_uring cannot run here: {why}"),
+            }),
         IoMode::Auto => match uring::probe(cfg) {
             Ok(()) => Ok((Backend::Uring, None)),
             Err(why) => Ok((Backend::Epoll, Some(why))),
@@ -89,29 +96,39 @@ mod tests {
             io: IoMode::Epoll,
             ..EngineConfig::default()
         };
-        assert_eq!(select(&cfg), Ok((Backend::Epoll, None)));
+        assert_eq!(select(&cfg).unwrap(), (Backend::Epoll, None));
         let probe = probe_io_uring(&cfg);
         cfg.io = IoMode::Auto;
         match &probe {
-            Ok(()) => assert_eq!(select(&cfg), Ok((Backend::Uring, None))),
-            Err(why) => assert_eq!(select(&cfg), Ok((Backend::Epoll, Some(why.clone())))),
+            Ok(()) => assert_eq!(select(&cfg).unwrap(), (Backend::Uring, None)),
+            Err(ref why) => {
+                let Error::Backend { message, .. } = why else {
+                    panic!("{why}")
+                };
+                assert_eq!(
+                    select(&cfg).unwrap(),
+                    (Backend::Epoll, Some(message.clone()))
+                )
+            }
         }
         cfg.io = IoMode::Uring;
         match probe {
-            Ok(()) => assert_eq!(select(&cfg), Ok((Backend::Uring, None))),
-            Err(why) => {
-                let e = select(&cfg).unwrap_err();
+            Ok(()) => assert_eq!(select(&cfg).unwrap(), (Backend::Uring, None)),
+            Err(Error::Backend { message: why, .. }) => {
+                let e = select(&cfg).unwrap_err().to_string();
                 assert!(e.contains(&why) && e.contains("engine.io"), "{e}");
             }
+            Err(other) => panic!("{other}"),
         }
     }
 
     #[test]
     fn io_mode_parses_from_flags_and_config() {
-        assert_eq!("auto".parse::<IoMode>(), Ok(IoMode::Auto));
-        assert_eq!("uring".parse::<IoMode>(), Ok(IoMode::Uring));
-        assert_eq!("io_uring".parse::<IoMode>(), Ok(IoMode::Uring));
-        assert_eq!("epoll".parse::<IoMode>(), Ok(IoMode::Epoll));
-        assert!("kqueue".parse::<IoMode>().unwrap_err().contains("kqueue"));
+        assert_eq!("auto".parse::<IoMode>().unwrap(), IoMode::Auto);
+        assert_eq!("uring".parse::<IoMode>().unwrap(), IoMode::Uring);
+        assert_eq!("io_uring".parse::<IoMode>().unwrap(), IoMode::Uring);
+        assert_eq!("epoll".parse::<IoMode>().unwrap(), IoMode::Epoll);
+        let e = "kqueue".parse::<IoMode>().unwrap_err().to_string();
+        assert!(e.contains("kqueue") && e.contains("engine.io"), "{e}");
     }
 }

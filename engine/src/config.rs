@@ -1,6 +1,7 @@
 //! Engine settings. Every key has a default and a unit in its name; `tuning/default.toml`
 //! documents when to change each one.
 
+use crate::error::Error;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -20,14 +21,17 @@ pub enum IoMode {
 }
 
 impl std::str::FromStr for IoMode {
-    type Err = String;
+    type Err = Error;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, Error> {
         match s {
             "auto" => Ok(IoMode::Auto),
             "uring" | "io_uring" => Ok(IoMode::Uring),
             "epoll" => Ok(IoMode::Epoll),
-            _ => Err(format!("expected auto, uring or epoll, not {s:?}")),
+            _ => Err(Error::config(
+                "engine.io",
+                format!("expected auto, uring or epoll, not {s:?}"),
+            )),
         }
     }
 }
@@ -200,21 +204,26 @@ impl Default for EngineConfig {
 
 impl EngineConfig {
     /// The namespaces' access rules, compiled; the error names the rule.
-    pub fn access(&self) -> Result<crate::access::Access, String> {
+    pub fn access(&self) -> Result<crate::access::Access, Error> {
         crate::access::Access::new(self.namespaces.iter().map(|n| (n.name.as_str(), &n.rules)))
     }
 
     /// The rate limits, compiled; the error names the rule.
-    pub fn limits(&self) -> Result<crate::limits::LimitTable, String> {
-        crate::limits::LimitTable::new(self.rate_limits.clone())
-            .map_err(|e| format!("engine.rate_limits{}", e.trim_start_matches("rules")))
+    pub fn limits(&self) -> Result<crate::limits::LimitTable, Error> {
+        crate::limits::LimitTable::new(self.rate_limits.clone()).map_err(|e| match e {
+            Error::Config { key, message } => Error::Config {
+                key: format!("engine.rate_limits{}", key.trim_start_matches("rules")),
+                message,
+            },
+            other => other,
+        })
     }
 
     /// Check values that would make the engine misbehave; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
         self.limits()?;
         if self.rate_limit_users > 1 << 22 {
-            return Err("engine.rate_limit_users: at most 4194304".into());
+            return Err(Error::config("engine.rate_limit_users", "at most 4194304"));
         }
         let positive = [
             ("engine.max_connections", self.max_connections as u64),
@@ -243,44 +252,62 @@ impl EngineConfig {
         ];
         for (key, v) in positive {
             if v == 0 {
-                return Err(format!("{key} must be greater than 0"));
+                return Err(Error::config(key, "must be greater than 0"));
             }
         }
         self.access()?;
         if self.personal_namespace.contains(':') {
-            return Err("engine.personal_namespace must not contain ':'".into());
+            return Err(Error::config(
+                "engine.personal_namespace",
+                "must not contain ':'",
+            ));
         }
         if self.user_presence_namespace.contains(':') {
-            return Err("engine.user_presence_namespace must not contain ':'".into());
+            return Err(Error::config(
+                "engine.user_presence_namespace",
+                "must not contain ':'",
+            ));
         }
         for ns in &self.namespaces {
             if ns.history_ttl_ms == 0 {
-                return Err(format!(
-                    "namespaces.{}.history_ttl_ms must be greater than 0",
-                    ns.name
+                return Err(Error::config(
+                    format!("namespaces.{}.history_ttl_ms", ns.name),
+                    "must be greater than 0",
                 ));
             }
             if ns.durability != crate::journal::Durability::None && ns.history_size == 0 {
-                return Err(format!(
-                    "namespaces.{}.history_size must be greater than 0 when durability is not none",
-                    ns.name
+                return Err(Error::config(
+                    format!("namespaces.{}.history_size", ns.name),
+                    "must be greater than 0 when durability is not none",
                 ));
             }
         }
         if self.shards > 64 {
-            return Err("engine.shards must be at most 64".into());
+            return Err(Error::config("engine.shards", "must be at most 64"));
         }
         if self.max_message_bytes < self.max_frame_bytes {
-            return Err("engine.max_message_bytes must be at least engine.max_frame_bytes".into());
+            return Err(Error::config(
+                "engine.max_message_bytes",
+                "must be at least engine.max_frame_bytes",
+            ));
         }
         if !self.uring_buffers.is_power_of_two() || self.uring_buffers > 32_768 {
-            return Err("engine.uring_buffers must be a power of two from 1 to 32768".into());
+            return Err(Error::config(
+                "engine.uring_buffers",
+                "must be a power of two from 1 to 32768",
+            ));
         }
         if !(512..=1 << 20).contains(&self.uring_buffer_bytes) {
-            return Err("engine.uring_buffer_bytes must be from 512 to 1048576".into());
+            return Err(Error::config(
+                "engine.uring_buffer_bytes",
+                "must be from 512 to 1048576",
+            ));
         }
         if self.read_buffer_bytes < 4096 {
-            return Err("engine.read_buffer_bytes must be at least 4096".into());
+            return Err(Error::config(
+                "engine.read_buffer_bytes",
+                "must be at least 4096",
+            ));
         }
         for (key, ms) in [
             ("engine.handshake_timeout_ms", self.handshake_timeout_ms),
@@ -289,9 +316,9 @@ impl EngineConfig {
             ("engine.pong_timeout_ms", self.pong_timeout_ms),
         ] {
             if ms < self.tick_ms {
-                return Err(format!(
-                    "{key} must be at least engine.tick_ms ({} ms)",
-                    self.tick_ms
+                return Err(Error::config(
+                    key,
+                    format!("must be at least engine.tick_ms ({} ms)", self.tick_ms),
                 ));
             }
         }

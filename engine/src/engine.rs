@@ -22,53 +22,15 @@ use crate::auth::ControlRequest;
 use crate::backend::Backend;
 use crate::config::EngineConfig;
 use crate::epoll::ShardSetup;
+use crate::error::Error;
 use crate::journal::{Durability, Durable, JournalState};
 use crate::limits::{LimitRule, LimitTable};
 use crate::mesh::{Mesh, PublishReply, QueryKind, SequenceReq, ShardMsg, StreamQuery, StreamReply};
 use crate::metrics::ShardMetrics;
 use crate::streams;
 
-/// Errors starting the engine.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum EngineError {
-    /// A configuration value is invalid; the message names the key.
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// Address that failed.
-        addr: SocketAddr,
-        /// OS error.
-        source: std::io::Error,
-    },
-    /// Another OS resource (eventfd, thread) could not be created.
-    #[error("cannot start shards: {0}")]
-    Io(#[from] std::io::Error),
-    /// The I/O backend asked for cannot run (the message says why), or a shard could
-    /// not set up its I/O.
-    #[error("cannot start the I/O backend: {0}")]
-    Backend(String),
-}
-
 /// Resolves to a server-API publication's position, or why it was refused.
 pub type PublishTicket = tokio::sync::oneshot::Receiver<crate::mesh::Sequenced>;
-
-/// Errors publishing from the server API.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PublishError {
-    /// The channel name is empty, too long or has whitespace/control characters.
-    #[error("invalid channel name")]
-    InvalidChannel,
-    /// The payload cannot be encoded for subscribers.
-    #[error("invalid payload: {0}")]
-    Payload(String),
-    /// The inbox of the channel's owner shard is full.
-    #[error("overloaded: the channel's shard cannot take more publications now, retry")]
-    Overloaded,
-}
 
 /// Entry point.
 #[derive(Debug)]
@@ -80,7 +42,7 @@ impl Engine {
     pub fn start(
         cfg: EngineConfig,
         control: Sender<ControlRequest>,
-    ) -> Result<EngineHandle, EngineError> {
+    ) -> Result<EngineHandle, Error> {
         Engine::start_with(cfg, control, None)
     }
 
@@ -92,18 +54,21 @@ impl Engine {
         cfg: EngineConfig,
         control: Sender<ControlRequest>,
         durable: Option<Durable>,
-    ) -> Result<EngineHandle, EngineError> {
-        cfg.validate().map_err(EngineError::Config)?;
+    ) -> Result<EngineHandle, Error> {
+        cfg.validate()?;
         if durable.is_none() {
             if let Some(ns) = cfg
                 .namespaces
                 .iter()
                 .find(|n| n.durability != Durability::None)
             {
-                return Err(EngineError::Config(format!(
-                    "namespaces.{}.durability needs a store, and none is configured",
-                    ns.name
-                )));
+                return Err(Error::config(
+                    "engine",
+                    format!(
+                        "namespaces.{}.durability needs a store, and none is configured",
+                        ns.name
+                    ),
+                ));
             }
         }
         let mut cfg = cfg;
@@ -111,7 +76,7 @@ impl Engine {
             // No shared key: tokens are valid for this process only.
             let mut key = [0u8; 32];
             getrandom::getrandom(&mut key).map_err(|e| {
-                EngineError::Config(format!("no randomness for reconnect keys: {e}"))
+                Error::config("engine", format!("no randomness for reconnect keys: {e}"))
             })?;
             cfg.reconnect_secret = Some(Arc::from(&key[..]));
         }
@@ -119,23 +84,21 @@ impl Engine {
         let mesh = Mesh::new(shards, cfg.inbox_capacity)?;
         let journal = durable.as_ref().map(|d| d.link.state().clone());
         if let Some(d) = durable {
-            mesh.attach(d).map_err(EngineError::Config)?;
+            mesh.attach(d)?;
         }
-        let first = bind(cfg.listen, cfg.backlog).map_err(|source| EngineError::Bind {
+        let first = bind(cfg.listen, cfg.backlog).map_err(|source| Error::Bind {
             addr: cfg.listen,
             source,
         })?;
         let local_addr = first.local_addr()?;
         let mut listeners = vec![first];
         for _ in 1..shards {
-            listeners.push(
-                bind(local_addr, cfg.backlog).map_err(|source| EngineError::Bind {
-                    addr: local_addr,
-                    source,
-                })?,
-            );
+            listeners.push(bind(local_addr, cfg.backlog).map_err(|source| Error::Bind {
+                addr: local_addr,
+                source,
+            })?);
         }
-        let (backend, fallback) = crate::backend::select(&cfg).map_err(EngineError::Backend)?;
+        let (backend, fallback) = crate::backend::select(&cfg)?;
         if let Some(why) = &fallback {
             tracing::warn!("io_uring unavailable, using epoll: {why}");
         }
@@ -190,13 +153,18 @@ impl Engine {
             match started_rx.recv() {
                 Ok(Ok(())) => {}
                 Ok(Err(why)) => failure = failure.or(Some(why)),
-                Err(_) => failure = failure.or(Some("a shard thread died while starting".into())),
+                Err(_) => {
+                    failure = failure.or(Some(Error::Backend {
+                        backend: backend.name(),
+                        message: "a shard thread died while starting".into(),
+                    }))
+                }
             }
         }
         if let Some(why) = failure {
             handle.shutdown();
             handle.join();
-            return Err(EngineError::Backend(why));
+            return Err(why);
         }
         tracing::info!(%local_addr, shards, backend = backend.name(), "engine started");
         Ok(handle)
@@ -241,7 +209,7 @@ impl EngineHandle {
         &self,
         only: Option<u16>,
         make: impl Fn(tokio::sync::oneshot::Sender<T>) -> crate::control::AdminOp,
-    ) -> Result<Vec<T>, PublishError> {
+    ) -> Result<Vec<T>, Error> {
         let shards: Vec<usize> = match only {
             Some(s) if (s as usize) < self.shards() => vec![s as usize],
             Some(_) => vec![],
@@ -253,12 +221,12 @@ impl EngineHandle {
             self.mesh
                 .inbox(shard)
                 .push(ShardMsg::Admin(make(tx)))
-                .map_err(|_| PublishError::Overloaded)?;
+                .map_err(|_| Error::Overloaded)?;
             answers.push(rx);
         }
         let mut out = Vec::with_capacity(answers.len());
         for rx in answers {
-            out.push(rx.await.map_err(|_| PublishError::Overloaded)?);
+            out.push(rx.await.map_err(|_| Error::Overloaded)?);
         }
         Ok(out)
     }
@@ -282,7 +250,7 @@ impl EngineHandle {
 
     /// Replace the rate-limit rules on every shard (each applies them when it next
     /// drains its inbox: within a tick). The error names the bad rule.
-    pub fn set_limits(&self, rules: Vec<LimitRule>) -> Result<(), String> {
+    pub fn set_limits(&self, rules: Vec<LimitRule>) -> Result<(), Error> {
         let table = Arc::new(LimitTable::new(rules)?);
         let mut current = self.limits.lock().unwrap_or_else(|e| e.into_inner());
         for shard in 0..self.shards() {
@@ -290,7 +258,10 @@ impl EngineHandle {
             let deadline = crate::clock::mono() + std::time::Duration::from_secs(1);
             while let Err(back) = self.mesh.inbox(shard).push(msg) {
                 if crate::clock::mono() > deadline {
-                    return Err(format!("shard {shard} is not draining its inbox"));
+                    return Err(Error::Backend {
+                        backend: "mesh",
+                        message: format!("shard {shard} is not draining its inbox"),
+                    });
                 }
                 msg = back;
                 // The admin API's thread waits for a busy shard, never a shard.
@@ -354,7 +325,7 @@ impl EngineHandle {
         data: Payload<'_>,
         meta: Option<Payload<'_>>,
         key: Option<&str>,
-    ) -> Result<PublishTicket, PublishError> {
+    ) -> Result<PublishTicket, Error> {
         self.publish_from(channel, data, meta, key, None)
     }
 
@@ -367,9 +338,9 @@ impl EngineHandle {
         meta: Option<Payload<'_>>,
         key: Option<&str>,
         from: Option<Arc<str>>,
-    ) -> Result<PublishTicket, PublishError> {
+    ) -> Result<PublishTicket, Error> {
         if !envelope::valid_channel(channel) {
-            return Err(PublishError::InvalidChannel);
+            return Err(Error::InvalidChannel);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let owner = streams::owner(channel, self.shards());
@@ -386,7 +357,7 @@ impl EngineHandle {
         self.mesh
             .inbox(owner as usize)
             .push(ShardMsg::Sequence(Box::new(req)))
-            .map_err(|_| PublishError::Overloaded)?;
+            .map_err(|_| Error::Overloaded)?;
         Ok(rx)
     }
 
@@ -398,9 +369,9 @@ impl EngineHandle {
         since: u64,
         limit: u32,
         reverse: bool,
-    ) -> Result<tokio::sync::oneshot::Receiver<StreamReply>, PublishError> {
+    ) -> Result<tokio::sync::oneshot::Receiver<StreamReply>, Error> {
         if !envelope::valid_channel(channel) {
-            return Err(PublishError::InvalidChannel);
+            return Err(Error::InvalidChannel);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let owner = streams::owner(channel, self.shards());
@@ -420,7 +391,7 @@ impl EngineHandle {
         self.mesh
             .inbox(owner as usize)
             .push(ShardMsg::StreamQuery(Box::new(q)))
-            .map_err(|_| PublishError::Overloaded)?;
+            .map_err(|_| Error::Overloaded)?;
         Ok(rx)
     }
 
@@ -433,9 +404,9 @@ impl EngineHandle {
         channel: &str,
         join: bool,
         since: Option<switchboard_protocol::Position>,
-    ) -> Result<Vec<tokio::sync::oneshot::Receiver<usize>>, PublishError> {
+    ) -> Result<Vec<tokio::sync::oneshot::Receiver<usize>>, Error> {
         if !envelope::valid_channel(channel) {
-            return Err(PublishError::InvalidChannel);
+            return Err(Error::InvalidChannel);
         }
         let (user, channel): (Arc<str>, Arc<str>) = (user.into(), channel.into());
         let mut answers = Vec::with_capacity(self.shards());
@@ -451,7 +422,7 @@ impl EngineHandle {
             self.mesh
                 .inbox(shard)
                 .push(msg)
-                .map_err(|_| PublishError::Overloaded)?;
+                .map_err(|_| Error::Overloaded)?;
             answers.push(rx);
         }
         Ok(answers)
@@ -463,9 +434,9 @@ impl EngineHandle {
         &self,
         channel: &str,
         make: impl FnOnce(Arc<str>, crate::mesh::Answer<T>) -> ShardMsg,
-    ) -> Result<tokio::sync::oneshot::Receiver<T>, PublishError> {
+    ) -> Result<tokio::sync::oneshot::Receiver<T>, Error> {
         if !envelope::valid_channel(channel) {
-            return Err(PublishError::InvalidChannel);
+            return Err(Error::InvalidChannel);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let owner = streams::owner(channel, self.shards());
@@ -473,7 +444,7 @@ impl EngineHandle {
         self.mesh
             .inbox(owner as usize)
             .push(msg)
-            .map_err(|_| PublishError::Overloaded)?;
+            .map_err(|_| Error::Overloaded)?;
         Ok(rx)
     }
 
@@ -483,7 +454,7 @@ impl EngineHandle {
         &self,
         channel: &str,
         members: bool,
-    ) -> Result<tokio::sync::oneshot::Receiver<crate::presence::PresenceList>, PublishError> {
+    ) -> Result<tokio::sync::oneshot::Receiver<crate::presence::PresenceList>, Error> {
         self.ask_owner(channel, |channel, answer| ShardMsg::PresenceQuery {
             channel,
             members,
@@ -502,7 +473,7 @@ impl EngineHandle {
     pub fn receipts(
         &self,
         channel: &str,
-    ) -> Result<tokio::sync::oneshot::Receiver<crate::marks::ReceiptList>, PublishError> {
+    ) -> Result<tokio::sync::oneshot::Receiver<crate::marks::ReceiptList>, Error> {
         self.ask_owner(channel, |channel, answer| ShardMsg::Receipts {
             channel,
             answer,

@@ -59,7 +59,7 @@ pub(crate) struct ShardSetup {
     pub metrics: Arc<ShardMetrics>,
     pub core_id: Option<core_affinity::CoreId>,
     /// Told once whether the shard's I/O could be set up (and why not).
-    pub started: std::sync::mpsc::SyncSender<Result<(), String>>,
+    pub started: std::sync::mpsc::SyncSender<Result<(), crate::Error>>,
 }
 
 struct Sock {
@@ -102,10 +102,10 @@ pub(crate) fn run(setup: ShardSetup) {
     {
         Ok(rt) => rt,
         Err(e) => {
-            let _ = setup.started.send(Err(format!(
-                "shard {}: cannot start runtime: {e}",
-                setup.id
-            )));
+            let _ = setup.started.send(Err(crate::Error::Backend {
+                backend: "epoll",
+                message: format!("shard {}: cannot start runtime: {e}", setup.id),
+            }));
             return;
         }
     };

@@ -35,14 +35,17 @@ pub enum Durability {
 }
 
 impl std::str::FromStr for Durability {
-    type Err = String;
+    type Err = crate::Error;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, crate::Error> {
         match s {
             "none" => Ok(Durability::None),
             "async" => Ok(Durability::Async),
             "sync" => Ok(Durability::Sync),
-            _ => Err(format!("expected none, async or sync, not {s:?}")),
+            _ => Err(crate::Error::config(
+                "durability",
+                format!("expected none, async or sync, not {s:?}"),
+            )),
         }
     }
 }

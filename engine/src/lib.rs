@@ -13,6 +13,7 @@
 //! - [`auth`]: what shards ask the control plane about tokens.
 //! - [`journal`]: the seam to durable storage (batches out, seeds and commits back).
 //! - [`metrics`]: per-shard counters.
+//! - [`error`]: the crate's one error type, [`Error`].
 //!
 //! Each shard is a thread pinned to a core, with its own listener on the shared port
 //! (SO_REUSEPORT). Nothing per connection is shared between threads; crossing threads
@@ -28,6 +29,7 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod epoll;
+pub mod error;
 pub mod journal;
 pub mod limits;
 pub mod marks;
@@ -47,7 +49,8 @@ pub use backend::Backend;
 pub use clock::Now;
 pub use config::{EngineConfig, IoMode};
 pub use core::{ConnKey, ShardCore};
-pub use engine::{Engine, EngineError, EngineHandle, PublishError, PublishTicket, ShardSender};
+pub use engine::{Engine, EngineHandle, PublishTicket, ShardSender};
+pub use error::{Error, Result};
 pub use journal::{Durability, NamespacePolicy};
 pub use mesh::{
     EncodedFrames, Mesh, Publication, PublishReply, Refused, SequenceReq, ShardMsg, StreamReply,

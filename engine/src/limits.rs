@@ -165,11 +165,11 @@ pub struct LimitTable {
 impl LimitTable {
     /// Compile `rules`; a later rule for the same tier, scope and event replaces an
     /// earlier one. Errors name the rule (`rules[i]`).
-    pub fn new(rules: Vec<LimitRule>) -> Result<LimitTable, String> {
+    pub fn new(rules: Vec<LimitRule>) -> Result<LimitTable, crate::Error> {
         let mut rows: Vec<(Option<Box<str>>, Row)> = Vec::new();
         for (i, r) in rules.iter().enumerate() {
             if let Some(p) = r.problem() {
-                return Err(format!("rules[{i}]: {p}"));
+                return Err(crate::Error::config(format!("rules[{i}]"), p));
             }
             let tier = r.tier.as_deref().map(Box::from);
             let at = match rows.iter().position(|(t, _)| *t == tier) {
@@ -547,6 +547,7 @@ mod tests {
         let mut bad = rule(Scope::User, LimitEvent::Send, 0, 1000);
         assert!(LimitTable::new(vec![bad.clone()])
             .unwrap_err()
+            .to_string()
             .starts_with("rules[0]"));
         bad.rate = 1;
         bad.burst = Some(0);

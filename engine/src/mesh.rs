@@ -562,7 +562,7 @@ impl Mesh {
 
     /// Attach a store before the shards start: its link, and the streams it read back
     /// (each goes to its channel's owner shard).
-    pub fn attach(&self, durable: Durable) -> Result<(), String> {
+    pub fn attach(&self, durable: Durable) -> Result<(), crate::Error> {
         let shards = self.shards();
         let mut per_shard: Vec<(Vec<SeedStream>, Vec<MarkRecord>)> =
             (0..shards).map(|_| Default::default()).collect();
@@ -579,7 +579,7 @@ impl Mesh {
         *self.seeds.lock().unwrap_or_else(|e| e.into_inner()) = per_shard;
         self.journal
             .set(durable.link)
-            .map_err(|_| "a store is already attached".to_string())
+            .map_err(|_| crate::Error::Store("a store is already attached"))
     }
 
     /// The store's link, if one is attached.

@@ -121,13 +121,18 @@ pub fn spawn(
     shards: ShardSender,
     cfg: CallsConfig,
     notifier: Notifier,
-) -> anyhow::Result<(Calls, CallsHandle)> {
+) -> Result<(Calls, CallsHandle), crate::Error> {
     let conn = open_store(path, "calls")?;
-    let left = conn.execute(
-        "UPDATE calls SET ended_ms = ?1, outcome = 'failed', reason = 'server restarted'
+    let left = conn
+        .execute(
+            "UPDATE calls SET ended_ms = ?1, outcome = 'failed', reason = 'server restarted'
          WHERE ended_ms IS NULL",
-        params![now_ms() as i64],
-    )?;
+            params![now_ms() as i64],
+        )
+        .map_err(|e| crate::Error::Store {
+            path: path.to_owned(),
+            message: format!("the call log cannot be updated: {e}"),
+        })?;
     if left > 0 {
         tracing::warn!(
             calls = left,
@@ -136,7 +141,8 @@ pub fn spawn(
     }
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut book = CallBook::new(conn, shards, cfg, notifier, Now::read());
-    let handle = WorkerHandle::spawn("calls", move |stop| run(&mut book, &rx, stop))?;
+    let handle = WorkerHandle::spawn("calls", move |stop| run(&mut book, &rx, stop))
+        .map_err(|e| crate::Error::start("the call worker", e))?;
     Ok((Calls { tx }, handle))
 }
 

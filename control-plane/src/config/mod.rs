@@ -11,12 +11,13 @@ pub use sections::*;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use switchboard_engine::{Durability, EngineConfig, NamespacePolicy};
 use switchboard_protocol::envelope::valid_topic;
 
+use crate::error::Error;
 use crate::store::StoreConfig;
 
 /// The whole configuration.
@@ -68,39 +69,6 @@ impl Env for Vec<(String, String)> {
     }
 }
 
-/// A configuration problem, naming the file and key where it can.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// OS error.
-        source: std::io::Error,
-    },
-    /// The TOML is malformed or a key is unknown or mistyped.
-    #[error("invalid config{}: {message}", path.as_ref().map(|p| format!(" file {}", p.display())).unwrap_or_default())]
-    Parse {
-        /// The file, if the problem is in one.
-        path: Option<PathBuf>,
-        /// What the parser says, including the key.
-        message: String,
-    },
-    /// An environment override names no known key or has a bad value.
-    #[error("invalid environment override {var}: {message}")]
-    Env {
-        /// The variable.
-        var: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// A value is out of range.
-    #[error("invalid config value: {0}")]
-    Invalid(String),
-}
-
 const ENV_PREFIX: &str = "SWITCHBOARD_";
 
 /// Whether `name` may name a namespace: 1 to 64 of `A-Z a-z 0-9 _ - .` (no `:`).
@@ -114,15 +82,15 @@ fn valid_namespace(name: &str) -> bool {
 
 impl Config {
     /// Load `file` (or the defaults), apply environment overrides, validate.
-    pub fn load(file: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
+    pub fn load(file: Option<&Path>, env: &dyn Env) -> Result<Config, Error> {
         let mut value = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
                     path: path.to_owned(),
                     source,
                 })?;
                 text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Parse {
+                    .map_err(|e| Error::ConfigParse {
                         path: Some(path.to_owned()),
                         message: e.to_string(),
                     })?
@@ -151,7 +119,7 @@ impl Config {
                     | "calls"
                     | "alerts"
             ) {
-                return Err(ConfigError::Env {
+                return Err(Error::ConfigEnv {
                     var,
                     message: format!("unknown section '{section}'"),
                 });
@@ -167,7 +135,7 @@ impl Config {
                 .entry(section)
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()))
                 .as_table_mut()
-                .ok_or_else(|| ConfigError::Env {
+                .ok_or_else(|| Error::ConfigEnv {
                     var: var.clone(),
                     message: "section is not a table".into(),
                 })?;
@@ -176,7 +144,7 @@ impl Config {
         let config: Config =
             toml::Value::Table(value)
                 .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                .map_err(|e: toml::de::Error| Error::ConfigParse {
                     path: file.map(Path::to_owned),
                     message: e.to_string(),
                 })?;
@@ -216,122 +184,106 @@ impl Config {
     }
 
     /// Check ranges; the message names the key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), Error> {
         for name in self.namespaces.keys() {
             if !valid_namespace(name) {
-                return Err(ConfigError::Invalid(format!(
-                    "namespaces.{name}: a namespace name is 1 to 64 of A-Z a-z 0-9 _ - ."
-                )));
+                return Err(Error::config(
+                    format!("namespaces.{name}"),
+                    "a namespace name is 1 to 64 of A-Z a-z 0-9 _ - .",
+                ));
             }
         }
         if self.inbox.enabled {
             let ns = &self.inbox.namespace;
             if !valid_namespace(ns) {
-                return Err(ConfigError::Invalid(
-                    "inbox.namespace: a namespace name is 1 to 64 of A-Z a-z 0-9 _ - .".into(),
+                return Err(Error::invalid(
+                    "inbox.namespace: a namespace name is 1 to 64 of A-Z a-z 0-9 _ - .",
                 ));
             }
             if self.namespaces.contains_key(ns) {
-                return Err(ConfigError::Invalid(format!(
-                    "namespaces.{ns}: this is the inbox namespace; set it in [inbox]"
-                )));
+                return Err(Error::config(
+                    format!("namespaces.{ns}"),
+                    "this is the inbox namespace; set it in [inbox]",
+                ));
             }
             if self.inbox.durability == Durability::None {
-                return Err(ConfigError::Invalid(
-                    "inbox.durability must be sync or async (inboxes are stored)".into(),
+                return Err(Error::invalid(
+                    "inbox.durability must be sync or async (inboxes are stored)",
                 ));
             }
             if self.inbox.history_size == 0 || self.inbox.history_ttl_ms == 0 {
-                return Err(ConfigError::Invalid(
-                    "inbox.history_size and inbox.history_ttl_ms must be greater than 0".into(),
+                return Err(Error::invalid(
+                    "inbox.history_size and inbox.history_ttl_ms must be greater than 0",
                 ));
             }
         }
-        self.engine_config()
-            .validate()
-            .map_err(ConfigError::Invalid)?;
-        self.store.validate().map_err(ConfigError::Invalid)?;
+        self.engine_config().validate()?;
+        self.store.validate().map_err(Error::invalid)?;
         let n = &self.notifications;
         for (i, t) in n.public_topics.iter().enumerate() {
             if t.is_empty() || !valid_topic(&t.replace('*', "x")) {
-                return Err(ConfigError::Invalid(format!(
+                return Err(Error::invalid(format!(
                     "notifications.public_topics[{i}]: a topic pattern is 1 to 128 letters, digits, _ - . : @ and *"
                 )));
             }
         }
         if n.max_per_user == 0 || n.ttl_ms == 0 || n.max_recipients == 0 {
-            return Err(ConfigError::Invalid(
-                "notifications.max_per_user, notifications.ttl_ms and notifications.max_recipients must be greater than 0".into(),
-            ));
+            return Err(Error::invalid("notifications.max_per_user, notifications.ttl_ms and notifications.max_recipients must be greater than 0"));
         }
         if let Some(p) = self.alerts.problem() {
-            return Err(ConfigError::Invalid(p));
+            return Err(Error::invalid(p));
         }
         let c = &self.calls;
         if c.ring_timeout_ms == 0 || c.grace_ms == 0 || c.max_per_user == 0 {
-            return Err(ConfigError::Invalid(
-                "calls.ring_timeout_ms, calls.grace_ms and calls.max_per_user must be greater than 0".into(),
-            ));
+            return Err(Error::invalid("calls.ring_timeout_ms, calls.grace_ms and calls.max_per_user must be greater than 0"));
         }
         if self.auth.threads == 0 {
-            return Err(ConfigError::Invalid(
-                "auth.threads must be greater than 0".into(),
-            ));
+            return Err(Error::invalid("auth.threads must be greater than 0"));
         }
         if self.auth.queue_capacity == 0 {
-            return Err(ConfigError::Invalid(
-                "auth.queue_capacity must be greater than 0".into(),
-            ));
+            return Err(Error::invalid("auth.queue_capacity must be greater than 0"));
         }
         if let Some(s) = &self.auth.hmac_secret {
             if s.len() < 16 {
-                return Err(ConfigError::Invalid(
-                    "auth.hmac_secret must be at least 16 bytes".into(),
-                ));
+                return Err(Error::invalid("auth.hmac_secret must be at least 16 bytes"));
             }
         }
         if let Some(k) = &self.admin.jwt_secret {
             if k.len() < 16 {
-                return Err(ConfigError::Invalid(
-                    "admin.jwt_secret must be at least 16 bytes".into(),
-                ));
+                return Err(Error::invalid("admin.jwt_secret must be at least 16 bytes"));
             }
             if self.auth.hmac_secret.as_ref() == Some(k) {
-                return Err(ConfigError::Invalid(
-                    "admin.jwt_secret must differ from auth.hmac_secret (a client token must never pass as an admin's)".into(),
-                ));
+                return Err(Error::invalid("admin.jwt_secret must differ from auth.hmac_secret (a client token must never pass as an admin's)"));
             }
         }
         for (i, k) in self.admin.api_keys.iter().enumerate() {
             if k.key.len() < 16 {
-                return Err(ConfigError::Invalid(format!(
+                return Err(Error::invalid(format!(
                     "admin.api_keys[{i}].key must be at least 16 bytes"
                 )));
             }
             if k.name.is_empty() {
-                return Err(ConfigError::Invalid(format!(
+                return Err(Error::invalid(format!(
                     "admin.api_keys[{i}].name must not be empty"
                 )));
             }
             if let Some(bad) = k.scopes.iter().find(|s| !API_SCOPES.contains(&s.as_str())) {
-                return Err(ConfigError::Invalid(format!(
+                return Err(Error::invalid(format!(
                     "admin.api_keys[{i}].scopes: unknown scope {bad:?} (publish, send, read, users, *)"
                 )));
             }
         }
         if self.admin.role.is_empty() {
-            return Err(ConfigError::Invalid("admin.role must not be empty".into()));
+            return Err(Error::invalid("admin.role must not be empty"));
         }
         if let Some(k) = &self.admin.api_key {
             if k.len() < 16 {
-                return Err(ConfigError::Invalid(
-                    "admin.api_key must be at least 16 bytes".into(),
-                ));
+                return Err(Error::invalid("admin.api_key must be at least 16 bytes"));
             }
         }
         if self.admin.max_body_bytes == 0 {
-            return Err(ConfigError::Invalid(
-                "admin.max_body_bytes must be greater than 0".into(),
+            return Err(Error::invalid(
+                "admin.max_body_bytes must be greater than 0",
             ));
         }
         Ok(())

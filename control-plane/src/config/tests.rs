@@ -1,6 +1,7 @@
 //! Tests of config.
 
 use super::*;
+use std::path::PathBuf;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -74,7 +75,7 @@ fn errors_name_the_key() {
     let f = write("[engine\n");
     assert!(matches!(
         Config::load(Some(&f.0), &env(&[])),
-        Err(ConfigError::Parse { .. })
+        Err(Error::ConfigParse { .. })
     ));
     let e = Config::load(None, &env(&[("SWITCHBOARD_ENGINE__TICK_MS", "0")]))
         .unwrap_err()
@@ -149,7 +150,7 @@ fn errors_name_the_key() {
     }
     assert!(matches!(
         Config::load(Some(Path::new("/nonexistent.toml")), &env(&[])),
-        Err(ConfigError::Read { .. })
+        Err(Error::ConfigRead { .. })
     ));
     // Notifications and calls.
     for (text, key) in [

@@ -63,21 +63,27 @@ pub(super) async fn apply(
     let engine = s.engine.clone();
     let applied = tokio::task::spawn_blocking(move || engine.set_limits(rules))
         .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+        .unwrap_or_else(|e| {
+            Err(switchboard_engine::Error::Backend {
+                backend: "mesh",
+                message: e.to_string(),
+            })
+        });
     let result = match &applied {
         Ok(()) => "ok".to_string(),
-        Err(e) => e.clone(),
+        Err(e) => e.to_string(),
     };
     let _ = s
         .audit
         .record(&who.name, action, target.as_deref(), &result, &detail);
     match applied {
         Ok(()) => Json(json!({"ok": true, "rules": s.engine.limits()})).into_response(),
-        Err(e) if e.starts_with("rules[") => {
-            let (field, message) = e.split_once(": ").unwrap_or((&e, ""));
-            invalid(field, message)
-        }
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", &e),
+        Err(switchboard_engine::Error::Config { key, message }) => invalid(&key, &message),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            &e.to_string(),
+        ),
     }
 }
 

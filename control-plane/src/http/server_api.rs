@@ -23,7 +23,6 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use switchboard_engine::PublishError;
 use switchboard_protocol::{ErrorCode, Format, Payload, Position};
 
 /// The routes.
@@ -166,18 +165,20 @@ pub(super) async fn sequence(
                 })
             }
             // The owner shard dropped the request (it stopped) or did not answer.
-            Ok(Err(_)) | Err(_) => Err(PublishError::Overloaded),
+            Ok(Err(_)) | Err(_) => Err(switchboard_engine::Error::Overloaded),
         },
         Err(e) => Err(e),
     };
     outcome.map_err(|e| match e {
-        PublishError::InvalidChannel => error(
+        switchboard_engine::Error::InvalidChannel => error(
             StatusCode::BAD_REQUEST,
             "invalid_channel",
             "invalid channel name",
         ),
-        PublishError::Payload(m) => error(StatusCode::BAD_REQUEST, "invalid_payload", &m),
-        e @ PublishError::Overloaded => error(
+        switchboard_engine::Error::Payload(m) => {
+            error(StatusCode::BAD_REQUEST, "invalid_payload", &m)
+        }
+        e @ switchboard_engine::Error::Overloaded => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",
             &e.to_string(),
@@ -333,11 +334,11 @@ pub(super) async fn send(
 /// Wait for what a channel's owner shard answers, or the HTTP error for why there is
 /// no answer (invalid channel, full inbox, no answer within 5 s).
 pub(super) async fn owner_reply<T>(
-    asked: Result<tokio::sync::oneshot::Receiver<T>, PublishError>,
+    asked: Result<tokio::sync::oneshot::Receiver<T>, switchboard_engine::Error>,
 ) -> Result<T, Response> {
     let ticket = match asked {
         Ok(t) => t,
-        Err(PublishError::InvalidChannel) => {
+        Err(switchboard_engine::Error::InvalidChannel) => {
             return Err(error(
                 StatusCode::BAD_REQUEST,
                 "invalid_channel",

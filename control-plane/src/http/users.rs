@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use switchboard_engine::control::{self, AdminOp, ConnFilter, Push, PushTo, Target};
-use switchboard_engine::{PublishError, ShardMsg};
+use switchboard_engine::ShardMsg;
 use switchboard_protocol::Position;
 
 /// The OpenAPI document, as served.
@@ -357,7 +357,7 @@ pub(super) async fn user_subscription(
         };
         let answers = match s.engine.user_subscription(user, &req.channel, join, since) {
             Ok(a) => a,
-            Err(PublishError::InvalidChannel) => {
+            Err(switchboard_engine::Error::InvalidChannel) => {
                 return Err(error(
                     StatusCode::BAD_REQUEST,
                     "invalid_channel",

@@ -315,7 +315,7 @@ pub fn spawn(
     path: &std::path::Path,
     shards: ShardSender,
     cfg: NotificationsConfig,
-) -> anyhow::Result<(Notifier, NotifierHandle)> {
+) -> Result<(Notifier, NotifierHandle), crate::Error> {
     let conn = open_store(path, "notifications")?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut worker = Worker {
@@ -324,6 +324,7 @@ pub fn spawn(
         cfg,
         unread: HashMap::new(),
     };
-    let handle = WorkerHandle::spawn("notifications", move |stop| worker.run(&rx, stop))?;
+    let handle = WorkerHandle::spawn("notifications", move |stop| worker.run(&rx, stop))
+        .map_err(|e| crate::Error::start("the notification worker", e))?;
     Ok((Notifier { tx }, handle))
 }

@@ -43,6 +43,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use switchboard_engine::journal::{Batch, Durable, JournalLink, JournalState, NamespacePolicy};
 use switchboard_engine::ShardSender;
+
+use crate::error::Error;
 use switchboard_protocol::Format;
 
 /// Version of the schema this build writes.
@@ -100,16 +102,6 @@ impl StoreConfig {
         }
         Ok(())
     }
-}
-
-/// Why the store could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("store {path}: {message}")]
-pub struct StoreError {
-    /// The file.
-    pub path: PathBuf,
-    /// What went wrong.
-    pub message: String,
 }
 
 /// Counters of the writer, for `/metrics`.
@@ -194,9 +186,9 @@ pub fn open(
     cfg: &StoreConfig,
     namespaces: &[NamespacePolicy],
     stream_idle_ms: u64,
-) -> Result<Opened, StoreError> {
+) -> Result<Opened, Error> {
     let path = cfg.path.clone();
-    let fail = |message: String| StoreError {
+    let fail = |message: String| Error::Store {
         path: path.clone(),
         message,
     };
@@ -263,7 +255,7 @@ impl Opened {
 
     /// Mark the run as started (so a crash from now on is seen as unclean) and start
     /// the writer; commit notices go to the shards through `shards`.
-    pub fn spawn(self, shards: ShardSender) -> Result<StoreHandle, StoreError> {
+    pub fn spawn(self, shards: ShardSender) -> Result<StoreHandle, Error> {
         let Opened { writer, .. } = self;
         writer
             .conn
@@ -272,7 +264,7 @@ impl Opened {
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 [],
             )
-            .map_err(|e| StoreError {
+            .map_err(|e| Error::Store {
                 path: writer.path.clone(),
                 message: format!("cannot write: {e}"),
             })?;
@@ -286,7 +278,7 @@ impl Opened {
             std::thread::Builder::new()
                 .name("store-writer".into())
                 .spawn(move || writer.run(&shards, &stop, &stats))
-                .map_err(|e| StoreError {
+                .map_err(|e| Error::Store {
                     path: path.clone(),
                     message: format!("cannot start the writer thread: {e}"),
                 })?

@@ -194,7 +194,10 @@ pub(crate) fn run(setup: ShardSetup) {
     let mut shard = match Shard::new(setup) {
         Ok(s) => s,
         Err(e) => {
-            let _ = started.send(Err(e));
+            let _ = started.send(Err(crate::Error::Backend {
+                backend: "io_uring",
+                message: e,
+            }));
             return;
         }
     };
