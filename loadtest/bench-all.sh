@@ -12,6 +12,10 @@
 #   features     rooms plain / with presence / with presence and typing, idle with 20
 #                channels per connection with and without presence (docs/BENCHMARKS.md
 #                "What presence and typing cost")
+#   reshape      fanout (100k and 1M deliveries/s) and echo on the BASE binary (the
+#                commit before a refactor; BASE=<binary>, required) and on this build,
+#                alternating, twice (docs/BENCHMARKS.md "Before and after the reshape";
+#                ROUNDS, FIRST_ROUND and SCENARIOS pick more rounds of some)
 #   protection   fanout and echo without and with rate limits on every command, twice
 #                each, alternating (docs/BENCHMARKS.md "What rate limiting and metrics
 #                cost"; the commit before them: BASE=<binary> runs it as a third server)
@@ -129,6 +133,27 @@ start_base() { # the $BASE binary (an older build) with the plain loadtest confi
   wait_port 7400
 }
 
+if has reshape; then
+  if [ -z "${BASE:-}" ]; then
+    echo "reshape needs BASE=<switchboard binary of the commit before>" >&2
+    exit 2
+  fi
+  first=${FIRST_ROUND:-1}
+  for round in $(seq "$first" $((first + ${ROUNDS:-2} - 1))); do
+    for who in base head; do
+      for scenario in ${SCENARIOS:-fanout fanout-1m echo}; do
+        case $scenario in
+          fanout) args=(fanout --set workers=2) ;;
+          fanout-1m) args=(fanout --set rate=100 --set workers=2) ;;
+          echo) args=(echo) ;;
+        esac
+        if [ "$who" = base ]; then start_base; else start_switchboard 0; fi
+        run "reshape-$who-$scenario-$round" "${args[@]}"
+        stop
+      done
+    done
+  done
+fi
 if has protection; then
   for round in 1 2; do
     for cfg in durability-none rate-limits; do
