@@ -40,9 +40,9 @@ pub struct Claims {
     /// Issuer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
-    /// Audience.
+    /// Audience: one string or an array of them (RFC 7519 §4.1.3).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
     /// Channel patterns (`room:*`) this token may subscribe and publish to; absent
     /// means every channel.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,6 +57,18 @@ pub struct Claims {
     /// Every other claim (`role`, `team`, …), for the namespaces' access rules.
     #[serde(flatten)]
     pub extra: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// The `aud` claim in either of its standard shapes. The value is checked by
+/// `jsonwebtoken`'s validation (any element may match); this type only lets a token
+/// with an array audience deserialize.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// `"aud": "switchboard"`.
+    One(String),
+    /// `"aud": ["switchboard", "billing"]`.
+    Many(Vec<String>),
 }
 
 /// Most custom claims, values per claim and bytes per value kept for access rules;
@@ -163,6 +175,14 @@ impl Verifier {
             let mut required: HashSet<String> = HashSet::from(["sub".to_string()]);
             if cfg.require_exp {
                 required.insert("exp".into());
+            }
+            // A configured issuer or audience is a claim the token must carry:
+            // without these, a token lacking `iss`/`aud` would pass unchecked.
+            if cfg.issuer.is_some() {
+                required.insert("iss".into());
+            }
+            if cfg.audience.is_some() {
+                required.insert("aud".into());
             }
             v.required_spec_claims = required;
             match &cfg.issuer {
@@ -306,7 +326,7 @@ pub fn mint_with(
         nbf: None,
         iat: Some(now),
         iss: cfg.issuer.clone(),
-        aud: cfg.audience.clone(),
+        aud: cfg.audience.clone().map(Audience::One),
         channels: None,
         send_to: None,
         schedule: None,
@@ -524,6 +544,37 @@ mod tests {
                 .message,
             "wrong token audience"
         );
+    }
+
+    /// A configured issuer and audience must be present, and a standard array `aud`
+    /// holding the configured value is accepted (issue 16, item 3).
+    #[test]
+    fn issuer_and_audience_are_required_and_arrays_accepted() {
+        let mut c = cfg();
+        c.issuer = Some("https://issuer".into());
+        c.audience = Some("switchboard".into());
+        let v = Verifier::new(&c, Some(SECRET)).unwrap();
+        let with =
+            |edit: fn(&mut Claims)| mint_with(SECRET, "a", Duration::from_secs(60), &c, edit);
+        assert_eq!(
+            v.verify(&with(|c| c.iss = None)).unwrap_err().message,
+            "token lacks the 'iss' claim"
+        );
+        assert_eq!(
+            v.verify(&with(|c| c.aud = None)).unwrap_err().message,
+            "token lacks the 'aud' claim"
+        );
+        let many =
+            with(|c| c.aud = Some(Audience::Many(vec!["billing".into(), "switchboard".into()])));
+        assert_eq!(&*v.verify(&many).unwrap().user, "a");
+        let wrong = with(|c| c.aud = Some(Audience::Many(vec!["billing".into()])));
+        assert_eq!(
+            v.verify(&wrong).unwrap_err().message,
+            "wrong token audience"
+        );
+        // Without a configured audience, any `aud` shape is accepted and ignored.
+        let open = Verifier::new(&cfg(), Some(SECRET)).unwrap();
+        assert!(open.verify(&many).is_ok());
     }
 
     #[test]

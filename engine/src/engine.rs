@@ -342,6 +342,12 @@ impl EngineHandle {
         if !envelope::valid_channel(channel) {
             return Err(Error::InvalidChannel);
         }
+        // The edge check every client command gets at decode: nothing accepted here
+        // may fail a later read in the other format.
+        for p in std::iter::once(data).chain(meta) {
+            p.validate()
+                .map_err(|fault| Error::Payload(fault.message().into()))?;
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let owner = streams::owner(channel, self.shards());
         let created = crate::clock::mono();

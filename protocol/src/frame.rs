@@ -308,6 +308,11 @@ impl FrameBuilder {
         self.buf.len() - MAX_SERVER_HEADER
     }
 
+    /// Drop payload bytes written after the first `len` (undo a part that failed).
+    pub fn truncate_payload(&mut self, len: usize) {
+        self.buf.truncate(MAX_SERVER_HEADER + len);
+    }
+
     /// Append payload bytes.
     #[inline]
     pub fn extend(&mut self, bytes: &[u8]) {

@@ -130,6 +130,26 @@ pub(super) struct PublishBody<'a> {
     meta: Option<&'a RawValue>,
 }
 
+/// The edge check of `data` and `meta` (see `Payload::validate`): a 400
+/// `invalid_payload` naming the field, before anything is sent or stored.
+pub(super) fn valid_payloads(data: &RawValue, meta: Option<&RawValue>) -> Result<(), Response> {
+    for (field, raw) in [("data", Some(data)), ("meta", meta)] {
+        let Some(raw) = raw else { continue };
+        let payload = Payload {
+            format: Format::Json,
+            raw: raw.get().as_bytes(),
+        };
+        if let Err(fault) = payload.validate() {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_payload",
+                &format!("{field}: {fault}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Sequence one publication through its channel's owner shard and wait for its
 /// position (or the refusal, as the HTTP error the API documents).
 pub(super) async fn sequence(
@@ -277,6 +297,7 @@ pub(super) async fn send(
             "{\"user\": string or \"users\": [string], \"data\": any JSON}",
         )?;
         check_api_key(req.key.as_deref())?;
+        valid_payloads(req.data, req.meta)?;
         let users: Vec<String> = match (req.user, req.users) {
             (Some(u), None) => vec![u.into_owned()],
             (None, Some(list)) if !list.is_empty() && list.len() <= MAX_RECIPIENTS => list,
@@ -473,6 +494,7 @@ pub(super) async fn schedule(
             (None, Some(d)) => now.saturating_add(d),
             _ => return Err(bad("at", "give exactly one of 'at' and 'delay_ms'")),
         };
+        valid_payloads(req.data, req.meta)?;
         let job = switchboard_engine::auth::ScheduleJob {
             channel,
             from,

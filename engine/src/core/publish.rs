@@ -122,10 +122,11 @@ impl ShardCore {
     /// otherwise handed to the owner (nobody waits for the position then).
     pub fn publish(&mut self, channel: &str, data: Payload<'_>, now: Now) -> Result<(), WireError> {
         self.clock = now;
+        // The edge check (see `Payload::validate`): refused here, never at a later read.
+        data.validate()
+            .map_err(|fault| WireError::Envelope(fault.message().into()))?;
         let owner = streams::owner(channel, self.mesh.shards());
         if owner == self.id {
-            // Checked first, so a refusal is returned rather than dropped.
-            envelope::encode_publication(data.format, channel, Position::default(), data)?;
             self.sequence(
                 channel,
                 data,

@@ -550,5 +550,30 @@ pub fn decode_request<'a>(format: Format, bytes: &'a [u8]) -> Result<Request<'a>
         Some("ping") => Command::Ping,
         Some(_) => Command::Invalid("unknown command"),
     };
-    Ok(Request { id, command })
+    Ok(Request {
+        id,
+        command: with_valid_payloads(command),
+    })
+}
+
+/// The command, or [`Command::Invalid`] naming the fault when a payload it carries
+/// could not be read back in every format later (see [`Payload::validate`]): refused
+/// here, at the edge, so nothing stored can fail a later read.
+fn with_valid_payloads(command: Command<'_>) -> Command<'_> {
+    let (data, meta) = match &command {
+        Command::Publish { data, meta, .. }
+        | Command::Send { data, meta, .. }
+        | Command::Schedule { data, meta, .. } => (Some(*data), *meta),
+        Command::Call { data, .. } => (*data, None),
+        Command::CallSignal { data, .. } => (Some(*data), None),
+        _ => return command,
+    };
+    let fault = data
+        .iter()
+        .chain(meta.iter())
+        .find_map(|p| p.validate().err());
+    match fault {
+        Some(fault) => Command::Invalid(fault.message()),
+        None => command,
+    }
 }

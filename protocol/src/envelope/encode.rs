@@ -231,6 +231,11 @@ pub(super) fn write_data(
     Ok(())
 }
 
+/// The mark on a stored publication this format cannot carry (`"data": null,
+/// "unreadable": …`): only publications stored before payloads were validated at the
+/// edge can have it.
+pub const UNREADABLE: &str = "this publication cannot be read in this format";
+
 /// Where a stream answer goes: the reply to a command, or a push the server sends on
 /// its own (a restored subscription, an inbox backlog).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,23 +323,40 @@ pub fn encode_stream_reply<'p>(
                 rmp::encode::write_array_len(&mut w, n as u32).map_err(io)?;
             }
             for p in publications {
-                {
+                let start = b.payload_len();
+                let item = |b: &mut FrameBuilder, p: &StoredPublication<'_>| {
+                    {
+                        let mut w = b.writer();
+                        let extra = u32::from(p.meta.is_some()) + u32::from(p.from.is_some());
+                        rmp::encode::write_map_len(&mut w, 2 + extra).map_err(io)?;
+                        rmp::encode::write_str(&mut w, "offset").map_err(io)?;
+                        rmp::encode::write_uint(&mut w, p.offset).map_err(io)?;
+                        if let Some(from) = p.from {
+                            rmp::encode::write_str(&mut w, "from").map_err(io)?;
+                            rmp::encode::write_str(&mut w, from).map_err(io)?;
+                        }
+                    }
+                    if let Some(meta) = p.meta {
+                        rmp::encode::write_str(&mut b.writer(), "meta").map_err(io)?;
+                        write_data(b, format, meta)?;
+                    }
+                    rmp::encode::write_str(&mut b.writer(), "data").map_err(io)?;
+                    write_data(b, format, p.data)
+                };
+                if item(&mut b, &p).is_err() {
+                    // Stored before payloads were validated at the edge and unreadable
+                    // in this format: marked, so the rest of the answer still arrives.
+                    b.truncate_payload(start);
                     let mut w = b.writer();
-                    let extra = u32::from(p.meta.is_some()) + u32::from(p.from.is_some());
-                    rmp::encode::write_map_len(&mut w, 2 + extra).map_err(io)?;
+                    rmp::encode::write_map_len(&mut w, 3).map_err(io)?;
                     rmp::encode::write_str(&mut w, "offset").map_err(io)?;
                     rmp::encode::write_uint(&mut w, p.offset).map_err(io)?;
-                    if let Some(from) = p.from {
-                        rmp::encode::write_str(&mut w, "from").map_err(io)?;
-                        rmp::encode::write_str(&mut w, from).map_err(io)?;
-                    }
+                    rmp::encode::write_str(&mut w, "data").map_err(io)?;
+                    rmp::encode::write_nil(&mut w)
+                        .map_err(|_| Error::Envelope("write to memory failed".into()))?;
+                    rmp::encode::write_str(&mut w, "unreadable").map_err(io)?;
+                    rmp::encode::write_str(&mut w, UNREADABLE).map_err(io)?;
                 }
-                if let Some(meta) = p.meta {
-                    rmp::encode::write_str(&mut b.writer(), "meta").map_err(io)?;
-                    write_data(&mut b, format, meta)?;
-                }
-                rmp::encode::write_str(&mut b.writer(), "data").map_err(io)?;
-                write_data(&mut b, format, p.data)?;
             }
         }
         Format::Json => {
@@ -371,16 +393,26 @@ pub fn encode_stream_reply<'p>(
                 }
                 b.extend(b"{\"offset\":");
                 b.extend(decimal(p.offset, &mut digits));
-                if let Some(from) = p.from {
-                    b.extend(b",\"from\":");
-                    serde_json::to_writer(b.writer(), from).map_err(json)?;
+                let start = b.payload_len();
+                let rest = |b: &mut FrameBuilder| {
+                    if let Some(from) = p.from {
+                        b.extend(b",\"from\":");
+                        serde_json::to_writer(b.writer(), from).map_err(json)?;
+                    }
+                    if let Some(meta) = p.meta {
+                        b.extend(b",\"meta\":");
+                        write_data(b, format, meta)?;
+                    }
+                    b.extend(b",\"data\":");
+                    write_data(b, format, p.data)
+                };
+                if rest(&mut b).is_err() {
+                    // As for MessagePack above: marked, not failing the whole answer.
+                    b.truncate_payload(start);
+                    b.extend(b",\"data\":null,\"unreadable\":\"");
+                    b.extend(UNREADABLE.as_bytes());
+                    b.extend(b"\"");
                 }
-                if let Some(meta) = p.meta {
-                    b.extend(b",\"meta\":");
-                    write_data(&mut b, format, meta)?;
-                }
-                b.extend(b",\"data\":");
-                write_data(&mut b, format, p.data)?;
                 b.extend(b"}");
             }
             b.extend(match to {

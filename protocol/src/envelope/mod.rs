@@ -17,6 +17,7 @@
 //! - `decode`: a client's command envelope into a [`Request`] (server side).
 //! - `encode`: replies, pushes and publications as complete frames (server side).
 //! - `client`: decoding server messages and encoding commands (tests, loadtest, SDKs).
+//! - `validate`: what payload may be accepted, so every format can read it later.
 //!
 //! Paths stay `envelope::X` for every public item. The subprotocol names live here;
 //! `handshake` imports them (one direction only).
@@ -27,8 +28,10 @@ mod encode;
 #[cfg(test)]
 mod tests;
 pub mod types;
+mod validate;
 
 pub use client::{decode_server_message, encode_request, ServerMessage};
 pub use decode::{decode_request, msgpack_value_len};
 pub use encode::*;
 pub use types::*;
+pub use validate::{PayloadFault, MAX_PAYLOAD_DEPTH};

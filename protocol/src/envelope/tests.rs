@@ -484,3 +484,67 @@ proptest! {
         let _ = decode_server_message(Format::MsgPack, &bytes);
     }
 }
+
+/// Issue 16, item 2: a payload the other format cannot read is refused at the edge,
+/// and one stored before that rule (an old store file) is marked in a stream answer
+/// instead of failing it whole.
+#[test]
+fn unreadable_payloads_are_refused_and_old_ones_marked() {
+    let deep = "[".repeat(30_000) + &"]".repeat(30_000);
+    let publish = format!(r#"{{"id":1,"cmd":"publish","channel":"room:a","data":{deep}}}"#);
+    let req = decode_request(Format::Json, publish.as_bytes()).unwrap();
+    assert!(matches!(
+        req.command,
+        Command::Invalid("payload nested deeper than 32 levels")
+    ));
+    let send = br#"{"id":2,"cmd":"send","user":"bob","data":1,"meta":"\ud800"}"#;
+    assert!(matches!(
+        decode_request(Format::Json, send).unwrap().command,
+        Command::Invalid(_)
+    ));
+    let ext =
+        rmp_serde::to_vec_named(&serde_json::json!({"id": 3, "cmd": "publish", "channel": "a"}))
+            .unwrap();
+    // The same map with one more key, `data`: a fixext1.
+    let mut with_ext = vec![0x84];
+    with_ext.extend_from_slice(&ext[1..]);
+    with_ext.extend_from_slice(&[0xa4, b'd', b'a', b't', b'a', 0xd4, 5, 0]);
+    assert!(matches!(
+        decode_request(Format::MsgPack, &with_ext).unwrap().command,
+        Command::Invalid(m) if m.contains("extension")
+    ));
+
+    let good = Payload {
+        format: Format::Json,
+        raw: b"\"ok\"",
+    };
+    let poisoned = Payload {
+        format: Format::Json,
+        raw: deep.as_bytes(),
+    };
+    let pubs = [1, 2, 3].map(|offset| StoredPublication {
+        offset,
+        from: None,
+        meta: None,
+        data: if offset == 2 { poisoned } else { good },
+    });
+    let top = Position {
+        epoch: 1,
+        offset: 3,
+    };
+    let f = encode_stream_reply(
+        Format::MsgPack,
+        ReplyTo::Id(5),
+        top,
+        None,
+        pubs.iter().copied(),
+    )
+    .unwrap();
+    let v: serde_json::Value = rmp_serde::from_slice(&payload_of(&f)).unwrap();
+    assert_eq!(
+        v["result"]["publications"],
+        serde_json::json!([{"offset": 1, "data": "ok"},
+            {"offset": 2, "data": null, "unreadable": UNREADABLE},
+            {"offset": 3, "data": "ok"}])
+    );
+}
