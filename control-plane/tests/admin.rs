@@ -41,7 +41,11 @@ async fn publish(c: &mut Client, n: u32) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_tokens_are_checked_and_refusals_are_clear() {
-    let server = start(|c| c.admin.jwt_secret = Some(ADMIN_SECRET.into()));
+    // Without the default rules, so the listing starts empty.
+    let server = start(|c| {
+        c.admin.jwt_secret = Some(ADMIN_SECRET.into());
+        c.engine.rate_limits = vec![];
+    });
     let admin = server.admin_addr();
     let path = "/admin/rate-limits";
     let expired = auth::mint_with(
@@ -106,6 +110,8 @@ async fn rate_limits_change_at_runtime_with_tiers_and_audit() {
     let server = start(|c| {
         c.admin.jwt_secret = Some(ADMIN_SECRET.into());
         c.engine.rate_limit_disconnect_after = 0;
+        // From no rules (the defaults would count the first publishes below).
+        c.engine.rate_limits = vec![];
     });
     let (addr, admin) = (server.ws_addr(), server.admin_addr());
     let ops = admin_token("ops-ann", "admin");

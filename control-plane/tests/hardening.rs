@@ -131,3 +131,78 @@ async fn payloads_that_would_poison_reads_are_refused() {
         );
     }
 }
+
+/// Issue 16, item 1: one client publishing 60 KB payloads to ever-new channels keeps
+/// the retained history within `engine.history_memory_bytes` (oldest evicted first,
+/// counted), and the newest channel still serves its history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_memory_is_bounded_across_channels() {
+    const BUDGET: u64 = 2 << 20;
+    let server = start(|c| c.engine.history_memory_bytes = BUDGET as usize);
+    let mut c = Client::connect(server.ws_addr(), Fmt::MsgPack, &token("flooder", None)).await;
+    let payload = "x".repeat(60_000);
+    for i in 0..120 {
+        let r = c
+            .call(json!({"cmd": "publish", "channel": format!("room:h{i}"), "data": payload}))
+            .await;
+        assert!(r.get("result").is_some(), "{i}: {}", r["error"]);
+    }
+    // The gauges are set on each shard's tick.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let admin = server.admin_addr();
+    let kept = metric(admin, "switchboard_history_bytes").await;
+    assert!(kept <= BUDGET, "{kept} bytes kept, budget {BUDGET}");
+    assert!(kept > BUDGET / 2, "{kept} bytes kept");
+    let evicted = metric(admin, "switchboard_history_evicted_total").await;
+    assert!(evicted >= 120 - 2 * (BUDGET / 60_000), "{evicted} evicted");
+    let h = c
+        .call(json!({"cmd": "history", "channel": "room:h119"}))
+        .await;
+    assert_eq!(h["result"]["publications"][0]["data"], json!(payload));
+}
+
+/// Issue 16, item 1: the defaults carry rate limits — one user's publish flood is
+/// refused with 114 and retry_after_ms after the burst, not accepted without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_rate_limits_refuse_a_flood() {
+    // Not closed after 20 refusals in a row (4008): this test counts them all.
+    let server = start(|c| c.engine.rate_limit_disconnect_after = 0);
+    let defaults = switchboard_engine::EngineConfig::default();
+    assert!(!defaults.rate_limits.is_empty());
+    assert!(defaults.max_connections_per_ip > 0 && defaults.max_connection_rate_per_ip > 0);
+    let tok = token_with("sender", |c| c.send_to = Some(vec!["*".into()]));
+    let mut c = Client::connect(server.ws_addr(), Fmt::Json, &tok).await;
+    // 100 sends per second per user by default: of 150 pipelined sends, the ones past
+    // the burst (and what refilled meanwhile) are refused.
+    let started = std::time::Instant::now();
+    for i in 0..150u64 {
+        c.send(&json!({"id": 1000 + i, "cmd": "send", "user": format!("u{i}"), "data": i}))
+            .await;
+    }
+    // Refusals come at once, acknowledgements once stored (inboxes are "sync"): in
+    // any order.
+    let mut accepted = 0u64;
+    let mut refusal = None;
+    let mut answered = 0;
+    while answered < 150 {
+        let Event::Msg(r) = c.next_event().await else {
+            panic!("closed after {answered} answers")
+        };
+        if r.get("id").is_none() {
+            continue;
+        }
+        answered += 1;
+        match r.get("error") {
+            None => accepted += 1,
+            Some(e) => refusal = Some(e.clone()),
+        }
+    }
+    let refill = started.elapsed().as_millis() as u64 / 10 + 2;
+    assert!(
+        (100..=100 + refill).contains(&accepted),
+        "{accepted} accepted"
+    );
+    let e = refusal.expect("a flood of sends is refused");
+    assert_eq!(e["code"], json!(114), "{e}");
+    assert!(e["retry_after_ms"].as_u64().is_some(), "{e}");
+}

@@ -97,6 +97,10 @@ pub struct EngineConfig {
     pub history_size: usize,
     /// Retained publications older than this are not served.
     pub history_ttl_ms: u64,
+    /// Most bytes of retained publications the process keeps in memory, all channels
+    /// and inboxes together (split evenly among the shards; 0: no limit). Beyond it the
+    /// oldest publications of any channel are evicted first.
+    pub history_memory_bytes: usize,
     /// How long a publish's idempotency key is remembered: a retry with the same key
     /// within this window gets the original position and is not delivered again.
     pub dedupe_window_ms: u64,
@@ -153,6 +157,23 @@ pub struct EngineConfig {
     pub rate_limit_users: u32,
 }
 
+/// The rate limits a server starts with: far above what a person or a well-behaved
+/// backend does, low enough that one token cannot flood a shard, the store or other
+/// users' inboxes (issue 16). `tuning/default.toml` lists them; the admin API changes
+/// them at runtime.
+pub fn default_rate_limits() -> Vec<crate::limits::LimitRule> {
+    use crate::limits::{LimitEvent as E, LimitRule, Scope};
+    vec![
+        LimitRule::new(Scope::Connection, E::Command, 2000, 1000),
+        LimitRule::new(Scope::User, E::Publish, 1000, 1000),
+        LimitRule::new(Scope::User, E::Send, 100, 1000),
+        LimitRule::new(Scope::User, E::Subscribe, 500, 1000),
+        LimitRule::new(Scope::User, E::Typing, 50, 1000),
+        LimitRule::new(Scope::User, E::Call, 20, 1000),
+        LimitRule::new(Scope::User, E::Notification, 50, 1000),
+    ]
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
@@ -164,7 +185,7 @@ impl Default for EngineConfig {
             uring_buffer_bytes: 2048,
             backlog: 4096,
             max_connections: 100_000,
-            max_connections_per_ip: 0,
+            max_connections_per_ip: 10_000,
             max_handshake_bytes: 8192,
             max_handshake_headers: 32,
             max_frame_bytes: 65_536,
@@ -183,6 +204,7 @@ impl Default for EngineConfig {
             stream_idle_ms: 3_600_000,
             history_size: 64,
             history_ttl_ms: 300_000,
+            history_memory_bytes: 512 << 20,
             dedupe_window_ms: 120_000,
             namespaces: Vec::new(),
             reconnect_ttl_ms: 300_000,
@@ -194,8 +216,8 @@ impl Default for EngineConfig {
             typing_throttle_ms: 1_000,
             typing_timeout_ms: 6_000,
             allowed_origins: Vec::new(),
-            max_connection_rate_per_ip: 0,
-            rate_limits: Vec::new(),
+            max_connection_rate_per_ip: 1_000,
+            rate_limits: default_rate_limits(),
             rate_limit_disconnect_after: 20,
             rate_limit_users: 32_768,
         }

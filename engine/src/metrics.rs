@@ -227,6 +227,13 @@ pub struct ShardMetrics {
     /// io_uring: receives that found the shard's provided-buffer ring empty and were
     /// re-armed (raise `engine.uring_buffers` if this climbs steadily).
     pub uring_buffers_exhausted: AtomicU64,
+    /// Bytes of retained publications (history) this shard keeps (a gauge, set each
+    /// tick; bounded by its share of `engine.history_memory_bytes`).
+    pub history_bytes: AtomicU64,
+    /// Retained publications evicted to stay within the history memory budget.
+    pub history_evicted: AtomicU64,
+    /// Channels with a live stream position on this shard (a gauge, set each tick).
+    pub streams: AtomicU64,
     /// Messages sent to other shards.
     pub mesh_sent: AtomicU64,
     /// Messages that found another shard's inbox full and waited in the spill queue.

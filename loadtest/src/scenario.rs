@@ -122,7 +122,7 @@ impl Default for Scenario {
             drain_s: 2.0,
             slow_fraction: 0.1,
             workers: 0,
-            source_ips: 8,
+            source_ips: 32,
             connect_timeout_ms: 10_000,
             storm_start_rate: 500.0,
             storm_step_rate: 500.0,

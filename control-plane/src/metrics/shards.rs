@@ -32,7 +32,7 @@ pub(super) fn expose(out: &mut String, engine: &EngineHandle, census: &[Census])
         engine.backend(),
         shards.len()
     );
-    let per_shard: [Family; 18] = [
+    let per_shard: [Family; 21] = [
         (
             "switchboard_connections",
             "gauge",
@@ -140,6 +140,24 @@ pub(super) fn expose(out: &mut String, engine: &EngineHandle, census: &[Census])
             "counter",
             "io_uring receives re-armed because the provided-buffer ring was empty.",
             |m| m.uring_buffers_exhausted.load(Relaxed),
+        ),
+        (
+            "switchboard_history_bytes",
+            "gauge",
+            "Bytes of retained publications kept in memory (all channels and inboxes; bounded by engine.history_memory_bytes).",
+            |m| m.history_bytes.load(Relaxed),
+        ),
+        (
+            "switchboard_history_evicted_total",
+            "counter",
+            "Retained publications evicted, oldest first, to stay within engine.history_memory_bytes.",
+            |m| m.history_evicted.load(Relaxed),
+        ),
+        (
+            "switchboard_streams",
+            "gauge",
+            "Channels with a live stream position (epoch and offset) on the shard.",
+            |m| m.streams.load(Relaxed),
         ),
     ];
     for (name, kind, help, get) in per_shard {

@@ -239,6 +239,7 @@ impl ShardCore {
         };
         let policies = Arc::new(Policies::new(default, &cfg.namespaces, t));
         let mut streams = Streams::with_policies(stream_seed(id, now), policies);
+        streams.set_history_budget(cfg.history_memory_bytes / mesh.shards().max(1));
         let journal = mesh.journal().cloned();
         let mesh_shards = mesh.shards();
         let (seeds, seeded_marks) = mesh.take_seeds(id);
@@ -534,6 +535,19 @@ impl ShardCore {
         let idle = ms_to_ticks(self.cfg.stream_idle_ms, self.cfg.tick_ms);
         let window = ms_to_ticks(self.cfg.dedupe_window_ms, self.cfg.tick_ms);
         self.streams.sweep(self.tick, idle, window, 256);
+        let m = &self.metrics;
+        m.history_bytes.store(
+            self.streams.history_bytes() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        m.history_evicted.store(
+            self.streams.history_evicted(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        m.streams.store(
+            self.streams.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.expire_typing();
         if !self.presence.namespaces.is_empty() {
             for (channel, event) in self.presence.members.expire(self.tick, self.clock.unix_ms) {

@@ -13,6 +13,11 @@
 //! `engine.stream_idle_ms` is forgotten; the next publication starts a new epoch at
 //! offset 1, which tells clients that earlier positions of that channel are gone.
 //!
+//! Retained publications of all channels share one memory budget per shard
+//! (`engine.history_memory_bytes` divided among the shards, see [`budget`]): beyond
+//! it, the oldest publication of any channel is evicted first, and expired ones are
+//! freed by the sweep even when their channel is quiet.
+//!
 //! A stream has two tops: `offset`, the last position given out, and `shown`, the last
 //! one released to subscribers and history. They differ only while `sync`
 //! publications wait for the store; every answer reports `shown`, so a subscriber's
@@ -26,6 +31,9 @@ use indexmap::IndexMap;
 use switchboard_protocol::{Format, Position};
 
 use crate::journal::{Durability, Policies, Policy, SeedStream};
+
+mod budget;
+use budget::HistoryBudget;
 
 /// One retained publication.
 #[derive(Debug, Clone)]
@@ -91,6 +99,8 @@ pub struct Streams {
     /// Where the idle sweep continues.
     cursor: usize,
     policies: Arc<Policies>,
+    /// Bytes retained across all channels, and which to evict first.
+    budget: HistoryBudget,
 }
 
 /// A well-mixed 64-bit value from `x` (SplitMix64's finaliser).
@@ -120,6 +130,48 @@ impl Streams {
             created: 0,
             cursor: 0,
             policies,
+            budget: HistoryBudget::new(0),
+        }
+    }
+
+    /// Most bytes of retained publications this shard keeps (0: no limit); beyond it
+    /// the oldest publications of any channel are evicted.
+    pub fn set_history_budget(&mut self, bytes: usize) {
+        self.budget.set_limit(bytes);
+        self.evict_over_budget();
+    }
+
+    /// Bytes of retained publications (payloads, metadata and their fixed cost).
+    pub fn history_bytes(&self) -> usize {
+        self.budget.used()
+    }
+
+    /// Publications evicted to stay within the budget since start.
+    pub fn history_evicted(&self) -> u64 {
+        self.budget.evicted()
+    }
+
+    /// Evict the oldest retained publications until the budget holds.
+    fn evict_over_budget(&mut self) {
+        while self.budget.over() {
+            let Some((channel, offset)) = self.budget.oldest() else {
+                break;
+            };
+            // Only ever a stream's oldest publication: what it keeps stays contiguous.
+            if let Some(s) = self.map.get_mut(&*channel) {
+                if s.history.front().is_some_and(|e| e.offset == offset) {
+                    let e = s.history.pop_front().expect("front checked");
+                    self.budget.dropped(&e);
+                    self.budget.count_eviction();
+                }
+            }
+        }
+        if self.budget.wants_compaction() {
+            let map = &self.map;
+            self.budget.compact(|c, o| {
+                map.get(c)
+                    .is_some_and(|s| s.history.binary_search_by_key(&o, |e| e.offset).is_ok())
+            });
         }
     }
 
@@ -169,7 +221,10 @@ impl Streams {
                 from: e.from.map(Arc::from),
             });
         }
-        self.map.insert(
+        for e in &history {
+            self.budget.kept(&seed.channel, e);
+        }
+        let replaced = self.map.insert(
             seed.channel,
             Stream {
                 epoch,
@@ -181,6 +236,10 @@ impl Streams {
                 keys,
             },
         );
+        for e in replaced.iter().flat_map(|s| &s.history) {
+            self.budget.dropped(e);
+        }
+        self.evict_over_budget();
     }
 
     /// Channels with a live stream.
@@ -262,7 +321,7 @@ impl Streams {
     /// Release the publication `next` positioned and keep it, within `keep` entries and
     /// `ttl` ticks.
     pub fn retain(&mut self, channel: &str, entry: Entry, keep: usize, ttl: u32) {
-        let Some(s) = self.map.get_mut(channel) else {
+        let Some((_, name, s)) = self.map.get_full_mut(channel) else {
             return;
         };
         s.shown = s.shown.max(entry.offset);
@@ -275,9 +334,16 @@ impl Streams {
                 .front()
                 .is_some_and(|e| now.wrapping_sub(e.tick) > ttl)
         {
-            s.history.pop_front();
+            let Some(old) = s.history.pop_front() else {
+                break;
+            };
+            self.budget.dropped(&old);
         }
+        self.budget.kept(name, &entry);
         s.history.push_back(entry);
+        if self.budget.over() || self.budget.wants_compaction() {
+            self.evict_over_budget();
+        }
     }
 
     /// Up to `limit` retained publications of `channel` not older than `ttl` ticks:
@@ -443,9 +509,25 @@ impl Streams {
                 idle.max(policy.ttl)
             };
             if now.wrapping_sub(s.used) >= idle_for && s.shown == s.offset {
-                self.map.swap_remove_index(self.cursor);
+                let (_, gone) = self
+                    .map
+                    .swap_remove_index(self.cursor)
+                    .expect("cursor within the map");
+                for e in &gone.history {
+                    self.budget.dropped(e);
+                }
                 dropped += 1;
             } else {
+                // Expired publications are freed now, not at the channel's next
+                // publication (which may never come).
+                while s
+                    .history
+                    .front()
+                    .is_some_and(|e| now.wrapping_sub(e.tick) > policy.ttl)
+                {
+                    let old = s.history.pop_front().expect("front checked");
+                    self.budget.dropped(&old);
+                }
                 if !s.keys.is_empty() {
                     s.keys
                         .retain(|_, &mut (_, t)| now.wrapping_sub(t) <= window);
@@ -458,273 +540,4 @@ impl Streams {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn offsets_rise_by_one_and_epochs_differ() {
-        let mut s = Streams::new(42);
-        let a1 = s.next("a", 0);
-        let a2 = s.next("a", 1);
-        let b1 = s.next("b", 1);
-        assert_eq!((a1.offset, a2.offset, b1.offset), (1, 2, 1));
-        assert_eq!(a1.epoch, a2.epoch);
-        assert_ne!(a1.epoch, b1.epoch);
-        assert_eq!(s.current("a").unwrap().offset, 0, "not released yet");
-        s.show("a", 2);
-        assert_eq!(s.current("a"), Some(a2));
-        assert_ne!(Streams::new(43).next("a", 0).epoch, a1.epoch);
-    }
-
-    #[test]
-    fn stored_streams_with_history_outlive_the_idle_time_until_their_ttl() {
-        let default = Policy {
-            durability: Durability::None,
-            keep: 8,
-            ttl: 1000,
-        };
-        let ns = [crate::journal::NamespacePolicy {
-            name: "inbox".into(),
-            durability: Durability::Sync,
-            history_size: 8,
-            history_ttl_ms: 5000,
-            rules: Default::default(),
-            presence: false,
-            presence_events: false,
-        }];
-        // ttl: 5000 ms / 10 ms ticks = 500 ticks; idle: 50 ticks.
-        let mut s = Streams::with_policies(1, Arc::new(Policies::new(default, &ns, 10)));
-        let p = s.next("inbox:a", 0);
-        s.retain("inbox:a", entry(p.offset, 0), 8, 500);
-        s.touch("inbox:empty", 0);
-        s.next("room:x", 0);
-        s.show("room:x", 1);
-        assert_eq!(
-            s.sweep(100, 50, 50, 10),
-            2,
-            "the empty inbox and the room go"
-        );
-        assert!(s.current("inbox:a").is_some(), "kept: it retains a message");
-        assert_eq!(s.sweep(600, 50, 50, 10), 1, "gone once its ttl passed");
-    }
-
-    #[test]
-    fn idle_streams_are_forgotten_and_restart_in_a_new_epoch() {
-        let mut s = Streams::new(7);
-        let old = s.next("quiet", 0);
-        s.next("busy", 0);
-        s.next("busy", 90);
-        let waiting = s.next("waiting", 0);
-        assert_eq!(
-            s.sweep(100, 50, 50, 10),
-            0,
-            "unreleased publications keep even a quiet stream"
-        );
-        s.show("quiet", 1);
-        s.show("busy", 2);
-        s.show("waiting", waiting.offset);
-        assert_eq!(s.sweep(100, 50, 50, 10), 2);
-        assert!(s.current("waiting").is_none());
-        assert_eq!(s.len(), 1);
-        assert!(s.current("quiet").is_none());
-        let new = s.next("quiet", 101);
-        assert_eq!(new.offset, 1);
-        assert_ne!(
-            new.epoch, old.epoch,
-            "a new epoch says earlier positions are gone"
-        );
-        assert_eq!(s.current("busy").unwrap().offset, 2);
-    }
-
-    fn entry(offset: u64, tick: u32) -> Entry {
-        Entry {
-            offset,
-            tick,
-            data: Bytes::from(offset.to_string()),
-            meta: None,
-            format: Format::Json,
-            from: None,
-        }
-    }
-
-    #[test]
-    fn history_keeps_by_count_and_age_and_recovery_is_all_or_nothing() {
-        let mut s = Streams::new(1);
-        let e = s.touch("c", 0);
-        assert_eq!(
-            e.offset, 0,
-            "a subscriber learns the epoch before any publication"
-        );
-        for t in 0..10u32 {
-            let p = s.next("c", t);
-            assert_eq!(p.epoch, e.epoch);
-            s.retain("c", entry(p.offset, t), 5, 100);
-        }
-        let (top, h) = s.history("c", 0, 100, false, 10, 100);
-        assert_eq!(top.offset, 10);
-        assert_eq!(
-            h.iter().map(|e| e.offset).collect::<Vec<_>>(),
-            [6, 7, 8, 9, 10]
-        );
-        let (_, h) = s.history("c", 0, 2, true, 10, 100);
-        assert_eq!(h.iter().map(|e| e.offset).collect::<Vec<_>>(), [10, 9]);
-        let (_, h) = s.history("c", 9, 2, true, 10, 100);
-        assert_eq!(h.iter().map(|e| e.offset).collect::<Vec<_>>(), [8, 7]);
-        let (_, h) = s.history("c", 7, 2, false, 10, 100);
-        assert_eq!(h.iter().map(|e| e.offset).collect::<Vec<_>>(), [8, 9]);
-
-        let ok = s.recover(
-            "c",
-            Position {
-                epoch: e.epoch,
-                offset: 5,
-            },
-            10,
-            100,
-        );
-        assert!(ok.recovered);
-        assert_eq!(ok.publications.len(), 5);
-        let up_to_date = s.recover("c", top, 10, 100);
-        assert!(up_to_date.recovered && up_to_date.publications.is_empty());
-        let too_old = s.recover(
-            "c",
-            Position {
-                epoch: e.epoch,
-                offset: 4,
-            },
-            10,
-            100,
-        );
-        assert!(!too_old.recovered && too_old.publications.is_empty());
-        let other_epoch = s.recover(
-            "c",
-            Position {
-                epoch: e.epoch ^ 1,
-                offset: 9,
-            },
-            10,
-            100,
-        );
-        assert!(!other_epoch.recovered);
-        assert_eq!(other_epoch.top, top);
-        // Age: at tick 108 entries from ticks 5..7 are older than 100 ticks.
-        let (_, h) = s.history("c", 0, 100, false, 108, 100);
-        assert_eq!(h.iter().map(|e| e.offset).collect::<Vec<_>>(), [9, 10]);
-        assert!(
-            !s.recover(
-                "c",
-                Position {
-                    epoch: e.epoch,
-                    offset: 6
-                },
-                108,
-                100
-            )
-            .recovered
-        );
-        assert!(
-            s.recover(
-                "c",
-                Position {
-                    epoch: e.epoch,
-                    offset: 8
-                },
-                108,
-                100
-            )
-            .recovered
-        );
-    }
-
-    #[test]
-    fn seeded_streams_continue_their_epoch_keys_and_history() {
-        use crate::journal::{NamespacePolicy, SeedEntry};
-        let default = Policy {
-            durability: Durability::None,
-            keep: 64,
-            ttl: 1000,
-        };
-        let ns = [NamespacePolicy {
-            name: "chat".into(),
-            durability: Durability::Sync,
-            history_size: 3,
-            history_ttl_ms: 10_000,
-            rules: Default::default(),
-            presence: false,
-            presence_events: false,
-        }];
-        let mut s = Streams::with_policies(3, Arc::new(Policies::new(default, &ns, 10)));
-        let entry = |offset: u64, key: Option<&str>| SeedEntry {
-            offset,
-            age_ms: 100,
-            format: Format::Json,
-            data: Bytes::from(offset.to_string()),
-            meta: None,
-            key: key.map(Box::from),
-            from: None,
-        };
-        s.seed(
-            SeedStream {
-                channel: "chat:1".into(),
-                epoch: Some(77),
-                offset: 9,
-                entries: vec![entry(8, None), entry(9, Some("k"))],
-            },
-            5,
-            10,
-        );
-        s.seed(
-            SeedStream {
-                channel: "chat:lost".into(),
-                epoch: None,
-                offset: 4,
-                entries: Vec::new(),
-            },
-            5,
-            10,
-        );
-        assert_eq!(s.policy_of("chat:1").durability, Durability::Sync);
-        assert_eq!(s.policy_of("other").durability, Durability::None);
-        assert_eq!(
-            s.current("chat:1"),
-            Some(Position {
-                epoch: 77,
-                offset: 9
-            })
-        );
-        assert!(s.current("chat:lost").is_none(), "a new epoch on first use");
-        assert_eq!(
-            s.dedupe("chat:1", "k", 5, 100),
-            Some(Position {
-                epoch: 77,
-                offset: 9
-            })
-        );
-        let (p, policy) = s.next_in("chat:1", 6);
-        assert_eq!((p.epoch, p.offset), (77, 10));
-        assert_eq!(s.policies.get(policy).keep, 3);
-        let r = s.recover(
-            "chat:1",
-            Position {
-                epoch: 77,
-                offset: 7,
-            },
-            6,
-            1000,
-        );
-        assert!(r.recovered);
-        assert_eq!(r.top.offset, 9, "offset 10 is not released yet");
-        assert_eq!(r.publications.len(), 2);
-    }
-
-    #[test]
-    fn owners_spread_and_are_stable() {
-        let mut counts = [0; 4];
-        for i in 0..4000 {
-            counts[owner(&format!("room:{i}"), 4) as usize] += 1;
-        }
-        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
-        assert_eq!(owner("room:1", 4), owner("room:1", 4));
-        assert_eq!(owner("anything", 1), 0);
-    }
-}
+mod tests;

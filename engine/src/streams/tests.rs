@@ -1,0 +1,375 @@
+//! Tests of the streams: positions, retention, recovery, seeding, the memory budget.
+
+use super::*;
+
+#[test]
+fn offsets_rise_by_one_and_epochs_differ() {
+    let mut s = Streams::new(42);
+    let a1 = s.next("a", 0);
+    let a2 = s.next("a", 1);
+    let b1 = s.next("b", 1);
+    assert_eq!((a1.offset, a2.offset, b1.offset), (1, 2, 1));
+    assert_eq!(a1.epoch, a2.epoch);
+    assert_ne!(a1.epoch, b1.epoch);
+    assert_eq!(s.current("a").unwrap().offset, 0, "not released yet");
+    s.show("a", 2);
+    assert_eq!(s.current("a"), Some(a2));
+    assert_ne!(Streams::new(43).next("a", 0).epoch, a1.epoch);
+}
+
+#[test]
+fn stored_streams_with_history_outlive_the_idle_time_until_their_ttl() {
+    let default = Policy {
+        durability: Durability::None,
+        keep: 8,
+        ttl: 1000,
+    };
+    let ns = [crate::journal::NamespacePolicy {
+        name: "inbox".into(),
+        durability: Durability::Sync,
+        history_size: 8,
+        history_ttl_ms: 5000,
+        rules: Default::default(),
+        presence: false,
+        presence_events: false,
+    }];
+    // ttl: 5000 ms / 10 ms ticks = 500 ticks; idle: 50 ticks.
+    let mut s = Streams::with_policies(1, Arc::new(Policies::new(default, &ns, 10)));
+    let p = s.next("inbox:a", 0);
+    s.retain("inbox:a", entry(p.offset, 0), 8, 500);
+    s.touch("inbox:empty", 0);
+    s.next("room:x", 0);
+    s.show("room:x", 1);
+    assert_eq!(
+        s.sweep(100, 50, 50, 10),
+        2,
+        "the empty inbox and the room go"
+    );
+    assert!(s.current("inbox:a").is_some(), "kept: it retains a message");
+    assert_eq!(s.sweep(600, 50, 50, 10), 1, "gone once its ttl passed");
+}
+
+#[test]
+fn idle_streams_are_forgotten_and_restart_in_a_new_epoch() {
+    let mut s = Streams::new(7);
+    let old = s.next("quiet", 0);
+    s.next("busy", 0);
+    s.next("busy", 90);
+    let waiting = s.next("waiting", 0);
+    assert_eq!(
+        s.sweep(100, 50, 50, 10),
+        0,
+        "unreleased publications keep even a quiet stream"
+    );
+    s.show("quiet", 1);
+    s.show("busy", 2);
+    s.show("waiting", waiting.offset);
+    assert_eq!(s.sweep(100, 50, 50, 10), 2);
+    assert!(s.current("waiting").is_none());
+    assert_eq!(s.len(), 1);
+    assert!(s.current("quiet").is_none());
+    let new = s.next("quiet", 101);
+    assert_eq!(new.offset, 1);
+    assert_ne!(
+        new.epoch, old.epoch,
+        "a new epoch says earlier positions are gone"
+    );
+    assert_eq!(s.current("busy").unwrap().offset, 2);
+}
+
+fn entry(offset: u64, tick: u32) -> Entry {
+    Entry {
+        offset,
+        tick,
+        data: Bytes::from(offset.to_string()),
+        meta: None,
+        format: Format::Json,
+        from: None,
+    }
+}
+
+#[test]
+fn history_keeps_by_count_and_age_and_recovery_is_all_or_nothing() {
+    let mut s = Streams::new(1);
+    let e = s.touch("c", 0);
+    assert_eq!(
+        e.offset, 0,
+        "a subscriber learns the epoch before any publication"
+    );
+    for t in 0..10u32 {
+        let p = s.next("c", t);
+        assert_eq!(p.epoch, e.epoch);
+        s.retain("c", entry(p.offset, t), 5, 100);
+    }
+    let (top, h) = s.history("c", 0, 100, false, 10, 100);
+    assert_eq!(top.offset, 10);
+    assert_eq!(
+        h.iter().map(|e| e.offset).collect::<Vec<_>>(),
+        [6, 7, 8, 9, 10]
+    );
+    let (_, h) = s.history("c", 0, 2, true, 10, 100);
+    assert_eq!(h.iter().map(|e| e.offset).collect::<Vec<_>>(), [10, 9]);
+    let (_, h) = s.history("c", 9, 2, true, 10, 100);
+    assert_eq!(h.iter().map(|e| e.offset).collect::<Vec<_>>(), [8, 7]);
+    let (_, h) = s.history("c", 7, 2, false, 10, 100);
+    assert_eq!(h.iter().map(|e| e.offset).collect::<Vec<_>>(), [8, 9]);
+
+    let ok = s.recover(
+        "c",
+        Position {
+            epoch: e.epoch,
+            offset: 5,
+        },
+        10,
+        100,
+    );
+    assert!(ok.recovered);
+    assert_eq!(ok.publications.len(), 5);
+    let up_to_date = s.recover("c", top, 10, 100);
+    assert!(up_to_date.recovered && up_to_date.publications.is_empty());
+    let too_old = s.recover(
+        "c",
+        Position {
+            epoch: e.epoch,
+            offset: 4,
+        },
+        10,
+        100,
+    );
+    assert!(!too_old.recovered && too_old.publications.is_empty());
+    let other_epoch = s.recover(
+        "c",
+        Position {
+            epoch: e.epoch ^ 1,
+            offset: 9,
+        },
+        10,
+        100,
+    );
+    assert!(!other_epoch.recovered);
+    assert_eq!(other_epoch.top, top);
+    // Age: at tick 108 entries from ticks 5..7 are older than 100 ticks.
+    let (_, h) = s.history("c", 0, 100, false, 108, 100);
+    assert_eq!(h.iter().map(|e| e.offset).collect::<Vec<_>>(), [9, 10]);
+    assert!(
+        !s.recover(
+            "c",
+            Position {
+                epoch: e.epoch,
+                offset: 6
+            },
+            108,
+            100
+        )
+        .recovered
+    );
+    assert!(
+        s.recover(
+            "c",
+            Position {
+                epoch: e.epoch,
+                offset: 8
+            },
+            108,
+            100
+        )
+        .recovered
+    );
+}
+
+#[test]
+fn seeded_streams_continue_their_epoch_keys_and_history() {
+    use crate::journal::{NamespacePolicy, SeedEntry};
+    let default = Policy {
+        durability: Durability::None,
+        keep: 64,
+        ttl: 1000,
+    };
+    let ns = [NamespacePolicy {
+        name: "chat".into(),
+        durability: Durability::Sync,
+        history_size: 3,
+        history_ttl_ms: 10_000,
+        rules: Default::default(),
+        presence: false,
+        presence_events: false,
+    }];
+    let mut s = Streams::with_policies(3, Arc::new(Policies::new(default, &ns, 10)));
+    let entry = |offset: u64, key: Option<&str>| SeedEntry {
+        offset,
+        age_ms: 100,
+        format: Format::Json,
+        data: Bytes::from(offset.to_string()),
+        meta: None,
+        key: key.map(Box::from),
+        from: None,
+    };
+    s.seed(
+        SeedStream {
+            channel: "chat:1".into(),
+            epoch: Some(77),
+            offset: 9,
+            entries: vec![entry(8, None), entry(9, Some("k"))],
+        },
+        5,
+        10,
+    );
+    s.seed(
+        SeedStream {
+            channel: "chat:lost".into(),
+            epoch: None,
+            offset: 4,
+            entries: Vec::new(),
+        },
+        5,
+        10,
+    );
+    assert_eq!(s.policy_of("chat:1").durability, Durability::Sync);
+    assert_eq!(s.policy_of("other").durability, Durability::None);
+    assert_eq!(
+        s.current("chat:1"),
+        Some(Position {
+            epoch: 77,
+            offset: 9
+        })
+    );
+    assert!(s.current("chat:lost").is_none(), "a new epoch on first use");
+    assert_eq!(
+        s.dedupe("chat:1", "k", 5, 100),
+        Some(Position {
+            epoch: 77,
+            offset: 9
+        })
+    );
+    let (p, policy) = s.next_in("chat:1", 6);
+    assert_eq!((p.epoch, p.offset), (77, 10));
+    assert_eq!(s.policies.get(policy).keep, 3);
+    let r = s.recover(
+        "chat:1",
+        Position {
+            epoch: 77,
+            offset: 7,
+        },
+        6,
+        1000,
+    );
+    assert!(r.recovered);
+    assert_eq!(r.top.offset, 9, "offset 10 is not released yet");
+    assert_eq!(r.publications.len(), 2);
+}
+
+#[test]
+fn owners_spread_and_are_stable() {
+    let mut counts = [0; 4];
+    for i in 0..4000 {
+        counts[owner(&format!("room:{i}"), 4) as usize] += 1;
+    }
+    assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+    assert_eq!(owner("room:1", 4), owner("room:1", 4));
+    assert_eq!(owner("anything", 1), 0);
+}
+
+fn big_entry(offset: u64, tick: u32, bytes: usize) -> Entry {
+    Entry {
+        offset,
+        tick,
+        data: Bytes::from(vec![b'x'; bytes]),
+        meta: None,
+        format: Format::Json,
+        from: None,
+    }
+}
+
+/// Issue 16, item 1: 60 KB payloads to ever-new channels stay within the budget,
+/// oldest evicted first across channels, each channel keeping a contiguous run up to
+/// its top (so recovery is exact); expired history is freed by the sweep even on a
+/// channel that never publishes again.
+#[test]
+fn retained_bytes_stay_within_the_budget_oldest_first() {
+    let mut s = Streams::new(1);
+    let budget = 1 << 20;
+    s.set_history_budget(budget);
+    for i in 0..200u32 {
+        let channel = format!("room:h{i}");
+        let p = s.next(&channel, i);
+        s.retain(&channel, big_entry(p.offset, i, 60_000), 64, u32::MAX);
+        assert!(s.history_bytes() <= budget, "{} at {i}", s.history_bytes());
+    }
+    let per = 60_000 + budget::ENTRY_OVERHEAD;
+    assert_eq!(s.history_bytes(), (budget / per) * per);
+    assert_eq!(s.history_evicted(), 200 - (budget / per) as u64);
+    // The newest channels kept theirs, the oldest lost theirs.
+    assert_eq!(
+        s.history("room:h199", 0, 10, false, 200, u32::MAX).1.len(),
+        1
+    );
+    assert!(s
+        .history("room:h0", 0, 10, false, 200, u32::MAX)
+        .1
+        .is_empty());
+
+    // One busy channel: what it keeps is its newest publications, contiguous.
+    for t in 0..100u32 {
+        let p = s.next("room:busy", 300 + t);
+        s.retain(
+            "room:busy",
+            big_entry(p.offset, 300 + t, 60_000),
+            64,
+            u32::MAX,
+        );
+    }
+    let (top, kept) = s.history("room:busy", 0, 100, false, 400, u32::MAX);
+    assert_eq!(kept.last().unwrap().offset, top.offset);
+    assert!(kept.windows(2).all(|w| w[1].offset == w[0].offset + 1));
+    let first = kept[0].offset;
+    let r = s.recover(
+        "room:busy",
+        Position {
+            epoch: top.epoch,
+            offset: first - 1,
+        },
+        400,
+        u32::MAX,
+    );
+    assert!(r.recovered);
+    let r = s.recover(
+        "room:busy",
+        Position {
+            epoch: top.epoch,
+            offset: first - 2,
+        },
+        400,
+        u32::MAX,
+    );
+    assert!(
+        !r.recovered,
+        "an evicted publication is not claimed as recovered"
+    );
+}
+
+#[test]
+fn the_sweep_frees_expired_history_of_quiet_channels() {
+    let mut s = Streams::with_policies(
+        1,
+        Arc::new(Policies::single(Policy {
+            durability: Durability::None,
+            keep: 64,
+            ttl: 10,
+        })),
+    );
+    for i in 0..50u32 {
+        let channel = format!("room:q{i}");
+        let p = s.next(&channel, 0);
+        s.retain(&channel, big_entry(p.offset, 0, 1000), 64, 10);
+    }
+    assert_eq!(s.history_bytes(), 50 * (1000 + budget::ENTRY_OVERHEAD));
+    s.sweep(11, 1000, 1000, 1000);
+    assert_eq!(
+        s.history_bytes(),
+        0,
+        "expired, freed without a new publication"
+    );
+    assert_eq!(s.len(), 50, "positions are kept until stream_idle_ms");
+    s.sweep(2000, 1000, 1000, 1000);
+    assert_eq!(s.len(), 0);
+}
