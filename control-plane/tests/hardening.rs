@@ -206,3 +206,203 @@ async fn default_rate_limits_refuse_a_flood() {
     assert_eq!(e["code"], json!(114), "{e}");
     assert!(e["retry_after_ms"].as_u64().is_some(), "{e}");
 }
+
+/// Server frames read off a raw socket: (opcode, payload) in order.
+struct RawReader {
+    stream: tokio::net::tcp::OwnedReadHalf,
+    buf: bytes::BytesMut,
+}
+
+impl RawReader {
+    async fn next(&mut self) -> Option<(switchboard_protocol::OpCode, bytes::Bytes)> {
+        use switchboard_protocol::frame::{self, Check};
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Check::Complete(h) =
+                frame::check(&self.buf, switchboard_protocol::Role::Client, usize::MAX).unwrap()
+            {
+                let f = frame::take(&mut self.buf, &h);
+                return Some((f.opcode, f.payload));
+            }
+            let n = tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                self.stream.read_buf(&mut self.buf),
+            )
+            .await
+            .expect("frames in time")
+            .ok()?;
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+}
+
+/// Issue 16, item 5: a client pipelining 50,000 `ping`s while reading normally is
+/// slowed (its input paused while its replies pile up), not closed: every ping is
+/// answered, in order, and no close frame comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelining_client_is_slowed_not_closed() {
+    use tokio::io::AsyncWriteExt;
+    // A small queue, so pausing happens many times.
+    let server = start(|c| c.engine.max_outbound_bytes = 16 * 1024);
+    let c = Client::connect(server.ws_addr(), Fmt::Json, &token("piper", None)).await;
+    let (rd, mut wr) = c.ws.into_inner().into_split();
+    const PINGS: u64 = 50_000;
+    let writer = tokio::spawn(async move {
+        let mut buf = Vec::with_capacity(1 << 16);
+        for i in 0..PINGS {
+            buf.extend(raw_frame(
+                true,
+                1,
+                format!(r#"{{"id":{i},"cmd":"ping"}}"#).as_bytes(),
+            ));
+            if buf.len() >= 60_000 {
+                wr.write_all(&buf).await.unwrap();
+                buf.clear();
+            }
+        }
+        wr.write_all(&buf).await.unwrap();
+        wr
+    });
+    let mut reader = RawReader {
+        stream: rd,
+        buf: bytes::BytesMut::new(),
+    };
+    let mut next_id = 0u64;
+    while next_id < PINGS {
+        let (op, payload) = reader.next().await.expect("the connection stays open");
+        assert_ne!(
+            op,
+            switchboard_protocol::OpCode::Close,
+            "closed after {next_id} replies: {payload:?}"
+        );
+        if op != switchboard_protocol::OpCode::Text {
+            continue;
+        }
+        let v: Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(v["id"], json!(next_id), "{v}");
+        next_id += 1;
+    }
+    let _wr = writer.await.unwrap();
+}
+
+/// Issue 16, item 5: commands sent right behind `connect`, before its answer, wait for
+/// it and run in order (they used to fail with 102 when the verdict was slower).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_behind_connect_wait_for_its_verdict() {
+    use tokio::io::AsyncWriteExt;
+    let server = start(|_| {});
+    let tok = token("eager", None);
+    for n in 0..40 {
+        let (stream, head) = upgrade(server.ws_addr(), Some("switchboard.v1.json"), "").await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let (rd, mut wr) = stream.into_split();
+        let mut burst = raw_frame(
+            true,
+            1,
+            json!({"id": 1, "cmd": "connect", "token": tok})
+                .to_string()
+                .as_bytes(),
+        );
+        for (id, channel) in [(2, "room:a"), (3, "room:b")] {
+            burst.extend(raw_frame(
+                true,
+                1,
+                json!({"id": id, "cmd": "subscribe", "channel": channel})
+                    .to_string()
+                    .as_bytes(),
+            ));
+        }
+        burst.extend(raw_frame(true, 1, br#"{"id":4,"cmd":"ping"}"#));
+        wr.write_all(&burst).await.unwrap();
+        let mut reader = RawReader {
+            stream: rd,
+            buf: bytes::BytesMut::new(),
+        };
+        let mut ids = Vec::new();
+        while ids.len() < 4 {
+            let (_, payload) = reader.next().await.expect("answers");
+            let v: Value = serde_json::from_slice(&payload).unwrap();
+            if let Some(id) = v.get("id") {
+                assert!(v.get("result").is_some(), "connection {n}: {v}");
+                ids.push(id.as_u64().unwrap());
+            }
+        }
+        // Run in order; answered as each completes (a channel of another shard
+        // answers later than `ping`).
+        assert_eq!(ids[0], 1, "connect is answered first: {ids:?}");
+        ids.sort_unstable();
+        assert_eq!(ids, [1, 2, 3, 4], "connection {n}");
+    }
+}
+
+/// Issue 16, item 6: a consumer reading slower than its channel publishes is closed
+/// with 4003, and — reading on, even after a pause longer than the close timeout — it
+/// receives the `disconnect` push and the close frame (its queued publications are
+/// dropped so they go first; an unwritten close waits up to a heartbeat timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_sees_why_it_was_closed() {
+    let server = start(|c| c.engine.rate_limits = vec![]);
+    let addr = server.ws_addr();
+    let mut slow = Client::connect(addr, Fmt::Json, &token("slow", None)).await;
+    let r = slow
+        .call(json!({"cmd": "subscribe", "channel": "room:flood"}))
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    let (rd, _wr) = slow.ws.into_inner().into_split();
+    // The publisher reads its replies (else backpressure would pause it, see above).
+    let publisher = Client::connect(addr, Fmt::Json, &token("pub", None)).await;
+    let (mut pub_rd, mut pub_wr) = publisher.ws.into_inner().into_split();
+    let drain = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut sink = vec![0u8; 1 << 16];
+        while pub_rd.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+    });
+    let flood = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let data = "y".repeat(8000);
+        for i in 0..3_000 {
+            let cmd = json!({"id": i, "cmd": "publish", "channel": "room:flood", "data": data});
+            pub_wr
+                .write_all(&raw_frame(true, 1, cmd.to_string().as_bytes()))
+                .await
+                .unwrap();
+        }
+        pub_wr
+    });
+    let mut reader = RawReader {
+        stream: rd,
+        buf: bytes::BytesMut::new(),
+    };
+    let mut disconnect = None;
+    // A slow reader: it looks at its socket only well after the server gave up on it
+    // (longer than the close timeout, 500 ms), then reads on.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let close = loop {
+        let Some((op, payload)) = reader.next().await else {
+            panic!("EOF without a close frame (disconnect push: {disconnect:?})");
+        };
+        match op {
+            switchboard_protocol::OpCode::Close => {
+                break u16::from_be_bytes([payload[0], payload[1]])
+            }
+            switchboard_protocol::OpCode::Text => {
+                let v: Value = serde_json::from_slice(&payload).unwrap();
+                if v["push"] == json!("disconnect") {
+                    disconnect = Some(v);
+                }
+            }
+            _ => {}
+        }
+    };
+    assert_eq!(close, 4003);
+    let d = disconnect.expect("the disconnect push before the close frame");
+    assert_eq!(
+        (d["code"].as_u64(), d["reason"].as_str()),
+        (Some(4003), Some("slow consumer")),
+        "{d}"
+    );
+    let _ = flood.await;
+    drain.abort();
+}

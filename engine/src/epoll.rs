@@ -257,6 +257,10 @@ impl Driver {
         self.core.end_turn();
         let mut wake = std::mem::take(&mut self.scratch);
         self.core.take_wake(&mut wake);
+        let mut resumed = Vec::new();
+        self.core.take_resumed(&mut resumed);
+        // A resumed connection's task reads again (it skipped reading while paused).
+        wake.append(&mut resumed);
         for &slot in &wake {
             if let Some(Some(sock)) = self.socks.get(slot as usize) {
                 if let Some(w) = &sock.waker {
@@ -371,7 +375,9 @@ impl Future for ConnTask {
             sock.waker = Some(cx.waker().clone());
         }
         let mut reads = 0;
-        loop {
+        // Input paused by the core (see `ShardCore::wants_input`): the socket is not
+        // read, so TCP slows the client; `take_resumed` wakes this task again.
+        while d.core.wants_input(slot) {
             match sock.stream.poll_read_ready(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Err(_)) => {

@@ -52,6 +52,13 @@ impl ShardCore {
         let notice = (code.0 >= 4000 || code == CloseCode::GOING_AWAY)
             .then(|| self.disconnect_frame(slot, code, reason, reconnect, reconnect_after_ms));
         let conn = &mut self.conns[slot as usize];
+        if conn.input_paused {
+            // Nothing more is run; reading again lets the peer's close reply arrive.
+            conn.input_paused = false;
+            conn.pending_in = None;
+            self.resumed.push(slot);
+        }
+        let conn = &mut self.conns[slot as usize];
         if let Some(notice) = notice {
             conn.out.push_unbounded(notice);
         }

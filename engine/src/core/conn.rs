@@ -77,6 +77,11 @@ pub struct Conn {
     pub(super) ping_sent: bool,
     /// Listed in the shard's dirty list.
     pub(super) dirty: bool,
+    /// Input is paused: its outbound queue is above the high-water mark (half of
+    /// `max_outbound_bytes`) or its `connect` is being verified. Bytes that arrive
+    /// meanwhile wait in `pending_in` unprocessed, and the backend stops reading the
+    /// socket (TCP flow control then slows the client) until the core resumes it.
+    pub(super) input_paused: bool,
     /// Bytes of an incomplete request or frame (allocated only while incomplete).
     pub(super) pending_in: Option<BytesMut>,
     /// Fragmented message state (a pointer while idle).

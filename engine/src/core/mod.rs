@@ -150,6 +150,8 @@ pub struct ShardCore {
     dirty: Vec<u32>,
     /// Connections whose backend task must run (closed, or must change interest).
     wake: Vec<u32>,
+    /// Connections whose input was paused and may be read again.
+    resumed: Vec<u32>,
     /// The one ping frame every connection is sent.
     ping_frame: Bytes,
     /// Commands handled (picks the sampled ones).
@@ -279,6 +281,7 @@ impl ShardCore {
             },
             dirty: Vec::new(),
             wake: Vec::new(),
+            resumed: Vec::new(),
             ping_frame: frame::encode(OpCode::Ping, b""),
             commands_seen: 0,
             answering: CommandKind::Ping,
@@ -358,6 +361,7 @@ impl ShardCore {
             next_visit: 0,
             ping_sent: false,
             dirty: false,
+            input_paused: false,
             pending_in: None,
             assembler: MessageAssembler::default(),
             out: OutQueue::default(),
@@ -421,6 +425,15 @@ impl ShardCore {
             buf.clear();
             return;
         }
+        if conn.input_paused {
+            // Bytes the backend had read before it stopped: kept, in order, for when
+            // input resumes (a bounded amount: the backend reads no more meanwhile).
+            conn.pending_in
+                .get_or_insert_with(BytesMut::new)
+                .extend_from_slice(buf);
+            buf.clear();
+            return;
+        }
         match conn.pending_in.take() {
             Some(mut pending) => {
                 pending.extend_from_slice(buf);
@@ -439,7 +452,7 @@ impl ShardCore {
         }
     }
 
-    fn keep_leftover(&mut self, slot: u32, leftover: BytesMut) {
+    pub(super) fn keep_leftover(&mut self, slot: u32, leftover: BytesMut) {
         if let Some(conn) = self.conns.get_mut(slot as usize) {
             if !leftover.is_empty()
                 && !matches!(
@@ -592,14 +605,38 @@ impl ShardCore {
         self.conns.get_mut(slot as usize).map(|c| &mut c.out)
     }
 
-    /// `bytes` of `slot`'s queue were written by one syscall.
+    /// `bytes` of `slot`'s queue were written by one syscall. A connection whose
+    /// input was paused for a full queue resumes once the queue is below the low-water
+    /// mark (an eighth of `max_outbound_bytes`): its waiting commands run now.
     pub fn written(&mut self, slot: u32, bytes: usize) {
         if let Some(c) = self.conns.get_mut(slot as usize) {
             let frames = c.out.advance(bytes);
             ShardMetrics::add(&self.metrics.frames_out, frames as u64);
             ShardMetrics::add(&self.metrics.bytes_out, bytes as u64);
             ShardMetrics::add(&self.metrics.writes, 1);
+            if c.input_paused {
+                // The client is reading: alive, whatever it has not sent meanwhile.
+                c.last_rx = self.tick;
+                if c.out.charged() <= self.cfg.max_outbound_bytes / 8 {
+                    self.resume_input(slot);
+                }
+            }
         }
+    }
+
+    /// Whether the backend should read `slot`'s socket now (false while its input is
+    /// paused, see [`ShardCore::take_resumed`]).
+    pub fn wants_input(&self, slot: u32) -> bool {
+        self.conns
+            .get(slot as usize)
+            .is_some_and(|c| !c.input_paused)
+    }
+
+    /// Connections whose input was paused (`wants_input` was false) and may be read
+    /// again: the backend re-arms or polls their reads.
+    pub fn take_resumed(&mut self, into: &mut Vec<u32>) {
+        into.clear();
+        std::mem::swap(into, &mut self.resumed);
     }
 
     /// `slot`'s queue is empty after writing: a queued close has gone out.

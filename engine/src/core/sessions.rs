@@ -114,6 +114,9 @@ impl ShardCore {
                 }
             }
         }
+        // Commands sent right behind `connect` waited for this verdict: they run now,
+        // in order (refused with 102 if it was a refusal).
+        self.resume_input(key.slot);
     }
 
     /// `connect` with a reconnect token: checked here (no control-plane round trip);

@@ -43,6 +43,12 @@ impl ShardCore {
             }
             ConnState::Open => {
                 let idle = t.saturating_sub(conn.last_rx);
+                if conn.input_paused && idle >= tk.ping {
+                    // Paused for a full queue, and nothing written for a ping interval:
+                    // a consumer that stopped reading (a slow one still drains, which
+                    // counts as heard from, see `written`).
+                    return self.slow_consumer(slot);
+                }
                 if idle >= tk.ping + tk.pong {
                     self.begin_close(
                         slot,
@@ -73,10 +79,19 @@ impl ShardCore {
                 }
             }
             ConnState::Closing | ConnState::Draining => {
-                if t >= conn.since + tk.close {
+                // A close still queued (the `disconnect` push and close frame behind a
+                // full socket buffer, everything else dropped) waits for the peer to
+                // read its way to it, up to a heartbeat timeout (ping interval + pong
+                // timeout): a slow reader learns why it was closed. Once written, the
+                // peer's reply gets the close timeout.
+                let longest = tk.close.max(tk.ping + tk.pong);
+                let unwritten = conn.state == ConnState::Closing
+                    && !conn.out.is_empty()
+                    && t < conn.since + longest;
+                if t >= conn.since + tk.close && !unwritten {
                     self.close_now(slot, None);
                 } else {
-                    let at = conn.since + tk.close;
+                    let at = (conn.since + tk.close).max(t + 1);
                     self.schedule(slot, at as u64);
                 }
             }

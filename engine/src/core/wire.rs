@@ -53,6 +53,15 @@ impl ShardCore {
                 }
                 _ => {}
             }
+            // Input backpressure: a connection whose replies pile up (a pipelining
+            // client) or whose `connect` is still being verified runs no more
+            // commands now; the rest waits, in order, until it resumes.
+            if matches!(conn.state, ConnState::Authenticating { .. })
+                || conn.out.charged() >= self.cfg.max_outbound_bytes / 2
+            {
+                conn.input_paused = true;
+                return;
+            }
             let header = match frame::check(src, Role::Server, self.cfg.max_frame_bytes) {
                 Ok(Check::Incomplete { needed }) => {
                     src.reserve(needed.saturating_sub(src.len()));
@@ -76,6 +85,34 @@ impl ShardCore {
                     return;
                 }
             }
+        }
+    }
+
+    /// Run what a paused connection received meanwhile, if nothing holds it any more
+    /// (its queue drained, its `connect` was answered); the backend is told to read
+    /// again unless that input paused it once more.
+    pub(super) fn resume_input(&mut self, slot: u32) {
+        let high = self.cfg.max_outbound_bytes / 2;
+        let Some(conn) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        if !conn.input_paused
+            || matches!(conn.state, ConnState::Authenticating { .. })
+            || conn.out.charged() >= high
+        {
+            return;
+        }
+        conn.input_paused = false;
+        if let Some(mut pending) = conn.pending_in.take() {
+            self.process(slot, &mut pending);
+            self.keep_leftover(slot, pending);
+        }
+        if self
+            .conns
+            .get(slot as usize)
+            .is_some_and(|c| !c.input_paused && c.state != ConnState::Closed)
+        {
+            self.resumed.push(slot);
         }
     }
 

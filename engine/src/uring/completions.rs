@@ -38,6 +38,7 @@ impl Shard {
                     gen: key.gen,
                     live: true,
                     recv_armed: false,
+                    recv_cancelling: false,
                     send: None,
                     tearing_down: false,
                 };
@@ -73,6 +74,7 @@ impl Shard {
         debug_assert_eq!(sock.gen & 0x00ff_ffff, gen);
         if !more {
             sock.recv_armed = false;
+            sock.recv_cancelling = false;
         }
         if res > 0 {
             let Some(bid) = cqueue::buffer_select(flags) else {
@@ -87,6 +89,9 @@ impl Shard {
                 self.bufs.push(bid);
                 self.core.on_read(slot, &mut self.read_buf, self.now);
                 self.read_buf.clear();
+                if more && !self.core.wants_input(slot) {
+                    self.pause_recv(slot);
+                }
             } else {
                 self.bufs.push(bid);
             }
@@ -99,10 +104,34 @@ impl Shard {
             // The ring ran dry this turn: arm again once the buffers are back.
             ShardMetrics::add(&self.core.metrics().uring_buffers_exhausted, 1);
             self.rearm.push(slot);
-        } else if res != -libc::ECANCELED {
+        } else if res == -libc::ECANCELED {
+            // Cancelled for a pause the core may have lifted meanwhile.
+            if !more && !self.socks[slot as usize].tearing_down {
+                self.rearm.push(slot);
+            }
+        } else {
             self.core.on_io_error(slot, self.now);
         }
         self.maybe_finish(slot);
+    }
+
+    /// The core paused `slot`'s input (its replies pile up, or its `connect` is being
+    /// verified): stop the multishot receive, so the kernel's receive buffer fills and
+    /// TCP slows the client. Re-armed when the core lists it in `take_resumed`.
+    fn pause_recv(&mut self, slot: u32) {
+        let Some(sock) = self.socks.get_mut(slot as usize) else {
+            return;
+        };
+        if !sock.recv_armed || sock.recv_cancelling || sock.tearing_down {
+            return;
+        }
+        sock.recv_cancelling = true;
+        let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(user_data(
+            OP_RECV, slot, sock.gen,
+        )))
+        .build()
+        .user_data(user_data(OP_CANCEL, slot, sock.gen));
+        self.push(&sqe);
     }
 
     pub(super) fn on_send(&mut self, slot: u32, res: i32) {

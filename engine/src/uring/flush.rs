@@ -33,6 +33,10 @@ impl Shard {
         }
         list.clear();
         let mut rearm = std::mem::take(&mut self.rearm);
+        let mut resumed = std::mem::take(&mut self.scratch);
+        self.core.take_resumed(&mut resumed);
+        rearm.append(&mut resumed);
+        self.scratch = resumed;
         for &slot in &rearm {
             self.arm_recv(slot);
         }

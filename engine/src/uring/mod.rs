@@ -133,6 +133,8 @@ struct Sock {
     live: bool,
     /// The multishot receive is armed (its final completion has not arrived).
     recv_armed: bool,
+    /// Its cancellation was asked for: the core paused the connection's input.
+    recv_cancelling: bool,
     /// The send in flight, if any.
     send: Option<Box<SendOp>>,
     /// The core closed the connection: operations are being cancelled.
@@ -322,7 +324,7 @@ impl Shard {
         let Some(s) = self.socks.get(slot as usize) else {
             return;
         };
-        if !s.live || s.recv_armed || s.tearing_down {
+        if !s.live || s.recv_armed || s.tearing_down || !self.core.wants_input(slot) {
             return;
         }
         let sqe = opcode::RecvMulti::new(types::Fd(s.fd), BGID)
