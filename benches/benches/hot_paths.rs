@@ -613,6 +613,7 @@ fn sessions(c: &mut Criterion) {
                 Some("phone"),
                 std::iter::empty(),
                 1 << 50,
+                None,
             )
         })
     });
@@ -623,6 +624,7 @@ fn sessions(c: &mut Criterion) {
                 Some("phone"),
                 channels.iter().map(String::as_str),
                 1 << 50,
+                None,
             )
         })
     });
@@ -631,6 +633,7 @@ fn sessions(c: &mut Criterion) {
         Some("phone"),
         channels.iter().map(String::as_str),
         1 << 50,
+        None,
     );
     g.bench_function("check_token_20_channels", |b| {
         b.iter(|| s.check(black_box(&token), 1).unwrap())

@@ -406,3 +406,64 @@ async fn a_slow_reader_sees_why_it_was_closed() {
     let _ = flood.await;
     drain.abort();
 }
+
+/// Issue 16, item 6: a consumer that stopped reading never sees its close; when it
+/// comes back with its reconnect token (on either shard) it is told why the server
+/// closed the previous connection: `{"push": "closed", "code": 4003, …}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_client_learns_why_it_was_closed() {
+    let server = start(|c| c.engine.rate_limits = vec![]);
+    let (addr, admin) = (server.ws_addr(), server.admin_addr());
+    let mut stalled = Client::open(addr, Fmt::Json).await;
+    let r = stalled
+        .call(json!({"cmd": "connect", "token": token("stalled", None)}))
+        .await;
+    let resume_with = r["result"]["reconnect_token"].as_str().unwrap().to_string();
+    let client = r["result"]["client"].clone();
+    let r = stalled
+        .call(json!({"cmd": "subscribe", "channel": "room:deluge"}))
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    // It stops reading; a publisher (which reads its replies) floods its channel.
+    let publisher = Client::connect(addr, Fmt::Json, &token("pub", None)).await;
+    let (mut pub_rd, mut pub_wr) = publisher.ws.into_inner().into_split();
+    let drain = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut sink = vec![0u8; 1 << 16];
+        while pub_rd.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+    });
+    let data = "z".repeat(8000);
+    let mut sent = 0;
+    while metric(admin, "switchboard_slow_consumer_disconnects_total").await == 0 {
+        use tokio::io::AsyncWriteExt;
+        assert!(sent < 20_000, "never closed as a slow consumer");
+        for _ in 0..100 {
+            let cmd = json!({"id": sent, "cmd": "publish", "channel": "room:deluge", "data": data});
+            pub_wr
+                .write_all(&raw_frame(true, 1, cmd.to_string().as_bytes()))
+                .await
+                .unwrap();
+            sent += 1;
+        }
+    }
+    for shard in 0..2 {
+        let mut back = loop {
+            let mut c = Client::open(addr, Fmt::Json).await;
+            let r = c
+                .call(json!({"cmd": "connect", "reconnect": resume_with}))
+                .await;
+            assert!(r.get("result").is_some(), "{r}");
+            if r["result"]["shard"] == json!(shard) {
+                break c;
+            }
+        };
+        let closed = back.next_push(&["closed"]).await;
+        assert_eq!(
+            (&closed["client"], &closed["code"], &closed["reason"]),
+            (&client, &json!(4003), &json!("slow consumer")),
+            "{closed}"
+        );
+    }
+    drain.abort();
+    drop(stalled);
+}

@@ -68,7 +68,8 @@ pub struct EngineConfig {
     /// Largest reassembled message, in bytes (close 1009 beyond).
     pub max_message_bytes: usize,
     /// Bound of a connection's outbound queue, in bytes (each queued frame also counts
-    /// 32 bytes of bookkeeping). A client that lets it fill is closed with 4003.
+    /// 32 bytes of bookkeeping). Past half of it the connection's input is paused until
+    /// it drains below an eighth; a client that lets it fill is closed with 4003.
     pub max_outbound_bytes: usize,
     /// Most channels one connection may subscribe to.
     pub max_subscriptions_per_connection: usize,

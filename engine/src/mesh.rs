@@ -294,6 +294,27 @@ pub enum ShardMsg {
     },
     /// A control-plane push to users, a connection or a channel's subscribers here.
     Push(Arc<crate::control::Push>),
+    /// For the shard that closed `previous`: tell the resumed connection `to` on
+    /// `shard` why, if it was the server's doing.
+    CloseNoteQuery {
+        /// The connection the client's reconnect token was issued to.
+        previous: crate::presence::ClientId,
+        /// The resumed connection's shard.
+        shard: u16,
+        /// The resumed connection.
+        to: ConnKey,
+    },
+    /// The answer: push `{"push":"closed",…}` to `to`.
+    CloseNote {
+        /// The resumed connection.
+        to: ConnKey,
+        /// The connection that was closed.
+        previous: crate::presence::ClientId,
+        /// Its close code.
+        code: u16,
+        /// Its close reason.
+        reason: Box<str>,
+    },
     /// New rate limits (admin API).
     Limits(Arc<crate::limits::LimitTable>),
     /// An admin action on this shard's connections.

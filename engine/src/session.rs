@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use switchboard_protocol::ErrorCode;
 
 use crate::auth::{AuthFailure, Identity};
+use crate::presence::ClientId;
 
 /// Signs and checks reconnect tokens.
 pub struct Sessions {
@@ -57,6 +58,10 @@ struct Payload<'a> {
     j: Option<u64>,
     /// Expiry of this token, Unix milliseconds.
     x: u64,
+    /// The connection it was issued to (shard, slot, generation): a client resuming
+    /// with it is told why that connection was closed, if the server closed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    o: Option<(u16, u32, u32)>,
     /// Channels subscribed.
     #[serde(default)]
     ch: Vec<String>,
@@ -76,6 +81,8 @@ pub struct Resumed {
     pub channels: Vec<String>,
     /// When the token expires, Unix milliseconds.
     pub expires_ms: u64,
+    /// The connection the token was issued to.
+    pub origin: Option<ClientId>,
 }
 
 impl Sessions {
@@ -94,6 +101,7 @@ impl Sessions {
         device: Option<&str>,
         channels: impl Iterator<Item = &'c str>,
         expires_ms: u64,
+        origin: Option<ClientId>,
     ) -> (String, u64) {
         let x = match identity.expires_at {
             Some(j) => expires_ms.min(j.saturating_mul(1000)),
@@ -107,6 +115,7 @@ impl Sessions {
             k: identity.schedule,
             j: identity.expires_at,
             x,
+            o: origin.map(|c| (c.shard, c.slot, c.gen)),
             ch: channels.map(str::to_string).collect(),
             cl: identity
                 .claims
@@ -164,6 +173,7 @@ impl Sessions {
             device: p.d,
             channels: p.ch,
             expires_ms: p.x,
+            origin: p.o.map(|(shard, slot, gen)| ClientId { shard, slot, gen }),
         })
     }
 }
@@ -191,12 +201,18 @@ mod tests {
             Some("phone"),
             ["room:1", "room:2"].into_iter(),
             5_000,
+            Some(ClientId {
+                shard: 1,
+                slot: 7,
+                gen: 3,
+            }),
         );
         assert_eq!(x, 5_000);
         let r = s.check(&t, 4_999).unwrap();
         assert_eq!(*r.identity, identity());
         assert_eq!(r.device.as_deref(), Some("phone"));
         assert_eq!(r.channels, ["room:1", "room:2"]);
+        assert_eq!(r.origin.map(|c| c.to_string()).as_deref(), Some("1.7.3"));
         assert_eq!(
             s.check(&t, 5_000).unwrap_err().code,
             ErrorCode::TokenExpired
@@ -223,7 +239,7 @@ mod tests {
         let s = Sessions::new(&[1u8; 32]);
         let mut id = identity();
         id.expires_at = Some(10);
-        let (_, x) = s.issue(&id, None, std::iter::empty(), 60_000);
+        let (_, x) = s.issue(&id, None, std::iter::empty(), 60_000, None);
         assert_eq!(x, 10_000);
     }
 }

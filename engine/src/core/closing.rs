@@ -48,6 +48,7 @@ impl ShardCore {
         }
         self.detach(slot, false);
         self.closed(slot, kind);
+        self.note_close(slot, code, reason);
         let now = self.tick;
         let notice = (code.0 >= 4000 || code == CloseCode::GOING_AWAY)
             .then(|| self.disconnect_frame(slot, code, reason, reconnect, reconnect_after_ms));

@@ -43,6 +43,7 @@
 //! socket and call [`ShardCore::remove`].
 
 mod admin;
+mod close_notes;
 mod closing;
 mod conn;
 mod control;
@@ -152,6 +153,8 @@ pub struct ShardCore {
     wake: Vec<u32>,
     /// Connections whose input was paused and may be read again.
     resumed: Vec<u32>,
+    /// Why this shard recently closed connections, for clients that resume.
+    close_notes: close_notes::CloseNotes,
     /// The one ping frame every connection is sent.
     ping_frame: Bytes,
     /// Commands handled (picks the sampled ones).
@@ -282,6 +285,7 @@ impl ShardCore {
             dirty: Vec::new(),
             wake: Vec::new(),
             resumed: Vec::new(),
+            close_notes: Default::default(),
             ping_frame: frame::encode(OpCode::Ping, b""),
             commands_seen: 0,
             answering: CommandKind::Ping,
@@ -495,6 +499,12 @@ impl ShardCore {
                 result,
             } => self.replied(conn, req_id, command, result),
             ShardMsg::Committed { batch } => self.committed(batch),
+            ShardMsg::CloseNoteQuery {
+                previous,
+                shard,
+                to,
+            } => self.answer_close_note(previous, shard, to),
+            note @ ShardMsg::CloseNote { .. } => self.on_close_note(note),
             ShardMsg::Published {
                 conn,
                 req_id,

@@ -179,6 +179,9 @@ impl ShardCore {
             }
         }
         self.opened(slot, id, resumed.identity, &channels, true);
+        if let Some(previous) = resumed.origin {
+            self.tell_previous_close(slot, previous);
+        }
         for channel in &channels {
             let since = positions
                 .iter()
@@ -260,12 +263,13 @@ impl ShardCore {
         slot: u32,
         channels: impl Iterator<Item = &'c str>,
     ) -> Option<(String, u64)> {
+        let origin = self.client_id(slot);
         let sessions = self.sessions.as_ref()?;
         let conn = &mut self.conns[slot as usize];
         let identity = conn.identity.as_ref()?;
         conn.token_at = self.tick;
         let expires = self.clock.unix_ms + self.cfg.reconnect_ttl_ms;
-        Some(sessions.issue(identity, conn.device(), channels, expires))
+        Some(sessions.issue(identity, conn.device(), channels, expires, Some(origin)))
     }
 
     /// Push a fresh reconnect token naming the connection's current subscriptions
