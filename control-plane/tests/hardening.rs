@@ -467,3 +467,60 @@ async fn a_resumed_client_learns_why_it_was_closed() {
     drain.abort();
     drop(stalled);
 }
+
+/// Issue 16, item 4: under `ulimit -n 1024` with the default `max_connections`, the
+/// server warns at start naming the key, caps connections below the file limit (a
+/// reserve is kept for health, admin and the store), answers connections past the cap
+/// with 503, keeps `/health/live` and `/health/ready` answering, and does not log a
+/// line per refused accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_files_is_a_503_and_health_still_answers() {
+    use tokio::io::AsyncWriteExt;
+    let secret = (
+        "SWITCHBOARD_AUTH__HMAC_SECRET",
+        "a-test-secret-of-enough-length-0123",
+    );
+    let (child, ws, admin) = spawn_binary_with_files(
+        &[
+            secret,
+            ("SWITCHBOARD_ENGINE__MAX_CONNECTION_RATE_PER_IP", "0"),
+        ],
+        Some(1024),
+    );
+    // 1024 - 256 reserved = 768 connections; open more than that.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..900 {
+        let mut s = tokio::net::TcpStream::connect(ws).await.unwrap();
+        s.write_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+              Sec-WebSocket-Protocol: switchboard.v1.json\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let head = read_head(&mut s).await;
+        if head.starts_with("HTTP/1.1 101") {
+            held.push(s);
+        } else {
+            assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+            refused += 1;
+        }
+    }
+    assert_eq!(held.len(), 768, "{refused} refused");
+    assert_eq!(refused, 900 - 768);
+    for path in ["/health/live", "/health/ready"] {
+        let (status, body) = http(admin, "GET", path, &[], "").await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    drop(held);
+    let logs = stop_binary(child);
+    assert!(
+        logs.contains("engine.max_connections exceeds the open-file limit"),
+        "{logs}"
+    );
+    assert!(
+        logs.matches("accept failed").count() <= 2,
+        "accept failures are throttled: {logs}"
+    );
+}

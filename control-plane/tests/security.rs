@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -133,69 +131,6 @@ async fn every_http_response_has_security_headers_and_a_request_id() {
     assert!(!text.contains("<script>"), "{text}");
     server.shutdown();
     server.wait();
-}
-
-/// Start the real binary with `env`; its process, WebSocket and admin addresses.
-fn spawn_binary(
-    env: &[(&str, &str)],
-) -> (
-    std::process::Child,
-    std::net::SocketAddr,
-    std::net::SocketAddr,
-) {
-    const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--shards",
-        "2",
-    ])
-    .env("SWITCHBOARD_ENGINE__IO", io_arg())
-    .env("SWITCHBOARD_STORE__PATH", temp_store())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut banner = String::new();
-    let (mut ws, mut admin) = (None, None);
-    let mut buf = [0u8; 4096];
-    while ws.is_none() || admin.is_none() {
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "the server exited: {banner}");
-        banner.push_str(&String::from_utf8_lossy(&buf[..n]));
-        for line in banner.lines() {
-            let line = line.trim();
-            if let Some(rest) = line.strip_prefix("WebSocket  ws://") {
-                ws = rest.split('/').next().and_then(|a| a.parse().ok());
-            }
-            if let Some(rest) = line.strip_prefix("Admin      http://") {
-                admin = rest.split('/').next().and_then(|a| a.parse().ok());
-            }
-        }
-    }
-    (child, ws.unwrap(), admin.unwrap())
-}
-
-/// SIGTERM the binary and return what it logged.
-fn stop_binary(mut child: std::process::Child) -> String {
-    // SAFETY: signals our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
-    child.wait().unwrap();
-    logs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

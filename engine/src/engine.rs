@@ -80,6 +80,27 @@ impl Engine {
             })?;
             cfg.reconnect_secret = Some(Arc::from(&key[..]));
         }
+        let files = crate::files::plan(cfg.max_connections);
+        if let Some(from) = files.raised_from {
+            tracing::info!(
+                from,
+                to = files.limit,
+                "raised the open-file limit (RLIMIT_NOFILE)"
+            );
+        }
+        if files.connections < cfg.max_connections {
+            tracing::warn!(
+                max_connections = cfg.max_connections,
+                open_file_limit = files.limit,
+                reserved = crate::files::RESERVED_FILES,
+                "engine.max_connections exceeds the open-file limit less {} descriptors \
+                 reserved for health, admin and the store: at most {} connections (beyond: \
+                 HTTP 503); raise `ulimit -n` or lower engine.max_connections",
+                crate::files::RESERVED_FILES,
+                files.connections,
+            );
+            cfg.max_connections = files.connections;
+        }
         let shards = cfg.resolved_shards();
         let mesh = Mesh::new(shards, cfg.inbox_capacity)?;
         let journal = durable.as_ref().map(|d| d.link.state().clone());

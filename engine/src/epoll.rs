@@ -191,14 +191,23 @@ async fn drive(setup: ShardSetup) {
 
     metrics.accepting.store(true, Ordering::Release);
     tracing::debug!(shard = id, "accepting");
+    let mut failures = crate::files::Throttled::new(Duration::from_secs(10));
+    let mut backoff = Duration::from_millis(10);
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, peer)) => accept(&driver, stream, peer.ip()),
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(10);
+                    accept(&driver, stream, peer.ip())
+                }
                 Err(e) => {
-                    // EMFILE/ENFILE/ENOBUFS: back off instead of spinning.
-                    tracing::warn!(shard = id, "accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    // EMFILE/ENFILE/ENOBUFS: back off (doubling, up to a second) instead
+                    // of spinning, and say so once per 10 s, not per attempt.
+                    if let Some(suppressed) = failures.allow(clock::mono()) {
+                        tracing::warn!(shard = id, suppressed, "accept failed: {e}; backing off");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             },
             _ = shutdown.notified() => break,

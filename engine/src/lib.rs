@@ -30,6 +30,7 @@ pub mod control;
 pub mod core;
 pub mod epoll;
 pub mod error;
+pub mod files;
 pub mod journal;
 pub mod limits;
 pub mod marks;

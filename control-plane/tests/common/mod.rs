@@ -425,3 +425,97 @@ pub async fn metric(admin: SocketAddr, name_and_labels: &str) -> u64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
+
+/// Start the real binary with `env`; its process, WebSocket and admin addresses.
+pub fn spawn_binary(
+    env: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
+    spawn_binary_with_files(env, None)
+}
+
+/// [`spawn_binary`] with its open-file limit (soft and hard) set to `files`, as
+/// `ulimit -n` would.
+pub fn spawn_binary_with_files(
+    env: &[(&str, &str)],
+    files: Option<u64>,
+) -> (
+    std::process::Child,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+    ])
+    .env("SWITCHBOARD_ENGINE__IO", io_arg())
+    .env("SWITCHBOARD_STORE__PATH", temp_store())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some(n) = files {
+        // SAFETY: only setrlimit (async-signal-safe) runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut banner = String::new();
+    let (mut ws, mut admin) = (None, None);
+    let mut buf = [0u8; 4096];
+    while ws.is_none() || admin.is_none() {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "the server exited: {banner}");
+        banner.push_str(&String::from_utf8_lossy(&buf[..n]));
+        for line in banner.lines() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("WebSocket  ws://") {
+                ws = rest.split('/').next().and_then(|a| a.parse().ok());
+            }
+            if let Some(rest) = line.strip_prefix("Admin      http://") {
+                admin = rest.split('/').next().and_then(|a| a.parse().ok());
+            }
+        }
+    }
+    (child, ws.unwrap(), admin.unwrap())
+}
+
+/// SIGTERM the binary and return what it logged.
+pub fn stop_binary(mut child: std::process::Child) -> String {
+    use std::io::Read;
+    // SAFETY: signals our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    child.wait().unwrap();
+    logs
+}

@@ -170,6 +170,8 @@ struct Shard {
     outstanding: usize,
     listener: Option<std::net::TcpListener>,
     accept_armed: bool,
+    /// Accept failures (EMFILE), logged at most once per 10 s.
+    accept_failures: crate::files::Throttled,
     inbox_armed: bool,
     inbox_more: bool,
     /// Connections whose receive ended and must be armed again this turn.
@@ -272,6 +274,7 @@ impl Shard {
             outstanding: 0,
             listener: Some(listener),
             accept_armed: false,
+            accept_failures: crate::files::Throttled::new(Duration::from_secs(10)),
             inbox_armed: false,
             inbox_more: false,
             rearm: Vec::new(),
@@ -473,11 +476,15 @@ impl Shard {
                 if res >= 0 {
                     self.on_accept(res);
                 } else if res != -libc::ECANCELED {
-                    tracing::warn!(
-                        shard = self.id,
-                        "accept failed: {}",
-                        io::Error::from_raw_os_error(-res)
-                    );
+                    // Retried next tick (see `run`); said once per 10 s, not per attempt.
+                    if let Some(suppressed) = self.accept_failures.allow(self.now.mono) {
+                        tracing::warn!(
+                            shard = self.id,
+                            suppressed,
+                            "accept failed: {}; retrying each tick",
+                            io::Error::from_raw_os_error(-res)
+                        );
+                    }
                 }
                 if !more && res != -libc::ECANCELED && self.listener.is_some() && res >= 0 {
                     self.arm_accept();
