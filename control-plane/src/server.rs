@@ -139,6 +139,7 @@ impl Server {
             audit,
             revocations,
             maintenance: Default::default(),
+            guesses: Default::default(),
             shutdown: shutdown.clone(),
             store: Some(store_view),
             alerts,
@@ -357,6 +358,9 @@ fn serve_http(
                     Err(e) => return tracing::error!("cannot register admin listener: {e}"),
                 };
                 let app = http::router(state);
+                // With each connection's peer address (failed credentials are counted
+                // per address).
+                let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
                 let serve = axum::serve(listener, app).with_graceful_shutdown(async {
                     let _ = stop_rx.await;
                 });

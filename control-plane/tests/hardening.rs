@@ -524,3 +524,68 @@ async fn out_of_files_is_a_503_and_health_still_answers() {
         "accept failures are throttled: {logs}"
     );
 }
+
+/// Issue 16, item 7: API keys and admin tokens cannot be guessed fast — after 10
+/// refused attempts from one address, every `/api/*` and `/admin/*` request from it
+/// gets 429 (the right key too, so trying teaches nothing) until a second has passed
+/// per attempt; a request without credentials is not a guess.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_credentials_are_throttled() {
+    let server = start(|c| c.admin.jwt_secret = Some("an-admin-secret-0123456789abcdef".into()));
+    let admin = server.admin_addr();
+    let body = r#"{"channel":"room:k","data":1}"#;
+    for _ in 0..5 {
+        let (st, _) = http(admin, "POST", "/api/publish", &[], body).await;
+        assert_eq!(st, 401);
+    }
+    let mut statuses = Vec::new();
+    for i in 0..15 {
+        let key = format!("Bearer guess-{i:016}");
+        let (st, text) = http(
+            admin,
+            "POST",
+            "/api/publish",
+            &[("Authorization", &key)],
+            body,
+        )
+        .await;
+        if st == 429 {
+            assert!(text.contains("too_many_failures"), "{text}");
+        }
+        statuses.push(st);
+    }
+    assert_eq!(statuses[..10], [401; 10], "{statuses:?}");
+    assert!(statuses[10..].iter().all(|&s| s == 429), "{statuses:?}");
+    let right = format!("Bearer {API_KEY}");
+    let (st, _) = http(
+        admin,
+        "POST",
+        "/api/publish",
+        &[("Authorization", &right)],
+        body,
+    )
+    .await;
+    assert_eq!(st, 429, "the right key is refused too while throttled");
+    let (st, _) = http(
+        admin,
+        "GET",
+        "/admin/rate-limits",
+        &[("Authorization", "Bearer x.y.z")],
+        "",
+    )
+    .await;
+    assert_eq!(st, 429, "admin tokens share the address's budget");
+    // One attempt back per second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (st, _) = http(
+        admin,
+        "POST",
+        "/api/publish",
+        &[("Authorization", &right)],
+        body,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (st, _) = http(admin, "GET", "/health/ready", &[], "").await;
+    assert_eq!(st, 200, "health is never throttled");
+}

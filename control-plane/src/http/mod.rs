@@ -12,6 +12,7 @@
 //! - [`notifications`]: create, list and read notifications (`/api/notifications*`).
 //! - [`users`]: `/api/users/*`, broadcast, the OpenAPI document.
 //! - [`admin_auth`]: admin tokens; [`admin_api`]: `/admin/*`.
+//! - [`guesses`]: failed credentials throttled per address (429 when out).
 //! - [`actions`]: disconnect and revoke, shared by both APIs.
 //!
 //! Every failure is `{"error": {"code": "...", "message": "..."}}` with a matching HTTP
@@ -22,6 +23,7 @@ pub mod actions;
 pub mod admin_api;
 pub mod admin_auth;
 pub mod errors;
+pub mod guesses;
 pub mod health;
 pub mod keys;
 pub mod notifications;
@@ -54,6 +56,10 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             requests::api_scopes,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guesses::throttle,
         ))
         .layer(axum::middleware::from_fn(harden))
         .with_state(state)

@@ -50,4 +50,7 @@ pub struct HttpState {
     pub shutdown: Arc<tokio::sync::Notify>,
     /// Maintenance mode in force.
     pub maintenance: std::sync::Mutex<Option<Arc<switchboard_engine::control::Maintenance>>>,
+    /// Failed credentials per client address (API keys and admin tokens cannot be
+    /// guessed fast).
+    pub guesses: super::guesses::Guesses,
 }
