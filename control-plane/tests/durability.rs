@@ -6,10 +6,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -17,8 +15,6 @@ use fastwebsockets::{Frame, OpCode, Payload};
 use serde_json::{json, Value};
 use switchboard_control_plane::config::NamespaceConfig;
 use switchboard_engine::Durability;
-
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
 fn namespaces(c: &mut switchboard_control_plane::Config) {
     c.namespaces.insert(
@@ -77,59 +73,6 @@ history_size = 1000
     )
     .unwrap();
     path
-}
-
-/// Start the binary with `config`; returns it with its WebSocket and admin addresses.
-fn spawn(config: &Path) -> (Child, SocketAddr, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .env("SWITCHBOARD_ENGINE__IO", io_arg())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut ws, mut admin) = (None, None);
-    while ws.is_none() || admin.is_none() {
-        let line = lines.next().expect("banner").unwrap();
-        let line = line.trim();
-        if let Some(rest) = line.strip_prefix("WebSocket  ws://") {
-            ws = Some(rest.split('/').next().unwrap().parse().unwrap());
-        } else if let Some(rest) = line.strip_prefix("Admin      http://") {
-            admin = Some(rest.split('/').next().unwrap().parse().unwrap());
-        }
-    }
-    (child, ws.unwrap(), admin.unwrap())
-}
-
-/// Every publication of `channel` in its current epoch, through the HTTP history API.
-async fn full_history(admin: SocketAddr, channel: &str) -> (String, BTreeMap<u64, Value>) {
-    let mut out = BTreeMap::new();
-    let mut since = 0u64;
-    let auth = format!("Bearer {API_KEY}");
-    loop {
-        let (status, body) = http(
-            admin,
-            "GET",
-            &format!("/api/history?channel={channel}&since={since}&limit=5000"),
-            &[("Authorization", &auth)],
-            "",
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
-        let v: Value = serde_json::from_str(&body).unwrap();
-        let pubs = v["publications"].as_array().unwrap();
-        if pubs.is_empty() {
-            return (v["epoch"].as_str().unwrap().to_string(), out);
-        }
-        for p in pubs {
-            let offset = p["offset"].as_u64().unwrap();
-            assert_eq!(offset, since + 1, "history has no gap");
-            out.insert(offset, p["data"].clone());
-            since = offset;
-        }
-    }
 }
 
 /// Publish `{"w": worker, "n": i}` to `channel` one after another until the server
@@ -201,7 +144,7 @@ async fn subscribe_until_gone(ws: SocketAddr, channel: &'static str) -> Vec<(u64
 async fn sync_publications_survive_sigkill_and_offsets_continue() {
     let store = temp_store();
     let config = config_file(&store);
-    let (mut child, ws, admin) = spawn(&config);
+    let (mut child, ws, admin) = spawn_with_config(&config);
 
     // An async channel with a few acknowledged publications, to see its epoch change.
     let mut c = Client::connect(ws, Fmt::Json, &token("feeder", None)).await;
@@ -240,7 +183,7 @@ async fn sync_publications_survive_sigkill_and_offsets_continue() {
         acked.len()
     );
 
-    let (mut child, ws, admin2) = spawn(&config);
+    let (mut child, ws, admin2) = spawn_with_config(&config);
     let _ = admin;
     let (epoch, history) = full_history(admin2, "ledger:crash").await;
     let top = *history.keys().last().unwrap();

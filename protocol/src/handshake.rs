@@ -111,8 +111,11 @@ pub fn parse(buf: &[u8], limits: &HandshakeLimits) -> Result<Parse, Error> {
             origin = Some(value.trim().to_owned());
         } else if name.eq_ignore_ascii_case("authorization") {
             let v = value.trim();
-            if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-                bearer = Some(v[7..].trim().to_owned());
+            // `get`, not `[..7]`: a non-ASCII value may have no char boundary at 7.
+            if let (Some(scheme), Some(token)) = (v.get(..7), v.get(7..)) {
+                if scheme.eq_ignore_ascii_case("bearer ") && !token.trim().is_empty() {
+                    bearer = Some(token.trim().to_owned());
+                }
             }
         }
     }
@@ -276,6 +279,24 @@ mod tests {
             .unwrap()
             .contains("Sec-WebSocket-Protocol: switchboard.v1.json\r\n"));
         assert_eq!(u.consumed, r.len());
+    }
+
+    #[test]
+    fn non_ascii_authorization_is_not_a_bearer_token() {
+        // Found by fuzz/fuzz_targets/handshake.rs: byte 7 inside a two-byte char panicked.
+        for value in [
+            "Bearer\u{e9}x",
+            "B\u{e9}arer x",
+            "\u{e9}\u{e9}\u{e9}\u{e9}",
+            "Bearer  ",
+        ] {
+            let r = req(&format!("Authorization: {value}\r\n"));
+            let Parse::Complete(u) = parse(r.as_bytes(), &HandshakeLimits::default()).unwrap()
+            else {
+                panic!()
+            };
+            assert_eq!(u.bearer, None, "{value}");
+        }
     }
 
     #[test]

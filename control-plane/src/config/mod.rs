@@ -83,20 +83,26 @@ fn valid_namespace(name: &str) -> bool {
 impl Config {
     /// Load `file` (or the defaults), apply environment overrides, validate.
     pub fn load(file: Option<&Path>, env: &dyn Env) -> Result<Config, Error> {
-        let mut value = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| Error::ConfigParse {
-                        path: Some(path.to_owned()),
-                        message: e.to_string(),
-                    })?
-            }
-            None => toml::Table::new(),
+        let text = match file {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+                path: path.to_owned(),
+                source,
+            })?,
+            None => String::new(),
         };
+        Config::from_text(&text, file, env)
+    }
+
+    /// Parse the text of a config file (`file` names it in errors), apply environment
+    /// overrides, validate. Any text gets a config or an error naming the key: never a
+    /// panic (fuzzed by `fuzz/fuzz_targets/config.rs`).
+    pub fn from_text(text: &str, file: Option<&Path>, env: &dyn Env) -> Result<Config, Error> {
+        let mut value = text
+            .parse::<toml::Table>()
+            .map_err(|e| Error::ConfigParse {
+                path: file.map(Path::to_owned),
+                message: e.to_string(),
+            })?;
         let mut vars = env.vars();
         vars.sort();
         for (var, raw) in vars {

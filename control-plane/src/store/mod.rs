@@ -232,6 +232,7 @@ pub fn open(
         cfg: cfg.clone(),
         namespaces: namespaces.to_vec(),
         channels: HashMap::new(),
+        stamp_ms: i64::MIN,
     };
     Ok(Opened {
         writer,

@@ -28,6 +28,10 @@ pub(super) struct Writer {
     /// What the writer remembers per channel it wrote, so most commits are only the
     /// appends.
     pub(super) channels: HashMap<Arc<str>, Written>,
+    /// The latest `ts_ms` written: stamps never go back, so a wall clock stepped back
+    /// does not make what is written next look old and expire early (retention and
+    /// the history reloaded at start-up go by `ts_ms`).
+    pub(super) stamp_ms: i64,
 }
 
 /// Per channel: the epoch and top offset written to the log, and what its `streams`
@@ -137,7 +141,7 @@ impl Writer {
     /// One transaction for every waiting batch: the appends, and the `streams` rows
     /// of channels whose epoch changed or whose row is a second old.
     pub(super) fn write(&mut self, batches: &[Batch]) -> rusqlite::Result<()> {
-        let now = crate::clock::now_ms() as i64;
+        let now = (crate::clock::now_ms() as i64).max(self.stamp_ms);
         let tx = self.conn.transaction()?;
         let mut tops: HashMap<&Arc<str>, (u64, u64)> = HashMap::new();
         let mut updates: Vec<(Arc<str>, Written)> = Vec::new();
@@ -200,6 +204,7 @@ impl Writer {
             }
         }
         tx.commit()?;
+        self.stamp_ms = now;
         // Only once committed: a failed transaction is retried whole.
         for (channel, w) in updates {
             self.channels.insert(channel, w);
@@ -210,7 +215,7 @@ impl Writer {
     /// Bring every lagging `streams` row up to date (before the log loses anything,
     /// and at a clean stop).
     pub(super) fn sync_rows(&mut self) -> rusqlite::Result<()> {
-        let now = crate::clock::now_ms() as i64;
+        let now = (crate::clock::now_ms() as i64).max(self.stamp_ms);
         let tx = self.conn.transaction()?;
         {
             let mut row = tx.prepare_cached(UPSERT_STREAM)?;

@@ -519,3 +519,72 @@ pub fn stop_binary(mut child: std::process::Child) -> String {
     child.wait().unwrap();
     logs
 }
+
+/// Start the binary with `config`; returns it with its WebSocket and admin addresses.
+pub fn spawn_with_config(
+    config: &std::path::Path,
+) -> (std::process::Child, SocketAddr, SocketAddr) {
+    spawn_with_config_env(config, &[])
+}
+
+/// [`spawn_with_config`] with extra environment variables.
+pub fn spawn_with_config_env(
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, SocketAddr, SocketAddr) {
+    use std::io::BufRead;
+    const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .env("SWITCHBOARD_ENGINE__IO", io_arg())
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut ws, mut admin) = (None, None);
+    while ws.is_none() || admin.is_none() {
+        let line = lines.next().expect("banner").unwrap();
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("WebSocket  ws://") {
+            ws = Some(rest.split('/').next().unwrap().parse().unwrap());
+        } else if let Some(rest) = line.strip_prefix("Admin      http://") {
+            admin = Some(rest.split('/').next().unwrap().parse().unwrap());
+        }
+    }
+    (child, ws.unwrap(), admin.unwrap())
+}
+
+/// Every publication of `channel` in its current epoch, through the HTTP history API.
+pub async fn full_history(
+    admin: SocketAddr,
+    channel: &str,
+) -> (String, std::collections::BTreeMap<u64, Value>) {
+    let mut out = std::collections::BTreeMap::new();
+    let mut since = 0u64;
+    let auth = format!("Bearer {API_KEY}");
+    loop {
+        let (status, body) = http(
+            admin,
+            "GET",
+            &format!("/api/history?channel={channel}&since={since}&limit=5000"),
+            &[("Authorization", &auth)],
+            "",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let pubs = v["publications"].as_array().unwrap();
+        if pubs.is_empty() {
+            return (v["epoch"].as_str().unwrap().to_string(), out);
+        }
+        for p in pubs {
+            let offset = p["offset"].as_u64().unwrap();
+            assert_eq!(offset, since + 1, "history has no gap");
+            out.insert(offset, p["data"].clone());
+            since = offset;
+        }
+    }
+}
