@@ -544,6 +544,7 @@ fn group_commit(c: &mut Criterion) {
         rules: Default::default(),
         presence: false,
         presence_events: false,
+        max_channel_bytes: 0,
     }];
     let mut opened = store::open(&cfg, &ns, 3_600_000).expect("store opens");
     let channel: Arc<str> = "ledger:bench".into();

@@ -46,6 +46,7 @@ pub fn fanout_core_in(
             rules: Default::default(),
             presence: false,
             presence_events: false,
+            max_channel_bytes: 0,
         }],
         ..EngineConfig::default()
     };

@@ -39,6 +39,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod process;

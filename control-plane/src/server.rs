@@ -43,6 +43,7 @@ pub struct Server {
     notifier: Option<NotifierHandle>,
     calls: Option<CallsHandle>,
     alerts: Option<crate::worker::WorkerHandle>,
+    memory_trim: Option<crate::worker::WorkerHandle>,
     /// Set in dev mode.
     pub dev: Option<DevCredentials>,
     /// The API key in force (configured, or generated in dev mode).
@@ -113,6 +114,8 @@ impl Server {
         let (alerts, alerts_handle) =
             crate::alerts::spawn(cfg.alerts.clone(), engine.clone(), Some(store_view.clone()))
                 .map_err(|e| Error::start("the alerts worker", e))?;
+        let memory_trim = crate::memory::spawn(engine.clone())
+            .map_err(|e| Error::start("the memory trimming thread", e))?;
         let listen = |e: std::io::Error| {
             Error::start(
                 "the admin listener",
@@ -157,6 +160,7 @@ impl Server {
             notifier: Some(notifier_handle),
             calls: Some(calls_handle),
             alerts: Some(alerts_handle),
+            memory_trim: Some(memory_trim),
             dev: keys.dev,
             api_key: keys.api_key,
             admin_secret: keys.admin_secret,
@@ -201,6 +205,9 @@ impl Server {
         }
         if let Some(alerts) = self.alerts.take() {
             alerts.finish();
+        }
+        if let Some(trim) = self.memory_trim.take() {
+            trim.finish();
         }
         if let Some(notifier) = self.notifier.take() {
             notifier.finish();

@@ -161,6 +161,97 @@ async fn history_memory_is_bounded_across_channels() {
     assert_eq!(h["result"]["publications"][0]["data"], json!(payload));
 }
 
+/// Issue 16, item 1: channel streams are bounded too (`engine.max_streams`): publishing
+/// to ever-new channel names forgets the least recently used streams instead of growing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_streams_are_bounded() {
+    let server = start(|c| c.engine.max_streams = 100);
+    let mut c = Client::connect(server.ws_addr(), Fmt::Json, &token("namer", None)).await;
+    for i in 0..400 {
+        let r = c
+            .call(json!({"cmd": "publish", "channel": format!("room:n{i}"), "data": i}))
+            .await;
+        assert!(r.get("result").is_some(), "{i}: {}", r["error"]);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let admin = server.admin_addr();
+    let streams = metric(admin, "switchboard_streams").await;
+    assert!(streams <= 100, "{streams} streams kept");
+    let evicted = metric(admin, "switchboard_streams_evicted_total").await;
+    assert!(evicted >= 300, "{evicted} evicted");
+    // The newest channel keeps its history.
+    let h = c
+        .call(json!({"cmd": "history", "channel": "room:n399"}))
+        .await;
+    assert_eq!(h["result"]["publications"][0]["data"], json!(399), "{h}");
+    server.shutdown();
+    server.wait();
+}
+
+/// Issue 16, item 1: one inbox holds at most `inbox.max_bytes`; a send beyond it is
+/// refused with 110 (`/api/send`: 507 `channel_full` for that recipient) and what it holds stays, in order, for
+/// its owner; other inboxes are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_inbox_refuses_more_and_keeps_what_it_holds() {
+    const LIMIT: usize = 2 << 20;
+    let server = start(|c| c.inbox.max_bytes = LIMIT);
+    let tok = token_with("flooder", |c| c.send_to = Some(vec!["*".into()]));
+    let mut c = Client::connect(server.ws_addr(), Fmt::Json, &tok).await;
+    let payload = "x".repeat(60_000);
+    let mut taken = 0;
+    let refused = loop {
+        let r = c
+            .call(json!({"cmd": "send", "user": "victim", "data": {"n": taken, "p": payload}}))
+            .await;
+        if r.get("result").is_none() {
+            break r;
+        }
+        taken += 1;
+        assert!(taken <= 40, "the inbox took {taken} messages of 60 KB");
+    };
+    assert_eq!(refused["error"]["code"], json!(110), "{refused}");
+    assert!(taken >= 30, "only {taken} messages taken");
+    // Over the server API too.
+    let (status, body) = api(
+        server.admin_addr(),
+        "POST",
+        "/api/send",
+        &json!({"user": "victim", "data": {"p": payload}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let why = &body["results"][0]["error"];
+    assert_eq!(why["status"], json!(507), "{body}");
+    assert_eq!(why["code"], json!("channel_full"), "{body}");
+    // Someone else's inbox takes messages.
+    let r = c
+        .call(json!({"cmd": "send", "user": "bystander", "data": "hi"}))
+        .await;
+    assert!(r["result"].is_object(), "{r}");
+    // The owner's device gets everything that was taken.
+    let victim = token_with("victim", |_| {});
+    let mut v = Client::open(server.ws_addr(), Fmt::Json).await;
+    let r = v
+        .call(json!({"cmd": "connect", "token": victim, "device": "phone"}))
+        .await;
+    assert!(r["result"].is_object(), "{r}");
+    let backlog = v.next_push(&["inbox"]).await;
+    let got: Vec<u64> = backlog["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        (0..taken).collect::<Vec<_>>(),
+        "{}",
+        backlog["recovered"]
+    );
+    server.shutdown();
+    server.wait();
+}
+
 /// Issue 16, item 1: the defaults carry rate limits — one user's publish flood is
 /// refused with 114 and retry_after_ms after the burst, not accepted without bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -588,4 +679,75 @@ async fn failed_credentials_are_throttled() {
     assert_eq!(st, 200);
     let (st, _) = http(admin, "GET", "/health/ready", &[], "").await;
     assert_eq!(st, 200, "health is never throttled");
+}
+
+/// Resident memory of the server process, bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+/// Issue 16, item 1: memory freed when history expires goes back to the system (the
+/// report saw 2.5 GB stay after the history expired).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_of_expired_history_is_returned_to_the_system() {
+    let (child, ws, admin) = spawn_binary(&[
+        ("SWITCHBOARD_AUTH__HMAC_SECRET", SECRET),
+        ("SWITCHBOARD_ENGINE__HISTORY_TTL_MS", "6000"),
+        ("SWITCHBOARD_ENGINE__RATE_LIMITS", "[]"),
+    ]);
+    let pid = child.id();
+    let before = rss(pid);
+    let payload = "x".repeat(60_000);
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                let mut c = Client::connect(ws, Fmt::MsgPack, &token(&format!("w{w}"), None)).await;
+                for i in 0..800 {
+                    let channel = format!("room:w{w}-{i}");
+                    let r = c
+                        .call(json!({"cmd": "publish", "channel": channel, "data": payload}))
+                        .await;
+                    assert!(r.get("result").is_some(), "{}", r["error"]);
+                }
+                c
+            })
+        })
+        .collect();
+    let mut clients = Vec::new();
+    for w in writers {
+        clients.push(w.await.unwrap());
+    }
+    let peak = rss(pid);
+    assert!(
+        peak > before + (100 << 20),
+        "{before} -> {peak}: the history was not held"
+    );
+    // The history expires (the last of it about 6 s after it was published) ...
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(45);
+    while metric(admin, "switchboard_history_bytes").await > 0 {
+        assert!(std::time::Instant::now() < deadline, "history still held");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(metric(admin, "switchboard_history_freed_bytes_total").await >= 3200 * 60_000);
+    // ... and the memory goes back within a few seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut now = rss(pid);
+    while now > before + (peak - before) / 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "resident memory stayed at {now} (before {before}, peak {peak})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        now = rss(pid);
+    }
+    eprintln!("resident: {before} before, {peak} holding the history, {now} after it expired");
+    drop(clients);
+    stop_binary(child);
 }

@@ -102,6 +102,11 @@ pub struct EngineConfig {
     /// and inboxes together (split evenly among the shards; 0: no limit). Beyond it the
     /// oldest publications of any channel are evicted first.
     pub history_memory_bytes: usize,
+    /// Most channels with a live stream (epoch, offset, history) the process keeps,
+    /// split evenly among the shards; 0: no limit. Beyond it, creating one forgets the
+    /// least recently used of a sample of forgettable ones (memory-only, or durable
+    /// with nothing retained), whose next publication starts a new epoch.
+    pub max_streams: usize,
     /// How long a publish's idempotency key is remembered: a retry with the same key
     /// within this window gets the original position and is not delivered again.
     pub dedupe_window_ms: u64,
@@ -206,6 +211,7 @@ impl Default for EngineConfig {
             history_size: 64,
             history_ttl_ms: 300_000,
             history_memory_bytes: 512 << 20,
+            max_streams: 1_000_000,
             dedupe_window_ms: 120_000,
             namespaces: Vec::new(),
             reconnect_ttl_ms: 300_000,

@@ -72,6 +72,10 @@ pub struct NamespacePolicy {
     /// big rooms; presence is still tracked and can be asked for).
     #[serde(default)]
     pub presence_events: bool,
+    /// Most bytes one channel retains (`inbox.max_bytes` for inboxes); a publish or
+    /// send beyond it is refused with 110 until older ones go. 0 = no limit.
+    #[serde(default)]
+    pub max_channel_bytes: usize,
 }
 
 /// A namespace policy resolved for a shard (ttl in ticks).
@@ -83,6 +87,9 @@ pub struct Policy {
     pub keep: usize,
     /// Age limit of kept publications, in ticks.
     pub ttl: u32,
+    /// Most bytes one channel may retain (payloads and bookkeeping); a publication
+    /// beyond it is refused with 110. 0 = no limit.
+    pub max_bytes: usize,
 }
 
 /// Every namespace's policy; index 0 is the default for channels whose namespace is
@@ -105,6 +112,7 @@ impl Policies {
                 durability: ns.durability,
                 keep: ns.history_size,
                 ttl: crate::core::ms_to_ticks(ns.history_ttl_ms, tick_ms),
+                max_bytes: ns.max_channel_bytes,
             });
         }
         Policies { list, by_name }
@@ -371,6 +379,7 @@ mod tests {
             durability: Durability::None,
             keep: 64,
             ttl: 10,
+            max_bytes: 0,
         };
         let p = Policies::new(
             default,
@@ -382,6 +391,7 @@ mod tests {
                 rules: Default::default(),
                 presence: false,
                 presence_events: false,
+                max_channel_bytes: 0,
             }],
             100,
         );

@@ -232,8 +232,13 @@ pub struct ShardMetrics {
     pub history_bytes: AtomicU64,
     /// Retained publications evicted to stay within the history memory budget.
     pub history_evicted: AtomicU64,
+    /// Bytes of publications no longer retained (expired, pushed out, evicted), ever;
+    /// set each tick.
+    pub history_freed_bytes: AtomicU64,
     /// Channels with a live stream position on this shard (a gauge, set each tick).
     pub streams: AtomicU64,
+    /// Streams forgotten early to stay within `engine.max_streams`.
+    pub streams_evicted: AtomicU64,
     /// Messages sent to other shards.
     pub mesh_sent: AtomicU64,
     /// Messages that found another shard's inbox full and waited in the spill queue.

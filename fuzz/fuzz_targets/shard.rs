@@ -70,6 +70,7 @@ fn config() -> EngineConfig {
         max_message_bytes: 64 * 1024,
         max_frame_bytes: 64 * 1024,
         history_memory_bytes: 32 * 1024,
+        max_streams: 8,
         max_subscriptions_per_connection: 16,
         reconnect_ttl_ms: 60_000,
         reconnect_secret: Some(Arc::from(&b"fuzz-reconnect-secret-0123456789"[..])),
@@ -81,6 +82,7 @@ fn config() -> EngineConfig {
             rules: Default::default(),
             presence: true,
             presence_events: true,
+            max_channel_bytes: 8 * 1024,
         }],
         ..EngineConfig::default()
     }

@@ -172,6 +172,7 @@ impl Config {
                 rules: ns.rules(),
                 presence: ns.presence,
                 presence_events: ns.presence && ns.presence_events.unwrap_or(true),
+                max_channel_bytes: ns.max_channel_bytes,
             })
             .collect();
         if self.inbox.enabled {
@@ -184,6 +185,7 @@ impl Config {
                 rules: Default::default(),
                 presence: false,
                 presence_events: false,
+                max_channel_bytes: self.inbox.max_bytes,
             });
         }
         engine
@@ -220,6 +222,21 @@ impl Config {
             if self.inbox.history_size == 0 || self.inbox.history_ttl_ms == 0 {
                 return Err(Error::invalid(
                     "inbox.history_size and inbox.history_ttl_ms must be greater than 0",
+                ));
+            }
+            let message = self.engine.max_message_bytes;
+            if self.inbox.max_bytes != 0 && self.inbox.max_bytes < message {
+                return Err(Error::invalid(format!(
+                    "inbox.max_bytes must be 0 or at least engine.max_message_bytes ({message})"
+                )));
+            }
+        }
+        for (name, ns) in &self.namespaces {
+            let message = self.engine.max_message_bytes;
+            if ns.max_channel_bytes != 0 && ns.max_channel_bytes < message {
+                return Err(Error::config(
+                    format!("namespaces.{name}.max_channel_bytes"),
+                    format!("must be 0 or at least engine.max_message_bytes ({message})"),
                 ));
             }
         }

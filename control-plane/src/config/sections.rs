@@ -77,6 +77,10 @@ pub struct InboxConfig {
     pub history_size: usize,
     /// Messages older than this expire (default 7 days).
     pub history_ttl_ms: u64,
+    /// Most bytes one inbox holds (payloads and bookkeeping, in its owner shard's
+    /// memory); a `send` beyond it is refused with 110 until older messages expire or
+    /// are pushed out by `history_size`. 0 = no limit (default 16 MiB).
+    pub max_bytes: usize,
 }
 
 impl Default for InboxConfig {
@@ -87,6 +91,7 @@ impl Default for InboxConfig {
             durability: Durability::Sync,
             history_size: 1000,
             history_ttl_ms: 7 * 24 * 3600 * 1000,
+            max_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -120,6 +125,9 @@ pub struct NamespaceConfig {
     /// Push join, leave and status events to the members (default true; turn off for
     /// big rooms, where counts are what members want).
     pub presence_events: Option<bool>,
+    /// Most bytes one channel of the namespace retains in memory; a publish beyond it
+    /// is refused with 110 until older publications go. 0 (default) = no limit.
+    pub max_channel_bytes: usize,
 }
 
 /// A rule value: one string or a list of them.

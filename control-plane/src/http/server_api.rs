@@ -19,8 +19,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::json;
 use serde_json::value::RawValue;
+use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use switchboard_protocol::{ErrorCode, Format, Payload, Position};
@@ -181,8 +181,15 @@ pub(super) async fn sequence(
                         "store_unavailable",
                         &why.message,
                     ),
+                    // A full inbox or capped channel: the recipient's limit, not the
+                    // caller's rate; retry after older messages go.
+                    ErrorCode::LimitExceeded => error(
+                        StatusCode::INSUFFICIENT_STORAGE,
+                        "channel_full",
+                        &why.message,
+                    ),
                     _ => error(StatusCode::BAD_REQUEST, "invalid_payload", &why.message),
-                })
+                });
             }
             // The owner shard dropped the request (it stopped) or did not answer.
             Ok(Err(_)) | Err(_) => Err(switchboard_engine::Error::Overloaded),
@@ -340,9 +347,19 @@ pub(super) async fn send(
                     v
                 }
                 Err(resp) => {
-                    // One recipient's failure does not undo the others: report each.
+                    // One recipient's failure does not undo the others: report each,
+                    // with the code and message its own request would have had.
                     let status = resp.status().as_u16();
-                    json!({"user": user, "error": {"status": status}})
+                    let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+                        .await
+                        .unwrap_or_default();
+                    let mut why = serde_json::from_slice::<Value>(&body)
+                        .ok()
+                        .map(|mut v| v["error"].take())
+                        .filter(Value::is_object)
+                        .unwrap_or_else(|| json!({}));
+                    why["status"] = json!(status);
+                    json!({"user": user, "error": why})
                 }
             });
         }

@@ -32,7 +32,7 @@ pub(super) fn expose(out: &mut String, engine: &EngineHandle, census: &[Census])
         engine.backend(),
         shards.len()
     );
-    let per_shard: [Family; 21] = [
+    let per_shard: [Family; 23] = [
         (
             "switchboard_connections",
             "gauge",
@@ -154,10 +154,22 @@ pub(super) fn expose(out: &mut String, engine: &EngineHandle, census: &[Census])
             |m| m.history_evicted.load(Relaxed),
         ),
         (
+            "switchboard_history_freed_bytes_total",
+            "counter",
+            "Bytes of retained publications let go (expired, pushed out by history_size, evicted, forgotten with their stream).",
+            |m| m.history_freed_bytes.load(Relaxed),
+        ),
+        (
             "switchboard_streams",
             "gauge",
             "Channels with a live stream position (epoch and offset) on the shard.",
             |m| m.streams.load(Relaxed),
+        ),
+        (
+            "switchboard_streams_evicted_total",
+            "counter",
+            "Streams forgotten before their idle time to stay within engine.max_streams (their next publication starts a new epoch).",
+            |m| m.streams_evicted.load(Relaxed),
         ),
     ];
     for (name, kind, help, get) in per_shard {

@@ -412,7 +412,12 @@ pub async fn read_until_close(s: &mut TcpStream) -> u16 {
 pub async fn metric(admin: SocketAddr, name_and_labels: &str) -> u64 {
     let (_, body) = http(admin, "GET", "/metrics", &[], "").await;
     body.lines()
-        .filter(|l| l.starts_with(name_and_labels.split('{').next().unwrap()))
+        .filter(|l| {
+            // The whole name: `switchboard_streams` is not `switchboard_streams_evicted_total`.
+            let name = name_and_labels.split('{').next().unwrap();
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
         .filter(|l| {
             let want_labels = name_and_labels
                 .split_once('{')

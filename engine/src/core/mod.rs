@@ -241,10 +241,12 @@ impl ShardCore {
             durability: Durability::None,
             keep: cfg.history_size,
             ttl: ms_to_ticks(cfg.history_ttl_ms, t),
+            max_bytes: 0,
         };
         let policies = Arc::new(Policies::new(default, &cfg.namespaces, t));
         let mut streams = Streams::with_policies(stream_seed(id, now), policies);
         streams.set_history_budget(cfg.history_memory_bytes / mesh.shards().max(1));
+        streams.set_max_streams(cfg.max_streams.div_ceil(mesh.shards().max(1)));
         let journal = mesh.journal().cloned();
         let mesh_shards = mesh.shards();
         let (seeds, seeded_marks) = mesh.take_seeds(id);
@@ -567,8 +569,16 @@ impl ShardCore {
             self.streams.history_evicted(),
             std::sync::atomic::Ordering::Relaxed,
         );
+        m.history_freed_bytes.store(
+            self.streams.history_freed_bytes(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         m.streams.store(
             self.streams.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        m.streams_evicted.store(
+            self.streams.streams_evicted(),
             std::sync::atomic::Ordering::Relaxed,
         );
         self.expire_typing();

@@ -182,6 +182,17 @@ impl ShardCore {
         let (local, remote, needed) = self.audience(channel);
         let (position, pi) = self.streams.next_in(channel, self.tick);
         let policy = *self.streams.policies().get(pi);
+        let size = data.raw.len() + meta.map_or(0, |m| m.raw.len());
+        if self.streams.over_max_bytes(channel, &policy, size) {
+            // A full inbox (or capped channel): refused, never trimmed, so nothing
+            // acknowledged to an earlier sender disappears early.
+            self.streams.undo(channel);
+            let refused = Refused {
+                code: ErrorCode::LimitExceeded,
+                message: format!("{channel} is full: it holds its limit of bytes; retry later"),
+            };
+            return self.answer_publish(reply, Err(refused));
+        }
         let durable = match (&self.store.link, policy.durability) {
             (Some(link), Durability::Async | Durability::Sync) => {
                 if let Err(why) = link.admit() {

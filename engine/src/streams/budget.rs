@@ -41,6 +41,9 @@ pub(super) struct HistoryBudget {
     order: VecDeque<(Arc<str>, u64)>,
     /// Publications evicted for the budget since start.
     evicted: u64,
+    /// Bytes of publications no longer retained, ever (expired, pushed out, evicted,
+    /// forgotten): what the allocator got back, for returning it to the system.
+    freed: u64,
 }
 
 impl HistoryBudget {
@@ -51,6 +54,7 @@ impl HistoryBudget {
             live: 0,
             order: VecDeque::new(),
             evicted: 0,
+            freed: 0,
         }
     }
 
@@ -71,7 +75,9 @@ impl HistoryBudget {
     /// stream).
     #[inline]
     pub(super) fn dropped(&mut self, e: &Entry) {
-        self.used -= cost(e);
+        let c = cost(e);
+        self.used -= c;
+        self.freed += c as u64;
         self.live -= 1;
     }
 
@@ -108,5 +114,10 @@ impl HistoryBudget {
 
     pub(super) fn evicted(&self) -> u64 {
         self.evicted
+    }
+
+    /// Bytes no longer retained, since the start.
+    pub(super) fn freed(&self) -> u64 {
+        self.freed
     }
 }

@@ -85,6 +85,9 @@ struct Stream {
     /// Tick of the last publication.
     used: u32,
     history: VecDeque<Entry>,
+    /// What `history` costs against the budget ([`budget::cost`] of each entry), for
+    /// the namespace's `max_bytes`.
+    bytes: usize,
     /// Idempotency keys seen within the dedupe window: the offset each got and when.
     keys: HashMap<Box<str>, (u64, u32)>,
 }
@@ -101,6 +104,9 @@ pub struct Streams {
     policies: Arc<Policies>,
     /// Bytes retained across all channels, and which to evict first.
     budget: HistoryBudget,
+    /// Most streams kept (0: no limit), and how many were forgotten to stay within it.
+    max_streams: usize,
+    streams_evicted: u64,
 }
 
 /// A well-mixed 64-bit value from `x` (SplitMix64's finaliser).
@@ -118,6 +124,7 @@ impl Streams {
             durability: Durability::None,
             keep: 64,
             ttl: u32::MAX,
+            max_bytes: 0,
         };
         Streams::with_policies(seed, Arc::new(Policies::single(default)))
     }
@@ -131,6 +138,49 @@ impl Streams {
             cursor: 0,
             policies,
             budget: HistoryBudget::new(0),
+            max_streams: 0,
+            streams_evicted: 0,
+        }
+    }
+
+    /// Most streams this shard keeps (0: no limit); see `evict_for_new_stream`.
+    pub fn set_max_streams(&mut self, n: usize) {
+        self.max_streams = n;
+    }
+
+    /// Streams forgotten early to stay within the maximum.
+    pub fn streams_evicted(&self) -> u64 {
+        self.streams_evicted
+    }
+
+    /// Make room for one more stream: forget the least recently used forgettable
+    /// stream among a sample of `SAMPLE` from the sweep's cursor (approximate LRU, as
+    /// Redis evicts keys: O(1) per new stream). Forgettable: nothing waits for the
+    /// store, and it is memory-only or retains nothing (a durable stream that still
+    /// retains publications stays; the history budget bounds those). If the sample
+    /// has none, the map grows past the maximum for now.
+    fn evict_for_new_stream(&mut self, now: u32) {
+        const SAMPLE: usize = 16;
+        let len = self.map.len();
+        let mut best: Option<(usize, u32)> = None;
+        for k in 0..SAMPLE.min(len) {
+            let i = (self.cursor + k) % len;
+            let s = &self.map[i];
+            let policy = self.policies.get(s.policy);
+            let forgettable = s.shown == s.offset
+                && (policy.durability == Durability::None || s.history.is_empty());
+            let idle = now.wrapping_sub(s.used);
+            if forgettable && best.is_none_or(|(_, b)| idle > b) {
+                best = Some((i, idle));
+            }
+        }
+        self.cursor = (self.cursor + SAMPLE) % len.max(1);
+        if let Some((i, _)) = best {
+            let (_, gone) = self.map.swap_remove_index(i).expect("sampled index");
+            for e in &gone.history {
+                self.budget.dropped(e);
+            }
+            self.streams_evicted += 1;
         }
     }
 
@@ -151,6 +201,11 @@ impl Streams {
         self.budget.evicted()
     }
 
+    /// Bytes of publications no longer retained, since the start (a counter).
+    pub fn history_freed_bytes(&self) -> u64 {
+        self.budget.freed()
+    }
+
     /// Evict the oldest retained publications until the budget holds.
     fn evict_over_budget(&mut self) {
         while self.budget.over() {
@@ -161,6 +216,7 @@ impl Streams {
             if let Some(s) = self.map.get_mut(&*channel) {
                 if s.history.front().is_some_and(|e| e.offset == offset) {
                     let e = s.history.pop_front().expect("front checked");
+                    s.bytes -= budget::cost(&e);
                     self.budget.dropped(&e);
                     self.budget.count_eviction();
                 }
@@ -173,6 +229,16 @@ impl Streams {
                     .is_some_and(|s| s.history.binary_search_by_key(&o, |e| e.offset).is_ok())
             });
         }
+    }
+
+    /// Whether keeping `data_bytes` more in `channel` would pass its namespace's
+    /// `max_bytes` (never when that is 0). What `history_size` and `history_ttl_ms`
+    /// would drop to make room still counts: a full inbox stays full until its oldest
+    /// messages expire or are pushed out by count.
+    pub fn over_max_bytes(&self, channel: &str, policy: &Policy, data_bytes: usize) -> bool {
+        policy.max_bytes != 0
+            && self.map.get(channel).map_or(0, |s| s.bytes) + budget::ENTRY_OVERHEAD + data_bytes
+                > policy.max_bytes
     }
 
     /// The shared name of `channel`'s stream, if it has one.
@@ -221,8 +287,10 @@ impl Streams {
                 from: e.from.map(Arc::from),
             });
         }
+        let mut bytes = 0;
         for e in &history {
             self.budget.kept(&seed.channel, e);
+            bytes += budget::cost(e);
         }
         let replaced = self.map.insert(
             seed.channel,
@@ -233,6 +301,7 @@ impl Streams {
                 policy,
                 used: now,
                 history,
+                bytes,
                 keys,
             },
         );
@@ -279,6 +348,9 @@ impl Streams {
     }
 
     fn create(&mut self, channel: &str, offset: u64, now: u32) -> u64 {
+        if self.max_streams != 0 && self.map.len() >= self.max_streams {
+            self.evict_for_new_stream(now);
+        }
         self.created += 1;
         let epoch = mix(self.seed ^ mix(self.created));
         let policy = self.policies.resolve(channel);
@@ -293,6 +365,7 @@ impl Streams {
                 policy,
                 used: now,
                 history: VecDeque::new(),
+                bytes: 0,
                 keys: HashMap::new(),
             },
         );
@@ -337,9 +410,11 @@ impl Streams {
             let Some(old) = s.history.pop_front() else {
                 break;
             };
+            s.bytes -= budget::cost(&old);
             self.budget.dropped(&old);
         }
         self.budget.kept(name, &entry);
+        s.bytes += budget::cost(&entry);
         s.history.push_back(entry);
         if self.budget.over() || self.budget.wants_compaction() {
             self.evict_over_budget();
@@ -526,6 +601,7 @@ impl Streams {
                     .is_some_and(|e| now.wrapping_sub(e.tick) > policy.ttl)
                 {
                     let old = s.history.pop_front().expect("front checked");
+                    s.bytes -= budget::cost(&old);
                     self.budget.dropped(&old);
                 }
                 if !s.keys.is_empty() {

@@ -23,6 +23,7 @@ fn stored_streams_with_history_outlive_the_idle_time_until_their_ttl() {
         durability: Durability::None,
         keep: 8,
         ttl: 1000,
+        max_bytes: 0,
     };
     let ns = [crate::journal::NamespacePolicy {
         name: "inbox".into(),
@@ -32,6 +33,7 @@ fn stored_streams_with_history_outlive_the_idle_time_until_their_ttl() {
         rules: Default::default(),
         presence: false,
         presence_events: false,
+        max_channel_bytes: 0,
     }];
     // ttl: 5000 ms / 10 ms ticks = 500 ticks; idle: 50 ticks.
     let mut s = Streams::with_policies(1, Arc::new(Policies::new(default, &ns, 10)));
@@ -184,6 +186,7 @@ fn seeded_streams_continue_their_epoch_keys_and_history() {
         durability: Durability::None,
         keep: 64,
         ttl: 1000,
+        max_bytes: 0,
     };
     let ns = [NamespacePolicy {
         name: "chat".into(),
@@ -193,6 +196,7 @@ fn seeded_streams_continue_their_epoch_keys_and_history() {
         rules: Default::default(),
         presence: false,
         presence_events: false,
+        max_channel_bytes: 0,
     }];
     let mut s = Streams::with_policies(3, Arc::new(Policies::new(default, &ns, 10)));
     let entry = |offset: u64, key: Option<&str>| SeedEntry {
@@ -355,6 +359,7 @@ fn the_sweep_frees_expired_history_of_quiet_channels() {
             durability: Durability::None,
             keep: 64,
             ttl: 10,
+            max_bytes: 0,
         })),
     );
     for i in 0..50u32 {
@@ -372,4 +377,86 @@ fn the_sweep_frees_expired_history_of_quiet_channels() {
     assert_eq!(s.len(), 50, "positions are kept until stream_idle_ms");
     s.sweep(2000, 1000, 1000, 1000);
     assert_eq!(s.len(), 0);
+}
+
+#[test]
+fn a_channel_over_its_max_bytes_is_full_until_older_entries_go() {
+    let one = budget::ENTRY_OVERHEAD + 1; // entries 1..=9 carry one byte
+    let capped = Policy {
+        durability: Durability::None,
+        keep: 4,
+        ttl: 100,
+        max_bytes: 3 * one,
+    };
+    let mut s = Streams::with_policies(1, Arc::new(Policies::single(capped)));
+    for tick in 0..3 {
+        assert!(!s.over_max_bytes("c", &capped, 1), "entry {tick} fits");
+        let p = s.next("c", tick);
+        s.retain("c", entry(p.offset, tick), 4, 100);
+    }
+    assert!(s.over_max_bytes("c", &capped, 1), "three held: full");
+    assert!(!s.over_max_bytes("other", &capped, 1), "per channel");
+    let unlimited = Policy {
+        max_bytes: 0,
+        ..capped
+    };
+    assert!(!s.over_max_bytes("c", &unlimited, 1 << 30));
+    // The sweep frees expired entries, and with them room.
+    s.sweep(102, u32::MAX, 100, 10);
+    assert!(!s.over_max_bytes("c", &capped, 1), "the oldest expired");
+    // The budget's evictions count too.
+    s.set_history_budget(one);
+    let p = s.next("c", 103);
+    s.retain("c", entry(p.offset, 103), 4, 100);
+    // One entry held (the budget evicted the others): exactly room for two entries'
+    // worth of bytes more.
+    assert!(!s.over_max_bytes("c", &capped, one + 1));
+    assert!(s.over_max_bytes("c", &capped, one + 2));
+}
+
+#[test]
+fn past_max_streams_the_least_recently_used_forgettable_one_goes() {
+    let default = Policy {
+        durability: Durability::None,
+        keep: 4,
+        ttl: 1000,
+        max_bytes: 0,
+    };
+    let ns = [crate::journal::NamespacePolicy {
+        name: "ledger".into(),
+        durability: Durability::Sync,
+        history_size: 4,
+        history_ttl_ms: 10_000,
+        rules: Default::default(),
+        presence: false,
+        presence_events: false,
+        max_channel_bytes: 0,
+    }];
+    let mut s = Streams::with_policies(3, Arc::new(Policies::new(default, &ns, 10)));
+    s.set_max_streams(8);
+    // A durable stream that retains a publication is never forgotten for room.
+    let p = s.next("ledger:keep", 0);
+    s.retain("ledger:keep", entry(p.offset, 0), 4, 1000);
+    for i in 1..200u32 {
+        let channel = format!("room:{i}");
+        let p = s.next(&channel, i);
+        s.show(&channel, p.offset);
+        assert!(s.len() <= 8, "{} streams after {i}", s.len());
+    }
+    assert_eq!(s.streams_evicted(), 200 - 8);
+    assert!(s.current("ledger:keep").is_some());
+    assert!(s.current("room:199").is_some(), "the newest stays");
+    // The sample picks the idlest it sees: the survivors are recent ones.
+    let oldest_kept = (1..200)
+        .find(|i| s.current(&format!("room:{i}")).is_some())
+        .unwrap();
+    assert!(oldest_kept > 150, "room:{oldest_kept} survived");
+    // A stream waiting for the store (shown behind offset) is not forgettable either.
+    let mut s = Streams::new(4);
+    s.set_max_streams(2);
+    s.next("a", 0);
+    s.next("b", 1);
+    s.next("c", 2);
+    assert_eq!(s.len(), 3, "nothing forgettable: the map grows for now");
+    assert_eq!(s.streams_evicted(), 0);
 }
