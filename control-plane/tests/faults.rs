@@ -433,6 +433,10 @@ async fn a_full_disk_refuses_durable_publishes_and_recovers() {
     );
     assert!(stderr.contains(&*store.display().to_string()), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("Read-only file system"),
+        "says why: {stderr}"
+    );
     eprintln!("read-only store: {}", stderr.trim());
 }
 

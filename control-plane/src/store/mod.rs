@@ -203,7 +203,20 @@ pub fn open(
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| fail(format!("cannot open: {e}")))?;
-    prepare(&conn).map_err(|e| fail(format!("cannot use it as a Switchboard store: {e}")))?;
+    prepare(&conn).map_err(|e| {
+        // SQLite says only "unable to open database file" when it cannot write the
+        // file or create its journal beside it: ask the system why.
+        let why = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .err()
+            .map(|os| format!(" ({os})"))
+            .unwrap_or_default();
+        fail(format!("cannot use it as a Switchboard store: {e}{why}"))
+    })?;
     let clean = conn
         .query_row("SELECT value FROM meta WHERE key = 'clean'", [], |r| {
             r.get::<_, String>(0)
