@@ -48,6 +48,9 @@ pub fn fanout_core_in(
             presence_events: false,
             max_channel_bytes: 0,
         }],
+        // No rate limits unless a bench sets them: the defaults (issue 16) would refuse
+        // a bench's millions of commands after the first burst and time the refusal.
+        rate_limits: Vec::new(),
         ..EngineConfig::default()
     };
     let mesh = Mesh::new(1, 1024).expect("eventfd");

@@ -71,6 +71,9 @@ fn config() -> EngineConfig {
         max_frame_bytes: 64 * 1024,
         history_memory_bytes: 32 * 1024,
         max_streams: 8,
+        // Small tables: each run builds a core, and ASan makes big zeroed tables slow.
+        rate_limit_users: 64,
+        max_connections: 64,
         max_subscriptions_per_connection: 16,
         reconnect_ttl_ms: 60_000,
         reconnect_secret: Some(Arc::from(&b"fuzz-reconnect-secret-0123456789"[..])),
