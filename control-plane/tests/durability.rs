@@ -38,41 +38,19 @@ fn namespaces(c: &mut switchboard_control_plane::Config) {
 }
 
 fn config_file(store: &Path) -> PathBuf {
-    let path = store.with_extension("toml");
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[engine]
-listen = "127.0.0.1:0"
-shards = 2
-tick_ms = 20
-
-[auth]
-hmac_secret = "{SECRET}"
-
-[admin]
-listen = "127.0.0.1:0"
-api_key = "{API_KEY}"
-
-[store]
-path = "{}"
-
-[namespaces.ledger]
+    write_config(
+        store,
+        "tick_ms = 20",
+        "",
+        r#"[namespaces.ledger]
 durability = "sync"
 history_size = 1000000
 history_ttl_ms = 3600000
 
 [namespaces.feed]
 durability = "async"
-history_size = 1000
-"#,
-            store.display()
-        ),
+history_size = 1000"#,
     )
-    .unwrap();
-    path
 }
 
 /// Publish `{"w": worker, "n": i}` to `channel` one after another until the server

@@ -31,41 +31,18 @@ use fastwebsockets::{Frame, OpCode, Payload};
 use serde_json::{json, Value};
 
 fn config_file(store: &Path) -> PathBuf {
-    let path = store.with_extension("toml");
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[engine]
-listen = "127.0.0.1:0"
-shards = 2
-tick_ms = 20
-
-[auth]
-hmac_secret = "{SECRET}"
-
-[admin]
-listen = "127.0.0.1:0"
-api_key = "{API_KEY}"
-
-[store]
-path = "{}"
-retry_ms = 200
-
-[namespaces.ledger]
+    write_config(
+        store,
+        "tick_ms = 20",
+        "retry_ms = 200",
+        r#"[namespaces.ledger]
 durability = "sync"
 history_size = 1000000
 history_ttl_ms = 3600000
 
 [inbox]
-history_size = 1000000
-"#,
-            store.display()
-        ),
+history_size = 1000000"#,
     )
-    .unwrap();
-    path
 }
 
 /// One acknowledged publication: channel, epoch, offset, data.

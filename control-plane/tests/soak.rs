@@ -36,43 +36,19 @@ const SUBSCRIBERS: u64 = 200;
 const PUBLISHERS: u64 = 10;
 
 fn config_file(store: &Path) -> PathBuf {
-    let path = store.with_extension("toml");
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[engine]
-listen = "127.0.0.1:0"
-shards = 2
-history_ttl_ms = 60000
-dedupe_window_ms = 30000
-
-[auth]
-hmac_secret = "{SECRET}"
-
-[admin]
-listen = "127.0.0.1:0"
-api_key = "{API_KEY}"
-
-[store]
-path = "{}"
-prune_interval_ms = 10000
-
-[namespaces.ledger]
+    write_config(
+        store,
+        "history_ttl_ms = 60000\ndedupe_window_ms = 30000",
+        "prune_interval_ms = 10000",
+        r#"[namespaces.ledger]
 durability = "sync"
 
 [namespaces.feed]
 durability = "async"
 
 [inbox]
-history_ttl_ms = 60000
-"#,
-            store.display()
-        ),
+history_ttl_ms = 60000"#,
     )
-    .unwrap();
-    path
 }
 
 /// What the process holds: resident memory (bytes) and open files.

@@ -593,3 +593,25 @@ pub async fn full_history(
         }
     }
 }
+
+/// Write a config file for the binary beside `store` (`<store>.toml`): listeners on
+/// port 0, two shards, the test secret and API key, the store at `store`; `engine` and
+/// `store_extra` are more lines for those sections, `rest` more sections.
+pub fn write_config(
+    store: &std::path::Path,
+    engine: &str,
+    store_extra: &str,
+    rest: &str,
+) -> std::path::PathBuf {
+    let path = store.with_extension("toml");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let text = format!(
+        "[engine]\nlisten = \"127.0.0.1:0\"\nshards = 2\n{engine}\n\n\
+         [auth]\nhmac_secret = \"{SECRET}\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\napi_key = \"{API_KEY}\"\n\n\
+         [store]\npath = \"{}\"\n{store_extra}\n\n{rest}\n",
+        store.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
