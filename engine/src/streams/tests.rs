@@ -19,22 +19,8 @@ fn offsets_rise_by_one_and_epochs_differ() {
 
 #[test]
 fn stored_streams_with_history_outlive_the_idle_time_until_their_ttl() {
-    let default = Policy {
-        durability: Durability::None,
-        keep: 8,
-        ttl: 1000,
-        max_bytes: 0,
-    };
-    let ns = [crate::journal::NamespacePolicy {
-        name: "inbox".into(),
-        durability: Durability::Sync,
-        history_size: 8,
-        history_ttl_ms: 5000,
-        rules: Default::default(),
-        presence: false,
-        presence_events: false,
-        max_channel_bytes: 0,
-    }];
+    let default = memory_only(8, 1000);
+    let ns = [namespace("inbox", Durability::Sync, 8, 5000)];
     // ttl: 5000 ms / 10 ms ticks = 500 ticks; idle: 50 ticks.
     let mut s = Streams::with_policies(1, Arc::new(Policies::new(default, &ns, 10)));
     let p = s.next("inbox:a", 0);
@@ -77,6 +63,35 @@ fn idle_streams_are_forgotten_and_restart_in_a_new_epoch() {
         "a new epoch says earlier positions are gone"
     );
     assert_eq!(s.current("busy").unwrap().offset, 2);
+}
+
+/// A namespace of durability `durability` keeping `history_size` for `history_ttl_ms`.
+fn namespace(
+    name: &str,
+    durability: Durability,
+    history_size: usize,
+    history_ttl_ms: u64,
+) -> crate::journal::NamespacePolicy {
+    crate::journal::NamespacePolicy {
+        name: name.into(),
+        durability,
+        history_size,
+        history_ttl_ms,
+        rules: Default::default(),
+        presence: false,
+        presence_events: false,
+        max_channel_bytes: 0,
+    }
+}
+
+/// The policy of channels in no configured namespace: memory only.
+fn memory_only(keep: usize, ttl: u32) -> Policy {
+    Policy {
+        durability: Durability::None,
+        keep,
+        ttl,
+        max_bytes: 0,
+    }
 }
 
 fn entry(offset: u64, tick: u32) -> Entry {
@@ -181,23 +196,9 @@ fn history_keeps_by_count_and_age_and_recovery_is_all_or_nothing() {
 
 #[test]
 fn seeded_streams_continue_their_epoch_keys_and_history() {
-    use crate::journal::{NamespacePolicy, SeedEntry};
-    let default = Policy {
-        durability: Durability::None,
-        keep: 64,
-        ttl: 1000,
-        max_bytes: 0,
-    };
-    let ns = [NamespacePolicy {
-        name: "chat".into(),
-        durability: Durability::Sync,
-        history_size: 3,
-        history_ttl_ms: 10_000,
-        rules: Default::default(),
-        presence: false,
-        presence_events: false,
-        max_channel_bytes: 0,
-    }];
+    use crate::journal::SeedEntry;
+    let default = memory_only(64, 1000);
+    let ns = [namespace("chat", Durability::Sync, 3, 10_000)];
     let mut s = Streams::with_policies(3, Arc::new(Policies::new(default, &ns, 10)));
     let entry = |offset: u64, key: Option<&str>| SeedEntry {
         offset,
@@ -416,22 +417,8 @@ fn a_channel_over_its_max_bytes_is_full_until_older_entries_go() {
 
 #[test]
 fn past_max_streams_the_least_recently_used_forgettable_one_goes() {
-    let default = Policy {
-        durability: Durability::None,
-        keep: 4,
-        ttl: 1000,
-        max_bytes: 0,
-    };
-    let ns = [crate::journal::NamespacePolicy {
-        name: "ledger".into(),
-        durability: Durability::Sync,
-        history_size: 4,
-        history_ttl_ms: 10_000,
-        rules: Default::default(),
-        presence: false,
-        presence_events: false,
-        max_channel_bytes: 0,
-    }];
+    let default = memory_only(4, 1000);
+    let ns = [namespace("ledger", Durability::Sync, 4, 10_000)];
     let mut s = Streams::with_policies(3, Arc::new(Policies::new(default, &ns, 10)));
     s.set_max_streams(8);
     // A durable stream that retains a publication is never forgotten for room.
