@@ -13,10 +13,14 @@
 //! - [`message`]: reassembly of fragmented messages with a size limit, close-frame rules.
 //! - [`envelope`]: the Switchboard v1 commands, replies and pushes, MessagePack and JSON.
 //! - [`close`]: close codes and reasons used on the wire.
+//! - [`engineio`]: Engine.IO v4 packets (WebSocket frames and polling payloads), the
+//!   transport under Socket.IO v5.
 //!
-//! What it does not do: permessage-deflate, client-side handshakes, Socket.IO (later).
+//! What it does not do: permessage-deflate, client-side handshakes, Socket.IO packets
+//! (next, issue 17).
 
 pub mod close;
+pub mod engineio;
 pub mod envelope;
 pub mod error;
 pub mod frame;
