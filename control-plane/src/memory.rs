@@ -5,7 +5,8 @@
 //! pushed out, evicted, or forgotten with its stream) and, once [`TRIM_AFTER_BYTES`]
 //! more were let go since the last trim — or at least [`TRIM_TAIL_BYTES`] and the
 //! letting go has paused for a look, so the tail of a burst goes back too — or every
-//! [`TRIM_AT_LEAST_EVERY`] otherwise, asks glibc's allocator to return free pages (`malloc_trim`). Without it, glibc keeps
+//! [`TRIM_AT_LEAST_EVERY`] otherwise, asks glibc's allocator to return free pages
+//! (`malloc_trim`). Without it, glibc keeps
 //! freed memory in its per-thread arenas for reuse and the resident size of a process
 //! that once held gigabytes of history stays there. Does not own what is kept (the
 //! history budget, `max_streams` and the queues bound that) nor the allocator.

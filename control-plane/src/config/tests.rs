@@ -284,3 +284,37 @@ fn store_and_namespaces_load_and_bad_values_name_the_key() {
         assert!(e.contains(key), "{text}: {e}");
     }
 }
+
+#[test]
+fn memory_limits_load_and_bad_values_name_the_key() {
+    let c = Config::load(
+        None,
+        &env(&[
+            ("SWITCHBOARD_ENGINE__MAX_STREAMS", "5000"),
+            ("SWITCHBOARD_INBOX__MAX_BYTES", "0"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.engine.max_streams, 5000);
+    let inbox = c.engine_config();
+    let inbox = inbox.namespaces.iter().find(|n| n.name == "inbox").unwrap();
+    assert_eq!(inbox.max_channel_bytes, 0, "0 turns the limit off");
+    for (text, key) in [
+        ("[inbox]\nmax_bytes = 1000\n", "inbox.max_bytes"),
+        ("[inbox]\nmax_bytes = -1\n", "max_bytes"),
+        ("[inbox]\nmax_bytes = \"big\"\n", "max_bytes"),
+        ("[engine]\nmax_streams = -5\n", "max_streams"),
+        (
+            "[namespaces.chat]\nmax_channel_bytes = 10\n",
+            "namespaces.chat.max_channel_bytes",
+        ),
+        (
+            "[namespaces.chat]\nmax_chanel_bytes = 10\n",
+            "max_chanel_bytes",
+        ),
+    ] {
+        let f = write(text);
+        let e = Config::load(Some(&f.0), &env(&[])).unwrap_err().to_string();
+        assert!(e.contains(key), "{text}: {e}");
+    }
+}
