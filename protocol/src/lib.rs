@@ -15,11 +15,14 @@
 //! - [`close`]: close codes and reasons used on the wire.
 //! - [`engineio`]: Engine.IO v4 packets (WebSocket frames and polling payloads), the
 //!   transport under Socket.IO v5.
+//! - [`socketio`]: Socket.IO v5 packets (namespaces, events, acks, attachments).
+//! - [`eio_http`]: the HTTP requests of Engine.IO's endpoint (polling, the upgrade's
+//!   query) and their answers.
 //!
-//! What it does not do: permessage-deflate, client-side handshakes, Socket.IO packets
-//! (next, issue 17).
+//! What it does not do: permessage-deflate, client-side handshakes.
 
 pub mod close;
+pub mod eio_http;
 pub mod engineio;
 pub mod envelope;
 pub mod error;
@@ -27,6 +30,7 @@ pub mod frame;
 pub mod handshake;
 pub mod mask;
 pub mod message;
+pub mod socketio;
 pub mod utf8;
 
 pub use close::CloseCode;
