@@ -11,6 +11,7 @@
 //! - [`schedule`], [`notify`], [`calls`]: scheduled messages, notifications, call
 //!   signaling — each a worker thread on the store.
 //! - [`alerts`]: threshold rules on the server's own metrics, webhooks.
+//! - [`hooks`]: Socket.IO backend hooks (HTTP calls to the application's backend).
 //! - [`audit`]: the audit log of admin actions.
 //! - [`metrics`]: Prometheus text rendering.
 //!
@@ -37,6 +38,7 @@ pub mod calls;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod hooks;
 pub mod http;
 pub mod ids;
 pub mod memory;

@@ -2,8 +2,8 @@
 //!
 //! Owns which worker takes which [`ControlRequest`]: token checks stay with the auth
 //! threads that read the shards' queue; call commands and departures go to the call
-//! worker, notification commands to the notification worker, schedules to the
-//! scheduler. Does not own any of that work.
+//! worker, notification commands to the notification worker, Socket.IO hook calls
+//! to the hook threads, schedules to the scheduler. Does not own any of that work.
 
 use switchboard_engine::ControlRequest;
 
@@ -20,6 +20,8 @@ pub struct Workers {
     pub notifier: Notifier,
     /// Call commands and departures.
     pub calls: Calls,
+    /// Socket.IO backend hooks.
+    pub hooks: crate::hooks::Hooks,
 }
 
 impl Workers {
@@ -29,6 +31,7 @@ impl Workers {
             ControlRequest::Command { ref cmd, .. } if cmd.is_call() => self.calls.submit(req),
             ControlRequest::Command { .. } => self.notifier.submit(req),
             ControlRequest::Gone { .. } => self.calls.submit(req),
+            ControlRequest::Hook(call) => self.hooks.submit(call),
             other => self.scheduler.submit(other),
         }
     }

@@ -44,6 +44,7 @@ pub struct Server {
     calls: Option<CallsHandle>,
     alerts: Option<crate::worker::WorkerHandle>,
     memory_trim: Option<crate::worker::WorkerHandle>,
+    hooks: Vec<crate::worker::WorkerHandle>,
     /// Set in dev mode.
     pub dev: Option<DevCredentials>,
     /// The API key in force (configured, or generated in dev mode).
@@ -91,6 +92,8 @@ impl Server {
             cfg.calls.clone(),
             notifier.clone(),
         )?;
+        let (hooks, hook_threads) = crate::hooks::spawn(&cfg.socketio, engine.sender())
+            .map_err(|e| Error::start("the hook threads", e))?;
         let auth_stats = Arc::new(AuthStats::default());
         let revocations = verifier.revocations().clone();
         let auth_threads = auth::spawn_workers(
@@ -103,6 +106,7 @@ impl Server {
                 scheduler: scheduler.clone(),
                 notifier: notifier.clone(),
                 calls: calls.clone(),
+                hooks,
             },
         )
         .map_err(|e| Error::start("the auth workers", e))?;
@@ -161,6 +165,7 @@ impl Server {
             calls: Some(calls_handle),
             alerts: Some(alerts_handle),
             memory_trim: Some(memory_trim),
+            hooks: hook_threads,
             dev: keys.dev,
             api_key: keys.api_key,
             admin_secret: keys.admin_secret,
@@ -208,6 +213,9 @@ impl Server {
         }
         if let Some(trim) = self.memory_trim.take() {
             trim.finish();
+        }
+        for hook in self.hooks.drain(..) {
+            hook.finish();
         }
         if let Some(notifier) = self.notifier.take() {
             notifier.finish();

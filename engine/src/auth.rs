@@ -64,6 +64,8 @@ pub enum ControlRequest {
         /// What to do.
         cmd: crate::control::ControlCommand,
     },
+    /// Call a Socket.IO backend hook and answer [`crate::ShardMsg::HookDone`].
+    Hook(Box<crate::hooks::HookCall>),
     /// A connection that took part in a call has gone (`graceful`: it closed cleanly;
     /// otherwise it dropped and may come back within the call's grace period).
     Gone {

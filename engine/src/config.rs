@@ -161,6 +161,9 @@ pub struct EngineConfig {
     /// user with 0, have their buckets kept per shard (up to `n` times the rate on `n`
     /// shards).
     pub rate_limit_users: u32,
+    /// The Socket.IO endpoint, set by the control plane from its `[socketio]` table.
+    #[serde(skip)]
+    pub socketio: crate::sio_config::SocketIoConfig,
 }
 
 /// The rate limits a server starts with: far above what a person or a well-behaved
@@ -227,6 +230,7 @@ impl Default for EngineConfig {
             rate_limits: default_rate_limits(),
             rate_limit_disconnect_after: 20,
             rate_limit_users: 32_768,
+            socketio: Default::default(),
         }
     }
 }
@@ -251,6 +255,7 @@ impl EngineConfig {
     /// Check values that would make the engine misbehave; the error names the key.
     pub fn validate(&self) -> Result<(), Error> {
         self.limits()?;
+        self.socketio.validate(self.tick_ms)?;
         if self.rate_limit_users > 1 << 22 {
             return Err(Error::config("engine.rate_limit_users", "at most 4194304"));
         }

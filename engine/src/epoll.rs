@@ -39,7 +39,7 @@ use crate::auth::ControlRequest;
 use crate::clock::{self, Now};
 use crate::config::EngineConfig;
 use crate::core::{AfterFlush, ConnKey, ConnState, ShardCore};
-use crate::mesh::{Mesh, Refusal};
+use crate::mesh::Mesh;
 use crate::metrics::ShardMetrics;
 
 /// Most reads per connection per wake-up before yielding to the others.
@@ -248,11 +248,7 @@ fn accept(driver: &Shared, stream: TcpStream, peer: std::net::IpAddr) {
             });
         }
         Err(refusal) => {
-            let (status, reason) = match refusal {
-                Refusal::ServerFull => (503, "server is at its connection limit"),
-                Refusal::TooManyFromIp => (429, "too many connections from this address"),
-                Refusal::TooFastFromIp => (429, "connecting too fast from this address"),
-            };
+            let (status, reason) = refusal.http();
             // Best effort, never waits: the socket is dropped right after.
             let _ = stream.try_write(&handshake::error_response(status, reason));
         }

@@ -1,7 +1,7 @@
 //! Switchboard's engine: thread-per-core shards holding WebSocket connections.
 //!
 //! # Layout
-//! - [`config`]: the engine's settings.
+//! - [`config`]: the engine's settings; [`sio_config`]: the Socket.IO endpoint's.
 //! - [`core`]: one shard's connections, commands, fan-out and timers, without sockets.
 //! - [`backend`]: the seam between a core and its socket I/O, and the contract.
 //! - [`epoll`]: the backend that drives a core with a single-threaded tokio runtime
@@ -10,7 +10,8 @@
 //! - [`channels`], [`outq`], [`wheel`]: the channel index, per-connection outbound
 //!   queues, the heartbeat wheel.
 //! - [`clock`]: [`Now`], the one place the engine reads time (the core is passed it).
-//! - [`auth`]: what shards ask the control plane about tokens.
+//! - [`auth`]: what shards ask the control plane about tokens; [`hooks`]: what they
+//!   ask an application's backend (Socket.IO hooks).
 //! - [`journal`]: the seam to durable storage (batches out, seeds and commits back).
 //! - [`metrics`]: per-shard counters.
 //! - [`error`]: the crate's one error type, [`Error`].
@@ -31,6 +32,7 @@ pub mod core;
 pub mod epoll;
 pub mod error;
 pub mod files;
+pub mod hooks;
 pub mod journal;
 pub mod limits;
 pub mod marks;
@@ -39,6 +41,7 @@ pub mod metrics;
 pub mod outq;
 pub mod presence;
 pub mod session;
+pub mod sio_config;
 pub mod streams;
 pub mod uring;
 pub mod wheel;

@@ -321,6 +321,11 @@ pub enum ShardMsg {
     Admin(crate::control::AdminOp),
     /// Stop accepting, close every connection with 1001, exit after the drain time.
     Shutdown,
+    /// Engine.IO: a polling request or WebSocket for a session this shard holds, or
+    /// the session's answer for the connection that carried it.
+    Eio(Box<crate::core::EioMsg>),
+    /// A backend hook's answer for a Socket.IO session.
+    HookDone(Box<crate::hooks::HookDone>),
 }
 
 /// A connection's presence change, for the channel's owner.
@@ -717,6 +722,17 @@ pub enum Refusal {
     TooManyFromIp,
     /// `max_connection_rate_per_ip` exceeded (HTTP 429).
     TooFastFromIp,
+}
+
+impl Refusal {
+    /// The HTTP status and reason that refuse the connection.
+    pub fn http(self) -> (u16, &'static str) {
+        match self {
+            Refusal::ServerFull => (503, "server is at its connection limit"),
+            Refusal::TooManyFromIp => (429, "too many connections from this address"),
+            Refusal::TooFastFromIp => (429, "connecting too fast from this address"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -197,6 +197,14 @@ pub struct ShardMetrics {
     pub accepted: AtomicU64,
     /// Upgrades completed.
     pub upgraded: AtomicU64,
+    /// Engine.IO sessions opened (Socket.IO clients, both transports).
+    pub eio_sessions: AtomicU64,
+    /// Engine.IO sessions moved from polling to WebSocket.
+    pub eio_upgrades: AtomicU64,
+    /// Engine.IO requests sent to the shard holding their session.
+    pub eio_forwarded: AtomicU64,
+    /// Socket.IO backend hook calls made.
+    pub hook_calls: AtomicU64,
     /// Closes, indexed by [`CloseKind`].
     pub closes: [AtomicU64; 19],
     /// Frames received.

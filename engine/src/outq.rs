@@ -157,6 +157,14 @@ impl OutQueue {
         n
     }
 
+    /// Take every frame out, front first (a queue no socket writes: an Engine.IO
+    /// polling session hands its frames to the HTTP answer or to its WebSocket).
+    pub fn take_all(&mut self) -> VecDeque<Bytes> {
+        debug_assert!(self.pinned == 0 && self.head_written == 0);
+        self.charged = 0;
+        std::mem::take(&mut self.frames)
+    }
+
     /// Frames in order (for completion-based backends that take ownership).
     pub fn frames(&self) -> impl Iterator<Item = &Bytes> {
         self.frames.iter()

@@ -45,6 +45,8 @@ pub struct Config {
     pub calls: CallsConfig,
     /// Alerts evaluated inside the server.
     pub alerts: crate::alerts::AlertsConfig,
+    /// The Socket.IO endpoint on the engine's port (`docs/SOCKETIO.md`).
+    pub socketio: switchboard_engine::sio_config::SocketIoConfig,
 }
 
 /// The process environment, behind a trait so tests can supply their own.
@@ -124,6 +126,7 @@ impl Config {
                     | "notifications"
                     | "calls"
                     | "alerts"
+                    | "socketio"
             ) {
                 return Err(Error::ConfigEnv {
                     var,
@@ -161,6 +164,7 @@ impl Config {
     /// The engine settings with the namespaces' stream policies filled in.
     pub fn engine_config(&self) -> EngineConfig {
         let mut engine = self.engine.clone();
+        engine.socketio = self.socketio.clone();
         engine.namespaces = self
             .namespaces
             .iter()

@@ -32,7 +32,7 @@ pub(super) fn expose(out: &mut String, engine: &EngineHandle, census: &[Census])
         engine.backend(),
         shards.len()
     );
-    let per_shard: [Family; 23] = [
+    let per_shard: [Family; 27] = [
         (
             "switchboard_connections",
             "gauge",
@@ -56,6 +56,30 @@ pub(super) fn expose(out: &mut String, engine: &EngineHandle, census: &[Census])
             "counter",
             "WebSocket upgrades completed.",
             |m| m.upgraded.load(Relaxed),
+        ),
+        (
+            "switchboard_socketio_sessions_total",
+            "counter",
+            "Engine.IO sessions opened by Socket.IO clients (WebSocket and polling).",
+            |m| m.eio_sessions.load(Relaxed),
+        ),
+        (
+            "switchboard_socketio_upgrades_total",
+            "counter",
+            "Engine.IO sessions moved from HTTP long-polling to WebSocket.",
+            |m| m.eio_upgrades.load(Relaxed),
+        ),
+        (
+            "switchboard_socketio_forwarded_total",
+            "counter",
+            "Engine.IO requests sent over the shard mesh to the shard holding their session.",
+            |m| m.eio_forwarded.load(Relaxed),
+        ),
+        (
+            "switchboard_socketio_hook_calls_total",
+            "counter",
+            "Socket.IO backend hook calls made.",
+            |m| m.hook_calls.load(Relaxed),
         ),
         (
             "switchboard_frames_received_total",

@@ -84,7 +84,7 @@ impl ShardCore {
                 let mut c = crate::control::Census::default();
                 for (_, conn) in self.conns.iter() {
                     match conn.state {
-                        ConnState::Handshaking => c.handshaking += 1,
+                        ConnState::Handshaking | ConnState::HttpWaiting => c.handshaking += 1,
                         ConnState::AwaitingConnect | ConnState::Authenticating { .. } => {
                             c.awaiting_connect += 1
                         }
@@ -178,6 +178,7 @@ impl ShardCore {
                 ip: c.peer.to_string(),
                 state: match c.state {
                     ConnState::Handshaking => "handshaking",
+                    ConnState::HttpWaiting => "polling",
                     ConnState::AwaitingConnect => "awaiting_connect",
                     ConnState::Authenticating { .. } => "authenticating",
                     ConnState::Open => "open",

@@ -43,14 +43,18 @@ impl ShardCore {
         };
         match conn.state {
             ConnState::Closing | ConnState::Draining | ConnState::Closed => return,
-            ConnState::Handshaking => return self.close_now(slot, Some(kind)),
+            ConnState::Handshaking | ConnState::HttpWaiting => {
+                return self.close_now(slot, Some(kind))
+            }
+            _ if conn.socketless() => return self.eio_end(slot, kind, false),
             _ => {}
         }
+        let eio = conn.eio.is_some();
         self.detach(slot, false);
         self.closed(slot, kind);
         self.note_close(slot, code, reason);
         let now = self.tick;
-        let notice = (code.0 >= 4000 || code == CloseCode::GOING_AWAY)
+        let notice = (!eio && (code.0 >= 4000 || code == CloseCode::GOING_AWAY))
             .then(|| self.disconnect_frame(slot, code, reason, reconnect, reconnect_after_ms));
         let conn = &mut self.conns[slot as usize];
         if conn.input_paused {
@@ -101,6 +105,9 @@ impl ShardCore {
         if conn.state == ConnState::Closed {
             return;
         }
+        if conn.socketless() {
+            return self.eio_end(slot, kind.unwrap_or(CloseKind::PeerGone), false);
+        }
         self.detach(slot, false);
         if let Some(kind) = kind {
             self.closed(slot, kind);
@@ -116,6 +123,9 @@ impl ShardCore {
     /// Take a closing connection off everything. `graceful`: the client said goodbye
     /// (a close frame); otherwise its presence lingers for the grace period.
     pub(super) fn detach(&mut self, slot: u32, graceful: bool) {
+        if self.conns[slot as usize].eio.is_some() {
+            self.eio_relay_gone(slot);
+        }
         if self.conns[slot as usize].typing_in().is_some() {
             self.stop_typing(slot);
         }

@@ -39,6 +39,9 @@ pub enum ConnState {
     },
     /// Authenticated; commands allowed.
     Open,
+    /// An HTTP request to the Engine.IO endpoint waits for its session's answer (a
+    /// poll, a post, a WebSocket's attach); input is paused until it comes.
+    HttpWaiting,
     /// A close frame (or HTTP error) is queued; nothing more is read or queued.
     Closing,
     /// Everything is flushed and the write side shut; waiting for the peer to end.
@@ -100,6 +103,9 @@ pub struct Conn {
     /// Its rate-limit state, made on its first command while connection rules exist
     /// (64 bytes; kept out of `ext` so a limited connection does not pay for all of it).
     pub(super) limits: Option<Box<ConnLimits>>,
+    /// An Engine.IO session (Socket.IO client) or relay: this connection speaks
+    /// Engine.IO packets instead of Switchboard envelopes.
+    pub(super) eio: Option<Box<super::eio::EioSession>>,
 }
 
 /// A connection's rate-limit state.
@@ -129,6 +135,8 @@ pub(super) struct ConnExt {
     pub(super) presence_self: Option<Arc<str>>,
     /// It sent a call command: the call worker hears when it goes.
     pub(super) in_call: bool,
+    /// The HTTP request to the Engine.IO endpoint being answered.
+    pub(super) http: Option<Box<super::eio::HttpCtx>>,
     /// Coalescing keys of control-plane pushes sent to it, with the last frame of each
     /// (replaced in the queue by the next one while still unwritten). At most
     /// [`MAX_COALESCE_KEYS`], oldest dropped.
@@ -139,6 +147,12 @@ pub(super) struct ConnExt {
 pub(super) const MAX_COALESCE_KEYS: usize = 8;
 
 impl Conn {
+    /// An Engine.IO session without a socket of its own (polling, or relayed).
+    #[inline]
+    pub(super) fn socketless(&self) -> bool {
+        self.eio.as_ref().is_some_and(|e| e.socketless())
+    }
+
     pub(super) fn ext(&self) -> Option<&ConnExt> {
         self.ext.as_deref()
     }

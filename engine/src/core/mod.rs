@@ -35,6 +35,9 @@
 //! - [`closing`]: the close handshake and detaching a connection from everything.
 //! - [`links`]: messages to other shards (inbox pushes, spill, deferred wake-ups).
 //! - [`timers`]: heartbeat and lifecycle deadlines from the wheel.
+//! - [`handoff`]: what the backend takes after each call (connections to write, wake
+//!   or read again) and hands back (bytes written, queues flushed).
+//! - [`eio`]: Engine.IO sessions (Socket.IO clients), over WebSocket or polling.
 //!
 //! Connection lifecycle:
 //! `Handshaking → AwaitingConnect → Authenticating → Open → Closing → Draining → Closed`.
@@ -48,7 +51,9 @@ mod closing;
 mod conn;
 mod control;
 mod dispatch;
+mod eio;
 mod fanout;
+mod handoff;
 mod inbox;
 mod limits;
 mod links;
@@ -91,6 +96,7 @@ use crate::streams::Streams;
 use crate::wheel::HeartbeatWheel;
 use conn::Users;
 pub use conn::{AfterFlush, Conn, ConnKey, ConnState};
+pub use eio::{EioAnswer, EioMsg, EioReq, Peer};
 use limits::RateLimits;
 use links::Links;
 use presence::PresenceRoom;
@@ -114,6 +120,10 @@ struct Ticks {
     ping: u32,
     pong: u32,
     close: u32,
+    /// Engine.IO: `socketio.ping_interval_ms`, `ping_timeout_ms`, `connect_timeout_ms`.
+    eio_ping: u32,
+    eio_pong: u32,
+    eio_connect: u32,
 }
 
 /// One shard's state: the connections, and one room per feature.
@@ -157,6 +167,8 @@ pub struct ShardCore {
     close_notes: close_notes::CloseNotes,
     /// The one ping frame every connection is sent.
     ping_frame: Bytes,
+    /// The one Engine.IO ping (`2`) every Engine.IO session is sent.
+    eio_ping_frame: Bytes,
     /// Commands handled (picks the sampled ones).
     commands_seen: u32,
     /// The kind of command whose replies are being written now (for
@@ -227,12 +239,18 @@ impl ShardCore {
             ping: ms_to_ticks(cfg.ping_interval_ms, t),
             pong: ms_to_ticks(cfg.pong_timeout_ms, t),
             close: ms_to_ticks(cfg.close_timeout_ms, t),
+            eio_ping: ms_to_ticks(cfg.socketio.ping_interval_ms, t),
+            eio_pong: ms_to_ticks(cfg.socketio.ping_timeout_ms, t),
+            eio_connect: ms_to_ticks(cfg.socketio.connect_timeout_ms, t),
         };
         let horizon = [
             ticks.handshake,
             ticks.auth,
             ticks.ping + ticks.pong,
             ticks.close,
+            ticks.eio_ping + ticks.eio_pong,
+            ticks.eio_connect,
+            ticks.eio_ping + ticks.eio_pong + ticks.close,
         ]
         .into_iter()
         .max()
@@ -289,6 +307,7 @@ impl ShardCore {
             resumed: Vec::new(),
             close_notes: Default::default(),
             ping_frame: frame::encode(OpCode::Ping, b""),
+            eio_ping_frame: frame::encode(OpCode::Text, b"2"),
             commands_seen: 0,
             answering: CommandKind::Ping,
             users: Users::default(),
@@ -376,6 +395,7 @@ impl ShardCore {
             token_at: u32::MAX,
             ext: None,
             limits: None,
+            eio: None,
         }) as u32;
         self.schedule(slot, self.tick as u64 + self.ticks.handshake as u64);
         ShardMetrics::add(&self.metrics.accepted, 1);
@@ -528,6 +548,8 @@ impl ShardCore {
             ShardMsg::Limits(table) => self.set_rate_limits(table),
             ShardMsg::Admin(op) => self.on_admin(op),
             ShardMsg::Shutdown => self.begin_shutdown(now),
+            ShardMsg::Eio(m) => self.on_eio(*m),
+            ShardMsg::HookDone(done) => self.on_hook_done(*done),
         }
     }
 
@@ -596,78 +618,6 @@ impl ShardCore {
             self.flush_journal();
         }
         self.retry_spill()
-    }
-
-    /// Move the list of connections with frames to write into `into` (cleared first).
-    pub fn take_dirty(&mut self, into: &mut Vec<u32>) {
-        into.clear();
-        std::mem::swap(into, &mut self.dirty);
-        for &slot in into.iter() {
-            if let Some(c) = self.conns.get_mut(slot as usize) {
-                c.dirty = false;
-            }
-        }
-    }
-
-    /// Whether any connection has frames to write.
-    pub fn has_dirty(&self) -> bool {
-        !self.dirty.is_empty()
-    }
-
-    /// Move the list of connections whose backend task must run into `into`.
-    pub fn take_wake(&mut self, into: &mut Vec<u32>) {
-        into.clear();
-        std::mem::swap(into, &mut self.wake);
-    }
-
-    /// The outbound queue of `slot` (the backend writes from it and advances it).
-    pub fn out_mut(&mut self, slot: u32) -> Option<&mut OutQueue> {
-        self.conns.get_mut(slot as usize).map(|c| &mut c.out)
-    }
-
-    /// `bytes` of `slot`'s queue were written by one syscall. A connection whose
-    /// input was paused for a full queue resumes once the queue is below the low-water
-    /// mark (an eighth of `max_outbound_bytes`): its waiting commands run now.
-    pub fn written(&mut self, slot: u32, bytes: usize) {
-        if let Some(c) = self.conns.get_mut(slot as usize) {
-            let frames = c.out.advance(bytes);
-            ShardMetrics::add(&self.metrics.frames_out, frames as u64);
-            ShardMetrics::add(&self.metrics.bytes_out, bytes as u64);
-            ShardMetrics::add(&self.metrics.writes, 1);
-            if c.input_paused {
-                // The client is reading: alive, whatever it has not sent meanwhile.
-                c.last_rx = self.tick;
-                if c.out.charged() <= self.cfg.max_outbound_bytes / 8 {
-                    self.resume_input(slot);
-                }
-            }
-        }
-    }
-
-    /// Whether the backend should read `slot`'s socket now (false while its input is
-    /// paused, see [`ShardCore::take_resumed`]).
-    pub fn wants_input(&self, slot: u32) -> bool {
-        self.conns
-            .get(slot as usize)
-            .is_some_and(|c| !c.input_paused)
-    }
-
-    /// Connections whose input was paused (`wants_input` was false) and may be read
-    /// again: the backend re-arms or polls their reads.
-    pub fn take_resumed(&mut self, into: &mut Vec<u32>) {
-        into.clear();
-        std::mem::swap(into, &mut self.resumed);
-    }
-
-    /// `slot`'s queue is empty after writing: a queued close has gone out.
-    pub fn flushed(&mut self, slot: u32) -> AfterFlush {
-        match self.conns.get_mut(slot as usize) {
-            Some(c) if c.state == ConnState::Closing && c.out.is_empty() => {
-                c.state = ConnState::Draining;
-                AfterFlush::ShutdownWrite
-            }
-            _ => AfterFlush::Nothing,
-        }
     }
 
     /// The peer ended its side of the stream.

@@ -93,6 +93,9 @@ impl ShardCore {
         if conn.gen != key.gen || conn.state != (ConnState::Authenticating { req_id }) {
             return;
         }
+        if conn.eio.is_some() {
+            return self.sio_auth_done(key.slot, result);
+        }
         match result {
             Ok(identity) => self.opened(key.slot, req_id, identity, &[], false),
             Err(failure) => {

@@ -19,7 +19,26 @@ impl ShardCore {
             return; // stale entry
         }
         let tk = self.ticks;
+        if conn.eio.is_some()
+            && matches!(
+                conn.state,
+                ConnState::AwaitingConnect | ConnState::Authenticating { .. } | ConnState::Open
+            )
+        {
+            return self.eio_visit(t, slot);
+        }
         match conn.state {
+            ConnState::HttpWaiting => {
+                // The session answers a poll within a ping interval; this is a
+                // session that went away without answering.
+                let wait = tk.eio_ping + tk.eio_pong + tk.close;
+                if t >= conn.since + wait {
+                    self.close_now(slot, Some(CloseKind::HandshakeTimeout));
+                } else {
+                    let at = conn.since + wait;
+                    self.schedule(slot, at as u64);
+                }
+            }
             ConnState::Handshaking => {
                 if t >= conn.since + tk.handshake {
                     self.close_now(slot, Some(CloseKind::HandshakeTimeout));

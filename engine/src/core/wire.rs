@@ -21,10 +21,22 @@ use crate::metrics::{CloseKind, ShardMetrics, COMMAND_SAMPLE};
 impl ShardCore {
     pub(super) fn process(&mut self, slot: u32, src: &mut BytesMut) {
         loop {
+            if self.conns.get(slot as usize).map(|c| c.state) == Some(ConnState::Handshaking) {
+                if let Some(app) = self.eio_route(src) {
+                    if self.eio_request(slot, src, app) {
+                        continue;
+                    }
+                    return;
+                }
+            }
             let Some(conn) = self.conns.get_mut(slot as usize) else {
                 return;
             };
             match conn.state {
+                ConnState::HttpWaiting => {
+                    conn.input_paused = true;
+                    return;
+                }
                 ConnState::Handshaking => match handshake::parse(src, &self.handshake_limits) {
                     Ok(Parse::Incomplete) => return,
                     Ok(Parse::Complete(up)) if !self.origin_allowed(up.origin.as_deref()) => {
@@ -97,7 +109,10 @@ impl ShardCore {
             return;
         };
         if !conn.input_paused
-            || matches!(conn.state, ConnState::Authenticating { .. })
+            || matches!(
+                conn.state,
+                ConnState::Authenticating { .. } | ConnState::HttpWaiting
+            )
             || conn.out.charged() >= high
         {
             return;
@@ -204,6 +219,12 @@ impl ShardCore {
                 conn.since = now;
                 mark_dirty(conn, slot, &mut self.dirty);
                 self.schedule(slot, now as u64 + self.ticks.close as u64);
+            }
+            Message::Text(payload) if self.conns[slot as usize].eio.is_some() => {
+                self.eio_ws_message(slot, false, payload)
+            }
+            Message::Binary(payload) if self.conns[slot as usize].eio.is_some() => {
+                self.eio_ws_message(slot, true, payload)
             }
             Message::Text(payload) | Message::Binary(payload) => {
                 self.handle_command(slot, &payload)

@@ -14,7 +14,6 @@ use io_uring::{cqueue, opcode, types};
 use switchboard_protocol::handshake;
 
 use crate::core::AfterFlush;
-use crate::mesh::Refusal;
 use crate::metrics::ShardMetrics;
 
 use super::*;
@@ -45,11 +44,7 @@ impl Shard {
                 self.arm_recv(key.slot);
             }
             Err(refusal) => {
-                let (status, reason) = match refusal {
-                    Refusal::ServerFull => (503, "server is at its connection limit"),
-                    Refusal::TooManyFromIp => (429, "too many connections from this address"),
-                    Refusal::TooFastFromIp => (429, "connecting too fast from this address"),
-                };
+                let (status, reason) = refusal.http();
                 let resp = handshake::error_response(status, reason);
                 // Best effort, never waits: the socket is closed right after.
                 // SAFETY: sends from a live buffer on a descriptor we own, then closes it.

@@ -1,0 +1,136 @@
+// Scenarios run with the real socket.io-client from npm against a Switchboard server,
+// for control-plane/tests/socketio.rs. Usage: node sio_client.mjs SCENARIO URL [ARGS...]
+// Prints one JSON object (what happened) on stdout and exits 0; the Rust test checks it.
+import { io } from "socket.io-client";
+
+const [scenario, url, ...args] = process.argv.slice(2);
+const results = {};
+
+function connect(opts = {}, nsp = "/") {
+  return io(url + (nsp === "/" ? "" : nsp), {
+    reconnection: false,
+    timeout: 5000,
+    ...opts,
+  });
+}
+
+// Resolves with "connected" or the connect_error's message and data.
+function outcome(socket) {
+  return new Promise((resolve) => {
+    socket.on("connect", () => resolve({ connected: true, id: socket.id }));
+    socket.on("connect_error", (e) => resolve({ connected: false, message: e.message, data: e.data ?? null }));
+  });
+}
+
+async function run() {
+  switch (scenario) {
+    case "tokens": {
+      const [valid, expired] = args;
+      for (const [name, auth] of [
+        ["valid", { token: valid }],
+        ["expired", { token: expired }],
+        ["missing", {}],
+        ["garbage", { token: "not.a.jwt" }],
+      ]) {
+        const s = connect({ auth });
+        results[name] = await outcome(s);
+        s.close();
+      }
+      // The token may also come in the query string, as older servers accepted.
+      const q = connect({ query: { token: valid } });
+      results.query = await outcome(q);
+      q.close();
+      break;
+    }
+    case "acks": {
+      const [token] = args;
+      const s = connect({ auth: { token } });
+      // Listening before the connect completes, as applications do: the connect
+      // hook's emit arrives right behind the CONNECT reply.
+      const welcome = new Promise((r) => s.once("welcome", r));
+      results.connect = await outcome(s);
+      results.welcome = await welcome;
+      results.echo = await s.emitWithAck("echo", { a: 1 }, "two", [3]);
+      try {
+        await s.timeout(300).emitWithAck("slow", 1);
+        results.timeout = "answered";
+      } catch (e) {
+        results.timeout = e.message;
+      }
+      results.failed = await s.emitWithAck("fail", 1);
+      const notified = new Promise((r) => s.once("notified", (...a) => r(a)));
+      results.notify_ack = await s.emitWithAck("notify", { x: 1 });
+      results.notified = await notified;
+      s.close();
+      break;
+    }
+    case "binary": {
+      const [token] = args;
+      const s = connect({ auth: { token } });
+      results.connect = await outcome(s);
+      const bytes = Buffer.from([0, 1, 2, 250, 255]);
+      // All of the ack's arguments (emitWithAck resolves with the first only).
+      const [back, text] = await new Promise((r) => s.emit("echo", bytes, "text", (...a) => r(a)));
+      results.bytes = Array.from(back);
+      results.text = text;
+      s.close();
+      break;
+    }
+    case "polling": {
+      const [token] = args;
+      const s = connect({ auth: { token }, transports: ["polling"] });
+      results.connect = await outcome(s);
+      results.transport = s.io.engine.transport.name;
+      const acks = [];
+      for (let i = 0; i < 20; i++) acks.push(s.emitWithAck("echo", i));
+      results.echoes = await Promise.all(acks);
+      // Idle past a ping interval: the session survives on server pings.
+      await new Promise((r) => setTimeout(r, 700));
+      results.after_idle = await s.emitWithAck("echo", "still here");
+      s.close();
+      break;
+    }
+    case "upgrade": {
+      const [token] = args;
+      const s = connect({ auth: { token } });
+      const upgraded = new Promise((r) =>
+        s.io.once("open", () => {
+          results.first_transport = s.io.engine.transport.name;
+          s.io.engine.once("upgrade", r);
+        })
+      );
+      results.connect = await outcome(s);
+      await upgraded;
+      results.transport = s.io.engine.transport.name;
+      results.echo = await s.emitWithAck("echo", "after upgrade");
+      s.close();
+      break;
+    }
+    case "refused": {
+      const s = connect({ auth: { role: "blocked" } }, "/public");
+      results.blocked = await outcome(s);
+      s.close();
+      const n = connect({}, "/nowhere");
+      results.unknown_namespace = await outcome(n);
+      n.close();
+      break;
+    }
+    default:
+      throw new Error(`unknown scenario ${scenario}`);
+  }
+}
+
+const timer = setTimeout(() => {
+  console.log(JSON.stringify({ ...results, error: "scenario timed out" }));
+  process.exit(1);
+}, 15000);
+run()
+  .then(() => {
+    clearTimeout(timer);
+    console.log(JSON.stringify(results));
+    process.exit(0);
+  })
+  .catch((e) => {
+    console.log(JSON.stringify({ ...results, error: String(e && e.stack || e) }));
+    process.exit(1);
+  });

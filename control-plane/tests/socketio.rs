@@ -1,0 +1,214 @@
+//! Socket.IO with the real `socket.io-client` from npm (Node), against a real server:
+//! tokens (valid, expired, missing, in the query), acks with a timeout, binary
+//! attachments, a polling-only client, the polling → WebSocket upgrade, and the backend
+//! hooks (a real HTTP backend: connect hook, events hook, refusals, failures).
+//!
+//! The Node packages are installed by `bash .ci/run` (`npm ci` in
+//! `tests/clients/node`); without them these tests fail and say so.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use axum::routing::post;
+use axum::Json;
+use serde_json::{json, Value};
+use switchboard_engine::sio_config::SioNamespace;
+
+/// A backend for the hooks: the application a team moves over with.
+fn spawn_backend() -> SocketAddr {
+    async fn connect(Json(call): Json<Value>) -> Json<Value> {
+        if call["auth"]["role"] == "blocked" {
+            return Json(json!({
+                "accept": false,
+                "message": "blocked by the app",
+                "data": {"reason": "test"}
+            }));
+        }
+        Json(json!({"emit": [{"event": "welcome", "args": [{"user": call["user"]}]}]}))
+    }
+    async fn event(Json(call): Json<Value>) -> (axum::http::StatusCode, Json<Value>) {
+        let ok = axum::http::StatusCode::OK;
+        match call["event"].as_str() {
+            Some("echo") => (
+                ok,
+                Json(json!({"ack": call["args"], "attachments": call["attachments"]})),
+            ),
+            Some("slow") => {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                (ok, Json(json!({"ack": ["late"]})))
+            }
+            Some("notify") => (
+                ok,
+                Json(json!({"ack": ["ok"], "emit": [{"event": "notified", "args": call["args"]}]})),
+            ),
+            _ => (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({})),
+            ),
+        }
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let app = axum::Router::new()
+                .route("/connect", post(connect))
+                .route("/event", post(event));
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    addr
+}
+
+fn server(backend: SocketAddr) -> switchboard_control_plane::Server {
+    common::start(|c| {
+        c.socketio.ping_interval_ms = 300;
+        c.socketio.ping_timeout_ms = 400;
+        let hooked = SioNamespace {
+            connect_url: format!("http://{backend}/connect"),
+            events_url: format!("http://{backend}/event"),
+            hook_timeout_ms: 1000,
+            ..Default::default()
+        };
+        c.socketio.namespaces.insert("/".into(), hooked.clone());
+        c.socketio.namespaces.insert(
+            "/public".into(),
+            SioNamespace {
+                anonymous: true,
+                ..hooked
+            },
+        );
+    })
+}
+
+/// Run a scenario of `tests/clients/node/sio_client.mjs`; its JSON report.
+fn node(scenario: &str, url: &str, args: &[&str]) -> Value {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/node");
+    assert!(
+        std::path::Path::new(dir)
+            .join("node_modules/socket.io-client")
+            .exists(),
+        "socket.io-client is not installed in {dir}: run `bash .ci/run` (it runs npm ci there)"
+    );
+    let out = Command::new("node")
+        .current_dir(dir)
+        .arg("sio_client.mjs")
+        .arg(scenario)
+        .arg(url)
+        .args(args)
+        .output()
+        .expect("node must be installed to run this test (bash .ci/run checks)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!(
+            "{scenario}: no report; stdout {stdout}; stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(out.status.success(), "{scenario} failed: {report}");
+    report
+}
+
+fn url(server: &switchboard_control_plane::Server) -> String {
+    format!("http://{}", server.ws_addr())
+}
+
+#[test]
+fn tokens_valid_expired_missing_and_in_the_query() {
+    let server = server(spawn_backend());
+    let valid = common::token("ann", None);
+    let expired = common::token_with("ann", |c| c.exp = Some(1_000));
+    let r = node("tokens", &url(&server), &[&valid, &expired]);
+    assert_eq!(r["valid"]["connected"], true, "{r}");
+    assert_eq!(r["query"]["connected"], true, "{r}");
+    assert_eq!(r["expired"]["connected"], false, "{r}");
+    assert!(
+        r["expired"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{r}"
+    );
+    assert_eq!(r["expired"]["data"]["code"], 109, "{r}");
+    assert_eq!(r["missing"]["connected"], false, "{r}");
+    assert_eq!(r["missing"]["data"]["code"], 101, "{r}");
+    assert_eq!(r["garbage"]["data"]["code"], 101, "{r}");
+    server.shutdown();
+}
+
+#[test]
+fn acks_timeouts_failures_and_emits_through_the_events_hook() {
+    let server = server(spawn_backend());
+    let r = node("acks", &url(&server), &[&common::token("ann", None)]);
+    assert_eq!(r["connect"]["connected"], true, "{r}");
+    assert_eq!(r["welcome"], json!({"user": "ann"}), "{r}");
+    assert_eq!(r["echo"], json!({"a": 1}), "the ack's first argument: {r}");
+    assert_eq!(r["timeout"], "operation has timed out", "{r}");
+    assert_eq!(r["failed"]["error"]["code"], 503, "{r}");
+    assert!(
+        r["failed"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("500"),
+        "{r}"
+    );
+    assert_eq!(r["notify_ack"], "ok", "{r}");
+    assert_eq!(r["notified"], json!([{"x": 1}]), "{r}");
+    server.shutdown();
+}
+
+#[test]
+fn binary_attachments_travel_both_ways() {
+    let server = server(spawn_backend());
+    let r = node("binary", &url(&server), &[&common::token("ann", None)]);
+    assert_eq!(r["bytes"], json!([0, 1, 2, 250, 255]), "{r}");
+    assert_eq!(r["text"], "text", "{r}");
+    server.shutdown();
+}
+
+#[test]
+fn a_polling_only_client_works_across_shards() {
+    let server = server(spawn_backend());
+    let r = node("polling", &url(&server), &[&common::token("ann", None)]);
+    assert_eq!(r["transport"], "polling", "{r}");
+    assert_eq!(r["echoes"], json!((0..20).collect::<Vec<_>>()), "{r}");
+    assert_eq!(r["after_idle"], "still here", "{r}");
+    server.shutdown();
+}
+
+#[test]
+fn polling_upgrades_to_websocket() {
+    let server = server(spawn_backend());
+    for _ in 0..3 {
+        // Three clients: the upgrade's WebSocket and the session land on either shard.
+        let r = node("upgrade", &url(&server), &[&common::token("ann", None)]);
+        assert_eq!(r["first_transport"], "polling", "{r}");
+        assert_eq!(r["transport"], "websocket", "{r}");
+        assert_eq!(r["echo"], "after upgrade", "{r}");
+    }
+    server.shutdown();
+}
+
+#[test]
+fn the_connect_hook_refuses_and_unknown_namespaces_are_refused() {
+    let server = server(spawn_backend());
+    let r = node("refused", &url(&server), &[]);
+    assert_eq!(r["blocked"]["connected"], false, "{r}");
+    assert_eq!(r["blocked"]["message"], "blocked by the app", "{r}");
+    assert_eq!(r["blocked"]["data"], json!({"reason": "test"}), "{r}");
+    assert_eq!(
+        r["unknown_namespace"]["message"], "Invalid namespace",
+        "{r}"
+    );
+    server.shutdown();
+}

@@ -1,0 +1,601 @@
+//! Socket.IO on an Engine.IO session: namespaces, CONNECT, events, acks, attachments.
+//!
+//! Owns a session's Socket.IO state ([`SioState`]): the namespaces joined, a binary
+//! packet collecting its attachments, CONNECTs waiting for a token's verdict or the
+//! connect hook; the answers (`40` with the namespace's socket id, `44` with a reason
+//! the client shows as `connect_error`); events sent to the namespace's backend hook
+//! and the hook's answers (the ack, emits). Does not own what vocabulary events do
+//! (the features), calling hooks (the control plane) or Engine.IO ([`super::packets`]).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_channel::TrySendError;
+use switchboard_protocol::frame::{self, OpCode};
+use switchboard_protocol::socketio::{self, PacketKind};
+
+use super::Sid;
+use crate::auth::{AuthFailure, ControlRequest, Identity};
+use crate::core::conn::{ConnKey, ConnState};
+use crate::core::ShardCore;
+use crate::hooks::{HookAnswer, HookCall, HookDone, HookEmit, HookKind};
+use crate::metrics::ShardMetrics;
+
+/// A session's Socket.IO state.
+#[derive(Debug, Default)]
+pub(in crate::core) struct SioState {
+    /// Token from the handshake (`token` query or `Authorization: Bearer`), used by a
+    /// CONNECT whose `auth` has none.
+    pub(in crate::core) token: Option<Box<str>>,
+    /// Namespaces joined, by index in the configuration.
+    joined: Vec<u8>,
+    /// A binary packet waiting for its attachments.
+    partial: Option<Box<Partial>>,
+    /// CONNECTs waiting for the token's verdict: namespace and `auth` payload.
+    waiting: Vec<(u8, Box<str>)>,
+    /// Frames held back until a tick (`connect_emit_delay_ms`), and that tick.
+    pub(in crate::core) deferred: Option<(u32, Vec<Bytes>)>,
+}
+
+/// A packet whose attachments are still arriving.
+#[derive(Debug)]
+struct Partial {
+    /// The packet's text (without the Engine.IO `4`).
+    text: Bytes,
+    /// How many attachments it announced.
+    expected: u32,
+    /// Those received so far.
+    attachments: Vec<Bytes>,
+}
+
+impl ShardCore {
+    /// A Socket.IO packet's text.
+    pub(in crate::core) fn sio_text(&mut self, slot: u32, data: &Bytes) {
+        let max = self.cfg.socketio.max_attachments;
+        let Some(e) = self.conns[slot as usize].eio.as_mut() else {
+            return;
+        };
+        if e.sio.partial.is_some() {
+            return self.eio_fail(slot, "text packet while attachments were expected");
+        }
+        let Ok(text) = std::str::from_utf8(data) else {
+            return self.eio_fail(slot, "invalid Socket.IO packet");
+        };
+        let packet = match socketio::decode(text, max) {
+            Ok(p) => p,
+            Err(_) => return self.eio_fail(slot, "invalid Socket.IO packet"),
+        };
+        if packet.kind.is_binary() && packet.attachments > 0 {
+            e.sio.partial = Some(Box::new(Partial {
+                text: data.clone(),
+                expected: packet.attachments,
+                attachments: Vec::with_capacity(packet.attachments as usize),
+            }));
+            return;
+        }
+        self.sio_packet(slot, data, Vec::new());
+    }
+
+    /// A binary message: the next attachment of the packet waiting for them.
+    pub(in crate::core) fn sio_binary(&mut self, slot: u32, data: Bytes) {
+        let Some(e) = self.conns[slot as usize].eio.as_mut() else {
+            return;
+        };
+        let Some(partial) = e.sio.partial.as_mut() else {
+            return self.eio_fail(slot, "binary message without a packet announcing it");
+        };
+        partial.attachments.push(data);
+        if partial.attachments.len() < partial.expected as usize {
+            return;
+        }
+        let Partial {
+            text, attachments, ..
+        } = *e.sio.partial.take().expect("checked above");
+        self.sio_packet(slot, &text, attachments);
+    }
+
+    /// A complete packet with its attachments.
+    fn sio_packet(&mut self, slot: u32, text: &Bytes, attachments: Vec<Bytes>) {
+        let max = self.cfg.socketio.max_attachments;
+        // Checked by `sio_text` already.
+        let Ok(p) = std::str::from_utf8(text)
+            .map_err(|_| ())
+            .and_then(|t| socketio::decode(t, max).map_err(|_| ()))
+        else {
+            return;
+        };
+        let index = self.cfg.socketio.namespace_index(p.namespace);
+        match p.kind {
+            PacketKind::Connect => match index {
+                Some(i) => self.sio_connect(slot, i, p.data),
+                None => self.sio_connect_error(slot, p.namespace, "Invalid namespace", None),
+            },
+            PacketKind::Disconnect => {
+                if let (Some(i), Some(e)) = (index, self.conns[slot as usize].eio.as_mut()) {
+                    e.sio.joined.retain(|&j| j != i);
+                }
+            }
+            PacketKind::Event | PacketKind::BinaryEvent => {
+                let Some(i) = index.filter(|&i| self.sio_joined(slot, i)) else {
+                    return; // Not joined: ignored, as Socket.IO servers do.
+                };
+                self.sio_event(slot, i, p.id, p.data, attachments);
+            }
+            // Acks of server emits: the server asks for none yet.
+            PacketKind::Ack | PacketKind::BinaryAck | PacketKind::ConnectError => {}
+        }
+    }
+
+    fn sio_joined(&self, slot: u32, index: u8) -> bool {
+        self.conns[slot as usize]
+            .eio
+            .as_ref()
+            .is_some_and(|e| e.sio.joined.contains(&index))
+    }
+
+    /// A CONNECT to namespace `index` with `auth` (JSON object text, or empty).
+    fn sio_connect(&mut self, slot: u32, index: u8, auth: &str) {
+        let auth: Box<str> = if auth.is_empty() {
+            "{}".into()
+        } else {
+            auth.into()
+        };
+        let conn = &self.conns[slot as usize];
+        if conn.identity.is_some() {
+            return self.sio_accept(slot, index, auth);
+        }
+        if let ConnState::Authenticating { .. } = conn.state {
+            if let Some(e) = self.conns[slot as usize].eio.as_mut() {
+                e.sio.waiting.push((index, auth));
+            }
+            return;
+        }
+        let field = self
+            .cfg
+            .socketio
+            .namespace(index)
+            .map_or("", |(_, ns)| ns.auth_token_field.as_str());
+        let from_auth = if field.is_empty() {
+            None
+        } else {
+            serde_json::from_str::<std::collections::HashMap<&str, &serde_json::value::RawValue>>(
+                &auth,
+            )
+            .ok()
+            .and_then(|m| {
+                m.get(field)
+                    .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+            })
+        };
+        let token = from_auth.or_else(|| {
+            conn.eio
+                .as_ref()
+                .and_then(|e| e.sio.token.as_deref())
+                .map(str::to_string)
+        });
+        let anonymous = self
+            .cfg
+            .socketio
+            .namespace(index)
+            .is_some_and(|(_, ns)| ns.anonymous);
+        match token {
+            Some(token) => {
+                let request = ControlRequest::Authenticate {
+                    shard: self.id,
+                    conn: self.key(slot),
+                    req_id: u32::from(index),
+                    token,
+                };
+                match self.control.try_send(request) {
+                    Ok(()) => {
+                        let conn = &mut self.conns[slot as usize];
+                        conn.state = ConnState::Authenticating {
+                            req_id: u32::from(index),
+                        };
+                        if let Some(e) = conn.eio.as_mut() {
+                            e.sio.waiting.push((index, auth));
+                        }
+                    }
+                    Err(TrySendError::Full(_)) => {
+                        let name = self.sio_namespace_name(index);
+                        self.sio_connect_error(
+                            slot,
+                            &name,
+                            "authentication is busy, retry",
+                            Some(113),
+                        );
+                    }
+                    Err(TrySendError::Disconnected(_)) => {
+                        let name = self.sio_namespace_name(index);
+                        self.sio_connect_error(
+                            slot,
+                            &name,
+                            "authentication unavailable",
+                            Some(500),
+                        );
+                    }
+                }
+            }
+            None if anonymous => {
+                let sid = self.sio_sid(slot);
+                let identity = Arc::new(Identity {
+                    user: format!("anonymous:{sid}").into(),
+                    channels: Some(Vec::new()),
+                    expires_at: None,
+                    send_to: None,
+                    schedule: false,
+                    claims: Vec::new(),
+                });
+                self.sio_identified(slot, identity);
+                self.sio_accept(slot, index, auth);
+            }
+            None => {
+                let name = self.sio_namespace_name(index);
+                self.sio_connect_error(slot, &name, "unauthorized: a token is required", Some(101));
+            }
+        }
+    }
+
+    /// The control plane's verdict on a session's token.
+    pub(in crate::core) fn sio_auth_done(
+        &mut self,
+        slot: u32,
+        result: Result<Arc<Identity>, AuthFailure>,
+    ) {
+        let waiting = match self.conns[slot as usize].eio.as_mut() {
+            Some(e) => std::mem::take(&mut e.sio.waiting),
+            None => return,
+        };
+        match result {
+            Ok(identity) => {
+                self.sio_identified(slot, identity);
+                for (index, auth) in waiting {
+                    self.sio_accept(slot, index, auth);
+                }
+            }
+            Err(failure) => {
+                self.conns[slot as usize].state = ConnState::AwaitingConnect;
+                for (index, _) in waiting {
+                    let name = self.sio_namespace_name(index);
+                    let code = failure.code as u16;
+                    self.sio_connect_error(slot, &name, &failure.message, Some(code));
+                }
+            }
+        }
+        self.resume_input(slot);
+    }
+
+    /// The session has an identity: it counts as authenticated, reachable as its user.
+    fn sio_identified(&mut self, slot: u32, identity: Arc<Identity>) {
+        let conn = &mut self.conns[slot as usize];
+        conn.identity = Some(identity.clone());
+        conn.state = ConnState::Open;
+        ShardMetrics::add(&self.metrics.authenticated, 1);
+        self.users
+            .conns
+            .entry(identity.user.clone())
+            .or_default()
+            .add(slot);
+    }
+
+    /// An authenticated CONNECT: asked of the connect hook, or accepted.
+    fn sio_accept(&mut self, slot: u32, index: u8, auth: Box<str>) {
+        let hooked = self
+            .cfg
+            .socketio
+            .namespace(index)
+            .is_some_and(|(_, ns)| !ns.connect_url.is_empty());
+        if !hooked {
+            return self.sio_connected(slot, index, &[]);
+        }
+        let kind = HookKind::Connect { auth: auth.into() };
+        if let Err(why) = self.sio_call_hook(slot, index, kind) {
+            let name = self.sio_namespace_name(index);
+            self.sio_connect_error(slot, &name, why, Some(113));
+        }
+    }
+
+    /// The namespace is joined: `40` with its socket id, then the hook's emits, in
+    /// the same write.
+    fn sio_connected(&mut self, slot: u32, index: u8, emits: &[HookEmit]) {
+        let name = self.sio_namespace_name(index);
+        let sid = self.sio_sid(slot);
+        if let Some(e) = self.conns[slot as usize].eio.as_mut() {
+            if !e.sio.joined.contains(&index) {
+                e.sio.joined.push(index);
+            }
+        }
+        let mut data = Vec::with_capacity(40);
+        data.extend_from_slice(b"{\"sid\":");
+        let socket_id = format!("{sid}{index:02x}");
+        serde_json::to_writer(&mut data, &socket_id).expect("writing to memory cannot fail");
+        data.push(b'}');
+        let data = String::from_utf8(data).expect("JSON is UTF-8");
+        self.sio_send(slot, PacketKind::Connect, &name, None, &data, &[]);
+        let delay = self.cfg.socketio.connect_emit_delay_ms;
+        if delay == 0 || emits.is_empty() {
+            for emit in emits {
+                self.sio_emit(slot, &name, emit);
+            }
+            return;
+        }
+        let mut frames = Vec::new();
+        for emit in emits {
+            frames.extend(emit_frames(&name, emit));
+        }
+        let due = self.tick + super::super::ms_to_ticks(delay, self.cfg.tick_ms);
+        if let Some(e) = self.conns[slot as usize].eio.as_mut() {
+            match &mut e.sio.deferred {
+                Some((_, held)) => held.extend(frames),
+                None => e.sio.deferred = Some((due, frames)),
+            }
+        }
+        self.eio_schedule(slot);
+    }
+
+    /// Write the frames held back whose tick has come.
+    pub(in crate::core) fn sio_release_deferred(&mut self, t: u32, slot: u32) {
+        let Some(e) = self.conns[slot as usize].eio.as_mut() else {
+            return;
+        };
+        if e.sio.deferred.as_ref().is_none_or(|(due, _)| t < *due) {
+            return;
+        }
+        let (_, frames) = e.sio.deferred.take().expect("checked above");
+        for f in frames {
+            self.enqueue(slot, f);
+        }
+    }
+
+    /// `44` refusing a CONNECT; `code` (a Switchboard error code) goes in its data.
+    fn sio_connect_error(&mut self, slot: u32, namespace: &str, message: &str, code: Option<u16>) {
+        let body = match code {
+            Some(code) => serde_json::json!({ "message": message, "data": { "code": code } }),
+            None => serde_json::json!({ "message": message }),
+        };
+        self.sio_send(
+            slot,
+            PacketKind::ConnectError,
+            namespace,
+            None,
+            &body.to_string(),
+            &[],
+        );
+    }
+
+    /// An event on a joined namespace: to the namespace's events hook, or refused.
+    fn sio_event(
+        &mut self,
+        slot: u32,
+        index: u8,
+        id: Option<u64>,
+        data: &str,
+        attachments: Vec<Bytes>,
+    ) {
+        let Some(event) = socketio::event_name(data).map(|e| e.into_owned()) else {
+            return;
+        };
+        let hooked = self
+            .cfg
+            .socketio
+            .namespace(index)
+            .is_some_and(|(_, ns)| !ns.events_url.is_empty());
+        if !hooked {
+            return self.sio_refuse(slot, index, id, &event, 404, "unknown event");
+        }
+        let args = match socketio::args(data) {
+            Ok(a) => {
+                let mut out = String::with_capacity(data.len());
+                out.push('[');
+                for (i, v) in a.iter().skip(1).enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(v.get());
+                }
+                out.push(']');
+                out
+            }
+            Err(_) => return,
+        };
+        let kind = HookKind::Event {
+            event: event.clone(),
+            args,
+            attachments,
+            ack: id,
+        };
+        if let Err(why) = self.sio_call_hook(slot, index, kind) {
+            self.sio_refuse(slot, index, id, &event, 113, why);
+        }
+    }
+
+    /// An event's refusal: its ack (`[{"error":{…}}]`) when it asked for one, else an
+    /// `error` event naming it.
+    fn sio_refuse(
+        &mut self,
+        slot: u32,
+        index: u8,
+        id: Option<u64>,
+        event: &str,
+        code: u16,
+        message: &str,
+    ) {
+        let name = self.sio_namespace_name(index);
+        let mut error = serde_json::json!({ "code": code, "message": message });
+        if !event.is_empty() {
+            error["event"] = event.into();
+        }
+        match id {
+            Some(id) => {
+                let ack = format!("[{{\"error\":{error}}}]");
+                self.sio_send(slot, PacketKind::Ack, &name, Some(id), &ack, &[]);
+            }
+            None => {
+                let mut data = Vec::new();
+                socketio::event_data("error", &[&error.to_string()], &mut data);
+                let data = String::from_utf8(data).expect("JSON is UTF-8");
+                self.sio_send(slot, PacketKind::Event, &name, None, &data, &[]);
+            }
+        }
+    }
+
+    fn sio_call_hook(&mut self, slot: u32, index: u8, kind: HookKind) -> Result<(), &'static str> {
+        let call = HookCall {
+            shard: self.id,
+            conn: self.key(slot),
+            sid: self.sio_sid(slot),
+            namespace: self.sio_namespace_name(index),
+            namespace_index: index,
+            identity: self.conns[slot as usize].identity.clone(),
+            kind,
+        };
+        ShardMetrics::add(&self.metrics.hook_calls, 1);
+        match self.control.try_send(ControlRequest::Hook(Box::new(call))) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err("the application's backend is busy, retry"),
+            Err(TrySendError::Disconnected(_)) => Err("the application's backend is unavailable"),
+        }
+    }
+
+    /// A hook's answer.
+    pub(in crate::core) fn on_hook_done(&mut self, done: HookDone) {
+        let ConnKey { slot, gen } = done.conn;
+        let live = self.conns.get(slot as usize).is_some_and(|c| {
+            c.gen == gen
+                && c.eio.is_some()
+                && !matches!(
+                    c.state,
+                    ConnState::Closing | ConnState::Draining | ConnState::Closed
+                )
+        });
+        if !live {
+            return;
+        }
+        let index = done.namespace_index;
+        let name = self.sio_namespace_name(index);
+        match (done.connect, done.result) {
+            (true, Ok(answer)) if answer.accept => self.sio_connected(slot, index, &answer.emits),
+            (true, Ok(answer)) => {
+                let message = answer
+                    .message
+                    .as_deref()
+                    .unwrap_or("refused by the application");
+                let body = match answer.data {
+                    Some(data) => format!(
+                        "{{\"message\":{},\"data\":{data}}}",
+                        serde_json::Value::from(message)
+                    ),
+                    None => serde_json::json!({ "message": message }).to_string(),
+                };
+                self.sio_send(slot, PacketKind::ConnectError, &name, None, &body, &[]);
+            }
+            (true, Err(why)) => {
+                let message = format!("connect hook failed: {why}");
+                self.sio_connect_error(slot, &name, &message, Some(503));
+            }
+            (false, Ok(HookAnswer { ack, emits, .. })) => {
+                if let Some(id) = done.ack {
+                    let (args, attachments) = ack.unwrap_or_else(|| ("[]".into(), Vec::new()));
+                    self.sio_send(slot, PacketKind::Ack, &name, Some(id), &args, &attachments);
+                }
+                for emit in &emits {
+                    self.sio_emit(slot, &name, emit);
+                }
+            }
+            (false, Err(why)) => {
+                self.sio_refuse(slot, index, done.ack, "", 503, &why);
+            }
+        }
+    }
+
+    /// Emit `emit` to the session on namespace `name`.
+    fn sio_emit(&mut self, slot: u32, name: &str, emit: &HookEmit) {
+        for f in emit_frames(name, emit) {
+            self.enqueue(slot, f);
+        }
+    }
+
+    /// Queue a packet (its binary type when it has attachments, then each attachment
+    /// as a binary message).
+    fn sio_send(
+        &mut self,
+        slot: u32,
+        kind: PacketKind,
+        namespace: &str,
+        id: Option<u64>,
+        data: &str,
+        attachments: &[Bytes],
+    ) {
+        for f in packet_frames(kind, namespace, id, data, attachments) {
+            self.enqueue(slot, f);
+        }
+    }
+
+    fn sio_namespace_name(&self, index: u8) -> String {
+        self.cfg
+            .socketio
+            .namespace(index)
+            .map_or_else(|| "/".to_string(), |(n, _)| n.to_string())
+    }
+
+    /// The session's Engine.IO id.
+    pub(in crate::core) fn sio_sid(&self, slot: u32) -> String {
+        let conn = &self.conns[slot as usize];
+        Sid {
+            shard: self.id,
+            conn: ConnKey {
+                slot,
+                gen: conn.gen,
+            },
+            nonce: conn.eio.as_ref().map_or(0, |e| e.nonce),
+        }
+        .encode()
+    }
+}
+
+/// The frames of an emit on namespace `name`.
+fn emit_frames(name: &str, emit: &HookEmit) -> Vec<Bytes> {
+    let args = emit.args.trim();
+    let inner = args
+        .strip_prefix('[')
+        .and_then(|a| a.strip_suffix(']'))
+        .unwrap_or("")
+        .trim();
+    let mut data = Vec::with_capacity(emit.event.len() + args.len() + 8);
+    let parts: &[&str] = if inner.is_empty() { &[] } else { &[inner] };
+    socketio::event_data(&emit.event, parts, &mut data);
+    let data = String::from_utf8(data).expect("JSON is UTF-8");
+    packet_frames(PacketKind::Event, name, None, &data, &emit.attachments)
+}
+
+/// A packet's frames: its text (the binary type when it has attachments), then each
+/// attachment as a binary message.
+fn packet_frames(
+    kind: PacketKind,
+    namespace: &str,
+    id: Option<u64>,
+    data: &str,
+    attachments: &[Bytes],
+) -> Vec<Bytes> {
+    let kind = match (kind, attachments.is_empty()) {
+        (PacketKind::Event, false) => PacketKind::BinaryEvent,
+        (PacketKind::Ack, false) => PacketKind::BinaryAck,
+        (k, _) => k,
+    };
+    let mut text = Vec::with_capacity(data.len() + namespace.len() + 24);
+    text.push(b'4');
+    socketio::encode(
+        kind,
+        namespace,
+        attachments.len() as u32,
+        id,
+        data,
+        &mut text,
+    );
+    let mut frames = Vec::with_capacity(1 + attachments.len());
+    frames.push(frame::encode(OpCode::Text, &text));
+    for a in attachments {
+        frames.push(frame::encode(OpCode::Binary, a));
+    }
+    frames
+}
