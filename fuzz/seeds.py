@@ -206,6 +206,30 @@ def shard():
     write("shard", "wall_clock_steps", jumps)
 
 
+def socketio():
+    """Raw bytes: an HTTP head, a polling body, an Engine.IO or Socket.IO packet's text."""
+    w = lambda n, d: write("socketio", n, d if isinstance(d, bytes) else d.encode())
+    w("http_poll", "GET /socket.io/?EIO=4&transport=polling&sid=AAEAAAABAAAAAmcGw5oyt5fA HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\n\r\n")
+    w("http_post", "POST /socket.io/?EIO=4&transport=polling&sid=x&token=a.b.c HTTP/1.1\r\nContent-Length: 5\r\n\r\n4hi")
+    w("http_ws", "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    w("http_eio3", "GET /socket.io/?EIO=3&transport=polling HTTP/1.1\r\n\r\n")
+    w("payload", b"4hello\x1e2\x1ebAQIDBA==\x1e40\x1e42[\"message\",1]")
+    w("eio_probe", "2probe")
+    w("connect", '40{"token":"123"}')
+    w("connect_ns", "40/custom,")
+    w("event", '42["message",1,"2",{"3":[true]}]')
+    w("event_ack", '42456["message-with-ack",1,"2",{"3":[false]}]')
+    w("binary_event", '452-["message",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]')
+    w("binary_ack", '462-789[{"_placeholder":true,"num":0}]')
+    w("join", '42["join",{"channels":["room:1","room:2"]}]')
+    w("send", '421["message:send",{"channel":"room:1","data":{"text":"hi"},"key":"k1"}]')
+    w("dm", '422["message:send",{"to":"bob","data":"hi"}]')
+    w("typing", '42["typing:start","room:1"]')
+    w("read", '423["message:read",{"channel":"room:1","offset":4}]')
+    w("call", '424["call:initiate",{"user":"bob","media":"video"}]')
+    w("notification", '425["notification:readAll"]')
+
+
 if __name__ == "__main__":
     handshake()
     frames()
@@ -213,5 +237,6 @@ if __name__ == "__main__":
     jwt()
     config()
     shard()
+    socketio()
     for d in sorted(SEEDS.iterdir()):
         print(f"{d.name}: {len(list(d.iterdir()))} seeds")

@@ -16,6 +16,9 @@
 #                commit before a refactor; BASE=<binary>, required) and on this build,
 #                alternating, twice (docs/BENCHMARKS.md "Before and after the reshape";
 #                ROUNDS, FIRST_ROUND and SCENARIOS pick more rounds of some)
+#   sio          Switchboard's Socket.IO endpoint beside its native protocol (msgpack) and
+#                Node Socket.IO 4.8: idle, fanout, rooms, echo; the three servers
+#                alternating, two rounds (docs/BENCHMARKS.md "Socket.IO endpoint")
 #   protection   fanout and echo without and with rate limits on every command, twice
 #                each, alternating (docs/BENCHMARKS.md "What rate limiting and metrics
 #                cost"; the commit before them: BASE=<binary> runs it as a third server)
@@ -173,6 +176,23 @@ if has features; then
   start_switchboard_with durability-none; run features-idle-20ch idle --set extra_channels=20; stop
   start_switchboard_with presence; run features-idle-20ch-presence idle --set extra_channels=20; stop
   start_switchboard_with presence-quiet; run features-idle-20ch-presence-quiet idle --set extra_channels=20; stop
+fi
+# Switchboard's Socket.IO endpoint vs its native protocol vs Node Socket.IO, same
+# scenarios and generator, alternating, two rounds.
+if has sio; then
+  for round in 1 2; do
+    for sc in idle fanout rooms echo; do
+      extra=(--set workers=2); [ "$sc" = idle ] && extra=(--set duration_s=10)
+      [ "$sc" = echo ] && extra=()
+      start_switchboard 0; run "sio-r$round-native-$sc" "$sc" "${extra[@]}"; stop
+      start_switchboard 0
+      run "sio-r$round-endpoint-$sc" "$sc" --set protocol=switchboard-socketio "${extra[@]}"
+      stop
+      start_node socketio 7500
+      run "sio-r$round-node-$sc" "$sc" --set protocol=socketio --set url=ws://127.0.0.1:7500/ "${extra[@]}"
+      stop
+    done
+  done
 fi
 for srv in bun socketio ws; do
   has "$srv" || continue

@@ -203,6 +203,7 @@ fn fanout(c: &mut Criterion) {
                 .unwrap(),
             ),
             None,
+            None,
         ],
         created: Instant::now(),
         droppable: false,
@@ -283,7 +284,11 @@ fn cross_shard(c: &mut Criterion) {
     let publication = Arc::new(Publication {
         channel: "room:x".into(),
         position: POS,
-        frames: [Some(bytes::Bytes::from_static(&[0x82, 0x01, 0x00])), None],
+        frames: [
+            Some(bytes::Bytes::from_static(&[0x82, 0x01, 0x00])),
+            None,
+            None,
+        ],
         created: Instant::now(),
         droppable: false,
     });
@@ -468,6 +473,7 @@ fn streams(c: &mut Criterion) {
                 meta: None,
                 format: Format::MsgPack,
                 from: None,
+                event: None,
             };
             st.retain(&names[i], entry, 64, 3000);
         })
@@ -569,6 +575,7 @@ fn group_commit(c: &mut Criterion) {
                                 meta: None,
                                 key: None,
                                 from: None,
+                                event: None,
                                 keep: 10_000,
                             }
                         })

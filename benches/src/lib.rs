@@ -34,6 +34,17 @@ pub fn fanout_core_in(
     channel: &str,
     durability: Durability,
 ) -> (CoreAndControl, Option<StoreEnd>) {
+    fanout_core_of(subscribers, channel, durability, Format::MsgPack)
+}
+
+/// Like [`fanout_core_in`], the subscribers speaking `format` (Socket.IO sessions'
+/// replies and publications are [`Format::SocketIo`]).
+pub fn fanout_core_of(
+    subscribers: usize,
+    channel: &str,
+    durability: Durability,
+    format: Format,
+) -> (CoreAndControl, Option<StoreEnd>) {
     let namespace = channel.split_once(':').map_or("", |(n, _)| n).to_string();
     let cfg = EngineConfig {
         shards: 1,
@@ -83,7 +94,7 @@ pub fn fanout_core_in(
     });
     for i in 0..subscribers {
         let peer = IpAddr::V4(Ipv4Addr::from(0x7f00_0000 + (i as u32 % 250) + 1));
-        let key = core.open_for_test(peer, Format::MsgPack, identity.clone());
+        let key = core.open_for_test(peer, format, identity.clone());
         core.subscribe_for_test(key, channel);
     }
     drain(&mut core);

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use switchboard_engine::hooks::{HookAnswer, HookCall, HookDone, HookEmit, HookKind};
+use switchboard_engine::hooks::{EmitTarget, HookAnswer, HookCall, HookDone, HookEmit, HookKind};
 use switchboard_engine::sio_config::{SioNamespace, SocketIoConfig};
 use switchboard_engine::{ShardMsg, ShardSender};
 
@@ -304,6 +304,12 @@ struct RawEmit<'a> {
     args: Option<&'a RawValue>,
     #[serde(default)]
     attachments: Vec<String>,
+    /// A channel (room) to publish the event to instead of the caller.
+    #[serde(default)]
+    to: Option<String>,
+    /// A user whose connections get the event instead of the caller.
+    #[serde(default)]
+    user: Option<String>,
 }
 
 /// Check a hook's answer (an empty body is an empty answer).
@@ -343,6 +349,15 @@ fn parse_answer(text: &str) -> Result<HookAnswer, String> {
         {
             return Err(format!("the backend may not emit {:?}", e.event));
         }
+        let to = match (e.to, e.user) {
+            (Some(_), Some(_)) => return Err("an emit goes to a room or a user, not both".into()),
+            (Some(c), None) => Some(EmitTarget::Channel(c)),
+            (None, Some(u)) => Some(EmitTarget::User(u)),
+            (None, None) => None,
+        };
+        if to.is_some() && !e.attachments.is_empty() {
+            return Err("emits to a room or user carry no binary attachments".into());
+        }
         emits.push(HookEmit {
             args: match e.args {
                 Some(a) => array(a, "emit args")?,
@@ -350,6 +365,7 @@ fn parse_answer(text: &str) -> Result<HookAnswer, String> {
             },
             attachments: bytes(&e.attachments)?,
             event: e.event,
+            to,
         });
     }
     let ack = match raw.ack {
@@ -390,5 +406,15 @@ mod tests {
         assert!(parse_answer(r#"{"ack":{}}"#).is_err());
         assert!(parse_answer(r#"{"emit":[{"event":"connect"}]}"#).is_err());
         assert!(parse_answer(r#"{"ack":[],"attachments":["***"]}"#).is_err());
+        let room = parse_answer(
+            r#"{"emit":[{"event":"x","args":[1],"to":"room:1"},{"event":"y","user":"bob"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(room.emits[0].to, Some(EmitTarget::Channel("room:1".into())));
+        assert_eq!(room.emits[1].to, Some(EmitTarget::User("bob".into())));
+        assert!(parse_answer(r#"{"emit":[{"event":"x","to":"a:1","user":"b"}]}"#).is_err());
+        assert!(
+            parse_answer(r#"{"emit":[{"event":"x","to":"a:1","attachments":["AQ=="]}]}"#).is_err()
+        );
     }
 }

@@ -42,7 +42,11 @@ fn spawn_backend() -> SocketAddr {
             }
             Some("notify") => (
                 ok,
-                Json(json!({"ack": ["ok"], "emit": [{"event": "notified", "args": call["args"]}]})),
+                Json(json!({"ack": ["ok"], "emit": [
+                    {"event": "notified", "args": call["args"]},
+                    {"event": "room_event", "args": call["args"], "to": "room:hooks"},
+                    {"event": "user_event", "args": ["for you", 2], "user": call["user"]},
+                ]})),
             ),
             _ => (
                 axum::http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -164,6 +168,95 @@ fn acks_timeouts_failures_and_emits_through_the_events_hook() {
     );
     assert_eq!(r["notify_ack"], "ok", "{r}");
     assert_eq!(r["notified"], json!([{"x": 1}]), "{r}");
+    assert_eq!(r["room_event"], json!([{"x": 1}]), "to the room: {r}");
+    assert_eq!(r["user_event"], json!([["for you", 2]]), "to the user: {r}");
+    server.shutdown();
+}
+
+/// A Socket.IO client (WebSocket, then polling-only) and a native client share a room:
+/// each one's messages reach the other, typing too, and the acks carry positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_are_shared_with_native_clients() {
+    use std::io::BufRead;
+    let server = server(spawn_backend());
+    let addr = server.ws_addr();
+    for transport in ["websocket", "polling"] {
+        let token = common::token("ann", Some(&["room:*"]));
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/node");
+        let mut child = Command::new("node")
+            .current_dir(dir)
+            .args(["sio_client.mjs", "rooms", &url(&server), &token, transport])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("node must be installed to run this test");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut native =
+            common::Client::connect(addr, common::Fmt::Json, &common::token("bob", None)).await;
+        let r = native
+            .call(json!({"cmd": "subscribe", "channel": "room:1"}))
+            .await;
+        assert!(r.get("result").is_some(), "{r}");
+        let line = tokio::time::timeout(common::TIMEOUT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(line, r#"{"step":"joined"}"#);
+        let r = native
+            .call(json!({"cmd": "publish", "channel": "room:1", "data": {"text": "from native"}}))
+            .await;
+        assert!(r.get("result").is_some(), "{r}");
+        let r = native
+            .call(json!({"cmd": "typing", "channel": "room:1"}))
+            .await;
+        assert!(r.get("result").is_some(), "{r}");
+        // A backend publishes with an event name: Socket.IO clients get that event.
+        let body = json!({"channel": "room:1", "data": {"pct": 10}, "event": "analysis_progress"});
+        let (status, r) = common::api(server.admin_addr(), "POST", "/api/publish", &body).await;
+        assert_eq!(status, 200, "{r}");
+        let mut named = None;
+        let from_sio = loop {
+            let p = tokio::time::timeout(common::TIMEOUT, native.next_publication())
+                .await
+                .unwrap();
+            if p["data"]["pct"] == 10 {
+                named = Some(p.clone());
+            }
+            if p["data"]["text"] == "from socket.io" {
+                break p;
+            }
+        };
+        let named = named.expect("the named publication reached the native client");
+        assert_eq!(named["event"], "analysis_progress", "{named}");
+        let report = tokio::time::timeout(common::TIMEOUT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let r: Value = serde_json::from_str(&report).unwrap();
+        assert!(child.wait().unwrap().success(), "{r}");
+        assert!(r["join"]["epoch"].is_string(), "{transport}: {r}");
+        assert_eq!(r["join_denied"]["error"]["code"], 103, "{transport}: {r}");
+        assert_eq!(r["received"]["channel"], "room:1", "{transport}: {r}");
+        assert_eq!(r["received"]["data"], json!({"text": "from native"}), "{r}");
+        assert_eq!(r["typing"]["channel"], "room:1", "{transport}: {r}");
+        assert_eq!(r["progress"], json!([{"pct": 10}]), "{transport}: {r}");
+        assert_eq!(r["sent"]["offset"], from_sio["offset"], "{transport}: {r}");
+        let history = r["history"]["publications"].as_array().unwrap();
+        assert!(history.len() >= 2, "{transport}: {r}");
+        assert_eq!(
+            from_sio["from"],
+            Value::Null,
+            "a publication, not a direct message"
+        );
+    }
     server.shutdown();
 }
 

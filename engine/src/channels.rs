@@ -184,11 +184,11 @@ mod tests {
         let mut ix = ChannelIndex::default();
         ix.set_remote("a".into(), 3, 0b01);
         ix.set_remote("a".into(), 1, 0b11);
-        assert_eq!(ix.remote("a"), [0b1010, 0b0010]);
+        assert_eq!(ix.remote("a"), [0b1010, 0b0010, 0]);
         assert!(ix.name("a").is_some());
         ix.set_remote("a".into(), 3, 0);
         ix.set_remote("a".into(), 1, 0);
-        assert_eq!(ix.remote("a"), [0, 0]);
+        assert_eq!(ix.remote("a"), [0, 0, 0]);
         assert!(ix.name("a").is_none());
     }
 }

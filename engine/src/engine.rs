@@ -360,6 +360,20 @@ impl EngineHandle {
         key: Option<&str>,
         from: Option<Arc<str>>,
     ) -> Result<PublishTicket, Error> {
+        self.publish_event(channel, data, meta, key, from, None)
+    }
+
+    /// [`EngineHandle::publish_from`] with the event a backend names the publication
+    /// with: Socket.IO subscribers get that event with the data as its argument.
+    pub fn publish_event(
+        &self,
+        channel: &str,
+        data: Payload<'_>,
+        meta: Option<Payload<'_>>,
+        key: Option<&str>,
+        from: Option<Arc<str>>,
+        event: Option<Arc<str>>,
+    ) -> Result<PublishTicket, Error> {
         if !envelope::valid_channel(channel) {
             return Err(Error::InvalidChannel);
         }
@@ -380,7 +394,8 @@ impl EngineHandle {
             from,
             PublishReply::Api(tx),
             created,
-        );
+        )
+        .with_event(event);
         self.mesh
             .inbox(owner as usize)
             .push(ShardMsg::Sequence(Box::new(req)))

@@ -78,6 +78,19 @@ pub struct HookEmit {
     pub args: String,
     /// Binary attachments the arguments' placeholders point at.
     pub attachments: Vec<Bytes>,
+    /// Where it goes: the session that caused the call (`None`), or everyone on a
+    /// channel or a user's connections, as a publication named `event` (its data the
+    /// one argument, or the array of them).
+    pub to: Option<EmitTarget>,
+}
+
+/// Where a hook's emit goes besides the calling session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmitTarget {
+    /// Every subscriber of a channel (a room), Socket.IO and native.
+    Channel(String),
+    /// Every connection of a user (through the user's personal channel).
+    User(String),
 }
 
 /// A hook's answer for a session.

@@ -165,6 +165,8 @@ pub struct Record {
     pub key: Option<Box<str>>,
     /// Sender's user id, for direct messages.
     pub from: Option<Arc<str>>,
+    /// The event a backend named it with.
+    pub event: Option<Arc<str>>,
     /// Publications the channel keeps (its namespace's `history_size`).
     pub keep: u32,
 }
@@ -264,6 +266,8 @@ pub struct SeedEntry {
     pub key: Option<Box<str>>,
     /// Sender's user id, for direct messages.
     pub from: Option<Box<str>>,
+    /// The event a backend named it with.
+    pub event: Option<Box<str>>,
 }
 
 /// The shards' end of the store: where batches go and whether it takes them.
@@ -416,6 +420,7 @@ mod tests {
             meta: None,
             key: None,
             from: None,
+            event: None,
             keep: 1,
         };
         let batch = Batch {

@@ -6,7 +6,8 @@
 //! - [`backend`]: the seam between a core and its socket I/O, and the contract.
 //! - [`epoll`]: the backend that drives a core with a single-threaded tokio runtime
 //!   (epoll); [`uring`]: the backend that drives the same core with an io_uring.
-//! - [`mesh`]: lock-free bounded inboxes between shards and from the control plane.
+//! - [`mesh`]: lock-free bounded inboxes between shards and from the control plane;
+//!   [`publications`]: what travels on them when a channel publishes.
 //! - [`channels`], [`outq`], [`wheel`]: the channel index, per-connection outbound
 //!   queues, the heartbeat wheel.
 //! - [`clock`]: [`Now`], the one place the engine reads time (the core is passed it).
@@ -40,6 +41,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod outq;
 pub mod presence;
+pub mod publications;
 pub mod session;
 pub mod sio_config;
 pub mod streams;

@@ -17,10 +17,9 @@ use std::sync::{Arc, OnceLock};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 
-use switchboard_protocol::{ErrorCode, Format, Payload, Position, FORMATS};
+use switchboard_protocol::Position;
 
 use crate::auth::{AuthFailure, Identity};
 use crate::core::ConnKey;
@@ -29,109 +28,9 @@ use crate::marks::ReceiptList;
 use crate::presence::PresenceList;
 use crate::streams::Entry;
 
-/// One message's complete WebSocket frames, indexed by `Format::index()`; `None`
-/// where nobody needs that format.
-pub type EncodedFrames = [Option<Bytes>; FORMATS];
-
-/// A publication encoded once per wire format that has subscribers.
-#[derive(Debug)]
-pub struct Publication {
-    /// Channel name.
-    pub channel: Arc<str>,
-    /// Its position in the channel's stream (assigned by the channel's owner shard).
-    pub position: Position,
-    /// Complete WebSocket frames, indexed by `Format::index()`; `None` where no
-    /// subscriber needs that format.
-    pub frames: EncodedFrames,
-    /// When the publication entered the server (for publish-to-flush latency).
-    pub created: Instant,
-    /// An ephemeral push (typing): skipped for subscribers whose queue is half full
-    /// instead of closing them, and not counted in delivery latency.
-    pub droppable: bool,
-}
-
-/// A publication for the channel's owner shard to sequence and fan out.
-#[derive(Debug)]
-pub struct SequenceReq {
-    /// Channel name.
-    pub channel: Arc<str>,
-    /// The payload: the raw bytes of one value in `format`.
-    pub data: Bytes,
-    /// Format of `data`.
-    pub format: Format,
-    /// When the publication entered the server.
-    pub created: Instant,
-    /// Idempotency key, if the publisher gave one.
-    pub key: Option<Box<str>>,
-    /// Opaque metadata, in `format`.
-    pub meta: Option<Bytes>,
-    /// Sender's user id, for direct messages.
-    pub from: Option<Arc<str>>,
-    /// Who learns the position.
-    pub reply: PublishReply,
-}
-
-/// A sequenced publication's position, and whether it was a retry of an earlier one
-/// (same idempotency key within the window: not delivered again).
-pub type Sequenced = Result<(Position, bool), Refused>;
-
-/// Why a publication was not sequenced: the error code and message the publisher gets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused {
-    /// Error code of the `publish` reply.
-    pub code: ErrorCode,
-    /// Human-readable reason.
-    pub message: String,
-}
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl SequenceReq {
-    /// A publication to hand to the channel's owner: the payload (and metadata) are
-    /// copied out of the caller's buffer, stamped with `created`.
-    pub fn new(
-        channel: &str,
-        data: Payload<'_>,
-        meta: Option<Payload<'_>>,
-        key: Option<&str>,
-        from: Option<Arc<str>>,
-        reply: PublishReply,
-        created: Instant,
-    ) -> SequenceReq {
-        SequenceReq {
-            channel: channel.into(),
-            data: Bytes::copy_from_slice(data.raw),
-            format: data.format,
-            created,
-            key: key.map(Box::from),
-            meta: meta.map(|m| Bytes::copy_from_slice(m.raw)),
-            from,
-            reply,
-        }
-    }
-}
-
-/// Where the position of a sequenced publication goes.
-#[derive(Debug)]
-pub enum PublishReply {
-    /// Nobody waits.
-    None,
-    /// A client's `publish` command on shard `shard`.
-    Client {
-        /// Shard of the publishing connection.
-        shard: u16,
-        /// The publishing connection.
-        conn: ConnKey,
-        /// Id of its `publish` command.
-        req_id: u32,
-    },
-    /// The server API.
-    Api(tokio::sync::oneshot::Sender<Sequenced>),
-}
+pub use crate::publications::{
+    EncodedFrames, Publication, PublishReply, Refused, SequenceReq, Sequenced,
+};
 
 /// A question for a channel's owner shard about its stream.
 #[derive(Debug)]

@@ -39,6 +39,10 @@ impl OutQueue {
     /// Queue `frame` unless that would pass `limit` charged bytes.
     #[inline]
     pub fn push(&mut self, frame: Bytes, limit: usize) -> Result<(), Overflow> {
+        if frame.is_empty() {
+            // Nothing to send (a Socket.IO session's answer to an event without ack).
+            return Ok(());
+        }
         let cost = frame.len() + FRAME_OVERHEAD_BYTES;
         if self.charged + cost > limit {
             return Err(Overflow);
@@ -50,6 +54,9 @@ impl OutQueue {
 
     /// Queue a frame regardless of the bound (handshake answers, close frames).
     pub fn push_unbounded(&mut self, frame: Bytes) {
+        if frame.is_empty() {
+            return;
+        }
         self.charged += frame.len() + FRAME_OVERHEAD_BYTES;
         self.frames.push_back(frame);
     }

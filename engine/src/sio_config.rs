@@ -183,7 +183,7 @@ impl SocketIoConfig {
         Ok(())
     }
 
-    /// The index of namespace `name` (a byte: at most 255 namespaces).
+    /// The index of namespace `name` (at most 64 namespaces).
     pub fn namespace_index(&self, name: &str) -> Option<u8> {
         self.namespaces
             .keys()

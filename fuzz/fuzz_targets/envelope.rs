@@ -58,6 +58,7 @@ fn serves_everyone(data: Payload<'_>, meta: Option<Payload<'_>>) {
         let stored = StoredPublication {
             offset: 42,
             from: Some("u1"),
+            event: None,
             meta,
             data,
         };

@@ -295,7 +295,7 @@ impl World {
             format!("u{}", n % 3)
         };
         let connect = match format {
-            Format::Json => frame::encode_masked(
+            Format::Json | Format::SocketIo => frame::encode_masked(
                 true,
                 OpCode::Text,
                 format!(r#"{{"id":1,"cmd":"connect","token":"{token}"}}"#).as_bytes(),

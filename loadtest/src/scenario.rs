@@ -32,8 +32,11 @@ pub enum Kind {
 pub enum ProtocolName {
     /// Switchboard v1 envelopes (`format` picks MessagePack or JSON).
     Switchboard,
-    /// Engine.IO v4 / Socket.IO v5 over the WebSocket transport.
+    /// Engine.IO v4 / Socket.IO v5 over the WebSocket transport, the comparison
+    /// server's vocabulary (`loadtest/servers/socketio-server.js`).
     Socketio,
+    /// Switchboard's Socket.IO endpoint (Engine.IO v4 / Socket.IO v5, its vocabulary).
+    SwitchboardSocketio,
     /// Plain text frames; channel joined by `?room=` in the URL.
     Raw,
 }

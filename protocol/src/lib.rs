@@ -15,7 +15,8 @@
 //! - [`close`]: close codes and reasons used on the wire.
 //! - [`engineio`]: Engine.IO v4 packets (WebSocket frames and polling payloads), the
 //!   transport under Socket.IO v5.
-//! - [`socketio`]: Socket.IO v5 packets (namespaces, events, acks, attachments).
+//! - [`socketio`]: Socket.IO v5 packets (namespaces, events, acks, attachments);
+//!   [`sio_events`]: the event vocabulary, mapped onto the native commands.
 //! - [`eio_http`]: the HTTP requests of Engine.IO's endpoint (polling, the upgrade's
 //!   query) and their answers.
 //!
@@ -30,6 +31,7 @@ pub mod frame;
 pub mod handshake;
 pub mod mask;
 pub mod message;
+pub mod sio_events;
 pub mod socketio;
 pub mod utf8;
 

@@ -43,7 +43,7 @@ pub fn routes() -> Router<Arc<HttpState>> {
 /// show as null rather than fail the whole response.
 pub(super) fn as_json(format: Format, raw: &[u8]) -> serde_json::Value {
     match format {
-        Format::Json => serde_json::from_slice(raw),
+        Format::Json | Format::SocketIo => serde_json::from_slice(raw),
         Format::MsgPack => rmp_serde::from_slice(raw).map_err(serde::de::Error::custom),
     }
     .unwrap_or(serde_json::Value::Null)
@@ -105,6 +105,9 @@ pub(crate) async fn history_of(
         if let Some(from) = &e.from {
             p["from"] = json!(&**from);
         }
+        if let Some(event) = &e.event {
+            p["event"] = json!(&**event);
+        }
         publications.push(p);
     }
     Ok(Json(json!({
@@ -128,6 +131,9 @@ pub(super) struct PublishBody<'a> {
     /// Opaque metadata carried with the publication.
     #[serde(borrow, default)]
     meta: Option<&'a RawValue>,
+    /// The event Socket.IO subscribers get it as (`docs/SOCKETIO.md`).
+    #[serde(borrow, default)]
+    event: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// The edge check of `data` and `meta` (see `Payload::validate`): a 400
@@ -159,6 +165,7 @@ pub(super) async fn sequence(
     meta: Option<&RawValue>,
     key: Option<&str>,
     from: Option<Arc<str>>,
+    event: Option<Arc<str>>,
 ) -> Result<(Position, bool), Response> {
     let payload = Payload {
         format: Format::Json,
@@ -168,7 +175,10 @@ pub(super) async fn sequence(
         format: Format::Json,
         raw: m.get().as_bytes(),
     });
-    let outcome = match s.engine.publish_from(channel, payload, meta, key, from) {
+    let outcome = match s
+        .engine
+        .publish_event(channel, payload, meta, key, from, event)
+    {
         Ok(ticket) => match tokio::time::timeout(std::time::Duration::from_secs(5), ticket).await {
             Ok(Ok(Ok(position))) => Ok(position),
             Ok(Ok(Err(why))) => {
@@ -235,6 +245,7 @@ pub(super) async fn publish(
         let bytes = read_body(&s, &headers, body).await?;
         let req: PublishBody<'_> = parse_body(&bytes, "{\"channel\": string, \"data\": any JSON}")?;
         check_api_key(req.key.as_deref())?;
+        let event = check_event(req.event.as_deref())?;
         let (position, duplicate) = sequence(
             &s,
             &req.channel,
@@ -242,6 +253,7 @@ pub(super) async fn publish(
             req.meta,
             req.key.as_deref(),
             None,
+            event,
         )
         .await?;
         let mut body = position_json(position, duplicate);
@@ -337,6 +349,7 @@ pub(super) async fn send(
                 req.meta,
                 req.key.as_deref(),
                 from.clone(),
+                None,
             )
             .await;
             results.push(match r {
@@ -621,6 +634,23 @@ pub(super) async fn call_log(
         Ok(calls) => Json(json!({ "calls": calls })).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", &e),
     }
+}
+
+/// A publication's `event`: 1 to 64 printable bytes, not a name the Socket.IO client
+/// keeps for itself (`connect`, `disconnect`, …).
+pub(super) fn check_event(event: Option<&str>) -> Result<Option<Arc<str>>, Response> {
+    let Some(event) = event else {
+        return Ok(None);
+    };
+    let reserved = switchboard_protocol::socketio::RESERVED_EVENTS.contains(&event);
+    if event.is_empty() || event.len() > 64 || event.chars().any(char::is_control) || reserved {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_event",
+            "event: 1 to 64 bytes without control characters, not a Socket.IO reserved name",
+        ));
+    }
+    Ok(Some(Arc::from(event)))
 }
 
 pub(super) fn check_api_key(key: Option<&str>) -> Result<(), Response> {

@@ -65,7 +65,8 @@ pub(super) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
              data BLOB NOT NULL,
              meta BLOB,
              key TEXT,
-             sender TEXT
+             sender TEXT,
+             event TEXT
          );
          CREATE TABLE IF NOT EXISTS marks (
              channel TEXT NOT NULL,
@@ -160,6 +161,13 @@ pub(super) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
         .exists([])?;
     if !has_sender {
         conn.execute_batch("ALTER TABLE log ADD COLUMN sender TEXT")?;
+    }
+    // Files before issue 17: no event column (publications a backend named).
+    let has_event = conn
+        .prepare("SELECT 1 FROM pragma_table_info('log') WHERE name = 'event'")?
+        .exists([])?;
+    if !has_event {
+        conn.execute_batch("ALTER TABLE log ADD COLUMN event TEXT")?;
     }
     conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
     Ok(())
@@ -272,7 +280,7 @@ pub(super) fn read_seeds(
     // publications of each continuing stream.
     let mut kept: HashMap<String, std::collections::VecDeque<SeedEntry>> = HashMap::new();
     let mut log = conn.prepare(
-        "SELECT channel, epoch, offset, ts_ms, format, data, meta, key, sender FROM log ORDER BY id",
+        "SELECT channel, epoch, offset, ts_ms, format, data, meta, key, sender, event FROM log ORDER BY id",
     )?;
     let mut rows = log.query([])?;
     while let Some(r) = rows.next()? {
@@ -302,6 +310,7 @@ pub(super) fn read_seeds(
             meta: r.get::<_, Option<Vec<u8>>>(6)?.map(Bytes::from),
             key: r.get::<_, Option<String>>(7)?.map(String::into_boxed_str),
             from: r.get::<_, Option<String>>(8)?.map(String::into_boxed_str),
+            event: r.get::<_, Option<String>>(9)?.map(String::into_boxed_str),
         });
     }
     let mut out = Vec::with_capacity(by_channel.len());

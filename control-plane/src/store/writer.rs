@@ -147,8 +147,8 @@ impl Writer {
         let mut updates: Vec<(Arc<str>, Written)> = Vec::new();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO log (channel, epoch, offset, ts_ms, format, data, meta, key, sender)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO log (channel, epoch, offset, ts_ms, format, data, meta, key, sender, event)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for r in batches.iter().flat_map(|b| b.records.iter()) {
                 insert.execute(params![
@@ -161,6 +161,7 @@ impl Writer {
                     r.meta.as_deref(),
                     r.key.as_deref(),
                     r.from.as_deref(),
+                    r.event.as_deref(),
                 ])?;
                 tops.insert(&r.channel, (r.epoch, r.offset));
             }

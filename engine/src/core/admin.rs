@@ -187,6 +187,7 @@ impl ShardCore {
                 },
                 format: match c.format {
                     Format::Json => "json",
+                    Format::SocketIo => "socket.io",
                     Format::MsgPack => "msgpack",
                 },
                 age_ms,

@@ -54,8 +54,14 @@ impl ShardCore {
         self.closed(slot, kind);
         self.note_close(slot, code, reason);
         let now = self.tick;
-        let notice = (!eio && (code.0 >= 4000 || code == CloseCode::GOING_AWAY))
-            .then(|| self.disconnect_frame(slot, code, reason, reconnect, reconnect_after_ms));
+        // A Socket.IO session told to stay away gets a DISCONNECT packet (no automatic
+        // reconnect); one that may come back just sees the transport close.
+        let notice = (if eio {
+            !reconnect
+        } else {
+            code.0 >= 4000 || code == CloseCode::GOING_AWAY
+        })
+        .then(|| self.disconnect_frame(slot, code, reason, reconnect, reconnect_after_ms));
         let conn = &mut self.conns[slot as usize];
         if conn.input_paused {
             // Nothing more is run; reading again lets the peer's close reply arrive.

@@ -91,7 +91,7 @@ impl ShardCore {
         if local != 0 {
             self.deliver(&publication);
         }
-        let mut targets = remote[0] | remote[1];
+        let mut targets = remote.iter().fold(0, |all, shards| all | shards);
         while targets != 0 {
             let shard = targets.trailing_zeros() as u16;
             targets &= targets - 1;

@@ -110,7 +110,7 @@ impl ShardCore {
             req_id: id,
         };
         if owner == self.id {
-            return self.sequence(channel, data, meta, self.clock.mono, key, from, reply);
+            return self.sequence(channel, data, meta, self.clock.mono, key, from, None, reply);
         }
         // Another shard owns the channel's stream: it sequences, fans out and tells us
         // the position to answer with.
@@ -134,6 +134,7 @@ impl ShardCore {
                 self.clock.mono,
                 None,
                 None,
+                None,
                 PublishReply::None,
             );
             return Ok(());
@@ -147,6 +148,37 @@ impl ShardCore {
             PublishReply::None,
             now.mono,
         );
+        self.send_to(owner, ShardMsg::Sequence(Box::new(req)));
+        Ok(())
+    }
+
+    /// Publish `data` to `channel` named `event` for Socket.IO subscribers (a backend
+    /// hook's emit to a room or user): sequenced here or by the owner, nobody waits.
+    pub(super) fn publish_named(
+        &mut self,
+        channel: &str,
+        data: Payload<'_>,
+        event: Arc<str>,
+    ) -> Result<(), WireError> {
+        data.validate()
+            .map_err(|fault| WireError::Envelope(fault.message().into()))?;
+        let owner = streams::owner(channel, self.mesh.shards());
+        let created = self.clock.mono;
+        if owner == self.id {
+            self.sequence(
+                channel,
+                data,
+                None,
+                created,
+                None,
+                None,
+                Some(event),
+                PublishReply::None,
+            );
+            return Ok(());
+        }
+        let req = SequenceReq::new(channel, data, None, None, None, PublishReply::None, created)
+            .with_event(Some(event));
         self.send_to(owner, ShardMsg::Sequence(Box::new(req)));
         Ok(())
     }
@@ -170,6 +202,7 @@ impl ShardCore {
         created: Instant,
         key: Option<&str>,
         from: Option<Arc<str>>,
+        event: Option<Arc<str>>,
         reply: PublishReply,
     ) {
         debug_assert_eq!(streams::owner(channel, self.mesh.shards()), self.id);
@@ -218,7 +251,10 @@ impl ShardCore {
         for f in Format::ALL {
             if needed & (1 << f.index()) != 0 {
                 let sender = from.as_deref();
-                match envelope::encode_publication_full(f, channel, position, sender, meta, data) {
+                let named = event.as_deref();
+                match envelope::encode_publication_event(
+                    f, channel, position, sender, meta, data, named,
+                ) {
                     Ok(frame) => frames[f.index()] = Some(frame),
                     Err(e) => {
                         // Refused (does not transcode): the offset was not used.
@@ -246,6 +282,7 @@ impl ShardCore {
                 meta: meta.map(|m| Bytes::copy_from_slice(m.raw)),
                 format: data.format,
                 from,
+                event,
             };
             if durable {
                 let name = self.streams.name(channel).expect("just sequenced");
@@ -258,6 +295,7 @@ impl ShardCore {
                     meta: entry.meta.clone(),
                     key: key.map(Box::from),
                     from: entry.from.clone(),
+                    event: entry.event.clone(),
                     keep: policy.keep.min(u32::MAX as usize) as u32,
                 });
                 if policy.durability == Durability::Sync {
@@ -298,6 +336,7 @@ impl ShardCore {
             key,
             meta,
             from,
+            event,
             reply,
         } = req;
         let meta = meta.as_ref().map(|m| Payload { format, raw: m });
@@ -308,6 +347,7 @@ impl ShardCore {
             created,
             key.as_deref(),
             from,
+            event,
             reply,
         );
     }
@@ -351,6 +391,7 @@ impl ShardCore {
             let policy = *self.streams.policy_of(&channel);
             let (format, data, meta) = (entry.format, entry.data.clone(), entry.meta.clone());
             let from = entry.from.clone();
+            let event = entry.event.clone();
             self.streams
                 .retain(&channel, entry, policy.keep, policy.ttl);
             let (local, remote, needed) = self.audience(&channel);
@@ -361,13 +402,14 @@ impl ShardCore {
                         // payload already passed one encoding, so this rarely fails.
                         let meta = meta.as_ref().map(|m| Payload { format, raw: m });
                         let data = Payload { format, raw: &data };
-                        match envelope::encode_publication_full(
+                        match envelope::encode_publication_event(
                             f,
                             &channel,
                             position,
                             from.as_deref(),
                             meta,
                             data,
+                            event.as_deref(),
                         ) {
                             Ok(frame) => frames[f.index()] = Some(frame),
                             Err(e) => tracing::warn!(

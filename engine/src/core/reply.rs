@@ -186,6 +186,7 @@ impl ShardCore {
         let pubs = r.publications.iter().map(|e| envelope::StoredPublication {
             offset: e.offset,
             from: e.from.as_deref(),
+            event: e.event.as_deref(),
             meta: e.meta.as_ref().map(|m| Payload {
                 format: e.format,
                 raw: m,

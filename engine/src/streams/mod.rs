@@ -50,6 +50,8 @@ pub struct Entry {
     pub format: Format,
     /// Sender's user id, for direct messages.
     pub from: Option<Arc<str>>,
+    /// The event a backend named it with, if any.
+    pub event: Option<Arc<str>>,
 }
 
 /// What a recovering subscriber gets.
@@ -285,6 +287,7 @@ impl Streams {
                 meta: e.meta,
                 format: e.format,
                 from: e.from.map(Arc::from),
+                event: e.event.map(Arc::from),
             });
         }
         let mut bytes = 0;

@@ -102,6 +102,7 @@ fn entry(offset: u64, tick: u32) -> Entry {
         meta: None,
         format: Format::Json,
         from: None,
+        event: None,
     }
 }
 
@@ -208,6 +209,7 @@ fn seeded_streams_continue_their_epoch_keys_and_history() {
         meta: None,
         key: key.map(Box::from),
         from: None,
+        event: None,
     };
     s.seed(
         SeedStream {
@@ -282,6 +284,7 @@ fn big_entry(offset: u64, tick: u32, bytes: usize) -> Entry {
         meta: None,
         format: Format::Json,
         from: None,
+        event: None,
     }
 }
 

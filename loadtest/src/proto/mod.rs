@@ -8,10 +8,12 @@
 mod raw;
 mod socketio;
 mod switchboard;
+mod switchboard_socketio;
 
 pub use raw::Raw;
 pub use socketio::SocketIo;
 pub use switchboard::Switchboard;
+pub use switchboard_socketio::SwitchboardSocketIo;
 
 use crate::scenario::{ProtocolName, Scenario};
 
@@ -92,6 +94,7 @@ pub fn for_scenario(s: &Scenario) -> Box<dyn Protocol> {
     match s.protocol {
         ProtocolName::Switchboard => Box::new(Switchboard::new(s.format == "json")),
         ProtocolName::Socketio => Box::new(SocketIo),
+        ProtocolName::SwitchboardSocketio => Box::new(SwitchboardSocketIo),
         ProtocolName::Raw => Box::new(Raw),
     }
 }

@@ -91,7 +91,7 @@ impl Protocol for Switchboard {
 
     fn publish(&self, channel: &str, id: u32, stamp: &str) -> Out {
         let raw = match self.format {
-            Format::Json => serde_json::to_vec(stamp).expect("string to JSON"),
+            Format::Json | Format::SocketIo => serde_json::to_vec(stamp).expect("string to JSON"),
             Format::MsgPack => {
                 let mut v = Vec::with_capacity(stamp.len() + 5);
                 rmp::encode::write_str(&mut v, stamp).expect("vec write");
@@ -121,7 +121,7 @@ impl Protocol for Switchboard {
                         .ok()
                         .map(|(s, _)| s.as_bytes()),
                     // Stamps have no escapes: the bytes between the quotes are the text.
-                    Format::Json => data
+                    Format::Json | Format::SocketIo => data
                         .raw
                         .strip_prefix(b"\"")
                         .and_then(|r| r.strip_suffix(b"\"")),

@@ -121,7 +121,9 @@ pub fn decode_server_message(format: Format, bytes: &[u8]) -> Result<ServerMessa
     let raw = f.error.ok_or_else(|| bad("neither result nor error"))?;
     let body: ErrorBodyOwned = match format {
         Format::MsgPack => rmp_serde::from_slice(raw).map_err(|e| bad(&e.to_string()))?,
-        Format::Json => serde_json::from_slice(raw).map_err(|e| bad(&e.to_string()))?,
+        Format::Json | Format::SocketIo => {
+            serde_json::from_slice(raw).map_err(|e| bad(&e.to_string()))?
+        }
     };
     Ok(ServerMessage::Error {
         id,
@@ -404,7 +406,9 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         Format::MsgPack => {
             rmp_serde::to_vec_named(&out).expect("serialising to memory cannot fail")
         }
-        Format::Json => serde_json::to_vec(&out).expect("serialising to memory cannot fail"),
+        Format::Json | Format::SocketIo => {
+            serde_json::to_vec(&out).expect("serialising to memory cannot fail")
+        }
     };
     for (name, value) in [("meta", meta), ("data", data)] {
         let Some(value) = value else { continue };
@@ -416,7 +420,7 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
                 rmp::encode::write_str(&mut bytes, name).expect("vec write");
                 bytes.extend_from_slice(value.raw);
             }
-            Format::Json => {
+            Format::Json | Format::SocketIo => {
                 bytes.pop();
                 bytes.extend_from_slice(b",\"");
                 bytes.extend_from_slice(name.as_bytes());

@@ -101,7 +101,7 @@ pub(super) fn present<'de, D: serde::Deserializer<'de>>(
 
 pub(super) fn fields(format: Format, bytes: &[u8]) -> Result<RawFields<'_>, Error> {
     match format {
-        Format::Json => {
+        Format::Json | Format::SocketIo => {
             // serde's derive would also accept an array as a struct: envelopes are objects.
             if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
                 return Err(Error::Envelope("not a JSON object".into()));
@@ -194,7 +194,7 @@ pub(super) fn read_u64(format: Format, raw: &[u8]) -> Option<u64> {
             let mut r = raw;
             rmp::decode::read_int::<u64, _>(&mut r).ok()
         }
-        Format::Json => serde_json::from_slice::<u64>(raw).ok(),
+        Format::Json | Format::SocketIo => serde_json::from_slice::<u64>(raw).ok(),
     }
 }
 
@@ -204,7 +204,7 @@ pub(super) fn read_bool(format: Format, raw: &[u8]) -> Option<bool> {
             let mut r = raw;
             rmp::decode::read_bool(&mut r).ok()
         }
-        Format::Json => serde_json::from_slice::<bool>(raw).ok(),
+        Format::Json | Format::SocketIo => serde_json::from_slice::<bool>(raw).ok(),
     }
 }
 
@@ -213,7 +213,7 @@ pub(super) fn read_str(format: Format, raw: &[u8]) -> Option<Cow<'_, str>> {
         Format::MsgPack => rmp::decode::read_str_from_slice(raw)
             .ok()
             .map(|(s, _)| Cow::Borrowed(s)),
-        Format::Json => match serde_json::from_slice::<&str>(raw) {
+        Format::Json | Format::SocketIo => match serde_json::from_slice::<&str>(raw) {
             Ok(s) => Some(Cow::Borrowed(s)),
             // Escapes in the string: it cannot be borrowed.
             Err(_) => serde_json::from_slice::<String>(raw).ok().map(Cow::Owned),
@@ -230,7 +230,7 @@ pub(super) fn read_position(format: Format, raw: &[u8]) -> Option<Position> {
     }
     let w: Wire<'_> = match format {
         Format::MsgPack => rmp_serde::from_slice(raw).ok()?,
-        Format::Json => serde_json::from_slice(raw).ok()?,
+        Format::Json | Format::SocketIo => serde_json::from_slice(raw).ok()?,
     };
     Some(Position {
         epoch: Position::parse_epoch(&w.epoch)?,
@@ -246,7 +246,7 @@ pub(super) fn read_positions(format: Format, raw: &[u8]) -> Option<Vec<(String, 
     }
     let map: std::collections::BTreeMap<String, Wire> = match format {
         Format::MsgPack => rmp_serde::from_slice(raw).ok()?,
-        Format::Json => serde_json::from_slice(raw).ok()?,
+        Format::Json | Format::SocketIo => serde_json::from_slice(raw).ok()?,
     };
     map.into_iter()
         .map(|(channel, w)| {

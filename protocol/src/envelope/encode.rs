@@ -46,7 +46,7 @@ pub(super) fn encode_serde<T: Serialize>(format: Format, value: &T, hint: usize)
     match format {
         Format::MsgPack => rmp_serde::encode::write_named(&mut b.writer(), value)
             .expect("serialising to memory cannot fail"),
-        Format::Json => {
+        Format::Json | Format::SocketIo => {
             serde_json::to_writer(b.writer(), value).expect("serialising to memory cannot fail")
         }
     }
@@ -55,17 +55,31 @@ pub(super) fn encode_serde<T: Serialize>(format: Format, value: &T, hint: usize)
 
 /// A complete frame carrying `{"id": id, "result": result}`.
 pub fn encode_result<T: Serialize>(format: Format, id: u32, result: &T) -> Bytes {
+    if format == Format::SocketIo {
+        return super::sio::result(id, result);
+    }
     encode_serde(format, &ResultReply { id, result }, 64)
 }
 
 /// A complete frame carrying a push the server composes from a serialisable value
 /// (which must include `"push": name`).
 pub fn encode_push<T: Serialize>(format: Format, push: &T) -> Bytes {
+    if format == Format::SocketIo {
+        return super::sio::push(push);
+    }
     encode_serde(format, push, 96)
 }
 
 /// A complete frame carrying `{"id": id, "error": {"code": code, "message": message}}`.
 pub fn encode_error(format: Format, id: u32, code: ErrorCode, message: &str) -> Bytes {
+    if format == Format::SocketIo {
+        let body = ErrorBody {
+            code: code as u16,
+            message,
+            retry_after_ms: None,
+        };
+        return super::sio::error(id, &body);
+    }
     encode_serde(
         format,
         &ErrorReply {
@@ -82,6 +96,14 @@ pub fn encode_error(format: Format, id: u32, code: ErrorCode, message: &str) -> 
 
 /// A complete frame carrying a rate-limit refusal (114) with when to retry.
 pub fn encode_rate_limited(format: Format, id: u32, message: &str, retry_after_ms: u32) -> Bytes {
+    if format == Format::SocketIo {
+        let body = ErrorBody {
+            code: ErrorCode::RateLimited as u16,
+            message,
+            retry_after_ms: Some(retry_after_ms),
+        };
+        return super::sio::error(id, &body);
+    }
     encode_serde(
         format,
         &ErrorReply {
@@ -110,6 +132,9 @@ pub fn encode_disconnect_after(
     reconnect: bool,
     reconnect_after_ms: Option<u32>,
 ) -> Bytes {
+    if format == Format::SocketIo {
+        return super::sio::disconnect();
+    }
     encode_serde(
         format,
         &DisconnectPush {
@@ -150,14 +175,40 @@ pub fn encode_publication_full(
     meta: Option<Payload<'_>>,
     data: Payload<'_>,
 ) -> Result<Bytes, Error> {
-    let meta_len = meta.map_or(0, |m| 8 + m.raw.len()) + from.map_or(0, |f| 8 + f.len());
+    encode_publication_event(format, channel, pos, from, meta, data, None)
+}
+
+/// [`encode_publication_full`] for a publication a backend named with an `event`
+/// (`POST /api/publish` with `"event"`): Socket.IO subscribers get that event with the
+/// data as its one argument (`42["analysis_progress",{…}]`, as a Node server's
+/// `io.to(room).emit(event, data)` sent it); native subscribers get the publication
+/// with an `"event"` member before `meta` and `data`.
+pub fn encode_publication_event(
+    format: Format,
+    channel: &str,
+    pos: Position,
+    from: Option<&str>,
+    meta: Option<Payload<'_>>,
+    data: Payload<'_>,
+    event: Option<&str>,
+) -> Result<Bytes, Error> {
+    let meta_len = meta.map_or(0, |m| 8 + m.raw.len())
+        + from.map_or(0, |f| 8 + f.len())
+        + event.map_or(0, |e| 10 + e.len());
     let mut b = FrameBuilder::with_capacity(80 + channel.len() + meta_len + data.raw.len());
     let epoch = pos.epoch_hex();
+    if let (Format::SocketIo, Some(event)) = (format, event) {
+        super::sio::begin_event(&mut b, event);
+        write_data(&mut b, format, data)?;
+        b.extend(b"]");
+        return Ok(b.finish(format.opcode()));
+    }
     match format {
         Format::MsgPack => {
             let mut w = b.writer();
             let io = |_| Error::Envelope("write to memory failed".into());
-            let extra = u32::from(meta.is_some()) + u32::from(from.is_some());
+            let extra =
+                u32::from(meta.is_some()) + u32::from(from.is_some()) + u32::from(event.is_some());
             rmp::encode::write_map_len(&mut w, 5 + extra).map_err(io)?;
             rmp::encode::write_str(&mut w, "push").map_err(io)?;
             rmp::encode::write_str(&mut w, "publication").map_err(io)?;
@@ -171,6 +222,10 @@ pub fn encode_publication_full(
                 rmp::encode::write_str(&mut w, "from").map_err(io)?;
                 rmp::encode::write_str(&mut w, from).map_err(io)?;
             }
+            if let Some(event) = event {
+                rmp::encode::write_str(&mut w, "event").map_err(io)?;
+                rmp::encode::write_str(&mut w, event).map_err(io)?;
+            }
             drop(w);
             if let Some(meta) = meta {
                 rmp::encode::write_str(&mut b.writer(), "meta").map_err(io)?;
@@ -179,8 +234,13 @@ pub fn encode_publication_full(
             rmp::encode::write_str(&mut b.writer(), "data").map_err(io)?;
             write_data(&mut b, format, data)?;
         }
-        Format::Json => {
-            b.extend(b"{\"push\":\"publication\",\"channel\":");
+        Format::Json | Format::SocketIo => {
+            if format == Format::SocketIo {
+                super::sio::begin_event(&mut b, "message:new");
+                b.extend(b"{\"channel\":");
+            } else {
+                b.extend(b"{\"push\":\"publication\",\"channel\":");
+            }
             serde_json::to_writer(b.writer(), channel)
                 .map_err(|e| Error::Envelope(e.to_string()))?;
             b.extend(b",\"epoch\":\"");
@@ -193,13 +253,22 @@ pub fn encode_publication_full(
                 serde_json::to_writer(b.writer(), from)
                     .map_err(|e| Error::Envelope(e.to_string()))?;
             }
+            if let Some(event) = event {
+                b.extend(b",\"event\":");
+                serde_json::to_writer(b.writer(), event)
+                    .map_err(|e| Error::Envelope(e.to_string()))?;
+            }
             if let Some(meta) = meta {
                 b.extend(b",\"meta\":");
                 write_data(&mut b, format, meta)?;
             }
             b.extend(b",\"data\":");
             write_data(&mut b, format, data)?;
-            b.extend(b"}");
+            b.extend(if format == Format::SocketIo {
+                &b"}]"[..]
+            } else {
+                &b"}"[..]
+            });
         }
     }
     Ok(b.finish(format.opcode()))
@@ -212,8 +281,17 @@ pub(super) fn write_data(
     format: Format,
     data: Payload<'_>,
 ) -> Result<(), Error> {
-    match (format, data.format) {
+    // A Socket.IO session's data is JSON; no payload is in `SocketIo`.
+    let json = |f| {
+        if f == Format::SocketIo {
+            Format::Json
+        } else {
+            f
+        }
+    };
+    match (json(format), json(data.format)) {
         (Format::MsgPack, Format::MsgPack) | (Format::Json, Format::Json) => b.extend(data.raw),
+        (Format::SocketIo, _) | (_, Format::SocketIo) => unreachable!("mapped to JSON above"),
         (Format::MsgPack, Format::Json) => {
             let mut de = serde_json::Deserializer::from_slice(data.raw);
             let mut ser = rmp_serde::Serializer::new(b.writer()).with_struct_map();
@@ -258,6 +336,8 @@ pub struct StoredPublication<'p> {
     pub offset: u64,
     /// The sender's user id, for direct messages.
     pub from: Option<&'p str>,
+    /// The event a backend named it with, if any.
+    pub event: Option<&'p str>,
     /// Opaque metadata.
     pub meta: Option<Payload<'p>>,
     /// The payload.
@@ -327,13 +407,19 @@ pub fn encode_stream_reply<'p>(
                 let item = |b: &mut FrameBuilder, p: &StoredPublication<'_>| {
                     {
                         let mut w = b.writer();
-                        let extra = u32::from(p.meta.is_some()) + u32::from(p.from.is_some());
+                        let extra = u32::from(p.meta.is_some())
+                            + u32::from(p.from.is_some())
+                            + u32::from(p.event.is_some());
                         rmp::encode::write_map_len(&mut w, 2 + extra).map_err(io)?;
                         rmp::encode::write_str(&mut w, "offset").map_err(io)?;
                         rmp::encode::write_uint(&mut w, p.offset).map_err(io)?;
                         if let Some(from) = p.from {
                             rmp::encode::write_str(&mut w, "from").map_err(io)?;
                             rmp::encode::write_str(&mut w, from).map_err(io)?;
+                        }
+                        if let Some(event) = p.event {
+                            rmp::encode::write_str(&mut w, "event").map_err(io)?;
+                            rmp::encode::write_str(&mut w, event).map_err(io)?;
                         }
                     }
                     if let Some(meta) = p.meta {
@@ -359,19 +445,31 @@ pub fn encode_stream_reply<'p>(
                 }
             }
         }
-        Format::Json => {
+        Format::Json | Format::SocketIo => {
             let json = |e: serde_json::Error| Error::Envelope(e.to_string());
             let mut digits = [0u8; 20];
+            let sio = format == Format::SocketIo;
             match to {
+                ReplyTo::Id(super::sio::NO_ACK) if sio => return Ok(Bytes::new()),
+                ReplyTo::Id(id) if sio => {
+                    super::sio::begin_ack(&mut b, id);
+                    b.extend(b"{\"epoch\":\"");
+                }
                 ReplyTo::Id(id) => {
                     b.extend(b"{\"id\":");
                     b.extend(decimal(u64::from(id), &mut digits));
                     b.extend(b",\"result\":{\"epoch\":\"");
                 }
                 ReplyTo::Push { push, channel } => {
-                    b.extend(b"{\"push\":");
-                    serde_json::to_writer(b.writer(), push).map_err(json)?;
-                    b.extend(b",\"channel\":");
+                    if sio {
+                        let event = super::sio::push_event(push).unwrap_or(push);
+                        super::sio::begin_event(&mut b, event);
+                        b.extend(b"{\"channel\":");
+                    } else {
+                        b.extend(b"{\"push\":");
+                        serde_json::to_writer(b.writer(), push).map_err(json)?;
+                        b.extend(b",\"channel\":");
+                    }
                     serde_json::to_writer(b.writer(), channel).map_err(json)?;
                     b.extend(b",\"epoch\":\"");
                 }
@@ -399,6 +497,10 @@ pub fn encode_stream_reply<'p>(
                         b.extend(b",\"from\":");
                         serde_json::to_writer(b.writer(), from).map_err(json)?;
                     }
+                    if let Some(event) = p.event {
+                        b.extend(b",\"event\":");
+                        serde_json::to_writer(b.writer(), event).map_err(json)?;
+                    }
                     if let Some(meta) = p.meta {
                         b.extend(b",\"meta\":");
                         write_data(b, format, meta)?;
@@ -416,6 +518,7 @@ pub fn encode_stream_reply<'p>(
                 b.extend(b"}");
             }
             b.extend(match to {
+                _ if sio => &b"]}]"[..],
                 ReplyTo::Id(_) => &b"]}}"[..],
                 ReplyTo::Push { .. } => &b"]}"[..],
             });

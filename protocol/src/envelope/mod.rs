@@ -16,6 +16,7 @@
 //!   error codes, name rules. Imports nothing of the other files.
 //! - `decode`: a client's command envelope into a [`Request`] (server side).
 //! - `encode`: replies, pushes and publications as complete frames (server side).
+//! - [`sio`]: replies and pushes as Socket.IO acks and events ([`Format::SocketIo`]).
 //! - `client`: decoding server messages and encoding commands (tests, loadtest, SDKs).
 //! - `validate`: what payload may be accepted, so every format can read it later.
 //!
@@ -25,6 +26,7 @@
 mod client;
 mod decode;
 mod encode;
+pub mod sio;
 #[cfg(test)]
 mod tests;
 pub mod types;

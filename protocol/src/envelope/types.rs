@@ -22,25 +22,30 @@ pub enum Format {
     MsgPack,
     /// `switchboard.v1.json`, text frames.
     Json,
+    /// A Socket.IO session's: replies are acks (`43<id>[…]`), pushes and publications
+    /// are events (`42["message:new",{…}]`), JSON inside, text frames
+    /// ([`crate::envelope::sio`]). Never negotiated by subprotocol and never a
+    /// payload's format (a Socket.IO client's payloads are JSON).
+    SocketIo,
 }
 
 /// How many wire formats a publication may be encoded in: the width of every
-/// per-format array (frames, subscriber counts, interest masks). A new format (the
-/// Socket.IO session's) widens it here.
-pub const FORMATS: usize = 2;
+/// per-format array (frames, subscriber counts, interest masks).
+pub const FORMATS: usize = 3;
 
 /// A bit per format, every format set.
 pub const EVERY_FORMAT: u8 = (1 << FORMATS) - 1;
 
 impl Format {
     /// Every format, for encode-once-per-format loops.
-    pub const ALL: [Format; FORMATS] = [Format::MsgPack, Format::Json];
+    pub const ALL: [Format; FORMATS] = [Format::MsgPack, Format::Json, Format::SocketIo];
 
     /// The subprotocol name.
     pub fn subprotocol(self) -> &'static str {
         match self {
             Format::MsgPack => SUBPROTOCOL_MSGPACK,
             Format::Json => SUBPROTOCOL_JSON,
+            Format::SocketIo => "socket.io",
         }
     }
 
@@ -48,7 +53,7 @@ impl Format {
     pub fn opcode(self) -> OpCode {
         match self {
             Format::MsgPack => OpCode::Binary,
-            Format::Json => OpCode::Text,
+            Format::Json | Format::SocketIo => OpCode::Text,
         }
     }
 
@@ -73,7 +78,7 @@ impl Payload<'_> {
     /// equivalent and are refused.
     pub fn to_value(&self) -> Result<serde_json::Value, Error> {
         match self.format {
-            Format::Json => serde_json::from_slice(self.raw)
+            Format::Json | Format::SocketIo => serde_json::from_slice(self.raw)
                 .map_err(|e| Error::Envelope(format!("'data' is not JSON: {e}"))),
             Format::MsgPack => rmp_serde::from_slice(self.raw)
                 .map_err(|e| Error::Envelope(format!("'data' has no JSON equivalent: {e}"))),

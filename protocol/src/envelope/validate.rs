@@ -65,7 +65,7 @@ impl Payload<'_> {
     pub fn validate(&self) -> Result<(), PayloadFault> {
         match self.format {
             Format::MsgPack => validate_msgpack(self.raw),
-            Format::Json => validate_json(self.raw),
+            Format::Json | Format::SocketIo => validate_json(self.raw),
         }
     }
 }

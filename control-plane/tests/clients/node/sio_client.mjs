@@ -58,9 +58,14 @@ async function run() {
         results.timeout = e.message;
       }
       results.failed = await s.emitWithAck("fail", 1);
+      await s.emitWithAck("join", "room:hooks");
       const notified = new Promise((r) => s.once("notified", (...a) => r(a)));
+      const roomEvent = new Promise((r) => s.once("room_event", (...a) => r(a)));
+      const userEvent = new Promise((r) => s.once("user_event", (...a) => r(a)));
       results.notify_ack = await s.emitWithAck("notify", { x: 1 });
       results.notified = await notified;
+      results.room_event = await roomEvent;
+      results.user_event = await userEvent;
       s.close();
       break;
     }
@@ -73,6 +78,28 @@ async function run() {
       const [back, text] = await new Promise((r) => s.emit("echo", bytes, "text", (...a) => r(a)));
       results.bytes = Array.from(back);
       results.text = text;
+      s.close();
+      break;
+    }
+    case "rooms": {
+      // Shares room:1 with a native client the Rust test drives: prints
+      // {"step":"joined"} once joined, then waits for the native client's message.
+      const [token, transport] = args;
+      const s = connect({ auth: { token }, transports: [transport] });
+      const received = new Promise((r) => s.on("message:new", (m) => r(m)));
+      const typing = new Promise((r) => s.on("typing:update", (t) => r(t)));
+      const progress = new Promise((r) => s.on("analysis_progress", (...a) => r(a)));
+      if (process.env.SIO_DEBUG) s.onAny((e, ...a) => console.error("event", e, JSON.stringify(a)));
+      results.connect = await outcome(s);
+      results.join = await s.emitWithAck("join", { channel: "room:1" });
+      results.join_denied = await s.emitWithAck("join", "secret:1");
+      results.no_ack_join = s.emit("join", { channels: ["room:2", "room:3"] }) && true;
+      console.log(JSON.stringify({ step: "joined" }));
+      results.received = await received;
+      results.typing = await typing;
+      results.progress = await progress;
+      results.sent = await s.emitWithAck("message:send", { channel: "room:1", data: { text: "from socket.io" } });
+      results.history = await s.emitWithAck("message:history", { channel: "room:1", limit: 10 });
       s.close();
       break;
     }

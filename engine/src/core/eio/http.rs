@@ -12,7 +12,7 @@ use switchboard_protocol::eio_http::{self, EioError, HeadParse, Method, Transpor
 use switchboard_protocol::engineio::Open;
 use switchboard_protocol::frame::{self, OpCode};
 use switchboard_protocol::handshake::{self, Parse, Upgrade};
-use switchboard_protocol::CloseCode;
+use switchboard_protocol::{CloseCode, Format};
 
 use super::{App, EioAnswer, EioMsg, EioReq, EioSession, Peer, Sid, Transport};
 use crate::core::conn::{mark_dirty, ConnKey, ConnState};
@@ -405,7 +405,7 @@ impl ShardCore {
     fn open_websocket_session(&mut self, slot: u32, up: &Upgrade, app: App, token: Option<String>) {
         let now = self.tick;
         let mut session = EioSession::new(Transport::WebSocket, app, now);
-        session.sio.token = token.map(Into::into);
+        session.sio.set_token(token);
         let sid = Sid {
             shard: self.id,
             conn: self.key(slot),
@@ -414,6 +414,7 @@ impl ShardCore {
         let open = self.open_packet(&sid, &[]);
         let conn = &mut self.conns[slot as usize];
         conn.eio = Some(Box::new(session));
+        conn.format = Format::SocketIo;
         conn.state = ConnState::AwaitingConnect;
         conn.since = now;
         conn.out.push_unbounded(Bytes::from(up.response()));
@@ -441,7 +442,7 @@ impl ShardCore {
             probe: None,
         };
         let mut session = EioSession::new(transport, app, now);
-        session.sio.token = token.map(Into::into);
+        session.sio.set_token(token);
         let sid = Sid {
             shard: self.id,
             conn: key,
@@ -449,6 +450,7 @@ impl ShardCore {
         };
         let conn = &mut self.conns[key.slot as usize];
         conn.eio = Some(Box::new(session));
+        conn.format = Format::SocketIo;
         conn.state = ConnState::AwaitingConnect;
         conn.since = now;
         ShardMetrics::add(&self.metrics.eio_sessions, 1);

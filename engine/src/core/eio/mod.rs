@@ -246,3 +246,14 @@ mod tests {
         assert_eq!(Sid::parse(&format!("{text}A")), None);
     }
 }
+
+#[cfg(test)]
+mod size {
+    /// What a Socket.IO session adds to a connection (boxed beside it): kept small,
+    /// the rarely used parts allocated apart (`SioRare`).
+    #[test]
+    fn a_session_adds_at_most_80_bytes() {
+        assert!(std::mem::size_of::<super::EioSession>() <= 80);
+        assert!(std::mem::size_of::<super::SioState>() <= 16);
+    }
+}

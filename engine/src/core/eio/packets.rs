@@ -185,8 +185,8 @@ impl ShardCore {
         if conn.state == ConnState::AwaitingConnect {
             at = at.min(conn.since + tk.eio_connect);
         }
-        if let Some((due, _)) = &e.sio.deferred {
-            at = at.min(*due);
+        if let Some(due) = e.sio.deferred_due() {
+            at = at.min(due);
         }
         if let Transport::Polling {
             poller: Some(_),
@@ -206,7 +206,7 @@ impl ShardCore {
         let Some(e) = conn.eio.as_ref() else {
             return;
         };
-        if e.sio.deferred.is_some() {
+        if e.sio.deferred_due().is_some() {
             self.sio_release_deferred(t, slot);
         }
         self.eio_release_probing_poll(slot);

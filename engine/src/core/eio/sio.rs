@@ -11,30 +11,70 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use crossbeam_channel::TrySendError;
+use switchboard_protocol::envelope::{self, sio};
 use switchboard_protocol::frame::{self, OpCode};
 use switchboard_protocol::socketio::{self, PacketKind};
+use switchboard_protocol::{sio_events, Format, Payload};
 
 use super::Sid;
 use crate::auth::{AuthFailure, ControlRequest, Identity};
 use crate::core::conn::{ConnKey, ConnState};
 use crate::core::ShardCore;
-use crate::hooks::{HookAnswer, HookCall, HookDone, HookEmit, HookKind};
+use crate::hooks::{EmitTarget, HookAnswer, HookCall, HookDone, HookEmit, HookKind};
 use crate::metrics::ShardMetrics;
 
-/// A session's Socket.IO state.
+/// A session's Socket.IO state: 16 bytes, the rest allocated by the few sessions that
+/// need it.
 #[derive(Debug, Default)]
 pub(in crate::core) struct SioState {
+    /// Namespaces joined, a bit per index in the configuration (at most 64).
+    joined: u64,
+    /// What only some sessions use.
+    rare: Option<Box<SioRare>>,
+}
+
+/// The parts of a session's Socket.IO state only some sessions use.
+#[derive(Debug, Default)]
+struct SioRare {
     /// Token from the handshake (`token` query or `Authorization: Bearer`), used by a
     /// CONNECT whose `auth` has none.
-    pub(in crate::core) token: Option<Box<str>>,
-    /// Namespaces joined, by index in the configuration.
-    joined: Vec<u8>,
+    token: Option<Box<str>>,
     /// A binary packet waiting for its attachments.
-    partial: Option<Box<Partial>>,
+    partial: Option<Partial>,
     /// CONNECTs waiting for the token's verdict: namespace and `auth` payload.
     waiting: Vec<(u8, Box<str>)>,
     /// Frames held back until a tick (`connect_emit_delay_ms`), and that tick.
-    pub(in crate::core) deferred: Option<(u32, Vec<Bytes>)>,
+    deferred: Option<(u32, Vec<Bytes>)>,
+}
+
+impl SioState {
+    fn rare_mut(&mut self) -> &mut SioRare {
+        self.rare.get_or_insert_with(Default::default)
+    }
+
+    /// Keep the handshake's token for a CONNECT without one.
+    pub(in crate::core) fn set_token(&mut self, token: Option<String>) {
+        if let Some(t) = token {
+            self.rare_mut().token = Some(t.into());
+        }
+    }
+
+    fn token(&self) -> Option<&str> {
+        self.rare.as_ref()?.token.as_deref()
+    }
+
+    fn joined(&self, index: u8) -> bool {
+        index < 64 && self.joined & (1 << index) != 0
+    }
+
+    /// When held-back frames are due, if any.
+    pub(in crate::core) fn deferred_due(&self) -> Option<u32> {
+        self.rare.as_ref()?.deferred.as_ref().map(|(due, _)| *due)
+    }
+
+    fn partial(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.partial.is_some())
+    }
 }
 
 /// A packet whose attachments are still arriving.
@@ -55,7 +95,7 @@ impl ShardCore {
         let Some(e) = self.conns[slot as usize].eio.as_mut() else {
             return;
         };
-        if e.sio.partial.is_some() {
+        if e.sio.partial() {
             return self.eio_fail(slot, "text packet while attachments were expected");
         }
         let Ok(text) = std::str::from_utf8(data) else {
@@ -66,11 +106,11 @@ impl ShardCore {
             Err(_) => return self.eio_fail(slot, "invalid Socket.IO packet"),
         };
         if packet.kind.is_binary() && packet.attachments > 0 {
-            e.sio.partial = Some(Box::new(Partial {
+            e.sio.rare_mut().partial = Some(Partial {
                 text: data.clone(),
                 expected: packet.attachments,
                 attachments: Vec::with_capacity(packet.attachments as usize),
-            }));
+            });
             return;
         }
         self.sio_packet(slot, data, Vec::new());
@@ -81,7 +121,7 @@ impl ShardCore {
         let Some(e) = self.conns[slot as usize].eio.as_mut() else {
             return;
         };
-        let Some(partial) = e.sio.partial.as_mut() else {
+        let Some(partial) = e.sio.rare.as_mut().and_then(|r| r.partial.as_mut()) else {
             return self.eio_fail(slot, "binary message without a packet announcing it");
         };
         partial.attachments.push(data);
@@ -90,7 +130,7 @@ impl ShardCore {
         }
         let Partial {
             text, attachments, ..
-        } = *e.sio.partial.take().expect("checked above");
+        } = e.sio.rare_mut().partial.take().expect("checked above");
         self.sio_packet(slot, &text, attachments);
     }
 
@@ -112,7 +152,9 @@ impl ShardCore {
             },
             PacketKind::Disconnect => {
                 if let (Some(i), Some(e)) = (index, self.conns[slot as usize].eio.as_mut()) {
-                    e.sio.joined.retain(|&j| j != i);
+                    if i < 64 {
+                        e.sio.joined &= !(1 << i);
+                    }
                 }
             }
             PacketKind::Event | PacketKind::BinaryEvent => {
@@ -130,7 +172,7 @@ impl ShardCore {
         self.conns[slot as usize]
             .eio
             .as_ref()
-            .is_some_and(|e| e.sio.joined.contains(&index))
+            .is_some_and(|e| e.sio.joined(index))
     }
 
     /// A CONNECT to namespace `index` with `auth` (JSON object text, or empty).
@@ -146,7 +188,7 @@ impl ShardCore {
         }
         if let ConnState::Authenticating { .. } = conn.state {
             if let Some(e) = self.conns[slot as usize].eio.as_mut() {
-                e.sio.waiting.push((index, auth));
+                e.sio.rare_mut().waiting.push((index, auth));
             }
             return;
         }
@@ -170,7 +212,7 @@ impl ShardCore {
         let token = from_auth.or_else(|| {
             conn.eio
                 .as_ref()
-                .and_then(|e| e.sio.token.as_deref())
+                .and_then(|e| e.sio.token())
                 .map(str::to_string)
         });
         let anonymous = self
@@ -193,7 +235,7 @@ impl ShardCore {
                             req_id: u32::from(index),
                         };
                         if let Some(e) = conn.eio.as_mut() {
-                            e.sio.waiting.push((index, auth));
+                            e.sio.rare_mut().waiting.push((index, auth));
                         }
                     }
                     Err(TrySendError::Full(_)) => {
@@ -243,7 +285,12 @@ impl ShardCore {
         result: Result<Arc<Identity>, AuthFailure>,
     ) {
         let waiting = match self.conns[slot as usize].eio.as_mut() {
-            Some(e) => std::mem::take(&mut e.sio.waiting),
+            Some(e) => e
+                .sio
+                .rare
+                .as_mut()
+                .map(|r| std::mem::take(&mut r.waiting))
+                .unwrap_or_default(),
             None => return,
         };
         match result {
@@ -301,8 +348,8 @@ impl ShardCore {
         let name = self.sio_namespace_name(index);
         let sid = self.sio_sid(slot);
         if let Some(e) = self.conns[slot as usize].eio.as_mut() {
-            if !e.sio.joined.contains(&index) {
-                e.sio.joined.push(index);
+            if index < 64 {
+                e.sio.joined |= 1 << index;
             }
         }
         let mut data = Vec::with_capacity(40);
@@ -325,9 +372,9 @@ impl ShardCore {
         }
         let due = self.tick + super::super::ms_to_ticks(delay, self.cfg.tick_ms);
         if let Some(e) = self.conns[slot as usize].eio.as_mut() {
-            match &mut e.sio.deferred {
+            match &mut e.sio.rare_mut().deferred {
                 Some((_, held)) => held.extend(frames),
-                None => e.sio.deferred = Some((due, frames)),
+                slot => *slot = Some((due, frames)),
             }
         }
         self.eio_schedule(slot);
@@ -338,10 +385,10 @@ impl ShardCore {
         let Some(e) = self.conns[slot as usize].eio.as_mut() else {
             return;
         };
-        if e.sio.deferred.as_ref().is_none_or(|(due, _)| t < *due) {
+        if e.sio.deferred_due().is_none_or(|due| t < due) {
             return;
         }
-        let (_, frames) = e.sio.deferred.take().expect("checked above");
+        let (_, frames) = e.sio.rare_mut().deferred.take().expect("checked above");
         for f in frames {
             self.enqueue(slot, f);
         }
@@ -375,6 +422,9 @@ impl ShardCore {
         let Some(event) = socketio::event_name(data).map(|e| e.into_owned()) else {
             return;
         };
+        if self.sio_vocabulary(slot, index, id, data, &event) {
+            return;
+        }
         let hooked = self
             .cfg
             .socketio
@@ -407,6 +457,64 @@ impl ShardCore {
         if let Err(why) = self.sio_call_hook(slot, index, kind) {
             self.sio_refuse(slot, index, id, &event, 113, why);
         }
+    }
+
+    /// A vocabulary event on the main namespace: the native command(s) it maps to,
+    /// dispatched as a native client's would be (the reply is its ack). False: not
+    /// vocabulary (or not the main namespace).
+    fn sio_vocabulary(
+        &mut self,
+        slot: u32,
+        index: u8,
+        id: Option<u64>,
+        data: &str,
+        event: &str,
+    ) -> bool {
+        if Some(index) != self.cfg.socketio.namespace_index(socketio::MAIN_NAMESPACE) {
+            return false;
+        }
+        let Ok(args) = socketio::args(data) else {
+            return false;
+        };
+        let req_id = match id {
+            None => sio::NO_ACK,
+            Some(id) if id < u64::from(sio::NO_ACK) => id as u32,
+            Some(_) => {
+                self.sio_refuse(
+                    slot,
+                    index,
+                    id,
+                    event,
+                    104,
+                    "ack ids from 2^32-1 on are not supported",
+                );
+                return true;
+            }
+        };
+        let Some(envelopes) = sio_events::envelopes(event, req_id, sio::NO_ACK, &args[1..]) else {
+            return false;
+        };
+        match envelopes {
+            Ok(list) => {
+                for env in list {
+                    match envelope::decode_request(Format::Json, &env) {
+                        Ok(req) => self.dispatch(slot, req),
+                        Err(_) => {
+                            self.sio_refuse(slot, index, id, event, 104, sio_events::BAD_ARGS)
+                        }
+                    }
+                    if !self
+                        .conns
+                        .get(slot as usize)
+                        .is_some_and(|c| c.state == ConnState::Open)
+                    {
+                        break;
+                    }
+                }
+            }
+            Err(why) => self.sio_refuse(slot, index, id, event, 104, why),
+        }
+        true
     }
 
     /// An event's refusal: its ack (`[{"error":{…}}]`) when it asked for one, else an
@@ -508,10 +616,41 @@ impl ShardCore {
         }
     }
 
-    /// Emit `emit` to the session on namespace `name`.
+    /// Emit `emit` to the session on namespace `name`, or publish it to its room or
+    /// user as a publication named by its event.
     fn sio_emit(&mut self, slot: u32, name: &str, emit: &HookEmit) {
-        for f in emit_frames(name, emit) {
-            self.enqueue(slot, f);
+        let channel = match &emit.to {
+            None => {
+                for f in emit_frames(name, emit) {
+                    self.enqueue(slot, f);
+                }
+                return;
+            }
+            Some(EmitTarget::Channel(c)) => c.clone(),
+            Some(EmitTarget::User(u)) => {
+                format!("{}:{u}", self.cfg.personal_namespace)
+            }
+        };
+        // One argument is the data; several travel as the array of them.
+        let data = match socketio::args(&emit.args) {
+            Ok(a) if a.len() == 1 => a[0].get().to_string(),
+            _ => emit.args.clone(),
+        };
+        let payload = Payload {
+            format: Format::Json,
+            raw: data.as_bytes(),
+        };
+        let valid = envelope::valid_channel(&channel) && payload.validate().is_ok();
+        if !valid
+            || self
+                .publish_named(&channel, payload, Arc::from(emit.event.as_str()))
+                .is_err()
+        {
+            tracing::warn!(
+                channel,
+                event = emit.event,
+                "a hook's emit to a room or user was refused"
+            );
         }
     }
 
