@@ -17,8 +17,9 @@
 #                alternating, twice (docs/BENCHMARKS.md "Before and after the reshape";
 #                ROUNDS, FIRST_ROUND and SCENARIOS pick more rounds of some)
 #   sio          Switchboard's Socket.IO endpoint beside its native protocol (msgpack) and
-#                Node Socket.IO 4.8: idle, fanout, rooms, echo; the three servers
-#                alternating, two rounds (docs/BENCHMARKS.md "Socket.IO endpoint")
+#                Node Socket.IO 4.8: idle, fanout (100k and 1M deliveries/s), rooms,
+#                echo; the three servers alternating, two rounds (docs/BENCHMARKS.md
+#                "Socket.IO endpoint"; SIO_SCENARIOS="fanout-1m" picks some)
 #   protection   fanout and echo without and with rate limits on every command, twice
 #                each, alternating (docs/BENCHMARKS.md "What rate limiting and metrics
 #                cost"; the commit before them: BASE=<binary> runs it as a third server)
@@ -181,15 +182,18 @@ fi
 # scenarios and generator, alternating, two rounds.
 if has sio; then
   for round in 1 2; do
-    for sc in idle fanout rooms echo; do
+    for sc in idle fanout fanout-1m rooms echo; do
       extra=(--set workers=2); [ "$sc" = idle ] && extra=(--set duration_s=10)
       [ "$sc" = echo ] && extra=()
-      start_switchboard 0; run "sio-r$round-native-$sc" "$sc" "${extra[@]}"; stop
+      [ "$sc" = fanout-1m ] && extra=(--set rate=100 --set workers=2)
+      [ -n "${SIO_SCENARIOS:-}" ] && [[ " $SIO_SCENARIOS " != *" $sc "* ]] && continue
+      scenario=${sc%-1m}
+      start_switchboard 0; run "sio-r$round-native-$sc" "$scenario" "${extra[@]}"; stop
       start_switchboard 0
-      run "sio-r$round-endpoint-$sc" "$sc" --set protocol=switchboard-socketio "${extra[@]}"
+      run "sio-r$round-endpoint-$sc" "$scenario" --set protocol=switchboard-socketio "${extra[@]}"
       stop
       start_node socketio 7500
-      run "sio-r$round-node-$sc" "$sc" --set protocol=socketio --set url=ws://127.0.0.1:7500/ "${extra[@]}"
+      run "sio-r$round-node-$sc" "$scenario" --set protocol=socketio --set url=ws://127.0.0.1:7500/ "${extra[@]}"
       stop
     done
   done

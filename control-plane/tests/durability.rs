@@ -282,6 +282,49 @@ async fn streams_and_keys_continue_after_a_clean_restart() {
     let _ = std::fs::remove_dir_all(store.parent().unwrap());
 }
 
+/// A publication a backend named with an event (for Socket.IO subscribers) keeps the
+/// name in the store: history and recovery after a restart carry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_publications_keep_their_event_across_a_restart() {
+    let store = temp_store();
+    let server = start(|c| {
+        namespaces(c);
+        c.store.path = store.clone();
+    });
+    let body =
+        json!({"channel": "ledger:named", "data": {"pct": 40}, "event": "analysis_progress"});
+    let (status, r) = api(server.admin_addr(), "POST", "/api/publish", &body).await;
+    assert_eq!(status, 200, "{r}");
+    let epoch = r["epoch"].clone();
+    server.shutdown();
+    server.wait();
+
+    let server = start(|c| {
+        namespaces(c);
+        c.store.path = store.clone();
+    });
+    let mut c = Client::connect(server.ws_addr(), Fmt::Json, &token("p", None)).await;
+    let r = c
+        .call(json!({"cmd": "subscribe", "channel": "ledger:named", "since": {"epoch": epoch, "offset": 0}}))
+        .await;
+    assert_eq!(r["result"]["recovered"], json!(true), "{r}");
+    let pubs = r["result"]["publications"].as_array().unwrap();
+    assert_eq!(pubs[0]["event"], "analysis_progress", "{r}");
+    assert_eq!(pubs[0]["data"], json!({"pct": 40}), "{r}");
+    let (status, h) = api(
+        server.admin_addr(),
+        "GET",
+        "/api/history?channel=ledger:named",
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(h["publications"][0]["event"], "analysis_progress", "{h}");
+    server.shutdown();
+    server.wait();
+    let _ = std::fs::remove_dir_all(store.parent().unwrap());
+}
+
 #[test]
 fn an_unusable_store_is_a_startup_error_naming_the_file() {
     let dir = temp_store().parent().unwrap().to_path_buf();

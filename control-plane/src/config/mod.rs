@@ -150,13 +150,19 @@ impl Config {
                 })?;
             table.insert(key, parsed);
         }
-        let config: Config =
+        let mut config: Config =
             toml::Value::Table(value)
                 .try_into()
                 .map_err(|e: toml::de::Error| Error::ConfigParse {
                     path: file.map(Path::to_owned),
                     message: e.to_string(),
                 })?;
+        // Socket.IO always has its main namespace: a file that lists others keeps it.
+        config
+            .socketio
+            .namespaces
+            .entry(switchboard_protocol::socketio::MAIN_NAMESPACE.to_string())
+            .or_default();
         config.validate()?;
         Ok(config)
     }

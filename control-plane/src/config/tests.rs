@@ -318,3 +318,54 @@ fn memory_limits_load_and_bad_values_name_the_key() {
         assert!(e.contains(key), "{text}: {e}");
     }
 }
+
+#[test]
+fn socketio_keys_are_checked_and_named() {
+    let f = write(
+        "[socketio]\nping_interval_ms = 300\n[socketio.namespaces.\"/chat\"]\nanonymous = true\nevents_url = \"http://127.0.0.1:9/e\"\n",
+    );
+    let c = Config::load(Some(&f.0), &env(&[])).unwrap();
+    assert_eq!(c.socketio.ping_interval_ms, 300);
+    assert!(c.socketio.namespaces["/chat"].anonymous);
+    assert!(
+        c.socketio.namespaces.contains_key("/"),
+        "the main namespace stays"
+    );
+    assert_eq!(c.engine_config().socketio, c.socketio, "the engine gets it");
+    for (text, key) in [
+        ("[socketio]\npath = \"socket.io\"\n", "socketio.path"),
+        (
+            "[socketio]\nping_timeout_ms = 0\n",
+            "socketio.ping_timeout_ms",
+        ),
+        (
+            "[socketio]\nmax_payload_bytes = 10\n",
+            "socketio.max_payload_bytes",
+        ),
+        ("[socketio]\npong_ms = 10\n", "pong_ms"),
+        (
+            "[socketio.namespaces.\"/a\"]\nevents_url = \"ftp://x\"\n",
+            "socketio.namespaces.\"/a\".events_url",
+        ),
+        (
+            "[socketio.namespaces.\"/a\"]\nhook_concurrency = 0\n",
+            "socketio.namespaces.\"/a\".hook_concurrency",
+        ),
+        ("[socketio.namespaces.\"a\"]\n", "socketio.namespaces.\"a\""),
+        (
+            "[socketio.namespaces.\"/a\"]\nanonymus = true\n",
+            "anonymus",
+        ),
+    ] {
+        let f = write(text);
+        let e = Config::load(Some(&f.0), &env(&[])).unwrap_err().to_string();
+        assert!(e.contains(key), "{text}: {e}");
+    }
+    let e = Config::load(
+        None,
+        &env(&[("SWITCHBOARD_SOCKETIO__PING_TIMEOUT_MS", "1")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("socketio.ping_timeout_ms"), "{e}");
+}
