@@ -230,6 +230,29 @@ def socketio():
     w("notification", '425["notification:readAll"]')
 
 
+def eio_shard():
+    """Operations on a shard serving Socket.IO clients (see fuzz_targets/eio_shard.rs)."""
+    def text(c, t):
+        b = t.encode()
+        return bytes([4, c, len(b)]) + b
+    def post(s, t):
+        b = t.encode()
+        return bytes([2, s, len(b)]) + b
+    flow = b"\x00" + b"\x06\x02" + b"\x01\x00" + post(0, "40") + b"\x06\x01"
+    flow += post(0, '42["join","room:1"]') + b"\x03\x01" + text(3, "2probe") + text(3, "5")
+    flow += b"\x03\x00" + text(4, "40") + text(4, '421["message:send",{"channel":"room:1","data":1}]')
+    flow += text(4, '42["custom",1]') + text(4, "40/private,") + b"\x06\x1e"
+    write("eio_shard", "poll_upgrade_chat", flow)
+    binary = b"\x03\x00" + text(0, "40") + text(0, '451-["up",{"_placeholder":true,"num":0}]')
+    binary += bytes([5, 0, 3, 1, 2, 3]) + b"\x06\x05"
+    write("eio_shard", "binary_attachment", binary)
+    echo = b"\x03\x40" + text(0, "4hello") + bytes([5, 0, 2, 9, 9]) + b"\x06\x10"
+    write("eio_shard", "engineio_echo", echo)
+    bad = b"\x00" + post(0, "9bad") + b"\x01\x00\x01\x00" + b"\x01\xff" + b"\x03\x00" + text(0, "4abc")
+    bad += bytes([8, 0, 4]) + b"\x81\xff\x00\x01" + b"\x06\x1f"
+    write("eio_shard", "bad_input", bad)
+
+
 if __name__ == "__main__":
     handshake()
     frames()
@@ -238,5 +261,6 @@ if __name__ == "__main__":
     config()
     shard()
     socketio()
+    eio_shard()
     for d in sorted(SEEDS.iterdir()):
         print(f"{d.name}: {len(list(d.iterdir()))} seeds")
