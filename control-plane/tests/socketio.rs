@@ -74,8 +74,11 @@ fn spawn_backend() -> SocketAddr {
     addr
 }
 
+const ADMIN_SECRET: &str = "integration-admin-secret-0123456789";
+
 fn server(backend: SocketAddr) -> switchboard_control_plane::Server {
     common::start(|c| {
+        c.admin.jwt_secret = Some(ADMIN_SECRET.into());
         c.socketio.ping_interval_ms = 300;
         c.socketio.ping_timeout_ms = 400;
         let hooked = SioNamespace {
@@ -303,5 +306,63 @@ fn the_connect_hook_refuses_and_unknown_namespaces_are_refused() {
         r["unknown_namespace"]["message"], "Invalid namespace",
         "{r}"
     );
+    server.shutdown();
+}
+
+/// Revoking a user ends its Socket.IO sessions for good, over WebSocket and over
+/// polling (a DISCONNECT before the close: the client does not reconnect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_users_are_disconnected_for_good() {
+    use std::io::BufRead;
+    let server = server(spawn_backend());
+    let admin = switchboard_control_plane::auth::mint_admin(
+        ADMIN_SECRET,
+        "ops",
+        Duration::from_secs(600),
+        "admin",
+    );
+    for (user, transport) in [("eve", "websocket"), ("mallory", "polling")] {
+        let iat = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 30;
+        let token = common::token_with(user, |c| c.iat = Some(iat));
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/node");
+        let mut child = Command::new("node")
+            .current_dir(dir)
+            .args([
+                "sio_client.mjs",
+                "revoked",
+                &url(&server),
+                &token,
+                transport,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("node must be installed to run this test");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        assert_eq!(first, r#"{"step":"connected"}"#, "{transport}");
+        let auth = format!("Bearer {admin}");
+        let body = format!(r#"{{"user": "{user}"}}"#);
+        let (status, text) = common::http(
+            server.admin_addr(),
+            "POST",
+            "/admin/revoke",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            &body,
+        )
+        .await;
+        assert_eq!(status, 200, "{text}");
+        let report = lines.next().unwrap().unwrap();
+        let r: Value = serde_json::from_str(&report).unwrap();
+        assert!(child.wait().unwrap().success(), "{r}");
+        assert_eq!(r["reason"], "io server disconnect", "{transport}: {r}");
+        assert_eq!(r["reconnected"], false, "{transport}: {r}");
+    }
     server.shutdown();
 }

@@ -57,7 +57,8 @@ impl ShardCore {
         // A Socket.IO session told to stay away gets a DISCONNECT packet (no automatic
         // reconnect); one that may come back just sees the transport close.
         let notice = (if eio {
-            !reconnect
+            // As for a socketless session (`eio::owner::stays_away`).
+            code == CloseCode::REVOKED || code == CloseCode::UNAUTHORIZED
         } else {
             code.0 >= 4000 || code == CloseCode::GOING_AWAY
         })

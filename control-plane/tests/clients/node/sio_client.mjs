@@ -103,6 +103,20 @@ async function run() {
       s.close();
       break;
     }
+    case "revoked": {
+      // Prints {"step":"connected"}; the Rust test revokes the user; the client must
+      // learn it is disconnected for good ("io server disconnect": no reconnecting).
+      const [token, transport] = args;
+      const s = io(url, { auth: { token }, transports: [transport], reconnectionDelay: 50 });
+      results.connect = await outcome(s);
+      const gone = new Promise((r) => s.on("disconnect", (reason) => r(reason)));
+      console.log(JSON.stringify({ step: "connected" }));
+      results.reason = await gone;
+      await new Promise((r) => setTimeout(r, 300));
+      results.reconnected = s.connected;
+      s.close();
+      break;
+    }
     case "polling": {
       const [token] = args;
       const s = connect({ auth: { token }, transports: ["polling"] });

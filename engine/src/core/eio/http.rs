@@ -326,13 +326,14 @@ impl ShardCore {
                 }
                 return;
             }
-            EioAnswer::Close => {
-                return self.begin_close(
-                    to.slot,
-                    CloseCode::NORMAL,
-                    "session closed",
-                    CloseKind::Kicked,
-                );
+            EioAnswer::Close { stay_away } => {
+                // A code a client may come back after, unless the session ended for good.
+                let code = if stay_away {
+                    CloseCode::REVOKED
+                } else {
+                    CloseCode::GOING_AWAY
+                };
+                return self.begin_close(to.slot, code, "session closed", CloseKind::Kicked);
             }
             _ => {}
         }
@@ -374,7 +375,7 @@ impl ShardCore {
                 };
                 self.relay_start(to.slot, &up, ctx.app, sid);
             }
-            EioAnswer::Frames(_) | EioAnswer::Close => unreachable!("handled above"),
+            EioAnswer::Frames(_) | EioAnswer::Close { .. } => unreachable!("handled above"),
         }
         self.http_resume(to.slot);
     }
@@ -491,6 +492,8 @@ impl ShardCore {
         relay.nonce = nonce;
         let conn = &mut self.conns[slot as usize];
         conn.eio = Some(Box::new(relay));
+        // Its own notices (a DISCONNECT before a close) are Socket.IO packets.
+        conn.format = Format::SocketIo;
         conn.state = ConnState::AwaitingConnect;
         conn.since = now;
         conn.out.push_unbounded(Bytes::from(up.response()));

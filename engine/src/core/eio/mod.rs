@@ -107,10 +107,10 @@ pub(super) enum Transport {
     },
     /// Upgraded to the WebSocket `0`, which relays (the session still has no socket).
     Upgraded(Peer),
-    /// Polling, closed by the client with no poll waiting: a poll that raced the
-    /// close (sent before it, arriving after) still gets its noop, once, for
-    /// `close_timeout_ms`.
-    Ended,
+    /// Polling, ended with no poll waiting: the next poll, for `close_timeout_ms`,
+    /// still learns how — a noop when the client closed (its poll raced the close),
+    /// a Socket.IO DISCONNECT when the server ended it for good (`stay_away`).
+    Ended { stay_away: bool },
     /// This WebSocket carries the session held by `owner` (opened by polling); packets
     /// go there once the client sent `5`.
     Relay {
@@ -156,7 +156,7 @@ impl EioSession {
     pub(super) fn socketless(&self) -> bool {
         matches!(
             self.transport,
-            Transport::Polling { .. } | Transport::Upgraded(_) | Transport::Ended
+            Transport::Polling { .. } | Transport::Upgraded(_) | Transport::Ended { .. }
         )
     }
 }
@@ -220,8 +220,12 @@ pub enum EioAnswer {
     Attached,
     /// Frames for the upgraded WebSocket to write.
     Frames(Vec<Bytes>),
-    /// The session ended: close the WebSocket.
-    Close,
+    /// The session ended: close the WebSocket (`stay_away`: the server ended it for
+    /// good — revoked, refused — so the client is told not to reconnect).
+    Close {
+        /// Send a Socket.IO DISCONNECT first.
+        stay_away: bool,
+    },
 }
 
 #[cfg(test)]

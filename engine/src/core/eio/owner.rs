@@ -22,6 +22,9 @@ use crate::metrics::{CloseKind, ShardMetrics};
 const NOOP: &[u8] = b"6";
 /// The close packet a parked poll gets when the server ends the session.
 const CLOSE: &[u8] = b"1";
+/// A Socket.IO DISCONNECT alone (the client closes the transport itself after it; with
+/// an Engine.IO close in the same payload it would see the close first and reconnect).
+const DISCONNECT_CLOSE: &[u8] = b"41";
 
 impl ShardCore {
     /// A request for the session `key` from the transport `from`.
@@ -32,12 +35,16 @@ impl ShardCore {
             .is_some_and(|c| c.gen == key.gen)
         {
             self.eio_check_heartbeat(key.slot);
-            let ended = self.conns[key.slot as usize]
-                .eio
-                .as_ref()
-                .is_some_and(|e| e.nonce == nonce && e.transport == Transport::Ended);
-            if ended && matches!(req, EioReq::Get) {
-                self.eio_send_answer(from, EioAnswer::Payload(Bytes::from_static(NOOP)));
+            let ended = match self.conns[key.slot as usize].eio.as_ref() {
+                Some(e) if e.nonce == nonce => match e.transport {
+                    Transport::Ended { stay_away } => Some(stay_away),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let (Some(stay_away), EioReq::Get) = (ended, &req) {
+                let body = if stay_away { DISCONNECT_CLOSE } else { NOOP };
+                self.eio_send_answer(from, EioAnswer::Payload(Bytes::from_static(body)));
                 return self.eio_finish(key.slot);
             }
         }
@@ -54,7 +61,7 @@ impl ShardCore {
                 EioReq::Get | EioReq::Post(_) | EioReq::Attach => {
                     EioAnswer::Error(EioError::UnknownSid)
                 }
-                EioReq::Upgrade | EioReq::Packet { .. } => EioAnswer::Close,
+                EioReq::Upgrade | EioReq::Packet { .. } => EioAnswer::Close { stay_away: false },
                 EioReq::Gone => return,
             };
             return self.eio_send_answer(from, answer);
@@ -179,7 +186,7 @@ impl ShardCore {
             }
             (EioReq::Gone, _) => {}
             (EioReq::Upgrade | EioReq::Packet { .. }, _) => {
-                self.eio_send_answer(from, EioAnswer::Close);
+                self.eio_send_answer(from, EioAnswer::Close { stay_away: false });
             }
             (EioReq::Get | EioReq::Post(_) | EioReq::Attach, _) => {
                 // A polling request for a WebSocket session (or one already upgraded),
@@ -281,8 +288,10 @@ impl ShardCore {
         }
     }
 
-    /// End a socketless session: its poll learns it (a noop when the client closed,
-    /// a close packet otherwise), its WebSocket is closed, and it leaves everything.
+    /// End a socketless session: its poll learns it (a noop when the client closed, a
+    /// Socket.IO DISCONNECT when the server ended it for good, a close packet
+    /// otherwise; with no poll waiting the first two wait for the next one), its
+    /// WebSocket is closed, and it leaves everything.
     pub(in crate::core) fn eio_end(&mut self, slot: u32, kind: CloseKind, by_client: bool) {
         let Some(conn) = self.conns.get_mut(slot as usize) else {
             return;
@@ -290,7 +299,7 @@ impl ShardCore {
         let transport = conn.eio.as_ref().map(|e| e.transport);
         match conn.state {
             ConnState::Closed => return,
-            ConnState::Closing if transport == Some(Transport::Ended) => {
+            ConnState::Closing if matches!(transport, Some(Transport::Ended { .. })) => {
                 return self.eio_finish(slot)
             }
             ConnState::Closing => return,
@@ -298,27 +307,32 @@ impl ShardCore {
         }
         // Closing while its transports hear of it: what they answer finds it gone.
         conn.state = ConnState::Closing;
+        let stay_away = !by_client && stays_away(kind);
         match transport {
             Some(Transport::Polling { poller, probe }) => {
                 if let Some(p) = poller {
-                    let body = if by_client { NOOP } else { CLOSE };
+                    let body = match (by_client, stay_away) {
+                        (true, _) => NOOP,
+                        (false, true) => DISCONNECT_CLOSE,
+                        (false, false) => CLOSE,
+                    };
                     self.eio_send_answer(p, EioAnswer::Payload(Bytes::from_static(body)));
                 }
                 if let Some(p) = probe {
-                    self.eio_send_answer(p, EioAnswer::Close);
+                    self.eio_send_answer(p, EioAnswer::Close { stay_away });
                 }
             }
             Some(Transport::Upgraded(p)) if !by_client || kind != CloseKind::PeerGone => {
-                self.eio_send_answer(p, EioAnswer::Close);
+                self.eio_send_answer(p, EioAnswer::Close { stay_away });
             }
             _ => {}
         }
         self.detach(slot, by_client);
         self.closed(slot, kind);
         let unpolled = matches!(transport, Some(Transport::Polling { poller: None, .. }));
-        if by_client && kind == CloseKind::ClientClose && unpolled {
+        if unpolled && (stay_away || by_client && kind == CloseKind::ClientClose) {
             let now = self.tick;
-            self.set_transport(slot, Transport::Ended);
+            self.set_transport(slot, Transport::Ended { stay_away });
             let conn = &mut self.conns[slot as usize];
             conn.since = now;
             conn.out.clear();
@@ -385,6 +399,12 @@ impl ShardCore {
             self.send_to(owner.shard, crate::mesh::ShardMsg::Eio(Box::new(msg)));
         }
     }
+}
+
+/// Whether a session ended for `kind` must not come back on its own (as a native
+/// client is told with `reconnect: false`): its client gets a Socket.IO DISCONNECT.
+fn stays_away(kind: CloseKind) -> bool {
+    matches!(kind, CloseKind::Unauthorized | CloseKind::Revoked)
 }
 
 /// A server frame's payload and whether it is binary (the frame was built by
