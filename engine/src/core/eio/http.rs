@@ -377,28 +377,12 @@ impl ShardCore {
             }
             EioAnswer::Frames(_) | EioAnswer::Close { .. } => unreachable!("handled above"),
         }
-        self.http_resume(to.slot);
-    }
-
-    /// Read again what arrived while the connection waited.
-    fn http_resume(&mut self, slot: u32) {
-        let Some(conn) = self.conns.get_mut(slot as usize) else {
-            return;
-        };
-        if !conn.input_paused || matches!(conn.state, ConnState::Closing | ConnState::Closed) {
-            return;
-        }
-        conn.input_paused = false;
-        if let Some(mut pending) = conn.pending_in.take() {
-            self.process(slot, &mut pending);
-            self.keep_leftover(slot, pending);
-        }
-        if self
-            .conns
-            .get(slot as usize)
-            .is_some_and(|c| !c.input_paused && c.state != ConnState::Closed)
-        {
-            self.resumed.push(slot);
+        // Read again what arrived while it waited (the shared input gate).
+        if !matches!(
+            self.conns[to.slot as usize].state,
+            ConnState::Closing | ConnState::Closed
+        ) {
+            self.resume_input(to.slot);
         }
     }
 
