@@ -586,6 +586,7 @@ fn group_commit(c: &mut Criterion) {
                         notify: true,
                         records,
                         marks: Vec::new(),
+                        sessions: Vec::new(),
                     };
                     opened.write_now(std::slice::from_ref(&batch)).unwrap();
                 })

@@ -71,6 +71,7 @@ pub fn fanout_core_of(
             link: link.clone(),
             seeds: Vec::new(),
             marks: Vec::new(),
+            sessions: Vec::new(),
         })
         .expect("first store");
         (link, rx)

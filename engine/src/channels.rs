@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use indexmap::IndexSet;
-use switchboard_protocol::{Format, FORMATS};
+use switchboard_protocol::{Format, Position, FORMATS};
 
 /// Local subscribers of one channel.
 #[derive(Debug, Default)]
@@ -18,6 +18,10 @@ pub struct ChannelEntry {
     pub subscribers: IndexSet<u32>,
     /// Subscribers per `Format::index()`.
     per_format: [u32; FORMATS],
+    /// With Socket.IO recovery on: the last publication given to the subscribers here
+    /// (or the position a subscription started at, if later), with its number in the
+    /// shard's delivery log.
+    pub last: Option<(u64, Position)>,
 }
 
 impl ChannelEntry {
@@ -99,6 +103,12 @@ impl ChannelIndex {
     #[inline]
     pub fn local(&self, channel: &str) -> Option<&ChannelEntry> {
         self.local.get(channel)
+    }
+
+    /// Local subscribers of `channel`, to update.
+    #[inline]
+    pub fn local_mut(&mut self, channel: &str) -> Option<&mut ChannelEntry> {
+        self.local.get_mut(channel)
     }
 
     /// The interned name of `channel`, if anyone (local or remote) subscribes.

@@ -234,6 +234,22 @@ pub struct Batch {
     pub records: Vec<Record>,
     /// Cursors and receipts that changed (latest state each).
     pub marks: Vec<MarkRecord>,
+    /// Socket.IO sessions a clean shutdown leaves recoverable.
+    pub sessions: Vec<SessionRecord>,
+}
+
+/// A Socket.IO session a clean shutdown left recoverable (connection state recovery):
+/// kept by the store until the next start hands it back to its home shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The session's private id.
+    pub pid: u128,
+    /// The shard that answers for it.
+    pub home: u16,
+    /// When it ended, Unix milliseconds.
+    pub closed_ms: u64,
+    /// What recovering it needs (JSON, the engine's own).
+    pub body: Vec<u8>,
 }
 
 /// A stream read back from the store at start-up, for its owner shard.
@@ -371,6 +387,8 @@ pub struct Durable {
     pub seeds: Vec<SeedStream>,
     /// Cursors and receipts read back from the store.
     pub marks: Vec<MarkRecord>,
+    /// Socket.IO sessions the last clean shutdown left recoverable.
+    pub sessions: Vec<SessionRecord>,
 }
 
 #[cfg(test)]
@@ -429,6 +447,7 @@ mod tests {
             notify: false,
             records: vec![rec.clone(), rec],
             marks: Vec::new(),
+            sessions: Vec::new(),
         };
         link.send(batch).unwrap();
         assert_eq!(link.admit(), Err(Refusal::Behind));
@@ -444,6 +463,7 @@ mod tests {
             notify: false,
             records: Vec::new(),
             marks: Vec::new(),
+            sessions: Vec::new(),
         };
         assert!(link.send(lost).is_err());
         assert_eq!(link.admit(), Err(Refusal::Down));

@@ -225,6 +225,20 @@ pub enum ShardMsg {
     Eio(Box<crate::core::EioMsg>),
     /// A backend hook's answer for a Socket.IO session.
     HookDone(Box<crate::hooks::HookDone>),
+    /// Socket.IO connection state recovery: a session's record for its home shard, a
+    /// reconnecting client's question, the answer.
+    Recovery(Box<crate::core::RecoveryMsg>),
+}
+
+/// What the store gave back for one shard at start-up.
+#[derive(Debug, Default)]
+pub struct ShardSeeds {
+    /// Streams this shard owns.
+    pub streams: Vec<SeedStream>,
+    /// Cursors and receipts of those streams.
+    pub marks: Vec<MarkRecord>,
+    /// Recoverable Socket.IO sessions homed here.
+    pub sessions: Vec<crate::journal::SessionRecord>,
 }
 
 /// A connection's presence change, for the channel's owner.
@@ -456,7 +470,7 @@ pub struct Mesh {
     /// Where durable publications go, when a store is attached.
     journal: OnceLock<JournalLink>,
     /// Streams and marks read back from the store, per shard, taken once by each shard.
-    seeds: Mutex<Vec<(Vec<SeedStream>, Vec<MarkRecord>)>>,
+    seeds: Mutex<Vec<ShardSeeds>>,
 }
 
 impl Mesh {
@@ -489,17 +503,20 @@ impl Mesh {
     /// (each goes to its channel's owner shard).
     pub fn attach(&self, durable: Durable) -> Result<(), crate::Error> {
         let shards = self.shards();
-        let mut per_shard: Vec<(Vec<SeedStream>, Vec<MarkRecord>)> =
-            (0..shards).map(|_| Default::default()).collect();
+        let mut per_shard: Vec<ShardSeeds> = (0..shards).map(|_| Default::default()).collect();
         for s in durable.seeds {
             per_shard[crate::streams::owner(&s.channel, shards) as usize]
-                .0
+                .streams
                 .push(s);
         }
         for m in durable.marks {
             per_shard[crate::streams::owner(&m.channel, shards) as usize]
-                .1
+                .marks
                 .push(m);
+        }
+        for s in durable.sessions {
+            // With fewer shards than before, a pid's home is asked modulo the count.
+            per_shard[s.home as usize % shards].sessions.push(s);
         }
         *self.seeds.lock().unwrap_or_else(|e| e.into_inner()) = per_shard;
         self.journal
@@ -512,9 +529,9 @@ impl Mesh {
         self.journal.get()
     }
 
-    /// Shard `shard`'s streams and marks read back from the store (empty after the
-    /// first call).
-    pub fn take_seeds(&self, shard: u16) -> (Vec<SeedStream>, Vec<MarkRecord>) {
+    /// Shard `shard`'s streams, marks and sessions read back from the store (empty
+    /// after the first call).
+    pub fn take_seeds(&self, shard: u16) -> ShardSeeds {
         let mut seeds = self.seeds.lock().unwrap_or_else(|e| e.into_inner());
         seeds
             .get_mut(shard as usize)

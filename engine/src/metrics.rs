@@ -48,11 +48,14 @@ pub enum CloseKind {
     Maintenance,
     /// Its user's tokens were revoked (4011).
     Revoked,
+    /// A recovered Socket.IO session whose missed publications were no longer all
+    /// retained (1001; the client reconnects without recovery).
+    RecoveryIncomplete,
 }
 
 impl CloseKind {
     /// Every kind, in counter order.
-    pub const ALL: [CloseKind; 19] = [
+    pub const ALL: [CloseKind; 20] = [
         CloseKind::ClientClose,
         CloseKind::PeerGone,
         CloseKind::IoError,
@@ -72,6 +75,7 @@ impl CloseKind {
         CloseKind::Kicked,
         CloseKind::Maintenance,
         CloseKind::Revoked,
+        CloseKind::RecoveryIncomplete,
     ];
 
     /// Label value used in metrics.
@@ -96,6 +100,7 @@ impl CloseKind {
             CloseKind::Kicked => "kicked",
             CloseKind::Maintenance => "maintenance",
             CloseKind::Revoked => "revoked",
+            CloseKind::RecoveryIncomplete => "recovery_incomplete",
         }
     }
 }
@@ -205,8 +210,12 @@ pub struct ShardMetrics {
     pub eio_forwarded: AtomicU64,
     /// Socket.IO backend hook calls made.
     pub hook_calls: AtomicU64,
+    /// Socket.IO sessions restored by connection state recovery.
+    pub sio_recovered: AtomicU64,
+    /// Socket.IO reconnects with a pid that could not be recovered.
+    pub sio_not_recovered: AtomicU64,
     /// Closes, indexed by [`CloseKind`].
-    pub closes: [AtomicU64; 19],
+    pub closes: [AtomicU64; 20],
     /// Frames received.
     pub frames_in: AtomicU64,
     /// Bytes received.

@@ -37,6 +37,12 @@ pub struct SocketIoConfig {
     /// same read as the first while they still await the first (the conformance
     /// suite's helper over ws 8.5) need a delay.
     pub connect_emit_delay_ms: u64,
+    /// Connection state recovery (socket.io-client 4.6+): a client whose session ended
+    /// gets, when it reconnects within this long, its main-namespace session back —
+    /// identity and subscriptions — and every publication it missed; the CONNECT reply
+    /// carries a `pid` and each publication event its offset as a last argument.
+    /// 0 (the default): off, and events carry no offset.
+    pub recovery_ms: u64,
     /// The namespaces clients may join, by name (`/` is the main one); a CONNECT to
     /// any other is refused with `Invalid namespace`.
     pub namespaces: BTreeMap<String, SioNamespace>,
@@ -103,6 +109,7 @@ impl Default for SocketIoConfig {
             max_polling_packets: 256,
             connect_timeout_ms: 45_000,
             connect_emit_delay_ms: 0,
+            recovery_ms: 0,
             namespaces: BTreeMap::from([("/".to_string(), SioNamespace::default())]),
             echo_path: None,
         }
@@ -129,6 +136,14 @@ impl SocketIoConfig {
                     format!("must be at least engine.tick_ms ({tick_ms} ms)"),
                 ));
             }
+        }
+        if self.recovery_ms != 0 && !(tick_ms..=86_400_000).contains(&self.recovery_ms) {
+            return Err(Error::config(
+                "socketio.recovery_ms",
+                format!(
+                    "must be 0 (off) or from engine.tick_ms ({tick_ms} ms) to 86400000 (a day)"
+                ),
+            ));
         }
         if self.max_payload_bytes < 64 {
             return Err(Error::config(

@@ -322,10 +322,11 @@ fn memory_limits_load_and_bad_values_name_the_key() {
 #[test]
 fn socketio_keys_are_checked_and_named() {
     let f = write(
-        "[socketio]\nping_interval_ms = 300\n[socketio.namespaces.\"/chat\"]\nanonymous = true\nevents_url = \"http://127.0.0.1:9/e\"\n",
+        "[socketio]\nping_interval_ms = 300\nrecovery_ms = 120000\n[socketio.namespaces.\"/chat\"]\nanonymous = true\nevents_url = \"http://127.0.0.1:9/e\"\n",
     );
     let c = Config::load(Some(&f.0), &env(&[])).unwrap();
     assert_eq!(c.socketio.ping_interval_ms, 300);
+    assert_eq!(c.socketio.recovery_ms, 120_000);
     assert!(c.socketio.namespaces["/chat"].anonymous);
     assert!(
         c.socketio.namespaces.contains_key("/"),
@@ -343,6 +344,10 @@ fn socketio_keys_are_checked_and_named() {
             "socketio.max_payload_bytes",
         ),
         ("[socketio]\npong_ms = 10\n", "pong_ms"),
+        (
+            "[socketio]\nrecovery_ms = 100000000\n",
+            "socketio.recovery_ms",
+        ),
         (
             "[socketio.namespaces.\"/a\"]\nevents_url = \"ftp://x\"\n",
             "socketio.namespaces.\"/a\".events_url",

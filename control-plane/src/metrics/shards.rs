@@ -32,7 +32,7 @@ pub(super) fn expose(out: &mut String, engine: &EngineHandle, census: &[Census])
         engine.backend(),
         shards.len()
     );
-    let per_shard: [Family; 27] = [
+    let per_shard: [Family; 29] = [
         (
             "switchboard_connections",
             "gauge",
@@ -68,6 +68,18 @@ pub(super) fn expose(out: &mut String, engine: &EngineHandle, census: &[Census])
             "counter",
             "Engine.IO sessions moved from HTTP long-polling to WebSocket.",
             |m| m.eio_upgrades.load(Relaxed),
+        ),
+        (
+            "switchboard_socketio_recovered_total",
+            "counter",
+            "Socket.IO sessions restored by connection state recovery (pid and offset).",
+            |m| m.sio_recovered.load(Relaxed),
+        ),
+        (
+            "switchboard_socketio_not_recovered_total",
+            "counter",
+            "Socket.IO reconnects naming a pid that could not be recovered exactly.",
+            |m| m.sio_not_recovered.load(Relaxed),
         ),
         (
             "switchboard_socketio_forwarded_total",

@@ -32,7 +32,7 @@
 mod startup;
 mod writer;
 
-use startup::{prepare, read_marks, read_seeds, reconnect_key};
+use startup::{prepare, read_marks, read_seeds, reconnect_key, take_sessions};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -227,6 +227,8 @@ pub fn open(
     let seeds = read_seeds(&conn, namespaces, stream_idle_ms, clean)
         .map_err(|e| fail(format!("cannot read streams: {e}")))?;
     let marks = read_marks(&conn).map_err(|e| fail(format!("cannot read marks: {e}")))?;
+    let sessions =
+        take_sessions(&conn).map_err(|e| fail(format!("cannot read Socket.IO sessions: {e}")))?;
     let reconnect_key =
         reconnect_key(&conn).map_err(|e| fail(format!("cannot read or write keys: {e}")))?;
     let opening = Opening {
@@ -249,7 +251,12 @@ pub fn open(
     };
     Ok(Opened {
         writer,
-        durable: Some(Durable { link, seeds, marks }),
+        durable: Some(Durable {
+            link,
+            seeds,
+            marks,
+            sessions,
+        }),
         opening,
     })
 }

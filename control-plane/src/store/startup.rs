@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension};
 use switchboard_engine::journal::{
-    Durability, MarkKind, MarkRecord, NamespacePolicy, SeedEntry, SeedStream,
+    Durability, MarkKind, MarkRecord, NamespacePolicy, SeedEntry, SeedStream, SessionRecord,
 };
 
 use super::*;
@@ -78,6 +78,12 @@ pub(super) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
              at_ms INTEGER NOT NULL,
              PRIMARY KEY (channel, kind, who)
          ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS sio_sessions (
+             pid TEXT PRIMARY KEY,
+             home INTEGER NOT NULL,
+             closed_ms INTEGER NOT NULL,
+             body BLOB NOT NULL
+         );
          CREATE TABLE IF NOT EXISTS scheduled (
              id INTEGER PRIMARY KEY,
              due_ms INTEGER NOT NULL,
@@ -204,6 +210,41 @@ pub(super) fn read_marks(conn: &Connection) -> rusqlite::Result<Vec<MarkRecord>>
             at_ms,
         });
     }
+    Ok(out)
+}
+
+/// Socket.IO sessions the last clean shutdown left recoverable (ended within a day:
+/// the longest `socketio.recovery_ms`), taken out of the store: from now on they live
+/// in their home shard's memory, and the next clean shutdown stores those still
+/// unclaimed again.
+pub(super) fn take_sessions(conn: &Connection) -> rusqlite::Result<Vec<SessionRecord>> {
+    let oldest = crate::clock::now_ms().saturating_sub(86_400_000) as i64;
+    let mut out = Vec::new();
+    {
+        let mut q = conn
+            .prepare("SELECT pid, home, closed_ms, body FROM sio_sessions WHERE closed_ms >= ?1")?;
+        let rows = q.query_map([oldest], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (pid, home, closed_ms, body) = row?;
+            let (Ok(pid), Ok(home)) = (u128::from_str_radix(&pid, 16), u16::try_from(home)) else {
+                continue;
+            };
+            out.push(SessionRecord {
+                pid,
+                home,
+                closed_ms: closed_ms.max(0) as u64,
+                body,
+            });
+        }
+    }
+    conn.execute("DELETE FROM sio_sessions", [])?;
     Ok(out)
 }
 

@@ -182,6 +182,18 @@ impl Writer {
                     m.at_ms as i64,
                 ])?;
             }
+            let mut session = tx.prepare_cached(
+                "INSERT OR REPLACE INTO sio_sessions (pid, home, closed_ms, body)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for s in batches.iter().flat_map(|b| b.sessions.iter()) {
+                session.execute(params![
+                    format!("{:032x}", s.pid),
+                    i64::from(s.home),
+                    s.closed_ms.min(i64::MAX as u64) as i64,
+                    &s.body[..],
+                ])?;
+            }
             let mut row = tx.prepare_cached(UPSERT_STREAM)?;
             for (&channel, &(epoch, offset)) in &tops {
                 let mut w = match self.channels.get(channel) {

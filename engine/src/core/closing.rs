@@ -132,6 +132,9 @@ impl ShardCore {
     pub(super) fn detach(&mut self, slot: u32, graceful: bool) {
         if self.conns[slot as usize].eio.is_some() {
             self.eio_relay_gone(slot);
+            if self.recovery.is_some() {
+                self.recovery_ended(slot);
+            }
         }
         if self.conns[slot as usize].typing_in().is_some() {
             self.stop_typing(slot);

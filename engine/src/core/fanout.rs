@@ -104,6 +104,9 @@ impl ShardCore {
     /// Hot path: no allocation, no lock, no syscall; a subscriber whose queue is full
     /// is disconnected as a slow consumer afterwards.
     pub fn deliver(&mut self, p: &Publication) {
+        if self.recovery.is_some() {
+            self.log_delivery(p);
+        }
         if let Some(user) = self.personal_user(&p.channel) {
             return self.deliver_to_user(user, p);
         }

@@ -88,7 +88,7 @@ use crate::control::Maintenance;
 use crate::journal::{Durability, Policies, Policy};
 use crate::limits::LimitTable;
 use crate::marks::Marks;
-use crate::mesh::{Mesh, Refusal, ReplyBody, ReplyKind, ShardMsg};
+use crate::mesh::{Mesh, Refusal, ReplyBody, ReplyKind, ShardMsg, ShardSeeds};
 use crate::metrics::{CloseKind, CommandKind, ShardMetrics};
 use crate::outq::OutQueue;
 use crate::session::Sessions;
@@ -96,7 +96,7 @@ use crate::streams::Streams;
 use crate::wheel::HeartbeatWheel;
 use conn::Users;
 pub use conn::{AfterFlush, Conn, ConnKey, ConnState};
-pub use eio::{EioAnswer, EioMsg, EioReq, Peer};
+pub use eio::{EioAnswer, EioMsg, EioReq, Peer, RecordBox, RecoveryMsg, Resumed};
 use limits::RateLimits;
 use links::Links;
 use presence::PresenceRoom;
@@ -206,6 +206,8 @@ pub struct ShardCore {
     push_slots: Vec<u32>,
     /// Messages to other shards.
     links: Links,
+    /// Socket.IO connection state recovery (absent when `socketio.recovery_ms` is 0).
+    recovery: Option<Box<eio::Recovery>>,
 }
 
 /// A seed for new epochs that differs per process start and per shard.
@@ -267,7 +269,11 @@ impl ShardCore {
         streams.set_max_streams(cfg.max_streams.div_ceil(mesh.shards().max(1)));
         let journal = mesh.journal().cloned();
         let mesh_shards = mesh.shards();
-        let (seeds, seeded_marks) = mesh.take_seeds(id);
+        let ShardSeeds {
+            streams: seeds,
+            marks: seeded_marks,
+            sessions: seeded_sessions,
+        } = mesh.take_seeds(id);
         for seed in seeds {
             streams.seed(seed, 0, t);
         }
@@ -279,6 +285,12 @@ impl ShardCore {
             (Some(key), ttl) if ttl > 0 => Some(Sessions::new(key)),
             _ => None,
         };
+        let recovery = (cfg.socketio.recovery_ms > 0).then(|| {
+            let mut r = Box::<eio::Recovery>::default();
+            let ttl = ms_to_ticks(cfg.socketio.recovery_ms, t);
+            r.seed(seeded_sessions, now.unix_ms, t, ttl);
+            r
+        });
         ShardCore {
             id,
             mesh,
@@ -326,6 +338,7 @@ impl ShardCore {
             rate: RateLimits::new(Arc::new(cfg.limits().unwrap_or_default())),
             push_slots: Vec::new(),
             links: Links::default(),
+            recovery,
             cfg,
         }
     }
@@ -550,6 +563,7 @@ impl ShardCore {
             ShardMsg::Shutdown => self.begin_shutdown(now),
             ShardMsg::Eio(m) => self.on_eio(*m),
             ShardMsg::HookDone(done) => self.on_hook_done(*done),
+            ShardMsg::Recovery(m) => self.on_recovery(*m),
         }
     }
 
@@ -614,7 +628,10 @@ impl ShardCore {
     /// End of a loop turn: hand this turn's durable publications to the store, and
     /// retry messages that found an inbox full. Returns whether some still wait.
     pub fn end_turn(&mut self) -> bool {
-        if !self.store.records.is_empty() || !self.store.marks.is_empty() {
+        if !self.store.records.is_empty()
+            || !self.store.marks.is_empty()
+            || !self.store.sessions.is_empty()
+        {
             self.flush_journal();
         }
         self.retry_spill()
@@ -676,6 +693,7 @@ impl ShardCore {
     pub fn begin_shutdown(&mut self, now: Now) {
         self.clock = now;
         self.shutting_down = true;
+        self.persist_recovery();
         let slots: Vec<u32> = self.conns.iter().map(|(s, _)| s as u32).collect();
         for slot in slots {
             self.begin_close(

@@ -5,7 +5,7 @@
 //! releasing `sync` ones when committed, and answering the publisher. Does not own
 //! delivery ([`super::fanout`]) or the store (control plane).
 
-use crate::journal::{JournalLink, MarkRecord};
+use crate::journal::{JournalLink, MarkRecord, SessionRecord};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
@@ -49,6 +49,8 @@ pub(super) struct StoreQueue {
     pub(super) records: Vec<Record>,
     /// This turn's cursor and receipt changes for the store.
     pub(super) marks: Vec<MarkRecord>,
+    /// Socket.IO sessions left recoverable by a shutdown, for the store.
+    pub(super) sessions: Vec<SessionRecord>,
     /// Number of the batch `records` becomes.
     pub(super) seq: u64,
     /// A `sync` publication waits for the batch being filled.
@@ -63,6 +65,7 @@ impl StoreQueue {
             link,
             records: Vec::new(),
             marks: Vec::new(),
+            sessions: Vec::new(),
             seq: 0,
             notify: false,
             pending: VecDeque::new(),
@@ -252,9 +255,7 @@ impl ShardCore {
             if needed & (1 << f.index()) != 0 {
                 let sender = from.as_deref();
                 let named = event.as_deref();
-                match envelope::encode_publication_event(
-                    f, channel, position, sender, meta, data, named,
-                ) {
+                match self.publication_encoder()(f, channel, position, sender, meta, data, named) {
                     Ok(frame) => frames[f.index()] = Some(frame),
                     Err(e) => {
                         // Refused (does not transcode): the offset was not used.
@@ -402,7 +403,7 @@ impl ShardCore {
                         // payload already passed one encoding, so this rarely fails.
                         let meta = meta.as_ref().map(|m| Payload { format, raw: m });
                         let data = Payload { format, raw: &data };
-                        match envelope::encode_publication_event(
+                        match self.publication_encoder()(
                             f,
                             &channel,
                             position,
@@ -433,6 +434,7 @@ impl ShardCore {
         let Some(link) = &self.store.link else {
             self.store.records.clear();
             self.store.marks.clear();
+            self.store.sessions.clear();
             return;
         };
         let records = std::mem::replace(&mut self.store.records, Vec::with_capacity(64));
@@ -442,6 +444,7 @@ impl ShardCore {
             notify: std::mem::take(&mut self.store.notify),
             records,
             marks: std::mem::take(&mut self.store.marks),
+            sessions: std::mem::take(&mut self.store.sessions),
         };
         self.store.seq += 1;
         if link.send(batch).is_err() {
@@ -533,3 +536,25 @@ impl ShardCore {
         self.send_result(slot, id, &pos);
     }
 }
+
+impl ShardCore {
+    /// How publications are encoded: with their offset as a Socket.IO event's last
+    /// argument when connection state recovery is on.
+    fn publication_encoder(&self) -> PublicationEncoder {
+        if self.cfg.socketio.recovery_ms > 0 {
+            envelope::encode_recoverable_publication
+        } else {
+            envelope::encode_publication_event
+        }
+    }
+}
+
+type PublicationEncoder = fn(
+    Format,
+    &str,
+    Position,
+    Option<&str>,
+    Option<Payload<'_>>,
+    Payload<'_>,
+    Option<&str>,
+) -> Result<Bytes, WireError>;

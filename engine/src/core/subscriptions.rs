@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use switchboard_protocol::envelope;
-use switchboard_protocol::{ErrorCode, Position};
+use switchboard_protocol::{ErrorCode, Format, Position};
 
 use super::conn::{ConnKey, ConnState};
 use super::ShardCore;
@@ -126,6 +126,10 @@ impl ShardCore {
         code: ErrorCode,
         why: &str,
     ) {
+        if to == ReplyKind::Resumed && self.conns[slot as usize].format == Format::SocketIo {
+            // A restored Socket.IO subscription: the client was told it recovered.
+            return self.recovery_incomplete(slot);
+        }
         let push = match to {
             ReplyKind::Command(id) => return self.reply_err(slot, id, code, why),
             ReplyKind::Resumed | ReplyKind::Server => "subscribed",
@@ -298,6 +302,12 @@ impl ShardCore {
             // Absent if the client unsubscribed meanwhile; the subscribe still gets
             // its answer.
             self.stop_holding(&r.channel, slot);
+            if self.recovery.is_some() {
+                self.recovery_subscribed(slot, &r.channel, r.top);
+            }
+        }
+        if r.to == ReplyKind::Resumed && self.conns[slot as usize].format == Format::SocketIo {
+            return self.sio_replay(slot, &r);
         }
         if let ReplyKind::Command(id) = r.to {
             if r.subscribe && r.recovered.is_none() {
@@ -341,6 +351,9 @@ impl ShardCore {
         let name = subs.swap_remove(pos);
         // A subscribe still waiting is answered when the owner's reply arrives.
         self.stop_holding(&name, slot);
+        if self.recovery.is_some() {
+            self.recovery_left(slot, &name);
+        }
         if change.before != change.after {
             self.announce(&name, change.after, false);
         }

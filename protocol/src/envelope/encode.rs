@@ -192,6 +192,36 @@ pub fn encode_publication_event(
     data: Payload<'_>,
     event: Option<&str>,
 ) -> Result<Bytes, Error> {
+    encode_publication_with(format, channel, pos, from, meta, data, event, false)
+}
+
+/// [`encode_publication_event`] for a server with Socket.IO connection state recovery
+/// on: a Socket.IO event carries the publication's offset as its last argument
+/// ([`super::sio::write_offset`]), which socket.io-client keeps and sends back when it
+/// reconnects. Other formats are as [`encode_publication_event`] writes them.
+pub fn encode_recoverable_publication(
+    format: Format,
+    channel: &str,
+    pos: Position,
+    from: Option<&str>,
+    meta: Option<Payload<'_>>,
+    data: Payload<'_>,
+    event: Option<&str>,
+) -> Result<Bytes, Error> {
+    encode_publication_with(format, channel, pos, from, meta, data, event, true)
+}
+
+#[allow(clippy::too_many_arguments)] // The fields of one publication, as the callers hold them.
+fn encode_publication_with(
+    format: Format,
+    channel: &str,
+    pos: Position,
+    from: Option<&str>,
+    meta: Option<Payload<'_>>,
+    data: Payload<'_>,
+    event: Option<&str>,
+    sio_offset: bool,
+) -> Result<Bytes, Error> {
     let meta_len = meta.map_or(0, |m| 8 + m.raw.len())
         + from.map_or(0, |f| 8 + f.len())
         + event.map_or(0, |e| 10 + e.len());
@@ -200,6 +230,9 @@ pub fn encode_publication_event(
     if let (Format::SocketIo, Some(event)) = (format, event) {
         super::sio::begin_event(&mut b, event);
         write_data(&mut b, format, data)?;
+        if sio_offset {
+            super::sio::write_offset(&mut b, channel, pos);
+        }
         b.extend(b"]");
         return Ok(b.finish(format.opcode()));
     }
@@ -264,11 +297,13 @@ pub fn encode_publication_event(
             }
             b.extend(b",\"data\":");
             write_data(&mut b, format, data)?;
-            b.extend(if format == Format::SocketIo {
-                &b"}]"[..]
-            } else {
-                &b"}"[..]
-            });
+            b.extend(b"}");
+            if format == Format::SocketIo {
+                if sio_offset {
+                    super::sio::write_offset(&mut b, channel, pos);
+                }
+                b.extend(b"]");
+            }
         }
     }
     Ok(b.finish(format.opcode()))

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::frame::FrameBuilder;
+use crate::Position;
 
 /// The request id of an event that asked for no ack: its result is not sent, its
 /// error is an `error` event.
@@ -106,4 +107,35 @@ pub(super) fn disconnect() -> Bytes {
     let mut b = FrameBuilder::with_capacity(4);
     b.extend(b"41");
     b.finish(crate::OpCode::Text)
+}
+
+/// `,"<offset>.<epoch>.<channel>"`: a publication's place as the last argument of its
+/// event (Socket.IO connection state recovery's offset; the client keeps the last one
+/// it saw). Channel names hold no control characters, so only `"` and `\\` need
+/// escaping.
+pub(super) fn write_offset(b: &mut FrameBuilder, channel: &str, pos: Position) {
+    let mut digits = [0u8; 20];
+    b.extend(b",\"");
+    b.extend(super::encode::decimal(pos.offset, &mut digits));
+    b.extend(b".");
+    b.extend(pos.epoch_hex().as_str().as_bytes());
+    b.extend(b".");
+    let mut rest = channel.as_bytes();
+    while let Some(i) = rest.iter().position(|&c| c == b'"' || c == b'\\') {
+        b.extend(&rest[..i]);
+        b.extend(if rest[i] == b'"' { b"\\\"" } else { b"\\\\" });
+        rest = &rest[i + 1..];
+    }
+    b.extend(rest);
+    b.extend(b"\"");
+}
+
+/// The channel and position an offset from [`write_offset`] names (as the client
+/// sends it back, JSON-decoded); `None` for anything else.
+pub fn parse_offset(offset: &str) -> Option<(&str, Position)> {
+    let mut parts = offset.splitn(3, '.');
+    let n: u64 = parts.next()?.parse().ok()?;
+    let epoch = Position::parse_epoch(parts.next()?)?;
+    let channel = parts.next().filter(|c| crate::envelope::valid_channel(c))?;
+    Some((channel, Position { epoch, offset: n }))
 }

@@ -598,6 +598,35 @@ fn socketio_replies_and_pushes_are_acks_and_events() {
         text(encode_publication_full(sio, "room:1", pos, Some("ann"), None, data).unwrap()),
         r#"42["message:new",{"channel":"room:1","epoch":"0000000000000abc","offset":3,"from":"ann","data":{"t":1}}]"#
     );
+    // With recovery on, the offset rides as the last argument, and parses back (a
+    // channel with a quote and a backslash, escaped in the JSON string).
+    let named =
+        encode_recoverable_publication(sio, "room:\"q\\", pos, None, None, data, Some("ev"));
+    let named = text(named.unwrap());
+    assert_eq!(named, r#"42["ev",{"t":1},"3.0000000000000abc.room:\"q\\"]"#);
+    let v: Vec<serde_json::Value> = serde_json::from_str(&named[2..]).unwrap();
+    assert_eq!(
+        sio::parse_offset(v[2].as_str().unwrap()),
+        Some(("room:\"q\\", pos))
+    );
+    let plain = encode_recoverable_publication(sio, "room:1", pos, None, None, data, None);
+    assert!(text(plain.unwrap()).ends_with(r#""data":{"t":1}},"3.0000000000000abc.room:1"]"#));
+    let native =
+        encode_recoverable_publication(Format::Json, "room:1", pos, None, None, data, None);
+    assert_eq!(
+        native.unwrap(),
+        encode_publication(Format::Json, "room:1", pos, data).unwrap()
+    );
+    for bad in [
+        "",
+        "3",
+        "x.0000000000000abc.room:1",
+        "3.abc.room:1",
+        "3.0000000000000abc.",
+        "3.0000000000000abc.a b",
+    ] {
+        assert_eq!(sio::parse_offset(bad), None, "{bad:?}");
+    }
     let push =
         serde_json::json!({"push": "typing", "channel": "room:1", "user": "ann", "typing": true});
     let v: serde_json::Value = serde_json::from_str(&text(encode_push(sio, &push))[2..]).unwrap();

@@ -117,6 +117,50 @@ async function run() {
       s.close();
       break;
     }
+    case "recovery": {
+      // Connection state recovery, driven by the Rust test (which publishes): join two
+      // rooms ({"step":"joined"}), receive BEFORE messages, lose the connection
+      // ({"step":"dropped"}) — the engine closed under the client, or the server
+      // restarted — reconnect ({"step":"reconnected"}) and receive everything else.
+      const [token, transport, total, drop] = args;
+      const s = io(url, {
+        auth: { token },
+        transports: [transport],
+        reconnectionDelay: 1000,
+        reconnectionDelayMax: 1000,
+        randomizationFactor: 0,
+        timeout: 5000,
+      });
+      const got = [];
+      let waiter = null;
+      s.on("message:new", (m, offset) => {
+        got.push({ channel: m.channel, offset: m.offset, data: m.data, arg: offset });
+        if (waiter && got.length >= waiter.n) {
+          const w = waiter;
+          waiter = null;
+          w.resolve();
+        }
+      });
+      const until = (n) => (got.length >= n ? Promise.resolve() : new Promise((resolve) => (waiter = { n, resolve })));
+      const step = (name) => console.log(JSON.stringify({ step: name }));
+      results.connect = await outcome(s);
+      await s.emitWithAck("join", { channel: "room:a" });
+      await s.emitWithAck("join", { channel: "room:b" });
+      step("joined");
+      const [before, waitReconnect] = drop.split(":");
+      await until(+before);
+      const again = new Promise((r) => s.io.once("reconnect", r));
+      if (waitReconnect !== "server") s.io.engine.close();
+      step("dropped");
+      await again;
+      if (!s.connected) await new Promise((r) => s.once("connect", r));
+      results.recovered = s.recovered;
+      step("reconnected");
+      await until(+total);
+      results.got = got;
+      s.close();
+      break;
+    }
     case "polling": {
       const [token] = args;
       const s = connect({ auth: { token }, transports: ["polling"] });
@@ -164,7 +208,7 @@ async function run() {
 const timer = setTimeout(() => {
   console.log(JSON.stringify({ ...results, error: "scenario timed out" }));
   process.exit(1);
-}, 15000);
+}, +(process.env.SIO_SCENARIO_MS || 15000));
 run()
   .then(() => {
     clearTimeout(timer);

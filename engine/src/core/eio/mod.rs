@@ -15,7 +15,9 @@
 //!   whichever transport carries them.
 //! - [`packets`]: Engine.IO packets → the application (Socket.IO, or the test-only
 //!   echo).
-//! - [`sio`]: Socket.IO: namespaces, CONNECT, events, acks, attachments, hooks.
+//! - [`sio`]: Socket.IO: namespaces, CONNECT, events, acks, attachments;
+//!   [`sio_hooks`]: the backend hooks' calls and answers.
+//! - [`recovery`] and [`resume`]: connection state recovery (its data, its flow).
 //!
 //! Does not own the protocol's bytes (`switchboard_protocol::{engineio, socketio,
 //! eio_http}`) or what events mean for channels (the features, through dispatch).
@@ -23,7 +25,10 @@
 mod http;
 mod owner;
 mod packets;
+mod recovery;
+mod resume;
 mod sio;
+mod sio_hooks;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -33,6 +38,8 @@ use switchboard_protocol::eio_http::EioError;
 use super::conn::ConnKey;
 
 pub(super) use http::HttpCtx;
+pub(in crate::core) use recovery::Recovery;
+pub use recovery::{RecordBox, RecoveryMsg, Resumed};
 pub(super) use sio::SioState;
 
 /// The other end of a transport: a connection on some shard.

@@ -2,10 +2,12 @@
 //!
 //! Owns a session's Socket.IO state ([`SioState`]): the namespaces joined, a binary
 //! packet collecting its attachments, CONNECTs waiting for a token's verdict or the
-//! connect hook; the answers (`40` with the namespace's socket id, `44` with a reason
-//! the client shows as `connect_error`); events sent to the namespace's backend hook
-//! and the hook's answers (the ack, emits). Does not own what vocabulary events do
-//! (the features), calling hooks (the control plane) or Engine.IO ([`super::packets`]).
+//! connect hook (or a recovery's answer), the session's recovery pid; the answers
+//! (`40` with the namespace's socket id and, with recovery on, the pid; `44` with a
+//! reason the client shows as `connect_error`); events to the vocabulary or the
+//! namespace's hook. Does not own what vocabulary events do (the features), the hooks'
+//! calls and answers ([`super::sio_hooks`]), recovery ([`super::resume`]) or Engine.IO
+//! ([`super::packets`]).
 
 use std::sync::Arc;
 
@@ -14,13 +16,15 @@ use crossbeam_channel::TrySendError;
 use switchboard_protocol::envelope::{self, sio};
 use switchboard_protocol::frame::{self, OpCode};
 use switchboard_protocol::socketio::{self, PacketKind};
-use switchboard_protocol::{sio_events, Format, Payload};
+use switchboard_protocol::{sio_events, Format};
 
+use super::recovery::{Pid, Recovering};
+use super::sio_hooks::emit_frames;
 use super::Sid;
 use crate::auth::{AuthFailure, ControlRequest, Identity};
 use crate::core::conn::{ConnKey, ConnState};
 use crate::core::ShardCore;
-use crate::hooks::{EmitTarget, HookAnswer, HookCall, HookDone, HookEmit, HookKind};
+use crate::hooks::{HookEmit, HookKind};
 use crate::metrics::ShardMetrics;
 
 /// A session's Socket.IO state: 16 bytes, the rest allocated by the few sessions that
@@ -41,10 +45,12 @@ struct SioRare {
     token: Option<Box<str>>,
     /// A binary packet waiting for its attachments.
     partial: Option<Partial>,
-    /// CONNECTs waiting for the token's verdict: namespace and `auth` payload.
-    waiting: Vec<(u8, Box<str>)>,
+    /// CONNECTs waiting for the token's verdict (or a recovery's answer).
+    waiting: Vec<Waiting>,
     /// Frames held back until a tick (`connect_emit_delay_ms`), and that tick.
     deferred: Option<(u32, Vec<Bytes>)>,
+    /// Connection state recovery: the session's pid and subscriptions' starts.
+    recovering: Option<Recovering>,
 }
 
 impl SioState {
@@ -75,7 +81,47 @@ impl SioState {
     fn partial(&self) -> bool {
         self.rare.as_ref().is_some_and(|r| r.partial.is_some())
     }
+
+    pub(in crate::core) fn recovering_mut(&mut self) -> Option<&mut Recovering> {
+        self.rare.as_mut()?.recovering.as_mut()
+    }
+
+    pub(in crate::core) fn take_recovering(&mut self) -> Option<Recovering> {
+        self.rare.as_mut()?.recovering.take()
+    }
+
+    /// The session's pid, made by `new` if it has none.
+    pub(in crate::core) fn pid_or_new(&mut self, new: impl FnOnce() -> Pid) -> Pid {
+        self.rare_mut()
+            .recovering
+            .get_or_insert_with(|| Recovering {
+                pid: new(),
+                starts: Vec::new(),
+            })
+            .pid
+    }
+
+    /// A CONNECT to namespace `index` asks to recover `pid`: it waits, first of the
+    /// CONNECTs waiting, for the home shard's answer.
+    pub(in crate::core) fn start_recovering(&mut self, pid: Pid, index: u8, auth: &str) {
+        let rare = self.rare_mut();
+        rare.recovering = Some(Recovering {
+            pid,
+            starts: Vec::new(),
+        });
+        rare.waiting.insert(0, (index, auth.into()));
+    }
+
+    /// The answer came: the CONNECT that asked, and the others that waited behind it.
+    pub(in crate::core) fn end_recovering(&mut self) -> (u8, Box<str>, Vec<Waiting>) {
+        let mut waiting = std::mem::take(&mut self.rare_mut().waiting);
+        let (index, auth) = waiting.remove(0);
+        (index, auth, waiting)
+    }
 }
+
+/// A CONNECT waiting: its namespace and `auth` payload.
+pub(in crate::core) type Waiting = (u8, Box<str>);
 
 /// A packet whose attachments are still arriving.
 #[derive(Debug)]
@@ -175,13 +221,28 @@ impl ShardCore {
             .is_some_and(|e| e.sio.joined(index))
     }
 
-    /// A CONNECT to namespace `index` with `auth` (JSON object text, or empty).
+    /// A CONNECT to namespace `index` with `auth` (JSON object text, or empty): a
+    /// reconnecting client's recovery asked of its session's home shard, or
+    /// [`Self::sio_connect_plain`].
     fn sio_connect(&mut self, slot: u32, index: u8, auth: &str) {
         let auth: Box<str> = if auth.is_empty() {
             "{}".into()
         } else {
             auth.into()
         };
+        let conn = &self.conns[slot as usize];
+        let recoverable = self.sio_main(index)
+            && conn.identity.is_none()
+            && conn.state == ConnState::AwaitingConnect
+            && auth.contains("\"pid\"");
+        if recoverable && self.try_recover(slot, index, &auth) {
+            return;
+        }
+        self.sio_connect_plain(slot, index, auth);
+    }
+
+    /// A CONNECT authenticated by its token (or anonymous where allowed).
+    pub(super) fn sio_connect_plain(&mut self, slot: u32, index: u8, auth: Box<str>) {
         let conn = &self.conns[slot as usize];
         if conn.identity.is_some() {
             return self.sio_accept(slot, index, auth);
@@ -313,7 +374,7 @@ impl ShardCore {
     }
 
     /// The session has an identity: it counts as authenticated, reachable as its user.
-    fn sio_identified(&mut self, slot: u32, identity: Arc<Identity>) {
+    pub(super) fn sio_identified(&mut self, slot: u32, identity: Arc<Identity>) {
         let conn = &mut self.conns[slot as usize];
         conn.identity = Some(identity.clone());
         conn.state = ConnState::Open;
@@ -326,7 +387,7 @@ impl ShardCore {
     }
 
     /// An authenticated CONNECT: asked of the connect hook, or accepted.
-    fn sio_accept(&mut self, slot: u32, index: u8, auth: Box<str>) {
+    pub(super) fn sio_accept(&mut self, slot: u32, index: u8, auth: Box<str>) {
         let hooked = self
             .cfg
             .socketio
@@ -344,7 +405,7 @@ impl ShardCore {
 
     /// The namespace is joined: `40` with its socket id, then the hook's emits, in
     /// the same write.
-    fn sio_connected(&mut self, slot: u32, index: u8, emits: &[HookEmit]) {
+    pub(super) fn sio_connected(&mut self, slot: u32, index: u8, emits: &[HookEmit]) {
         let name = self.sio_namespace_name(index);
         let sid = self.sio_sid(slot);
         if let Some(e) = self.conns[slot as usize].eio.as_mut() {
@@ -352,10 +413,20 @@ impl ShardCore {
                 e.sio.joined |= 1 << index;
             }
         }
-        let mut data = Vec::with_capacity(40);
+        let pid = if self.sio_main(index) {
+            self.sio_pid(slot)
+        } else {
+            None
+        };
+        let mut data = Vec::with_capacity(72);
         data.extend_from_slice(b"{\"sid\":");
         let socket_id = format!("{sid}{index:02x}");
         serde_json::to_writer(&mut data, &socket_id).expect("writing to memory cannot fail");
+        if let Some(pid) = pid {
+            data.extend_from_slice(b",\"pid\":\"");
+            data.extend_from_slice(pid.as_bytes()); // URL-safe base64: nothing to escape.
+            data.push(b'"');
+        }
         data.push(b'}');
         let data = String::from_utf8(data).expect("JSON is UTF-8");
         self.sio_send(slot, PacketKind::Connect, &name, None, &data, &[]);
@@ -395,7 +466,13 @@ impl ShardCore {
     }
 
     /// `44` refusing a CONNECT; `code` (a Switchboard error code) goes in its data.
-    fn sio_connect_error(&mut self, slot: u32, namespace: &str, message: &str, code: Option<u16>) {
+    pub(super) fn sio_connect_error(
+        &mut self,
+        slot: u32,
+        namespace: &str,
+        message: &str,
+        code: Option<u16>,
+    ) {
         let body = match code {
             Some(code) => serde_json::json!({ "message": message, "data": { "code": code } }),
             None => serde_json::json!({ "message": message }),
@@ -519,7 +596,7 @@ impl ShardCore {
 
     /// An event's refusal: its ack (`[{"error":{…}}]`) when it asked for one, else an
     /// `error` event naming it.
-    fn sio_refuse(
+    pub(super) fn sio_refuse(
         &mut self,
         slot: u32,
         index: u8,
@@ -547,116 +624,9 @@ impl ShardCore {
         }
     }
 
-    fn sio_call_hook(&mut self, slot: u32, index: u8, kind: HookKind) -> Result<(), &'static str> {
-        let call = HookCall {
-            shard: self.id,
-            conn: self.key(slot),
-            sid: self.sio_sid(slot),
-            namespace: self.sio_namespace_name(index),
-            namespace_index: index,
-            identity: self.conns[slot as usize].identity.clone(),
-            kind,
-        };
-        ShardMetrics::add(&self.metrics.hook_calls, 1);
-        match self.control.try_send(ControlRequest::Hook(Box::new(call))) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err("the application's backend is busy, retry"),
-            Err(TrySendError::Disconnected(_)) => Err("the application's backend is unavailable"),
-        }
-    }
-
-    /// A hook's answer.
-    pub(in crate::core) fn on_hook_done(&mut self, done: HookDone) {
-        let ConnKey { slot, gen } = done.conn;
-        let live = self.conns.get(slot as usize).is_some_and(|c| {
-            c.gen == gen
-                && c.eio.is_some()
-                && !matches!(
-                    c.state,
-                    ConnState::Closing | ConnState::Draining | ConnState::Closed
-                )
-        });
-        if !live {
-            return;
-        }
-        let index = done.namespace_index;
-        let name = self.sio_namespace_name(index);
-        match (done.connect, done.result) {
-            (true, Ok(answer)) if answer.accept => self.sio_connected(slot, index, &answer.emits),
-            (true, Ok(answer)) => {
-                let message = answer
-                    .message
-                    .as_deref()
-                    .unwrap_or("refused by the application");
-                let body = match answer.data {
-                    Some(data) => format!(
-                        "{{\"message\":{},\"data\":{data}}}",
-                        serde_json::Value::from(message)
-                    ),
-                    None => serde_json::json!({ "message": message }).to_string(),
-                };
-                self.sio_send(slot, PacketKind::ConnectError, &name, None, &body, &[]);
-            }
-            (true, Err(why)) => {
-                let message = format!("connect hook failed: {why}");
-                self.sio_connect_error(slot, &name, &message, Some(503));
-            }
-            (false, Ok(HookAnswer { ack, emits, .. })) => {
-                if let Some(id) = done.ack {
-                    let (args, attachments) = ack.unwrap_or_else(|| ("[]".into(), Vec::new()));
-                    self.sio_send(slot, PacketKind::Ack, &name, Some(id), &args, &attachments);
-                }
-                for emit in &emits {
-                    self.sio_emit(slot, &name, emit);
-                }
-            }
-            (false, Err(why)) => {
-                self.sio_refuse(slot, index, done.ack, "", 503, &why);
-            }
-        }
-    }
-
-    /// Emit `emit` to the session on namespace `name`, or publish it to its room or
-    /// user as a publication named by its event.
-    fn sio_emit(&mut self, slot: u32, name: &str, emit: &HookEmit) {
-        let channel = match &emit.to {
-            None => {
-                for f in emit_frames(name, emit) {
-                    self.enqueue(slot, f);
-                }
-                return;
-            }
-            Some(EmitTarget::Channel(c)) => c.clone(),
-            Some(EmitTarget::User(u)) => {
-                format!("{}:{u}", self.cfg.personal_namespace)
-            }
-        };
-        // One argument is the data; several travel as the array of them.
-        let data = match socketio::args(&emit.args) {
-            Ok(a) if a.len() == 1 => a[0].get().to_string(),
-            _ => emit.args.clone(),
-        };
-        let payload = Payload {
-            format: Format::Json,
-            raw: data.as_bytes(),
-        };
-        let valid = envelope::valid_channel(&channel) && payload.validate().is_ok();
-        if !valid
-            || self
-                .publish_named(&channel, payload, Arc::from(emit.event.as_str()))
-                .is_err()
-        {
-            tracing::warn!(
-                channel,
-                event = emit.event,
-                "a hook's emit to a room or user was refused"
-            );
-        }
-    }
-
     /// Queue a packet (its binary type when it has attachments, then each attachment
     /// as a binary message).
-    fn sio_send(
+    pub(super) fn sio_send(
         &mut self,
         slot: u32,
         kind: PacketKind,
@@ -670,7 +640,7 @@ impl ShardCore {
         }
     }
 
-    fn sio_namespace_name(&self, index: u8) -> String {
+    pub(super) fn sio_namespace_name(&self, index: u8) -> String {
         self.cfg
             .socketio
             .namespace(index)
@@ -692,24 +662,9 @@ impl ShardCore {
     }
 }
 
-/// The frames of an emit on namespace `name`.
-fn emit_frames(name: &str, emit: &HookEmit) -> Vec<Bytes> {
-    let args = emit.args.trim();
-    let inner = args
-        .strip_prefix('[')
-        .and_then(|a| a.strip_suffix(']'))
-        .unwrap_or("")
-        .trim();
-    let mut data = Vec::with_capacity(emit.event.len() + args.len() + 8);
-    let parts: &[&str] = if inner.is_empty() { &[] } else { &[inner] };
-    socketio::event_data(&emit.event, parts, &mut data);
-    let data = String::from_utf8(data).expect("JSON is UTF-8");
-    packet_frames(PacketKind::Event, name, None, &data, &emit.attachments)
-}
-
 /// A packet's frames: its text (the binary type when it has attachments), then each
 /// attachment as a binary message.
-fn packet_frames(
+pub(super) fn packet_frames(
     kind: PacketKind,
     namespace: &str,
     id: Option<u64>,
