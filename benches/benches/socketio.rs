@@ -1,7 +1,9 @@
 //! Socket.IO hot paths (issue 17): an event's way in (Socket.IO packet → vocabulary →
 //! native command), a polling body's packets, and encode-once fan-out to Socket.IO
 //! subscribers beside the same fan-out to native MessagePack subscribers, in the same
-//! run (the target: Socket.IO within 1.3× of native per delivery).
+//! run (the target: Socket.IO within 1.3× of native per delivery), and the same
+//! Socket.IO fan-out with connection state recovery on (each event carries its offset,
+//! the shard logs the delivery).
 //!
 //! Run: `cargo bench -p switchboard-benches --bench socketio`.
 
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::value::RawValue;
-use switchboard_benches::{drain, fanout_core_of};
+use switchboard_benches::{drain, fanout_core_with};
 use switchboard_engine::{Durability, Now};
 use switchboard_protocol::envelope::{self, decode_request};
 use switchboard_protocol::{engineio, sio_events, socketio, Format, Payload, Position};
@@ -75,11 +77,33 @@ fn fanout(c: &mut Criterion) {
     g.bench_function("encode_publication_json", |b| {
         b.iter(|| envelope::encode_publication(Format::Json, "room:big", POS, black_box(json)))
     });
+    g.bench_function("encode_recoverable_publication_socketio", |b| {
+        b.iter(|| {
+            envelope::encode_recoverable_publication(
+                Format::SocketIo,
+                "room:big",
+                POS,
+                None,
+                None,
+                black_box(json),
+                None,
+            )
+        })
+    });
     g.throughput(Throughput::Elements(subscribers as u64));
-    for format in [Format::SocketIo, Format::MsgPack] {
+    for (format, recovery_ms) in [
+        (Format::SocketIo, 0),
+        (Format::MsgPack, 0),
+        (Format::SocketIo, 120_000),
+    ] {
         let ((mut core, _rx), _) =
-            fanout_core_of(subscribers, "room:big", Durability::None, format);
-        let name = format!("publish_encode_and_deliver_10k_{format:?}").to_lowercase();
+            fanout_core_with(subscribers, "room:big", Durability::None, format, |c| {
+                c.socketio.recovery_ms = recovery_ms
+            });
+        let mut name = format!("publish_encode_and_deliver_10k_{format:?}").to_lowercase();
+        if recovery_ms > 0 {
+            name.push_str("_recovery");
+        }
         g.bench_function(&name, |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;

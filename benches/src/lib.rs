@@ -45,8 +45,20 @@ pub fn fanout_core_of(
     durability: Durability,
     format: Format,
 ) -> (CoreAndControl, Option<StoreEnd>) {
+    fanout_core_with(subscribers, channel, durability, format, |_| {})
+}
+
+/// Like [`fanout_core_of`], with `tweak` applied to the engine's configuration (say,
+/// Socket.IO connection state recovery on).
+pub fn fanout_core_with(
+    subscribers: usize,
+    channel: &str,
+    durability: Durability,
+    format: Format,
+    tweak: impl FnOnce(&mut EngineConfig),
+) -> (CoreAndControl, Option<StoreEnd>) {
     let namespace = channel.split_once(':').map_or("", |(n, _)| n).to_string();
-    let cfg = EngineConfig {
+    let mut cfg = EngineConfig {
         shards: 1,
         max_outbound_bytes: 64 * 1024 * 1024,
         namespaces: vec![NamespacePolicy {
@@ -64,6 +76,7 @@ pub fn fanout_core_of(
         rate_limits: Vec::new(),
         ..EngineConfig::default()
     };
+    tweak(&mut cfg);
     let mesh = Mesh::new(1, 1024).expect("eventfd");
     let store = (durability != Durability::None).then(|| {
         let (link, rx) = JournalLink::new(1 << 30);

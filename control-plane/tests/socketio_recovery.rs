@@ -197,3 +197,43 @@ async fn a_server_restart_recovers_with_nothing_missed() {
         server.shutdown();
     }
 }
+
+/// The network drops without a word to the server (a proxy goes silent): the client
+/// reconnects while the server still holds its session on a half-open connection.
+/// Recovery ends that session (its record goes home first) and restores it, with
+/// what the old connection was still being sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_session_is_replaced_by_its_recovery() {
+    let server = common::start(|c| {
+        config(c);
+        // The heartbeat would notice in 20 s: the client is back long before.
+        c.socketio.ping_interval_ms = 10_000;
+        c.socketio.ping_timeout_ms = 10_000;
+    });
+    let mut replaced = 0;
+    for transport in ["websocket", "polling"] {
+        let s = Scenario::start(&server, transport, 10, "5:halfopen");
+        s.expect_step("joined");
+        publish(&server, 0, 5).await;
+        s.expect_step("dropped");
+        // Sent to the old session, into the silent network, and after.
+        publish(&server, 5, 3).await;
+        s.expect_step("reconnected");
+        publish(&server, 8, 2).await;
+        let r = s.report();
+        assert_eq!(r["recovered"], true, "{transport}: {r}");
+        assert_exactly_once(&r, 10, transport);
+        let now = common::metric(
+            server.admin_addr(),
+            "switchboard_closes_total{reason=\"replaced\"}",
+        )
+        .await;
+        assert_eq!(
+            now,
+            replaced + 1,
+            "{transport}: the old session was replaced"
+        );
+        replaced = now;
+    }
+    server.shutdown();
+}

@@ -51,11 +51,14 @@ pub enum CloseKind {
     /// A recovered Socket.IO session whose missed publications were no longer all
     /// retained (1001; the client reconnects without recovery).
     RecoveryIncomplete,
+    /// A Socket.IO session whose client reconnected and recovered it elsewhere while
+    /// its old connection was still open (half-open: 1001).
+    Replaced,
 }
 
 impl CloseKind {
     /// Every kind, in counter order.
-    pub const ALL: [CloseKind; 20] = [
+    pub const ALL: [CloseKind; 21] = [
         CloseKind::ClientClose,
         CloseKind::PeerGone,
         CloseKind::IoError,
@@ -76,6 +79,7 @@ impl CloseKind {
         CloseKind::Maintenance,
         CloseKind::Revoked,
         CloseKind::RecoveryIncomplete,
+        CloseKind::Replaced,
     ];
 
     /// Label value used in metrics.
@@ -101,6 +105,7 @@ impl CloseKind {
             CloseKind::Maintenance => "maintenance",
             CloseKind::Revoked => "revoked",
             CloseKind::RecoveryIncomplete => "recovery_incomplete",
+            CloseKind::Replaced => "replaced",
         }
     }
 }
@@ -215,7 +220,7 @@ pub struct ShardMetrics {
     /// Socket.IO reconnects with a pid that could not be recovered.
     pub sio_not_recovered: AtomicU64,
     /// Closes, indexed by [`CloseKind`].
-    pub closes: [AtomicU64; 20],
+    pub closes: [AtomicU64; 21],
     /// Frames received.
     pub frames_in: AtomicU64,
     /// Bytes received.

@@ -9,7 +9,10 @@
 //! bytes; `3 s` a WebSocket (`s` even: a new session on `/socket.io/`, odd: upgrading
 //! sid `s / 2`, and `s & 64` the test-only echo endpoint); `4 c n bytes` a text frame
 //! on WebSocket `c`; `5 c n bytes` a binary frame; `6 n` `n` ticks pass; `7 c` the
-//! peer of connection `c` ends; `8 c n bytes` raw bytes on connection `c`.
+//! peer of connection `c` ends; `8 c n bytes` raw bytes on connection `c`; `9 c p` a
+//! CONNECT on WebSocket `c` recovering pid `p % known` (connection state recovery is
+//! on: a live session is replaced, an ended one recovered), with no offset, a
+//! made-up one or garbage.
 //!
 //! Checks: never panics; every connection first gets one HTTP response (after a
 //! `101`, server frames a client decodes: text is an Engine.IO packet); a polling
@@ -51,6 +54,8 @@ struct World {
     tick: u64,
     /// Session ids seen in open packets.
     sids: Vec<String>,
+    /// Recovery pids seen in CONNECT replies.
+    pids: Vec<String>,
 }
 
 fn config() -> EngineConfig {
@@ -74,6 +79,7 @@ fn config() -> EngineConfig {
     cfg.socketio.max_payload_bytes = 4096;
     cfg.socketio.max_polling_packets = 16;
     cfg.socketio.echo_path = Some("/engine.io/".into());
+    cfg.socketio.recovery_ms = 500;
     cfg.socketio.namespaces.insert(
         "/".into(),
         SioNamespace {
@@ -116,6 +122,7 @@ impl World {
             start,
             tick: 0,
             sids: Vec::new(),
+            pids: Vec::new(),
         }
     }
 
@@ -268,6 +275,13 @@ impl World {
                 if head.starts_with("HTTP/1.1 200 ") && body.as_ref() != b"ok" && !body.is_empty() {
                     let packets = engineio::decode_payload(&body, usize::MAX)
                         .unwrap_or_else(|e| panic!("a polling answer that is not a payload: {e}"));
+                    for packet in &packets {
+                        if let engineio::Data::Text(t) = packet.data {
+                            if packet.kind == engineio::PacketType::Message {
+                                note_pid(&mut self.pids, t);
+                            }
+                        }
+                    }
                     if let Some(open) = packets.first() {
                         if let engineio::Data::Text(t) = open.data {
                             if open.kind == engineio::PacketType::Open {
@@ -290,6 +304,11 @@ impl World {
             if f.opcode == OpCode::Text {
                 let text = std::str::from_utf8(&f.payload).expect("text frames are UTF-8");
                 let packet = engineio::decode_text(text).expect("an Engine.IO packet");
+                if let (engineio::PacketType::Message, engineio::Data::Text(t)) =
+                    (packet.kind, &packet.data)
+                {
+                    note_pid(&mut self.pids, t);
+                }
                 if packet.kind == engineio::PacketType::Open {
                     if let engineio::Data::Text(t) = packet.data {
                         let v: serde_json::Value = serde_json::from_str(t).expect("JSON");
@@ -307,6 +326,21 @@ impl World {
             self.clock = self.start.later(self.tick * TICK_MS);
             self.core.on_tick(self.tick, self.clock);
             self.pump();
+        }
+    }
+}
+
+/// A main-namespace CONNECT reply's pid (`0{"sid":…,"pid":…}`), kept.
+fn note_pid(pids: &mut Vec<String>, text: &str) {
+    let Some(json) = text.strip_prefix('0') else {
+        return;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return;
+    };
+    if let Some(pid) = v["pid"].as_str() {
+        if pids.len() < 64 {
+            pids.push(pid.to_string());
         }
     }
 }
@@ -331,7 +365,7 @@ fuzz_target!(|input: &[u8]| {
             *ops = rest;
             a
         };
-        match op % 9 {
+        match op % 10 {
             0 => w.connect(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n"),
             1 => {
                 let sid = w.sid(arg(&mut ops));
@@ -377,7 +411,7 @@ fuzz_target!(|input: &[u8]| {
                     continue;
                 }
                 let i = c % w.peers.len();
-                let opcode = if op % 9 == 4 {
+                let opcode = if op % 10 == 4 {
                     OpCode::Text
                 } else {
                     OpCode::Binary
@@ -395,6 +429,27 @@ fuzz_target!(|input: &[u8]| {
                     let slot = w.peers[i].key.slot;
                     w.core.on_eof(slot, w.clock);
                 }
+            }
+            9 => {
+                let c = arg(&mut ops) as usize;
+                let p = arg(&mut ops);
+                if w.peers.is_empty() {
+                    continue;
+                }
+                let pid = if w.pids.is_empty() {
+                    "AAAAAAAAAAAAAAAAAAAAAAAA".to_string()
+                } else {
+                    w.pids[p as usize % w.pids.len()].clone()
+                };
+                let offset = match p >> 6 {
+                    0 => String::new(),
+                    1 => r#","offset":"1.0000000000000001.room:x""#.into(),
+                    2 => r#","offset":"garbage""#.into(),
+                    _ => r#","offset":7"#.into(),
+                };
+                let text = format!(r#"40{{"pid":"{pid}"{offset},"token":"fuzz"}}"#);
+                let i = c % w.peers.len();
+                w.read(i, &masked(OpCode::Text, text.as_bytes()));
             }
             _ => {
                 let c = arg(&mut ops) as usize;

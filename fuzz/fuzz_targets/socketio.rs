@@ -1,7 +1,7 @@
 //! The Socket.IO endpoint's decoders on arbitrary bytes: the HTTP head of a request to
 //! the Engine.IO endpoint, Engine.IO packets (a WebSocket frame's text, a polling
-//! body), Socket.IO packets and the event vocabulary's translation into native
-//! commands.
+//! body), Socket.IO packets, the event vocabulary's translation into native
+//! commands, and connection state recovery offsets.
 //!
 //! Checks: never panics; a polling body decodes to at most the allowed packets and
 //! encodes back to a body that decodes to the same packets; a Socket.IO packet the
@@ -12,10 +12,11 @@
 
 use libfuzzer_sys::fuzz_target;
 use switchboard_protocol::eio_http::{self, HeadParse};
-use switchboard_protocol::envelope::decode_request;
+use switchboard_protocol::envelope::{decode_request, encode_recoverable_publication, sio};
+use switchboard_protocol::frame::{self, Check, Role};
 use switchboard_protocol::handshake::HandshakeLimits;
 use switchboard_protocol::socketio::{self, PacketKind};
-use switchboard_protocol::{engineio, sio_events, Format};
+use switchboard_protocol::{engineio, sio_events, Format, Payload};
 
 fuzz_target!(|input: &[u8]| {
     // The HTTP side.
@@ -37,6 +38,29 @@ fuzz_target!(|input: &[u8]| {
     let Ok(text) = std::str::from_utf8(input) else {
         return;
     };
+    // A recovery offset as a client sends it back: one that parses is written back
+    // the same, inside an event that is valid JSON.
+    if let Some((channel, pos)) = sio::parse_offset(text) {
+        let data = Payload {
+            format: Format::Json,
+            raw: b"1",
+        };
+        let frame =
+            encode_recoverable_publication(Format::SocketIo, channel, pos, None, None, data, None)
+                .expect("a valid channel encodes");
+        let h = match frame::check(&frame, Role::Client, usize::MAX) {
+            Ok(Check::Complete(h)) => h,
+            other => panic!("the encoder wrote a bad frame: {other:?}"),
+        };
+        let payload = &frame[h.header_len..];
+        let v: Vec<serde_json::Value> =
+            serde_json::from_slice(&payload[2..]).expect("an event is a JSON array");
+        let back = v
+            .last()
+            .and_then(|o| o.as_str())
+            .expect("the offset argument");
+        assert_eq!(sio::parse_offset(back), Some((channel, pos)));
+    }
     // A WebSocket frame's Engine.IO packet, and the Socket.IO packet in a message.
     if let Ok(p) = engineio::decode_text(text) {
         let mut out = Vec::new();

@@ -96,7 +96,7 @@ use crate::streams::Streams;
 use crate::wheel::HeartbeatWheel;
 use conn::Users;
 pub use conn::{AfterFlush, Conn, ConnKey, ConnState};
-pub use eio::{EioAnswer, EioMsg, EioReq, Peer, RecordBox, RecoveryMsg, Resumed};
+pub use eio::{Ask, EioAnswer, EioMsg, EioReq, Peer, RecordBox, RecoveryMsg, Resumed};
 use limits::RateLimits;
 use links::Links;
 use presence::PresenceRoom;

@@ -1,6 +1,7 @@
 // Scenarios run with the real socket.io-client from npm against a Switchboard server,
 // for control-plane/tests/socketio.rs. Usage: node sio_client.mjs SCENARIO URL [ARGS...]
 // Prints one JSON object (what happened) on stdout and exits 0; the Rust test checks it.
+import net from "node:net";
 import { io } from "socket.io-client";
 
 const [scenario, url, ...args] = process.argv.slice(2);
@@ -20,6 +21,39 @@ function outcome(socket) {
     socket.on("connect", () => resolve({ connected: true, id: socket.id }));
     socket.on("connect_error", (e) => resolve({ connected: false, message: e.message, data: e.data ?? null }));
   });
+}
+
+// A TCP proxy in front of the server that can go silent: `blackhole(ms)` stops
+// forwarding on every connection it carries and on those opened within `ms`, without
+// closing anything towards the server — as a network that drops off does, leaving
+// the server with half-open connections. Resolves with the proxy's URL.
+function silentProxy(target) {
+  const { hostname, port } = new URL(target);
+  let silentUntil = 0;
+  const pairs = [];
+  const server = net.createServer((client) => {
+    const pair = { dead: Date.now() < silentUntil };
+    const upstream = net.connect(+port, hostname);
+    pairs.push(pair);
+    client.on("data", (d) => pair.dead || upstream.write(d));
+    upstream.on("data", (d) => pair.dead || client.write(d));
+    client.on("close", () => pair.dead || upstream.destroy());
+    upstream.on("close", () => pair.dead || client.destroy());
+    client.on("error", () => {});
+    upstream.on("error", () => {});
+  });
+  return new Promise((resolve) =>
+    server.listen(0, "127.0.0.1", () => {
+      server.unref();
+      resolve({
+        url: `http://127.0.0.1:${server.address().port}`,
+        blackhole(ms) {
+          silentUntil = Date.now() + ms;
+          for (const p of pairs) p.dead = true;
+        },
+      });
+    })
+  );
 }
 
 async function run() {
@@ -123,7 +157,12 @@ async function run() {
       // ({"step":"dropped"}) — the engine closed under the client, or the server
       // restarted — reconnect ({"step":"reconnected"}) and receive everything else.
       const [token, transport, total, drop] = args;
-      const s = io(url, {
+      const [before, how] = drop.split(":");
+      // "client": the client closes its transport (the server sees it go);
+      // "server": the server goes away (the Rust test restarts it);
+      // "halfopen": the network goes silent (the server still holds the session).
+      const proxy = how === "halfopen" ? await silentProxy(url) : null;
+      const s = io(proxy ? proxy.url : url, {
         auth: { token },
         transports: [transport],
         reconnectionDelay: 1000,
@@ -147,10 +186,10 @@ async function run() {
       await s.emitWithAck("join", { channel: "room:a" });
       await s.emitWithAck("join", { channel: "room:b" });
       step("joined");
-      const [before, waitReconnect] = drop.split(":");
       await until(+before);
       const again = new Promise((r) => s.io.once("reconnect", r));
-      if (waitReconnect !== "server") s.io.engine.close();
+      if (how === "halfopen") proxy.blackhole(500);
+      if (how !== "server") s.io.engine.close();
       step("dropped");
       await again;
       if (!s.connected) await new Promise((r) => s.once("connect", r));

@@ -39,7 +39,7 @@ use super::conn::ConnKey;
 
 pub(super) use http::HttpCtx;
 pub(in crate::core) use recovery::Recovery;
-pub use recovery::{RecordBox, RecoveryMsg, Resumed};
+pub use recovery::{Ask, RecordBox, RecoveryMsg, Resumed};
 pub(super) use sio::SioState;
 
 /// The other end of a transport: a connection on some shard.

@@ -45,8 +45,15 @@ const LOG_ENTRIES: usize = 1 << 16;
 /// not have read when its connection ended (frames queued, in socket buffers, on the
 /// wire). A client that missed more than this is not recovered.
 const RECORD_WINDOW: u64 = 4_096;
+/// Most of those a record keeps (the session's own, newest): 24 bytes each, so a
+/// record stays under 12 KiB however busy its channels.
+const RECORD_RECENT: usize = 512;
+/// The `channel` of a [`Recent`] entry from the user's personal channel.
+const PERSONAL: u16 = u16::MAX;
 /// Most records a shard keeps (the oldest go first).
 const MAX_RECORDS: usize = 100_000;
+/// Most live sessions a shard knows the place of (about 40 bytes each).
+const MAX_LIVE: usize = 1 << 20;
 
 /// A session's private id: its home shard and 128 random bits. 18 bytes in URL-safe
 /// base64 on the wire (24 characters).
@@ -163,6 +170,16 @@ pub(in crate::core) struct ChannelMark {
     pub(in crate::core) last: Option<(u64, Position)>,
 }
 
+/// One delivery a record keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::core) struct Recent {
+    /// Its sequence number, less the record's `window`.
+    at: u32,
+    /// Its channel: an index into the record's `channels`, or [`PERSONAL`].
+    channel: u16,
+    pos: Position,
+}
+
 /// What recovering an ended session needs, kept by its home shard.
 #[derive(Debug)]
 pub(in crate::core) struct Record {
@@ -170,10 +187,12 @@ pub(in crate::core) struct Record {
     pub(in crate::core) closed_ms: u64,
     pub(in crate::core) identity: Arc<Identity>,
     pub(in crate::core) channels: Vec<ChannelMark>,
+    /// The user's personal channel (its deliveries place an offset).
+    personal: Option<Arc<str>>,
     /// The first sequence number `recent` covers.
-    pub(in crate::core) window: u64,
-    /// The deliveries of the session's channels from `window` on, oldest first.
-    pub(in crate::core) recent: Vec<(u64, Arc<str>, Position)>,
+    window: u64,
+    /// The session's deliveries from `window` on, oldest first.
+    recent: Vec<Recent>,
 }
 
 impl Record {
@@ -187,25 +206,55 @@ impl Record {
         log: &DeliveryLog,
         closed_ms: u64,
     ) -> Record {
-        let window = log.top().saturating_sub(RECORD_WINDOW - 1).max(log.base);
-        let mut recent: Vec<(u64, Arc<str>, Position)> = log
-            .since(window)
-            .filter(|(seq, (c, _))| {
-                personal.is_some_and(|p| **c == *p)
-                    || channels
-                        .iter()
-                        .any(|m| *seq > m.start && (Arc::ptr_eq(&m.channel, c) || m.channel == *c))
+        let mut window = log.top().saturating_sub(RECORD_WINDOW - 1).max(log.base);
+        let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || a == b;
+        let mut newest: Vec<(u64, u16, Position)> = Vec::new();
+        for (seq, (c, p)) in log.since(window) {
+            let channel = if personal.is_some_and(|p| **c == *p) {
+                Some(PERSONAL)
+            } else {
+                channels
+                    .iter()
+                    .position(|m| seq > m.start && same(&m.channel, c))
+                    .map(|i| i as u16)
+            };
+            if let Some(channel) = channel {
+                if newest.len() == RECORD_RECENT {
+                    // Kept only from here on: the window starts after what is dropped.
+                    window = seq + 1;
+                    break;
+                }
+                newest.push((seq, channel, *p));
+            }
+        }
+        let recent = newest
+            .into_iter()
+            .rev()
+            .map(|(seq, channel, pos)| Recent {
+                at: (seq - window) as u32,
+                channel,
+                pos,
             })
-            .map(|(seq, (c, p))| (seq, c.clone(), *p))
             .collect();
-        recent.reverse();
         Record {
             closed_ms,
             identity,
             channels,
+            personal: personal.map(Arc::from),
             window,
             recent,
         }
+    }
+
+    /// The recent deliveries: sequence number, channel name, position.
+    fn recent(&self) -> impl Iterator<Item = (u64, &str, Position)> + '_ {
+        self.recent.iter().map(|r| {
+            let name = match r.channel {
+                PERSONAL => self.personal.as_deref().unwrap_or(""),
+                i => &self.channels[i as usize].channel,
+            };
+            (self.window + u64::from(r.at), name, r.pos)
+        })
     }
 
     /// Where to resume each channel for a client whose last publication was `offset`
@@ -226,10 +275,9 @@ impl Record {
                     _ => None,
                 })
                 .or_else(|| {
-                    self.recent
-                        .iter()
-                        .find(|(_, c, p)| *p == pos && **c == *channel)
-                        .map(|(seq, ..)| *seq)
+                    self.recent()
+                        .find(|&(_, c, p)| p == pos && c == channel)
+                        .map(|(seq, ..)| seq)
                 })?,
         };
         let mut points = Vec::with_capacity(self.channels.len());
@@ -244,9 +292,8 @@ impl Record {
                 return None; // Missed more than the record saw.
             }
             let first_missed = self
-                .recent
-                .iter()
-                .find(|(seq, c, _)| *seq > seen && *c == m.channel);
+                .recent()
+                .find(|&(seq, c, _)| seq > seen && c == &*m.channel);
             points.push(match first_missed {
                 Some((_, _, p)) if p.offset > 0 => (
                     m.channel.clone(),
@@ -283,9 +330,11 @@ struct Stored {
     claims: Vec<(String, Vec<String>)>,
     /// `(channel, start, last: (seq, epoch, offset))`.
     subs: Vec<(String, u64, Option<StoredLast>)>,
+    #[serde(default)]
+    personal: Option<String>,
     window: u64,
-    /// `(seq, channel, epoch, offset)`.
-    recent: Vec<(u64, String, u64, u64)>,
+    /// `(seq - window, channel index, epoch, offset)`.
+    recent: Vec<(u32, u16, u64, u64)>,
 }
 
 impl Record {
@@ -311,11 +360,12 @@ impl Record {
                     (m.channel.to_string(), m.start, last)
                 })
                 .collect(),
+            personal: self.personal.as_deref().map(str::to_string),
             window: self.window,
             recent: self
                 .recent
                 .iter()
-                .map(|(seq, c, p)| (*seq, c.to_string(), p.epoch, p.offset))
+                .map(|r| (r.at, r.channel, r.pos.epoch, r.pos.offset))
                 .collect(),
         };
         serde_json::to_vec(&stored).expect("serialising to memory cannot fail")
@@ -349,12 +399,25 @@ impl Record {
                     last: last.map(|(seq, e, o)| (seq, pos(e, o))),
                 })
                 .collect(),
+            personal: s.personal.map(Arc::from),
             window: s.window,
             recent: s
                 .recent
                 .into_iter()
-                .map(|(seq, c, e, o)| (seq, c.into(), pos(e, o)))
+                .map(|(at, channel, e, o)| Recent {
+                    at,
+                    channel,
+                    pos: pos(e, o),
+                })
                 .collect(),
+        })
+        .filter(|r| {
+            // Every entry names one of its channels (the store's copy is trusted only
+            // that far).
+            let n = r.channels.len();
+            r.recent
+                .iter()
+                .all(|e| (e.channel as usize) < n || e.channel == PERSONAL)
         })
     }
 }
@@ -365,11 +428,22 @@ pub(in crate::core) struct Recovery {
     pub(in crate::core) log: DeliveryLog,
     records: HashMap<u128, (Box<Record>, u32)>,
     order: VecDeque<(u128, u32)>,
+    /// Where the live sessions homed here are (a record replaces the entry).
+    pub(in crate::core) live: HashMap<u128, (u16, ConnKey)>,
 }
 
 impl Recovery {
+    /// Note where the live session of `pid` is (up to [`MAX_LIVE`] sessions: beyond,
+    /// a half-open one is not replaced).
+    pub(in crate::core) fn live_at(&mut self, pid: u128, shard: u16, conn: ConnKey) {
+        if self.live.len() < MAX_LIVE || self.live.contains_key(&pid) {
+            self.live.insert(pid, (shard, conn));
+        }
+    }
+
     /// Keep `record` for `pid` at tick `now`, forgetting those older than `ttl` ticks.
     pub(in crate::core) fn keep(&mut self, pid: u128, record: Box<Record>, now: u32, ttl: u32) {
+        self.live.remove(&pid);
         self.expire(now, ttl);
         if self.records.len() >= MAX_RECORDS {
             if let Some((old, _)) = self.order.pop_front() {
@@ -448,15 +522,30 @@ pub enum RecoveryMsg {
         record: Box<RecordBox>,
     },
     /// For the home shard: a client reconnects with this pid and offset.
-    Ask {
+    Ask(Box<Ask>),
+    /// For the home shard: the session of `pid` is live on `shard` as `conn` (a new
+    /// session, or one just recovered there).
+    Live {
         /// The pid.
         pid: u128,
-        /// The last publication the client saw, if any.
-        offset: Option<(Box<str>, Position)>,
-        /// The new session's shard.
+        /// Where the session is.
         shard: u16,
-        /// The new session.
+        /// The session.
         conn: ConnKey,
+    },
+    /// For the home shard: the session of `pid` ended without a record.
+    Gone {
+        /// The pid.
+        pid: u128,
+    },
+    /// For the shard holding the live session of a pid its client is recovering
+    /// elsewhere (the old connection is half-open: the heartbeat has not caught it
+    /// yet): end it, so its record goes home, then ask again.
+    Replace {
+        /// The live session.
+        conn: ConnKey,
+        /// The question to ask again.
+        ask: Box<Ask>,
     },
     /// The home shard's answer: the identity and where to resume each channel, or
     /// `None` (not recoverable).
@@ -466,6 +555,20 @@ pub enum RecoveryMsg {
         /// What to resume.
         resumed: Option<Box<Resumed>>,
     },
+}
+
+/// A reconnecting client's question.
+#[derive(Debug)]
+pub struct Ask {
+    pub(in crate::core) pid: Pid,
+    /// The last publication the client saw, if any.
+    pub(in crate::core) offset: Option<(Box<str>, Position)>,
+    /// The new session's shard.
+    pub(in crate::core) shard: u16,
+    /// The new session.
+    pub(in crate::core) conn: ConnKey,
+    /// Asked again after its old session was ended: do not end anything again.
+    pub(in crate::core) again: bool,
 }
 
 /// A record in transit (opaque outside the core).
@@ -533,6 +636,7 @@ mod tests {
         ];
         let r = Record::new(identity(), marks, None, &log, 0);
         assert_eq!(r.recent.len(), 4, "only the session's channels");
+        assert_eq!(std::mem::size_of::<Recent>(), 24);
         let points = r.resume_points(Some(("room:a", pos(2)))).unwrap();
         assert_eq!(points, vec![(a.clone(), pos(2)), (b.clone(), pos(0))]);
         // Everything read: resume after the last of each.
@@ -574,7 +678,16 @@ mod tests {
         // Read all but the last 3 of `a`: recovered, quiet channel included.
         let at = pos(RECORD_WINDOW + 7);
         let points = r.resume_points(Some(("room:a", at))).unwrap();
-        assert_eq!(points, vec![(a, at), (quiet, pos(5))]);
+        assert_eq!(points, vec![(a.clone(), at), (quiet.clone(), pos(5))]);
+        // The record keeps the session's last RECORD_RECENT deliveries: a client
+        // whose last one is among them is recovered, one older is not.
+        assert_eq!(r.recent.len(), RECORD_RECENT);
+        let n = RECORD_WINDOW + 10;
+        let oldest_kept = pos(n - RECORD_RECENT as u64 + 1);
+        let points = r.resume_points(Some(("room:a", oldest_kept))).unwrap();
+        assert_eq!(points[0], (a, oldest_kept));
+        let before = pos(n - RECORD_RECENT as u64);
+        assert_eq!(r.resume_points(Some(("room:a", before))), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use switchboard_protocol::envelope::{self, sio};
 use switchboard_protocol::{CloseCode, Format, Payload, Position};
 
-use super::recovery::{ChannelMark, Pid, Record, RecordBox, Recovering, RecoveryMsg, Resumed};
+use super::recovery::{Ask, ChannelMark, Pid, Record, RecordBox, Recovering, RecoveryMsg, Resumed};
 use crate::core::conn::{ConnKey, ConnState};
 use crate::core::ShardCore;
 use crate::journal::SessionRecord;
@@ -233,50 +233,115 @@ impl ShardCore {
             return false;
         };
         e.sio.start_recovering(pid, index, auth);
-        let key = self.key(slot);
-        let ask = RecoveryMsg::Ask {
-            pid: pid.id,
+        let ask = Box::new(Ask {
+            pid,
             offset,
             shard: self.id,
-            conn: key,
-        };
+            conn: self.key(slot),
+            again: false,
+        });
+        self.send_home(pid, RecoveryMsg::Ask(ask));
+        true
+    }
+
+    /// Send `msg` to `pid`'s home shard (or handle it here).
+    fn send_home(&mut self, pid: Pid, msg: RecoveryMsg) {
         let home = self.home_of(pid);
         if home == self.id {
-            self.on_recovery(ask);
+            self.on_recovery(msg);
         } else {
-            self.send_to(home, ShardMsg::Recovery(Box::new(ask)));
+            self.send_to(home, ShardMsg::Recovery(Box::new(msg)));
         }
-        true
     }
 
     /// A recovery message from another shard (or this one).
     pub(in crate::core) fn on_recovery(&mut self, msg: RecoveryMsg) {
         match msg {
             RecoveryMsg::Record { pid, record } => self.keep_record(pid, record.0),
-            RecoveryMsg::Ask {
-                pid,
-                offset,
-                shard,
-                conn,
-            } => {
-                let ttl = self.recovery_ticks();
-                let now = self.tick;
-                let record = self.recovery.as_mut().and_then(|r| r.take(pid, now, ttl));
-                let resumed = record.and_then(|r| {
-                    let points = r.resume_points(offset.as_ref().map(|(c, p)| (&**c, *p)))?;
-                    Some(Box::new(Resumed {
-                        identity: r.identity,
-                        points,
-                    }))
-                });
-                let answer = RecoveryMsg::Answer { conn, resumed };
-                if shard == self.id {
-                    self.on_recovery(answer);
-                } else {
-                    self.send_to(shard, ShardMsg::Recovery(Box::new(answer)));
+            RecoveryMsg::Ask(ask) => self.answer_ask(ask),
+            RecoveryMsg::Answer { conn, resumed } => self.recovery_answered(conn, resumed),
+            RecoveryMsg::Live { pid, shard, conn } => {
+                if let Some(r) = self.recovery.as_mut() {
+                    r.live_at(pid, shard, conn);
                 }
             }
-            RecoveryMsg::Answer { conn, resumed } => self.recovery_answered(conn, resumed),
+            RecoveryMsg::Gone { pid } => {
+                if let Some(r) = self.recovery.as_mut() {
+                    r.live.remove(&pid);
+                }
+            }
+            RecoveryMsg::Replace { conn, ask } => self.replace_session(conn, ask),
+        }
+    }
+
+    /// On the home shard: answer from the record; with none, but the session still
+    /// live (its connection half-open), end that session first and ask again.
+    fn answer_ask(&mut self, ask: Box<Ask>) {
+        let ttl = self.recovery_ticks();
+        let now = self.tick;
+        let Some(r) = self.recovery.as_mut() else {
+            return;
+        };
+        let record = r.take(ask.pid.id, now, ttl);
+        if record.is_none() && !ask.again {
+            if let Some((shard, conn)) = r.live.remove(&ask.pid.id) {
+                let msg = RecoveryMsg::Replace { conn, ask };
+                if shard == self.id {
+                    return self.on_recovery(msg);
+                }
+                return self.send_to(shard, ShardMsg::Recovery(Box::new(msg)));
+            }
+        }
+        let resumed = record.and_then(|r| {
+            let points = r.resume_points(ask.offset.as_ref().map(|(c, p)| (&**c, *p)))?;
+            Some(Box::new(Resumed {
+                identity: r.identity,
+                points,
+            }))
+        });
+        let answer = RecoveryMsg::Answer {
+            conn: ask.conn,
+            resumed,
+        };
+        if ask.shard == self.id {
+            self.on_recovery(answer);
+        } else {
+            self.send_to(ask.shard, ShardMsg::Recovery(Box::new(answer)));
+        }
+    }
+
+    /// End the live session `conn` of a pid whose client is recovering it elsewhere:
+    /// its record goes home, and the question after it (in order on the mesh).
+    fn replace_session(&mut self, conn: ConnKey, mut ask: Box<Ask>) {
+        let ours = self.conns.get(conn.slot as usize).is_some_and(|c| {
+            c.gen == conn.gen
+                && c.eio
+                    .as_ref()
+                    .and_then(|e| e.sio.recovering())
+                    .is_some_and(|r| r.pid == ask.pid)
+        });
+        if ours {
+            tracing::debug!(
+                client = %self.client_id(conn.slot),
+                "Socket.IO session replaced by its recovery"
+            );
+            self.sio_end(
+                conn.slot,
+                "replaced by a recovered session",
+                CloseKind::Replaced,
+            );
+        }
+        ask.again = true;
+        let pid = ask.pid;
+        self.send_home(pid, RecoveryMsg::Ask(ask));
+    }
+
+    /// End a Socket.IO session (the client may reconnect).
+    fn sio_end(&mut self, slot: u32, reason: &str, kind: CloseKind) {
+        if self.conns[slot as usize].socketless() {
+            self.eio_end(slot, kind, false);
+        } else {
+            self.begin_close(slot, CloseCode::GOING_AWAY, reason, kind);
         }
     }
 
@@ -304,6 +369,19 @@ impl ShardCore {
         match resumed {
             Some(r) => {
                 ShardMetrics::add(&self.metrics.sio_recovered, 1);
+                if let Some(pid) = self.conns[slot as usize]
+                    .eio
+                    .as_ref()
+                    .and_then(|e| e.sio.recovering())
+                    .map(|r| r.pid)
+                {
+                    let live = RecoveryMsg::Live {
+                        pid: pid.id,
+                        shard: self.id,
+                        conn: key,
+                    };
+                    self.send_home(pid, live);
+                }
                 self.sio_identified(slot, r.identity);
                 self.sio_connected(slot, index, &[]);
                 for (channel, since) in r.points {
@@ -373,20 +451,15 @@ impl ShardCore {
     /// A restored subscription could not be (the stream lost what was missed, or the
     /// channel is no longer allowed): the session ends, without a record.
     pub(in crate::core) fn recovery_incomplete(&mut self, slot: u32) {
-        if let Some(e) = self.conns[slot as usize].eio.as_mut() {
-            e.sio.take_recovering();
+        let rec = self.conns[slot as usize]
+            .eio
+            .as_mut()
+            .and_then(|e| e.sio.take_recovering());
+        if let Some(rec) = rec {
+            self.send_home(rec.pid, RecoveryMsg::Gone { pid: rec.pid.id });
         }
         tracing::debug!(client = %self.client_id(slot), "Socket.IO recovery incomplete");
-        if self.conns[slot as usize].socketless() {
-            self.eio_end(slot, CloseKind::RecoveryIncomplete, false);
-        } else {
-            self.begin_close(
-                slot,
-                CloseCode::GOING_AWAY,
-                "recovery incomplete",
-                CloseKind::RecoveryIncomplete,
-            );
-        }
+        self.sio_end(slot, "recovery incomplete", CloseKind::RecoveryIncomplete);
     }
 
     /// Whether namespace `index` is the main one (`/`, where publications arrive and
@@ -403,7 +476,19 @@ impl ShardCore {
     pub(super) fn sio_pid(&mut self, slot: u32) -> Option<String> {
         self.recovery.as_ref()?;
         let home = self.id;
+        let key = self.key(slot);
         let e = self.conns[slot as usize].eio.as_mut()?;
-        Some(e.sio.pid_or_new(|| Pid::new(home)).encode())
+        if let Some(r) = e.sio.recovering_mut() {
+            return Some(r.pid.encode());
+        }
+        let pid = Pid::new(home);
+        e.sio.set_recovering(Recovering {
+            pid,
+            starts: Vec::new(),
+        });
+        if let Some(r) = self.recovery.as_mut() {
+            r.live_at(pid.id, home, key);
+        }
+        Some(pid.encode())
     }
 }

@@ -90,15 +90,12 @@ impl SioState {
         self.rare.as_mut()?.recovering.take()
     }
 
-    /// The session's pid, made by `new` if it has none.
-    pub(in crate::core) fn pid_or_new(&mut self, new: impl FnOnce() -> Pid) -> Pid {
-        self.rare_mut()
-            .recovering
-            .get_or_insert_with(|| Recovering {
-                pid: new(),
-                starts: Vec::new(),
-            })
-            .pid
+    pub(in crate::core) fn recovering(&self) -> Option<&Recovering> {
+        self.rare.as_ref()?.recovering.as_ref()
+    }
+
+    pub(in crate::core) fn set_recovering(&mut self, r: Recovering) {
+        self.rare_mut().recovering = Some(r);
     }
 
     /// A CONNECT to namespace `index` asks to recover `pid`: it waits, first of the
