@@ -100,13 +100,7 @@ fn server(backend: SocketAddr) -> switchboard_control_plane::Server {
 
 /// Run a scenario of `tests/clients/node/sio_client.mjs`; its JSON report.
 fn node(scenario: &str, url: &str, args: &[&str]) -> Value {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/node");
-    assert!(
-        std::path::Path::new(dir)
-            .join("node_modules/socket.io-client")
-            .exists(),
-        "socket.io-client is not installed in {dir}: run `bash .ci/run` (it runs npm ci there)"
-    );
+    let dir = common::node_clients();
     let out = Command::new("node")
         .current_dir(dir)
         .arg("sio_client.mjs")
@@ -185,7 +179,7 @@ async fn rooms_are_shared_with_native_clients() {
     let addr = server.ws_addr();
     for transport in ["websocket", "polling"] {
         let token = common::token("ann", Some(&["room:*"]));
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/node");
+        let dir = common::node_clients();
         let mut child = Command::new("node")
             .current_dir(dir)
             .args(["sio_client.mjs", "rooms", &url(&server), &token, transport])
@@ -328,7 +322,7 @@ async fn revoked_users_are_disconnected_for_good() {
             .as_secs()
             - 30;
         let token = common::token_with(user, |c| c.iat = Some(iat));
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/node");
+        let dir = common::node_clients();
         let mut child = Command::new("node")
             .current_dir(dir)
             .args([

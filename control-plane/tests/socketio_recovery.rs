@@ -45,13 +45,7 @@ impl Scenario {
         total: usize,
         drop: &str,
     ) -> Scenario {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/node");
-        assert!(
-            std::path::Path::new(dir)
-                .join("node_modules/socket.io-client")
-                .exists(),
-            "socket.io-client is not installed in {dir}: run `bash .ci/run` (it runs npm ci there)"
-        );
+        let dir = common::node_clients();
         let url = format!("http://{}", server.ws_addr());
         let token = common::token("ann", Some(&["room:*"]));
         let mut child = Command::new("node")
@@ -86,6 +80,13 @@ impl Scenario {
             format!(r#"{{"step":"{step}"}}"#),
             "waiting for {step}"
         );
+    }
+
+    /// The client recovered, and got every message exactly once.
+    fn assert_recovered(self, total: usize, transport: &str) {
+        let r = self.report();
+        assert_eq!(r["recovered"], true, "{transport}: {r}");
+        assert_exactly_once(&r, total, transport);
     }
 
     fn report(mut self) -> Value {
@@ -150,19 +151,22 @@ fn assert_exactly_once(r: &Value, total: usize, what: &str) {
 async fn a_dropped_connection_recovers_with_nothing_missed() {
     let server = server();
     for transport in ["websocket", "polling"] {
-        let s = Scenario::start(&server, transport, 10, "5:client");
-        s.expect_step("joined");
-        publish(&server, 0, 5).await;
-        s.expect_step("dropped");
-        // While the client is away (it reconnects after a second).
-        publish(&server, 5, 3).await;
-        s.expect_step("reconnected");
-        publish(&server, 8, 2).await;
-        let r = s.report();
-        assert_eq!(r["recovered"], true, "{transport}: {r}");
-        assert_exactly_once(&r, 10, transport);
+        drop_and_recover(&server, transport, "client").await;
     }
     server.shutdown();
+}
+
+/// The client loses its connection (`how`: see the scenario) after 5 messages; 3 are
+/// published while it is away (it reconnects after a second) and 2 once it is back.
+async fn drop_and_recover(server: &switchboard_control_plane::Server, transport: &str, how: &str) {
+    let s = Scenario::start(server, transport, 10, &format!("5:{how}"));
+    s.expect_step("joined");
+    publish(server, 0, 5).await;
+    s.expect_step("dropped");
+    publish(server, 5, 3).await;
+    s.expect_step("reconnected");
+    publish(server, 8, 2).await;
+    s.assert_recovered(10, transport);
 }
 
 /// A clean restart: the sessions are stored at shutdown and handed back to their home
@@ -191,9 +195,7 @@ async fn a_server_restart_recovers_with_nothing_missed() {
         publish(&server, 5, 3).await;
         s.expect_step("reconnected");
         publish(&server, 8, 2).await;
-        let r = s.report();
-        assert_eq!(r["recovered"], true, "{transport}: {r}");
-        assert_exactly_once(&r, 10, transport);
+        s.assert_recovered(10, transport);
         server.shutdown();
     }
 }
@@ -212,17 +214,8 @@ async fn a_half_open_session_is_replaced_by_its_recovery() {
     });
     let mut replaced = 0;
     for transport in ["websocket", "polling"] {
-        let s = Scenario::start(&server, transport, 10, "5:halfopen");
-        s.expect_step("joined");
-        publish(&server, 0, 5).await;
-        s.expect_step("dropped");
         // Sent to the old session, into the silent network, and after.
-        publish(&server, 5, 3).await;
-        s.expect_step("reconnected");
-        publish(&server, 8, 2).await;
-        let r = s.report();
-        assert_eq!(r["recovered"], true, "{transport}: {r}");
-        assert_exactly_once(&r, 10, transport);
+        drop_and_recover(&server, transport, "halfopen").await;
         let now = common::metric(
             server.admin_addr(),
             "switchboard_closes_total{reason=\"replaced\"}",

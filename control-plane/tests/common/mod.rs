@@ -615,3 +615,17 @@ pub fn write_config(
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// The Node test clients' folder (`tests/clients/node`), checked to have
+/// `socket.io-client` installed (`bash .ci/run` runs `npm ci` there): a test that
+/// needs it fails saying so rather than skipping.
+pub fn node_clients() -> &'static str {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/node");
+    assert!(
+        std::path::Path::new(dir)
+            .join("node_modules/socket.io-client")
+            .exists(),
+        "socket.io-client is not installed in {dir}: run `bash .ci/run` (it runs npm ci there)"
+    );
+    dir
+}

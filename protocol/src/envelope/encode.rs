@@ -225,7 +225,10 @@ fn encode_publication_with(
     let meta_len = meta.map_or(0, |m| 8 + m.raw.len())
         + from.map_or(0, |f| 8 + f.len())
         + event.map_or(0, |e| 10 + e.len());
-    let mut b = FrameBuilder::with_capacity(80 + channel.len() + meta_len + data.raw.len());
+    // The offset argument: `,"`, up to 20 digits, `.`, 16 hex digits, `.`, the channel.
+    let offset_len = if sio_offset { 42 + channel.len() } else { 0 };
+    let mut b =
+        FrameBuilder::with_capacity(80 + channel.len() + meta_len + data.raw.len() + offset_len);
     let epoch = pos.epoch_hex();
     if let (Format::SocketIo, Some(event)) = (format, event) {
         super::sio::begin_event(&mut b, event);
