@@ -36,6 +36,7 @@ pub mod audit;
 pub mod auth;
 pub mod calls;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod hooks;

@@ -45,6 +45,7 @@ pub struct Server {
     alerts: Option<crate::worker::WorkerHandle>,
     memory_trim: Option<crate::worker::WorkerHandle>,
     hooks: Vec<crate::worker::WorkerHandle>,
+    cluster: Option<crate::cluster::ClusterHandle>,
     /// Set in dev mode.
     pub dev: Option<DevCredentials>,
     /// The API key in force (configured, or generated in dev mode).
@@ -130,6 +131,25 @@ impl Server {
         listener.set_nonblocking(true).map_err(listen)?;
         let admin_addr = listener.local_addr().map_err(listen)?;
         let shutdown = Arc::new(tokio::sync::Notify::new());
+        let advertise = |configured: &str, bound: SocketAddr| {
+            if configured.is_empty() {
+                bound.to_string()
+            } else {
+                configured.to_string()
+            }
+        };
+        let addrs = crate::cluster::NodeAddrs {
+            ws: advertise(&cfg.cluster.advertise_ws, engine.local_addr()),
+            admin: advertise(&cfg.cluster.advertise_admin, admin_addr),
+        };
+        let cluster = crate::cluster::spawn(
+            &cfg.cluster,
+            engine.clone(),
+            addrs,
+            cfg.engine.max_connections,
+        )
+        .map_err(|e| Error::start("the cluster thread", e))?;
+        let (cluster_state, cluster_handle) = cluster.unzip();
         let state = Arc::new(HttpState {
             engine: engine.clone(),
             api_keys: keys.api_keys(&cfg),
@@ -147,6 +167,7 @@ impl Server {
             revocations,
             maintenance: Default::default(),
             guesses: Default::default(),
+            cluster: cluster_state,
             shutdown: shutdown.clone(),
             store: Some(store_view),
             alerts,
@@ -166,6 +187,7 @@ impl Server {
             alerts: Some(alerts_handle),
             memory_trim: Some(memory_trim),
             hooks: hook_threads,
+            cluster: cluster_handle,
             dev: keys.dev,
             api_key: keys.api_key,
             admin_secret: keys.admin_secret,
@@ -202,6 +224,9 @@ impl Server {
     /// wrote everything) and the admin API.
     pub fn wait(mut self) {
         self.engine.join();
+        if let Some(cluster) = self.cluster.take() {
+            cluster.finish();
+        }
         if let Some(scheduler) = self.scheduler.take() {
             scheduler.finish();
         }

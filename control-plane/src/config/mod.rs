@@ -47,6 +47,8 @@ pub struct Config {
     pub alerts: crate::alerts::AlertsConfig,
     /// The Socket.IO endpoint on the engine's port (`docs/SOCKETIO.md`).
     pub socketio: switchboard_engine::sio_config::SocketIoConfig,
+    /// Nodes sharing one service through Redis (`docs/SCALING.md`); off by default.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// The process environment, behind a trait so tests can supply their own.
@@ -127,6 +129,7 @@ impl Config {
                     | "calls"
                     | "alerts"
                     | "socketio"
+                    | "cluster"
             ) {
                 return Err(Error::ConfigEnv {
                     var,
@@ -252,6 +255,7 @@ impl Config {
         }
         self.engine_config().validate()?;
         self.store.validate().map_err(Error::invalid)?;
+        self.cluster.validate().map_err(Error::invalid)?;
         let n = &self.notifications;
         for (i, t) in n.public_topics.iter().enumerate() {
             if t.is_empty() || !valid_topic(&t.replace('*', "x")) {

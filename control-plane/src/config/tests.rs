@@ -374,3 +374,34 @@ fn socketio_keys_are_checked_and_named() {
     .to_string();
     assert!(e.contains("socketio.ping_timeout_ms"), "{e}");
 }
+
+#[test]
+fn cluster_keys_are_checked_and_named() {
+    let f = write("[cluster]\nredis_url = \"redis://127.0.0.1:6390\"\nnode_id = \"n-1\"\n");
+    let c = Config::load(Some(&f.0), &env(&[])).unwrap();
+    assert!(c.cluster.enabled());
+    assert_eq!(c.cluster.node_id, "n-1");
+    assert!(
+        !Config::default().cluster.enabled(),
+        "a node alone by default"
+    );
+    for (text, key) in [
+        ("[cluster]\nredis_url = \"http://x\"\n", "cluster.redis_url"),
+        ("[cluster]\nnode_id = \"a b\"\n", "cluster.node_id"),
+        ("[cluster]\nkey_prefix = \"\"\n", "cluster.key_prefix"),
+        ("[cluster]\nheartbeat_ms = 10\n", "cluster.heartbeat_ms"),
+        (
+            "[cluster]\nheartbeat_ms = 1000\nnode_ttl_ms = 1500\n",
+            "cluster.node_ttl_ms",
+        ),
+        ("[cluster]\nredis = \"x\"\n", "redis"),
+    ] {
+        let f = write(text);
+        let e = Config::load(Some(&f.0), &env(&[])).unwrap_err().to_string();
+        assert!(e.contains(key), "{text}: {e}");
+    }
+    let e = Config::load(None, &env(&[("SWITCHBOARD_CLUSTER__REDIS_URL", "nope://")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cluster.redis_url"), "{e}");
+}

@@ -45,6 +45,7 @@ pub fn routes() -> Router<Arc<HttpState>> {
         .route("/admin/connections/{client}", get(connection))
         .route("/admin/health", get(health))
         .route("/admin/breakers", get(breakers))
+        .route("/admin/nodes", get(nodes))
         .route("/admin/alerts", get(alerts))
         .route("/admin/breakers/{name}/reset", post(reset_breaker))
         .route("/admin/drain", post(drain))
@@ -635,4 +636,42 @@ pub(super) async fn alerts(State(s): State<Arc<HttpState>>, headers: HeaderMap) 
     }
     let (active, history) = s.alerts.snapshot();
     Json(json!({"active": active, "history": history})).into_response()
+}
+
+/// `GET /admin/nodes`: every live node of the cluster (address, shards, connections,
+/// load, last heartbeat), as this node last read the registry; a node alone lists
+/// itself.
+pub(super) async fn nodes(State(s): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin(&s, &headers) {
+        return r;
+    }
+    let now = crate::clock::now_ms();
+    let Some(c) = &s.cluster else {
+        let me = json!({
+            "id": "local",
+            "ws": s.engine.local_addr().to_string(),
+            "shards": s.engine.metrics().len(),
+            "connections": s.engine.connections(),
+            "last_heartbeat_ms_ago": 0,
+        });
+        return Json(json!({"cluster": false, "nodes": [me]})).into_response();
+    };
+    let nodes: Vec<Value> = c
+        .nodes()
+        .into_iter()
+        .map(|n| {
+            let ago = now.saturating_sub(n.heartbeat_ms);
+            let mut v = serde_json::to_value(&n).unwrap_or_default();
+            v["last_heartbeat_ms_ago"] = json!(ago);
+            v["self"] = json!(n.id == c.node_id);
+            v
+        })
+        .collect();
+    Json(json!({
+        "cluster": true,
+        "node": c.node_id,
+        "redis": if c.up() { "up" } else { "unreachable" },
+        "nodes": nodes,
+    }))
+    .into_response()
 }

@@ -1,5 +1,6 @@
 //! Health and metrics: `/health/live`, `/health/ready` (every shard accepting, the
-//! store writing, not in maintenance) and `/metrics` (Prometheus text).
+//! store writing, not in maintenance; `degraded` but still ready while a cluster's
+//! Redis is away) and `/metrics` (Prometheus text).
 //!
 //! Owns these routes and the readiness computation the admin health view shares. Does
 //! not own the metrics' rendering (`crate::metrics`).
@@ -78,8 +79,12 @@ pub(crate) fn readiness(s: &HttpState) -> (bool, Value) {
             "failures": st.stats.failures.load(Ordering::Relaxed),
         })
     });
+    // Redis away: still ready (local clients are served), but degraded.
+    let redis_up = s.cluster.as_ref().map(|c| c.up());
     let body = json!({
-        "status": if ready {
+        "status": if ready && redis_up == Some(false) {
+            "degraded"
+        } else if ready {
             "ready"
         } else if maintenance {
             "maintenance"
@@ -94,6 +99,12 @@ pub(crate) fn readiness(s: &HttpState) -> (bool, Value) {
         "connections": s.engine.connections(),
         "shards": shards,
         "store": store,
+        "cluster": s.cluster.as_ref().map(|c| json!({
+            "node": c.node_id,
+            "redis": if c.up() { "up" } else { "unreachable" },
+            "redis_rtt_ms": c.redis_rtt_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            "nodes": c.nodes().len(),
+        })),
     });
     (ready, body)
 }
@@ -120,6 +131,7 @@ pub(super) async fn metrics_text(State(s): State<Arc<HttpState>>) -> Response {
             s.store.as_ref(),
             &s.alerts,
             &census,
+            s.cluster.as_deref(),
         ),
     )
         .into_response()

@@ -53,4 +53,6 @@ pub struct HttpState {
     /// Failed credentials per client address (API keys and admin tokens cannot be
     /// guessed fast).
     pub guesses: super::guesses::Guesses,
+    /// The cluster's link and registry (`None`: a node alone).
+    pub cluster: Option<Arc<crate::cluster::ClusterState>>,
 }

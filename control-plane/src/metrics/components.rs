@@ -193,3 +193,47 @@ pub(super) fn expose_process(out: &mut String) {
         }
     }
 }
+
+/// The link to Redis and the node registry (a node in a cluster).
+pub(super) fn expose_cluster(out: &mut String, c: &crate::cluster::ClusterState) {
+    let node = format!("node=\"{}\"", c.node_id);
+    series(
+        out,
+        "switchboard_redis_up",
+        "gauge",
+        "1 while Redis answers this node's heartbeats (0: serving local clients only).",
+        [(node.clone(), u64::from(c.up()))],
+    );
+    family(
+        out,
+        "switchboard_redis_rtt_seconds",
+        "gauge",
+        "Round trip of this node's last registry heartbeat to Redis.",
+    );
+    let _ = writeln!(
+        out,
+        "switchboard_redis_rtt_seconds{{{node}}} {}",
+        c.redis_rtt_us.load(Relaxed) as f64 / 1e6
+    );
+    series(
+        out,
+        "switchboard_redis_errors_total",
+        "counter",
+        "Redis connects and heartbeats that failed.",
+        [(node.clone(), c.redis_errors.load(Relaxed))],
+    );
+    series(
+        out,
+        "switchboard_redis_connects_total",
+        "counter",
+        "Times the link to Redis was established.",
+        [(node.clone(), c.redis_connects.load(Relaxed))],
+    );
+    series(
+        out,
+        "switchboard_cluster_nodes",
+        "gauge",
+        "Live nodes in the registry, as this node last read it.",
+        [(node, c.nodes().len() as u64)],
+    );
+}

@@ -39,6 +39,7 @@ pub fn render(
     store: Option<&StoreView>,
     alerts: &AlertsView,
     census: &[Census],
+    cluster: Option<&crate::cluster::ClusterState>,
 ) -> String {
     let mut out = String::with_capacity(8192);
     shards::expose(&mut out, engine, census);
@@ -47,6 +48,9 @@ pub fn render(
     components::expose_auth_and_api(&mut out, auth, api);
     if let Some(st) = store {
         components::expose_store(&mut out, st);
+    }
+    if let Some(c) = cluster {
+        components::expose_cluster(&mut out, c);
     }
     out
 }

@@ -629,3 +629,89 @@ pub fn node_clients() -> &'static str {
     );
     dir
 }
+
+/// A real `redis-server` on a free loopback port, for tests of nodes sharing Redis;
+/// killed (by PID) when dropped. `bash .ci/run` installs the Debian package; without
+/// it a test fails saying so.
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    /// Its port.
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl RedisServer {
+    /// Start one and wait until it answers.
+    pub fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("sb-test-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = RedisServer {
+            child: None,
+            port,
+            dir,
+        };
+        r.restart();
+        r
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill it (as a crash would: SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start it again on the same port (after [`Self::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed to run this test (bash .ci/run installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let answered = redis::Client::open(self.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if answered.is_ok() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A connection to it.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,321 @@
+//! Nodes that act as one service through Redis (`[cluster]`): the link to Redis and
+//! the node registry.
+//!
+//! Owns the `[cluster]` settings, the cluster thread (its own small tokio runtime)
+//! that keeps a link to Redis — connecting with backoff, answering whether Redis is
+//! up and how fast — and this node's entry in the registry every node reads
+//! (`GET /admin/nodes`), refreshed every `heartbeat_ms` and gone `node_ttl_ms` after
+//! the last refresh (at once on a clean stop). With no `redis_url` there is no
+//! thread: one node needs nothing but itself.
+//!
+//! Does not own what crosses nodes over that link (fan-out, positions, users: later
+//! modules) or the HTTP routes (`crate::http`).
+
+mod registry;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use switchboard_engine::EngineHandle;
+
+pub use registry::NodeInfo;
+
+/// `[cluster]`: sharing one service between nodes through Redis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Redis to share (`redis://[:password@]host:port[/db]`, `rediss://` for TLS);
+    /// empty (the default): this node is alone and needs nothing else.
+    pub redis_url: String,
+    /// This node's name in the registry; empty: `<hostname>-<port>-<random>`, new at
+    /// every start.
+    pub node_id: String,
+    /// Prefix of every Redis key (in braces on the wire, `{sb}:…`, so a Redis Cluster
+    /// keeps the registry in one slot).
+    pub key_prefix: String,
+    /// How often the node refreshes its registry entry (and measures Redis).
+    pub heartbeat_ms: u64,
+    /// A node whose entry is not refreshed for this long is gone (at least twice
+    /// `heartbeat_ms`).
+    pub node_ttl_ms: u64,
+    /// The WebSocket address clients and load balancers reach this node at, as the
+    /// registry shows it; empty: `engine.listen` as bound.
+    pub advertise_ws: String,
+    /// The admin/server API address other nodes and operators reach this node at;
+    /// empty: `admin.listen` as bound.
+    pub advertise_admin: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: String::new(),
+            node_id: String::new(),
+            key_prefix: "sb".into(),
+            heartbeat_ms: 1_000,
+            node_ttl_ms: 5_000,
+            advertise_ws: String::new(),
+            advertise_admin: String::new(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether nodes share Redis.
+    pub fn enabled(&self) -> bool {
+        !self.redis_url.is_empty()
+    }
+
+    /// Check values; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.enabled() {
+            if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
+                return Err(format!("cluster.redis_url: not a Redis URL: {e}"));
+            }
+        }
+        let name_ok = |s: &str| {
+            s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        };
+        if !name_ok(&self.node_id) {
+            return Err("cluster.node_id: at most 64 of A-Z a-z 0-9 - _ . :".into());
+        }
+        if self.key_prefix.is_empty() || !name_ok(&self.key_prefix) {
+            return Err("cluster.key_prefix: 1 to 64 of A-Z a-z 0-9 - _ . :".into());
+        }
+        if self.heartbeat_ms < 100 {
+            return Err("cluster.heartbeat_ms: at least 100".into());
+        }
+        if self.node_ttl_ms < 2 * self.heartbeat_ms {
+            return Err("cluster.node_ttl_ms: at least twice cluster.heartbeat_ms".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the cluster thread tells the rest of the node.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    /// This node's id in the registry.
+    pub node_id: String,
+    /// Redis answered the last heartbeat.
+    pub redis_up: AtomicBool,
+    /// Round trip of the last heartbeat, microseconds.
+    pub redis_rtt_us: AtomicU64,
+    /// Redis commands that failed (each heartbeat counts once).
+    pub redis_errors: AtomicU64,
+    /// Times the link to Redis was (re)established.
+    pub redis_connects: AtomicU64,
+    /// The registry as last read (every live node, this one included).
+    pub nodes: Mutex<Vec<NodeInfo>>,
+}
+
+impl ClusterState {
+    /// Whether Redis is up.
+    pub fn up(&self) -> bool {
+        self.redis_up.load(Ordering::Relaxed)
+    }
+
+    /// The nodes as last read.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The running cluster thread.
+#[derive(Debug)]
+pub struct ClusterHandle {
+    stop: Arc<tokio::sync::Notify>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ClusterHandle {
+    /// Leave the registry (at once, not after the TTL) and stop the thread.
+    pub fn finish(mut self) {
+        self.stop.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// This node as the registry describes it, apart from what changes.
+#[derive(Debug, Clone)]
+pub struct NodeAddrs {
+    /// WebSocket address.
+    pub ws: String,
+    /// Admin/server API address.
+    pub admin: String,
+}
+
+/// Start the cluster thread when `cfg` names a Redis; `None` for a node alone.
+pub fn spawn(
+    cfg: &ClusterConfig,
+    engine: Arc<EngineHandle>,
+    addrs: NodeAddrs,
+    max_connections: usize,
+) -> std::io::Result<Option<(Arc<ClusterState>, ClusterHandle)>> {
+    if !cfg.enabled() {
+        return Ok(None);
+    }
+    let client = redis::Client::open(cfg.redis_url.as_str())
+        .map_err(|e| std::io::Error::other(format!("cluster.redis_url: {e}")))?;
+    let node_id = if cfg.node_id.is_empty() {
+        generated_id(&addrs.ws)
+    } else {
+        cfg.node_id.clone()
+    };
+    let state = Arc::new(ClusterState {
+        node_id: node_id.clone(),
+        ..Default::default()
+    });
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let registry = registry::Registry {
+        keys: registry::Keys::new(&cfg.key_prefix),
+        me: NodeInfo {
+            id: node_id,
+            ws: addrs.ws,
+            admin: addrs.admin,
+            shards: engine.metrics().len(),
+            connections: 0,
+            max_connections,
+            load: 0.0,
+            started_ms: crate::clock::now_ms(),
+            heartbeat_ms: 0,
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+        ttl: Duration::from_millis(cfg.node_ttl_ms),
+    };
+    let every = Duration::from_millis(cfg.heartbeat_ms);
+    let thread = std::thread::Builder::new()
+        .name("sb-cluster".into())
+        .spawn({
+            let state = state.clone();
+            let stop = stop.clone();
+            move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => return tracing::error!("the cluster thread cannot start: {e}"),
+                };
+                rt.block_on(run(client, registry, engine, state, stop, every));
+            }
+        })?;
+    Ok(Some((
+        state,
+        ClusterHandle {
+            stop,
+            thread: Some(thread),
+        },
+    )))
+}
+
+/// `<hostname>-<port>-<8 hex>`.
+fn generated_id(ws: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into());
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(32)
+        .collect();
+    let port = ws.rsplit(':').next().unwrap_or("0");
+    let mut b = [0u8; 4];
+    let _ = getrandom::getrandom(&mut b);
+    format!("{host}-{port}-{:08x}", u32::from_le_bytes(b))
+}
+
+/// The cluster thread: connect (with backoff), then heartbeat until told to stop;
+/// on stop, leave the registry.
+async fn run(
+    client: redis::Client,
+    mut registry: registry::Registry,
+    engine: Arc<EngineHandle>,
+    state: Arc<ClusterState>,
+    stop: Arc<tokio::sync::Notify>,
+    every: Duration,
+) {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(1)))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(2));
+    let mut link: Option<redis::aio::ConnectionManager> = None;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if link.is_none() {
+            match redis::aio::ConnectionManager::new_with_config(client.clone(), config.clone())
+                .await
+            {
+                Ok(c) => {
+                    state.redis_connects.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(node = %state.node_id, "connected to Redis");
+                    link = Some(c);
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    if state.redis_up.swap(false, Ordering::Relaxed)
+                        || state.redis_connects.load(Ordering::Relaxed) == 0
+                            && state.redis_errors.load(Ordering::Relaxed) == 0
+                    {
+                        tracing::warn!("Redis unreachable, serving local clients only: {e}");
+                    }
+                    state.redis_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let wait = match link.as_mut() {
+            Some(conn) => {
+                registry.me.connections = engine.connections();
+                registry.me.load = if registry.me.max_connections == 0 {
+                    0.0
+                } else {
+                    registry.me.connections as f64 / registry.me.max_connections as f64
+                };
+                let started = Instant::now();
+                match registry.heartbeat(conn).await {
+                    Ok(nodes) => {
+                        state
+                            .redis_rtt_us
+                            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        if !state.redis_up.swap(true, Ordering::Relaxed) {
+                            tracing::info!(nodes = nodes.len(), "Redis up: in the registry");
+                        }
+                        *state.nodes.lock().unwrap_or_else(|e| e.into_inner()) = nodes;
+                    }
+                    Err(e) => {
+                        state.redis_errors.fetch_add(1, Ordering::Relaxed);
+                        if state.redis_up.swap(false, Ordering::Relaxed) {
+                            tracing::warn!(
+                                "Redis heartbeat failed, serving local clients only: {e}"
+                            );
+                        }
+                    }
+                }
+                every
+            }
+            None => {
+                let wait = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                wait
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.notified() => break,
+        }
+    }
+    if let Some(conn) = link.as_mut() {
+        if let Err(e) = registry.leave(conn).await {
+            tracing::warn!("could not leave the node registry (its entry expires): {e}");
+        }
+    }
+}
