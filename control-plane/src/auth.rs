@@ -131,6 +131,12 @@ impl Revocations {
         map.insert(user.to_string(), at_ms);
     }
 
+    /// When `user`'s tokens were last revoked (Unix ms), if ever.
+    pub fn revoked_at(&self, user: &str) -> Option<u64> {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        map.get(user).copied()
+    }
+
     /// Whether a token of `user` issued at `iat` (Unix seconds) is revoked; a token
     /// without `iat` cannot show it is newer, so it is revoked too.
     pub fn is_revoked(&self, user: &str, iat: Option<u64>) -> bool {

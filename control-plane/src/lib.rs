@@ -31,6 +31,7 @@
 //! The binary (`switchboard`) parses flags and signals; everything else is here so
 //! integration tests can run a real server in-process on port 0.
 
+pub mod admin_ops;
 pub mod alerts;
 pub mod audit;
 pub mod auth;

@@ -142,13 +142,13 @@ impl Server {
             ws: advertise(&cfg.cluster.advertise_ws, engine.local_addr()),
             admin: advertise(&cfg.cluster.advertise_admin, admin_addr),
         };
-        let cluster = crate::cluster::spawn(
-            &cfg.cluster,
-            engine.clone(),
-            addrs,
-            cfg.engine.max_connections,
-        )
-        .map_err(|e| Error::start("the cluster thread", e))?;
+        let hands = crate::cluster::Hands {
+            engine: engine.clone(),
+            audit: audit.clone(),
+            revocations: revocations.clone(),
+        };
+        let cluster = crate::cluster::spawn(&cfg.cluster, hands, addrs, cfg.engine.max_connections)
+            .map_err(|e| Error::start("the cluster thread", e))?;
         let (cluster_state, cluster_handle) = cluster.unzip();
         let state = Arc::new(HttpState {
             engine: engine.clone(),

@@ -171,3 +171,89 @@ async fn a_node_alone_lists_itself() {
     assert!(body["cluster"].is_null(), "{body}");
     server.shutdown();
 }
+
+async fn admin_post(server: &Server, path: &str, body: &str) -> (u16, Value) {
+    let token = switchboard_control_plane::auth::mint_admin(
+        ADMIN_SECRET,
+        "ops",
+        Duration::from_secs(600),
+        "admin",
+    );
+    let auth = format!("Bearer {token}");
+    let (status, text) = common::http(
+        server.admin_addr(),
+        "POST",
+        path,
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        body,
+    )
+    .await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A token issued 30 s ago (a revocation now refuses it).
+fn old_token(user: &str) -> String {
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 30;
+    common::token_with(user, |c| c.iat = Some(iat))
+}
+
+/// An operator on one node disconnects and revokes users connected to another; a
+/// revocation made while Redis is away reaches the other node when Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_actions_reach_every_node() {
+    use common::{Client, Fmt};
+    let mut redis = common::RedisServer::start();
+    let (n1, n2) = (node(&redis, "n1"), node(&redis, "n2"));
+    until_listed(&n1, &["n1", "n2"]).await;
+    until_listed(&n2, &["n1", "n2"]).await;
+
+    // Disconnect a user connected to n2, from n1.
+    let mut bob = Client::connect(n2.ws_addr(), Fmt::Json, &common::token("bob", None)).await;
+    let (status, v) = admin_post(&n1, "/admin/disconnect", r#"{"user":"bob"}"#).await;
+    assert_eq!(status, 200, "{v}");
+    let (_, code, _) = tokio::time::timeout(common::TIMEOUT, bob.expect_close())
+        .await
+        .expect("bob's connection on n2 closes");
+    assert_eq!(code, 4009);
+
+    // Revoke a user connected to n2, from n1: closed there, and refused there after.
+    let eve_token = old_token("eve");
+    let mut eve = Client::connect(n2.ws_addr(), Fmt::Json, &eve_token).await;
+    let (status, v) = admin_post(&n1, "/admin/revoke", r#"{"user":"eve"}"#).await;
+    assert_eq!(status, 200, "{v}");
+    let (_, code, _) = tokio::time::timeout(common::TIMEOUT, eve.expect_close())
+        .await
+        .expect("eve's connection on n2 closes");
+    assert_eq!(code, 4011);
+    let mut again = Client::open(n2.ws_addr(), Fmt::Json).await;
+    let r = again
+        .call(serde_json::json!({"cmd": "connect", "token": eve_token}))
+        .await;
+    assert_eq!(r["error"]["code"], 101, "n2 refuses eve's old token: {r}");
+
+    // Redis away: a revocation on n1 waits, and reaches n2 once Redis is back.
+    redis.kill();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ready(&n1).await.1["status"] != "degraded" {
+        assert!(Instant::now() < deadline, "n1 never saw Redis go");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mallory_token = old_token("mallory");
+    let mut mallory = Client::connect(n2.ws_addr(), Fmt::Json, &mallory_token).await;
+    let (status, v) = admin_post(&n1, "/admin/revoke", r#"{"user":"mallory"}"#).await;
+    assert_eq!(status, 200, "revoked on n1 while Redis is away: {v}");
+    redis.restart();
+    let (_, code, _) = tokio::time::timeout(Duration::from_secs(10), mallory.expect_close())
+        .await
+        .expect("mallory's connection on n2 closes once Redis is back");
+    assert_eq!(code, 4011);
+    n1.shutdown();
+    n2.shutdown();
+}

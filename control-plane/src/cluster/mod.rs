@@ -4,13 +4,15 @@
 //! Owns the `[cluster]` settings, the cluster thread (its own small tokio runtime)
 //! that keeps a link to Redis — connecting with backoff, answering whether Redis is
 //! up and how fast — and this node's entry in the registry every node reads
-//! (`GET /admin/nodes`), refreshed every `heartbeat_ms` and gone `node_ttl_ms` after
-//! the last refresh (at once on a clean stop). With no `redis_url` there is no
-//! thread: one node needs nothing but itself.
+//! (`GET /admin/nodes`, [`registry`]), refreshed every `heartbeat_ms` and gone
+//! `node_ttl_ms` after the last refresh (at once on a clean stop); and, on the same
+//! thread, the bus that carries admin actions to every node ([`bus`]). With no
+//! `redis_url` there is no thread: one node needs nothing but itself.
 //!
 //! Does not own what crosses nodes over that link (fan-out, positions, users: later
 //! modules) or the HTTP routes (`crate::http`).
 
+mod bus;
 mod registry;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use switchboard_engine::EngineHandle;
 
+pub use bus::{ClusterAction, Hands};
 pub use registry::NodeInfo;
 
 /// `[cluster]`: sharing one service between nodes through Redis.
@@ -111,6 +114,10 @@ pub struct ClusterState {
     pub redis_connects: AtomicU64,
     /// The registry as last read (every live node, this one included).
     pub nodes: Mutex<Vec<NodeInfo>>,
+    /// Admin actions dropped from a full queue while Redis was away.
+    pub bus_dropped: AtomicU64,
+    /// Where this node's admin actions go to reach the others.
+    outbox: Option<tokio::sync::mpsc::Sender<bus::Outgoing>>,
 }
 
 impl ClusterState {
@@ -123,19 +130,35 @@ impl ClusterState {
     pub fn nodes(&self) -> Vec<NodeInfo> {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// Have every other node carry out `action` (taken here by `actor`): sent now, or
+    /// once Redis is back (bounded).
+    pub fn broadcast(&self, actor: &str, action: ClusterAction) {
+        let Some(outbox) = &self.outbox else {
+            return;
+        };
+        let out = bus::Outgoing {
+            actor: actor.to_string(),
+            action,
+        };
+        if outbox.try_send(out).is_err() {
+            self.bus_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("cluster bus full: an admin action does not reach the other nodes");
+        }
+    }
 }
 
 /// The running cluster thread.
 #[derive(Debug)]
 pub struct ClusterHandle {
-    stop: Arc<tokio::sync::Notify>,
+    stop: tokio::sync::watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ClusterHandle {
     /// Leave the registry (at once, not after the TTL) and stop the thread.
     pub fn finish(mut self) {
-        self.stop.notify_one();
+        let _ = self.stop.send(true);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -154,7 +177,7 @@ pub struct NodeAddrs {
 /// Start the cluster thread when `cfg` names a Redis; `None` for a node alone.
 pub fn spawn(
     cfg: &ClusterConfig,
-    engine: Arc<EngineHandle>,
+    hands: Hands,
     addrs: NodeAddrs,
     max_connections: usize,
 ) -> std::io::Result<Option<(Arc<ClusterState>, ClusterHandle)>> {
@@ -168,11 +191,14 @@ pub fn spawn(
     } else {
         cfg.node_id.clone()
     };
+    let (outbox, outgoing) = tokio::sync::mpsc::channel(1024);
     let state = Arc::new(ClusterState {
         node_id: node_id.clone(),
+        outbox: Some(outbox),
         ..Default::default()
     });
-    let stop = Arc::new(tokio::sync::Notify::new());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let engine = hands.engine.clone();
     let registry = registry::Registry {
         keys: registry::Keys::new(&cfg.key_prefix),
         me: NodeInfo {
@@ -190,11 +216,11 @@ pub fn spawn(
         ttl: Duration::from_millis(cfg.node_ttl_ms),
     };
     let every = Duration::from_millis(cfg.heartbeat_ms);
+    let bus_keys = bus::BusKeys::new(&cfg.key_prefix);
     let thread = std::thread::Builder::new()
         .name("sb-cluster".into())
         .spawn({
             let state = state.clone();
-            let stop = stop.clone();
             move || {
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -203,7 +229,19 @@ pub fn spawn(
                     Ok(rt) => rt,
                     Err(e) => return tracing::error!("the cluster thread cannot start: {e}"),
                 };
-                rt.block_on(run(client, registry, engine, state, stop, every));
+                rt.block_on(async move {
+                    let bus = bus::run(
+                        client.clone(),
+                        bus_keys,
+                        state.clone(),
+                        hands,
+                        outgoing,
+                        stopped.clone(),
+                    );
+                    let bus = tokio::spawn(bus);
+                    run(client, registry, engine, state, stopped, every).await;
+                    bus.abort();
+                });
             }
         })?;
     Ok(Some((
@@ -240,7 +278,7 @@ async fn run(
     mut registry: registry::Registry,
     engine: Arc<EngineHandle>,
     state: Arc<ClusterState>,
-    stop: Arc<tokio::sync::Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
     every: Duration,
 ) {
     let config = redis::aio::ConnectionManagerConfig::new()
@@ -310,7 +348,7 @@ async fn run(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = stop.notified() => break,
+            _ = stop.changed() => break,
         }
     }
     if let Some(conn) = link.as_mut() {

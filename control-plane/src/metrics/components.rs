@@ -231,6 +231,13 @@ pub(super) fn expose_cluster(out: &mut String, c: &crate::cluster::ClusterState)
     );
     series(
         out,
+        "switchboard_cluster_bus_dropped_total",
+        "counter",
+        "Admin actions that could not wait for Redis (queue full) and did not reach the other nodes.",
+        [(node.clone(), c.bus_dropped.load(Relaxed))],
+    );
+    series(
+        out,
         "switchboard_cluster_nodes",
         "gauge",
         "Live nodes in the registry, as this node last read it.",

@@ -1,0 +1,103 @@
+//! Admin actions as this node carries them out: disconnecting connections and revoking
+//! a user's tokens (the engine, the revocation list, the store, the audit log).
+//!
+//! Owns doing them, for the HTTP APIs (`crate::http::actions`, which authorise them and
+//! tell the other nodes) and for the cluster bus (`crate::cluster`, which applies what
+//! another node's operator did). Does not own authorising them or crossing nodes.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use switchboard_engine::control::{AdminOp, Target};
+use switchboard_engine::EngineHandle;
+
+use crate::audit::Audit;
+use crate::auth::Revocations;
+
+/// Why an action was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionError {
+    /// A shard's admin queue was full.
+    Overloaded,
+    /// The store could not keep a revocation.
+    Store(String),
+}
+
+/// Close the target's connections (4009) and record it as `actor`'s action; how many
+/// closed.
+pub async fn disconnect(
+    engine: &EngineHandle,
+    audit: &Audit,
+    actor: &str,
+    target: Target,
+    reason: &str,
+    reconnect: bool,
+    spread_ms: u32,
+) -> Result<usize, ActionError> {
+    let only = match &target {
+        Target::Client(c) => Some(c.shard),
+        _ => None,
+    };
+    let reason_arc: Arc<str> = Arc::from(reason);
+    let counts = engine
+        .admin(only, |done| AdminOp::Disconnect {
+            who: target.clone(),
+            reason: reason_arc.clone(),
+            reconnect,
+            spread_ms,
+            done,
+        })
+        .await;
+    let (name, target_text) = match &target {
+        Target::Client(c) => ("connection", Some(c.to_string())),
+        Target::User(u) => ("user", Some(u.to_string())),
+        Target::All => ("all", None),
+    };
+    let n: usize = counts.as_ref().map_or(0, |c| c.iter().sum());
+    let detail = json!({"reason": reason, "reconnect": reconnect, "spread_ms": spread_ms, "disconnected": n});
+    let result = if counts.is_ok() { "ok" } else { "overloaded" };
+    let action = format!("disconnect.{name}");
+    let _ = audit.record(actor, &action, target_text.as_deref(), result, &detail);
+    counts.map(|_| n).map_err(|_| ActionError::Overloaded)
+}
+
+/// Revoke `user`'s tokens issued before `at_ms` — kept in the store, honoured by the
+/// auth workers and the shards — and close its connections (4011), recorded as
+/// `actor`'s action; how many connections closed.
+pub async fn revoke(
+    engine: &EngineHandle,
+    audit: &Arc<Audit>,
+    revocations: &Revocations,
+    actor: &str,
+    user: &str,
+    at_ms: u64,
+) -> Result<usize, ActionError> {
+    let store = audit.clone();
+    let owned = user.to_string();
+    let saved = tokio::task::spawn_blocking(move || store.save_revocation(&owned, at_ms))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    if let Err(e) = saved {
+        let _ = audit.record(actor, "revoke", Some(user), &e, &json!({}));
+        return Err(ActionError::Store(e));
+    }
+    revocations.revoke(user, at_ms);
+    let arc: Arc<str> = Arc::from(user);
+    let closed = engine
+        .admin(None, |done| AdminOp::Revoke {
+            user: arc.clone(),
+            before_ms: at_ms,
+            done,
+        })
+        .await;
+    let n: usize = closed.as_ref().map_or(0, |c| c.iter().sum());
+    let result = if closed.is_ok() { "ok" } else { "overloaded" };
+    let _ = audit.record(
+        actor,
+        "revoke",
+        Some(user),
+        result,
+        &json!({"revoked_at": at_ms, "disconnected": n}),
+    );
+    closed.map(|_| n).map_err(|_| ActionError::Overloaded)
+}

@@ -1,0 +1,356 @@
+//! The cluster bus: admin actions an operator takes on one node, carried out on every
+//! node.
+//!
+//! Owns the actions that cross nodes ([`ClusterAction`]: disconnecting a user or
+//! everyone, revoking a user's tokens), their channel `{P}:control` (Redis pub/sub),
+//! and the revocations kept in Redis (`{P}:revoked`, user → Unix ms, only ever
+//! raised): pub/sub is the fast path, the hash is what a node that was away — Redis
+//! down, the node restarting, a message missed — reads when its link comes back, so a
+//! revocation reaches every node however the network behaved. Actions taken while
+//! Redis is away wait in a bounded queue (10,000; a disconnect older than a minute is
+//! dropped as stale when the link returns, a revocation never is). Does not own doing
+//! an action on a node (`crate::admin_ops`).
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use switchboard_engine::control::Target;
+use switchboard_engine::EngineHandle;
+
+use super::ClusterState;
+use crate::admin_ops;
+use crate::audit::Audit;
+use crate::auth::Revocations;
+
+/// Most actions waiting for Redis.
+const MAX_PENDING: usize = 10_000;
+/// A disconnect that waited longer than this for Redis is not sent (stale).
+const STALE_DISCONNECT_MS: u64 = 60_000;
+
+/// An admin action every node carries out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum ClusterAction {
+    /// Close a user's connections, or every connection (4009).
+    Disconnect {
+        /// The user (`None` with `all`).
+        user: Option<String>,
+        /// Every connection.
+        all: bool,
+        /// The close reason.
+        reason: String,
+        /// Whether clients should reconnect.
+        reconnect: bool,
+        /// Spread their reconnects over this long.
+        spread_ms: u32,
+    },
+    /// Revoke a user's tokens issued before `at_ms` and close its connections (4011).
+    Revoke {
+        /// The user.
+        user: String,
+        /// Tokens issued before this (Unix ms) are refused.
+        at_ms: u64,
+    },
+}
+
+/// An action as it travels.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Envelope {
+    /// The node where the operator acted.
+    origin: String,
+    /// Who acted there.
+    actor: String,
+    /// When it was taken, Unix ms.
+    sent_ms: u64,
+    #[serde(flatten)]
+    action: ClusterAction,
+}
+
+/// What carrying out remote actions needs.
+#[derive(Debug, Clone)]
+pub struct Hands {
+    /// The shards.
+    pub engine: Arc<EngineHandle>,
+    /// The audit log (and stored revocations).
+    pub audit: Arc<Audit>,
+    /// Revoked users, honoured by the auth workers.
+    pub revocations: Arc<Revocations>,
+}
+
+/// An action to tell the other nodes.
+#[derive(Debug)]
+pub(super) struct Outgoing {
+    pub(super) actor: String,
+    pub(super) action: ClusterAction,
+}
+
+/// Keys and channel of the bus.
+#[derive(Debug, Clone)]
+pub(super) struct BusKeys {
+    control: String,
+    revoked: String,
+}
+
+impl BusKeys {
+    pub(super) fn new(prefix: &str) -> BusKeys {
+        BusKeys {
+            control: format!("{{{prefix}}}:control"),
+            revoked: format!("{{{prefix}}}:revoked"),
+        }
+    }
+}
+
+/// Raise a user's revocation time in the hash (never lower it) and publish.
+const REVOKE_SCRIPT: &str = r"
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if not current or tonumber(current) < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return redis.call('PUBLISH', KEYS[2], ARGV[3])
+";
+
+/// The bus task: subscribe to the control channel (reconnecting with backoff), catch
+/// up on revocations at every (re)connect, carry out other nodes' actions, and send
+/// this node's.
+pub(super) async fn run(
+    client: redis::Client,
+    keys: BusKeys,
+    state: Arc<ClusterState>,
+    hands: Hands,
+    mut outbox: tokio::sync::mpsc::Receiver<Outgoing>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let script = redis::Script::new(REVOKE_SCRIPT);
+    let mut pending: VecDeque<Envelope> = VecDeque::new();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let linked = async {
+            let mut sub = client.get_async_pubsub().await?;
+            sub.subscribe(&keys.control).await?;
+            let conn = client.get_multiplexed_async_connection().await?;
+            Ok::<_, redis::RedisError>((sub, conn))
+        }
+        .await;
+        let (sub, mut conn) = match linked {
+            Ok(l) => l,
+            Err(_) => {
+                // The heartbeat reports Redis down; wait for it, or for new actions.
+                let wait = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                let deadline = tokio::time::sleep(wait);
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        _ = &mut deadline => break,
+                        out = outbox.recv() => match out {
+                            Some(o) => queue(&mut pending, &state, o),
+                            None => return,
+                        },
+                        _ = stop.changed() => return,
+                    }
+                }
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        catch_up(&mut conn, &keys, &hands).await;
+        let mut messages = sub.into_on_message();
+        // What waited goes out first, in order.
+        while let Some(e) = pending.pop_front() {
+            if let Err(e2) = send(&mut conn, &keys, &script, &e).await {
+                tracing::warn!("cluster bus: sending failed, will retry: {e2}");
+                pending.push_front(e);
+                break;
+            }
+        }
+        loop {
+            tokio::select! {
+                msg = messages.next() => match msg {
+                    Some(m) => {
+                        let Ok(e) = serde_json::from_slice::<Envelope>(m.get_payload_bytes()) else {
+                            tracing::warn!("cluster bus: a message that is not an action, ignored");
+                            continue;
+                        };
+                        if e.origin != state.node_id {
+                            carry_out(&hands, e).await;
+                        }
+                    }
+                    None => break, // The subscription's connection ended: link again.
+                },
+                out = outbox.recv() => match out {
+                    Some(o) => {
+                        queue(&mut pending, &state, o);
+                        while let Some(e) = pending.pop_front() {
+                            if let Err(err) = send(&mut conn, &keys, &script, &e).await {
+                                tracing::warn!("cluster bus: sending failed, will retry: {err}");
+                                pending.push_front(e);
+                                break;
+                            }
+                        }
+                    }
+                    None => return,
+                },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+/// Wrap an action for the wire and keep it in order, bounded (the oldest disconnects
+/// go first when full).
+fn queue(pending: &mut VecDeque<Envelope>, state: &ClusterState, o: Outgoing) {
+    if pending.len() >= MAX_PENDING {
+        let drop_at = pending
+            .iter()
+            .position(|e| matches!(e.action, ClusterAction::Disconnect { .. }))
+            .unwrap_or(0);
+        pending.remove(drop_at);
+        state.bus_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+    pending.push_back(Envelope {
+        origin: state.node_id.clone(),
+        actor: o.actor,
+        sent_ms: crate::clock::now_ms(),
+        action: o.action,
+    });
+}
+
+/// Publish one action (a revocation also raises its entry in the hash, atomically).
+async fn send(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &BusKeys,
+    script: &redis::Script,
+    e: &Envelope,
+) -> redis::RedisResult<()> {
+    let body = serde_json::to_string(e).expect("serialising to memory cannot fail");
+    match &e.action {
+        ClusterAction::Revoke { user, at_ms } => {
+            let _: i64 = script
+                .key(&keys.revoked)
+                .key(&keys.control)
+                .arg(user)
+                .arg(*at_ms)
+                .arg(body)
+                .invoke_async(conn)
+                .await?;
+        }
+        ClusterAction::Disconnect { .. } => {
+            if crate::clock::now_ms().saturating_sub(e.sent_ms) > STALE_DISCONNECT_MS {
+                tracing::warn!("cluster bus: a disconnect waited too long for Redis, not sent");
+                return Ok(());
+            }
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg(&keys.control)
+                .arg(body)
+                .query_async(conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Every revocation in Redis newer than this node knows: carried out here (what a
+/// node that was away missed).
+async fn catch_up(conn: &mut redis::aio::MultiplexedConnection, keys: &BusKeys, hands: &Hands) {
+    let all: Vec<(String, u64)> = match redis::cmd("HGETALL")
+        .arg(&keys.revoked)
+        .query_async(conn)
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return tracing::warn!("cluster bus: cannot read revocations: {e}"),
+    };
+    for (user, at_ms) in all {
+        let e = Envelope {
+            origin: "redis".into(),
+            actor: "cluster".into(),
+            sent_ms: at_ms,
+            action: ClusterAction::Revoke { user, at_ms },
+        };
+        carry_out(hands, e).await;
+    }
+}
+
+/// Carry out another node's action here, recorded in this node's audit log as
+/// `<actor>@<origin>`.
+async fn carry_out(hands: &Hands, e: Envelope) {
+    let actor = format!("{}@{}", e.actor, e.origin);
+    let done = match e.action {
+        ClusterAction::Disconnect {
+            user,
+            all,
+            reason,
+            reconnect,
+            spread_ms,
+        } => {
+            let target = match (user, all) {
+                (Some(u), false) => Target::User(Arc::from(u.as_str())),
+                (None, true) => Target::All,
+                _ => return tracing::warn!("cluster bus: a disconnect without a target, ignored"),
+            };
+            admin_ops::disconnect(
+                &hands.engine,
+                &hands.audit,
+                &actor,
+                target,
+                &reason,
+                reconnect,
+                spread_ms,
+            )
+            .await
+            .map(|_| ())
+        }
+        ClusterAction::Revoke { user, at_ms } => {
+            if hands
+                .revocations
+                .revoked_at(&user)
+                .is_some_and(|t| t >= at_ms)
+            {
+                return; // Known already.
+            }
+            admin_ops::revoke(
+                &hands.engine,
+                &hands.audit,
+                &hands.revocations,
+                &actor,
+                &user,
+                at_ms,
+            )
+            .await
+            .map(|_| ())
+        }
+    };
+    if let Err(err) = done {
+        tracing::warn!("cluster bus: another node's action failed here: {err:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_travel_as_tagged_json() {
+        let e = Envelope {
+            origin: "n1".into(),
+            actor: "ops".into(),
+            sent_ms: 5,
+            action: ClusterAction::Revoke {
+                user: "eve".into(),
+                at_ms: 5,
+            },
+        };
+        let text = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            text,
+            r#"{"origin":"n1","actor":"ops","sent_ms":5,"action":"revoke","user":"eve","at_ms":5}"#
+        );
+        let keys = BusKeys::new("sb");
+        assert_eq!(keys.control, "{sb}:control");
+        assert_eq!(keys.revoked, "{sb}:revoked");
+    }
+}
