@@ -1,5 +1,6 @@
-//! Admin actions as this node carries them out: disconnecting connections and revoking
-//! a user's tokens (the engine, the revocation list, the store, the audit log).
+//! Admin actions as this node carries them out: disconnecting connections, revoking a
+//! user's tokens, maintenance mode and rate limits (the engine, the revocation list,
+//! the store, the audit log).
 //!
 //! Owns doing them, for the HTTP APIs (`crate::http::actions`, which authorise them and
 //! tell the other nodes) and for the cluster bus (`crate::cluster`, which applies what
@@ -8,7 +9,8 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use switchboard_engine::control::{AdminOp, Target};
+use switchboard_engine::control::{AdminOp, Maintenance, Target};
+use switchboard_engine::limits::LimitRule;
 use switchboard_engine::EngineHandle;
 
 use crate::audit::Audit;
@@ -100,4 +102,58 @@ pub async fn revoke(
         &json!({"revoked_at": at_ms, "disconnected": n}),
     );
     closed.map(|_| n).map_err(|_| ActionError::Overloaded)
+}
+
+/// Where the maintenance mode in force is kept (readiness reads it).
+pub type MaintenanceSlot = std::sync::Mutex<Option<Arc<Maintenance>>>;
+
+/// Turn maintenance on (`Some`) or off for this node's shards, recorded as `actor`'s
+/// action; how many connections were told.
+pub async fn maintenance(
+    engine: &EngineHandle,
+    audit: &Audit,
+    slot: &MaintenanceSlot,
+    actor: &str,
+    mode: Option<Arc<Maintenance>>,
+) -> Result<usize, ActionError> {
+    let told = engine
+        .admin(None, |done| AdminOp::Maintenance {
+            mode: mode.clone(),
+            done,
+        })
+        .await;
+    let detail = json!({"on": mode.is_some(), "mode": mode.as_deref()});
+    let result = if told.is_ok() { "ok" } else { "overloaded" };
+    let _ = audit.record(actor, "maintenance", None, result, &detail);
+    let told = told.map_err(|_| ActionError::Overloaded)?;
+    *slot.lock().unwrap_or_else(|e| e.into_inner()) = mode;
+    Ok(told.iter().sum())
+}
+
+/// Put `rules` in force on this node's shards, recorded as `actor`'s `action` (with
+/// `target` and `detail`).
+pub async fn rate_limits(
+    engine: &Arc<EngineHandle>,
+    audit: &Audit,
+    actor: &str,
+    action: &str,
+    target: Option<&str>,
+    rules: Vec<LimitRule>,
+    detail: &serde_json::Value,
+) -> Result<(), switchboard_engine::Error> {
+    let shards = engine.clone();
+    let applied = tokio::task::spawn_blocking(move || shards.set_limits(rules))
+        .await
+        .unwrap_or_else(|e| {
+            Err(switchboard_engine::Error::Backend {
+                backend: "mesh",
+                message: e.to_string(),
+            })
+        });
+    let result = match &applied {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let _ = audit.record(actor, action, target, &result, detail);
+    applied
 }

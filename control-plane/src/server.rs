@@ -142,10 +142,12 @@ impl Server {
             ws: advertise(&cfg.cluster.advertise_ws, engine.local_addr()),
             admin: advertise(&cfg.cluster.advertise_admin, admin_addr),
         };
+        let maintenance: Arc<crate::admin_ops::MaintenanceSlot> = Default::default();
         let hands = crate::cluster::Hands {
             engine: engine.clone(),
             audit: audit.clone(),
             revocations: revocations.clone(),
+            maintenance: maintenance.clone(),
         };
         let cluster = crate::cluster::spawn(&cfg.cluster, hands, addrs, cfg.engine.max_connections)
             .map_err(|e| Error::start("the cluster thread", e))?;
@@ -165,7 +167,7 @@ impl Server {
                 .map(|k| crate::http::AdminAuth::new(k, &cfg.admin.role)),
             audit,
             revocations,
-            maintenance: Default::default(),
+            maintenance,
             guesses: Default::default(),
             cluster: cluster_state,
             shutdown: shutdown.clone(),

@@ -68,6 +68,16 @@ async fn until_listed(server: &Server, ids: &[&str]) {
     }
 }
 
+/// Wait until `server`'s bus is subscribed (an action published before would not
+/// reach it: the bus carries actions, it does not keep them, but revocations).
+async fn until_bus(server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ready(server).await.1["cluster"]["bus"] != "linked" {
+        assert!(Instant::now() < deadline, "the bus never linked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn ready(server: &Server) -> (u16, Value) {
     let (status, text) = common::http(server.admin_addr(), "GET", "/health/ready", &[], "").await;
     (status, serde_json::from_str(&text).unwrap())
@@ -141,14 +151,28 @@ async fn nodes_share_a_registry_and_survive_redis_going_away() {
         common::metric(n1.admin_addr(), "switchboard_redis_up").await,
         0
     );
-    // Back: the nodes find each other again.
+    let open = r#"switchboard_breaker_open{breaker="redis"}"#;
+    assert_eq!(common::metric(n1.admin_addr(), open).await, 1);
+    let (_, breakers) = admin_get(&n1, "/admin/breakers").await;
+    let redis_breaker = breakers["breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "redis")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(redis_breaker["state"], "open", "{breakers}");
+    // Back: both nodes see Redis again and find each other (a node shows the last
+    // list it read while Redis is away, so wait for Redis first).
     redis.restart();
-    until_listed(&n1, &["n1", "n2"]).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while ready(&n2).await.1["status"] != "ready" {
-        assert!(Instant::now() < deadline, "n2 never ready again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for n in [&n1, &n2] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ready(n).await.1["status"] != "ready" {
+            assert!(Instant::now() < deadline, "never ready again");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
+    until_listed(&n1, &["n1", "n2"]).await;
     assert_eq!(
         common::metric(n1.admin_addr(), "switchboard_redis_up").await,
         1
@@ -213,6 +237,9 @@ async fn admin_actions_reach_every_node() {
     let (n1, n2) = (node(&redis, "n1"), node(&redis, "n2"));
     until_listed(&n1, &["n1", "n2"]).await;
     until_listed(&n2, &["n1", "n2"]).await;
+    for n in [&n1, &n2] {
+        until_bus(n).await;
+    }
 
     // Disconnect a user connected to n2, from n1.
     let mut bob = Client::connect(n2.ws_addr(), Fmt::Json, &common::token("bob", None)).await;
@@ -254,6 +281,152 @@ async fn admin_actions_reach_every_node() {
         .await
         .expect("mallory's connection on n2 closes once Redis is back");
     assert_eq!(code, 4011);
+    for n in [&n1, &n2] {
+        until_bus(n).await;
+    }
+
+    // Maintenance on n1 is maintenance on n2: new connections refused there (4010).
+    let (status, v) = admin_post(
+        &n1,
+        "/admin/maintenance",
+        r#"{"on":true,"message":"upgrading","retry_after_ms":5000}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = ready(&n2).await;
+        if status == 503 && body["status"] == "maintenance" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "n2 never in maintenance: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut refused = Client::open(n2.ws_addr(), Fmt::Json).await;
+    let (_, code, reason) = tokio::time::timeout(common::TIMEOUT, refused.expect_close())
+        .await
+        .expect("a new connection to n2 is closed");
+    assert_eq!((code, reason.as_str()), (4010, "maintenance: upgrading"));
+
+    // Rate limits set on n1 are n2's too, and a node that joins later adopts both.
+    let rules = r#"{"rules":[{"scope":"user","event":"publish","rate":3,"per_ms":60000}]}"#;
+    let token = switchboard_control_plane::auth::mint_admin(
+        ADMIN_SECRET,
+        "ops",
+        Duration::from_secs(600),
+        "admin",
+    );
+    let auth = format!("Bearer {token}");
+    let (status, text) = common::http(
+        n1.admin_addr(),
+        "PUT",
+        "/admin/rate-limits",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        rules,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let (_, want) = admin_get(&n1, "/admin/rate-limits").await;
+    let n3 = node(&redis, "n3");
+    for n in [&n2, &n3] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, got) = admin_get(n, "/admin/rate-limits").await;
+            let (_, health) = ready(n).await;
+            if got == want && health["status"] == "maintenance" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "limits {got} (want {want}), health {health}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Maintenance off, everywhere.
+    let (status, _) = admin_post(&n2, "/admin/maintenance", r#"{"on":false}"#).await;
+    assert_eq!(status, 200);
+    for n in [&n1, &n3] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ready(n).await.0 != 200 {
+            assert!(Instant::now() < deadline, "maintenance never ended");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     n1.shutdown();
     n2.shutdown();
+    n3.shutdown();
+}
+
+/// The cluster-wide stream script on a real Redis: concurrent publishers from several
+/// connections get one gapless sequence per channel in one epoch, binary payloads come
+/// back intact, history keeps the last `keep` in order, and subscribers of the topic
+/// receive every record in sequence order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_streams_sequence_keep_and_publish_in_one_order() {
+    use futures_util::StreamExt;
+    use switchboard_control_plane::cluster::streams::{self, ChannelKeys, Sequencer};
+    let redis = common::RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let keys = ChannelKeys::new("sb", "room:seq");
+    let mut sub = client.get_async_pubsub().await.unwrap();
+    sub.subscribe(&keys.topic).await.unwrap();
+    let mut messages = sub.into_on_message();
+    let mut tasks = Vec::new();
+    for writer in 0..4u8 {
+        let client = client.clone();
+        let keys = keys.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let seq = Sequencer::new(false);
+            let mut got = Vec::new();
+            for i in 0..50u8 {
+                let payload = [writer, i, 0, 0xff, b':'];
+                let seed = 0x1000 + u64::from(writer);
+                got.push(
+                    seq.publish(&mut conn, &keys, seed, 32, &payload)
+                        .await
+                        .unwrap(),
+                );
+            }
+            got
+        }));
+    }
+    let mut positions = Vec::new();
+    for t in tasks {
+        positions.extend(t.await.unwrap());
+    }
+    let epoch = positions[0].epoch;
+    assert!(positions.iter().all(|p| p.epoch == epoch), "one epoch");
+    let mut offsets: Vec<u64> = positions.iter().map(|p| p.offset).collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, (1..=200).collect::<Vec<_>>(), "gapless, each once");
+    // Subscribers see the records in sequence order.
+    for want in 1..=200u64 {
+        let m = tokio::time::timeout(common::TIMEOUT, messages.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let (pos, payload) = streams::decode_record(m.get_payload_bytes()).unwrap();
+        assert_eq!(pos.offset, want);
+        assert_eq!(&payload[2..], &[0, 0xff, b':'], "binary payload intact");
+    }
+    // History: the last 32, oldest first; `after` filters.
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let (top, kept) = streams::history(&mut conn, &keys, None).await.unwrap();
+    assert_eq!(top.unwrap().offset, 200);
+    let kept_offsets: Vec<u64> = kept.iter().map(|(p, _)| p.offset).collect();
+    assert_eq!(kept_offsets, (169..=200).collect::<Vec<_>>());
+    let after = switchboard_protocol::Position { epoch, offset: 195 };
+    let (_, tail) = streams::history(&mut conn, &keys, Some(after))
+        .await
+        .unwrap();
+    assert_eq!(tail.len(), 5);
+    let (none, empty) = streams::history(&mut conn, &ChannelKeys::new("sb", "quiet"), None)
+        .await
+        .unwrap();
+    assert!(none.is_none() && empty.is_empty());
 }

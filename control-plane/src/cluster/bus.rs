@@ -55,6 +55,24 @@ pub enum ClusterAction {
         /// Tokens issued before this (Unix ms) are refused.
         at_ms: u64,
     },
+    /// Maintenance mode on or off (new connections refused with 4010).
+    Maintenance {
+        /// On or off.
+        on: bool,
+        /// What clients are told.
+        message: String,
+        /// Their retry hint.
+        retry_after_ms: u32,
+        /// Newer wins (the origin's clock, Unix ms, made unique).
+        version: u64,
+    },
+    /// The rate limits in force: the whole table.
+    RateLimits {
+        /// The rules.
+        rules: Vec<switchboard_engine::limits::LimitRule>,
+        /// Newer wins.
+        version: u64,
+    },
 }
 
 /// An action as it travels.
@@ -79,6 +97,8 @@ pub struct Hands {
     pub audit: Arc<Audit>,
     /// Revoked users, honoured by the auth workers.
     pub revocations: Arc<Revocations>,
+    /// The maintenance mode in force.
+    pub maintenance: Arc<admin_ops::MaintenanceSlot>,
 }
 
 /// An action to tell the other nodes.
@@ -93,6 +113,7 @@ pub(super) struct Outgoing {
 pub(super) struct BusKeys {
     control: String,
     revoked: String,
+    state: String,
 }
 
 impl BusKeys {
@@ -100,6 +121,7 @@ impl BusKeys {
         BusKeys {
             control: format!("{{{prefix}}}:control"),
             revoked: format!("{{{prefix}}}:revoked"),
+            state: format!("{{{prefix}}}:state"),
         }
     }
 }
@@ -109,6 +131,16 @@ const REVOKE_SCRIPT: &str = r"
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if not current or tonumber(current) < tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return redis.call('PUBLISH', KEYS[2], ARGV[3])
+";
+
+/// Keep the newest version of a cluster-wide setting (field `ARGV[1]`, version
+/// `ARGV[2]`, the action's JSON `ARGV[3]`) and publish it.
+const STATE_SCRIPT: &str = r"
+local v = redis.call('HGET', KEYS[1], ARGV[1] .. ':v')
+if not v or tonumber(v) < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3], ARGV[1] .. ':v', ARGV[2])
 end
 return redis.call('PUBLISH', KEYS[2], ARGV[3])
 ";
@@ -124,7 +156,10 @@ pub(super) async fn run(
     mut outbox: tokio::sync::mpsc::Receiver<Outgoing>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let script = redis::Script::new(REVOKE_SCRIPT);
+    let scripts = Scripts {
+        revoke: redis::Script::new(REVOKE_SCRIPT),
+        state: redis::Script::new(STATE_SCRIPT),
+    };
     let mut pending: VecDeque<Envelope> = VecDeque::new();
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -157,11 +192,12 @@ pub(super) async fn run(
             }
         };
         backoff = Duration::from_millis(100);
-        catch_up(&mut conn, &keys, &hands).await;
+        catch_up(&mut conn, &keys, &hands, &state).await;
+        state.bus_linked.store(true, Ordering::Relaxed);
         let mut messages = sub.into_on_message();
         // What waited goes out first, in order.
         while let Some(e) = pending.pop_front() {
-            if let Err(e2) = send(&mut conn, &keys, &script, &e).await {
+            if let Err(e2) = send(&mut conn, &keys, &scripts, &e).await {
                 tracing::warn!("cluster bus: sending failed, will retry: {e2}");
                 pending.push_front(e);
                 break;
@@ -176,16 +212,20 @@ pub(super) async fn run(
                             continue;
                         };
                         if e.origin != state.node_id {
-                            carry_out(&hands, e).await;
+                            carry_out(&hands, &state, e).await;
                         }
                     }
-                    None => break, // The subscription's connection ended: link again.
+                    None => {
+                        // The subscription's connection ended: link again.
+                        state.bus_linked.store(false, Ordering::Relaxed);
+                        break;
+                    }
                 },
                 out = outbox.recv() => match out {
                     Some(o) => {
                         queue(&mut pending, &state, o);
                         while let Some(e) = pending.pop_front() {
-                            if let Err(err) = send(&mut conn, &keys, &script, &e).await {
+                            if let Err(err) = send(&mut conn, &keys, &scripts, &e).await {
                                 tracing::warn!("cluster bus: sending failed, will retry: {err}");
                                 pending.push_front(e);
                                 break;
@@ -219,17 +259,41 @@ fn queue(pending: &mut VecDeque<Envelope>, state: &ClusterState, o: Outgoing) {
     });
 }
 
-/// Publish one action (a revocation also raises its entry in the hash, atomically).
+/// The bus's scripts.
+struct Scripts {
+    revoke: redis::Script,
+    state: redis::Script,
+}
+
+/// Publish one action (a revocation also raises its entry in the hash, a setting
+/// replaces the stored one if newer, atomically).
 async fn send(
     conn: &mut redis::aio::MultiplexedConnection,
     keys: &BusKeys,
-    script: &redis::Script,
+    scripts: &Scripts,
     e: &Envelope,
 ) -> redis::RedisResult<()> {
     let body = serde_json::to_string(e).expect("serialising to memory cannot fail");
     match &e.action {
+        ClusterAction::Maintenance { version, .. } | ClusterAction::RateLimits { version, .. } => {
+            let field = if matches!(e.action, ClusterAction::Maintenance { .. }) {
+                "maintenance"
+            } else {
+                "rate_limits"
+            };
+            let _: i64 = scripts
+                .state
+                .key(&keys.state)
+                .key(&keys.control)
+                .arg(field)
+                .arg(*version)
+                .arg(body)
+                .invoke_async(conn)
+                .await?;
+        }
         ClusterAction::Revoke { user, at_ms } => {
-            let _: i64 = script
+            let _: i64 = scripts
+                .revoke
                 .key(&keys.revoked)
                 .key(&keys.control)
                 .arg(user)
@@ -253,10 +317,15 @@ async fn send(
     Ok(())
 }
 
-/// Every revocation in Redis newer than this node knows: carried out here (what a
-/// node that was away missed).
-async fn catch_up(conn: &mut redis::aio::MultiplexedConnection, keys: &BusKeys, hands: &Hands) {
-    let all: Vec<(String, u64)> = match redis::cmd("HGETALL")
+/// Every revocation and cluster-wide setting in Redis newer than this node knows:
+/// carried out here (what a node that was away missed).
+async fn catch_up(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &BusKeys,
+    hands: &Hands,
+    state: &ClusterState,
+) {
+    let revoked: Vec<(String, u64)> = match redis::cmd("HGETALL")
         .arg(&keys.revoked)
         .query_async(conn)
         .await
@@ -264,22 +333,84 @@ async fn catch_up(conn: &mut redis::aio::MultiplexedConnection, keys: &BusKeys, 
         Ok(v) => v,
         Err(e) => return tracing::warn!("cluster bus: cannot read revocations: {e}"),
     };
-    for (user, at_ms) in all {
+    for (user, at_ms) in revoked {
         let e = Envelope {
             origin: "redis".into(),
             actor: "cluster".into(),
             sent_ms: at_ms,
             action: ClusterAction::Revoke { user, at_ms },
         };
-        carry_out(hands, e).await;
+        carry_out(hands, state, e).await;
+    }
+    let settings: Vec<(String, String)> = match redis::cmd("HGETALL")
+        .arg(&keys.state)
+        .query_async(conn)
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return tracing::warn!("cluster bus: cannot read cluster settings: {e}"),
+    };
+    for (field, body) in settings {
+        if field.ends_with(":v") {
+            continue;
+        }
+        match serde_json::from_str::<Envelope>(&body) {
+            Ok(e) => carry_out(hands, state, e).await,
+            Err(err) => tracing::warn!("cluster bus: setting {field} does not read: {err}"),
+        }
     }
 }
 
 /// Carry out another node's action here, recorded in this node's audit log as
 /// `<actor>@<origin>`.
-async fn carry_out(hands: &Hands, e: Envelope) {
+async fn carry_out(hands: &Hands, state: &ClusterState, e: Envelope) {
     let actor = format!("{}@{}", e.actor, e.origin);
     let done = match e.action {
+        ClusterAction::Maintenance {
+            on,
+            message,
+            retry_after_ms,
+            version,
+        } => {
+            if !state.adopt(&state.maintenance_version, version) {
+                return; // This node has it, or newer.
+            }
+            let mode = on.then(|| {
+                Arc::new(switchboard_engine::control::Maintenance {
+                    message,
+                    retry_after_ms,
+                })
+            });
+            admin_ops::maintenance(
+                &hands.engine,
+                &hands.audit,
+                &hands.maintenance,
+                &actor,
+                mode,
+            )
+            .await
+            .map(|_| ())
+        }
+        ClusterAction::RateLimits { rules, version } => {
+            if !state.adopt(&state.limits_version, version) {
+                return;
+            }
+            let detail = serde_json::json!({ "rules": rules });
+            if let Err(err) = admin_ops::rate_limits(
+                &hands.engine,
+                &hands.audit,
+                &actor,
+                "rate_limits.replace",
+                None,
+                rules,
+                &detail,
+            )
+            .await
+            {
+                tracing::warn!("cluster bus: another node's rate limits do not apply here: {err}");
+            }
+            Ok(())
+        }
         ClusterAction::Disconnect {
             user,
             all,

@@ -14,6 +14,7 @@
 
 mod bus;
 mod registry;
+pub mod streams;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -116,6 +117,12 @@ pub struct ClusterState {
     pub nodes: Mutex<Vec<NodeInfo>>,
     /// Admin actions dropped from a full queue while Redis was away.
     pub bus_dropped: AtomicU64,
+    /// The bus is subscribed to the control channel (and has caught up).
+    pub bus_linked: AtomicBool,
+    /// Version of the maintenance mode in force (0: none from the cluster).
+    pub maintenance_version: AtomicU64,
+    /// Version of the rate limits in force (0: this node's configuration).
+    pub limits_version: AtomicU64,
     /// Where this node's admin actions go to reach the others.
     outbox: Option<tokio::sync::mpsc::Sender<bus::Outgoing>>,
 }
@@ -131,12 +138,37 @@ impl ClusterState {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// A version for a cluster-wide setting changed here: the clock, Unix ms, and
+    /// above every version this node has seen (so the newest change wins everywhere).
+    pub fn next_version(&self) -> u64 {
+        let seen = self
+            .maintenance_version
+            .load(Ordering::Relaxed)
+            .max(self.limits_version.load(Ordering::Relaxed));
+        crate::clock::now_ms().max(seen + 1)
+    }
+
+    /// Take `version` for the setting `current` counts if it is newer; whether it was.
+    pub(crate) fn adopt(&self, current: &AtomicU64, version: u64) -> bool {
+        current.fetch_max(version, Ordering::Relaxed) < version
+    }
+
     /// Have every other node carry out `action` (taken here by `actor`): sent now, or
     /// once Redis is back (bounded).
     pub fn broadcast(&self, actor: &str, action: ClusterAction) {
         let Some(outbox) = &self.outbox else {
             return;
         };
+        // A setting changed here is this node's newest.
+        match &action {
+            ClusterAction::Maintenance { version, .. } => {
+                self.adopt(&self.maintenance_version, *version);
+            }
+            ClusterAction::RateLimits { version, .. } => {
+                self.adopt(&self.limits_version, *version);
+            }
+            _ => {}
+        }
         let out = bus::Outgoing {
             actor: actor.to_string(),
             action,

@@ -61,24 +61,30 @@ pub(super) async fn apply(
     rules: Vec<LimitRule>,
     detail: Value,
 ) -> Response {
-    let engine = s.engine.clone();
-    let applied = tokio::task::spawn_blocking(move || engine.set_limits(rules))
-        .await
-        .unwrap_or_else(|e| {
-            Err(switchboard_engine::Error::Backend {
-                backend: "mesh",
-                message: e.to_string(),
-            })
-        });
-    let result = match &applied {
-        Ok(()) => "ok".to_string(),
-        Err(e) => e.to_string(),
-    };
-    let _ = s
-        .audit
-        .record(&who.name, action, target.as_deref(), &result, &detail);
+    let applied = crate::admin_ops::rate_limits(
+        &s.engine,
+        &s.audit,
+        &who.name,
+        action,
+        target.as_deref(),
+        rules.clone(),
+        &detail,
+    )
+    .await;
     match applied {
-        Ok(()) => Json(json!({"ok": true, "rules": s.engine.limits()})).into_response(),
+        Ok(()) => {
+            if let Some(c) = &s.cluster {
+                // The whole table, so every node ends with the same one.
+                c.broadcast(
+                    &who.name,
+                    crate::cluster::ClusterAction::RateLimits {
+                        rules,
+                        version: c.next_version(),
+                    },
+                );
+            }
+            Json(json!({"ok": true, "rules": s.engine.limits()})).into_response()
+        }
         Err(switchboard_engine::Error::Config { key, message }) => invalid(&key, &message),
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -310,29 +316,29 @@ pub(super) async fn maintenance(
     if message.is_empty() || message.len() > 100 {
         return invalid("message", "1 to 100 bytes (it goes in a close frame)");
     }
+    let retry_after_ms = req.retry_after_ms.unwrap_or(30_000);
     let mode = req.on.then(|| {
         Arc::new(Maintenance {
-            message,
-            retry_after_ms: req.retry_after_ms.unwrap_or(30_000),
+            message: message.clone(),
+            retry_after_ms,
         })
     });
-    let told = s
-        .engine
-        .admin(None, |done| AdminOp::Maintenance {
-            mode: mode.clone(),
-            done,
-        })
-        .await;
-    let detail = json!({"on": req.on, "mode": mode.as_deref()});
-    let result = if told.is_ok() { "ok" } else { "overloaded" };
-    let _ = s
-        .audit
-        .record(&who.name, "maintenance", None, result, &detail);
-    let Ok(told) = told else {
+    let told =
+        crate::admin_ops::maintenance(&s.engine, &s.audit, &s.maintenance, &who.name, mode).await;
+    let Ok(n) = told else {
         return overloaded();
     };
-    *s.maintenance.lock().unwrap_or_else(|e| e.into_inner()) = mode;
-    let n: usize = told.iter().sum();
+    if let Some(c) = &s.cluster {
+        c.broadcast(
+            &who.name,
+            crate::cluster::ClusterAction::Maintenance {
+                on: req.on,
+                message,
+                retry_after_ms,
+                version: c.next_version(),
+            },
+        );
+    }
     Json(json!({"ok": true, "on": req.on, "told": n})).into_response()
 }
 
@@ -504,6 +510,15 @@ pub(super) async fn breakers(State(s): State<Arc<HttpState>>, headers: HeaderMap
             })
         })
         .collect();
+    if let Some(c) = &s.cluster {
+        // Open while Redis is away: the node serves its own clients only.
+        list.push(json!({
+            "name": "redis",
+            "state": if c.up() { "closed" } else { "open" },
+            "failures": c.redis_errors.load(Relaxed),
+            "rtt_ms": c.redis_rtt_us.load(Relaxed) as f64 / 1000.0,
+        }));
+    }
     list.push(json!({
         "name": "webhooks",
         "state": if s.alerts.webhook_open.load(Relaxed) { "open" } else { "closed" },

@@ -103,6 +103,7 @@ pub(crate) fn readiness(s: &HttpState) -> (bool, Value) {
             "node": c.node_id,
             "redis": if c.up() { "up" } else { "unreachable" },
             "redis_rtt_ms": c.redis_rtt_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            "bus": if c.bus_linked.load(Ordering::Relaxed) { "linked" } else { "unlinked" },
             "nodes": c.nodes().len(),
         })),
     });

@@ -49,7 +49,7 @@ pub struct HttpState {
     /// Told when an operator asks the process to stop (`POST /admin/shutdown`).
     pub shutdown: Arc<tokio::sync::Notify>,
     /// Maintenance mode in force.
-    pub maintenance: std::sync::Mutex<Option<Arc<switchboard_engine::control::Maintenance>>>,
+    pub maintenance: Arc<crate::admin_ops::MaintenanceSlot>,
     /// Failed credentials per client address (API keys and admin tokens cannot be
     /// guessed fast).
     pub guesses: super::guesses::Guesses,

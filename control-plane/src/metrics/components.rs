@@ -13,7 +13,12 @@ use crate::auth::AuthStats;
 use crate::store::StoreView;
 
 /// Circuit breakers (store, webhooks) and alert webhook deliveries.
-pub(super) fn expose_breakers(out: &mut String, store: Option<&StoreView>, alerts: &AlertsView) {
+pub(super) fn expose_breakers(
+    out: &mut String,
+    store: Option<&StoreView>,
+    alerts: &AlertsView,
+    cluster: Option<&crate::cluster::ClusterState>,
+) {
     let store_open = store.map(|st| {
         (
             "breaker=\"store\"".to_string(),
@@ -24,12 +29,13 @@ pub(super) fn expose_breakers(out: &mut String, store: Option<&StoreView>, alert
         "breaker=\"webhooks\"".to_string(),
         u64::from(alerts.webhook_open.load(Relaxed)),
     );
+    let redis_open = cluster.map(|c| ("breaker=\"redis\"".to_string(), u64::from(!c.up())));
     series(
         out,
         "switchboard_breaker_open",
         "gauge",
-        "1 while a circuit breaker is open (store: durable publications refused; webhooks: alert deliveries skipped).",
-        store_open.into_iter().chain([hooks_open]),
+        "1 while a circuit breaker is open (store: durable publications refused; webhooks: alert deliveries skipped; redis: local clients only).",
+        store_open.into_iter().chain([hooks_open]).chain(redis_open),
     );
     series(
         out,

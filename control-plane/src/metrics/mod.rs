@@ -43,7 +43,7 @@ pub fn render(
 ) -> String {
     let mut out = String::with_capacity(8192);
     shards::expose(&mut out, engine, census);
-    components::expose_breakers(&mut out, store, alerts);
+    components::expose_breakers(&mut out, store, alerts, cluster);
     components::expose_process(&mut out);
     components::expose_auth_and_api(&mut out, auth, api);
     if let Some(st) = store {
