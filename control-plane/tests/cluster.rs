@@ -430,3 +430,133 @@ async fn cluster_streams_sequence_keep_and_publish_in_one_order() {
         .unwrap();
     assert!(none.is_none() && empty.is_empty());
 }
+
+/// A Redis Sentinel on a free port watching `master` (killed by PID when dropped).
+struct Sentinel {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Sentinel {
+    fn watch(master: &common::RedisServer) -> Sentinel {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = master.dir().join(format!("sentinel-{port}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nsentinel monitor m 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds m 300\nsentinel failover-timeout m 3000\n",
+                master.port
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (bash .ci/run installs it)");
+        Sentinel { child, port }
+    }
+
+    fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> redis::RedisResult<T> {
+        let mut c =
+            redis::Client::open(format!("redis://127.0.0.1:{}", self.port))?.get_connection()?;
+        cmd.query(&mut c)
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `check` every 50 ms for up to `secs`.
+async fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Nodes that find Redis through a Sentinel follow a failover: the master killed, the
+/// replica promoted, the nodes link to it and keep their registry there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_follow_a_sentinel_failover() {
+    let mut master = common::RedisServer::start();
+    let replica =
+        common::RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+    eventually(10, "the replica never synced", || {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut replica.connection())
+            .unwrap_or_default();
+        info.contains("master_link_status:up")
+    })
+    .await;
+    let sentinel = Sentinel::watch(&master);
+    eventually(10, "the Sentinel never saw the replica", || {
+        sentinel
+            .query::<Vec<redis::Value>>(redis::cmd("SENTINEL").arg("replicas").arg("m"))
+            .is_ok_and(|r| r.len() == 1)
+    })
+    .await;
+    let through_sentinel = |id: &'static str| {
+        let sentinels = vec![format!("127.0.0.1:{}", sentinel.port)];
+        common::start(move |c| {
+            c.admin.jwt_secret = Some(ADMIN_SECRET.into());
+            c.cluster.sentinels = sentinels;
+            c.cluster.sentinel_master = "m".into();
+            c.cluster.node_id = id.into();
+            c.cluster.heartbeat_ms = 100;
+            c.cluster.node_ttl_ms = 400;
+        })
+    };
+    let (n1, n2) = (through_sentinel("n1"), through_sentinel("n2"));
+    until_listed(&n1, &["n1", "n2"]).await;
+    until_listed(&n2, &["n1", "n2"]).await;
+
+    master.kill();
+    let killed_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as f64;
+    eventually(20, "the replica was never promoted", || {
+        redis::cmd("ROLE")
+            .query::<Vec<redis::Value>>(&mut replica.connection())
+            .is_ok_and(|r| matches!(r.first(), Some(redis::Value::BulkString(b)) if b == b"master"))
+    })
+    .await;
+    for n in [&n1, &n2] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ready(n).await.1["status"] != "ready" {
+            assert!(
+                Instant::now() < deadline,
+                "a node never linked to the new master"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The nodes refresh their entries on the promoted server now (not just the copies
+    // it replicated before the failover).
+    eventually(5, "the nodes do not refresh on the new master", || {
+        ["n1", "n2"].iter().all(|id| {
+            redis::cmd("ZSCORE")
+                .arg("{sb}:nodes")
+                .arg(*id)
+                .query::<Option<f64>>(&mut replica.connection())
+                .is_ok_and(|at| at.is_some_and(|at| at > killed_ms))
+        })
+    })
+    .await;
+    until_listed(&n1, &["n1", "n2"]).await;
+    n1.shutdown();
+    n2.shutdown();
+}

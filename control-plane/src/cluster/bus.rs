@@ -149,7 +149,7 @@ return redis.call('PUBLISH', KEYS[2], ARGV[3])
 /// up on revocations at every (re)connect, carry out other nodes' actions, and send
 /// this node's.
 pub(super) async fn run(
-    client: redis::Client,
+    source: super::source::Source,
     keys: BusKeys,
     state: Arc<ClusterState>,
     hands: Hands,
@@ -164,6 +164,7 @@ pub(super) async fn run(
     let mut backoff = Duration::from_millis(100);
     loop {
         let linked = async {
+            let client = source.client().await?;
             let mut sub = client.get_async_pubsub().await?;
             sub.subscribe(&keys.control).await?;
             let conn = client.get_multiplexed_async_connection().await?;
@@ -196,12 +197,10 @@ pub(super) async fn run(
         state.bus_linked.store(true, Ordering::Relaxed);
         let mut messages = sub.into_on_message();
         // What waited goes out first, in order.
-        while let Some(e) = pending.pop_front() {
-            if let Err(e2) = send(&mut conn, &keys, &scripts, &e).await {
-                tracing::warn!("cluster bus: sending failed, will retry: {e2}");
-                pending.push_front(e);
-                break;
-            }
+        if !flush(&mut pending, &mut conn, &keys, &scripts).await {
+            state.bus_linked.store(false, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
         }
         loop {
             tokio::select! {
@@ -224,12 +223,10 @@ pub(super) async fn run(
                 out = outbox.recv() => match out {
                     Some(o) => {
                         queue(&mut pending, &state, o);
-                        while let Some(e) = pending.pop_front() {
-                            if let Err(err) = send(&mut conn, &keys, &scripts, &e).await {
-                                tracing::warn!("cluster bus: sending failed, will retry: {err}");
-                                pending.push_front(e);
-                                break;
-                            }
+                        if !flush(&mut pending, &mut conn, &keys, &scripts).await {
+                            // Link again (after a failover, to the new master).
+                            state.bus_linked.store(false, Ordering::Relaxed);
+                            break;
                         }
                     }
                     None => return,
@@ -238,6 +235,23 @@ pub(super) async fn run(
             }
         }
     }
+}
+
+/// Send what waits, in order; false (and the rest kept) when a send fails.
+async fn flush(
+    pending: &mut VecDeque<Envelope>,
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &BusKeys,
+    scripts: &Scripts,
+) -> bool {
+    while let Some(e) = pending.pop_front() {
+        if let Err(err) = send(conn, keys, scripts, &e).await {
+            tracing::warn!("cluster bus: sending failed, will retry: {err}");
+            pending.push_front(e);
+            return false;
+        }
+    }
+    true
 }
 
 /// Wrap an action for the wire and keep it in order, bounded (the oldest disconnects

@@ -14,6 +14,7 @@
 
 mod bus;
 mod registry;
+mod source;
 pub mod streams;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,8 +32,14 @@ pub use registry::NodeInfo;
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Redis to share (`redis://[:password@]host:port[/db]`, `rediss://` for TLS);
-    /// empty (the default): this node is alone and needs nothing else.
+    /// empty (the default, and no `sentinels`): this node is alone and needs nothing
+    /// else. With `sentinels`, only its password and database count.
     pub redis_url: String,
+    /// Redis Sentinels (`host:port` each) to ask which server is master now; empty:
+    /// `redis_url` is the server.
+    pub sentinels: Vec<String>,
+    /// The master's name in the Sentinels' configuration.
+    pub sentinel_master: String,
     /// This node's name in the registry; empty: `<hostname>-<port>-<random>`, new at
     /// every start.
     pub node_id: String,
@@ -56,6 +63,8 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             redis_url: String::new(),
+            sentinels: Vec::new(),
+            sentinel_master: "mymaster".into(),
             node_id: String::new(),
             key_prefix: "sb".into(),
             heartbeat_ms: 1_000,
@@ -69,15 +78,30 @@ impl Default for ClusterConfig {
 impl ClusterConfig {
     /// Whether nodes share Redis.
     pub fn enabled(&self) -> bool {
-        !self.redis_url.is_empty()
+        !self.redis_url.is_empty() || !self.sentinels.is_empty()
     }
 
     /// Check values; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
-        if self.enabled() {
+        if !self.redis_url.is_empty() {
             if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
                 return Err(format!("cluster.redis_url: not a Redis URL: {e}"));
             }
+        }
+        for (i, s) in self.sentinels.iter().enumerate() {
+            let ok = s
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Err(format!(
+                    "cluster.sentinels[{i}]: expected host:port, not {s:?}"
+                ));
+            }
+        }
+        if !self.sentinels.is_empty() && self.sentinel_master.is_empty() {
+            return Err(
+                "cluster.sentinel_master: the master's name is needed with sentinels".into(),
+            );
         }
         let name_ok = |s: &str| {
             s.len() <= 64
@@ -216,7 +240,7 @@ pub fn spawn(
     if !cfg.enabled() {
         return Ok(None);
     }
-    let client = redis::Client::open(cfg.redis_url.as_str())
+    let source = source::Source::of(cfg)
         .map_err(|e| std::io::Error::other(format!("cluster.redis_url: {e}")))?;
     let node_id = if cfg.node_id.is_empty() {
         generated_id(&addrs.ws)
@@ -263,7 +287,7 @@ pub fn spawn(
                 };
                 rt.block_on(async move {
                     let bus = bus::run(
-                        client.clone(),
+                        source.clone(),
                         bus_keys,
                         state.clone(),
                         hands,
@@ -271,7 +295,7 @@ pub fn spawn(
                         stopped.clone(),
                     );
                     let bus = tokio::spawn(bus);
-                    run(client, registry, engine, state, stopped, every).await;
+                    run(source, registry, engine, state, stopped, every).await;
                     bus.abort();
                 });
             }
@@ -306,7 +330,7 @@ fn generated_id(ws: &str) -> String {
 /// The cluster thread: connect (with backoff), then heartbeat until told to stop;
 /// on stop, leave the registry.
 async fn run(
-    client: redis::Client,
+    source: source::Source,
     mut registry: registry::Registry,
     engine: Arc<EngineHandle>,
     state: Arc<ClusterState>,
@@ -322,9 +346,13 @@ async fn run(
     let mut backoff = Duration::from_millis(100);
     loop {
         if link.is_none() {
-            match redis::aio::ConnectionManager::new_with_config(client.clone(), config.clone())
-                .await
-            {
+            let linked = match source.client().await {
+                Ok(client) => {
+                    redis::aio::ConnectionManager::new_with_config(client, config.clone()).await
+                }
+                Err(e) => Err(e),
+            };
+            match linked {
                 Ok(c) => {
                     state.redis_connects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(node = %state.node_id, "connected to Redis");
@@ -342,6 +370,7 @@ async fn run(
                 }
             }
         }
+        let mut dropped = false;
         let wait = match link.as_mut() {
             Some(conn) => {
                 registry.me.connections = engine.connections();
@@ -368,6 +397,8 @@ async fn run(
                                 "Redis heartbeat failed, serving local clients only: {e}"
                             );
                         }
+                        // Found again next time: after a failover, at another address.
+                        dropped = true;
                     }
                 }
                 every
@@ -378,6 +409,9 @@ async fn run(
                 wait
             }
         };
+        if dropped {
+            link = None;
+        }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => break,

@@ -395,6 +395,14 @@ fn cluster_keys_are_checked_and_named() {
             "cluster.node_ttl_ms",
         ),
         ("[cluster]\nredis = \"x\"\n", "redis"),
+        (
+            "[cluster]\nsentinels = [\"127.0.0.1\"]\n",
+            "cluster.sentinels[0]",
+        ),
+        (
+            "[cluster]\nsentinels = [\"127.0.0.1:26379\"]\nsentinel_master = \"\"\n",
+            "cluster.sentinel_master",
+        ),
     ] {
         let f = write(text);
         let e = Config::load(Some(&f.0), &env(&[])).unwrap_err().to_string();

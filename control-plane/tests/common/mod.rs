@@ -638,11 +638,18 @@ pub struct RedisServer {
     /// Its port.
     pub port: u16,
     dir: std::path::PathBuf,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Start one and wait until it answers.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Start one with extra arguments (`--replicaof HOST PORT`, or a config file and
+    /// `--sentinel` for a Sentinel) and wait until it answers.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -654,9 +661,15 @@ impl RedisServer {
             child: None,
             port,
             dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         r.restart();
         r
+    }
+
+    /// Its working directory (a Sentinel's config file goes there).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -675,11 +688,17 @@ impl RedisServer {
     /// Start it again on the same port (after [`Self::kill`]).
     pub fn restart(&mut self) {
         self.kill();
-        let child = std::process::Command::new("redis-server")
+        let mut cmd = std::process::Command::new("redis-server");
+        // A config file (a Sentinel's) comes first.
+        if let Some(conf) = self.extra.first().filter(|a| a.ends_with(".conf")) {
+            cmd.arg(conf);
+        }
+        let child = cmd
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(self.extra.iter().filter(|a| !a.ends_with(".conf")))
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server must be installed to run this test (bash .ci/run installs it)");
