@@ -1,6 +1,6 @@
 //! Admin actions as this node carries them out: disconnecting connections, revoking a
-//! user's tokens, maintenance mode and rate limits (the engine, the revocation list,
-//! the store, the audit log).
+//! user's tokens, maintenance mode, rate limits and broadcasts (the engine, the
+//! revocation list, the store, the audit log).
 //!
 //! Owns doing them, for the HTTP APIs (`crate::http::actions`, which authorise them and
 //! tell the other nodes) and for the cluster bus (`crate::cluster`, which applies what
@@ -156,4 +156,24 @@ pub async fn rate_limits(
     };
     let _ = audit.record(actor, action, target, &result, detail);
     applied
+}
+
+/// `{"push": "broadcast", "data": …}` to every connection on this node's shards (not
+/// stored).
+pub fn broadcast(engine: &EngineHandle, data: &serde_json::Value) -> Result<(), ActionError> {
+    let frames = switchboard_engine::control::frames(&json!({"push": "broadcast", "data": data}));
+    let push = Arc::new(switchboard_engine::control::Push {
+        to: switchboard_engine::control::PushTo::All(frames),
+        coalesce: None,
+    });
+    let sender = engine.sender();
+    for shard in 0..sender.shards() {
+        if sender
+            .send(shard, switchboard_engine::ShardMsg::Push(push.clone()))
+            .is_err()
+        {
+            return Err(ActionError::Overloaded);
+        }
+    }
+    Ok(())
 }

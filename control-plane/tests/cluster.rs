@@ -241,6 +241,16 @@ async fn admin_actions_reach_every_node() {
         until_bus(n).await;
     }
 
+    // A broadcast through n1's server API reaches a client of n2.
+    let mut ann = Client::connect(n2.ws_addr(), Fmt::Json, &common::token("ann", None)).await;
+    let body = serde_json::json!({"data": {"notice": "hello everyone"}});
+    let (status, v) = common::api(n1.admin_addr(), "POST", "/api/broadcast", &body).await;
+    assert_eq!(status, 200, "{v}");
+    let push = tokio::time::timeout(common::TIMEOUT, ann.next_push(&["broadcast"]))
+        .await
+        .expect("the broadcast reaches n2");
+    assert_eq!(push["data"]["notice"], "hello everyone", "{push}");
+
     // Disconnect a user connected to n2, from n1.
     let mut bob = Client::connect(n2.ws_addr(), Fmt::Json, &common::token("bob", None)).await;
     let (status, v) = admin_post(&n1, "/admin/disconnect", r#"{"user":"bob"}"#).await;

@@ -28,7 +28,8 @@ use crate::auth::Revocations;
 
 /// Most actions waiting for Redis.
 const MAX_PENDING: usize = 10_000;
-/// A disconnect that waited longer than this for Redis is not sent (stale).
+/// A disconnect or broadcast that waited longer than this for Redis is not sent
+/// (stale).
 const STALE_DISCONNECT_MS: u64 = 60_000;
 
 /// An admin action every node carries out.
@@ -65,6 +66,12 @@ pub enum ClusterAction {
         retry_after_ms: u32,
         /// Newer wins (the origin's clock, Unix ms, made unique).
         version: u64,
+    },
+    /// A push to every connection (`POST /api/broadcast`; not stored, not replayed to
+    /// a node that was away).
+    Broadcast {
+        /// The push's data.
+        data: serde_json::Value,
     },
     /// The rate limits in force: the whole table.
     RateLimits {
@@ -316,9 +323,9 @@ async fn send(
                 .invoke_async(conn)
                 .await?;
         }
-        ClusterAction::Disconnect { .. } => {
+        ClusterAction::Disconnect { .. } | ClusterAction::Broadcast { .. } => {
             if crate::clock::now_ms().saturating_sub(e.sent_ms) > STALE_DISCONNECT_MS {
-                tracing::warn!("cluster bus: a disconnect waited too long for Redis, not sent");
+                tracing::warn!("cluster bus: an action waited too long for Redis, not sent");
                 return Ok(());
             }
             let _: i64 = redis::cmd("PUBLISH")
@@ -405,6 +412,7 @@ async fn carry_out(hands: &Hands, state: &ClusterState, e: Envelope) {
             .await
             .map(|_| ())
         }
+        ClusterAction::Broadcast { data } => admin_ops::broadcast(&hands.engine, &data),
         ClusterAction::RateLimits { rules, version } => {
             if !state.adopt(&state.limits_version, version) {
                 return;

@@ -25,8 +25,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use switchboard_engine::control::{self, AdminOp, ConnFilter, Push, PushTo, Target};
-use switchboard_engine::ShardMsg;
+use switchboard_engine::control::{self, AdminOp, ConnFilter, Target};
 use switchboard_protocol::Position;
 
 /// The OpenAPI document, as served.
@@ -84,7 +83,7 @@ pub(super) struct BroadcastBody {
 }
 
 /// `POST /api/broadcast {"data": any JSON}`: `{"push": "broadcast", "data": …}` to every
-/// connected client on every shard (not stored).
+/// connected client on every shard, and in a cluster on every node (not stored).
 pub(super) async fn broadcast(
     State(s): State<Arc<HttpState>>,
     headers: HeaderMap,
@@ -94,20 +93,19 @@ pub(super) async fn broadcast(
         Ok(r) => r,
         Err(r) => return r,
     };
-    let frames = control::frames(&json!({"push": "broadcast", "data": req.data}));
-    let push = Arc::new(Push {
-        to: PushTo::All(frames),
-        coalesce: None,
-    });
-    let sender = s.engine.sender();
-    for shard in 0..sender.shards() {
-        if sender.send(shard, ShardMsg::Push(push.clone())).is_err() {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "a shard cannot take the broadcast now; retry",
-            );
-        }
+    if crate::admin_ops::broadcast(&s.engine, &req.data).is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "a shard cannot take the broadcast now; retry",
+        );
+    }
+    if let Some(c) = &s.cluster {
+        let actor = actor(&s, &headers);
+        c.broadcast(
+            &actor,
+            crate::cluster::ClusterAction::Broadcast { data: req.data },
+        );
     }
     Json(json!({"ok": true})).into_response()
 }
