@@ -25,6 +25,11 @@ fn node(redis: &common::RedisServer, id: &str) -> Server {
 }
 
 async fn admin_get(server: &Server, path: &str) -> (u16, Value) {
+    admin_call(server, "GET", path, "").await
+}
+
+/// An admin API call with an admin token; the status and JSON answer.
+async fn admin_call(server: &Server, method: &str, path: &str, body: &str) -> (u16, Value) {
     let token = switchboard_control_plane::auth::mint_admin(
         ADMIN_SECRET,
         "ops",
@@ -32,14 +37,11 @@ async fn admin_get(server: &Server, path: &str) -> (u16, Value) {
         "admin",
     );
     let auth = format!("Bearer {token}");
-    let (status, text) = common::http(
-        server.admin_addr(),
-        "GET",
-        path,
-        &[("Authorization", &auth)],
-        "",
-    )
-    .await;
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let (status, text) = common::http(server.admin_addr(), method, path, &headers, body).await;
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
@@ -197,25 +199,7 @@ async fn a_node_alone_lists_itself() {
 }
 
 async fn admin_post(server: &Server, path: &str, body: &str) -> (u16, Value) {
-    let token = switchboard_control_plane::auth::mint_admin(
-        ADMIN_SECRET,
-        "ops",
-        Duration::from_secs(600),
-        "admin",
-    );
-    let auth = format!("Bearer {token}");
-    let (status, text) = common::http(
-        server.admin_addr(),
-        "POST",
-        path,
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        body,
-    )
-    .await;
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    admin_call(server, "POST", path, body).await
 }
 
 /// A token issued 30 s ago (a revocation now refuses it).
@@ -320,25 +304,8 @@ async fn admin_actions_reach_every_node() {
 
     // Rate limits set on n1 are n2's too, and a node that joins later adopts both.
     let rules = r#"{"rules":[{"scope":"user","event":"publish","rate":3,"per_ms":60000}]}"#;
-    let token = switchboard_control_plane::auth::mint_admin(
-        ADMIN_SECRET,
-        "ops",
-        Duration::from_secs(600),
-        "admin",
-    );
-    let auth = format!("Bearer {token}");
-    let (status, text) = common::http(
-        n1.admin_addr(),
-        "PUT",
-        "/admin/rate-limits",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        rules,
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
+    let (status, v) = admin_call(&n1, "PUT", "/admin/rate-limits", rules).await;
+    assert_eq!(status, 200, "{v}");
     let (_, want) = admin_get(&n1, "/admin/rate-limits").await;
     let n3 = node(&redis, "n3");
     for n in [&n2, &n3] {

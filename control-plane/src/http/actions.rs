@@ -34,36 +34,22 @@ pub async fn disconnect_target(
     reconnect: bool,
     spread_ms: u32,
 ) -> Result<usize, Response> {
-    if let Some(c) = &s.cluster {
-        let user = match &target {
-            Target::User(u) => Some(u.to_string()),
-            Target::All => None,
-            Target::Client(_) => {
-                return local_disconnect(s, actor, target, reason, reconnect, spread_ms).await
-            }
+    // A user's or every connection: on every node; one connection lives on one.
+    let everywhere = match &target {
+        Target::User(u) => Some(Some(u.to_string())),
+        Target::All => Some(None),
+        Target::Client(_) => None,
+    };
+    if let (Some(c), Some(user)) = (&s.cluster, everywhere) {
+        let action = ClusterAction::Disconnect {
+            all: user.is_none(),
+            user,
+            reason: reason.clone(),
+            reconnect,
+            spread_ms,
         };
-        c.broadcast(
-            actor,
-            ClusterAction::Disconnect {
-                all: user.is_none(),
-                user,
-                reason: reason.clone(),
-                reconnect,
-                spread_ms,
-            },
-        );
+        c.broadcast(actor, action);
     }
-    local_disconnect(s, actor, target, reason, reconnect, spread_ms).await
-}
-
-async fn local_disconnect(
-    s: &HttpState,
-    actor: &str,
-    target: Target,
-    reason: String,
-    reconnect: bool,
-    spread_ms: u32,
-) -> Result<usize, Response> {
     admin_ops::disconnect(
         &s.engine, &s.audit, actor, target, &reason, reconnect, spread_ms,
     )
