@@ -78,6 +78,19 @@ pub fn fanout_core_with(
     };
     tweak(&mut cfg);
     let mesh = Mesh::new(1, 1024).expect("eventfd");
+    fanout_core_on(mesh, cfg, subscribers, channel, durability, format)
+}
+
+/// A one-shard core on `mesh` (a cluster link may be attached to it first) with
+/// `subscribers` connections speaking `format` subscribed to `channel`.
+pub fn fanout_core_on(
+    mesh: Arc<Mesh>,
+    cfg: EngineConfig,
+    subscribers: usize,
+    channel: &str,
+    durability: Durability,
+    format: Format,
+) -> (CoreAndControl, Option<StoreEnd>) {
     let store = (durability != Durability::None).then(|| {
         let (link, rx) = JournalLink::new(1 << 30);
         mesh.attach(Durable {

@@ -79,7 +79,18 @@ impl Server {
         engine_cfg.reconnect_secret = Some(Arc::from(&opened.opening.reconnect_key[..]));
         let (requests_tx, requests_rx) = crossbeam_channel::bounded(cfg.auth.queue_capacity);
         let durable = opened.take_durable();
-        let engine = Arc::new(Engine::start_with(engine_cfg, requests_tx, durable)?);
+        let dedupe_ms = engine_cfg.dedupe_window_ms;
+        let sync_namespaces = engine_cfg
+            .namespaces
+            .iter()
+            .any(|n| n.durability == switchboard_engine::Durability::Sync);
+        let (cluster_link, batches) = crate::cluster::link(&cfg.cluster).unzip();
+        let engine = Arc::new(Engine::start_shared(
+            engine_cfg,
+            requests_tx,
+            durable,
+            cluster_link,
+        )?);
         let store = opened.spawn(engine.sender())?;
         let audit = Arc::new(crate::audit::Audit::open(store.path())?);
         replay_revocations(&audit, &verifier, &engine, store.path())?;
@@ -149,8 +160,18 @@ impl Server {
             revocations: revocations.clone(),
             maintenance: maintenance.clone(),
         };
-        let cluster = crate::cluster::spawn(&cfg.cluster, hands, addrs, cfg.engine.max_connections)
-            .map_err(|e| Error::start("the cluster thread", e))?;
+        let cluster = crate::cluster::spawn(
+            &cfg.cluster,
+            hands,
+            addrs,
+            cfg.engine.max_connections,
+            crate::cluster::SharedOptions {
+                batches,
+                dedupe_ms,
+                sync_namespaces,
+            },
+        )
+        .map_err(|e| Error::start("the cluster thread", e))?;
         let (cluster_state, cluster_handle) = cluster.unzip();
         let state = Arc::new(HttpState {
             engine: engine.clone(),

@@ -49,11 +49,23 @@ impl Engine {
     /// Like [`Engine::start`], with a store: durable namespaces' publications go to
     /// `durable.link`, and each shard continues the streams the store read back
     /// before it accepts a connection.
-    #[allow(clippy::disallowed_types)] // The handle's control-plane-side locks.
     pub fn start_with(
         cfg: EngineConfig,
         control: Sender<ControlRequest>,
         durable: Option<Durable>,
+    ) -> Result<EngineHandle, Error> {
+        Engine::start_shared(cfg, control, durable, None)
+    }
+
+    /// Like [`Engine::start_with`], for a node sharing Redis with others: channels
+    /// other than personal ones are sequenced by Redis through `cluster` (the cluster
+    /// thread's link), see [`crate::cluster`].
+    #[allow(clippy::disallowed_types)] // The handle's control-plane-side locks.
+    pub fn start_shared(
+        cfg: EngineConfig,
+        control: Sender<ControlRequest>,
+        durable: Option<Durable>,
+        cluster: Option<crate::cluster::ClusterLink>,
     ) -> Result<EngineHandle, Error> {
         cfg.validate()?;
         if durable.is_none() {
@@ -106,6 +118,9 @@ impl Engine {
         let journal = durable.as_ref().map(|d| d.link.state().clone());
         if let Some(d) = durable {
             mesh.attach(d)?;
+        }
+        if let Some(link) = cluster {
+            mesh.attach_cluster(link)?;
         }
         let first = bind(cfg.listen, cfg.backlog).map_err(|source| Error::Bind {
             addr: cfg.listen,
@@ -553,6 +568,11 @@ impl EngineHandle {
     /// The store's writer state (backlog, health), when a store is attached.
     pub fn journal(&self) -> Option<&Arc<JournalState>> {
         self.journal.as_ref()
+    }
+
+    /// The shared channels' link counters, when nodes share Redis.
+    pub fn cluster_stats(&self) -> Option<Arc<crate::cluster::ClusterLinkStats>> {
+        self.mesh.cluster().map(|l| l.stats().clone())
     }
 
     /// A cheap handle for other threads to send messages to shards.

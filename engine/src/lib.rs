@@ -13,7 +13,8 @@
 //! - [`clock`]: [`Now`], the one place the engine reads time (the core is passed it).
 //! - [`auth`]: what shards ask the control plane about tokens; [`hooks`]: what they
 //!   ask an application's backend (Socket.IO hooks).
-//! - [`journal`]: the seam to durable storage (batches out, seeds and commits back).
+//! - [`journal`]: the seam to durable storage (batches out, seeds and commits back);
+//!   [`cluster`]: the seam to the cluster thread (nodes sharing Redis).
 //! - [`metrics`]: per-shard counters.
 //! - [`error`]: the crate's one error type, [`Error`].
 //!
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod backend;
 pub mod channels;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod core;

@@ -228,6 +228,8 @@ pub enum ShardMsg {
     /// Socket.IO connection state recovery: a session's record for its home shard, a
     /// reconnecting client's question, the answer.
     Recovery(Box<crate::core::RecoveryMsg>),
+    /// From the cluster thread (nodes sharing Redis).
+    Cluster(Box<crate::cluster::ClusterMsg>),
 }
 
 /// What the store gave back for one shard at start-up.
@@ -469,6 +471,8 @@ pub struct Mesh {
     user_buckets: OnceLock<crate::limits::UserBuckets>,
     /// Where durable publications go, when a store is attached.
     journal: OnceLock<JournalLink>,
+    /// Where shared channels' publications go, when nodes share Redis.
+    cluster: OnceLock<crate::cluster::ClusterLink>,
     /// Streams and marks read back from the store, per shard, taken once by each shard.
     seeds: Mutex<Vec<ShardSeeds>>,
 }
@@ -495,6 +499,7 @@ impl Mesh {
             user_buckets: OnceLock::new(),
             epoch: crate::clock::mono(),
             journal: OnceLock::new(),
+            cluster: OnceLock::new(),
             seeds: Mutex::new(Vec::new()),
         }))
     }
@@ -522,6 +527,19 @@ impl Mesh {
         self.journal
             .set(durable.link)
             .map_err(|_| crate::Error::Store("a store is already attached"))
+    }
+
+    /// Attach the cluster thread's link before the shards start: channels other than
+    /// personal ones are shared with the other nodes from then on.
+    pub fn attach_cluster(&self, link: crate::cluster::ClusterLink) -> Result<(), crate::Error> {
+        self.cluster
+            .set(link)
+            .map_err(|_| crate::Error::Store("a cluster link is already attached"))
+    }
+
+    /// The cluster thread's link, if nodes share Redis.
+    pub fn cluster(&self) -> Option<&crate::cluster::ClusterLink> {
+        self.cluster.get()
     }
 
     /// The store's link, if one is attached.

@@ -14,6 +14,7 @@
 
 mod bus;
 mod registry;
+mod relay;
 mod source;
 pub mod streams;
 
@@ -22,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use switchboard_engine::cluster::ClusterLink;
 use switchboard_engine::EngineHandle;
 
 pub use bus::{ClusterAction, Hands};
@@ -57,6 +59,15 @@ pub struct ClusterConfig {
     /// The admin/server API address other nodes and operators reach this node at;
     /// empty: `admin.listen` as bound.
     pub advertise_admin: String,
+    /// Redis replicas a publication of a `sync` namespace must reach (`WAIT`) before
+    /// its publisher is answered; 0: Redis's own persistence only (see
+    /// docs/DELIVERY.md for what that requires).
+    pub sync_replicas: u32,
+    /// How long a `sync` publication waits for those replicas.
+    pub sync_timeout_ms: u64,
+    /// Batches of work the owner shards may queue for Redis before publications
+    /// are refused with `Overloaded`.
+    pub queue_batches: usize,
 }
 
 impl Default for ClusterConfig {
@@ -71,6 +82,9 @@ impl Default for ClusterConfig {
             node_ttl_ms: 5_000,
             advertise_ws: String::new(),
             advertise_admin: String::new(),
+            sync_replicas: 0,
+            sync_timeout_ms: 1_000,
+            queue_batches: 4_096,
         }
     }
 }
@@ -120,6 +134,12 @@ impl ClusterConfig {
         if self.node_ttl_ms < 2 * self.heartbeat_ms {
             return Err("cluster.node_ttl_ms: at least twice cluster.heartbeat_ms".into());
         }
+        if self.sync_replicas > 0 && !(1..=60_000).contains(&self.sync_timeout_ms) {
+            return Err("cluster.sync_timeout_ms: 1 to 60000 with sync_replicas".into());
+        }
+        if !(16..=1_000_000).contains(&self.queue_batches) {
+            return Err("cluster.queue_batches: 16 to 1000000".into());
+        }
         Ok(())
     }
 }
@@ -147,6 +167,17 @@ pub struct ClusterState {
     pub maintenance_version: AtomicU64,
     /// Version of the rate limits in force (0: this node's configuration).
     pub limits_version: AtomicU64,
+    /// Generation of the shared channels' link to Redis (0: down).
+    pub fanout_gen: AtomicU64,
+    /// The owner shards' counters of shared channels.
+    pub fanout: Option<Arc<switchboard_engine::cluster::ClusterLinkStats>>,
+    /// Publications Redis sequenced for this node.
+    pub sequenced: AtomicU64,
+    /// Pipelines (round trips) that carried them.
+    pub pipelines: AtomicU64,
+    /// Why `sync` namespaces are not as durable as they say, as last checked (empty:
+    /// they are, or none is `sync`).
+    pub sync_warning: Mutex<String>,
     /// Where this node's admin actions go to reach the others.
     outbox: Option<tokio::sync::mpsc::Sender<bus::Outgoing>>,
 }
@@ -231,11 +262,33 @@ pub struct NodeAddrs {
 }
 
 /// Start the cluster thread when `cfg` names a Redis; `None` for a node alone.
+/// The owner shards' link to the cluster thread, made before the engine starts
+/// (`None` for a node alone), and the thread's end of it for [`spawn`].
+pub fn link(cfg: &ClusterConfig) -> Option<(ClusterLink, Batches)> {
+    cfg.enabled().then(|| ClusterLink::new(cfg.queue_batches))
+}
+
+/// The cluster thread's end of the owner shards' link.
+pub type Batches = tokio::sync::mpsc::Receiver<switchboard_engine::cluster::ClusterBatch>;
+
+/// What shared channels need from the rest of the node.
+#[derive(Debug)]
+pub struct SharedOptions {
+    /// The end of [`link`] (`None`: no shared channels, as in tests of the registry).
+    pub batches: Option<Batches>,
+    /// `engine.dedupe_window_ms`: how long Redis remembers idempotency keys.
+    pub dedupe_ms: u64,
+    /// Some namespace is `sync`: Redis's persistence is checked at every link.
+    pub sync_namespaces: bool,
+}
+
+/// Start the cluster thread when `cfg` names a Redis; `None` for a node alone.
 pub fn spawn(
     cfg: &ClusterConfig,
     hands: Hands,
     addrs: NodeAddrs,
     max_connections: usize,
+    shared: SharedOptions,
 ) -> std::io::Result<Option<(Arc<ClusterState>, ClusterHandle)>> {
     if !cfg.enabled() {
         return Ok(None);
@@ -251,6 +304,7 @@ pub fn spawn(
     let state = Arc::new(ClusterState {
         node_id: node_id.clone(),
         outbox: Some(outbox),
+        fanout: hands.engine.cluster_stats(),
         ..Default::default()
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -273,6 +327,8 @@ pub fn spawn(
     };
     let every = Duration::from_millis(cfg.heartbeat_ms);
     let bus_keys = bus::BusKeys::new(&cfg.key_prefix);
+    let prefix = cfg.key_prefix.clone();
+    let (sync_replicas, sync_timeout_ms) = (cfg.sync_replicas, cfg.sync_timeout_ms);
     let thread = std::thread::Builder::new()
         .name("sb-cluster".into())
         .spawn({
@@ -295,8 +351,27 @@ pub fn spawn(
                         stopped.clone(),
                     );
                     let bus = tokio::spawn(bus);
+                    let SharedOptions {
+                        batches,
+                        dedupe_ms,
+                        sync_namespaces,
+                    } = shared;
+                    let relay = batches.map(|b| {
+                        let relay = relay::Relay::new(
+                            source.clone(),
+                            &prefix,
+                            state.clone(),
+                            engine.sender(),
+                            dedupe_ms,
+                            (sync_namespaces, sync_replicas, sync_timeout_ms),
+                        );
+                        tokio::spawn(relay::run(relay, b, stopped.clone()))
+                    });
                     run(source, registry, engine, state, stopped, every).await;
                     bus.abort();
+                    if let Some(r) = relay {
+                        r.abort();
+                    }
                 });
             }
         })?;

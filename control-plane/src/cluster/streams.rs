@@ -12,11 +12,18 @@
 //! takes the next offset, appends and trims the history, and publishes the record, so
 //! every node sees one order per channel.
 //!
-//! Groundwork for cross-node fan-out (issue 18): not yet on the publish path. Does
-//! not own the link ([`super`]) or delivery.
+//! A record's payload ([`encode_payload`]) carries what the engine needs to deliver
+//! it on any node: format, sending time, sender, event name, metadata, data. An
+//! idempotency key is remembered in Redis (`…:k:<key>`, for the dedupe window), so a
+//! retry through any node gets the original position. Does not own the link
+//! ([`super::relay`]) or delivery (the engine's owner shards).
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use redis::RedisResult;
-use switchboard_protocol::Position;
+use switchboard_engine::cluster::{RemoteRecord, SharedPublish};
+use switchboard_protocol::{Format, Position};
 
 /// A channel's keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,9 +48,17 @@ impl ChannelKeys {
     }
 }
 
-/// Sequence, keep and publish one publication (KEYS: stream, history, topic; ARGV:
-/// epoch seed, keep, payload, whether to use sharded pub/sub).
+/// Sequence, keep and publish one publication (KEYS: stream, history, topic,
+/// idempotency key; ARGV: epoch seed, keep, payload, sharded pub/sub, whether a key
+/// was given, dedupe window ms). Returns `{epoch, offset, duplicate}`.
 const PUBLISH: &str = r"
+if ARGV[5] == '1' then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then
+    local colon = string.find(seen, ':', 1, true)
+    return {string.sub(seen, 1, colon - 1), tonumber(string.sub(seen, colon + 1)), 1}
+  end
+end
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then
   e = ARGV[1]
@@ -56,19 +71,46 @@ if keep > 0 then
   redis.call('RPUSH', KEYS[2], rec)
   redis.call('LTRIM', KEYS[2], -keep, -1)
 end
+if ARGV[5] == '1' then
+  redis.call('SET', KEYS[4], e .. ':' .. o, 'PX', ARGV[6])
+end
 if ARGV[4] == '1' then
   redis.call('SPUBLISH', KEYS[3], rec)
 else
   redis.call('PUBLISH', KEYS[3], rec)
 end
-return {e, o}
+return {e, o, 0}
 ";
 
-/// The script, loaded once per link.
+/// Start a new epoch at offset 0 and forget the old epoch's records (KEYS: stream,
+/// history; ARGV: the new epoch).
+const MOVE_EPOCH: &str = r"
+redis.call('HSET', KEYS[1], 'e', ARGV[1], 'o', 0)
+redis.call('DEL', KEYS[2])
+return 1
+";
+
+/// The scripts, loaded once per link.
 #[derive(Debug)]
 pub struct Sequencer {
     script: redis::Script,
+    mover: redis::Script,
     sharded: bool,
+}
+
+/// One publication for [`Sequencer::add`].
+#[derive(Debug, Clone, Copy)]
+pub struct Sequence<'a> {
+    /// The channel's keys.
+    pub keys: &'a ChannelKeys,
+    /// The epoch a new stream starts with.
+    pub epoch_seed: u64,
+    /// Records kept.
+    pub keep: u32,
+    /// The record's payload ([`encode_payload`]).
+    pub payload: &'a [u8],
+    /// Idempotency key, and how long Redis remembers it.
+    pub key: Option<(&'a str, u64)>,
 }
 
 impl Sequencer {
@@ -76,8 +118,57 @@ impl Sequencer {
     pub fn new(sharded: bool) -> Sequencer {
         Sequencer {
             script: redis::Script::new(PUBLISH),
+            mover: redis::Script::new(MOVE_EPOCH),
             sharded,
         }
+    }
+
+    /// Load the scripts (once per connection; a pipeline then calls them by hash).
+    pub async fn load<C: redis::aio::ConnectionLike>(&self, conn: &mut C) -> RedisResult<()> {
+        let _: (String, String) = redis::pipe()
+            .load_script(&self.script)
+            .load_script(&self.mover)
+            .query_async(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Add one publication's script call to `pipe` (by hash: [`Sequencer::load`]
+    /// first); its answer parses with [`parse_sequenced`].
+    pub fn add(&self, pipe: &mut redis::Pipeline, s: Sequence<'_>) {
+        let seed = Position {
+            epoch: s.epoch_seed,
+            offset: 0,
+        };
+        let key = match s.key {
+            Some((k, _)) => format!("{}:k:{k}", s.keys.stream),
+            None => format!("{}:k", s.keys.stream),
+        };
+        pipe.cmd("EVALSHA")
+            .arg(self.script.get_hash())
+            .arg(4)
+            .arg(&s.keys.stream)
+            .arg(&s.keys.history)
+            .arg(&s.keys.topic)
+            .arg(key)
+            .arg(seed.epoch_hex().as_str())
+            .arg(s.keep)
+            .arg(s.payload)
+            .arg(if self.sharded { "1" } else { "0" })
+            .arg(if s.key.is_some() { "1" } else { "0" })
+            .arg(s.key.map_or(1, |(_, ms)| ms.max(1)));
+    }
+
+    /// Add a move of `keys`' channel to `epoch` (offset 0) to `pipe`.
+    pub fn add_move(&self, pipe: &mut redis::Pipeline, keys: &ChannelKeys, epoch: u64) {
+        let e = Position { epoch, offset: 0 };
+        pipe.cmd("EVALSHA")
+            .arg(self.mover.get_hash())
+            .arg(2)
+            .arg(&keys.stream)
+            .arg(&keys.history)
+            .arg(e.epoch_hex().as_str())
+            .ignore();
     }
 
     /// Sequence `payload` on `keys`' channel, keep it among the last `keep`, and
@@ -90,26 +181,94 @@ impl Sequencer {
         keep: usize,
         payload: &[u8],
     ) -> RedisResult<Position> {
-        let seed = Position {
-            epoch: epoch_seed,
-            offset: 0,
+        self.load(conn).await?;
+        let mut pipe = redis::pipe();
+        let s = Sequence {
+            keys,
+            epoch_seed,
+            keep: keep.min(u32::MAX as usize) as u32,
+            payload,
+            key: None,
         };
-        let (epoch, offset): (String, u64) = self
-            .script
-            .key(&keys.stream)
-            .key(&keys.history)
-            .key(&keys.topic)
-            .arg(seed.epoch_hex().as_str())
-            .arg(keep)
-            .arg(payload)
-            .arg(if self.sharded { "1" } else { "0" })
-            .invoke_async(conn)
-            .await?;
-        let epoch = Position::parse_epoch(&epoch).ok_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::Parse, "not an epoch", epoch))
-        })?;
-        Ok(Position { epoch, offset })
+        self.add(&mut pipe, s);
+        let (answer,): (redis::Value,) = pipe.query_async(conn).await?;
+        parse_sequenced(answer).map(|(p, _)| p)
     }
+}
+
+/// A script answer: the position, and whether it was a retry's (the key was seen).
+pub fn parse_sequenced(v: redis::Value) -> RedisResult<(Position, bool)> {
+    let (epoch, offset, dup): (String, u64, u8) = redis::from_redis_value(v)?;
+    let epoch = Position::parse_epoch(&epoch)
+        .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Parse, "not an epoch", epoch)))?;
+    Ok((Position { epoch, offset }, dup == 1))
+}
+
+/// A record's payload: version, format, sending time, sender, event, metadata, data.
+pub fn encode_payload(p: &SharedPublish, sent_ms: u64) -> Vec<u8> {
+    let from = p.from.as_deref().unwrap_or("").as_bytes();
+    let event = p.event.as_deref().unwrap_or("").as_bytes();
+    let meta = p.meta.as_deref();
+    let mut out = Vec::with_capacity(
+        24 + from.len() + event.len() + meta.map_or(0, <[u8]>::len) + p.data.len(),
+    );
+    out.push(1);
+    out.push(p.format.index() as u8);
+    out.extend_from_slice(&sent_ms.to_le_bytes());
+    out.extend_from_slice(&(from.len().min(u16::MAX as usize) as u16).to_le_bytes());
+    out.extend_from_slice(&from[..from.len().min(u16::MAX as usize)]);
+    out.extend_from_slice(&(event.len().min(u16::MAX as usize) as u16).to_le_bytes());
+    out.extend_from_slice(&event[..event.len().min(u16::MAX as usize)]);
+    match meta {
+        Some(m) => {
+            out.extend_from_slice(&(m.len() as u32).to_le_bytes());
+            out.extend_from_slice(m);
+        }
+        None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
+    }
+    out.extend_from_slice(&p.data);
+    out
+}
+
+/// A whole record (`<epoch>:<offset>:<payload>`) as the engine delivers it; `None` if
+/// it is not one.
+pub fn decode(record: &[u8]) -> Option<RemoteRecord> {
+    let (position, payload) = decode_record(record)?;
+    let (&version, rest) = payload.split_first()?;
+    if version != 1 {
+        return None;
+    }
+    let (&format, rest) = rest.split_first()?;
+    let format = *Format::ALL.get(format as usize)?;
+    let sent_ms = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+    let rest = &rest[8..];
+    let (from, rest) = take_str(rest)?;
+    let (event, rest) = take_str(rest)?;
+    let meta_len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?);
+    let rest = &rest[4..];
+    let (meta, data) = if meta_len == u32::MAX {
+        (None, rest)
+    } else {
+        let n = meta_len as usize;
+        (Some(Bytes::copy_from_slice(rest.get(..n)?)), &rest[n..])
+    };
+    Some(RemoteRecord {
+        position,
+        sent_ms,
+        format,
+        data: Bytes::copy_from_slice(data),
+        meta,
+        from,
+        event,
+    })
+}
+
+/// A u16-length-prefixed string (`None` when empty).
+fn take_str(b: &[u8]) -> Option<(Option<Arc<str>>, &[u8])> {
+    let n = u16::from_le_bytes(b.get(..2)?.try_into().ok()?) as usize;
+    let s = std::str::from_utf8(b.get(2..2 + n)?).ok()?;
+    let s = (!s.is_empty()).then(|| Arc::from(s));
+    Some((s, &b[2 + n..]))
 }
 
 /// A record's position and payload; `None` if it is not one.
@@ -123,6 +282,48 @@ pub fn decode_record(record: &[u8]) -> Option<(Position, &[u8])> {
 
 /// A stream hash's epoch (hex) and last offset, as read.
 type StreamTop = (Option<String>, Option<u64>);
+
+/// Read a channel's stream: its position (the epoch created from `epoch_seed` if it
+/// has none, so every node starts its subscribers in the epoch publications will
+/// use) and its kept records, oldest first.
+pub async fn read<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    keys: &ChannelKeys,
+    epoch_seed: u64,
+) -> RedisResult<(Position, Vec<RemoteRecord>)> {
+    let seed = Position {
+        epoch: epoch_seed,
+        offset: 0,
+    };
+    let ((epoch, offset), records): (StreamTop, Vec<Vec<u8>>) = redis::pipe()
+        .cmd("HSETNX")
+        .arg(&keys.stream)
+        .arg("e")
+        .arg(seed.epoch_hex().as_str())
+        .ignore()
+        .cmd("HMGET")
+        .arg(&keys.stream)
+        .arg("e")
+        .arg("o")
+        .cmd("LRANGE")
+        .arg(&keys.history)
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await?;
+    let epoch = epoch
+        .as_deref()
+        .and_then(Position::parse_epoch)
+        .ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Parse, "stream without an epoch"))
+        })?;
+    let top = Position {
+        epoch,
+        offset: offset.unwrap_or(0),
+    };
+    let kept = records.iter().filter_map(|r| decode(r)).collect();
+    Ok((top, kept))
+}
 
 /// The stream's latest position (`None`: no publication yet) and the kept records
 /// after `after` (all kept ones without it), oldest first.
@@ -154,6 +355,15 @@ pub async fn history<C: redis::aio::ConnectionLike>(
     Ok((top, kept))
 }
 
+/// The channel a topic belongs to (`{P:ch:<channel>}:t`), under `prefix`.
+pub fn channel_of<'t>(prefix: &str, topic: &'t str) -> Option<&'t str> {
+    topic
+        .strip_prefix('{')?
+        .strip_prefix(prefix)?
+        .strip_prefix(":ch:")?
+        .strip_suffix("}:t")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +386,68 @@ mod tests {
         assert_eq!(payload, b"\x00\xffdata:with:colons");
         assert!(decode_record(b"short").is_none());
         assert!(decode_record(b"00000000000000ab:x:1").is_none());
+    }
+
+    #[test]
+    fn payloads_carry_what_delivery_needs_and_bad_ones_are_refused() {
+        let p = SharedPublish {
+            channel: "room:1".into(),
+            data: Bytes::from_static(b"\x81\xa1n\x01"),
+            meta: Some(Bytes::from_static(b"\xc0")),
+            format: Format::MsgPack,
+            from: Some("ann".into()),
+            event: Some("analysis_progress".into()),
+            key: None,
+            keep: 64,
+            sync: false,
+            created: std::time::Instant::now(),
+            reply: switchboard_engine::PublishReply::None,
+        };
+        let mut rec = b"00000000000000ab:7:".to_vec();
+        rec.extend(encode_payload(&p, 1_234));
+        let r = decode(&rec).unwrap();
+        assert_eq!(
+            r.position,
+            Position {
+                epoch: 0xab,
+                offset: 7
+            }
+        );
+        assert_eq!(r.sent_ms, 1_234);
+        assert_eq!(r.format, Format::MsgPack);
+        assert_eq!(&r.data[..], b"\x81\xa1n\x01");
+        assert_eq!(r.meta.as_deref(), Some(&b"\xc0"[..]));
+        assert_eq!(r.from.as_deref(), Some("ann"));
+        assert_eq!(r.event.as_deref(), Some("analysis_progress"));
+        // Without metadata, sender or event.
+        let bare = SharedPublish {
+            meta: None,
+            from: None,
+            event: None,
+            format: Format::Json,
+            data: Bytes::from_static(b"{}"),
+            ..p
+        };
+        let mut rec = b"00000000000000ab:8:".to_vec();
+        rec.extend(encode_payload(&bare, 5));
+        let r = decode(&rec).unwrap();
+        assert!(r.meta.is_none() && r.from.is_none() && r.event.is_none());
+        assert_eq!(&r.data[..], b"{}");
+        // Truncated or of another version: not a record.
+        for cut in 20..rec.len() - 2 {
+            let _ = decode(&rec[..cut]);
+        }
+        assert!(decode(&rec[..25]).is_none());
+        let mut other = rec.clone();
+        other[19] = 2;
+        assert!(decode(&other).is_none());
+    }
+
+    #[test]
+    fn topics_name_their_channel() {
+        let k = ChannelKeys::new("sb", "room:{odd}:1");
+        assert_eq!(channel_of("sb", &k.topic), Some("room:{odd}:1"));
+        assert_eq!(channel_of("other", &k.topic), None);
+        assert_eq!(channel_of("sb", "{sb}:control"), None);
     }
 }

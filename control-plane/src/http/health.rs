@@ -105,9 +105,21 @@ pub(crate) fn readiness(s: &HttpState) -> (bool, Value) {
             "redis_rtt_ms": c.redis_rtt_us.load(Ordering::Relaxed) as f64 / 1000.0,
             "bus": if c.bus_linked.load(Ordering::Relaxed) { "linked" } else { "unlinked" },
             "nodes": c.nodes().len(),
+            "shared_channels": if c.fanout_gen.load(Ordering::Relaxed) != 0 { "linked" } else { "alone" },
+            "sync_warning": sync_warning(c),
         })),
     });
     (ready, body)
+}
+
+/// Why `sync` namespaces are not as durable as they say (`None`: they are).
+fn sync_warning(c: &crate::cluster::ClusterState) -> Option<String> {
+    let w = c
+        .sync_warning
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    (!w.is_empty()).then_some(w)
 }
 
 pub(super) async fn metrics_text(State(s): State<Arc<HttpState>>) -> Response {

@@ -247,6 +247,54 @@ pub(super) fn expose_cluster(out: &mut String, c: &crate::cluster::ClusterState)
         "switchboard_cluster_nodes",
         "gauge",
         "Live nodes in the registry, as this node last read it.",
-        [(node, c.nodes().len() as u64)],
+        [(node.clone(), c.nodes().len() as u64)],
     );
+    series(
+        out,
+        "switchboard_shared_link_up",
+        "gauge",
+        "1 while shared channels are sequenced by Redis (0: this node serves them alone).",
+        [(node.clone(), u64::from(c.fanout_gen.load(Relaxed) != 0))],
+    );
+    series(
+        out,
+        "switchboard_shared_sequenced_total",
+        "counter",
+        "Publications of shared channels Redis sequenced for this node.",
+        [(node.clone(), c.sequenced.load(Relaxed))],
+    );
+    series(
+        out,
+        "switchboard_shared_pipelines_total",
+        "counter",
+        "Round trips that carried them (sequenced / pipelines: the batching under load).",
+        [(node.clone(), c.pipelines.load(Relaxed))],
+    );
+    if let Some(f) = &c.fanout {
+        let counters = [
+            (
+                "switchboard_shared_records_total",
+                "Records of shared channels received from Redis and delivered here.",
+                f.records.load(Relaxed),
+            ),
+            (
+                "switchboard_shared_local_only_total",
+                "Publications of shared channels sequenced on this node alone (Redis away).",
+                f.local_only.load(Relaxed),
+            ),
+            (
+                "switchboard_shared_relinks_total",
+                "Times a gap or a new epoch had a shared channel read again from Redis.",
+                f.relinks.load(Relaxed),
+            ),
+            (
+                "switchboard_shared_refused_total",
+                "Turns whose work for Redis was refused because the queue was full.",
+                f.refused.load(Relaxed),
+            ),
+        ];
+        for (name, help, v) in counters {
+            series(out, name, "counter", help, [(node.clone(), v)]);
+        }
+    }
 }

@@ -189,6 +189,9 @@ impl ShardCore {
                 if change.before != change.after {
                     self.announce(&name, change.after, false);
                 }
+                if change.after == 0 {
+                    self.shared_interest(&name);
+                }
             }
         }
     }

@@ -26,6 +26,8 @@
 //!   publish replies.
 //! - [`fanout`]: encode once, deliver to local subscribers, one message per other
 //!   shard; slow consumers.
+//! - [`shared`]: shared channels when nodes share Redis (positions from Redis,
+//!   records from other nodes).
 //! - [`presence`]: presence and typing.
 //! - [`inbox`]: direct messages, inbox cursors, receipts, schedules.
 //! - [`control`]: commands handed to control-plane workers (notifications, calls)
@@ -62,6 +64,7 @@ mod presence;
 mod publish;
 mod reply;
 mod sessions;
+mod shared;
 mod subscriptions;
 #[cfg(test)]
 mod tests;
@@ -186,6 +189,8 @@ pub struct ShardCore {
     joining: Joining,
     /// Publications on their way to the store.
     store: StoreQueue,
+    /// Shared channels, when nodes share Redis.
+    shared: shared::Shared,
     /// Subscribers whose queue overflowed during a fan-out (reused).
     overflowed: Vec<u32>,
     /// Creation times of publications delivered this turn.
@@ -268,6 +273,7 @@ impl ShardCore {
         streams.set_history_budget(cfg.history_memory_bytes / mesh.shards().max(1));
         streams.set_max_streams(cfg.max_streams.div_ceil(mesh.shards().max(1)));
         let journal = mesh.journal().cloned();
+        let cluster = mesh.cluster().cloned();
         let mesh_shards = mesh.shards();
         let ShardSeeds {
             streams: seeds,
@@ -327,6 +333,7 @@ impl ShardCore {
             streams,
             joining: Joining::default(),
             store: StoreQueue::new(journal),
+            shared: shared::Shared::new(cluster),
             overflowed: Vec::new(),
             latency: Vec::new(),
             marks,
@@ -564,6 +571,7 @@ impl ShardCore {
             ShardMsg::Eio(m) => self.on_eio(*m),
             ShardMsg::HookDone(done) => self.on_hook_done(*done),
             ShardMsg::Recovery(m) => self.on_recovery(*m),
+            ShardMsg::Cluster(m) => self.on_cluster(*m),
         }
     }
 
@@ -633,6 +641,9 @@ impl ShardCore {
             || !self.store.sessions.is_empty()
         {
             self.flush_journal();
+        }
+        if self.shared_pending() {
+            self.flush_shared();
         }
         self.retry_spill()
     }

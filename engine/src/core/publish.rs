@@ -209,6 +209,15 @@ impl ShardCore {
         reply: PublishReply,
     ) {
         debug_assert_eq!(streams::owner(channel, self.mesh.shards()), self.id);
+        let (from, event, reply) = if self.shares(channel) {
+            // Nodes share Redis: it sequences, and the record comes back to deliver.
+            match self.publish_shared(channel, data, meta, created, key, from, event, reply) {
+                Some(back) => back,
+                None => return,
+            }
+        } else {
+            (from, event, reply)
+        };
         if let Some(key) = key {
             let window = ms_to_ticks(self.cfg.dedupe_window_ms, self.cfg.tick_ms);
             if let Some(original) = self.streams.dedupe(channel, key, self.tick, window) {
@@ -540,7 +549,7 @@ impl ShardCore {
 impl ShardCore {
     /// How publications are encoded: with their offset as a Socket.IO event's last
     /// argument when connection state recovery is on.
-    fn publication_encoder(&self) -> PublicationEncoder {
+    pub(super) fn publication_encoder(&self) -> PublicationEncoder {
         if self.cfg.socketio.recovery_ms > 0 {
             envelope::encode_recoverable_publication
         } else {
@@ -549,7 +558,7 @@ impl ShardCore {
     }
 }
 
-type PublicationEncoder = fn(
+pub(super) type PublicationEncoder = fn(
     Format,
     &str,
     Position,

@@ -89,6 +89,9 @@ impl ShardCore {
             );
         };
         self.conns[slot as usize].subs.push(name.clone());
+        if change.before == 0 {
+            self.shared_interest(&name);
+        }
         if self.tracks_members(&name) {
             let status = self.conns[slot as usize]
                 .ext()
@@ -181,23 +184,18 @@ impl ShardCore {
         };
         let owner = streams::owner(&q.channel, self.mesh.shards());
         if owner == self.id {
-            let reply = self.answer(q);
-            self.on_stream_reply(reply);
+            if let Some(q) = self.park(q) {
+                self.answer_query(q);
+            }
         } else {
             self.send_to(owner, ShardMsg::StreamQuery(Box::new(q)));
         }
     }
 
     /// On the owner: a stream question from another shard or the server API.
-    pub(super) fn stream_query(&mut self, mut q: StreamQuery) {
-        let shard = q.shard;
-        let api = q.api.take();
-        let reply = self.answer(q);
-        match api {
-            Some(tx) => {
-                let _ = tx.send(reply);
-            }
-            None => self.send_to(shard, ShardMsg::StreamReply(Box::new(reply))),
+    pub(super) fn stream_query(&mut self, q: StreamQuery) {
+        if let Some(q) = self.park(q) {
+            self.answer_query(q);
         }
     }
 
@@ -205,6 +203,7 @@ impl ShardCore {
     /// with `ack`, a subscription there waits for our acknowledgment.
     pub(super) fn interest(&mut self, channel: Arc<str>, from: u16, formats: u8, ack: bool) {
         self.channels.set_remote(channel.clone(), from, formats);
+        self.shared_interest(&channel);
         if ack {
             self.send_to(from, ShardMsg::InterestAck { channel });
         }
@@ -356,6 +355,9 @@ impl ShardCore {
         }
         if change.before != change.after {
             self.announce(&name, change.after, false);
+        }
+        if change.after == 0 {
+            self.shared_interest(&name);
         }
         if self.tracks_members(&name) {
             self.report_presence(slot, &name, PresenceKind::Leave { linger: false });

@@ -558,6 +558,28 @@ impl Streams {
         }
     }
 
+    /// Move `channel`'s stream to `to` as a position sequenced elsewhere (nodes sharing
+    /// Redis): the next [`Streams::next_in`] gives `to.offset + 1`. A new epoch drops
+    /// the old epoch's kept publications; a stream it does not have is created.
+    pub fn advance_to(&mut self, channel: &str, to: Position, now: u32) {
+        match self.map.get_mut(channel) {
+            Some(s) if s.epoch == to.epoch => {
+                s.offset = s.offset.max(to.offset);
+                s.shown = s.shown.max(to.offset);
+                s.used = now;
+            }
+            _ => {
+                let seed = SeedStream {
+                    channel: channel.into(),
+                    epoch: Some(to.epoch),
+                    offset: to.offset,
+                    entries: Vec::new(),
+                };
+                self.seed(seed, now, 1);
+            }
+        }
+    }
+
     /// The current position of `channel` (offset 0 in a fresh epoch if it has none).
     pub fn current(&self, channel: &str) -> Option<Position> {
         self.map.get(channel).map(|s| Position {

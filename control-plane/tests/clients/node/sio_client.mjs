@@ -137,6 +137,27 @@ async function run() {
       s.close();
       break;
     }
+    case "listen": {
+      // Joins CHANNEL, prints {"step":"joined"}, collects COUNT `message:new` events
+      // (published elsewhere: another node), then sends one and reports.
+      const [token, channel, count] = args;
+      const s = connect({ auth: { token }, transports: ["websocket"] });
+      const got = [];
+      const done = new Promise((r) =>
+        s.on("message:new", (m) => {
+          got.push(m);
+          if (got.length >= +count) r();
+        })
+      );
+      results.connect = await outcome(s);
+      results.join = await s.emitWithAck("join", { channel });
+      console.log(JSON.stringify({ step: "joined" }));
+      await done;
+      results.received = got;
+      results.sent = await s.emitWithAck("message:send", { channel, data: { text: "from socket.io" } });
+      s.close();
+      break;
+    }
     case "revoked": {
       // Prints {"step":"connected"}; the Rust test revokes the user; the client must
       // learn it is disconnected for good ("io server disconnect": no reconnecting).

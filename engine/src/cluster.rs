@@ -1,0 +1,204 @@
+//! The engine's side of nodes sharing Redis: what a channel's owner shard hands the
+//! cluster thread, and what comes back.
+//!
+//! With a [`ClusterLink`] attached, a channel that is not a user's personal channel is
+//! *shared*: its positions come from Redis (one sequence per channel for every node),
+//! and its publications reach this node's subscribers as records the cluster thread
+//! receives from Redis, on the channel's owner shard, which encodes each once per
+//! format and fans it out as it would a local one. The owner hands the cluster thread,
+//! once per loop turn, a [`ClusterBatch`]: publications to sequence, channels this
+//! node now has (or no longer has) subscribers for, and channels whose epoch must move
+//! because they were published here while Redis was away.
+//!
+//! Owns those types and the bounded queue they travel on. Does not own Redis (the
+//! control plane's `cluster` module) or what a shard does with them
+//! (`core::shared`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use switchboard_protocol::{Format, Position};
+
+use crate::publications::PublishReply;
+
+/// A publication for Redis to sequence (and keep, and send to every interested node).
+#[derive(Debug)]
+pub struct SharedPublish {
+    /// Channel name.
+    pub channel: Arc<str>,
+    /// The payload, in `format`.
+    pub data: Bytes,
+    /// Opaque metadata, in `format`.
+    pub meta: Option<Bytes>,
+    /// Format of `data` and `meta`.
+    pub format: Format,
+    /// Sender's user id (direct messages).
+    pub from: Option<Arc<str>>,
+    /// The event a backend named it with.
+    pub event: Option<Arc<str>>,
+    /// Idempotency key (deduplicated across nodes, in Redis).
+    pub key: Option<Box<str>>,
+    /// How many of the channel's records Redis keeps (its namespace's `keep`).
+    pub keep: u32,
+    /// The namespace is `sync`: answer only once Redis has it as durably as
+    /// configured (`cluster.sync_replicas`).
+    pub sync: bool,
+    /// When it entered the server.
+    pub created: Instant,
+    /// Who learns the position.
+    pub reply: PublishReply,
+}
+
+/// A channel whose stream the owner wants from Redis.
+#[derive(Debug, Clone)]
+pub struct LinkReq {
+    /// Channel name.
+    pub channel: Arc<str>,
+    /// Keep receiving its records (this node has subscribers); else read once (a
+    /// history question).
+    pub subscribe: bool,
+}
+
+/// What one shard hands the cluster thread in one loop turn.
+#[derive(Debug, Default)]
+pub struct ClusterBatch {
+    /// The sending shard.
+    pub shard: u16,
+    /// Channels whose epoch Redis moves before anything else in the batch (they were
+    /// published on this node alone while Redis was away).
+    pub moves: Vec<Arc<str>>,
+    /// Publications to sequence, in order.
+    pub publishes: Vec<SharedPublish>,
+    /// Channels to read (and subscribe to).
+    pub links: Vec<LinkReq>,
+    /// Channels this node no longer has subscribers for.
+    pub unlinks: Vec<Arc<str>>,
+}
+
+impl ClusterBatch {
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.moves.is_empty()
+            && self.publishes.is_empty()
+            && self.links.is_empty()
+            && self.unlinks.is_empty()
+    }
+}
+
+/// One publication as Redis sequenced it, decoded on this node.
+#[derive(Debug, Clone)]
+pub struct RemoteRecord {
+    /// Its position in the channel's cluster-wide stream.
+    pub position: Position,
+    /// When the publishing node handed it to Redis (Unix ms).
+    pub sent_ms: u64,
+    /// Format of `data` and `meta`.
+    pub format: Format,
+    /// The payload.
+    pub data: Bytes,
+    /// Opaque metadata.
+    pub meta: Option<Bytes>,
+    /// Sender's user id.
+    pub from: Option<Arc<str>>,
+    /// Event name.
+    pub event: Option<Arc<str>>,
+}
+
+/// What the cluster thread tells a shard.
+#[derive(Debug)]
+pub enum ClusterMsg {
+    /// Redis is reachable (again), link generation `gen`: shared channels are
+    /// sequenced by Redis from now on; re-link every channel with subscribers.
+    Up {
+        /// Link generation (rises with every reconnection).
+        gen: u64,
+    },
+    /// Redis is away: sequence shared channels here (and remember which, to move their
+    /// epoch when it is back).
+    Down {
+        /// The generation that ended.
+        gen: u64,
+    },
+    /// A channel's stream as Redis holds it, after this node subscribed to it (or for
+    /// one read): its latest position and kept records, oldest first.
+    Linked {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Link generation it was read in.
+        gen: u64,
+        /// Read after subscribing (else a one-off read).
+        subscribed: bool,
+        /// Latest position (`None`: never published).
+        top: Option<Position>,
+        /// Kept records.
+        records: Vec<RemoteRecord>,
+    },
+    /// The link could not read the channel (Redis error): questions parked for it are
+    /// answered from what this node holds.
+    LinkFailed {
+        /// Channel name.
+        channel: Arc<str>,
+    },
+    /// A live record of a channel this node subscribes to.
+    Record {
+        /// Channel name.
+        channel: Arc<str>,
+        /// The record.
+        record: RemoteRecord,
+    },
+    /// Redis could not take this publication (the link went down with it in flight):
+    /// sequence it on this node.
+    Fallback(SharedPublish),
+}
+
+/// Counters of the link, read by metrics.
+#[derive(Debug, Default)]
+pub struct ClusterLinkStats {
+    /// Batches refused because the cluster thread's queue was full.
+    pub refused: AtomicU64,
+    /// Publications sequenced on this node alone because Redis was away.
+    pub local_only: AtomicU64,
+    /// Records delivered from Redis.
+    pub records: AtomicU64,
+    /// Times a shard found a gap or a new epoch in a channel's records and re-read it.
+    pub relinks: AtomicU64,
+}
+
+/// The owner shards' way to the cluster thread: a bounded queue of per-turn batches
+/// (one wake-up of the cluster thread per shard turn at most, never a lock on the
+/// message path).
+#[derive(Debug, Clone)]
+pub struct ClusterLink {
+    tx: tokio::sync::mpsc::Sender<ClusterBatch>,
+    stats: Arc<ClusterLinkStats>,
+}
+
+impl ClusterLink {
+    /// A link holding at most `capacity` batches, and the cluster thread's end.
+    pub fn new(capacity: usize) -> (ClusterLink, tokio::sync::mpsc::Receiver<ClusterBatch>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        let link = ClusterLink {
+            tx,
+            stats: Arc::default(),
+        };
+        (link, rx)
+    }
+
+    /// Hand over a batch; given back when the queue is full or the thread is gone.
+    pub fn send(&self, batch: ClusterBatch) -> Result<(), ClusterBatch> {
+        self.tx.try_send(batch).map_err(|e| {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            match e {
+                tokio::sync::mpsc::error::TrySendError::Full(b)
+                | tokio::sync::mpsc::error::TrySendError::Closed(b) => b,
+            }
+        })
+    }
+
+    /// The link's counters.
+    pub fn stats(&self) -> &Arc<ClusterLinkStats> {
+        &self.stats
+    }
+}
