@@ -94,15 +94,22 @@ impl Server {
         let store = opened.spawn(engine.sender())?;
         let audit = Arc::new(crate::audit::Audit::open(store.path())?);
         replay_revocations(&audit, &verifier, &engine, store.path())?;
+        // Pushes to users on other nodes (nothing for a node alone).
+        let remote_pushes = crate::cluster::RemotePushes::default();
         let (scheduler, scheduler_handle) =
             schedule::spawn(store.path(), engine.clone(), engine.sender())?;
-        let (notifier, notifier_handle) =
-            notify::spawn(store.path(), engine.sender(), cfg.notifications.clone())?;
+        let (notifier, notifier_handle) = notify::spawn(
+            store.path(),
+            engine.sender(),
+            cfg.notifications.clone(),
+            remote_pushes.clone(),
+        )?;
         let (calls, calls_handle) = calls::spawn(
             store.path(),
             engine.sender(),
             cfg.calls.clone(),
             notifier.clone(),
+            remote_pushes.clone(),
         )?;
         let (hooks, hook_threads) = crate::hooks::spawn(&cfg.socketio, engine.sender())
             .map_err(|e| Error::start("the hook threads", e))?;
@@ -169,6 +176,8 @@ impl Server {
                 batches,
                 dedupe_ms,
                 sync_namespaces,
+                pushes: remote_pushes,
+                personal_namespace: cfg.engine.personal_namespace.clone(),
             },
         )
         .map_err(|e| Error::start("the cluster thread", e))?;

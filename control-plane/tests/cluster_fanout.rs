@@ -348,3 +348,77 @@ async fn sync_namespaces_check_redis_persistence_and_refuse_while_it_is_away() {
     assert_eq!(h["shared_channels"], "linked", "{h}");
     n.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_messages_personal_channels_and_pushes_reach_users_on_other_nodes() {
+    let redis = RedisServer::start();
+    let nodes = [node(&redis, "n1"), node(&redis, "n2")];
+    // Bob's phone on n2: its inbox, and its personal channel, are n2's interest.
+    let mut phone = Client::open(nodes[1].ws_addr(), Fmt::Json).await;
+    let bob = common::token("bob", None);
+    let r = phone
+        .call(json!({"cmd": "connect", "token": bob, "device": "phone"}))
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    let inbox = phone.next_push(&["inbox"]).await;
+    assert_eq!(inbox["channel"], "inbox:bob", "{inbox}");
+    let mut linked = false;
+    eventually(5, "n2 receives bob's personal channel", || {
+        linked = topic_subscribers(&redis, "user:bob") == 1;
+        linked
+    })
+    .await;
+
+    // Alice on n1 sends a direct message: it reaches bob's inbox on n2, from alice.
+    let alice = common::token_with("alice", |c| c.send_to = Some(vec!["bob".into()]));
+    let mut a = Client::connect(nodes[0].ws_addr(), Fmt::MsgPack, &alice).await;
+    let r = a
+        .call(json!({"cmd": "send", "user": "bob", "data": {"text": "hi"}}))
+        .await;
+    assert_eq!(r["result"]["offset"], 1, "{r}");
+    let p = next(&mut phone).await;
+    assert_eq!(
+        (&p["channel"], &p["from"], &p["data"]),
+        (&json!("inbox:bob"), &json!("alice"), &json!({"text": "hi"})),
+        "{p}"
+    );
+
+    // The server API on n1 publishes to bob's personal channel: his connection on n2
+    // gets it.
+    let body = json!({"channel": "user:bob", "data": {"note": 1}});
+    let (status, r) = common::api(nodes[0].admin_addr(), "POST", "/api/publish", &body).await;
+    assert_eq!(status, 200, "{r}");
+    let p = next(&mut phone).await;
+    assert_eq!(
+        (&p["channel"], &p["data"]),
+        (&json!("user:bob"), &json!({"note": 1})),
+        "{p}"
+    );
+
+    // A notification created through n1's API reaches bob's connection on n2 (a push
+    // on his personal channel's topic), once.
+    let body = json!({"user": "bob", "kind": "message", "data": {"text": "hello"}});
+    let (status, r) = common::api(nodes[0].admin_addr(), "POST", "/api/notifications", &body).await;
+    assert_eq!(status, 200, "{r}");
+    let n = tokio::time::timeout(common::TIMEOUT, phone.next_push(&["notification"]))
+        .await
+        .expect("the notification in time");
+    assert_eq!(n["notification"]["data"]["text"], "hello", "{n}");
+    let again = tokio::time::timeout(
+        Duration::from_millis(300),
+        phone.next_push(&["notification"]),
+    )
+    .await;
+    assert!(again.is_err(), "delivered twice: {again:?}");
+
+    // Bob leaves n2: n2 no longer receives his personal channel.
+    drop(phone);
+    eventually(5, "n2 leaves bob's personal channel", || {
+        linked = topic_subscribers(&redis, "user:bob") == 0;
+        linked
+    })
+    .await;
+    for n in nodes {
+        n.shutdown();
+    }
+}

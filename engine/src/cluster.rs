@@ -61,6 +61,40 @@ pub struct LinkReq {
     pub subscribe: bool,
 }
 
+/// A user's presence on a channel as this node sees it, for the cluster-wide union.
+#[derive(Debug)]
+pub struct PresenceOp {
+    /// Channel name.
+    pub channel: Arc<str>,
+    /// User id.
+    pub user: Arc<str>,
+    /// The user's connections here, as JSON ([`crate::presence::UserView`]);
+    /// `None`: the user is gone from this node.
+    pub view: Option<String>,
+    /// The user's status here.
+    pub status: Arc<str>,
+}
+
+/// A presence question about a channel, answered with the union of every node.
+#[derive(Debug)]
+pub struct PresenceAsk {
+    /// Channel name.
+    pub channel: Arc<str>,
+    /// Members too (else the counts).
+    pub members: bool,
+    /// Where the answer goes.
+    pub answer: crate::mesh::Answer<crate::presence::PresenceList>,
+}
+
+/// An unsequenced push to a channel's subscribers on every node (typing).
+#[derive(Debug)]
+pub struct ChannelPush {
+    /// Channel name.
+    pub channel: Arc<str>,
+    /// The push, encoded for every format.
+    pub frames: [Bytes; switchboard_protocol::FORMATS],
+}
+
 /// What one shard hands the cluster thread in one loop turn.
 #[derive(Debug, Default)]
 pub struct ClusterBatch {
@@ -75,6 +109,12 @@ pub struct ClusterBatch {
     pub links: Vec<LinkReq>,
     /// Channels this node no longer has subscribers for.
     pub unlinks: Vec<Arc<str>>,
+    /// Presence changes for the union.
+    pub presence: Vec<PresenceOp>,
+    /// Presence questions.
+    pub presence_asks: Vec<PresenceAsk>,
+    /// Pushes for the channels' subscribers on the other nodes.
+    pub pushes: Vec<ChannelPush>,
 }
 
 impl ClusterBatch {
@@ -84,6 +124,9 @@ impl ClusterBatch {
             && self.publishes.is_empty()
             && self.links.is_empty()
             && self.unlinks.is_empty()
+            && self.presence.is_empty()
+            && self.presence_asks.is_empty()
+            && self.pushes.is_empty()
     }
 }
 
@@ -151,6 +194,16 @@ pub enum ClusterMsg {
     /// Redis could not take this publication (the link went down with it in flight):
     /// sequence it on this node.
     Fallback(SharedPublish),
+    /// A change of the channel's presence across the cluster: push it to the
+    /// subscribers here.
+    Presence {
+        /// Channel name.
+        channel: Arc<str>,
+        /// What changed.
+        event: crate::presence::Event,
+    },
+    /// A push from another node for the channel's subscribers here (typing).
+    Push(ChannelPush),
 }
 
 /// Counters of the link, read by metrics.
@@ -187,12 +240,12 @@ impl ClusterLink {
     }
 
     /// Hand over a batch; given back when the queue is full or the thread is gone.
-    pub fn send(&self, batch: ClusterBatch) -> Result<(), ClusterBatch> {
+    pub fn send(&self, batch: ClusterBatch) -> Result<(), Box<ClusterBatch>> {
         self.tx.try_send(batch).map_err(|e| {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             match e {
                 tokio::sync::mpsc::error::TrySendError::Full(b)
-                | tokio::sync::mpsc::error::TrySendError::Closed(b) => b,
+                | tokio::sync::mpsc::error::TrySendError::Closed(b) => Box::new(b),
             }
         })
     }

@@ -20,7 +20,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A connection, as `connect` names it to its client (`shard.slot.generation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,24 +40,24 @@ impl std::fmt::Display for ClientId {
 }
 
 /// One connection on a channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberView {
     /// Connection id (`shard.slot.generation`, as `connect` returned it).
     pub client: String,
     /// Device id given in `connect`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
     /// Its status.
     pub status: String,
     /// When it joined, Unix milliseconds.
     pub since: u64,
     /// Gone without a goodbye, kept until the grace period ends.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub lingering: bool,
 }
 
 /// One user on a channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserView {
     /// User id.
     pub user: String,
@@ -301,32 +301,32 @@ impl Presence {
             .map_or((0, 0), |c| (c.users.len(), c.connections))
     }
 
+    /// One user on `channel` (`None`: not present).
+    pub fn user_view(&self, channel: &str, user: &str) -> Option<UserView> {
+        let e = self.channels.get(channel)?.users.get(user)?;
+        Some(view_of(user, e))
+    }
+
+    /// Channels with someone present.
+    pub fn channels(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.channels.keys()
+    }
+
+    /// Users on `channel`.
+    pub fn users(&self, channel: &str) -> Vec<Arc<str>> {
+        self.channels
+            .get(channel)
+            .map(|c| c.users.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Everything about `channel` (`members` false: the counts only).
     pub fn list(&self, channel: &str, members: bool) -> PresenceList {
         let (users, connections) = self.count(channel);
         let c = self.channels.get(channel);
         let members = members.then(|| {
             let mut v: Vec<UserView> = c
-                .map(|c| {
-                    c.users
-                        .iter()
-                        .map(|(user, e)| UserView {
-                            user: user.to_string(),
-                            status: e.status.as_deref().unwrap_or("online").to_string(),
-                            connections: e
-                                .members
-                                .iter()
-                                .map(|m| MemberView {
-                                    client: m.client.to_string(),
-                                    device: m.device.as_deref().map(str::to_string),
-                                    status: m.status.to_string(),
-                                    since: m.since_ms,
-                                    lingering: m.lingering_until.is_some(),
-                                })
-                                .collect(),
-                        })
-                        .collect()
-                })
+                .map(|c| c.users.iter().map(|(user, e)| view_of(user, e)).collect())
                 .unwrap_or_default();
             v.sort_by(|a, b| a.user.cmp(&b.user));
             v
@@ -346,6 +346,24 @@ impl Presence {
             }),
             members,
         }
+    }
+}
+
+fn view_of(user: &str, e: &UserEntry) -> UserView {
+    UserView {
+        user: user.to_string(),
+        status: e.status.as_deref().unwrap_or("online").to_string(),
+        connections: e
+            .members
+            .iter()
+            .map(|m| MemberView {
+                client: m.client.to_string(),
+                device: m.device.as_deref().map(str::to_string),
+                status: m.status.to_string(),
+                since: m.since_ms,
+                lingering: m.lingering_until.is_some(),
+            })
+            .collect(),
     }
 }
 

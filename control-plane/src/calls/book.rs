@@ -90,6 +90,8 @@ pub(super) struct CallBook {
     calls: BTreeMap<u64, Call>,
     /// The moment of the work being handled (set by [`CallBook::at`]).
     now: Now,
+    /// Users connected to other nodes (rings and signaling addressed to a user).
+    pub(super) remote: crate::cluster::RemotePushes,
 }
 
 impl CallBook {
@@ -108,6 +110,7 @@ impl CallBook {
             notifier,
             calls: BTreeMap::new(),
             now,
+            remote: Default::default(),
         }
     }
 
@@ -666,6 +669,7 @@ impl CallBook {
     }
 
     fn push(&self, to: PushTo) {
+        self.remote.send(&to, &None);
         let push = Arc::new(Push { to, coalesce: None });
         let shards: Vec<u16> = match &push.to {
             PushTo::Client(c, _) => vec![c.shard],

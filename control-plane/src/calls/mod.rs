@@ -121,6 +121,7 @@ pub fn spawn(
     shards: ShardSender,
     cfg: CallsConfig,
     notifier: Notifier,
+    remote: crate::cluster::RemotePushes,
 ) -> Result<(Calls, CallsHandle), crate::Error> {
     let conn = open_store(path, "calls")?;
     let left = conn
@@ -141,6 +142,7 @@ pub fn spawn(
     }
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut book = CallBook::new(conn, shards, cfg, notifier, Now::read());
+    book.remote = remote;
     let handle = WorkerHandle::spawn("calls", move |stop| run(&mut book, &rx, stop))
         .map_err(|e| crate::Error::start("the call worker", e))?;
     Ok((Calls { tx }, handle))

@@ -93,8 +93,13 @@ async fn an_unanswered_call_rings_out_on_the_virtual_clock() {
     drop(crate::store::open(&store, &[], 60_000).expect("store"));
     let mesh = Mesh::new(1, 1024).unwrap();
     let shards = ShardSender::over(mesh.clone());
-    let (notifier, notify_thread) =
-        crate::notify::spawn(&path, shards.clone(), NotificationsConfig::default()).unwrap();
+    let (notifier, notify_thread) = crate::notify::spawn(
+        &path,
+        shards.clone(),
+        NotificationsConfig::default(),
+        Default::default(),
+    )
+    .unwrap();
     let cfg = CallsConfig {
         ring_timeout_ms: 30_000,
         ..CallsConfig::default()

@@ -13,6 +13,10 @@
 //! modules) or the HTTP routes (`crate::http`).
 
 mod bus;
+mod link;
+pub mod presence;
+mod publisher;
+pub mod pushes;
 mod registry;
 mod relay;
 mod source;
@@ -27,6 +31,7 @@ use switchboard_engine::cluster::ClusterLink;
 use switchboard_engine::EngineHandle;
 
 pub use bus::{ClusterAction, Hands};
+pub use pushes::RemotePushes;
 pub use registry::NodeInfo;
 
 /// `[cluster]`: sharing one service between nodes through Redis.
@@ -280,6 +285,10 @@ pub struct SharedOptions {
     pub dedupe_ms: u64,
     /// Some namespace is `sync`: Redis's persistence is checked at every link.
     pub sync_namespaces: bool,
+    /// The workers' pushes to users on other nodes.
+    pub pushes: RemotePushes,
+    /// `engine.personal_namespace`: a push to a user goes on its personal channel.
+    pub personal_namespace: String,
 }
 
 /// Start the cluster thread when `cfg` names a Redis; `None` for a node alone.
@@ -355,9 +364,11 @@ pub fn spawn(
                         batches,
                         dedupe_ms,
                         sync_namespaces,
+                        pushes,
+                        personal_namespace,
                     } = shared;
                     let relay = batches.map(|b| {
-                        let relay = relay::Relay::new(
+                        let mut relay = relay::Relay::new(
                             source.clone(),
                             &prefix,
                             state.clone(),
@@ -365,7 +376,9 @@ pub fn spawn(
                             dedupe_ms,
                             (sync_namespaces, sync_replicas, sync_timeout_ms),
                         );
-                        tokio::spawn(relay::run(relay, b, stopped.clone()))
+                        relay.personal = personal_namespace;
+                        let pushes = pushes.attach();
+                        tokio::spawn(link::run(relay, b, pushes, stopped.clone()))
                     });
                     run(source, registry, engine, state, stopped, every).await;
                     bus.abort();

@@ -315,12 +315,14 @@ pub fn spawn(
     path: &std::path::Path,
     shards: ShardSender,
     cfg: NotificationsConfig,
+    remote: crate::cluster::RemotePushes,
 ) -> Result<(Notifier, NotifierHandle), crate::Error> {
     let conn = open_store(path, "notifications")?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut worker = Worker {
         conn,
         shards,
+        remote,
         cfg,
         unread: HashMap::new(),
     };

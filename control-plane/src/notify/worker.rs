@@ -34,6 +34,8 @@ pub(super) const PRUNE_EVERY: Duration = Duration::from_secs(60);
 pub(super) struct Worker {
     pub(super) conn: Connection,
     pub(super) shards: ShardSender,
+    /// Users connected to other nodes.
+    pub(super) remote: crate::cluster::RemotePushes,
     pub(super) cfg: NotificationsConfig,
     pub(super) unread: HashMap<String, u64>,
 }
@@ -484,6 +486,7 @@ impl Worker {
     }
 
     pub(super) fn push(&self, to: PushTo, coalesce: Option<Arc<str>>) {
+        self.remote.send(&to, &coalesce);
         let push = Arc::new(Push { to, coalesce });
         for shard in 0..self.shards.shards() {
             let msg = ShardMsg::Push(push.clone());

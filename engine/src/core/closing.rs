@@ -165,11 +165,13 @@ impl ShardCore {
                 self.report_presence(slot, &name, kind);
             }
         }
+        let mut left = None;
         let conn = &mut self.conns[slot as usize];
         if let Some(identity) = &conn.identity {
             if let Some(u) = self.users.conns.get_mut(&*identity.user) {
                 if u.remove(slot) {
                     self.users.conns.remove(&*identity.user);
+                    left = Some(identity.user.clone());
                     self.rate.user_buckets.remove(&*identity.user);
                     if self.users.last_seen.len() >= MAX_LAST_SEEN {
                         // Best effort, bounded: start over rather than grow.
@@ -183,6 +185,9 @@ impl ShardCore {
         }
         let subs = std::mem::take(&mut conn.subs);
         let format = conn.format;
+        if let Some(user) = left {
+            self.user_interest(&user, false);
+        }
         for name in subs {
             self.stop_holding(&name, slot);
             if let Some(change) = self.channels.unsubscribe(&name, slot, format) {

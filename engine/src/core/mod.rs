@@ -28,7 +28,7 @@
 //!   shard; slow consumers.
 //! - [`shared`]: shared channels when nodes share Redis (positions from Redis,
 //!   records from other nodes).
-//! - [`presence`]: presence and typing.
+//! - [`presence`]: presence and typing; [`union`]: both across nodes.
 //! - [`inbox`]: direct messages, inbox cursors, receipts, schedules.
 //! - [`control`]: commands handed to control-plane workers (notifications, calls)
 //!   and their pushes.
@@ -69,6 +69,7 @@ mod subscriptions;
 #[cfg(test)]
 mod tests;
 mod timers;
+mod union;
 mod wire;
 
 use std::net::IpAddr;
@@ -526,10 +527,7 @@ impl ShardCore {
                 channel,
                 members,
                 answer,
-            } => {
-                let list = self.presence.members.list(&channel, members);
-                self.answer_with(answer, list, CommandKind::Presence, ReplyBody::Presence);
-            }
+            } => self.answer_presence(channel, members, answer),
             ShardMsg::Receipts { channel, answer } => {
                 let list = self.receipt_list(&channel);
                 self.answer_with(answer, list, CommandKind::Receipts, ReplyBody::Receipts);
@@ -628,7 +626,12 @@ impl ShardCore {
         self.expire_typing();
         if !self.presence.namespaces.is_empty() {
             for (channel, event) in self.presence.members.expire(self.tick, self.clock.unix_ms) {
-                self.push_presence(&channel, &event);
+                if let crate::presence::Event::Leave { user, .. } = &event {
+                    self.presence_changed(&channel, user);
+                }
+                if !self.presence_shared() {
+                    self.push_presence(&channel, &event);
+                }
             }
         }
     }

@@ -127,6 +127,13 @@ impl ShardCore {
                 .members
                 .status(&u.channel, &u.user, u.client, &status),
         };
+        if self.shared.link.is_some() {
+            // Nodes share Redis: the union decides what the change means to everyone.
+            self.presence_changed(&u.channel, &u.user);
+            if self.presence_shared() {
+                return;
+            }
+        }
         if let Some(e) = event {
             self.push_presence(&u.channel, &e);
         }
@@ -223,8 +230,7 @@ impl ShardCore {
         let answer = self.asker(slot, id);
         let owner = streams::owner(channel, self.mesh.shards());
         if owner == self.id {
-            let list = self.presence.members.list(channel, members);
-            self.answer_with(answer, list, CommandKind::Presence, ReplyBody::Presence);
+            self.answer_presence(channel.into(), members, answer);
         } else {
             let msg = ShardMsg::PresenceQuery {
                 channel: channel.into(),
@@ -232,6 +238,19 @@ impl ShardCore {
                 answer,
             };
             self.send_to(owner, msg);
+        }
+    }
+
+    /// On the owner: the channel's presence (the union, when nodes share Redis).
+    pub(super) fn answer_presence(
+        &mut self,
+        channel: Arc<str>,
+        members: bool,
+        answer: crate::mesh::Answer<crate::presence::PresenceList>,
+    ) {
+        if let Some(answer) = self.ask_union(channel.clone(), members, answer) {
+            let list = self.presence.members.list(&channel, members);
+            self.answer_with(answer, list, CommandKind::Presence, ReplyBody::Presence);
         }
     }
 
@@ -330,6 +349,7 @@ impl ShardCore {
             user: &user,
             typing,
         };
+        self.share_typing(channel, &push);
         let frames = push_frames(needed, &push);
         let publication = Arc::new(Publication {
             channel: channel.clone(),

@@ -238,11 +238,12 @@ impl ShardCore {
         self.schedule(slot, at);
         // Indexed even with the personal channel off: notifications and calls reach
         // users through it.
-        self.users
-            .conns
-            .entry(identity.user.clone())
-            .or_default()
-            .add(slot);
+        let conns = self.users.conns.entry(identity.user.clone()).or_default();
+        let first = conns.slots().is_empty();
+        conns.add(slot);
+        if first {
+            self.user_interest(&identity.user, true);
+        }
         let ns = &self.cfg.user_presence_namespace;
         if !ns.is_empty() {
             let channel = format!("{ns}:{}", identity.user);

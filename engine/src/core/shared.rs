@@ -1,5 +1,9 @@
 //! Shared channels: a channel's stream when nodes share Redis (see [`crate::cluster`]).
 //!
+//! Every channel is shared, a user's personal channel too: a node receives it while
+//! the user has a connection there (each shard tells the channel's owner when the
+//! user's first connection arrives and its last one leaves).
+//!
 //! Owns, on each channel's owner shard, what the node knows of the channel's
 //! cluster-wide stream: whether this node has subscribers (and so receives the
 //! channel's records from Redis), whether the local stream mirrors Redis's (`Live`),
@@ -19,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use switchboard_protocol::{ErrorCode, Format, Payload, Position};
+use switchboard_protocol::{ErrorCode, Format, Payload, Position, EVERY_FORMAT};
 
 use super::ShardCore;
 use crate::cluster::{ClusterBatch, ClusterLink, ClusterMsg, LinkReq, RemoteRecord, SharedPublish};
@@ -70,14 +74,14 @@ impl SharedChannel {
 /// The owner's side of shared channels.
 #[derive(Debug, Default)]
 pub(super) struct Shared {
-    link: Option<ClusterLink>,
+    pub(super) link: Option<ClusterLink>,
     /// Redis is reachable (as the cluster thread last said).
-    up: bool,
+    pub(super) up: bool,
     /// Link generation of `up`.
     gen: u64,
     chans: HashMap<Arc<str>, SharedChannel>,
     /// This turn's batch for the cluster thread.
-    out: ClusterBatch,
+    pub(super) out: ClusterBatch,
 }
 
 impl Shared {
@@ -93,11 +97,32 @@ impl Shared {
 }
 
 impl ShardCore {
-    /// Whether `channel` is shared with the other nodes (nodes share Redis, and it is
-    /// not a user's personal channel).
+    /// Whether `channel` is shared with the other nodes (every channel, when nodes
+    /// share Redis).
     #[inline]
-    pub(super) fn shares(&self, channel: &str) -> bool {
-        self.shared.link.is_some() && self.personal_user(channel).is_none()
+    pub(super) fn shares(&self, _channel: &str) -> bool {
+        self.shared.link.is_some()
+    }
+
+    /// A user's first connection on this shard arrived, or its last one left: the
+    /// owner of the user's personal channel learns whether this shard wants its
+    /// records (a node receives a personal channel while the user is connected to it).
+    pub(super) fn user_interest(&mut self, user: &str, here: bool) {
+        if self.shared.link.is_none() || self.cfg.personal_namespace.is_empty() {
+            return;
+        }
+        let channel: Arc<str> = format!("{}:{user}", self.cfg.personal_namespace).into();
+        let owner = streams::owner(&channel, self.mesh.shards());
+        if owner == self.id {
+            return self.shared_interest(&channel);
+        }
+        let msg = ShardMsg::Interest {
+            channel,
+            from: self.id,
+            formats: if here { EVERY_FORMAT } else { 0 },
+            ack: false,
+        };
+        self.send_to(owner, msg);
     }
 
     /// On the owner: hand a publication of a shared channel to Redis (when it is up);
@@ -159,7 +184,10 @@ impl ShardCore {
             return;
         }
         let wanted = self.channels.local(channel).is_some()
-            || self.channels.remote(channel).iter().any(|&s| s != 0);
+            || self.channels.remote(channel).iter().any(|&s| s != 0)
+            || self
+                .personal_user(channel)
+                .is_some_and(|u| self.users.conns.contains_key(u));
         let up = self.shared.up;
         let c = self.shared.chans.entry(channel.clone()).or_default();
         if wanted == c.subscribed {
@@ -234,8 +262,13 @@ impl ShardCore {
                 for q in waiting {
                     self.answer_query(q);
                 }
+                if self.shared.chans.get(&channel).is_some_and(|c| c.idle()) {
+                    self.shared.chans.remove(&channel);
+                }
             }
             ClusterMsg::Record { channel, record } => self.on_record(channel, record),
+            ClusterMsg::Presence { channel, event } => self.push_presence(&channel, &event),
+            ClusterMsg::Push(p) => self.remote_push(p),
             ClusterMsg::Fallback(p) => {
                 let SharedPublish {
                     channel,
@@ -287,6 +320,7 @@ impl ShardCore {
             }
         }
         self.shared.chans.retain(|_, c| !c.idle());
+        self.restate_presence();
     }
 
     fn cluster_down(&mut self, gen: u64) {
@@ -375,6 +409,10 @@ impl ShardCore {
         }
         for q in waiting {
             self.answer_query(q);
+        }
+        if self.shared.chans.get(&channel).is_some_and(|c| c.idle()) {
+            // A one-off read (a history question): nothing to keep.
+            self.shared.chans.remove(&channel);
         }
     }
 
@@ -527,7 +565,7 @@ impl ShardCore {
                 };
                 self.answer_publish(p.reply, Err(refused));
             }
-            self.shared.out = back;
+            self.shared.out = *back;
         }
     }
 

@@ -376,11 +376,12 @@ impl ShardCore {
         conn.identity = Some(identity.clone());
         conn.state = ConnState::Open;
         ShardMetrics::add(&self.metrics.authenticated, 1);
-        self.users
-            .conns
-            .entry(identity.user.clone())
-            .or_default()
-            .add(slot);
+        let conns = self.users.conns.entry(identity.user.clone()).or_default();
+        let first = conns.slots().is_empty();
+        conns.add(slot);
+        if first {
+            self.user_interest(&identity.user, true);
+        }
     }
 
     /// An authenticated CONNECT: asked of the connect hook, or accepted.

@@ -1,0 +1,446 @@
+//! Shared channels over Redis: the cluster thread's half of cross-node fan-out (the
+//! link).
+//!
+//! Owns the links that carry channels between nodes: one multiplexed connection for
+//! the sequencing scripts ([`super::streams`]; every batch of publications the owner
+//! shards hand over in a turn, and whatever queued meanwhile, goes as one pipeline:
+//! one round trip however many publications), and one pub/sub connection subscribed to
+//! the topic of every channel this node has subscribers for (one Redis message per
+//! publication per interested node). Records it receives go to the channel's owner
+//! shard, which delivers them like its own. Subscribing reads the channel's stream
+//! after the subscription is confirmed, so the owner can answer subscribers with a
+//! position no later record can fall before.
+//!
+//! When Redis goes away it tells every shard (`Down`: they sequence shared channels
+//! alone), hands back the publications it held (`Fallback`), and links again with
+//! backoff; once back (`Up`, a new generation) the shards re-read their channels and
+//! move the epoch of those published alone meanwhile — kept here until done, even if
+//! the link fails again first.
+//!
+//! Does not own the owner shards' side ([`switchboard_engine::cluster`]), the node
+//! registry or the admin bus.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::MultiplexedConnection;
+use switchboard_engine::cluster::{ChannelPush, ClusterBatch, ClusterMsg, LinkReq, PresenceAsk};
+use switchboard_engine::control::{Push, PushTo};
+use switchboard_engine::{Refused, ShardMsg};
+use switchboard_protocol::ErrorCode;
+use tokio::sync::mpsc;
+
+use super::presence as union;
+use super::pushes::{self, UserPush};
+use super::relay::{unlinked, Relay, Work};
+use super::streams::{self, Sequencer};
+
+/// Work for the subscribing task.
+enum SubOp {
+    Link(LinkReq),
+    Unlink(Arc<str>),
+}
+
+/// The relay: link, relay until the link fails or the node stops, link again.
+pub(super) async fn run(
+    relay: Relay,
+    mut batches: mpsc::Receiver<ClusterBatch>,
+    mut pushes: Option<mpsc::Receiver<UserPush>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let sequencer = Arc::new(Sequencer::new(false));
+    let mut gen = 0u64;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let linked = async {
+            let client = relay.source.client().await?;
+            let cfg = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(1)))
+                .set_response_timeout(Some(Duration::from_secs(2)));
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await?;
+            sequencer.load(&mut conn).await?;
+            redis::pipe()
+                .load_script(relay.union.script())
+                .query_async::<(String,)>(&mut conn)
+                .await?;
+            let (sink, stream) = client.get_async_pubsub().await?.split();
+            Ok::<_, redis::RedisError>((conn, sink, stream))
+        }
+        .await;
+        let (conn, sink, mut records) = match linked {
+            Ok(l) => l,
+            Err(e) => {
+                if gen == 0 && backoff == Duration::from_millis(100) {
+                    // The shards started expecting the link: they serve alone now.
+                    tracing::warn!("shared channels: Redis unreachable, serving alone: {e}");
+                    relay.tell_all(|| ClusterMsg::Down { gen: 0 }).await;
+                }
+                let wait = tokio::time::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                tokio::pin!(wait);
+                loop {
+                    tokio::select! {
+                        _ = &mut wait => break,
+                        b = batches.recv() => match b {
+                            Some(b) => unlinked(&relay, b).await,
+                            None => return,
+                        },
+                        // Redis away: a push reaches this node's connections only.
+                        _ = next_push(&mut pushes) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        gen += 1;
+        relay.state.fanout_gen.store(gen, Ordering::Relaxed);
+        if relay.sync_namespaces {
+            let mut c = conn.clone();
+            check_durability(&relay, &mut c).await;
+        }
+        relay.tell_all(|| ClusterMsg::Up { gen }).await;
+        let (fail_tx, mut failed) = mpsc::channel::<()>(1);
+        let (work_tx, work_rx) = mpsc::unbounded_channel();
+        let (ops_tx, ops_rx) = mpsc::unbounded_channel();
+        let publisher = tokio::spawn(super::publisher::publish_loop(
+            relay.clone(),
+            sequencer.clone(),
+            conn.clone(),
+            work_rx,
+            fail_tx.clone(),
+        ));
+        let subscriber = tokio::spawn(subscribe_loop(
+            relay.clone(),
+            sink,
+            conn.clone(),
+            ops_rx,
+            fail_tx,
+            gen,
+        ));
+        relay
+            .restated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        let janitor = tokio::spawn(janitor(relay.clone(), conn.clone()));
+        // Moves left from an earlier link go before anything else.
+        let moves: Vec<Arc<str>> = relay
+            .moves
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        if !moves.is_empty() {
+            let _ = work_tx.send(Work {
+                moves,
+                ..Default::default()
+            });
+        }
+        let stopping = loop {
+            tokio::select! {
+                b = batches.recv() => match b {
+                    Some(b) => {
+                        for ask in b.presence_asks {
+                            tokio::spawn(answer_presence(relay.clone(), conn.clone(), ask));
+                        }
+                        let w = Work {
+                            moves: b.moves,
+                            publishes: b.publishes,
+                            presence: b.presence,
+                            channel_pushes: b.pushes,
+                            ..Default::default()
+                        };
+                        if !w.moves.is_empty() || !w.publishes.is_empty() || !w.presence.is_empty() || !w.channel_pushes.is_empty() {
+                            let _ = work_tx.send(w);
+                        }
+                        for l in b.links {
+                            let _ = ops_tx.send(SubOp::Link(l));
+                        }
+                        for u in b.unlinks {
+                            let _ = ops_tx.send(SubOp::Unlink(u));
+                        }
+                    }
+                    None => break true,
+                },
+                p = next_push(&mut pushes) => {
+                    let _ = work_tx.send(Work { pushes: vec![p], ..Default::default() });
+                }
+                m = records.next() => match m {
+                    Some(m) => relay_record(&relay, &m).await,
+                    None => break false,
+                },
+                _ = failed.recv() => break false,
+                _ = stop.changed() => break true,
+            }
+        };
+        // The publisher answers (or hands back) everything it was given, then ends.
+        drop(work_tx);
+        drop(ops_tx);
+        subscriber.abort();
+        janitor.abort();
+        if stopping {
+            publisher.abort();
+            return;
+        }
+        relay.state.fanout_gen.store(0, Ordering::Relaxed);
+        tracing::warn!("shared channels: the link to Redis failed; serving alone until it is back");
+        relay.tell_all(|| ClusterMsg::Down { gen }).await;
+        let _ = publisher.await;
+    }
+}
+
+/// `sync` namespaces promise that an acknowledged publication survives a crash: with
+/// Redis as their store that needs `appendonly yes` + `appendfsync always` on the
+/// master, or `cluster.sync_replicas` replicas confirming each one (`WAIT`). Checked
+/// at every link; a shortfall is logged as an error and shown in `/health/ready`.
+async fn check_durability(relay: &Relay, conn: &mut MultiplexedConnection) {
+    let answer: redis::RedisResult<Vec<(String, String)>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("append*")
+        .query_async(conn)
+        .await;
+    let warning = match answer {
+        Ok(pairs) => {
+            let get = |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let (aof, fsync) = (get("appendonly"), get("appendfsync"));
+            if relay.sync_replicas > 0 || (aof == "yes" && fsync == "always") {
+                String::new()
+            } else {
+                format!(
+                    "Redis has appendonly={aof:?} appendfsync={fsync:?} and \
+                     cluster.sync_replicas is 0: a `sync` publication acknowledged now can \
+                     be lost if Redis crashes (set appendonly yes + appendfsync always, or \
+                     cluster.sync_replicas)"
+                )
+            }
+        }
+        Err(e) => format!(
+            "cannot read Redis's persistence settings (CONFIG GET: {e}); `sync` \
+             namespaces rely on them being appendonly yes + appendfsync always"
+        ),
+    };
+    if !warning.is_empty() {
+        tracing::error!("sync durability NOT guaranteed: {warning}");
+    }
+    *relay
+        .state
+        .sync_warning
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = warning;
+}
+
+/// Answer a presence question with the union of the live nodes.
+async fn answer_presence(relay: Relay, mut conn: MultiplexedConnection, ask: PresenceAsk) {
+    let live: HashSet<String> = relay.state.nodes().into_iter().map(|n| n.id).collect();
+    let result = relay
+        .union
+        .read(&mut conn, &ask.channel, ask.members, &live)
+        .await
+        .map_err(|e| Refused {
+            code: ErrorCode::Unavailable,
+            message: format!("Redis could not be read: {e}"),
+        });
+    relay.answer_presence(ask.answer, result).await;
+}
+
+/// Every few seconds: remove the presence entries of nodes gone from the registry
+/// (killed: their users' `leave` events go out), and, once after the link came up,
+/// this node's own entries it did not state again.
+async fn janitor(relay: Relay, mut conn: MultiplexedConnection) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut restated_at = 0u32;
+    loop {
+        tick.tick().await;
+        restated_at += 1;
+        let now = crate::clock::now_ms();
+        if restated_at == 3 {
+            let keep = relay
+                .restated
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let me = relay.state.node_id.clone();
+            if let Err(e) = relay.union.purge(&mut conn, &me, Some(&keep), now).await {
+                tracing::warn!("presence: cannot drop this node's stale entries: {e}");
+            }
+        }
+        let live: HashSet<String> = relay.state.nodes().into_iter().map(|n| n.id).collect();
+        if live.is_empty() {
+            continue;
+        }
+        let Ok(nodes) = relay.union.nodes(&mut conn).await else {
+            continue;
+        };
+        for n in nodes {
+            if n != relay.state.node_id && !live.contains(&n) {
+                match relay.union.purge(&mut conn, &n, None, now).await {
+                    Ok(users) => {
+                        tracing::info!(node = %n, users, "presence: a gone node's entries removed")
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %n, "presence: cannot remove a gone node's entries: {e}")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The next push for other nodes (never, for a relay without them).
+async fn next_push(pushes: &mut Option<mpsc::Receiver<UserPush>>) -> UserPush {
+    match pushes {
+        Some(rx) => match rx.recv().await {
+            Some(p) => p,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// A record from a channel's topic: to the channel's owner shard (a push: to every
+/// shard).
+async fn relay_record(relay: &Relay, m: &redis::Msg) {
+    let topic = m.get_channel_name();
+    let Some(channel) = streams::channel_of(&relay.prefix, topic) else {
+        return;
+    };
+    let payload = m.get_payload_bytes();
+    if let Some(event) = union::decode_event(payload) {
+        let msg = ClusterMsg::Presence {
+            channel: Arc::from(channel),
+            event,
+        };
+        return relay
+            .tell(relay.owner(channel), ShardMsg::Cluster(Box::new(msg)))
+            .await;
+    }
+    if let Some((origin, frames)) = union::decode_push(payload) {
+        if origin != relay.state.node_id {
+            let msg = ClusterMsg::Push(ChannelPush {
+                channel: Arc::from(channel),
+                frames,
+            });
+            relay
+                .tell(relay.owner(channel), ShardMsg::Cluster(Box::new(msg)))
+                .await;
+        }
+        return;
+    }
+    if let Some((origin, coalesce, frames)) = pushes::decode(payload) {
+        let user = channel
+            .strip_prefix(relay.personal.as_str())
+            .and_then(|u| u.strip_prefix(':'));
+        if let (Some(user), false) = (user, origin == relay.state.node_id) {
+            let push = Arc::new(Push {
+                to: PushTo::Users(vec![(Arc::from(user), frames)]),
+                coalesce,
+            });
+            for shard in 0..relay.shards.shards() {
+                relay.tell(shard, ShardMsg::Push(push.clone())).await;
+            }
+        }
+        return;
+    }
+    let Some(record) = streams::decode(m.get_payload_bytes()) else {
+        tracing::warn!(
+            topic,
+            "shared channels: a record that does not decode, ignored"
+        );
+        return;
+    };
+    let msg = ClusterMsg::Record {
+        channel: Arc::from(channel),
+        record,
+    };
+    relay
+        .tell(relay.owner(channel), ShardMsg::Cluster(Box::new(msg)))
+        .await;
+}
+
+/// Subscribe and unsubscribe in order (consecutive subscriptions as one command),
+/// then read each linked channel's stream and hand it to its owner.
+async fn subscribe_loop(
+    relay: Relay,
+    mut sink: redis::aio::PubSubSink,
+    mut conn: MultiplexedConnection,
+    mut ops: mpsc::UnboundedReceiver<SubOp>,
+    fail: mpsc::Sender<()>,
+    gen: u64,
+) {
+    let mut n = 0u64;
+    while let Some(first) = ops.recv().await {
+        let mut all = vec![first];
+        while let Ok(op) = ops.try_recv() {
+            all.push(op);
+        }
+        let mut topics: Vec<String> = Vec::new();
+        let mut reads: Vec<LinkReq> = Vec::new();
+        let mut ok = true;
+        for op in all {
+            match op {
+                SubOp::Link(l) => {
+                    if l.subscribe {
+                        topics.push(relay.keys(&l.channel).topic);
+                    }
+                    reads.push(l);
+                }
+                SubOp::Unlink(channel) => {
+                    if !topics.is_empty() {
+                        ok &= sink.subscribe(std::mem::take(&mut topics)).await.is_ok();
+                    }
+                    ok &= sink.unsubscribe(relay.keys(&channel).topic).await.is_ok();
+                }
+            }
+        }
+        if !topics.is_empty() {
+            ok &= sink.subscribe(topics).await.is_ok();
+        }
+        if !ok {
+            let _ = fail.try_send(());
+            return;
+        }
+        let reads = reads.into_iter().map(|l| {
+            n += 1;
+            let epoch = relay.epoch(&l.channel, n);
+            let mut conn = conn.clone();
+            let keys = relay.keys(&l.channel);
+            async move {
+                let read = streams::read(&mut conn, &keys, epoch).await;
+                (l, read)
+            }
+        });
+        for (l, read) in futures_util::future::join_all(reads).await {
+            let owner = relay.owner(&l.channel);
+            let msg = match read {
+                Ok((top, records)) => ClusterMsg::Linked {
+                    channel: l.channel,
+                    gen,
+                    subscribed: l.subscribe,
+                    top: Some(top),
+                    records,
+                },
+                Err(e) => {
+                    tracing::warn!(channel = &*l.channel, "shared channels: cannot read: {e}");
+                    ClusterMsg::LinkFailed { channel: l.channel }
+                }
+            };
+            relay.tell(owner, ShardMsg::Cluster(Box::new(msg))).await;
+        }
+        let _ = &mut conn;
+    }
+}

@@ -1,0 +1,208 @@
+//! The publishing task of the shared channels' link: sequences publications in order,
+//! as few pipelines as possible (everything queued while a round trip is in flight
+//! goes in the next one), with the presence changes, pushes and epoch moves of the
+//! same turns; answers each publisher, and hands back what a failed link could not
+//! take.
+//!
+//! Does not own the link's lifecycle or records ([`super::relay`]) or the scripts
+//! ([`super::streams`], [`super::presence`]).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use redis::aio::MultiplexedConnection;
+use switchboard_engine::cluster::ClusterBatch;
+use switchboard_engine::Refused;
+use switchboard_protocol::ErrorCode;
+use tokio::sync::mpsc;
+
+use super::presence as union;
+use super::pushes;
+use super::relay::{unlinked, Relay, Work};
+use super::streams::{self, ChannelKeys, Sequence, Sequencer};
+
+/// Most publications in one pipeline.
+const MAX_PIPELINE: usize = 1024;
+
+/// Sequence publications in order, as few pipelines as possible.
+pub(super) async fn publish_loop(
+    relay: Relay,
+    sequencer: Arc<Sequencer>,
+    mut conn: MultiplexedConnection,
+    mut work: mpsc::UnboundedReceiver<Work>,
+    fail: mpsc::Sender<()>,
+) {
+    let mut broken = false;
+    let mut n = 0u64;
+    while let Some(first) = work.recv().await {
+        let mut moves = first.moves;
+        let mut publishes = first.publishes;
+        let mut user_pushes = first.pushes;
+        let mut presence = first.presence;
+        let mut channel_pushes = first.channel_pushes;
+        while publishes.len() + user_pushes.len() + presence.len() < MAX_PIPELINE {
+            match work.try_recv() {
+                Ok(w) => {
+                    moves.extend(w.moves);
+                    publishes.extend(w.publishes);
+                    user_pushes.extend(w.pushes);
+                    presence.extend(w.presence);
+                    channel_pushes.extend(w.channel_pushes);
+                }
+                Err(_) => break,
+            }
+        }
+        if broken {
+            unlinked(
+                &relay,
+                ClusterBatch {
+                    moves,
+                    publishes,
+                    ..Default::default()
+                },
+            )
+            .await;
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        for m in &moves {
+            n += 1;
+            sequencer.add_move(&mut pipe, &relay.keys(m), relay.epoch(m, n));
+        }
+        let now = crate::clock::now_ms();
+        let any_sync = publishes.iter().any(|p| p.sync);
+        let keys: Vec<ChannelKeys> = publishes.iter().map(|p| relay.keys(&p.channel)).collect();
+        let payloads: Vec<Vec<u8>> = publishes
+            .iter()
+            .map(|p| streams::encode_payload(p, now))
+            .collect();
+        for (i, p) in publishes.iter().enumerate() {
+            n += 1;
+            let s = Sequence {
+                keys: &keys[i],
+                epoch_seed: relay.epoch(&p.channel, n),
+                keep: p.keep,
+                payload: &payloads[i],
+                key: p.key.as_deref().map(|k| (k, relay.dedupe_ms)),
+            };
+            sequencer.add(&mut pipe, s);
+        }
+        for p in &user_pushes {
+            let topic = relay.keys(&format!("{}:{}", relay.personal, p.user)).topic;
+            let record = pushes::encode(&relay.state.node_id, p);
+            pipe.cmd("PUBLISH").arg(topic).arg(record).ignore();
+        }
+        for p in &channel_pushes {
+            let record = union::encode_push(&relay.state.node_id, &p.frames);
+            pipe.cmd("PUBLISH")
+                .arg(relay.keys(&p.channel).topic)
+                .arg(record)
+                .ignore();
+        }
+        if !presence.is_empty() {
+            let mut restated = relay.restated.lock().unwrap_or_else(|e| e.into_inner());
+            for op in &presence {
+                if op.view.is_some() {
+                    restated.insert((op.channel.clone(), op.user.clone()));
+                }
+            }
+        }
+        for op in &presence {
+            relay.union.add(
+                &mut pipe,
+                &relay.state.node_id,
+                &op.channel,
+                &op.user,
+                op.view.as_deref(),
+                &op.status,
+                now,
+            );
+        }
+        let wait = any_sync && relay.sync_replicas > 0;
+        if wait {
+            pipe.cmd("WAIT")
+                .arg(relay.sync_replicas)
+                .arg(relay.sync_timeout_ms);
+        }
+        let mut answer = pipe.query_async::<Vec<redis::Value>>(&mut conn).await;
+        if matches!(&answer, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        {
+            // The scripts were flushed: load them again, once.
+            let union = redis::pipe()
+                .load_script(relay.union.script())
+                .query_async::<(String,)>(&mut conn)
+                .await;
+            if union.is_ok() && sequencer.load(&mut conn).await.is_ok() {
+                answer = pipe.query_async::<Vec<redis::Value>>(&mut conn).await;
+            }
+        }
+        match answer {
+            Ok(mut values) => {
+                relay.state.pipelines.fetch_add(1, Ordering::Relaxed);
+                relay
+                    .state
+                    .sequenced
+                    .fetch_add(publishes.len() as u64, Ordering::Relaxed);
+                {
+                    let mut pending = relay.moves.lock().unwrap_or_else(|e| e.into_inner());
+                    for m in &moves {
+                        pending.remove(m);
+                    }
+                }
+                let replicated = if wait {
+                    values
+                        .pop()
+                        .and_then(|v| redis::from_redis_value::<u32>(v).ok())
+                        .unwrap_or(0)
+                } else {
+                    u32::MAX
+                };
+                for (p, v) in publishes.into_iter().zip(values) {
+                    let result = match streams::parse_sequenced(v) {
+                        Ok(_) if p.sync && replicated < relay.sync_replicas => Err(Refused {
+                            code: ErrorCode::Unavailable,
+                            message: format!(
+                                "published, but not confirmed by {} Redis replicas in time; \
+                                 retry with the same key",
+                                relay.sync_replicas
+                            ),
+                        }),
+                        Ok(sequenced) => Ok(sequenced),
+                        Err(e) => Err(Refused {
+                            code: ErrorCode::Unavailable,
+                            message: format!("Redis refused the publication: {e}"),
+                        }),
+                    };
+                    relay.answer(p.reply, result).await;
+                }
+            }
+            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+                broken = true;
+                relay.state.redis_errors.fetch_add(1, Ordering::Relaxed);
+                let _ = fail.try_send(());
+                unlinked(
+                    &relay,
+                    ClusterBatch {
+                        moves,
+                        publishes,
+                        ..Default::default()
+                    },
+                )
+                .await;
+            }
+            Err(e) => {
+                // Redis is there but refuses (out of memory, a read-only replica…):
+                // nothing was published.
+                relay.state.redis_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("shared channels: Redis refused a batch of publications: {e}");
+                for p in publishes {
+                    let refused = Refused {
+                        code: ErrorCode::Unavailable,
+                        message: format!("Redis refused the publication: {e}"),
+                    };
+                    relay.answer(p.reply, Err(refused)).await;
+                }
+            }
+        }
+    }
+}
