@@ -76,7 +76,11 @@ impl Server {
             engine_cfg.stream_idle_ms,
         )?;
         log_opening(&cfg, &opened.opening);
-        engine_cfg.reconnect_secret = Some(Arc::from(&opened.opening.reconnect_key[..]));
+        // Nodes sharing Redis share the key, so a client resumes on any node.
+        let reconnect_key =
+            crate::cluster::shared_reconnect_key(&cfg.cluster, &opened.opening.reconnect_key)
+                .unwrap_or_else(|| opened.opening.reconnect_key.to_vec());
+        engine_cfg.reconnect_secret = Some(Arc::from(&reconnect_key[..]));
         let (requests_tx, requests_rx) = crossbeam_channel::bounded(cfg.auth.queue_capacity);
         let durable = opened.take_durable();
         let dedupe_ms = engine_cfg.dedupe_window_ms;

@@ -28,9 +28,13 @@ enum Cmd {
         /// Override a scenario key: --set connections=5000 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
-        /// Sample this server process's RSS and CPU.
+        /// Sample this server process's RSS and CPU; repeat for the nodes of a cluster
+        /// (their sum is reported).
         #[arg(long)]
-        server_pid: Option<u32>,
+        server_pid: Vec<u32>,
+        /// Sample Redis's CPU and RSS too (nodes sharing Redis), reported apart.
+        #[arg(long)]
+        redis_pid: Option<u32>,
         /// Scrape the server's Prometheus endpoint (`http://127.0.0.1:7401/metrics`) before
         /// and after, and report how every metric changed.
         #[arg(long)]
@@ -201,6 +205,7 @@ fn main() -> ExitCode {
             scenario,
             sets,
             server_pid,
+            redis_pid,
             metrics_url,
             out,
             quiet,
@@ -218,7 +223,9 @@ fn main() -> ExitCode {
             let result = match run::run(
                 &scenario,
                 &RunOptions {
-                    server_pid,
+                    server_pid: server_pid.first().copied(),
+                    more_server_pids: server_pid.iter().skip(1).copied().collect(),
+                    redis_pid,
                     progress: !quiet,
                     worker_exe: None,
                     metrics_url,
@@ -444,6 +451,7 @@ fn knee(
         progress: false,
         worker_exe: None,
         metrics_url: None,
+        ..Default::default()
     };
     let steps = run::knee(&base, &opts, p99_ms, start_rate, factor, max_steps)?;
     println!(

@@ -124,6 +124,9 @@ pub struct ServerUse {
     pub cpu_pct: f64,
     /// CPU microseconds per unique delivery (fanout, rooms, echo).
     pub cpu_us_per_delivery: Option<f64>,
+    /// The other processes summed with `pid` (the nodes of a cluster).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_pids: Vec<u32>,
 }
 
 /// The harness's own use.
@@ -206,8 +209,11 @@ pub struct RunResult {
     pub server_metrics: BTreeMap<String, f64>,
     /// Per-second timeline.
     pub timeline: Vec<TimelinePoint>,
-    /// Server resources, if sampled.
+    /// Server resources, if sampled (every node's together).
     pub server: Option<ServerUse>,
+    /// Redis's resources, if sampled (nodes sharing Redis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<ServerUse>,
     /// Harness resources.
     pub harness: HarnessUse,
     /// Connect-storm steps.
@@ -328,6 +334,26 @@ pub fn summary(r: &RunResult) -> String {
             sv.cpu_s,
             sv.cpu_pct,
             sv.cpu_us_per_delivery.map(|u| format!(" = {u:.3} µs/delivery")).unwrap_or_default()
+        );
+        if !sv.more_pids.is_empty() {
+            let _ = writeln!(
+                o,
+                "             (with pids {:?}: every node's together)",
+                sv.more_pids
+            );
+        }
+    }
+    if let Some(rd) = &r.redis {
+        let _ = writeln!(
+            o,
+            "redis        pid {}  RSS {:.1} MiB  CPU {:.2} s = {:.1}% of a core{}",
+            rd.pid,
+            rd.rss_end_mib,
+            rd.cpu_s,
+            rd.cpu_pct,
+            rd.cpu_us_per_delivery
+                .map(|u| format!(" = {u:.3} µs/delivery"))
+                .unwrap_or_default()
         );
     }
     for key in [

@@ -26,6 +26,10 @@ use crate::worker::WorkerPlan;
 pub struct RunOptions {
     /// Server process to sample (RSS, CPU).
     pub server_pid: Option<u32>,
+    /// More server processes (the other nodes of a cluster): summed with the first.
+    pub more_server_pids: Vec<u32>,
+    /// Redis, sampled and reported apart (nodes sharing Redis).
+    pub redis_pid: Option<u32>,
     /// Print progress lines to stderr.
     pub progress: bool,
     /// The `switchboard-loadtest` executable to start workers from (default: this one).
@@ -43,6 +47,18 @@ fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
 
+/// The server's processes together (every node of a cluster).
+fn sample_server(opts: &RunOptions) -> Option<ProcSample> {
+    let first = resources::sample(opts.server_pid?)?;
+    opts.more_server_pids.iter().try_fold(first, |acc, &pid| {
+        let s = resources::sample(pid)?;
+        Some(ProcSample {
+            cpu_s: acc.cpu_s + s.cpu_s,
+            rss_bytes: acc.rss_bytes + s.rss_bytes,
+        })
+    })
+}
+
 /// Run `scenario` and return its result.
 pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> {
     scenario.validate()?;
@@ -53,7 +69,7 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
     };
     let (tx, rx) = mpsc::channel::<Event>();
     let mut children: Vec<Child> = Vec::with_capacity(workers);
-    let server_before = opts.server_pid.and_then(resources::sample);
+    let server_before = sample_server(opts);
     let metrics_before = opts
         .metrics_url
         .as_deref()
@@ -139,7 +155,7 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
             }
         }
     }
-    let server_ramped = opts.server_pid.and_then(resources::sample);
+    let server_ramped = sample_server(opts);
 
     // Run: one start time for all.
     let t0 = mono_ns() + 300_000_000;
@@ -160,15 +176,17 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
     let mut server_t0 = None;
     let mut server_end = None;
     let mut machine_end = None;
+    let (mut redis_t0, mut redis_end) = (None, None);
     let mut next_sample = t0;
     while results.iter().any(Option::is_none) {
         let now = mono_ns();
         if now >= next_sample && now < drain_end {
             if machine_t0.is_none() {
                 machine_t0 = resources::machine();
-                server_t0 = opts.server_pid.and_then(resources::sample);
+                server_t0 = sample_server(opts);
+                redis_t0 = opts.redis_pid.and_then(resources::sample);
             }
-            if let Some(s) = opts.server_pid.and_then(resources::sample) {
+            if let Some(s) = sample_server(opts) {
                 samples.push((now, s));
             }
             next_sample += 1_000_000_000;
@@ -182,7 +200,8 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
         }
         if now >= drain_end && machine_end.is_none() && scenario.kind != Kind::ConnectStorm {
             machine_end = resources::machine();
-            server_end = opts.server_pid.and_then(resources::sample);
+            server_end = sample_server(opts);
+            redis_end = opts.redis_pid.and_then(resources::sample);
         }
         let wait = Duration::from_millis(50);
         match rx.recv_timeout(wait) {
@@ -209,7 +228,8 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
     };
     if machine_end.is_none() {
         machine_end = resources::machine();
-        server_end = opts.server_pid.and_then(resources::sample);
+        server_end = sample_server(opts);
+        redis_end = opts.redis_pid.and_then(resources::sample);
     }
     let results: Vec<WorkerResult> = results
         .into_iter()
@@ -317,6 +337,26 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
             },
             cpu_us_per_delivery: (merged.counts.unique() > 0)
                 .then(|| cpu_s * 1e6 / merged.counts.unique() as f64),
+            more_pids: opts.more_server_pids.clone(),
+        });
+    }
+    if let (Some(pid), Some(start), Some(stop)) = (opts.redis_pid, redis_t0, redis_end) {
+        let cpu_s = stop.cpu_s - start.cpu_s;
+        r.redis = Some(ServerUse {
+            pid,
+            rss_before_mib: mib(start.rss_bytes),
+            rss_ramped_mib: mib(start.rss_bytes),
+            rss_end_mib: mib(stop.rss_bytes),
+            bytes_per_connection: 0.0,
+            cpu_s,
+            cpu_pct: if run_wall_s > 0.0 {
+                100.0 * cpu_s / run_wall_s
+            } else {
+                0.0
+            },
+            cpu_us_per_delivery: (merged.counts.unique() > 0)
+                .then(|| cpu_s * 1e6 / merged.counts.unique() as f64),
+            more_pids: Vec::new(),
         });
     }
 

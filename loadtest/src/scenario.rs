@@ -55,6 +55,9 @@ pub struct Scenario {
     pub format: String,
     /// Server WebSocket URL (`ws://host:port/path`); loopback only.
     pub url: String,
+    /// More servers (the other nodes of a cluster, same path): connection `i` goes to
+    /// `[url, urls…][i % (1 + urls.len())]`, publishers included.
+    pub urls: Vec<String>,
     /// A token every connection sends (switchboard, socketio).
     pub token: Option<String>,
     /// An HS256 secret to mint one token per connection (`sub` = `lt-<index>`).
@@ -113,6 +116,7 @@ impl Default for Scenario {
             protocol: ProtocolName::Switchboard,
             format: "msgpack".into(),
             url: "ws://127.0.0.1:7400/".into(),
+            urls: Vec::new(),
             token: None,
             token_secret: None,
             connections: 1000,
@@ -211,12 +215,16 @@ impl Scenario {
     /// Check the values; errors name the key.
     pub fn validate(&self) -> anyhow::Result<()> {
         let fail = |m: &str| Err(anyhow::anyhow!("{m}"));
-        if !self.url.starts_with("ws://") {
-            return fail("url must start with ws:// (wss is not supported)");
-        }
-        let host = self.url[5..].split(['/', ':']).next().unwrap_or("");
-        if !(host == "localhost" || host.starts_with("127.") || host == "[::1]") {
-            return fail("url must point at a loopback address (127.0.0.0/8, localhost or [::1])");
+        for url in std::iter::once(&self.url).chain(&self.urls) {
+            if !url.starts_with("ws://") {
+                return fail("url must start with ws:// (wss is not supported)");
+            }
+            let host = url[5..].split(['/', ':']).next().unwrap_or("");
+            if !(host == "localhost" || host.starts_with("127.") || host == "[::1]") {
+                return fail(
+                    "url must point at a loopback address (127.0.0.0/8, localhost or [::1])",
+                );
+            }
         }
         if !matches!(self.format.as_str(), "msgpack" | "json") {
             return fail("format must be msgpack or json");

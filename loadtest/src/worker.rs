@@ -43,6 +43,8 @@ struct Shared {
     server: SocketAddr,
     host: String,
     base_path: String,
+    /// The other nodes' addresses and host headers (`urls`).
+    others: Vec<(SocketAddr, String)>,
     /// Spread connections over 127.0.0.2… (only when the server is on loopback).
     loopback: bool,
     rec: RefCell<Recorder>,
@@ -130,12 +132,18 @@ async fn run(
 ) -> anyhow::Result<stats::WorkerResult> {
     let s = plan.scenario;
     let (server, host, base_path) = parse_url(&s.url)?;
+    let others = s
+        .urls
+        .iter()
+        .map(|u| parse_url(u).map(|(a, h, _)| (a, h)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let shared = Rc::new(Shared {
         proto: proto::for_scenario(&s),
         server,
         host,
         base_path,
+        others,
         loopback: server.ip().is_loopback(),
         rec: RefCell::new(Recorder::new()),
         progress: Rc::new(RefCell::new(Progress::default())),
@@ -236,6 +244,17 @@ pub struct WorkerView {
 }
 
 impl Shared {
+    /// The node connection `i` goes to: its address and host header.
+    fn target(&self, i: usize) -> (SocketAddr, &str) {
+        match i % (1 + self.others.len()) {
+            0 => (self.server, &self.host),
+            k => {
+                let (a, h) = &self.others[k - 1];
+                (*a, h)
+            }
+        }
+    }
+
     /// Source address of connection `i`: 127.0.0.2 … 127.0.0.(1 + source_ips).
     fn source(&self, i: usize) -> Option<Ipv4Addr> {
         self.loopback
@@ -355,13 +374,14 @@ async fn connection(shared: Rc<Shared>, i: usize) {
     };
     let path = shared.proto.path(&shared.base_path, &ctx);
     let started = mono_ns();
+    let (server, host) = shared.target(i);
     let opened = tokio::time::timeout(
         Duration::from_millis(s.connect_timeout_ms),
         open(
             &*shared.proto,
             &ctx,
-            shared.server,
-            &shared.host,
+            server,
+            host,
             &path,
             shared.source(i),
             &channel

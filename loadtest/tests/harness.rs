@@ -67,6 +67,7 @@ fn opts() -> RunOptions {
         progress: false,
         worker_exe: Some(env!("CARGO_BIN_EXE_switchboard-loadtest").into()),
         metrics_url: None,
+        ..Default::default()
     }
 }
 

@@ -16,7 +16,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use switchboard_engine::control::Target;
 use switchboard_engine::EngineHandle;
@@ -171,11 +170,12 @@ pub(super) async fn run(
     let mut backoff = Duration::from_millis(100);
     loop {
         let linked = async {
-            let client = source.client().await?;
-            let mut sub = client.get_async_pubsub().await?;
-            sub.subscribe(&keys.control).await?;
-            let conn = client.get_multiplexed_async_connection().await?;
-            Ok::<_, redis::RedisError>((sub, conn))
+            let (mut sub, messages) = source.subscriber().await?.split();
+            // The control channel is not sharded: every node hears it, also on a
+            // Redis Cluster.
+            sub.subscribe(vec![keys.control.clone()], false).await?;
+            let conn = source.link().await?;
+            Ok::<_, redis::RedisError>(((sub, messages), conn))
         }
         .await;
         let (sub, mut conn) = match linked {
@@ -202,7 +202,8 @@ pub(super) async fn run(
         backoff = Duration::from_millis(100);
         catch_up(&mut conn, &keys, &hands, &state).await;
         state.bus_linked.store(true, Ordering::Relaxed);
-        let mut messages = sub.into_on_message();
+        // The subscribing half stays alive as long as the messages are read.
+        let (_sub, mut messages) = sub;
         // What waited goes out first, in order.
         if !flush(&mut pending, &mut conn, &keys, &scripts).await {
             state.bus_linked.store(false, Ordering::Relaxed);
@@ -247,7 +248,7 @@ pub(super) async fn run(
 /// Send what waits, in order; false (and the rest kept) when a send fails.
 async fn flush(
     pending: &mut VecDeque<Envelope>,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut super::conn::Link,
     keys: &BusKeys,
     scripts: &Scripts,
 ) -> bool {
@@ -289,7 +290,7 @@ struct Scripts {
 /// Publish one action (a revocation also raises its entry in the hash, a setting
 /// replaces the stored one if newer, atomically).
 async fn send(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut super::conn::Link,
     keys: &BusKeys,
     scripts: &Scripts,
     e: &Envelope,
@@ -341,7 +342,7 @@ async fn send(
 /// Every revocation and cluster-wide setting in Redis newer than this node knows:
 /// carried out here (what a node that was away missed).
 async fn catch_up(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut super::conn::Link,
     keys: &BusKeys,
     hands: &Hands,
     state: &ClusterState,

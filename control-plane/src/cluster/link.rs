@@ -25,14 +25,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use redis::aio::MultiplexedConnection;
 use switchboard_engine::cluster::{ChannelPush, ClusterBatch, ClusterMsg, LinkReq, PresenceAsk};
 use switchboard_engine::control::{Push, PushTo};
 use switchboard_engine::{Refused, ShardMsg};
 use switchboard_protocol::ErrorCode;
 use tokio::sync::mpsc;
 
+use super::conn::{Link, Subscribing};
 use super::presence as union;
 use super::pushes::{self, UserPush};
 use super::relay::{unlinked, Relay, Work};
@@ -51,28 +50,19 @@ pub(super) async fn run(
     mut pushes: Option<mpsc::Receiver<UserPush>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let sequencer = Arc::new(Sequencer::new(false));
     let mut gen = 0u64;
     let mut backoff = Duration::from_millis(100);
     loop {
         let linked = async {
-            let client = relay.source.client().await?;
-            let cfg = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(1)))
-                .set_response_timeout(Some(Duration::from_secs(2)));
-            let mut conn = client
-                .get_multiplexed_async_connection_with_config(&cfg)
-                .await?;
+            let mut conn = relay.source.link().await?;
+            let sequencer = Sequencer::new(conn.sharded());
             sequencer.load(&mut conn).await?;
-            redis::pipe()
-                .load_script(relay.union.script())
-                .query_async::<(String,)>(&mut conn)
-                .await?;
-            let (sink, stream) = client.get_async_pubsub().await?.split();
-            Ok::<_, redis::RedisError>((conn, sink, stream))
+            relay.union.load(&mut conn).await?;
+            let (sink, records) = relay.source.subscriber().await?.split();
+            Ok::<_, redis::RedisError>((conn, sink, records, Arc::new(sequencer)))
         }
         .await;
-        let (conn, sink, mut records) = match linked {
+        let (conn, sink, mut records, sequencer) = match linked {
             Ok(l) => l,
             Err(e) => {
                 if gen == 0 && backoff == Duration::from_millis(100) {
@@ -111,7 +101,7 @@ pub(super) async fn run(
         let (ops_tx, ops_rx) = mpsc::unbounded_channel();
         let publisher = tokio::spawn(super::publisher::publish_loop(
             relay.clone(),
-            sequencer.clone(),
+            sequencer,
             conn.clone(),
             work_rx,
             fail_tx.clone(),
@@ -201,7 +191,7 @@ pub(super) async fn run(
 /// Redis as their store that needs `appendonly yes` + `appendfsync always` on the
 /// master, or `cluster.sync_replicas` replicas confirming each one (`WAIT`). Checked
 /// at every link; a shortfall is logged as an error and shown in `/health/ready`.
-async fn check_durability(relay: &Relay, conn: &mut MultiplexedConnection) {
+async fn check_durability(relay: &Relay, conn: &mut Link) {
     let answer: redis::RedisResult<Vec<(String, String)>> = redis::cmd("CONFIG")
         .arg("GET")
         .arg("append*")
@@ -245,7 +235,7 @@ async fn check_durability(relay: &Relay, conn: &mut MultiplexedConnection) {
 }
 
 /// Answer a presence question with the union of the live nodes.
-async fn answer_presence(relay: Relay, mut conn: MultiplexedConnection, ask: PresenceAsk) {
+async fn answer_presence(relay: Relay, mut conn: Link, ask: PresenceAsk) {
     let live: HashSet<String> = relay.state.nodes().into_iter().map(|n| n.id).collect();
     let result = relay
         .union
@@ -261,7 +251,7 @@ async fn answer_presence(relay: Relay, mut conn: MultiplexedConnection, ask: Pre
 /// Every few seconds: remove the presence entries of nodes gone from the registry
 /// (killed: their users' `leave` events go out), and, once after the link came up,
 /// this node's own entries it did not state again.
-async fn janitor(relay: Relay, mut conn: MultiplexedConnection) {
+async fn janitor(relay: Relay, mut conn: Link) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut restated_at = 0u32;
     loop {
@@ -376,8 +366,8 @@ async fn relay_record(relay: &Relay, m: &redis::Msg) {
 /// then read each linked channel's stream and hand it to its owner.
 async fn subscribe_loop(
     relay: Relay,
-    mut sink: redis::aio::PubSubSink,
-    mut conn: MultiplexedConnection,
+    mut sink: Subscribing,
+    mut conn: Link,
     mut ops: mpsc::UnboundedReceiver<SubOp>,
     fail: mpsc::Sender<()>,
     gen: u64,
@@ -401,14 +391,20 @@ async fn subscribe_loop(
                 }
                 SubOp::Unlink(channel) => {
                     if !topics.is_empty() {
-                        ok &= sink.subscribe(std::mem::take(&mut topics)).await.is_ok();
+                        ok &= sink
+                            .subscribe(std::mem::take(&mut topics), true)
+                            .await
+                            .is_ok();
                     }
-                    ok &= sink.unsubscribe(relay.keys(&channel).topic).await.is_ok();
+                    ok &= sink
+                        .unsubscribe(relay.keys(&channel).topic, true)
+                        .await
+                        .is_ok();
                 }
             }
         }
         if !topics.is_empty() {
-            ok &= sink.subscribe(topics).await.is_ok();
+            ok &= sink.subscribe(topics, true).await.is_ok();
         }
         if !ok {
             let _ = fail.try_send(());

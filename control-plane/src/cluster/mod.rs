@@ -13,6 +13,7 @@
 //! modules) or the HTTP routes (`crate::http`).
 
 mod bus;
+mod conn;
 mod link;
 pub mod presence;
 mod publisher;
@@ -47,6 +48,10 @@ pub struct ClusterConfig {
     pub sentinels: Vec<String>,
     /// The master's name in the Sentinels' configuration.
     pub sentinel_master: String,
+    /// Nodes of a Redis Cluster (`host:port` each; the others are found from them):
+    /// channels spread over its masters by slot, their topics on sharded pub/sub
+    /// (Redis 7+). With it, only `redis_url`'s password counts.
+    pub redis_cluster: Vec<String>,
     /// This node's name in the registry; empty: `<hostname>-<port>-<random>`, new at
     /// every start.
     pub node_id: String,
@@ -81,6 +86,7 @@ impl Default for ClusterConfig {
             redis_url: String::new(),
             sentinels: Vec::new(),
             sentinel_master: "mymaster".into(),
+            redis_cluster: Vec::new(),
             node_id: String::new(),
             key_prefix: "sb".into(),
             heartbeat_ms: 1_000,
@@ -97,7 +103,7 @@ impl Default for ClusterConfig {
 impl ClusterConfig {
     /// Whether nodes share Redis.
     pub fn enabled(&self) -> bool {
-        !self.redis_url.is_empty() || !self.sentinels.is_empty()
+        !self.redis_url.is_empty() || !self.sentinels.is_empty() || !self.redis_cluster.is_empty()
     }
 
     /// Check values; the message names the key.
@@ -116,6 +122,19 @@ impl ClusterConfig {
                     "cluster.sentinels[{i}]: expected host:port, not {s:?}"
                 ));
             }
+        }
+        for (i, s) in self.redis_cluster.iter().enumerate() {
+            let ok = s
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Err(format!(
+                    "cluster.redis_cluster[{i}]: expected host:port, not {s:?}"
+                ));
+            }
+        }
+        if !self.redis_cluster.is_empty() && !self.sentinels.is_empty() {
+            return Err("cluster.redis_cluster: a Redis Cluster or Sentinels, not both".into());
         }
         if !self.sentinels.is_empty() && self.sentinel_master.is_empty() {
             return Err(
@@ -397,6 +416,71 @@ pub fn spawn(
     )))
 }
 
+/// The reconnect-token key every node of the cluster uses, so a client resumes on any
+/// node: the first node to start stores its own key in Redis (`{P}:reconnect_key`,
+/// set if absent) and every node then reads it. `None` (with a warning) when Redis
+/// cannot be reached within two seconds: this node's tokens then verify on this node
+/// only. Redis holds the key like it holds revocations: whoever can write Redis can
+/// forge reconnect tokens, so Redis belongs inside the trust boundary.
+pub fn shared_reconnect_key(cfg: &ClusterConfig, local: &[u8]) -> Option<Vec<u8>> {
+    if !cfg.enabled() {
+        return None;
+    }
+    let source = source::Source::of(cfg).ok()?;
+    let key = format!("{{{}}}:reconnect_key", cfg.key_prefix);
+    // On a thread of its own: the caller may itself run inside a runtime.
+    let read = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                Some(rt.block_on(async {
+                    tokio::time::timeout(Duration::from_secs(2), async {
+                        let mut conn = source.link().await?;
+                        let (shared,): (Vec<u8>,) = redis::pipe()
+                            .cmd("SET")
+                            .arg(&key)
+                            .arg(local)
+                            .arg("NX")
+                            .ignore()
+                            .cmd("GET")
+                            .arg(&key)
+                            .query_async(&mut conn)
+                            .await?;
+                        Ok::<_, redis::RedisError>(shared)
+                    })
+                    .await
+                }))
+            })
+            .join()
+            .ok()
+            .flatten()
+    })?;
+    match read {
+        Ok(Ok(k)) if k.len() >= 32 => Some(k),
+        Ok(Ok(_)) => {
+            tracing::warn!(
+                "Redis holds a malformed reconnect key; reconnect tokens verify on this node only"
+            );
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(
+                "Redis unreachable at start ({e}); reconnect tokens verify on this node only"
+            );
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                "Redis did not answer at start; reconnect tokens verify on this node only"
+            );
+            None
+        }
+    }
+}
+
 /// `<hostname>-<port>-<8 hex>`.
 fn generated_id(ws: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -425,21 +509,11 @@ async fn run(
     mut stop: tokio::sync::watch::Receiver<bool>,
     every: Duration,
 ) {
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(1)))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_secs(2));
-    let mut link: Option<redis::aio::ConnectionManager> = None;
+    let mut link: Option<conn::Link> = None;
     let mut backoff = Duration::from_millis(100);
     loop {
         if link.is_none() {
-            let linked = match source.client().await {
-                Ok(client) => {
-                    redis::aio::ConnectionManager::new_with_config(client, config.clone()).await
-                }
-                Err(e) => Err(e),
-            };
+            let linked = source.link().await;
             match linked {
                 Ok(c) => {
                     state.redis_connects.fetch_add(1, Ordering::Relaxed);

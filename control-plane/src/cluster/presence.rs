@@ -25,6 +25,7 @@ use bytes::Bytes;
 use redis::RedisResult;
 use switchboard_engine::presence::{Event, PresenceList, UserView};
 
+use super::conn::Link;
 use super::streams::ChannelKeys;
 
 /// What a union read gets: the entries, statuses and who left when.
@@ -118,9 +119,14 @@ impl Union {
         }
     }
 
-    /// The script, for [`redis::Pipeline::load_script`].
-    pub fn script(&self) -> &redis::Script {
-        &self.script
+    /// Load the script (once per link; on a Redis Cluster, on every master).
+    pub async fn load<C: redis::aio::ConnectionLike>(&self, conn: &mut C) -> RedisResult<()> {
+        redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(CHANGE)
+            .query_async::<redis::Value>(conn)
+            .await
+            .map(|_| ())
     }
 
     fn node_channels(&self, node: &str) -> String {
@@ -131,21 +137,23 @@ impl Union {
         format!("{{{}}}:pnodes", self.prefix)
     }
 
-    /// Add one change (node `node`'s view of `user` on `channel`; `None`: gone) to
-    /// `pipe`, with the bookkeeping of which node has entries where.
+    /// One change (node `node`'s view of `user` on `channel`; `None`: gone), with the
+    /// bookkeeping of which node has entries where: commands for [`Link::batch`]
+    /// (answers ignored; keys in several slots).
     #[allow(clippy::too_many_arguments)]
-    pub fn add(
+    pub fn cmds(
         &self,
-        pipe: &mut redis::Pipeline,
         node: &str,
         channel: &str,
         user: &str,
         view: Option<&str>,
         status: &str,
         now_ms: u64,
-    ) {
+        sharded: bool,
+    ) -> Vec<(redis::Cmd, bool)> {
         let k = PresenceKeys::new(&self.prefix, channel);
-        pipe.cmd("EVALSHA")
+        let mut change = redis::cmd("EVALSHA");
+        change
             .arg(self.script.get_hash())
             .arg(5)
             .arg(&k.nodes)
@@ -158,26 +166,29 @@ impl Union {
             .arg(view.unwrap_or(""))
             .arg(status)
             .arg(now_ms)
-            .arg("0")
-            .ignore();
+            .arg(if sharded { "1" } else { "0" });
+        let mut out = vec![(change, false)];
         if view.is_some() {
-            pipe.cmd("SADD")
-                .arg(self.node_channels(node))
-                .arg(channel)
-                .ignore();
-            pipe.cmd("SADD").arg(self.all_nodes()).arg(node).ignore();
+            let mut sadd = redis::cmd("SADD");
+            sadd.arg(self.node_channels(node)).arg(channel);
+            out.push((sadd, false));
+            let mut nodes = redis::cmd("SADD");
+            nodes.arg(self.all_nodes()).arg(node);
+            out.push((nodes, false));
         }
+        out
     }
 
     /// Remove node `node`'s entries (all of them, or those whose `(channel, user)` is
     /// not in `keep`), each with the events it means.
-    pub async fn purge<C: redis::aio::ConnectionLike>(
+    pub(super) async fn purge(
         &self,
-        conn: &mut C,
+        conn: &mut Link,
         node: &str,
         keep: Option<&Stated>,
         now_ms: u64,
     ) -> RedisResult<usize> {
+        let sharded = conn.sharded();
         let channels: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.node_channels(node))
             .query_async(conn)
@@ -186,7 +197,7 @@ impl Union {
         for channel in &channels {
             let k = PresenceKeys::new(&self.prefix, channel);
             let fields: Vec<String> = redis::cmd("HKEYS").arg(&k.nodes).query_async(conn).await?;
-            let mut pipe = redis::pipe();
+            let mut cmds = Vec::new();
             let mut left = 0;
             for f in &fields {
                 let Some((n, user)) = f.split_once('|') else {
@@ -201,30 +212,22 @@ impl Union {
                 if kept {
                     continue;
                 }
-                self.add(&mut pipe, node, channel, user, None, "", now_ms);
+                cmds.extend(self.cmds(node, channel, user, None, "", now_ms, sharded));
                 removed += 1;
             }
             if left == 0 || keep.is_none() {
-                pipe.cmd("SREM")
-                    .arg(self.node_channels(node))
-                    .arg(channel)
-                    .ignore();
+                let mut srem = redis::cmd("SREM");
+                srem.arg(self.node_channels(node)).arg(channel);
+                cmds.push((srem, false));
             }
-            if !pipe.is_empty() {
-                pipe.query_async::<()>(conn).await?;
-            }
+            conn.batch(cmds).await?;
         }
         if keep.is_none() {
-            redis::pipe()
-                .cmd("DEL")
-                .arg(self.node_channels(node))
-                .ignore()
-                .cmd("SREM")
-                .arg(self.all_nodes())
-                .arg(node)
-                .ignore()
-                .query_async::<()>(conn)
-                .await?;
+            let mut del = redis::cmd("DEL");
+            del.arg(self.node_channels(node));
+            let mut srem = redis::cmd("SREM");
+            srem.arg(self.all_nodes()).arg(node);
+            conn.batch(vec![(del, false), (srem, false)]).await?;
         }
         Ok(removed)
     }

@@ -1,5 +1,5 @@
 //! The publishing task of the shared channels' link: sequences publications in order,
-//! as few pipelines as possible (everything queued while a round trip is in flight
+//! as few round trips as possible (everything queued while a round trip is in flight
 //! goes in the next one), with the presence changes, pushes and epoch moves of the
 //! same turns; answers each publisher, and hands back what a failed link could not
 //! take.
@@ -10,16 +10,16 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use redis::aio::MultiplexedConnection;
 use switchboard_engine::cluster::ClusterBatch;
 use switchboard_engine::Refused;
 use switchboard_protocol::ErrorCode;
 use tokio::sync::mpsc;
 
+use super::conn::Link;
 use super::presence as union;
 use super::pushes;
 use super::relay::{unlinked, Relay, Work};
-use super::streams::{self, ChannelKeys, Sequence, Sequencer};
+use super::streams::{self, Sequence, Sequencer};
 
 /// Most publications in one pipeline.
 const MAX_PIPELINE: usize = 1024;
@@ -28,7 +28,7 @@ const MAX_PIPELINE: usize = 1024;
 pub(super) async fn publish_loop(
     relay: Relay,
     sequencer: Arc<Sequencer>,
-    mut conn: MultiplexedConnection,
+    mut conn: Link,
     mut work: mpsc::UnboundedReceiver<Work>,
     fail: mpsc::Sender<()>,
 ) {
@@ -64,40 +64,40 @@ pub(super) async fn publish_loop(
             .await;
             continue;
         }
-        let mut pipe = redis::pipe();
+        // Commands, and whether their answer is wanted (one pipeline on one server,
+        // concurrent requests by slot on a Redis Cluster).
+        let mut cmds: Vec<(redis::Cmd, bool)> = Vec::with_capacity(publishes.len() + moves.len());
         for m in &moves {
             n += 1;
-            sequencer.add_move(&mut pipe, &relay.keys(m), relay.epoch(m, n));
+            cmds.push((sequencer.move_cmd(&relay.keys(m), relay.epoch(m, n)), false));
         }
         let now = crate::clock::now_ms();
         let any_sync = publishes.iter().any(|p| p.sync);
-        let keys: Vec<ChannelKeys> = publishes.iter().map(|p| relay.keys(&p.channel)).collect();
-        let payloads: Vec<Vec<u8>> = publishes
-            .iter()
-            .map(|p| streams::encode_payload(p, now))
-            .collect();
-        for (i, p) in publishes.iter().enumerate() {
+        for p in &publishes {
             n += 1;
+            let keys = relay.keys(&p.channel);
+            let payload = streams::encode_payload(p, now);
             let s = Sequence {
-                keys: &keys[i],
+                keys: &keys,
                 epoch_seed: relay.epoch(&p.channel, n),
                 keep: p.keep,
-                payload: &payloads[i],
+                payload: &payload,
                 key: p.key.as_deref().map(|k| (k, relay.dedupe_ms)),
             };
-            sequencer.add(&mut pipe, s);
+            cmds.push((sequencer.cmd(s), true));
         }
+        let publish = sequencer.publish_cmd();
         for p in &user_pushes {
             let topic = relay.keys(&format!("{}:{}", relay.personal, p.user)).topic;
-            let record = pushes::encode(&relay.state.node_id, p);
-            pipe.cmd("PUBLISH").arg(topic).arg(record).ignore();
+            let mut c = redis::cmd(publish);
+            c.arg(topic).arg(pushes::encode(&relay.state.node_id, p));
+            cmds.push((c, false));
         }
         for p in &channel_pushes {
-            let record = union::encode_push(&relay.state.node_id, &p.frames);
-            pipe.cmd("PUBLISH")
-                .arg(relay.keys(&p.channel).topic)
-                .arg(record)
-                .ignore();
+            let mut c = redis::cmd(publish);
+            c.arg(relay.keys(&p.channel).topic)
+                .arg(union::encode_push(&relay.state.node_id, &p.frames));
+            cmds.push((c, false));
         }
         if !presence.is_empty() {
             let mut restated = relay.restated.lock().unwrap_or_else(|e| e.into_inner());
@@ -108,32 +108,31 @@ pub(super) async fn publish_loop(
             }
         }
         for op in &presence {
-            relay.union.add(
-                &mut pipe,
+            cmds.extend(relay.union.cmds(
                 &relay.state.node_id,
                 &op.channel,
                 &op.user,
                 op.view.as_deref(),
                 &op.status,
                 now,
-            );
+                conn.sharded(),
+            ));
         }
-        let wait = any_sync && relay.sync_replicas > 0;
+        // WAIT covers the connection's writes: one server only (on a Redis Cluster,
+        // `sync` relies on each master's AOF; see DELIVERY.md).
+        let wait = any_sync && relay.sync_replicas > 0 && !conn.sharded();
         if wait {
-            pipe.cmd("WAIT")
-                .arg(relay.sync_replicas)
-                .arg(relay.sync_timeout_ms);
+            let mut c = redis::cmd("WAIT");
+            c.arg(relay.sync_replicas).arg(relay.sync_timeout_ms);
+            cmds.push((c, true));
         }
-        let mut answer = pipe.query_async::<Vec<redis::Value>>(&mut conn).await;
+        let mut answer = conn.batch(cmds.clone()).await;
         if matches!(&answer, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
         {
             // The scripts were flushed: load them again, once.
-            let union = redis::pipe()
-                .load_script(relay.union.script())
-                .query_async::<(String,)>(&mut conn)
-                .await;
-            if union.is_ok() && sequencer.load(&mut conn).await.is_ok() {
-                answer = pipe.query_async::<Vec<redis::Value>>(&mut conn).await;
+            if relay.union.load(&mut conn).await.is_ok() && sequencer.load(&mut conn).await.is_ok()
+            {
+                answer = conn.batch(cmds).await;
             }
         }
         match answer {

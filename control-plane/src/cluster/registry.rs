@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::conn::Link;
 use redis::RedisResult;
 use serde::{Deserialize, Serialize};
 
@@ -72,10 +72,7 @@ pub(super) struct Registry {
 impl Registry {
     /// Refresh this node's entry, prune the dead, and read every live node (two round
     /// trips: the pipelined refresh and listing, then the entries).
-    pub(super) async fn heartbeat(
-        &mut self,
-        conn: &mut ConnectionManager,
-    ) -> RedisResult<Vec<NodeInfo>> {
+    pub(super) async fn heartbeat(&mut self, conn: &mut Link) -> RedisResult<Vec<NodeInfo>> {
         let now = crate::clock::now_ms();
         self.me.heartbeat_ms = now;
         let ttl = self.ttl.as_millis() as u64;
@@ -119,7 +116,7 @@ impl Registry {
     }
 
     /// Leave the registry now (a clean stop).
-    pub(super) async fn leave(&mut self, conn: &mut ConnectionManager) -> RedisResult<()> {
+    pub(super) async fn leave(&mut self, conn: &mut Link) -> RedisResult<()> {
         redis::pipe()
             .cmd("DEL")
             .arg(self.keys.node(&self.me.id))

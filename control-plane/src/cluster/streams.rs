@@ -123,19 +123,21 @@ impl Sequencer {
         }
     }
 
-    /// Load the scripts (once per connection; a pipeline then calls them by hash).
+    /// Load the scripts (once per link; on a Redis Cluster, on every master).
     pub async fn load<C: redis::aio::ConnectionLike>(&self, conn: &mut C) -> RedisResult<()> {
-        let _: (String, String) = redis::pipe()
-            .load_script(&self.script)
-            .load_script(&self.mover)
-            .query_async(conn)
-            .await?;
+        for code in [PUBLISH, MOVE_EPOCH] {
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(code)
+                .query_async::<redis::Value>(conn)
+                .await?;
+        }
         Ok(())
     }
 
-    /// Add one publication's script call to `pipe` (by hash: [`Sequencer::load`]
-    /// first); its answer parses with [`parse_sequenced`].
-    pub fn add(&self, pipe: &mut redis::Pipeline, s: Sequence<'_>) {
+    /// One publication's script call (by hash: [`Sequencer::load`] first); its answer
+    /// parses with [`parse_sequenced`].
+    pub fn cmd(&self, s: Sequence<'_>) -> redis::Cmd {
         let seed = Position {
             epoch: s.epoch_seed,
             offset: 0,
@@ -144,8 +146,8 @@ impl Sequencer {
             Some((k, _)) => format!("{}:k:{k}", s.keys.stream),
             None => format!("{}:k", s.keys.stream),
         };
-        pipe.cmd("EVALSHA")
-            .arg(self.script.get_hash())
+        let mut c = redis::cmd("EVALSHA");
+        c.arg(self.script.get_hash())
             .arg(4)
             .arg(&s.keys.stream)
             .arg(&s.keys.history)
@@ -157,18 +159,28 @@ impl Sequencer {
             .arg(if self.sharded { "1" } else { "0" })
             .arg(if s.key.is_some() { "1" } else { "0" })
             .arg(s.key.map_or(1, |(_, ms)| ms.max(1)));
+        c
     }
 
-    /// Add a move of `keys`' channel to `epoch` (offset 0) to `pipe`.
-    pub fn add_move(&self, pipe: &mut redis::Pipeline, keys: &ChannelKeys, epoch: u64) {
+    /// A move of `keys`' channel to `epoch` (offset 0).
+    pub fn move_cmd(&self, keys: &ChannelKeys, epoch: u64) -> redis::Cmd {
         let e = Position { epoch, offset: 0 };
-        pipe.cmd("EVALSHA")
-            .arg(self.mover.get_hash())
+        let mut c = redis::cmd("EVALSHA");
+        c.arg(self.mover.get_hash())
             .arg(2)
             .arg(&keys.stream)
             .arg(&keys.history)
-            .arg(e.epoch_hex().as_str())
-            .ignore();
+            .arg(e.epoch_hex().as_str());
+        c
+    }
+
+    /// How a record goes to a channel's topic: `SPUBLISH` on a Redis Cluster.
+    pub fn publish_cmd(&self) -> &'static str {
+        if self.sharded {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
     }
 
     /// Sequence `payload` on `keys`' channel, keep it among the last `keep`, and
@@ -182,7 +194,6 @@ impl Sequencer {
         payload: &[u8],
     ) -> RedisResult<Position> {
         self.load(conn).await?;
-        let mut pipe = redis::pipe();
         let s = Sequence {
             keys,
             epoch_seed,
@@ -190,8 +201,7 @@ impl Sequencer {
             payload,
             key: None,
         };
-        self.add(&mut pipe, s);
-        let (answer,): (redis::Value,) = pipe.query_async(conn).await?;
+        let answer: redis::Value = self.cmd(s).query_async(conn).await?;
         parse_sequenced(answer).map(|(p, _)| p)
     }
 }

@@ -47,6 +47,15 @@ fn defaults_and_shipped_profile_load() {
 }
 
 #[test]
+fn the_shipped_cluster_profile_loads() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tuning/cluster.toml");
+    let c = Config::load(Some(&shipped), &env(&[])).unwrap();
+    assert!(c.cluster.enabled());
+    assert_eq!(c.cluster.node_ttl_ms, 5_000);
+    assert_eq!(c.socketio.recovery_ms, 120_000);
+}
+
+#[test]
 fn env_overrides() {
     let c = Config::load(
         None,
