@@ -79,6 +79,7 @@ fn shared(c: &mut Criterion) {
             offset: 0,
         }),
         records: Vec::new(),
+        marks: Vec::new(),
     };
     core.on_message(ShardMsg::Cluster(Box::new(linked)), now);
     core.end_turn();

@@ -182,6 +182,7 @@ impl Server {
                 sync_namespaces,
                 pushes: remote_pushes,
                 personal_namespace: cfg.engine.personal_namespace.clone(),
+                sio_recovery_ms: cfg.socketio.recovery_ms,
             },
         )
         .map_err(|e| Error::start("the cluster thread", e))?;

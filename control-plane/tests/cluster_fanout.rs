@@ -422,3 +422,72 @@ async fn direct_messages_personal_channels_and_pushes_reach_users_on_other_nodes
         n.shutdown();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_cursors_and_receipts_hold_on_every_node() {
+    let redis = RedisServer::start();
+    let nodes = [node(&redis, "n1"), node(&redis, "n2")];
+    let bob = common::token("bob", None);
+    let connect_phone = |addr| {
+        let bob = bob.clone();
+        async move {
+            let mut phone = Client::open(addr, Fmt::Json).await;
+            let r = phone
+                .call(json!({"cmd": "connect", "token": bob, "device": "phone"}))
+                .await;
+            assert!(r.get("result").is_some(), "{r}");
+            let inbox = phone.next_push(&["inbox"]).await;
+            (phone, inbox)
+        }
+    };
+    let (mut phone, _) = connect_phone(nodes[0].ws_addr()).await;
+    let alice = common::token_with("alice", |c| c.send_to = Some(vec!["bob".into()]));
+    let mut a = Client::connect(nodes[1].ws_addr(), Fmt::Json, &alice).await;
+    for i in 1..=3 {
+        let r = a
+            .call(json!({"cmd": "send", "user": "bob", "data": {"i": i}}))
+            .await;
+        assert_eq!(r["result"]["offset"], i, "{r}");
+        assert_eq!(next(&mut phone).await["offset"], i);
+    }
+    // The phone processed two on n1, then comes back through n2: its backlog there
+    // starts after its cursor.
+    let r = phone.call(json!({"cmd": "ack", "offset": 2})).await;
+    assert!(r.get("result").is_some(), "{r}");
+    drop(phone);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (mut phone, inbox) = connect_phone(nodes[1].ws_addr()).await;
+        let offsets: Vec<Value> = inbox["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["offset"].clone())
+            .collect();
+        if offsets == [json!(3)] {
+            let _ = phone.call(json!({"cmd": "ping"})).await;
+            break;
+        }
+        assert!(Instant::now() < deadline, "backlog {inbox}");
+    }
+
+    // A read receipt on n1 reaches a subscriber on n2.
+    let mut ben = Client::connect(nodes[0].ws_addr(), Fmt::Json, &common::token("ben", None)).await;
+    let mut cat = Client::connect(nodes[1].ws_addr(), Fmt::Json, &common::token("cat", None)).await;
+    subscribe(&mut ben, "chat:1").await;
+    subscribe(&mut cat, "chat:1").await;
+    publish(&mut cat, "chat:1", json!("hello")).await;
+    assert_eq!(next(&mut ben).await["offset"], 1);
+    let r = ben
+        .call(json!({"cmd": "receipt", "channel": "chat:1", "read": 1}))
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    let p = tokio::time::timeout(common::TIMEOUT, cat.next_push(&["receipt"]))
+        .await
+        .expect("the receipt on n2");
+    assert_eq!((&p["user"], &p["read"]), (&json!("ben"), &json!(1)), "{p}");
+    for n in nodes {
+        n.shutdown();
+    }
+}

@@ -115,6 +115,26 @@ pub struct ClusterBatch {
     pub presence_asks: Vec<PresenceAsk>,
     /// Pushes for the channels' subscribers on the other nodes.
     pub pushes: Vec<ChannelPush>,
+    /// Inbox cursors and receipts moved here, for every node.
+    pub marks: Vec<crate::journal::MarkRecord>,
+    /// Socket.IO sessions that ended here, recoverable on any node.
+    pub sio_put: Vec<crate::journal::SessionRecord>,
+    /// Session records recovered here (or gone): no other node may recover them.
+    pub sio_del: Vec<u128>,
+    /// Reconnecting Socket.IO clients whose session this node does not know: their
+    /// record may be in Redis (the session ended on another node).
+    pub sio_asks: Vec<SioAsk>,
+}
+
+/// A reconnecting Socket.IO client's question, for the records in Redis.
+#[derive(Debug)]
+pub struct SioAsk {
+    /// The session's pid.
+    pub pid: u128,
+    /// The shard that asks (the pid's home here), which gets the answer.
+    pub shard: u16,
+    /// The question itself (opaque outside the engine's core).
+    pub ask: Box<crate::core::Ask>,
 }
 
 impl ClusterBatch {
@@ -127,6 +147,10 @@ impl ClusterBatch {
             && self.presence.is_empty()
             && self.presence_asks.is_empty()
             && self.pushes.is_empty()
+            && self.marks.is_empty()
+            && self.sio_put.is_empty()
+            && self.sio_del.is_empty()
+            && self.sio_asks.is_empty()
     }
 }
 
@@ -177,6 +201,8 @@ pub enum ClusterMsg {
         top: Option<Position>,
         /// Kept records.
         records: Vec<RemoteRecord>,
+        /// The channel's inbox cursors and receipts as Redis holds them.
+        marks: Vec<crate::journal::MarkRecord>,
     },
     /// The link could not read the channel (Redis error): questions parked for it are
     /// answered from what this node holds.
@@ -204,6 +230,16 @@ pub enum ClusterMsg {
     },
     /// A push from another node for the channel's subscribers here (typing).
     Push(ChannelPush),
+    /// A cursor or receipt moved on another node.
+    Mark(crate::journal::MarkRecord),
+    /// The answer to a [`SioAsk`]: the record Redis held (taken: no other node gets
+    /// it), if any.
+    SioRecord {
+        /// The question.
+        ask: Box<crate::core::Ask>,
+        /// The record.
+        record: Option<crate::journal::SessionRecord>,
+    },
 }
 
 /// Counters of the link, read by metrics.

@@ -58,6 +58,7 @@ pub(super) async fn run(
             let sequencer = Sequencer::new(conn.sharded());
             sequencer.load(&mut conn).await?;
             relay.union.load(&mut conn).await?;
+            relay.marks.load(&mut conn).await?;
             let (sink, records) = relay.source.subscriber().await?.split();
             Ok::<_, redis::RedisError>((conn, sink, records, Arc::new(sequencer)))
         }
@@ -114,11 +115,7 @@ pub(super) async fn run(
             fail_tx,
             gen,
         ));
-        relay
-            .restated
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        *relay.restated.lock().unwrap_or_else(|e| e.into_inner()) = Some(Default::default());
         let janitor = tokio::spawn(janitor(relay.clone(), conn.clone()));
         // Moves left from an earlier link go before anything else.
         let moves: Vec<Arc<str>> = relay
@@ -141,14 +138,20 @@ pub(super) async fn run(
                         for ask in b.presence_asks {
                             tokio::spawn(answer_presence(relay.clone(), conn.clone(), ask));
                         }
+                        for ask in b.sio_asks {
+                            tokio::spawn(take_session(relay.clone(), conn.clone(), ask));
+                        }
                         let w = Work {
                             moves: b.moves,
                             publishes: b.publishes,
                             presence: b.presence,
                             channel_pushes: b.pushes,
+                            marks: b.marks,
+                            sio_put: b.sio_put,
+                            sio_del: b.sio_del,
                             ..Default::default()
                         };
-                        if !w.moves.is_empty() || !w.publishes.is_empty() || !w.presence.is_empty() || !w.channel_pushes.is_empty() {
+                        if !w.moves.is_empty() || !w.publishes.is_empty() || !w.presence.is_empty() || !w.channel_pushes.is_empty() || !w.marks.is_empty() || !w.sio_put.is_empty() || !w.sio_del.is_empty() {
                             let _ = work_tx.send(w);
                         }
                         for l in b.links {
@@ -248,12 +251,40 @@ async fn answer_presence(relay: Relay, mut conn: Link, ask: PresenceAsk) {
     relay.answer_presence(ask.answer, result).await;
 }
 
-/// Every few seconds: remove the presence entries of nodes gone from the registry
-/// (killed: their users' `leave` events go out), and, once after the link came up,
-/// this node's own entries it did not state again.
+/// A reconnecting Socket.IO client's session record, taken from Redis (so no other
+/// node recovers it too), for the shard that asked.
+async fn take_session(relay: Relay, mut conn: Link, ask: switchboard_engine::cluster::SioAsk) {
+    let got: redis::RedisResult<Option<Vec<u8>>> = redis::cmd("GETDEL")
+        .arg(relay.sio_key(ask.pid))
+        .query_async(&mut conn)
+        .await;
+    let record = got.ok().flatten().and_then(|v| {
+        let text_end = v.iter().position(|&b| b == b'\n')?;
+        let head = std::str::from_utf8(&v[..text_end]).ok()?;
+        let (home, closed) = head.split_once(':')?;
+        Some(switchboard_engine::journal::SessionRecord {
+            pid: ask.pid,
+            home: home.parse().ok()?,
+            closed_ms: closed.parse().ok()?,
+            body: v[text_end + 1..].to_vec(),
+        })
+    });
+    let msg = ClusterMsg::SioRecord {
+        ask: ask.ask,
+        record,
+    };
+    relay
+        .tell(ask.shard as usize, ShardMsg::Cluster(Box::new(msg)))
+        .await;
+}
+
+/// Every second: remove the presence entries of nodes gone from the registry (killed:
+/// their users' `leave` events go out) — missing from two reads in a row — and, once
+/// after the link came up, this node's own entries it did not state again.
 async fn janitor(relay: Relay, mut conn: Link) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut restated_at = 0u32;
+    let mut absent: HashSet<String> = HashSet::new();
     loop {
         tick.tick().await;
         restated_at += 1;
@@ -263,7 +294,8 @@ async fn janitor(relay: Relay, mut conn: Link) {
                 .restated
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .clone();
+                .take()
+                .unwrap_or_default();
             let me = relay.state.node_id.clone();
             if let Err(e) = relay.union.purge(&mut conn, &me, Some(&keep), now).await {
                 tracing::warn!("presence: cannot drop this node's stale entries: {e}");
@@ -276,8 +308,16 @@ async fn janitor(relay: Relay, mut conn: Link) {
         let Ok(nodes) = relay.union.nodes(&mut conn).await else {
             continue;
         };
-        for n in nodes {
-            if n != relay.state.node_id && !live.contains(&n) {
+        // A node is gone when two registry reads a second apart both miss it: one
+        // that just started may state its users before this node has read its entry.
+        let missing: HashSet<String> = nodes
+            .into_iter()
+            .filter(|n| *n != relay.state.node_id && !live.contains(n))
+            .collect();
+        let gone: Vec<String> = missing.intersection(&absent).cloned().collect();
+        absent = missing;
+        for n in gone {
+            {
                 match relay.union.purge(&mut conn, &n, None, now).await {
                     Ok(users) => {
                         tracing::info!(node = %n, users, "presence: a gone node's entries removed")
@@ -310,6 +350,18 @@ async fn relay_record(relay: &Relay, m: &redis::Msg) {
         return;
     };
     let payload = m.get_payload_bytes();
+    if payload.starts_with(b"M:") {
+        let name: Arc<str> = Arc::from(channel);
+        if let Some((origin, mark)) = super::marks::decode(&name, payload) {
+            if origin != relay.state.node_id {
+                let msg = ClusterMsg::Mark(mark);
+                relay
+                    .tell(relay.owner(channel), ShardMsg::Cluster(Box::new(msg)))
+                    .await;
+            }
+        }
+        return;
+    }
     if let Some(event) = union::decode_event(payload) {
         let msg = ClusterMsg::Presence {
             channel: Arc::from(channel),
@@ -423,7 +475,11 @@ async fn subscribe_loop(
         for (l, read) in futures_util::future::join_all(reads).await {
             let owner = relay.owner(&l.channel);
             let msg = match read {
-                Ok((top, records)) => ClusterMsg::Linked {
+                Ok((top, records, marks)) => ClusterMsg::Linked {
+                    marks: marks
+                        .iter()
+                        .filter_map(|(f, v)| super::marks::parse(&l.channel, f, v))
+                        .collect(),
                     channel: l.channel,
                     gen,
                     subscribed: l.subscribe,

@@ -15,6 +15,7 @@
 mod bus;
 mod conn;
 mod link;
+pub mod marks;
 pub mod presence;
 mod publisher;
 pub mod pushes;
@@ -308,6 +309,8 @@ pub struct SharedOptions {
     pub pushes: RemotePushes,
     /// `engine.personal_namespace`: a push to a user goes on its personal channel.
     pub personal_namespace: String,
+    /// `socketio.recovery_ms`: how long an ended session stays recoverable.
+    pub sio_recovery_ms: u64,
 }
 
 /// Start the cluster thread when `cfg` names a Redis; `None` for a node alone.
@@ -385,6 +388,7 @@ pub fn spawn(
                         sync_namespaces,
                         pushes,
                         personal_namespace,
+                        sio_recovery_ms,
                     } = shared;
                     let relay = batches.map(|b| {
                         let mut relay = relay::Relay::new(
@@ -396,6 +400,7 @@ pub fn spawn(
                             (sync_namespaces, sync_replicas, sync_timeout_ms),
                         );
                         relay.personal = personal_namespace;
+                        relay.sio_recovery_ms = sio_recovery_ms;
                         let pushes = pushes.attach();
                         tokio::spawn(link::run(relay, b, pushes, stopped.clone()))
                     });

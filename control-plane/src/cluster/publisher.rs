@@ -40,6 +40,9 @@ pub(super) async fn publish_loop(
         let mut user_pushes = first.pushes;
         let mut presence = first.presence;
         let mut channel_pushes = first.channel_pushes;
+        let mut marks = first.marks;
+        let mut sio_put = first.sio_put;
+        let mut sio_del = first.sio_del;
         while publishes.len() + user_pushes.len() + presence.len() < MAX_PIPELINE {
             match work.try_recv() {
                 Ok(w) => {
@@ -48,6 +51,9 @@ pub(super) async fn publish_loop(
                     user_pushes.extend(w.pushes);
                     presence.extend(w.presence);
                     channel_pushes.extend(w.channel_pushes);
+                    marks.extend(w.marks);
+                    sio_put.extend(w.sio_put);
+                    sio_del.extend(w.sio_del);
                 }
                 Err(_) => break,
             }
@@ -101,9 +107,11 @@ pub(super) async fn publish_loop(
         }
         if !presence.is_empty() {
             let mut restated = relay.restated.lock().unwrap_or_else(|e| e.into_inner());
-            for op in &presence {
-                if op.view.is_some() {
-                    restated.insert((op.channel.clone(), op.user.clone()));
+            if let Some(stated) = restated.as_mut() {
+                for op in &presence {
+                    if op.view.is_some() {
+                        stated.insert((op.channel.clone(), op.user.clone()));
+                    }
                 }
             }
         }
@@ -118,6 +126,34 @@ pub(super) async fn publish_loop(
                 conn.sharded(),
             ));
         }
+        for m in &marks {
+            let keys = relay.keys(&m.channel);
+            cmds.push((
+                relay.marks.cmd(
+                    &keys.marks,
+                    &keys.topic,
+                    m,
+                    &relay.state.node_id,
+                    conn.sharded(),
+                ),
+                false,
+            ));
+        }
+        for r in &sio_put {
+            let mut value = format!("{}:{}\n", r.home, r.closed_ms).into_bytes();
+            value.extend_from_slice(&r.body);
+            let mut c = redis::cmd("SET");
+            c.arg(relay.sio_key(r.pid))
+                .arg(value)
+                .arg("PX")
+                .arg(relay.sio_recovery_ms.max(1));
+            cmds.push((c, false));
+        }
+        for pid in &sio_del {
+            let mut c = redis::cmd("DEL");
+            c.arg(relay.sio_key(*pid));
+            cmds.push((c, false));
+        }
         // WAIT covers the connection's writes: one server only (on a Redis Cluster,
         // `sync` relies on each master's AOF; see DELIVERY.md).
         let wait = any_sync && relay.sync_replicas > 0 && !conn.sharded();
@@ -130,7 +166,9 @@ pub(super) async fn publish_loop(
         if matches!(&answer, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
         {
             // The scripts were flushed: load them again, once.
-            if relay.union.load(&mut conn).await.is_ok() && sequencer.load(&mut conn).await.is_ok()
+            if relay.union.load(&mut conn).await.is_ok()
+                && relay.marks.load(&mut conn).await.is_ok()
+                && sequencer.load(&mut conn).await.is_ok()
             {
                 answer = conn.batch(cmds).await;
             }

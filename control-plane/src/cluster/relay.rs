@@ -42,11 +42,16 @@ pub(super) struct Relay {
     seed: u64,
     /// `engine.personal_namespace` (pushes to users go on their personal channel).
     pub(super) personal: String,
+    /// `socketio.recovery_ms`: how long Redis keeps an ended session's record.
+    pub(super) sio_recovery_ms: u64,
     /// Presence as the union of every node.
     pub(super) union: Arc<Union>,
-    /// What this node stated of its presence since the link came up (the rest of its
-    /// old entries are dropped a few seconds after).
-    pub(super) restated: Arc<Mutex<union::Stated>>,
+    /// Inbox cursors and receipts of every node.
+    pub(super) marks: Arc<super::marks::Marks>,
+    /// What this node stated of its presence since the link came up, while that is
+    /// being collected (the rest of its old entries are dropped a few seconds after;
+    /// then `None`, nothing more is kept).
+    pub(super) restated: Arc<Mutex<Option<union::Stated>>>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -80,9 +85,16 @@ impl Relay {
             moves: Arc::default(),
             seed: u64::from_le_bytes(b),
             personal: String::new(),
+            sio_recovery_ms: 0,
             union: Arc::new(Union::new(prefix)),
+            marks: Arc::default(),
             restated: Arc::default(),
         }
+    }
+
+    /// Where an ended Socket.IO session's record waits (its own slot on a cluster).
+    pub(super) fn sio_key(&self, pid: u128) -> String {
+        format!("{{{}:sio:{pid:032x}}}", self.prefix)
     }
 
     pub(super) fn keys(&self, channel: &str) -> ChannelKeys {
@@ -194,6 +206,9 @@ pub(super) struct Work {
     pub(super) pushes: Vec<UserPush>,
     pub(super) presence: Vec<PresenceOp>,
     pub(super) channel_pushes: Vec<ChannelPush>,
+    pub(super) marks: Vec<switchboard_engine::journal::MarkRecord>,
+    pub(super) sio_put: Vec<switchboard_engine::journal::SessionRecord>,
+    pub(super) sio_del: Vec<u128>,
 }
 
 /// A batch that arrived while Redis is away: publications go back to their owner;

@@ -34,6 +34,8 @@ pub struct ChannelKeys {
     pub history: String,
     /// Its pub/sub topic.
     pub topic: String,
+    /// Its inbox cursors and receipts (hash, [`super::marks`]).
+    pub marks: String,
 }
 
 impl ChannelKeys {
@@ -44,6 +46,7 @@ impl ChannelKeys {
             stream: format!("{tag}:s"),
             history: format!("{tag}:h"),
             topic: format!("{tag}:t"),
+            marks: format!("{tag}:m"),
         }
     }
 }
@@ -300,12 +303,12 @@ pub async fn read<C: redis::aio::ConnectionLike>(
     conn: &mut C,
     keys: &ChannelKeys,
     epoch_seed: u64,
-) -> RedisResult<(Position, Vec<RemoteRecord>)> {
+) -> RedisResult<(Position, Vec<RemoteRecord>, Vec<(String, String)>)> {
     let seed = Position {
         epoch: epoch_seed,
         offset: 0,
     };
-    let ((epoch, offset), records): (StreamTop, Vec<Vec<u8>>) = redis::pipe()
+    let ((epoch, offset), records, marks): Read = redis::pipe()
         .cmd("HSETNX")
         .arg(&keys.stream)
         .arg("e")
@@ -319,6 +322,8 @@ pub async fn read<C: redis::aio::ConnectionLike>(
         .arg(&keys.history)
         .arg(0)
         .arg(-1)
+        .cmd("HGETALL")
+        .arg(&keys.marks)
         .query_async(conn)
         .await?;
     let epoch = epoch
@@ -332,8 +337,11 @@ pub async fn read<C: redis::aio::ConnectionLike>(
         offset: offset.unwrap_or(0),
     };
     let kept = records.iter().filter_map(|r| decode(r)).collect();
-    Ok((top, kept))
+    Ok((top, kept, marks))
 }
+
+/// What a channel's read gets: the stream's top, its records, its marks.
+type Read = (StreamTop, Vec<Vec<u8>>, Vec<(String, String)>);
 
 /// The stream's latest position (`None`: no publication yet) and the kept records
 /// after `after` (all kept ones without it), oldest first.

@@ -120,6 +120,7 @@ impl ShardCore {
                     offset: clamp(u.read).unwrap_or(0),
                 };
                 if let Some(rec) = self.marks.set_cursor(&u.channel, &u.who, to, at_ms) {
+                    self.share_mark(&rec);
                     if self.store.link.is_some() {
                         self.store.marks.push(rec);
                     }
@@ -136,16 +137,18 @@ impl ShardCore {
                 ) else {
                     return;
                 };
+                let rec = MarkRecord {
+                    channel: u.channel.clone(),
+                    kind: MarkKind::Receipt,
+                    who: u.who.clone(),
+                    epoch: r.epoch,
+                    delivered: r.delivered,
+                    read: r.read,
+                    at_ms,
+                };
+                self.share_mark(&rec);
                 if self.store.link.is_some() {
-                    self.store.marks.push(MarkRecord {
-                        channel: u.channel.clone(),
-                        kind: MarkKind::Receipt,
-                        who: u.who.clone(),
-                        epoch: r.epoch,
-                        delivered: r.delivered,
-                        read: r.read,
-                        at_ms,
-                    });
+                    self.store.marks.push(rec);
                 }
                 self.push_receipt(&u.channel, &u.who, r);
             }

@@ -249,7 +249,15 @@ impl ShardCore {
                 subscribed,
                 top,
                 records,
-            } => self.linked(channel, gen, subscribed, top, records),
+                marks,
+            } => {
+                if gen == self.shared.gen && self.shared.up {
+                    for m in marks {
+                        self.marks.seed(m);
+                    }
+                }
+                self.linked(channel, gen, subscribed, top, records)
+            }
             ClusterMsg::LinkFailed { channel } => {
                 let waiting = match self.shared.chans.get_mut(&channel) {
                     Some(c) => {
@@ -269,6 +277,8 @@ impl ShardCore {
             ClusterMsg::Record { channel, record } => self.on_record(channel, record),
             ClusterMsg::Presence { channel, event } => self.push_presence(&channel, &event),
             ClusterMsg::Push(p) => self.remote_push(p),
+            ClusterMsg::Mark(m) => self.remote_mark(m),
+            ClusterMsg::SioRecord { ask, record } => self.sio_record_from_cluster(ask, record),
             ClusterMsg::Fallback(p) => {
                 let SharedPublish {
                     channel,

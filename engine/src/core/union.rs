@@ -1,4 +1,4 @@
-//! Presence and typing across nodes sharing Redis.
+//! Presence, typing, inbox cursors and receipts across nodes sharing Redis.
 //!
 //! Owns what the owner shard of a presence channel tells Redis (each user's
 //! connections on this node, whenever they change, for the cluster-wide union), how it
@@ -113,6 +113,43 @@ impl ShardCore {
             droppable: true,
         });
         self.fan_out_publication(publication, local, remote);
+    }
+}
+
+impl ShardCore {
+    /// On the owner: a cursor or receipt moved here; every node learns it.
+    pub(super) fn share_mark(&mut self, m: &crate::journal::MarkRecord) {
+        if self.presence_shared() {
+            self.shared.out.marks.push(m.clone());
+        }
+    }
+
+    /// On the owner: a cursor or receipt moved on another node (already merged in
+    /// Redis): raised here too, and a receipt pushed to the subscribers here.
+    pub(super) fn remote_mark(&mut self, m: crate::journal::MarkRecord) {
+        use crate::journal::MarkKind;
+        match m.kind {
+            MarkKind::Cursor => {
+                let to = switchboard_protocol::Position {
+                    epoch: m.epoch,
+                    offset: m.read,
+                };
+                self.marks.set_cursor(&m.channel, &m.who, to, m.at_ms);
+            }
+            MarkKind::Receipt => {
+                let moved = self.marks.set_receipt(
+                    &m.channel,
+                    &m.who,
+                    m.epoch,
+                    Some(m.delivered),
+                    Some(m.read),
+                    m.at_ms,
+                );
+                if let Some(r) = moved {
+                    self.push_receipt(&m.channel, &m.who, r);
+                }
+            }
+        }
     }
 }
 

@@ -158,6 +158,50 @@ async function run() {
       s.close();
       break;
     }
+    case "switch": {
+      // Connection state recovery on another node: join CHANNEL on URL (this node),
+      // receive BEFORE messages ({"step":"joined"} first), close ({"step":"dropped"}),
+      // wait for {"go"} on stdin while the Rust test publishes, then reconnect to
+      // OTHER (as a load balancer would send it elsewhere) with the session's pid and
+      // offset, and receive up to TOTAL.
+      const [token, channel, before, total, other] = args;
+      const got = [];
+      let waiter = null;
+      const onMsg = (m) => {
+        got.push({ offset: m.offset, data: m.data });
+        if (waiter && got.length >= waiter.n) {
+          const w = waiter;
+          waiter = null;
+          w.resolve();
+        }
+      };
+      const until = (n) => (got.length >= n ? Promise.resolve() : new Promise((resolve) => (waiter = { n, resolve })));
+      const step = (name) => console.log(JSON.stringify({ step: name }));
+      const s = connect({ auth: { token }, transports: ["websocket"] });
+      s.on("message:new", onMsg);
+      results.connect = await outcome(s);
+      await s.emitWithAck("join", { channel });
+      step("joined");
+      await until(+before);
+      const pid = s._pid;
+      const offset = s._lastOffset;
+      s.close();
+      step("dropped");
+      await new Promise((r) => process.stdin.once("data", r));
+      const s2 = io(other, { auth: { token }, transports: ["websocket"], reconnection: false, autoConnect: false });
+      s2._pid = pid;
+      s2._lastOffset = offset;
+      s2.on("message:new", onMsg);
+      s2.connect();
+      results.connect2 = await outcome(s2);
+      results.recovered = s2.recovered;
+      results.same_pid = s2._pid === pid;
+      await until(+total);
+      results.got = got;
+      s2.close();
+      process.stdin.pause();
+      break;
+    }
     case "revoked": {
       // Prints {"step":"connected"}; the Rust test revokes the user; the client must
       // learn it is disconnected for good ("io server disconnect": no reconnecting).

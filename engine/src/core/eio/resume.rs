@@ -181,6 +181,15 @@ impl ShardCore {
         if self.shutting_down {
             return self.store_record(pid, self.id, &record);
         }
+        if self.presence_shared() {
+            // Nodes share Redis: the client may come back through any node.
+            self.shared.out.sio_put.push(SessionRecord {
+                pid,
+                home: self.id,
+                closed_ms: record.closed_ms,
+                body: record.to_stored(),
+            });
+        }
         let ttl = self.recovery_ticks();
         let now = self.tick;
         if let Some(r) = self.recovery.as_mut() {
@@ -292,6 +301,42 @@ impl ShardCore {
                 return self.send_to(shard, ShardMsg::Recovery(Box::new(msg)));
             }
         }
+        let shared = self.presence_shared();
+        if record.is_none() && shared {
+            // Not ended here: perhaps on another node, whose record is in Redis.
+            let (pid, shard) = (ask.pid.id, self.id);
+            self.shared
+                .out
+                .sio_asks
+                .push(crate::cluster::SioAsk { pid, shard, ask });
+            return;
+        }
+        if record.is_some() && shared {
+            // Recovered here: the copy in Redis must not be recovered elsewhere.
+            self.shared.out.sio_del.push(ask.pid.id);
+        }
+        self.answer_with_record(&ask, record);
+    }
+
+    /// On the home shard: a record from Redis (the session ended on another node).
+    pub(in crate::core) fn sio_record_from_cluster(
+        &mut self,
+        ask: Box<Ask>,
+        record: Option<SessionRecord>,
+    ) {
+        let ttl = u64::from(self.recovery_ticks()) * self.cfg.tick_ms;
+        let record = record.and_then(|s| {
+            let fresh = self.clock.unix_ms.saturating_sub(s.closed_ms) <= ttl;
+            fresh
+                .then(|| Record::from_stored(&s.body, s.closed_ms))
+                .flatten()
+                .map(Box::new)
+        });
+        self.answer_with_record(&ask, record);
+    }
+
+    /// Answer `ask` from `record` (none: not recoverable).
+    fn answer_with_record(&mut self, ask: &Ask, record: Option<Box<Record>>) {
         let resumed = record.and_then(|r| {
             let points = r.resume_points(ask.offset.as_ref().map(|(c, p)| (&**c, *p)))?;
             Some(Box::new(Resumed {
