@@ -138,6 +138,7 @@ fn shared(c: &mut Criterion) {
         event: None,
         key: None,
         keep: 64,
+        ttl_ms: 0,
         sync: false,
         created: Instant::now(),
         reply: PublishReply::None,

@@ -162,6 +162,15 @@ async fn publications_reach_every_node_in_one_order() {
     assert_eq!(p3["data"]["text"], "from socket.io", "{p3}");
     assert_eq!(p3["offset"], 3);
 
+    // Redis forgets an idle stream, as a node does (engine.stream_idle_ms, 1 h).
+    for key in ["{sb:ch:room:1}:s", "{sb:ch:room:1}:h"] {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query(&mut redis.connection())
+            .unwrap();
+        assert!(ttl > 3_000_000 && ttl <= 3_600_000, "{key}: {ttl}");
+    }
+
     // History on a node that never subscribed, and recovery on another node.
     let h = ann
         .call(json!({"cmd": "history", "channel": "room:1", "limit": 10}))

@@ -42,6 +42,9 @@ pub struct SharedPublish {
     pub key: Option<Box<str>>,
     /// How many of the channel's records Redis keeps (its namespace's `keep`).
     pub keep: u32,
+    /// How long Redis keeps the channel's stream after its last use, ms: the longer
+    /// of `engine.stream_idle_ms` and its namespace's history age limit.
+    pub ttl_ms: u64,
     /// The namespace is `sync`: answer only once Redis has it as durably as
     /// configured (`cluster.sync_replicas`).
     pub sync: bool,
@@ -59,6 +62,9 @@ pub struct LinkReq {
     /// Keep receiving its records (this node has subscribers); else read once (a
     /// history question).
     pub subscribe: bool,
+    /// How long Redis keeps the stream after its last use, ms (as
+    /// [`SharedPublish::ttl_ms`]).
+    pub ttl_ms: u64,
 }
 
 /// A user's presence on a channel as this node sees it, for the cluster-wide union.

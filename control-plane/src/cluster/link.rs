@@ -468,7 +468,7 @@ async fn subscribe_loop(
             let mut conn = conn.clone();
             let keys = relay.keys(&l.channel);
             async move {
-                let read = streams::read(&mut conn, &keys, epoch).await;
+                let read = streams::read(&mut conn, &keys, epoch, l.ttl_ms).await;
                 (l, read)
             }
         });

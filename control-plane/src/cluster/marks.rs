@@ -36,6 +36,8 @@ if new == old then
   return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], new)
+-- Kept 30 days after the last change, as on one node.
+redis.call('PEXPIRE', KEYS[1], 2592000000)
 local pub = 'PUBLISH'
 if ARGV[7] == '1' then pub = 'SPUBLISH' end
 redis.call(pub, KEYS[2], 'M:' .. ARGV[6] .. '\n' .. ARGV[1] .. '\n' .. new)

@@ -73,6 +73,7 @@ if redis.call('HDEL', KEYS[1], field) == 1 then
     redis.call('HDEL', KEYS[3], user)
     redis.call('ZADD', KEYS[4], ARGV[5], user)
     redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -257)
+    redis.call('PEXPIRE', KEYS[4], 2592000000)
     redis.call(pub, KEYS[5], 'V:leave\n' .. user .. '\n' .. ARGV[5])
   end
 end

@@ -89,6 +89,7 @@ pub(super) async fn publish_loop(
                 keep: p.keep,
                 payload: &payload,
                 key: p.key.as_deref().map(|k| (k, relay.dedupe_ms)),
+                ttl_ms: p.ttl_ms,
             };
             cmds.push((sequencer.cmd(s), true));
         }

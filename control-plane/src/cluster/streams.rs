@@ -53,7 +53,8 @@ impl ChannelKeys {
 
 /// Sequence, keep and publish one publication (KEYS: stream, history, topic,
 /// idempotency key; ARGV: epoch seed, keep, payload, sharded pub/sub, whether a key
-/// was given, dedupe window ms). Returns `{epoch, offset, duplicate}`.
+/// was given, dedupe window ms, how long the stream outlives its last use ms (0:
+/// forever)). Returns `{epoch, offset, duplicate}`.
 const PUBLISH: &str = r"
 if ARGV[5] == '1' then
   local seen = redis.call('GET', KEYS[4])
@@ -76,6 +77,11 @@ if keep > 0 then
 end
 if ARGV[5] == '1' then
   redis.call('SET', KEYS[4], e .. ':' .. o, 'PX', ARGV[6])
+end
+local ttl = tonumber(ARGV[7])
+if ttl and ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
 end
 if ARGV[4] == '1' then
   redis.call('SPUBLISH', KEYS[3], rec)
@@ -114,6 +120,8 @@ pub struct Sequence<'a> {
     pub payload: &'a [u8],
     /// Idempotency key, and how long Redis remembers it.
     pub key: Option<(&'a str, u64)>,
+    /// How long the stream outlives its last use, ms (0: forever).
+    pub ttl_ms: u64,
 }
 
 impl Sequencer {
@@ -161,7 +169,8 @@ impl Sequencer {
             .arg(s.payload)
             .arg(if self.sharded { "1" } else { "0" })
             .arg(if s.key.is_some() { "1" } else { "0" })
-            .arg(s.key.map_or(1, |(_, ms)| ms.max(1)));
+            .arg(s.key.map_or(1, |(_, ms)| ms.max(1)))
+            .arg(s.ttl_ms);
         c
     }
 
@@ -203,6 +212,7 @@ impl Sequencer {
             keep: keep.min(u32::MAX as usize) as u32,
             payload,
             key: None,
+            ttl_ms: 0,
         };
         let answer: redis::Value = self.cmd(s).query_async(conn).await?;
         parse_sequenced(answer).map(|(p, _)| p)
@@ -303,6 +313,7 @@ pub async fn read<C: redis::aio::ConnectionLike>(
     conn: &mut C,
     keys: &ChannelKeys,
     epoch_seed: u64,
+    ttl_ms: u64,
 ) -> RedisResult<(Position, Vec<RemoteRecord>, Vec<(String, String)>)> {
     let seed = Position {
         epoch: epoch_seed,
@@ -313,6 +324,10 @@ pub async fn read<C: redis::aio::ConnectionLike>(
         .arg(&keys.stream)
         .arg("e")
         .arg(seed.epoch_hex().as_str())
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(&keys.stream)
+        .arg(ttl_ms.max(1))
         .ignore()
         .cmd("HMGET")
         .arg(&keys.stream)
@@ -417,6 +432,7 @@ mod tests {
             event: Some("analysis_progress".into()),
             key: None,
             keep: 64,
+            ttl_ms: 0,
             sync: false,
             created: std::time::Instant::now(),
             reply: switchboard_engine::PublishReply::None,

@@ -34,6 +34,19 @@ use crate::streams::{self, Entry};
 /// Most live records held for one channel while its stream is read.
 const HOLD_LIMIT: usize = 4096;
 
+/// See [`ShardCore::shared_ttl_ms`].
+fn stream_ttl_ms(
+    streams: &crate::streams::Streams,
+    cfg: &crate::config::EngineConfig,
+    channel: &str,
+) -> u64 {
+    let policies = streams.policies();
+    let ttl_ticks = u64::from(policies.get(policies.resolve(channel)).ttl);
+    let history = ttl_ticks.saturating_mul(cfg.tick_ms);
+    cfg.stream_idle_ms
+        .max(history.min(u64::from(u32::MAX) * 1000))
+}
+
 /// A publication's sender, event and reply, given back to be sequenced here.
 pub(super) type GivenBack = (Option<Arc<str>>, Option<Arc<str>>, PublishReply);
 
@@ -125,6 +138,13 @@ impl ShardCore {
         self.send_to(owner, msg);
     }
 
+    /// How long Redis keeps `channel`'s stream after its last use, ms: the longer of
+    /// `engine.stream_idle_ms` and the namespace's history age limit (an idle stream
+    /// is forgotten, as on one node: the next publication starts a new epoch).
+    pub(super) fn shared_ttl_ms(&self, channel: &str) -> u64 {
+        stream_ttl_ms(&self.streams, &self.cfg, channel)
+    }
+
     /// On the owner: hand a publication of a shared channel to Redis (when it is up);
     /// given back when this shard must sequence it itself (Redis away).
     #[allow(clippy::too_many_arguments)]
@@ -170,6 +190,7 @@ impl ShardCore {
             event,
             key: key.map(Box::from),
             keep: policy.keep.min(u32::MAX as usize) as u32,
+            ttl_ms: self.shared_ttl_ms(channel),
             sync,
             created,
             reply,
@@ -197,9 +218,11 @@ impl ShardCore {
         if wanted {
             if up {
                 c.mirror = Mirror::Linking;
+                let ttl_ms = self.shared_ttl_ms(channel);
                 self.shared.out.links.push(LinkReq {
                     channel: channel.clone(),
                     subscribe: true,
+                    ttl_ms,
                 });
             }
         } else {
@@ -223,6 +246,7 @@ impl ShardCore {
             return Some(q);
         }
         let known = self.streams.current(&q.channel).is_some();
+        let ttl_ms = self.shared_ttl_ms(&q.channel);
         let c = self.shared.chans.entry(q.channel.clone()).or_default();
         if c.mirror == Mirror::Live && known {
             return Some(q);
@@ -232,6 +256,7 @@ impl ShardCore {
             self.shared.out.links.push(LinkReq {
                 channel: q.channel.clone(),
                 subscribe: c.subscribed,
+                ttl_ms,
             });
         }
         c.waiting.push(q);
@@ -314,6 +339,7 @@ impl ShardCore {
         self.shared.up = true;
         self.shared.gen = gen;
         let out = &mut self.shared.out;
+        let (streams, cfg) = (&self.streams, &self.cfg);
         for (name, c) in self.shared.chans.iter_mut() {
             if c.forked {
                 c.forked = false;
@@ -324,6 +350,7 @@ impl ShardCore {
                 out.links.push(LinkReq {
                     channel: name.clone(),
                     subscribe: c.subscribed,
+                    ttl_ms: stream_ttl_ms(streams, cfg, name),
                 });
             } else {
                 c.mirror = Mirror::Off;
@@ -463,9 +490,11 @@ impl ShardCore {
         }
         c.mirror = Mirror::Linking;
         c.held.push(record);
+        let ttl_ms = self.shared_ttl_ms(&channel);
         self.shared.out.links.push(LinkReq {
             channel,
             subscribe: true,
+            ttl_ms,
         });
     }
 
