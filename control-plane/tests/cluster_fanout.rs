@@ -20,13 +20,7 @@ use switchboard_control_plane::Server;
 use common::{Client, Fmt, RedisServer};
 
 fn node(redis: &RedisServer, id: &str) -> Server {
-    let url = redis.url();
-    common::start(|c| {
-        c.cluster.redis_url = url;
-        c.cluster.node_id = id.into();
-        c.cluster.heartbeat_ms = 100;
-        c.cluster.node_ttl_ms = 400;
-    })
+    common::cluster_node(redis, id, |_| {})
 }
 
 /// Wait until `check` holds (polling), or fail naming `what`.

@@ -16,14 +16,7 @@ use switchboard_control_plane::Server;
 use common::{Client, Fmt, RedisServer};
 
 fn node(redis: &RedisServer, id: &str) -> Server {
-    let url = redis.url();
-    common::start(|c| {
-        c.cluster.redis_url = url;
-        c.cluster.node_id = id.into();
-        c.cluster.heartbeat_ms = 100;
-        c.cluster.node_ttl_ms = 400;
-        c.socketio.recovery_ms = 10_000;
-    })
+    common::cluster_node(redis, id, |c| c.socketio.recovery_ms = 10_000)
 }
 
 async fn line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {

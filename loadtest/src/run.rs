@@ -317,47 +317,46 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<RunResult> 
 
     // Server use.
     let run_wall_s = (drain_end.min(mono_ns()).saturating_sub(t0)) as f64 / 1e9;
-    if let (Some(pid), Some(before), Some(ramped)) = (opts.server_pid, server_before, server_ramped)
-    {
-        let start = server_t0.unwrap_or(ramped);
-        let stop = server_end.unwrap_or(start);
+    let unique = merged.counts.unique();
+    let process_use = |pid: u32,
+                       before: ProcSample,
+                       ramped: ProcSample,
+                       stop: ProcSample,
+                       start: ProcSample,
+                       conns: f64| {
         let cpu_s = stop.cpu_s - start.cpu_s;
-        let conns = merged.counts.connected.max(1) as f64;
-        r.server = Some(ServerUse {
+        ServerUse {
             pid,
             rss_before_mib: mib(before.rss_bytes),
             rss_ramped_mib: mib(ramped.rss_bytes),
             rss_end_mib: mib(stop.rss_bytes),
-            bytes_per_connection: (ramped.rss_bytes as f64 - before.rss_bytes as f64) / conns,
+            bytes_per_connection: if conns > 0.0 {
+                (ramped.rss_bytes as f64 - before.rss_bytes as f64) / conns
+            } else {
+                0.0
+            },
             cpu_s,
             cpu_pct: if run_wall_s > 0.0 {
                 100.0 * cpu_s / run_wall_s
             } else {
                 0.0
             },
-            cpu_us_per_delivery: (merged.counts.unique() > 0)
-                .then(|| cpu_s * 1e6 / merged.counts.unique() as f64),
-            more_pids: opts.more_server_pids.clone(),
-        });
+            cpu_us_per_delivery: (unique > 0).then(|| cpu_s * 1e6 / unique as f64),
+            more_pids: Vec::new(),
+        }
+    };
+    if let (Some(pid), Some(before), Some(ramped)) = (opts.server_pid, server_before, server_ramped)
+    {
+        let start = server_t0.unwrap_or(ramped);
+        let stop = server_end.unwrap_or(start);
+        let conns = merged.counts.connected.max(1) as f64;
+        let mut used = process_use(pid, before, ramped, stop, start, conns);
+        used.more_pids = opts.more_server_pids.clone();
+        r.server = Some(used);
     }
     if let (Some(pid), Some(start), Some(stop)) = (opts.redis_pid, redis_t0, redis_end) {
-        let cpu_s = stop.cpu_s - start.cpu_s;
-        r.redis = Some(ServerUse {
-            pid,
-            rss_before_mib: mib(start.rss_bytes),
-            rss_ramped_mib: mib(start.rss_bytes),
-            rss_end_mib: mib(stop.rss_bytes),
-            bytes_per_connection: 0.0,
-            cpu_s,
-            cpu_pct: if run_wall_s > 0.0 {
-                100.0 * cpu_s / run_wall_s
-            } else {
-                0.0
-            },
-            cpu_us_per_delivery: (merged.counts.unique() > 0)
-                .then(|| cpu_s * 1e6 / merged.counts.unique() as f64),
-            more_pids: Vec::new(),
-        });
+        // Redis is not the connections' server: no memory per connection.
+        r.redis = Some(process_use(pid, start, start, stop, start, 0.0));
     }
 
     // Harness use and warnings.

@@ -728,6 +728,19 @@ impl RedisServer {
     }
 }
 
+/// A node of a cluster on `redis`, named `id`, with a fast registry (heartbeats every
+/// 100 ms, gone after 400 ms) and `tweak` applied.
+pub fn cluster_node(redis: &RedisServer, id: &str, tweak: impl FnOnce(&mut Config)) -> Server {
+    let url = redis.url();
+    start(|c| {
+        c.cluster.redis_url = url;
+        c.cluster.node_id = id.into();
+        c.cluster.heartbeat_ms = 100;
+        c.cluster.node_ttl_ms = 400;
+        tweak(c);
+    })
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();

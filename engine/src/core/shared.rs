@@ -320,17 +320,17 @@ impl ShardCore {
                 // The link failed with it in flight (`Down` follows, and no `Up` comes
                 // before this): sequenced here.
                 self.shared.up = false;
-                let meta = meta.as_ref().map(|m| Payload { format, raw: m });
-                self.sequence(
-                    &channel,
-                    Payload { format, raw: &data },
-                    meta,
+                self.sequence_request(crate::mesh::SequenceReq {
+                    channel,
+                    data,
+                    format,
                     created,
-                    key.as_deref(),
+                    key,
+                    meta,
                     from,
                     event,
                     reply,
-                );
+                });
             }
         }
     }
