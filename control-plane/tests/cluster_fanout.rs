@@ -199,6 +199,18 @@ async fn publications_reach_every_node_in_one_order() {
     assert_eq!(retry["result"]["duplicate"], true, "{retry}");
     assert_eq!(next(&mut bob).await["offset"], 4);
 
+    // The link's counters: n1 and n2 had their publications sequenced by Redis
+    // (pipelines never outnumber them), n2 delivered records from Redis.
+    let n1 = nodes[0].admin_addr();
+    let sequenced = common::metric(n1, "switchboard_shared_sequenced_total").await;
+    let pipelines = common::metric(n1, "switchboard_shared_pipelines_total").await;
+    assert!(
+        sequenced >= 2 && pipelines >= 1 && pipelines <= sequenced,
+        "{sequenced} {pipelines}"
+    );
+    assert_eq!(common::metric(n1, "switchboard_shared_link_up").await, 1);
+    assert!(common::metric(nodes[1].admin_addr(), "switchboard_shared_records_total").await >= 4);
+
     // Leaving: the node's subscription ends with its last subscriber.
     for c in [&mut cat, &mut dan] {
         let r = c

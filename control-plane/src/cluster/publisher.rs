@@ -176,7 +176,9 @@ pub(super) async fn publish_loop(
         }
         match answer {
             Ok(mut values) => {
-                relay.state.pipelines.fetch_add(1, Ordering::Relaxed);
+                if !publishes.is_empty() {
+                    relay.state.pipelines.fetch_add(1, Ordering::Relaxed);
+                }
                 relay
                     .state
                     .sequenced
