@@ -24,6 +24,21 @@ use super::streams::{self, Sequence, Sequencer};
 /// Most publications in one pipeline.
 const MAX_PIPELINE: usize = 1024;
 
+/// The link failed: the publications go back to their owners, the moves wait for the
+/// next link.
+async fn hand_back(
+    relay: &Relay,
+    moves: Vec<Arc<str>>,
+    publishes: Vec<switchboard_engine::cluster::SharedPublish>,
+) {
+    let batch = ClusterBatch {
+        moves,
+        publishes,
+        ..Default::default()
+    };
+    unlinked(relay, batch).await;
+}
+
 /// Sequence publications in order, as few pipelines as possible.
 pub(super) async fn publish_loop(
     relay: Relay,
@@ -59,15 +74,7 @@ pub(super) async fn publish_loop(
             }
         }
         if broken {
-            unlinked(
-                &relay,
-                ClusterBatch {
-                    moves,
-                    publishes,
-                    ..Default::default()
-                },
-            )
-            .await;
+            hand_back(&relay, moves, publishes).await;
             continue;
         }
         // Commands, and whether their answer is wanted (one pipeline on one server,
@@ -220,15 +227,7 @@ pub(super) async fn publish_loop(
                 broken = true;
                 relay.state.redis_errors.fetch_add(1, Ordering::Relaxed);
                 let _ = fail.try_send(());
-                unlinked(
-                    &relay,
-                    ClusterBatch {
-                        moves,
-                        publishes,
-                        ..Default::default()
-                    },
-                )
-                .await;
+                hand_back(&relay, moves, publishes).await;
             }
             Err(e) => {
                 // Redis is there but refuses (out of memory, a read-only replica…):

@@ -412,6 +412,20 @@ fn cluster_keys_are_checked_and_named() {
             "[cluster]\nsentinels = [\"127.0.0.1:26379\"]\nsentinel_master = \"\"\n",
             "cluster.sentinel_master",
         ),
+        (
+            "[cluster]\nredis_cluster = [\"127.0.0.1:7000\", \"nohost\"]\n",
+            "cluster.redis_cluster[1]",
+        ),
+        (
+            "[cluster]\nredis_cluster = [\"127.0.0.1:7000\"]\nsentinels = [\"127.0.0.1:26379\"]\n",
+            "cluster.redis_cluster",
+        ),
+        (
+            "[cluster]\nredis_url = \"redis://127.0.0.1\"\nsync_replicas = 1\nsync_timeout_ms = 0\n",
+            "cluster.sync_timeout_ms",
+        ),
+        ("[cluster]\nqueue_batches = 1\n", "cluster.queue_batches"),
+        ("[cluster]\nsync_replicas = -1\n", "sync_replicas"),
     ] {
         let f = write(text);
         let e = Config::load(Some(&f.0), &env(&[])).unwrap_err().to_string();
