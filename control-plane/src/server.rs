@@ -100,6 +100,7 @@ impl Server {
         replay_revocations(&audit, &verifier, &engine, store.path())?;
         // Pushes to users on other nodes (nothing for a node alone).
         let remote_pushes = crate::cluster::RemotePushes::default();
+        let peers = crate::cluster::Peers::new(remote_pushes.clone());
         let (scheduler, scheduler_handle) =
             schedule::spawn(store.path(), engine.clone(), engine.sender())?;
         let (notifier, notifier_handle) = notify::spawn(
@@ -113,6 +114,7 @@ impl Server {
             engine.sender(),
             cfg.calls.clone(),
             notifier.clone(),
+            peers.clone(),
             remote_pushes.clone(),
         )?;
         let (hooks, hook_threads) = crate::hooks::spawn(&cfg.socketio, engine.sender())
@@ -181,6 +183,7 @@ impl Server {
                 dedupe_ms,
                 sync_namespaces,
                 pushes: remote_pushes,
+                peers,
                 personal_namespace: cfg.engine.personal_namespace.clone(),
                 sio_recovery_ms: cfg.socketio.recovery_ms,
             },

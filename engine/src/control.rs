@@ -87,7 +87,7 @@ pub enum ControlCommand {
         /// The call.
         call: u64,
         /// One participant, or every other one.
-        to: Option<ClientId>,
+        to: Option<PeerId>,
         /// The data.
         data: serde_json::Value,
         /// A quality report.
@@ -170,9 +170,55 @@ pub fn parse_client_id(s: &str) -> Option<ClientId> {
     it.next().is_none().then_some(id)
 }
 
+/// A connection of a call as clients name it: `shard.slot.generation` on the node that
+/// holds the call, or `node/shard.slot.generation` on another node of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerId {
+    /// Its node (`None`: the node that holds the call).
+    pub node: Option<Arc<str>>,
+    /// The connection there.
+    pub client: ClientId,
+}
+
+impl std::fmt::Display for PeerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.node {
+            Some(n) => write!(f, "{n}/{}", self.client),
+            None => write!(f, "{}", self.client),
+        }
+    }
+}
+
+/// Parse a [`PeerId`]: a client id, optionally after `node/` (a node id of at most
+/// 128 bytes).
+pub fn parse_peer_id(s: &str) -> Option<PeerId> {
+    match s.rsplit_once('/') {
+        None => Some(PeerId {
+            node: None,
+            client: parse_client_id(s)?,
+        }),
+        Some((node, client)) if !node.is_empty() && node.len() <= 128 => Some(PeerId {
+            node: Some(Arc::from(node)),
+            client: parse_client_id(client)?,
+        }),
+        Some(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_ids_name_a_node_or_not() {
+        let p = parse_peer_id("n-2/1.42.7").unwrap();
+        assert_eq!(p.node.as_deref(), Some("n-2"));
+        assert_eq!(p.to_string(), "n-2/1.42.7");
+        assert_eq!(parse_peer_id("1.42.7").unwrap().node, None);
+        for bad in ["/1.2.3", "n/1.2", "n/", "a/b/c"] {
+            assert_eq!(parse_peer_id(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn client_ids_round_trip_and_refuse_garbage() {

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
 use serde_json::Value;
-use switchboard_engine::control::{self, CallTarget, Caller, ControlCommand, Push, PushTo};
+use switchboard_engine::control::{CallTarget, Caller, ControlCommand, PeerId, PushTo};
 use switchboard_engine::mesh::ReplyBody;
-use switchboard_engine::presence::ClientId;
-use switchboard_engine::{Refused, ShardMsg, ShardSender};
+use switchboard_engine::{Refused, ShardSender};
 use switchboard_protocol::envelope::CallAction;
 use switchboard_protocol::ErrorCode;
 
 use super::events::*;
+use super::remote::{self, Letter, Remote};
 use super::state::*;
 use crate::config::CallsConfig;
 use crate::notify::{NewNotification, Notifier, Recipients};
@@ -27,7 +27,8 @@ use switchboard_engine::Now;
 #[derive(Debug, Clone)]
 pub(super) struct Participant {
     user: Arc<str>,
-    client: ClientId,
+    /// Its connection (on another node: that node's id with it).
+    client: PeerId,
     device: Option<Box<str>>,
     /// When its connection dropped.
     lost: Option<Instant>,
@@ -37,10 +38,10 @@ pub(super) struct Participant {
 }
 
 impl Participant {
-    fn of(c: &Caller) -> Participant {
+    fn of(c: &Caller, node: &Option<Arc<str>>) -> Participant {
         Participant {
             user: c.user.clone(),
-            client: c.client,
+            client: peer(c, node),
             device: c.device.clone(),
             lost: None,
             signaled: false,
@@ -67,8 +68,8 @@ pub(super) struct Call {
 }
 
 impl Call {
-    fn participant(&self, client: ClientId) -> Option<usize> {
-        self.participants.iter().position(|p| p.client == client)
+    fn participant(&self, client: &PeerId) -> Option<usize> {
+        self.participants.iter().position(|p| p.client == *client)
     }
 
     /// Whether `user` placed this call or is in it (being rung does not count, so
@@ -91,7 +92,11 @@ pub(super) struct CallBook {
     /// The moment of the work being handled (set by [`CallBook::at`]).
     now: Now,
     /// Users connected to other nodes (rings and signaling addressed to a user).
-    pub(super) remote: crate::cluster::RemotePushes,
+    pub(super) pushes: crate::cluster::RemotePushes,
+    /// Calls held by other nodes, and letters from them.
+    pub(super) remote: Remote,
+    /// The next call's sequence number (the low bits of its id).
+    next_seq: u64,
 }
 
 impl CallBook {
@@ -103,6 +108,14 @@ impl CallBook {
         notifier: Notifier,
         now: Now,
     ) -> CallBook {
+        // Sequence numbers go on from the highest this store has used.
+        let next_seq = conn
+            .query_row(
+                "SELECT COALESCE(MAX(id & ?1), 0) FROM calls",
+                params![(1i64 << remote::TAG_SHIFT) - 1],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap_or(0) as u64;
         CallBook {
             conn,
             shards,
@@ -110,7 +123,9 @@ impl CallBook {
             notifier,
             calls: BTreeMap::new(),
             now,
+            pushes: Default::default(),
             remote: Default::default(),
+            next_seq,
         }
     }
 
@@ -129,6 +144,7 @@ impl CallBook {
                 let lost = c.participants.iter().filter_map(move |p| p.lost);
                 ring.into_iter().chain(lost.map(move |l| l + grace))
             })
+            .chain(self.remote.next_deadline())
             .min()
     }
 
@@ -143,20 +159,91 @@ impl CallBook {
                 cmd,
             } => {
                 let command = cmd.kind();
-                let result = self.command(&caller, cmd).map(ReplyBody::Value);
+                let home = remote::call_of(&cmd).and_then(|id| self.remote.home_of(id));
+                let result = match home {
+                    None => self.command(&caller, &None, cmd).map(ReplyBody::Value),
+                    Some(home) => {
+                        let at = (shard, conn, req_id);
+                        match home
+                            .and_then(|h| self.remote.forward(h, at, &caller, cmd, self.now.mono))
+                        {
+                            Ok(()) => return,
+                            Err(e) => Err(e),
+                        }
+                    }
+                };
                 crate::shards::reply(&self.shards, shard, conn, req_id, command, result);
             }
-            Work::Gone(caller, graceful) => self.gone(&caller, graceful),
+            Work::Gone(caller, graceful) => {
+                self.remote.gone(&caller, graceful);
+                self.gone(&caller, &None, graceful)
+            }
+            Work::Letter(letter) => self.letter(&letter),
             Work::Active(reply) => {
                 let _ = reply.send(self.calls.values().map(view).collect());
             }
             Work::Log(user, limit, reply) => {
-                let _ = reply.send(self.log(user.as_deref(), limit).map_err(|e| e.to_string()));
+                let _ = reply.send(
+                    super::log::read(&self.conn, user.as_deref(), limit).map_err(|e| e.to_string()),
+                );
             }
         }
     }
 
-    fn command(&mut self, caller: &Caller, cmd: ControlCommand) -> Result<Value, Refused> {
+    /// A letter from another node's call worker.
+    fn letter(&mut self, b: &[u8]) {
+        let Some(letter) = remote::decode(b) else {
+            return tracing::warn!("a call letter that does not decode, ignored");
+        };
+        match letter {
+            Letter::Command {
+                from,
+                fwd,
+                who,
+                cmd,
+            } => {
+                let result = match (remote::member(&from, &who), cmd.command()) {
+                    (Some((caller, node)), Some(cmd)) => self.command(&caller, &Some(node), cmd),
+                    _ => Err(refuse(
+                        ErrorCode::BadRequest,
+                        "a malformed forwarded call command",
+                    )),
+                };
+                let (ok, err) = match result {
+                    Ok(v) => (Some(v), None),
+                    Err(e) => (None, Some((e.code, e.message))),
+                };
+                let answer = remote::encode(&Letter::Answer { fwd, ok, err });
+                self.remote.peers.send(Arc::from(from), answer);
+            }
+            Letter::Answer { fwd, ok, err } => {
+                let result = match err {
+                    Some((code, message)) => Err(Refused { code, message }),
+                    None => Ok(ok.unwrap_or(Value::Null)),
+                };
+                self.remote.answered(&self.shards, fwd, result);
+            }
+            Letter::Push { clients, push } => self.remote.pushed(&self.shards, &clients, &push),
+            Letter::Gone {
+                from,
+                who,
+                graceful,
+            } => {
+                if let Some((caller, node)) = remote::member(&from, &who) {
+                    self.gone(&caller, &Some(node), graceful);
+                }
+            }
+        }
+    }
+
+    /// Carry out `cmd` of `caller`, a connection of this node (`node` `None`) or of
+    /// another.
+    fn command(
+        &mut self,
+        caller: &Caller,
+        node: &Option<Arc<str>>,
+        cmd: ControlCommand,
+    ) -> Result<Value, Refused> {
         match cmd {
             ControlCommand::Call { to, media, data } => self.start(caller, to, media, data),
             ControlCommand::CallAction {
@@ -165,16 +252,16 @@ impl CallBook {
                 reason,
                 channels,
             } => match action {
-                CallAction::Accept => self.accept(caller, call, &channels),
-                CallAction::Reject => self.reject(caller, call, reason.as_deref()),
-                CallAction::End => self.end(caller, call, reason.as_deref()),
+                CallAction::Accept => self.accept(caller, node, call, &channels),
+                CallAction::Reject => self.reject(caller, node, call, reason.as_deref()),
+                CallAction::End => self.end(caller, node, call, reason.as_deref()),
             },
             ControlCommand::CallSignal {
                 call,
                 to,
                 data,
                 quality,
-            } => self.signal(caller, call, to, &data, quality),
+            } => self.signal(caller, node, call, to, &data, quality),
             _ => Err(refuse(ErrorCode::Internal, "not a call command")),
         }
     }
@@ -209,19 +296,22 @@ impl CallBook {
                     && c.callee.as_deref() == Some(&*caller.user)
             });
             if let Some(id) = crossing.map(|c| c.id) {
-                let mut answer = self.accept(caller, id, &[])?;
+                let mut answer = self.accept(caller, &None, id, &[])?;
                 answer["glare"] = Value::Bool(true);
                 return Ok(answer);
             }
         }
         let now = self.now.unix_ms;
+        // The id names this node to the others (its tag in the high bits).
+        let seq = (self.next_seq + 1) & ((1 << remote::TAG_SHIFT) - 1);
+        let id = (self.remote.tag() as u64) << remote::TAG_SHIFT | seq;
         self.conn
             .execute(
-                "INSERT INTO calls (caller, callee, room, media, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![&*caller.user, callee.as_deref(), room.as_deref(), media.as_deref(), now as i64],
+                "INSERT INTO calls (id, caller, callee, room, media, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![id as i64, &*caller.user, callee.as_deref(), room.as_deref(), media.as_deref(), now as i64],
             )
             .map_err(|e| refuse(ErrorCode::Unavailable, &format!("call log: {e}")))?;
-        let id = self.conn.last_insert_rowid() as u64;
+        self.next_seq = seq;
         let mut call = Call {
             id,
             state: State::Initiating,
@@ -232,7 +322,7 @@ impl CallBook {
             created_ms: now,
             answered_ms: None,
             ring_deadline: self.now.mono + Duration::from_millis(self.cfg.ring_timeout_ms),
-            participants: vec![Participant::of(caller)],
+            participants: vec![Participant::of(caller, &None)],
             joined: vec![caller.user.clone()],
         };
         move_to(&mut call, State::Ringing);
@@ -241,7 +331,7 @@ impl CallBook {
         ring.room = call.room.as_deref();
         ring.media = call.media.as_deref();
         ring.data = data.as_ref();
-        let frames = control::frames(&ring);
+        let frames = Said::of(&ring).frames;
         let to = match (&call.callee, &call.room) {
             (Some(u), _) => PushTo::Users(vec![(Arc::from(u.as_str()), frames)]),
             (None, Some(r)) => PushTo::Channel {
@@ -259,9 +349,11 @@ impl CallBook {
     fn accept(
         &mut self,
         caller: &Caller,
+        node: &Option<Arc<str>>,
         id: u64,
         channels: &[Arc<str>],
     ) -> Result<Value, Refused> {
+        let me = peer(caller, node);
         let call = self.calls.get_mut(&id).ok_or_else(not_found)?;
         // Coming back within the grace period, from any device of a lost participant.
         if let Some(p) = call
@@ -269,18 +361,18 @@ impl CallBook {
             .iter_mut()
             .find(|p| p.lost.is_some() && p.user == caller.user)
         {
-            let old = p.client;
+            let old = p.client.clone();
             *p = Participant {
                 signaled: p.signaled,
-                ..Participant::of(caller)
+                ..Participant::of(caller, node)
             };
             let mut back = event("rejoined", id);
             back.from = Some(Who::of(p));
-            let frames = control::frames(&back);
-            let others = clients_except(call, caller.client);
-            tracing::debug!(call = id, %old, new = %caller.client, "call participant came back");
+            let said = Said::of(&back);
+            let others = clients_except(call, &me);
+            tracing::debug!(call = id, %old, new = %me, "call participant came back");
             let answer = answer(call);
-            self.push_clients(others, &frames);
+            self.push_clients(others, &said);
             return Ok(answer);
         }
         match (&call.callee, &call.room) {
@@ -310,7 +402,7 @@ impl CallBook {
                         "joining a room call needs a subscription to the room",
                     ));
                 }
-                if call.participant(caller.client).is_some() {
+                if call.participant(&me).is_some() {
                     return Err(refuse(ErrorCode::Conflict, "already in this call"));
                 }
             }
@@ -321,15 +413,15 @@ impl CallBook {
             move_to(call, State::Accepted);
             call.answered_ms = Some(self.now.unix_ms);
         }
-        call.participants.push(Participant::of(caller));
+        call.participants.push(Participant::of(caller, node));
         if !call.joined.contains(&caller.user) {
             call.joined.push(caller.user.clone());
         }
-        let me = call.participants.last().expect("just pushed");
+        let joined = call.participants.last().expect("just pushed");
         let mut accepted = event(if first { "accepted" } else { "joined" }, id);
-        accepted.by = Some(Who::of(me));
-        let frames = control::frames(&accepted);
-        let others = clients_except(call, caller.client);
+        accepted.by = Some(Who::of(joined));
+        let said = Said::of(&accepted);
+        let others = clients_except(call, &me);
         let callee = call.callee.clone();
         let answer = answer(call);
         if first {
@@ -338,15 +430,24 @@ impl CallBook {
                 params![id as i64, self.now.unix_ms as i64],
             );
         }
-        self.push_clients(others, &frames);
+        self.push_clients(others, &said);
         // The callee's other devices stop ringing: they see who answered.
         if let (true, Some(callee)) = (first, callee) {
-            self.push(PushTo::Users(vec![(Arc::from(callee.as_str()), frames)]));
+            self.push(PushTo::Users(vec![(
+                Arc::from(callee.as_str()),
+                said.frames,
+            )]));
         }
         Ok(answer)
     }
 
-    fn reject(&mut self, caller: &Caller, id: u64, reason: Option<&str>) -> Result<Value, Refused> {
+    fn reject(
+        &mut self,
+        caller: &Caller,
+        node: &Option<Arc<str>>,
+        id: u64,
+        reason: Option<&str>,
+    ) -> Result<Value, Refused> {
         let call = self.calls.get_mut(&id).ok_or_else(not_found)?;
         if call.room.is_some() {
             // Declining a room call only stops this user's ringing.
@@ -363,18 +464,25 @@ impl CallBook {
         }
         let mut e = event("rejected", id);
         e.reason = reason;
+        let me = peer(caller, node);
         e.by = Some(Who {
             user: &caller.user,
-            client: caller.client,
+            client: &me,
         });
-        let frames = control::frames(&e);
-        self.finish(id, State::Rejected, "rejected", reason, frames, true);
+        let said = Said::of(&e);
+        self.finish(id, State::Rejected, "rejected", reason, said, true);
         Ok(serde_json::json!({}))
     }
 
-    fn end(&mut self, caller: &Caller, id: u64, reason: Option<&str>) -> Result<Value, Refused> {
+    fn end(
+        &mut self,
+        caller: &Caller,
+        node: &Option<Arc<str>>,
+        id: u64,
+        reason: Option<&str>,
+    ) -> Result<Value, Refused> {
         let call = self.calls.get(&id).ok_or_else(not_found)?;
-        let Some(i) = call.participant(caller.client) else {
+        let Some(i) = call.participant(&peer(caller, node)) else {
             return Err(refuse(
                 ErrorCode::PermissionDenied,
                 "not in this call (a callee that has not answered uses call_reject)",
@@ -386,7 +494,7 @@ impl CallBook {
         }
         self.leave(id, i, State::Ended, reason);
         let duration = self.calls.get(&id).map_or_else(
-            || self.logged_duration(id),
+            || super::log::logged_duration(&self.conn, id),
             |c| c.answered_ms.map(|a| self.now.unix_ms.saturating_sub(a)),
         );
         let state = self.calls.get(&id).map_or(State::Ended, |c| c.state);
@@ -409,9 +517,9 @@ impl CallBook {
             let mut e = event("left", id);
             e.from = Some(Who::of(&p));
             e.reason = reason;
-            let frames = control::frames(&e);
-            let others = clients_except(call, p.client);
-            self.push_clients(others, &frames);
+            let said = Said::of(&e);
+            let others = clients_except(call, &p.client);
+            self.push_clients(others, &said);
             return;
         }
         let duration = call.answered_ms.map(|a| self.now.unix_ms.saturating_sub(a));
@@ -421,8 +529,8 @@ impl CallBook {
         e.outcome = Some(outcome);
         e.reason = reason;
         e.duration_ms = duration;
-        let frames = control::frames(&e);
-        self.finish(id, state, outcome, reason, frames, false);
+        let said = Said::of(&e);
+        self.finish(id, state, outcome, reason, said, false);
     }
 
     /// End a call that is still ringing (the caller cancelled or was lost): the
@@ -431,33 +539,38 @@ impl CallBook {
         let mut e = event("ended", id);
         e.outcome = Some(outcome);
         e.reason = reason;
-        let frames = control::frames(&e);
-        self.finish(id, state, outcome, reason, frames, true);
+        let said = Said::of(&e);
+        self.finish(id, state, outcome, reason, said, true);
     }
 
     /// End call `id`: tell its participants (and, while it rang, the callee's devices
-    /// or the room) with `frames`, and log it.
+    /// or the room) with `said`, and log it.
     fn finish(
         &mut self,
         id: u64,
         state: State,
         outcome: &str,
         reason: Option<&str>,
-        frames: control::Frames,
+        said: Said,
         ringing: bool,
     ) {
         let Some(mut call) = self.calls.remove(&id) else {
             return;
         };
         move_to(&mut call, state);
-        let clients: Vec<ClientId> = call.participants.iter().map(|p| p.client).collect();
-        self.push_clients(clients, &frames);
+        let clients: Vec<PeerId> = call.participants.iter().map(|p| p.client.clone()).collect();
+        self.push_clients(clients, &said);
+        let frames = said.frames;
         if ringing {
             match (&call.callee, &call.room) {
                 (Some(u), _) => self.push(PushTo::Users(vec![(Arc::from(u.as_str()), frames)])),
                 (None, Some(r)) => self.push(PushTo::Channel {
                     channel: Arc::from(r.as_str()),
-                    except: call.participants.first().map(|p| p.client),
+                    except: call
+                        .participants
+                        .first()
+                        .filter(|p| p.client.node.is_none())
+                        .map(|p| p.client.client),
                     frames,
                 }),
                 (None, None) => {}
@@ -498,13 +611,25 @@ impl CallBook {
     fn signal(
         &mut self,
         caller: &Caller,
+        node: &Option<Arc<str>>,
         id: u64,
-        to: Option<ClientId>,
+        to: Option<PeerId>,
         data: &Value,
         quality: bool,
     ) -> Result<Value, Refused> {
+        let me = peer(caller, node);
+        // `to` as this node names its peers: its own id names nothing.
+        let to = to.map(|mut t| {
+            if t.node
+                .as_deref()
+                .is_some_and(|n| Some(n) == self.remote.me())
+            {
+                t.node = None;
+            }
+            t
+        });
         let call = self.calls.get_mut(&id).ok_or_else(not_found)?;
-        let Some(i) = call.participant(caller.client) else {
+        let Some(i) = call.participant(&me) else {
             return Err(refuse(ErrorCode::PermissionDenied, "not in this call"));
         };
         if quality {
@@ -524,13 +649,13 @@ impl CallBook {
                 "signaling data is relayed once the call is answered",
             ));
         }
-        let targets: Vec<ClientId> = match to {
-            Some(t) if t == caller.client => {
+        let targets: Vec<PeerId> = match to {
+            Some(t) if t == me => {
                 return Err(refuse(ErrorCode::BadRequest, "'to' is the sender itself"))
             }
-            Some(t) if call.participant(t).is_some() => vec![t],
+            Some(t) if call.participant(&t).is_some() => vec![t],
             Some(_) => return Err(refuse(ErrorCode::NotFound, "'to' is not in this call")),
-            None => clients_except(call, caller.client),
+            None => clients_except(call, &me),
         };
         call.participants[i].signaled = true;
         if call.state == State::Accepted
@@ -541,25 +666,26 @@ impl CallBook {
         let mut e = event("signal", id);
         e.from = Some(Who::of(&call.participants[i]));
         e.data = Some(data);
-        let frames = control::frames(&e);
+        let said = Said::of(&e);
         let state = call.state;
-        self.push_clients(targets, &frames);
+        self.push_clients(targets, &said);
         Ok(serde_json::json!({ "state": state }))
     }
 
     /// A connection that sent call commands has gone.
-    fn gone(&mut self, caller: &Caller, graceful: bool) {
+    fn gone(&mut self, caller: &Caller, node: &Option<Arc<str>>, graceful: bool) {
+        let me = peer(caller, node);
         let ids: Vec<u64> = self
             .calls
             .values()
-            .filter(|c| c.participant(caller.client).is_some())
+            .filter(|c| c.participant(&me).is_some())
             .map(|c| c.id)
             .collect();
         for id in ids {
             let Some(call) = self.calls.get_mut(&id) else {
                 continue;
             };
-            let Some(i) = call.participant(caller.client) else {
+            let Some(i) = call.participant(&me) else {
                 continue;
             };
             if graceful {
@@ -573,9 +699,9 @@ impl CallBook {
             call.participants[i].lost = Some(self.now.mono);
             let mut e = event("participant_lost", id);
             e.from = Some(Who::of(&call.participants[i]));
-            let frames = control::frames(&e);
-            let others = clients_except(call, caller.client);
-            self.push_clients(others, &frames);
+            let said = Said::of(&e);
+            let others = clients_except(call, &me);
+            self.push_clients(others, &said);
         }
     }
 
@@ -584,6 +710,8 @@ impl CallBook {
     /// Ring out calls past their deadline, fail participants past their grace.
     pub(super) fn expire(&mut self) {
         let now = self.now.mono;
+        self.remote.expire(&self.shards, now);
+        self.lose_gone_nodes();
         let grace = Duration::from_millis(self.cfg.grace_ms);
         let missed: Vec<u64> = self
             .calls
@@ -592,21 +720,21 @@ impl CallBook {
             .map(|c| c.id)
             .collect();
         for id in missed {
-            let frames = control::frames(&event("missed", id));
-            self.finish(id, State::Missed, "missed", None, frames, true);
+            let said = Said::of(&event("missed", id));
+            self.finish(id, State::Missed, "missed", None, said, true);
         }
-        let lost: Vec<(u64, ClientId)> = self
+        let lost: Vec<(u64, PeerId)> = self
             .calls
             .values()
             .flat_map(|c| {
                 c.participants
                     .iter()
                     .filter(|p| p.lost.is_some_and(|l| l + grace <= now))
-                    .map(|p| (c.id, p.client))
+                    .map(|p| (c.id, p.client.clone()))
             })
             .collect();
         for (id, client) in lost {
-            let Some(i) = self.calls.get(&id).and_then(|c| c.participant(client)) else {
+            let Some(i) = self.calls.get(&id).and_then(|c| c.participant(&client)) else {
                 continue;
             };
             let ringing = self
@@ -621,69 +749,50 @@ impl CallBook {
         }
     }
 
-    fn logged_duration(&self, id: u64) -> Option<u64> {
-        self.conn
-            .query_row(
-                "SELECT ended_ms - answered_ms FROM calls WHERE id = ?1",
-                params![id as i64],
-                |r| r.get::<_, Option<i64>>(0),
-            )
-            .ok()
-            .flatten()
-            .map(|d| d.max(0) as u64)
-    }
-
-    fn log(&self, user: Option<&str>, limit: u32) -> rusqlite::Result<Vec<LogEntry>> {
-        let mut q = self.conn.prepare_cached(
-            "SELECT id, caller, callee, room, media, created_ms, answered_ms, ended_ms,
-                    outcome, reason, participants
-             FROM calls
-             WHERE ?1 IS NULL OR caller = ?1 OR callee = ?1
-                OR EXISTS (SELECT 1 FROM json_each(calls.participants) WHERE value = ?1)
-             ORDER BY id DESC LIMIT ?2",
-        )?;
-        let rows = q.query_map(params![user, limit.clamp(1, 1000) as i64], |r| {
-            let opt = |i: usize| -> rusqlite::Result<Option<u64>> {
-                Ok(r.get::<_, Option<i64>>(i)?.map(|v| v as u64))
-            };
-            let (answered, ended) = (opt(6)?, opt(7)?);
-            let participants: Option<String> = r.get(10)?;
-            Ok(LogEntry {
-                id: r.get::<_, i64>(0)? as u64,
-                caller: r.get(1)?,
-                callee: r.get(2)?,
-                room: r.get(3)?,
-                media: r.get(4)?,
-                created: r.get::<_, i64>(5)? as u64,
-                answered,
-                ended,
-                duration_ms: answered.zip(ended).map(|(a, e)| e.saturating_sub(a)),
-                outcome: r.get(8)?,
-                reason: r.get(9)?,
-                participants: participants
-                    .and_then(|p| serde_json::from_str(&p).ok())
-                    .unwrap_or_default(),
+    /// Participants on nodes that left the registry are lost (the grace period runs).
+    fn lose_gone_nodes(&mut self) {
+        let gone: Vec<(u64, PeerId, Arc<str>)> = self
+            .calls
+            .values()
+            .flat_map(|c| {
+                c.participants
+                    .iter()
+                    .filter(|p| p.lost.is_none())
+                    .filter(|p| {
+                        p.client
+                            .node
+                            .as_deref()
+                            .is_some_and(|n| !self.remote.peers.live(n))
+                    })
+                    .map(|p| (c.id, p.client.clone(), p.user.clone()))
             })
-        })?;
-        rows.collect()
-    }
-
-    fn push(&self, to: PushTo) {
-        self.remote.send(&to, &None);
-        let push = Arc::new(Push { to, coalesce: None });
-        let shards: Vec<u16> = match &push.to {
-            PushTo::Client(c, _) => vec![c.shard],
-            _ => (0..self.shards.shards() as u16).collect(),
-        };
-        for shard in shards {
-            let msg = ShardMsg::Push(push.clone());
-            crate::shards::send_patiently(&self.shards, shard, msg, "a call push");
+            .collect();
+        for (_, peer, user) in gone {
+            let caller = Caller {
+                user,
+                client: peer.client,
+                device: None,
+            };
+            self.gone(&caller, &peer.node, false);
         }
     }
 
-    fn push_clients(&self, clients: Vec<ClientId>, frames: &control::Frames) {
-        for c in clients {
-            self.push(PushTo::Client(c, frames.clone()));
+    /// Push to this node's connections, and to users and channels on other nodes.
+    fn push(&self, to: PushTo) {
+        self.pushes.send(&to, &None);
+        remote::send(&self.shards, to);
+    }
+
+    /// Push `said` to call participants here and on other nodes.
+    fn push_clients(&self, clients: Vec<PeerId>, said: &Said) {
+        let (here, there) = remote::by_node(clients);
+        for c in here {
+            remote::send(&self.shards, PushTo::Client(c, said.frames.clone()));
+        }
+        for (node, clients) in there {
+            let push = said.value.clone();
+            let letter = remote::encode(&Letter::Push { clients, push });
+            self.remote.peers.send(node, letter);
         }
     }
 }
@@ -697,12 +806,20 @@ pub(super) fn move_to(call: &mut Call, to: State) {
     }
 }
 
-pub(super) fn clients_except(call: &Call, me: ClientId) -> Vec<ClientId> {
+pub(super) fn clients_except(call: &Call, me: &PeerId) -> Vec<PeerId> {
     call.participants
         .iter()
-        .filter(|p| p.client != me && p.lost.is_none())
-        .map(|p| p.client)
+        .filter(|p| p.client != *me && p.lost.is_none())
+        .map(|p| p.client.clone())
         .collect()
+}
+
+/// `caller` as the call names it: on this node (`node` `None`) or another.
+fn peer(caller: &Caller, node: &Option<Arc<str>>) -> PeerId {
+    PeerId {
+        node: node.clone(),
+        client: caller.client,
+    }
 }
 
 /// The reply to `call_accept`: the call and who is in it.
@@ -740,7 +857,7 @@ impl<'a> Who<'a> {
     pub(super) fn of(p: &'a Participant) -> Who<'a> {
         Who {
             user: &p.user,
-            client: p.client,
+            client: &p.client,
         }
     }
 }

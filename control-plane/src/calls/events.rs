@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 use serde_json::Value;
-use switchboard_engine::presence::ClientId;
+use switchboard_engine::control::{self, Frames, PeerId};
 use switchboard_engine::Refused;
 use switchboard_protocol::ErrorCode;
 
@@ -35,12 +35,30 @@ pub(super) struct Event<'a> {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub(super) struct Who<'a> {
     pub(super) user: &'a str,
+    /// `shard.slot.generation`, after `node/` for a connection of another node.
     #[serde(serialize_with = "display")]
-    pub(super) client: ClientId,
+    pub(super) client: &'a PeerId,
 }
 
-pub(super) fn display<S: serde::Serializer>(c: &ClientId, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn display<S: serde::Serializer>(c: &&PeerId, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(c)
+}
+
+/// An event, encoded once per format for connections here, and as JSON for letters
+/// to other nodes.
+#[derive(Debug)]
+pub(super) struct Said {
+    pub(super) frames: Frames,
+    pub(super) value: Value,
+}
+
+impl Said {
+    pub(super) fn of<T: Serialize>(e: &T) -> Said {
+        Said {
+            frames: control::frames(e),
+            value: serde_json::to_value(e).unwrap_or(Value::Null),
+        }
+    }
 }
 
 pub(super) fn event(name: &'static str, call: u64) -> Event<'static> {

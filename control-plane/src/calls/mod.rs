@@ -22,6 +22,10 @@
 //! then the call fails for it. Active calls do not survive a restart: the log records
 //! them as failed (`server restarted`).
 //!
+//! With nodes sharing Redis, a call lives on the node where it was placed and its id
+//! names that node; commands for it from connections on other nodes are forwarded
+//! there, and its events reach them back (`remote`).
+//!
 //! Does not own media (clients exchange SDP and ICE through `call_signal`; media flows
 //! peer to peer or through the application's TURN/SFU) or who may call whom (the shard
 //! checks the token before forwarding).
@@ -31,7 +35,9 @@
 //!   and the worker thread (the only place the call code reads the clock);
 //! - `book`: every active call and what each command, departure and deadline does to
 //!   it, given the moment ([`switchboard_engine::Now`]) — testable on a virtual clock;
-//! - `events`: the `call` pushes clients get.
+//! - `events`: the `call` pushes clients get;
+//! - `remote`: calls held by another node, and the letters between call workers;
+//! - `log`: reading the call log.
 
 mod book;
 mod state;
@@ -40,6 +46,8 @@ use state::Work;
 pub use state::{allowed, CallView, LogEntry, ParticipantView, State};
 use switchboard_engine::Now;
 mod events;
+mod log;
+mod remote;
 #[cfg(test)]
 mod tests;
 
@@ -121,7 +129,8 @@ pub fn spawn(
     shards: ShardSender,
     cfg: CallsConfig,
     notifier: Notifier,
-    remote: crate::cluster::RemotePushes,
+    peers: crate::cluster::Peers,
+    pushes: crate::cluster::RemotePushes,
 ) -> Result<(Calls, CallsHandle), crate::Error> {
     let conn = open_store(path, "calls")?;
     let left = conn
@@ -142,7 +151,12 @@ pub fn spawn(
     }
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut book = CallBook::new(conn, shards, cfg, notifier, Now::read());
-    book.remote = remote;
+    book.pushes = pushes;
+    book.remote.peers = peers.clone();
+    let letters = tx.clone();
+    peers.read_with(move |letter| {
+        let _ = letters.send(Work::Letter(letter.to_vec()));
+    });
     let handle = WorkerHandle::spawn("calls", move |stop| run(&mut book, &rx, stop))
         .map_err(|e| crate::Error::start("the call worker", e))?;
     Ok((Calls { tx }, handle))

@@ -136,6 +136,8 @@ pub(super) enum Work {
         cmd: ControlCommand,
     },
     Gone(Caller, bool),
+    /// A letter from another node's call worker.
+    Letter(Vec<u8>),
     Active(Reply<Vec<CallView>>),
     Log(Option<String>, u32, Reply<Result<Vec<LogEntry>, String>>),
 }

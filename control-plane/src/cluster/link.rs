@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 
 use super::conn::{Link, Subscribing};
 use super::presence as union;
-use super::pushes::{self, UserPush};
+use super::pushes::{self, Outbound};
 use super::relay::{unlinked, Relay, Work};
 use super::streams::{self, Sequencer};
 
@@ -47,7 +47,7 @@ enum SubOp {
 pub(super) async fn run(
     relay: Relay,
     mut batches: mpsc::Receiver<ClusterBatch>,
-    mut pushes: Option<mpsc::Receiver<UserPush>>,
+    mut pushes: Option<mpsc::Receiver<Outbound>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut gen = 0u64;
@@ -59,7 +59,8 @@ pub(super) async fn run(
             sequencer.load(&mut conn).await?;
             relay.union.load(&mut conn).await?;
             relay.marks.load(&mut conn).await?;
-            let (sink, records) = relay.source.subscriber().await?.split();
+            let (mut sink, records) = relay.source.subscriber().await?.split();
+            sink.subscribe(vec![relay.mailbox()], true).await?;
             Ok::<_, redis::RedisError>((conn, sink, records, Arc::new(sequencer)))
         }
         .await;
@@ -164,7 +165,12 @@ pub(super) async fn run(
                     None => break true,
                 },
                 p = next_push(&mut pushes) => {
-                    let _ = work_tx.send(Work { pushes: vec![p], ..Default::default() });
+                    let w = match p {
+                        Outbound::User(p) => Work { pushes: vec![p], ..Default::default() },
+                        Outbound::Channel(p) => Work { channel_pushes: vec![p], ..Default::default() },
+                        Outbound::Mail(node, letter) => Work { mail: vec![(node, letter)], ..Default::default() },
+                    };
+                    let _ = work_tx.send(w);
                 }
                 m = records.next() => match m {
                     Some(m) => relay_record(&relay, &m).await,
@@ -332,7 +338,7 @@ async fn janitor(relay: Relay, mut conn: Link) {
 }
 
 /// The next push for other nodes (never, for a relay without them).
-async fn next_push(pushes: &mut Option<mpsc::Receiver<UserPush>>) -> UserPush {
+async fn next_push(pushes: &mut Option<mpsc::Receiver<Outbound>>) -> Outbound {
     match pushes {
         Some(rx) => match rx.recv().await {
             Some(p) => p,
@@ -346,6 +352,9 @@ async fn next_push(pushes: &mut Option<mpsc::Receiver<UserPush>>) -> UserPush {
 /// shard).
 async fn relay_record(relay: &Relay, m: &redis::Msg) {
     let topic = m.get_channel_name();
+    if topic.ends_with(relay.state.node_id.as_str()) && topic == relay.mailbox() {
+        return relay.peers.deliver(m.get_payload_bytes());
+    }
     let Some(channel) = streams::channel_of(&relay.prefix, topic) else {
         return;
     };

@@ -15,6 +15,7 @@
 mod bus;
 mod conn;
 mod link;
+pub mod mail;
 pub mod marks;
 pub mod presence;
 mod publisher;
@@ -33,6 +34,7 @@ use switchboard_engine::cluster::ClusterLink;
 use switchboard_engine::EngineHandle;
 
 pub use bus::{ClusterAction, Hands};
+pub use mail::Peers;
 pub use pushes::RemotePushes;
 pub use registry::NodeInfo;
 
@@ -203,6 +205,8 @@ pub struct ClusterState {
     /// Why `sync` namespaces are not as durable as they say, as last checked (empty:
     /// they are, or none is `sync`).
     pub sync_warning: Mutex<String>,
+    /// This node's tag (`super::mail`; 0 until Redis gave it one).
+    pub tag: std::sync::atomic::AtomicU32,
     /// Where this node's admin actions go to reach the others.
     outbox: Option<tokio::sync::mpsc::Sender<bus::Outgoing>>,
 }
@@ -307,6 +311,8 @@ pub struct SharedOptions {
     pub sync_namespaces: bool,
     /// The workers' pushes to users on other nodes.
     pub pushes: RemotePushes,
+    /// The workers' letters to and from other nodes.
+    pub peers: Peers,
     /// `engine.personal_namespace`: a push to a user goes on its personal channel.
     pub personal_namespace: String,
     /// `socketio.recovery_ms`: how long an ended session stays recoverable.
@@ -353,6 +359,7 @@ pub fn spawn(
             started_ms: crate::clock::now_ms(),
             heartbeat_ms: 0,
             version: env!("CARGO_PKG_VERSION").into(),
+            tag: 0,
         },
         ttl: Duration::from_millis(cfg.node_ttl_ms),
     };
@@ -389,7 +396,9 @@ pub fn spawn(
                         pushes,
                         personal_namespace,
                         sio_recovery_ms,
+                        peers,
                     } = shared;
+                    peers.attach(state.clone());
                     let relay = batches.map(|b| {
                         let mut relay = relay::Relay::new(
                             source.clone(),
@@ -401,6 +410,7 @@ pub fn spawn(
                         );
                         relay.personal = personal_namespace;
                         relay.sio_recovery_ms = sio_recovery_ms;
+                        relay.peers = peers;
                         let pushes = pushes.attach();
                         tokio::spawn(link::run(relay, b, pushes, stopped.clone()))
                     });
@@ -520,9 +530,19 @@ async fn run(
         if link.is_none() {
             let linked = source.link().await;
             match linked {
-                Ok(c) => {
+                Ok(mut c) => {
                     state.redis_connects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(node = %state.node_id, "connected to Redis");
+                    if registry.me.tag == 0 {
+                        let n: redis::RedisResult<u64> = redis::cmd("INCR")
+                            .arg(mail::tags_key(&registry.keys.prefix))
+                            .query_async(&mut c)
+                            .await;
+                        if let Ok(n) = n {
+                            registry.me.tag = mail::tag_of(n);
+                            state.tag.store(registry.me.tag, Ordering::Relaxed);
+                        }
+                    }
                     link = Some(c);
                     backoff = Duration::from_millis(100);
                 }

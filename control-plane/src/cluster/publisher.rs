@@ -58,6 +58,7 @@ pub(super) async fn publish_loop(
         let mut marks = first.marks;
         let mut sio_put = first.sio_put;
         let mut sio_del = first.sio_del;
+        let mut mail = first.mail;
         while publishes.len() + user_pushes.len() + presence.len() < MAX_PIPELINE {
             match work.try_recv() {
                 Ok(w) => {
@@ -69,6 +70,7 @@ pub(super) async fn publish_loop(
                     marks.extend(w.marks);
                     sio_put.extend(w.sio_put);
                     sio_del.extend(w.sio_del);
+                    mail.extend(w.mail);
                 }
                 Err(_) => break,
             }
@@ -105,6 +107,11 @@ pub(super) async fn publish_loop(
             let topic = relay.keys(&format!("{}:{}", relay.personal, p.user)).topic;
             let mut c = redis::cmd(publish);
             c.arg(topic).arg(pushes::encode(&relay.state.node_id, p));
+            cmds.push((c, false));
+        }
+        for (node, letter) in &mail {
+            let mut c = redis::cmd(publish);
+            c.arg(super::mail::topic(&relay.prefix, node)).arg(letter);
             cmds.push((c, false));
         }
         for p in &channel_pushes {

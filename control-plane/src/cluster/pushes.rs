@@ -1,5 +1,6 @@
 //! Pushes to users connected to other nodes: notifications and call signaling that a
-//! worker of this node addresses to a user.
+//! worker of this node addresses to a user or a channel, and letters to one node
+//! ([`super::mail`]), on one queue to the relay.
 //!
 //! A node receives a user's personal channel while the user is connected to it (see
 //! `switchboard_engine::cluster`), so a push for the user goes as one Redis message on
@@ -17,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use switchboard_engine::cluster::ChannelPush;
 use switchboard_engine::control::{Frames, PushTo};
 
 /// Pushes waiting for Redis (beyond: dropped, counted).
@@ -33,29 +35,70 @@ pub struct UserPush {
     pub coalesce: Option<Arc<str>>,
 }
 
+/// What the workers hand the relay for other nodes.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A push to a user's connections.
+    User(UserPush),
+    /// A push to a channel's subscribers (a room call ringing).
+    Channel(ChannelPush),
+    /// A letter to one node.
+    Mail(Arc<str>, Vec<u8>),
+}
+
 /// The workers' way to users on other nodes; does nothing for a node alone.
 #[derive(Debug, Clone, Default)]
 pub struct RemotePushes {
-    tx: Arc<OnceLock<tokio::sync::mpsc::Sender<UserPush>>>,
+    tx: Arc<OnceLock<tokio::sync::mpsc::Sender<Outbound>>>,
     dropped: Arc<AtomicU64>,
 }
 
 impl RemotePushes {
-    /// Send the per-user pushes of `to` to the other nodes (other kinds stay local).
+    /// Send the per-user and per-channel pushes of `to` to the other nodes (pushes to
+    /// one connection or to everyone stay local).
     pub fn send(&self, to: &PushTo, coalesce: &Option<Arc<str>>) {
-        let (Some(tx), PushTo::Users(list)) = (self.tx.get(), to) else {
+        let Some(tx) = self.tx.get() else {
             return;
         };
-        for (user, frames) in list {
-            let p = UserPush {
-                user: user.clone(),
-                frames: frames.clone(),
-                coalesce: coalesce.clone(),
-            };
-            if tx.try_send(p).is_err() {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+        match to {
+            PushTo::Users(list) => {
+                for (user, frames) in list {
+                    let p = UserPush {
+                        user: user.clone(),
+                        frames: frames.clone(),
+                        coalesce: coalesce.clone(),
+                    };
+                    self.queue(tx, Outbound::User(p));
+                }
             }
+            PushTo::Channel {
+                channel, frames, ..
+            } => {
+                let p = ChannelPush {
+                    channel: channel.clone(),
+                    frames: frames.clone(),
+                };
+                self.queue(tx, Outbound::Channel(p));
+            }
+            PushTo::Client(..) | PushTo::All(_) => {}
         }
+    }
+
+    /// Send `letter` to `node`; whether it was queued (not: no cluster, or Redis too
+    /// far behind).
+    pub fn mail(&self, node: Arc<str>, letter: Vec<u8>) -> bool {
+        match self.tx.get() {
+            Some(tx) => self.queue(tx, Outbound::Mail(node, letter)),
+            None => false,
+        }
+    }
+
+    fn queue(&self, tx: &tokio::sync::mpsc::Sender<Outbound>, out: Outbound) -> bool {
+        let queued = tx.try_send(out).is_ok();
+        if !queued {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        queued
     }
 
     /// Pushes dropped because Redis was too far behind.
@@ -64,7 +107,7 @@ impl RemotePushes {
     }
 
     /// The relay's end (once, when the cluster thread starts).
-    pub(super) fn attach(&self) -> Option<tokio::sync::mpsc::Receiver<UserPush>> {
+    pub(super) fn attach(&self) -> Option<tokio::sync::mpsc::Receiver<Outbound>> {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         self.tx.set(tx).ok().map(|_| rx)
     }

@@ -37,27 +37,31 @@ pub struct NodeInfo {
     pub heartbeat_ms: u64,
     /// Its version.
     pub version: String,
+    /// Its tag: the number call ids held by it carry (`super::mail`; 0: none yet).
+    #[serde(default)]
+    pub tag: u32,
 }
 
 /// The registry's key names.
 #[derive(Debug, Clone)]
 pub(super) struct Keys {
-    prefix: String,
+    /// The user's prefix without braces.
+    pub(super) prefix: String,
 }
 
 impl Keys {
     pub(super) fn new(prefix: &str) -> Keys {
         Keys {
-            prefix: format!("{{{prefix}}}"),
+            prefix: prefix.to_string(),
         }
     }
 
     fn nodes(&self) -> String {
-        format!("{}:nodes", self.prefix)
+        format!("{{{}}}:nodes", self.prefix)
     }
 
     fn node(&self, id: &str) -> String {
-        format!("{}:node:{id}", self.prefix)
+        format!("{{{}}}:node:{id}", self.prefix)
     }
 }
 

@@ -52,6 +52,8 @@ pub(super) struct Relay {
     /// being collected (the rest of its old entries are dropped a few seconds after;
     /// then `None`, nothing more is kept).
     pub(super) restated: Arc<Mutex<Option<union::Stated>>>,
+    /// Where letters to this node go.
+    pub(super) peers: super::Peers,
 }
 
 impl std::fmt::Debug for Relay {
@@ -89,12 +91,18 @@ impl Relay {
             union: Arc::new(Union::new(prefix)),
             marks: Arc::default(),
             restated: Arc::default(),
+            peers: Default::default(),
         }
     }
 
     /// Where an ended Socket.IO session's record waits (its own slot on a cluster).
     pub(super) fn sio_key(&self, pid: u128) -> String {
         format!("{{{}:sio:{pid:032x}}}", self.prefix)
+    }
+
+    /// This node's mailbox topic.
+    pub(super) fn mailbox(&self) -> String {
+        super::mail::topic(&self.prefix, &self.state.node_id)
     }
 
     pub(super) fn keys(&self, channel: &str) -> ChannelKeys {
@@ -209,6 +217,8 @@ pub(super) struct Work {
     pub(super) marks: Vec<switchboard_engine::journal::MarkRecord>,
     pub(super) sio_put: Vec<switchboard_engine::journal::SessionRecord>,
     pub(super) sio_del: Vec<u128>,
+    /// Letters to other nodes.
+    pub(super) mail: Vec<(Arc<str>, Vec<u8>)>,
 }
 
 /// A batch that arrived while Redis is away: publications go back to their owner;

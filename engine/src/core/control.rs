@@ -125,13 +125,13 @@ impl ShardCore {
         data: Payload<'_>,
         quality: bool,
     ) {
-        let to = match to.map(crate::control::parse_client_id) {
+        let to = match to.map(crate::control::parse_peer_id) {
             Some(None) => {
                 return self.reply_err(
                     slot,
                     id,
                     ErrorCode::BadRequest,
-                    "'to' is not a client id (shard.slot.generation)",
+                    "'to' is not a client id ([node/]shard.slot.generation)",
                 )
             }
             to => to.flatten(),
