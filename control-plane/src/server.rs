@@ -101,13 +101,21 @@ impl Server {
         // Pushes to users on other nodes (nothing for a node alone).
         let remote_pushes = crate::cluster::RemotePushes::default();
         let peers = crate::cluster::Peers::new(remote_pushes.clone());
+        // Redis for the workers: scheduled messages any node fires.
+        let worker_link = crate::cluster::WorkerLink::new(cfg.cluster.enabled());
+        let shared_jobs = worker_link
+            .enabled()
+            .then(|| schedule::SharedJobs::new(worker_link.clone(), &cfg.cluster.key_prefix));
         let (scheduler, scheduler_handle) =
-            schedule::spawn(store.path(), engine.clone(), engine.sender())?;
+            schedule::spawn(store.path(), engine.clone(), engine.sender(), shared_jobs)?;
         let (notifier, notifier_handle) = notify::spawn(
             store.path(),
             engine.sender(),
             cfg.notifications.clone(),
             remote_pushes.clone(),
+            worker_link
+                .enabled()
+                .then(|| notify::SharedNotes::new(worker_link.clone(), &cfg.cluster.key_prefix)),
         )?;
         let (calls, calls_handle) = calls::spawn(
             store.path(),
@@ -184,6 +192,7 @@ impl Server {
                 sync_namespaces,
                 pushes: remote_pushes,
                 peers,
+                worker_link,
                 personal_namespace: cfg.engine.personal_namespace.clone(),
                 sio_recovery_ms: cfg.socketio.recovery_ms,
             },

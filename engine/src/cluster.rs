@@ -130,6 +130,21 @@ pub struct ClusterBatch {
     /// Reconnecting Socket.IO clients whose session this node does not know: their
     /// record may be in Redis (the session ended on another node).
     pub sio_asks: Vec<SioAsk>,
+    /// What users' connections here used of their per-user rate limits lately (for
+    /// the other nodes to count against the same users).
+    pub spent: Vec<UserSpent>,
+}
+
+/// What one user's connections on a node used of the user's per-user rate limits
+/// since the node last said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSpent {
+    /// The user.
+    pub user: Arc<str>,
+    /// The `tier` claim of its token (which rules apply).
+    pub tier: Option<Arc<str>>,
+    /// Events taken, per [`crate::limits::LimitEvent`] index.
+    pub counts: [u32; crate::limits::EVENTS],
 }
 
 /// A reconnecting Socket.IO client's question, for the records in Redis.
@@ -157,6 +172,7 @@ impl ClusterBatch {
             && self.sio_put.is_empty()
             && self.sio_del.is_empty()
             && self.sio_asks.is_empty()
+            && self.spent.is_empty()
     }
 }
 
@@ -246,6 +262,9 @@ pub enum ClusterMsg {
         /// The record.
         record: Option<crate::journal::SessionRecord>,
     },
+    /// Users' rate-limit use on other nodes, to count here too (this shard is the
+    /// users' owner: [`crate::streams::owner`] of the user id).
+    Spent(Vec<UserSpent>),
 }
 
 /// Counters of the link, read by metrics.

@@ -265,6 +265,15 @@ impl Bucket {
         }
     }
 
+    /// Count `n` events taken elsewhere (never more than twice the burst in use, so a
+    /// burst of reports cannot lock a user out for long).
+    pub fn charge(&mut self, rule: Compiled, n: u32, now_ms: u32) {
+        self.used = (self.current(rule, now_ms) + n as f32).min(rule.burst * 2.0);
+        if !behind(now_ms, self.at_ms) {
+            self.at_ms = now_ms;
+        }
+    }
+
     #[inline]
     fn current(&self, rule: Compiled, now_ms: u32) -> f32 {
         let elapsed = if behind(now_ms, self.at_ms) {
@@ -461,6 +470,33 @@ impl UserBuckets {
         worst
     }
 
+    /// Count `n` events of `event` that user `key` took elsewhere (another node)
+    /// against its bucket here (claiming a slot for the user as a take would; with no
+    /// room, nothing is counted). May fill the bucket past its burst: the user then
+    /// waits.
+    pub fn charge(
+        &self,
+        key: u64,
+        (event, rule): (LimitEvent, Compiled),
+        n: u32,
+        now_ms: u32,
+        idle_ms: u32,
+    ) {
+        let Some(slot) = self.slot(key, now_ms, idle_ms) else {
+            return;
+        };
+        let cell = &slot.buckets[event.index()];
+        let mut word = cell.load(Relaxed);
+        loop {
+            let mut b = Bucket::unpack(word);
+            b.charge(rule, n, now_ms);
+            match cell.compare_exchange_weak(word, b.pack(), Relaxed, Relaxed) {
+                Ok(_) => return,
+                Err(now) => word = now,
+            }
+        }
+    }
+
     fn give_back(cell: &AtomicU64, rule: Compiled, now_ms: u32) {
         let mut word = cell.load(Relaxed);
         loop {
@@ -592,6 +628,25 @@ mod tests {
         // A shard whose clock is a tick behind neither refills nor wraps.
         assert!(table.take(key, &rules, 900, 60_000).is_err());
         assert_eq!(table.take(key, &rules, 1600, 60_000), Ok(true));
+    }
+
+    #[test]
+    fn use_on_other_nodes_counts_against_the_same_budget() {
+        let table = UserBuckets::new(10);
+        let publish = (LimitEvent::Publish, per_minute(6));
+        // Four taken elsewhere: two left here, then refused.
+        table.charge(9, publish, 4, 0, 60_000);
+        assert_eq!(table.take(9, &[publish], 0, 60_000), Ok(true));
+        assert_eq!(table.take(9, &[publish], 0, 60_000), Ok(true));
+        assert!(table.take(9, &[publish], 0, 60_000).is_err());
+        // A flood of reports overdraws to twice the burst at most (70 s to one more).
+        table.charge(9, publish, 1_000, 0, 60_000);
+        assert_eq!(table.wait(9, &[publish], 0), (70_000, LimitEvent::Publish));
+        let mut b = Bucket::default();
+        b.charge(publish.1, 3, 0);
+        assert_eq!(b.check(publish.1, 0), Ok(()));
+        b.charge(publish.1, 3, 0);
+        assert_eq!(b.check(publish.1, 0), Err(10_000));
     }
 
     #[test]

@@ -98,6 +98,7 @@ async fn an_unanswered_call_rings_out_on_the_virtual_clock() {
         shards.clone(),
         NotificationsConfig::default(),
         Default::default(),
+        None,
     )
     .unwrap();
     let cfg = CallsConfig {

@@ -61,6 +61,8 @@ pub(super) async fn run(
             relay.marks.load(&mut conn).await?;
             let (mut sink, records) = relay.source.subscriber().await?.split();
             sink.subscribe(vec![relay.mailbox()], true).await?;
+            sink.subscribe(vec![super::spent::topic(&relay.prefix)], false)
+                .await?;
             Ok::<_, redis::RedisError>((conn, sink, records, Arc::new(sequencer)))
         }
         .await;
@@ -150,9 +152,10 @@ pub(super) async fn run(
                             marks: b.marks,
                             sio_put: b.sio_put,
                             sio_del: b.sio_del,
+                            spent: b.spent,
                             ..Default::default()
                         };
-                        if !w.moves.is_empty() || !w.publishes.is_empty() || !w.presence.is_empty() || !w.channel_pushes.is_empty() || !w.marks.is_empty() || !w.sio_put.is_empty() || !w.sio_del.is_empty() {
+                        if !w.moves.is_empty() || !w.publishes.is_empty() || !w.presence.is_empty() || !w.channel_pushes.is_empty() || !w.marks.is_empty() || !w.sio_put.is_empty() || !w.sio_del.is_empty() || !w.spent.is_empty() {
                             let _ = work_tx.send(w);
                         }
                         for l in b.links {
@@ -355,6 +358,9 @@ async fn relay_record(relay: &Relay, m: &redis::Msg) {
     if topic.ends_with(relay.state.node_id.as_str()) && topic == relay.mailbox() {
         return relay.peers.deliver(m.get_payload_bytes());
     }
+    if topic.ends_with(":spent") && topic == super::spent::topic(&relay.prefix) {
+        return spent_elsewhere(relay, m.get_payload_bytes()).await;
+    }
     let Some(channel) = streams::channel_of(&relay.prefix, topic) else {
         return;
     };
@@ -421,6 +427,27 @@ async fn relay_record(relay: &Relay, m: &redis::Msg) {
     relay
         .tell(relay.owner(channel), ShardMsg::Cluster(Box::new(msg)))
         .await;
+}
+
+/// Another node's report of its users' rate-limit use: to each user's owner shard.
+async fn spent_elsewhere(relay: &Relay, payload: &[u8]) {
+    let Some((origin, users)) = super::spent::decode(payload) else {
+        return tracing::warn!("a rate-limit report that does not decode, ignored");
+    };
+    if origin == relay.state.node_id {
+        return;
+    }
+    let mut by_shard: Vec<Vec<switchboard_engine::cluster::UserSpent>> =
+        (0..relay.shards.shards()).map(|_| Vec::new()).collect();
+    for u in users {
+        by_shard[relay.owner(&u.user)].push(u);
+    }
+    for (shard, list) in by_shard.into_iter().enumerate() {
+        if !list.is_empty() {
+            let msg = ClusterMsg::Spent(list);
+            relay.tell(shard, ShardMsg::Cluster(Box::new(msg))).await;
+        }
+    }
 }
 
 /// Subscribe and unsubscribe in order (consecutive subscriptions as one command),

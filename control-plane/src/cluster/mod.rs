@@ -23,7 +23,9 @@ pub mod pushes;
 mod registry;
 mod relay;
 mod source;
+pub mod spent;
 pub mod streams;
+mod worker_link;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,6 +39,7 @@ pub use bus::{ClusterAction, Hands};
 pub use mail::Peers;
 pub use pushes::RemotePushes;
 pub use registry::NodeInfo;
+pub use worker_link::WorkerLink;
 
 /// `[cluster]`: sharing one service between nodes through Redis.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -313,6 +316,8 @@ pub struct SharedOptions {
     pub pushes: RemotePushes,
     /// The workers' letters to and from other nodes.
     pub peers: Peers,
+    /// The workers' commands to Redis.
+    pub worker_link: WorkerLink,
     /// `engine.personal_namespace`: a push to a user goes on its personal channel.
     pub personal_namespace: String,
     /// `socketio.recovery_ms`: how long an ended session stays recoverable.
@@ -397,8 +402,12 @@ pub fn spawn(
                         personal_namespace,
                         sio_recovery_ms,
                         peers,
+                        worker_link,
                     } = shared;
                     peers.attach(state.clone());
+                    let workers = worker_link
+                        .attach()
+                        .map(|asks| tokio::spawn(worker_link::serve(source.clone(), asks)));
                     let relay = batches.map(|b| {
                         let mut relay = relay::Relay::new(
                             source.clone(),
@@ -418,6 +427,9 @@ pub fn spawn(
                     bus.abort();
                     if let Some(r) = relay {
                         r.abort();
+                    }
+                    if let Some(w) = workers {
+                        w.abort();
                     }
                 });
             }

@@ -59,6 +59,7 @@ pub(super) async fn publish_loop(
         let mut sio_put = first.sio_put;
         let mut sio_del = first.sio_del;
         let mut mail = first.mail;
+        let mut spent = first.spent;
         while publishes.len() + user_pushes.len() + presence.len() < MAX_PIPELINE {
             match work.try_recv() {
                 Ok(w) => {
@@ -71,6 +72,7 @@ pub(super) async fn publish_loop(
                     sio_put.extend(w.sio_put);
                     sio_del.extend(w.sio_del);
                     mail.extend(w.mail);
+                    spent.extend(w.spent);
                 }
                 Err(_) => break,
             }
@@ -107,6 +109,13 @@ pub(super) async fn publish_loop(
             let topic = relay.keys(&format!("{}:{}", relay.personal, p.user)).topic;
             let mut c = redis::cmd(publish);
             c.arg(topic).arg(pushes::encode(&relay.state.node_id, p));
+            cmds.push((c, false));
+        }
+        if !spent.is_empty() {
+            // Classic pub/sub: every node hears it.
+            let mut c = redis::cmd("PUBLISH");
+            c.arg(super::spent::topic(&relay.prefix))
+                .arg(super::spent::encode(&relay.state.node_id, &spent));
             cmds.push((c, false));
         }
         for (node, letter) in &mail {

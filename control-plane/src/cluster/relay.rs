@@ -219,6 +219,8 @@ pub(super) struct Work {
     pub(super) sio_del: Vec<u128>,
     /// Letters to other nodes.
     pub(super) mail: Vec<(Arc<str>, Vec<u8>)>,
+    /// Users' use of per-user rate limits here, for the other nodes.
+    pub(super) spent: Vec<switchboard_engine::cluster::UserSpent>,
 }
 
 /// A batch that arrived while Redis is away: publications go back to their owner;

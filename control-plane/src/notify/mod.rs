@@ -15,12 +15,17 @@
 //! has not yet read the previous push gets the latest one instead of both. Progress
 //! events (`kind = "progress"`) must carry a key and a typed payload.
 //!
+//! With nodes sharing Redis, notifications are kept there instead (`shared`): created
+//! through any node, listed, counted and marked read on every node.
+//!
 //! Does not own who may create notifications (the server API checks its key) or
 //! delivery (the shards queue the pushes; a device offline lists what it missed).
 
+mod shared;
 #[cfg(test)]
 mod tests;
 mod worker;
+pub use shared::SharedNotes;
 
 use std::collections::HashMap;
 use worker::Worker;
@@ -316,6 +321,7 @@ pub fn spawn(
     shards: ShardSender,
     cfg: NotificationsConfig,
     remote: crate::cluster::RemotePushes,
+    shared: Option<SharedNotes>,
 ) -> Result<(Notifier, NotifierHandle), crate::Error> {
     let conn = open_store(path, "notifications")?;
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -325,6 +331,7 @@ pub fn spawn(
         remote,
         cfg,
         unread: HashMap::new(),
+        shared,
     };
     let handle = WorkerHandle::spawn("notifications", move |stop| worker.run(&rx, stop))
         .map_err(|e| crate::Error::start("the notification worker", e))?;

@@ -38,6 +38,8 @@ pub(super) struct Worker {
     pub(super) remote: crate::cluster::RemotePushes,
     pub(super) cfg: NotificationsConfig,
     pub(super) unread: HashMap<String, u64>,
+    /// Notifications kept in Redis (nodes sharing it) instead of the store.
+    pub(super) shared: Option<super::shared::SharedNotes>,
 }
 
 impl Worker {
@@ -184,6 +186,10 @@ impl Worker {
                 u.dedup();
                 u
             }
+            Recipients::Topic(t) if self.shared.is_some() => {
+                let shared = self.shared.as_ref().expect("checked");
+                shared.topic_users(t)?
+            }
             Recipients::Topic(t) => {
                 let mut q = self
                     .conn
@@ -209,6 +215,9 @@ impl Worker {
             Recipients::Topic(t) => Some(t.as_str()),
             Recipients::Users(_) => None,
         };
+        if self.shared.is_some() {
+            return self.create_shared(n, &users, topic);
+        }
         let now = now_ms() as i64;
         let data = n.data.to_string();
         let tx = self.conn.transaction().map_err(Refusal::store)?;
@@ -296,15 +305,61 @@ impl Worker {
             };
             pushes.push((Arc::from(u.as_str()), control::frames(&push)));
         }
+        self.push_created(n, pushes);
+        Ok(Created {
+            id: id as u64,
+            recipients: users.len(),
+            updated: existing.is_some(),
+        })
+    }
+
+    /// Push a created notification to its users (`pushes`: each user's frames).
+    fn push_created(&self, n: &NewNotification, pushes: Vec<(Arc<str>, control::Frames)>) {
         let coalesce = n
             .key
             .as_ref()
             .map(|k| Arc::from(format!("notification:{k}")));
         self.push(PushTo::Users(pushes), coalesce);
+    }
+
+    /// [`Worker::create`] with the notifications kept in Redis.
+    fn create_shared(
+        &mut self,
+        n: &NewNotification,
+        users: &[String],
+        topic: Option<&str>,
+    ) -> Result<Created, Refusal> {
+        let shared = self.shared.as_ref().expect("shared notifications");
+        let now = now_ms();
+        let (id, created, existed) = shared.id_for(n.key.as_deref(), now, self.cfg.ttl_ms)?;
+        let view = NotificationView {
+            id,
+            kind: n.kind.clone(),
+            topic: topic.map(String::from),
+            key: n.key.clone(),
+            data: n.data.clone(),
+            created,
+            updated: now,
+            read: false,
+        };
+        let counts = shared.put(users, &view, self.cfg.max_per_user, self.cfg.ttl_ms)?;
+        let pushes = users
+            .iter()
+            .zip(counts)
+            .map(|(u, unread)| {
+                let push = NotificationPush {
+                    push: "notification",
+                    notification: &view,
+                    unread,
+                };
+                (Arc::from(u.as_str()), control::frames(&push))
+            })
+            .collect();
+        self.push_created(n, pushes);
         Ok(Created {
-            id: id as u64,
+            id,
             recipients: users.len(),
-            updated: existing.is_some(),
+            updated: existed,
         })
     }
 
@@ -315,6 +370,14 @@ impl Worker {
         before: Option<u64>,
         unread_only: bool,
     ) -> Result<Listing, Refusal> {
+        if let Some(shared) = &self.shared {
+            let cutoff = now_ms().saturating_sub(self.cfg.ttl_ms);
+            let (notifications, unread) = shared.list(user, limit, before, unread_only, cutoff)?;
+            return Ok(Listing {
+                notifications,
+                unread,
+            });
+        }
         let mut q = self
             .conn
             .prepare_cached(
@@ -355,7 +418,21 @@ impl Worker {
     /// Mark read; tell every device of the user.
     pub(super) fn read(&mut self, user: &str, id: Option<u64>) -> Result<u64, Refusal> {
         let now = now_ms() as i64;
-        let changed = match id {
+        let changed = match (id, &self.shared) {
+            (_, Some(shared)) => {
+                let (changed, unread) = shared.read(user, id)?;
+                let Some(changed) = changed else {
+                    return Err(Refusal::new(
+                        ErrorCode::NotFound,
+                        "no such notification for this user",
+                    ));
+                };
+                self.tell_read(user, id, changed as usize, unread);
+                return Ok(unread);
+            }
+            (id, None) => id,
+        };
+        let changed = match changed {
             Some(id) => {
                 let exists: Option<bool> = self
                     .conn
@@ -396,6 +473,12 @@ impl Worker {
         };
         self.unread.remove(user);
         let unread = self.unread_of(user)?;
+        self.tell_read(user, id, changed, unread);
+        Ok(unread)
+    }
+
+    /// Tell every device of `user` that `changed` notifications were marked read.
+    fn tell_read(&self, user: &str, id: Option<u64>, changed: usize, unread: u64) {
         if changed > 0 {
             let push = ReadPush {
                 push: "notifications_read",
@@ -408,7 +491,6 @@ impl Worker {
                 None,
             );
         }
-        Ok(unread)
     }
 
     pub(super) fn change_topics(
@@ -426,6 +508,9 @@ impl Worker {
                 ErrorCode::BadRequest,
                 format!("invalid topic {bad:?}: 1 to 128 letters, digits and _ - . : @"),
             ));
+        }
+        if let Some(shared) = &self.shared {
+            return shared.change_topics(user, subscribe, unsubscribe);
         }
         let tx = self.conn.transaction().map_err(Refusal::store)?;
         for t in subscribe {
@@ -455,6 +540,10 @@ impl Worker {
 
     /// Delete notifications older than the TTL and each user's beyond the limit.
     pub(super) fn prune(&mut self) -> rusqlite::Result<()> {
+        if self.shared.is_some() {
+            // Redis expires and trims its own (`super::shared`).
+            return Ok(());
+        }
         let cutoff = now_ms().saturating_sub(self.cfg.ttl_ms) as i64;
         let tx = self.conn.transaction()?;
         let old = tx.execute(

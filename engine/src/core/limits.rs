@@ -2,8 +2,13 @@
 //!
 //! Owns the check-then-take of a command against the connection's and the user's
 //! buckets (shared by the shards, or kept here), the 114 reply with when to retry and
-//! the close after repeated refusals. Does not own the rules or the bucket arithmetic
-//! ([`crate::limits`]).
+//! the close after repeated refusals. With nodes sharing Redis, also what this node's
+//! connections take of per-user rules, reported to the other nodes every
+//! [`REPORT_MS`], and what the other nodes' reports count against the same users
+//! here: a user connected to several nodes has one budget, overdrawn at most by what
+//! its other connections take within one report interval. Does not own the rules or
+//! the bucket arithmetic ([`crate::limits`]) or carrying the reports (the cluster
+//! thread).
 
 use crate::limits::LimitTable;
 use std::collections::HashMap;
@@ -11,8 +16,12 @@ use std::sync::Arc;
 use switchboard_protocol::CloseCode;
 
 use super::ShardCore;
-use crate::limits::{Buckets, Compiled, LimitEvent, Scope};
+use crate::cluster::UserSpent;
+use crate::limits::{Buckets, Compiled, LimitEvent, Scope, EVENTS};
 use crate::metrics::{CloseKind, ShardMetrics};
+
+/// How often a shard reports its users' use of per-user rules to the other nodes.
+pub(super) const REPORT_MS: u64 = 250;
 
 /// Filler for unused entries of a rule list.
 const NO_RULE: Compiled = Compiled {
@@ -40,6 +49,11 @@ pub(super) struct RateLimits {
     /// ([`crate::limits::UserBuckets`]) had no room for or with `rate_limit_users = 0`
     /// (made on a user's first limited command, dropped with its last connection here).
     pub(super) user_buckets: HashMap<Arc<str>, Box<Buckets>>,
+    /// With nodes sharing Redis: what users took of their per-user rules here since
+    /// the last report to the other nodes ([`ShardCore::report_spent`]).
+    pub(super) spent: HashMap<Arc<str>, UserSpent>,
+    /// Tick of the last report.
+    pub(super) spent_at: u32,
 }
 
 impl RateLimits {
@@ -47,6 +61,8 @@ impl RateLimits {
         RateLimits {
             table,
             user_buckets: HashMap::new(),
+            spent: HashMap::new(),
+            spent_at: 0,
         }
     }
 }
@@ -191,6 +207,68 @@ impl ShardCore {
                 theirs[e.index()].take(r, now_ms);
             }
         }
+        if self.shared.link.is_some() && user_n > 0 {
+            let user = &identity.user;
+            let spent = match self.rate.spent.get_mut(&**user) {
+                Some(s) => s,
+                None => self.rate.spent.entry(user.clone()).or_insert(UserSpent {
+                    user: user.clone(),
+                    tier: tier.map(Arc::from),
+                    counts: [0; EVENTS],
+                }),
+            };
+            for &(e, _) in user_rules {
+                spent.counts[e.index()] += 1;
+            }
+        }
         true
+    }
+
+    /// Every [`REPORT_MS`]: hand what users took here to the cluster thread, for the
+    /// other nodes (dropped while Redis is away: each node limits alone then).
+    pub(super) fn report_spent(&mut self) {
+        if self.rate.spent.is_empty() {
+            return;
+        }
+        let every = (REPORT_MS / self.cfg.tick_ms.max(1)).max(1) as u32;
+        if self.tick.wrapping_sub(self.rate.spent_at) < every {
+            return;
+        }
+        self.rate.spent_at = self.tick;
+        if self.shared.up {
+            let out = &mut self.shared.out.spent;
+            out.extend(self.rate.spent.drain().map(|(_, s)| s));
+        } else {
+            self.rate.spent.clear();
+        }
+    }
+
+    /// Users' use of per-user rules on other nodes: count it here too.
+    pub(super) fn charge_spent(&mut self, list: Vec<UserSpent>) {
+        let now_ms = self.tick.wrapping_mul(self.cfg.tick_ms as u32);
+        let table = self.rate.table.clone();
+        if table.is_empty() {
+            return;
+        }
+        let users = self.cfg.rate_limit_users as usize;
+        for s in list {
+            for e in LimitEvent::ALL {
+                let n = s.counts[e.index()];
+                let Some(rule) = (n > 0)
+                    .then(|| table.rule(s.tier.as_deref(), Scope::User, e))
+                    .flatten()
+                else {
+                    continue;
+                };
+                if users > 0 {
+                    let shared = self.mesh.user_buckets(users);
+                    let idle = table.user_idle_ms();
+                    shared.charge(shared.key(&s.user), (e, rule), n, now_ms, idle);
+                }
+                if let Some(b) = self.rate.user_buckets.get_mut(&*s.user) {
+                    b[e.index()].charge(rule, n, now_ms);
+                }
+            }
+        }
     }
 }

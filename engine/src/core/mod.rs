@@ -624,6 +624,7 @@ impl ShardCore {
             std::sync::atomic::Ordering::Relaxed,
         );
         self.expire_typing();
+        self.report_spent();
         if !self.presence.namespaces.is_empty() {
             for (channel, event) in self.presence.members.expire(self.tick, self.clock.unix_ms) {
                 if let crate::presence::Event::Leave { user, .. } = &event {

@@ -304,6 +304,7 @@ impl ShardCore {
             ClusterMsg::Push(p) => self.remote_push(p),
             ClusterMsg::Mark(m) => self.remote_mark(m),
             ClusterMsg::SioRecord { ask, record } => self.sio_record_from_cluster(ask, record),
+            ClusterMsg::Spent(list) => self.charge_spent(list),
             ClusterMsg::Fallback(p) => {
                 let SharedPublish {
                     channel,

@@ -14,8 +14,15 @@
 //! a second later; one refused for good (its payload does not transcode, its channel is
 //! invalid) is marked failed with the reason.
 //!
+//! With nodes sharing Redis, new scheduled messages are kept there instead (`shared`):
+//! any node lists and cancels them, and one node fires each, even when the node that
+//! took it is gone. Messages already in the node's own store still fire from it.
+//!
 //! Does not own who may schedule (the shards check the token; the server API checks its
 //! key).
+
+mod shared;
+pub use shared::SharedJobs;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -139,11 +146,12 @@ impl Scheduler {
 
 /// Start the scheduler on the store at `path` (already opened and prepared by
 /// [`crate::store::open`]), publishing through `engine` and answering shards through
-/// `shards`.
+/// `shards`; new jobs go to `shared` (Redis) when nodes share one.
 pub fn spawn(
     path: &std::path::Path,
     engine: Arc<EngineHandle>,
     shards: ShardSender,
+    shared: Option<SharedJobs>,
 ) -> Result<(Scheduler, SchedulerHandle), crate::Error> {
     let conn = open_store(path, "the scheduler")?;
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -151,6 +159,8 @@ pub fn spawn(
         conn,
         engine,
         shards,
+        shared,
+        claimed_at: Instant::now(),
     };
     let handle = WorkerHandle::spawn("scheduler", move |stop| worker.run(&rx, stop))
         .map_err(|e| crate::Error::start("the scheduler", e))?;
@@ -161,6 +171,10 @@ struct Worker {
     conn: Connection,
     engine: Arc<EngineHandle>,
     shards: ShardSender,
+    /// Jobs kept in Redis (nodes sharing it).
+    shared: Option<SharedJobs>,
+    /// When this node last looked for due jobs in Redis.
+    claimed_at: Instant,
 }
 
 impl Worker {
@@ -228,12 +242,15 @@ impl Worker {
                 let _ = reply.send(self.cancel(id, None));
             }
             Work::List(pending, reply) => {
-                let _ = reply.send(self.list(pending).map_err(|e| e.to_string()));
+                let _ = reply.send(self.list_all(pending));
             }
         }
     }
 
     fn insert(&mut self, job: &ScheduleJob, limited: bool) -> Result<(u64, u64), Refused> {
+        if let Some(shared) = &self.shared {
+            return shared.add(job, if limited { MAX_PENDING_PER_USER } else { 0 });
+        }
         let store_err = |e: rusqlite::Error| Refused {
             code: ErrorCode::Unavailable,
             message: format!("cannot store the scheduled message: {e}"),
@@ -276,6 +293,12 @@ impl Worker {
     }
 
     fn cancel(&mut self, id: u64, owner: Option<&str>) -> Result<(), CancelError> {
+        if id >= shared::FIRST_ID {
+            return match &self.shared {
+                Some(shared) => shared.cancel(id, owner),
+                None => Err(CancelError::NotFound),
+            };
+        }
         let row: Option<(String, i64)> = self
             .conn
             .query_row(
@@ -303,6 +326,22 @@ impl Worker {
         Ok(())
     }
 
+    /// This node's own jobs and those kept in Redis (newest first, or pending ones by
+    /// due time).
+    fn list_all(&mut self, pending_only: bool) -> Result<Vec<ScheduledView>, String> {
+        let mut all = self.list(pending_only).map_err(|e| e.to_string())?;
+        if let Some(shared) = &self.shared {
+            all.extend(shared.list(pending_only)?);
+            if pending_only {
+                all.sort_by_key(|v| (v.at, v.id));
+            } else {
+                all.sort_by_key(|v| std::cmp::Reverse(v.id));
+            }
+            all.truncate(1000);
+        }
+        Ok(all)
+    }
+
     fn list(&mut self, pending_only: bool) -> rusqlite::Result<Vec<ScheduledView>> {
         let sql = if pending_only {
             "SELECT id, due_ms, channel, sender, owner, state, fired_ms, epoch, offset, error
@@ -321,15 +360,7 @@ impl Worker {
                 owner: r.get(4)?,
                 state: state_name(r.get(5)?),
                 fired_at: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
-                epoch: r.get::<_, Option<i64>>(7)?.map(|e| {
-                    Position {
-                        epoch: e as u64,
-                        offset: 0,
-                    }
-                    .epoch_hex()
-                    .as_str()
-                    .to_string()
-                }),
+                epoch: r.get::<_, Option<i64>>(7)?.map(shared::epoch_hex),
                 offset: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
                 error: r.get(9)?,
             })
@@ -349,15 +380,37 @@ impl Worker {
             .map(|v| v.max(0) as u64)
     }
 
-    /// Publish everything due. Returns whether something must be retried soon.
+    /// Publish everything due, here and (at most every 200 ms) in Redis. Returns
+    /// whether something must be retried soon.
     fn fire_due(&mut self) -> bool {
-        let due = match self.due_rows() {
-            Ok(d) => d,
+        let retry = match self.due_rows() {
+            Ok(due) => self.fire(due, false),
             Err(e) => {
                 tracing::warn!("scheduler cannot read due messages: {e}");
-                return true;
+                true
             }
         };
+        let Some(shared) = &self.shared else {
+            return retry;
+        };
+        if self.claimed_at.elapsed() < Duration::from_millis(200) {
+            return retry;
+        }
+        self.claimed_at = Instant::now();
+        match shared.claim() {
+            Ok(due) if due.is_empty() => retry,
+            // Claimed for this node: a job it cannot publish now fires when the
+            // lease runs out (here or on another node).
+            Ok(due) => self.fire(due, true) || retry,
+            Err(e) => {
+                tracing::debug!("scheduler cannot claim due messages in Redis: {e}");
+                retry
+            }
+        }
+    }
+
+    /// Publish `due` (kept in Redis when `shared`), recording each outcome.
+    fn fire(&mut self, due: Vec<Due>, shared: bool) -> bool {
         let mut tickets = Vec::with_capacity(due.len());
         let mut retry = false;
         for d in due {
@@ -377,7 +430,7 @@ impl Worker {
             {
                 Ok(rx) => tickets.push((d.id, rx)),
                 Err(switchboard_engine::Error::InvalidChannel) => {
-                    self.finish(d.id, Err("invalid channel name"));
+                    self.settle(shared, d.id, Err("invalid channel name"));
                 }
                 Err(_) => {
                     retry = true;
@@ -387,11 +440,11 @@ impl Worker {
         }
         for (id, rx) in tickets {
             match rx.blocking_recv() {
-                Ok(Ok((pos, _duplicate))) => self.finish(id, Ok(pos)),
+                Ok(Ok((pos, _duplicate))) => self.settle(shared, id, Ok(pos)),
                 Ok(Err(r)) if matches!(r.code, ErrorCode::Overloaded | ErrorCode::Unavailable) => {
                     retry = true;
                 }
-                Ok(Err(r)) => self.finish(id, Err(&r.message)),
+                Ok(Err(r)) => self.settle(shared, id, Err(&r.message)),
                 // The engine stopped: it stays pending for the next start.
                 Err(_) => retry = true,
             }
@@ -421,6 +474,14 @@ impl Worker {
         rows.collect()
     }
 
+    /// Record a due message's outcome where it is kept.
+    fn settle(&mut self, shared: bool, id: u64, result: Result<Position, &str>) {
+        match (&self.shared, shared) {
+            (Some(jobs), true) => jobs.finish(id, result),
+            _ => self.finish(id, result),
+        }
+    }
+
     /// Mark a due message fired (with its position) or failed.
     fn finish(&mut self, id: u64, result: Result<Position, &str>) {
         let now = now_ms() as i64;
@@ -445,6 +506,7 @@ impl Worker {
     }
 }
 
+/// A message due to fire.
 struct Due {
     id: u64,
     channel: String,
