@@ -95,7 +95,9 @@ fn source_files_stay_under_800_lines_or_say_why() {
         .filter_map(|f| {
             let text = std::fs::read_to_string(f).unwrap();
             let lines = text.lines().count();
-            let says_why = text.lines().next().is_some_and(|l| l.contains("lines"));
+            // A reason is a first line naming the limit ("… over 800 lines because …"),
+            // not any word that happens to contain "lines" ("deadlines").
+            let says_why = text.lines().next().is_some_and(|l| l.contains("800 lines"));
             (lines > 800 && !says_why).then(|| format!("{} ({lines})", f.display()))
         })
         .collect();
