@@ -20,6 +20,14 @@
 #                Node Socket.IO 4.8: idle, fanout (100k and 1M deliveries/s), rooms,
 #                echo; the three servers alternating, two rounds (docs/BENCHMARKS.md
 #                "Socket.IO endpoint"; SIO_SCENARIOS="fanout-1m" picks some)
+#   versus       Switchboard on epoll and on io_uring beside Bun 1.4 (uWebSockets), the
+#                three alternating, PASSES passes (default 3): echo, echo with
+#                publishes that ask for no reply, fanout 100k and 1M deliveries/s,
+#                idle; connect-storm for Switchboard only (Bun verifies no JWT).
+#                Results $VS_PREFIX-p<pass>-<server>-<scenario>.json (VS_PREFIX=vs),
+#                then the ratios to Bun with their spread (`switchboard-loadtest
+#                ratios`) in $VS_PREFIX-ratios.md
+#                (docs/BENCHMARKS.md "Against uWebSockets"; VS_SCENARIOS picks some)
 #   protection   fanout and echo without and with rate limits on every command, twice
 #                each, alternating (docs/BENCHMARKS.md "What rate limiting and metrics
 #                cost"; the commit before them: BASE=<binary> runs it as a third server)
@@ -177,6 +185,34 @@ if has features; then
   start_switchboard_with durability-none; run features-idle-20ch idle --set extra_channels=20; stop
   start_switchboard_with presence; run features-idle-20ch-presence idle --set extra_channels=20; stop
   start_switchboard_with presence-quiet; run features-idle-20ch-presence-quiet idle --set extra_channels=20; stop
+fi
+if has versus; then
+  VS=${VS_PREFIX:-vs}
+  for pass in $(seq "${PASSES:-3}"); do
+    for sc in ${VS_SCENARIOS:-echo echo-noreply fanout fanout-1m idle connect-storm}; do
+      case $sc in
+        echo) args=(echo) ;;
+        echo-noreply) args=(echo --set publish_reply=false) ;;
+        fanout) args=(fanout --set workers=2) ;;
+        fanout-1m) args=(fanout --set rate=100 --set workers=2) ;;
+        idle) args=(idle --set duration_s=10) ;;
+        connect-storm) args=(connect-storm) ;;
+        *) echo "unknown versus scenario $sc" >&2; exit 2 ;;
+      esac
+      for srv in epoll uring bun; do
+        if [ "$srv" = bun ]; then
+          [ "$sc" = connect-storm ] && continue
+          start_node bun 7600
+          run "$VS-p$pass-bun-$sc" "${args[@]}" --set protocol=raw --set url=ws://127.0.0.1:7600/
+        else
+          start_switchboard 0 "$srv"
+          run "$VS-p$pass-$srv-$sc" "${args[@]}"
+        fi
+        stop
+      done
+    done
+  done
+  "$LT" ratios "$OUT/$VS"-p*-*.json --baseline bun | tee "$OUT/$VS-ratios.md"
 fi
 # Switchboard's Socket.IO endpoint vs its native protocol vs Node Socket.IO, same
 # scenarios and generator, alternating, two rounds.

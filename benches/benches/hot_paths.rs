@@ -130,6 +130,7 @@ fn envelopes(c: &mut Criterion) {
                 data: Payload { format, raw: data },
                 key: None,
                 meta: None,
+                reply: true,
             },
         };
         let bytes = envelope::encode_request(format, &req);
@@ -968,6 +969,7 @@ fn rate_limits(c: &mut Criterion) {
                 },
                 key: None,
                 meta: None,
+                reply: true,
             },
         },
     );

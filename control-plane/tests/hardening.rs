@@ -152,7 +152,9 @@ async fn history_memory_is_bounded_across_channels() {
     let admin = server.admin_addr();
     let kept = metric(admin, "switchboard_history_bytes").await;
     assert!(kept <= BUDGET, "{kept} bytes kept, budget {BUDGET}");
-    assert!(kept > BUDGET / 2, "{kept} bytes kept");
+    // Each shard keeps at most its share (BUDGET / 2 shards); every channel here is at
+    // home on the publisher's shard (the shard that used it first), whose share fills.
+    assert!(kept > BUDGET / 4, "{kept} bytes kept");
     let evicted = metric(admin, "switchboard_history_evicted_total").await;
     assert!(evicted >= 120 - 2 * (BUDGET / 60_000), "{evicted} evicted");
     let h = c

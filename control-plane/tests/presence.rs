@@ -88,6 +88,14 @@ async fn presence_events_counts_grace_and_rules() {
     let staff = staff_token("wes");
     let mut w = connect_device(addr, &staff, "desk", 0).await;
     subscribe(&mut w, "visit:1").await;
+    // The channel is at home on w's shard (its first user), where w's subscription is
+    // in place when its own join is pushed: w sees its own join first.
+    let own = next_presence_or_publication(&mut w).await;
+    assert_eq!(
+        (&own["event"], &own["user"]),
+        (&json!("join"), &json!("wes")),
+        "{own}"
+    );
 
     // Bob arrives on shard 1 with his phone: one join.
     let bob = token("bob", None);

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,7 +187,7 @@ async fn http_publish_api() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let reply: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         (&reply["ok"], &reply["offset"]),
         (&json!(true), &json!(1)),
@@ -226,7 +226,7 @@ async fn http_publish_api() {
     )
     .await;
     assert_eq!(status, 400);
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["code"], "bad_request");
     let (status, _) = http(
         admin,
@@ -613,6 +613,103 @@ async fn bursts_through_tiny_receive_buffers_lose_nothing() {
             exhausted > 0,
             "the buffer ring never ran dry: the test did not test re-arming"
         );
+    }
+    server.shutdown();
+    server.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_without_reply_answers_only_refusals() {
+    let server = start(|_| {});
+    let addr = server.ws_addr();
+    let tok = token("u", Some(&["room:*"]));
+    let mut publisher = client_on_shard(addr, Fmt::Json, &tok, 0).await;
+    // One channel at home on the publisher's shard, one on the other shard (the
+    // position would cross back from there): a channel's home is the shard that
+    // uses it first.
+    let channels = ["room:q-here".to_string(), "room:q-there".to_string()];
+    let mut there = client_on_shard(addr, Fmt::Json, &tok, 1).await;
+    let r = there
+        .call(json!({"cmd": "subscribe", "channel": channels[1]}))
+        .await;
+    assert_eq!(r["result"]["offset"], 0, "{r}");
+    for c in &channels {
+        let r = publisher
+            .call(json!({"cmd": "subscribe", "channel": c}))
+            .await;
+        assert_eq!(r["result"]["offset"], 0, "{r}");
+    }
+    for (i, c) in channels.iter().enumerate() {
+        for n in 0..20 {
+            let id = 1_000 + i * 100 + n;
+            publisher
+                .send(&json!({"id": id, "cmd": "publish", "channel": c, "data": n, "reply": false}))
+                .await;
+        }
+    }
+    // A publish that wants its position comes after all of them, on each channel.
+    for c in &channels {
+        let r = publisher
+            .call(json!({"cmd": "publish", "channel": c, "data": "last"}))
+            .await;
+        assert_eq!(r["result"]["offset"], 21, "{r}");
+    }
+    let mut seen = std::collections::BTreeMap::<String, Vec<Value>>::new();
+    while seen.values().map(Vec::len).sum::<usize>() < 42 {
+        let p = publisher.next_publication().await;
+        seen.entry(p["channel"].as_str().unwrap().into())
+            .or_default()
+            .push(p["data"].clone());
+    }
+    for c in &channels {
+        let mut want: Vec<Value> = (0..20).map(|n| json!(n)).collect();
+        want.push(json!("last"));
+        assert_eq!(seen[c], want, "every quiet publication delivered, in order");
+    }
+    // No answer to any quiet publish reached the client.
+    let r = publisher.call(json!({"cmd": "ping"})).await;
+    assert!(r.get("result").is_some(), "{r}");
+    assert!(
+        publisher
+            .backlog
+            .iter()
+            .all(|e| !matches!(e, Event::Msg(m) if m.get("id").is_some())),
+        "no reply to a publish with reply: false: {:?}",
+        publisher.backlog
+    );
+    // A refusal still comes back, with the command's id.
+    publisher
+        .send(&json!({"id": 7, "cmd": "publish", "channel": "other:1", "data": 1, "reply": false}))
+        .await;
+    let e = loop {
+        match publisher.next_event().await {
+            Event::Msg(m) if m.get("id") == Some(&json!(7)) => break m,
+            Event::Msg(_) => continue,
+            other => panic!("expected the refusal, got {other:?}"),
+        }
+    };
+    assert_eq!(e["error"]["code"], 103, "{e}");
+    let r = publisher
+        .call(json!({"cmd": "publish", "channel": channels[0], "data": 1, "reply": "no"}))
+        .await;
+    assert_eq!(r["error"]["code"], 104, "{r}");
+    // Quiet publications count as answered.
+    let ok = metric(
+        server.admin_addr(),
+        "switchboard_command_results_total{command=\"publish\",result=\"ok\"}",
+    )
+    .await;
+    assert_eq!(ok, 42);
+    // Each channel's stream lives on the shard that used it first (the gauges are set
+    // on each shard's tick).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for shard in [0, 1] {
+        let streams = metric(
+            server.admin_addr(),
+            &format!("switchboard_streams{{shard=\"{shard}\"}}"),
+        )
+        .await;
+        assert_eq!(streams, 1, "shard {shard}");
     }
     server.shutdown();
     server.wait();

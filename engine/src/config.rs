@@ -91,6 +91,9 @@ pub struct EngineConfig {
     pub read_buffer_bytes: usize,
     /// Capacity of each shard's inbox (messages from other shards and the control plane).
     pub inbox_capacity: usize,
+    /// Slots of the table placing each channel on the shard that first uses it
+    /// ([`crate::placement`]); 0: channels placed by a hash of their name.
+    pub channel_homes: usize,
     /// A channel with no publication for this long forgets its stream position; its
     /// next publication starts a new epoch.
     pub stream_idle_ms: u64,
@@ -210,6 +213,7 @@ impl Default for EngineConfig {
             tick_ms: 100,
             read_buffer_bytes: 65_536,
             inbox_capacity: 65_536,
+            channel_homes: crate::placement::DEFAULT_SLOTS,
             stream_idle_ms: 3_600_000,
             history_size: 64,
             history_ttl_ms: 300_000,
@@ -258,6 +262,9 @@ impl EngineConfig {
         self.socketio.validate(self.tick_ms)?;
         if self.rate_limit_users > 1 << 22 {
             return Err(Error::config("engine.rate_limit_users", "at most 4194304"));
+        }
+        if self.channel_homes > 1 << 30 {
+            return Err(Error::config("engine.channel_homes", "at most 1073741824"));
         }
         let positive = [
             ("engine.max_connections", self.max_connections as u64),

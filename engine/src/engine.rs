@@ -27,7 +27,6 @@ use crate::journal::{Durability, Durable, JournalState};
 use crate::limits::{LimitRule, LimitTable};
 use crate::mesh::{Mesh, PublishReply, QueryKind, SequenceReq, ShardMsg, StreamQuery, StreamReply};
 use crate::metrics::ShardMetrics;
-use crate::streams;
 
 /// Resolves to a server-API publication's position, or why it was refused.
 pub type PublishTicket = tokio::sync::oneshot::Receiver<crate::mesh::Sequenced>;
@@ -114,7 +113,7 @@ impl Engine {
             cfg.max_connections = files.connections;
         }
         let shards = cfg.resolved_shards();
-        let mesh = Mesh::new(shards, cfg.inbox_capacity)?;
+        let mesh = Mesh::with_placement(shards, cfg.inbox_capacity, cfg.channel_homes)?;
         let journal = durable.as_ref().map(|d| d.link.state().clone());
         if let Some(d) = durable {
             mesh.attach(d)?;
@@ -399,7 +398,7 @@ impl EngineHandle {
                 .map_err(|fault| Error::Payload(fault.message().into()))?;
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let owner = streams::owner(channel, self.shards());
+        let owner = self.mesh.home_of(channel);
         let created = crate::clock::mono();
         let req = SequenceReq::new(
             channel,
@@ -431,7 +430,7 @@ impl EngineHandle {
             return Err(Error::InvalidChannel);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let owner = streams::owner(channel, self.shards());
+        let owner = self.mesh.home_of(channel);
         let q = StreamQuery {
             channel: channel.into(),
             kind: QueryKind::History {
@@ -496,7 +495,7 @@ impl EngineHandle {
             return Err(Error::InvalidChannel);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let owner = streams::owner(channel, self.shards());
+        let owner = self.mesh.home_of(channel);
         let msg = make(channel.into(), crate::mesh::Answer::Api(tx));
         self.mesh
             .inbox(owner as usize)
@@ -594,6 +593,12 @@ impl ShardSender {
     /// themselves; a running engine hands one out with [`EngineHandle::sender`]).
     pub fn over(mesh: Arc<Mesh>) -> ShardSender {
         ShardSender { mesh }
+    }
+
+    /// `channel`'s home shard (claimed for its hash shard if unused so far): where
+    /// messages about the channel go.
+    pub fn home_of(&self, channel: &str) -> usize {
+        self.mesh.home_of(channel) as usize
     }
 
     /// Push `msg` to `shard`'s inbox; gives it back if full.

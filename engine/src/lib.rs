@@ -42,6 +42,7 @@ pub mod marks;
 pub mod mesh;
 pub mod metrics;
 pub mod outq;
+pub mod placement;
 pub mod presence;
 pub mod publications;
 pub mod session;

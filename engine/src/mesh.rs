@@ -131,6 +131,8 @@ pub enum ShardMsg {
         req_id: u32,
         /// The position, or why the publication was refused.
         result: Sequenced,
+        /// The command asked for no position: count it, send nothing on success.
+        quiet: bool,
     },
     /// Shard `from` now has subscribers in `formats` (bit per `Format::index()`) for
     /// `channel` (0: none). With `ack`, answer [`ShardMsg::InterestAck`].
@@ -475,6 +477,8 @@ pub struct Mesh {
     cluster: OnceLock<crate::cluster::ClusterLink>,
     /// Streams and marks read back from the store, per shard, taken once by each shard.
     seeds: Mutex<Vec<ShardSeeds>>,
+    /// Each channel's home shard.
+    placement: crate::placement::Placement,
 }
 
 impl Mesh {
@@ -485,9 +489,19 @@ impl Mesh {
             .get_or_init(|| crate::limits::UserBuckets::new(users))
     }
 
-    /// Inboxes for `shards` shards of `capacity` messages each.
-    #[allow(clippy::disallowed_types)] // `seeds` (see the field).
+    /// Inboxes for `shards` shards of `capacity` messages each, channels placed by
+    /// first use in a table of the default size.
     pub fn new(shards: usize, capacity: usize) -> std::io::Result<Arc<Mesh>> {
+        Mesh::with_placement(shards, capacity, crate::placement::DEFAULT_SLOTS)
+    }
+
+    /// [`Mesh::new`] with a placement table of `slots` slots (0: homes by hash).
+    #[allow(clippy::disallowed_types)] // `seeds` (see the field).
+    pub fn with_placement(
+        shards: usize,
+        capacity: usize,
+        slots: usize,
+    ) -> std::io::Result<Arc<Mesh>> {
         let inboxes = (0..shards)
             .map(|_| Inbox::new(capacity))
             .collect::<Result<Vec<_>, _>>()?;
@@ -501,23 +515,34 @@ impl Mesh {
             journal: OnceLock::new(),
             cluster: OnceLock::new(),
             seeds: Mutex::new(Vec::new()),
+            placement: crate::placement::Placement::new(shards, slots),
         }))
     }
 
+    /// `channel`'s home shard, claimed for shard `claimant` if it has none yet
+    /// ([`crate::placement`]).
+    #[inline]
+    pub fn home(&self, channel: &str, claimant: u16) -> u16 {
+        self.placement.home(channel, claimant)
+    }
+
+    /// `channel`'s home shard as asked from outside the shards (server API, cluster
+    /// link, store): its hash shard if it has none yet.
+    #[inline]
+    pub fn home_of(&self, channel: &str) -> u16 {
+        self.placement.home_of(channel)
+    }
+
     /// Attach a store before the shards start: its link, and the streams it read back
-    /// (each goes to its channel's owner shard).
+    /// (each goes to its channel's home shard, claimed for its hash shard).
     pub fn attach(&self, durable: Durable) -> Result<(), crate::Error> {
         let shards = self.shards();
         let mut per_shard: Vec<ShardSeeds> = (0..shards).map(|_| Default::default()).collect();
         for s in durable.seeds {
-            per_shard[crate::streams::owner(&s.channel, shards) as usize]
-                .streams
-                .push(s);
+            per_shard[self.home_of(&s.channel) as usize].streams.push(s);
         }
         for m in durable.marks {
-            per_shard[crate::streams::owner(&m.channel, shards) as usize]
-                .marks
-                .push(m);
+            per_shard[self.home_of(&m.channel) as usize].marks.push(m);
         }
         for s in durable.sessions {
             // With fewer shards than before, a pid's home is asked modulo the count.

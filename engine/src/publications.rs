@@ -121,6 +121,9 @@ pub enum PublishReply {
         conn: ConnKey,
         /// Id of its `publish` command.
         req_id: u32,
+        /// Answer only a refusal (`"reply": false`, a Socket.IO emit without ack): a
+        /// position is not sent, so it does not cross back from another shard either.
+        quiet: bool,
     },
     /// The server API.
     Api(tokio::sync::oneshot::Sender<Sequenced>),

@@ -210,3 +210,70 @@ fn publications(msgs: Vec<Value>) -> Vec<(u64, String)> {
         })
         .collect()
 }
+
+#[test]
+fn a_channel_lives_on_the_shard_that_used_it_first() {
+    let mut sim = Sim::new(2, config());
+    // Channels a hash would put on shard 0, first used from shard 1.
+    let channels: Vec<String> = (0..)
+        .map(|i| format!("room:placed:{i}"))
+        .filter(|c| switchboard_engine::streams::owner(c, 2) == 0)
+        .take(3)
+        .collect();
+    let (near, _) = sim.connect(1, "near");
+    for (i, c) in channels.iter().enumerate() {
+        let id = 10 + i as u64;
+        sim.command(
+            near,
+            &format!(r#"{{"id":{id},"cmd":"subscribe","channel":"{c}"}}"#),
+        );
+        assert_eq!(sim.reply(near, id)["result"]["offset"], 0);
+        assert_eq!(sim.owner(c), 1, "{c}: home where it was first used");
+    }
+    let streams = |sim: &Sim, shard: usize| {
+        sim.shards[shard]
+            .metrics()
+            .streams
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // A subscriber on the other shard is served from the home, in order.
+    let (far, _) = sim.connect(0, "far");
+    sim.command(
+        far,
+        &format!(
+            r#"{{"id":2,"cmd":"subscribe","channel":"{}"}}"#,
+            channels[0]
+        ),
+    );
+    assert_eq!(sim.reply(far, 2)["result"]["offset"], 0);
+    for (id, text) in [(20, "a"), (21, "b")] {
+        sim.command(
+            near,
+            &format!(
+                r#"{{"id":{id},"cmd":"publish","channel":"{}","data":"{text}"}}"#,
+                channels[0]
+            ),
+        );
+    }
+    let got = sim.messages(near);
+    let reply = got.iter().find(|m| m["id"] == 21).expect("publish reply");
+    assert_eq!(reply["result"]["offset"], 2);
+    let want = vec![(1, "a".to_string()), (2, "b".to_string())];
+    assert_eq!(publications(got), want);
+    assert_eq!(publications(sim.messages(far)), want);
+    // A publication from the far shard crosses to the home and back, still in order.
+    sim.command(
+        far,
+        &format!(
+            r#"{{"id":3,"cmd":"publish","channel":"{}","data":"c"}}"#,
+            channels[0]
+        ),
+    );
+    let got = sim.messages(far);
+    let reply = got.iter().find(|m| m["id"] == 3).expect("publish reply");
+    assert_eq!(reply["result"]["offset"], 3);
+    assert_eq!(publications(got), vec![(3, "c".into())]);
+    assert_eq!(publications(sim.messages(near)), vec![(3, "c".into())]);
+    sim.advance(1_000); // the gauge is refreshed by the shards' timers
+    assert_eq!((streams(&sim, 0), streams(&sim, 1)), (0, 3));
+}

@@ -9,7 +9,8 @@
 //!   publishing; [`storm`] for the connect-storm scenario.
 //! - [`stats`]: HDR histograms, timeline, loss accounting, merging across workers.
 //! - [`html`]: self-contained HTML reports and comparisons.
-//! - [`capacity`]: the capacity model (fit, predict).
+//! - [`capacity`]: the capacity model (fit, predict); [`ratios`]: servers ÷ a baseline
+//!   measured in the same run, with the spread over passes.
 //! - [`scrape`]: reading the server's Prometheus `/metrics`.
 //! - [`run`]: the coordinator; [`resources`]: `/proc` sampling; [`report`]: results.
 //! - [`schedule`]: the open-model send schedule.
@@ -24,6 +25,7 @@ pub mod clock;
 pub mod conn;
 pub mod html;
 pub mod proto;
+pub mod ratios;
 pub mod report;
 pub mod resources;
 pub mod run;

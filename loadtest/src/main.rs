@@ -113,6 +113,17 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Print each server's ratio to a baseline server measured in the same run, per
+    /// scenario and metric, with the spread over passes (results named
+    /// `<prefix>-p<pass>-<server>-<scenario>.json`, as `bench-all.sh versus` writes them).
+    Ratios {
+        /// Result files (JSON) written by `run`.
+        #[arg(required = true)]
+        results: Vec<PathBuf>,
+        /// The server every other is divided by.
+        #[arg(long, default_value = "bun")]
+        baseline: String,
+    },
     /// Print a Markdown table of results (one row per result file), for docs.
     Markdown {
         /// Result files (JSON) written by `run`.
@@ -181,6 +192,13 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Report { results, out } => match report_files(&results, out.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Ratios { results, baseline } => match ratios(&results, &baseline) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -363,6 +381,35 @@ fn compare(files: &[PathBuf], html: &std::path::Path) -> anyhow::Result<()> {
     }
     std::fs::write(html, html::render_compare(&refs, &labels))?;
     println!("report       {}", html.display());
+    Ok(())
+}
+
+fn ratios(files: &[PathBuf], baseline: &str) -> anyhow::Result<()> {
+    use switchboard_loadtest::ratios::{parse_stem, table, Named};
+    let mut named = Vec::new();
+    for f in files {
+        let stem = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some((pass, server, scenario)) = parse_stem(&stem) else {
+            anyhow::bail!(
+                "{}: not named <prefix>-p<pass>-<server>-<scenario>",
+                f.display()
+            );
+        };
+        let text =
+            std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        let result =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        named.push(Named {
+            pass,
+            server,
+            scenario,
+            result,
+        });
+    }
+    print!("{}", table(&named, baseline));
     Ok(())
 }
 

@@ -106,6 +106,9 @@ pub struct Scenario {
     pub extra_channels: usize,
     /// `typing` commands per second per room member (rooms, Switchboard).
     pub typing_rate: f64,
+    /// Whether a Switchboard `publish` asks for its position (`false`: `"reply": false`,
+    /// answered only when refused — as a Socket.IO emit without ack).
+    pub publish_reply: bool,
 }
 
 impl Default for Scenario {
@@ -139,6 +142,7 @@ impl Default for Scenario {
             storm_max_failure_ratio: 0.01,
             extra_channels: 0,
             typing_rate: 0.0,
+            publish_reply: true,
         }
     }
 }

@@ -94,7 +94,7 @@ pub async fn run_worker(view: &WorkerView, index: usize) -> Vec<StormStep> {
                 view.server,
                 view.host.clone(),
                 view.path.clone(),
-                view.source,
+                view.source(index, serial),
             );
             let timeout = Duration::from_millis(s.connect_timeout_ms);
             handles.push(tokio::task::spawn_local(async move {

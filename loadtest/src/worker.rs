@@ -235,8 +235,8 @@ pub struct WorkerView {
     pub path: String,
     /// Subprotocol.
     pub subprotocol: Option<&'static str>,
-    /// Source address.
-    pub source: Option<Ipv4Addr>,
+    /// Whether connections spread over source addresses 127.0.0.2 … (loopback server).
+    pub loopback: bool,
     /// Protocol.
     pub proto: Rc<dyn Fn() -> Box<dyn Protocol>>,
     /// Start signal.
@@ -262,6 +262,20 @@ impl Shared {
     }
 }
 
+impl WorkerView {
+    /// Source address of the `serial`th connection of worker `index`: the workers'
+    /// connections take 127.0.0.2 … 127.0.0.(1 + source_ips) in turn, so a storm is not
+    /// held to one address's connection rate (the server limits each address).
+    pub fn source(&self, index: usize, serial: u64) -> Option<Ipv4Addr> {
+        let n = self.scenario.source_ips.max(1);
+        let i = (serial as usize)
+            .wrapping_mul(self.scenario.worker_count())
+            .wrapping_add(index);
+        self.loopback
+            .then(|| Ipv4Addr::new(127, 0, 0, 2 + (i % n) as u8))
+    }
+}
+
 fn shared_view(s: &Rc<Shared>) -> WorkerView {
     let scenario = s.scenario.clone();
     let sc2 = scenario.clone();
@@ -270,7 +284,7 @@ fn shared_view(s: &Rc<Shared>) -> WorkerView {
         host: s.host.clone(),
         path: s.proto.path(&s.base_path, &ConnCtx::default()),
         subprotocol: s.proto.subprotocol(),
-        source: s.source(0),
+        loopback: s.loopback,
         proto: Rc::new(move || proto::for_scenario(&sc2)),
         start: s.start.clone(),
         scenario,

@@ -440,7 +440,7 @@ async fn spent_elsewhere(relay: &Relay, payload: &[u8]) {
     let mut by_shard: Vec<Vec<switchboard_engine::cluster::UserSpent>> =
         (0..relay.shards.shards()).map(|_| Vec::new()).collect();
     for u in users {
-        by_shard[relay.owner(&u.user)].push(u);
+        by_shard[relay.user_owner(&u.user)].push(u);
     }
     for (shard, list) in by_shard.into_iter().enumerate() {
         if !list.is_empty() {

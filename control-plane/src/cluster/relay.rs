@@ -115,8 +115,14 @@ impl Relay {
         splitmix(self.seed ^ h ^ splitmix(n ^ crate::clock::now_ms()))
     }
 
+    /// The home shard of `channel` (where its records go).
     pub(super) fn owner(&self, channel: &str) -> usize {
-        engine_streams::owner(channel, self.shards.shards()) as usize
+        self.shards.home_of(channel)
+    }
+
+    /// The shard that owns `user`'s rate-limit budget (a hash of the id).
+    pub(super) fn user_owner(&self, user: &str) -> usize {
+        engine_streams::owner(user, self.shards.shards()) as usize
     }
 
     /// Send `msg` to `shard`, waiting (without blocking the thread) while its inbox is
@@ -149,11 +155,13 @@ impl Relay {
                 shard,
                 conn,
                 req_id,
+                quiet,
             } => {
                 let msg = ShardMsg::Published {
                     conn,
                     req_id,
                     result,
+                    quiet,
                 };
                 self.tell(shard as usize, msg).await;
             }

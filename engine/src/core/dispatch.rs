@@ -58,13 +58,20 @@ impl ShardCore {
                 data,
                 key,
                 meta,
-            } => self.publish_from(slot, id, &channel, data, meta, key.as_deref()),
+                reply,
+            } => {
+                let quiet = !reply || self.asked_no_ack(slot, id);
+                self.publish_from(slot, id, &channel, data, meta, key.as_deref(), quiet)
+            }
             Command::Send {
                 user,
                 data,
                 key,
                 meta,
-            } => self.send_direct(slot, id, &user, data, meta, key.as_deref()),
+            } => {
+                let quiet = self.asked_no_ack(slot, id);
+                self.send_direct(slot, id, &user, data, meta, key.as_deref(), quiet)
+            }
             Command::Ack { offset } => self.ack_inbox(slot, id, offset),
             Command::Receipt {
                 channel,

@@ -16,10 +16,10 @@ use crate::journal::{MarkKind, MarkRecord};
 use crate::marks::ReceiptList;
 use crate::mesh::{MarkUpdate, ReplyBody, ShardMsg};
 use crate::metrics::CommandKind;
-use crate::streams;
 
 impl ShardCore {
     /// `send`: a direct message into `user`'s inbox, carrying the sender's user id.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn send_direct(
         &mut self,
         slot: u32,
@@ -28,6 +28,7 @@ impl ShardCore {
         data: Payload<'_>,
         meta: Option<Payload<'_>>,
         key: Option<&str>,
+        quiet: bool,
     ) {
         let Some(identity) = self.conns[slot as usize].identity.clone() else {
             return;
@@ -44,6 +45,7 @@ impl ShardCore {
             meta,
             key,
             Some(identity.user.clone()),
+            quiet,
         );
     }
 
@@ -99,7 +101,7 @@ impl ShardCore {
 
     /// Apply a cursor or receipt change on the channel's owner (here or there).
     pub(super) fn mark(&mut self, update: MarkUpdate) {
-        let owner = streams::owner(&update.channel, self.mesh.shards());
+        let owner = self.mesh.home(&update.channel, self.id);
         if owner == self.id {
             self.apply_mark(update);
         } else {
@@ -196,7 +198,7 @@ impl ShardCore {
             return self.reply_err(slot, id, code, why);
         }
         let answer = self.asker(slot, id);
-        let owner = streams::owner(channel, self.mesh.shards());
+        let owner = self.mesh.home(channel, self.id);
         if owner == self.id {
             let list = self.receipt_list(channel);
             self.answer_with(answer, list, CommandKind::Receipts, ReplyBody::Receipts);

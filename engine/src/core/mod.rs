@@ -549,7 +549,8 @@ impl ShardCore {
                 conn,
                 req_id,
                 result,
-            } => self.published(conn, req_id, result),
+                quiet,
+            } => self.published(conn, req_id, result, quiet),
             ShardMsg::Interest {
                 channel,
                 from,

@@ -18,7 +18,6 @@ use crate::access::Action;
 use crate::mesh::{PresenceKind, PresenceUpdate, Publication, ReplyBody, ShardMsg};
 use crate::metrics::CommandKind;
 use crate::presence::Event as PresenceEvent;
-use crate::streams;
 
 /// Presence and typing state of the shard.
 #[derive(Debug)]
@@ -95,7 +94,7 @@ impl ShardCore {
             device: conn.device().map(Box::from),
             kind,
         };
-        let owner = streams::owner(channel, self.mesh.shards());
+        let owner = self.mesh.home(channel, self.id);
         if owner == self.id {
             self.apply_presence(update);
         } else {
@@ -228,7 +227,7 @@ impl ShardCore {
             );
         }
         let answer = self.asker(slot, id);
-        let owner = streams::owner(channel, self.mesh.shards());
+        let owner = self.mesh.home(channel, self.id);
         if owner == self.id {
             self.answer_presence(channel.into(), members, answer);
         } else {

@@ -21,7 +21,7 @@ use crate::clock::Now;
 use crate::journal::{Batch, Durability, Record, Refusal as JournalRefusal};
 use crate::mesh::{EncodedFrames, PublishReply, Refused, SequenceReq, Sequenced, ShardMsg};
 use crate::metrics::{CommandKind, ShardMetrics};
-use crate::streams::{self, Entry};
+use crate::streams::Entry;
 
 /// A `sync` publication sequenced and handed to the store, not yet released.
 #[derive(Debug)]
@@ -74,6 +74,7 @@ impl StoreQueue {
 }
 
 impl ShardCore {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn publish_from(
         &mut self,
         slot: u32,
@@ -82,15 +83,17 @@ impl ShardCore {
         data: Payload<'_>,
         meta: Option<Payload<'_>>,
         key: Option<&str>,
+        quiet: bool,
     ) {
         if let Err((code, why)) = self.check_channel(slot, channel, Action::Publish) {
             return self.reply_err(slot, id, code, why);
         }
-        self.route_publish(slot, id, channel, data, meta, key, None);
+        self.route_publish(slot, id, channel, data, meta, key, None, quiet);
     }
 
     /// Hand a connection's checked publication to the channel's owner (this shard or
-    /// another), which answers its `publish` with the position.
+    /// another), which answers its `publish` with the position (`quiet`: only with a
+    /// refusal).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn route_publish(
         &mut self,
@@ -101,16 +104,18 @@ impl ShardCore {
         meta: Option<Payload<'_>>,
         key: Option<&str>,
         from: Option<Arc<str>>,
+        quiet: bool,
     ) {
         if self.links.spill.len() >= SPILL_LIMIT {
             return self.reply_err(slot, id, ErrorCode::Overloaded, "server overloaded, retry");
         }
         ShardMetrics::add(&self.metrics.publications, 1);
-        let owner = streams::owner(channel, self.mesh.shards());
+        let owner = self.mesh.home(channel, self.id);
         let reply = PublishReply::Client {
             shard: self.id,
             conn: self.key(slot),
             req_id: id,
+            quiet,
         };
         if owner == self.id {
             return self.sequence(channel, data, meta, self.clock.mono, key, from, None, reply);
@@ -128,7 +133,7 @@ impl ShardCore {
         // The edge check (see `Payload::validate`): refused here, never at a later read.
         data.validate()
             .map_err(|fault| WireError::Envelope(fault.message().into()))?;
-        let owner = streams::owner(channel, self.mesh.shards());
+        let owner = self.mesh.home(channel, self.id);
         if owner == self.id {
             self.sequence(
                 channel,
@@ -165,7 +170,7 @@ impl ShardCore {
     ) -> Result<(), WireError> {
         data.validate()
             .map_err(|fault| WireError::Envelope(fault.message().into()))?;
-        let owner = streams::owner(channel, self.mesh.shards());
+        let owner = self.mesh.home(channel, self.id);
         let created = self.clock.mono;
         if owner == self.id {
             self.sequence(
@@ -208,7 +213,7 @@ impl ShardCore {
         event: Option<Arc<str>>,
         reply: PublishReply,
     ) {
-        debug_assert_eq!(streams::owner(channel, self.mesh.shards()), self.id);
+        debug_assert_eq!(self.mesh.home(channel, self.id), self.id);
         let (from, event, reply) = if self.shares(channel) {
             // Nodes share Redis: it sequences, and the record comes back to deliver.
             match self.publish_shared(channel, data, meta, created, key, from, event, reply) {
@@ -502,21 +507,28 @@ impl ShardCore {
     pub(super) fn answer_publish(&mut self, reply: PublishReply, result: Sequenced) {
         match reply {
             PublishReply::None => {}
+            // A position nobody asked for: counted as answered, sent nowhere.
+            PublishReply::Client { quiet: true, .. } if result.is_ok() => {
+                self.metrics.answered(CommandKind::Publish, None)
+            }
             PublishReply::Client {
                 shard,
                 conn,
                 req_id,
-            } if shard == self.id => self.published(conn, req_id, result),
+                ..
+            } if shard == self.id => self.published(conn, req_id, result, false),
             PublishReply::Client {
                 shard,
                 conn,
                 req_id,
+                ..
             } => self.send_to(
                 shard,
                 ShardMsg::Published {
                     conn,
                     req_id,
                     result,
+                    quiet: false,
                 },
             ),
             PublishReply::Api(tx) => {
@@ -525,9 +537,12 @@ impl ShardCore {
         }
     }
 
-    /// Answer a connection's `publish`, if it is still open.
-    pub(super) fn published(&mut self, conn: ConnKey, req_id: u32, result: Sequenced) {
+    /// Answer a connection's `publish`, if it is still open (`quiet`: only a refusal).
+    pub(super) fn published(&mut self, conn: ConnKey, req_id: u32, result: Sequenced, quiet: bool) {
         self.answering = CommandKind::Publish;
+        if quiet && result.is_ok() {
+            return self.metrics.answered(CommandKind::Publish, None);
+        }
         let open = self
             .conns
             .get(conn.slot as usize)

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use switchboard_protocol::envelope::{self, Empty};
 
-use switchboard_protocol::{CloseCode, ErrorCode, Payload};
+use switchboard_protocol::{CloseCode, ErrorCode, Format, Payload};
 
 use super::conn::{mark_dirty, ConnKey, ConnState};
 use super::ShardCore;
@@ -16,6 +16,12 @@ use crate::mesh::{Answer, Refused, ReplyBody, ReplyKind, ShardMsg, StreamReply};
 use crate::metrics::CommandKind;
 
 impl ShardCore {
+    /// Whether command `id` of the connection in `slot` asked for no answer on success:
+    /// a Socket.IO event emitted without an ack.
+    pub(super) fn asked_no_ack(&self, slot: u32, id: u32) -> bool {
+        id == envelope::sio::NO_ACK && self.conns[slot as usize].format == Format::SocketIo
+    }
+
     /// The key of the connection in `slot` (for answers that come back later).
     pub(super) fn key(&self, slot: u32) -> ConnKey {
         ConnKey {

@@ -29,7 +29,7 @@ use super::ShardCore;
 use crate::cluster::{ClusterBatch, ClusterLink, ClusterMsg, LinkReq, RemoteRecord, SharedPublish};
 use crate::journal::{Durability, SeedEntry, SeedStream};
 use crate::mesh::{EncodedFrames, PublishReply, Refused, ShardMsg, StreamQuery};
-use crate::streams::{self, Entry};
+use crate::streams::Entry;
 
 /// Most live records held for one channel while its stream is read.
 const HOLD_LIMIT: usize = 4096;
@@ -125,7 +125,7 @@ impl ShardCore {
             return;
         }
         let channel: Arc<str> = format!("{}:{user}", self.cfg.personal_namespace).into();
-        let owner = streams::owner(&channel, self.mesh.shards());
+        let owner = self.mesh.home(&channel, self.id);
         if owner == self.id {
             return self.shared_interest(&channel);
         }
@@ -201,7 +201,7 @@ impl ShardCore {
     /// On the owner: whether the node has subscribers of `channel` changed? Subscribe
     /// to (or leave) its records in Redis.
     pub(super) fn shared_interest(&mut self, channel: &Arc<str>) {
-        if !self.shares(channel) || streams::owner(channel, self.mesh.shards()) != self.id {
+        if !self.shares(channel) || self.mesh.home(channel, self.id) != self.id {
             return;
         }
         let wanted = self.channels.local(channel).is_some()

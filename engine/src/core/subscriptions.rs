@@ -19,7 +19,6 @@ use crate::mesh::{
     PresenceKind, QueryKind, ReplyKind, ShardMsg, StreamQuery, StreamReply, UserSubscription,
 };
 use crate::metrics::CommandKind;
-use crate::streams;
 
 /// Subscriptions on their way in.
 #[derive(Debug, Default)]
@@ -182,7 +181,7 @@ impl ShardCore {
             device,
             api: None,
         };
-        let owner = streams::owner(&q.channel, self.mesh.shards());
+        let owner = self.mesh.home(&q.channel, self.id);
         if owner == self.id {
             if let Some(q) = self.park(q) {
                 self.answer_query(q);

@@ -65,15 +65,23 @@ pub struct Recovery {
     pub publications: Vec<Entry>,
 }
 
-/// The shard that sequences `channel` among `shards` shards (FNV-1a of the name).
+/// FNV-1a of a channel (or user) name: spreads names over shards and placement slots.
 #[inline]
-pub fn owner(channel: &str, shards: usize) -> u16 {
+pub fn name_hash(name: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in channel.as_bytes() {
+    for &b in name.as_bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    (h % shards.max(1) as u64) as u16
+    h
+}
+
+/// The shard a name hashes to among `shards` shards: a user's rate-limit owner, and a
+/// channel's home when placement is off or the claim comes from outside the shards
+/// (see [`crate::mesh::Mesh::home`]).
+#[inline]
+pub fn owner(channel: &str, shards: usize) -> u16 {
+    (name_hash(channel) % shards.max(1) as u64) as u16
 }
 
 #[derive(Debug)]

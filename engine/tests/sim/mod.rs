@@ -386,8 +386,9 @@ impl Sim {
         self.shards[client.shard].state(client.key).is_none()
     }
 
-    /// The shard a channel's stream lives on.
+    /// The shard a channel's stream lives on (its home; claimed for its hash shard if
+    /// nothing used the channel yet).
     pub fn owner(&self, channel: &str) -> usize {
-        switchboard_engine::streams::owner(channel, self.shards.len()) as usize
+        self.mesh.home_of(channel) as usize
     }
 }

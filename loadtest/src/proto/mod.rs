@@ -92,7 +92,9 @@ pub trait Protocol: Send + Sync {
 /// The protocol a scenario asks for.
 pub fn for_scenario(s: &Scenario) -> Box<dyn Protocol> {
     match s.protocol {
-        ProtocolName::Switchboard => Box::new(Switchboard::new(s.format == "json")),
+        ProtocolName::Switchboard => {
+            Box::new(Switchboard::new(s.format == "json", s.publish_reply))
+        }
         ProtocolName::Socketio => Box::new(SocketIo),
         ProtocolName::SwitchboardSocketio => Box::new(SwitchboardSocketIo),
         ProtocolName::Raw => Box::new(Raw),

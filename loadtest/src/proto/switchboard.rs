@@ -14,13 +14,16 @@ const CONNECT_ID: u32 = 1;
 #[derive(Debug, Clone, Copy)]
 pub struct Switchboard {
     format: Format,
+    /// Publishes ask for their position (else `"reply": false`).
+    reply: bool,
 }
 
 impl Switchboard {
-    /// JSON if `json`, else MessagePack.
-    pub fn new(json: bool) -> Self {
+    /// JSON if `json`, else MessagePack; `reply`: whether publishes ask for a position.
+    pub fn new(json: bool, reply: bool) -> Self {
         Switchboard {
             format: if json { Format::Json } else { Format::MsgPack },
+            reply,
         }
     }
 
@@ -108,6 +111,7 @@ impl Protocol for Switchboard {
                 },
                 key: None,
                 meta: None,
+                reply: self.reply,
             },
         };
         self.out(&req)
@@ -152,7 +156,7 @@ mod tests {
     #[test]
     fn publish_round_trips_through_a_publication() {
         for json in [false, true] {
-            let p = Switchboard::new(json);
+            let p = Switchboard::new(json, true);
             let out = p.publish("c", 5, "1.2.3.xx");
             let req = envelope::decode_request(p.format, &out.bytes).unwrap();
             let Command::Publish { data, .. } = req.command else {

@@ -152,6 +152,8 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         #[serde(skip_serializing_if = "Option::is_none")]
         key: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
+        reply: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
         reconnect: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         device: Option<&'a str>,
@@ -209,6 +211,7 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         limit: None,
         reverse: None,
         key: None,
+        reply: None,
         reconnect: None,
         device: None,
         positions: None,
@@ -272,9 +275,11 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
             data: d,
             key,
             meta: m,
+            reply,
         } => {
             out.channel = Some(channel);
             out.key = key.as_deref();
+            out.reply = (!reply).then_some(false);
             (data, meta) = (Some(d), m.as_ref());
             "publish"
         }

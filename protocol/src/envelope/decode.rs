@@ -89,6 +89,7 @@ envelope_fields!(
     call,
     to,
     media,
+    reply,
 );
 
 /// A key that is present holds a value, even `null` (plain `Option` would turn a
@@ -438,16 +439,19 @@ pub fn decode_request<'a>(format: Format, bytes: &'a [u8]) -> Result<Request<'a>
             str_field(f.channel),
             f.data,
             f.key.map(|r| read_str(format, r)),
+            f.reply.map(|r| read_bool(format, r)),
         ) {
-            (_, _, Some(None)) => Command::Invalid("'key' must be a string"),
-            (_, _, Some(Some(k))) if k.is_empty() || k.len() > MAX_KEY_BYTES => {
+            (_, _, Some(None), _) => Command::Invalid("'key' must be a string"),
+            (_, _, Some(Some(k)), _) if k.is_empty() || k.len() > MAX_KEY_BYTES => {
                 Command::Invalid("'key' must be 1 to 128 bytes")
             }
-            (Some(channel), Some(raw), key) => Command::Publish {
+            (.., Some(None)) => Command::Invalid("'reply' must be a boolean"),
+            (Some(channel), Some(raw), key, reply) => Command::Publish {
                 channel,
                 data: Payload { format, raw },
                 key: key.flatten(),
                 meta: f.meta.map(|raw| Payload { format, raw }),
+                reply: reply.flatten().unwrap_or(true),
             },
             _ => Command::Invalid("publish needs a 'channel' string and 'data'"),
         },

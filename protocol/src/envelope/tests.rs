@@ -67,6 +67,7 @@ fn msgpack_commands_keep_data_raw() {
                 format: Format::MsgPack,
                 raw: &meta,
             }),
+            reply: false,
         },
     };
     let bytes = encode_request(Format::MsgPack, &req);
@@ -75,6 +76,7 @@ fn msgpack_commands_keep_data_raw() {
     for bad in [
         &br#"{"id":1,"cmd":"publish","channel":"a","data":1,"key":5}"#[..],
         br#"{"id":1,"cmd":"publish","channel":"a","data":1,"key":""}"#,
+        br#"{"id":1,"cmd":"publish","channel":"a","data":1,"reply":0}"#,
     ] {
         assert!(matches!(
             decode_request(Format::Json, bad).unwrap().command,
@@ -463,7 +465,7 @@ proptest! {
             Format::Json | Format::SocketIo => serde_json::to_vec(&value).unwrap(),
             Format::MsgPack => rmp_serde::to_vec_named(&value).unwrap(),
         };
-        let req = Request { id, command: Command::Publish { channel: channel.clone().into(), data: Payload { format, raw: &raw }, key: None, meta: Some(Payload { format, raw: &raw }) } };
+        let req = Request { id, command: Command::Publish { channel: channel.clone().into(), data: Payload { format, raw: &raw }, key: None, meta: Some(Payload { format, raw: &raw }), reply: true } };
         let bytes = encode_request(format, &req);
         prop_assert_eq!(decode_request(format, &bytes).unwrap(), req);
         // The publication carries the same value to both formats.

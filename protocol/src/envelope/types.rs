@@ -267,6 +267,9 @@ pub enum Command<'a> {
         /// Opaque metadata (attachments, content type, client-side id), carried next to
         /// `data` in publications and history, never interpreted.
         meta: Option<Payload<'a>>,
+        /// `false` (`"reply": false`): answer only a refusal, not the position — a
+        /// fire-and-forget publish, as a Socket.IO emit without ack.
+        reply: bool,
     },
     /// This user's notifications, newest first, and the unread count.
     Notifications {
