@@ -27,7 +27,9 @@
 #                Results $VS_PREFIX-p<pass>-<server>-<scenario>.json (VS_PREFIX=vs),
 #                then the ratios to Bun with their spread (`switchboard-loadtest
 #                ratios`) in $VS_PREFIX-ratios.md
-#                (docs/BENCHMARKS.md "Against uWebSockets"; VS_SCENARIOS picks some)
+#                (docs/BENCHMARKS.md "Against uWebSockets"; VS_SCENARIOS picks some,
+#                VS_SHARDS=1 runs Switchboard on one shard; VS_SERVERS="sio bun" adds
+#                or picks servers: sio is Switchboard's Socket.IO endpoint)
 #   protection   fanout and echo without and with rate limits on every command, twice
 #                each, alternating (docs/BENCHMARKS.md "What rate limiting and metrics
 #                cost"; the commit before them: BASE=<binary> runs it as a third server)
@@ -199,13 +201,17 @@ if has versus; then
         connect-storm) args=(connect-storm) ;;
         *) echo "unknown versus scenario $sc" >&2; exit 2 ;;
       esac
-      for srv in epoll uring bun; do
+      for srv in ${VS_SERVERS:-epoll uring bun}; do
         if [ "$srv" = bun ]; then
           [ "$sc" = connect-storm ] && continue
           start_node bun 7600
           run "$VS-p$pass-bun-$sc" "${args[@]}" --set protocol=raw --set url=ws://127.0.0.1:7600/
+        elif [ "$srv" = sio ]; then
+          # Switchboard's Socket.IO endpoint (default backend), its event vocabulary.
+          start_switchboard "${VS_SHARDS:-0}" auto
+          run "$VS-p$pass-sio-$sc" "${args[@]}" --set protocol=switchboard-socketio
         else
-          start_switchboard 0 "$srv"
+          start_switchboard "${VS_SHARDS:-0}" "$srv"
           run "$VS-p$pass-$srv-$sc" "${args[@]}"
         fi
         stop
