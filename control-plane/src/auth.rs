@@ -3,9 +3,11 @@
 //!
 //! Owns the accepted keys (HS256 secret, RS256 and ES256 public keys from PEM files),
 //! the claim checks (exp, nbf with leeway, iss and aud when configured, `sub` required)
-//! and the mapping of failures to error codes. Shards send `ControlRequest`s over a
-//! bounded channel; verification runs here, on its own threads, and the verdict goes
-//! back through the shard's inbox, so a burst of connects never stalls a shard.
+//! and the mapping of failures to error codes. An HS256 token is verified on the shard
+//! that got it ([`ShardVerifier`], an HMAC: cheaper than the two thread wake-ups of a
+//! round trip); a public-key token (RS256/ES256) goes over a bounded channel to this
+//! module's threads and the verdict comes back through the shard's inbox, so a burst
+//! of those never stalls a shard.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +18,8 @@ use crossbeam_channel::Receiver;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use switchboard_engine::{AuthFailure, ControlRequest, Identity, ShardMsg, ShardSender};
+use switchboard_engine::auth::InlineVerifier;
+use switchboard_engine::{AuthFailure, ConnKey, ControlRequest, Identity, ShardMsg, ShardSender};
 use switchboard_protocol::ErrorCode;
 
 use crate::config::AuthConfig;
@@ -364,6 +367,55 @@ pub struct AuthStats {
     pub refused: AtomicU64,
 }
 
+impl AuthStats {
+    /// Count a verdict; a refusal is logged (never the token itself: only why).
+    fn count(&self, shard: u16, conn: ConnKey, result: &Result<Identity, AuthFailure>) {
+        let counter = match result {
+            Ok(_) => &self.accepted,
+            Err(f) => {
+                tracing::info!(
+                    target: "security",
+                    client = %format_args!("{shard}.{}.{}", conn.slot, conn.gen),
+                    code = f.code as u16,
+                    reason = %f.message,
+                    "token refused"
+                );
+                &self.refused
+            }
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The shards' own verifier: HS256 tokens are checked on the shard that got them
+/// (an HMAC costs less than the two thread wake-ups of asking an auth thread);
+/// public-key tokens go to the auth threads.
+#[derive(Debug)]
+pub struct ShardVerifier {
+    /// The keys and claim checks (shared with the auth threads).
+    pub verifier: Arc<Verifier>,
+    /// Verdict counters (shared with the auth threads).
+    pub stats: Arc<AuthStats>,
+}
+
+impl InlineVerifier for ShardVerifier {
+    fn verify_inline(
+        &self,
+        token: &str,
+        shard: u16,
+        conn: ConnKey,
+    ) -> Option<Result<Identity, AuthFailure>> {
+        let cheap = jsonwebtoken::decode_header(token).is_ok_and(|h| h.alg == Algorithm::HS256);
+        if !cheap {
+            // Public-key tokens, and malformed ones (the threads say why).
+            return None;
+        }
+        let result = self.verifier.verify(token);
+        self.stats.count(shard, conn, &result);
+        Some(result)
+    }
+}
+
 /// Start `threads` workers answering shards' token checks until every sender is gone;
 /// scheduling requests go on to `scheduler`.
 pub fn spawn_workers(
@@ -394,26 +446,12 @@ pub fn spawn_workers(
                                 req_id,
                                 token,
                             } => {
-                                let result = verifier.verify(&token).map(Arc::new);
-                                let counter = match &result {
-                                    Ok(_) => &stats.accepted,
-                                    Err(f) => {
-                                        // Never the token itself: only why.
-                                        tracing::info!(
-                                            target: "security",
-                                            client = %format_args!("{shard}.{}.{}", conn.slot, conn.gen),
-                                            code = f.code as u16,
-                                            reason = %f.message,
-                                            "token refused"
-                                        );
-                                        &stats.refused
-                                    }
-                                };
-                                counter.fetch_add(1, Ordering::Relaxed);
+                                let result = verifier.verify(&token);
+                                stats.count(shard, conn, &result);
                                 let msg = ShardMsg::AuthDone {
                                     conn,
                                     req_id,
-                                    result,
+                                    result: result.map(Arc::new),
                                 };
                                 (shard, msg)
                             }
@@ -438,6 +476,49 @@ mod tests {
 
     fn cfg() -> AuthConfig {
         AuthConfig::default()
+    }
+
+    #[test]
+    fn shards_verify_hs256_and_hand_on_the_rest() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine as _;
+        let stats = Arc::new(AuthStats::default());
+        let v = ShardVerifier {
+            verifier: Arc::new(Verifier::new(&cfg(), Some(SECRET)).unwrap()),
+            stats: stats.clone(),
+        };
+        let conn = ConnKey { slot: 1, gen: 1 };
+        let good = mint(SECRET, "ann", None, Duration::from_secs(60), &cfg());
+        let verdict = v
+            .verify_inline(&good, 0, conn)
+            .expect("HS256: on the shard");
+        assert_eq!(&*verdict.unwrap().user, "ann");
+        let forged = mint(
+            "another-secret-0123456789",
+            "ann",
+            None,
+            Duration::from_secs(60),
+            &cfg(),
+        );
+        let verdict = v
+            .verify_inline(&forged, 0, conn)
+            .expect("HS256: on the shard");
+        assert_eq!(verdict.unwrap_err().code, ErrorCode::Unauthorized);
+        // A public-key token (its header names RS256) and a malformed one go on to the
+        // auth threads, which say why.
+        let rs256 = format!(
+            "{}.e30.sig",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"JWT"}"#)
+        );
+        assert!(v.verify_inline(&rs256, 0, conn).is_none());
+        assert!(v.verify_inline("not a token", 0, conn).is_none());
+        assert_eq!(
+            (
+                stats.accepted.load(Ordering::Relaxed),
+                stats.refused.load(Ordering::Relaxed)
+            ),
+            (1, 1)
+        );
     }
 
     #[test]

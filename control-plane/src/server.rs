@@ -128,6 +128,12 @@ impl Server {
         let (hooks, hook_threads) = crate::hooks::spawn(&cfg.socketio, engine.sender())
             .map_err(|e| Error::start("the hook threads", e))?;
         let auth_stats = Arc::new(AuthStats::default());
+        // From here on HS256 tokens are verified on the shards (revocations replayed
+        // above); public-key tokens go to the auth threads below.
+        engine.attach_verifier(Arc::new(auth::ShardVerifier {
+            verifier: verifier.clone(),
+            stats: auth_stats.clone(),
+        }));
         let revocations = verifier.revocations().clone();
         let auth_threads = auth::spawn_workers(
             cfg.auth.threads,

@@ -1,14 +1,31 @@
 //! What shards ask the control plane about tokens, and what they get back.
 //!
-//! Owns the request and answer types and the channel-permission check applied on the
-//! shard ([`Identity::may_use`]). Does not verify tokens: that runs on control-plane
-//! threads so a burst of connects never stalls a shard.
+//! Owns the request and answer types, the channel-permission check applied on the
+//! shard ([`Identity::may_use`]) and the seam for verifying cheap tokens on the shard
+//! itself ([`InlineVerifier`]). Does not verify tokens: the control plane does — an
+//! HS256 token (an HMAC, about a microsecond) on the shard that got it, through
+//! [`InlineVerifier`]; a public-key token (RS256/ES256, tens of microseconds) on the
+//! control plane's threads, so a burst of those never stalls a shard.
 
 use std::sync::Arc;
 
 use switchboard_protocol::ErrorCode;
 
 use crate::core::ConnKey;
+
+/// Verifies a token on the shard when that costs less than handing it to another
+/// thread and back (two wake-ups per connect): attached once by the control plane
+/// ([`crate::Engine::attach_verifier`]).
+pub trait InlineVerifier: Send + Sync + std::fmt::Debug {
+    /// The verdict on `token` sent by connection `conn` of shard `shard`, or `None`
+    /// when it is to go to the control plane's threads (a public-key algorithm).
+    fn verify_inline(
+        &self,
+        token: &str,
+        shard: u16,
+        conn: ConnKey,
+    ) -> Option<Result<Identity, AuthFailure>>;
+}
 
 /// A request from a shard to the control plane.
 #[derive(Debug)]

@@ -569,6 +569,11 @@ impl EngineHandle {
         self.journal.as_ref()
     }
 
+    /// Let shards verify cheap tokens themselves from now on ([`crate::auth::InlineVerifier`]).
+    pub fn attach_verifier(&self, v: Arc<dyn crate::auth::InlineVerifier>) {
+        self.mesh.attach_verifier(v);
+    }
+
     /// The shared channels' link counters, when nodes share Redis.
     pub fn cluster_stats(&self) -> Option<Arc<crate::cluster::ClusterLinkStats>> {
         self.mesh.cluster().map(|l| l.stats().clone())

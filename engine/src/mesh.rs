@@ -479,6 +479,8 @@ pub struct Mesh {
     seeds: Mutex<Vec<ShardSeeds>>,
     /// Each channel's home shard.
     placement: crate::placement::Placement,
+    /// Verifies cheap tokens on the shard, once the control plane attached it.
+    verifier: OnceLock<Arc<dyn crate::auth::InlineVerifier>>,
 }
 
 impl Mesh {
@@ -516,7 +518,20 @@ impl Mesh {
             cluster: OnceLock::new(),
             seeds: Mutex::new(Vec::new()),
             placement: crate::placement::Placement::new(shards, slots),
+            verifier: OnceLock::new(),
         }))
+    }
+
+    /// Attach the verifier shards use for cheap tokens (once; later calls are ignored).
+    /// Until then every token goes to the control plane's threads.
+    pub fn attach_verifier(&self, v: Arc<dyn crate::auth::InlineVerifier>) {
+        let _ = self.verifier.set(v);
+    }
+
+    /// The attached inline verifier, if any.
+    #[inline]
+    pub fn verifier(&self) -> Option<&Arc<dyn crate::auth::InlineVerifier>> {
+        self.verifier.get()
     }
 
     /// `channel`'s home shard, claimed for shard `claimant` if it has none yet

@@ -60,6 +60,13 @@ impl ShardCore {
                 }
             },
         };
+        if let Some(v) = self.mesh.verifier().cloned() {
+            let key = self.key(slot);
+            if let Some(verdict) = v.verify_inline(&token, self.id, key) {
+                self.conns[slot as usize].state = ConnState::Authenticating { req_id: id };
+                return self.auth_done(key, id, verdict.map(Arc::new));
+            }
+        }
         let request = ControlRequest::Authenticate {
             shard: self.id,
             conn: self.key(slot),
