@@ -175,18 +175,7 @@ async fn a_call_between_users_on_different_nodes() {
 
 /// A node as a process of its own (to be killed), and its WebSocket address.
 fn node_process(redis: &RedisServer, id: &str) -> (std::process::Child, std::net::SocketAddr) {
-    let store = common::temp_store();
-    let config = common::write_config(
-        &store,
-        "",
-        "",
-        &format!(
-            "[cluster]\nredis_url = \"{}\"\nnode_id = \"{id}\"\nheartbeat_ms = 100\n\
-             node_ttl_ms = 400\n\n[calls]\ngrace_ms = 300\n",
-            redis.url()
-        ),
-    );
-    let (child, ws, _) = common::spawn_with_config(&config);
+    let (child, ws, _) = common::cluster_process(redis, id, "[calls]\ngrace_ms = 300\n");
     (child, ws)
 }
 

@@ -28,17 +28,7 @@ async fn publish(c: &mut Client, n: u64) -> Value {
 async fn a_killed_nodes_client_resumes_on_another_node_with_nothing_lost() {
     let redis = RedisServer::start();
     let n1 = node(&redis, "n1");
-    let store = common::temp_store();
-    let config = common::write_config(
-        &store,
-        "",
-        "",
-        &format!(
-            "[cluster]\nredis_url = \"{}\"\nnode_id = \"n2\"\nheartbeat_ms = 100\nnode_ttl_ms = 400\n",
-            redis.url()
-        ),
-    );
-    let (mut n2, n2_ws, _) = common::spawn_with_config(&config);
+    let (mut n2, n2_ws, _) = common::cluster_process(&redis, "n2", "");
 
     // Bob on n2, subscribed; ann publishes through n1, cat through n2.
     let mut bob = Client::open(n2_ws, Fmt::Json).await;

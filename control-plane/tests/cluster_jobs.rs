@@ -71,17 +71,7 @@ async fn scheduled_messages_outlive_the_node_that_took_them() {
     let redis = RedisServer::start();
     let n2 = node(&redis, "n2");
     // n1 is a process of its own, to be killed.
-    let store = common::temp_store();
-    let config = common::write_config(
-        &store,
-        "",
-        "",
-        &format!(
-            "[cluster]\nredis_url = \"{}\"\nnode_id = \"n1\"\nheartbeat_ms = 100\nnode_ttl_ms = 400\n",
-            redis.url()
-        ),
-    );
-    let (mut n1, _, n1_admin) = common::spawn_with_config(&config);
+    let (mut n1, _, n1_admin) = common::cluster_process(&redis, "n1", "");
     let mut sam = subscriber(&n2, "room:1").await;
 
     // Two messages through n1: one due in 1.5 s, one in an hour.

@@ -58,18 +58,8 @@ async fn presence_is_the_union_of_nodes_and_a_killed_node_leaves() {
     let n1 = node(&redis, "n1");
     let n2 = node(&redis, "n2");
     // The third node is a process of its own, to be killed.
-    let store = common::temp_store();
-    let config = common::write_config(
-        &store,
-        "",
-        "",
-        &format!(
-            "[cluster]\nredis_url = \"{}\"\nnode_id = \"n3\"\nheartbeat_ms = 100\n\
-             node_ttl_ms = 400\n\n[namespaces.visit]\npresence = true\n",
-            redis.url()
-        ),
-    );
-    let (mut n3, n3_ws, _) = common::spawn_with_config(&config);
+    let (mut n3, n3_ws, _) =
+        common::cluster_process(&redis, "n3", "[namespaces.visit]\npresence = true\n");
 
     let mut wes = Client::connect(n1.ws_addr(), Fmt::Json, &common::token("wes", None)).await;
     subscribe(&mut wes, "visit:1").await;

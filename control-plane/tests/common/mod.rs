@@ -741,6 +741,28 @@ pub fn cluster_node(redis: &RedisServer, id: &str, tweak: impl FnOnce(&mut Confi
     })
 }
 
+/// [`cluster_node`] as a process of its own (to be killed with SIGKILL): the binary
+/// with a fresh store and `extra` TOML after its `[cluster]` section. Its process,
+/// WebSocket and admin addresses.
+pub fn cluster_process(
+    redis: &RedisServer,
+    id: &str,
+    extra: &str,
+) -> (std::process::Child, SocketAddr, SocketAddr) {
+    let store = temp_store();
+    let config = write_config(
+        &store,
+        "",
+        "",
+        &format!(
+            "[cluster]\nredis_url = \"{}\"\nnode_id = \"{id}\"\nheartbeat_ms = 100\n\
+             node_ttl_ms = 400\n\n{extra}",
+            redis.url()
+        ),
+    );
+    spawn_with_config(&config)
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
