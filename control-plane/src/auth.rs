@@ -255,12 +255,19 @@ impl Verifier {
 
     /// Verify `token` and turn its claims into an identity.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthFailure> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthFailure {
+            code: ErrorCode::Unauthorized,
+            message: "malformed token".into(),
+        })?;
+        self.verify_with_header(token, &header)
+    }
+
+    /// [`Verifier::verify`] once the caller has read the token's header.
+    fn verify_with_header(&self, token: &str, header: &Header) -> Result<Identity, AuthFailure> {
         let fail = |code, message: &str| AuthFailure {
             code,
             message: message.to_string(),
         };
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| fail(ErrorCode::Unauthorized, "malformed token"))?;
         let Some((_, key, validation)) = self.keys.iter().find(|(alg, _, _)| *alg == header.alg)
         else {
             return Err(fail(
@@ -405,12 +412,12 @@ impl InlineVerifier for ShardVerifier {
         shard: u16,
         conn: ConnKey,
     ) -> Option<Result<Identity, AuthFailure>> {
-        let cheap = jsonwebtoken::decode_header(token).is_ok_and(|h| h.alg == Algorithm::HS256);
-        if !cheap {
-            // Public-key tokens, and malformed ones (the threads say why).
+        // Public-key tokens, and malformed ones (the threads say why), go on.
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        if header.alg != Algorithm::HS256 {
             return None;
         }
-        let result = self.verifier.verify(token);
+        let result = self.verifier.verify_with_header(token, &header);
         self.stats.count(shard, conn, &result);
         Some(result)
     }

@@ -193,6 +193,8 @@ fn errors_name_the_key() {
         ("[engine]\nrate_limit_disconnect_after = \"x\"\n", "rate_limit_disconnect_after"),
         ("[engine]\nrate_limit_users = 9999999\n", "engine.rate_limit_users"),
         ("[engine]\nrate_limit_users = -1\n", "rate_limit_users"),
+        ("[engine]\nchannel_homes = 2147483648\n", "engine.channel_homes"),
+        ("[engine]\nchannel_homes = \"many\"\n", "channel_homes"),
         (
             "[[admin.api_keys]]\nname = \"a\"\nkey = \"short\"\nscopes = [\"read\"]\n",
             "admin.api_keys[0].key",
