@@ -6,11 +6,13 @@
 # Usage: BASE_BENCH=/path/to/hot_paths-xxxx benches/compare.sh [FILTER]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The binaries are where cargo puts them (CARGO_TARGET_DIR is honoured).
+RELEASE=${CARGO_TARGET_DIR:-target}/release
 FILTER=${1:-'^(frame_decode|fanout|rate_limits)/'}
 ROUNDS=${ROUNDS:-2}
 : "${BASE_BENCH:?set BASE_BENCH to the hot_paths bench executable of the older build}"
 cargo bench --locked -p switchboard-benches --no-run >&2
-HEAD_BENCH=$(ls -t target/release/deps/hot_paths-* | grep -v '\.d$' | head -1)
+HEAD_BENCH=$(ls -t "$RELEASE"/deps/hot_paths-* | grep -v '\.d$' | head -1)
 run() { # who round binary
   "$3" --bench "$FILTER" --noplot 2>/dev/null |
     awk -v who="$1" -v round="$2" '

@@ -35,11 +35,13 @@
 #                cost"; the commit before them: BASE=<binary> runs it as a third server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The binaries are where cargo puts them (CARGO_TARGET_DIR is honoured).
+RELEASE=${CARGO_TARGET_DIR:-target}/release
 OUT=${OUT:-docs/benchmarks}
 SECRET=loadtest-secret-change-me-0123456789
 mkdir -p "$OUT"
 cargo build --release --locked -p switchboard-control-plane -p switchboard-loadtest >&2
-LT=target/release/switchboard-loadtest
+LT="$RELEASE"/switchboard-loadtest
 SERVER_PID=
 
 wait_port() {
@@ -65,7 +67,7 @@ start_switchboard() { # shards [io backend: auto|uring|epoll] [durability: none|
   # A fresh store per run, so no run inherits another's streams.
   SWITCHBOARD_STORE__PATH="$(mktemp -d)/switchboard.db" \
   SWITCHBOARD_AUTH__HMAC_SECRET=$SECRET SWITCHBOARD_LOG__LEVEL=warn \
-    target/release/switchboard serve --shards "$1" --io "${2:-epoll}" \
+    "$RELEASE"/switchboard serve --shards "$1" --io "${2:-epoll}" \
       --config "loadtest/configs/durability-${3:-none}.toml" >"$OUT/switchboard-server.log" 2>&1 &
   SERVER_PID=$!
   wait_port 7400
@@ -74,7 +76,7 @@ start_switchboard() { # shards [io backend: auto|uring|epoll] [durability: none|
 start_switchboard_with() { # config file under loadtest/configs (without .toml)
   SWITCHBOARD_STORE__PATH="$(mktemp -d)/switchboard.db" \
   SWITCHBOARD_AUTH__HMAC_SECRET=$SECRET SWITCHBOARD_LOG__LEVEL=warn \
-    target/release/switchboard serve --shards 0 --io epoll \
+    "$RELEASE"/switchboard serve --shards 0 --io epoll \
       --config "loadtest/configs/$1.toml" >"$OUT/switchboard-server.log" 2>&1 &
   SERVER_PID=$!
   wait_port 7400

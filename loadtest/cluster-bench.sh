@@ -13,6 +13,8 @@
 # Usage: loadtest/cluster-bench.sh   (OUT=…, ROUNDS=2, SCENARIOS="fanout rooms")
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The binaries are where cargo puts them (CARGO_TARGET_DIR is honoured).
+RELEASE=${CARGO_TARGET_DIR:-target}/release
 OUT=${OUT:-docs/benchmarks}
 ROUNDS=${ROUNDS:-2}
 SCENARIOS=${SCENARIOS:-fanout rooms}
@@ -21,7 +23,7 @@ REDIS_PORT=7900
 mkdir -p "$OUT"
 command -v redis-server >/dev/null || { echo "redis-server is required (apt-get install -y redis-server)" >&2; exit 1; }
 cargo build --release --locked -p switchboard-control-plane -p switchboard-loadtest >&2
-LT=target/release/switchboard-loadtest
+LT="$RELEASE"/switchboard-loadtest
 PIDS=()
 REDIS_PID=
 
@@ -58,7 +60,7 @@ start_switchboard() { # ws-port admin-port shards node-id [redis-url]
   SWITCHBOARD_STORE__PATH="$(mktemp -d)/switchboard.db" \
   SWITCHBOARD_AUTH__HMAC_SECRET=$SECRET SWITCHBOARD_LOG__LEVEL=warn \
   SWITCHBOARD_CLUSTER__REDIS_URL="${5:-}" SWITCHBOARD_CLUSTER__NODE_ID="$4" \
-    target/release/switchboard serve --listen "127.0.0.1:$1" --admin "127.0.0.1:$2" \
+    "$RELEASE"/switchboard serve --listen "127.0.0.1:$1" --admin "127.0.0.1:$2" \
       --shards "$3" --io epoll --config loadtest/configs/durability-none.toml \
       >"$OUT/cluster-$4.log" 2>&1 &
   PIDS+=($!)

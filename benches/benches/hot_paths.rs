@@ -993,6 +993,72 @@ fn rate_limits(c: &mut Criterion) {
     g.finish();
 }
 
+/// The echo scenario's server work per round trip, without the sockets: 1,000
+/// connections each subscribed to its own channel (history on, 64 kept), each in turn
+/// sending one masked publish frame to its channel; the core decodes it, sequences it,
+/// keeps it, queues it to the publisher and (with `reply`) answers. Compare with
+/// `loadtest run echo` (docs/BENCHMARKS.md "Against uWebSockets").
+fn echo(c: &mut Criterion) {
+    use std::net::{IpAddr, Ipv4Addr};
+    let mut g = c.benchmark_group("echo");
+    let (mut core, _rx) = fanout_core(0, "lt:unused");
+    let identity = Arc::new(switchboard_engine::Identity {
+        user: "echo".into(),
+        channels: None,
+        expires_at: None,
+        send_to: None,
+        schedule: false,
+        claims: Vec::new(),
+    });
+    let data = payload64();
+    let mut conns = Vec::new();
+    for i in 0..1000u32 {
+        let peer = IpAddr::V4(Ipv4Addr::from(0x7f00_0001 + i % 250));
+        let key = core.open_for_test(peer, Format::MsgPack, identity.clone());
+        let channel = format!("lt:echo-{i}");
+        core.subscribe_for_test(key, &channel);
+        let frames: Vec<Vec<u8>> = [true, false]
+            .into_iter()
+            .map(|reply| {
+                let command = envelope::encode_request(
+                    Format::MsgPack,
+                    &Request {
+                        id: 7,
+                        command: Command::Publish {
+                            channel: channel.as_str().into(),
+                            data: Payload {
+                                format: Format::MsgPack,
+                                raw: &data,
+                            },
+                            key: None,
+                            meta: None,
+                            reply,
+                        },
+                    },
+                );
+                frame::encode_masked(true, OpCode::Binary, &command, [1, 2, 3, 4])
+            })
+            .collect();
+        conns.push((key, frames));
+    }
+    drain(&mut core);
+    for (name, which) in [("round_trip_among_1000_channels", 0), ("no_reply", 1)] {
+        let mut i = 0;
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) % conns.len();
+                let (key, frames) = &conns[i];
+                buf.extend_from_slice(&frames[which]);
+                core.on_read(key.slot, &mut buf, Now::read());
+                core.end_turn();
+                drain(&mut core);
+            })
+        });
+    }
+    g.finish();
+}
+
 fn core_tick_of_first_visit() -> u64 {
     50
 }
@@ -1000,6 +1066,6 @@ fn core_tick_of_first_visit() -> u64 {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = frame_decode, frame_encode, unmask, envelopes, fanout, channel_index, cross_shard, jwt, heartbeat_wheel, outq_write_prep, streams, durability, group_commit, sessions, presence, access, notifications, rate_limits
+    targets = frame_decode, frame_encode, unmask, envelopes, fanout, channel_index, cross_shard, jwt, heartbeat_wheel, outq_write_prep, streams, durability, group_commit, sessions, presence, access, notifications, rate_limits, echo
 }
 criterion_main!(benches);
