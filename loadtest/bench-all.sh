@@ -29,7 +29,8 @@
 #                ratios`) in $VS_PREFIX-ratios.md
 #                (docs/BENCHMARKS.md "Against uWebSockets"; VS_SCENARIOS picks some,
 #                VS_SHARDS=1 runs Switchboard on one shard; VS_SERVERS="sio bun" adds
-#                or picks servers: sio is Switchboard's Socket.IO endpoint)
+#                or picks servers: sio is Switchboard's Socket.IO endpoint, coalesce
+#                is io_uring with engine.uring_coalesce_us=$VS_COALESCE_US, default 100)
 #   protection   fanout and echo without and with rate limits on every command, twice
 #                each, alternating (docs/BENCHMARKS.md "What rate limiting and metrics
 #                cost"; the commit before them: BASE=<binary> runs it as a third server)
@@ -208,6 +209,11 @@ if has versus; then
           [ "$sc" = connect-storm ] && continue
           start_node bun 7600
           run "$VS-p$pass-bun-$sc" "${args[@]}" --set protocol=raw --set url=ws://127.0.0.1:7600/
+        elif [ "$srv" = coalesce ]; then
+          # io_uring with coalesced wake-ups (engine.uring_coalesce_us).
+          SWITCHBOARD_ENGINE__URING_COALESCE_US=${VS_COALESCE_US:-100} \
+            start_switchboard "${VS_SHARDS:-0}" uring
+          run "$VS-p$pass-coalesce-$sc" "${args[@]}"
         elif [ "$srv" = sio ]; then
           # Switchboard's Socket.IO endpoint (default backend), its event vocabulary.
           start_switchboard "${VS_SHARDS:-0}" auto

@@ -618,6 +618,34 @@ async fn bursts_through_tiny_receive_buffers_lose_nothing() {
     server.wait();
 }
 
+/// `engine.uring_coalesce_us`: a shard sleeps until a batch of completions or the
+/// coalescing time, so a lone request must still be answered once that time is up, and
+/// publications crossing shards (ring messages count as completions) still arrive, in
+/// order. Under epoll the key is ignored and the same traffic runs as always.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_wake_ups_still_answer_every_request() {
+    let server = start(|c| c.engine.uring_coalesce_us = 2_000);
+    let addr = server.ws_addr();
+    let tok = token("coalesce", Some(&["room:*"]));
+    let mut here = client_on_shard(addr, Fmt::Json, &tok, 0).await;
+    let mut there = client_on_shard(addr, Fmt::Json, &tok, 1).await;
+    let r = there
+        .call(json!({"cmd": "subscribe", "channel": "room:coalesce"}))
+        .await;
+    assert_eq!(r["result"]["offset"], 0, "{r}");
+    for i in 1..=20u64 {
+        // One request at a time: nothing else is in flight to fill a batch.
+        let r = here
+            .call(json!({"cmd": "publish", "channel": "room:coalesce", "data": {"i": i}}))
+            .await;
+        assert_eq!(r["result"]["offset"], i, "{r}");
+        let p = there.next_publication().await;
+        assert_eq!(p["data"]["i"], i, "{p}");
+    }
+    server.shutdown();
+    server.wait();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_without_reply_answers_only_refusals() {
     let server = start(|_| {});

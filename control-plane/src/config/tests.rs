@@ -115,6 +115,11 @@ fn errors_name_the_key() {
             "engine.uring_buffer_bytes",
         ),
         (
+            "SWITCHBOARD_ENGINE__URING_COALESCE_US",
+            "200000",
+            "engine.uring_coalesce_us",
+        ),
+        (
             "SWITCHBOARD_ENGINE__STREAM_IDLE_MS",
             "0",
             "engine.stream_idle_ms",

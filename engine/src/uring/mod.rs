@@ -94,6 +94,9 @@ const BGID: u16 = 0;
 
 /// Send operations kept for reuse however few are in flight.
 const SEND_POOL_MIN: usize = 64;
+/// With `engine.uring_coalesce_us` set, the completions that wake a shard before the
+/// coalescing time is up.
+const COALESCE_BATCH: usize = 64;
 
 // What a completion is for: the top byte of its user data. The low 32 bits are the
 // connection's slot and the next 24 bits its generation.
@@ -180,6 +183,8 @@ struct Shard {
     resend: Vec<u32>,
     scratch: Vec<u32>,
     cqes: Vec<cqueue::Entry>,
+    /// `engine.uring_coalesce_us` when the kernel supports it, else 0.
+    coalesce_us: u32,
 }
 
 /// Run one shard on the current thread until it has shut down.
@@ -259,6 +264,17 @@ impl Shard {
         listener
             .set_nonblocking(false)
             .map_err(|e| format!("shard {id}: listener: {e}"))?;
+        let coalesce_us = if cfg.uring_coalesce_us > 0 && !ring.params().is_feature_min_timeout() {
+            if id == 0 {
+                tracing::warn!(
+                    "engine.uring_coalesce_us is set but this kernel has no io_uring min_wait \
+                     (Linux 6.12+): shards wake for every completion"
+                );
+            }
+            0
+        } else {
+            cfg.uring_coalesce_us
+        };
         Ok(Shard {
             ring,
             bufs,
@@ -281,6 +297,7 @@ impl Shard {
             resend: Vec::new(),
             scratch: Vec::new(),
             cqes: Vec::with_capacity(CQ_ENTRIES as usize),
+            coalesce_us,
         })
     }
 
@@ -378,10 +395,32 @@ impl Shard {
                 }
             }
             let busy = self.inbox_more || !self.rearm.is_empty() || !self.resend.is_empty();
-            let wait = if busy { 0 } else { 1 };
+            if self.coalesce_us > 0 && !busy && !self.ring.submission().is_empty() {
+                // Sends usually complete inside the submission: reap those first, or
+                // the coalescing wait would count them and sleep a full `coalesce_us`
+                // only to hand them back.
+                if let Err(e) = self.ring.submit() {
+                    if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) {
+                        tracing::error!(shard = self.id, "io_uring_enter failed: {e}; shard stops");
+                        break;
+                    }
+                }
+                if !self.ring.completion().is_empty() {
+                    continue;
+                }
+            }
+            // Coalescing: sleep until COALESCE_BATCH completions or `coalesce_us` with
+            // at least one, whichever is first (the tick's timeout still bounds it).
+            let wait = match (busy, self.coalesce_us) {
+                (true, _) => 0,
+                (false, 0) => 1,
+                (false, _) => COALESCE_BATCH,
+            };
             let timeout = next_tick.saturating_duration_since(clock::mono());
             let ts = types::Timespec::from(timeout);
-            let args = types::SubmitArgs::new().timespec(&ts);
+            let args = types::SubmitArgs::new()
+                .timespec(&ts)
+                .min_wait_usec(self.coalesce_us);
             match self.ring.submitter().submit_with_args(wait, &args) {
                 Ok(_) => {}
                 Err(e)
