@@ -5,7 +5,7 @@
 //! the interest other shards announced (bit masks of shards per format). Does not own
 //! connections or queues.
 
-use std::collections::HashMap;
+use crate::hashing::NameMap;
 use std::sync::Arc;
 
 use indexmap::IndexSet;
@@ -47,9 +47,9 @@ pub struct Change {
 /// The shard's channel index.
 #[derive(Debug, Default)]
 pub struct ChannelIndex {
-    local: HashMap<Arc<str>, ChannelEntry>,
+    local: NameMap<Arc<str>, ChannelEntry>,
     /// Other shards with subscribers: channel → shard bit mask per format.
-    remote: HashMap<Arc<str>, [u64; FORMATS]>,
+    remote: NameMap<Arc<str>, [u64; FORMATS]>,
 }
 
 impl ChannelIndex {

@@ -35,6 +35,7 @@ pub mod core;
 pub mod epoll;
 pub mod error;
 pub mod files;
+pub mod hashing;
 pub mod hooks;
 pub mod journal;
 pub mod limits;

@@ -30,6 +30,7 @@ use bytes::Bytes;
 use indexmap::IndexMap;
 use switchboard_protocol::{Format, Position};
 
+use crate::hashing::NameHasher;
 use crate::journal::{Durability, Policies, Policy, SeedStream};
 
 mod budget;
@@ -105,7 +106,7 @@ struct Stream {
 /// The streams one shard owns.
 #[derive(Debug)]
 pub struct Streams {
-    map: IndexMap<Arc<str>, Stream>,
+    map: IndexMap<Arc<str>, Stream, NameHasher>,
     /// Mixed into every new epoch, so epochs differ across shards and restarts.
     seed: u64,
     created: u64,
@@ -142,7 +143,7 @@ impl Streams {
     /// Streams whose channels follow their namespace's policy.
     pub fn with_policies(seed: u64, policies: Arc<Policies>) -> Streams {
         Streams {
-            map: IndexMap::new(),
+            map: IndexMap::default(),
             seed,
             created: 0,
             cursor: 0,
