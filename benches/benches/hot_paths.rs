@@ -1002,14 +1002,7 @@ fn echo(c: &mut Criterion) {
     use std::net::{IpAddr, Ipv4Addr};
     let mut g = c.benchmark_group("echo");
     let (mut core, _rx) = fanout_core(0, "lt:unused");
-    let identity = Arc::new(switchboard_engine::Identity {
-        user: "echo".into(),
-        channels: None,
-        expires_at: None,
-        send_to: None,
-        schedule: false,
-        claims: Vec::new(),
-    });
+    let identity = switchboard_benches::identity("echo");
     let data = payload64();
     let mut conns = Vec::new();
     for i in 0..1000u32 {

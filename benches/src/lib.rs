@@ -111,14 +111,7 @@ pub fn fanout_core_on(
         Arc::new(ShardMetrics::default()),
         Now::read(),
     );
-    let identity = Arc::new(Identity {
-        user: "bench".into(),
-        channels: None,
-        expires_at: None,
-        send_to: None,
-        schedule: false,
-        claims: Vec::new(),
-    });
+    let identity = identity("bench");
     for i in 0..subscribers {
         let peer = IpAddr::V4(Ipv4Addr::from(0x7f00_0000 + (i as u32 % 250) + 1));
         let key = core.open_for_test(peer, format, identity.clone());
@@ -126,6 +119,18 @@ pub fn fanout_core_on(
     }
     drain(&mut core);
     ((core, rx), store)
+}
+
+/// A user allowed every channel, with no claims.
+pub fn identity(user: &str) -> Arc<Identity> {
+    Arc::new(Identity {
+        user: user.into(),
+        channels: None,
+        expires_at: None,
+        send_to: None,
+        schedule: false,
+        claims: Vec::new(),
+    })
 }
 
 /// Empty every queue the way a flush does after the socket took everything: through

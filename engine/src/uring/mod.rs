@@ -187,6 +187,15 @@ struct Shard {
     coalesce_us: u32,
 }
 
+/// Whether an `io_uring_enter` error stops the shard: not a timeout (ETIME), a signal
+/// (EINTR) or a full completion queue (EBUSY), which the next turn handles.
+fn enter_failed(e: &io::Error) -> bool {
+    !matches!(
+        e.raw_os_error(),
+        Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+    )
+}
+
 /// Run one shard on the current thread until it has shut down.
 pub(crate) fn run(setup: ShardSetup) {
     if let Some(core) = setup.core_id {
@@ -400,7 +409,7 @@ impl Shard {
                 // the coalescing wait would count them and sleep a full `coalesce_us`
                 // only to hand them back.
                 if let Err(e) = self.ring.submit() {
-                    if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) {
+                    if enter_failed(&e) {
                         tracing::error!(shard = self.id, "io_uring_enter failed: {e}; shard stops");
                         break;
                     }
@@ -421,14 +430,8 @@ impl Shard {
             let args = types::SubmitArgs::new()
                 .timespec(&ts)
                 .min_wait_usec(self.coalesce_us);
-            match self.ring.submitter().submit_with_args(wait, &args) {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
-                    ) => {}
-                Err(e) => {
+            if let Err(e) = self.ring.submitter().submit_with_args(wait, &args) {
+                if enter_failed(&e) {
                     tracing::error!(shard = self.id, "io_uring_enter failed: {e}; shard stops");
                     break;
                 }
