@@ -30,7 +30,9 @@
 #                (docs/BENCHMARKS.md "Against uWebSockets"; VS_SCENARIOS picks some,
 #                VS_SHARDS=1 runs Switchboard on one shard; VS_SERVERS="sio bun" adds
 #                or picks servers: sio is Switchboard's Socket.IO endpoint, coalesce
-#                is io_uring with engine.uring_coalesce_us=$VS_COALESCE_US, default 100)
+#                is io_uring with engine.uring_coalesce_us=$VS_COALESCE_US, default 100;
+#                SERVER_NICE=5 gives the generator priority over every server, as
+#                for "fanout-1m with the generator first")
 #   protection   fanout and echo without and with rate limits on every command, twice
 #                each, alternating (docs/BENCHMARKS.md "What rate limiting and metrics
 #                cost"; the commit before them: BASE=<binary> runs it as a third server)
@@ -44,6 +46,10 @@ mkdir -p "$OUT"
 cargo build --release --locked -p switchboard-control-plane -p switchboard-loadtest >&2
 LT="$RELEASE"/switchboard-loadtest
 SERVER_PID=
+# SERVER_NICE=n starts every server (Switchboard, Bun, Node) under `nice -n n`, so the
+# generator, which shares this machine's cores, is not starved at saturation.
+NICE=(env)
+[ -n "${SERVER_NICE:-}" ] && NICE=(nice -n "$SERVER_NICE")
 
 wait_port() {
   for _ in $(seq 100); do
@@ -68,7 +74,7 @@ start_switchboard() { # shards [io backend: auto|uring|epoll] [durability: none|
   # A fresh store per run, so no run inherits another's streams.
   SWITCHBOARD_STORE__PATH="$(mktemp -d)/switchboard.db" \
   SWITCHBOARD_AUTH__HMAC_SECRET=$SECRET SWITCHBOARD_LOG__LEVEL=warn \
-    "$RELEASE"/switchboard serve --shards "$1" --io "${2:-epoll}" \
+    "${NICE[@]}" "$RELEASE"/switchboard serve --shards "$1" --io "${2:-epoll}" \
       --config "loadtest/configs/durability-${3:-none}.toml" >"$OUT/switchboard-server.log" 2>&1 &
   SERVER_PID=$!
   wait_port 7400
@@ -84,7 +90,7 @@ start_switchboard_with() { # config file under loadtest/configs (without .toml)
 }
 
 start_node() { # socketio|bun|ws port
-  loadtest/servers/run.sh "$1" "$2" >"$OUT/$1-server.log" 2>&1 &
+  "${NICE[@]}" loadtest/servers/run.sh "$1" "$2" >"$OUT/$1-server.log" 2>&1 &
   SERVER_PID=$!
   wait_port "$2"
   # run.sh execs the server, so $! is the server itself.

@@ -641,3 +641,33 @@ async fn breakers_drain_and_shutdown() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_stopped_shards_answer_at_once_and_the_process_still_stops() {
+    // A scrape or an admin listing that reaches the shards after they stopped used to
+    // wait forever on an inbox nobody drains, and held the HTTP server (and so the
+    // process) open on SIGTERM.
+    let server = start(|c| c.admin.jwt_secret = Some(ADMIN_SECRET.into()));
+    let admin = server.admin_addr();
+    let ops = admin_token("ops", "admin");
+    server.shutdown();
+    server.engine().join();
+    let started = std::time::Instant::now();
+    let (st, text) = http(admin, "GET", "/metrics", &[], "").await;
+    assert_eq!(st, 200, "{text}");
+    assert!(text.contains("switchboard_connections"), "{text}");
+    let (st, r) = admin_call(admin, "GET", "/admin/connections", Some(&ops), "").await;
+    assert_eq!(
+        (st, r["error"]["code"].as_str()),
+        (503, Some("overloaded")),
+        "{r}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+}

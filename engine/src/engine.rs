@@ -163,10 +163,16 @@ impl Engine {
                 },
                 started: started_tx.clone(),
             };
+            let inbox_of_shard = mesh.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("shard-{i}"))
-                    .spawn(move || backend.run(setup))?,
+                    .spawn(move || {
+                        // However the shard ends (stopped, failed to start, panicked),
+                        // nothing queued for it may wait forever.
+                        let _closed = CloseInbox(inbox_of_shard, i);
+                        backend.run(setup)
+                    })?,
             );
         }
         drop(started_tx);
@@ -217,6 +223,9 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener
     Ok(s.into())
 }
 
+/// How long an admin operation waits for the shards' answers.
+const ADMIN_ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
 /// The running engine. Shared by the control plane's threads.
 #[derive(Debug)]
 #[allow(clippy::disallowed_types)] // `threads` and `limits`: control-plane side only.
@@ -240,6 +249,8 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Hand an admin action to every shard (or to `only`), each built by `make` with
     /// the channel its answer comes back on; the answers, one per shard asked.
+    /// `Overloaded` when a shard's inbox is full, or it has stopped, or it has not
+    /// answered within five seconds. Needs a tokio runtime with its timer.
     pub async fn admin<T>(
         &self,
         only: Option<u16>,
@@ -259,9 +270,15 @@ impl EngineHandle {
                 .map_err(|_| Error::Overloaded)?;
             answers.push(rx);
         }
+        // A stopped shard drops the request (its inbox is closed); a shard wedged or
+        // too busy to answer within the deadline fails the request as overloaded.
+        let deadline = tokio::time::Instant::now() + ADMIN_ANSWER_WITHIN;
         let mut out = Vec::with_capacity(answers.len());
         for rx in answers {
-            out.push(rx.await.map_err(|_| Error::Overloaded)?);
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(answer)) => out.push(answer),
+                _ => return Err(Error::Overloaded),
+            }
         }
         Ok(out)
     }
@@ -614,5 +631,14 @@ impl ShardSender {
     /// How many shards there are.
     pub fn shards(&self) -> usize {
         self.mesh.shards()
+    }
+}
+
+/// Closes a shard's inbox when dropped: at the end of the shard thread, panics included.
+struct CloseInbox(Arc<Mesh>, usize);
+
+impl Drop for CloseInbox {
+    fn drop(&mut self) {
+        self.0.inbox(self.1).close();
     }
 }

@@ -1,7 +1,7 @@
 //! The queues between shards, and from the control plane to shards.
 //!
-//! Owns one bounded lock-free inbox per shard (a crossbeam `ArrayQueue`) and its
-//! wake-up: an eventfd the shard's reactor watches. A sender pushes, then writes the
+//! Owns one bounded lock-free inbox per shard ([`inbox`]: a crossbeam `ArrayQueue`) and
+//! its wake-up: an eventfd the shard's reactor watches. A sender pushes, then writes the
 //! eventfd only if the shard has not been woken since it last drained (`notified`),
 //! so a burst of messages costs one syscall, and no mutex is ever taken. Also owns the
 //! process-wide connection counters that admission checks (atomics).
@@ -9,15 +9,12 @@
 //! Does not own what a message means (`core`) or the reactor (`epoll`).
 
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 // `seeds` only: taken once by each shard at start, never on the message path.
 #[allow(clippy::disallowed_types)]
 use std::sync::Mutex;
 use std::time::Instant;
-
-use crossbeam_queue::ArrayQueue;
 
 use switchboard_protocol::Position;
 
@@ -28,9 +25,12 @@ use crate::marks::ReceiptList;
 use crate::presence::PresenceList;
 use crate::streams::Entry;
 
+mod inbox;
+
 pub use crate::publications::{
     EncodedFrames, Publication, PublishReply, Refused, SequenceReq, Sequenced,
 };
+pub use inbox::Inbox;
 
 /// A question for a channel's owner shard about its stream.
 #[derive(Debug)]
@@ -346,106 +346,6 @@ pub enum ReplyBody {
     Value(serde_json::Value),
 }
 
-/// One shard's inbox.
-#[derive(Debug)]
-pub struct Inbox {
-    /// The shard's io_uring fd, once it runs on io_uring (-1 otherwise): other io_uring
-    /// shards wake it with a ring message instead of the eventfd.
-    ring_fd: std::sync::atomic::AtomicI32,
-    queue: ArrayQueue<ShardMsg>,
-    /// Set by the first sender after a drain; cleared by the shard before draining.
-    notified: AtomicBool,
-    eventfd: OwnedFd,
-}
-
-impl Inbox {
-    fn new(capacity: usize) -> std::io::Result<Inbox> {
-        // SAFETY: eventfd has no memory preconditions; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Inbox {
-            ring_fd: std::sync::atomic::AtomicI32::new(-1),
-            queue: ArrayQueue::new(capacity),
-            notified: AtomicBool::new(false),
-            // SAFETY: fd was just created and is owned by nobody else.
-            eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
-    }
-
-    /// Push a message without waking the shard; returns whether the caller must wake
-    /// it (it was not yet notified since its last drain): with [`Inbox::wake`], or
-    /// another way that ends in [`Inbox::clear_notified`] before the shard drains.
-    #[inline]
-    pub fn push_quiet(&self, msg: ShardMsg) -> Result<bool, ShardMsg> {
-        self.queue.push(msg)?;
-        Ok(!self.notified.swap(true, Ordering::AcqRel))
-    }
-
-    /// Wake the shard through its eventfd.
-    pub fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a valid u64 to our own eventfd. A failure
-        // (counter overflow) cannot happen with value 1 before 2^64 writes.
-        unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-    }
-
-    /// Shard side, woken other than by the eventfd (an io_uring message): reset the
-    /// notification before draining, so a push during the drain wakes it again.
-    pub fn clear_notified(&self) {
-        self.notified.store(false, Ordering::Release);
-    }
-
-    /// Push a message; gives it back if the inbox is full.
-    pub fn push(&self, msg: ShardMsg) -> Result<(), ShardMsg> {
-        if self.push_quiet(msg)? {
-            self.wake();
-        }
-        Ok(())
-    }
-
-    /// The shard's io_uring fd, if it runs on io_uring.
-    pub fn ring_fd(&self) -> Option<RawFd> {
-        let fd = self.ring_fd.load(Ordering::Acquire);
-        (fd >= 0).then_some(fd)
-    }
-
-    /// Shard side: publish (or with -1, withdraw) the shard's io_uring fd.
-    pub fn set_ring_fd(&self, fd: RawFd) {
-        self.ring_fd.store(fd, Ordering::Release);
-    }
-
-    /// The eventfd the shard's reactor watches.
-    pub fn fd(&self) -> RawFd {
-        self.eventfd.as_raw_fd()
-    }
-
-    /// Shard side: consume the wake-up, then take messages. Call `clear_wakeup` before
-    /// `pop`ping so a message pushed during the drain wakes the shard again.
-    pub fn clear_wakeup(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reading 8 bytes into a valid u64 from our own non-blocking eventfd.
-        unsafe { libc::read(self.eventfd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
-        self.notified.store(false, Ordering::Release);
-    }
-
-    /// Shard side: take the next message.
-    pub fn pop(&self) -> Option<ShardMsg> {
-        self.queue.pop()
-    }
-
-    /// Messages waiting.
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
-
-    /// Whether no message waits.
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-}
-
 const IP_BUCKETS: usize = 4096;
 
 /// Buckets of the per-address connection rate (addresses hashing alike share one; more
@@ -712,6 +612,35 @@ impl Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closed_inbox_drops_what_it_held_and_what_comes_later() {
+        let mesh = Mesh::new(1, 4).unwrap();
+        let inbox = mesh.inbox(0);
+        let census = || {
+            let (done, rx) = tokio::sync::oneshot::channel();
+            (
+                ShardMsg::Admin(crate::control::AdminOp::Census { done }),
+                rx,
+            )
+        };
+        let (queued, mut before) = census();
+        assert!(inbox.push(queued).is_ok());
+        inbox.close();
+        assert!(inbox.is_closed());
+        assert!(inbox.pop().is_none(), "closing drops what was queued");
+        assert!(matches!(
+            before.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+        ));
+        let (late, mut after) = census();
+        assert!(inbox.push(late).is_ok(), "a late push is not an overflow");
+        assert!(inbox.pop().is_none());
+        assert!(matches!(
+            after.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+        ));
+    }
 
     #[test]
     fn connection_rate_per_address() {
