@@ -333,11 +333,7 @@ fn an_unusable_store_is_a_startup_error_naming_the_file() {
     let blocker = dir.join("not-a-dir");
     std::fs::write(&blocker, b"x").unwrap();
     let path = blocker.join("switchboard.db");
-    let mut cfg = switchboard_control_plane::Config::default();
-    cfg.engine.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.auth.hmac_secret = Some(SECRET.into());
-    cfg.store.path = path.clone();
+    let mut cfg = failing_start_config(&path);
     let e = format!(
         "{:#}",
         switchboard_control_plane::Server::start(cfg.clone()).unwrap_err()

@@ -24,14 +24,19 @@ pub(super) fn namespace_of<'a>(
     namespaces.iter().find(|n| n.name == ns)
 }
 
+/// Why a file that SQLite can read cannot be used, worded for the operator. Carried in
+/// the one general-purpose rusqlite variant whose `Display` is the message alone (the
+/// others prefix it with words about query parameters).
+fn refusal(why: String) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(why.into())
+}
+
 /// Pragmas and schema; refuses files written by a newer schema.
 pub(super) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(rusqlite::Error::InvalidParameterName(format!(
-            "journal_mode is {mode}, WAL is required"
-        )));
+        return Err(refusal(format!("journal_mode is {mode}, WAL is required")));
     }
     // FULL: every commit is fsynced (WAL), so a `sync` acknowledgment survives power
     // loss, not only a process crash.
@@ -42,8 +47,9 @@ pub(super) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
-        return Err(rusqlite::Error::InvalidParameterName(format!(
-            "schema version {version} is newer than this build's {SCHEMA_VERSION}"
+        return Err(refusal(format!(
+            "schema version {version} is newer than this build's {SCHEMA_VERSION} \
+             (written by a later Switchboard; run that one, or start from another file)"
         )));
     }
     conn.execute_batch(

@@ -43,6 +43,18 @@ pub fn io_arg() -> &'static str {
     }
 }
 
+/// A configuration for a start that is expected to fail: ports from the system, the
+/// test secret, the store at `store`.
+pub fn failing_start_config(store: &std::path::Path) -> Config {
+    let mut cfg = Config::default();
+    cfg.engine.io = io_under_test();
+    cfg.engine.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.auth.hmac_secret = Some(SECRET.into());
+    cfg.store.path = store.to_path_buf();
+    cfg
+}
+
 /// Start a server with test defaults, adjusted by `tweak`.
 pub fn start(tweak: impl FnOnce(&mut Config)) -> Server {
     let mut cfg = Config::default();
