@@ -561,6 +561,35 @@ fn group_commit(c: &mut Criterion) {
         .collect();
     let data = bytes::Bytes::from(payload64());
     let mut offset = 0u64;
+    // One commit of `size` publications over the first `spread` channels, in turn.
+    let mut commit = |opened: &mut store::Opened, size: usize, spread: usize| {
+        let records = (0..size)
+            .map(|_| {
+                offset += 1;
+                Record {
+                    channel: channels[offset as usize % spread].clone(),
+                    epoch: 7,
+                    offset,
+                    format: Format::MsgPack,
+                    data: data.clone(),
+                    meta: None,
+                    key: None,
+                    from: None,
+                    event: None,
+                    keep: 10_000,
+                }
+            })
+            .collect();
+        let batch = Batch {
+            shard: 0,
+            seq: offset,
+            notify: true,
+            records,
+            marks: Vec::new(),
+            sessions: Vec::new(),
+        };
+        opened.write_now(std::slice::from_ref(&batch)).unwrap();
+    };
     let mut g = c.benchmark_group("group_commit");
     for (name, size, spread) in [
         ("publications_per_transaction", 1usize, 1usize),
@@ -570,35 +599,32 @@ fn group_commit(c: &mut Criterion) {
     ] {
         g.throughput(Throughput::Elements(size as u64));
         g.bench_function(BenchmarkId::new(name, size), |b| {
-            b.iter(|| {
-                let records = (0..size)
-                    .map(|_| {
-                        offset += 1;
-                        Record {
-                            channel: channels[offset as usize % spread].clone(),
-                            epoch: 7,
-                            offset,
-                            format: Format::MsgPack,
-                            data: data.clone(),
-                            meta: None,
-                            key: None,
-                            from: None,
-                            event: None,
-                            keep: 10_000,
-                        }
-                    })
-                    .collect();
-                let batch = Batch {
-                    shard: 0,
-                    seq: offset,
-                    notify: true,
-                    records,
-                    marks: Vec::new(),
-                    sessions: Vec::new(),
-                };
-                opened.write_now(std::slice::from_ref(&batch)).unwrap();
-            })
+            b.iter(|| commit(&mut opened, size, spread))
         });
+    }
+    // Moving the log's tail to the archive (between commits, on the writer): commits of
+    // 1,024 publications over 1,000 channels, then one pass; with 1 and 16 rows a
+    // channel (a pass starts at 16 a channel, or after `store.archive_after_ms`).
+    opened.archive_now().unwrap();
+    for commits in [1usize, 16] {
+        g.throughput(Throughput::Elements((commits * 1024) as u64));
+        g.bench_function(
+            BenchmarkId::new("archive_pass_over_1000_channels", commits * 1024),
+            |b| {
+                b.iter_custom(|iters| {
+                    let mut spent = std::time::Duration::ZERO;
+                    for _ in 0..iters {
+                        for _ in 0..commits {
+                            commit(&mut opened, 1024, 1000);
+                        }
+                        let started = std::time::Instant::now();
+                        assert_eq!(opened.archive_now().unwrap(), commits * 1024);
+                        spent += started.elapsed();
+                    }
+                    spent
+                })
+            },
+        );
     }
     g.finish();
     drop(opened);

@@ -1,7 +1,8 @@
-//! The store across builds, on a real SQLite file: a file written by schema version 3
-//! is opened (and migrated when this build's schema is newer) and its streams continue
-//! with their history, epoch and offsets; a file from a newer build is refused with an
-//! error that says so.
+//! The store across builds and restarts, on a real SQLite file: a file written by schema
+//! version 3 is migrated at start (its log moved to the archive) and its streams continue
+//! with their history, epoch and offsets; publications moved to the archive are served
+//! and reloaded after a restart; a file from a newer build is refused with an error that
+//! says so.
 
 mod common;
 
@@ -28,6 +29,20 @@ fn chat_namespace(c: &mut switchboard_control_plane::Config) {
     );
     // The fixture's streams were last written when it was made.
     c.engine.stream_idle_ms = 10 * 365 * 24 * 3600 * 1000;
+    // A few publications per channel are moved to the archive soon, not after 30 s.
+    c.store.archive_after_ms = 200;
+}
+
+/// Wait until the store has moved at least `n` publications to the archive.
+async fn wait_archived(admin: std::net::SocketAddr, n: u64) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while metric(admin, "switchboard_store_archived_total").await < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fewer than {n} publications archived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 fn user_version(path: &std::path::Path) -> i64 {
@@ -37,7 +52,7 @@ fn user_version(path: &std::path::Path) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_3_store_opens_and_its_streams_continue() {
+async fn a_version_3_store_is_migrated_and_its_streams_continue() {
     let store = temp_store();
     std::fs::create_dir_all(store.parent().unwrap()).unwrap();
     std::fs::copy(FIXTURE_V3, &store).unwrap();
@@ -80,9 +95,37 @@ async fn a_version_3_store_opens_and_its_streams_continue() {
     .await;
     assert_eq!(st, 200, "{r}");
     assert_eq!((&r["epoch"], &r["offset"]), (&epoch, &json!(31)), "{r}");
+    // The writer moves the old log (and the new publication) to the archive.
+    wait_archived(admin, 36).await;
     server.shutdown();
     server.wait();
-    assert!(user_version(&store) >= 3);
+    assert_eq!(user_version(&store), 4);
+    let conn = rusqlite::Connection::open(&store).unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(count("SELECT COUNT(*) FROM log"), 0);
+    assert_eq!(count("SELECT COUNT(*) FROM archive"), 36);
+    drop(conn);
+    // And from the archive, after another restart, the same history.
+    let server = start(|c| {
+        chat_namespace(c);
+        c.store.path = store.clone();
+    });
+    let (st, h) = api(
+        server.admin_addr(),
+        "GET",
+        "/api/history?channel=chat:case-1&limit=100",
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(st, 200, "{h}");
+    assert_eq!(h["publications"].as_array().unwrap().len(), 31, "{h}");
+    assert_eq!(h["epoch"], epoch);
+    assert_eq!(
+        h["publications"][30]["data"],
+        json!({"text": "after the upgrade"})
+    );
+    server.shutdown();
+    server.wait();
     let _ = std::fs::remove_dir_all(store.parent().unwrap());
 }
 
@@ -106,5 +149,132 @@ fn a_store_from_a_newer_build_is_refused_naming_the_versions() {
         "{e}"
     );
     assert!(!e.contains("Invalid parameter"), "{e}");
+    let _ = std::fs::remove_dir_all(store.parent().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archived_publications_are_reloaded_after_restarts() {
+    let store = temp_store();
+    let server = start(|c| {
+        chat_namespace(c);
+        c.store.path = store.clone();
+    });
+    let admin = server.admin_addr();
+    let mut epochs = Vec::new();
+    for ch in 0..3 {
+        for i in 1..=100u64 {
+            let (st, r) = api(
+                admin,
+                "POST",
+                "/api/publish",
+                &json!({"channel": format!("chat:room-{ch}"), "data": i, "meta": {"n": i}}),
+            )
+            .await;
+            assert_eq!((st, &r["offset"]), (200, &json!(i)), "{r}");
+            if i == 1 {
+                epochs.push(r["epoch"].clone());
+            }
+        }
+    }
+    wait_archived(admin, 300).await;
+    // Some more stay in the log's tail at the stop: both are read back.
+    for ch in 0..3 {
+        let (st, r) = api(
+            admin,
+            "POST",
+            "/api/publish",
+            &json!({"channel": format!("chat:room-{ch}"), "data": 101}),
+        )
+        .await;
+        assert_eq!(st, 200, "{r}");
+    }
+    server.shutdown();
+    server.wait();
+    for round in 0..2 {
+        let server = start(|c| {
+            chat_namespace(c);
+            c.store.path = store.clone();
+        });
+        let admin = server.admin_addr();
+        for (ch, epoch) in epochs.iter().enumerate() {
+            let (st, h) = api(
+                admin,
+                "GET",
+                &format!("/api/history?channel=chat:room-{ch}&limit=1000"),
+                &Value::Null,
+            )
+            .await;
+            assert_eq!(st, 200, "{h}");
+            let pubs = h["publications"].as_array().unwrap();
+            let want = 101 + round;
+            assert_eq!(pubs.len(), want, "round {round}, room {ch}: {h}");
+            for (i, p) in pubs.iter().enumerate() {
+                assert_eq!(p["offset"], json!(i + 1), "{h}");
+            }
+            assert_eq!(pubs[41]["meta"], json!({"n": 42}));
+            assert_eq!(&h["epoch"], epoch, "{h}");
+            let (st, r) = api(
+                admin,
+                "POST",
+                "/api/publish",
+                &json!({"channel": format!("chat:room-{ch}"), "data": "again"}),
+            )
+            .await;
+            assert_eq!((st, &r["offset"]), (200, &json!(want + 1)), "{r}");
+        }
+        server.shutdown();
+        server.wait();
+    }
+    let _ = std::fs::remove_dir_all(store.parent().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archived_publications_older_than_their_namespace_keeps_are_pruned() {
+    let store = temp_store();
+    let server = start(|c| {
+        chat_namespace(c);
+        c.namespaces.insert(
+            "brief".into(),
+            NamespaceConfig {
+                durability: Durability::Sync,
+                history_ttl_ms: Some(300),
+                ..Default::default()
+            },
+        );
+        c.store.prune_interval_ms = 100;
+        c.store.path = store.clone();
+    });
+    let admin = server.admin_addr();
+    for ns in ["chat", "brief"] {
+        for i in 0..10 {
+            let (st, r) = api(
+                admin,
+                "POST",
+                "/api/publish",
+                &json!({"channel": format!("{ns}:x"), "data": i}),
+            )
+            .await;
+            assert_eq!(st, 200, "{r}");
+        }
+    }
+    wait_archived(admin, 20).await;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while metric(admin, "switchboard_store_pruned_total").await < 10 {
+        assert!(std::time::Instant::now() < deadline, "nothing pruned");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let conn = rusqlite::Connection::open(&store).unwrap();
+    let left = |channel: &str| -> i64 {
+        conn.query_row(
+            "SELECT COUNT(*) FROM archive WHERE channel = ?1",
+            [channel],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!((left("brief:x"), left("chat:x")), (0, 10));
+    drop(conn);
+    server.shutdown();
+    server.wait();
     let _ = std::fs::remove_dir_all(store.parent().unwrap());
 }

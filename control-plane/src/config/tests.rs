@@ -293,6 +293,7 @@ fn store_and_namespaces_load_and_bad_values_name_the_key() {
             "namespaces.inbox",
         ),
         ("[store]\nmax_backlog = 0\n", "store.max_backlog"),
+        ("[store]\narchive_after_ms = 0\n", "store.archive_after_ms"),
         ("[store]\npath = \"\"\n", "store.path"),
     ] {
         let f = write(text);

@@ -100,7 +100,7 @@ pub(super) fn expose_auth_and_api(out: &mut String, auth: &AuthStats, api: &ApiS
 /// The store writer.
 pub(super) fn expose_store(out: &mut String, st: &StoreView) {
     let last_commit_s = st.stats.last_commit_us.load(Relaxed) as f64 / 1e6;
-    let families: [(&str, &str, &str, String); 7] = [
+    let families: [(&str, &str, &str, String); 8] = [
         (
             "switchboard_store_up",
             "gauge",
@@ -136,6 +136,12 @@ pub(super) fn expose_store(out: &mut String, st: &StoreView) {
             "counter",
             "Stored publications deleted for age.",
             st.stats.pruned.load(Relaxed).to_string(),
+        ),
+        (
+            "switchboard_store_archived_total",
+            "counter",
+            "Stored publications moved from the log's tail to the archive.",
+            st.stats.archived.load(Relaxed).to_string(),
         ),
         (
             "switchboard_store_last_commit_seconds",

@@ -12,13 +12,16 @@
 //! Layout: publications are appended in commit order to `log` (a rowid table with no
 //! other index), so a commit writes a few sequential pages however many channels it
 //! touches; a clustered per-channel table cost ~20 µs per publication with 1,000
-//! channels interleaved, because every channel dirtied its own page. Each channel's
-//! epoch and top offset are in the small `streams` table, written when its epoch
-//! changes and otherwise at most once a second; start-up takes the top from the log
-//! where it is newer. Retention on disk is by age: every `prune_interval_ms` the log
-//! loses what is older than the longest `history_ttl_ms` of the durable namespaces
-//! (after every lagging `streams` row is brought up to date, so a top offset is never
-//! lost); `history_size` bounds what is reloaded and served.
+//! channels interleaved, because every channel dirtied its own page. Between commits the
+//! writer moves the log's tail, sorted by channel, into `archive` (clustered by channel,
+//! epoch and offset; see [`archive`]), so a channel's stored history
+//! is one range to read. Each channel's epoch and top offset are in the small `streams`
+//! table, written when its epoch changes and otherwise at most once a second; start-up
+//! takes the top from the archive and the log's tail where it is newer. Retention on
+//! disk is by age: every `prune_interval_ms` each channel's archived publications older
+//! than its namespace's `history_ttl_ms` are deleted (after every lagging `streams` row
+//! is brought up to date, so a top offset is never lost; the log loses rows only to
+//! archive passes); `history_size` bounds what is reloaded and served.
 //!
 //! A store that cannot be opened, created or read is a start-up error naming the file.
 //! A write that fails at run time opens the circuit: the shards refuse new durable
@@ -29,6 +32,7 @@
 //! several nodes would implement too; only this module knows about SQLite: start-up
 //! reading in `startup`, the writer thread in `writer`, the handles here.
 
+mod archive;
 mod startup;
 mod writer;
 
@@ -48,7 +52,7 @@ use crate::error::Error;
 use switchboard_protocol::Format;
 
 /// Version of the schema this build writes.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Marks (inbox cursors, receipts) not updated for this long are deleted, unless the
 /// longest durable `history_ttl_ms` is longer.
@@ -67,9 +71,13 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// After a failed write, wait this long before retrying it.
     pub retry_ms: u64,
-    /// How often publications older than the longest `history_ttl_ms` of the durable
-    /// namespaces are deleted.
+    /// How often stored publications older than their namespace's `history_ttl_ms` are
+    /// deleted.
     pub prune_interval_ms: u64,
+    /// Longest a stored publication waits in the log before it is moved to the archive
+    /// (sooner when enough wait per channel, see `archive`). Publications are durable
+    /// from their commit either way; this bounds the log's tail that start-up scans.
+    pub archive_after_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -80,6 +88,7 @@ impl Default for StoreConfig {
             max_batch: 16_384,
             retry_ms: 500,
             prune_interval_ms: 60_000,
+            archive_after_ms: 30_000,
         }
     }
 }
@@ -95,6 +104,7 @@ impl StoreConfig {
             ("store.max_batch", self.max_batch as u64),
             ("store.retry_ms", self.retry_ms),
             ("store.prune_interval_ms", self.prune_interval_ms),
+            ("store.archive_after_ms", self.archive_after_ms),
         ] {
             if v == 0 {
                 return Err(format!("{key} must be greater than 0"));
@@ -117,6 +127,8 @@ pub struct StoreStats {
     pub last_commit_us: AtomicU64,
     /// Publications deleted by retention.
     pub pruned: AtomicU64,
+    /// Publications moved from the log's tail to the archive.
+    pub archived: AtomicU64,
 }
 
 /// What start-up learned about the previous run.
@@ -238,6 +250,8 @@ pub fn open(
         marks: marks.len(),
         reconnect_key,
     };
+    let archive = writer::ArchiveState::open(&conn, cfg)
+        .map_err(|e| fail(format!("cannot read the archive's progress: {e}")))?;
     let (link, rx) = JournalLink::new(cfg.max_backlog);
     let writer = Writer {
         conn,
@@ -248,6 +262,7 @@ pub fn open(
         namespaces: namespaces.to_vec(),
         channels: HashMap::new(),
         stamp_ms: i64::MIN,
+        archive,
     };
     Ok(Opened {
         writer,
@@ -267,6 +282,12 @@ impl Opened {
     /// [`Opened::spawn`].
     pub fn write_now(&mut self, batches: &[Batch]) -> rusqlite::Result<()> {
         self.writer.write(batches)
+    }
+
+    /// Move everything in the log's tail to the archive now, as the writer's passes
+    /// would between commits; how many publications moved. For benchmarks and tools.
+    pub fn archive_now(&mut self) -> rusqlite::Result<usize> {
+        self.writer.archive_all()
     }
 
     /// The journal link and the streams to continue, for the engine (once).

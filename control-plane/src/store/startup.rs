@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 use switchboard_engine::journal::{
     Durability, MarkKind, MarkRecord, NamespacePolicy, SeedEntry, SeedStream, SessionRecord,
 };
@@ -167,6 +167,24 @@ pub(super) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
          );
          COMMIT;",
     )?;
+    // Version 4: publications leave the log's tail for the archive, clustered by
+    // channel and position (`archive`); a version-3 file's log is moved by the writer's
+    // first passes.
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS archive (
+             channel TEXT NOT NULL,
+             epoch INTEGER NOT NULL,
+             offset INTEGER NOT NULL,
+             ts_ms INTEGER NOT NULL,
+             format INTEGER NOT NULL,
+             data BLOB NOT NULL,
+             meta BLOB,
+             key TEXT,
+             sender TEXT,
+             event TEXT,
+             PRIMARY KEY (channel, epoch, offset)
+         ) WITHOUT ROWID;",
+    )?;
     // Version 1 files: the log had no sender column.
     let has_sender = conn
         .prepare("SELECT 1 FROM pragma_table_info('log') WHERE name = 'sender'")?
@@ -323,42 +341,73 @@ pub(super) fn read_seeds(
         };
         by_channel.insert(channel, (seed, continues.then_some(ns)));
     }
-    // The log, oldest first: the top offset where the row lags, and the kept
-    // publications of each continuing stream.
-    let mut kept: HashMap<String, std::collections::VecDeque<SeedEntry>> = HashMap::new();
-    let mut log = conn.prepare(
-        "SELECT channel, epoch, offset, ts_ms, format, data, meta, key, sender, event FROM log ORDER BY id",
-    )?;
-    let mut rows = log.query([])?;
-    while let Some(r) = rows.next()? {
-        let channel: String = r.get(0)?;
-        let Some((seed, ns)) = by_channel.get_mut(&channel) else {
-            continue;
-        };
-        if Some(r.get::<_, i64>(1)? as u64) != seed.epoch {
-            continue;
+    // The log's tail (rows not yet archived: seconds of writes, or a version-3 file's
+    // whole log), per stream of this epoch.
+    let archived = archive::archived_upto(conn)?;
+    let mut tails: HashMap<String, Vec<archive::Row>> = HashMap::new();
+    {
+        let mut log = conn.prepare(&format!(
+            "SELECT {} FROM log WHERE id > ?1 ORDER BY id",
+            archive::COLUMNS
+        ))?;
+        let mut rows = log.query([archived])?;
+        while let Some(r) = rows.next()? {
+            let row = archive::Row::read(r, 0)?;
+            let Some((seed, _)) = by_channel.get(&row.channel) else {
+                continue;
+            };
+            if seed.epoch != Some(row.epoch as u64) {
+                continue;
+            }
+            tails.entry(row.channel.clone()).or_default().push(row);
         }
-        let offset = r.get::<_, i64>(2)? as u64;
-        seed.offset = seed.offset.max(offset);
+    }
+    // Per stream, from the archive's clustered rows (a range, never a scan): the top
+    // offset where the row lags, and the newest publications the memory window keeps.
+    let mut top =
+        conn.prepare("SELECT MAX(offset) FROM archive WHERE channel = ?1 AND epoch = ?2")?;
+    let mut newest = conn.prepare(&format!(
+        "SELECT {} FROM archive WHERE channel = ?1 AND epoch = ?2 AND ts_ms >= ?3
+         ORDER BY offset DESC LIMIT ?4",
+        archive::COLUMNS
+    ))?;
+    let mut kept: HashMap<String, Vec<SeedEntry>> = HashMap::new();
+    for (channel, (seed, ns)) in by_channel.iter_mut() {
+        let Some(epoch) = seed.epoch else { continue };
+        let tail = tails.remove(channel.as_str()).unwrap_or_default();
+        let stored: Option<i64> = top.query_row(params![channel, epoch as i64], |r| r.get(0))?;
+        let tail_top = tail.iter().map(|r| r.offset).max();
+        seed.offset = seed.offset.max(stored.max(tail_top).unwrap_or(0) as u64);
         let Some(ns) = ns else { continue };
-        let age_ms = now.saturating_sub(r.get::<_, i64>(3)?).max(0) as u64;
-        if age_ms > ns.history_ttl_ms || ns.history_size == 0 {
+        if ns.history_size == 0 {
             continue;
         }
-        let list = kept.entry(channel).or_default();
-        if list.len() == ns.history_size {
-            list.pop_front();
-        }
-        list.push_back(SeedEntry {
-            offset,
-            age_ms,
-            format: format_from(r.get(4)?),
-            data: Bytes::from(r.get::<_, Vec<u8>>(5)?),
-            meta: r.get::<_, Option<Vec<u8>>>(6)?.map(Bytes::from),
-            key: r.get::<_, Option<String>>(7)?.map(String::into_boxed_str),
-            from: r.get::<_, Option<String>>(8)?.map(String::into_boxed_str),
-            event: r.get::<_, Option<String>>(9)?.map(String::into_boxed_str),
-        });
+        let oldest = now.saturating_sub(ns.history_ttl_ms.min(i64::MAX as u64) as i64);
+        let limit = ns.history_size.min(i64::MAX as usize) as i64;
+        let mut from_archive = newest
+            .query_map(params![channel, epoch as i64, oldest, limit], |r| {
+                archive::Row::read(r, 0)
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        from_archive.reverse();
+        let tail: Vec<archive::Row> = tail.into_iter().filter(|r| r.ts_ms >= oldest).collect();
+        let rows = archive::merge_tail(from_archive, tail);
+        let skip = rows.len().saturating_sub(ns.history_size);
+        let list = rows
+            .into_iter()
+            .skip(skip)
+            .map(|r| SeedEntry {
+                offset: r.offset as u64,
+                age_ms: now.saturating_sub(r.ts_ms).max(0) as u64,
+                format: format_from(r.format),
+                data: Bytes::from(r.data),
+                meta: r.meta.map(Bytes::from),
+                key: r.key.map(String::into_boxed_str),
+                from: r.sender.map(String::into_boxed_str),
+                event: r.event.map(String::into_boxed_str),
+            })
+            .collect();
+        kept.insert(channel.clone(), list);
     }
     let mut out = Vec::with_capacity(by_channel.len());
     for (channel, (mut seed, ns)) in by_channel {
@@ -366,7 +415,7 @@ pub(super) fn read_seeds(
             // A new epoch: its tail may be lost.
             seed.epoch = None;
         } else if let Some(list) = kept.remove(&channel) {
-            seed.entries = list.into();
+            seed.entries = list;
         }
         out.push(seed);
     }

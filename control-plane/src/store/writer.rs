@@ -1,10 +1,11 @@
 //! The writer thread: the shards' journal batches appended in one transaction each
-//! turn (group commit), commit notices back to the shards, pruning by age.
+//! turn (group commit), commit notices back to the shards, moving the log's tail to
+//! the archive between commits (`archive`), pruning by age.
 //!
 //! Owns every write to the store file after start-up, and the circuit a failing write
 //! opens. Does not own reading at start-up (`startup`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,6 +33,59 @@ pub(super) struct Writer {
     /// does not make what is written next look old and expire early (retention and
     /// the history reloaded at start-up go by `ts_ms`).
     pub(super) stamp_ms: i64,
+    pub(super) archive: ArchiveState,
+}
+
+/// Where moving the log's tail to the archive stands.
+#[derive(Debug)]
+pub(super) struct ArchiveState {
+    /// The last log id archived.
+    upto: i64,
+    /// Roughly how many log rows wait (appended since the last pass took its rows).
+    waiting: usize,
+    /// The channels those rows belong to (as far as this run wrote them).
+    channels: HashSet<Arc<str>>,
+    /// When the oldest of them was written (this run's start for a log left over).
+    since: Option<Instant>,
+    after: Duration,
+    pass: Option<archive::Pass>,
+}
+
+impl ArchiveState {
+    pub(super) fn open(conn: &Connection, cfg: &StoreConfig) -> rusqlite::Result<ArchiveState> {
+        let upto = archive::archived_upto(conn)?;
+        let top: Option<i64> = conn.query_row("SELECT MAX(id) FROM log", [], |r| r.get(0))?;
+        let waiting = top.unwrap_or(0).saturating_sub(upto).max(0) as usize;
+        Ok(ArchiveState {
+            upto,
+            waiting,
+            channels: HashSet::new(),
+            since: (waiting > 0).then(Instant::now),
+            after: Duration::from_millis(cfg.archive_after_ms),
+            pass: None,
+        })
+    }
+
+    /// `records` rows of these channels were just committed.
+    fn wrote<'a>(&mut self, records: usize, channels: impl Iterator<Item = &'a Arc<str>>) {
+        self.waiting += records;
+        self.since.get_or_insert_with(Instant::now);
+        for c in channels {
+            if !self.channels.contains(c) {
+                self.channels.insert(c.clone());
+            }
+        }
+    }
+
+    /// Whether a pass should start now.
+    fn due(&self, now: Instant) -> bool {
+        self.waiting > 0
+            && (self.waiting >= archive::ARCHIVE_ROWS
+                || self.waiting >= archive::ROWS_PER_CHANNEL * self.channels.len().max(1)
+                || self
+                    .since
+                    .is_some_and(|t| now.duration_since(t) >= self.after))
+    }
 }
 
 /// Per channel: the epoch and top offset written to the log, and what its `streams`
@@ -91,6 +145,12 @@ impl Writer {
                             self.state.set_healthy(true);
                         }
                         self.state.stored(n);
+                        self.archive.wrote(
+                            n,
+                            batches
+                                .iter()
+                                .flat_map(|b| b.records.iter().map(|r| &r.channel)),
+                        );
                         notify(shards, &batches, stop);
                         batches.clear();
                     }
@@ -117,6 +177,9 @@ impl Writer {
                         std::thread::sleep(Duration::from_millis(self.cfg.retry_ms));
                     }
                 }
+            }
+            if self.state.healthy() {
+                self.archive_step(stats);
             }
             if Instant::now() >= next_prune {
                 next_prune = Instant::now() + prune_every;
@@ -225,6 +288,61 @@ impl Writer {
         Ok(())
     }
 
+    /// Between group commits: start a pass when one is due, or write the next chunk of
+    /// the pass in progress (one transaction, bounded, so commits are not held up long).
+    fn archive_step(&mut self, stats: &StoreStats) {
+        let a = &mut self.archive;
+        if a.pass.is_none() {
+            if !a.due(Instant::now()) {
+                return;
+            }
+            match archive::begin(&self.conn, a.upto) {
+                Ok(pass) => {
+                    let taken = pass.as_ref().map_or(0, |p| p.len());
+                    if taken < archive::ARCHIVE_ROWS {
+                        a.waiting = 0;
+                        a.since = None;
+                        a.channels.clear();
+                    } else {
+                        // More than one pass waits: the next starts right after.
+                        a.waiting = a.waiting.saturating_sub(taken).max(archive::ARCHIVE_ROWS);
+                    }
+                    a.pass = pass;
+                }
+                Err(e) => return tracing::warn!("archive pass cannot read the log: {e}"),
+            }
+        }
+        let Some(pass) = a.pass.as_mut() else {
+            return;
+        };
+        match archive::step(&mut self.conn, pass) {
+            Ok(false) => {}
+            Ok(true) => {
+                stats
+                    .archived
+                    .fetch_add(pass.len() as u64, Ordering::Relaxed);
+                a.upto = pass.top();
+                a.pass = None;
+            }
+            // Retried from the same chunk on the next turn (chunks are idempotent).
+            Err(e) => tracing::warn!("archive pass failed, retrying: {e}"),
+        }
+    }
+
+    /// Run passes until the log's tail is archived; how many rows moved.
+    pub(super) fn archive_all(&mut self) -> rusqlite::Result<usize> {
+        let mut moved = 0;
+        while let Some(mut pass) = archive::begin(&self.conn, self.archive.upto)? {
+            while !archive::step(&mut self.conn, &mut pass)? {}
+            moved += pass.len();
+            self.archive.upto = pass.top();
+        }
+        self.archive.waiting = 0;
+        self.archive.since = None;
+        self.archive.channels.clear();
+        Ok(moved)
+    }
+
     /// Bring every lagging `streams` row up to date (before the log loses anything,
     /// and at a clean stop).
     pub(super) fn sync_rows(&mut self) -> rusqlite::Result<()> {
@@ -248,8 +366,9 @@ impl Writer {
         Ok(())
     }
 
-    /// Delete publications older than the longest `history_ttl_ms` of the durable
-    /// namespaces (after the `streams` rows caught up, so no top offset is lost).
+    /// Delete archived publications older than their namespace's `history_ttl_ms`, and
+    /// marks older than theirs (after the `streams` rows caught up, so no top offset is
+    /// lost).
     pub(super) fn prune_by_age(&mut self) -> rusqlite::Result<usize> {
         let now = crate::clock::now_ms() as i64;
         self.sync_rows()?;
@@ -270,14 +389,32 @@ impl Writer {
         let Some(ttl) = ttl else {
             return Ok(marks);
         };
-        let cutoff = now.saturating_sub(ttl.min(i64::MAX as u64) as i64);
-        // The log is in commit order, so what is too old is a prefix of ids.
-        let log = self.conn.execute(
-            "DELETE FROM log WHERE id < (SELECT COALESCE(MIN(id), 0) FROM log WHERE ts_ms >= ?1)
-                 OR (SELECT MAX(ts_ms) FROM log) < ?1",
-            params![cutoff],
-        )?;
-        Ok(log + marks)
+        // The log itself loses rows only to archive passes (which move them first), so
+        // its ids and the passes' progress stay in step; what is too old goes from
+        // the archive.
+        Ok(marks + self.prune_archive(now, ttl)?)
+    }
+
+    /// The archive loses, channel by channel, what is older than its namespace's
+    /// `history_ttl_ms` — `longest` for a channel whose namespace is no longer
+    /// configured durable. Work in proportion to what is deleted (`archive::prune`).
+    fn prune_archive(&mut self, now: i64, longest: u64) -> rusqlite::Result<usize> {
+        let channels: Vec<String> = self
+            .conn
+            .prepare("SELECT channel FROM streams")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let tx = self.conn.transaction()?;
+        let mut gone = 0;
+        for channel in &channels {
+            let ttl = startup::namespace_of(channel, &self.namespaces)
+                .filter(|n| n.durability != Durability::None)
+                .map_or(longest, |n| n.history_ttl_ms);
+            let cutoff = now.saturating_sub(ttl.min(i64::MAX as u64) as i64);
+            gone += archive::prune(&tx, channel, cutoff)?;
+        }
+        tx.commit()?;
+        Ok(gone)
     }
 }
 
