@@ -18,10 +18,11 @@
 //! is one range to read. Each channel's epoch and top offset are in the small `streams`
 //! table, written when its epoch changes and otherwise at most once a second; start-up
 //! takes the top from the archive and the log's tail where it is newer. Retention on
-//! disk is by age: every `prune_interval_ms` each channel's archived publications older
-//! than its namespace's `history_ttl_ms` are deleted (after every lagging `streams` row
-//! is brought up to date, so a top offset is never lost; the log loses rows only to
-//! archive passes); `history_size` bounds what is reloaded and served.
+//! disk is by age: every `prune_interval_ms` a round deletes each channel's archived
+//! publications older than its namespace's `history_ttl_ms`, 256 channels a step between
+//! commits (after every lagging `streams` row is brought up to date, so a top offset is
+//! never lost; the log loses rows only to archive passes); `history_size` bounds what is
+//! reloaded and served.
 //!
 //! A store that cannot be opened, created or read is a start-up error naming the file.
 //! A write that fails at run time opens the circuit: the shards refuse new durable

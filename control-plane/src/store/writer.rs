@@ -49,6 +49,9 @@ pub(super) struct ArchiveState {
     since: Option<Instant>,
     after: Duration,
     pass: Option<archive::Pass>,
+    /// A pruning round in progress: the last channel it pruned ("" at the start), the
+    /// time it prunes against and the longest ttl.
+    pruning: Option<(String, i64, u64)>,
 }
 
 impl ArchiveState {
@@ -63,6 +66,7 @@ impl ArchiveState {
             since: (waiting > 0).then(Instant::now),
             after: Duration::from_millis(cfg.archive_after_ms),
             pass: None,
+            pruning: None,
         })
     }
 
@@ -180,6 +184,7 @@ impl Writer {
             }
             if self.state.healthy() {
                 self.archive_step(stats);
+                self.prune_step(stats);
             }
             if Instant::now() >= next_prune {
                 next_prune = Instant::now() + prune_every;
@@ -366,9 +371,9 @@ impl Writer {
         Ok(())
     }
 
-    /// Delete archived publications older than their namespace's `history_ttl_ms`, and
-    /// marks older than theirs (after the `streams` rows caught up, so no top offset is
-    /// lost).
+    /// Delete marks older than theirs and start a round deleting archived publications
+    /// older than their namespace's `history_ttl_ms` (after the `streams` rows caught up,
+    /// so no top offset is lost).
     pub(super) fn prune_by_age(&mut self) -> rusqlite::Result<usize> {
         let now = crate::clock::now_ms() as i64;
         self.sync_rows()?;
@@ -391,18 +396,48 @@ impl Writer {
         };
         // The log itself loses rows only to archive passes (which move them first), so
         // its ids and the passes' progress stay in step; what is too old goes from
-        // the archive.
-        Ok(marks + self.prune_archive(now, ttl)?)
+        // the archive, a few channels between commits (`prune_step`).
+        if self.archive.pruning.is_none() {
+            self.archive.pruning = Some((String::new(), now, ttl));
+        }
+        Ok(marks)
     }
 
-    /// The archive loses, channel by channel, what is older than its namespace's
-    /// `history_ttl_ms` — `longest` for a channel whose namespace is no longer
-    /// configured durable. Work in proportion to what is deleted (`archive::prune`).
-    fn prune_archive(&mut self, now: i64, longest: u64) -> rusqlite::Result<usize> {
+    /// One step of a pruning round: the archive loses, for the next
+    /// [`PRUNE_CHANNELS`] channels, what is older than their namespace's
+    /// `history_ttl_ms` (the longest for a channel whose namespace is no longer
+    /// configured durable); work in proportion to what is deleted (`archive::prune`).
+    /// Bounded, so commits go on in between however many channels there are.
+    fn prune_step(&mut self, stats: &StoreStats) {
+        let Some((after, now, longest)) = self.archive.pruning.take() else {
+            return;
+        };
+        match self.prune_channels(&after, now, longest) {
+            Ok((gone, last)) => {
+                stats.pruned.fetch_add(gone as u64, Ordering::Relaxed);
+                self.archive.pruning = last.map(|c| (c, now, longest));
+            }
+            Err(e) => {
+                tracing::warn!("store retention step failed, retrying: {e}");
+                self.archive.pruning = Some((after, now, longest));
+            }
+        }
+    }
+
+    /// Prune the channels after `after`; how many rows went, and the last channel (None
+    /// when the round is complete).
+    fn prune_channels(
+        &mut self,
+        after: &str,
+        now: i64,
+        longest: u64,
+    ) -> rusqlite::Result<(usize, Option<String>)> {
         let channels: Vec<String> = self
             .conn
-            .prepare("SELECT channel FROM streams")?
-            .query_map([], |r| r.get(0))?
+            .prepare_cached(
+                "SELECT channel FROM streams WHERE channel > ?1 ORDER BY channel LIMIT ?2",
+            )?
+            .query_map(params![after, PRUNE_CHANNELS as i64], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         let tx = self.conn.transaction()?;
         let mut gone = 0;
@@ -414,9 +449,15 @@ impl Writer {
             gone += archive::prune(&tx, channel, cutoff)?;
         }
         tx.commit()?;
-        Ok(gone)
+        let last = (channels.len() == PRUNE_CHANNELS)
+            .then(|| channels.into_iter().next_back())
+            .flatten();
+        Ok((gone, last))
     }
 }
+
+/// Channels one pruning step visits.
+const PRUNE_CHANNELS: usize = 256;
 
 pub(super) const UPSERT_STREAM: &str =
     "INSERT INTO streams (channel, epoch, top, updated_ms) VALUES (?1, ?2, ?3, ?4)
