@@ -24,6 +24,7 @@ fn config() -> EngineConfig {
         shards: 1,
         max_outbound_bytes: 64 * 1024 * 1024,
         namespaces: vec![NamespacePolicy {
+            retention: Default::default(),
             name: "room".into(),
             durability: Durability::None,
             history_size: 64,

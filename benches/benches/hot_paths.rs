@@ -546,6 +546,7 @@ fn group_commit(c: &mut Criterion) {
         ..StoreConfig::default()
     };
     let ns = [NamespacePolicy {
+        retention: Default::default(),
         name: "ledger".into(),
         durability: Durability::Sync,
         history_size: 10_000,

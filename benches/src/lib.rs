@@ -62,6 +62,7 @@ pub fn fanout_core_with(
         shards: 1,
         max_outbound_bytes: 64 * 1024 * 1024,
         namespaces: vec![NamespacePolicy {
+            retention: Default::default(),
             name: namespace,
             durability,
             history_size: 64,

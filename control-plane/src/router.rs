@@ -3,7 +3,8 @@
 //! Owns which worker takes which [`ControlRequest`]: token checks stay with the auth
 //! threads that read the shards' queue; call commands and departures go to the call
 //! worker, notification commands to the notification worker, Socket.IO hook calls
-//! to the hook threads, schedules to the scheduler. Does not own any of that work.
+//! to the hook threads, history pages to the store's reader, schedules to the
+//! scheduler. Does not own any of that work.
 
 use switchboard_engine::ControlRequest;
 
@@ -22,6 +23,8 @@ pub struct Workers {
     pub calls: Calls,
     /// Socket.IO backend hooks.
     pub hooks: crate::hooks::Hooks,
+    /// History pages beyond what owner shards keep in memory.
+    pub history: crate::store::HistoryReader,
 }
 
 impl Workers {
@@ -32,6 +35,7 @@ impl Workers {
             ControlRequest::Command { .. } => self.notifier.submit(req),
             ControlRequest::Gone { .. } => self.calls.submit(req),
             ControlRequest::Hook(call) => self.hooks.submit(call),
+            ControlRequest::History(read) => self.history.submit(read),
             other => self.scheduler.submit(other),
         }
     }

@@ -42,6 +42,7 @@ pub struct Server {
     scheduler: Option<SchedulerHandle>,
     notifier: Option<NotifierHandle>,
     calls: Option<CallsHandle>,
+    history: Option<crate::worker::WorkerHandle>,
     alerts: Option<crate::worker::WorkerHandle>,
     memory_trim: Option<crate::worker::WorkerHandle>,
     hooks: Vec<crate::worker::WorkerHandle>,
@@ -125,6 +126,8 @@ impl Server {
             peers.clone(),
             remote_pushes.clone(),
         )?;
+        let (history, history_handle) =
+            store::spawn_reader(store.path(), engine.sender(), store.stats().clone())?;
         let (hooks, hook_threads) = crate::hooks::spawn(&cfg.socketio, engine.sender())
             .map_err(|e| Error::start("the hook threads", e))?;
         let auth_stats = Arc::new(AuthStats::default());
@@ -146,6 +149,7 @@ impl Server {
                 notifier: notifier.clone(),
                 calls: calls.clone(),
                 hooks,
+                history,
             },
         )
         .map_err(|e| Error::start("the auth workers", e))?;
@@ -239,6 +243,7 @@ impl Server {
             scheduler: Some(scheduler_handle),
             notifier: Some(notifier_handle),
             calls: Some(calls_handle),
+            history: Some(history_handle),
             alerts: Some(alerts_handle),
             memory_trim: Some(memory_trim),
             hooks: hook_threads,
@@ -287,6 +292,9 @@ impl Server {
         }
         if let Some(calls) = self.calls.take() {
             calls.finish();
+        }
+        if let Some(history) = self.history.take() {
+            history.finish();
         }
         if let Some(alerts) = self.alerts.take() {
             alerts.finish();

@@ -229,7 +229,7 @@ async fn archived_publications_are_reloaded_after_restarts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn archived_publications_older_than_their_namespace_keeps_are_pruned() {
+async fn archived_publications_beyond_their_namespace_retention_are_pruned() {
     let store = temp_store();
     let server = start(|c| {
         chat_namespace(c);
@@ -237,7 +237,15 @@ async fn archived_publications_older_than_their_namespace_keeps_are_pruned() {
             "brief".into(),
             NamespaceConfig {
                 durability: Durability::Sync,
-                history_ttl_ms: Some(300),
+                retain_ms: Some(300),
+                ..Default::default()
+            },
+        );
+        c.namespaces.insert(
+            "capped".into(),
+            NamespaceConfig {
+                durability: Durability::Sync,
+                retain_count: Some(5),
                 ..Default::default()
             },
         );
@@ -245,10 +253,11 @@ async fn archived_publications_older_than_their_namespace_keeps_are_pruned() {
         c.store.path = store.clone();
     });
     let admin = server.admin_addr();
-    // Ten on one channel that keeps them; one on each of 300 that keep them 300 ms
-    // (more channels than one pruning step visits).
+    // Ten on one channel that keeps them forever; one on each of 300 that keep them
+    // 300 ms (more channels than one pruning step visits); 20 on one that keeps 5.
     let mut channels: Vec<String> = vec!["chat:x".into(); 10];
     channels.extend((0..300).map(|i| format!("brief:{i}")));
+    channels.extend(std::iter::repeat_n("capped:1".to_string(), 20));
     for (i, channel) in channels.iter().enumerate() {
         let (st, r) = api(
             admin,
@@ -259,9 +268,9 @@ async fn archived_publications_older_than_their_namespace_keeps_are_pruned() {
         .await;
         assert_eq!(st, 200, "{r}");
     }
-    wait_archived(admin, 310).await;
+    wait_archived(admin, 330).await;
     let deadline = std::time::Instant::now() + TIMEOUT;
-    while metric(admin, "switchboard_store_pruned_total").await < 300 {
+    while metric(admin, "switchboard_store_pruned_total").await < 315 {
         assert!(
             std::time::Instant::now() < deadline,
             "not everything pruned"
@@ -277,7 +286,18 @@ async fn archived_publications_older_than_their_namespace_keeps_are_pruned() {
         )
         .unwrap()
     };
-    assert_eq!((left("brief:%"), left("chat:%")), (0, 10));
+    assert_eq!(
+        (left("brief:%"), left("chat:%"), left("capped:%")),
+        (0, 10, 5)
+    );
+    let newest: Vec<i64> = conn
+        .prepare("SELECT offset FROM archive WHERE channel = 'capped:1' ORDER BY offset")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(newest, [16, 17, 18, 19, 20]);
     drop(conn);
     server.shutdown();
     server.wait();

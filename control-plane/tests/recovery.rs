@@ -191,10 +191,13 @@ async fn too_old_or_other_epoch_is_said_plainly_and_history_pages() {
     .await;
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
+    let cursor = v["cursor"].clone();
+    assert!(cursor.is_string(), "older ones follow: {v}");
     assert_eq!(
         v,
         json!({"channel": "room:h", "epoch": epoch, "offset": 12,
-            "publications": [{"offset": 12, "data": 12}, {"offset": 11, "data": 11}]})
+            "publications": [{"offset": 12, "data": 12}, {"offset": 11, "data": 11}],
+            "cursor": cursor})
     );
     let (status, body) = http(admin, "GET", "/api/history?channel=room:h", &[], "").await;
     assert_eq!(status, 401, "{body}");

@@ -81,6 +81,9 @@ pub enum ControlRequest {
         /// What to do.
         cmd: crate::control::ControlCommand,
     },
+    /// Read a history page from the store and answer whoever asked
+    /// ([`crate::history::HistoryRead`]).
+    History(Box<crate::history::HistoryRead>),
     /// Call a Socket.IO backend hook and answer [`crate::ShardMsg::HookDone`].
     Hook(Box<crate::hooks::HookCall>),
     /// A connection that took part in a call has gone (`graceful`: it closed cleanly;

@@ -439,9 +439,7 @@ impl EngineHandle {
     pub fn history(
         &self,
         channel: &str,
-        since: u64,
-        limit: u32,
-        reverse: bool,
+        page: switchboard_protocol::history::Page,
     ) -> Result<tokio::sync::oneshot::Receiver<StreamReply>, Error> {
         if !envelope::valid_channel(channel) {
             return Err(Error::InvalidChannel);
@@ -450,11 +448,7 @@ impl EngineHandle {
         let owner = self.mesh.home_of(channel);
         let q = StreamQuery {
             channel: channel.into(),
-            kind: QueryKind::History {
-                since,
-                limit,
-                reverse,
-            },
+            kind: QueryKind::History { page },
             shard: owner,
             conn: crate::core::ConnKey { slot: 0, gen: 0 },
             to: crate::mesh::ReplyKind::Command(0),

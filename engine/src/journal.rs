@@ -58,9 +58,11 @@ pub struct NamespacePolicy {
     pub name: String,
     /// When publications are acknowledged and whether they are stored.
     pub durability: Durability,
-    /// Publications each channel keeps (memory and store) for history and recovery.
+    /// Publications each channel keeps in memory for fast history and recovery (also
+    /// what start-up reloads from the store).
     pub history_size: usize,
-    /// Kept publications older than this are not served and are pruned.
+    /// Kept publications older than this leave memory (the store keeps them per
+    /// `retention`).
     pub history_ttl_ms: u64,
     /// Who may subscribe, publish and read history.
     #[serde(default)]
@@ -76,6 +78,27 @@ pub struct NamespacePolicy {
     /// send beyond it is refused with 110 until older ones go. 0 = no limit.
     #[serde(default)]
     pub max_channel_bytes: usize,
+    /// How long the store keeps each channel's publications (separate from what memory
+    /// keeps: `history_size`, `history_ttl_ms`).
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+/// How much of each channel of a namespace the store keeps: publications younger than
+/// `max_age_ms` and at most the newest `max_count`; both absent (the default): forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Retention {
+    /// Stored publications older than this are deleted.
+    pub max_age_ms: Option<u64>,
+    /// At most this many of a channel's publications are kept, the newest.
+    pub max_count: Option<u64>,
+}
+
+impl Retention {
+    /// Whether everything is kept.
+    pub fn forever(&self) -> bool {
+        self.max_age_ms.is_none() && self.max_count.is_none()
+    }
 }
 
 /// A namespace policy resolved for a shard (ttl in ticks).
@@ -263,6 +286,9 @@ pub struct SeedStream {
     pub offset: u64,
     /// The kept publications, oldest first.
     pub entries: Vec<SeedEntry>,
+    /// Idle for longer than `engine.stream_idle_ms`: only its position is kept, and the
+    /// channel continues from it when next used (its history stays in the store).
+    pub dormant: bool,
 }
 
 /// A stored publication read back at start-up.
@@ -406,6 +432,7 @@ mod tests {
         let p = Policies::new(
             default,
             &[NamespacePolicy {
+                retention: Default::default(),
                 name: "chat".into(),
                 durability: Durability::Sync,
                 history_size: 5,

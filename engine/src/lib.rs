@@ -36,6 +36,7 @@ pub mod epoll;
 pub mod error;
 pub mod files;
 pub mod hashing;
+pub mod history;
 pub mod hooks;
 pub mod journal;
 pub mod limits;

@@ -68,6 +68,7 @@ fn serves_everyone(data: Payload<'_>, meta: Option<Payload<'_>>) {
             POS,
             Some(true),
             [stored].into_iter(),
+            None,
         )
         .unwrap_or_else(|e| panic!("a valid payload fails a history answer ({format:?}): {e}"));
         let body = unframe(&reply);

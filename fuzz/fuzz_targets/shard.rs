@@ -78,6 +78,7 @@ fn config() -> EngineConfig {
         reconnect_ttl_ms: 60_000,
         reconnect_secret: Some(Arc::from(&b"fuzz-reconnect-secret-0123456789"[..])),
         namespaces: vec![NamespacePolicy {
+            retention: Default::default(),
             name: "room".into(),
             durability: Durability::None,
             history_size: 16,

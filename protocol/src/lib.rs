@@ -12,6 +12,7 @@
 //! - [`utf8`]: UTF-8 validation that carries state across fragments.
 //! - [`message`]: reassembly of fragmented messages with a size limit, close-frame rules.
 //! - [`envelope`]: the Switchboard v1 commands, replies and pushes, MessagePack and JSON.
+//! - [`history`]: a history page's bounds and the cursor that continues it.
 //! - [`close`]: close codes and reasons used on the wire.
 //! - [`engineio`]: Engine.IO v4 packets (WebSocket frames and polling payloads), the
 //!   transport under Socket.IO v5.
@@ -29,6 +30,7 @@ pub mod envelope;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+pub mod history;
 pub mod mask;
 pub mod message;
 pub mod sio_events;

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use switchboard_engine::journal::Retention;
 use switchboard_engine::{Durability, EngineConfig, NamespacePolicy};
 use switchboard_protocol::envelope::valid_topic;
 
@@ -186,6 +187,10 @@ impl Config {
                 presence: ns.presence,
                 presence_events: ns.presence && ns.presence_events.unwrap_or(true),
                 max_channel_bytes: ns.max_channel_bytes,
+                retention: Retention {
+                    max_age_ms: ns.retain_ms,
+                    max_count: ns.retain_count,
+                },
             })
             .collect();
         if self.inbox.enabled {
@@ -199,6 +204,10 @@ impl Config {
                 presence: false,
                 presence_events: false,
                 max_channel_bytes: self.inbox.max_bytes,
+                retention: Retention {
+                    max_age_ms: Some(self.inbox.retain_ms.unwrap_or(self.inbox.history_ttl_ms)),
+                    max_count: self.inbox.retain_count,
+                },
             });
         }
         engine
@@ -244,7 +253,32 @@ impl Config {
                 )));
             }
         }
+        if self.inbox.retain_ms == Some(0) || self.inbox.retain_count == Some(0) {
+            return Err(Error::invalid(
+                "inbox.retain_ms and inbox.retain_count must be greater than 0",
+            ));
+        }
         for (name, ns) in &self.namespaces {
+            for (key, v) in [
+                ("retain_ms", ns.retain_ms),
+                ("retain_count", ns.retain_count),
+            ] {
+                match v {
+                    Some(0) => {
+                        return Err(Error::config(
+                            format!("namespaces.{name}.{key}"),
+                            "must be greater than 0 (leave it out to keep publications forever)",
+                        ))
+                    }
+                    Some(_) if ns.durability == Durability::None => {
+                        return Err(Error::config(
+                            format!("namespaces.{name}.{key}"),
+                            "applies to stored namespaces: set durability to async or sync",
+                        ))
+                    }
+                    _ => {}
+                }
+            }
             let message = self.engine.max_message_bytes;
             if ns.max_channel_bytes != 0 && ns.max_channel_bytes < message {
                 return Err(Error::config(

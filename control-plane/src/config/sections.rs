@@ -77,6 +77,12 @@ pub struct InboxConfig {
     pub history_size: usize,
     /// Messages older than this expire (default 7 days).
     pub history_ttl_ms: u64,
+    /// How long the store keeps inbox messages (default: `history_ttl_ms`, the
+    /// backlog a device can still get).
+    pub retain_ms: Option<u64>,
+    /// At most this many messages per inbox in the store, the newest (default: no
+    /// count limit).
+    pub retain_count: Option<u64>,
     /// Most bytes one inbox holds (payloads and bookkeeping, in its owner shard's
     /// memory); a `send` beyond it is refused with 110 until older messages expire or
     /// are pushed out by `history_size`. 0 = no limit (default 16 MiB).
@@ -91,6 +97,8 @@ impl Default for InboxConfig {
             durability: Durability::Sync,
             history_size: 1000,
             history_ttl_ms: 7 * 24 * 3600 * 1000,
+            retain_ms: None,
+            retain_count: None,
             max_bytes: 16 * 1024 * 1024,
         }
     }
@@ -106,9 +114,16 @@ pub struct NamespaceConfig {
     /// Publications kept per channel for history and recovery (default:
     /// `engine.history_size`).
     pub history_size: Option<usize>,
-    /// Kept publications older than this are not served and are deleted (default:
-    /// `engine.history_ttl_ms`).
+    /// Kept publications older than this leave memory (default:
+    /// `engine.history_ttl_ms`); history older than that is read from the store.
     pub history_ttl_ms: Option<u64>,
+    /// Stored publications older than this are deleted (stored namespaces only;
+    /// absent: no age limit). With neither this nor `retain_count`, the store keeps a
+    /// channel's publications forever.
+    pub retain_ms: Option<u64>,
+    /// At most this many publications per channel stay in the store, the newest
+    /// (stored namespaces only; absent: no count limit).
+    pub retain_count: Option<u64>,
     /// Who may subscribe: rules of which one must hold (absent: the token's `channels`
     /// claim decides). A rule is a table: `channel` (a template such as
     /// `"case:{team}:*"`) and claims with the value(s) they must have

@@ -268,6 +268,16 @@ fn store_and_namespaces_load_and_bad_values_name_the_key() {
         ),
         ("[namespaces.\"a:b\"]\n", "namespaces.a:b"),
         ("[namespaces.x]\nretention = 3\n", "retention"),
+        (
+            "[namespaces.x]\ndurability = \"sync\"\nretain_ms = 0\n",
+            "namespaces.x.retain_ms",
+        ),
+        (
+            "[namespaces.x]\nretain_count = 100\n",
+            "namespaces.x.retain_count",
+        ),
+        ("[namespaces.x]\nretain_count = -1\n", "retain_count"),
+        ("[inbox]\nretain_ms = 0\n", "inbox.retain_ms"),
         ("[inbox]\ndurability = \"none\"\n", "inbox.durability"),
         (
             "[namespaces.case]\nsubscribe = [{ role = \"a\" }, { channel = \"case:{team\" }]\n",

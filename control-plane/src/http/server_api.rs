@@ -23,6 +23,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use switchboard_protocol::history::{Page, PageFields};
 use switchboard_protocol::{ErrorCode, Format, Payload, Position};
 
 /// The routes.
@@ -49,24 +50,24 @@ pub(super) fn as_json(format: Format, raw: &[u8]) -> serde_json::Value {
     .unwrap_or(serde_json::Value::Null)
 }
 
-/// Query of `GET /api/history`.
+/// Query of `GET /api/history`: the `history` command's fields.
 #[derive(Deserialize)]
 pub(super) struct HistoryQuery {
     channel: String,
-    #[serde(default)]
-    since: u64,
-    #[serde(default = "default_limit")]
-    limit: u32,
-    #[serde(default)]
-    reverse: bool,
+    since: Option<u64>,
+    after: Option<u64>,
+    before: Option<u64>,
+    epoch: Option<String>,
+    from_ms: Option<u64>,
+    to_ms: Option<u64>,
+    limit: Option<u64>,
+    reverse: Option<bool>,
+    cursor: Option<String>,
 }
 
-pub(super) fn default_limit() -> u32 {
-    100
-}
-
-/// `GET /api/history?channel=…&since=…&limit=…&reverse=…`: a channel's retained
-/// publications, as the `history` command returns them, with payloads as JSON.
+/// `GET /api/history?channel=…[&after=…|&before=…][&from_ms=…&to_ms=…][&epoch=…]
+/// [&limit=…][&reverse=true][&cursor=…]`: a page of a channel's publications, as the
+/// `history` command returns it, with payloads as JSON.
 pub(super) async fn history(
     State(s): State<Arc<HttpState>>,
     headers: HeaderMap,
@@ -76,26 +77,51 @@ pub(super) async fn history(
         &s,
         &headers,
         query,
-        "?channel=NAME[&since=OFFSET][&limit=N][&reverse=true]",
+        "?channel=NAME[&after=OFFSET][&before=OFFSET][&from_ms=MS][&to_ms=MS][&epoch=HEX][&limit=N][&reverse=true][&cursor=TEXT]",
     ) {
         Ok(q) => q,
         Err(r) => return r,
     };
-    history_of(&s, &q.channel, q.since, q.limit, q.reverse)
-        .await
-        .unwrap_or_else(|r| r)
+    let fields = PageFields {
+        since: q.since,
+        after: q.after,
+        before: q.before,
+        epoch: q.epoch.as_deref(),
+        from_ms: q.from_ms,
+        to_ms: q.to_ms,
+        limit: q.limit,
+        reverse: q.reverse,
+        cursor: q.cursor.as_deref(),
+    };
+    let page = match fields.page(&q.channel) {
+        Ok(p) => p,
+        Err(why) => return error(StatusCode::BAD_REQUEST, "bad_request", why),
+    };
+    history_of(&s, &q.channel, page).await.unwrap_or_else(|r| r)
 }
 
-/// A channel's retained publications as the server API shows them (`GET /api/history`,
+/// A page of a channel's publications as the server API shows them (`GET /api/history`,
 /// a user's inbox).
 pub(crate) async fn history_of(
     s: &HttpState,
     channel: &str,
-    since: u64,
-    limit: u32,
-    reverse: bool,
+    page: Page,
 ) -> Result<Response, Response> {
-    let reply = owner_reply(s.engine.history(channel, since, limit, reverse)).await?;
+    let reply = owner_reply(s.engine.history(channel, page)).await?;
+    if let Some((code, why)) = &reply.refused {
+        let status = match code {
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::Overloaded | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let kind = match code {
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Unavailable => "unavailable",
+            _ => "bad_request",
+        };
+        return Err(error(status, kind, why));
+    }
     let mut publications = Vec::with_capacity(reply.publications.len());
     for e in &reply.publications {
         let mut p = json!({"offset": e.offset, "data": as_json(e.format, &e.data)});
@@ -110,13 +136,16 @@ pub(crate) async fn history_of(
         }
         publications.push(p);
     }
-    Ok(Json(json!({
+    let mut body = json!({
         "channel": channel,
         "epoch": reply.top.epoch_hex().as_str(),
         "offset": reply.top.offset,
         "publications": publications,
-    }))
-    .into_response())
+    });
+    if let Some(cursor) = &reply.cursor {
+        body["cursor"] = json!(&**cursor);
+    }
+    Ok(Json(body).into_response())
 }
 
 #[derive(Deserialize)]

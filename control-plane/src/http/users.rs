@@ -196,8 +196,12 @@ pub(super) async fn user_inbox(
     let Some(channel) = s.engine.inbox_channel(&path.0) else {
         return invalid("user", "inboxes are off or the user id is invalid");
     };
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    super::server_api::history_of(&s, &channel, q.since, limit, false)
+    let page = switchboard_protocol::history::Page {
+        after: q.since,
+        limit: q.limit.unwrap_or(100).clamp(1, 1000),
+        ..Default::default()
+    };
+    super::server_api::history_of(&s, &channel, page)
         .await
         .unwrap_or_else(|r| r)
 }

@@ -100,7 +100,7 @@ pub(super) fn expose_auth_and_api(out: &mut String, auth: &AuthStats, api: &ApiS
 /// The store writer.
 pub(super) fn expose_store(out: &mut String, st: &StoreView) {
     let last_commit_s = st.stats.last_commit_us.load(Relaxed) as f64 / 1e6;
-    let families: [(&str, &str, &str, String); 8] = [
+    let families: [(&str, &str, &str, String); 11] = [
         (
             "switchboard_store_up",
             "gauge",
@@ -142,6 +142,24 @@ pub(super) fn expose_store(out: &mut String, st: &StoreView) {
             "counter",
             "Stored publications moved from the log's tail to the archive.",
             st.stats.archived.load(Relaxed).to_string(),
+        ),
+        (
+            "switchboard_store_history_pages_total",
+            "counter",
+            "History pages read from the store (beyond what owner shards keep in memory).",
+            st.stats.pages_read.load(Relaxed).to_string(),
+        ),
+        (
+            "switchboard_store_history_page_failures_total",
+            "counter",
+            "History pages the store failed to read (answered 111 / 503).",
+            st.stats.page_failures.load(Relaxed).to_string(),
+        ),
+        (
+            "switchboard_store_last_history_page_seconds",
+            "gauge",
+            "Duration of the last history page read from the store.",
+            format!("{:.6}", st.stats.last_page_us.load(Relaxed) as f64 / 1e6),
         ),
         (
             "switchboard_store_last_commit_seconds",

@@ -18,7 +18,7 @@
 //! the log is left empty: its next row is numbered 1 again).
 //!
 //! The archive has no time index (it would double the pages a pass writes); what is too
-//! old is found per epoch from its oldest offset ([`prune`]).
+//! old is found per epoch by binary search on offsets ([`first_at_or_after`], [`prune`]).
 //!
 //! Readers take a channel's rows from the archive and from the log after `archived` (the
 //! tail: up to `store.archive_after_ms` of writes), one row per offset ([`merge_tail`]).
@@ -167,34 +167,122 @@ pub(super) fn step(conn: &mut Connection, pass: &mut Pass) -> rusqlite::Result<b
     Ok(true)
 }
 
-/// Delete `channel`'s archived publications written before `cutoff` (ms). Within an
-/// epoch `ts_ms` never decreases with the offset (the writer's stamps never go back), so
-/// what is too old is a prefix of the epoch's offsets: found by reading from its start
-/// up to the first row young enough, with no time index to keep up. Epochs are visited
-/// by seeking the primary key from one to the next.
-pub(super) fn prune(conn: &Connection, channel: &str, cutoff: i64) -> rusqlite::Result<usize> {
+/// How much of a channel the store keeps: publications newer than `cutoff_ms` and at
+/// most the newest `count` (either absent: no such limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Keep {
+    pub cutoff_ms: Option<i64>,
+    pub count: Option<u64>,
+}
+
+/// Delete `channel`'s archived publications beyond `keep`, in every epoch it has; how
+/// many went. Epochs are taken newest first (by their newest row's time) for the
+/// count, whose offsets are dense within an epoch (every sequenced publication of a
+/// stored namespace is stored), so the boundary is arithmetic; the age boundary is a
+/// binary search ([`first_at_or_after`]). Work is two seeks an epoch plus the deletes.
+pub(super) fn prune(conn: &Connection, channel: &str, keep: Keep) -> rusqlite::Result<usize> {
+    // Each epoch by one seek past the previous one (a DISTINCT would read every row).
     let mut next_epoch = conn.prepare_cached(
         "SELECT epoch FROM archive WHERE channel = ?1 AND epoch > ?2 ORDER BY epoch LIMIT 1",
     )?;
-    let mut delete = conn.prepare_cached(
-        "DELETE FROM archive WHERE channel = ?1 AND epoch = ?2 AND offset < COALESCE(
-             (SELECT MIN(offset) FROM archive WHERE channel = ?1 AND epoch = ?2 AND ts_ms >= ?3),
-             (SELECT MAX(offset) FROM archive WHERE channel = ?1 AND epoch = ?2) + 1)",
-    )?;
-    let mut gone = 0;
+    let mut spans = Vec::new();
     let mut epoch = i64::MIN;
     loop {
         let found: Option<i64> = next_epoch
             .query_row(params![channel, epoch], |r| r.get(0))
             .optional()?;
         let Some(e) = found else { break };
-        gone += delete.execute(params![channel, e, cutoff])?;
+        if let Some(ends) = ends(conn, channel, e as u64)? {
+            spans.push((e as u64, ends));
+        }
         if e == i64::MAX {
             break;
         }
         epoch = e;
     }
+    spans.sort_unstable_by_key(|(_, e)| std::cmp::Reverse(e.last.1));
+    let mut delete = conn
+        .prepare_cached("DELETE FROM archive WHERE channel = ?1 AND epoch = ?2 AND offset < ?3")?;
+    let mut left = keep.count.unwrap_or(u64::MAX);
+    let mut gone = 0;
+    for (epoch, e) in spans {
+        // Offsets below `from` go.
+        let mut from = e.first.0;
+        if let Some(cutoff) = keep.cutoff_ms {
+            if e.last.1 < cutoff {
+                from = e.last.0 + 1;
+            } else if e.first.1 < cutoff {
+                from = first_at_or_after(conn, channel, epoch, e, cutoff)?;
+            }
+        }
+        let span = e.last.0 - e.first.0 + 1;
+        from = from.max(e.last.0 + 1 - span.min(left));
+        left -= span.min(left);
+        if from > e.first.0 {
+            let to = from.min(i64::MAX as u64) as i64;
+            gone += delete.execute(params![channel, epoch as i64, to])?;
+        }
+    }
     Ok(gone)
+}
+
+/// The archive's ends for one channel and epoch: (offset, time) of the oldest and
+/// newest row.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ends {
+    pub first: (u64, i64),
+    pub last: (u64, i64),
+}
+
+/// The archive's oldest and newest row of `channel` in `epoch` (two seeks).
+pub(super) fn ends(conn: &Connection, channel: &str, epoch: u64) -> rusqlite::Result<Option<Ends>> {
+    let end = |order: &str| -> rusqlite::Result<Option<(u64, i64)>> {
+        conn.prepare_cached(&format!(
+            "SELECT offset, ts_ms FROM archive WHERE channel = ?1 AND epoch = ?2
+             ORDER BY offset {order} LIMIT 1"
+        ))?
+        .query_row(params![channel, epoch as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+        })
+        .optional()
+    };
+    Ok(match (end("ASC")?, end("DESC")?) {
+        (Some(first), Some(last)) => Some(Ends { first, last }),
+        _ => None,
+    })
+}
+
+/// The first archived offset of `channel` in `epoch` stored at or after `ms` (the
+/// newest row's offset when none is, so callers compare `ms` with `ends` first).
+///
+/// Within an epoch stored times never go back (the writer stamps commits with a clock
+/// that only moves forward, and a channel's publications are committed in offset
+/// order), so this is a binary search over offsets, each probe one seek: about 20 for
+/// a million rows, where a filter on time would read every row before it.
+pub(super) fn first_at_or_after(
+    conn: &Connection,
+    channel: &str,
+    epoch: u64,
+    ends: Ends,
+    ms: i64,
+) -> rusqlite::Result<u64> {
+    let mut probe = conn.prepare_cached(
+        "SELECT offset, ts_ms FROM archive WHERE channel = ?1 AND epoch = ?2 AND offset >= ?3
+         ORDER BY offset LIMIT 1",
+    )?;
+    let (mut lo, mut hi) = (ends.first.0, ends.last.0);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let (offset, ts) = probe.query_row(params![channel, epoch as i64, mid as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?))
+        })?;
+        if ts >= ms {
+            hi = offset;
+        } else {
+            lo = offset + 1;
+        }
+    }
+    Ok(lo)
 }
 
 /// Merge a channel's archived rows (ascending offsets) with its rows still in the log's
@@ -350,7 +438,11 @@ mod tests {
         )
         .unwrap();
         let tx = conn.transaction().unwrap();
-        assert_eq!(prune(&tx, "a:1", 25).unwrap(), 4);
+        let by_age = Keep {
+            cutoff_ms: Some(25),
+            count: None,
+        };
+        assert_eq!(prune(&tx, "a:1", by_age).unwrap(), 4);
         tx.commit().unwrap();
         let left: Vec<(i64, i64)> = conn
             .prepare(
@@ -367,6 +459,59 @@ mod tests {
             [1],
             "another channel is untouched"
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn pruning_by_count_keeps_the_newest_across_epochs() {
+        let (mut conn, dir) = store();
+        // Epoch 7 (older, times 1..=10) then epoch 3 (newer, times 100..=104).
+        for (epoch, offsets, t0) in [(7i64, 1..=10i64, 0i64), (3, 1..=5, 99)] {
+            for o in offsets {
+                conn.execute(
+                    "INSERT INTO archive (channel, epoch, offset, ts_ms, format, data) VALUES ('c:1', ?1, ?2, ?3, 0, x'00')",
+                    params![epoch, o, t0 + o],
+                )
+                .unwrap();
+            }
+        }
+        let keep = |count| Keep {
+            cutoff_ms: None,
+            count: Some(count),
+        };
+        let tx = conn.transaction().unwrap();
+        assert_eq!(prune(&tx, "c:1", keep(8)).unwrap(), 7);
+        tx.commit().unwrap();
+        let left = |conn: &Connection| -> Vec<(i64, i64)> {
+            conn.prepare("SELECT epoch, offset FROM archive ORDER BY ts_ms")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(
+            left(&conn),
+            [
+                (7, 8),
+                (7, 9),
+                (7, 10),
+                (3, 1),
+                (3, 2),
+                (3, 3),
+                (3, 4),
+                (3, 5)
+            ]
+        );
+        // Count and age together: the stricter wins.
+        let tx = conn.transaction().unwrap();
+        let both = Keep {
+            cutoff_ms: Some(103),
+            count: Some(4),
+        };
+        assert_eq!(prune(&tx, "c:1", both).unwrap(), 6);
+        tx.commit().unwrap();
+        assert_eq!(left(&conn), [(3, 4), (3, 5)]);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -34,8 +34,12 @@
 //! reading in `startup`, the writer thread in `writer`, the handles here.
 
 mod archive;
+mod pages;
+mod reader;
 mod startup;
 mod writer;
+
+pub use reader::{spawn as spawn_reader, HistoryReader};
 
 use startup::{prepare, read_marks, read_seeds, reconnect_key, take_sessions};
 use std::collections::HashMap;
@@ -130,6 +134,12 @@ pub struct StoreStats {
     pub pruned: AtomicU64,
     /// Publications moved from the log's tail to the archive.
     pub archived: AtomicU64,
+    /// History pages read from the store (beyond what owner shards keep in memory).
+    pub pages_read: AtomicU64,
+    /// History pages the store failed to read.
+    pub page_failures: AtomicU64,
+    /// Duration of the last history page read, microseconds.
+    pub last_page_us: AtomicU64,
 }
 
 /// What start-up learned about the previous run.

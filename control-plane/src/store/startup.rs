@@ -310,27 +310,31 @@ pub(super) fn read_seeds(
 ) -> rusqlite::Result<Vec<SeedStream>> {
     let now = crate::clock::now_ms() as i64;
     let since = now.saturating_sub(stream_idle_ms.min(i64::MAX as u64) as i64);
-    // Every stream active within the idle time whose namespace is still durable.
+    // Every stream whose namespace is still durable: those active within the idle time
+    // with their kept publications, older ones as a position to continue from
+    // (dormant), so a conversation resumed next month continues its epoch.
     let mut by_channel: HashMap<String, (SeedStream, Option<&NamespacePolicy>)> = HashMap::new();
-    let mut streams =
-        conn.prepare("SELECT channel, epoch, top FROM streams WHERE updated_ms >= ?1")?;
-    let rows = streams.query_map([since], |r| {
+    let mut streams = conn.prepare("SELECT channel, epoch, top, updated_ms FROM streams")?;
+    let rows = streams.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, i64>(1)? as u64,
             r.get::<_, i64>(2)? as u64,
+            r.get::<_, i64>(3)?,
         ))
     })?;
     for row in rows {
-        let (channel, epoch, top) = row?;
+        let (channel, epoch, top, updated_ms) = row?;
         let Some(ns) = namespace_of(&channel, namespaces) else {
             // Its namespace is no longer configured (so no longer durable).
             continue;
         };
-        // After an unclean stop only `sync` streams are known complete.
+        let dormant = updated_ms < since;
+        // After an unclean stop only `sync` streams are known complete (and those idle
+        // long before it: their writes were committed then).
         let continues = match ns.durability {
             Durability::Sync => true,
-            Durability::Async => clean,
+            Durability::Async => clean || dormant,
             Durability::None => false,
         };
         let seed = SeedStream {
@@ -338,6 +342,7 @@ pub(super) fn read_seeds(
             epoch: Some(epoch),
             offset: top,
             entries: Vec::new(),
+            dormant,
         };
         by_channel.insert(channel, (seed, continues.then_some(ns)));
     }
@@ -379,7 +384,7 @@ pub(super) fn read_seeds(
         let tail_top = tail.iter().map(|r| r.offset).max();
         seed.offset = seed.offset.max(stored.max(tail_top).unwrap_or(0) as u64);
         let Some(ns) = ns else { continue };
-        if ns.history_size == 0 {
+        if ns.history_size == 0 || seed.dormant {
             continue;
         }
         let oldest = now.saturating_sub(ns.history_ttl_ms.min(i64::MAX as u64) as i64);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rusqlite::{params, Connection};
-use switchboard_engine::journal::{Batch, Durability, JournalState, NamespacePolicy};
+use switchboard_engine::journal::{Batch, Durability, JournalState, NamespacePolicy, Retention};
 use switchboard_engine::{ShardMsg, ShardSender};
 
 use super::*;
@@ -49,9 +49,9 @@ pub(super) struct ArchiveState {
     since: Option<Instant>,
     after: Duration,
     pass: Option<archive::Pass>,
-    /// A pruning round in progress: the last channel it pruned ("" at the start), the
-    /// time it prunes against and the longest ttl.
-    pruning: Option<(String, i64, u64)>,
+    /// A pruning round in progress: the last channel it pruned ("" at the start) and
+    /// the time it prunes against.
+    pruning: Option<(String, i64)>,
 }
 
 impl ArchiveState {
@@ -197,6 +197,11 @@ impl Writer {
             }
         }
         if complete && self.rx.is_empty() {
+            // Every `streams` row exact, so the next start continues each stream from
+            // its row without doubt.
+            if let Err(e) = self.sync_rows() {
+                tracing::warn!("cannot bring the streams' rows up to date at shutdown: {e}");
+            }
             if let Err(e) = self
                 .conn
                 .execute("UPDATE meta SET value = '1' WHERE key = 'clean'", [])
@@ -391,36 +396,57 @@ impl Writer {
         let marks = self
             .conn
             .execute("DELETE FROM marks WHERE at_ms < ?1", params![marks_cutoff])?;
-        let Some(ttl) = ttl else {
-            return Ok(marks);
+        let durable = || {
+            self.namespaces
+                .iter()
+                .filter(|n| n.durability != Durability::None)
         };
+        if durable().all(|n| n.retention.forever()) {
+            return Ok(marks);
+        }
         // The log itself loses rows only to archive passes (which move them first), so
-        // its ids and the passes' progress stay in step; what is too old goes from
-        // the archive, a few channels between commits (`prune_step`).
+        // its ids and the passes' progress stay in step; what is beyond retention goes
+        // from the archive, a few channels between commits (`prune_step`).
         if self.archive.pruning.is_none() {
-            self.archive.pruning = Some((String::new(), now, ttl));
+            self.archive.pruning = Some((String::new(), now));
         }
         Ok(marks)
     }
 
     /// One step of a pruning round: the archive loses, for the next
-    /// [`PRUNE_CHANNELS`] channels, what is older than their namespace's
-    /// `history_ttl_ms` (the longest for a channel whose namespace is no longer
-    /// configured durable); work in proportion to what is deleted (`archive::prune`).
-    /// Bounded, so commits go on in between however many channels there are.
+    /// [`PRUNE_CHANNELS`] channels, what is beyond their namespace's retention (the
+    /// most generous one for a channel whose namespace is no longer configured
+    /// durable); work in proportion to what is deleted (`archive::prune`). Bounded, so
+    /// commits go on in between however many channels there are.
     fn prune_step(&mut self, stats: &StoreStats) {
-        let Some((after, now, longest)) = self.archive.pruning.take() else {
+        let Some((after, now)) = self.archive.pruning.take() else {
             return;
         };
-        match self.prune_channels(&after, now, longest) {
+        match self.prune_channels(&after, now) {
             Ok((gone, last)) => {
                 stats.pruned.fetch_add(gone as u64, Ordering::Relaxed);
-                self.archive.pruning = last.map(|c| (c, now, longest));
+                self.archive.pruning = last.map(|c| (c, now));
             }
             Err(e) => {
                 tracing::warn!("store retention step failed, retrying: {e}");
-                self.archive.pruning = Some((after, now, longest));
+                self.archive.pruning = Some((after, now));
             }
+        }
+    }
+
+    /// What the store keeps of `channel` at time `now`.
+    fn keep_of(&self, channel: &str, now: i64) -> archive::Keep {
+        let retention = match startup::namespace_of(channel, &self.namespaces)
+            .filter(|n| n.durability != Durability::None)
+        {
+            Some(n) => n.retention,
+            None => most_generous(&self.namespaces),
+        };
+        archive::Keep {
+            cutoff_ms: retention
+                .max_age_ms
+                .map(|age| now.saturating_sub(age.min(i64::MAX as u64) as i64)),
+            count: retention.max_count,
         }
     }
 
@@ -430,7 +456,6 @@ impl Writer {
         &mut self,
         after: &str,
         now: i64,
-        longest: u64,
     ) -> rusqlite::Result<(usize, Option<String>)> {
         let channels: Vec<String> = self
             .conn
@@ -439,14 +464,13 @@ impl Writer {
             )?
             .query_map(params![after, PRUNE_CHANNELS as i64], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
+        let keeps: Vec<archive::Keep> = channels.iter().map(|c| self.keep_of(c, now)).collect();
         let tx = self.conn.transaction()?;
         let mut gone = 0;
-        for channel in &channels {
-            let ttl = startup::namespace_of(channel, &self.namespaces)
-                .filter(|n| n.durability != Durability::None)
-                .map_or(longest, |n| n.history_ttl_ms);
-            let cutoff = now.saturating_sub(ttl.min(i64::MAX as u64) as i64);
-            gone += archive::prune(&tx, channel, cutoff)?;
+        for (channel, keep) in channels.iter().zip(keeps) {
+            if keep.cutoff_ms.is_some() || keep.count.is_some() {
+                gone += archive::prune(&tx, channel, keep)?;
+            }
         }
         tx.commit()?;
         let last = (channels.len() == PRUNE_CHANNELS)
@@ -454,6 +478,27 @@ impl Writer {
             .flatten();
         Ok((gone, last))
     }
+}
+
+/// The retention that keeps the most: a channel whose namespace is no longer configured
+/// durable is kept as long as any stored namespace keeps its own (forever if one does).
+fn most_generous(namespaces: &[switchboard_engine::NamespacePolicy]) -> Retention {
+    let mut out = Retention::default();
+    let mut durable = namespaces
+        .iter()
+        .filter(|n| n.durability != Durability::None)
+        .map(|n| n.retention)
+        .peekable();
+    if durable.peek().is_none() {
+        return out;
+    }
+    let (mut age, mut count) = (Some(0), Some(0));
+    for r in durable {
+        age = age.zip(r.max_age_ms).map(|(a, b)| a.max(b));
+        count = count.zip(r.max_count).map(|(a, b)| a.max(b));
+    }
+    (out.max_age_ms, out.max_count) = (age, count);
+    out
 }
 
 /// Channels one pruning step visits.

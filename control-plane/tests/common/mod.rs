@@ -586,7 +586,7 @@ pub async fn full_history(
         let (status, body) = http(
             admin,
             "GET",
-            &format!("/api/history?channel={channel}&since={since}&limit=5000"),
+            &format!("/api/history?channel={channel}&since={since}&limit=1000"),
             &[("Authorization", &auth)],
             "",
         )

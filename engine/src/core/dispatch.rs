@@ -39,18 +39,8 @@ impl ShardCore {
             Command::Subscribe { channel, since } => {
                 self.subscribe(slot, ReplyKind::Command(id), &channel, since)
             }
-            Command::History {
-                channel,
-                since,
-                limit,
-                reverse,
-            } => {
-                let kind = QueryKind::History {
-                    since,
-                    limit,
-                    reverse,
-                };
-                self.history(slot, id, &channel, kind)
+            Command::History { channel, page } => {
+                self.history(slot, id, &channel, QueryKind::History { page })
             }
             Command::Unsubscribe { channel } => self.unsubscribe(slot, id, &channel),
             Command::Publish {

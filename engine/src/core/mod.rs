@@ -56,6 +56,7 @@ mod dispatch;
 mod eio;
 mod fanout;
 mod handoff;
+mod history;
 mod inbox;
 mod limits;
 mod links;

@@ -202,9 +202,17 @@ impl ShardCore {
                 raw: &e.data,
             },
         });
-        match envelope::encode_stream_reply(format, to, r.top, r.recovered, pubs) {
+        match envelope::encode_stream_reply(
+            format,
+            to,
+            r.top,
+            r.recovered,
+            pubs,
+            r.cursor.as_deref(),
+        ) {
             Ok(frame) => {
-                // Unbounded: the client asked for it, and `history_size` bounds it.
+                // Unbounded: the client asked for it, and `history_size` (a page: 1,000
+                // publications) bounds it.
                 let conn = &mut self.conns[slot as usize];
                 conn.out.push_unbounded(frame);
                 mark_dirty(conn, slot, &mut self.dirty);

@@ -28,7 +28,7 @@ use switchboard_protocol::{ErrorCode, Format, Payload, Position, EVERY_FORMAT};
 use super::ShardCore;
 use crate::cluster::{ClusterBatch, ClusterLink, ClusterMsg, LinkReq, RemoteRecord, SharedPublish};
 use crate::journal::{Durability, SeedEntry, SeedStream};
-use crate::mesh::{EncodedFrames, PublishReply, Refused, ShardMsg, StreamQuery};
+use crate::mesh::{EncodedFrames, PublishReply, Refused, ShardMsg, StreamQuery, StreamReply};
 use crate::streams::Entry;
 
 /// Most live records held for one channel while its stream is read.
@@ -439,6 +439,7 @@ impl ShardCore {
                 epoch: Some(top.epoch),
                 offset: top.offset,
                 entries,
+                dormant: false,
             };
             self.streams.seed(seed, self.tick, self.cfg.tick_ms);
         }
@@ -578,8 +579,20 @@ impl ShardCore {
     /// the server API.
     pub(super) fn answer_query(&mut self, mut q: StreamQuery) {
         let shard = q.shard;
+        let Some(reply) = self.answer(&mut q) else {
+            return;
+        };
         let api = q.api.take();
-        let reply = self.answer(q);
+        self.route_reply(shard, api, reply)
+    }
+
+    /// Send a stream answer to the server API's request or the asking shard.
+    fn route_reply(
+        &mut self,
+        shard: u16,
+        api: Option<tokio::sync::oneshot::Sender<StreamReply>>,
+        reply: StreamReply,
+    ) {
         match api {
             Some(tx) => {
                 let _ = tx.send(reply);

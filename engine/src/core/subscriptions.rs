@@ -235,7 +235,8 @@ impl ShardCore {
     }
 
     /// On the owner: answer a stream question.
-    pub(super) fn answer(&mut self, q: StreamQuery) -> StreamReply {
+    /// `None` when a history page went to the store, which answers it.
+    pub(super) fn answer(&mut self, q: &mut StreamQuery) -> Option<StreamReply> {
         let policy = *self.streams.policy_of(&q.channel);
         let ttl = policy.ttl;
         let (top, recovered, publications, subscribe) = match q.kind {
@@ -259,27 +260,19 @@ impl ShardCore {
                     .backlog(&q.channel, cursor, policy.keep, self.tick, ttl);
                 (r.top, Some(r.recovered), r.publications, true)
             }
-            QueryKind::History {
-                since,
-                limit,
-                reverse,
-            } => {
-                let limit = (limit as usize).min(policy.keep);
-                let (top, h) = self
-                    .streams
-                    .history(&q.channel, since, limit, reverse, self.tick, ttl);
-                (top, None, h, false)
-            }
+            QueryKind::History { page } => return self.answer_page(q, page),
         };
-        StreamReply {
-            channel: q.channel,
+        Some(StreamReply {
+            channel: q.channel.clone(),
             conn: q.conn,
             to: q.to,
             subscribe,
             top,
             recovered,
             publications,
-        }
+            cursor: None,
+            refused: None,
+        })
     }
 
     /// On the asking shard: answer the command (or push); a subscription goes live.
@@ -303,6 +296,9 @@ impl ShardCore {
             if self.recovery.is_some() {
                 self.recovery_subscribed(slot, &r.channel, r.top);
             }
+        }
+        if let (Some((code, why)), ReplyKind::Command(id)) = (&r.refused, r.to) {
+            return self.reply_err(slot, id, *code, why);
         }
         if r.to == ReplyKind::Resumed && self.conns[slot as usize].format == Format::SocketIo {
             return self.sio_replay(slot, &r);

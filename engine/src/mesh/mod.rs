@@ -78,12 +78,8 @@ pub enum QueryKind {
     Inbox,
     /// The `history` command.
     History {
-        /// Offset to read after (forward) or before (reverse; 0: the newest).
-        since: u64,
-        /// Most publications.
-        limit: u32,
-        /// Newest first.
-        reverse: bool,
+        /// Which publications.
+        page: switchboard_protocol::history::Page,
     },
 }
 
@@ -104,6 +100,11 @@ pub struct StreamReply {
     pub recovered: Option<bool>,
     /// The publications.
     pub publications: Vec<Entry>,
+    /// For a history page with more after it: the cursor that asks for the next one.
+    pub cursor: Option<Box<str>>,
+    /// For a history page: why it was refused (bad bounds, an unknown epoch, the store
+    /// unavailable).
+    pub refused: Option<(switchboard_protocol::ErrorCode, Box<str>)>,
 }
 
 /// A message to a shard.

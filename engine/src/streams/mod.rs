@@ -34,7 +34,9 @@ use crate::hashing::NameHasher;
 use crate::journal::{Durability, Policies, Policy, SeedStream};
 
 mod budget;
+mod pages;
 use budget::HistoryBudget;
+pub use pages::{PageClock, Paged};
 
 /// One retained publication.
 #[derive(Debug, Clone)]
@@ -118,6 +120,10 @@ pub struct Streams {
     /// Most streams kept (0: no limit), and how many were forgotten to stay within it.
     max_streams: usize,
     streams_evicted: u64,
+    /// Stored streams put to rest (idle, or evicted): epoch and last offset, so the
+    /// channel continues its epoch when used again instead of starting a new one that
+    /// would hide its stored history. A name and 16 bytes each.
+    dormant: HashMap<Arc<str>, (u64, u64), NameHasher>,
 }
 
 /// A well-mixed 64-bit value from `x` (SplitMix64's finaliser).
@@ -151,6 +157,7 @@ impl Streams {
             budget: HistoryBudget::new(0),
             max_streams: 0,
             streams_evicted: 0,
+            dormant: HashMap::default(),
         }
     }
 
@@ -187,10 +194,11 @@ impl Streams {
         }
         self.cursor = (self.cursor + SAMPLE) % len.max(1);
         if let Some((i, _)) = best {
-            let (_, gone) = self.map.swap_remove_index(i).expect("sampled index");
+            let (name, gone) = self.map.swap_remove_index(i).expect("sampled index");
             for e in &gone.history {
                 self.budget.dropped(e);
             }
+            self.put_to_rest(name, &gone);
             self.streams_evicted += 1;
         }
     }
@@ -280,6 +288,13 @@ impl Streams {
         let Some(epoch) = seed.epoch else {
             return;
         };
+        if seed.dormant {
+            if !self.map.contains_key(&*seed.channel) {
+                self.dormant.insert(seed.channel, (epoch, seed.offset));
+            }
+            return;
+        }
+        self.dormant.remove(&*seed.channel);
         let policy = self.policies.resolve(&seed.channel);
         let mut history = VecDeque::with_capacity(seed.entries.len());
         let mut keys = HashMap::new();
@@ -354,26 +369,33 @@ impl Streams {
             };
             return (p, s.policy);
         }
-        let epoch = self.create(channel, 1, now);
+        let p = self.create(channel, 1, now);
         let policy = self.map[channel].policy;
-        (Position { epoch, offset: 1 }, policy)
+        (p, policy)
     }
 
-    fn create(&mut self, channel: &str, offset: u64, now: u32) -> u64 {
+    /// Start `channel`'s stream, `ahead` offsets past where it stands (1 for a
+    /// publication, 0 to learn the position): a stored channel put to rest continues
+    /// its epoch, any other starts a new one at 0.
+    fn create(&mut self, channel: &str, ahead: u64, now: u32) -> Position {
         if self.max_streams != 0 && self.map.len() >= self.max_streams {
             self.evict_for_new_stream(now);
         }
-        self.created += 1;
-        let epoch = mix(self.seed ^ mix(self.created));
+        let (epoch, shown) = match self.dormant.remove_entry(channel) {
+            Some((_, at)) => at,
+            None => {
+                self.created += 1;
+                (mix(self.seed ^ mix(self.created)), 0)
+            }
+        };
         let policy = self.policies.resolve(channel);
-        // A stream created by a publication shows its first offset only once it is
-        // released (see `show`).
+        // A publication's offset shows only once it is released (see `show`).
         self.map.insert(
             channel.into(),
             Stream {
                 epoch,
-                offset,
-                shown: 0,
+                offset: shown + ahead,
+                shown,
                 policy,
                 used: now,
                 history: VecDeque::new(),
@@ -381,7 +403,23 @@ impl Streams {
                 keys: HashMap::new(),
             },
         );
-        epoch
+        Position {
+            epoch,
+            offset: shown + ahead,
+        }
+    }
+
+    /// Keep the position of a stored stream being forgotten (see `dormant`).
+    fn put_to_rest(&mut self, name: Arc<str>, gone: &Stream) {
+        let stored = self.policies.get(gone.policy).durability != Durability::None;
+        if stored && gone.offset > 0 {
+            self.dormant.insert(name, (gone.epoch, gone.offset));
+        }
+    }
+
+    /// Stored streams put to rest (only their position kept).
+    pub fn dormant_len(&self) -> usize {
+        self.dormant.len()
     }
 
     /// The current position of `channel`, starting its stream (offset 0) if it has
@@ -390,8 +428,7 @@ impl Streams {
         if let Some(p) = self.current(channel) {
             return p;
         }
-        let epoch = self.create(channel, 0, now);
-        Position { epoch, offset: 0 }
+        self.create(channel, 0, now)
     }
 
     /// Release `offset` of `channel` to subscribers and history answers (without
@@ -583,6 +620,7 @@ impl Streams {
                     epoch: Some(to.epoch),
                     offset: to.offset,
                     entries: Vec::new(),
+                    dormant: false,
                 };
                 self.seed(seed, now, 1);
             }
@@ -618,13 +656,14 @@ impl Streams {
                 idle.max(policy.ttl)
             };
             if now.wrapping_sub(s.used) >= idle_for && s.shown == s.offset {
-                let (_, gone) = self
+                let (name, gone) = self
                     .map
                     .swap_remove_index(self.cursor)
                     .expect("cursor within the map");
                 for e in &gone.history {
                     self.budget.dropped(e);
                 }
+                self.put_to_rest(name, &gone);
                 dropped += 1;
             } else {
                 // Expired publications are freed now, not at the channel's next

@@ -73,6 +73,7 @@ fn namespace(
     history_ttl_ms: u64,
 ) -> crate::journal::NamespacePolicy {
     crate::journal::NamespacePolicy {
+        retention: Default::default(),
         name: name.into(),
         durability,
         history_size,
@@ -217,6 +218,7 @@ fn seeded_streams_continue_their_epoch_keys_and_history() {
             epoch: Some(77),
             offset: 9,
             entries: vec![entry(8, None), entry(9, Some("k"))],
+            dormant: false,
         },
         5,
         10,
@@ -227,6 +229,7 @@ fn seeded_streams_continue_their_epoch_keys_and_history() {
             epoch: None,
             offset: 4,
             entries: Vec::new(),
+            dormant: false,
         },
         5,
         10,
@@ -449,4 +452,204 @@ fn past_max_streams_the_least_recently_used_forgettable_one_goes() {
     s.next("c", 2);
     assert_eq!(s.len(), 3, "nothing forgettable: the map grows for now");
     assert_eq!(s.streams_evicted(), 0);
+}
+
+/// A stream of `n` publications at ticks 0.. keeping the newest `keep` in memory.
+fn paged_stream(n: u64, keep: usize) -> Streams {
+    let mut s = Streams::new(3);
+    for i in 0..n {
+        let p = s.next("c", i as u32);
+        s.retain("c", entry(p.offset, i as u32), keep, u32::MAX);
+    }
+    s
+}
+
+fn clock(now: u32) -> PageClock {
+    // Tick t is at 1,000,000 + 10 t ms.
+    PageClock {
+        now,
+        now_ms: 1_000_000 + 10 * u64::from(now),
+        tick_ms: 10,
+    }
+}
+
+fn offsets(p: &Paged) -> (Vec<u64>, bool) {
+    match p {
+        Paged::Memory { entries, more, .. } => (entries.iter().map(|e| e.offset).collect(), *more),
+        other => panic!("not from memory: {other:?}"),
+    }
+}
+
+#[test]
+fn pages_within_memory_are_answered_there_and_deeper_ones_go_to_the_store() {
+    use switchboard_protocol::history::Page;
+    let mut s = paged_stream(100, 10);
+    let (now, stored) = (100, true);
+    let newest = Page {
+        reverse: true,
+        limit: 4,
+        ..Page::default()
+    };
+    let p = s.page("c", &newest, stored, clock(now), u32::MAX);
+    assert_eq!(offsets(&p), (vec![100, 99, 98, 97], true));
+    // Newest first past the oldest kept (91): the store, with what memory holds.
+    let deeper = Page {
+        before: Some(93),
+        limit: 4,
+        ..newest
+    };
+    match s.page("c", &deeper, stored, clock(now), u32::MAX) {
+        Paged::Store { page, kept, .. } => {
+            assert_eq!(page.epoch, s.current("c").map(|t| t.epoch));
+            assert_eq!(kept.iter().map(|e| e.offset).collect::<Vec<_>>(), [91, 92]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Oldest first from the start: the store; from inside memory: memory, to the end.
+    let oldest = Page {
+        limit: 4,
+        ..Page::default()
+    };
+    assert!(matches!(
+        s.page("c", &oldest, stored, clock(now), u32::MAX),
+        Paged::Store { .. }
+    ));
+    let inside = Page {
+        after: 95,
+        ..oldest
+    };
+    assert_eq!(
+        offsets(&s.page("c", &inside, stored, clock(now), u32::MAX)),
+        (vec![96, 97, 98, 99], true)
+    );
+    let last = Page {
+        after: 97,
+        ..oldest
+    };
+    assert_eq!(
+        offsets(&s.page("c", &last, stored, clock(now), u32::MAX)),
+        (vec![98, 99, 100], false)
+    );
+    // By time: tick 95 is 1,000,950 ms; after the oldest kept's time, memory answers.
+    let recent = Page {
+        from_ms: Some(1_000_950),
+        ..oldest
+    };
+    assert_eq!(
+        offsets(&s.page("c", &recent, stored, clock(now), u32::MAX)).0,
+        [96, 97, 98, 99]
+    );
+    let older = Page {
+        from_ms: Some(1_000_500),
+        ..oldest
+    };
+    assert!(matches!(
+        s.page("c", &older, stored, clock(now), u32::MAX),
+        Paged::Store { .. }
+    ));
+    // A memory-only namespace answers from memory whatever it lost.
+    let (all, more) = offsets(&s.page("c", &oldest, false, clock(now), u32::MAX));
+    assert_eq!((all, more), (vec![91, 92, 93, 94], true));
+}
+
+#[test]
+fn pages_outside_the_stream_are_refused() {
+    use switchboard_protocol::history::Page;
+    let mut s = paged_stream(5, 10);
+    let refused = |s: &mut Streams, page: Page, stored| match s.page(
+        "c",
+        &page,
+        stored,
+        clock(5),
+        u32::MAX,
+    ) {
+        Paged::Refused(why) => why,
+        other => panic!("{other:?}"),
+    };
+    let why = refused(
+        &mut s,
+        Page {
+            after: 6,
+            ..Page::default()
+        },
+        true,
+    );
+    assert_eq!(why, "'after' 6 is beyond the channel's latest offset 5");
+    let why = refused(
+        &mut s,
+        Page {
+            before: Some(7),
+            reverse: true,
+            ..Page::default()
+        },
+        true,
+    );
+    assert_eq!(why, "'before' 7 is beyond the channel's next offset 6");
+    let other = Page {
+        epoch: Some(1),
+        ..Page::default()
+    };
+    assert!(
+        refused(&mut s, other, false).starts_with("epoch 0000000000000001 is not the channel's")
+    );
+    // A stored namespace may hold an older epoch: the store decides.
+    assert!(matches!(
+        s.page("c", &other, true, clock(5), u32::MAX),
+        Paged::Store { .. }
+    ));
+    // Empty bounds: an empty page, not an error.
+    let empty = Page {
+        after: 3,
+        before: Some(4),
+        ..Page::default()
+    };
+    assert_eq!(
+        offsets(&s.page("c", &empty, true, clock(5), u32::MAX)),
+        (vec![], false)
+    );
+}
+
+#[test]
+fn a_stored_stream_put_to_rest_continues_its_epoch() {
+    let default = memory_only(8, 1000);
+    let ns = [namespace("chat", Durability::Sync, 8, 100)];
+    let mut s = Streams::with_policies(1, Arc::new(Policies::new(default, &ns, 10)));
+    let p = s.next("chat:a", 0);
+    s.retain("chat:a", entry(p.offset, 0), 8, 10);
+    let q = s.next("room:b", 0);
+    s.show("room:b", 1);
+    assert_eq!(s.sweep(100, 50, 50, 10), 2, "both idle");
+    assert_eq!(s.dormant_len(), 1, "only the stored one keeps its position");
+    let again = s.next("chat:a", 101);
+    assert_eq!(
+        again,
+        Position {
+            epoch: p.epoch,
+            offset: 2
+        }
+    );
+    assert_eq!(s.dormant_len(), 0);
+    assert_ne!(
+        s.next("room:b", 101).epoch,
+        q.epoch,
+        "memory-only: a new epoch"
+    );
+    // Read back from the store as dormant: a position, no stream until used.
+    let rested = SeedStream {
+        channel: "chat:z".into(),
+        epoch: Some(9),
+        offset: 41,
+        entries: Vec::new(),
+        dormant: true,
+    };
+    s.seed(rested, 0, 10);
+    assert_eq!(s.current("chat:z"), None);
+    assert_eq!(
+        s.touch("chat:z", 5),
+        Position {
+            epoch: 9,
+            offset: 41
+        }
+    );
+    assert_eq!(s.next("chat:z", 5).offset, 42);
 }

@@ -144,7 +144,7 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         #[serde(skip_serializing_if = "Option::is_none")]
         channel: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        since: Option<Since>,
+        since: Option<Position>,
         #[serde(skip_serializing_if = "Option::is_none")]
         limit: Option<u32>,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -195,12 +195,14 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         media: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<&'a str>,
-    }
-    #[derive(Serialize)]
-    #[serde(untagged)]
-    enum Since {
-        Position(Position),
-        Offset(u64),
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        from_ms: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        to_ms: Option<u64>,
     }
     let mut out = Out {
         id: req.id,
@@ -233,6 +235,10 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         to: None,
         media: None,
         reason: None,
+        epoch: None,
+        after: None,
+        from_ms: None,
+        to_ms: None,
     };
     let (mut data, mut meta): (Option<&Payload<'_>>, Option<&Payload<'_>>) = (None, None);
     out.cmd = match &req.command {
@@ -252,18 +258,21 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         }
         Command::Subscribe { channel, since } => {
             out.channel = Some(channel);
-            out.since = since.map(Since::Position);
+            out.since = *since;
             "subscribe"
         }
-        Command::History {
-            channel,
-            since,
-            limit,
-            reverse,
-        } => {
+        Command::History { channel, page } => {
             out.channel = Some(channel);
-            out.since = Some(Since::Offset(*since));
-            (out.limit, out.reverse) = (Some(*limit), Some(*reverse));
+            out.epoch = page.epoch.map(|e| {
+                let p = Position {
+                    epoch: e,
+                    offset: 0,
+                };
+                p.epoch_hex().as_str().to_owned()
+            });
+            out.after = (page.after > 0).then_some(page.after);
+            (out.before, out.from_ms, out.to_ms) = (page.before, page.from_ms, page.to_ms);
+            (out.limit, out.reverse) = (Some(page.limit), Some(page.reverse));
             "history"
         }
         Command::Unsubscribe { channel } => {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::types::*;
+use crate::history::{Page, PageFields, LIMIT};
 use crate::Error;
 
 /// Declares the known top-level keys of an envelope once: [`RawFields`] (the raw value
@@ -90,6 +91,10 @@ envelope_fields!(
     to,
     media,
     reply,
+    after,
+    from_ms,
+    to_ms,
+    cursor,
 );
 
 /// A key that is present holds a value, even `null` (plain `Option` would turn a
@@ -187,6 +192,38 @@ pub fn msgpack_value_len(buf: &[u8]) -> Result<usize, Error> {
         remaining += items;
     }
     Ok(pos)
+}
+
+/// The page a `history` command asks for, from its fields (or its cursor).
+fn history_page(format: Format, f: &RawFields<'_>, channel: &str) -> Result<Page, &'static str> {
+    let offset = |raw: Option<&[u8]>, why| raw.map(|r| read_u64(format, r).ok_or(why)).transpose();
+    let limit = f
+        .limit
+        .map(|r| read_u64(format, r).ok_or(LIMIT))
+        .transpose()?;
+    let cursor = f
+        .cursor
+        .map(|r| read_str(format, r).ok_or("'cursor' must be a string"));
+    let cursor = cursor.transpose()?;
+    let epoch = f
+        .epoch
+        .map(|r| read_str(format, r).ok_or("'epoch' must be 16 hex digits"));
+    let epoch = epoch.transpose()?;
+    let reverse = f
+        .reverse
+        .map(|r| read_bool(format, r).ok_or("'reverse' must be a boolean"));
+    let asked = PageFields {
+        since: offset(f.since, "'since' must be an offset (integer)")?,
+        after: offset(f.after, "'after' must be an offset (integer)")?,
+        before: offset(f.before, "'before' must be an offset (integer)")?,
+        epoch: epoch.as_deref(),
+        from_ms: offset(f.from_ms, "'from_ms' must be a time in Unix milliseconds")?,
+        to_ms: offset(f.to_ms, "'to_ms' must be a time in Unix milliseconds")?,
+        limit,
+        reverse: reverse.transpose()?,
+        cursor: cursor.as_deref(),
+    };
+    asked.page(channel)
 }
 
 pub(super) fn read_u64(format: Format, raw: &[u8]) -> Option<u64> {
@@ -414,23 +451,13 @@ pub fn decode_request<'a>(format: Format, bytes: &'a [u8]) -> Result<Request<'a>
             }
             (None, _) => Command::Invalid("subscribe needs a 'channel' string"),
         },
-        Some("history") => {
-            let since = f.since.map(|r| read_u64(format, r));
-            let limit = f.limit.map(|r| read_u64(format, r));
-            let reverse = f.reverse.map(|r| read_bool(format, r));
-            match (str_field(f.channel), since, limit, reverse) {
-                (None, ..) => Command::Invalid("history needs a 'channel' string"),
-                (_, Some(None), ..) => Command::Invalid("'since' must be an offset (integer)"),
-                (_, _, Some(None), _) => Command::Invalid("'limit' must be an integer"),
-                (.., Some(None)) => Command::Invalid("'reverse' must be a boolean"),
-                (Some(channel), since, limit, reverse) => Command::History {
-                    channel,
-                    since: since.flatten().unwrap_or(0),
-                    limit: limit.flatten().unwrap_or(100).min(u64::from(u32::MAX)) as u32,
-                    reverse: reverse.flatten().unwrap_or(false),
-                },
-            }
-        }
+        Some("history") => match str_field(f.channel) {
+            None => Command::Invalid("history needs a 'channel' string"),
+            Some(channel) => match history_page(format, &f, &channel) {
+                Ok(page) => Command::History { channel, page },
+                Err(why) => Command::Invalid(why),
+            },
+        },
         Some("unsubscribe") => match str_field(f.channel) {
             Some(channel) => Command::Unsubscribe { channel },
             None => Command::Invalid("unsubscribe needs a 'channel' string"),

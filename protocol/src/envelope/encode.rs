@@ -386,13 +386,15 @@ pub struct StoredPublication<'p> {
 /// the same fields, see [`ReplyTo`]):
 /// `{"id":…,"result":{"epoch":…,"offset":…[,"recovered":…],"publications":[{"offset":…,"data":…},…]}}`
 /// where `top` is the channel's latest position and each publication's `data` is
-/// spliced in (or transcoded) as in a publication push.
+/// spliced in (or transcoded) as in a publication push. A history page that has more
+/// after it ends with `"cursor":…`, the text that asks for the next one.
 pub fn encode_stream_reply<'p>(
     format: Format,
     to: ReplyTo<'_>,
     top: Position,
     recovered: Option<bool>,
     publications: impl ExactSizeIterator<Item = StoredPublication<'p>> + Clone,
+    cursor: Option<&str>,
 ) -> Result<Bytes, Error> {
     let hint = 128
         + publications
@@ -406,7 +408,7 @@ pub fn encode_stream_reply<'p>(
     let mut b = FrameBuilder::with_capacity(hint);
     let epoch = top.epoch_hex();
     let n = publications.len();
-    let fields = 3 + u32::from(recovered.is_some());
+    let fields = 3 + u32::from(recovered.is_some()) + u32::from(cursor.is_some());
     match format {
         Format::MsgPack => {
             let io = |_| Error::Envelope("write to memory failed".into());
@@ -482,6 +484,11 @@ pub fn encode_stream_reply<'p>(
                     rmp::encode::write_str(&mut w, UNREADABLE).map_err(io)?;
                 }
             }
+            if let Some(c) = cursor {
+                let mut w = b.writer();
+                rmp::encode::write_str(&mut w, "cursor").map_err(io)?;
+                rmp::encode::write_str(&mut w, c).map_err(io)?;
+            }
         }
         Format::Json | Format::SocketIo => {
             let json = |e: serde_json::Error| Error::Envelope(e.to_string());
@@ -555,10 +562,15 @@ pub fn encode_stream_reply<'p>(
                 }
                 b.extend(b"}");
             }
+            b.extend(b"]");
+            if let Some(c) = cursor {
+                b.extend(b",\"cursor\":");
+                serde_json::to_writer(b.writer(), c).map_err(json)?;
+            }
             b.extend(match to {
-                _ if sio => &b"]}]"[..],
-                ReplyTo::Id(_) => &b"]}}"[..],
-                ReplyTo::Push { .. } => &b"]}"[..],
+                _ if sio => &b"}]"[..],
+                ReplyTo::Id(_) => &b"}}"[..],
+                ReplyTo::Push { .. } => &b"}"[..],
             });
         }
     }

@@ -4,6 +4,7 @@ use super::decode::*;
 use super::encode::*;
 use super::*;
 use crate::frame::{check, take, Check, Role};
+use crate::history::Page;
 use bytes::Bytes;
 use bytes::BytesMut;
 use proptest::prelude::*;
@@ -324,8 +325,15 @@ fn stream_reply_and_recovery_commands() {
         },
     ];
     for out in [Format::MsgPack, Format::Json] {
-        let f = encode_stream_reply(out, ReplyTo::Id(5), top, Some(true), pubs.iter().copied())
-            .unwrap();
+        let f = encode_stream_reply(
+            out,
+            ReplyTo::Id(5),
+            top,
+            Some(true),
+            pubs.iter().copied(),
+            None,
+        )
+        .unwrap();
         let p = payload_of(&f);
         let v: serde_json::Value = match out {
             Format::Json => serde_json::from_slice(&p).unwrap(),
@@ -338,7 +346,15 @@ fn stream_reply_and_recovery_commands() {
                 "recovered": true, "publications": [{"offset": 8, "data": {"t": "x"}},
                 {"offset": 9, "meta": {"t": "x"}, "data": 7}]}})
         );
-        let f = encode_stream_reply(out, ReplyTo::Id(6), top, None, [].iter().copied()).unwrap();
+        let f = encode_stream_reply(
+            out,
+            ReplyTo::Id(6),
+            top,
+            None,
+            [].iter().copied(),
+            Some("1.c"),
+        )
+        .unwrap();
         let p = payload_of(&f);
         let v: serde_json::Value = match out {
             Format::Json => serde_json::from_slice(&p).unwrap(),
@@ -348,7 +364,7 @@ fn stream_reply_and_recovery_commands() {
         assert_eq!(
             v,
             serde_json::json!({"id": 6, "result": {"epoch": "0000000000000abc", "offset": 9,
-                "publications": []}})
+                "publications": [], "cursor": "1.c"}})
         );
         let inbox = [StoredPublication {
             event: None,
@@ -361,7 +377,8 @@ fn stream_reply_and_recovery_commands() {
             push: "inbox",
             channel: "inbox:bob",
         };
-        let f = encode_stream_reply(out, to, top, Some(false), inbox.iter().copied()).unwrap();
+        let f =
+            encode_stream_reply(out, to, top, Some(false), inbox.iter().copied(), None).unwrap();
         let p = payload_of(&f);
         let v: serde_json::Value = match out {
             Format::Json => serde_json::from_slice(&p).unwrap(),
@@ -400,9 +417,15 @@ fn stream_reply_and_recovery_commands() {
                 id: 2,
                 command: Command::History {
                     channel: "a".into(),
-                    since: 3,
-                    limit: 10,
-                    reverse: true,
+                    page: Page {
+                        epoch: Some(7),
+                        after: 2,
+                        before: Some(9),
+                        from_ms: Some(1),
+                        to_ms: Some(5),
+                        limit: 10,
+                        reverse: true,
+                    },
                 },
             },
         ];
@@ -423,11 +446,67 @@ fn stream_reply_and_recovery_commands() {
         decode_request(Format::Json, dflt).unwrap().command,
         Command::History {
             channel: "a".into(),
-            since: 0,
-            limit: 100,
-            reverse: false
+            page: Page::default(),
         }
     );
+}
+
+#[test]
+fn history_requests_are_checked_field_by_field() {
+    let page = |json: &str| match decode_request(Format::Json, json.as_bytes())
+        .unwrap()
+        .command
+    {
+        Command::History { page, .. } => Ok(page),
+        Command::Invalid(why) => Err(why),
+        other => panic!("{other:?}"),
+    };
+    let since = page(r#"{"id":1,"cmd":"history","channel":"a","since":4,"reverse":true}"#);
+    assert_eq!(since.unwrap().before, Some(4));
+    let cursor = Page::default().next(9, 40).cursor("a");
+    let json = format!(r#"{{"id":1,"cmd":"history","channel":"a","cursor":"{cursor}","limit":5}}"#);
+    assert_eq!(
+        page(&json).unwrap(),
+        Page {
+            limit: 5,
+            ..Page::default().next(9, 40)
+        }
+    );
+    for (bad, why) in [
+        (r#""limit":-1"#, "'limit' must be an integer from 1 to 1000"),
+        (r#""limit":0"#, "'limit' must be an integer from 1 to 1000"),
+        (
+            r#""limit":1001"#,
+            "'limit' must be an integer from 1 to 1000",
+        ),
+        (r#""after":-5"#, "'after' must be an offset (integer)"),
+        (r#""before":0"#, "'before' must be an offset from 1"),
+        (r#""epoch":"xyz""#, "'epoch' must be 16 hex digits"),
+        (
+            r#""from_ms":"yesterday""#,
+            "'from_ms' must be a time in Unix milliseconds",
+        ),
+        (
+            r#""cursor":"nope""#,
+            "unknown cursor: pass 'cursor' exactly as a history reply gave it",
+        ),
+        (r#""cursor":7"#, "'cursor' must be a string"),
+        (
+            r#""since":3,"after":2"#,
+            "'since' cannot be combined with 'after' or 'before'",
+        ),
+    ] {
+        let json = format!(r#"{{"id":1,"cmd":"history","channel":"a",{bad}}}"#);
+        assert_eq!(page(&json), Err(why), "{bad}");
+    }
+    let mixed =
+        format!(r#"{{"id":1,"cmd":"history","channel":"a","cursor":"{cursor}","after":1}}"#);
+    assert_eq!(
+        page(&mixed),
+        Err("'cursor' continues a page: send it with 'limit' only")
+    );
+    let other = format!(r#"{{"id":1,"cmd":"history","channel":"b","cursor":"{cursor}"}}"#);
+    assert_eq!(page(&other), Err("the cursor belongs to another channel"));
 }
 
 #[test]
@@ -548,6 +627,7 @@ fn unreadable_payloads_are_refused_and_old_ones_marked() {
         top,
         None,
         pubs.iter().copied(),
+        None,
     )
     .unwrap();
     let v: serde_json::Value = rmp_serde::from_slice(&payload_of(&f)).unwrap();
@@ -646,8 +726,15 @@ fn socketio_replies_and_pushes_are_acks_and_events() {
     }];
     assert_eq!(
         text(
-            encode_stream_reply(sio, ReplyTo::Id(4), pos, Some(true), pubs.iter().copied())
-                .unwrap()
+            encode_stream_reply(
+                sio,
+                ReplyTo::Id(4),
+                pos,
+                Some(true),
+                pubs.iter().copied(),
+                None
+            )
+            .unwrap()
         ),
         r#"434[{"epoch":"0000000000000abc","offset":3,"recovered":true,"publications":[{"offset":3,"data":{"t":1}}]}]"#
     );
@@ -661,7 +748,8 @@ fn socketio_replies_and_pushes_are_acks_and_events() {
                 },
                 pos,
                 None,
-                pubs.iter().copied()
+                pubs.iter().copied(),
+                None
             )
             .unwrap()
         ),

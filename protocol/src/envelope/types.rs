@@ -243,12 +243,9 @@ pub enum Command<'a> {
     History {
         /// Channel name.
         channel: Cow<'a, str>,
-        /// Forward: publications after this offset; reverse: before it (0: from the end).
-        since: u64,
-        /// Most publications in the reply.
-        limit: u32,
-        /// Newest first.
-        reverse: bool,
+        /// Which publications: bounds by position and time, direction, size (a
+        /// `cursor` in the request is decoded into the page it continues).
+        page: crate::history::Page,
     },
     /// Stop receiving a channel's publications.
     Unsubscribe {
