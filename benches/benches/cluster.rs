@@ -13,7 +13,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use switchboard_benches::{drain, fanout_core_on};
 use switchboard_control_plane::cluster::streams;
 use switchboard_engine::cluster::{ClusterLink, ClusterMsg, RemoteRecord, SharedPublish};
-use switchboard_engine::journal::{Durability, NamespacePolicy};
+use switchboard_engine::journal::Durability;
 use switchboard_engine::{EngineConfig, Mesh, Now, PublishReply, ShardMsg};
 use switchboard_protocol::{Format, Payload, Position};
 
@@ -23,17 +23,11 @@ fn config() -> EngineConfig {
     EngineConfig {
         shards: 1,
         max_outbound_bytes: 64 * 1024 * 1024,
-        namespaces: vec![NamespacePolicy {
-            retention: Default::default(),
-            name: "room".into(),
-            durability: Durability::None,
-            history_size: 64,
-            history_ttl_ms: 300_000,
-            rules: Default::default(),
-            presence: false,
-            presence_events: false,
-            max_channel_bytes: 0,
-        }],
+        namespaces: vec![switchboard_benches::namespace_policy(
+            "room",
+            Durability::None,
+            64,
+        )],
         rate_limits: Vec::new(),
         ..EngineConfig::default()
     }

@@ -474,7 +474,10 @@ fn streams(c: &mut Criterion) {
                 meta: None,
                 format: Format::MsgPack,
                 from: None,
+                author: None,
                 event: None,
+                revises: None,
+                revised: None,
             };
             st.retain(&names[i], entry, 64, 3000);
         })
@@ -538,24 +541,18 @@ fn durability(c: &mut Criterion) {
 /// publications per second.
 fn group_commit(c: &mut Criterion) {
     use switchboard_control_plane::store::{self, StoreConfig};
-    use switchboard_engine::journal::{Batch, Durability, NamespacePolicy, Record};
+    use switchboard_engine::journal::{Batch, Durability, Record};
     let dir = std::env::temp_dir().join(format!("sb-bench-store-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = StoreConfig {
         path: dir.join("bench.db"),
         ..StoreConfig::default()
     };
-    let ns = [NamespacePolicy {
-        retention: Default::default(),
-        name: "ledger".into(),
-        durability: Durability::Sync,
-        history_size: 10_000,
-        history_ttl_ms: 3_600_000,
-        rules: Default::default(),
-        presence: false,
-        presence_events: false,
-        max_channel_bytes: 0,
-    }];
+    let ns = [switchboard_benches::namespace_policy(
+        "ledger",
+        Durability::Sync,
+        10_000,
+    )];
     let mut opened = store::open(&cfg, &ns, 3_600_000).expect("store opens");
     let channels: Vec<Arc<str>> = (0..1000)
         .map(|i| Arc::from(format!("ledger:bench-{i}")))
@@ -576,7 +573,9 @@ fn group_commit(c: &mut Criterion) {
                     meta: None,
                     key: None,
                     from: None,
+                    author: None,
                     event: None,
+                    revises: None,
                     keep: 10_000,
                 }
             })

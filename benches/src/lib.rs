@@ -48,6 +48,27 @@ pub fn fanout_core_of(
     fanout_core_with(subscribers, channel, durability, format, |_| {})
 }
 
+/// Namespace `name` of `durability` keeping `history_size` publications for 5 minutes,
+/// with no rules, presence or byte cap: the policy every bench's channels use.
+pub fn namespace_policy(
+    name: &str,
+    durability: Durability,
+    history_size: usize,
+) -> NamespacePolicy {
+    NamespacePolicy {
+        retention: Default::default(),
+        edits: false,
+        name: name.into(),
+        durability,
+        history_size,
+        history_ttl_ms: 300_000,
+        rules: Default::default(),
+        presence: false,
+        presence_events: false,
+        max_channel_bytes: 0,
+    }
+}
+
 /// Like [`fanout_core_of`], with `tweak` applied to the engine's configuration (say,
 /// Socket.IO connection state recovery on).
 pub fn fanout_core_with(
@@ -61,17 +82,7 @@ pub fn fanout_core_with(
     let mut cfg = EngineConfig {
         shards: 1,
         max_outbound_bytes: 64 * 1024 * 1024,
-        namespaces: vec![NamespacePolicy {
-            retention: Default::default(),
-            name: namespace,
-            durability,
-            history_size: 64,
-            history_ttl_ms: 300_000,
-            rules: Default::default(),
-            presence: false,
-            presence_events: false,
-            max_channel_bytes: 0,
-        }],
+        namespaces: vec![namespace_policy(&namespace, durability, 64)],
         // No rate limits unless a bench sets them: the defaults (issue 16) would refuse
         // a bench's millions of commands after the first burst and time the refusal.
         rate_limits: Vec::new(),

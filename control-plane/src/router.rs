@@ -36,6 +36,7 @@ impl Workers {
             ControlRequest::Gone { .. } => self.calls.submit(req),
             ControlRequest::Hook(call) => self.hooks.submit(call),
             ControlRequest::History(read) => self.history.submit(read),
+            ControlRequest::CheckRevision(req) => self.history.check_revision(req),
             other => self.scheduler.submit(other),
         }
     }

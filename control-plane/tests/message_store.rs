@@ -17,6 +17,13 @@ use switchboard_engine::Durability;
 /// meta `{"by": "ann"}`; stopped cleanly.
 const FIXTURE_V3: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/store-v3.db");
 
+/// `tests/fixtures/store-v4.db`: written by the build of schema version 4 (commit
+/// 914652f, `chat` stored `sync`) by `tests/fixtures/make-store-v4.sh`:
+/// `chat:case-1` holds 40 publications `{"text": "message N"}` (32 archived, the rest
+/// still in the log's tail), `chat:case-2` three strings `note N` with meta `{"by": "ann"}`,
+/// `inbox:bob` one direct message from ann; stopped cleanly.
+const FIXTURE_V4: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/store-v4.db");
+
 fn chat_namespace(c: &mut switchboard_control_plane::Config) {
     c.namespaces.insert(
         "chat".into(),
@@ -99,7 +106,7 @@ async fn a_version_3_store_is_migrated_and_its_streams_continue() {
     wait_archived(admin, 36).await;
     server.shutdown();
     server.wait();
-    assert_eq!(user_version(&store), 4);
+    assert_eq!(user_version(&store), 5);
     let conn = rusqlite::Connection::open(&store).unwrap();
     let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
     assert_eq!(count("SELECT COUNT(*) FROM log"), 0);
@@ -126,6 +133,73 @@ async fn a_version_3_store_is_migrated_and_its_streams_continue() {
     );
     server.shutdown();
     server.wait();
+    let _ = std::fs::remove_dir_all(store.parent().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_4_store_is_migrated_and_pages_through_its_archive_and_log() {
+    let store = temp_store();
+    std::fs::create_dir_all(store.parent().unwrap()).unwrap();
+    std::fs::copy(FIXTURE_V4, &store).unwrap();
+    assert_eq!(user_version(&store), 4);
+    let server = start(|c| {
+        chat_namespace(c);
+        c.store.path = store.clone();
+    });
+    let admin = server.admin_addr();
+    // Newest first, three a page, by cursor: archive and log's tail both.
+    let mut offsets = Vec::new();
+    let mut path = "/api/history?channel=chat:case-1&reverse=true&limit=3".to_string();
+    let mut epoch = Value::Null;
+    for _ in 0..20 {
+        let (st, h) = api(admin, "GET", &path, &Value::Null).await;
+        assert_eq!(st, 200, "{h}");
+        epoch = h["epoch"].clone();
+        for p in h["publications"].as_array().unwrap() {
+            let o = p["offset"].as_u64().unwrap();
+            assert_eq!(p["data"], json!({"text": format!("message {o}")}), "{h}");
+            offsets.push(o);
+        }
+        match h["cursor"].as_str() {
+            Some(c) => path = format!("/api/history?channel=chat:case-1&limit=3&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(offsets, (1..=40).rev().collect::<Vec<u64>>());
+    let (_, h) = api(
+        admin,
+        "GET",
+        "/api/history?channel=chat:case-2",
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(h["publications"][2]["meta"], json!({"by": "ann"}), "{h}");
+    let (_, h) = api(admin, "GET", "/api/history?channel=inbox:bob", &Value::Null).await;
+    assert_eq!(h["publications"][0]["from"], json!("ann"), "{h}");
+    let (st, r) = api(
+        admin,
+        "POST",
+        "/api/publish",
+        &json!({"channel": "chat:case-1", "data": {"text": "message 41"}}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!((&r["epoch"], &r["offset"]), (&epoch, &json!(41)), "{r}");
+    server.shutdown();
+    server.wait();
+    assert_eq!(user_version(&store), 5);
+    let conn = rusqlite::Connection::open(&store).unwrap();
+    for table in ["log", "archive"] {
+        let has: bool = conn
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('{table}') WHERE name = 'author'"
+            ))
+            .unwrap()
+            .exists([])
+            .unwrap();
+        assert!(has, "{table} has the author column");
+    }
+    drop(conn);
     let _ = std::fs::remove_dir_all(store.parent().unwrap());
 }
 

@@ -88,6 +88,13 @@ fn server(backend: SocketAddr) -> switchboard_control_plane::Server {
             ..Default::default()
         };
         c.socketio.namespaces.insert("/".into(), hooked.clone());
+        c.namespaces.insert(
+            "notes".into(),
+            switchboard_control_plane::config::NamespaceConfig {
+                edits: true,
+                ..Default::default()
+            },
+        );
         c.socketio.namespaces.insert(
             "/public".into(),
             SioNamespace {
@@ -255,6 +262,37 @@ async fn rooms_are_shared_with_native_clients() {
         );
     }
     server.shutdown();
+}
+
+#[test]
+fn message_history_pages_with_a_cursor() {
+    let server = server(spawn_backend());
+    let r = node("history", &url(&server), &[&common::token("ann", None)]);
+    assert_eq!(r["connect"]["connected"], json!(true), "{r}");
+    assert_eq!(
+        r["offsets"],
+        json!((1..=12).rev().collect::<Vec<u64>>()),
+        "{r}"
+    );
+    assert_eq!(r["bad_limit"]["error"]["code"], json!(104), "{r}");
+    assert!(
+        r["bad_cursor"]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("unknown cursor")),
+        "{r}"
+    );
+    // message:edit and message:delete, seen by members as message:edited/deleted.
+    assert_eq!(r["edit"]["offset"], json!(2), "{r}");
+    assert_eq!(
+        (&r["edited"]["edit"], &r["edited"]["data"]),
+        (&json!(1), &json!({"text": "final"})),
+        "{r}"
+    );
+    assert_eq!(r["deleted"]["delete"], json!(1), "{r}");
+    assert_eq!(r["after"][0]["data"], Value::Null, "{r}");
+    assert!(r["after"][0]["deleted_ms"].is_u64(), "{r}");
+    server.shutdown();
+    server.wait();
 }
 
 #[test]

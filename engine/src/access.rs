@@ -31,6 +31,9 @@ pub enum Action {
     History,
     /// `presence` and `presence_count`.
     Presence,
+    /// `edit` and `delete` of others' publications (without rules: nobody; authors
+    /// may always change their own where the namespace allows edits).
+    Moderate,
 }
 
 impl Action {
@@ -41,6 +44,7 @@ impl Action {
             Action::Publish => "publish",
             Action::History => "history",
             Action::Presence => "presence",
+            Action::Moderate => "moderate",
         }
     }
 }
@@ -66,6 +70,9 @@ pub struct NamespaceRules {
     /// Who may see who is present (default: the subscribe rules).
     #[serde(default)]
     pub presence: Option<Vec<RuleConfig>>,
+    /// Who may edit and delete others' publications (default: nobody).
+    #[serde(default)]
+    pub moderate: Option<Vec<RuleConfig>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +94,7 @@ struct Compiled {
     publish: Option<Vec<Rule>>,
     history: Option<Vec<Rule>>,
     presence: Option<Vec<Rule>>,
+    moderate: Option<Vec<Rule>>,
 }
 
 /// Every namespace's compiled rules.
@@ -234,11 +242,13 @@ impl Access {
                 publish: compile(&r.publish).map_err(|e| at("publish", e))?,
                 history: compile(&r.history).map_err(|e| at("history", e))?,
                 presence: compile(&r.presence).map_err(|e| at("presence", e))?,
+                moderate: compile(&r.moderate).map_err(|e| at("moderate", e))?,
             };
             if c.subscribe.is_some()
                 || c.publish.is_some()
                 || c.history.is_some()
                 || c.presence.is_some()
+                || c.moderate.is_some()
             {
                 by_ns.insert(name.into(), c);
             }
@@ -268,6 +278,7 @@ impl Access {
             // Without their own rules, reading history and presence follows subscribe.
             Action::History => c.history.as_ref().or(c.subscribe.as_ref()),
             Action::Presence => c.presence.as_ref().or(c.subscribe.as_ref()),
+            Action::Moderate => c.moderate.as_ref(),
         };
         match rules {
             None => Verdict::NoRules,
@@ -319,6 +330,7 @@ mod tests {
             )]),
             history: None,
             presence: None,
+            moderate: None,
         };
         let chat = NamespaceRules {
             subscribe: Some(vec![rule(Some("chat:{sub}:*"), &[])]),

@@ -84,6 +84,9 @@ pub enum ControlRequest {
     /// Read a history page from the store and answer whoever asked
     /// ([`crate::history::HistoryRead`]).
     History(Box<crate::history::HistoryRead>),
+    /// Check an edit's or deletion's original in the store (memory no longer keeps
+    /// it), then send the revision back to the channel's owner, checked, or refuse it.
+    CheckRevision(Box<crate::mesh::SequenceReq>),
     /// Call a Socket.IO backend hook and answer [`crate::ShardMsg::HookDone`].
     Hook(Box<crate::hooks::HookCall>),
     /// A connection that took part in a call has gone (`graceful`: it closed cleanly;

@@ -373,6 +373,17 @@ pub enum AdminOp {
         /// The counts.
         done: tokio::sync::oneshot::Sender<Census>,
     },
+    /// Erase a user from this shard's memory (a data request): the publications it
+    /// authored or sent that streams keep are redacted (data `null`, meta
+    /// `{"redacted": true}`), and its inbox stream, if this shard has it, is dropped.
+    Erase {
+        /// The user.
+        user: Arc<str>,
+        /// The user's inbox channel (inboxes on).
+        inbox: Option<Arc<str>>,
+        /// Publications redacted.
+        done: tokio::sync::oneshot::Sender<usize>,
+    },
     /// List connections.
     List {
         /// Which.

@@ -414,6 +414,9 @@ impl EngineHandle {
             p.validate()
                 .map_err(|fault| Error::Payload(fault.message().into()))?;
         }
+        if let Some(m) = meta {
+            envelope::check_attachments(m).map_err(|why| Error::Payload(why.into()))?;
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let owner = self.mesh.home_of(channel);
         let created = crate::clock::mono();
@@ -427,6 +430,50 @@ impl EngineHandle {
             created,
         )
         .with_event(event);
+        self.mesh
+            .inbox(owner as usize)
+            .push(ShardMsg::Sequence(Box::new(req)))
+            .map_err(|_| Error::Overloaded)?;
+        Ok(rx)
+    }
+
+    /// Edit (with `data`) or delete (without) the publication at `target` of `channel`
+    /// (server API: any publication, as a moderator would), as a new publication that
+    /// refers to it; the receiver yields its position or why it was refused.
+    pub fn revise(
+        &self,
+        channel: &str,
+        target: u64,
+        epoch: Option<u64>,
+        data: Option<Payload<'_>>,
+        meta: Option<Payload<'_>>,
+    ) -> Result<PublishTicket, Error> {
+        if !envelope::valid_channel(channel) {
+            return Err(Error::InvalidChannel);
+        }
+        for p in data.iter().chain(meta.iter()) {
+            p.validate()
+                .map_err(|fault| Error::Payload(fault.message().into()))?;
+        }
+        if let Some(m) = meta {
+            envelope::check_attachments(m).map_err(|why| Error::Payload(why.into()))?;
+        }
+        let delete = data.is_none();
+        let data = data.unwrap_or(Payload {
+            format: switchboard_protocol::Format::Json,
+            raw: b"null",
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let owner = self.mesh.home_of(channel);
+        let reply = PublishReply::Api(tx);
+        let mut req =
+            SequenceReq::new(channel, data, meta, None, None, reply, crate::clock::mono());
+        req.revision = Some(crate::publications::RevisionReq {
+            revises: switchboard_protocol::Revision { target, delete },
+            epoch,
+            moderator: true,
+            checked: false,
+        });
         self.mesh
             .inbox(owner as usize)
             .push(ShardMsg::Sequence(Box::new(req)))

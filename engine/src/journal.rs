@@ -82,6 +82,9 @@ pub struct NamespacePolicy {
     /// keeps: `history_size`, `history_ttl_ms`).
     #[serde(default)]
     pub retention: Retention,
+    /// Clients may edit and delete publications (theirs, or others' as moderators).
+    #[serde(default)]
+    pub edits: bool,
 }
 
 /// How much of each channel of a namespace the store keeps: publications younger than
@@ -113,6 +116,8 @@ pub struct Policy {
     /// Most bytes one channel may retain (payloads and bookkeeping); a publication
     /// beyond it is refused with 110. 0 = no limit.
     pub max_bytes: usize,
+    /// Clients may edit and delete publications.
+    pub edits: bool,
 }
 
 /// Every namespace's policy; index 0 is the default for channels whose namespace is
@@ -136,6 +141,7 @@ impl Policies {
                 keep: ns.history_size,
                 ttl: crate::core::ms_to_ticks(ns.history_ttl_ms, tick_ms),
                 max_bytes: ns.max_channel_bytes,
+                edits: ns.edits,
             });
         }
         Policies { list, by_name }
@@ -188,8 +194,12 @@ pub struct Record {
     pub key: Option<Box<str>>,
     /// Sender's user id, for direct messages.
     pub from: Option<Arc<str>>,
+    /// The user who published it (recorded, not shown).
+    pub author: Option<Arc<str>>,
     /// The event a backend named it with.
     pub event: Option<Arc<str>>,
+    /// It edits or deletes an earlier publication.
+    pub revises: Option<switchboard_protocol::Revision>,
     /// Publications the channel keeps (its namespace's `history_size`).
     pub keep: u32,
 }
@@ -308,8 +318,14 @@ pub struct SeedEntry {
     pub key: Option<Box<str>>,
     /// Sender's user id, for direct messages.
     pub from: Option<Box<str>>,
+    /// The user who published it.
+    pub author: Option<Box<str>>,
     /// The event a backend named it with.
     pub event: Option<Box<str>>,
+    /// It edits or deletes an earlier publication.
+    pub revises: Option<switchboard_protocol::Revision>,
+    /// It was edited or deleted since (its data and meta are the latest).
+    pub revised: Option<switchboard_protocol::Revised>,
 }
 
 /// The shards' end of the store: where batches go and whether it takes them.
@@ -428,11 +444,13 @@ mod tests {
             keep: 64,
             ttl: 10,
             max_bytes: 0,
+            edits: false,
         };
         let p = Policies::new(
             default,
             &[NamespacePolicy {
                 retention: Default::default(),
+                edits: false,
                 name: "chat".into(),
                 durability: Durability::Sync,
                 history_size: 5,
@@ -465,7 +483,9 @@ mod tests {
             meta: None,
             key: None,
             from: None,
+            author: None,
             event: None,
+            revises: None,
             keep: 1,
         };
         let batch = Batch {

@@ -143,11 +143,13 @@ pub enum CommandKind {
     Call,
     CallAction,
     CallSignal,
+    Edit,
+    Delete,
 }
 
 /// Command names, as counted in [`ShardMetrics::commands`] (the `command` label),
 /// indexed by [`CommandKind`].
-pub const COMMANDS: [&str; 23] = [
+pub const COMMANDS: [&str; 25] = [
     "connect",
     "ping",
     "invalid",
@@ -171,6 +173,8 @@ pub const COMMANDS: [&str; 23] = [
     "call",
     "call_action",
     "call_signal",
+    "edit",
+    "delete",
 ];
 
 /// Error codes counted (100 to 100 + this − 1).

@@ -51,10 +51,30 @@ pub struct SequenceReq {
     pub meta: Option<Bytes>,
     /// Sender's user id, for direct messages.
     pub from: Option<Arc<str>>,
+    /// The user who published it (a client's token; `None` for the server API):
+    /// recorded with the publication, not shown (edit rights, data requests).
+    pub author: Option<Arc<str>>,
     /// The event a backend named it with (Socket.IO subscribers get that event).
     pub event: Option<Arc<str>>,
+    /// An edit or deletion of an earlier publication, to be checked by the owner.
+    pub revision: Option<RevisionReq>,
     /// Who learns the position.
     pub reply: PublishReply,
+}
+
+/// An edit or deletion on its way to the channel's owner, which checks it before
+/// sequencing (see `core::revisions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevisionReq {
+    /// What it changes.
+    pub revises: switchboard_protocol::Revision,
+    /// The epoch the client named (must be the channel's).
+    pub epoch: Option<u64>,
+    /// The editor may change others' publications (a namespace `moderate` rule).
+    pub moderator: bool,
+    /// The store has checked the original (its author, that it is not itself a
+    /// revision, not deleted): the owner sequences it without looking again.
+    pub checked: bool,
 }
 
 /// A sequenced publication's position, and whether it was a retry of an earlier one
@@ -96,9 +116,17 @@ impl SequenceReq {
             key: key.map(Box::from),
             meta: meta.map(|m| Bytes::copy_from_slice(m.raw)),
             from,
+            author: None,
             event: None,
+            revision: None,
             reply,
         }
+    }
+
+    /// The same publication, recorded as published by `author`.
+    pub fn by(mut self, author: Option<Arc<str>>) -> SequenceReq {
+        self.author = author;
+        self
     }
 
     /// The same publication, named `event` for Socket.IO subscribers.
@@ -127,4 +155,32 @@ pub enum PublishReply {
     },
     /// The server API.
     Api(tokio::sync::oneshot::Sender<Sequenced>),
+}
+
+impl PublishReply {
+    /// Refuse from outside the shards (the control plane checked and said no): the
+    /// message to send to the publisher's shard, if one waits there.
+    pub fn refuse(self, refused: Refused) -> Option<(u16, crate::mesh::ShardMsg)> {
+        match self {
+            PublishReply::None => None,
+            PublishReply::Client {
+                shard,
+                conn,
+                req_id,
+                ..
+            } => Some((
+                shard,
+                crate::mesh::ShardMsg::Published {
+                    conn,
+                    req_id,
+                    result: Err(refused),
+                    quiet: false,
+                },
+            )),
+            PublishReply::Api(tx) => {
+                let _ = tx.send(Err(refused));
+                None
+            }
+        }
+    }
 }

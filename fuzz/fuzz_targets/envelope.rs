@@ -61,6 +61,8 @@ fn serves_everyone(data: Payload<'_>, meta: Option<Payload<'_>>) {
             event: None,
             meta,
             data,
+            revises: None,
+            revised: None,
         };
         let reply = encode_stream_reply(
             format,

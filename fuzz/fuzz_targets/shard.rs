@@ -79,6 +79,7 @@ fn config() -> EngineConfig {
         reconnect_secret: Some(Arc::from(&b"fuzz-reconnect-secret-0123456789"[..])),
         namespaces: vec![NamespacePolicy {
             retention: Default::default(),
+            edits: false,
             name: "room".into(),
             durability: Durability::None,
             history_size: 16,

@@ -38,7 +38,10 @@ pub mod socketio;
 pub mod utf8;
 
 pub use close::CloseCode;
-pub use envelope::{Command, ErrorCode, Format, Payload, Position, Request, EVERY_FORMAT, FORMATS};
+pub use envelope::{
+    Command, ErrorCode, Format, Payload, Position, Request, Revised, Revision, EVERY_FORMAT,
+    FORMATS,
+};
 pub use error::Error;
 pub use frame::{FrameHeader, OpCode, Role};
 pub use handshake::{HandshakeLimits, Upgrade};

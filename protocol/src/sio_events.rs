@@ -52,6 +52,8 @@ pub fn mapping(event: &str) -> Option<Mapping> {
             renames: &[("to", "user")],
             ..m("publish")
         },
+        "message:edit" => m("edit"),
+        "message:delete" => m("delete"),
         "message:history" => Mapping {
             shorthand: channel,
             ..m("history")

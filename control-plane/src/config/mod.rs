@@ -187,6 +187,7 @@ impl Config {
                 presence: ns.presence,
                 presence_events: ns.presence && ns.presence_events.unwrap_or(true),
                 max_channel_bytes: ns.max_channel_bytes,
+                edits: ns.edits,
                 retention: Retention {
                     max_age_ms: ns.retain_ms,
                     max_count: ns.retain_count,
@@ -204,6 +205,7 @@ impl Config {
                 presence: false,
                 presence_events: false,
                 max_channel_bytes: self.inbox.max_bytes,
+                edits: false,
                 retention: Retention {
                     max_age_ms: Some(self.inbox.retain_ms.unwrap_or(self.inbox.history_ttl_ms)),
                     max_count: self.inbox.retain_count,

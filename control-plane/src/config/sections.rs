@@ -135,6 +135,11 @@ pub struct NamespaceConfig {
     pub history: Option<Vec<BTreeMap<String, OneOrMany>>>,
     /// Who may see who is present (absent: the `subscribe` rules).
     pub presence_rules: Option<Vec<BTreeMap<String, OneOrMany>>>,
+    /// Clients may edit and delete publications (`edit`, `delete`): their own, and
+    /// others' where a `moderate` rule holds.
+    pub edits: bool,
+    /// Who may edit and delete others' publications (absent: nobody).
+    pub moderate: Option<Vec<BTreeMap<String, OneOrMany>>>,
     /// Track who is on each channel (`presence`, `presence_count`, the server API).
     pub presence: bool,
     /// Push join, leave and status events to the members (default true; turn off for
@@ -184,6 +189,7 @@ impl NamespaceConfig {
             publish: convert(&self.publish),
             history: convert(&self.history),
             presence: convert(&self.presence_rules),
+            moderate: convert(&self.moderate),
         }
     }
 }

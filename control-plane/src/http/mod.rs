@@ -22,12 +22,14 @@
 pub mod actions;
 pub mod admin_api;
 pub mod admin_auth;
+mod data_requests;
 pub mod errors;
 pub mod guesses;
 pub mod health;
 pub mod keys;
 pub mod notifications;
 pub mod requests;
+mod revisions;
 pub mod server_api;
 pub mod state;
 pub mod users;
@@ -50,6 +52,8 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .merge(notifications::routes())
         .merge(users::routes())
         .merge(admin_api::routes())
+        .merge(data_requests::routes())
+        .merge(revisions::routes())
         .fallback(|| async {
             errors::error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

@@ -43,11 +43,7 @@ pub fn routes() -> Router<Arc<HttpState>> {
 /// values were validated when published, so a failure here cannot happen; it would
 /// show as null rather than fail the whole response.
 pub(super) fn as_json(format: Format, raw: &[u8]) -> serde_json::Value {
-    match format {
-        Format::Json | Format::SocketIo => serde_json::from_slice(raw),
-        Format::MsgPack => rmp_serde::from_slice(raw).map_err(serde::de::Error::custom),
-    }
-    .unwrap_or(serde_json::Value::Null)
+    crate::store::data_requests::payload_json(format, raw)
 }
 
 /// Query of `GET /api/history`: the `history` command's fields.
@@ -134,6 +130,12 @@ pub(crate) async fn history_of(
         if let Some(event) = &e.event {
             p["event"] = json!(&**event);
         }
+        if let Some(r) = e.revises {
+            p[if r.delete { "delete" } else { "edit" }] = json!(r.target);
+        }
+        if let Some(r) = e.revised {
+            p[if r.deleted { "deleted_ms" } else { "edited_ms" }] = json!(r.at_ms);
+        }
         publications.push(p);
     }
     let mut body = json!({
@@ -204,10 +206,19 @@ pub(super) async fn sequence(
         format: Format::Json,
         raw: m.get().as_bytes(),
     });
-    let outcome = match s
-        .engine
-        .publish_event(channel, payload, meta, key, from, event)
-    {
+    settle(
+        s.engine
+            .publish_event(channel, payload, meta, key, from, event),
+    )
+    .await
+}
+
+/// Wait for a publication's position (5 s at most) and say what went wrong as the server
+/// API does.
+pub(super) async fn settle(
+    asked: Result<switchboard_engine::PublishTicket, switchboard_engine::Error>,
+) -> Result<(Position, bool), Response> {
+    let outcome = match asked {
         Ok(ticket) => match tokio::time::timeout(std::time::Duration::from_secs(5), ticket).await {
             Ok(Ok(Ok(position))) => Ok(position),
             Ok(Ok(Err(why))) => {
@@ -220,6 +231,11 @@ pub(super) async fn sequence(
                         "store_unavailable",
                         &why.message,
                     ),
+                    ErrorCode::NotFound => error(StatusCode::NOT_FOUND, "not_found", &why.message),
+                    ErrorCode::Conflict => error(StatusCode::CONFLICT, "conflict", &why.message),
+                    ErrorCode::PermissionDenied => {
+                        error(StatusCode::FORBIDDEN, "forbidden", &why.message)
+                    }
                     // A full inbox or capped channel: the recipient's limit, not the
                     // caller's rate; retry after older messages go.
                     ErrorCode::LimitExceeded => error(

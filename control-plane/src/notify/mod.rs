@@ -214,6 +214,7 @@ enum Work {
         Reply<Result<Listing, Refusal>>,
     ),
     Read(String, Option<u64>, Reply<Result<u64, Refusal>>),
+    Erase(String, Reply<Result<usize, Refusal>>),
     Topics(
         String,
         Vec<String>,
@@ -300,6 +301,12 @@ impl Notifier {
     /// Mark one (or all) of a user's notifications read: the unread count after.
     pub async fn read(&self, user: String, id: Option<u64>) -> Result<u64, Refusal> {
         self.ask(|tx| Work::Read(user, id, tx)).await
+    }
+
+    /// Remove a user's notifications and topic subscriptions (a data request): how
+    /// many notifications it had.
+    pub async fn erase(&self, user: String) -> Result<usize, Refusal> {
+        self.ask(|tx| Work::Erase(user, tx)).await
     }
 
     /// Change a user's topic subscriptions: the topics after.

@@ -104,7 +104,47 @@ impl Worker {
             Work::Topics(user, sub, unsub, reply) => {
                 let _ = reply.send(self.change_topics(&user, &sub, &unsub));
             }
+            Work::Erase(user, reply) => {
+                let _ = reply.send(self.erase(&user));
+            }
         }
+    }
+
+    /// Delete `user`'s notification rows and topic subscriptions, and the
+    /// notifications nobody else received.
+    pub(super) fn erase(&mut self, user: &str) -> Result<usize, Refusal> {
+        if self.shared.is_some() {
+            return Err(Refusal::new(
+                ErrorCode::Unavailable,
+                "erasing notifications kept in Redis (nodes sharing it) is not built yet",
+            ));
+        }
+        let tx = self.conn.transaction().map_err(Refusal::store)?;
+        let ids: Vec<i64> = tx
+            .prepare("SELECT id FROM notification_recipients WHERE user = ?1")
+            .and_then(|mut q| {
+                q.query_map([user], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(Refusal::store)?;
+        tx.execute(
+            "DELETE FROM notification_recipients WHERE user = ?1",
+            [user],
+        )
+        .map_err(Refusal::store)?;
+        tx.execute("DELETE FROM notification_topics WHERE user = ?1", [user])
+            .map_err(Refusal::store)?;
+        for id in &ids {
+            tx.execute(
+                "DELETE FROM notifications WHERE id = ?1
+                 AND NOT EXISTS (SELECT 1 FROM notification_recipients WHERE id = ?1)",
+                [id],
+            )
+            .map_err(Refusal::store)?;
+        }
+        tx.commit().map_err(Refusal::store)?;
+        self.unread.remove(user);
+        Ok(ids.len())
     }
 
     pub(super) fn command(

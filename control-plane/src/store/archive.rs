@@ -40,7 +40,7 @@ pub(super) const CHUNK_ROWS: usize = 8_192;
 
 /// The columns of a stored publication, in the order both tables and every reader use.
 pub(super) const COLUMNS: &str =
-    "channel, epoch, offset, ts_ms, format, data, meta, key, sender, event";
+    "channel, epoch, offset, ts_ms, format, data, meta, key, sender, event, author, revises";
 
 /// One stored publication as a pass carries it.
 #[derive(Debug)]
@@ -55,6 +55,9 @@ pub(super) struct Row {
     pub key: Option<String>,
     pub sender: Option<String>,
     pub event: Option<String>,
+    pub author: Option<String>,
+    /// The offset an edit changes (positive) or a deletion removes (negative).
+    pub revises: Option<i64>,
 }
 
 impl Row {
@@ -71,8 +74,29 @@ impl Row {
             key: r.get(at + 7)?,
             sender: r.get(at + 8)?,
             event: r.get(at + 9)?,
+            author: r.get(at + 10)?,
+            revises: r.get(at + 11)?,
         })
     }
+}
+
+/// A revision as stored in the `revises` column: the target's offset, negative for a
+/// deletion.
+pub(super) fn revises_code(r: switchboard_protocol::Revision) -> i64 {
+    let target = r.target.min(i64::MAX as u64) as i64;
+    if r.delete {
+        -target
+    } else {
+        target
+    }
+}
+
+/// The revision a `revises` column holds.
+pub(super) fn revises_of(code: Option<i64>) -> Option<switchboard_protocol::Revision> {
+    code.map(|c| switchboard_protocol::Revision {
+        target: c.unsigned_abs(),
+        delete: c < 0,
+    })
 }
 
 /// A pass in progress: the rows it moves, sorted, and how far it got.
@@ -140,12 +164,12 @@ pub(super) fn step(conn: &mut Connection, pass: &mut Pass) -> rusqlite::Result<b
         }
         {
             let mut insert = tx.prepare_cached(&format!(
-                "INSERT OR IGNORE INTO archive ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                "INSERT OR IGNORE INTO archive ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
             ))?;
             for r in &pass.rows[pass.next..end] {
                 insert.execute(params![
                     r.channel, r.epoch, r.offset, r.ts_ms, r.format, r.data, r.meta, r.key,
-                    r.sender, r.event
+                    r.sender, r.event, r.author, r.revises
                 ])?;
             }
         }
@@ -527,6 +551,8 @@ mod tests {
             meta: None,
             key: None,
             sender: None,
+            author: None,
+            revises: None,
             event: None,
         };
         let merged = merge_tail(vec![row(1), row(2), row(4)], vec![row(3), row(4), row(5)]);

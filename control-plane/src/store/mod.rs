@@ -34,8 +34,10 @@
 //! reading in `startup`, the writer thread in `writer`, the handles here.
 
 mod archive;
+pub mod data_requests;
 mod pages;
 mod reader;
+mod revisions;
 mod startup;
 mod writer;
 
@@ -57,7 +59,7 @@ use crate::error::Error;
 use switchboard_protocol::Format;
 
 /// Version of the schema this build writes.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Marks (inbox cursors, receipts) not updated for this long are deleted, unless the
 /// longest durable `history_ttl_ms` is longer.
@@ -299,6 +301,22 @@ impl Opened {
     /// would between commits; how many publications moved. For benchmarks and tools.
     pub fn archive_now(&mut self) -> rusqlite::Result<usize> {
         self.writer.archive_all()
+    }
+
+    /// Read a history page of `channel` (whose owner is at `top` and keeps nothing in
+    /// memory) as the history reader would; the publications and whether more follow.
+    /// For benchmarks and tools.
+    pub fn read_page(
+        &mut self,
+        channel: &str,
+        page: &switchboard_protocol::history::Page,
+        top: switchboard_protocol::Position,
+    ) -> rusqlite::Result<(Vec<switchboard_engine::streams::Entry>, bool)> {
+        match pages::read(&mut self.writer.conn, channel, page, top, &[]) {
+            Ok(out) => Ok((out.entries, out.more)),
+            Err(pages::PageError::Store(e)) => Err(e),
+            Err(pages::PageError::UnknownEpoch(..)) => Err(rusqlite::Error::QueryReturnedNoRows),
+        }
     }
 
     /// The journal link and the streams to continue, for the engine (once).

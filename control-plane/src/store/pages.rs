@@ -12,15 +12,13 @@
 //! Owns the SQL of a page. Does not own deciding that memory cannot answer (the owner
 //! shard) or the thread that runs it (`reader`).
 
-use std::sync::Arc;
-
-use bytes::Bytes;
 use rusqlite::{params, Connection, Transaction};
 use switchboard_engine::streams::Entry;
 use switchboard_protocol::history::Page;
 use switchboard_protocol::Position;
 
 use super::archive::{self, ends, first_at_or_after, Row, COLUMNS};
+use super::revisions;
 
 /// A page read.
 #[derive(Debug)]
@@ -111,11 +109,13 @@ pub(super) fn read(
         };
         rows.extend(tail.into_iter().filter(|r| fits(r.offset as u64, r.ts_ms)));
     }
-    tx.commit()?;
-    let mut entries: Vec<Entry> = rows.into_iter().map(entry_of).collect();
+    let mut entries: Vec<Entry> = rows.into_iter().map(revisions::entry_of).collect();
     entries.extend(kept.iter().cloned());
     entries.sort_unstable_by_key(|e| e.offset);
     entries.dedup_by_key(|e| e.offset);
+    // Edits and deletions: each original as it is now.
+    revisions::fold(&tx, channel, epoch, &mut entries)?;
+    tx.commit()?;
     if page.reverse {
         entries.reverse();
     }
@@ -166,16 +166,4 @@ fn tail_rows(
         Row::read(r, 0)
     })?;
     rows.collect()
-}
-
-fn entry_of(r: Row) -> Entry {
-    Entry {
-        offset: r.offset as u64,
-        tick: 0,
-        data: Bytes::from(r.data),
-        meta: r.meta.map(Bytes::from),
-        format: super::format_from(r.format),
-        from: r.sender.map(Arc::from),
-        event: r.event.map(Arc::from),
-    }
 }

@@ -1,9 +1,11 @@
 //! The history reader: a thread with its own connection to the store file that reads
-//! the pages owner shards hand over ([`HistoryRead`]) and answers whoever asked.
+//! the pages owner shards hand over ([`HistoryRead`]) and answers whoever asked, and
+//! checks the stored originals of edits and deletions memory no longer keeps (sending
+//! each revision back to its channel's owner, checked, or refusing it).
 //!
-//! WAL lets it read beside the writer without either waiting. Its queue is bounded: a
-//! page that finds it full is refused at once as overloaded (the client retries), never
-//! held by a shard. Owns the thread and its queue; the SQL is in `pages`.
+//! WAL lets it read beside the writer without either waiting. Its queue is bounded: work
+//! that finds it full is refused at once as overloaded (the client retries), never held
+//! by a shard. Owns the thread and its queue; the SQL is in `pages` and `revisions`.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -11,38 +13,96 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use switchboard_engine::history::{Answer, HistoryRead};
-use switchboard_engine::ShardSender;
+use switchboard_engine::mesh::{Refused, SequenceReq};
+use switchboard_engine::publications::RevisionReq;
+use switchboard_engine::{ShardMsg, ShardSender};
 use switchboard_protocol::ErrorCode;
 
 use super::pages::{self, PageError};
+use super::revisions;
 use super::StoreStats;
 use crate::worker::{open_store, WorkerHandle};
 
 /// Pages waiting for the reader beyond which new ones are refused.
 const QUEUE: usize = 1024;
 
-/// Where shards' history pages go (clone freely).
+/// What the reader does.
+#[derive(Debug)]
+enum Work {
+    Page(Box<HistoryRead>),
+    Revision(Box<SequenceReq>),
+}
+
+/// Where shards' history pages and revision checks go (clone freely).
 #[derive(Debug, Clone)]
 pub struct HistoryReader {
-    tx: Sender<Box<HistoryRead>>,
+    tx: Sender<Work>,
     shards: ShardSender,
 }
 
 impl HistoryReader {
     /// Hand a page over; refused at once if the reader is behind or stopped.
     pub fn submit(&self, read: Box<HistoryRead>) {
-        let (read, code, why) = match self.tx.try_send(read) {
+        self.hand(Work::Page(read));
+    }
+
+    /// Hand a revision's check over; refused at once if the reader is behind or
+    /// stopped.
+    pub fn check_revision(&self, req: Box<SequenceReq>) {
+        self.hand(Work::Revision(req));
+    }
+
+    fn hand(&self, work: Work) {
+        let (work, code, why) = match self.tx.try_send(work) {
             Ok(()) => return,
-            Err(TrySendError::Full(r)) => (
-                r,
+            Err(TrySendError::Full(w)) => (
+                w,
                 ErrorCode::Overloaded,
                 "the store's reader is busy, retry",
             ),
-            Err(TrySendError::Disconnected(r)) => {
-                (r, ErrorCode::Unavailable, "the store's reader has stopped")
+            Err(TrySendError::Disconnected(w)) => {
+                (w, ErrorCode::Unavailable, "the store's reader has stopped")
             }
         };
-        deliver(&self.shards, read.refuse(code, why.into()));
+        match work {
+            Work::Page(read) => deliver(&self.shards, read.refuse(code, why.into())),
+            Work::Revision(req) => refuse(&self.shards, *req, code, why.into()),
+        }
+    }
+}
+
+/// Refuse a revision to whoever asked for it.
+fn refuse(shards: &ShardSender, req: SequenceReq, code: ErrorCode, message: String) {
+    if let Some((shard, msg)) = req.reply.refuse(Refused { code, message }) {
+        crate::shards::send_patiently(shards, shard, msg, "a revision's refusal");
+    }
+}
+
+/// Check a revision's stored original; send it back to its owner checked, or refuse it.
+fn check(conn: &mut rusqlite::Connection, shards: &ShardSender, mut req: SequenceReq) {
+    let Some(r) = req.revision else { return };
+    let epoch = r.epoch.unwrap_or_default();
+    let verdict = revisions::check_original(
+        conn,
+        &req.channel,
+        epoch,
+        r.revises.target,
+        req.author.as_deref(),
+        r.moderator,
+    );
+    match verdict {
+        Ok(None) => {
+            req.revision = Some(RevisionReq { checked: true, ..r });
+            let owner = shards.home_of(&req.channel) as u16;
+            let msg = ShardMsg::Sequence(Box::new(req));
+            crate::shards::send_patiently(shards, owner, msg, "a checked revision");
+        }
+        Ok(Some(refused)) => refuse(shards, req, refused.code, refused.message),
+        Err(e) => {
+            tracing::warn!(error = %e, "a revision's original could not be read from the store");
+            let why = "the store could not be read; retry".to_string();
+            refuse(shards, req, ErrorCode::Unavailable, why);
+        }
     }
 }
 
@@ -53,16 +113,19 @@ pub fn spawn(
     stats: Arc<StoreStats>,
 ) -> Result<(HistoryReader, WorkerHandle), crate::Error> {
     let mut conn = open_store(path, "the history reader")?;
-    let (tx, rx): (Sender<Box<HistoryRead>>, Receiver<Box<HistoryRead>>) =
-        crossbeam_channel::bounded(QUEUE);
+    let (tx, rx): (Sender<Work>, Receiver<Work>) = crossbeam_channel::bounded(QUEUE);
     let out = shards.clone();
     let handle = WorkerHandle::spawn("sb-history", move |stop| {
         while !stop.load(std::sync::atomic::Ordering::Acquire) {
-            let Ok(read) = rx.recv_timeout(Duration::from_millis(100)) else {
-                continue;
+            let read = match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Work::Page(read)) => *read,
+                Ok(Work::Revision(req)) => {
+                    check(&mut conn, &out, *req);
+                    continue;
+                }
+                Err(_) => continue,
             };
             let started = Instant::now();
-            let read = *read;
             let result = pages::read(&mut conn, &read.channel, &read.page, read.top, &read.kept);
             let answer = match result {
                 Ok(p) => {

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 use switchboard_engine::journal::{
     Durability, MarkKind, MarkRecord, NamespacePolicy, SeedEntry, SeedStream, SessionRecord,
@@ -182,6 +181,8 @@ pub(super) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
              key TEXT,
              sender TEXT,
              event TEXT,
+             author TEXT,
+             revises INTEGER,
              PRIMARY KEY (channel, epoch, offset)
          ) WITHOUT ROWID;",
     )?;
@@ -199,6 +200,21 @@ pub(super) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     if !has_event {
         conn.execute_batch("ALTER TABLE log ADD COLUMN event TEXT")?;
     }
+    // Version 5: who published each publication (edit rights, data requests), and
+    // edits and deletions (`revises`; the latest per original in `revisions`).
+    for table in ["log", "archive"] {
+        for (column, kind) in [("author", "TEXT"), ("revises", "INTEGER")] {
+            let has = conn
+                .prepare(&format!(
+                    "SELECT 1 FROM pragma_table_info('{table}') WHERE name = '{column}'"
+                ))?
+                .exists([])?;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+            }
+        }
+    }
+    conn.execute_batch(super::revisions::SCHEMA)?;
     conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
     Ok(())
 }
@@ -398,18 +414,27 @@ pub(super) fn read_seeds(
         let tail: Vec<archive::Row> = tail.into_iter().filter(|r| r.ts_ms >= oldest).collect();
         let rows = archive::merge_tail(from_archive, tail);
         let skip = rows.len().saturating_sub(ns.history_size);
-        let list = rows
+        let rows: Vec<archive::Row> = rows.into_iter().skip(skip).collect();
+        // As history shows them: edits and deletions folded in.
+        let stamps: Vec<(i64, Option<String>)> =
+            rows.iter().map(|r| (r.ts_ms, r.key.clone())).collect();
+        let mut entries: Vec<_> = rows.into_iter().map(revisions::entry_of).collect();
+        revisions::fold(conn, channel, epoch, &mut entries)?;
+        let list = entries
             .into_iter()
-            .skip(skip)
-            .map(|r| SeedEntry {
-                offset: r.offset as u64,
-                age_ms: now.saturating_sub(r.ts_ms).max(0) as u64,
-                format: format_from(r.format),
-                data: Bytes::from(r.data),
-                meta: r.meta.map(Bytes::from),
-                key: r.key.map(String::into_boxed_str),
-                from: r.sender.map(String::into_boxed_str),
-                event: r.event.map(String::into_boxed_str),
+            .zip(stamps)
+            .map(|(e, (ts_ms, key))| SeedEntry {
+                offset: e.offset,
+                age_ms: now.saturating_sub(ts_ms).max(0) as u64,
+                format: e.format,
+                data: e.data,
+                meta: e.meta,
+                key: key.map(String::into_boxed_str),
+                from: e.from.map(|f| Box::from(&*f)),
+                author: e.author.map(|a| Box::from(&*a)),
+                event: e.event.map(|v| Box::from(&*v)),
+                revises: e.revises,
+                revised: e.revised,
             })
             .collect();
         kept.insert(channel.clone(), list);

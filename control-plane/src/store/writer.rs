@@ -220,9 +220,10 @@ impl Writer {
         let mut updates: Vec<(Arc<str>, Written)> = Vec::new();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO log (channel, epoch, offset, ts_ms, format, data, meta, key, sender, event)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO log (channel, epoch, offset, ts_ms, format, data, meta, key, sender, event, author, revises)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
+            let mut revision = tx.prepare_cached(super::revisions::UPSERT)?;
             for r in batches.iter().flat_map(|b| b.records.iter()) {
                 insert.execute(params![
                     &*r.channel,
@@ -235,7 +236,22 @@ impl Writer {
                     r.key.as_deref(),
                     r.from.as_deref(),
                     r.event.as_deref(),
+                    r.author.as_deref(),
+                    r.revises.map(archive::revises_code),
                 ])?;
+                if let Some(rev) = r.revises {
+                    revision.execute(params![
+                        &*r.channel,
+                        r.epoch as i64,
+                        rev.target.min(i64::MAX as u64) as i64,
+                        r.offset as i64,
+                        now,
+                        rev.delete,
+                        format_code(r.format),
+                        &r.data[..],
+                        r.meta.as_deref(),
+                    ])?;
+                }
                 tops.insert(&r.channel, (r.epoch, r.offset));
             }
             let mut mark = tx.prepare_cached(

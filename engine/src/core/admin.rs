@@ -108,6 +108,12 @@ impl ShardCore {
                 };
                 let _ = done.send(seen);
             }
+            AdminOp::Erase { user, inbox, done } => {
+                if let Some(inbox) = inbox {
+                    self.streams.forget(&inbox);
+                }
+                let _ = done.send(self.streams.redact(&user));
+            }
             AdminOp::List {
                 filter,
                 limit,

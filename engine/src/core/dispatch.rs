@@ -43,6 +43,18 @@ impl ShardCore {
                 self.history(slot, id, &channel, QueryKind::History { page })
             }
             Command::Unsubscribe { channel } => self.unsubscribe(slot, id, &channel),
+            Command::Edit {
+                channel,
+                offset,
+                epoch,
+                data,
+                meta,
+            } => self.revise_from(slot, id, &channel, offset, epoch, Some(data), meta),
+            Command::Delete {
+                channel,
+                offset,
+                epoch,
+            } => self.revise_from(slot, id, &channel, offset, epoch, None, None),
             Command::Publish {
                 channel,
                 data,
@@ -151,13 +163,18 @@ fn command_kind(cmd: &Command<'_>) -> CommandKind {
         Command::Call { .. } => CommandKind::Call,
         Command::CallAction { .. } => CommandKind::CallAction,
         Command::CallSignal { .. } => CommandKind::CallSignal,
+        Command::Edit { .. } => CommandKind::Edit,
+        Command::Delete { .. } => CommandKind::Delete,
     }
 }
 
 /// What a command counts against in the rate limits (besides `command`).
 fn limit_event(cmd: &Command<'_>) -> LimitEvent {
     match cmd {
-        Command::Publish { .. } | Command::Schedule { user: None, .. } => LimitEvent::Publish,
+        Command::Publish { .. }
+        | Command::Edit { .. }
+        | Command::Delete { .. }
+        | Command::Schedule { user: None, .. } => LimitEvent::Publish,
         Command::Send { .. } | Command::Schedule { .. } => LimitEvent::Send,
         Command::Subscribe { .. }
         | Command::History { .. }

@@ -64,6 +64,7 @@ mod permissions;
 mod presence;
 mod publish;
 mod reply;
+mod revisions;
 mod sessions;
 mod shared;
 mod subscriptions;
@@ -269,6 +270,7 @@ impl ShardCore {
             keep: cfg.history_size,
             ttl: ms_to_ticks(cfg.history_ttl_ms, t),
             max_bytes: 0,
+            edits: false,
         };
         let policies = Arc::new(Policies::new(default, &cfg.namespaces, t));
         let mut streams = Streams::with_policies(stream_seed(id, now), policies);
@@ -520,7 +522,7 @@ impl ShardCore {
             ShardMsg::Publish(p) => self.deliver(&p),
             ShardMsg::StreamQuery(q) => self.stream_query(*q),
             ShardMsg::StreamReply(r) => self.on_stream_reply(*r),
-            ShardMsg::Sequence(req) => self.sequence_request(*req),
+            ShardMsg::Sequence(req) => self.check_revision(*req),
             ShardMsg::Mark(update) => self.apply_mark(*update),
             ShardMsg::UserSubscription(u) => self.user_subscription(*u),
             ShardMsg::Presence(u) => self.apply_presence(*u),

@@ -88,6 +88,7 @@ impl ShardCore {
                 Action::Publish => "not allowed by the namespace's publish rules",
                 Action::History => "not allowed by the namespace's history rules",
                 Action::Presence => "not allowed by the namespace's presence rules",
+                Action::Moderate => "not allowed by the namespace's moderate rules",
             }),
             Verdict::NoRules if identity.may_use(channel) => Ok(()),
             Verdict::NoRules => denied("channel not allowed by token"),

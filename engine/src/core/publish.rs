@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use switchboard_protocol::envelope;
-use switchboard_protocol::{Error as WireError, ErrorCode, Format, Payload, Position};
+use switchboard_protocol::{Error as WireError, ErrorCode, Format, Payload, Position, Revision};
 
 use super::conn::{ConnKey, ConnState};
 use super::{ms_to_ticks, ShardCore, SPILL_LIMIT};
@@ -117,12 +117,20 @@ impl ShardCore {
             req_id: id,
             quiet,
         };
+        let author = self.conns[slot as usize]
+            .identity
+            .as_ref()
+            .map(|i| i.user.clone());
         if owner == self.id {
-            return self.sequence(channel, data, meta, self.clock.mono, key, from, None, reply);
+            let created = self.clock.mono;
+            return self.sequence(
+                channel, data, meta, created, key, from, author, None, None, reply,
+            );
         }
         // Another shard owns the channel's stream: it sequences, fans out and tells us
         // the position to answer with.
-        let req = SequenceReq::new(channel, data, meta, key, from, reply, self.clock.mono);
+        let req =
+            SequenceReq::new(channel, data, meta, key, from, reply, self.clock.mono).by(author);
         self.send_to(owner, ShardMsg::Sequence(Box::new(req)));
     }
 
@@ -140,6 +148,8 @@ impl ShardCore {
                 data,
                 None,
                 self.clock.mono,
+                None,
+                None,
                 None,
                 None,
                 None,
@@ -180,7 +190,9 @@ impl ShardCore {
                 created,
                 None,
                 None,
+                None,
                 Some(event),
+                None,
                 PublishReply::None,
             );
             return Ok(());
@@ -210,7 +222,9 @@ impl ShardCore {
         created: Instant,
         key: Option<&str>,
         from: Option<Arc<str>>,
+        author: Option<Arc<str>>,
         event: Option<Arc<str>>,
+        revises: Option<Revision>,
         reply: PublishReply,
     ) {
         debug_assert_eq!(self.mesh.home(channel, self.id), self.id);
@@ -269,7 +283,7 @@ impl ShardCore {
             if needed & (1 << f.index()) != 0 {
                 let sender = from.as_deref();
                 let named = event.as_deref();
-                match self.publication_encoder()(f, channel, position, sender, meta, data, named) {
+                match self.encode_for(f, channel, position, sender, meta, data, named, revises) {
                     Ok(frame) => frames[f.index()] = Some(frame),
                     Err(e) => {
                         // Refused (does not transcode): the offset was not used.
@@ -297,7 +311,10 @@ impl ShardCore {
                 meta: meta.map(|m| Bytes::copy_from_slice(m.raw)),
                 format: data.format,
                 from,
+                author,
                 event,
+                revises,
+                revised: None,
             };
             if durable {
                 let name = self.streams.name(channel).expect("just sequenced");
@@ -310,7 +327,9 @@ impl ShardCore {
                     meta: entry.meta.clone(),
                     key: key.map(Box::from),
                     from: entry.from.clone(),
+                    author: entry.author.clone(),
                     event: entry.event.clone(),
+                    revises,
                     keep: policy.keep.min(u32::MAX as usize) as u32,
                 });
                 if policy.durability == Durability::Sync {
@@ -328,6 +347,7 @@ impl ShardCore {
                     return;
                 }
             }
+            self.apply_revision(channel, &entry);
             if policy.keep > 0 {
                 self.streams.retain(channel, entry, policy.keep, policy.ttl);
             } else {
@@ -351,7 +371,9 @@ impl ShardCore {
             key,
             meta,
             from,
+            author,
             event,
+            revision,
             reply,
         } = req;
         let meta = meta.as_ref().map(|m| Payload { format, raw: m });
@@ -362,7 +384,9 @@ impl ShardCore {
             created,
             key.as_deref(),
             from,
+            author,
             event,
+            revision.map(|r| r.revises),
             reply,
         );
     }
@@ -407,6 +431,8 @@ impl ShardCore {
             let (format, data, meta) = (entry.format, entry.data.clone(), entry.meta.clone());
             let from = entry.from.clone();
             let event = entry.event.clone();
+            let revises = entry.revises;
+            self.apply_revision(&channel, &entry);
             self.streams
                 .retain(&channel, entry, policy.keep, policy.ttl);
             let (local, remote, needed) = self.audience(&channel);
@@ -417,7 +443,7 @@ impl ShardCore {
                         // payload already passed one encoding, so this rarely fails.
                         let meta = meta.as_ref().map(|m| Payload { format, raw: m });
                         let data = Payload { format, raw: &data };
-                        match self.publication_encoder()(
+                        match self.encode_for(
                             f,
                             &channel,
                             position,
@@ -425,6 +451,7 @@ impl ShardCore {
                             meta,
                             data,
                             event.as_deref(),
+                            revises,
                         ) {
                             Ok(frame) => frames[f.index()] = Some(frame),
                             Err(e) => tracing::warn!(
@@ -564,6 +591,29 @@ impl ShardCore {
 impl ShardCore {
     /// How publications are encoded: with their offset as a Socket.IO event's last
     /// argument when connection state recovery is on.
+    /// A publication's frame in format `f`: a revision's own encoding
+    /// ([`envelope::encode_revision`]), else [`ShardCore::publication_encoder`]'s.
+    #[allow(clippy::too_many_arguments)] // The fields of one publication.
+    pub(super) fn encode_for(
+        &self,
+        f: Format,
+        channel: &str,
+        position: Position,
+        from: Option<&str>,
+        meta: Option<Payload<'_>>,
+        data: Payload<'_>,
+        event: Option<&str>,
+        revises: Option<Revision>,
+    ) -> Result<Bytes, WireError> {
+        match revises {
+            Some(r) => {
+                let sio_offset = self.cfg.socketio.recovery_ms > 0;
+                envelope::encode_revision(f, channel, position, from, meta, data, r, sio_offset)
+            }
+            None => self.publication_encoder()(f, channel, position, from, meta, data, event),
+        }
+    }
+
     pub(super) fn publication_encoder(&self) -> PublicationEncoder {
         if self.cfg.socketio.recovery_ms > 0 {
             envelope::encode_recoverable_publication

@@ -201,6 +201,8 @@ impl ShardCore {
                 format: e.format,
                 raw: &e.data,
             },
+            revises: e.revises,
+            revised: e.revised,
         });
         match envelope::encode_stream_reply(
             format,

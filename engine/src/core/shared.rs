@@ -329,7 +329,10 @@ impl ShardCore {
                     key,
                     meta,
                     from,
+                    // Authors and revisions are not carried between nodes (yet).
+                    author: None,
                     event,
+                    revision: None,
                     reply,
                 });
             }
@@ -431,7 +434,10 @@ impl ShardCore {
                     meta: r.meta,
                     key: None,
                     from: r.from.map(|f| Box::from(&*f)),
+                    author: None,
                     event: r.event.map(|e| Box::from(&*e)),
+                    revises: None,
+                    revised: None,
                 })
                 .collect();
             let seed = SeedStream {
@@ -562,7 +568,10 @@ impl ShardCore {
             meta: r.meta,
             format: r.format,
             from: r.from,
+            author: None,
             event: r.event,
+            revises: None,
+            revised: None,
         };
         if policy.keep > 0 {
             self.streams.retain(channel, entry, policy.keep, policy.ttl);

@@ -71,6 +71,12 @@ impl HistoryBudget {
         self.order.push_back((channel.clone(), e.offset));
     }
 
+    /// A retained publication changed size in place (redacted): it now costs `after`
+    /// instead of `before`.
+    pub(super) fn resized(&mut self, before: usize, after: usize) {
+        self.used = self.used - before + after;
+    }
+
     /// A retained publication was dropped (by count, age, eviction or a forgotten
     /// stream).
     #[inline]

@@ -34,7 +34,9 @@ use crate::hashing::NameHasher;
 use crate::journal::{Durability, Policies, Policy, SeedStream};
 
 mod budget;
+mod erase;
 mod pages;
+mod revise;
 use budget::HistoryBudget;
 pub use pages::{PageClock, Paged};
 
@@ -53,8 +55,14 @@ pub struct Entry {
     pub format: Format,
     /// Sender's user id, for direct messages.
     pub from: Option<Arc<str>>,
+    /// The user who published it (recorded, not shown).
+    pub author: Option<Arc<str>>,
     /// The event a backend named it with, if any.
     pub event: Option<Arc<str>>,
+    /// It edits or deletes an earlier publication.
+    pub revises: Option<switchboard_protocol::Revision>,
+    /// It was edited (`data` and `meta` are the latest) or deleted since.
+    pub revised: Option<switchboard_protocol::Revised>,
 }
 
 /// What a recovering subscriber gets.
@@ -142,6 +150,7 @@ impl Streams {
             keep: 64,
             ttl: u32::MAX,
             max_bytes: 0,
+            edits: false,
         };
         Streams::with_policies(seed, Arc::new(Policies::single(default)))
     }
@@ -311,7 +320,10 @@ impl Streams {
                 meta: e.meta,
                 format: e.format,
                 from: e.from.map(Arc::from),
+                author: e.author.map(Arc::from),
                 event: e.event.map(Arc::from),
+                revises: e.revises,
+                revised: e.revised,
             });
         }
         let mut bytes = 0;

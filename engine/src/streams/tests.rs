@@ -74,6 +74,7 @@ fn namespace(
 ) -> crate::journal::NamespacePolicy {
     crate::journal::NamespacePolicy {
         retention: Default::default(),
+        edits: false,
         name: name.into(),
         durability,
         history_size,
@@ -92,6 +93,7 @@ fn memory_only(keep: usize, ttl: u32) -> Policy {
         keep,
         ttl,
         max_bytes: 0,
+        edits: false,
     }
 }
 
@@ -103,7 +105,10 @@ fn entry(offset: u64, tick: u32) -> Entry {
         meta: None,
         format: Format::Json,
         from: None,
+        author: None,
         event: None,
+        revises: None,
+        revised: None,
     }
 }
 
@@ -210,7 +215,10 @@ fn seeded_streams_continue_their_epoch_keys_and_history() {
         meta: None,
         key: key.map(Box::from),
         from: None,
+        author: None,
         event: None,
+        revises: None,
+        revised: None,
     };
     s.seed(
         SeedStream {
@@ -287,7 +295,10 @@ fn big_entry(offset: u64, tick: u32, bytes: usize) -> Entry {
         meta: None,
         format: Format::Json,
         from: None,
+        author: None,
         event: None,
+        revises: None,
+        revised: None,
     }
 }
 
@@ -367,6 +378,7 @@ fn the_sweep_frees_expired_history_of_quiet_channels() {
             keep: 64,
             ttl: 10,
             max_bytes: 0,
+            edits: false,
         })),
     );
     for i in 0..50u32 {
@@ -394,6 +406,7 @@ fn a_channel_over_its_max_bytes_is_full_until_older_entries_go() {
         keep: 4,
         ttl: 100,
         max_bytes: 3 * one,
+        edits: false,
     };
     let mut s = Streams::with_policies(1, Arc::new(Policies::single(capped)));
     for tick in 0..3 {

@@ -263,13 +263,7 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         }
         Command::History { channel, page } => {
             out.channel = Some(channel);
-            out.epoch = page.epoch.map(|e| {
-                let p = Position {
-                    epoch: e,
-                    offset: 0,
-                };
-                p.epoch_hex().as_str().to_owned()
-            });
+            out.epoch = epoch_text(page.epoch);
             out.after = (page.after > 0).then_some(page.after);
             (out.before, out.from_ms, out.to_ms) = (page.before, page.from_ms, page.to_ms);
             (out.limit, out.reverse) = (Some(page.limit), Some(page.reverse));
@@ -278,6 +272,29 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         Command::Unsubscribe { channel } => {
             out.channel = Some(channel);
             "unsubscribe"
+        }
+        Command::Edit {
+            channel,
+            offset,
+            epoch,
+            data: d,
+            meta: m,
+        } => {
+            out.channel = Some(channel);
+            out.offset = Some(*offset);
+            out.epoch = epoch_text(*epoch);
+            (data, meta) = (Some(d), m.as_ref());
+            "edit"
+        }
+        Command::Delete {
+            channel,
+            offset,
+            epoch,
+        } => {
+            out.channel = Some(channel);
+            out.offset = Some(*offset);
+            out.epoch = epoch_text(*epoch);
+            "delete"
         }
         Command::Publish {
             channel,
@@ -445,4 +462,14 @@ pub fn encode_request(format: Format, req: &Request<'_>) -> Vec<u8> {
         }
     }
     bytes
+}
+
+/// An epoch as the wire writes it (16 hex digits).
+fn epoch_text(epoch: Option<u64>) -> Option<String> {
+    epoch.map(|epoch| {
+        Position { epoch, offset: 0 }
+            .epoch_hex()
+            .as_str()
+            .to_owned()
+    })
 }

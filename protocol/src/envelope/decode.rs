@@ -355,6 +355,36 @@ pub fn decode_request<'a>(format: Format, bytes: &'a [u8]) -> Result<Request<'a>
             },
             _ => Command::Invalid("send needs a 'user' string and 'data'"),
         },
+        Some(which @ ("edit" | "delete")) => {
+            let offset = f.offset.map(|r| read_u64(format, r));
+            let epoch = f
+                .epoch
+                .map(|r| read_str(format, r).and_then(|hex| Position::parse_epoch(&hex)));
+            match (str_field(f.channel), offset, epoch) {
+                (None, ..) => Command::Invalid("edit and delete need a 'channel' string"),
+                (_, None | Some(None) | Some(Some(0)), _) => Command::Invalid(
+                    "'offset' must be the offset (from 1) of the publication to change",
+                ),
+                (_, _, Some(None)) => Command::Invalid("'epoch' must be 16 hex digits"),
+                (Some(channel), Some(Some(offset)), epoch) if which == "delete" => {
+                    Command::Delete {
+                        channel,
+                        offset,
+                        epoch: epoch.flatten(),
+                    }
+                }
+                (Some(channel), Some(Some(offset)), epoch) => match f.data {
+                    None => Command::Invalid("edit needs the new 'data'"),
+                    Some(raw) => Command::Edit {
+                        channel,
+                        offset,
+                        epoch: epoch.flatten(),
+                        data: Payload { format, raw },
+                        meta: f.meta.map(|raw| Payload { format, raw }),
+                    },
+                },
+            }
+        }
         Some("ack") => match f.offset.and_then(|r| read_u64(format, r)) {
             Some(offset) => Command::Ack { offset },
             None => Command::Invalid("ack needs an 'offset' (integer)"),
@@ -593,6 +623,7 @@ pub fn decode_request<'a>(format: Format, bytes: &'a [u8]) -> Result<Request<'a>
 fn with_valid_payloads(command: Command<'_>) -> Command<'_> {
     let (data, meta) = match &command {
         Command::Publish { data, meta, .. }
+        | Command::Edit { data, meta, .. }
         | Command::Send { data, meta, .. }
         | Command::Schedule { data, meta, .. } => (Some(*data), *meta),
         Command::Call { data, .. } => (*data, None),
@@ -603,8 +634,11 @@ fn with_valid_payloads(command: Command<'_>) -> Command<'_> {
         .iter()
         .chain(meta.iter())
         .find_map(|p| p.validate().err());
-    match fault {
-        Some(fault) => Command::Invalid(fault.message()),
-        None => command,
+    if let Some(fault) = fault {
+        return Command::Invalid(fault.message());
+    }
+    match meta.map(super::attachments::check) {
+        Some(Err(why)) => Command::Invalid(why),
+        _ => command,
     }
 }

@@ -192,7 +192,35 @@ pub fn encode_publication_event(
     data: Payload<'_>,
     event: Option<&str>,
 ) -> Result<Bytes, Error> {
-    encode_publication_with(format, channel, pos, from, meta, data, event, false)
+    encode_publication_with(format, channel, pos, from, meta, data, event, None, false)
+}
+
+/// A publication that edits or deletes an earlier one (`revises`): native subscribers
+/// get it with an `"edit": N` or `"delete": N` member; Socket.IO subscribers get the
+/// event `message:edited` or `message:deleted` with the publication object (and its
+/// offset argument when `sio_offset`, as [`encode_recoverable_publication`]).
+#[allow(clippy::too_many_arguments)] // The fields of one publication, as the callers hold them.
+pub fn encode_revision(
+    format: Format,
+    channel: &str,
+    pos: Position,
+    from: Option<&str>,
+    meta: Option<Payload<'_>>,
+    data: Payload<'_>,
+    revises: Revision,
+    sio_offset: bool,
+) -> Result<Bytes, Error> {
+    encode_publication_with(
+        format,
+        channel,
+        pos,
+        from,
+        meta,
+        data,
+        None,
+        Some(revises),
+        sio_offset,
+    )
 }
 
 /// [`encode_publication_event`] for a server with Socket.IO connection state recovery
@@ -208,7 +236,7 @@ pub fn encode_recoverable_publication(
     data: Payload<'_>,
     event: Option<&str>,
 ) -> Result<Bytes, Error> {
-    encode_publication_with(format, channel, pos, from, meta, data, event, true)
+    encode_publication_with(format, channel, pos, from, meta, data, event, None, true)
 }
 
 #[allow(clippy::too_many_arguments)] // The fields of one publication, as the callers hold them.
@@ -220,11 +248,13 @@ fn encode_publication_with(
     meta: Option<Payload<'_>>,
     data: Payload<'_>,
     event: Option<&str>,
+    revises: Option<Revision>,
     sio_offset: bool,
 ) -> Result<Bytes, Error> {
     let meta_len = meta.map_or(0, |m| 8 + m.raw.len())
         + from.map_or(0, |f| 8 + f.len())
-        + event.map_or(0, |e| 10 + e.len());
+        + event.map_or(0, |e| 10 + e.len())
+        + revises.map_or(0, |_| 32);
     // The offset argument: `,"`, up to 20 digits, `.`, 16 hex digits, `.`, the channel.
     let offset_len = if sio_offset { 42 + channel.len() } else { 0 };
     let mut b =
@@ -243,8 +273,10 @@ fn encode_publication_with(
         Format::MsgPack => {
             let mut w = b.writer();
             let io = |_| Error::Envelope("write to memory failed".into());
-            let extra =
-                u32::from(meta.is_some()) + u32::from(from.is_some()) + u32::from(event.is_some());
+            let extra = u32::from(meta.is_some())
+                + u32::from(from.is_some())
+                + u32::from(event.is_some())
+                + u32::from(revises.is_some());
             rmp::encode::write_map_len(&mut w, 5 + extra).map_err(io)?;
             rmp::encode::write_str(&mut w, "push").map_err(io)?;
             rmp::encode::write_str(&mut w, "publication").map_err(io)?;
@@ -262,6 +294,11 @@ fn encode_publication_with(
                 rmp::encode::write_str(&mut w, "event").map_err(io)?;
                 rmp::encode::write_str(&mut w, event).map_err(io)?;
             }
+            if let Some(r) = revises {
+                let key = if r.delete { "delete" } else { "edit" };
+                rmp::encode::write_str(&mut w, key).map_err(io)?;
+                rmp::encode::write_uint(&mut w, r.target).map_err(io)?;
+            }
             drop(w);
             if let Some(meta) = meta {
                 rmp::encode::write_str(&mut b.writer(), "meta").map_err(io)?;
@@ -272,7 +309,12 @@ fn encode_publication_with(
         }
         Format::Json | Format::SocketIo => {
             if format == Format::SocketIo {
-                super::sio::begin_event(&mut b, "message:new");
+                let name = match revises {
+                    None => "message:new",
+                    Some(r) if r.delete => "message:deleted",
+                    Some(_) => "message:edited",
+                };
+                super::sio::begin_event(&mut b, name);
                 b.extend(b"{\"channel\":");
             } else {
                 b.extend(b"{\"push\":\"publication\",\"channel\":");
@@ -293,6 +335,9 @@ fn encode_publication_with(
                 b.extend(b",\"event\":");
                 serde_json::to_writer(b.writer(), event)
                     .map_err(|e| Error::Envelope(e.to_string()))?;
+            }
+            if let Some(r) = revises {
+                number_member(&mut b, if r.delete { "delete" } else { "edit" }, r.target);
             }
             if let Some(meta) = meta {
                 b.extend(b",\"meta\":");
@@ -380,6 +425,10 @@ pub struct StoredPublication<'p> {
     pub meta: Option<Payload<'p>>,
     /// The payload.
     pub data: Payload<'p>,
+    /// It edits or deletes an earlier publication.
+    pub revises: Option<Revision>,
+    /// It was edited (`data`/`meta` are the latest) or deleted since.
+    pub revised: Option<Revised>,
 }
 
 /// A complete frame carrying the answer to a `subscribe` or `history` (or a push of
@@ -449,7 +498,9 @@ pub fn encode_stream_reply<'p>(
                         let mut w = b.writer();
                         let extra = u32::from(p.meta.is_some())
                             + u32::from(p.from.is_some())
-                            + u32::from(p.event.is_some());
+                            + u32::from(p.event.is_some())
+                            + u32::from(p.revises.is_some())
+                            + u32::from(p.revised.is_some());
                         rmp::encode::write_map_len(&mut w, 2 + extra).map_err(io)?;
                         rmp::encode::write_str(&mut w, "offset").map_err(io)?;
                         rmp::encode::write_uint(&mut w, p.offset).map_err(io)?;
@@ -460,6 +511,22 @@ pub fn encode_stream_reply<'p>(
                         if let Some(event) = p.event {
                             rmp::encode::write_str(&mut w, "event").map_err(io)?;
                             rmp::encode::write_str(&mut w, event).map_err(io)?;
+                        }
+                        if let Some(r) = p.revises {
+                            let key = if r.delete { "delete" } else { "edit" };
+                            rmp::encode::write_str(&mut w, key).map_err(io)?;
+                            rmp::encode::write_uint(&mut w, r.target).map_err(io)?;
+                        }
+                        match p.revised {
+                            Some(r) if r.deleted => {
+                                rmp::encode::write_str(&mut w, "deleted_ms").map_err(io)?;
+                                rmp::encode::write_uint(&mut w, r.at_ms).map_err(io)?;
+                            }
+                            Some(r) => {
+                                rmp::encode::write_str(&mut w, "edited_ms").map_err(io)?;
+                                rmp::encode::write_uint(&mut w, r.at_ms).map_err(io)?;
+                            }
+                            None => {}
                         }
                     }
                     if let Some(meta) = p.meta {
@@ -546,6 +613,14 @@ pub fn encode_stream_reply<'p>(
                         b.extend(b",\"event\":");
                         serde_json::to_writer(b.writer(), event).map_err(json)?;
                     }
+                    if let Some(r) = p.revises {
+                        let key = if r.delete { "delete" } else { "edit" };
+                        number_member(b, key, r.target);
+                    }
+                    if let Some(r) = p.revised {
+                        let key = if r.deleted { "deleted_ms" } else { "edited_ms" };
+                        number_member(b, key, r.at_ms);
+                    }
                     if let Some(meta) = p.meta {
                         b.extend(b",\"meta\":");
                         write_data(b, format, meta)?;
@@ -575,6 +650,15 @@ pub fn encode_stream_reply<'p>(
         }
     }
     Ok(b.finish(format.opcode()))
+}
+
+/// `,"key":n` in a JSON object being written.
+fn number_member(b: &mut FrameBuilder, key: &str, n: u64) {
+    let mut digits = [0u8; 20];
+    b.extend(b",\"");
+    b.extend(key.as_bytes());
+    b.extend(b"\":");
+    b.extend(decimal(n, &mut digits));
 }
 
 /// `n` in decimal ASCII, written at the end of `buf` (no allocation).

@@ -18,11 +18,13 @@
 //! - `encode`: replies, pushes and publications as complete frames (server side).
 //! - [`sio`]: replies and pushes as Socket.IO acks and events ([`Format::SocketIo`]).
 //! - `client`: decoding server messages and encoding commands (tests, loadtest, SDKs).
-//! - `validate`: what payload may be accepted, so every format can read it later.
+//! - `validate`: what payload may be accepted, so every format can read it later;
+//!   `attachments`: the shape of `meta.attachments`.
 //!
 //! Paths stay `envelope::X` for every public item. The subprotocol names live here;
 //! `handshake` imports them (one direction only).
 
+mod attachments;
 mod client;
 mod decode;
 mod encode;
@@ -32,6 +34,7 @@ mod tests;
 pub mod types;
 mod validate;
 
+pub use attachments::{check as check_attachments, MAX_ATTACHMENTS};
 pub use client::{decode_server_message, encode_request, ServerMessage};
 pub use decode::{decode_request, msgpack_value_len};
 pub use encode::*;

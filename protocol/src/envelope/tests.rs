@@ -315,6 +315,8 @@ fn stream_reply_and_recovery_commands() {
             from: None,
             meta: None,
             data: json,
+            revises: None,
+            revised: None,
         },
         StoredPublication {
             event: None,
@@ -322,6 +324,8 @@ fn stream_reply_and_recovery_commands() {
             from: None,
             meta: Some(json),
             data: mp,
+            revises: None,
+            revised: None,
         },
     ];
     for out in [Format::MsgPack, Format::Json] {
@@ -372,6 +376,8 @@ fn stream_reply_and_recovery_commands() {
             from: Some("al\"ice"),
             meta: None,
             data: mp,
+            revises: None,
+            revised: None,
         }];
         let to = ReplyTo::Push {
             push: "inbox",
@@ -616,6 +622,8 @@ fn unreadable_payloads_are_refused_and_old_ones_marked() {
         from: None,
         meta: None,
         data: if offset == 2 { poisoned } else { good },
+        revises: None,
+        revised: None,
     });
     let top = Position {
         epoch: 1,
@@ -723,6 +731,8 @@ fn socketio_replies_and_pushes_are_acks_and_events() {
         from: None,
         meta: None,
         data,
+        revises: None,
+        revised: None,
     }];
     assert_eq!(
         text(

@@ -86,6 +86,26 @@ impl Payload<'_> {
     }
 }
 
+/// A publication that changes an earlier one of the same channel and epoch: an edit
+/// (its data, and meta if it has any, replace the original's in history views) or a
+/// deletion (the original reads as deleted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Revision {
+    /// The original's offset.
+    pub target: u64,
+    /// A deletion (else an edit).
+    pub delete: bool,
+}
+
+/// What happened to a publication since it was published, as history shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Revised {
+    /// When the latest edit or the deletion was stored, Unix milliseconds.
+    pub at_ms: u64,
+    /// Deleted (else edited).
+    pub deleted: bool,
+}
+
 /// Where a publication sits in its channel's stream: offsets rise by one per
 /// publication; the epoch changes only when the stream's earlier positions are lost
 /// (so a client can tell a gap from a quiet channel). On the wire the epoch is a
@@ -167,6 +187,30 @@ pub enum Command<'a> {
         key: Option<Cow<'a, str>>,
         /// Opaque metadata.
         meta: Option<Payload<'a>>,
+    },
+    /// Replace an earlier publication's data (and meta), as a new publication of the
+    /// channel that refers to it (its author, or a moderator).
+    Edit {
+        /// Channel name.
+        channel: Cow<'a, str>,
+        /// The original's offset.
+        offset: u64,
+        /// The original's epoch (default: the channel's current one).
+        epoch: Option<u64>,
+        /// The new data.
+        data: Payload<'a>,
+        /// The new metadata (absent: the original's stays).
+        meta: Option<Payload<'a>>,
+    },
+    /// Delete an earlier publication, as a new publication of the channel that refers
+    /// to it (its author, or a moderator).
+    Delete {
+        /// Channel name.
+        channel: Cow<'a, str>,
+        /// The original's offset.
+        offset: u64,
+        /// The original's epoch (default: the channel's current one).
+        epoch: Option<u64>,
     },
     /// This device has processed its inbox up to `offset`.
     Ack {

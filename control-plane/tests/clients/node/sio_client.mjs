@@ -103,6 +103,38 @@ async function run() {
       s.close();
       break;
     }
+    case "history": {
+      // Pages through a channel's history with message:history and its cursor.
+      const [token] = args;
+      const s = connect({ auth: { token } });
+      results.connect = await outcome(s);
+      for (let n = 1; n <= 12; n++) {
+        await s.emitWithAck("message:send", { channel: "room:pages", data: { n } });
+      }
+      results.offsets = [];
+      let ask = { channel: "room:pages", reverse: true, limit: 5 };
+      for (let i = 0; i < 10; i++) {
+        const page = await s.emitWithAck("message:history", ask);
+        for (const p of page.publications) results.offsets.push(p.offset);
+        if (!page.cursor) break;
+        ask = { channel: "room:pages", cursor: page.cursor, limit: 5 };
+      }
+      results.bad_limit = await s.emitWithAck("message:history", { channel: "room:pages", limit: 5000 });
+      results.bad_cursor = await s.emitWithAck("message:history", { channel: "room:pages", cursor: "x" });
+      // Edits and deletions in a namespace that allows them, seen as events.
+      await s.emitWithAck("join", "notes:1");
+      const edited = new Promise((r) => s.once("message:edited", r));
+      const deleted = new Promise((r) => s.once("message:deleted", r));
+      const sent = await s.emitWithAck("message:send", { channel: "notes:1", data: { text: "draft" } });
+      results.edit = await s.emitWithAck("message:edit", { channel: "notes:1", offset: sent.offset, data: { text: "final" } });
+      results.edited = await edited;
+      results.delete = await s.emitWithAck("message:delete", { channel: "notes:1", offset: sent.offset });
+      results.deleted = await deleted;
+      const page = await s.emitWithAck("message:history", { channel: "notes:1" });
+      results.after = page.publications;
+      s.close();
+      break;
+    }
     case "binary": {
       const [token] = args;
       const s = connect({ auth: { token } });
