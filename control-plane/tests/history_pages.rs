@@ -408,3 +408,104 @@ async fn a_quiet_stored_channel_continues_its_epoch_and_keeps_its_history() {
     assert_eq!(all, (1..=7).rev().collect::<Vec<_>>());
     stop(server, &store);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_recovers_from_the_store_what_memory_no_longer_keeps() {
+    let store = temp_store();
+    let server = start_chat(&store);
+    let ws = server.ws_addr();
+    let mut ann = Client::connect(ws, Fmt::Json, &token("ann", None)).await;
+    let mut epoch = Value::Null;
+    for n in 1..=100 {
+        let r = ann
+            .call(json!({"cmd": "publish", "channel": "chat:gap", "data": {"n": n}}))
+            .await;
+        epoch = r["result"]["epoch"].clone();
+    }
+    // Away since offset 10 (memory keeps the newest 16): the store supplies the rest,
+    // while 200 more are published; every offset arrives once, in order.
+    let mut sub = Client::connect(ws, Fmt::MsgPack, &token("bob", None)).await;
+    sub.send(&json!({"id": 7, "cmd": "subscribe", "channel": "chat:gap",
+        "since": {"epoch": epoch, "offset": 10}}))
+        .await;
+    for n in 101..=300 {
+        ann.send(
+            &json!({"id": 1000 + n, "cmd": "publish", "channel": "chat:gap",
+            "data": {"n": n}, "reply": false}),
+        )
+        .await;
+    }
+    let mut seen = Vec::new();
+    let mut replied = false;
+    while seen.last() != Some(&300) {
+        match sub.next_event().await {
+            Event::Msg(m) if m.get("id") == Some(&json!(7)) => {
+                assert_eq!(m["result"]["recovered"], json!(true), "{m}");
+                for p in m["result"]["publications"].as_array().unwrap() {
+                    assert_eq!(p["data"]["n"], p["offset"], "{p}");
+                    seen.push(p["offset"].as_u64().unwrap());
+                }
+                replied = true;
+            }
+            Event::Msg(m) if m.get("push") == Some(&json!("publication")) => {
+                assert!(replied, "a publication before the subscribe's answer: {m}");
+                seen.push(m["offset"].as_u64().unwrap());
+            }
+            Event::Msg(_) => {}
+            e => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(seen, (11..=300).collect::<Vec<u64>>());
+    assert!(metric(server.admin_addr(), "switchboard_store_history_pages_total").await >= 1);
+    stop(server, &store);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_away_for_long_gets_its_whole_inbox_backlog_from_the_store() {
+    let store = temp_store();
+    let server = start(|c| {
+        chat_namespace(c);
+        // The inbox keeps 10 in memory; the store keeps them all.
+        c.inbox.history_size = 10;
+        c.store.path = store.clone();
+    });
+    let ws = server.ws_addr();
+    let bob = token("bob", None);
+    let mut phone = Client::open(ws, Fmt::Json).await;
+    let r = phone
+        .call(json!({"cmd": "connect", "token": bob, "device": "phone"}))
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    phone.next_push(&["inbox"]).await;
+    let sender = token_with("ann", |c| c.send_to = Some(vec!["bob".into()]));
+    let mut ann = Client::connect(ws, Fmt::Json, &sender).await;
+    for n in 1..=5 {
+        ann.call(json!({"cmd": "send", "user": "bob", "data": {"n": n}}))
+            .await;
+        phone.next_publication().await;
+    }
+    let r = phone.call(json!({"cmd": "ack", "offset": 5})).await;
+    assert!(r.get("result").is_some(), "{r}");
+    drop(phone);
+    for n in 6..=60 {
+        let r = ann
+            .call(json!({"cmd": "send", "user": "bob", "data": {"n": n}}))
+            .await;
+        assert_eq!(r["result"]["offset"], json!(n), "{r}");
+    }
+    let mut phone = Client::open(ws, Fmt::MsgPack).await;
+    phone
+        .call(json!({"cmd": "connect", "token": bob, "device": "phone"}))
+        .await;
+    let inbox = phone.next_push(&["inbox"]).await;
+    assert_eq!(inbox["recovered"], json!(true), "{inbox}");
+    let got: Vec<u64> = inbox["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, (6..=60).collect::<Vec<u64>>(), "{inbox}");
+    assert_eq!(inbox["publications"][0]["from"], json!("ann"), "{inbox}");
+    stop(server, &store);
+}

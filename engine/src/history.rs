@@ -36,6 +36,26 @@ pub struct HistoryRead {
     pub to: ReplyKind,
     /// For the server API: where the answer goes instead of a connection.
     pub api: Option<tokio::sync::oneshot::Sender<StreamReply>>,
+    /// A recovering subscription's missed publications (`page` from its position to
+    /// `top`): the answer goes back to the owner ([`Recovered`]), which adds what it
+    /// sequenced meanwhile and replies, in order with what it publishes after.
+    pub recovery: bool,
+    /// For a recovery: what earlier reads of it returned, and how many reads so far
+    /// (the owner reads again when more was published during a read than memory keeps).
+    pub prior: Vec<Entry>,
+    /// Reads of this recovery so far.
+    pub round: u8,
+}
+
+/// What the store read for a recovering subscription, on its way back to the owner.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The read, as the owner handed it over.
+    pub read: HistoryRead,
+    /// The publications after the subscriber's position up to `read.top`.
+    pub entries: Vec<Entry>,
+    /// Whether they are all of them (none pruned or lost).
+    pub complete: bool,
 }
 
 impl HistoryRead {
@@ -90,6 +110,25 @@ impl HistoryRead {
                 Answer::Delivered
             }
             None => Answer::ToShard(self.shard, ShardMsg::StreamReply(Box::new(reply))),
+        }
+    }
+}
+
+impl HistoryRead {
+    /// The store's answer for a recovering subscription, for its channel's owner:
+    /// complete when `entries` run without a gap from the page's start to `top`.
+    pub fn recovered(self, entries: Vec<Entry>) -> Recovered {
+        let from = self.page.after + 1;
+        let complete = entries.len() as u64 == self.top.offset.saturating_sub(self.page.after)
+            && entries.first().is_none_or(|e| e.offset == from)
+            && entries
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.offset == from + i as u64);
+        Recovered {
+            read: self,
+            entries,
+            complete,
         }
     }
 }

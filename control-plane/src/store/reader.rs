@@ -65,9 +65,23 @@ impl HistoryReader {
             }
         };
         match work {
-            Work::Page(read) => deliver(&self.shards, read.refuse(code, why.into())),
+            Work::Page(read) => fail(&self.shards, *read, code, why.into()),
             Work::Revision(req) => refuse(&self.shards, *req, code, why.into()),
         }
+    }
+}
+
+/// A page the store cannot read: refused to whoever asked; a recovery goes back to its
+/// owner as incomplete (the subscription starts, `recovered: false`).
+fn fail(shards: &ShardSender, read: HistoryRead, code: ErrorCode, why: String) {
+    if read.recovery {
+        let owner = shards.home_of(&read.channel) as u16;
+        let mut r = read.recovered(Vec::new());
+        r.complete = false;
+        let msg = ShardMsg::Recovered(Box::new(r));
+        crate::shards::send_patiently(shards, owner, msg, "a recovery read");
+    } else {
+        deliver(shards, read.refuse(code, why));
     }
 }
 
@@ -128,24 +142,32 @@ pub fn spawn(
             let started = Instant::now();
             let result = pages::read(&mut conn, &read.channel, &read.page, read.top, &read.kept);
             let answer = match result {
+                Ok(p) if read.recovery => {
+                    // Back to the channel's owner, which adds what it sequenced since.
+                    stats.pages_read.fetch_add(1, Relaxed);
+                    let owner = out.home_of(&read.channel) as u16;
+                    let msg = ShardMsg::Recovered(Box::new(read.recovered(p.entries)));
+                    crate::shards::send_patiently(&out, owner, msg, "a recovery read");
+                    Answer::Delivered
+                }
                 Ok(p) => {
                     stats.pages_read.fetch_add(1, Relaxed);
                     read.answer(p.top, p.entries, p.more)
                 }
-                Err(PageError::UnknownEpoch(epoch, top)) => read.refuse(
-                    ErrorCode::NotFound,
-                    format!(
+                Err(PageError::UnknownEpoch(epoch, top)) => {
+                    let why = format!(
                         "epoch {epoch:016x} of this channel is not stored; its epoch is {}",
                         top.epoch_hex().as_str()
-                    ),
-                ),
+                    );
+                    fail(&out, read, ErrorCode::NotFound, why);
+                    Answer::Delivered
+                }
                 Err(PageError::Store(e)) => {
                     stats.page_failures.fetch_add(1, Relaxed);
                     tracing::warn!(error = %e, "a history page could not be read from the store");
-                    read.refuse(
-                        ErrorCode::Unavailable,
-                        "the store could not be read; retry".into(),
-                    )
+                    let why = "the store could not be read; retry".to_string();
+                    fail(&out, read, ErrorCode::Unavailable, why);
+                    Answer::Delivered
                 }
             };
             stats

@@ -522,6 +522,7 @@ impl ShardCore {
             ShardMsg::Publish(p) => self.deliver(&p),
             ShardMsg::StreamQuery(q) => self.stream_query(*q),
             ShardMsg::StreamReply(r) => self.on_stream_reply(*r),
+            ShardMsg::Recovered(r) => self.recovered_from_store(*r),
             ShardMsg::Sequence(req) => self.check_revision(*req),
             ShardMsg::Mark(update) => self.apply_mark(*update),
             ShardMsg::UserSubscription(u) => self.user_subscription(*u),

@@ -596,7 +596,7 @@ impl ShardCore {
     }
 
     /// Send a stream answer to the server API's request or the asking shard.
-    fn route_reply(
+    pub(super) fn route_reply(
         &mut self,
         shard: u16,
         api: Option<tokio::sync::oneshot::Sender<StreamReply>>,

@@ -248,6 +248,9 @@ impl ShardCore {
             ),
             QueryKind::Subscribe { since: Some(since) } => {
                 let r = self.streams.recover(&q.channel, since, self.tick, ttl);
+                if !r.recovered && self.recover_from_store(q, since, r.top) {
+                    return None;
+                }
                 (r.top, Some(r.recovered), r.publications, true)
             }
             QueryKind::Inbox => {
@@ -258,6 +261,12 @@ impl ShardCore {
                 let r = self
                     .streams
                     .backlog(&q.channel, cursor, policy.keep, self.tick, ttl);
+                // A device away for longer than memory keeps: the store has the rest.
+                if let Some(c) = cursor.filter(|_| !r.recovered) {
+                    if self.recover_from_store(q, c, r.top) {
+                        return None;
+                    }
+                }
                 (r.top, Some(r.recovered), r.publications, true)
             }
             QueryKind::History { page } => return self.answer_page(q, page),

@@ -114,6 +114,8 @@ pub enum ShardMsg {
     StreamQuery(Box<StreamQuery>),
     /// The owner's answer, for the asking connection's shard.
     StreamReply(Box<StreamReply>),
+    /// For the owner: what the store read for a recovering subscription.
+    Recovered(Box<crate::history::Recovered>),
     /// Deliver to local subscribers of the channel.
     Publish(Arc<Publication>),
     /// Sequence and fan out a publication of a channel this shard owns.

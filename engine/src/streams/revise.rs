@@ -20,6 +20,17 @@ impl Streams {
         (e.offset == offset).then_some(e)
     }
 
+    /// The publications `channel` keeps after `offset`, oldest first.
+    pub fn kept_after(&self, channel: &str, offset: u64) -> Vec<Entry> {
+        self.map.get(channel).map_or(Vec::new(), |s| {
+            s.history
+                .iter()
+                .filter(|e| e.offset > offset)
+                .cloned()
+                .collect()
+        })
+    }
+
     /// Apply `rev` (stored at `at_ms`, with the revision's `data`, `meta` and format)
     /// to the publication it targets, if memory keeps it: an edit replaces its data
     /// (and meta, when the edit has one); a deletion leaves data `null` and no meta.
