@@ -46,6 +46,7 @@ pub mod ids;
 pub mod memory;
 pub mod metrics;
 pub mod notify;
+pub mod pgstore;
 pub mod process;
 pub mod router;
 pub mod schedule;

@@ -1,0 +1,147 @@
+//! The PostgreSQL store, for nodes that share durable state: the same data as the
+//! embedded SQLite store (publications with their authors and revisions, stream tops,
+//! inbox cursors and receipts, notifications, scheduled messages, audit), in a database
+//! the teams we replace already run.
+//!
+//! Owns connecting (errors name the server, never the password, and say whether it
+//! could not be reached or refused the login), the versioned schema and its migrations
+//! (applied at start under an advisory lock, so nodes starting together migrate once; a
+//! database whose schema is newer than this build is refused in plain words).
+//!
+//! Status (issue 20, in progress): connection and schema are built and tested against a
+//! real server; the journal writer, history reader and workers still run on SQLite —
+//! `[store]` does not offer PostgreSQL yet.
+
+mod schema;
+
+pub use schema::SCHEMA_VERSION;
+
+use std::time::Duration;
+
+use postgres::{Client, NoTls};
+
+/// Why the PostgreSQL store cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The URL does not parse.
+    #[error("store.postgres_url is not a PostgreSQL URL: {0}")]
+    Url(String),
+    /// The server could not be reached, or refused the connection or the login.
+    #[error("PostgreSQL at {target}: {message}")]
+    Connect {
+        /// `host:port/database` (never the password).
+        target: String,
+        /// What the server or the network said.
+        message: String,
+    },
+    /// The database holds a schema written by a later build.
+    #[error(
+        "PostgreSQL at {target}: schema version {found} is newer than this build's {ours} \
+         (written by a later Switchboard; run that one, or use another database)"
+    )]
+    Newer {
+        /// `host:port/database`.
+        target: String,
+        /// The database's version.
+        found: i32,
+        /// This build's.
+        ours: i32,
+    },
+    /// A statement failed.
+    #[error("PostgreSQL at {target}: {message}")]
+    Query {
+        /// `host:port/database`.
+        target: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// A connection to the store's database, with the target named for errors.
+pub struct PgStore {
+    /// The client.
+    pub client: Client,
+    target: String,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `host:port/database` of a configuration, for messages.
+fn target_of(cfg: &postgres::Config) -> String {
+    let host = cfg
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            postgres::config::Host::Tcp(name) => name.clone(),
+            postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}/{}", cfg.get_dbname().unwrap_or("postgres"))
+}
+
+impl PgStore {
+    /// Connect to `url` (`postgres://user:password@host:port/database`), giving up
+    /// after `timeout`.
+    pub fn connect(url: &str, timeout: Duration) -> Result<PgStore, PgError> {
+        let mut cfg: postgres::Config = url.parse().map_err(|e: postgres::Error| {
+            // The parser's message may quote the URL: say what is wrong, not the secret.
+            let text = e.to_string();
+            PgError::Url(if text.contains(url) {
+                "malformed".into()
+            } else {
+                text
+            })
+        })?;
+        cfg.connect_timeout(timeout);
+        let target = target_of(&cfg);
+        let client = cfg.connect(NoTls).map_err(|e| PgError::Connect {
+            target: target.clone(),
+            message: describe(&e),
+        })?;
+        Ok(PgStore { client, target })
+    }
+
+    /// `host:port/database`.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Bring the schema to this build's version; the version found before.
+    pub fn migrate(&mut self) -> Result<i32, PgError> {
+        schema::migrate(&mut self.client).map_err(|e| match e {
+            schema::Outcome::Newer(found) => PgError::Newer {
+                target: self.target.clone(),
+                found,
+                ours: SCHEMA_VERSION,
+            },
+            schema::Outcome::Failed(e) => PgError::Query {
+                target: self.target.clone(),
+                message: describe(&e),
+            },
+        })
+    }
+}
+
+/// A PostgreSQL error in plain words: the server's message when it sent one, else the
+/// client's (connection refused, timed out).
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text = format!("{text}: {s}");
+                source = s.source();
+            }
+            text
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The PostgreSQL store's schema, one migration per version, applied in order inside
+//! one transaction under an advisory lock (nodes starting together migrate once; the
+//! others wait, then find it done).
+//!
+//! Owns the table definitions and `switchboard_schema`, the one-row table holding the
+//! version. Tables mirror the SQLite store's, with PostgreSQL's types: publications are
+//! one table clustered on its primary key (channel, epoch, offset) — PostgreSQL writes
+//! an index entry per row without the whole-page rewrite that made SQLite's per-channel
+//! index slow under group commit — with `revisions` holding each original's latest edit.
+
+use postgres::Client;
+
+/// Version of the schema this build writes.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Why migrating stopped.
+pub(super) enum Outcome {
+    /// The database's schema is newer than this build's (its version).
+    Newer(i32),
+    /// A statement failed.
+    Failed(postgres::Error),
+}
+
+impl From<postgres::Error> for Outcome {
+    fn from(e: postgres::Error) -> Self {
+        Outcome::Failed(e)
+    }
+}
+
+/// Any constant: the advisory lock every node takes to migrate.
+const LOCK: i64 = 0x5357_4243_4844_0001;
+
+/// Migration `n` brings version `n - 1` to `n`.
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    // 1: everything the SQLite store holds as of its schema 5.
+    "CREATE TABLE publications (
+         channel TEXT NOT NULL,
+         epoch BIGINT NOT NULL,
+         \"offset\" BIGINT NOT NULL,
+         ts_ms BIGINT NOT NULL,
+         format SMALLINT NOT NULL,
+         data BYTEA NOT NULL,
+         meta BYTEA,
+         key TEXT,
+         sender TEXT,
+         event TEXT,
+         author TEXT,
+         revises BIGINT,
+         PRIMARY KEY (channel, epoch, \"offset\")
+     );
+     CREATE INDEX publications_author ON publications (author) WHERE author IS NOT NULL;
+     CREATE TABLE revisions (
+         channel TEXT NOT NULL,
+         epoch BIGINT NOT NULL,
+         target BIGINT NOT NULL,
+         \"offset\" BIGINT NOT NULL,
+         ts_ms BIGINT NOT NULL,
+         deleted BOOLEAN NOT NULL,
+         format SMALLINT NOT NULL,
+         data BYTEA NOT NULL,
+         meta BYTEA,
+         PRIMARY KEY (channel, epoch, target)
+     );
+     CREATE TABLE streams (
+         channel TEXT PRIMARY KEY,
+         epoch BIGINT NOT NULL,
+         top BIGINT NOT NULL,
+         updated_ms BIGINT NOT NULL
+     );
+     CREATE TABLE marks (
+         channel TEXT NOT NULL,
+         kind SMALLINT NOT NULL,
+         who TEXT NOT NULL,
+         epoch BIGINT NOT NULL,
+         delivered BIGINT NOT NULL,
+         read BIGINT NOT NULL,
+         at_ms BIGINT NOT NULL,
+         PRIMARY KEY (channel, kind, who)
+     );
+     CREATE TABLE notifications (
+         id BIGSERIAL PRIMARY KEY,
+         key TEXT UNIQUE,
+         topic TEXT,
+         kind TEXT NOT NULL,
+         data TEXT NOT NULL,
+         created_ms BIGINT NOT NULL,
+         updated_ms BIGINT NOT NULL
+     );
+     CREATE TABLE notification_recipients (
+         \"user\" TEXT NOT NULL,
+         id BIGINT NOT NULL REFERENCES notifications (id) ON DELETE CASCADE,
+         read_ms BIGINT,
+         PRIMARY KEY (\"user\", id)
+     );
+     CREATE INDEX notification_recipients_id ON notification_recipients (id);
+     CREATE TABLE notification_topics (
+         topic TEXT NOT NULL,
+         \"user\" TEXT NOT NULL,
+         PRIMARY KEY (topic, \"user\")
+     );
+     CREATE INDEX notification_topics_user ON notification_topics (\"user\");
+     CREATE TABLE scheduled (
+         id BIGSERIAL PRIMARY KEY,
+         due_ms BIGINT NOT NULL,
+         channel TEXT NOT NULL,
+         sender TEXT,
+         format SMALLINT NOT NULL,
+         data BYTEA NOT NULL,
+         meta BYTEA,
+         owner TEXT NOT NULL,
+         created_ms BIGINT NOT NULL,
+         state SMALLINT NOT NULL,
+         fired_ms BIGINT,
+         epoch BIGINT,
+         \"offset\" BIGINT,
+         error TEXT
+     );
+     CREATE INDEX scheduled_due ON scheduled (state, due_ms);
+     CREATE TABLE audit (
+         id BIGSERIAL PRIMARY KEY,
+         at_ms BIGINT NOT NULL,
+         actor TEXT NOT NULL,
+         action TEXT NOT NULL,
+         target TEXT,
+         result TEXT NOT NULL,
+         detail TEXT NOT NULL
+     );
+     CREATE TABLE revocations (
+         \"user\" TEXT PRIMARY KEY,
+         at_ms BIGINT NOT NULL
+     );",
+];
+
+/// Apply every migration after the database's version; the version found.
+pub(super) fn migrate(client: &mut Client) -> Result<i32, Outcome> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS switchboard_schema (
+             version INTEGER NOT NULL,
+             migrated_ms BIGINT NOT NULL
+         )",
+    )?;
+    let found: Option<i32> = tx
+        .query_opt("SELECT version FROM switchboard_schema", &[])?
+        .map(|r| r.get(0));
+    let found = found.unwrap_or(0);
+    if found > SCHEMA_VERSION {
+        return Err(Outcome::Newer(found));
+    }
+    for sql in &MIGRATIONS[found as usize..] {
+        tx.batch_execute(sql)?;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    tx.execute("DELETE FROM switchboard_schema", &[])?;
+    tx.execute(
+        "INSERT INTO switchboard_schema (version, migrated_ms) VALUES ($1, $2)",
+        &[&SCHEMA_VERSION, &now],
+    )?;
+    tx.commit()?;
+    Ok(found)
+}
