@@ -4,19 +4,16 @@
 //! it once, a newer schema is refused in plain words, and an unreachable server or a
 //! refused login is an error naming the server and never the password.
 
-mod common;
-
 use std::time::Duration;
 
-use common::postgres::PostgresServer;
-use switchboard_control_plane::pgstore::{PgError, PgStore, SCHEMA_VERSION};
+use switchboard_control_plane::pgstore::{PgError, PgStore, TempServer, SCHEMA_VERSION};
 
 const WAIT: Duration = Duration::from_secs(5);
 
 #[test]
 fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
-    let pg = PostgresServer::start();
-    let url = pg.database("switchboard");
+    let pg = TempServer::start().expect("a PostgreSQL server");
+    let url = pg.database("switchboard").unwrap();
     // Three nodes starting at once: one migrates, the others find it done.
     let found: Vec<i32> = (0..3)
         .map(|_| {
@@ -85,7 +82,7 @@ fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
 
 #[test]
 fn an_unreachable_server_or_a_refused_login_is_a_clear_error() {
-    let pg = PostgresServer::start();
+    let pg = TempServer::start().expect("a PostgreSQL server");
     // Nothing listens on this port.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -120,4 +117,179 @@ fn an_unreachable_server_or_a_refused_login_is_a_clear_error() {
         text.starts_with("store.postgres_url is not a PostgreSQL URL"),
         "{text}"
     );
+}
+
+mod journal_and_pages {
+    use super::*;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use switchboard_control_plane::pgstore::{journal, pages};
+    use switchboard_engine::journal::{Batch, MarkKind, MarkRecord, Record};
+    use switchboard_protocol::history::Page;
+    use switchboard_protocol::{Format, Position, Revision};
+
+    const EPOCH: u64 = 7;
+    const BASE_MS: i64 = 1_800_000_000_000;
+
+    fn record(offset: u64, data: &str, revises: Option<Revision>) -> Record {
+        Record {
+            channel: Arc::from("chat:pg"),
+            epoch: EPOCH,
+            offset,
+            format: Format::Json,
+            data: Bytes::from(data.to_string()),
+            meta: None,
+            key: None,
+            from: None,
+            author: Some(Arc::from("ann")),
+            event: None,
+            revises,
+            keep: 64,
+        }
+    }
+
+    fn batch(seq: u64, records: Vec<Record>, marks: Vec<MarkRecord>) -> Batch {
+        Batch {
+            shard: 0,
+            seq,
+            notify: true,
+            records,
+            marks,
+            sessions: Vec::new(),
+        }
+    }
+
+    fn offsets(p: &pages::PgPage) -> Vec<u64> {
+        p.entries.iter().map(|e| e.offset).collect()
+    }
+
+    #[test]
+    fn group_commits_are_read_back_as_pages_with_revisions_folded() {
+        let pg = TempServer::start().expect("a PostgreSQL server");
+        let url = pg.database("journal").unwrap();
+        let mut store = PgStore::connect(&url, WAIT).unwrap();
+        store.migrate().unwrap();
+        // Ten commits of 100, a second apart; then an edit of 5 and a deletion of 6.
+        for k in 0..10u64 {
+            let records = (1..=100)
+                .map(|i| record(k * 100 + i, &format!("{}", k * 100 + i), None))
+                .collect();
+            let mark = MarkRecord {
+                channel: Arc::from("chat:pg"),
+                kind: MarkKind::Receipt,
+                who: "bob".into(),
+                epoch: EPOCH,
+                delivered: (k + 1) * 100,
+                read: k * 100,
+                at_ms: 1,
+            };
+            let b = batch(k, records, vec![mark]);
+            journal::write(&mut store.client, &[b], BASE_MS + k as i64 * 1000).unwrap();
+        }
+        let revisions = vec![
+            record(
+                1001,
+                "\"five, fixed\"",
+                Some(Revision {
+                    target: 5,
+                    delete: false,
+                }),
+            ),
+            record(
+                1002,
+                "null",
+                Some(Revision {
+                    target: 6,
+                    delete: true,
+                }),
+            ),
+        ];
+        journal::write(
+            &mut store.client,
+            &[batch(10, revisions, Vec::new())],
+            BASE_MS + 20_000,
+        )
+        .unwrap();
+        let top = Position {
+            epoch: EPOCH,
+            offset: 1002,
+        };
+        let row = store
+            .client
+            .query_one("SELECT top FROM streams WHERE channel = 'chat:pg'", &[])
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), 1002);
+        let row = store
+            .client
+            .query_one("SELECT delivered, read FROM marks WHERE who = 'bob'", &[])
+            .unwrap();
+        assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (1000, 900));
+
+        // Newest first, 300 a page, to the start.
+        let mut page = Page {
+            epoch: Some(EPOCH),
+            reverse: true,
+            limit: 300,
+            ..Page::default()
+        };
+        let mut all = Vec::new();
+        loop {
+            let p = pages::read(&mut store, "chat:pg", &page, top, &[])
+                .unwrap()
+                .unwrap();
+            all.extend(offsets(&p));
+            if !p.more {
+                break;
+            }
+            page = page.next(EPOCH, *all.last().unwrap());
+        }
+        assert_eq!(all, (1..=1002).rev().collect::<Vec<u64>>());
+        // Oldest first after an offset; a time range (the third commit exactly).
+        let after = Page {
+            epoch: Some(EPOCH),
+            after: 500,
+            limit: 3,
+            ..Page::default()
+        };
+        let p = pages::read(&mut store, "chat:pg", &after, top, &[])
+            .unwrap()
+            .unwrap();
+        assert_eq!((offsets(&p), p.more), (vec![501, 502, 503], true));
+        let range = Page {
+            epoch: Some(EPOCH),
+            from_ms: Some((BASE_MS + 2000) as u64),
+            to_ms: Some((BASE_MS + 2000) as u64),
+            limit: 1000,
+            ..Page::default()
+        };
+        let p = pages::read(&mut store, "chat:pg", &range, top, &[])
+            .unwrap()
+            .unwrap();
+        assert_eq!(offsets(&p), (201..=300).collect::<Vec<u64>>());
+        // Revisions folded: 5 edited, 6 deleted, 7 as published.
+        let first = Page {
+            epoch: Some(EPOCH),
+            after: 4,
+            limit: 3,
+            ..Page::default()
+        };
+        let p = pages::read(&mut store, "chat:pg", &first, top, &[])
+            .unwrap()
+            .unwrap();
+        assert_eq!(&p.entries[0].data[..], b"\"five, fixed\"");
+        assert!(p.entries[0].revised.is_some_and(|r| !r.deleted));
+        assert_eq!(&p.entries[1].data[..], b"null");
+        assert!(p.entries[1].revised.is_some_and(|r| r.deleted));
+        assert_eq!(&p.entries[2].data[..], b"7");
+        assert!(p.entries[2].revised.is_none());
+        // Another epoch that was never stored.
+        let other = Page {
+            epoch: Some(99),
+            ..Page::default()
+        };
+        assert!(pages::read(&mut store, "chat:pg", &other, top, &[])
+            .unwrap()
+            .is_none());
+    }
 }

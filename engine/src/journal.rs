@@ -204,6 +204,25 @@ pub struct Record {
     pub keep: u32,
 }
 
+/// A revision as stores keep it in one integer: the original's offset, negative for a
+/// deletion.
+pub fn revision_code(r: switchboard_protocol::Revision) -> i64 {
+    let target = r.target.min(i64::MAX as u64) as i64;
+    if r.delete {
+        -target
+    } else {
+        target
+    }
+}
+
+/// The revision [`revision_code`] stored.
+pub fn revision_of(code: i64) -> switchboard_protocol::Revision {
+    switchboard_protocol::Revision {
+        target: code.unsigned_abs(),
+        delete: code < 0,
+    }
+}
+
 /// What a [`MarkRecord`] records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MarkKind {

@@ -8,13 +8,18 @@
 //! (applied at start under an advisory lock, so nodes starting together migrate once; a
 //! database whose schema is newer than this build is refused in plain words).
 //!
-//! Status (issue 20, in progress): connection and schema are built and tested against a
-//! real server; the journal writer, history reader and workers still run on SQLite —
-//! `[store]` does not offer PostgreSQL yet.
+//! Status (issue 20, in progress): connection, schema, group commit of the shards'
+//! batches (`journal`) and history pages (`pages`) are built and tested against a real
+//! server; the server does not run on them yet (no writer thread, start-up reading or
+//! workers on PostgreSQL) — `[store]` does not offer PostgreSQL yet.
 
+pub mod journal;
+pub mod pages;
 mod schema;
+mod temp_server;
 
 pub use schema::SCHEMA_VERSION;
+pub use temp_server::TempServer;
 
 use std::time::Duration;
 
@@ -57,11 +62,13 @@ pub enum PgError {
     },
 }
 
-/// A connection to the store's database, with the target named for errors.
+/// A connection to the store's database, with the target named for errors and the
+/// statements it prepared (each once: a prepare is a round trip).
 pub struct PgStore {
     /// The client.
     pub client: Client,
     target: String,
+    statements: std::collections::HashMap<String, postgres::Statement>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -105,7 +112,26 @@ impl PgStore {
             target: target.clone(),
             message: describe(&e),
         })?;
-        Ok(PgStore { client, target })
+        Ok(PgStore {
+            client,
+            target,
+            statements: Default::default(),
+        })
+    }
+
+    /// `sql`, prepared on this connection (once).
+    pub fn prepared(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.statements.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+
+    /// [`PgStore::prepared`] for a text built at run time.
+    pub fn prepared_owned(&mut self, sql: String) -> Result<postgres::Statement, postgres::Error> {
+        self.prepared(&sql)
     }
 
     /// `host:port/database`.

@@ -80,23 +80,14 @@ impl Row {
     }
 }
 
-/// A revision as stored in the `revises` column: the target's offset, negative for a
-/// deletion.
+/// A revision as stored in the `revises` column (see `journal::revision_code`).
 pub(super) fn revises_code(r: switchboard_protocol::Revision) -> i64 {
-    let target = r.target.min(i64::MAX as u64) as i64;
-    if r.delete {
-        -target
-    } else {
-        target
-    }
+    switchboard_engine::journal::revision_code(r)
 }
 
 /// The revision a `revises` column holds.
 pub(super) fn revises_of(code: Option<i64>) -> Option<switchboard_protocol::Revision> {
-    code.map(|c| switchboard_protocol::Revision {
-        target: c.unsigned_abs(),
-        delete: c < 0,
-    })
+    code.map(switchboard_engine::journal::revision_of)
 }
 
 /// A pass in progress: the rows it moves, sorted, and how far it got.
@@ -294,12 +285,25 @@ pub(super) fn first_at_or_after(
         "SELECT offset, ts_ms FROM archive WHERE channel = ?1 AND epoch = ?2 AND offset >= ?3
          ORDER BY offset LIMIT 1",
     )?;
-    let (mut lo, mut hi) = (ends.first.0, ends.last.0);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        let (offset, ts) = probe.query_row(params![channel, epoch as i64, mid as i64], |r| {
+    bisect_time(ends.first.0, ends.last.0, ms, |mid| {
+        probe.query_row(params![channel, epoch as i64, mid as i64], |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?))
-        })?;
+        })
+    })
+}
+
+/// The first offset in `first..=last` stored at or after `ms`, given `probe(o)`: the
+/// (offset, time) of the first row at or after offset `o`. Stored times never go back
+/// within an epoch, so a binary search.
+fn bisect_time<E>(
+    first: u64,
+    last: u64,
+    ms: i64,
+    mut probe: impl FnMut(u64) -> Result<(u64, i64), E>,
+) -> Result<u64, E> {
+    let (mut lo, mut hi) = (first, last);
+    while lo < hi {
+        let (offset, ts) = probe(lo + (hi - lo) / 2)?;
         if ts >= ms {
             hi = offset;
         } else {

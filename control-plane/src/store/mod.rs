@@ -42,6 +42,7 @@ mod startup;
 mod writer;
 
 pub use reader::{spawn as spawn_reader, HistoryReader};
+pub(crate) use revisions::apply as apply_revision;
 
 use startup::{prepare, read_marks, read_seeds, reconnect_key, take_sessions};
 use std::collections::HashMap;
@@ -197,7 +198,7 @@ fn format_code(f: Format) -> i64 {
     f.index() as i64
 }
 
-fn format_from(code: i64) -> Format {
+pub(crate) fn format_from(code: i64) -> Format {
     Format::ALL
         .into_iter()
         .find(|f| f.index() as i64 == code)

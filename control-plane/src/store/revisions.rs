@@ -71,25 +71,40 @@ pub(super) fn fold(
         else {
             continue;
         };
-        let at_ms = r.get::<_, i64>(1)?.max(0) as u64;
-        let deleted: bool = r.get(2)?;
+        let revised = Revised {
+            at_ms: r.get::<_, i64>(1)?.max(0) as u64,
+            deleted: r.get(2)?,
+        };
         let format = super::format_from(r.get(3)?);
-        if deleted {
-            e.data = null(e.format);
-            e.meta = None;
-        } else {
-            let meta: Option<Vec<u8>> = r.get(5)?;
-            match meta {
-                Some(m) => e.meta = Some(Bytes::from(m)),
-                None if e.format != format => e.meta = None,
-                None => {}
-            }
-            e.format = format;
-            e.data = Bytes::from(r.get::<_, Vec<u8>>(4)?);
-        }
-        e.revised = Some(Revised { at_ms, deleted });
+        let (data, meta): (Vec<u8>, Option<Vec<u8>>) = (r.get(4)?, r.get(5)?);
+        apply(e, revised, format, data, meta);
     }
     Ok(())
+}
+
+/// Show `e` as its latest revision left it (any store's): an edit's data, and its meta
+/// when it has one (else the original's, unless in another format); a deletion's
+/// `null` and no meta.
+pub(crate) fn apply(
+    e: &mut Entry,
+    revised: Revised,
+    format: Format,
+    data: Vec<u8>,
+    meta: Option<Vec<u8>>,
+) {
+    if revised.deleted {
+        e.data = null(e.format);
+        e.meta = None;
+    } else {
+        match meta {
+            Some(m) => e.meta = Some(Bytes::from(m)),
+            None if e.format != format => e.meta = None,
+            None => {}
+        }
+        e.format = format;
+        e.data = Bytes::from(data);
+    }
+    e.revised = Some(revised);
 }
 
 fn null(format: Format) -> Bytes {

@@ -2,8 +2,6 @@
 //! WebSocket clients built on fastwebsockets (plus raw sockets for protocol violations).
 #![allow(dead_code)]
 
-pub mod postgres;
-
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;

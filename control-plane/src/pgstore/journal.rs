@@ -1,0 +1,126 @@
+//! Group commit on PostgreSQL: every waiting batch of the shards' journal in one
+//! transaction, so one WAL flush acknowledges them all (`sync` publications wait for it,
+//! as on SQLite).
+//!
+//! Publications go in with one binary `COPY` (a single round trip however many there
+//! are; row-by-row statements cost one round trip each), stream tops and marks with one
+//! `UNNEST` upsert each, revisions (rare) one statement each. Owns that SQL. Does not
+//! own the thread, retries or commit notices (the store's writer).
+
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::Type;
+use postgres::Client;
+use std::collections::HashMap;
+use switchboard_engine::journal::{revision_code, Batch};
+
+/// The columns of a publication, in the order of [`TYPES`].
+const COPY: &str =
+    "COPY publications (channel, epoch, \"offset\", ts_ms, format, data, meta, key, \
+                    sender, event, author, revises) FROM STDIN BINARY";
+
+const TYPES: [Type; 12] = [
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT2,
+    Type::BYTEA,
+    Type::BYTEA,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+];
+
+/// Write `batches` in one transaction, stamped `now_ms` (which never goes back).
+pub fn write(client: &mut Client, batches: &[Batch], now_ms: i64) -> Result<(), postgres::Error> {
+    let mut tx = client.transaction()?;
+    let mut tops: HashMap<&str, (i64, i64)> = HashMap::new();
+    {
+        let sink = tx.copy_in(COPY)?;
+        let mut rows = BinaryCopyInWriter::new(sink, &TYPES);
+        for r in batches.iter().flat_map(|b| b.records.iter()) {
+            let revises = r.revises.map(revision_code);
+            rows.write(&[
+                &&*r.channel,
+                &(r.epoch as i64),
+                &(r.offset as i64),
+                &now_ms,
+                &(r.format.index() as i16),
+                &&r.data[..],
+                &r.meta.as_deref(),
+                &r.key.as_deref(),
+                &r.from.as_deref(),
+                &r.event.as_deref(),
+                &r.author.as_deref(),
+                &revises,
+            ])?;
+            tops.insert(&r.channel, (r.epoch as i64, r.offset as i64));
+        }
+        rows.finish()?;
+    }
+    for r in batches.iter().flat_map(|b| b.records.iter()) {
+        if let Some(rev) = r.revises {
+            tx.execute(
+                "INSERT INTO revisions (channel, epoch, target, \"offset\", ts_ms, deleted, format, data, meta)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (channel, epoch, target) DO UPDATE SET
+                     \"offset\" = excluded.\"offset\", ts_ms = excluded.ts_ms,
+                     deleted = revisions.deleted OR excluded.deleted, format = excluded.format,
+                     data = excluded.data, meta = excluded.meta
+                 WHERE excluded.\"offset\" > revisions.\"offset\"",
+                &[
+                    &&*r.channel,
+                    &(r.epoch as i64),
+                    &(rev.target as i64),
+                    &(r.offset as i64),
+                    &now_ms,
+                    &rev.delete,
+                    &(r.format.index() as i16),
+                    &&r.data[..],
+                    &r.meta.as_deref(),
+                ],
+            )?;
+        }
+    }
+    if !tops.is_empty() {
+        let (mut channels, mut epochs, mut offsets) = (Vec::new(), Vec::new(), Vec::new());
+        for (c, (e, o)) in &tops {
+            channels.push(*c);
+            epochs.push(*e);
+            offsets.push(*o);
+        }
+        tx.execute(
+            "INSERT INTO streams (channel, epoch, top, updated_ms)
+             SELECT c, e, o, $4 FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS t (c, e, o)
+             ON CONFLICT (channel) DO UPDATE SET epoch = excluded.epoch,
+                 top = CASE WHEN streams.epoch = excluded.epoch
+                       THEN GREATEST(streams.top, excluded.top) ELSE excluded.top END,
+                 updated_ms = excluded.updated_ms",
+            &[&channels, &epochs, &offsets, &now_ms],
+        )?;
+    }
+    let marks: Vec<_> = batches.iter().flat_map(|b| b.marks.iter()).collect();
+    if !marks.is_empty() {
+        let channels: Vec<&str> = marks.iter().map(|m| &*m.channel).collect();
+        let kinds: Vec<i16> = marks.iter().map(|m| m.kind.code() as i16).collect();
+        let who: Vec<&str> = marks.iter().map(|m| &*m.who).collect();
+        let epochs: Vec<i64> = marks.iter().map(|m| m.epoch as i64).collect();
+        let delivered: Vec<i64> = marks.iter().map(|m| m.delivered as i64).collect();
+        let read: Vec<i64> = marks.iter().map(|m| m.read as i64).collect();
+        let at: Vec<i64> = marks.iter().map(|m| m.at_ms as i64).collect();
+        // The latest of a (channel, kind, who) wins: one row each per statement.
+        tx.execute(
+            "INSERT INTO marks (channel, kind, who, epoch, delivered, read, at_ms)
+             SELECT DISTINCT ON (c, k, w) c, k, w, e, d, r, a
+             FROM UNNEST($1::text[], $2::int2[], $3::text[], $4::int8[], $5::int8[], $6::int8[],
+                         $7::int8[]) WITH ORDINALITY AS t (c, k, w, e, d, r, a, n)
+             ORDER BY c, k, w, n DESC
+             ON CONFLICT (channel, kind, who) DO UPDATE SET epoch = excluded.epoch,
+                 delivered = excluded.delivered, read = excluded.read, at_ms = excluded.at_ms",
+            &[&channels, &kinds, &who, &epochs, &delivered, &read, &at],
+        )?;
+    }
+    tx.commit()
+}
