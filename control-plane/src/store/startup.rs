@@ -23,15 +23,23 @@ pub(super) fn namespace_of<'a>(
     namespaces.iter().find(|n| n.name == ns)
 }
 
-/// Why a file that SQLite can read cannot be used, worded for the operator. Carried in
-/// the one general-purpose rusqlite variant whose `Display` is the message alone (the
-/// others prefix it with words about query parameters).
-fn refusal(why: String) -> rusqlite::Error {
-    rusqlite::Error::ToSqlConversionFailure(why.into())
+/// Why a store file cannot be prepared.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum PrepareError {
+    /// SQLite failed.
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+    /// A file SQLite can read that cannot be used, worded for the operator.
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn refusal(why: String) -> PrepareError {
+    PrepareError::Refused(why)
 }
 
 /// Pragmas and schema; refuses files written by a newer schema.
-pub(super) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
+pub(super) fn prepare(conn: &Connection) -> Result<(), PrepareError> {
     conn.busy_timeout(Duration::from_secs(5))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
