@@ -200,3 +200,30 @@ async fn a_user_is_exported_then_erased_and_stays_erased() {
     server.wait();
     let _ = std::fs::remove_dir_all(store.parent().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_data_requests_get_clear_errors() {
+    let store = temp_store();
+    let server = start(|c| configure(c, &store));
+    let admin = server.admin_addr();
+    let long = "u".repeat(129);
+    for (method, path) in [
+        ("GET", format!("/admin/users/{long}/export")),
+        ("POST", format!("/admin/users/{long}/erase")),
+    ] {
+        let (st, body) = as_admin(admin, method, &path).await;
+        assert_eq!(st, 400, "{method} {path}: {body}");
+        assert!(
+            body["error"].is_object() || body["message"].is_string(),
+            "{body}"
+        );
+    }
+    // Without an admin token: refused, nothing erased.
+    let (st, _) = http(admin, "POST", "/admin/users/ann/erase", &[], "").await;
+    assert_eq!(st, 401);
+    let (st, _) = http(admin, "GET", "/admin/users/ann/export", &[], "").await;
+    assert_eq!(st, 401);
+    server.shutdown();
+    server.wait();
+    let _ = std::fs::remove_dir_all(store.parent().unwrap());
+}

@@ -278,6 +278,11 @@ fn store_and_namespaces_load_and_bad_values_name_the_key() {
         ),
         ("[namespaces.x]\nretain_count = -1\n", "retain_count"),
         ("[inbox]\nretain_ms = 0\n", "inbox.retain_ms"),
+        ("[namespaces.x]\nedits = \"yes\"\n", "edits"),
+        (
+            "[namespaces.x]\nmoderate = [{ channel = \"x:{team\" }]\n",
+            "namespaces.x.moderate[0].channel",
+        ),
         ("[inbox]\ndurability = \"none\"\n", "inbox.durability"),
         (
             "[namespaces.case]\nsubscribe = [{ role = \"a\" }, { channel = \"case:{team\" }]\n",

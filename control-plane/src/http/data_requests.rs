@@ -58,12 +58,19 @@ fn checked(
     Ok((who, path))
 }
 
-fn store_failed(e: crate::Error) -> Response {
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        &e.to_string(),
-    )
+/// Run a store request off the async threads; its result, or the HTTP error.
+async fn on_store<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, crate::Error> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            &e.to_string(),
+        )),
+        Err(_) => Err(overloaded()),
+    }
 }
 
 /// `GET /admin/users/{user}/export`: every stored message the user authored or sent
@@ -78,12 +85,10 @@ pub(super) async fn export(
         Err(r) => return r,
     };
     let u = user.clone();
-    let messages =
-        match tokio::task::spawn_blocking(move || data_requests::export_user(&path, &u)).await {
-            Ok(Ok(m)) => m,
-            Ok(Err(e)) => return store_failed(e),
-            Err(_) => return overloaded(),
-        };
+    let messages = match on_store(move || data_requests::export_user(&path, &u)).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
     let mut notifications: Vec<Value> = Vec::new();
     let mut before = None;
     loop {
@@ -146,15 +151,11 @@ pub(super) async fn erase(
         Err(_) => return overloaded(),
     };
     let u = user.clone();
-    let stored = match tokio::task::spawn_blocking(move || {
-        data_requests::erase_user(&path, &u, inbox.as_deref())
-    })
-    .await
-    {
-        Ok(Ok(e)) => e,
-        Ok(Err(e)) => return store_failed(e),
-        Err(_) => return overloaded(),
-    };
+    let stored =
+        match on_store(move || data_requests::erase_user(&path, &u, inbox.as_deref())).await {
+            Ok(e) => e,
+            Err(r) => return r,
+        };
     let notifications = match s.notifier.erase(user.clone()).await {
         Ok(n) => n,
         Err(e) => return super::notifications::refusal(e),
