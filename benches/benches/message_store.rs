@@ -10,14 +10,14 @@
 //!
 //! `cargo bench -p switchboard-benches --bench message_store` (filling each store takes
 //! a minute or so). SQLite is a file in the system's temporary directory; PostgreSQL a
-//! throwaway server (`pgstore::TempServer`: the Debian package's binaries, a fresh
+//! throwaway server (`store::postgres::TempServer`: the Debian package's binaries, a fresh
 //! cluster, default settings, fsync on). Both are removed at the end.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use switchboard_control_plane::pgstore::{self, PgStore, TempServer};
+use switchboard_control_plane::store::postgres::{self as pgstore, PgStore, TempServer};
 use switchboard_control_plane::store::{self, StoreConfig};
 use switchboard_engine::journal::{Batch, Durability, Record};
 use switchboard_engine::streams::Entry;
@@ -234,7 +234,7 @@ fn stores(c: &mut Criterion) {
     let server = TempServer::start().expect("a PostgreSQL server");
     let url = server.database("bench").expect("a database");
     let mut pg = PgStore::connect(&url, Duration::from_secs(5)).expect("connects");
-    pg.migrate().expect("migrates");
+    pgstore::migrate(&mut pg).expect("migrates");
     let mut pg = Postgres(pg);
     measure(c, "postgres", &mut pg);
 }

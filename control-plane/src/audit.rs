@@ -2,17 +2,17 @@
 //! stored in the store file and queryable, and mirrored to the `security` log target;
 //! and the token revocations the admin API makes, kept across restarts.
 //!
-//! Owns the `audit` and `revocations` tables (its own SQLite connection behind a mutex:
+//! Owns the `audit` and `revocations` tables (its own store connection behind a mutex:
 //! admin actions are rare and each is one short statement). Does not own who may act
 //! (the admin routes check the admin token first).
 
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::clock::now_ms;
+use crate::sql::{args, Db, Exec, Location};
 
 /// One admin action.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -36,14 +36,14 @@ pub struct AuditEntry {
 /// The audit log.
 #[derive(Debug)]
 pub struct Audit {
-    conn: Mutex<Connection>,
+    conn: Mutex<Db>,
 }
 
 impl Audit {
-    /// Open the log in the store at `path` (prepared by [`crate::store::open`]).
-    pub fn open(path: &std::path::Path) -> Result<Audit, crate::Error> {
+    /// Open the log in the store at `at` (prepared by [`crate::store::open`]).
+    pub fn open(at: &Location) -> Result<Audit, crate::Error> {
         Ok(Audit {
-            conn: Mutex::new(crate::worker::open_store(path, "the audit log")?),
+            conn: Mutex::new(Db::open(at, "the audit log")?),
         })
     }
 
@@ -65,18 +65,11 @@ impl Audit {
             result,
             "admin action"
         );
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         conn.execute(
             "INSERT INTO audit (at_ms, actor, action, target, result, detail)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                now_ms() as i64,
-                actor,
-                action,
-                target,
-                result,
-                detail.to_string()
-            ],
+            args![now_ms(), actor, action, target, result, detail.to_string()],
         )
         .map(|_| ())
         .map_err(|e| {
@@ -87,11 +80,11 @@ impl Audit {
 
     /// Keep a revocation (a later one for the same user replaces it).
     pub fn save_revocation(&self, user: &str, at_ms: u64) -> Result<(), String> {
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         conn.execute(
-            "INSERT INTO revocations (user, at_ms) VALUES (?1, ?2)
-             ON CONFLICT (user) DO UPDATE SET at_ms = excluded.at_ms",
-            params![user, at_ms as i64],
+            "INSERT INTO revocations (\"user\", at_ms) VALUES (?1, ?2)
+             ON CONFLICT (\"user\") DO UPDATE SET at_ms = excluded.at_ms",
+            args![user, at_ms],
         )
         .map(|_| ())
         .map_err(|e| e.to_string())
@@ -99,14 +92,11 @@ impl Audit {
 
     /// Every revocation kept.
     pub fn revocations(&self) -> Result<Vec<(String, u64)>, String> {
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let mut q = conn
-            .prepare("SELECT user, at_ms FROM revocations")
-            .map_err(|e| e.to_string())?;
-        let rows = q
-            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
-            .map_err(|e| e.to_string())?;
-        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        conn.query("SELECT \"user\", at_ms FROM revocations", args![], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .map_err(|e| e.to_string())
     }
 
     /// The newest entries first, optionally of one actor or action.
@@ -116,28 +106,27 @@ impl Audit {
         actor: Option<&str>,
         action: Option<&str>,
     ) -> Result<Vec<AuditEntry>, String> {
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let mut q = conn
-            .prepare_cached(
-                "SELECT id, at_ms, actor, action, target, result, detail FROM audit
-                 WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR action = ?2)
-                 ORDER BY id DESC LIMIT ?3",
-            )
-            .map_err(|e| e.to_string())?;
-        let rows = q
-            .query_map(params![actor, action, limit.clamp(1, 1000) as i64], |r| {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        // `CAST` so PostgreSQL knows the type of a parameter that may be NULL.
+        conn.query(
+            "SELECT id, at_ms, actor, action, target, result, detail FROM audit
+             WHERE (CAST(?1 AS TEXT) IS NULL OR actor = ?1)
+               AND (CAST(?2 AS TEXT) IS NULL OR action = ?2)
+             ORDER BY id DESC LIMIT ?3",
+            args![actor, action, limit.clamp(1, 1000)],
+            |r| {
                 let detail: String = r.get(6)?;
                 Ok(AuditEntry {
-                    id: r.get::<_, i64>(0)? as u64,
-                    at: r.get::<_, i64>(1)? as u64,
+                    id: r.get(0)?,
+                    at: r.get(1)?,
                     actor: r.get(2)?,
                     action: r.get(3)?,
                     target: r.get(4)?,
                     result: r.get(5)?,
                     detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
                 })
-            })
-            .map_err(|e| e.to_string())?;
-        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+            },
+        )
+        .map_err(|e| e.to_string())
     }
 }

@@ -46,12 +46,12 @@ pub mod ids;
 pub mod memory;
 pub mod metrics;
 pub mod notify;
-pub mod pgstore;
 pub mod process;
 pub mod router;
 pub mod schedule;
 pub mod server;
 pub mod shards;
+pub mod sql;
 pub mod store;
 pub mod worker;
 

@@ -97,8 +97,9 @@ impl Server {
             cluster_link,
         )?);
         let store = opened.spawn(engine.sender())?;
-        let audit = Arc::new(crate::audit::Audit::open(store.path())?);
-        replay_revocations(&audit, &verifier, &engine, store.path())?;
+        let location = store.location().clone();
+        let audit = Arc::new(crate::audit::Audit::open(&location)?);
+        replay_revocations(&audit, &verifier, &engine, &location)?;
         // Pushes to users on other nodes (nothing for a node alone).
         let remote_pushes = crate::cluster::RemotePushes::default();
         let peers = crate::cluster::Peers::new(remote_pushes.clone());
@@ -108,9 +109,9 @@ impl Server {
             .enabled()
             .then(|| schedule::SharedJobs::new(worker_link.clone(), &cfg.cluster.key_prefix));
         let (scheduler, scheduler_handle) =
-            schedule::spawn(store.path(), engine.clone(), engine.sender(), shared_jobs)?;
+            schedule::spawn(&location, engine.clone(), engine.sender(), shared_jobs)?;
         let (notifier, notifier_handle) = notify::spawn(
-            store.path(),
+            &location,
             engine.sender(),
             cfg.notifications.clone(),
             remote_pushes.clone(),
@@ -119,7 +120,7 @@ impl Server {
                 .then(|| notify::SharedNotes::new(worker_link.clone(), &cfg.cluster.key_prefix)),
         )?;
         let (calls, calls_handle) = calls::spawn(
-            store.path(),
+            &location,
             engine.sender(),
             cfg.calls.clone(),
             notifier.clone(),
@@ -127,7 +128,7 @@ impl Server {
             remote_pushes.clone(),
         )?;
         let (history, history_handle) =
-            store::spawn_reader(store.path(), engine.sender(), store.stats().clone())?;
+            store::spawn_reader(&location, engine.sender(), store.stats().clone())?;
         let (hooks, hook_threads) = crate::hooks::spawn(&cfg.socketio, engine.sender())
             .map_err(|e| Error::start("the hook threads", e))?;
         let auth_stats = Arc::new(AuthStats::default());
@@ -154,7 +155,8 @@ impl Server {
         )
         .map_err(|e| Error::start("the auth workers", e))?;
         let store_view = crate::store::StoreView {
-            path: store.path().display().to_string(),
+            path: location.name().display().to_string(),
+            location: location.clone(),
             state: store.state().clone(),
             stats: store.stats().clone(),
         };
@@ -386,7 +388,7 @@ impl Keys {
 /// Log what start-up found in the store.
 fn log_opening(cfg: &Config, opening: &store::Opening) {
     tracing::info!(
-        path = %cfg.store.path.display(),
+        store = %cfg.store.location().name().display(),
         clean = opening.clean,
         streams = opening.streams,
         continued = opening.continued,
@@ -405,10 +407,10 @@ fn replay_revocations(
     audit: &crate::audit::Audit,
     verifier: &Verifier,
     engine: &EngineHandle,
-    path: &std::path::Path,
+    at: &crate::sql::Location,
 ) -> Result<(), Error> {
     let revoked = audit.revocations().map_err(|message| Error::Store {
-        path: path.to_owned(),
+        path: at.name(),
         message,
     })?;
     for (user, at_ms) in &revoked {

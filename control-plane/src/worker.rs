@@ -1,16 +1,12 @@
 //! The control plane's worker threads (scheduler, notifications, calls): each owns a
-//! SQLite connection to the store file and runs until told to stop.
+//! connection to the store ([`crate::sql::Db`]) and runs until told to stop.
 //!
-//! Owns starting such a thread, stopping it (a flag it polls, then a join), opening
-//! and its connection to the store. Does not own what a
-//! worker does.
+//! Owns starting such a thread and stopping it (a flag it polls, then a join). Does
+//! not own what a worker does, nor its connection.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
-
-use rusqlite::Connection;
 
 /// A running worker thread; stopped (and joined) by [`WorkerHandle::finish`] or on drop.
 #[derive(Debug)]
@@ -53,18 +49,4 @@ impl Drop for WorkerHandle {
     fn drop(&mut self) {
         self.stop_thread();
     }
-}
-
-/// A worker's own connection to the store file at `path` (already opened and
-/// prepared by [`crate::store::open`]; WAL lets it write beside the journal writer).
-pub fn open_store(path: &std::path::Path, who: &str) -> Result<Connection, crate::Error> {
-    let fail = |e: rusqlite::Error| crate::Error::Store {
-        path: path.to_owned(),
-        message: format!("{who} cannot open it: {e}"),
-    };
-    let conn = Connection::open(path).map_err(fail)?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(fail)?;
-    conn.execute_batch("PRAGMA synchronous = FULL;")
-        .map_err(fail)?;
-    Ok(conn)
 }

@@ -183,19 +183,16 @@ async fn a_user_is_exported_then_erased_and_stays_erased() {
     .await;
     assert_eq!(st, 200, "{h}");
     check(&h);
-    let conn = rusqlite::Connection::open(&store).unwrap();
-    let left: i64 = conn
-        .query_row(
-            "SELECT (SELECT COUNT(*) FROM archive WHERE author = 'ann' OR sender = 'ann'
-                  OR channel = 'inbox:ann')
-                  + (SELECT COUNT(*) FROM log WHERE author = 'ann' OR sender = 'ann'
-                  OR channel = 'inbox:ann')",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let left = store_count(
+        &store,
+        "SELECT (SELECT COUNT(*) FROM archive WHERE author = 'ann' OR sender = 'ann'
+              OR channel = 'inbox:ann')
+              + (SELECT COUNT(*) FROM log WHERE author = 'ann' OR sender = 'ann'
+              OR channel = 'inbox:ann')",
+        "SELECT COUNT(*) FROM publications WHERE author = 'ann' OR sender = 'ann'
+              OR channel = 'inbox:ann'",
+    );
     assert_eq!(left, 0, "nothing of ann's left on disk");
-    drop(conn);
     server.shutdown();
     server.wait();
     let _ = std::fs::remove_dir_all(store.parent().unwrap());

@@ -4,9 +4,13 @@
 //! it once, a newer schema is refused in plain words, and an unreachable server or a
 //! refused login is an error naming the server and never the password.
 
+mod common;
+
 use std::time::Duration;
 
-use switchboard_control_plane::pgstore::{PgError, PgStore, TempServer, SCHEMA_VERSION};
+use switchboard_control_plane::store::postgres::{
+    migrate, PgError, PgStore, TempServer, SCHEMA_VERSION,
+};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -18,7 +22,7 @@ fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
     let found: Vec<i32> = (0..3)
         .map(|_| {
             let url = url.clone();
-            std::thread::spawn(move || PgStore::connect(&url, WAIT).unwrap().migrate().unwrap())
+            std::thread::spawn(move || migrate(&mut PgStore::connect(&url, WAIT).unwrap()).unwrap())
         })
         .collect::<Vec<_>>()
         .into_iter()
@@ -41,7 +45,10 @@ fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
         .collect();
     for t in [
         "audit",
+        "call_quality",
+        "calls",
         "marks",
+        "meta",
         "notification_recipients",
         "notification_topics",
         "notifications",
@@ -49,13 +56,14 @@ fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
         "revisions",
         "revocations",
         "scheduled",
+        "sio_sessions",
         "streams",
         "switchboard_schema",
     ] {
         assert!(tables.iter().any(|x| x == t), "{t} missing from {tables:?}");
     }
     assert_eq!(
-        store.migrate().unwrap(),
+        migrate(&mut store).unwrap(),
         SCHEMA_VERSION,
         "nothing left to do"
     );
@@ -63,9 +71,7 @@ fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
         .client
         .execute("UPDATE switchboard_schema SET version = 99", &[])
         .unwrap();
-    let e = PgStore::connect(&url, WAIT)
-        .unwrap()
-        .migrate()
+    let e = migrate(&mut PgStore::connect(&url, WAIT).unwrap())
         .unwrap_err()
         .to_string();
     assert!(
@@ -124,7 +130,7 @@ mod journal_and_pages {
     use std::sync::Arc;
 
     use bytes::Bytes;
-    use switchboard_control_plane::pgstore::{journal, pages};
+    use switchboard_control_plane::store::postgres::{journal, pages};
     use switchboard_engine::journal::{Batch, MarkKind, MarkRecord, Record};
     use switchboard_protocol::history::Page;
     use switchboard_protocol::{Format, Position, Revision};
@@ -160,6 +166,88 @@ mod journal_and_pages {
         }
     }
 
+    /// A database as the build of schema version 2 left it — `chat:case-1` holds 30
+    /// publications `{"text": "message N"}` in epoch 7, stored a second apart — is
+    /// migrated when a server starts on it, which serves its history and continues the
+    /// stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_2_database_is_migrated_and_its_streams_continue() {
+        use serde_json::{json, Value};
+        // The synchronous client and the server's set-up on a thread of their own.
+        let (pg, url) = std::thread::spawn(|| {
+            let pg = TempServer::start().expect("a PostgreSQL server");
+            let url = pg.database("version2").unwrap();
+            let mut store = PgStore::connect(&url, WAIT).unwrap();
+            switchboard_control_plane::store::postgres::migrate_to(&mut store, 2).unwrap();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            for i in 1..=30u64 {
+                let mut r = record(i, &format!("{{\"text\":\"message {i}\"}}"), None);
+                r.channel = Arc::from("chat:case-1");
+                journal::write(
+                    &mut store.client,
+                    &[batch(i, vec![r], vec![])],
+                    now - 30_000 + i as i64 * 1000,
+                )
+                .unwrap();
+            }
+            (pg, url)
+        })
+        .join()
+        .unwrap();
+        let server = common::start(|c| {
+            c.namespaces.insert(
+                "chat".into(),
+                switchboard_control_plane::config::NamespaceConfig {
+                    durability: switchboard_engine::Durability::Sync,
+                    history_size: Some(16),
+                    ..Default::default()
+                },
+            );
+            c.store.backend = switchboard_control_plane::store::Backend::Postgres;
+            c.store.postgres_url = Some(url.clone());
+        });
+        let admin = server.admin_addr();
+        let (st, h) = common::api(
+            admin,
+            "GET",
+            "/api/history?channel=chat:case-1&limit=100",
+            &Value::Null,
+        )
+        .await;
+        assert_eq!(st, 200, "{h}");
+        let pubs = h["publications"].as_array().unwrap();
+        assert_eq!(pubs.len(), 30, "{h}");
+        assert_eq!(pubs[0]["data"], json!({"text": "message 1"}), "{h}");
+        assert_eq!(h["epoch"], json!("0000000000000007"), "{h}");
+        let (st, r) = common::api(
+            admin,
+            "POST",
+            "/api/publish",
+            &json!({"channel": "chat:case-1", "data": {"text": "message 31"}}),
+        )
+        .await;
+        assert_eq!(
+            (st, &r["offset"], &r["epoch"]),
+            (200, &json!(31), &json!("0000000000000007")),
+            "{r}"
+        );
+        server.shutdown();
+        server.wait();
+        let version = std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            c.query_one("SELECT version FROM switchboard_schema", &[])
+                .unwrap()
+                .get::<_, i32>(0)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        drop(pg);
+    }
+
     fn offsets(p: &pages::PgPage) -> Vec<u64> {
         p.entries.iter().map(|e| e.offset).collect()
     }
@@ -169,7 +257,7 @@ mod journal_and_pages {
         let pg = TempServer::start().expect("a PostgreSQL server");
         let url = pg.database("journal").unwrap();
         let mut store = PgStore::connect(&url, WAIT).unwrap();
-        store.migrate().unwrap();
+        migrate(&mut store).unwrap();
         // Ten commits of 100, a second apart; then an edit of 5 and a deletion of 6.
         for k in 0..10u64 {
             let records = (1..=100)

@@ -3,15 +3,15 @@
 //!
 //! Owns these reads. Does not own writing the log (`super::book`, as calls move).
 
-use rusqlite::{params, Connection};
+use crate::sql::{args, Db, DbError, Exec, Kind};
 
 use super::state::LogEntry;
 
-pub(super) fn logged_duration(conn: &Connection, id: u64) -> Option<u64> {
+pub(super) fn logged_duration(conn: &mut Db, id: u64) -> Option<u64> {
     conn.query_row(
         "SELECT ended_ms - answered_ms FROM calls WHERE id = ?1",
-        params![id as i64],
-        |r| r.get::<_, Option<i64>>(0),
+        args![id],
+        |r| r.get::<Option<i64>>(0),
     )
     .ok()
     .flatten()
@@ -19,31 +19,40 @@ pub(super) fn logged_duration(conn: &Connection, id: u64) -> Option<u64> {
 }
 
 pub(super) fn read(
-    conn: &Connection,
+    conn: &mut Db,
     user: Option<&str>,
     limit: u32,
-) -> rusqlite::Result<Vec<LogEntry>> {
-    let mut q = conn.prepare_cached(
-        "SELECT id, caller, callee, room, media, created_ms, answered_ms, ended_ms,
+) -> Result<Vec<LogEntry>, DbError> {
+    // The participants are a JSON array of user names.
+    let sql = match conn.kind() {
+        Kind::Sqlite => {
+            "SELECT id, caller, callee, room, media, created_ms, answered_ms, ended_ms,
                     outcome, reason, participants
              FROM calls
              WHERE ?1 IS NULL OR caller = ?1 OR callee = ?1
                 OR EXISTS (SELECT 1 FROM json_each(calls.participants) WHERE value = ?1)
-             ORDER BY id DESC LIMIT ?2",
-    )?;
-    let rows = q.query_map(params![user, limit.clamp(1, 1000) as i64], |r| {
-        let opt = |i: usize| -> rusqlite::Result<Option<u64>> {
-            Ok(r.get::<_, Option<i64>>(i)?.map(|v| v as u64))
-        };
-        let (answered, ended) = (opt(6)?, opt(7)?);
+             ORDER BY id DESC LIMIT ?2"
+        }
+        Kind::Postgres => {
+            "SELECT id, caller, callee, room, media, created_ms, answered_ms, ended_ms,
+                    outcome, reason, participants
+             FROM calls
+             WHERE CAST(?1 AS TEXT) IS NULL OR caller = ?1 OR callee = ?1
+                OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(calls.participants::jsonb)
+                           AS p (value) WHERE value = ?1)
+             ORDER BY id DESC LIMIT ?2"
+        }
+    };
+    conn.query(sql, args![user, limit.clamp(1, 1000)], |r| {
+        let (answered, ended): (Option<u64>, Option<u64>) = (r.get(6)?, r.get(7)?);
         let participants: Option<String> = r.get(10)?;
         Ok(LogEntry {
-            id: r.get::<_, i64>(0)? as u64,
+            id: r.get(0)?,
             caller: r.get(1)?,
             callee: r.get(2)?,
             room: r.get(3)?,
             media: r.get(4)?,
-            created: r.get::<_, i64>(5)? as u64,
+            created: r.get(5)?,
             answered,
             ended,
             duration_ms: answered.zip(ended).map(|(a, e)| e.saturating_sub(a)),
@@ -53,6 +62,5 @@ pub(super) fn read(
                 .and_then(|p| serde_json::from_str(&p).ok())
                 .unwrap_or_default(),
         })
-    })?;
-    rows.collect()
+    })
 }

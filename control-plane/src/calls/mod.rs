@@ -55,13 +55,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use rusqlite::params;
 use switchboard_engine::{ControlRequest, ShardSender};
 
 use crate::clock::now_ms;
 use crate::config::CallsConfig;
 use crate::notify::Notifier;
-use crate::worker::{open_store, WorkerHandle};
+use crate::sql::{args, Db, Exec, Location};
+use crate::worker::WorkerHandle;
 
 /// Where the call thread takes work from (clone freely).
 #[derive(Clone)]
@@ -122,25 +122,25 @@ impl Calls {
 /// The running call thread (active calls are logged as failed at the next start).
 pub type CallsHandle = WorkerHandle;
 
-/// Start the call thread on the store at `path`; calls left active by the previous
+/// Start the call thread on the store at `at`; calls left active by the previous
 /// run are logged as failed.
 pub fn spawn(
-    path: &std::path::Path,
+    at: &Location,
     shards: ShardSender,
     cfg: CallsConfig,
     notifier: Notifier,
     peers: crate::cluster::Peers,
     pushes: crate::cluster::RemotePushes,
 ) -> Result<(Calls, CallsHandle), crate::Error> {
-    let conn = open_store(path, "calls")?;
+    let mut conn = Db::open(at, "calls")?;
     let left = conn
         .execute(
             "UPDATE calls SET ended_ms = ?1, outcome = 'failed', reason = 'server restarted'
          WHERE ended_ms IS NULL",
-            params![now_ms() as i64],
+            args![now_ms()],
         )
         .map_err(|e| crate::Error::Store {
-            path: path.to_owned(),
+            path: at.name(),
             message: format!("the call log cannot be updated: {e}"),
         })?;
     if left > 0 {

@@ -4,6 +4,7 @@ use super::book::CallBook;
 use super::state::Work;
 use super::*;
 use crate::config::{CallsConfig, NotificationsConfig};
+use crate::sql::{args, Db, Exec, Location};
 use crate::store::StoreConfig;
 use serde_json::Value;
 use switchboard_engine::control::{CallTarget, Caller, ControlCommand};
@@ -94,7 +95,7 @@ async fn an_unanswered_call_rings_out_on_the_virtual_clock() {
     let mesh = Mesh::new(1, 1024).unwrap();
     let shards = ShardSender::over(mesh.clone());
     let (notifier, notify_thread) = crate::notify::spawn(
-        &path,
+        &Location::File(path.clone()),
         shards.clone(),
         NotificationsConfig::default(),
         Default::default(),
@@ -106,7 +107,7 @@ async fn an_unanswered_call_rings_out_on_the_virtual_clock() {
         ..CallsConfig::default()
     };
     let t0 = Now::at(switchboard_engine::clock::mono(), 1_800_000_000_000);
-    let conn = crate::worker::open_store(&path, "calls").unwrap();
+    let conn = Db::open(&Location::File(path.clone()), "calls").unwrap();
     let mut book = CallBook::new(conn, shards, cfg, notifier.clone(), t0);
     let alice = Caller {
         user: "alice".into(),
@@ -150,11 +151,11 @@ async fn an_unanswered_call_rings_out_on_the_virtual_clock() {
     assert_eq!(book.next_deadline(), None, "nothing left to ring");
 
     // The log says missed, at the virtual time, and bob has a missed-call notification.
-    let conn = crate::worker::open_store(&path, "test").unwrap();
+    let mut conn = Db::open(&Location::File(path.clone()), "test").unwrap();
     let (outcome, ended): (String, i64) = conn
         .query_row(
             "SELECT outcome, ended_ms FROM calls WHERE id = ?1",
-            [call as i64],
+            args![call],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();

@@ -310,10 +310,20 @@ fn store_and_namespaces_load_and_bad_values_name_the_key() {
         ("[store]\nmax_backlog = 0\n", "store.max_backlog"),
         ("[store]\narchive_after_ms = 0\n", "store.archive_after_ms"),
         ("[store]\npath = \"\"\n", "store.path"),
+        ("[store]\nbackend = \"mysql\"\n", "backend"),
+        ("[store]\nbackend = \"postgres\"\n", "store.postgres_url"),
+        (
+            "[store]\nbackend = \"postgres\"\npostgres_url = \"mysql://x:secret@h/db\"\n",
+            "store.postgres_url",
+        ),
     ] {
         let f = write(text);
         let e = Config::load(Some(&f.0), &env(&[])).unwrap_err().to_string();
         assert!(e.contains(key), "{text}: {e}");
+        assert!(
+            !e.contains("secret"),
+            "a URL's password is never shown: {e}"
+        );
     }
 }
 

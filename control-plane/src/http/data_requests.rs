@@ -34,12 +34,12 @@ pub fn routes() -> Router<Arc<HttpState>> {
         .route("/admin/users/{user}/erase", post(erase))
 }
 
-/// The admin asking, after checking its token and the user id, and the store file.
+/// The admin asking, after checking its token and the user id, and where the store is.
 fn checked(
     s: &HttpState,
     headers: &HeaderMap,
     user: &str,
-) -> Result<(Admin, std::path::PathBuf), Response> {
+) -> Result<(Admin, crate::sql::Location), Response> {
     let who = admin(s, headers)?;
     if !crate::notify::valid_user_id(user) {
         return Err(invalid("user", "1 to 128 bytes"));
@@ -47,7 +47,7 @@ fn checked(
     let path = s
         .store
         .as_ref()
-        .map(|v| std::path::PathBuf::from(&v.path))
+        .map(|v| v.location.clone())
         .ok_or_else(|| {
             error(
                 StatusCode::SERVICE_UNAVAILABLE,

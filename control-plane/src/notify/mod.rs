@@ -38,7 +38,8 @@ use switchboard_engine::{ControlRequest, ShardSender};
 use switchboard_protocol::ErrorCode;
 
 use crate::config::NotificationsConfig;
-use crate::worker::{open_store, WorkerHandle};
+use crate::sql::{Db, Location};
+use crate::worker::WorkerHandle;
 
 /// Whether `user` is a usable user id: 1 to 128 bytes (the server API's check).
 pub fn valid_user_id(user: &str) -> bool {
@@ -134,7 +135,7 @@ impl Refusal {
         }
     }
 
-    fn store(e: rusqlite::Error) -> Refusal {
+    fn store(e: crate::sql::DbError) -> Refusal {
         Refusal::new(ErrorCode::Unavailable, format!("notification store: {e}"))
     }
 
@@ -321,16 +322,16 @@ impl Notifier {
     }
 }
 
-/// Start the notification thread on the store at `path` (already prepared by
+/// Start the notification thread on the store at `at` (already prepared by
 /// [`crate::store::open`]), pushing and answering through `shards`.
 pub fn spawn(
-    path: &std::path::Path,
+    at: &Location,
     shards: ShardSender,
     cfg: NotificationsConfig,
     remote: crate::cluster::RemotePushes,
     shared: Option<SharedNotes>,
 ) -> Result<(Notifier, NotifierHandle), crate::Error> {
-    let conn = open_store(path, "notifications")?;
+    let conn = Db::open(at, "notifications")?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut worker = Worker {
         conn,

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::Value;
 use switchboard_engine::auth::glob_match;
@@ -22,6 +21,7 @@ use switchboard_protocol::ErrorCode;
 
 use crate::clock::now_ms;
 use crate::config::NotificationsConfig;
+use crate::sql::{args, Db, DbError, Exec};
 
 use super::*;
 
@@ -32,7 +32,7 @@ pub(super) const MAX_CACHED_COUNTS: usize = 100_000;
 pub(super) const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 pub(super) struct Worker {
-    pub(super) conn: Connection,
+    pub(super) conn: Db,
     pub(super) shards: ShardSender,
     /// Users connected to other nodes.
     pub(super) remote: crate::cluster::RemotePushes,
@@ -119,26 +119,29 @@ impl Worker {
                 "erasing notifications kept in Redis (nodes sharing it) is not built yet",
             ));
         }
-        let tx = self.conn.transaction().map_err(Refusal::store)?;
+        let mut tx = self.conn.transaction().map_err(Refusal::store)?;
         let ids: Vec<i64> = tx
-            .prepare("SELECT id FROM notification_recipients WHERE user = ?1")
-            .and_then(|mut q| {
-                q.query_map([user], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()
-            })
+            .query(
+                "SELECT id FROM notification_recipients WHERE \"user\" = ?1",
+                args![user],
+                |r| r.get(0),
+            )
             .map_err(Refusal::store)?;
         tx.execute(
-            "DELETE FROM notification_recipients WHERE user = ?1",
-            [user],
+            "DELETE FROM notification_recipients WHERE \"user\" = ?1",
+            args![user],
         )
         .map_err(Refusal::store)?;
-        tx.execute("DELETE FROM notification_topics WHERE user = ?1", [user])
-            .map_err(Refusal::store)?;
+        tx.execute(
+            "DELETE FROM notification_topics WHERE \"user\" = ?1",
+            args![user],
+        )
+        .map_err(Refusal::store)?;
         for id in &ids {
             tx.execute(
                 "DELETE FROM notifications WHERE id = ?1
                  AND NOT EXISTS (SELECT 1 FROM notification_recipients WHERE id = ?1)",
-                [id],
+                &[id],
             )
             .map_err(Refusal::store)?;
         }
@@ -205,8 +208,9 @@ impl Worker {
         let n: i64 = self
             .conn
             .query_row(
-                "SELECT COUNT(*) FROM notification_recipients WHERE user = ?1 AND read_ms IS NULL",
-                params![user],
+                "SELECT COUNT(*) FROM notification_recipients
+                 WHERE \"user\" = ?1 AND read_ms IS NULL",
+                args![user],
                 |r| r.get(0),
             )
             .map_err(Refusal::store)?;
@@ -230,16 +234,14 @@ impl Worker {
                 let shared = self.shared.as_ref().expect("checked");
                 shared.topic_users(t)?
             }
-            Recipients::Topic(t) => {
-                let mut q = self
-                    .conn
-                    .prepare_cached("SELECT user FROM notification_topics WHERE topic = ?1")
-                    .map_err(Refusal::store)?;
-                let rows = q
-                    .query_map(params![t], |r| r.get::<_, String>(0))
-                    .map_err(Refusal::store)?;
-                rows.collect::<Result<_, _>>().map_err(Refusal::store)?
-            }
+            Recipients::Topic(t) => self
+                .conn
+                .query(
+                    "SELECT \"user\" FROM notification_topics WHERE topic = ?1",
+                    &[t],
+                    |r| r.get(0),
+                )
+                .map_err(Refusal::store)?,
         };
         if users.len() > self.cfg.max_recipients as usize {
             return Err(Refusal::new(
@@ -260,15 +262,14 @@ impl Worker {
         }
         let now = now_ms() as i64;
         let data = n.data.to_string();
-        let tx = self.conn.transaction().map_err(Refusal::store)?;
+        let mut tx = self.conn.transaction().map_err(Refusal::store)?;
         let existing: Option<(i64, i64)> = match &n.key {
             Some(k) => tx
-                .query_row(
+                .query_opt(
                     "SELECT id, created_ms FROM notifications WHERE key = ?1",
-                    params![k],
+                    &[k],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
-                .optional()
                 .map_err(Refusal::store)?,
             None => None,
         };
@@ -278,46 +279,44 @@ impl Worker {
                     "UPDATE notifications SET kind = ?2, data = ?3, updated_ms = ?4,
                          topic = COALESCE(?5, topic)
                      WHERE id = ?1",
-                    params![id, &n.kind, &data, now, topic],
+                    args![id, n.kind, data, now, topic],
                 )
                 .map_err(Refusal::store)?;
                 (id, created)
             }
             None => {
-                tx.execute(
-                    "INSERT INTO notifications (key, topic, kind, data, created_ms, updated_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-                    params![n.key.as_deref(), topic, &n.kind, &data, now],
-                )
-                .map_err(Refusal::store)?;
-                (tx.last_insert_rowid(), now)
+                let id = tx
+                    .query_row(
+                        "INSERT INTO notifications (key, topic, kind, data, created_ms, updated_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?5) RETURNING id",
+                        args![n.key.as_deref(), topic, n.kind, data, now],
+                        |r| r.get(0),
+                    )
+                    .map_err(Refusal::store)?;
+                (id, now)
             }
         };
         // Who had it unread already (an update leaves their count as it is).
         let mut newly_unread = Vec::with_capacity(users.len());
-        {
-            let mut was = tx
-                .prepare_cached(
-                    "SELECT read_ms IS NULL FROM notification_recipients WHERE user = ?1 AND id = ?2",
+        for u in &users {
+            let unread_before: Option<bool> = if existing.is_some() {
+                tx.query_opt(
+                    "SELECT read_ms IS NULL FROM notification_recipients
+                     WHERE \"user\" = ?1 AND id = ?2",
+                    &[u, &id],
+                    |r| r.get(0),
                 )
-                .map_err(Refusal::store)?;
-            let mut put = tx
-                .prepare_cached(
-                    "INSERT INTO notification_recipients (user, id, read_ms) VALUES (?1, ?2, NULL)
-                     ON CONFLICT (user, id) DO UPDATE SET read_ms = NULL",
-                )
-                .map_err(Refusal::store)?;
-            for u in &users {
-                let unread_before: Option<bool> = if existing.is_some() {
-                    was.query_row(params![u, id], |r| r.get(0))
-                        .optional()
-                        .map_err(Refusal::store)?
-                } else {
-                    None
-                };
-                put.execute(params![u, id]).map_err(Refusal::store)?;
-                newly_unread.push(unread_before != Some(true));
-            }
+                .map_err(Refusal::store)?
+            } else {
+                None
+            };
+            tx.execute(
+                "INSERT INTO notification_recipients (\"user\", id, read_ms) VALUES (?1, ?2, NULL)
+                 ON CONFLICT (\"user\", id) DO UPDATE SET read_ms = NULL",
+                &[u, &id],
+            )
+            .map_err(Refusal::store)?;
+            newly_unread.push(unread_before != Some(true));
         }
         tx.commit().map_err(Refusal::store)?;
         let view = NotificationView {
@@ -418,37 +417,31 @@ impl Worker {
                 unread,
             });
         }
-        let mut q = self
+        let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+        let notifications = self
             .conn
-            .prepare_cached(
+            .query(
                 "SELECT n.id, n.kind, n.topic, n.key, n.data, n.created_ms, n.updated_ms,
                         r.read_ms IS NOT NULL
                  FROM notification_recipients r JOIN notifications n ON n.id = r.id
-                 WHERE r.user = ?1 AND r.id < ?2 AND (?3 = 0 OR r.read_ms IS NULL)
+                 WHERE r.\"user\" = ?1 AND r.id < ?2 AND (?3 = 0 OR r.read_ms IS NULL)
                  ORDER BY r.id DESC LIMIT ?4",
-            )
-            .map_err(Refusal::store)?;
-        let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
-        let rows = q
-            .query_map(
-                params![user, before, unread_only as i64, limit.min(500) as i64],
+                args![user, before, unread_only, limit.min(500)],
                 |r| {
                     let data: String = r.get(4)?;
                     Ok(NotificationView {
-                        id: r.get::<_, i64>(0)? as u64,
+                        id: r.get(0)?,
                         kind: r.get(1)?,
                         topic: r.get(2)?,
                         key: r.get(3)?,
                         data: serde_json::from_str(&data).unwrap_or(Value::Null),
-                        created: r.get::<_, i64>(5)? as u64,
-                        updated: r.get::<_, i64>(6)? as u64,
+                        created: r.get(5)?,
+                        updated: r.get(6)?,
                         read: r.get(7)?,
                     })
                 },
             )
             .map_err(Refusal::store)?;
-        let notifications = rows.collect::<Result<_, _>>().map_err(Refusal::store)?;
-        drop(q);
         Ok(Listing {
             notifications,
             unread: self.unread_of(user)?,
@@ -476,13 +469,12 @@ impl Worker {
             Some(id) => {
                 let exists: Option<bool> = self
                     .conn
-                    .query_row(
+                    .query_opt(
                         "SELECT read_ms IS NULL FROM notification_recipients
-                         WHERE user = ?1 AND id = ?2",
-                        params![user, id as i64],
+                         WHERE \"user\" = ?1 AND id = ?2",
+                        args![user, id],
                         |r| r.get(0),
                     )
-                    .optional()
                     .map_err(Refusal::store)?;
                 match exists {
                     None => {
@@ -496,20 +488,20 @@ impl Worker {
                         .conn
                         .execute(
                             "UPDATE notification_recipients SET read_ms = ?3
-                             WHERE user = ?1 AND id = ?2",
-                            params![user, id as i64, now],
+                             WHERE \"user\" = ?1 AND id = ?2",
+                            args![user, id, now],
                         )
-                        .map_err(Refusal::store)?,
+                        .map_err(Refusal::store)? as usize,
                 }
             }
             None => self
                 .conn
                 .execute(
                     "UPDATE notification_recipients SET read_ms = ?2
-                     WHERE user = ?1 AND read_ms IS NULL",
-                    params![user, now],
+                     WHERE \"user\" = ?1 AND read_ms IS NULL",
+                    args![user, now],
                 )
-                .map_err(Refusal::store)?,
+                .map_err(Refusal::store)? as usize,
         };
         self.unread.remove(user);
         let unread = self.unread_of(user)?;
@@ -552,59 +544,60 @@ impl Worker {
         if let Some(shared) = &self.shared {
             return shared.change_topics(user, subscribe, unsubscribe);
         }
-        let tx = self.conn.transaction().map_err(Refusal::store)?;
+        let mut tx = self.conn.transaction().map_err(Refusal::store)?;
         for t in subscribe {
             tx.execute(
-                "INSERT OR IGNORE INTO notification_topics (topic, user) VALUES (?1, ?2)",
-                params![t, user],
+                "INSERT INTO notification_topics (topic, \"user\") VALUES (?1, ?2)
+                 ON CONFLICT DO NOTHING",
+                &[t, &user],
             )
             .map_err(Refusal::store)?;
         }
         for t in unsubscribe {
             tx.execute(
-                "DELETE FROM notification_topics WHERE topic = ?1 AND user = ?2",
-                params![t, user],
+                "DELETE FROM notification_topics WHERE topic = ?1 AND \"user\" = ?2",
+                &[t, &user],
             )
             .map_err(Refusal::store)?;
         }
         tx.commit().map_err(Refusal::store)?;
-        let mut q = self
-            .conn
-            .prepare_cached("SELECT topic FROM notification_topics WHERE user = ?1 ORDER BY topic")
-            .map_err(Refusal::store)?;
-        let rows = q
-            .query_map(params![user], |r| r.get::<_, String>(0))
-            .map_err(Refusal::store)?;
-        rows.collect::<Result<_, _>>().map_err(Refusal::store)
+        self.conn
+            .query(
+                "SELECT topic FROM notification_topics WHERE \"user\" = ?1 ORDER BY topic",
+                args![user],
+                |r| r.get(0),
+            )
+            .map_err(Refusal::store)
     }
 
     /// Delete notifications older than the TTL and each user's beyond the limit.
-    pub(super) fn prune(&mut self) -> rusqlite::Result<()> {
+    pub(super) fn prune(&mut self) -> Result<(), DbError> {
         if self.shared.is_some() {
             // Redis expires and trims its own (`super::shared`).
             return Ok(());
         }
         let cutoff = now_ms().saturating_sub(self.cfg.ttl_ms) as i64;
-        let tx = self.conn.transaction()?;
+        let mut tx = self.conn.transaction()?;
         let old = tx.execute(
             "DELETE FROM notification_recipients WHERE id IN
                  (SELECT id FROM notifications WHERE updated_ms < ?1)",
-            params![cutoff],
+            args![cutoff],
         )?;
         let over = tx.execute(
-            "DELETE FROM notification_recipients WHERE (user, id) IN (
-                 SELECT user, id FROM (
-                     SELECT user, id, ROW_NUMBER() OVER (PARTITION BY user ORDER BY id DESC) AS n
+            "DELETE FROM notification_recipients WHERE (\"user\", id) IN (
+                 SELECT \"user\", id FROM (
+                     SELECT \"user\", id,
+                            ROW_NUMBER() OVER (PARTITION BY \"user\" ORDER BY id DESC) AS n
                      FROM notification_recipients
-                     WHERE user IN (SELECT user FROM notification_recipients
-                                    GROUP BY user HAVING COUNT(*) > ?1))
+                     WHERE \"user\" IN (SELECT \"user\" FROM notification_recipients
+                                        GROUP BY \"user\" HAVING COUNT(*) > ?1)) AS ranked
                  WHERE n > ?1)",
-            params![self.cfg.max_per_user as i64],
+            args![self.cfg.max_per_user],
         )?;
         tx.execute(
             "DELETE FROM notifications WHERE updated_ms < ?1
                  OR NOT EXISTS (SELECT 1 FROM notification_recipients r WHERE r.id = notifications.id)",
-            params![cutoff],
+            args![cutoff],
         )?;
         tx.commit()?;
         if old + over > 0 {

@@ -1,7 +1,7 @@
 //! Scheduled messages: publications and direct messages sent at a later time.
 //!
-//! Owns the `scheduled` table of the store (its own SQLite connection to the same file;
-//! WAL lets it write beside the journal writer) and one thread that stores requests,
+//! Owns the `scheduled` table of the store (its own connection to the store: SQLite's
+//! WAL lets it write beside the journal writer; PostgreSQL any number) and one thread that stores requests,
 //! cancels them, and fires what is due: it publishes through the engine exactly as the
 //! server API does, with the idempotency key `schedule:<id>`, and marks the row fired
 //! with the position it got. A scheduled message survives restarts (the row stays
@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use switchboard_engine::auth::ScheduleJob;
 use switchboard_engine::mesh::ReplyBody;
@@ -39,7 +38,8 @@ use switchboard_engine::{ControlRequest, EngineHandle, Refused, ShardSender};
 use switchboard_protocol::{ErrorCode, Format, Payload, Position};
 
 use crate::clock::now_ms;
-use crate::worker::{open_store, WorkerHandle};
+use crate::sql::{args, Db, DbError, Exec};
+use crate::worker::WorkerHandle;
 
 /// Most pending scheduled messages one user may have (the server API is not limited).
 pub const MAX_PENDING_PER_USER: i64 = 10_000;
@@ -148,12 +148,12 @@ impl Scheduler {
 /// [`crate::store::open`]), publishing through `engine` and answering shards through
 /// `shards`; new jobs go to `shared` (Redis) when nodes share one.
 pub fn spawn(
-    path: &std::path::Path,
+    at: &crate::sql::Location,
     engine: Arc<EngineHandle>,
     shards: ShardSender,
     shared: Option<SharedJobs>,
 ) -> Result<(Scheduler, SchedulerHandle), crate::Error> {
-    let conn = open_store(path, "the scheduler")?;
+    let conn = Db::open(at, "the scheduler")?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut worker = Worker {
         conn,
@@ -168,7 +168,7 @@ pub fn spawn(
 }
 
 struct Worker {
-    conn: Connection,
+    conn: Db,
     engine: Arc<EngineHandle>,
     shards: ShardSender,
     /// Jobs kept in Redis (nodes sharing it).
@@ -251,7 +251,7 @@ impl Worker {
         if let Some(shared) = &self.shared {
             return shared.add(job, if limited { MAX_PENDING_PER_USER } else { 0 });
         }
-        let store_err = |e: rusqlite::Error| Refused {
+        let store_err = |e: DbError| Refused {
             code: ErrorCode::Unavailable,
             message: format!("cannot store the scheduled message: {e}"),
         };
@@ -260,7 +260,7 @@ impl Worker {
                 .conn
                 .query_row(
                     "SELECT COUNT(*) FROM scheduled WHERE owner = ?1 AND state = ?2",
-                    params![&*job.owner, PENDING],
+                    args![&*job.owner, PENDING],
                     |r| r.get(0),
                 )
                 .map_err(store_err)?;
@@ -271,25 +271,27 @@ impl Worker {
                 });
             }
         }
-        self.conn
-            .execute(
+        let id: u64 = self
+            .conn
+            .query_row(
                 "INSERT INTO scheduled (due_ms, channel, sender, format, data, meta, owner,
                      created_ms, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    job.due_ms as i64,
-                    &job.channel,
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+                args![
+                    job.due_ms,
+                    job.channel,
                     job.from.as_deref(),
-                    job.format.index() as i64,
+                    job.format.index(),
                     &job.data[..],
                     job.meta.as_deref(),
                     &*job.owner,
-                    now_ms() as i64,
-                    PENDING,
+                    now_ms(),
+                    PENDING
                 ],
+                |r| r.get(0),
             )
             .map_err(store_err)?;
-        Ok((self.conn.last_insert_rowid() as u64, job.due_ms))
+        Ok((id, job.due_ms))
     }
 
     fn cancel(&mut self, id: u64, owner: Option<&str>) -> Result<(), CancelError> {
@@ -301,12 +303,11 @@ impl Worker {
         }
         let row: Option<(String, i64)> = self
             .conn
-            .query_row(
+            .query_opt(
                 "SELECT owner, state FROM scheduled WHERE id = ?1",
-                [id as i64],
+                args![id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .optional()
             .map_err(|e| CancelError::Store(e.to_string()))?;
         let Some((row_owner, state)) = row else {
             return Err(CancelError::NotFound);
@@ -320,7 +321,7 @@ impl Worker {
         self.conn
             .execute(
                 "UPDATE scheduled SET state = ?1 WHERE id = ?2 AND state = ?3",
-                params![CANCELLED, id as i64, PENDING],
+                args![CANCELLED, id, PENDING],
             )
             .map_err(|e| CancelError::Store(e.to_string()))?;
         Ok(())
@@ -342,38 +343,36 @@ impl Worker {
         Ok(all)
     }
 
-    fn list(&mut self, pending_only: bool) -> rusqlite::Result<Vec<ScheduledView>> {
+    fn list(&mut self, pending_only: bool) -> Result<Vec<ScheduledView>, DbError> {
         let sql = if pending_only {
-            "SELECT id, due_ms, channel, sender, owner, state, fired_ms, epoch, offset, error
+            "SELECT id, due_ms, channel, sender, owner, state, fired_ms, epoch, \"offset\", error
              FROM scheduled WHERE state = 0 ORDER BY due_ms, id LIMIT 1000"
         } else {
-            "SELECT id, due_ms, channel, sender, owner, state, fired_ms, epoch, offset, error
+            "SELECT id, due_ms, channel, sender, owner, state, fired_ms, epoch, \"offset\", error
              FROM scheduled ORDER BY id DESC LIMIT 1000"
         };
-        let mut q = self.conn.prepare(sql)?;
-        let rows = q.query_map([], |r| {
+        self.conn.query(sql, args![], |r| {
             Ok(ScheduledView {
-                id: r.get::<_, i64>(0)? as u64,
-                at: r.get::<_, i64>(1)? as u64,
+                id: r.get(0)?,
+                at: r.get(1)?,
                 channel: r.get(2)?,
                 from: r.get(3)?,
                 owner: r.get(4)?,
                 state: state_name(r.get(5)?),
-                fired_at: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
-                epoch: r.get::<_, Option<i64>>(7)?.map(shared::epoch_hex),
-                offset: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+                fired_at: r.get(6)?,
+                epoch: r.get::<Option<i64>>(7)?.map(shared::epoch_hex),
+                offset: r.get(8)?,
                 error: r.get(9)?,
             })
-        })?;
-        rows.collect()
+        })
     }
 
-    fn next_due(&self) -> Option<u64> {
+    fn next_due(&mut self) -> Option<u64> {
         self.conn
             .query_row(
                 "SELECT MIN(due_ms) FROM scheduled WHERE state = ?1",
-                [PENDING],
-                |r| r.get::<_, Option<i64>>(0),
+                args![PENDING],
+                |r| r.get::<Option<i64>>(0),
             )
             .ok()
             .flatten()
@@ -452,26 +451,26 @@ impl Worker {
         retry
     }
 
-    fn due_rows(&self) -> rusqlite::Result<Vec<Due>> {
-        let mut q = self.conn.prepare_cached(
+    fn due_rows(&mut self) -> Result<Vec<Due>, DbError> {
+        self.conn.query(
             "SELECT id, channel, sender, format, data, meta FROM scheduled
              WHERE state = ?1 AND due_ms <= ?2 ORDER BY due_ms, id LIMIT 512",
-        )?;
-        let rows = q.query_map(params![PENDING, now_ms() as i64], |r| {
-            Ok(Due {
-                id: r.get::<_, i64>(0)? as u64,
-                channel: r.get(1)?,
-                sender: r.get(2)?,
-                format: if r.get::<_, i64>(3)? == Format::Json.index() as i64 {
-                    Format::Json
-                } else {
-                    Format::MsgPack
-                },
-                data: Bytes::from(r.get::<_, Vec<u8>>(4)?),
-                meta: r.get::<_, Option<Vec<u8>>>(5)?.map(Bytes::from),
-            })
-        })?;
-        rows.collect()
+            args![PENDING, now_ms()],
+            |r| {
+                Ok(Due {
+                    id: r.get(0)?,
+                    channel: r.get(1)?,
+                    sender: r.get(2)?,
+                    format: if r.get::<i64>(3)? == Format::Json.index() as i64 {
+                        Format::Json
+                    } else {
+                        Format::MsgPack
+                    },
+                    data: Bytes::from(r.get::<Vec<u8>>(4)?),
+                    meta: r.get::<Option<Vec<u8>>>(5)?.map(Bytes::from),
+                })
+            },
+        )
     }
 
     /// Record a due message's outcome where it is kept.
@@ -487,15 +486,15 @@ impl Worker {
         let now = now_ms() as i64;
         let r = match result {
             Ok(pos) => self.conn.execute(
-                "UPDATE scheduled SET state = ?1, fired_ms = ?2, epoch = ?3, offset = ?4
+                "UPDATE scheduled SET state = ?1, fired_ms = ?2, epoch = ?3, \"offset\" = ?4
                  WHERE id = ?5",
-                params![FIRED, now, pos.epoch as i64, pos.offset as i64, id as i64],
+                args![FIRED, now, pos.epoch, pos.offset, id],
             ),
             Err(why) => {
                 tracing::warn!(id, "scheduled message failed: {why}");
                 self.conn.execute(
                     "UPDATE scheduled SET state = ?1, fired_ms = ?2, error = ?3 WHERE id = ?4",
-                    params![FAILED, now, why, id as i64],
+                    args![FAILED, now, why, id],
                 )
             }
         };

@@ -28,6 +28,8 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::retention::{cut, Ends, Keep};
+
 /// A pass starts once this many rows wait per channel with rows waiting: each channel's
 /// rows of a pass share the pages they land on, so the fewer channels a pass spreads
 /// over, the cheaper each row (`group_commit/archive_pass_*` benches). Otherwise after
@@ -42,9 +44,9 @@ pub(super) const CHUNK_ROWS: usize = 8_192;
 pub(super) const COLUMNS: &str =
     "channel, epoch, offset, ts_ms, format, data, meta, key, sender, event, author, revises";
 
-/// One stored publication as a pass carries it.
+/// One stored publication as a pass carries it (and as data requests export it).
 #[derive(Debug)]
-pub(super) struct Row {
+pub(crate) struct Row {
     pub channel: String,
     pub epoch: i64,
     pub offset: i64,
@@ -182,14 +184,6 @@ pub(super) fn step(conn: &mut Connection, pass: &mut Pass) -> rusqlite::Result<b
     Ok(true)
 }
 
-/// How much of a channel the store keeps: publications newer than `cutoff_ms` and at
-/// most the newest `count` (either absent: no such limit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Keep {
-    pub cutoff_ms: Option<i64>,
-    pub count: Option<u64>,
-}
-
 /// Delete `channel`'s archived publications beyond `keep`, in every epoch it has; how
 /// many went. Epochs are taken newest first (by their newest row's time) for the
 /// count, whose offsets are dense within an epoch (every sequenced publication of a
@@ -215,38 +209,22 @@ pub(super) fn prune(conn: &Connection, channel: &str, keep: Keep) -> rusqlite::R
         }
         epoch = e;
     }
-    spans.sort_unstable_by_key(|(_, e)| std::cmp::Reverse(e.last.1));
+    let cuts = cut(spans, keep, |epoch, ends, cutoff| {
+        first_at_or_after(conn, channel, epoch, ends, cutoff)
+    })?;
     let mut delete = conn
         .prepare_cached("DELETE FROM archive WHERE channel = ?1 AND epoch = ?2 AND offset < ?3")?;
-    let mut left = keep.count.unwrap_or(u64::MAX);
+    // Revisions of what goes, too (they are shown only with their original).
+    let mut revisions = conn.prepare_cached(
+        "DELETE FROM revisions WHERE channel = ?1 AND epoch = ?2 AND target < ?3",
+    )?;
     let mut gone = 0;
-    for (epoch, e) in spans {
-        // Offsets below `from` go.
-        let mut from = e.first.0;
-        if let Some(cutoff) = keep.cutoff_ms {
-            if e.last.1 < cutoff {
-                from = e.last.0 + 1;
-            } else if e.first.1 < cutoff {
-                from = first_at_or_after(conn, channel, epoch, e, cutoff)?;
-            }
-        }
-        let span = e.last.0 - e.first.0 + 1;
-        from = from.max(e.last.0 + 1 - span.min(left));
-        left -= span.min(left);
-        if from > e.first.0 {
-            let to = from.min(i64::MAX as u64) as i64;
-            gone += delete.execute(params![channel, epoch as i64, to])?;
-        }
+    for (epoch, from) in cuts {
+        let to = from.min(i64::MAX as u64) as i64;
+        gone += delete.execute(params![channel, epoch as i64, to])?;
+        revisions.execute(params![channel, epoch as i64, to])?;
     }
     Ok(gone)
-}
-
-/// The archive's ends for one channel and epoch: (offset, time) of the oldest and
-/// newest row.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Ends {
-    pub first: (u64, i64),
-    pub last: (u64, i64),
 }
 
 /// The archive's oldest and newest row of `channel` in `epoch` (two seeks).

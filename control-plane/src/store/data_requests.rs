@@ -9,7 +9,8 @@
 //! archive pass in flight holds copies of log rows in memory and may write them after
 //! the first sweep, so erase waits for that pass and sweeps again.
 //!
-//! Owns the SQL of data requests. Does not own revoking the user (first, by the caller:
+//! Owns the SQL of data requests on SQLite (PostgreSQL's, without a log and passes, is
+//! `crate::store::postgres::data_requests`) and what an export shows. Does not own revoking the user (first, by the caller:
 //! nothing new arrives), shards' memory or notifications (their own owners), or the
 //! audit record (the admin API).
 
@@ -24,6 +25,7 @@ use switchboard_protocol::{Format, Position};
 
 use super::archive::{self, Row, COLUMNS};
 use crate::error::Error;
+use crate::sql::Location;
 
 /// What an erasure removed from the store.
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
@@ -40,7 +42,7 @@ pub struct Erased {
 const PASS_WAIT: Duration = Duration::from_secs(30);
 
 fn open(path: &Path) -> Result<Connection, Error> {
-    crate::worker::open_store(path, "a data request")
+    crate::sql::open_file(path, "a data request")
 }
 
 fn failed(path: &Path, e: rusqlite::Error) -> Error {
@@ -62,7 +64,18 @@ pub fn payload_json(format: Format, raw: &[u8]) -> Value {
 /// Every stored publication `user` authored or sent, oldest first per channel, as
 /// JSON objects (`channel`, `epoch`, `offset`, `at_ms`, `data`, and `meta`, `event`,
 /// `from` when present).
-pub fn export_user(path: &Path, user: &str) -> Result<Vec<Value>, Error> {
+pub fn export_user(at: &Location, user: &str) -> Result<Vec<Value>, Error> {
+    let path = match at {
+        Location::File(path) => path.as_path(),
+        Location::Postgres { url, target } => {
+            return crate::store::postgres::data_requests::export_user(url, user)
+                .map(|rows| rows.into_iter().map(exported).collect())
+                .map_err(|message| Error::Store {
+                    path: target.into(),
+                    message: format!("a data request failed: {message}"),
+                })
+        }
+    };
     let conn = open(path)?;
     let read = || -> rusqlite::Result<Vec<Row>> {
         let archived = archive::archived_upto(&conn)?;
@@ -87,6 +100,7 @@ pub fn export_user(path: &Path, user: &str) -> Result<Vec<Value>, Error> {
     Ok(rows.into_iter().map(exported).collect())
 }
 
+/// A stored publication as a data export shows it.
 fn exported(r: Row) -> Value {
     let format = super::format_from(r.format);
     let epoch = Position {
@@ -117,8 +131,19 @@ fn exported(r: Row) -> Value {
 }
 
 /// Redact `user`'s stored publications and delete its inbox (`inbox`: the channel)
-/// and receipts; waits for the archive pass in flight and sweeps again.
-pub fn erase_user(path: &Path, user: &str, inbox: Option<&str>) -> Result<Erased, Error> {
+/// and receipts; on SQLite, waits for the archive pass in flight and sweeps again.
+pub fn erase_user(at: &Location, user: &str, inbox: Option<&str>) -> Result<Erased, Error> {
+    let path = match at {
+        Location::File(path) => path.as_path(),
+        Location::Postgres { url, target } => {
+            return crate::store::postgres::data_requests::erase_user(url, user, inbox).map_err(
+                |message| Error::Store {
+                    path: target.into(),
+                    message: format!("a data request failed: {message}"),
+                },
+            )
+        }
+    };
     let mut conn = open(path)?;
     let mut total = Erased::default();
     // The log's newest row when swept: once it has left the log, every pass that took
@@ -152,7 +177,7 @@ pub fn erase_user(path: &Path, user: &str, inbox: Option<&str>) -> Result<Erased
                 &format!(
                     "UPDATE {table} SET
                          data = CASE format WHEN ?2 THEN x'c0' ELSE CAST('null' AS BLOB) END,
-                         meta = CASE format WHEN ?2 THEN x'81a8726564616374656464c3'
+                         meta = CASE format WHEN ?2 THEN x'81a87265646163746564c3'
                                 ELSE CAST('{{\"redacted\":true}}' AS BLOB) END,
                          author = NULL, sender = NULL, key = NULL
                      WHERE author = ?1 OR sender = ?1"
@@ -196,4 +221,34 @@ pub fn erase_user(path: &Path, user: &str, inbox: Option<&str>) -> Result<Erased
     total.inbox_deleted += again.inbox_deleted;
     total.marks_deleted += again.marks_deleted;
     Ok(total)
+}
+
+/// The redacted payload and meta of each format: `null` and `{"redacted": true}`.
+pub(crate) fn redacted(format: Format) -> (&'static [u8], &'static [u8]) {
+    match format {
+        Format::MsgPack => (b"\xc0", b"\x81\xa8redacted\xc3"),
+        Format::Json | Format::SocketIo => (b"null", b"{\"redacted\":true}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redactions_read_as_null_and_redacted_in_both_formats_and_both_databases() {
+        for format in [Format::MsgPack, Format::Json] {
+            let (data, meta) = redacted(format);
+            assert_eq!(payload_json(format, data), Value::Null);
+            assert_eq!(payload_json(format, meta), json!({"redacted": true}));
+        }
+        // The SQLite sweep writes these bytes as literals.
+        let conn = Connection::open_in_memory().unwrap();
+        let (data, meta): (Vec<u8>, Vec<u8>) = conn
+            .query_row("SELECT x'c0', x'81a87265646163746564c3'", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((&data[..], &meta[..]), redacted(Format::MsgPack));
+    }
 }

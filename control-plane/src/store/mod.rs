@@ -33,25 +33,29 @@
 //! several nodes would implement too; only this module knows about SQLite: start-up
 //! reading in `startup`, the writer thread in `writer`, the handles here.
 
-mod archive;
+pub(crate) mod archive;
+pub(crate) mod bookkeeping;
 pub mod data_requests;
+pub(crate) mod group_commit;
 mod pages;
+pub mod postgres;
 mod reader;
+pub(crate) mod retention;
 mod revisions;
 mod startup;
 mod writer;
 
 pub use reader::{spawn as spawn_reader, HistoryReader};
-pub(crate) use revisions::apply as apply_revision;
+pub(crate) use revisions::{apply as apply_revision, Original};
 
-use startup::{prepare, read_marks, read_seeds, reconnect_key, take_sessions};
+use startup::{prepare, read_seeds};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use writer::Writer;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use switchboard_engine::journal::{Batch, Durable, JournalLink, JournalState, NamespacePolicy};
 use switchboard_engine::ShardSender;
@@ -62,16 +66,18 @@ use switchboard_protocol::Format;
 /// Version of the schema this build writes.
 const SCHEMA_VERSION: i64 = 5;
 
-/// Marks (inbox cursors, receipts) not updated for this long are deleted, unless the
-/// longest durable `history_ttl_ms` is longer.
-const MARKS_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
-
 /// `[store]`: where and how durable data is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
+    /// Which database: `sqlite` (the embedded file at `path`, the default) or
+    /// `postgres` (the database at `postgres_url`, for nodes that share state).
+    pub backend: Backend,
     /// The SQLite file (created with its directory if missing).
     pub path: PathBuf,
+    /// With `backend = "postgres"`: `postgres://user:password@host:port/database`
+    /// (better set from the environment: `SWITCHBOARD_STORE__POSTGRES_URL`).
+    pub postgres_url: Option<String>,
     /// Most publications handed to the writer and not yet stored; durable publications
     /// beyond it are refused as overloaded.
     pub max_backlog: usize,
@@ -91,7 +97,9 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
+            backend: Backend::Sqlite,
             path: PathBuf::from("data/switchboard.db"),
+            postgres_url: None,
             max_backlog: 262_144,
             max_batch: 16_384,
             retry_ms: 500,
@@ -107,6 +115,21 @@ impl StoreConfig {
         if self.path.as_os_str().is_empty() {
             return Err("store.path must not be empty".into());
         }
+        match (self.backend, &self.postgres_url) {
+            (Backend::Postgres, None) => {
+                return Err(
+                    "store.postgres_url must be set when store.backend is \"postgres\"".into(),
+                )
+            }
+            (Backend::Postgres, Some(url)) => {
+                url.parse::<::postgres::Config>().map_err(|_| {
+                    "store.postgres_url is not a PostgreSQL URL \
+                     (postgres://user:password@host:port/database)"
+                        .to_string()
+                })?;
+            }
+            (Backend::Sqlite, _) => {}
+        }
         for (key, v) in [
             ("store.max_backlog", self.max_backlog as u64),
             ("store.max_batch", self.max_batch as u64),
@@ -119,6 +142,33 @@ impl StoreConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// `store.backend`: which database keeps durable data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The embedded SQLite file (one node).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database (nodes that share state).
+    Postgres,
+}
+
+impl StoreConfig {
+    /// Where the store is.
+    pub fn location(&self) -> crate::sql::Location {
+        match (self.backend, &self.postgres_url) {
+            (Backend::Postgres, Some(url)) => crate::sql::Location::Postgres {
+                url: url.clone(),
+                target: url
+                    .parse::<::postgres::Config>()
+                    .map(|c| crate::sql::target_of(&c))
+                    .unwrap_or_else(|_| "PostgreSQL".into()),
+            },
+            _ => crate::sql::Location::File(self.path.clone()),
+        }
     }
 }
 
@@ -177,17 +227,28 @@ impl std::fmt::Debug for Opening {
 /// notify).
 #[derive(Debug)]
 pub struct Opened {
-    writer: Writer,
+    journal: Database,
+    location: crate::sql::Location,
+    rx: crossbeam_channel::Receiver<Batch>,
+    state: Arc<JournalState>,
+    cfg: StoreConfig,
     /// What the engine takes: the journal link and the streams to continue.
     durable: Option<Durable>,
     /// What start-up learned.
     pub opening: Opening,
 }
 
+/// The journal on each database.
+#[derive(Debug)]
+enum Database {
+    Sqlite(Writer),
+    Postgres(crate::store::postgres::writer::PgJournal),
+}
+
 /// The running writer.
 #[derive(Debug)]
 pub struct StoreHandle {
-    path: PathBuf,
+    location: crate::sql::Location,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     state: Arc<JournalState>,
@@ -213,7 +274,42 @@ pub fn open(
     namespaces: &[NamespacePolicy],
     stream_idle_ms: u64,
 ) -> Result<Opened, Error> {
-    let path = cfg.path.clone();
+    match cfg.location() {
+        crate::sql::Location::File(path) => open_file(cfg, path, namespaces, stream_idle_ms),
+        crate::sql::Location::Postgres { url, target } => {
+            let (store, read) = crate::sql::off_runtime(|| {
+                crate::store::postgres::startup::open(&url, namespaces, stream_idle_ms)
+            })
+            .map_err(|e| Error::Store {
+                path: PathBuf::from(&target),
+                message: e.to_string(),
+            })?;
+            let journal =
+                crate::store::postgres::writer::PgJournal::new(store, namespaces.to_vec());
+            let opening = Opening {
+                clean: read.clean,
+                streams: read.seeds.len(),
+                continued: read.seeds.iter().filter(|s| s.epoch.is_some()).count(),
+                marks: read.marks.len(),
+                reconnect_key: read.reconnect_key,
+            };
+            Ok(Opened::new(
+                Database::Postgres(journal),
+                cfg.location(),
+                cfg,
+                (read.seeds, read.marks, read.sessions),
+                opening,
+            ))
+        }
+    }
+}
+
+fn open_file(
+    cfg: &StoreConfig,
+    path: PathBuf,
+    namespaces: &[NamespacePolicy],
+    stream_idle_ms: u64,
+) -> Result<Opened, Error> {
     let fail = |message: String| Error::Store {
         path: path.clone(),
         message,
@@ -222,7 +318,7 @@ pub fn open(
         std::fs::create_dir_all(dir)
             .map_err(|e| fail(format!("cannot create directory {}: {e}", dir.display())))?;
     }
-    let conn = Connection::open_with_flags(
+    let mut conn = Connection::open_with_flags(
         &path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
@@ -243,20 +339,15 @@ pub fn open(
             .unwrap_or_default();
         fail(format!("cannot use it as a Switchboard store: {e}{why}"))
     })?;
-    let clean = conn
-        .query_row("SELECT value FROM meta WHERE key = 'clean'", [], |r| {
-            r.get::<_, String>(0)
-        })
-        .optional()
-        .map_err(|e| fail(format!("cannot read: {e}")))?
-        .is_none_or(|v| v == "1");
-    let seeds = read_seeds(&conn, namespaces, stream_idle_ms, clean)
+    let clean = bookkeeping::was_clean(&mut conn).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let seeds = read_seeds(&mut conn, namespaces, stream_idle_ms, clean)
         .map_err(|e| fail(format!("cannot read streams: {e}")))?;
-    let marks = read_marks(&conn).map_err(|e| fail(format!("cannot read marks: {e}")))?;
-    let sessions =
-        take_sessions(&conn).map_err(|e| fail(format!("cannot read Socket.IO sessions: {e}")))?;
-    let reconnect_key =
-        reconnect_key(&conn).map_err(|e| fail(format!("cannot read or write keys: {e}")))?;
+    let marks =
+        bookkeeping::read_marks(&mut conn).map_err(|e| fail(format!("cannot read marks: {e}")))?;
+    let sessions = bookkeeping::take_sessions(&mut conn)
+        .map_err(|e| fail(format!("cannot read Socket.IO sessions: {e}")))?;
+    let reconnect_key = bookkeeping::reconnect_key(&mut conn)
+        .map_err(|e| fail(format!("cannot read or write keys: {e}")))?;
     let opening = Opening {
         clean,
         streams: seeds.len(),
@@ -266,57 +357,89 @@ pub fn open(
     };
     let archive = writer::ArchiveState::open(&conn, cfg)
         .map_err(|e| fail(format!("cannot read the archive's progress: {e}")))?;
-    let (link, rx) = JournalLink::new(cfg.max_backlog);
     let writer = Writer {
         conn,
-        path: path.clone(),
-        rx,
-        state: link.state().clone(),
-        cfg: cfg.clone(),
         namespaces: namespaces.to_vec(),
         channels: HashMap::new(),
         stamp_ms: i64::MIN,
         archive,
     };
-    Ok(Opened {
-        writer,
-        durable: Some(Durable {
-            link,
-            seeds,
-            marks,
-            sessions,
-        }),
+    Ok(Opened::new(
+        Database::Sqlite(writer),
+        crate::sql::Location::File(path),
+        cfg,
+        (seeds, marks, sessions),
         opening,
-    })
+    ))
 }
 
+type Read = (
+    Vec<switchboard_engine::journal::SeedStream>,
+    Vec<switchboard_engine::journal::MarkRecord>,
+    Vec<switchboard_engine::journal::SessionRecord>,
+);
+
 impl Opened {
+    fn new(
+        journal: Database,
+        location: crate::sql::Location,
+        cfg: &StoreConfig,
+        (seeds, marks, sessions): Read,
+        opening: Opening,
+    ) -> Opened {
+        let (link, rx) = JournalLink::new(cfg.max_backlog);
+        Opened {
+            journal,
+            location,
+            rx,
+            state: link.state().clone(),
+            cfg: cfg.clone(),
+            durable: Some(Durable {
+                link,
+                seeds,
+                marks,
+                sessions,
+            }),
+            opening,
+        }
+    }
+
+    fn sqlite(&mut self) -> &mut Writer {
+        match &mut self.journal {
+            Database::Sqlite(w) => w,
+            Database::Postgres(_) => panic!("an SQLite store's tool used on PostgreSQL"),
+        }
+    }
+
     /// Write `batches` now, on the caller's thread, as the writer would (one
-    /// transaction). For benchmarks and tools; a running server writes through
-    /// [`Opened::spawn`].
+    /// transaction). For benchmarks and tools on an SQLite store; a running server
+    /// writes through [`Opened::spawn`].
     pub fn write_now(&mut self, batches: &[Batch]) -> rusqlite::Result<()> {
-        self.writer.write(batches)
+        self.sqlite().write(batches)
     }
 
     /// Move everything in the log's tail to the archive now, as the writer's passes
-    /// would between commits; how many publications moved. For benchmarks and tools.
+    /// would between commits; how many publications moved. For benchmarks and tools on
+    /// an SQLite store.
     pub fn archive_now(&mut self) -> rusqlite::Result<usize> {
-        self.writer.archive_all()
+        self.sqlite().archive_all()
     }
 
     /// Read a history page of `channel` (whose owner is at `top` and keeps nothing in
     /// memory) as the history reader would; the publications and whether more follow.
-    /// For benchmarks and tools.
+    /// For benchmarks and tools on an SQLite store.
     pub fn read_page(
         &mut self,
         channel: &str,
         page: &switchboard_protocol::history::Page,
         top: switchboard_protocol::Position,
     ) -> rusqlite::Result<(Vec<switchboard_engine::streams::Entry>, bool)> {
-        match pages::read(&mut self.writer.conn, channel, page, top, &[]) {
+        match pages::read(&mut self.sqlite().conn, channel, page, top, &[]) {
             Ok(out) => Ok((out.entries, out.more)),
             Err(pages::PageError::Store(e)) => Err(e),
-            Err(pages::PageError::UnknownEpoch(..)) => Err(rusqlite::Error::QueryReturnedNoRows),
+            Err(pages::PageError::UnknownEpoch(..) | pages::PageError::Failed(_)) => {
+                Err(rusqlite::Error::QueryReturnedNoRows)
+            }
         }
     }
 
@@ -327,36 +450,43 @@ impl Opened {
 
     /// Mark the run as started (so a crash from now on is seen as unclean) and start
     /// the writer; commit notices go to the shards through `shards`.
-    pub fn spawn(self, shards: ShardSender) -> Result<StoreHandle, Error> {
-        let Opened { writer, .. } = self;
-        writer
-            .conn
-            .execute(
-                "INSERT INTO meta (key, value) VALUES ('clean', '0')
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [],
-            )
-            .map_err(|e| Error::Store {
-                path: writer.path.clone(),
-                message: format!("cannot write: {e}"),
-            })?;
+    pub fn spawn(mut self, shards: ShardSender) -> Result<StoreHandle, Error> {
+        let location = self.location.clone();
+        let marked = match &mut self.journal {
+            Database::Sqlite(w) => bookkeeping::mark_clean(&mut w.conn, false),
+            Database::Postgres(j) => bookkeeping::mark_clean(&mut j.store, false),
+        };
+        marked.map_err(|e| Error::Store {
+            path: location.name(),
+            message: format!("cannot write: {e}"),
+        })?;
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(StoreStats::default());
-        let state = writer.state.clone();
-        let path = writer.path.clone();
+        let state = self.state.clone();
+        let name = location.name().display().to_string();
         let thread = {
             let stop = stop.clone();
             let stats = stats.clone();
+            let commit = group_commit::GroupCommit {
+                journal: match self.journal {
+                    Database::Sqlite(w) => Box::new(w),
+                    Database::Postgres(j) => Box::new(j),
+                },
+                name,
+                rx: self.rx,
+                state: self.state,
+                cfg: self.cfg,
+            };
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || writer.run(&shards, &stop, &stats))
+                .spawn(move || commit.run(&shards, &stop, &stats))
                 .map_err(|e| Error::Store {
-                    path: path.clone(),
+                    path: location.name(),
                     message: format!("cannot start the writer thread: {e}"),
                 })?
         };
         Ok(StoreHandle {
-            path,
+            location,
             stop,
             thread: Some(thread),
             state,
@@ -366,9 +496,9 @@ impl Opened {
 }
 
 impl StoreHandle {
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the store is (the workers connect there).
+    pub fn location(&self) -> &crate::sql::Location {
+        &self.location
     }
 
     /// Backlog and health, shared with the shards.
@@ -404,8 +534,10 @@ impl Drop for StoreHandle {
 /// What the HTTP API, metrics and alerts see of the store.
 #[derive(Debug, Clone)]
 pub struct StoreView {
-    /// The file.
+    /// The file, or `host:port/database`.
     pub path: String,
+    /// Where the store is (data requests connect there).
+    pub location: crate::sql::Location,
     /// Backlog and health, shared with the shards.
     pub state: Arc<JournalState>,
     /// Writer counters.

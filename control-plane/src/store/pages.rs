@@ -37,8 +37,20 @@ pub(super) struct PageOut {
 pub(super) enum PageError {
     /// The epoch is neither the channel's current one nor stored.
     UnknownEpoch(u64, Position),
-    /// The store failed.
+    /// SQLite failed.
     Store(rusqlite::Error),
+    /// Another database failed (in its words).
+    Failed(String),
+}
+
+impl std::fmt::Display for PageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PageError::UnknownEpoch(epoch, _) => write!(f, "epoch {epoch:016x} is not stored"),
+            PageError::Store(e) => write!(f, "{e}"),
+            PageError::Failed(e) => f.write_str(e),
+        }
+    }
 }
 
 impl From<rusqlite::Error> for PageError {

@@ -1,11 +1,13 @@
-//! The history reader: a thread with its own connection to the store file that reads
+//! The history reader: a thread with its own connection to the store that reads
 //! the pages owner shards hand over ([`HistoryRead`]) and answers whoever asked, and
 //! checks the stored originals of edits and deletions memory no longer keeps (sending
 //! each revision back to its channel's owner, checked, or refusing it).
 //!
-//! WAL lets it read beside the writer without either waiting. Its queue is bounded: work
-//! that finds it full is refused at once as overloaded (the client retries), never held
-//! by a shard. Owns the thread and its queue; the SQL is in `pages` and `revisions`.
+//! On SQLite, WAL lets it read beside the writer without either waiting; PostgreSQL
+//! serves any number of readers. Its queue is bounded: work that finds it full is
+//! refused at once as overloaded (the client retries), never held by a shard. Owns the
+//! thread and its queue; the SQL is in `pages` and `revisions` (SQLite) and
+//! `crate::store::postgres::pages` (PostgreSQL).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -21,7 +23,8 @@ use switchboard_protocol::ErrorCode;
 use super::pages::{self, PageError};
 use super::revisions;
 use super::StoreStats;
-use crate::worker::{open_store, WorkerHandle};
+use crate::sql::{Db, Location};
+use crate::worker::WorkerHandle;
 
 /// Pages waiting for the reader beyond which new ones are refused.
 const QUEUE: usize = 1024;
@@ -93,17 +96,23 @@ fn refuse(shards: &ShardSender, req: SequenceReq, code: ErrorCode, message: Stri
 }
 
 /// Check a revision's stored original; send it back to its owner checked, or refuse it.
-fn check(conn: &mut rusqlite::Connection, shards: &ShardSender, mut req: SequenceReq) {
+fn check(db: &mut Db, shards: &ShardSender, mut req: SequenceReq) {
     let Some(r) = req.revision else { return };
     let epoch = r.epoch.unwrap_or_default();
-    let verdict = revisions::check_original(
-        conn,
-        &req.channel,
-        epoch,
-        r.revises.target,
-        req.author.as_deref(),
-        r.moderator,
-    );
+    let (target, author) = (r.revises.target, req.author.as_deref());
+    let verdict = match db {
+        Db::Sqlite(conn) => {
+            revisions::check_original(conn, &req.channel, epoch, target, author, r.moderator)
+                .map_err(|e| e.to_string())
+        }
+        Db::Postgres(store) => {
+            crate::store::postgres::pages::original(store, &req.channel, epoch, target)
+                .map(|(found, deleted)| {
+                    revisions::verdict(found, deleted, target, author, r.moderator)
+                })
+                .map_err(|e| crate::sql::describe(&e))
+        }
+    };
     match verdict {
         Ok(None) => {
             req.revision = Some(RevisionReq { checked: true, ..r });
@@ -120,13 +129,40 @@ fn check(conn: &mut rusqlite::Connection, shards: &ShardSender, mut req: Sequenc
     }
 }
 
-/// Start the reader on the store file at `path`.
+/// A page from either database.
+fn read_page(db: &mut Db, read: &HistoryRead) -> Result<pages::PageOut, PageError> {
+    match db {
+        Db::Sqlite(conn) => pages::read(conn, &read.channel, &read.page, read.top, &read.kept),
+        Db::Postgres(store) => {
+            match crate::store::postgres::pages::read(
+                store,
+                &read.channel,
+                &read.page,
+                read.top,
+                &read.kept,
+            ) {
+                Ok(Some(p)) => Ok(pages::PageOut {
+                    top: p.top,
+                    entries: p.entries,
+                    more: p.more,
+                }),
+                Ok(None) => Err(PageError::UnknownEpoch(
+                    read.page.epoch.unwrap_or(read.top.epoch),
+                    read.top,
+                )),
+                Err(e) => Err(PageError::Failed(crate::sql::describe(&e))),
+            }
+        }
+    }
+}
+
+/// Start the reader on the store at `at`.
 pub fn spawn(
-    path: &std::path::Path,
+    at: &Location,
     shards: ShardSender,
     stats: Arc<StoreStats>,
 ) -> Result<(HistoryReader, WorkerHandle), crate::Error> {
-    let mut conn = open_store(path, "the history reader")?;
+    let mut conn = Db::open(at, "the history reader")?;
     let (tx, rx): (Sender<Work>, Receiver<Work>) = crossbeam_channel::bounded(QUEUE);
     let out = shards.clone();
     let handle = WorkerHandle::spawn("sb-history", move |stop| {
@@ -140,7 +176,7 @@ pub fn spawn(
                 Err(_) => continue,
             };
             let started = Instant::now();
-            let result = pages::read(&mut conn, &read.channel, &read.page, read.top, &read.kept);
+            let result = read_page(&mut conn, &read);
             let answer = match result {
                 Ok(p) if read.recovery => {
                     // Back to the channel's owner, which adds what it sequenced since.
@@ -162,7 +198,7 @@ pub fn spawn(
                     fail(&out, read, ErrorCode::NotFound, why);
                     Answer::Delivered
                 }
-                Err(PageError::Store(e)) => {
+                Err(e) => {
                     stats.page_failures.fetch_add(1, Relaxed);
                     tracing::warn!(error = %e, "a history page could not be read from the store");
                     let why = "the store could not be read; retry".to_string();

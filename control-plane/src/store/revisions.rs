@@ -155,7 +155,22 @@ pub(super) fn check_original(
         .query_row(params![channel, epoch as i64, target as i64], |r| r.get(0))
         .optional()?;
     tx.commit()?;
-    let refuse = |code, message: String| Ok(Some(Refused { code, message }));
+    Ok(verdict(found, deleted, target, author, moderator))
+}
+
+/// The original a revision targets as stored, if it is: its author and `revises` code.
+pub(crate) type Original = Option<(Option<String>, Option<i64>)>;
+
+/// Why a revision is refused, given what the store holds at `target`: the original's
+/// author and `revises` code (if it is stored) and whether it is deleted.
+pub(crate) fn verdict(
+    found: Original,
+    deleted: Option<bool>,
+    target: u64,
+    author: Option<&str>,
+    moderator: bool,
+) -> Option<Refused> {
+    let refuse = |code, message: String| Some(Refused { code, message });
     let Some((original_author, revises)) = found else {
         return refuse(
             ErrorCode::NotFound,
@@ -178,7 +193,7 @@ pub(super) fn check_original(
             "only its author or a moderator may change this publication".into(),
         );
     }
-    Ok(None)
+    None
 }
 
 /// An entry read back from a stored row.

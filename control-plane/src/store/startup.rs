@@ -7,21 +7,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
-use switchboard_engine::journal::{
-    Durability, MarkKind, MarkRecord, NamespacePolicy, SeedEntry, SeedStream, SessionRecord,
-};
+use rusqlite::{params, Connection};
+use switchboard_engine::journal::{NamespacePolicy, SeedEntry, SeedStream};
 
 use super::*;
-
-/// The namespace of `channel` among `namespaces`, if configured.
-pub(super) fn namespace_of<'a>(
-    channel: &str,
-    namespaces: &'a [NamespacePolicy],
-) -> Option<&'a NamespacePolicy> {
-    let (ns, _) = channel.split_once(':')?;
-    namespaces.iter().find(|n| n.name == ns)
-}
 
 /// Why a store file cannot be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -227,149 +216,17 @@ pub(super) fn prepare(conn: &Connection) -> Result<(), PrepareError> {
     Ok(())
 }
 
-/// Every inbox cursor and receipt.
-pub(super) fn read_marks(conn: &Connection) -> rusqlite::Result<Vec<MarkRecord>> {
-    let mut q =
-        conn.prepare("SELECT channel, kind, who, epoch, delivered, read, at_ms FROM marks")?;
-    let rows = q.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, i64>(3)? as u64,
-            r.get::<_, i64>(4)? as u64,
-            r.get::<_, i64>(5)? as u64,
-            r.get::<_, i64>(6)? as u64,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (channel, kind, who, epoch, delivered, read, at_ms) = row?;
-        let Some(kind) = MarkKind::from_code(kind) else {
-            continue;
-        };
-        out.push(MarkRecord {
-            channel: channel.into(),
-            kind,
-            who: who.into(),
-            epoch,
-            delivered,
-            read,
-            at_ms,
-        });
-    }
-    Ok(out)
-}
-
-/// Socket.IO sessions the last clean shutdown left recoverable (ended within a day:
-/// the longest `socketio.recovery_ms`), taken out of the store: from now on they live
-/// in their home shard's memory, and the next clean shutdown stores those still
-/// unclaimed again.
-pub(super) fn take_sessions(conn: &Connection) -> rusqlite::Result<Vec<SessionRecord>> {
-    let oldest = crate::clock::now_ms().saturating_sub(86_400_000) as i64;
-    let mut out = Vec::new();
-    {
-        let mut q = conn
-            .prepare("SELECT pid, home, closed_ms, body FROM sio_sessions WHERE closed_ms >= ?1")?;
-        let rows = q.query_map([oldest], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-            ))
-        })?;
-        for row in rows {
-            let (pid, home, closed_ms, body) = row?;
-            let (Ok(pid), Ok(home)) = (u128::from_str_radix(&pid, 16), u16::try_from(home)) else {
-                continue;
-            };
-            out.push(SessionRecord {
-                pid,
-                home,
-                closed_ms: closed_ms.max(0) as u64,
-                body,
-            });
-        }
-    }
-    conn.execute("DELETE FROM sio_sessions", [])?;
-    Ok(out)
-}
-
-/// The store's reconnect-token key, created on first use.
-pub(super) fn reconnect_key(conn: &Connection) -> rusqlite::Result<Vec<u8>> {
-    let hex: Option<String> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'reconnect_key'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let parse = |h: &str| -> Option<Vec<u8>> {
-        (h.len() == 64)
-            .then(|| {
-                (0..32)
-                    .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).ok())
-                    .collect::<Option<Vec<u8>>>()
-            })
-            .flatten()
-    };
-    if let Some(key) = hex.as_deref().and_then(parse) {
-        return Ok(key);
-    }
-    let hex = crate::ids::random_hex(32);
-    conn.execute(
-        "INSERT INTO meta (key, value) VALUES ('reconnect_key', ?1)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [&hex],
-    )?;
-    Ok(parse(&hex).expect("64 hex digits"))
-}
-
+/// Every stream to continue, with the newest publications of those that keep a
+/// window (from the archive's clustered rows and the log's tail; edits and deletions
+/// folded in).
 pub(super) fn read_seeds(
-    conn: &Connection,
+    conn: &mut Connection,
     namespaces: &[NamespacePolicy],
     stream_idle_ms: u64,
     clean: bool,
-) -> rusqlite::Result<Vec<SeedStream>> {
+) -> Result<Vec<SeedStream>, crate::sql::DbError> {
     let now = crate::clock::now_ms() as i64;
-    let since = now.saturating_sub(stream_idle_ms.min(i64::MAX as u64) as i64);
-    // Every stream whose namespace is still durable: those active within the idle time
-    // with their kept publications, older ones as a position to continue from
-    // (dormant), so a conversation resumed next month continues its epoch.
-    let mut by_channel: HashMap<String, (SeedStream, Option<&NamespacePolicy>)> = HashMap::new();
-    let mut streams = conn.prepare("SELECT channel, epoch, top, updated_ms FROM streams")?;
-    let rows = streams.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)? as u64,
-            r.get::<_, i64>(2)? as u64,
-            r.get::<_, i64>(3)?,
-        ))
-    })?;
-    for row in rows {
-        let (channel, epoch, top, updated_ms) = row?;
-        let Some(ns) = namespace_of(&channel, namespaces) else {
-            // Its namespace is no longer configured (so no longer durable).
-            continue;
-        };
-        let dormant = updated_ms < since;
-        // After an unclean stop only `sync` streams are known complete (and those idle
-        // long before it: their writes were committed then).
-        let continues = match ns.durability {
-            Durability::Sync => true,
-            Durability::Async => clean || dormant,
-            Durability::None => false,
-        };
-        let seed = SeedStream {
-            channel: channel.as_str().into(),
-            epoch: Some(epoch),
-            offset: top,
-            entries: Vec::new(),
-            dormant,
-        };
-        by_channel.insert(channel, (seed, continues.then_some(ns)));
-    }
+    let mut by_channel = bookkeeping::plan_streams(conn, namespaces, stream_idle_ms, clean)?;
     // The log's tail (rows not yet archived: seconds of writes, or a version-3 file's
     // whole log), per stream of this epoch.
     let archived = archive::archived_upto(conn)?;
@@ -431,31 +288,9 @@ pub(super) fn read_seeds(
         let list = entries
             .into_iter()
             .zip(stamps)
-            .map(|(e, (ts_ms, key))| SeedEntry {
-                offset: e.offset,
-                age_ms: now.saturating_sub(ts_ms).max(0) as u64,
-                format: e.format,
-                data: e.data,
-                meta: e.meta,
-                key: key.map(String::into_boxed_str),
-                from: e.from.map(|f| Box::from(&*f)),
-                author: e.author.map(|a| Box::from(&*a)),
-                event: e.event.map(|v| Box::from(&*v)),
-                revises: e.revises,
-                revised: e.revised,
-            })
+            .map(|(e, (ts_ms, key))| bookkeeping::seed_entry(e, ts_ms, key, now))
             .collect();
         kept.insert(channel.clone(), list);
     }
-    let mut out = Vec::with_capacity(by_channel.len());
-    for (channel, (mut seed, ns)) in by_channel {
-        if ns.is_none() {
-            // A new epoch: its tail may be lost.
-            seed.epoch = None;
-        } else if let Some(list) = kept.remove(&channel) {
-            seed.entries = list;
-        }
-        out.push(seed);
-    }
-    Ok(out)
+    Ok(bookkeeping::finish_seeds(by_channel, kept))
 }

@@ -1,30 +1,23 @@
-//! The writer thread: the shards' journal batches appended in one transaction each
-//! turn (group commit), commit notices back to the shards, moving the log's tail to
-//! the archive between commits (`archive`), pruning by age.
+//! The SQLite journal: the shards' batches appended to the log in one transaction each
+//! turn, moving the log's tail to the archive between commits (`archive`), retention.
 //!
-//! Owns every write to the store file after start-up, and the circuit a failing write
-//! opens. Does not own reading at start-up (`startup`).
+//! Owns every write to the store file's publications after start-up. Does not own the
+//! writer thread's loop, retries and commit notices (`group_commit`), nor reading at
+//! start-up (`startup`).
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rusqlite::{params, Connection};
-use switchboard_engine::journal::{Batch, Durability, JournalState, NamespacePolicy, Retention};
-use switchboard_engine::{ShardMsg, ShardSender};
+use switchboard_engine::journal::{Batch, NamespacePolicy};
 
 use super::*;
 
 #[derive(Debug)]
 pub(super) struct Writer {
     pub(super) conn: Connection,
-    pub(super) path: PathBuf,
-    pub(super) rx: Receiver<Batch>,
-    pub(super) state: Arc<JournalState>,
-    pub(super) cfg: StoreConfig,
     pub(super) namespaces: Vec<NamespacePolicy>,
     /// What the writer remembers per channel it wrote, so most commits are only the
     /// appends.
@@ -106,111 +99,45 @@ pub(super) struct Written {
 /// (start-up takes the top offset from the log where it is newer).
 pub(super) const ROW_REFRESH_MS: i64 = 1_000;
 
-impl Writer {
-    pub(super) fn run(mut self, shards: &ShardSender, stop: &AtomicBool, stats: &StoreStats) {
-        let mut batches: Vec<Batch> = Vec::new();
-        let prune_every = Duration::from_millis(self.cfg.prune_interval_ms);
-        let mut next_prune = Instant::now() + prune_every;
-        let mut complete = true;
-        loop {
-            let stopping = stop.load(Ordering::Acquire);
-            if batches.is_empty() {
-                match self.rx.recv_timeout(Duration::from_millis(50)) {
-                    Ok(b) => batches.push(b),
-                    Err(RecvTimeoutError::Timeout) => {
-                        if stopping {
-                            break;
-                        }
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
-            }
-            let mut n: usize = batches.iter().map(|b| b.records.len()).sum();
-            while n < self.cfg.max_batch {
-                match self.rx.try_recv() {
-                    Ok(b) => {
-                        n += b.records.len();
-                        batches.push(b);
-                    }
-                    Err(_) => break,
-                }
-            }
-            if !batches.is_empty() {
-                let started = Instant::now();
-                match self.write(&batches) {
-                    Ok(()) => {
-                        stats
-                            .last_commit_us
-                            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                        stats.commits.fetch_add(1, Ordering::Relaxed);
-                        stats.records.fetch_add(n as u64, Ordering::Relaxed);
-                        if !self.state.healthy() {
-                            tracing::info!(path = %self.path.display(), "store writes again");
-                            self.state.set_healthy(true);
-                        }
-                        self.state.stored(n);
-                        self.archive.wrote(
-                            n,
-                            batches
-                                .iter()
-                                .flat_map(|b| b.records.iter().map(|r| &r.channel)),
-                        );
-                        notify(shards, &batches, stop);
-                        batches.clear();
-                    }
-                    Err(e) => {
-                        stats.failures.fetch_add(1, Ordering::Relaxed);
-                        if self.state.healthy() {
-                            tracing::error!(
-                                path = %self.path.display(),
-                                "store write failed; refusing durable publications until it works: {e}"
-                            );
-                            self.state.set_healthy(false);
-                        }
-                        if stopping {
-                            // Shutting down with a store that cannot write: what is
-                            // left is lost, so the stop is not clean (async streams
-                            // start new epochs next time).
-                            tracing::error!(
-                                records = n,
-                                "store still failing at shutdown; not marking the stop clean"
-                            );
-                            complete = false;
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(self.cfg.retry_ms));
-                    }
-                }
-            }
-            if self.state.healthy() {
-                self.archive_step(stats);
-                self.prune_step(stats);
-            }
-            if Instant::now() >= next_prune {
-                next_prune = Instant::now() + prune_every;
-                match self.prune_by_age() {
-                    Ok(n) => {
-                        stats.pruned.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                    Err(e) => tracing::warn!("store retention pass failed: {e}"),
-                }
-            }
-        }
-        if complete && self.rx.is_empty() {
-            // Every `streams` row exact, so the next start continues each stream from
-            // its row without doubt.
-            if let Err(e) = self.sync_rows() {
-                tracing::warn!("cannot bring the streams' rows up to date at shutdown: {e}");
-            }
-            if let Err(e) = self
-                .conn
-                .execute("UPDATE meta SET value = '1' WHERE key = 'clean'", [])
-            {
-                tracing::error!("cannot mark the store's stop clean: {e}");
-            }
-        }
+impl super::group_commit::Journal for Writer {
+    fn write(&mut self, batches: &[Batch]) -> Result<(), String> {
+        Writer::write(self, batches).map_err(|e| e.to_string())
     }
 
+    fn committed(&mut self, batches: &[Batch], records: usize) {
+        self.archive.wrote(
+            records,
+            batches
+                .iter()
+                .flat_map(|b| b.records.iter().map(|r| &r.channel)),
+        );
+    }
+
+    fn between_commits(&mut self, stats: &StoreStats) {
+        self.archive_step(stats);
+        self.prune_step(stats);
+    }
+
+    fn prune(&mut self) -> Result<usize, String> {
+        self.prune_by_age().map_err(|e| e.to_string())
+    }
+
+    fn close_clean(&mut self) {
+        // Every `streams` row exact, so the next start continues each stream from
+        // its row without doubt.
+        if let Err(e) = self.sync_rows() {
+            tracing::warn!("cannot bring the streams' rows up to date at shutdown: {e}");
+        }
+        if let Err(e) = self
+            .conn
+            .execute("UPDATE meta SET value = '1' WHERE key = 'clean'", [])
+        {
+            tracing::error!("cannot mark the store's stop clean: {e}");
+        }
+    }
+}
+
+impl Writer {
     /// One transaction for every waiting batch: the appends, and the `streams` rows
     /// of channels whose epoch changed or whose row is a second old.
     pub(super) fn write(&mut self, batches: &[Batch]) -> rusqlite::Result<()> {
@@ -401,23 +328,11 @@ impl Writer {
         // Forget channels not written for a while (their next write rewrites the row).
         self.channels
             .retain(|_, w| now.saturating_sub(w.row_ms) < 10 * 60 * 1000);
-        let ttl = self
-            .namespaces
-            .iter()
-            .filter(|n| n.durability != Durability::None)
-            .map(|n| n.history_ttl_ms)
-            .max();
-        let marks_ttl = ttl.unwrap_or(0).max(MARKS_TTL_MS);
-        let marks_cutoff = now.saturating_sub(marks_ttl.min(i64::MAX as u64) as i64);
+        let marks_cutoff = retention::marks_cutoff(&self.namespaces, now);
         let marks = self
             .conn
             .execute("DELETE FROM marks WHERE at_ms < ?1", params![marks_cutoff])?;
-        let durable = || {
-            self.namespaces
-                .iter()
-                .filter(|n| n.durability != Durability::None)
-        };
-        if durable().all(|n| n.retention.forever()) {
+        if !retention::limited(&self.namespaces) {
             return Ok(marks);
         }
         // The log itself loses rows only to archive passes (which move them first), so
@@ -430,7 +345,7 @@ impl Writer {
     }
 
     /// One step of a pruning round: the archive loses, for the next
-    /// [`PRUNE_CHANNELS`] channels, what is beyond their namespace's retention (the
+    /// [`retention::PRUNE_CHANNELS`] channels, what is beyond their namespace's retention (the
     /// most generous one for a channel whose namespace is no longer configured
     /// durable); work in proportion to what is deleted (`archive::prune`). Bounded, so
     /// commits go on in between however many channels there are.
@@ -450,22 +365,6 @@ impl Writer {
         }
     }
 
-    /// What the store keeps of `channel` at time `now`.
-    fn keep_of(&self, channel: &str, now: i64) -> archive::Keep {
-        let retention = match startup::namespace_of(channel, &self.namespaces)
-            .filter(|n| n.durability != Durability::None)
-        {
-            Some(n) => n.retention,
-            None => most_generous(&self.namespaces),
-        };
-        archive::Keep {
-            cutoff_ms: retention
-                .max_age_ms
-                .map(|age| now.saturating_sub(age.min(i64::MAX as u64) as i64)),
-            count: retention.max_count,
-        }
-    }
-
     /// Prune the channels after `after`; how many rows went, and the last channel (None
     /// when the round is complete).
     fn prune_channels(
@@ -478,76 +377,30 @@ impl Writer {
             .prepare_cached(
                 "SELECT channel FROM streams WHERE channel > ?1 ORDER BY channel LIMIT ?2",
             )?
-            .query_map(params![after, PRUNE_CHANNELS as i64], |r| r.get(0))?
+            .query_map(params![after, retention::PRUNE_CHANNELS as i64], |r| {
+                r.get(0)
+            })?
             .collect::<rusqlite::Result<_>>()?;
-        let keeps: Vec<archive::Keep> = channels.iter().map(|c| self.keep_of(c, now)).collect();
+        let keeps: Vec<retention::Keep> = channels
+            .iter()
+            .map(|c| retention::keep_of(c, &self.namespaces, now))
+            .collect();
         let tx = self.conn.transaction()?;
         let mut gone = 0;
         for (channel, keep) in channels.iter().zip(keeps) {
-            if keep.cutoff_ms.is_some() || keep.count.is_some() {
+            if !keep.everything() {
                 gone += archive::prune(&tx, channel, keep)?;
             }
         }
         tx.commit()?;
-        let last = (channels.len() == PRUNE_CHANNELS)
+        let last = (channels.len() == retention::PRUNE_CHANNELS)
             .then(|| channels.into_iter().next_back())
             .flatten();
         Ok((gone, last))
     }
 }
 
-/// The retention that keeps the most: a channel whose namespace is no longer configured
-/// durable is kept as long as any stored namespace keeps its own (forever if one does).
-fn most_generous(namespaces: &[switchboard_engine::NamespacePolicy]) -> Retention {
-    let mut out = Retention::default();
-    let mut durable = namespaces
-        .iter()
-        .filter(|n| n.durability != Durability::None)
-        .map(|n| n.retention)
-        .peekable();
-    if durable.peek().is_none() {
-        return out;
-    }
-    let (mut age, mut count) = (Some(0), Some(0));
-    for r in durable {
-        age = age.zip(r.max_age_ms).map(|(a, b)| a.max(b));
-        count = count.zip(r.max_count).map(|(a, b)| a.max(b));
-    }
-    (out.max_age_ms, out.max_count) = (age, count);
-    out
-}
-
-/// Channels one pruning step visits.
-const PRUNE_CHANNELS: usize = 256;
-
 pub(super) const UPSERT_STREAM: &str =
     "INSERT INTO streams (channel, epoch, top, updated_ms) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT (channel) DO UPDATE SET
          epoch = excluded.epoch, top = excluded.top, updated_ms = excluded.updated_ms";
-
-/// Tell each shard with a `sync` publication waiting that its batches up to the last
-/// one written are durable.
-pub(super) fn notify(shards: &ShardSender, batches: &[Batch], stop: &AtomicBool) {
-    let mut last: HashMap<u16, (u64, bool)> = HashMap::new();
-    for b in batches {
-        let e = last.entry(b.shard).or_insert((b.seq, false));
-        e.0 = e.0.max(b.seq);
-        e.1 |= b.notify;
-    }
-    for (shard, (batch, wanted)) in last {
-        if !wanted {
-            continue;
-        }
-        let mut msg = ShardMsg::Committed { batch };
-        // The inbox drains within a loop turn; a shard that has stopped does not.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while let Err(back) = shards.send(shard as usize, msg) {
-            if stop.load(Ordering::Acquire) || Instant::now() > deadline {
-                tracing::warn!(shard, "cannot tell the shard its publications are stored");
-                break;
-            }
-            msg = back;
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
-}

@@ -27,6 +27,87 @@ pub fn io_under_test() -> IoMode {
     }
 }
 
+/// Whether every test server keeps its store in PostgreSQL: `SWITCHBOARD_TEST_STORE`
+/// (`sqlite`, the default, or `postgres`); `.ci/run` runs the store's suites once with
+/// each, the PostgreSQL pass inside `scripts/with-postgres.sh`.
+pub fn postgres_under_test() -> bool {
+    match std::env::var("SWITCHBOARD_TEST_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("SWITCHBOARD_TEST_STORE must be sqlite or postgres, not {other:?}"),
+    }
+}
+
+/// On PostgreSQL ([`postgres_under_test`]): move `cfg`'s store from its SQLite path to
+/// a database of its own on the server of `SWITCHBOARD_TEST_POSTGRES`, named after the
+/// path (created on first use), so a test that restarts a server on the same path
+/// finds the same database.
+pub fn store_under_test(cfg: &mut Config) {
+    if cfg.store.backend == switchboard_control_plane::store::Backend::Postgres {
+        // The test named its database.
+        return;
+    }
+    if let Some(url) = postgres_url_of(&cfg.store.path) {
+        cfg.store.backend = switchboard_control_plane::store::Backend::Postgres;
+        cfg.store.postgres_url = Some(url);
+    }
+}
+
+/// On PostgreSQL ([`postgres_under_test`]): the URL of the database standing in for the
+/// SQLite file at `path` (created on first use).
+pub fn postgres_url_of(path: &std::path::Path) -> Option<String> {
+    if !postgres_under_test() {
+        return None;
+    }
+    let base = std::env::var("SWITCHBOARD_TEST_POSTGRES").expect(
+        "SWITCHBOARD_TEST_STORE=postgres needs SWITCHBOARD_TEST_POSTGRES \
+         (run the tests inside scripts/with-postgres.sh)",
+    );
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in path.to_string_lossy().bytes() {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let name = format!("sb_{hash:016x}");
+    let (url, db) = (base.clone(), name.clone());
+    // On a thread of its own: the synchronous client cannot block a test's runtime.
+    std::thread::spawn(move || {
+        let mut admin = postgres::Client::connect(&url, postgres::NoTls).expect("the test server");
+        let exists = admin
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
+            .unwrap()
+            .is_some();
+        if !exists {
+            admin
+                .batch_execute(&format!("CREATE DATABASE {db}"))
+                .unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    Some(format!("{prefix}/{name}"))
+}
+
+/// One number a query of the store at `path` answers: `sqlite` on the file, or
+/// `postgres` on its database under [`postgres_under_test`].
+pub fn store_count(path: &std::path::Path, sqlite: &str, postgres: &str) -> i64 {
+    match postgres_url_of(path) {
+        Some(url) => {
+            let sql = postgres.to_string();
+            std::thread::spawn(move || {
+                let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                c.query_one(&sql, &[]).unwrap().get::<_, i64>(0)
+            })
+            .join()
+            .unwrap()
+        }
+        None => rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row(sqlite, [], |r| r.get(0))
+            .unwrap(),
+    }
+}
+
 /// The backend name the server reports for [`io_under_test`].
 pub fn backend_under_test() -> &'static str {
     match io_under_test() {
@@ -44,7 +125,7 @@ pub fn io_arg() -> &'static str {
 }
 
 /// A configuration for a start that is expected to fail: ports from the system, the
-/// test secret, the store at `store`.
+/// test secret, the SQLite store at `store` (on either store pass: it tests the file).
 pub fn failing_start_config(store: &std::path::Path) -> Config {
     let mut cfg = Config::default();
     cfg.engine.io = io_under_test();
@@ -55,8 +136,19 @@ pub fn failing_start_config(store: &std::path::Path) -> Config {
     cfg
 }
 
-/// Start a server with test defaults, adjusted by `tweak`.
+/// Start a server with test defaults, adjusted by `tweak`, its store on the store
+/// under test ([`store_under_test`]).
 pub fn start(tweak: impl FnOnce(&mut Config)) -> Server {
+    start_with_store(tweak, true)
+}
+
+/// [`start`] on the SQLite file `tweak` names, on either store pass (for tests of the
+/// file itself: fixtures written by earlier builds).
+pub fn start_on_file(tweak: impl FnOnce(&mut Config)) -> Server {
+    start_with_store(tweak, false)
+}
+
+fn start_with_store(tweak: impl FnOnce(&mut Config), under_test: bool) -> Server {
     let mut cfg = Config::default();
     cfg.engine.io = io_under_test();
     cfg.engine.listen = "127.0.0.1:0".parse().unwrap();
@@ -68,6 +160,9 @@ pub fn start(tweak: impl FnOnce(&mut Config)) -> Server {
     cfg.admin.api_key = Some(API_KEY.into());
     cfg.store.path = temp_store();
     tweak(&mut cfg);
+    if under_test {
+        store_under_test(&mut cfg);
+    }
     let server = Server::start(cfg).expect("server starts");
     let deadline = std::time::Instant::now() + TIMEOUT;
     while !server.engine().ready() {

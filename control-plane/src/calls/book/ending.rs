@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::params;
+use crate::sql::{args, Exec};
 use serde_json::Value;
 use switchboard_engine::control::{Caller, PeerId, PushTo};
 use switchboard_engine::Refused;
@@ -39,7 +39,7 @@ impl CallBook {
         }
         self.leave(id, i, State::Ended, reason);
         let duration = self.calls.get(&id).map_or_else(
-            || crate::calls::log::logged_duration(&self.conn, id),
+            || crate::calls::log::logged_duration(&mut self.conn, id),
             |c| c.answered_ms.map(|a| self.now.unix_ms.saturating_sub(a)),
         );
         let state = self.calls.get(&id).map_or(State::Ended, |c| c.state);
@@ -132,13 +132,7 @@ impl CallBook {
         if let Err(e) = self.conn.execute(
             "UPDATE calls SET ended_ms = ?2, outcome = ?3, reason = ?4, participants = ?5
              WHERE id = ?1",
-            params![
-                id as i64,
-                self.now.unix_ms as i64,
-                outcome,
-                reason,
-                participants
-            ],
+            args![id, self.now.unix_ms, outcome, reason, participants],
         ) {
             tracing::warn!(call = id, "cannot log the end of a call: {e}");
         }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection};
+use crate::sql::{args, Db, Exec};
 use serde_json::Value;
 use switchboard_engine::control::{CallTarget, Caller, ControlCommand, PeerId, PushTo};
 use switchboard_engine::mesh::ReplyBody;
@@ -84,7 +84,7 @@ impl Call {
 /// Every active call of the process, on the call worker's thread.
 pub(super) struct CallBook {
     /// The call log (`calls`, `call_quality` tables).
-    conn: Connection,
+    conn: Db,
     /// Where pushes and replies go.
     shards: ShardSender,
     cfg: CallsConfig,
@@ -104,7 +104,7 @@ pub(super) struct CallBook {
 impl CallBook {
     /// A book with no calls, logging to `conn`.
     pub(super) fn new(
-        conn: Connection,
+        mut conn: Db,
         shards: ShardSender,
         cfg: CallsConfig,
         notifier: Notifier,
@@ -114,8 +114,8 @@ impl CallBook {
         let next_seq = conn
             .query_row(
                 "SELECT COALESCE(MAX(id & ?1), 0) FROM calls",
-                params![(1i64 << remote::TAG_SHIFT) - 1],
-                |r| r.get::<_, i64>(0),
+                args![((1i64 << remote::TAG_SHIFT) - 1)],
+                |r| r.get::<i64>(0),
             )
             .unwrap_or(0) as u64;
         CallBook {
@@ -186,7 +186,8 @@ impl CallBook {
             }
             Work::Log(user, limit, reply) => {
                 let _ = reply.send(
-                    super::log::read(&self.conn, user.as_deref(), limit).map_err(|e| e.to_string()),
+                    super::log::read(&mut self.conn, user.as_deref(), limit)
+                        .map_err(|e| e.to_string()),
                 );
             }
         }
@@ -309,8 +310,16 @@ impl CallBook {
         let id = (self.remote.tag() as u64) << remote::TAG_SHIFT | seq;
         self.conn
             .execute(
-                "INSERT INTO calls (id, caller, callee, room, media, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![id as i64, &*caller.user, callee.as_deref(), room.as_deref(), media.as_deref(), now as i64],
+                "INSERT INTO calls (id, caller, callee, room, media, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                args![
+                    id,
+                    &*caller.user,
+                    callee.as_deref(),
+                    room.as_deref(),
+                    media.as_deref(),
+                    now
+                ],
             )
             .map_err(|e| refuse(ErrorCode::Unavailable, &format!("call log: {e}")))?;
         self.next_seq = seq;
@@ -429,7 +438,7 @@ impl CallBook {
         if first {
             let _ = self.conn.execute(
                 "UPDATE calls SET answered_ms = ?2 WHERE id = ?1",
-                params![id as i64, self.now.unix_ms as i64],
+                args![id, self.now.unix_ms],
             );
         }
         self.push_clients(others, &said);
@@ -504,8 +513,8 @@ impl CallBook {
             call.participants[i].quality = Some(data.clone());
             let text = data.to_string();
             if let Err(e) = self.conn.execute(
-                "INSERT INTO call_quality (call, user, at_ms, data) VALUES (?1, ?2, ?3, ?4)",
-                params![id as i64, &*caller.user, self.now.unix_ms as i64, text],
+                "INSERT INTO call_quality (call, \"user\", at_ms, data) VALUES (?1, ?2, ?3, ?4)",
+                args![id, &*caller.user, self.now.unix_ms, text],
             ) {
                 return Err(refuse(ErrorCode::Unavailable, &format!("call log: {e}")));
             }

@@ -1,25 +1,9 @@
-//! The PostgreSQL store, for nodes that share durable state: the same data as the
-//! embedded SQLite store (publications with their authors and revisions, stream tops,
-//! inbox cursors and receipts, notifications, scheduled messages, audit), in a database
-//! the teams we replace already run.
+//! The connection to a PostgreSQL store: connecting (errors name the server, never the
+//! password, and say whether it could not be reached or refused the login), its
+//! prepared-statement cache, and errors in plain words.
 //!
-//! Owns connecting (errors name the server, never the password, and say whether it
-//! could not be reached or refused the login), the versioned schema and its migrations
-//! (applied at start under an advisory lock, so nodes starting together migrate once; a
-//! database whose schema is newer than this build is refused in plain words).
-//!
-//! Status (issue 20, in progress): connection, schema, group commit of the shards'
-//! batches (`journal`) and history pages (`pages`) are built and tested against a real
-//! server; the server does not run on them yet (no writer thread, start-up reading or
-//! workers on PostgreSQL) — `[store]` does not offer PostgreSQL yet.
-
-pub mod journal;
-pub mod pages;
-mod schema;
-mod temp_server;
-
-pub use schema::SCHEMA_VERSION;
-pub use temp_server::TempServer;
+//! Owns the connection only; the schema, the journal and every other use of it are
+//! the store's (`crate::store::postgres`) and the workers'.
 
 use std::time::Duration;
 
@@ -39,7 +23,8 @@ pub enum PgError {
         /// What the server or the network said.
         message: String,
     },
-    /// The database holds a schema written by a later build.
+    /// The database holds a schema written by a later build (see
+    /// `crate::store::postgres::migrate`).
     #[error(
         "PostgreSQL at {target}: schema version {found} is newer than this build's {ours} \
          (written by a later Switchboard; run that one, or use another database)"
@@ -80,7 +65,7 @@ impl std::fmt::Debug for PgStore {
 }
 
 /// `host:port/database` of a configuration, for messages.
-fn target_of(cfg: &postgres::Config) -> String {
+pub fn target_of(cfg: &postgres::Config) -> String {
     let host = cfg
         .get_hosts()
         .first()
@@ -108,10 +93,11 @@ impl PgStore {
         })?;
         cfg.connect_timeout(timeout);
         let target = target_of(&cfg);
-        let client = cfg.connect(NoTls).map_err(|e| PgError::Connect {
-            target: target.clone(),
-            message: describe(&e),
-        })?;
+        let client =
+            crate::sql::off_runtime(|| cfg.connect(NoTls)).map_err(|e| PgError::Connect {
+                target: target.clone(),
+                message: describe(&e),
+            })?;
         Ok(PgStore {
             client,
             target,
@@ -134,30 +120,26 @@ impl PgStore {
         self.prepared(&sql)
     }
 
+    /// The client and the statements prepared on it, borrowed apart (a transaction
+    /// holds the one and fills the other).
+    pub(crate) fn parts(
+        &mut self,
+    ) -> (
+        &mut Client,
+        &mut std::collections::HashMap<String, postgres::Statement>,
+    ) {
+        (&mut self.client, &mut self.statements)
+    }
+
     /// `host:port/database`.
     pub fn target(&self) -> &str {
         &self.target
-    }
-
-    /// Bring the schema to this build's version; the version found before.
-    pub fn migrate(&mut self) -> Result<i32, PgError> {
-        schema::migrate(&mut self.client).map_err(|e| match e {
-            schema::Outcome::Newer(found) => PgError::Newer {
-                target: self.target.clone(),
-                found,
-                ours: SCHEMA_VERSION,
-            },
-            schema::Outcome::Failed(e) => PgError::Query {
-                target: self.target.clone(),
-                message: describe(&e),
-            },
-        })
     }
 }
 
 /// A PostgreSQL error in plain words: the server's message when it sent one, else the
 /// client's (connection refused, timed out).
-fn describe(e: &postgres::Error) -> String {
+pub fn describe(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => {

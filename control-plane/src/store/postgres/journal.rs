@@ -4,7 +4,7 @@
 //!
 //! Publications go in with one binary `COPY` (a single round trip however many there
 //! are; row-by-row statements cost one round trip each), stream tops and marks with one
-//! `UNNEST` upsert each, revisions (rare) one statement each. Owns that SQL. Does not
+//! `UNNEST` upsert each, revisions and Socket.IO sessions (rare) one statement each. Owns that SQL. Does not
 //! own the thread, retries or commit notices (the store's writer).
 
 use postgres::binary_copy::BinaryCopyInWriter;
@@ -120,6 +120,19 @@ pub fn write(client: &mut Client, batches: &[Batch], now_ms: i64) -> Result<(), 
              ON CONFLICT (channel, kind, who) DO UPDATE SET epoch = excluded.epoch,
                  delivered = excluded.delivered, read = excluded.read, at_ms = excluded.at_ms",
             &[&channels, &kinds, &who, &epochs, &delivered, &read, &at],
+        )?;
+    }
+    for s in batches.iter().flat_map(|b| b.sessions.iter()) {
+        tx.execute(
+            "INSERT INTO sio_sessions (pid, home, closed_ms, body) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (pid) DO UPDATE SET home = excluded.home,
+                 closed_ms = excluded.closed_ms, body = excluded.body",
+            &[
+                &format!("{:032x}", s.pid),
+                &i64::from(s.home),
+                &(s.closed_ms.min(i64::MAX as u64) as i64),
+                &&s.body[..],
+            ],
         )?;
     }
     tx.commit()

@@ -12,7 +12,7 @@
 use postgres::Client;
 
 /// Version of the schema this build writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Why migrating stopped.
 pub(super) enum Outcome {
@@ -133,10 +133,44 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
     // 2: pages by time find their first and last offset in one seek each (a binary
     // search over offsets costs a round trip per probe here).
     "CREATE INDEX publications_time ON publications (channel, epoch, ts_ms, \"offset\");",
+    // 3: the server runs on PostgreSQL: its run marks and keys, Socket.IO sessions kept
+    // over a clean restart, the call log, pending jobs by owner.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     CREATE TABLE sio_sessions (
+         pid TEXT PRIMARY KEY,
+         home BIGINT NOT NULL,
+         closed_ms BIGINT NOT NULL,
+         body BYTEA NOT NULL
+     );
+     CREATE TABLE calls (
+         id BIGINT PRIMARY KEY,
+         caller TEXT NOT NULL,
+         callee TEXT,
+         room TEXT,
+         media TEXT,
+         created_ms BIGINT NOT NULL,
+         answered_ms BIGINT,
+         ended_ms BIGINT,
+         outcome TEXT,
+         reason TEXT,
+         participants TEXT
+     );
+     CREATE INDEX calls_caller ON calls (caller, id);
+     CREATE INDEX calls_callee ON calls (callee, id);
+     CREATE TABLE call_quality (
+         call BIGINT NOT NULL,
+         \"user\" TEXT NOT NULL,
+         at_ms BIGINT NOT NULL,
+         data TEXT NOT NULL
+     );
+     CREATE INDEX call_quality_call ON call_quality (call);
+     CREATE INDEX scheduled_owner ON scheduled (owner, state);
+     CREATE INDEX marks_at ON marks (at_ms);
+     CREATE INDEX publications_sender ON publications (sender) WHERE sender IS NOT NULL;",
 ];
 
-/// Apply every migration after the database's version; the version found.
-pub(super) fn migrate(client: &mut Client) -> Result<i32, Outcome> {
+/// Apply every migration after the database's version up to `upto`; the version found.
+pub(super) fn migrate(client: &mut Client, upto: i32) -> Result<i32, Outcome> {
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])?;
     tx.batch_execute(
@@ -152,7 +186,8 @@ pub(super) fn migrate(client: &mut Client) -> Result<i32, Outcome> {
     if found > SCHEMA_VERSION {
         return Err(Outcome::Newer(found));
     }
-    for sql in &MIGRATIONS[found as usize..] {
+    let upto = upto.clamp(found, SCHEMA_VERSION);
+    for sql in &MIGRATIONS[found as usize..upto as usize] {
         tx.batch_execute(sql)?;
     }
     let now = std::time::SystemTime::now()
@@ -161,7 +196,7 @@ pub(super) fn migrate(client: &mut Client) -> Result<i32, Outcome> {
     tx.execute("DELETE FROM switchboard_schema", &[])?;
     tx.execute(
         "INSERT INTO switchboard_schema (version, migrated_ms) VALUES ($1, $2)",
-        &[&SCHEMA_VERSION, &now],
+        &[&upto, &now],
     )?;
     tx.commit()?;
     Ok(found)

@@ -1,0 +1,53 @@
+//! The PostgreSQL store, for nodes that share durable state: the same data as the
+//! embedded SQLite store (publications with their authors and revisions, stream tops,
+//! inbox cursors and receipts, notifications, scheduled messages, audit), in a database
+//! the teams we replace already run.
+//!
+//! Owns the versioned schema and its migrations (applied at start under an advisory
+//! lock, so nodes starting together migrate once; a database whose schema is newer than
+//! this build is refused in plain words). The connection itself is
+//! [`crate::sql::PgStore`].
+//!
+//! The server runs on it with `[store] backend = "postgres"`: start-up reads it back
+//! (`startup`), the writer thread commits the journal to it (`writer`, `journal`) and
+//! prunes it (`retention`), the history reader pages it (`pages`), data requests run on
+//! it (`data_requests`), and the workers (notifications, schedules, calls, audit) keep
+//! their tables in it through `crate::sql`.
+
+pub(crate) mod data_requests;
+pub mod journal;
+pub mod pages;
+pub(crate) mod retention;
+mod schema;
+pub(crate) mod startup;
+mod temp_server;
+pub mod writer;
+
+pub use schema::SCHEMA_VERSION;
+pub use temp_server::TempServer;
+
+pub use crate::sql::{PgError, PgStore};
+
+/// Bring the schema of `store`'s database to this build's version; the version found
+/// before.
+pub fn migrate(store: &mut PgStore) -> Result<i32, PgError> {
+    migrate_to(store, SCHEMA_VERSION)
+}
+
+/// [`migrate`], stopping at version `upto`: what an earlier build left (for the tests
+/// of migrating its databases).
+#[doc(hidden)]
+pub fn migrate_to(store: &mut PgStore, upto: i32) -> Result<i32, PgError> {
+    let target = store.target().to_string();
+    crate::sql::off_runtime(|| schema::migrate(&mut store.client, upto)).map_err(|e| match e {
+        schema::Outcome::Newer(found) => PgError::Newer {
+            target,
+            found,
+            ours: SCHEMA_VERSION,
+        },
+        schema::Outcome::Failed(e) => PgError::Query {
+            target,
+            message: crate::sql::describe(&e),
+        },
+    })
+}
