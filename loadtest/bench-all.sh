@@ -9,6 +9,11 @@
 #                settings, back to back (docs/BENCHMARKS.md "io_uring vs epoll")
 #   durability   fanout (100k and 1M deliveries/s) and acks with the lt namespace at
 #                none, async and sync (docs/BENCHMARKS.md "What durability costs")
+#   store        acks at sync without subscribers on SQLite and on PostgreSQL (a
+#                throwaway server from scripts/with-postgres.sh, a fresh database per
+#                run), alternating, STORE_ROUNDS rounds (default 2), at STORE_RATE
+#                publishes/s (default the scenario's 50,000) (docs/BENCHMARKS.md "The
+#                message store")
 #   features     rooms plain / with presence / with presence and typing, idle with 20
 #                channels per connection with and without presence (docs/BENCHMARKS.md
 #                "What presence and typing cost")
@@ -37,6 +42,7 @@
 #                each, alternating (docs/BENCHMARKS.md "What rate limiting and metrics
 #                cost"; the commit before them: BASE=<binary> runs it as a third server)
 set -euo pipefail
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
 # The binaries are where cargo puts them (CARGO_TARGET_DIR is honoured).
 RELEASE=${CARGO_TARGET_DIR:-target}/release
@@ -105,6 +111,10 @@ run() { # stem scenario [--set ...]
 
 TARGETS=("$@")
 has() { [ ${#TARGETS[@]} -eq 0 ] || [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
+# The store runs need a PostgreSQL server for the whole script: start one around it.
+if has store && [ -z "${SWITCHBOARD_TEST_POSTGRES:-}" ]; then
+  exec bash scripts/with-postgres.sh bash "$SELF" "$@"
+fi
 
 # Every run gets a fresh server process: an overloaded run must not leave a backlog
 # that the next scenario pays for.
@@ -145,6 +155,19 @@ if has durability; then
     start_switchboard 0 epoll $d; run "durability-$d-fanout" fanout --set workers=2; stop
     start_switchboard 0 epoll $d; run "durability-$d-fanout-1m" fanout --set rate=100 --set workers=2; stop
     start_switchboard 0 epoll $d; run "durability-$d-acks" acks; stop
+  done
+fi
+if has store; then
+  for round in $(seq 1 "${STORE_ROUNDS:-2}"); do
+    rate=(); [ -n "${STORE_RATE:-}" ] && rate=(--set "rate=$STORE_RATE")
+    start_switchboard 0 epoll sync
+    run "store-sqlite-r$round-acks${STORE_RATE:+-$STORE_RATE}" acks --set connections=0 "${rate[@]}"; stop
+    db="sb_bench_${round}_$$"
+    psql -q "$SWITCHBOARD_TEST_POSTGRES" -c "CREATE DATABASE $db"
+    SWITCHBOARD_STORE__BACKEND=postgres \
+    SWITCHBOARD_STORE__POSTGRES_URL="${SWITCHBOARD_TEST_POSTGRES%/*}/$db" \
+      start_switchboard 0 epoll sync
+    run "store-postgres-r$round-acks${STORE_RATE:+-$STORE_RATE}" acks --set connections=0 "${rate[@]}"; stop
   done
 fi
 start_base() { # the $BASE binary (an older build) with the plain loadtest config

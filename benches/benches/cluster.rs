@@ -45,6 +45,8 @@ fn record(offset: u64, data: &Bytes) -> RemoteRecord {
         meta: None,
         from: None,
         event: None,
+        author: Some(Arc::from("ann")),
+        revises: None,
     }
 }
 
@@ -131,6 +133,8 @@ fn shared(c: &mut Criterion) {
         format: Format::MsgPack,
         from: Some("ann".into()),
         event: None,
+        author: Some("ann".into()),
+        revises: None,
         key: None,
         keep: 64,
         ttl_ms: 0,

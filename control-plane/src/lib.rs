@@ -6,8 +6,9 @@
 //! - [`config`]: the TOML file, environment overrides, validation.
 //! - [`auth`]: JWT verification and minting; the threads that answer the shards'
 //!   token checks.
-//! - [`store`]: durable channel streams in SQLite (the writer behind the engine's
-//!   journal seam), and what the HTTP side sees of it.
+//! - [`store`]: durable channel streams in SQLite or PostgreSQL (the writer behind the
+//!   engine's journal seam, start-up reading, history pages, retention, data
+//!   requests), and what the HTTP side sees of it.
 //! - [`schedule`], [`notify`], [`calls`]: scheduled messages, notifications, call
 //!   signaling — each a worker thread on the store.
 //! - [`alerts`]: threshold rules on the server's own metrics, webhooks.
@@ -18,7 +19,8 @@
 //! Plumbing:
 //! - [`router`]: the one place control work from the shards is routed to a worker.
 //! - [`shards`]: sending to shards from control-plane threads.
-//! - [`worker`]: a worker thread's start, stop and store connection.
+//! - [`worker`]: a worker thread's start and stop.
+//! - [`sql`]: the one connection type the workers use on either database.
 //! - [`clock`], [`ids`], [`process`]: wall-clock time, random ids, this process's
 //!   resource use.
 //!

@@ -506,3 +506,77 @@ async fn inbox_cursors_and_receipts_hold_on_every_node() {
         n.shutdown();
     }
 }
+
+/// Edits and deletions travel with their author between nodes: a publication made on
+/// one node is edited by its author connected to another (the check reads the author
+/// Redis carried), refused to someone else, and every node's subscribers and history
+/// show the edit and then the deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_and_deletions_reach_every_node_with_their_author() {
+    let redis = RedisServer::start();
+    let chat = |c: &mut switchboard_control_plane::Config| {
+        c.namespaces.insert(
+            "chat".into(),
+            toml::from_str("edits = true\nhistory_size = 16").expect("namespace parses"),
+        );
+    };
+    let nodes = [
+        common::cluster_node(&redis, "n1", chat),
+        common::cluster_node(&redis, "n2", chat),
+    ];
+    let tok = |u: &str| common::token(u, None);
+    let mut ann = Client::connect(nodes[0].ws_addr(), Fmt::Json, &tok("ann")).await;
+    let mut ann_elsewhere = Client::connect(nodes[1].ws_addr(), Fmt::Json, &tok("ann")).await;
+    let mut bob = Client::connect(nodes[1].ws_addr(), Fmt::MsgPack, &tok("bob")).await;
+    let mut cat = Client::connect(nodes[1].ws_addr(), Fmt::Json, &tok("cat")).await;
+    subscribe(&mut bob, "chat:room").await;
+    subscribe(&mut ann, "chat:room").await;
+    let first = publish(&mut ann, "chat:room", json!({"text": "helo"})).await;
+    let offset = first["offset"].as_u64().unwrap();
+    assert_eq!(next(&mut bob).await["data"], json!({"text": "helo"}));
+    next(&mut ann).await;
+
+    let r = cat
+        .call(json!({"cmd": "edit", "channel": "chat:room", "offset": offset, "data": {"text": "cat was here"}}))
+        .await;
+    assert!(r.get("error").is_some(), "only its author edits it: {r}");
+    let r = ann_elsewhere
+        .call(json!({"cmd": "edit", "channel": "chat:room", "offset": offset, "data": {"text": "hello"}}))
+        .await;
+    assert!(
+        r.get("result").is_some(),
+        "its author, on another node: {r}"
+    );
+    let edit = next(&mut bob).await;
+    assert_eq!(
+        (&edit["edit"], &edit["data"]),
+        (&json!(offset), &json!({"text": "hello"})),
+        "{edit}"
+    );
+    assert_eq!(next(&mut ann).await["edit"], json!(offset));
+    let r = ann
+        .call(json!({"cmd": "delete", "channel": "chat:room", "offset": offset}))
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    assert_eq!(next(&mut bob).await["delete"], json!(offset));
+
+    // History on either node: the original deleted, its revisions after it.
+    for node in &nodes {
+        let (st, h) = common::api(
+            node.admin_addr(),
+            "GET",
+            "/api/history?channel=chat:room",
+            &Value::Null,
+        )
+        .await;
+        assert_eq!(st, 200, "{h}");
+        let original = &h["publications"][0];
+        assert_eq!(original["offset"], json!(offset), "{h}");
+        assert_eq!(original["data"], Value::Null, "{h}");
+        assert!(original["deleted_ms"].as_u64().is_some(), "{h}");
+    }
+    for n in nodes {
+        n.shutdown();
+        n.wait();
+    }
+}

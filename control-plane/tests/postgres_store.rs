@@ -125,6 +125,39 @@ fn an_unreachable_server_or_a_refused_login_is_a_clear_error() {
     );
 }
 
+/// A second node started on a database a running node uses stops at start, saying why;
+/// once the first has stopped, it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_running_node_per_database() {
+    let (pg, url) = std::thread::spawn(|| {
+        let pg = TempServer::start().expect("a PostgreSQL server");
+        let url = pg.database("node").unwrap();
+        (pg, url)
+    })
+    .join()
+    .unwrap();
+    let on_pg = |c: &mut switchboard_control_plane::Config| {
+        c.store.backend = switchboard_control_plane::store::Backend::Postgres;
+        c.store.postgres_url = Some(url.clone());
+    };
+    let first = common::start(on_pg);
+    let mut cfg = common::failing_start_config(&common::temp_store());
+    on_pg(&mut cfg);
+    let e = switchboard_control_plane::Server::start(cfg.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("in use by another running Switchboard node") && e.contains("/node"),
+        "{e}"
+    );
+    first.shutdown();
+    first.wait();
+    let second = common::start(on_pg);
+    second.shutdown();
+    second.wait();
+    drop(pg);
+}
+
 mod journal_and_pages {
     use super::*;
     use std::sync::Arc;
@@ -246,6 +279,42 @@ mod journal_and_pages {
         .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
         drop(pg);
+    }
+
+    /// A commit made again (its first try committed, but the answer was lost) stores
+    /// nothing twice and does not fail: the writer's retry would otherwise fail forever.
+    #[test]
+    fn a_commit_made_again_is_taken_once() {
+        let pg = TempServer::start().expect("a PostgreSQL server");
+        let url = pg.database("again").unwrap();
+        let mut store = PgStore::connect(&url, WAIT).unwrap();
+        migrate(&mut store).unwrap();
+        let commit = |from: u64| {
+            batch(
+                0,
+                (from..from + 10).map(|i| record(i, "1", None)).collect(),
+                vec![],
+            )
+        };
+        journal::write(&mut store.client, &[commit(1)], BASE_MS).unwrap();
+        // The same ten, and ten new ones beside them.
+        journal::write(&mut store.client, &[commit(1), commit(11)], BASE_MS + 1).unwrap();
+        let row = store
+            .client
+            .query_one(
+                "SELECT COUNT(*), MIN(ts_ms), MAX(\"offset\") FROM publications",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(
+            (
+                row.get::<_, i64>(0),
+                row.get::<_, i64>(1),
+                row.get::<_, i64>(2)
+            ),
+            (20, BASE_MS, 20),
+            "the first ten as first stored, the next ten added"
+        );
     }
 
     fn offsets(p: &pages::PgPage) -> Vec<u64> {

@@ -38,6 +38,10 @@ pub struct SharedPublish {
     pub from: Option<Arc<str>>,
     /// The event a backend named it with.
     pub event: Option<Arc<str>>,
+    /// The user who published it (edit rights, data requests).
+    pub author: Option<Arc<str>>,
+    /// It edits or deletes an earlier publication of the channel.
+    pub revises: Option<switchboard_protocol::Revision>,
     /// Idempotency key (deduplicated across nodes, in Redis).
     pub key: Option<Box<str>>,
     /// How many of the channel's records Redis keeps (its namespace's `keep`).
@@ -193,6 +197,10 @@ pub struct RemoteRecord {
     pub from: Option<Arc<str>>,
     /// Event name.
     pub event: Option<Arc<str>>,
+    /// The user who published it.
+    pub author: Option<Arc<str>>,
+    /// It edits or deletes an earlier publication of the channel.
+    pub revises: Option<switchboard_protocol::Revision>,
 }
 
 /// What the cluster thread tells a shard.

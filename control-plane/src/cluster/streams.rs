@@ -13,7 +13,8 @@
 //! every node sees one order per channel.
 //!
 //! A record's payload ([`encode_payload`]) carries what the engine needs to deliver
-//! it on any node: format, sending time, sender, event name, metadata, data. An
+//! it on any node: format, sending time, sender, event name, author, the publication
+//! it edits or deletes, metadata, data. An
 //! idempotency key is remembered in Redis (`…:k:<key>`, for the dedupe window), so a
 //! retry through any node gets the original position. Does not own the link
 //! ([`super::relay`]) or delivery (the engine's owner shards).
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use redis::RedisResult;
 use switchboard_engine::cluster::{RemoteRecord, SharedPublish};
+use switchboard_engine::journal::{revision_code, revision_of};
 use switchboard_protocol::{Format, Position};
 
 /// A channel's keys.
@@ -227,21 +229,43 @@ pub fn parse_sequenced(v: redis::Value) -> RedisResult<(Position, bool)> {
     Ok((Position { epoch, offset }, dup == 1))
 }
 
-/// A record's payload: version, format, sending time, sender, event, metadata, data.
+/// A u16-length-prefixed string (empty for `None`).
+fn put_str(out: &mut Vec<u8>, s: Option<&str>) {
+    let s = s.unwrap_or("").as_bytes();
+    let n = s.len().min(u16::MAX as usize);
+    out.extend_from_slice(&(n as u16).to_le_bytes());
+    out.extend_from_slice(&s[..n]);
+}
+
+/// A record's payload: version, format, sending time, sender, event, (version 2:
+/// author, revision), metadata, data. Version 1 — what nodes of builds before authors
+/// and revisions read — when the publication has neither, so a rolling upgrade keeps
+/// delivering anonymous publications both ways; version 2 otherwise.
 pub fn encode_payload(p: &SharedPublish, sent_ms: u64) -> Vec<u8> {
-    let from = p.from.as_deref().unwrap_or("").as_bytes();
-    let event = p.event.as_deref().unwrap_or("").as_bytes();
     let meta = p.meta.as_deref();
+    let v2 = p.author.is_some() || p.revises.is_some();
     let mut out = Vec::with_capacity(
-        24 + from.len() + event.len() + meta.map_or(0, <[u8]>::len) + p.data.len(),
+        40 + p.from.as_deref().map_or(0, str::len)
+            + p.event.as_deref().map_or(0, str::len)
+            + p.author.as_deref().map_or(0, str::len)
+            + meta.map_or(0, <[u8]>::len)
+            + p.data.len(),
     );
-    out.push(1);
+    out.push(if v2 { 2 } else { 1 });
     out.push(p.format.index() as u8);
     out.extend_from_slice(&sent_ms.to_le_bytes());
-    out.extend_from_slice(&(from.len().min(u16::MAX as usize) as u16).to_le_bytes());
-    out.extend_from_slice(&from[..from.len().min(u16::MAX as usize)]);
-    out.extend_from_slice(&(event.len().min(u16::MAX as usize) as u16).to_le_bytes());
-    out.extend_from_slice(&event[..event.len().min(u16::MAX as usize)]);
+    put_str(&mut out, p.from.as_deref());
+    put_str(&mut out, p.event.as_deref());
+    if v2 {
+        put_str(&mut out, p.author.as_deref());
+        match p.revises {
+            Some(r) => {
+                out.push(1);
+                out.extend_from_slice(&revision_code(r).to_le_bytes());
+            }
+            None => out.push(0),
+        }
+    }
     match meta {
         Some(m) => {
             out.extend_from_slice(&(m.len() as u32).to_le_bytes());
@@ -258,7 +282,7 @@ pub fn encode_payload(p: &SharedPublish, sent_ms: u64) -> Vec<u8> {
 pub fn decode(record: &[u8]) -> Option<RemoteRecord> {
     let (position, payload) = decode_record(record)?;
     let (&version, rest) = payload.split_first()?;
-    if version != 1 {
+    if version != 1 && version != 2 {
         return None;
     }
     let (&format, rest) = rest.split_first()?;
@@ -267,6 +291,20 @@ pub fn decode(record: &[u8]) -> Option<RemoteRecord> {
     let rest = &rest[8..];
     let (from, rest) = take_str(rest)?;
     let (event, rest) = take_str(rest)?;
+    let (author, revises, rest) = if version == 2 {
+        let (author, rest) = take_str(rest)?;
+        let (&has, rest) = rest.split_first()?;
+        match has {
+            0 => (author, None, rest),
+            1 => {
+                let code = i64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+                (author, Some(revision_of(code)), &rest[8..])
+            }
+            _ => return None,
+        }
+    } else {
+        (None, None, rest)
+    };
     let meta_len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?);
     let rest = &rest[4..];
     let (meta, data) = if meta_len == u32::MAX {
@@ -283,6 +321,8 @@ pub fn decode(record: &[u8]) -> Option<RemoteRecord> {
         meta,
         from,
         event,
+        author,
+        revises,
     })
 }
 
@@ -430,6 +470,8 @@ mod tests {
             format: Format::MsgPack,
             from: Some("ann".into()),
             event: Some("analysis_progress".into()),
+            author: None,
+            revises: None,
             key: None,
             keep: 64,
             ttl_ms: 0,
@@ -473,8 +515,37 @@ mod tests {
         }
         assert!(decode(&rec[..25]).is_none());
         let mut other = rec.clone();
-        other[19] = 2;
+        other[19] = 3;
         assert!(decode(&other).is_none());
+        assert_eq!(
+            rec[19], 1,
+            "version 1 without author or revision (older nodes read it)"
+        );
+        // An author and a revision: version 2, carried.
+        let edit = SharedPublish {
+            author: Some("ann".into()),
+            revises: Some(switchboard_protocol::Revision {
+                target: 5,
+                delete: true,
+            }),
+            ..bare
+        };
+        let mut rec = b"00000000000000ab:9:".to_vec();
+        rec.extend(encode_payload(&edit, 6));
+        assert_eq!(rec[19], 2);
+        let r = decode(&rec).unwrap();
+        assert_eq!(r.author.as_deref(), Some("ann"));
+        assert_eq!(
+            r.revises,
+            Some(switchboard_protocol::Revision {
+                target: 5,
+                delete: true
+            })
+        );
+        assert_eq!((&r.data[..], r.sent_ms), (&b"{}"[..], 6));
+        for cut in 20..rec.len() - 2 {
+            let _ = decode(&rec[..cut]);
+        }
     }
 
     #[test]

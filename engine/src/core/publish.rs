@@ -230,7 +230,10 @@ impl ShardCore {
         debug_assert_eq!(self.mesh.home(channel, self.id), self.id);
         let (from, event, reply) = if self.shares(channel) {
             // Nodes share Redis: it sequences, and the record comes back to deliver.
-            match self.publish_shared(channel, data, meta, created, key, from, event, reply) {
+            let carried = (&author, revises);
+            match self.publish_shared(
+                channel, data, meta, created, key, from, event, carried, reply,
+            ) {
                 Some(back) => back,
                 None => return,
             }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use switchboard_protocol::{ErrorCode, Format, Payload, Position, EVERY_FORMAT};
+use switchboard_protocol::{ErrorCode, Format, Payload, Position, Revision, EVERY_FORMAT};
 
 use super::ShardCore;
 use crate::cluster::{ClusterBatch, ClusterLink, ClusterMsg, LinkReq, RemoteRecord, SharedPublish};
@@ -157,6 +157,7 @@ impl ShardCore {
         key: Option<&str>,
         from: Option<Arc<str>>,
         event: Option<Arc<str>>,
+        (author, revises): (&Option<Arc<str>>, Option<Revision>),
         reply: PublishReply,
     ) -> Option<GivenBack> {
         let policies = self.streams.policies();
@@ -188,6 +189,8 @@ impl ShardCore {
             format: data.format,
             from,
             event,
+            author: author.clone(),
+            revises,
             key: key.map(Box::from),
             keep: policy.keep.min(u32::MAX as usize) as u32,
             ttl_ms: self.shared_ttl_ms(channel),
@@ -313,6 +316,8 @@ impl ShardCore {
                     format,
                     from,
                     event,
+                    author,
+                    revises,
                     key,
                     created,
                     reply,
@@ -329,10 +334,15 @@ impl ShardCore {
                     key,
                     meta,
                     from,
-                    // Authors and revisions are not carried between nodes (yet).
-                    author: None,
+                    author,
                     event,
-                    revision: None,
+                    // Checked before it was handed to Redis.
+                    revision: revises.map(|revises| crate::publications::RevisionReq {
+                        revises,
+                        epoch: None,
+                        moderator: false,
+                        checked: true,
+                    }),
                     reply,
                 });
             }
@@ -531,7 +541,6 @@ impl ShardCore {
         let policy = *self.streams.policies().get(pi);
         let (local, remote, needed) = self.audience(channel);
         let mut frames = EncodedFrames::default();
-        let encode = self.publication_encoder();
         for f in Format::ALL {
             if needed & (1 << f.index()) == 0 {
                 continue;
@@ -544,15 +553,8 @@ impl ShardCore {
                 format: r.format,
                 raw: m,
             });
-            match encode(
-                f,
-                channel,
-                pos,
-                r.from.as_deref(),
-                meta,
-                data,
-                r.event.as_deref(),
-            ) {
+            let (from, event) = (r.from.as_deref(), r.event.as_deref());
+            match self.encode_for(f, channel, pos, from, meta, data, event, r.revises) {
                 Ok(frame) => frames[f.index()] = Some(frame),
                 Err(e) => tracing::warn!(
                     channel = &**channel,
@@ -568,11 +570,12 @@ impl ShardCore {
             meta: r.meta,
             format: r.format,
             from: r.from,
-            author: None,
+            author: r.author,
             event: r.event,
-            revises: None,
+            revises: r.revises,
             revised: None,
         };
+        self.apply_revision(channel, &entry);
         if policy.keep > 0 {
             self.streams.retain(channel, entry, policy.keep, policy.ttl);
         } else {

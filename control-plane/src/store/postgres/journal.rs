@@ -34,31 +34,95 @@ const TYPES: [Type; 12] = [
 ];
 
 /// Write `batches` in one transaction, stamped `now_ms` (which never goes back).
+///
+/// A publication already stored is left as it is: a retried commit whose first try did
+/// commit (the connection was lost before the answer), or nodes sharing the database
+/// storing the same shared channel. `COPY` cannot skip such rows, so when it meets one
+/// the transaction is made again with an `INSERT … ON CONFLICT DO NOTHING` (slower,
+/// and only then).
 pub fn write(client: &mut Client, batches: &[Batch], now_ms: i64) -> Result<(), postgres::Error> {
-    let mut tx = client.transaction()?;
-    let mut tops: HashMap<&str, (i64, i64)> = HashMap::new();
-    {
-        let sink = tx.copy_in(COPY)?;
-        let mut rows = BinaryCopyInWriter::new(sink, &TYPES);
-        for r in batches.iter().flat_map(|b| b.records.iter()) {
-            let revises = r.revises.map(revision_code);
-            rows.write(&[
-                &&*r.channel,
-                &(r.epoch as i64),
-                &(r.offset as i64),
-                &now_ms,
-                &(r.format.index() as i16),
-                &&r.data[..],
-                &r.meta.as_deref(),
-                &r.key.as_deref(),
-                &r.from.as_deref(),
-                &r.event.as_deref(),
-                &r.author.as_deref(),
-                &revises,
-            ])?;
-            tops.insert(&r.channel, (r.epoch as i64, r.offset as i64));
+    match write_with(client, batches, now_ms, false) {
+        Err(e) if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {
+            write_with(client, batches, now_ms, true)
         }
-        rows.finish()?;
+        other => other,
+    }
+}
+
+/// The publications' columns, one array each, for `UNNEST`; what is stored already is
+/// skipped.
+const INSERT_SKIPPING: &str = "INSERT INTO publications (channel, epoch, \"offset\", ts_ms,
+        format, data, meta, key, sender, event, author, revises)
+     SELECT c, e, o, $12, f, d, m, k, s, v, a, r
+     FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int2[], $5::bytea[], $6::bytea[],
+                 $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[])
+         AS t (c, e, o, f, d, m, k, s, v, a, r)
+     ON CONFLICT DO NOTHING";
+
+/// Add the publications of `batches` to `tx`: one binary `COPY`, or (`skipping`) one
+/// `INSERT` that skips those already stored.
+fn add_publications(
+    tx: &mut postgres::Transaction<'_>,
+    batches: &[Batch],
+    now_ms: i64,
+    skipping: bool,
+) -> Result<(), postgres::Error> {
+    let records = || batches.iter().flat_map(|b| b.records.iter());
+    if skipping {
+        let channels: Vec<&str> = records().map(|r| &*r.channel).collect();
+        let epochs: Vec<i64> = records().map(|r| r.epoch as i64).collect();
+        let offsets: Vec<i64> = records().map(|r| r.offset as i64).collect();
+        let formats: Vec<i16> = records().map(|r| r.format.index() as i16).collect();
+        let data: Vec<&[u8]> = records().map(|r| &r.data[..]).collect();
+        let meta: Vec<Option<&[u8]>> = records().map(|r| r.meta.as_deref()).collect();
+        let keys: Vec<Option<&str>> = records().map(|r| r.key.as_deref()).collect();
+        let senders: Vec<Option<&str>> = records().map(|r| r.from.as_deref()).collect();
+        let events: Vec<Option<&str>> = records().map(|r| r.event.as_deref()).collect();
+        let authors: Vec<Option<&str>> = records().map(|r| r.author.as_deref()).collect();
+        let revises: Vec<Option<i64>> = records().map(|r| r.revises.map(revision_code)).collect();
+        tx.execute(
+            INSERT_SKIPPING,
+            &[
+                &channels, &epochs, &offsets, &formats, &data, &meta, &keys, &senders, &events,
+                &authors, &revises, &now_ms,
+            ],
+        )?;
+        return Ok(());
+    }
+    let sink = tx.copy_in(COPY)?;
+    let mut rows = BinaryCopyInWriter::new(sink, &TYPES);
+    for r in records() {
+        let revises = r.revises.map(revision_code);
+        rows.write(&[
+            &&*r.channel,
+            &(r.epoch as i64),
+            &(r.offset as i64),
+            &now_ms,
+            &(r.format.index() as i16),
+            &&r.data[..],
+            &r.meta.as_deref(),
+            &r.key.as_deref(),
+            &r.from.as_deref(),
+            &r.event.as_deref(),
+            &r.author.as_deref(),
+            &revises,
+        ])?;
+    }
+    rows.finish()?;
+    Ok(())
+}
+
+fn write_with(
+    client: &mut Client,
+    batches: &[Batch],
+    now_ms: i64,
+    skipping: bool,
+) -> Result<(), postgres::Error> {
+    let mut tx = client.transaction()?;
+    add_publications(&mut tx, batches, now_ms, skipping)?;
+    let mut tops: HashMap<&str, (i64, i64)> = HashMap::new();
+    for r in batches.iter().flat_map(|b| b.records.iter()) {
+        tops.insert(&r.channel, (r.epoch as i64, r.offset as i64));
     }
     for r in batches.iter().flat_map(|b| b.records.iter()) {
         if let Some(rev) = r.revises {

@@ -28,6 +28,9 @@ pub use temp_server::TempServer;
 
 pub use crate::sql::{PgError, PgStore};
 
+/// Any constant: the advisory lock a running node holds on its database.
+const NODE_LOCK: i64 = 0x5357_4243_4844_0002;
+
 /// Bring the schema of `store`'s database to this build's version; the version found
 /// before.
 pub fn migrate(store: &mut PgStore) -> Result<i32, PgError> {

@@ -51,6 +51,25 @@ pub(crate) fn open(
     let mut store = PgStore::connect(url, Duration::from_secs(10))?;
     super::migrate(&mut store)?;
     let target = store.target().to_string();
+    // One running node per database: its run marks (a clean stop), the Socket.IO
+    // sessions it keeps and its streams' rows are its own. The lock lives as long as
+    // this connection, which becomes the writer's.
+    let free: bool = store
+        .client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&super::NODE_LOCK])
+        .map_err(|e| PgError::Query {
+            target: target.clone(),
+            message: describe(&e),
+        })?
+        .get(0);
+    if !free {
+        return Err(PgError::Query {
+            target,
+            message: "the database is in use by another running Switchboard node \
+                      (each node needs a database of its own)"
+                .into(),
+        });
+    }
     let fail = |what: &str, e: String| PgError::Query {
         target: target.clone(),
         message: format!("cannot read {what}: {e}"),
