@@ -139,6 +139,7 @@ fn shared(c: &mut Criterion) {
         keep: 64,
         ttl_ms: 0,
         sync: false,
+        stored: false,
         created: Instant::now(),
         reply: PublishReply::None,
     };

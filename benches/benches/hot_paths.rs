@@ -553,7 +553,7 @@ fn group_commit(c: &mut Criterion) {
         Durability::Sync,
         10_000,
     )];
-    let mut opened = store::open(&cfg, &ns, 3_600_000).expect("store opens");
+    let mut opened = store::open(&cfg, &ns, 3_600_000, "").expect("store opens");
     let channels: Vec<Arc<str>> = (0..1000)
         .map(|i| Arc::from(format!("ledger:bench-{i}")))
         .collect();

@@ -68,7 +68,7 @@ struct Postgres(PgStore);
 impl Store for Postgres {
     fn write(&mut self, batch: &Batch) {
         let now = now_ms() as i64;
-        pgstore::journal::write(&mut self.0.client, std::slice::from_ref(batch), now).unwrap();
+        pgstore::journal::write(&mut self.0.client, "", std::slice::from_ref(batch), now).unwrap();
     }
     fn page(&mut self, page: &Page, top: Position) -> Vec<Entry> {
         pgstore::pages::read(&mut self.0, "chat:case-1", page, top, &[])
@@ -226,7 +226,7 @@ fn stores(c: &mut Criterion) {
         Durability::Sync,
         64,
     )];
-    let mut sqlite = Sqlite(store::open(&cfg, &ns, 3_600_000).expect("store opens"));
+    let mut sqlite = Sqlite(store::open(&cfg, &ns, 3_600_000, "").expect("store opens"));
     measure(c, "sqlite", &mut sqlite);
     drop(sqlite);
     let _ = std::fs::remove_dir_all(&dir);

@@ -71,10 +71,16 @@ impl Server {
         let mut engine_cfg = cfg.engine_config();
         // The store is read before the shards start, so they continue its streams
         // before they accept anyone.
+        let node = if cfg.cluster.enabled() {
+            cfg.cluster.node_id.as_str()
+        } else {
+            ""
+        };
         let mut opened = store::open(
             &cfg.store,
             &engine_cfg.namespaces,
             engine_cfg.stream_idle_ms,
+            node,
         )?;
         log_opening(&cfg, &opened.opening);
         // Nodes sharing Redis share the key, so a client resumes on any node.
@@ -84,6 +90,12 @@ impl Server {
         engine_cfg.reconnect_secret = Some(Arc::from(&reconnect_key[..]));
         let (requests_tx, requests_rx) = crossbeam_channel::bounded(cfg.auth.queue_capacity);
         let durable = opened.take_durable();
+        // Nodes sharing Redis and a PostgreSQL database keep shared channels' history
+        // in it: each node stores what it published.
+        let shared_journal = durable
+            .as_ref()
+            .filter(|_| cfg.store.backend == store::Backend::Postgres)
+            .map(|d| d.link.clone());
         let dedupe_ms = engine_cfg.dedupe_window_ms;
         let sync_namespaces = engine_cfg
             .namespaces
@@ -207,6 +219,7 @@ impl Server {
                 worker_link,
                 personal_namespace: cfg.engine.personal_namespace.clone(),
                 sio_recovery_ms: cfg.socketio.recovery_ms,
+                journal: shared_journal,
             },
         )
         .map_err(|e| Error::start("the cluster thread", e))?;

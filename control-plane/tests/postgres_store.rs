@@ -14,6 +14,40 @@ use switchboard_control_plane::store::postgres::{
 
 const WAIT: Duration = Duration::from_secs(5);
 
+/// A throwaway server with database `name`, and its URL (set up on a thread of its own:
+/// the synchronous client cannot block a test's runtime).
+fn temp_database(name: &'static str) -> (TempServer, String) {
+    std::thread::spawn(move || {
+        let pg = TempServer::start().expect("a PostgreSQL server");
+        let url = pg.database(name).unwrap();
+        (pg, url)
+    })
+    .join()
+    .unwrap()
+}
+
+/// The data of `channel`'s publications as `admin`'s history shows them, once it shows
+/// `want` (polling: stores write after they acknowledge), or fail.
+async fn history_reaches(admin: std::net::SocketAddr, channel: &str, want: &[u64]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let path = format!("/api/history?channel={channel}&limit=1000");
+        let (st, h) = common::api(admin, "GET", &path, &serde_json::Value::Null).await;
+        assert_eq!(st, 200, "{h}");
+        let got: Vec<u64> = h["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["data"].as_u64().unwrap())
+            .collect();
+        if got == want {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[test]
 fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
     let pg = TempServer::start().expect("a PostgreSQL server");
@@ -129,13 +163,7 @@ fn an_unreachable_server_or_a_refused_login_is_a_clear_error() {
 /// once the first has stopped, it starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_running_node_per_database() {
-    let (pg, url) = std::thread::spawn(|| {
-        let pg = TempServer::start().expect("a PostgreSQL server");
-        let url = pg.database("node").unwrap();
-        (pg, url)
-    })
-    .join()
-    .unwrap();
+    let (pg, url) = temp_database("node");
     let on_pg = |c: &mut switchboard_control_plane::Config| {
         c.store.backend = switchboard_control_plane::store::Backend::Postgres;
         c.store.postgres_url = Some(url.clone());
@@ -155,6 +183,168 @@ async fn one_running_node_per_database() {
     let second = common::start(on_pg);
     second.shutdown();
     second.wait();
+    drop(pg);
+}
+
+/// The database ends every session of the server (as a restart or a failover does):
+/// the writer, the history reader and the workers connect again, and nothing
+/// acknowledged is lost; a publication made while the writer reconnects is refused
+/// (111) or acknowledged once stored, never acknowledged and lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_the_database_ends_are_connected_again() {
+    use serde_json::{json, Value};
+    let (pg, url) = temp_database("lost");
+    let server = common::start(|c| {
+        c.namespaces.insert(
+            "chat".into(),
+            toml::from_str("durability = \"sync\"\nhistory_size = 2").expect("namespace parses"),
+        );
+        c.store.backend = switchboard_control_plane::store::Backend::Postgres;
+        c.store.postgres_url = Some(url.clone());
+        c.store.retry_ms = 50;
+    });
+    let admin = server.admin_addr();
+    let publish = |n: u64| async move {
+        let body = json!({"channel": "chat:room", "data": n});
+        common::api(admin, "POST", "/api/publish", &body).await
+    };
+    let mut acked = Vec::new();
+    for n in 1..=5 {
+        let (st, r) = publish(n).await;
+        assert_eq!(st, 200, "{r}");
+        acked.push(n);
+    }
+    let admin_url = url.clone();
+    let ended: i64 = std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
+        c.query_one(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = 'lost' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    })
+    .join()
+    .unwrap();
+    assert!(
+        ended >= 5,
+        "the writer, reader and workers' sessions ended: {ended}"
+    );
+    // Publications go on: refused while the writer reconnects, then stored again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for n in 6..=10 {
+        loop {
+            let (st, r) = publish(n).await;
+            if st == 200 {
+                acked.push(n);
+                break;
+            }
+            assert_eq!(r["error"]["code"], json!("store_unavailable"), "{st} {r}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never stored again: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The reader (older than memory's two) and a worker (notifications) work again.
+    let (st, h) = common::api(
+        admin,
+        "GET",
+        "/api/history?channel=chat:room&limit=100",
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(st, 200, "{h}");
+    let data: Vec<u64> = h["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["data"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        data, acked,
+        "every acknowledged publication, once, in order"
+    );
+    let (st, r) = common::api(
+        admin,
+        "POST",
+        "/api/notifications",
+        &json!({"user": "ann", "kind": "visit", "data": {}}),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    server.shutdown();
+    server.wait();
+    drop(pg);
+}
+
+/// Nodes sharing Redis and one PostgreSQL database: each stores the shared
+/// publications it published, so either serves the whole history of a channel far
+/// beyond what Redis and memory keep; each keeps its own run marks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_sharing_redis_keep_long_history_in_one_database() {
+    use serde_json::json;
+    let (pg, url) = temp_database("cluster");
+    let redis = common::RedisServer::start();
+    let on_pg = |c: &mut switchboard_control_plane::Config| {
+        c.namespaces.insert(
+            "chat".into(),
+            toml::from_str("durability = \"async\"\nhistory_size = 4").expect("namespace parses"),
+        );
+        c.store.backend = switchboard_control_plane::store::Backend::Postgres;
+        c.store.postgres_url = Some(url.clone());
+    };
+    let nodes = [
+        common::cluster_node(&redis, "n1", on_pg),
+        common::cluster_node(&redis, "n2", on_pg),
+    ];
+    for n in 1..=40u64 {
+        let node = &nodes[(n % 2) as usize];
+        let body = json!({"channel": "chat:long", "data": n});
+        let (st, r) = common::api(node.admin_addr(), "POST", "/api/publish", &body).await;
+        assert_eq!((st, &r["offset"]), (200, &json!(n)), "{r}");
+    }
+    let all: Vec<u64> = (1..=40).collect();
+    for node in &nodes {
+        history_reaches(node.admin_addr(), "chat:long", &all).await;
+    }
+    // A node restarted on the database continues the channel where Redis has it.
+    let [n1, n2] = nodes;
+    n1.shutdown();
+    n1.wait();
+    let n1 = common::cluster_node(&redis, "n1", on_pg);
+    let body = json!({"channel": "chat:long", "data": 41});
+    let (st, r) = common::api(n1.admin_addr(), "POST", "/api/publish", &body).await;
+    assert_eq!((st, &r["offset"]), (200, &json!(41)), "{r}");
+    let all: Vec<u64> = (1..=41).collect();
+    history_reaches(n1.admin_addr(), "chat:long", &all).await;
+    for n in [n1, n2] {
+        n.shutdown();
+        n.wait();
+    }
+    let marks: Vec<(String, String)> = std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.query(
+            "SELECT key, value FROM meta WHERE key LIKE 'clean%' ORDER BY key",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        marks,
+        [
+            ("clean:n1".into(), "1".into()),
+            ("clean:n2".into(), "1".into())
+        ],
+        "each node's clean stop, apart"
+    );
     drop(pg);
 }
 
@@ -221,6 +411,7 @@ mod journal_and_pages {
                 r.channel = Arc::from("chat:case-1");
                 journal::write(
                     &mut store.client,
+                    "",
                     &[batch(i, vec![r], vec![])],
                     now - 30_000 + i as i64 * 1000,
                 )
@@ -296,9 +487,9 @@ mod journal_and_pages {
                 vec![],
             )
         };
-        journal::write(&mut store.client, &[commit(1)], BASE_MS).unwrap();
+        journal::write(&mut store.client, "", &[commit(1)], BASE_MS).unwrap();
         // The same ten, and ten new ones beside them.
-        journal::write(&mut store.client, &[commit(1), commit(11)], BASE_MS + 1).unwrap();
+        journal::write(&mut store.client, "", &[commit(1), commit(11)], BASE_MS + 1).unwrap();
         let row = store
             .client
             .query_one(
@@ -342,7 +533,7 @@ mod journal_and_pages {
                 at_ms: 1,
             };
             let b = batch(k, records, vec![mark]);
-            journal::write(&mut store.client, &[b], BASE_MS + k as i64 * 1000).unwrap();
+            journal::write(&mut store.client, "", &[b], BASE_MS + k as i64 * 1000).unwrap();
         }
         let revisions = vec![
             record(
@@ -364,6 +555,7 @@ mod journal_and_pages {
         ];
         journal::write(
             &mut store.client,
+            "",
             &[batch(10, revisions, Vec::new())],
             BASE_MS + 20_000,
         )

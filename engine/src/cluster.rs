@@ -52,6 +52,9 @@ pub struct SharedPublish {
     /// The namespace is `sync`: answer only once Redis has it as durably as
     /// configured (`cluster.sync_replicas`).
     pub sync: bool,
+    /// The namespace is stored (`async` or `sync`): once sequenced, the node that
+    /// published it hands it to the store the nodes share, if they share one.
+    pub stored: bool,
     /// When it entered the server.
     pub created: Instant,
     /// Who learns the position.

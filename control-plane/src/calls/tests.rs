@@ -91,7 +91,7 @@ async fn an_unanswered_call_rings_out_on_the_virtual_clock() {
         path: path.clone(),
         ..StoreConfig::default()
     };
-    drop(crate::store::open(&store, &[], 60_000).expect("store"));
+    drop(crate::store::open(&store, &[], 60_000, "").expect("store"));
     let mesh = Mesh::new(1, 1024).unwrap();
     let shards = ShardSender::over(mesh.clone());
     let (notifier, notify_thread) = crate::notify::spawn(

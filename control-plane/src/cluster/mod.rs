@@ -322,6 +322,10 @@ pub struct SharedOptions {
     pub personal_namespace: String,
     /// `socketio.recovery_ms`: how long an ended session stays recoverable.
     pub sio_recovery_ms: u64,
+    /// The store the nodes share (PostgreSQL): shared publications of stored
+    /// namespaces this node published go there once sequenced (`None`: each node's
+    /// store keeps its own channels only).
+    pub journal: Option<switchboard_engine::journal::JournalLink>,
 }
 
 /// Start the cluster thread when `cfg` names a Redis; `None` for a node alone.
@@ -403,6 +407,7 @@ pub fn spawn(
                         sio_recovery_ms,
                         peers,
                         worker_link,
+                        journal,
                     } = shared;
                     peers.attach(state.clone());
                     let workers = worker_link
@@ -420,6 +425,7 @@ pub fn spawn(
                         relay.personal = personal_namespace;
                         relay.sio_recovery_ms = sio_recovery_ms;
                         relay.peers = peers;
+                        relay.journal = journal;
                         let pushes = pushes.attach();
                         tokio::spawn(link::run(relay, b, pushes, stopped.clone()))
                     });

@@ -1,8 +1,9 @@
 //! The publishing task of the shared channels' link: sequences publications in order,
 //! as few round trips as possible (everything queued while a round trip is in flight
 //! goes in the next one), with the presence changes, pushes and epoch moves of the
-//! same turns; answers each publisher, and hands back what a failed link could not
-//! take.
+//! same turns; answers each publisher, hands the stored ones to the store the nodes
+//! share (PostgreSQL: each publication once, by the node that published it), and hands
+//! back what a failed link could not take.
 //!
 //! Does not own the link's lifecycle or records ([`super::relay`]) or the scripts
 //! ([`super::streams`], [`super::presence`]).
@@ -10,9 +11,10 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use switchboard_engine::cluster::ClusterBatch;
+use switchboard_engine::cluster::{ClusterBatch, SharedPublish};
+use switchboard_engine::journal::{Batch, Record};
 use switchboard_engine::Refused;
-use switchboard_protocol::ErrorCode;
+use switchboard_protocol::{ErrorCode, Position};
 use tokio::sync::mpsc;
 
 use super::conn::Link;
@@ -220,6 +222,7 @@ pub(super) async fn publish_loop(
                 } else {
                     u32::MAX
                 };
+                let mut stored = Vec::new();
                 for (p, v) in publishes.into_iter().zip(values) {
                     let result = match streams::parse_sequenced(v) {
                         Ok(_) if p.sync && replicated < relay.sync_replicas => Err(Refused {
@@ -236,7 +239,25 @@ pub(super) async fn publish_loop(
                             message: format!("Redis refused the publication: {e}"),
                         }),
                     };
+                    if let (Ok((position, false)), true, Some(_)) =
+                        (&result, p.stored, &relay.journal)
+                    {
+                        stored.push(record_of(&p, *position));
+                    }
                     relay.answer(p.reply, result).await;
+                }
+                if let (false, Some(journal)) = (stored.is_empty(), &relay.journal) {
+                    let batch = Batch {
+                        shard: 0,
+                        seq: 0,
+                        notify: false,
+                        records: stored,
+                        marks: Vec::new(),
+                        sessions: Vec::new(),
+                    };
+                    if journal.send(batch).is_err() {
+                        tracing::warn!("shared channels: the store has stopped; not stored");
+                    }
                 }
             }
             Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
@@ -259,5 +280,23 @@ pub(super) async fn publish_loop(
                 }
             }
         }
+    }
+}
+
+/// A shared publication Redis sequenced at `position`, as the store keeps it.
+fn record_of(p: &SharedPublish, position: Position) -> Record {
+    Record {
+        channel: p.channel.clone(),
+        epoch: position.epoch,
+        offset: position.offset,
+        format: p.format,
+        data: p.data.clone(),
+        meta: p.meta.clone(),
+        key: p.key.clone(),
+        from: p.from.clone(),
+        author: p.author.clone(),
+        event: p.event.clone(),
+        revises: p.revises,
+        keep: p.keep,
     }
 }

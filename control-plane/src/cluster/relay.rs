@@ -54,6 +54,8 @@ pub(super) struct Relay {
     pub(super) restated: Arc<Mutex<Option<union::Stated>>>,
     /// Where letters to this node go.
     pub(super) peers: super::Peers,
+    /// The store the nodes share, for the shared publications this node published.
+    pub(super) journal: Option<switchboard_engine::journal::JournalLink>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -92,6 +94,7 @@ impl Relay {
             marks: Arc::default(),
             restated: Arc::default(),
             peers: Default::default(),
+            journal: None,
         }
     }
 

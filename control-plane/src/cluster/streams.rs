@@ -476,6 +476,7 @@ mod tests {
             keep: 64,
             ttl_ms: 0,
             sync: false,
+            stored: false,
             created: std::time::Instant::now(),
             reply: switchboard_engine::PublishReply::None,
         };

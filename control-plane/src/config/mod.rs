@@ -291,6 +291,16 @@ impl Config {
         }
         self.engine_config().validate()?;
         self.store.validate().map_err(Error::invalid)?;
+        if self.cluster.enabled()
+            && self.store.backend == crate::store::Backend::Postgres
+            && self.cluster.node_id.is_empty()
+        {
+            return Err(Error::invalid(
+                "cluster.node_id must be set when the nodes share a PostgreSQL store \
+                 (store.backend = \"postgres\"): each node's run marks and sessions are \
+                 kept under it",
+            ));
+        }
         self.cluster.validate().map_err(Error::invalid)?;
         let n = &self.notifications;
         for (i, t) in n.public_topics.iter().enumerate() {

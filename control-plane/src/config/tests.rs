@@ -311,6 +311,11 @@ fn store_and_namespaces_load_and_bad_values_name_the_key() {
         ("[store]\narchive_after_ms = 0\n", "store.archive_after_ms"),
         ("[store]\npath = \"\"\n", "store.path"),
         ("[store]\nbackend = \"mysql\"\n", "backend"),
+        (
+            "[store]\nbackend = \"postgres\"\npostgres_url = \"postgres://u@h/db\"\n\
+             [cluster]\nredis_url = \"redis://127.0.0.1:6379\"\n",
+            "cluster.node_id",
+        ),
         ("[store]\nbackend = \"postgres\"\n", "store.postgres_url"),
         (
             "[store]\nbackend = \"postgres\"\npostgres_url = \"mysql://x:secret@h/db\"\n",

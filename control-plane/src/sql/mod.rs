@@ -101,6 +101,9 @@ pub enum DbError {
     /// A query for one row found none.
     #[error("no row found")]
     NoRows,
+    /// The connection was lost and could not be made again.
+    #[error("{0}")]
+    Connect(#[from] PgError),
 }
 
 /// A connection to the store.
@@ -149,11 +152,10 @@ impl Db {
         Ok(match self {
             Db::Sqlite(conn) => Tx::Sqlite(conn.transaction()?),
             Db::Postgres(store) => {
-                let (client, statements) = store.parts();
-                Tx::Postgres {
-                    tx: client.transaction()?,
-                    statements,
-                }
+                // A lost connection is found by the `BEGIN` at the latest: made again
+                // and begun once more.
+                pg_run_reconnecting(store, "BEGIN", args![], &mut |_| Ok(()))?;
+                Tx::Postgres(PgTx { store, done: false })
             }
         })
     }
@@ -163,13 +165,25 @@ impl Db {
 pub enum Tx<'c> {
     /// On SQLite.
     Sqlite(rusqlite::Transaction<'c>),
-    /// On PostgreSQL, with the connection's statement cache.
-    Postgres {
-        /// The transaction.
-        tx: postgres::Transaction<'c>,
-        /// Statements prepared on the connection.
-        statements: &'c mut HashMap<String, Statement>,
-    },
+    /// On PostgreSQL.
+    Postgres(PgTx<'c>),
+}
+
+/// A transaction on PostgreSQL: begun on the connection with `BEGIN` (so that
+/// beginning can connect again when the connection was lost), rolled back if dropped
+/// unfinished.
+pub struct PgTx<'c> {
+    store: &'c mut PgStore,
+    done: bool,
+}
+
+impl Drop for PgTx<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let store = &mut *self.store;
+            let _ = off_runtime(|| store.client.batch_execute("ROLLBACK"));
+        }
+    }
 }
 
 impl Tx<'_> {
@@ -177,7 +191,11 @@ impl Tx<'_> {
     pub fn commit(self) -> Result<(), DbError> {
         match self {
             Tx::Sqlite(tx) => tx.commit()?,
-            Tx::Postgres { tx, .. } => tx.commit()?,
+            Tx::Postgres(mut t) => {
+                let store = &mut *t.store;
+                off_runtime(|| store.client.batch_execute("COMMIT"))?;
+                t.done = true;
+            }
         }
         Ok(())
     }
@@ -317,8 +335,7 @@ impl Exec for PgStore {
         params: &[&dyn Param],
         each: &mut dyn FnMut(&Row<'_>) -> Result<(), DbError>,
     ) -> Result<u64, DbError> {
-        let (client, statements) = self.parts();
-        pg_run(client, statements, sql, params, each)
+        pg_run_reconnecting(self, sql, params, each)
     }
 }
 
@@ -326,7 +343,7 @@ impl Exec for Tx<'_> {
     fn kind(&self) -> Kind {
         match self {
             Tx::Sqlite(_) => Kind::Sqlite,
-            Tx::Postgres { .. } => Kind::Postgres,
+            Tx::Postgres(_) => Kind::Postgres,
         }
     }
 
@@ -338,7 +355,10 @@ impl Exec for Tx<'_> {
     ) -> Result<u64, DbError> {
         match self {
             Tx::Sqlite(tx) => sqlite_run(tx, sql, params, each),
-            Tx::Postgres { tx, statements } => pg_run(tx, statements, sql, params, each),
+            Tx::Postgres(t) => {
+                let (client, statements) = t.store.parts();
+                pg_run(client, statements, sql, params, each)
+            }
         }
     }
 }
@@ -364,6 +384,50 @@ fn sqlite_run(
     Ok(n)
 }
 
+/// The rows of a query, or how many rows a statement changed.
+type Ran = Result<Vec<postgres::Row>, u64>;
+
+/// Run one statement on `client` (preparing it once per connection).
+fn pg_statement(
+    client: &mut (impl GenericClient + Send),
+    statements: &mut HashMap<String, Statement>,
+    sql: &str,
+    bound: &[value::Postgres<'_>],
+) -> Result<Ran, postgres::Error> {
+    let stmt = match statements.get(sql) {
+        Some(s) => s.clone(),
+        None => {
+            let s = client.prepare(&dollars(sql))?;
+            statements.insert(sql.to_owned(), s.clone());
+            s
+        }
+    };
+    let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = bound.iter().map(|b| b as _).collect();
+    Ok(if stmt.columns().is_empty() {
+        Err(client.execute(&stmt, &refs)?)
+    } else {
+        Ok(client.query(&stmt, &refs)?)
+    })
+}
+
+/// Hand each row to `each`; rows read or changed.
+fn rows_to(
+    ran: Ran,
+    each: &mut dyn FnMut(&Row<'_>) -> Result<(), DbError>,
+) -> Result<u64, DbError> {
+    match ran {
+        Err(changed) => Ok(changed),
+        Ok(rows) => {
+            for r in &rows {
+                each(&Row::Postgres(r))?;
+            }
+            Ok(rows.len() as u64)
+        }
+    }
+}
+
+/// A statement in a transaction (a lost connection fails it: the caller retries the
+/// whole transaction).
 fn pg_run(
     client: &mut (impl GenericClient + Send),
     statements: &mut HashMap<String, Statement>,
@@ -373,34 +437,33 @@ fn pg_run(
 ) -> Result<u64, DbError> {
     let bound: Vec<value::Postgres<'_>> =
         params.iter().map(|p| value::Postgres(p.value())).collect();
-    let result = off_runtime(
-        || -> Result<Result<Vec<postgres::Row>, u64>, postgres::Error> {
-            let stmt = match statements.get(sql) {
-                Some(s) => s.clone(),
-                None => {
-                    let s = client.prepare(&dollars(sql))?;
-                    statements.insert(sql.to_owned(), s.clone());
-                    s
-                }
-            };
-            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                bound.iter().map(|b| b as _).collect();
-            Ok(if stmt.columns().is_empty() {
-                Err(client.execute(&stmt, &refs)?)
-            } else {
-                Ok(client.query(&stmt, &refs)?)
-            })
-        },
-    )?;
-    match result {
-        Err(changed) => Ok(changed),
-        Ok(rows) => {
-            for r in &rows {
-                each(&Row::Postgres(r))?;
+    let ran = off_runtime(|| pg_statement(client, statements, sql, &bound))?;
+    rows_to(ran, each)
+}
+
+/// A statement on its own: a connection found lost (the server restarted, failed over
+/// or ended the session) is made again and the statement run once more.
+fn pg_run_reconnecting(
+    store: &mut PgStore,
+    sql: &str,
+    params: &[&dyn Param],
+    each: &mut dyn FnMut(&Row<'_>) -> Result<(), DbError>,
+) -> Result<u64, DbError> {
+    let bound: Vec<value::Postgres<'_>> =
+        params.iter().map(|p| value::Postgres(p.value())).collect();
+    let ran = off_runtime(|| -> Result<Ran, DbError> {
+        store.reconnect_if_closed()?;
+        let (client, statements) = store.parts();
+        match pg_statement(client, statements, sql, &bound) {
+            Err(_) if store.client.is_closed() => {
+                store.reconnect_if_closed()?;
+                let (client, statements) = store.parts();
+                Ok(pg_statement(client, statements, sql, &bound)?)
             }
-            Ok(rows.len() as u64)
+            other => Ok(other?),
         }
-    }
+    })?;
+    rows_to(ran, each)
 }
 
 /// Run `f`, which blocks on the synchronous PostgreSQL client, outside any async

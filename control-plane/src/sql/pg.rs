@@ -54,6 +54,8 @@ pub struct PgStore {
     pub client: Client,
     target: String,
     statements: std::collections::HashMap<String, postgres::Statement>,
+    /// How it connected, to connect again (holds the password: never shown).
+    cfg: postgres::Config,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -102,7 +104,27 @@ impl PgStore {
             client,
             target,
             statements: Default::default(),
+            cfg,
         })
+    }
+
+    /// Connect again if the connection was lost (the server restarted, failed over, or
+    /// ended this session); whether it did. Statements are prepared again on the new
+    /// connection; session state (advisory locks) is gone.
+    pub fn reconnect_if_closed(&mut self) -> Result<bool, PgError> {
+        if !self.client.is_closed() {
+            return Ok(false);
+        }
+        let cfg = self.cfg.clone();
+        let client =
+            crate::sql::off_runtime(|| cfg.connect(NoTls)).map_err(|e| PgError::Connect {
+                target: self.target.clone(),
+                message: describe(&e),
+            })?;
+        tracing::info!(store = %self.target, "connected to PostgreSQL again");
+        self.client = client;
+        self.statements.clear();
+        Ok(true)
     }
 
     /// `sql`, prepared on this connection (once).

@@ -24,22 +24,34 @@ pub(crate) fn namespace_of<'a>(
     namespaces.iter().find(|n| n.name == ns)
 }
 
-/// Whether the previous run stopped cleanly (or the store is new).
-pub(crate) fn was_clean(db: &mut impl Exec) -> Result<bool, DbError> {
+/// The `meta` key of `node`'s run mark: `clean` alone, `clean:<node>` for a node of a
+/// cluster sharing the database.
+fn clean_key(node: &str) -> String {
+    if node.is_empty() {
+        "clean".into()
+    } else {
+        format!("clean:{node}")
+    }
+}
+
+/// Whether `node`'s previous run stopped cleanly (or the store is new to it).
+pub(crate) fn was_clean(db: &mut impl Exec, node: &str) -> Result<bool, DbError> {
     Ok(db
-        .query_opt("SELECT value FROM meta WHERE key = 'clean'", args![], |r| {
-            r.get::<String>(0)
-        })?
+        .query_opt(
+            "SELECT value FROM meta WHERE key = ?1",
+            args![clean_key(node)],
+            |r| r.get::<String>(0),
+        )?
         .is_none_or(|v| v == "1"))
 }
 
-/// Record that a run started (a crash from now on is seen as unclean), or, with
+/// Record that `node`'s run started (a crash from now on is seen as unclean), or, with
 /// `clean`, that it stopped cleanly.
-pub(crate) fn mark_clean(db: &mut impl Exec, clean: bool) -> Result<(), DbError> {
+pub(crate) fn mark_clean(db: &mut impl Exec, node: &str, clean: bool) -> Result<(), DbError> {
     db.execute(
-        "INSERT INTO meta (key, value) VALUES ('clean', ?1)
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        args![if clean { "1" } else { "0" }],
+        args![clean_key(node), if clean { "1" } else { "0" }],
     )?;
     Ok(())
 }
@@ -80,22 +92,38 @@ pub(crate) fn read_marks(db: &mut impl Exec) -> Result<Vec<MarkRecord>, DbError>
 /// Socket.IO sessions the last clean shutdown left recoverable (ended within a day:
 /// the longest `socketio.recovery_ms`), taken out of the store: from now on they live
 /// in their home shard's memory, and the next clean shutdown stores those still
-/// unclaimed again.
-pub(crate) fn take_sessions(db: &mut impl Exec) -> Result<Vec<SessionRecord>, DbError> {
+/// unclaimed again. `node`: only those of this node of a cluster sharing the database
+/// (PostgreSQL); `None`: every one (the SQLite file is one node's).
+pub(crate) fn take_sessions(
+    db: &mut impl Exec,
+    node: Option<&str>,
+) -> Result<Vec<SessionRecord>, DbError> {
     let oldest = crate::clock::now_ms().saturating_sub(86_400_000);
-    let rows = db.query(
-        "SELECT pid, home, closed_ms, body FROM sio_sessions WHERE closed_ms >= ?1",
-        args![oldest],
-        |r| {
-            Ok((
-                r.get::<String>(0)?,
-                r.get::<i64>(1)?,
-                r.get::<i64>(2)?,
-                r.get::<Vec<u8>>(3)?,
-            ))
-        },
-    )?;
-    db.execute("DELETE FROM sio_sessions", args![])?;
+    let read = |r: &crate::sql::Row<'_>| {
+        Ok((
+            r.get::<String>(0)?,
+            r.get::<i64>(1)?,
+            r.get::<i64>(2)?,
+            r.get::<Vec<u8>>(3)?,
+        ))
+    };
+    let rows = match node {
+        None => db.query(
+            "SELECT pid, home, closed_ms, body FROM sio_sessions WHERE closed_ms >= ?1",
+            args![oldest],
+            read,
+        )?,
+        Some(node) => db.query(
+            "SELECT pid, home, closed_ms, body FROM sio_sessions
+             WHERE closed_ms >= ?1 AND node = ?2",
+            args![oldest, node],
+            read,
+        )?,
+    };
+    match node {
+        None => db.execute("DELETE FROM sio_sessions", args![])?,
+        Some(node) => db.execute("DELETE FROM sio_sessions WHERE node = ?1", args![node])?,
+    };
     Ok(rows
         .into_iter()
         .filter_map(|(pid, home, closed_ms, body)| {

@@ -241,8 +241,8 @@ pub struct Opened {
 /// The journal on each database.
 #[derive(Debug)]
 enum Database {
-    Sqlite(Writer),
-    Postgres(crate::store::postgres::writer::PgJournal),
+    Sqlite(Box<Writer>),
+    Postgres(Box<crate::store::postgres::writer::PgJournal>),
 }
 
 /// The running writer.
@@ -269,23 +269,27 @@ pub(crate) fn format_from(code: i64) -> Format {
 /// Open (or create) the store, read back the streams active within `stream_idle_ms`,
 /// and mark the run as started. `namespaces` decides which streams continue after an
 /// unclean stop and how much history each keeps.
+///
+/// `node` is this node's id in a cluster sharing a PostgreSQL database ("" alone): its
+/// run marks and Socket.IO sessions are its own there.
 pub fn open(
     cfg: &StoreConfig,
     namespaces: &[NamespacePolicy],
     stream_idle_ms: u64,
+    node: &str,
 ) -> Result<Opened, Error> {
     match cfg.location() {
         crate::sql::Location::File(path) => open_file(cfg, path, namespaces, stream_idle_ms),
         crate::sql::Location::Postgres { url, target } => {
             let (store, read) = crate::sql::off_runtime(|| {
-                crate::store::postgres::startup::open(&url, namespaces, stream_idle_ms)
+                crate::store::postgres::startup::open(&url, namespaces, stream_idle_ms, node)
             })
             .map_err(|e| Error::Store {
                 path: PathBuf::from(&target),
                 message: e.to_string(),
             })?;
             let journal =
-                crate::store::postgres::writer::PgJournal::new(store, namespaces.to_vec());
+                crate::store::postgres::writer::PgJournal::new(store, namespaces.to_vec(), node);
             let opening = Opening {
                 clean: read.clean,
                 streams: read.seeds.len(),
@@ -294,7 +298,7 @@ pub fn open(
                 reconnect_key: read.reconnect_key,
             };
             Ok(Opened::new(
-                Database::Postgres(journal),
+                Database::Postgres(Box::new(journal)),
                 cfg.location(),
                 cfg,
                 (read.seeds, read.marks, read.sessions),
@@ -339,12 +343,13 @@ fn open_file(
             .unwrap_or_default();
         fail(format!("cannot use it as a Switchboard store: {e}{why}"))
     })?;
-    let clean = bookkeeping::was_clean(&mut conn).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let clean =
+        bookkeeping::was_clean(&mut conn, "").map_err(|e| fail(format!("cannot read: {e}")))?;
     let seeds = read_seeds(&mut conn, namespaces, stream_idle_ms, clean)
         .map_err(|e| fail(format!("cannot read streams: {e}")))?;
     let marks =
         bookkeeping::read_marks(&mut conn).map_err(|e| fail(format!("cannot read marks: {e}")))?;
-    let sessions = bookkeeping::take_sessions(&mut conn)
+    let sessions = bookkeeping::take_sessions(&mut conn, None)
         .map_err(|e| fail(format!("cannot read Socket.IO sessions: {e}")))?;
     let reconnect_key = bookkeeping::reconnect_key(&mut conn)
         .map_err(|e| fail(format!("cannot read or write keys: {e}")))?;
@@ -365,7 +370,7 @@ fn open_file(
         archive,
     };
     Ok(Opened::new(
-        Database::Sqlite(writer),
+        Database::Sqlite(Box::new(writer)),
         crate::sql::Location::File(path),
         cfg,
         (seeds, marks, sessions),
@@ -453,8 +458,8 @@ impl Opened {
     pub fn spawn(mut self, shards: ShardSender) -> Result<StoreHandle, Error> {
         let location = self.location.clone();
         let marked = match &mut self.journal {
-            Database::Sqlite(w) => bookkeeping::mark_clean(&mut w.conn, false),
-            Database::Postgres(j) => bookkeeping::mark_clean(&mut j.store, false),
+            Database::Sqlite(w) => bookkeeping::mark_clean(&mut w.conn, "", false),
+            Database::Postgres(j) => bookkeeping::mark_clean(&mut j.store, &j.node, false),
         };
         marked.map_err(|e| Error::Store {
             path: location.name(),
@@ -469,8 +474,8 @@ impl Opened {
             let stats = stats.clone();
             let commit = group_commit::GroupCommit {
                 journal: match self.journal {
-                    Database::Sqlite(w) => Box::new(w),
-                    Database::Postgres(j) => Box::new(j),
+                    Database::Sqlite(w) => w,
+                    Database::Postgres(j) => j,
                 },
                 name,
                 rx: self.rx,

@@ -105,13 +105,10 @@ fn check(db: &mut Db, shards: &ShardSender, mut req: SequenceReq) {
             revisions::check_original(conn, &req.channel, epoch, target, author, r.moderator)
                 .map_err(|e| e.to_string())
         }
-        Db::Postgres(store) => {
+        Db::Postgres(store) => reconnecting(store, |store| {
             crate::store::postgres::pages::original(store, &req.channel, epoch, target)
-                .map(|(found, deleted)| {
-                    revisions::verdict(found, deleted, target, author, r.moderator)
-                })
-                .map_err(|e| crate::sql::describe(&e))
-        }
+        })
+        .map(|(found, deleted)| revisions::verdict(found, deleted, target, author, r.moderator)),
     };
     match verdict {
         Ok(None) => {
@@ -129,18 +126,32 @@ fn check(db: &mut Db, shards: &ShardSender, mut req: SequenceReq) {
     }
 }
 
+/// `read` on PostgreSQL; a connection found lost (the server restarted, failed over
+/// or ended the session) is made again and `read` tried once more.
+fn reconnecting<T>(
+    store: &mut crate::sql::PgStore,
+    mut read: impl FnMut(&mut crate::sql::PgStore) -> Result<T, postgres::Error>,
+) -> Result<T, String> {
+    store.reconnect_if_closed().map_err(|e| e.to_string())?;
+    match read(store) {
+        Err(_) if store.client.is_closed() => {
+            store.reconnect_if_closed().map_err(|e| e.to_string())?;
+            read(store).map_err(|e| crate::sql::describe(&e))
+        }
+        other => other.map_err(|e| crate::sql::describe(&e)),
+    }
+}
+
 /// A page from either database.
 fn read_page(db: &mut Db, read: &HistoryRead) -> Result<pages::PageOut, PageError> {
     match db {
         Db::Sqlite(conn) => pages::read(conn, &read.channel, &read.page, read.top, &read.kept),
         Db::Postgres(store) => {
-            match crate::store::postgres::pages::read(
-                store,
-                &read.channel,
-                &read.page,
-                read.top,
-                &read.kept,
-            ) {
+            let (channel, page, kept) = (&read.channel, &read.page, &read.kept[..]);
+            let result = reconnecting(store, |store| {
+                crate::store::postgres::pages::read(store, channel, page, read.top, kept)
+            });
+            match result {
                 Ok(Some(p)) => Ok(pages::PageOut {
                     top: p.top,
                     entries: p.entries,
@@ -150,7 +161,7 @@ fn read_page(db: &mut Db, read: &HistoryRead) -> Result<pages::PageOut, PageErro
                     read.page.epoch.unwrap_or(read.top.epoch),
                     read.top,
                 )),
-                Err(e) => Err(PageError::Failed(crate::sql::describe(&e))),
+                Err(e) => Err(PageError::Failed(e)),
             }
         }
     }

@@ -195,6 +195,7 @@ impl ShardCore {
             keep: policy.keep.min(u32::MAX as usize) as u32,
             ttl_ms: self.shared_ttl_ms(channel),
             sync,
+            stored: policy.durability != Durability::None,
             created,
             reply,
         });

@@ -40,10 +40,16 @@ const TYPES: [Type; 12] = [
 /// storing the same shared channel. `COPY` cannot skip such rows, so when it meets one
 /// the transaction is made again with an `INSERT … ON CONFLICT DO NOTHING` (slower,
 /// and only then).
-pub fn write(client: &mut Client, batches: &[Batch], now_ms: i64) -> Result<(), postgres::Error> {
-    match write_with(client, batches, now_ms, false) {
+/// `node` names the writing node (its Socket.IO sessions are its own; "" alone).
+pub fn write(
+    client: &mut Client,
+    node: &str,
+    batches: &[Batch],
+    now_ms: i64,
+) -> Result<(), postgres::Error> {
+    match write_with(client, node, batches, now_ms, false) {
         Err(e) if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {
-            write_with(client, batches, now_ms, true)
+            write_with(client, node, batches, now_ms, true)
         }
         other => other,
     }
@@ -114,6 +120,7 @@ fn add_publications(
 
 fn write_with(
     client: &mut Client,
+    node: &str,
     batches: &[Batch],
     now_ms: i64,
     skipping: bool,
@@ -188,14 +195,15 @@ fn write_with(
     }
     for s in batches.iter().flat_map(|b| b.sessions.iter()) {
         tx.execute(
-            "INSERT INTO sio_sessions (pid, home, closed_ms, body) VALUES ($1, $2, $3, $4)
+            "INSERT INTO sio_sessions (pid, home, closed_ms, body, node) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (pid) DO UPDATE SET home = excluded.home,
-                 closed_ms = excluded.closed_ms, body = excluded.body",
+                 closed_ms = excluded.closed_ms, body = excluded.body, node = excluded.node",
             &[
                 &format!("{:032x}", s.pid),
                 &i64::from(s.home),
                 &(s.closed_ms.min(i64::MAX as u64) as i64),
                 &&s.body[..],
+                &node,
             ],
         )?;
     }

@@ -31,6 +31,43 @@ pub use crate::sql::{PgError, PgStore};
 /// Any constant: the advisory lock a running node holds on its database.
 const NODE_LOCK: i64 = 0x5357_4243_4844_0002;
 
+/// Take the lock a running node (`node`: its cluster id, "" alone) holds on its
+/// database for as long as `store`'s session lasts (the writer's): its run marks (a
+/// clean stop) and the Socket.IO sessions it keeps are its own, so a second process
+/// as the same node is refused.
+pub(crate) fn hold_node_lock(store: &mut PgStore, node: &str) -> Result<(), PgError> {
+    let target = store.target().to_string();
+    // Nodes of a cluster share the database, each under its own id.
+    let mut key = NODE_LOCK;
+    for b in node.bytes() {
+        key = (key ^ i64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let free: bool = crate::sql::off_runtime(|| {
+        store
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+    })
+    .map_err(|e| PgError::Query {
+        target: target.clone(),
+        message: crate::sql::describe(&e),
+    })?
+    .get(0);
+    if free {
+        return Ok(());
+    }
+    Err(PgError::Query {
+        target,
+        message: if node.is_empty() {
+            "the database is in use by another running Switchboard node \
+             (nodes alone need a database each; nodes of a cluster share one, each \
+             with its own cluster.node_id)"
+                .into()
+        } else {
+            format!("node {node} is already running on this database (cluster.node_id must differ)")
+        },
+    })
+}
+
 /// Bring the schema of `store`'s database to this build's version; the version found
 /// before.
 pub fn migrate(store: &mut PgStore) -> Result<i32, PgError> {

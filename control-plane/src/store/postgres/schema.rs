@@ -12,7 +12,7 @@
 use postgres::Client;
 
 /// Version of the schema this build writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Why migrating stopped.
 pub(super) enum Outcome {
@@ -167,6 +167,9 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
      CREATE INDEX scheduled_owner ON scheduled (owner, state);
      CREATE INDEX marks_at ON marks (at_ms);
      CREATE INDEX publications_sender ON publications (sender) WHERE sender IS NOT NULL;",
+    // 4: nodes of a cluster share the database: each keeps its own Socket.IO sessions
+    // (and its own run marks, `clean:<node>` in `meta`).
+    "ALTER TABLE sio_sessions ADD COLUMN node TEXT NOT NULL DEFAULT '';",
 ];
 
 /// Apply every migration after the database's version up to `upto`; the version found.

@@ -42,46 +42,30 @@ pub(crate) struct Reading {
     pub reconnect_key: Vec<u8>,
 }
 
-/// Connect to `url`, bring the schema up to date and read everything back.
+/// Connect to `url`, bring the schema up to date and read back what `node` (""
+/// alone) continues from.
 pub(crate) fn open(
     url: &str,
     namespaces: &[NamespacePolicy],
     stream_idle_ms: u64,
+    node: &str,
 ) -> Result<(PgStore, Reading), PgError> {
     let mut store = PgStore::connect(url, Duration::from_secs(10))?;
     super::migrate(&mut store)?;
     let target = store.target().to_string();
-    // One running node per database: its run marks (a clean stop), the Socket.IO
-    // sessions it keeps and its streams' rows are its own. The lock lives as long as
-    // this connection, which becomes the writer's.
-    let free: bool = store
-        .client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&super::NODE_LOCK])
-        .map_err(|e| PgError::Query {
-            target: target.clone(),
-            message: describe(&e),
-        })?
-        .get(0);
-    if !free {
-        return Err(PgError::Query {
-            target,
-            message: "the database is in use by another running Switchboard node \
-                      (each node needs a database of its own)"
-                .into(),
-        });
-    }
+    super::hold_node_lock(&mut store, node)?;
     let fail = |what: &str, e: String| PgError::Query {
         target: target.clone(),
         message: format!("cannot read {what}: {e}"),
     };
-    let clean =
-        bookkeeping::was_clean(&mut store).map_err(|e| fail("the run marks", e.to_string()))?;
+    let clean = bookkeeping::was_clean(&mut store, node)
+        .map_err(|e| fail("the run marks", e.to_string()))?;
     let mut planned = bookkeeping::plan_streams(&mut store, namespaces, stream_idle_ms, clean)
         .map_err(|e| fail("streams", e.to_string()))?;
     let kept = windows(&mut store, &mut planned).map_err(|e| fail("streams", describe(&e)))?;
     let seeds = bookkeeping::finish_seeds(planned, kept);
     let marks = bookkeeping::read_marks(&mut store).map_err(|e| fail("marks", e.to_string()))?;
-    let sessions = bookkeeping::take_sessions(&mut store)
+    let sessions = bookkeeping::take_sessions(&mut store, Some(node))
         .map_err(|e| fail("Socket.IO sessions", e.to_string()))?;
     let reconnect_key =
         bookkeeping::reconnect_key(&mut store).map_err(|e| fail("keys", e.to_string()))?;

@@ -28,16 +28,19 @@ pub struct PgJournal {
     /// A pruning round in progress: the last channel it pruned ("" at the start) and
     /// the time it prunes against.
     pruning: Option<(String, i64)>,
+    /// This node's id in a cluster sharing the database ("" alone).
+    pub(crate) node: String,
 }
 
 impl PgJournal {
-    /// The journal on `store` for these namespaces.
-    pub fn new(store: PgStore, namespaces: Vec<NamespacePolicy>) -> PgJournal {
+    /// The journal of `node` ("" alone) on `store` for these namespaces.
+    pub fn new(store: PgStore, namespaces: Vec<NamespacePolicy>, node: &str) -> PgJournal {
         PgJournal {
             store,
             namespaces,
             stamp_ms: i64::MIN,
             pruning: None,
+            node: node.to_string(),
         }
     }
 
@@ -63,8 +66,17 @@ impl PgJournal {
 
 impl Journal for PgJournal {
     fn write(&mut self, batches: &[Batch]) -> Result<(), String> {
+        if self
+            .store
+            .reconnect_if_closed()
+            .map_err(|e| e.to_string())?
+        {
+            // The lock went with the old session: take it again, or stay refused.
+            super::hold_node_lock(&mut self.store, &self.node).map_err(|e| e.to_string())?;
+        }
         let now = (crate::clock::now_ms() as i64).max(self.stamp_ms);
-        super::journal::write(&mut self.store.client, batches, now).map_err(|e| describe(&e))?;
+        super::journal::write(&mut self.store.client, &self.node, batches, now)
+            .map_err(|e| describe(&e))?;
         self.stamp_ms = now;
         Ok(())
     }
@@ -101,7 +113,7 @@ impl Journal for PgJournal {
     }
 
     fn close_clean(&mut self) {
-        if let Err(e) = bookkeeping::mark_clean(&mut self.store, true) {
+        if let Err(e) = bookkeeping::mark_clean(&mut self.store, &self.node, true) {
             tracing::error!("cannot mark the store's stop clean: {e}");
         }
     }
