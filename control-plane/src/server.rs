@@ -117,19 +117,30 @@ impl Server {
         let peers = crate::cluster::Peers::new(remote_pushes.clone());
         // Redis for the workers: scheduled messages any node fires.
         let worker_link = crate::cluster::WorkerLink::new(cfg.cluster.enabled());
-        let shared_jobs = worker_link
-            .enabled()
+        // Nodes sharing a PostgreSQL store keep jobs and notifications in it instead.
+        let store_shared = worker_link.enabled() && cfg.store.backend == store::Backend::Postgres;
+        let shared_jobs = (worker_link.enabled() && !store_shared)
             .then(|| schedule::SharedJobs::new(worker_link.clone(), &cfg.cluster.key_prefix));
-        let (scheduler, scheduler_handle) =
-            schedule::spawn(&location, engine.clone(), engine.sender(), shared_jobs)?;
+        let (scheduler, scheduler_handle) = schedule::spawn(
+            &location,
+            engine.clone(),
+            engine.sender(),
+            shared_jobs,
+            store_shared,
+        )?;
         let (notifier, notifier_handle) = notify::spawn(
             &location,
             engine.sender(),
             cfg.notifications.clone(),
             remote_pushes.clone(),
-            worker_link
-                .enabled()
-                .then(|| notify::SharedNotes::new(worker_link.clone(), &cfg.cluster.key_prefix)),
+            match (worker_link.enabled(), cfg.store.backend) {
+                (false, _) => notify::Keeping::Store,
+                (true, store::Backend::Postgres) => notify::Keeping::SharedStore,
+                (true, store::Backend::Sqlite) => notify::Keeping::Redis(notify::SharedNotes::new(
+                    worker_link.clone(),
+                    &cfg.cluster.key_prefix,
+                )),
+            },
         )?;
         let (calls, calls_handle) = calls::spawn(
             &location,
@@ -138,6 +149,7 @@ impl Server {
             notifier.clone(),
             peers.clone(),
             remote_pushes.clone(),
+            node,
         )?;
         let (history, history_handle) =
             store::spawn_reader(&location, engine.sender(), store.stats().clone())?;

@@ -1,5 +1,6 @@
 //! Notifications and unread counts kept in a real `redis-server` (installed by `bash
-//! .ci/run`, started here on a free port, killed by PID) by nodes that share it: a
+//! .ci/run`, started here on a free port, killed by PID) by nodes that share it — or,
+//! in `.ci/run`'s PostgreSQL pass, in the database they share: a
 //! notification created through any node reaches the user's devices on every node
 //! with one unread count, is listed on every node, marked read on one and cleared on
 //! the others; a progress notification updated through two nodes stays one
@@ -16,7 +17,10 @@ use common::{api, Client, Fmt, RedisServer};
 fn node(redis: &RedisServer, id: &str, store: &std::path::Path) -> Server {
     let store = store.to_path_buf();
     common::cluster_node(redis, id, move |c| {
-        c.store.path = store;
+        // Each node's own SQLite file; on PostgreSQL the nodes share one database.
+        if !common::postgres_under_test() {
+            c.store.path = store;
+        }
         c.notifications.public_topics = vec!["news".into()];
     })
 }

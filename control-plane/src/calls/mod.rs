@@ -60,7 +60,7 @@ use switchboard_engine::{ControlRequest, ShardSender};
 use crate::clock::now_ms;
 use crate::config::CallsConfig;
 use crate::notify::Notifier;
-use crate::sql::{args, Db, Exec, Location};
+use crate::sql::{args, Db, Exec, Kind, Location};
 use crate::worker::WorkerHandle;
 
 /// Where the call thread takes work from (clone freely).
@@ -122,8 +122,8 @@ impl Calls {
 /// The running call thread (active calls are logged as failed at the next start).
 pub type CallsHandle = WorkerHandle;
 
-/// Start the call thread on the store at `at`; calls left active by the previous
-/// run are logged as failed.
+/// Start the call thread of `node` ("" alone) on the store at `at`; calls this node
+/// left active in its previous run are logged as failed.
 pub fn spawn(
     at: &Location,
     shards: ShardSender,
@@ -131,18 +131,26 @@ pub fn spawn(
     notifier: Notifier,
     peers: crate::cluster::Peers,
     pushes: crate::cluster::RemotePushes,
+    node: &str,
 ) -> Result<(Calls, CallsHandle), crate::Error> {
     let mut conn = Db::open(at, "calls")?;
-    let left = conn
-        .execute(
+    // Only this node's: in a store the nodes share, the others' calls go on.
+    let left = match conn.kind() {
+        Kind::Sqlite => conn.execute(
             "UPDATE calls SET ended_ms = ?1, outcome = 'failed', reason = 'server restarted'
-         WHERE ended_ms IS NULL",
+             WHERE ended_ms IS NULL",
             args![now_ms()],
-        )
-        .map_err(|e| crate::Error::Store {
-            path: at.name(),
-            message: format!("the call log cannot be updated: {e}"),
-        })?;
+        ),
+        Kind::Postgres => conn.execute(
+            "UPDATE calls SET ended_ms = ?1, outcome = 'failed', reason = 'server restarted'
+             WHERE ended_ms IS NULL AND node = ?2",
+            args![now_ms(), node],
+        ),
+    }
+    .map_err(|e| crate::Error::Store {
+        path: at.name(),
+        message: format!("the call log cannot be updated: {e}"),
+    })?;
     if left > 0 {
         tracing::warn!(
             calls = left,
@@ -152,6 +160,7 @@ pub fn spawn(
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut book = CallBook::new(conn, shards, cfg, notifier, Now::read());
     book.pushes = pushes;
+    book.node = node.to_string();
     book.remote.peers = peers.clone();
     let letters = tx.clone();
     peers.read_with(move |letter| {

@@ -99,7 +99,7 @@ async fn an_unanswered_call_rings_out_on_the_virtual_clock() {
         shards.clone(),
         NotificationsConfig::default(),
         Default::default(),
-        None,
+        crate::notify::Keeping::Store,
     )
     .unwrap();
     let cfg = CallsConfig {

@@ -322,14 +322,27 @@ impl Notifier {
     }
 }
 
+/// Where notifications are kept.
+#[derive(Debug)]
+pub enum Keeping {
+    /// In the store, this node's alone.
+    Store,
+    /// In the store the nodes of a cluster share (PostgreSQL): counts are read each
+    /// time, other nodes change them.
+    SharedStore,
+    /// In Redis (nodes sharing it, each with a store of its own).
+    Redis(SharedNotes),
+}
+
 /// Start the notification thread on the store at `at` (already prepared by
-/// [`crate::store::open`]), pushing and answering through `shards`.
+/// [`crate::store::open`]), keeping notifications as `keeping` says, pushing and
+/// answering through `shards`.
 pub fn spawn(
     at: &Location,
     shards: ShardSender,
     cfg: NotificationsConfig,
     remote: crate::cluster::RemotePushes,
-    shared: Option<SharedNotes>,
+    keeping: Keeping,
 ) -> Result<(Notifier, NotifierHandle), crate::Error> {
     let conn = Db::open(at, "notifications")?;
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -339,7 +352,11 @@ pub fn spawn(
         remote,
         cfg,
         unread: HashMap::new(),
-        shared,
+        store_shared: matches!(keeping, Keeping::SharedStore),
+        shared: match keeping {
+            Keeping::Redis(notes) => Some(notes),
+            Keeping::Store | Keeping::SharedStore => None,
+        },
     };
     let handle = WorkerHandle::spawn("notifications", move |stop| worker.run(&rx, stop))
         .map_err(|e| crate::Error::start("the notification worker", e))?;

@@ -38,6 +38,9 @@ pub(super) struct Worker {
     pub(super) remote: crate::cluster::RemotePushes,
     pub(super) cfg: NotificationsConfig,
     pub(super) unread: HashMap<String, u64>,
+    /// Other nodes write this store's notifications too (a shared PostgreSQL store):
+    /// unread counts are read each time, never cached.
+    pub(super) store_shared: bool,
     /// Notifications kept in Redis (nodes sharing it) instead of the store.
     pub(super) shared: Option<super::shared::SharedNotes>,
 }
@@ -214,6 +217,9 @@ impl Worker {
                 |r| r.get(0),
             )
             .map_err(Refusal::store)?;
+        if self.store_shared {
+            return Ok(n as u64);
+        }
         if self.unread.len() >= MAX_CACHED_COUNTS {
             self.unread.clear();
         }

@@ -52,6 +52,9 @@ const FIRED: i64 = 1;
 const CANCELLED: i64 = 2;
 const FAILED: i64 = 3;
 
+/// How long a node sharing the store holds the due messages it claimed.
+const CLAIM_LEASE_MS: u64 = 30_000;
+
 /// Where the scheduler thread takes work from (clone freely).
 #[derive(Debug, Clone)]
 pub struct Scheduler {
@@ -144,14 +147,17 @@ impl Scheduler {
     }
 }
 
-/// Start the scheduler on the store at `path` (already opened and prepared by
+/// Start the scheduler on the store at `at` (already opened and prepared by
 /// [`crate::store::open`]), publishing through `engine` and answering shards through
-/// `shards`; new jobs go to `shared` (Redis) when nodes share one.
+/// `shards`; new jobs go to `shared` (Redis) when nodes share it and each has a store of
+/// its own, and stay in the store when the nodes share it (`store_shared`: each node
+/// claims what it fires).
 pub fn spawn(
     at: &crate::sql::Location,
     engine: Arc<EngineHandle>,
     shards: ShardSender,
     shared: Option<SharedJobs>,
+    store_shared: bool,
 ) -> Result<(Scheduler, SchedulerHandle), crate::Error> {
     let conn = Db::open(at, "the scheduler")?;
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -160,6 +166,7 @@ pub fn spawn(
         engine,
         shards,
         shared,
+        store_shared,
         claimed_at: Instant::now(),
     };
     let handle = WorkerHandle::spawn("scheduler", move |stop| worker.run(&rx, stop))
@@ -173,6 +180,8 @@ struct Worker {
     shards: ShardSender,
     /// Jobs kept in Redis (nodes sharing it).
     shared: Option<SharedJobs>,
+    /// The store is shared by the nodes of a cluster: due jobs are claimed.
+    store_shared: bool,
     /// When this node last looked for due jobs in Redis.
     claimed_at: Instant,
 }
@@ -452,25 +461,45 @@ impl Worker {
     }
 
     fn due_rows(&mut self) -> Result<Vec<Due>, DbError> {
-        self.conn.query(
-            "SELECT id, channel, sender, format, data, meta FROM scheduled
-             WHERE state = ?1 AND due_ms <= ?2 ORDER BY due_ms, id LIMIT 512",
-            args![PENDING, now_ms()],
-            |r| {
-                Ok(Due {
-                    id: r.get(0)?,
-                    channel: r.get(1)?,
-                    sender: r.get(2)?,
-                    format: if r.get::<i64>(3)? == Format::Json.index() as i64 {
-                        Format::Json
-                    } else {
-                        Format::MsgPack
-                    },
-                    data: Bytes::from(r.get::<Vec<u8>>(4)?),
-                    meta: r.get::<Option<Vec<u8>>>(5)?.map(Bytes::from),
-                })
-            },
-        )
+        // Nodes sharing the store each claim what they fire, for a lease (rows another
+        // node holds are skipped, not waited for); a node that dies mid-way leaves its
+        // claims to expire, and the idempotency key makes a second firing a duplicate.
+        let now = now_ms();
+        let (sql, params): (&str, &[&dyn crate::sql::Param]) = if self.store_shared {
+            (
+                "UPDATE scheduled SET claimed_until = ?3
+                 WHERE id IN (SELECT id FROM scheduled
+                     WHERE state = ?1 AND due_ms <= ?2
+                       AND (claimed_until IS NULL OR claimed_until < ?2)
+                     ORDER BY due_ms, id LIMIT 512 FOR UPDATE SKIP LOCKED)
+                 RETURNING id, channel, sender, format, data, meta, due_ms",
+                args![PENDING, now, now + CLAIM_LEASE_MS],
+            )
+        } else {
+            (
+                "SELECT id, channel, sender, format, data, meta, due_ms FROM scheduled
+                 WHERE state = ?1 AND due_ms <= ?2 ORDER BY due_ms, id LIMIT 512",
+                args![PENDING, now],
+            )
+        };
+        let mut due = self.conn.query(sql, params, |r| {
+            let due = Due {
+                id: r.get(0)?,
+                channel: r.get(1)?,
+                sender: r.get(2)?,
+                format: if r.get::<i64>(3)? == Format::Json.index() as i64 {
+                    Format::Json
+                } else {
+                    Format::MsgPack
+                },
+                data: Bytes::from(r.get::<Vec<u8>>(4)?),
+                meta: r.get::<Option<Vec<u8>>>(5)?.map(Bytes::from),
+            };
+            Ok((r.get::<u64>(6)?, due))
+        })?;
+        // `RETURNING` keeps no order.
+        due.sort_by_key(|(at, d)| (*at, d.id));
+        Ok(due.into_iter().map(|(_, d)| d).collect())
     }
 
     /// Record a due message's outcome where it is kept.

@@ -836,10 +836,16 @@ impl RedisServer {
 }
 
 /// A node of a cluster on `redis`, named `id`, with a fast registry (heartbeats every
-/// 100 ms, gone after 400 ms) and `tweak` applied.
+/// 100 ms, gone after 400 ms) and `tweak` applied; on PostgreSQL ([`postgres_under_test`])
+/// the nodes of one Redis share one database, as a cluster does.
 pub fn cluster_node(redis: &RedisServer, id: &str, tweak: impl FnOnce(&mut Config)) -> Server {
     let url = redis.url();
     start(|c| {
+        if postgres_under_test() {
+            // The nodes of one Redis share one database ([`store_under_test`] names it
+            // after this path).
+            c.store.path = std::path::PathBuf::from(format!("/cluster-of/{url}"));
+        }
         c.cluster.redis_url = url;
         c.cluster.node_id = id.into();
         c.cluster.heartbeat_ms = 100;
@@ -857,10 +863,17 @@ pub fn cluster_process(
     extra: &str,
 ) -> (std::process::Child, SocketAddr, SocketAddr) {
     let store = temp_store();
+    // On PostgreSQL, the database the cluster's other nodes share ([`cluster_node`]).
+    let shared = postgres_url_of(std::path::Path::new(&format!(
+        "/cluster-of/{}",
+        redis.url()
+    )))
+    .map(|url| format!("backend = \"postgres\"\npostgres_url = \"{url}\""))
+    .unwrap_or_default();
     let config = write_config(
         &store,
         "",
-        "",
+        &shared,
         &format!(
             "[cluster]\nredis_url = \"{}\"\nnode_id = \"{id}\"\nheartbeat_ms = 100\n\
              node_ttl_ms = 400\n\n{extra}",

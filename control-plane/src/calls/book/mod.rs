@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::sql::{args, Db, Exec};
+use crate::sql::{args, Db, Exec, Kind};
 use serde_json::Value;
 use switchboard_engine::control::{CallTarget, Caller, ControlCommand, PeerId, PushTo};
 use switchboard_engine::mesh::ReplyBody;
@@ -99,6 +99,8 @@ pub(super) struct CallBook {
     pub(super) remote: Remote,
     /// The next call's sequence number (the low bits of its id).
     next_seq: u64,
+    /// This node's id, recorded with its calls in a store the nodes share (PostgreSQL).
+    pub(super) node: String,
 }
 
 impl CallBook {
@@ -128,6 +130,7 @@ impl CallBook {
             pushes: Default::default(),
             remote: Default::default(),
             next_seq,
+            node: String::new(),
         }
     }
 
@@ -308,19 +311,34 @@ impl CallBook {
         // The id names this node to the others (its tag in the high bits).
         let seq = (self.next_seq + 1) & ((1 << remote::TAG_SHIFT) - 1);
         let id = (self.remote.tag() as u64) << remote::TAG_SHIFT | seq;
-        self.conn
-            .execute(
+        // A store the nodes share records whose call it is (SQLite's file is one node's).
+        let sql = match self.conn.kind() {
+            Kind::Sqlite => {
                 "INSERT INTO calls (id, caller, callee, room, media, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                args![
-                    id,
-                    &*caller.user,
-                    callee.as_deref(),
-                    room.as_deref(),
-                    media.as_deref(),
-                    now
-                ],
-            )
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            }
+            Kind::Postgres => {
+                "INSERT INTO calls (id, caller, callee, room, media, created_ms, node)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            }
+        };
+        let node = &self.node;
+        let args = args![
+            id,
+            &*caller.user,
+            callee.as_deref(),
+            room.as_deref(),
+            media.as_deref(),
+            now,
+            node
+        ];
+        let args = if self.conn.kind() == Kind::Sqlite {
+            &args[..6]
+        } else {
+            &args[..]
+        };
+        self.conn
+            .execute(sql, args)
             .map_err(|e| refuse(ErrorCode::Unavailable, &format!("call log: {e}")))?;
         self.next_seq = seq;
         let mut call = Call {

@@ -42,31 +42,41 @@ macro_rules! entry_columns {
 pub(super) use entry_columns;
 
 /// The page's publications with their latest revision, between offsets `$3` and `$4`
-/// (exclusive), and stored between `$5` and `$6` (inclusive; Unix ms): the time bounds
-/// become offsets with one seek each of the time index (an InitPlan each), so the
-/// page itself is one range of the primary key whatever the bounds.
-const PAGE: &str = concat!(
-    "SELECT ",
-    entry_columns!(),
-    " WHERE p.channel = $1 AND p.epoch = $2
-   AND p.\"offset\" > GREATEST($3, COALESCE((SELECT q.\"offset\" FROM publications q
-        WHERE q.channel = $1 AND q.epoch = $2 AND q.ts_ms >= $5
-        ORDER BY q.ts_ms, q.\"offset\" LIMIT 1), 9223372036854775807) - 1)
-   AND p.\"offset\" < LEAST($4, COALESCE((SELECT q.\"offset\" FROM publications q
-        WHERE q.channel = $1 AND q.epoch = $2 AND q.ts_ms <= $6
-        ORDER BY q.ts_ms DESC, q.\"offset\" DESC LIMIT 1), -1) + 1)
- ORDER BY p.\"offset\" "
-);
-
-fn page_sql(reverse: bool) -> String {
-    format!(
-        "{PAGE}{}",
-        if reverse {
-            "DESC LIMIT $7"
-        } else {
-            "ASC LIMIT $7"
-        }
-    )
+/// (exclusive), at most `$5`; with time bounds, also stored at or after `$6` and at or
+/// before `$7` (inclusive; Unix ms): each time bound becomes an offset with one seek of
+/// the time index (an InitPlan), so the page itself is one range of the primary key
+/// whatever the bounds. Without time bounds no seek is made: stored times are in
+/// offset order only within what one writer committed, and nodes sharing the database
+/// commit a channel's publications from several writers.
+fn page_sql(reverse: bool, from: bool, to: bool) -> String {
+    let mut sql = String::from(concat!(
+        "SELECT ",
+        entry_columns!(),
+        " WHERE p.channel = $1 AND p.epoch = $2 AND p.\"offset\" > $3 AND p.\"offset\" < $4"
+    ));
+    let mut n = 5;
+    if from {
+        n += 1;
+        sql.push_str(&format!(
+            " AND p.\"offset\" >= COALESCE((SELECT q.\"offset\" FROM publications q
+                WHERE q.channel = $1 AND q.epoch = $2 AND q.ts_ms >= ${n}
+                ORDER BY q.ts_ms, q.\"offset\" LIMIT 1), 9223372036854775807)"
+        ));
+    }
+    if to {
+        n += 1;
+        sql.push_str(&format!(
+            " AND p.\"offset\" <= COALESCE((SELECT q.\"offset\" FROM publications q
+                WHERE q.channel = $1 AND q.epoch = $2 AND q.ts_ms <= ${n}
+                ORDER BY q.ts_ms DESC, q.\"offset\" DESC LIMIT 1), -1)"
+        ));
+    }
+    sql.push_str(if reverse {
+        " ORDER BY p.\"offset\" DESC LIMIT $5"
+    } else {
+        " ORDER BY p.\"offset\" ASC LIMIT $5"
+    });
+    sql
 }
 
 /// Read `page` (its epoch named) of `channel`, whose owner is at `top` and keeps `kept`
@@ -102,19 +112,21 @@ pub fn read(
     let hi = page.before.unwrap_or(u64::MAX).min(i64::MAX as u64) as i64;
     let as_ms = |ms: u64| ms.min(i64::MAX as u64) as i64;
     let want = page.limit as usize + 1;
-    let sql = store.prepared_owned(page_sql(page.reverse))?;
-    let rows = store.client.query(
-        &sql,
-        &[
-            &channel,
-            &(epoch as i64),
-            &lo,
-            &hi,
-            &page.from_ms.map_or(i64::MIN, as_ms),
-            &page.to_ms.map_or(i64::MAX, as_ms),
-            &(want as i64),
-        ],
-    )?;
+    let sql = page_sql(page.reverse, page.from_ms.is_some(), page.to_ms.is_some());
+    let sql = store.prepared_owned(sql)?;
+    let (epoch_code, limit) = (epoch as i64, want as i64);
+    let (from, to) = (page.from_ms.map(as_ms), page.to_ms.map(as_ms));
+    let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> =
+        vec![&channel, &epoch_code, &lo, &hi, &limit];
+    params.extend(
+        from.as_ref()
+            .map(|v| v as &(dyn postgres::types::ToSql + Sync)),
+    );
+    params.extend(
+        to.as_ref()
+            .map(|v| v as &(dyn postgres::types::ToSql + Sync)),
+    );
+    let rows = store.client.query(&sql, &params)?;
     let mut entries: Vec<Entry> = rows.iter().map(|r| entry_of(r, 0)).collect();
     if current {
         let within = |e: &&Entry| page.admits(e.offset);

@@ -12,7 +12,7 @@
 use postgres::Client;
 
 /// Version of the schema this build writes.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// Why migrating stopped.
 pub(super) enum Outcome {
@@ -170,6 +170,10 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
     // 4: nodes of a cluster share the database: each keeps its own Socket.IO sessions
     // (and its own run marks, `clean:<node>` in `meta`).
     "ALTER TABLE sio_sessions ADD COLUMN node TEXT NOT NULL DEFAULT '';",
+    // 5: nodes sharing the database claim the scheduled messages they fire, for a lease.
+    "ALTER TABLE scheduled ADD COLUMN claimed_until BIGINT;",
+    // 6: the call log says whose call each is (a node restarting closes only its own).
+    "ALTER TABLE calls ADD COLUMN node TEXT NOT NULL DEFAULT '';",
 ];
 
 /// Apply every migration after the database's version up to `upto`; the version found.
