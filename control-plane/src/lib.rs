@@ -12,6 +12,7 @@
 //! - [`schedule`], [`notify`], [`calls`]: scheduled messages, notifications, call
 //!   signaling — each a worker thread on the store.
 //! - [`alerts`]: threshold rules on the server's own metrics, webhooks.
+//! - [`ai`]: processors that read chat messages (language, entities, intent rules).
 //! - [`hooks`]: Socket.IO backend hooks (HTTP calls to the application's backend).
 //! - [`audit`]: the audit log of admin actions.
 //! - [`metrics`]: Prometheus text rendering.
@@ -34,6 +35,7 @@
 //! integration tests can run a real server in-process on port 0.
 
 pub mod admin_ops;
+pub mod ai;
 pub mod alerts;
 pub mod audit;
 pub mod auth;
