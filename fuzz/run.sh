@@ -23,7 +23,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --quiet
 fi
 
-TARGETS=(handshake frames envelope jwt config shard socketio eio_shard)
+TARGETS=(handshake frames envelope jwt config shard socketio eio_shard chat_wire)
 if [[ $# -ge 1 ]]; then
   TARGETS=("$1")
   SECONDS_EACH=${2:-600}

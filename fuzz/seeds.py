@@ -253,6 +253,23 @@ def eio_shard():
     write("eio_shard", "bad_input", bad)
 
 
+def chat_wire():
+    """A model endpoint's answers (see fuzz_targets/chat_wire.rs): the first byte is the
+    size of the pieces a stream arrives in."""
+    stream = (
+        b'data: {"choices":[{"delta":{"content":"Hola"}}]}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    write("chat_wire", "stream", b"\x07" + stream)
+    whole = (
+        b'{"choices":[{"message":{"role":"assistant","content":"hi"},'
+        b'"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1}}'
+    )
+    write("chat_wire", "whole", b"\x01" + whole)
+    write("chat_wire", "error", b"\xc9" + b'{"error":{"message":"Rate limit reached"}}')
+
+
 if __name__ == "__main__":
     handshake()
     frames()
@@ -262,5 +279,6 @@ if __name__ == "__main__":
     shard()
     socketio()
     eio_shard()
+    chat_wire()
     for d in sorted(SEEDS.iterdir()):
         print(f"{d.name}: {len(list(d.iterdir()))} seeds")

@@ -33,7 +33,7 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Logging.
     pub log: LogConfig,
-    /// Durable storage (SQLite).
+    /// Durable storage (SQLite or PostgreSQL).
     pub store: StoreConfig,
     /// Per-namespace settings, `[namespaces.NAME]`: a channel's namespace is the part
     /// of its name before the first `:`.
@@ -50,6 +50,8 @@ pub struct Config {
     pub socketio: switchboard_engine::sio_config::SocketIoConfig,
     /// Nodes sharing one service through Redis (`docs/SCALING.md`); off by default.
     pub cluster: crate::cluster::ClusterConfig,
+    /// Processors that read chat messages (language, entities, intent rules).
+    pub ai: crate::ai::AiConfig,
 }
 
 /// The process environment, behind a trait so tests can supply their own.
@@ -291,6 +293,9 @@ impl Config {
         }
         self.engine_config().validate()?;
         self.store.validate().map_err(Error::invalid)?;
+        self.ai
+            .processors()
+            .map_err(|e| Error::invalid(e.to_string()))?;
         if self.cluster.enabled()
             && self.store.backend == crate::store::Backend::Postgres
             && self.cluster.node_id.is_empty()

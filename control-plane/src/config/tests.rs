@@ -311,6 +311,16 @@ fn store_and_namespaces_load_and_bad_values_name_the_key() {
         ("[store]\narchive_after_ms = 0\n", "store.archive_after_ms"),
         ("[store]\npath = \"\"\n", "store.path"),
         ("[store]\nbackend = \"mysql\"\n", "backend"),
+        ("[ai]\nlanguages = [\"en\", \"xx-yy\"]\n", "ai.languages[1]"),
+        (
+            "[[ai.entities]]\nkind = \"case\"\npattern = \"(\"\n",
+            "ai.entities[0].pattern",
+        ),
+        (
+            "[[ai.intents]]\nintent = \"help\"\nkeywords = []\n",
+            "ai.intents[0].keywords",
+        ),
+        ("[ai]\nmodel = \"gpt\"\n", "model"),
         (
             "[store]\nbackend = \"postgres\"\npostgres_url = \"postgres://u@h/db\"\n\
              [cluster]\nredis_url = \"redis://127.0.0.1:6379\"\n",

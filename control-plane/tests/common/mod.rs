@@ -2,6 +2,8 @@
 //! WebSocket clients built on fastwebsockets (plus raw sockets for protocol violations).
 #![allow(dead_code)]
 
+pub mod fake_openai;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
