@@ -312,34 +312,21 @@ impl CallBook {
         let seq = (self.next_seq + 1) & ((1 << remote::TAG_SHIFT) - 1);
         let id = (self.remote.tag() as u64) << remote::TAG_SHIFT | seq;
         // A store the nodes share records whose call it is (SQLite's file is one node's).
-        let sql = match self.conn.kind() {
-            Kind::Sqlite => {
+        let (user, node) = (&*caller.user, &self.node);
+        let (to, in_room, with) = (callee.as_deref(), room.as_deref(), media.as_deref());
+        let logged = match self.conn.kind() {
+            Kind::Sqlite => self.conn.execute(
                 "INSERT INTO calls (id, caller, callee, room, media, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
-            }
-            Kind::Postgres => {
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                args![id, user, to, in_room, with, now],
+            ),
+            Kind::Postgres => self.conn.execute(
                 "INSERT INTO calls (id, caller, callee, room, media, created_ms, node)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-            }
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                args![id, user, to, in_room, with, now, node],
+            ),
         };
-        let node = &self.node;
-        let args = args![
-            id,
-            &*caller.user,
-            callee.as_deref(),
-            room.as_deref(),
-            media.as_deref(),
-            now,
-            node
-        ];
-        let args = if self.conn.kind() == Kind::Sqlite {
-            &args[..6]
-        } else {
-            &args[..]
-        };
-        self.conn
-            .execute(sql, args)
-            .map_err(|e| refuse(ErrorCode::Unavailable, &format!("call log: {e}")))?;
+        logged.map_err(|e| refuse(ErrorCode::Unavailable, &format!("call log: {e}")))?;
         self.next_seq = seq;
         let mut call = Call {
             id,
