@@ -46,6 +46,7 @@ pub struct Server {
     alerts: Option<crate::worker::WorkerHandle>,
     memory_trim: Option<crate::worker::WorkerHandle>,
     hooks: Vec<crate::worker::WorkerHandle>,
+    ai: Vec<crate::worker::WorkerHandle>,
     cluster: Option<crate::cluster::ClusterHandle>,
     /// Set in dev mode.
     pub dev: Option<DevCredentials>,
@@ -102,11 +103,16 @@ impl Server {
             .iter()
             .any(|n| n.durability == switchboard_engine::Durability::Sync);
         let (cluster_link, batches) = crate::cluster::link(&cfg.cluster).unzip();
+        // The AI pipelines are built first: the shards hand them their namespaces'
+        // publications from the start.
+        let ai = crate::ai::pipeline::prepare(&cfg.ai, &cfg.ai_namespaces())
+            .map_err(|e| Error::invalid(e.to_string()))?;
         let engine = Arc::new(Engine::start_shared(
             engine_cfg,
             requests_tx,
             durable,
             cluster_link,
+            ai.tap.clone(),
         )?);
         let store = opened.spawn(engine.sender())?;
         let location = store.location().clone();
@@ -153,6 +159,9 @@ impl Server {
         )?;
         let (history, history_handle) =
             store::spawn_reader(&location, engine.sender(), store.stats().clone())?;
+        let (ai, ai_threads) = ai
+            .spawn(engine.clone(), engine.sender())
+            .map_err(|e| Error::start("the AI pipeline workers", e))?;
         let (hooks, hook_threads) = crate::hooks::spawn(&cfg.socketio, engine.sender())
             .map_err(|e| Error::start("the hook threads", e))?;
         let auth_stats = Arc::new(AuthStats::default());
@@ -257,6 +266,7 @@ impl Server {
             shutdown: shutdown.clone(),
             store: Some(store_view),
             alerts,
+            ai,
         });
         let (admin_stop, admin_thread) = serve_http(listener, state)?;
         tracing::info!(ws = %engine.local_addr(), admin = %admin_addr, "switchboard started");
@@ -274,6 +284,7 @@ impl Server {
             alerts: Some(alerts_handle),
             memory_trim: Some(memory_trim),
             hooks: hook_threads,
+            ai: ai_threads,
             cluster: cluster_handle,
             dev: keys.dev,
             api_key: keys.api_key,
@@ -310,6 +321,11 @@ impl Server {
     /// Wait until the shards have drained and stopped, then stop the writer (after it
     /// wrote everything) and the admin API.
     pub fn wait(mut self) {
+        // AI workers first: what they still hold was never acknowledged, and their
+        // publishers are told while the shards can still answer.
+        for worker in self.ai.drain(..) {
+            worker.finish();
+        }
         self.engine.join();
         if let Some(cluster) = self.cluster.take() {
             cluster.finish();

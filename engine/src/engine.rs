@@ -53,18 +53,20 @@ impl Engine {
         control: Sender<ControlRequest>,
         durable: Option<Durable>,
     ) -> Result<EngineHandle, Error> {
-        Engine::start_shared(cfg, control, durable, None)
+        Engine::start_shared(cfg, control, durable, None, None)
     }
 
     /// Like [`Engine::start_with`], for a node sharing Redis with others: channels
     /// other than personal ones are sequenced by Redis through `cluster` (the cluster
-    /// thread's link), see [`crate::cluster`].
+    /// thread's link), see [`crate::cluster`]; and with the AI pipelines' tap, where
+    /// namespaces with a pipeline hand their publications ([`crate::ai_tap`]).
     #[allow(clippy::disallowed_types)] // The handle's control-plane-side locks.
     pub fn start_shared(
         cfg: EngineConfig,
         control: Sender<ControlRequest>,
         durable: Option<Durable>,
         cluster: Option<crate::cluster::ClusterLink>,
+        ai: Option<crate::ai_tap::AiTap>,
     ) -> Result<EngineHandle, Error> {
         cfg.validate()?;
         if durable.is_none() {
@@ -120,6 +122,9 @@ impl Engine {
         }
         if let Some(link) = cluster {
             mesh.attach_cluster(link)?;
+        }
+        if let Some(tap) = ai {
+            mesh.attach_ai(tap)?;
         }
         let first = bind(cfg.listen, cfg.backlog).map_err(|source| Error::Bind {
             addr: cfg.listen,

@@ -24,6 +24,7 @@
 //! read configuration files: the control plane does.
 
 pub mod access;
+pub mod ai_tap;
 pub mod auth;
 pub mod backend;
 pub mod channels;

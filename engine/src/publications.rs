@@ -60,6 +60,9 @@ pub struct SequenceReq {
     pub revision: Option<RevisionReq>,
     /// Who learns the position.
     pub reply: PublishReply,
+    /// Past its namespace's AI gate (released by a fail-closed pipeline, or published
+    /// by the server itself): sequenced without being handed to the pipeline first.
+    pub screened: bool,
 }
 
 /// An edit or deletion on its way to the channel's owner, which checks it before
@@ -120,7 +123,14 @@ impl SequenceReq {
             event: None,
             revision: None,
             reply,
+            screened: false,
         }
+    }
+
+    /// The same publication, past its namespace's AI gate.
+    pub fn screened(mut self) -> SequenceReq {
+        self.screened = true;
+        self
     }
 
     /// The same publication, recorded as published by `author`.
@@ -155,6 +165,9 @@ pub enum PublishReply {
     },
     /// The server API.
     Api(tokio::sync::oneshot::Sender<Sequenced>),
+    /// Both: the publisher (a fail-closed message released by its AI pipeline), and
+    /// the pipeline, which links its annotations to the position.
+    Tee(Box<PublishReply>, tokio::sync::oneshot::Sender<Sequenced>),
 }
 
 impl PublishReply {
@@ -180,6 +193,10 @@ impl PublishReply {
             PublishReply::Api(tx) => {
                 let _ = tx.send(Err(refused));
                 None
+            }
+            PublishReply::Tee(inner, tx) => {
+                let _ = tx.send(Err(refused.clone()));
+                inner.refuse(refused)
             }
         }
     }

@@ -80,6 +80,11 @@ impl IntentRules {
         Ok(IntentRules { rules: out })
     }
 
+    /// The intents the rules name, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|(n, _)| n.as_str())
+    }
+
     /// The intent of `text`, if any rule's keywords are in it.
     pub fn classify(&self, text: &str) -> Option<Intent> {
         let mut total = 0usize;

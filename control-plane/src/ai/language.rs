@@ -49,6 +49,11 @@ fn code_of(lang: Lang) -> &'static str {
         .map_or(lang.code(), |&(c, _)| c)
 }
 
+/// The English name of a language code (`es` → `Spanish`), if it is one.
+pub fn name_of(code: &str) -> Option<&'static str> {
+    lang_of(code).map(|l| l.eng_name())
+}
+
 /// A language detector for a set of expected languages.
 #[derive(Debug)]
 pub struct LanguageDetector {

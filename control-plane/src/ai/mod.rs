@@ -1,41 +1,41 @@
-//! AI on the message path (issue 21, in progress): processors that read a chat message
-//! and say what it is, run in the control plane, off the shards.
+//! AI on the message path: processors that read a chat message and say what it is,
+//! run in the control plane, off the shards, in pipelines per namespace.
 //!
-//! Built so far — the local processors, which need no network: [`language`] (which
-//! language, with a confidence), [`entities`] (emails, phone numbers, dates and
-//! configured reference patterns such as case numbers) and [`intent`] (keyword rules,
-//! the fallback classifier when no model answers). Each is built once from its
-//! configuration (errors name the key) and is then a pure function of the text. And
-//! [`chat_wire`]: the OpenAI chat-completions wire format, sans I/O (requests, whole
-//! answers, streamed answers fed as bytes arrive, error statuses), and [`model`], the
-//! client that calls an OpenAI-compatible endpoint with it (whole or streamed, one
-//! timeout per call, errors by kind).
+//! - [`config`]: `[ai]` (local processors, model endpoints, pipelines) and its checks;
+//! - local processors, which need no network: [`language`] (which language, with a
+//!   confidence), [`entities`] (emails, phone numbers, dates and configured reference
+//!   patterns such as case numbers) and [`intent`] (keyword rules, the fallback
+//!   classifier when no model answers); each is built once from its configuration and
+//!   is then a pure function of the text;
+//! - the model: [`chat_wire`] (the OpenAI chat-completions wire format, sans I/O),
+//!   [`model`] (the client, whole or streamed, one timeout per call, errors by kind),
+//!   [`breaker`] (one circuit breaker per endpoint, half-open probing), [`prompts`]
+//!   (the conversations sent, redaction, bounded history);
+//! - [`models`]: the configured endpoints, each called through its breaker;
+//! - [`pipeline`]: the workers that take the shards' tapped publications, run the
+//!   processors ([`findings`]) and publish what they found ([`results`]: annotations,
+//!   streamed bot replies), fail-open or fail-closed ([`held`]: messages held for
+//!   moderation); [`stats`]: their metrics.
 //!
-//! Not yet: pipelines per namespace, the model processors (prompts from config files),
-//! budgets and breakers, escalation hooks; this module will own them too. It does not
-//! own delivery: a message reaches its subscribers before and independently of any of
-//! this.
+//! It does not own delivery: in a fail-open namespace a message reaches its
+//! subscribers before and independently of any of this (`switchboard_engine::ai_tap`).
 
+pub mod breaker;
 pub mod chat_wire;
+pub mod config;
 pub mod entities;
+pub mod findings;
+pub mod held;
 pub mod intent;
 pub mod language;
 pub mod model;
+pub mod models;
+pub mod pipeline;
+pub mod prompts;
+pub mod results;
+pub mod stats;
 
-/// `[ai]`: the local processors' settings (pipelines that use them come next).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AiConfig {
-    /// Languages the detector chooses among (ISO 639-1 or 639-3 codes; at least two;
-    /// empty: English and Spanish).
-    pub languages: Vec<String>,
-    /// Reference patterns found besides emails, phone numbers and dates:
-    /// `[[ai.entities]] kind = "case_number", pattern = "…"`.
-    pub entities: Vec<entities::EntityPattern>,
-    /// Keyword rules, the fallback classifier:
-    /// `[[ai.intents]] intent = "emergency", keywords = ["911", "emergencia"]`.
-    pub intents: Vec<intent::IntentRule>,
-}
+pub use config::AiConfig;
 
 /// The local processors, built from `[ai]`.
 #[derive(Debug)]
@@ -48,17 +48,6 @@ pub struct Processors {
     pub intents: intent::IntentRules,
 }
 
-impl AiConfig {
-    /// Build the processors; an error names the key.
-    pub fn processors(&self) -> Result<Processors, ConfigError> {
-        Ok(Processors {
-            language: language::LanguageDetector::new(&self.languages, "ai.languages")?,
-            entities: entities::EntityExtractor::new(&self.entities, "ai.entities")?,
-            intents: intent::IntentRules::new(&self.intents, "ai.intents")?,
-        })
-    }
-}
-
 /// A processor's configuration that cannot be used: the key and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {message}")]
@@ -67,4 +56,14 @@ pub struct ConfigError {
     pub key: String,
     /// What is wrong with it.
     pub message: String,
+}
+
+impl ConfigError {
+    /// The error of `key`.
+    pub fn new(key: impl Into<String>, message: String) -> ConfigError {
+        ConfigError {
+            key: key.into(),
+            message,
+        }
+    }
 }

@@ -152,6 +152,11 @@ impl Relay {
     }
 
     pub(super) async fn answer(&self, reply: PublishReply, result: Sequenced) {
+        let mut reply = reply;
+        while let PublishReply::Tee(inner, tx) = reply {
+            let _ = tx.send(result.clone());
+            reply = *inner;
+        }
         match reply {
             PublishReply::None => {}
             PublishReply::Client {
@@ -171,6 +176,8 @@ impl Relay {
             PublishReply::Api(tx) => {
                 let _ = tx.send(result);
             }
+            // Unwrapped above.
+            PublishReply::Tee(..) => {}
         }
     }
 

@@ -173,6 +173,15 @@ impl Config {
         Ok(config)
     }
 
+    /// The namespaces an AI pipeline may name: the configured ones and the inbox's.
+    pub fn ai_namespaces(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.namespaces.keys().map(String::as_str).collect();
+        if self.inbox.enabled {
+            names.push(&self.inbox.namespace);
+        }
+        names
+    }
+
     /// The engine settings with the namespaces' stream policies filled in.
     pub fn engine_config(&self) -> EngineConfig {
         let mut engine = self.engine.clone();
@@ -294,7 +303,7 @@ impl Config {
         self.engine_config().validate()?;
         self.store.validate().map_err(Error::invalid)?;
         self.ai
-            .processors()
+            .check(&self.ai_namespaces())
             .map_err(|e| Error::invalid(e.to_string()))?;
         if self.cluster.enabled()
             && self.store.backend == crate::store::Backend::Postgres

@@ -2,7 +2,7 @@
 //! token ([`super::admin_auth`]), every action audited.
 //!
 //! Owns the routes: rate limits, audit log, disconnect, maintenance, revocation,
-//! connections, health, breakers, drain, shutdown, alerts. Does not own the actions
+//! connections, health, drain, shutdown, alerts (breakers: [`super::breakers`]). Does not own the actions
 //! themselves (the engine applies rate limits; the audit log stores entries).
 
 // The handlers' helpers return the HTTP error as `Err(Response)` to be sent as is; it is
@@ -44,10 +44,8 @@ pub fn routes() -> Router<Arc<HttpState>> {
         .route("/admin/connections", get(connections))
         .route("/admin/connections/{client}", get(connection))
         .route("/admin/health", get(health))
-        .route("/admin/breakers", get(breakers))
         .route("/admin/nodes", get(nodes))
         .route("/admin/alerts", get(alerts))
-        .route("/admin/breakers/{name}/reset", post(reset_breaker))
         .route("/admin/drain", post(drain))
         .route("/admin/shutdown", post(shutdown))
 }
@@ -489,84 +487,6 @@ pub(super) async fn health(State(s): State<Arc<HttpState>>, headers: HeaderMap) 
         "refused": s.auth.refused.load(Relaxed),
     });
     Json(body).into_response()
-}
-
-/// `GET /admin/breakers`: the circuit breakers and their failure counts. Today the
-/// store's (open: durable publications are refused with 111 until a write works).
-pub(super) async fn breakers(State(s): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
-    use std::sync::atomic::Ordering::Relaxed;
-    if let Err(r) = admin(&s, &headers) {
-        return r;
-    }
-    let mut list: Vec<Value> = s
-        .store
-        .iter()
-        .map(|st| {
-            json!({
-                "name": "store",
-                "state": if st.state.healthy() { "closed" } else { "open" },
-                "failures": st.stats.failures.load(Relaxed),
-                "backlog": st.state.backlog(),
-            })
-        })
-        .collect();
-    if let Some(c) = &s.cluster {
-        // Open while Redis is away: the node serves its own clients only.
-        list.push(json!({
-            "name": "redis",
-            "state": if c.up() { "closed" } else { "open" },
-            "failures": c.redis_errors.load(Relaxed),
-            "rtt_ms": c.redis_rtt_us.load(Relaxed) as f64 / 1000.0,
-        }));
-    }
-    list.push(json!({
-        "name": "webhooks",
-        "state": if s.alerts.webhook_open.load(Relaxed) { "open" } else { "closed" },
-        "failures": s.alerts.webhook_failures.load(Relaxed),
-        "sent": s.alerts.webhook_sent.load(Relaxed),
-    }));
-    Json(json!({ "breakers": list })).into_response()
-}
-
-/// `POST /admin/breakers/{name}/reset`: close a breaker now (the store's writer keeps
-/// retrying; if its next write fails the breaker opens again).
-pub(super) async fn reset_breaker(
-    State(s): State<Arc<HttpState>>,
-    headers: HeaderMap,
-    path: axum::extract::Path<String>,
-) -> Response {
-    let who = match admin(&s, &headers) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    let name = path.0.as_str();
-    let was_open = match (name, s.store.as_ref()) {
-        ("store", Some(st)) => {
-            let open = !st.state.healthy();
-            st.state.set_healthy(true);
-            open
-        }
-        ("webhooks", _) => s
-            .alerts
-            .webhook_open
-            .swap(false, std::sync::atomic::Ordering::Relaxed),
-        _ => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such breaker (store, webhooks)",
-            )
-        }
-    };
-    let was = if was_open { "open" } else { "closed" };
-    let _ = s.audit.record(
-        &who.name,
-        "breaker.reset",
-        Some(name),
-        "ok",
-        &json!({ "was": was }),
-    );
-    Json(json!({"ok": true, "name": name, "was": was, "state": "closed"})).into_response()
 }
 
 #[derive(Deserialize, Default)]

@@ -145,6 +145,7 @@ pub(super) async fn metrics_text(State(s): State<Arc<HttpState>>) -> Response {
             &s.alerts,
             &census,
             s.cluster.as_deref(),
+            &s.ai,
         ),
     )
         .into_response()

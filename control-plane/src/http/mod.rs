@@ -11,7 +11,8 @@
 //! - [`server_api`]: `/api/publish`, history, send, receipts, presence, schedule, calls.
 //! - [`notifications`]: create, list and read notifications (`/api/notifications*`).
 //! - [`users`]: `/api/users/*`, broadcast, the OpenAPI document.
-//! - [`admin_auth`]: admin tokens; [`admin_api`]: `/admin/*`.
+//! - [`admin_auth`]: admin tokens; [`admin_api`]: `/admin/*`; [`breakers`]:
+//!   `/admin/breakers`; [`ai_admin`]: `/admin/ai*` (pipelines, held messages).
 //! - [`guesses`]: failed credentials throttled per address (429 when out).
 //! - [`actions`]: disconnect and revoke, shared by both APIs.
 //!
@@ -22,6 +23,8 @@
 pub mod actions;
 pub mod admin_api;
 pub mod admin_auth;
+mod ai_admin;
+mod breakers;
 mod data_requests;
 pub mod errors;
 pub mod guesses;
@@ -52,6 +55,8 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .merge(notifications::routes())
         .merge(users::routes())
         .merge(admin_api::routes())
+        .merge(breakers::routes())
+        .merge(ai_admin::routes())
         .merge(data_requests::routes())
         .merge(revisions::routes())
         .fallback(|| async {

@@ -55,4 +55,6 @@ pub struct HttpState {
     pub guesses: super::guesses::Guesses,
     /// The cluster's link and registry (`None`: a node alone).
     pub cluster: Option<Arc<crate::cluster::ClusterState>>,
+    /// The AI pipelines: their breakers, counters and held messages.
+    pub ai: crate::ai::pipeline::AiView,
 }

@@ -9,8 +9,9 @@
 //! - `text`: the exposition format (families, samples, histograms);
 //! - `shards`: one `expose` for what the shards count;
 //! - `components`: one `expose` per control-plane component (breakers, process, auth
-//!   and API, store).
+//!   and API, store); `ai`: the AI pipelines and model endpoints.
 
+mod ai;
 mod components;
 mod shards;
 mod text;
@@ -32,6 +33,7 @@ pub struct ApiStats {
 }
 
 /// Render every metric, component by component.
+#[allow(clippy::too_many_arguments)]
 pub fn render(
     engine: &EngineHandle,
     auth: &AuthStats,
@@ -40,6 +42,7 @@ pub fn render(
     alerts: &AlertsView,
     census: &[Census],
     cluster: Option<&crate::cluster::ClusterState>,
+    ai: &crate::ai::pipeline::AiView,
 ) -> String {
     let mut out = String::with_capacity(8192);
     shards::expose(&mut out, engine, census);
@@ -52,5 +55,6 @@ pub fn render(
     if let Some(c) = cluster {
         components::expose_cluster(&mut out, c);
     }
+    ai::expose(&mut out, ai);
     out
 }

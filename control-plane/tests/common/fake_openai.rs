@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 /// What the server answers next.
 #[derive(Debug, Clone)]
 pub enum Reply {
-    /// 200 with a whole chat completion of `content`.
+    /// 200 with a whole chat completion of `content` (a stream of one piece when the
+    /// request asked for a stream).
     Json(String),
     /// 200 with a stream of these pieces, `delay` apart.
     Stream(Vec<String>, Duration),
@@ -119,12 +120,15 @@ fn serve(
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let streamed = body["stream"] == true;
     seen.lock().unwrap().push(Seen { path, auth, body });
-    let reply = replies
-        .lock()
-        .unwrap()
-        .pop_front()
-        .unwrap_or(Reply::Json("ok".into()));
+    let reply = match replies.lock().unwrap().pop_front() {
+        // A whole answer to a streamed request comes as a stream of one piece.
+        Some(Reply::Json(content)) if streamed => Reply::Stream(vec![content], Duration::ZERO),
+        None if streamed => Reply::Stream(vec!["ok".into()], Duration::ZERO),
+        Some(reply) => reply,
+        None => Reply::Json("ok".into()),
+    };
     let mut out = conn;
     let json_answer = |out: &mut TcpStream, v: &Value| {
         let text = v.to_string();

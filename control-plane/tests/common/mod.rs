@@ -891,3 +891,22 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// An admin API call with an admin token for `ops` signed with `secret`; the status
+/// and the JSON answer (`Null` when it is not JSON).
+pub async fn admin_request(
+    admin: SocketAddr,
+    secret: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, Value) {
+    let token = auth::mint_admin(secret, "ops", Duration::from_secs(600), "admin");
+    let bearer = format!("Bearer {token}");
+    let headers = [
+        ("Authorization", bearer.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let (status, text) = http(admin, method, path, &headers, body).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}

@@ -48,6 +48,7 @@
 //! socket and call [`ShardCore::remove`].
 
 mod admin;
+mod ai;
 mod close_notes;
 mod closing;
 mod conn;
@@ -216,6 +217,8 @@ pub struct ShardCore {
     links: Links,
     /// Socket.IO connection state recovery (absent when `socketio.recovery_ms` is 0).
     recovery: Option<Box<eio::Recovery>>,
+    /// The AI pipelines' tap (absent when no namespace has a pipeline).
+    ai: Option<ai::ShardAi>,
 }
 
 /// A seed for new epochs that differs per process start and per shard.
@@ -278,6 +281,10 @@ impl ShardCore {
         streams.set_max_streams(cfg.max_streams.div_ceil(mesh.shards().max(1)));
         let journal = mesh.journal().cloned();
         let cluster = mesh.cluster().cloned();
+        let ai = mesh
+            .ai()
+            .cloned()
+            .map(|tap| ai::ShardAi::new(tap, cfg.namespaces.iter().map(|n| n.name.as_str())));
         let mesh_shards = mesh.shards();
         let ShardSeeds {
             streams: seeds,
@@ -350,6 +357,7 @@ impl ShardCore {
             push_slots: Vec::new(),
             links: Links::default(),
             recovery,
+            ai,
             cfg,
         }
     }

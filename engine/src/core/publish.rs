@@ -14,6 +14,7 @@ use bytes::Bytes;
 use switchboard_protocol::envelope;
 use switchboard_protocol::{Error as WireError, ErrorCode, Format, Payload, Position, Revision};
 
+use super::ai::Incoming;
 use super::conn::{ConnKey, ConnState};
 use super::{ms_to_ticks, ShardCore, SPILL_LIMIT};
 use crate::access::Action;
@@ -124,7 +125,7 @@ impl ShardCore {
         if owner == self.id {
             let created = self.clock.mono;
             return self.sequence(
-                channel, data, meta, created, key, from, author, None, None, reply,
+                channel, data, meta, created, key, from, author, None, None, reply, false,
             );
         }
         // Another shard owns the channel's stream: it sequences, fans out and tells us
@@ -154,6 +155,7 @@ impl ShardCore {
                 None,
                 None,
                 PublishReply::None,
+                true,
             );
             return Ok(());
         }
@@ -165,7 +167,8 @@ impl ShardCore {
             None,
             PublishReply::None,
             now.mono,
-        );
+        )
+        .screened();
         self.send_to(owner, ShardMsg::Sequence(Box::new(req)));
         Ok(())
     }
@@ -194,11 +197,13 @@ impl ShardCore {
                 Some(event),
                 None,
                 PublishReply::None,
+                true,
             );
             return Ok(());
         }
         let req = SequenceReq::new(channel, data, None, None, None, PublishReply::None, created)
-            .with_event(Some(event));
+            .with_event(Some(event))
+            .screened();
         self.send_to(owner, ShardMsg::Sequence(Box::new(req)));
         Ok(())
     }
@@ -226,8 +231,26 @@ impl ShardCore {
         event: Option<Arc<str>>,
         revises: Option<Revision>,
         reply: PublishReply,
+        screened: bool,
     ) {
         debug_assert_eq!(self.mesh.home(channel, self.id), self.id);
+        let reply = if screened || revises.is_some() {
+            reply
+        } else {
+            let incoming = Incoming {
+                channel,
+                data,
+                meta,
+                key,
+                from: &from,
+                author: &author,
+                created,
+            };
+            match self.ai_gate(incoming, reply) {
+                Some(reply) => reply,
+                None => return,
+            }
+        };
         let (from, event, reply) = if self.shares(channel) {
             // Nodes share Redis: it sequences, and the record comes back to deliver.
             let carried = (&author, revises);
@@ -239,6 +262,11 @@ impl ShardCore {
             }
         } else {
             (from, event, reply)
+        };
+        // What the AI tap hands over after delivery (Arc clones, with a pipeline only).
+        let tapped = match &self.ai {
+            Some(_) => (from.clone(), author.clone()),
+            None => (None, None),
         };
         if let Some(key) = key {
             let window = ms_to_ticks(self.cfg.dedupe_window_ms, self.cfg.tick_ms);
@@ -362,6 +390,18 @@ impl ShardCore {
             self.fan_out(name, position, frames, created, local, remote);
         }
         self.answer_publish(reply, Ok((position, false)));
+        if self.ai.is_some() && revises.is_none() {
+            let incoming = Incoming {
+                channel,
+                data,
+                meta,
+                key: None,
+                from: &tapped.0,
+                author: &tapped.1,
+                created,
+            };
+            self.ai_after(incoming, position);
+        }
     }
 
     /// On the owner: a publication handed over by another shard or the server API.
@@ -378,6 +418,7 @@ impl ShardCore {
             event,
             revision,
             reply,
+            screened,
         } = req;
         let meta = meta.as_ref().map(|m| Payload { format, raw: m });
         self.sequence(
@@ -391,6 +432,7 @@ impl ShardCore {
             event,
             revision.map(|r| r.revises),
             reply,
+            screened,
         );
     }
 
@@ -435,6 +477,8 @@ impl ShardCore {
             let from = entry.from.clone();
             let event = entry.event.clone();
             let revises = entry.revises;
+            let tapped = (self.ai.is_some() && revises.is_none())
+                .then(|| (channel.clone(), entry.author.clone()));
             self.apply_revision(&channel, &entry);
             self.streams
                 .retain(&channel, entry, policy.keep, policy.ttl);
@@ -470,6 +514,18 @@ impl ShardCore {
             self.answer_publish(reply, Ok((position, false)));
             for r in retries {
                 self.answer_publish(r, Ok((position, true)));
+            }
+            if let Some((channel, author)) = tapped {
+                let incoming = Incoming {
+                    channel: &channel,
+                    data: Payload { format, raw: &data },
+                    meta: meta.as_ref().map(|m| Payload { format, raw: m }),
+                    key: None,
+                    from: &from,
+                    author: &author,
+                    created,
+                };
+                self.ai_after(incoming, position);
             }
         }
     }
@@ -563,6 +619,10 @@ impl ShardCore {
             ),
             PublishReply::Api(tx) => {
                 let _ = tx.send(result);
+            }
+            PublishReply::Tee(inner, tx) => {
+                let _ = tx.send(result.clone());
+                self.answer_publish(*inner, result)
             }
         }
     }

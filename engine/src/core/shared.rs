@@ -345,6 +345,8 @@ impl ShardCore {
                         checked: true,
                     }),
                     reply,
+                    // Past the AI gate before it was handed to Redis.
+                    screened: true,
                 });
             }
         }

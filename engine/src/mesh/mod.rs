@@ -384,6 +384,8 @@ pub struct Mesh {
     placement: crate::placement::Placement,
     /// Verifies cheap tokens on the shard, once the control plane attached it.
     verifier: OnceLock<Arc<dyn crate::auth::InlineVerifier>>,
+    /// Where publications of namespaces with an AI pipeline go.
+    ai: OnceLock<crate::ai_tap::AiTap>,
 }
 
 impl Mesh {
@@ -422,6 +424,7 @@ impl Mesh {
             seeds: Mutex::new(Vec::new()),
             placement: crate::placement::Placement::new(shards, slots),
             verifier: OnceLock::new(),
+            ai: OnceLock::new(),
         }))
     }
 
@@ -478,6 +481,18 @@ impl Mesh {
         self.cluster
             .set(link)
             .map_err(|_| crate::Error::Store("a cluster link is already attached"))
+    }
+
+    /// Attach the AI pipelines' tap before the shards start.
+    pub fn attach_ai(&self, tap: crate::ai_tap::AiTap) -> Result<(), crate::Error> {
+        self.ai
+            .set(tap)
+            .map_err(|_| crate::Error::Store("an AI tap is already attached"))
+    }
+
+    /// The AI pipelines' tap, if any namespace has a pipeline.
+    pub fn ai(&self) -> Option<&crate::ai_tap::AiTap> {
+        self.ai.get()
     }
 
     /// The cluster thread's link, if nodes share Redis.

@@ -33,6 +33,7 @@ pub fn push_event(push: &str) -> Option<&str> {
         "notification" => "notification:new",
         "notifications_read" => "notification:read",
         "call" => "call:update",
+        "ai_reply" => "ai:reply",
         "reconnect" | "disconnect" => return None,
         other => other,
     })
