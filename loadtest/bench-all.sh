@@ -38,6 +38,10 @@
 #                is io_uring with engine.uring_coalesce_us=$VS_COALESCE_US, default 100;
 #                SERVER_NICE=5 gives the generator priority over every server, as
 #                for "fanout-1m with the generator first")
+#   ai           rooms without and with an AI pipeline on every message against a slow
+#                fake model (loadtest/servers/fake-openai.py, 2 s a call), alternating,
+#                AI_ROUNDS rounds (default 3; AI_FIRST_ROUND numbers them on) (docs/
+#                BENCHMARKS.md "AI on the message path")
 #   protection   fanout and echo without and with rate limits on every command, twice
 #                each, alternating (docs/BENCHMARKS.md "What rate limiting and metrics
 #                cost"; the commit before them: BASE=<binary> runs it as a third server)
@@ -211,6 +215,23 @@ if has protection; then
       fi
     done
   done
+fi
+if has ai; then
+  python3 loadtest/servers/fake-openai.py 7480 --delay-ms "${AI_DELAY_MS:-2000}" \
+    >"$OUT/fake-openai.log" 2>&1 &
+  FAKE_PID=$!
+  wait_port 7480
+  first=${AI_FIRST_ROUND:-1}
+  for round in $(seq "$first" $((first + ${AI_ROUNDS:-3} - 1))); do
+    for cfg in ai-off ai-rooms; do
+      start_switchboard_with "$cfg"; run "$cfg-r$round" rooms --set workers=2
+      curl -s http://127.0.0.1:7401/metrics | grep '^switchboard_ai_' \
+        >"$OUT/$cfg-r$round.ai-metrics.txt" || true
+      stop
+    done
+  done
+  kill "$FAKE_PID" 2>/dev/null || true
+  wait "$FAKE_PID" 2>/dev/null || true
 fi
 if has features; then
   start_switchboard_with durability-none; run features-rooms rooms; stop

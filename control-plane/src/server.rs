@@ -160,7 +160,12 @@ impl Server {
         let (history, history_handle) =
             store::spawn_reader(&location, engine.sender(), store.stats().clone())?;
         let (ai, ai_threads) = ai
-            .spawn(engine.clone(), engine.sender())
+            .spawn(
+                engine.clone(),
+                engine.sender(),
+                audit.clone(),
+                notifier.clone(),
+            )
             .map_err(|e| Error::start("the AI pipeline workers", e))?;
         let (hooks, hook_threads) = crate::hooks::spawn(&cfg.socketio, engine.sender())
             .map_err(|e| Error::start("the hook threads", e))?;

@@ -468,3 +468,63 @@ async fn fail_closed_holds_then_releases_in_order() {
     server.shutdown();
     server.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_sharing_redis_annotate_what_they_published() {
+    let redis = RedisServer::start();
+    let tweak = |c: &mut Config| {
+        c.namespaces
+            .insert("intake".into(), NamespaceConfig::default());
+        c.ai.intents = vec![IntentRule {
+            intent: "emergency".into(),
+            keywords: vec!["911".into()],
+        }];
+        c.ai.pipelines.insert(
+            "intake".into(),
+            PipelineConfig {
+                concurrency: 1,
+                ..Default::default()
+            },
+        );
+    };
+    let a = cluster_node(&redis, "a", tweak);
+    let b = cluster_node(&redis, "b", tweak);
+    let mut reader = Client::connect(b.ws_addr(), Fmt::Json, &token("reader", None)).await;
+    reader
+        .call(json!({"cmd": "subscribe", "channel": "intake:shared"}))
+        .await;
+    let mut writer = Client::connect(a.ws_addr(), Fmt::Json, &token("writer", None)).await;
+    // The subscription reaches node a through Redis: publish until the reader hears.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let offset = loop {
+        let r = writer
+            .call(
+                json!({"cmd": "publish", "channel": "intake:shared", "data": {"text": "call 911"}}),
+            )
+            .await;
+        let offset = r["result"]["offset"].as_u64().expect("published");
+        let got = tokio::time::timeout(Duration::from_millis(300), next_message(&mut reader)).await;
+        if let Ok(p) = got {
+            assert_eq!(p["data"]["text"], "call 911");
+            break p["offset"].as_u64().unwrap().max(offset);
+        }
+        assert!(Instant::now() < deadline, "the reader never heard node a");
+    };
+    // Annotated once (by node a, which published it), seen on node b.
+    let mut annotations = Vec::new();
+    while let Ok(p) =
+        tokio::time::timeout(Duration::from_millis(800), next_annotation(&mut reader)).await
+    {
+        annotations.push(p);
+    }
+    let of_it: Vec<&Value> = annotations
+        .iter()
+        .filter(|p| p["meta"]["re"] == json!(offset))
+        .collect();
+    assert_eq!(of_it.len(), 1, "{annotations:?}");
+    assert_eq!(of_it[0]["data"]["intent"]["intent"], "emergency");
+    b.shutdown();
+    b.wait();
+    a.shutdown();
+    a.wait();
+}

@@ -177,6 +177,19 @@ impl AiTap {
         }
     }
 
+    /// Whether pipeline `i`'s queue for a channel of hash `channel_hash` is full (a
+    /// caller checks before building an item it would only drop).
+    pub fn is_full(&self, i: u16, channel_hash: u64) -> bool {
+        self.pipelines
+            .get(i as usize)
+            .is_none_or(|p| p.queues[(channel_hash % p.queues.len() as u64) as usize].is_full())
+    }
+
+    /// Count a fail-open item dropped because its queue was full.
+    pub fn dropped(&self) {
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Hand `item` to its pipeline's worker for its channel; given back when that
     /// queue is full (the caller counts it as dropped or refuses the publisher).
     pub fn offer(&self, item: Box<AiItem>, channel_hash: u64) -> Result<(), Box<AiItem>> {
@@ -193,6 +206,54 @@ impl AiTap {
         }
     }
 
+    /// A fail-open namespace's publication sequenced outside the shards (a shared
+    /// channel of nodes sharing Redis, once Redis gave it `position`): handed to its
+    /// pipeline like [`crate::core`]'s tap does, dropped and counted when the queue is
+    /// full. Nothing happens for channels without a fail-open pipeline or for the
+    /// pipeline's own publications.
+    #[allow(clippy::too_many_arguments)]
+    pub fn after_shared(
+        &self,
+        channel: &Arc<str>,
+        position: Position,
+        data: &Bytes,
+        format: Format,
+        meta: Option<&Bytes>,
+        from: Option<&Arc<str>>,
+        author: Option<&Arc<str>>,
+        created: Instant,
+    ) {
+        let Some((ns, _)) = channel.split_once(':') else {
+            return;
+        };
+        let Some(pipeline) = self.pipeline_of(ns) else {
+            return;
+        };
+        if self.mode(pipeline) != AiMode::Open || self.is_bot(pipeline, from.map(|f| &**f)) {
+            return;
+        }
+        let hash = channel_hash(channel);
+        if self.is_full(pipeline, hash) {
+            return self.dropped();
+        }
+        let item = Box::new(AiItem {
+            pipeline,
+            channel: channel.clone(),
+            position: Some(position),
+            data: data.clone(),
+            format,
+            meta: meta.cloned(),
+            key: None,
+            from: from.cloned(),
+            author: author.cloned(),
+            reply: PublishReply::None,
+            created,
+        });
+        if self.offer(item, hash).is_err() {
+            self.dropped();
+        }
+    }
+
     /// Items waiting in each pipeline's queues (namespace, depth).
     pub fn depths(&self) -> Vec<(&str, usize)> {
         self.pipelines
@@ -202,9 +263,25 @@ impl AiTap {
     }
 }
 
+/// A channel's hash, choosing its pipeline worker (one channel, one worker, in order).
+pub fn channel_hash(channel: &str) -> u64 {
+    // FNV-1a: stable across shards and nodes (a channel may be sequenced by different
+    // shards over its life), no per-process seed needed, a few ns for a channel name.
+    channel.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_channel_hashes_the_same_everywhere() {
+        assert_eq!(channel_hash("chat:a"), channel_hash("chat:a"));
+        assert_ne!(channel_hash("chat:a"), channel_hash("chat:b"));
+        assert_eq!(channel_hash(""), 0xcbf2_9ce4_8422_2325);
+    }
 
     fn item(pipeline: u16) -> Box<AiItem> {
         Box::new(AiItem {
@@ -236,7 +313,12 @@ mod tests {
         assert_eq!(tap.pipeline_of("other"), None);
         assert!(tap.offer(item(0), 4).is_ok());
         assert!(tap.offer(item(0), 4).is_err(), "worker 0's queue holds one");
+        assert!(tap.is_full(0, 4) && !tap.is_full(0, 5));
         assert!(tap.offer(item(0), 5).is_ok(), "worker 1 has room");
+        assert!(
+            tap.is_full(0, 5) && tap.is_full(7, 5),
+            "no such pipeline: full"
+        );
         assert_eq!(sides[0].receivers[0].len(), 1);
         assert_eq!(sides[0].receivers[1].len(), 1);
         assert_eq!(tap.depths(), vec![("chat", 2)]);

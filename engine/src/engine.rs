@@ -637,6 +637,11 @@ impl EngineHandle {
         self.mesh.attach_verifier(v);
     }
 
+    /// The AI pipelines' tap, when a namespace has a pipeline.
+    pub fn ai_tap(&self) -> Option<&crate::ai_tap::AiTap> {
+        self.mesh.ai()
+    }
+
     /// The shared channels' link counters, when nodes share Redis.
     pub fn cluster_stats(&self) -> Option<Arc<crate::cluster::ClusterLinkStats>> {
         self.mesh.cluster().map(|l| l.stats().clone())

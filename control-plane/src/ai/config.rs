@@ -28,6 +28,8 @@ pub struct AiConfig {
     pub models: BTreeMap<String, ModelConfig>,
     /// Pipelines by namespace: `[ai.pipelines.NAMESPACE]`.
     pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// Escalation rules: `[[ai.escalations]]`.
+    pub escalations: Vec<super::escalation::EscalationConfig>,
 }
 
 /// `[ai.models.NAME]`: one endpoint, its budget and its breaker.
@@ -342,6 +344,14 @@ impl AiConfig {
     /// Check everything; `namespaces` are the configured ones (a pipeline's namespace
     /// must be one of them). Gives each pipeline's prompts, by namespace.
     pub fn check(&self, namespaces: &[&str]) -> Result<BTreeMap<String, Prompts>, ConfigError> {
+        self.checked(namespaces).map(|(prompts, _)| prompts)
+    }
+
+    /// [`AiConfig::check`], also giving the checked escalation rules.
+    pub fn checked(
+        &self,
+        namespaces: &[&str],
+    ) -> Result<(BTreeMap<String, Prompts>, Vec<super::escalation::Rule>), ConfigError> {
         self.processors()?;
         for (name, m) in &self.models {
             m.check(name)?;
@@ -365,7 +375,14 @@ impl AiConfig {
             }
             prompts.insert(ns.clone(), p.check(ns, &self.models)?);
         }
-        Ok(prompts)
+        let pipelines: Vec<&str> = self.pipelines.keys().map(String::as_str).collect();
+        let rules = self
+            .escalations
+            .iter()
+            .enumerate()
+            .map(|(i, e)| e.check(i, &pipelines))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((prompts, rules))
     }
 
     /// Build the local processors; an error names the key.

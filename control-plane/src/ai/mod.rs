@@ -15,7 +15,10 @@
 //! - [`pipeline`]: the workers that take the shards' tapped publications, run the
 //!   processors ([`findings`]) and publish what they found ([`results`]: annotations,
 //!   streamed bot replies), fail-open or fail-closed ([`held`]: messages held for
-//!   moderation); [`stats`]: their metrics.
+//!   moderation); [`stats`]: their metrics;
+//! - [`escalation`]: rules on what was found (intent, keywords, entity kinds) and
+//!   [`escalator`]: carrying them out (signed webhooks with retries and dead letters,
+//!   notifications, staff channels, the audit log).
 //!
 //! It does not own delivery: in a fail-open namespace a message reaches its
 //! subscribers before and independently of any of this (`switchboard_engine::ai_tap`).
@@ -24,6 +27,8 @@ pub mod breaker;
 pub mod chat_wire;
 pub mod config;
 pub mod entities;
+pub mod escalation;
+pub mod escalator;
 pub mod findings;
 pub mod held;
 pub mod intent;

@@ -22,6 +22,7 @@ use switchboard_engine::{EngineHandle, ShardSender};
 use switchboard_protocol::{ErrorCode, Position};
 
 use super::config::{AiConfig, PipelineConfig, Prompts};
+use super::escalator::{Escalator, Origin};
 use super::findings::{Analyst, Findings, Unscreened};
 use super::held::{Held, HeldBook, HeldView};
 use super::model::CallOptions;
@@ -58,11 +59,12 @@ pub struct Prepared {
     pipelines: Vec<Arc<Pipeline>>,
     models: BTreeMap<String, Arc<Model>>,
     local: Arc<Processors>,
+    rules: Vec<super::escalation::Rule>,
 }
 
 /// Build the pipelines of `cfg`; `namespaces` are the configured ones.
 pub fn prepare(cfg: &AiConfig, namespaces: &[&str]) -> Result<Prepared, ConfigError> {
-    let mut prompts = cfg.check(namespaces)?;
+    let (mut prompts, rules) = cfg.checked(namespaces)?;
     let models = super::models::build(&cfg.models)?;
     let local = Arc::new(cfg.processors()?);
     let mut specs = Vec::new();
@@ -99,6 +101,7 @@ pub fn prepare(cfg: &AiConfig, namespaces: &[&str]) -> Result<Prepared, ConfigEr
         pipelines,
         models,
         local,
+        rules,
     })
 }
 
@@ -111,18 +114,28 @@ pub struct AiView {
     pub models: BTreeMap<String, Arc<Model>>,
     /// The shards' tap (queue depths, drops).
     pub tap: Option<AiTap>,
+    /// Escalations (`None` before the pipelines start).
+    pub escalator: Option<Escalator>,
     outlet: Option<Outlet>,
 }
 
 impl Prepared {
-    /// Start each pipeline's workers.
+    /// Start each pipeline's workers (and the escalations' webhook thread).
     pub fn spawn(
         self,
         engine: Arc<EngineHandle>,
         shards: ShardSender,
+        audit: Arc<crate::audit::Audit>,
+        notifier: crate::notify::Notifier,
     ) -> std::io::Result<(AiView, Vec<WorkerHandle>)> {
         let outlet = Outlet { engine, shards };
-        let mut handles = Vec::new();
+        let hands = super::escalator::Hands {
+            audit,
+            notifier,
+            outlet: outlet.clone(),
+        };
+        let (escalator, webhook_thread) = super::escalator::spawn(self.rules, hands)?;
+        let mut handles: Vec<WorkerHandle> = webhook_thread.into_iter().collect();
         for (p, q) in self.pipelines.iter().zip(self.queues) {
             for (w, rx) in q.receivers.into_iter().enumerate() {
                 let worker = Worker {
@@ -130,6 +143,7 @@ impl Prepared {
                     w,
                     local: self.local.clone(),
                     out: outlet.clone(),
+                    escalator: escalator.clone(),
                 };
                 let name = format!("ai-{}-{w}", p.namespace);
                 handles.push(WorkerHandle::spawn(&name, move |stop| {
@@ -141,6 +155,7 @@ impl Prepared {
             pipelines: self.pipelines,
             models: self.models,
             tap: self.tap,
+            escalator: Some(escalator),
             outlet: Some(outlet),
         };
         Ok((view, handles))
@@ -212,6 +227,7 @@ struct Worker {
     w: usize,
     local: Arc<Processors>,
     out: Outlet,
+    escalator: Escalator,
 }
 
 /// How long a worker waits for a message before looking at its held ones again.
@@ -265,7 +281,8 @@ impl Worker {
                 };
                 // Not strict: a model failure falls back, it cannot fail.
                 let findings = self.analyst().analyze(&text, false).unwrap_or_default();
-                self.publish_results(&item.channel, position, &findings, &text);
+                let at = (&*item.channel, item.author.as_deref());
+                self.publish_results(at, position, &findings, &text);
             }
             None if self.p.held.holds_channel(self.w, &item.channel) => {
                 self.hold(item, "behind an earlier held message of its channel".into())
@@ -289,11 +306,12 @@ impl Worker {
             // Nothing to read: nothing to screen.
             None => Findings::default(),
         };
-        let channel = item.channel.clone();
+        let (channel, author) = (item.channel.clone(), item.author.clone());
         match self.out.release(*item) {
             Ok(position) => {
                 if let Some(t) = &text {
-                    self.publish_results(&channel, position, &findings, t);
+                    let at = (&*channel, author.as_deref());
+                    self.publish_results(at, position, &findings, t);
                 }
             }
             // Its publisher got the refusal (a full channel, say); nothing to annotate.
@@ -344,7 +362,15 @@ impl Worker {
         }
     }
 
-    fn publish_results(&self, channel: &str, position: Position, f: &Findings, text: &str) {
+    /// Publish what was found in the message of `(channel, author)` at `position`, and
+    /// escalate it where a rule says so.
+    fn publish_results(
+        &self,
+        (channel, author): (&str, Option<&str>),
+        position: Position,
+        f: &Findings,
+        text: &str,
+    ) {
         let cfg = &self.p.cfg;
         if cfg.annotate {
             match self.out.annotate(channel, position, f, &cfg.bot) {
@@ -355,6 +381,16 @@ impl Worker {
                 }
             }
         }
+        if !self.escalator.is_empty() {
+            let at = Origin {
+                namespace: &self.p.namespace,
+                channel,
+                position,
+                author,
+                bot: &cfg.bot,
+            };
+            self.escalator.check(&at, text, f);
+        }
         if cfg.reply {
             let language = f.language.as_ref().map_or("", |l| l.code);
             self.reply(channel, position, text, language);
@@ -362,46 +398,44 @@ impl Worker {
     }
 
     /// The bot's reply to the message at `position`: streamed as pushes, then
-    /// published; the fallback text when the model cannot answer.
+    /// published; the fallback text when the model cannot answer (none at all when
+    /// the namespace opted out of the model).
     fn reply(&self, channel: &str, position: Position, text: &str, language: &str) {
         let cfg = &self.p.cfg;
         let id = format!("{}-{}", position.epoch_hex().as_str(), position.offset);
         let bot = cfg.bot.as_str();
-        let model = self.p.model.as_deref().filter(|_| cfg.send_to_model);
-        let answer = match (model, &self.p.prompts.reply) {
-            (Some(m), Some(prompt)) => {
-                let history = self.history(channel, position);
-                let redacted = self.redacted(text);
-                let values = [("bot", bot), ("channel", channel), ("language", language)];
-                let asked = prompts::reply_conversation(
-                    prompt,
-                    &values,
-                    &history,
-                    &redacted,
-                    cfg.context_tokens,
-                );
-                let every = Duration::from_millis(cfg.stream_every_ms);
-                let mut so_far = String::new();
-                let mut last = Instant::now();
-                let mut on_delta = |d: &str| {
-                    so_far.push_str(d);
-                    if last.elapsed() >= every {
-                        self.out
-                            .push_reply(channel, &id, position.offset, bot, &so_far, false);
-                        last = Instant::now();
-                    }
-                };
-                let options = CallOptions {
-                    max_tokens: Some(cfg.max_tokens),
-                    json: false,
-                    temperature: None,
-                };
-                m.call(&asked, options, Some(&mut on_delta))
-                    .ok()
-                    .map(|c| c.content)
-            }
-            _ => None,
+        // Opted out of the model (`send_to_model = false`): no reply at all.
+        let (Some(m), Some(prompt)) = (
+            self.p.model.as_deref().filter(|_| cfg.send_to_model),
+            &self.p.prompts.reply,
+        ) else {
+            return;
         };
+        let history = self.history(channel, position);
+        let redacted = self.redacted(text);
+        let values = [("bot", bot), ("channel", channel), ("language", language)];
+        let asked =
+            prompts::reply_conversation(prompt, &values, &history, &redacted, cfg.context_tokens);
+        let every = Duration::from_millis(cfg.stream_every_ms);
+        let mut so_far = String::new();
+        let mut last = Instant::now();
+        let mut on_delta = |d: &str| {
+            so_far.push_str(d);
+            if last.elapsed() >= every {
+                self.out
+                    .push_reply(channel, &id, position.offset, bot, &so_far, false);
+                last = Instant::now();
+            }
+        };
+        let options = CallOptions {
+            max_tokens: Some(cfg.max_tokens),
+            json: false,
+            temperature: None,
+        };
+        let answer = m
+            .call(&asked, options, Some(&mut on_delta))
+            .ok()
+            .map(|c| c.content);
         let fallback = answer.is_none();
         let answer = answer.unwrap_or_else(|| cfg.fallback_reply.clone());
         if fallback {

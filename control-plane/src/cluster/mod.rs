@@ -426,6 +426,7 @@ pub fn spawn(
                         relay.sio_recovery_ms = sio_recovery_ms;
                         relay.peers = peers;
                         relay.journal = journal;
+                        relay.ai = engine.ai_tap().cloned();
                         let pushes = pushes.attach();
                         tokio::spawn(link::run(relay, b, pushes, stopped.clone()))
                     });

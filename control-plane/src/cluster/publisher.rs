@@ -244,6 +244,15 @@ pub(super) async fn publish_loop(
                     {
                         stored.push(record_of(&p, *position));
                     }
+                    if let (Ok((position, false)), Some(tap), None) =
+                        (&result, &relay.ai, p.revises)
+                    {
+                        let (from, author) = (p.from.as_ref(), p.author.as_ref());
+                        let meta = p.meta.as_ref();
+                        tap.after_shared(
+                            &p.channel, *position, &p.data, p.format, meta, from, author, p.created,
+                        );
+                    }
                     relay.answer(p.reply, result).await;
                 }
                 if let (false, Some(journal)) = (stored.is_empty(), &relay.journal) {

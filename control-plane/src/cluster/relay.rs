@@ -56,6 +56,9 @@ pub(super) struct Relay {
     pub(super) peers: super::Peers,
     /// The store the nodes share, for the shared publications this node published.
     pub(super) journal: Option<switchboard_engine::journal::JournalLink>,
+    /// The AI pipelines' tap: this node's shared publications go to their namespace's
+    /// fail-open pipeline once Redis sequenced them (on this node only).
+    pub(super) ai: Option<switchboard_engine::ai_tap::AiTap>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -95,6 +98,7 @@ impl Relay {
             restated: Arc::default(),
             peers: Default::default(),
             journal: None,
+            ai: None,
         }
     }
 

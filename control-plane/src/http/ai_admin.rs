@@ -1,6 +1,7 @@
-//! `/admin/ai`: the AI pipelines as an operator sees them (queues, counters, models)
-//! and the messages fail-closed pipelines hold for moderation, released or rejected by
-//! hand. Every release and rejection is audited.
+//! `/admin/ai`: the AI pipelines as an operator sees them (queues, counters, models),
+//! the messages fail-closed pipelines hold for moderation (released or rejected by
+//! hand), the escalations and their webhooks' dead letters (delivered again by hand).
+//! Every release, rejection and retry is audited.
 //!
 //! Owns the routes. Does not own the pipelines (`crate::ai::pipeline`).
 
@@ -19,6 +20,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use crate::ai::escalator::{Delivery, EscalationBook};
 use crate::ai::pipeline::{mode_name, HeldError};
 use crate::clock::now_ms;
 
@@ -29,6 +31,60 @@ pub fn routes() -> Router<Arc<HttpState>> {
         .route("/admin/ai/held", get(held))
         .route("/admin/ai/held/{id}/release", post(release))
         .route("/admin/ai/held/{id}", delete(reject))
+        .route("/admin/ai/escalations", get(escalations))
+        .route("/admin/ai/dead-letters", get(dead_letters))
+        .route("/admin/ai/dead-letters/{id}/retry", post(retry_dead_letter))
+}
+
+/// `GET /admin/ai/escalations`: the latest escalations and their webhook deliveries.
+async fn escalations(State(s): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+    deliveries(&s, &headers, "escalations", EscalationBook::recent)
+}
+
+/// `GET /admin/ai/dead-letters`: escalation webhooks that failed every attempt.
+async fn dead_letters(State(s): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+    deliveries(&s, &headers, "dead_letters", EscalationBook::dead_letters)
+}
+
+/// One of the escalation book's lists, as `{name: [...]}`.
+fn deliveries(
+    s: &HttpState,
+    headers: &HeaderMap,
+    name: &str,
+    list: fn(&EscalationBook) -> Vec<Delivery>,
+) -> Response {
+    if let Err(r) = admin(s, headers) {
+        return r;
+    }
+    let list =
+        s.ai.escalator
+            .as_ref()
+            .map(|e| list(&e.book))
+            .unwrap_or_default();
+    Json(json!({ name: list })).into_response()
+}
+
+/// `POST /admin/ai/dead-letters/{id}/retry`: deliver a dead letter again.
+async fn retry_dead_letter(
+    State(s): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let who = match admin(&s, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if !s.ai.escalator.as_ref().is_some_and(|e| e.retry(&id)) {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such dead letter");
+    }
+    let _ = s.audit.record(
+        &who.name,
+        "ai.escalation.retry",
+        Some(&id),
+        "ok",
+        &json!({ "id": id }),
+    );
+    Json(json!({ "ok": true, "id": id })).into_response()
 }
 
 /// `GET /admin/ai`: each pipeline (mode, queue depth, counters, held) and model.

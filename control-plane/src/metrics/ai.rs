@@ -138,6 +138,21 @@ pub(super) fn expose(out: &mut String, ai: &AiView) {
             ],
         );
     }
+    if let Some(e) = &ai.escalator {
+        let b = &e.book;
+        series(
+            out,
+            "switchboard_ai_escalations_total",
+            "counter",
+            "Escalations fired, and their webhook attempts by outcome (failed attempts are retried; dead: every attempt failed).",
+            [
+                ("outcome=\"fired\"".to_string(), b.fired.load(Relaxed)),
+                ("outcome=\"delivered\"".to_string(), b.delivered.load(Relaxed)),
+                ("outcome=\"attempt_failed\"".to_string(), b.webhook_failures.load(Relaxed)),
+                ("outcome=\"dead\"".to_string(), b.dead.load(Relaxed)),
+            ],
+        );
+    }
     series(
         out,
         "switchboard_ai_pipeline_total",

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_openai;
+pub mod webhook_sink;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

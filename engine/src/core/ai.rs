@@ -16,7 +16,7 @@ use bytes::Bytes;
 use switchboard_protocol::{ErrorCode, Payload, Position};
 
 use super::ShardCore;
-use crate::ai_tap::{AiItem, AiMode, AiTap};
+use crate::ai_tap::{channel_hash, AiItem, AiMode, AiTap};
 use crate::journal::Policies;
 use crate::mesh::{PublishReply, Refused};
 
@@ -45,15 +45,6 @@ impl ShardAi {
         let p = *self.by_policy.get(policies.resolve(channel) as usize)?;
         (p != NO_PIPELINE).then_some(p)
     }
-}
-
-/// A channel's hash, choosing its pipeline worker (one channel, one worker, in order).
-fn channel_hash(channel: &str) -> u64 {
-    // FNV-1a: stable across shards (a channel may be sequenced by different shards
-    // over its life), no per-process seed needed, a few ns for a channel name.
-    channel.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// A publication as the owner shard received it.
@@ -119,6 +110,11 @@ impl ShardCore {
         if ai.tap.is_bot(pipeline, p.from.as_deref()) {
             return;
         }
+        let hash = channel_hash(p.channel);
+        if ai.tap.is_full(pipeline, hash) {
+            // The pipeline is behind (a slow model): nothing is built only to be dropped.
+            return ai.tap.dropped();
+        }
         // One copy of the payload for the control plane; only in namespaces with a
         // pipeline, whose work costs orders of magnitude more.
         let item = Box::new(AiItem {
@@ -134,20 +130,8 @@ impl ShardCore {
             reply: PublishReply::None,
             created: p.created,
         });
-        if ai.tap.offer(item, channel_hash(p.channel)).is_err() {
-            ai.tap.stats().dropped.fetch_add(1, Ordering::Relaxed);
+        if ai.tap.offer(item, hash).is_err() {
+            ai.tap.dropped();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::channel_hash;
-
-    #[test]
-    fn a_channel_hashes_the_same_everywhere() {
-        assert_eq!(channel_hash("chat:a"), channel_hash("chat:a"));
-        assert_ne!(channel_hash("chat:a"), channel_hash("chat:b"));
-        assert_eq!(channel_hash(""), 0xcbf2_9ce4_8422_2325);
     }
 }
