@@ -12,7 +12,9 @@
 //! - [`schedule`], [`notify`], [`calls`]: scheduled messages, notifications, call
 //!   signaling — each a worker thread on the store.
 //! - [`alerts`]: threshold rules on the server's own metrics, webhooks.
-//! - [`ai`]: processors that read chat messages (language, entities, intent rules).
+//! - [`ai`]: pipelines that read chat messages (language, entities, intent, a model's
+//!   replies and translations) and escalate to humans.
+//! - [`tune`]: `switchboard tune check`, what this host allows and what to change.
 //! - [`hooks`]: Socket.IO backend hooks (HTTP calls to the application's backend).
 //! - [`audit`]: the audit log of admin actions.
 //! - [`metrics`]: Prometheus text rendering.
@@ -57,6 +59,7 @@ pub mod server;
 pub mod shards;
 pub mod sql;
 pub mod store;
+pub mod tune;
 pub mod worker;
 
 pub use config::Config;

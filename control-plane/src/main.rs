@@ -1,4 +1,5 @@
-//! The `switchboard` binary: `serve` (the default), `token` and `probe-io`.
+//! The `switchboard` binary: `serve` (the default: `switchboard --listen …` serves),
+//! `token`, `probe-io`, `config check` and `tune check`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,11 +14,16 @@ use switchboard_control_plane::{auth, Config, Server};
 #[command(
     name = "switchboard",
     version,
-    about = "A thread-per-core real-time connection engine"
+    about = "A thread-per-core real-time connection engine",
+    // `switchboard --listen …` is `switchboard serve --listen …`.
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
+    /// With no subcommand: `serve`'s flags.
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Subcommand)]
@@ -28,6 +34,33 @@ enum Cmd {
     Token(TokenArgs),
     /// Check whether the io_uring backend can run here (exit 0) or not (exit 1, why).
     ProbeIo(ProbeArgs),
+    /// Configuration files: `config check FILE`.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// This host: `tune check` (limits, sysctls, io_uring, cores).
+    #[command(subcommand)]
+    Tune(TuneCmd),
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the effective configuration of FILE (with SWITCHBOARD_* overrides) as
+    /// TOML, or the errors naming their keys (exit 2).
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TuneCmd {
+    /// What this host allows for the configuration, with the sysctl and ulimit lines
+    /// that fix what does not fit (exit 1 when something stops it from working).
+    Check {
+        /// Config file (default: the built-in defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -82,6 +115,50 @@ struct TokenArgs {
     /// Mint an admin token (for `/admin/*`) with admin.jwt_secret and admin.role.
     #[arg(long)]
     admin: bool,
+    /// Notification topics the token may subscribe to, comma-separated (`news,alerts`).
+    #[arg(long)]
+    topics: Option<String>,
+    /// The `role` claim (namespaces' access rules: `provider`, `patient`, `admin`…).
+    #[arg(long)]
+    role: Option<String>,
+    /// The `team` claim, comma-separated for several (access rules like `case:{team}:*`).
+    #[arg(long)]
+    team: Option<String>,
+    /// The `tier` claim (rate-limit tiers, `engine.rate_limits` `tier`).
+    #[arg(long)]
+    tier: Option<String>,
+    /// Any other claim: `KEY=VALUE`, VALUE as JSON when it parses (`--claim clinic=7`,
+    /// `--claim 'langs=["en","es"]'`); repeat for several.
+    #[arg(long = "claim", value_parser = parse_claim)]
+    claims: Vec<(String, serde_json::Value)>,
+    /// The `aud` claim (default: auth.audience).
+    #[arg(long)]
+    aud: Option<String>,
+    /// The `iss` claim (default: auth.issuer).
+    #[arg(long)]
+    iss: Option<String>,
+}
+
+/// Claims the server sets itself or reads from their own flags.
+const RESERVED_CLAIMS: [&str; 9] = [
+    "sub", "exp", "nbf", "iat", "iss", "aud", "channels", "send_to", "schedule",
+];
+
+fn parse_claim(s: &str) -> Result<(String, serde_json::Value), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}' is not KEY=VALUE"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("'{s}': the claim needs a name"));
+    }
+    if RESERVED_CLAIMS.contains(&key) {
+        return Err(format!(
+            "'{key}' has its own flag (or is set by the server)"
+        ));
+    }
+    let value = serde_json::from_str(value).unwrap_or_else(|_| value.into());
+    Ok((key.to_string(), value))
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
@@ -103,10 +180,51 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Cmd::Serve(ServeArgs::default())) {
+    match cli.command.unwrap_or(Cmd::Serve(cli.serve)) {
         Cmd::Serve(args) => serve(args),
         Cmd::Token(args) => token(args),
         Cmd::ProbeIo(args) => probe_io(args),
+        Cmd::Config(ConfigCmd::Check { file }) => config_check(&file),
+        Cmd::Tune(TuneCmd::Check { config }) => tune_check(config.as_deref()),
+    }
+}
+
+fn config_check(file: &std::path::Path) -> ExitCode {
+    let cfg = match Config::load(Some(file), &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match toml::to_string(&cfg) {
+        Ok(text) => {
+            println!("# {}: valid; the effective configuration:", file.display());
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot print the configuration: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tune_check(config: Option<&std::path::Path>) -> ExitCode {
+    let cfg = match Config::load(config, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let host = switchboard_control_plane::tune::Host::read(&cfg);
+    let report = switchboard_control_plane::tune::check(&host, &cfg);
+    print!("{}", report.render());
+    if report.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -162,12 +280,38 @@ fn token(args: TokenArgs) -> ExitCode {
     let channels = args.channels.map(list);
     let send_to = args.send_to.map(list);
     let schedule = args.schedule.then_some(true);
+    let mut extra: std::collections::BTreeMap<String, serde_json::Value> =
+        args.claims.into_iter().collect();
+    if let Some(t) = args.topics {
+        extra.insert("topics".into(), serde_json::json!(list(t)));
+    }
+    if let Some(r) = args.role {
+        extra.insert("role".into(), serde_json::json!(r));
+    }
+    if let Some(t) = args.team {
+        let teams = list(t);
+        let value = match teams.as_slice() {
+            [one] => serde_json::json!(one),
+            _ => serde_json::json!(teams),
+        };
+        extra.insert("team".into(), value);
+    }
+    if let Some(t) = args.tier {
+        extra.insert("tier".into(), serde_json::json!(t));
+    }
     println!(
         "{}",
         auth::mint_with(&secret, &args.sub, args.ttl, &cfg.auth, |c| {
             c.channels = channels;
             c.send_to = send_to;
             c.schedule = schedule;
+            c.extra.extend(extra);
+            if let Some(aud) = args.aud {
+                c.aud = Some(auth::Audience::One(aud));
+            }
+            if let Some(iss) = args.iss {
+                c.iss = Some(iss);
+            }
         })
     );
     ExitCode::SUCCESS
@@ -207,8 +351,11 @@ fn serve(args: ServeArgs) -> ExitCode {
     // Security events (refused tokens and keys, admin actions, rate-limit
     // disconnects) carry the target `security`: shown in both formats so they can be
     // routed apart.
+    // Colours only for a person at a terminal: a file or a log collector gets plain
+    // text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cfg.log.format {
         switchboard_control_plane::config::LogFormat::Json => builder
@@ -238,6 +385,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         );
         println!("         secret and API key. Tokens die with the process. Not for production:");
         println!("         set auth.hmac_secret (or a key file) and admin.api_key.");
+        println!("  Namespaces: room:* tracks presence; demo:* is stored (sync), with presence and edits.");
         println!("  Token (sub=dev, all channels, direct messages to anyone, scheduling, 24h):");
         println!("    {}", dev.token);
         println!("  Mint more:");

@@ -64,6 +64,14 @@ impl Server {
     /// shards (continuing the store's streams), the store writer, revocations, the
     /// workers, the auth threads, alerts, the admin listener.
     pub fn start(cfg: Config) -> Result<Server, Error> {
+        let mut cfg = cfg;
+        let dev_namespaces = cfg.add_dev_namespaces();
+        if !dev_namespaces.is_empty() {
+            tracing::info!(
+                namespaces = ?dev_namespaces,
+                "dev mode: room:* tracks presence; demo:* is stored (sync) with presence and edits"
+            );
+        }
         let keys = Keys::of(&cfg);
         let verifier = Arc::new(
             Verifier::new(&cfg.auth, keys.secret.as_deref())

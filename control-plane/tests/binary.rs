@@ -52,6 +52,18 @@ async fn dev_mode_serves_and_sigterm_drains_with_1001() {
     let ws = ws.unwrap();
     // The printed dev token works.
     let mut c = Client::connect(ws, Fmt::Json, &tok.unwrap()).await;
+    // Dev mode's namespaces: presence on room:*, demo:* stored with presence.
+    for channel in ["room:1", "demo:1"] {
+        let r = c
+            .call(json!({"cmd": "subscribe", "channel": channel}))
+            .await;
+        assert!(r.get("result").is_some(), "{r}");
+        let r = c.call(json!({"cmd": "presence", "channel": channel})).await;
+        assert!(
+            r["result"].to_string().contains("\"dev\""),
+            "{channel}: {r}"
+        );
+    }
     // So does one minted with the printed command.
     let minted = Command::new(BIN)
         .args([
@@ -282,4 +294,203 @@ async fn io_uring_forbidden_auto_falls_back_and_uring_refuses_to_start() {
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("io_uring: unavailable"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_flags_work_without_the_subcommand_and_logs_to_a_pipe_are_plain() {
+    let mut child = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+        ])
+        .env("SWITCHBOARD_ENGINE__IO", io_arg())
+        .env("SWITCHBOARD_STORE__PATH", temp_store())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ws = loop {
+        let line = lines.next().expect("banner").unwrap();
+        if let Some(rest) = line.trim().strip_prefix("WebSocket  ws://") {
+            break rest
+                .split('/')
+                .next()
+                .unwrap()
+                .parse::<std::net::SocketAddr>()
+                .unwrap();
+        }
+    };
+    let (tok, mut c) = loop {
+        let line = lines.next().expect("the dev token").unwrap();
+        if line.trim().starts_with("eyJ") {
+            let tok = line.trim().to_string();
+            break (tok.clone(), Client::connect(ws, Fmt::Json, &tok).await);
+        }
+    };
+    assert!(!tok.is_empty());
+    let r = c
+        .call(json!({"cmd": "subscribe", "channel": "room:1"}))
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    let logs = stop_binary(child);
+    assert!(logs.contains("engine started"), "{logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "no colour codes in a pipe: {logs:?}"
+    );
+}
+
+/// Run the binary with `args` (and `env`), which must succeed; its standard output.
+fn run_ok(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Run the binary with `args`, which must be refused (exit 2); its standard error.
+fn run_refused(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn the_token_command_sets_every_claim_the_server_reads() {
+    use base64::Engine as _;
+    let token = run_ok(
+        &[
+            "token",
+            "--secret",
+            "cli-test-secret-0123456789abcdef",
+            "--sub",
+            "dr-lee",
+            "--channels",
+            "visit:*,case:t1:*",
+            "--send-to",
+            "*",
+            "--schedule",
+            "--topics",
+            "news,alerts",
+            "--role",
+            "provider",
+            "--team",
+            "t1,t2",
+            "--tier",
+            "premium",
+            "--claim",
+            "clinic=7",
+            "--claim",
+            "langs=[\"en\",\"es\"]",
+            "--aud",
+            "switchboard",
+            "--iss",
+            "intake",
+            "--ttl",
+            "2h",
+        ],
+        &[],
+    );
+    let payload = token.trim().split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], "dr-lee");
+    assert_eq!(claims["channels"], json!(["visit:*", "case:t1:*"]));
+    assert_eq!(claims["send_to"], json!(["*"]));
+    assert_eq!(claims["schedule"], true);
+    assert_eq!(claims["topics"], json!(["news", "alerts"]));
+    assert_eq!(claims["role"], "provider");
+    assert_eq!(claims["team"], json!(["t1", "t2"]));
+    assert_eq!(claims["tier"], "premium");
+    assert_eq!(claims["clinic"], 7);
+    assert_eq!(claims["langs"], json!(["en", "es"]));
+    assert_eq!(claims["aud"], "switchboard");
+    assert_eq!(claims["iss"], "intake");
+    let ttl = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert_eq!(ttl, 7200);
+    // A claim with its own flag is refused by name.
+    let err = run_refused(&["token", "--secret", "x", "--sub", "a", "--claim", "exp=1"]);
+    assert!(err.contains("'exp' has its own flag"), "{err}");
+}
+
+#[test]
+fn config_check_prints_the_effective_configuration_or_the_key_at_fault() {
+    let dir = temp_store();
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    let good = dir.parent().unwrap().join("good.toml");
+    std::fs::write(
+        &good,
+        "[engine]\nshards = 3\n[namespaces.chat]\npresence = true\n",
+    )
+    .unwrap();
+    let text = run_ok(
+        &["config", "check", good.to_str().unwrap()],
+        &[("SWITCHBOARD_ENGINE__MAX_CONNECTIONS", "5000")],
+    );
+    let printed: switchboard_control_plane::Config = toml::from_str(&text).unwrap();
+    assert_eq!(printed.engine.shards, 3, "the file");
+    assert_eq!(printed.engine.max_connections, 5000, "the environment");
+    assert!(printed.namespaces["chat"].presence);
+    assert_eq!(printed.engine.backlog, 4096, "the defaults");
+    let bad = dir.parent().unwrap().join("bad.toml");
+    std::fs::write(&bad, "[engine]\nshards = \"many\"\n").unwrap();
+    let err = run_refused(&["config", "check", bad.to_str().unwrap()]);
+    assert!(err.contains("engine.shards"), "{err}");
+}
+
+#[test]
+fn tune_check_reports_this_host_with_its_limits() {
+    let out = Command::new(BIN).args(["tune", "check"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    for what in [
+        "open files",
+        "net.core.somaxconn",
+        "net.ipv4.tcp_mem",
+        "memory",
+        "io_uring",
+        "locked memory",
+        "cores",
+    ] {
+        assert!(text.contains(&format!("  {what}: ")), "{what} in {text}");
+    }
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert!(text.contains(&format!("cores: {cores} online")), "{text}");
+    if lim.rlim_max < 100_256 {
+        // This machine's limit binds, and the fix is printed.
+        let n = lim.rlim_max - 256;
+        assert!(
+            text.contains(&format!(
+                "can hold about {n} connections (bound by open files)"
+            )),
+            "{text}"
+        );
+        assert!(text.contains("LimitNOFILE="), "{text}");
+    }
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "nothing fatal with the defaults: {text}"
+    );
 }

@@ -415,12 +415,147 @@ async fn deploy_files_name_real_metrics_and_a_valid_config() {
         .join("\n");
     let path = std::env::temp_dir().join(format!("sb-k8s-{}.toml", std::process::id()));
     std::fs::write(&path, toml).unwrap();
-    let env: Vec<(String, String)> = vec![];
+    // What the pod adds: the Secret's variables and its own name as the node id.
+    let mut env: Vec<(String, String)> = k8s
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.trim().split_once(": ")?;
+            k.starts_with("SWITCHBOARD_")
+                .then(|| (k.to_string(), v.trim_matches('"').to_string()))
+        })
+        .collect();
+    env.push((
+        "SWITCHBOARD_CLUSTER__NODE_ID".into(),
+        "switchboard-0".into(),
+    ));
     let loaded = switchboard_control_plane::Config::load(Some(&path), &env);
     let _ = std::fs::remove_file(&path);
     let cfg = loaded.expect("the Kubernetes config loads");
     assert_eq!(cfg.admin.listen.port(), 7401);
     assert_eq!(cfg.engine.allowed_origins, ["https://app.example.com"]);
+    assert!(cfg.cluster.enabled(), "pods share Redis");
+    assert_eq!(
+        cfg.store.backend,
+        switchboard_control_plane::store::Backend::Postgres,
+        "and PostgreSQL: no per-pod store"
+    );
+    assert!(!k8s.contains("emptyDir"));
+    // The compose file's nodes: tuning/cluster.toml with their environment.
+    let compose = std::fs::read_to_string(root.join("compose.yaml")).unwrap();
+    let mut env: Vec<(String, String)> = compose
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.trim().split_once(": ")?;
+            k.starts_with("SWITCHBOARD_")
+                .then(|| (k.to_string(), v.to_string()))
+        })
+        .filter(|(k, _)| !k.starts_with("SWITCHBOARD_CLUSTER__NODE_ID"))
+        .collect();
+    env.push(("SWITCHBOARD_CLUSTER__NODE_ID".into(), "node-a".into()));
+    let cluster_profile = root.join("../tuning/cluster.toml");
+    let cfg = switchboard_control_plane::Config::load(Some(&cluster_profile), &env)
+        .expect("the compose nodes' configuration loads");
+    assert_eq!(cfg.cluster.redis_url, "redis://redis:6379");
+    assert_eq!(
+        cfg.store.backend,
+        switchboard_control_plane::store::Backend::Postgres
+    );
     server.shutdown();
     server.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_snapshot_agrees_with_the_text_and_reads_one_family() {
+    let server = start(|_| {});
+    let admin = server.admin_addr();
+    let _c = Client::connect(server.ws_addr(), Fmt::Json, &token("snap", None)).await;
+    let (status, v) = api(admin, "GET", "/metrics/snapshot", &json!(null)).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["at_ms"].as_u64().unwrap() > 0);
+    let conns = &v["metrics"]["switchboard_connections"];
+    assert_eq!(conns["type"], "gauge", "{conns}");
+    let open: f64 = conns["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["value"].as_f64().unwrap())
+        .sum();
+    assert!(open >= 1.0, "{conns}");
+    assert!(v["metrics"].as_object().unwrap().len() > 20);
+    let (status, one) = api(
+        admin,
+        "GET",
+        "/metrics/snapshot/switchboard_connections",
+        &json!(null),
+    )
+    .await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["name"], "switchboard_connections");
+    assert_eq!(one["samples"][0]["labels"]["shard"], "0", "{one}");
+    let (status, err) = api(
+        admin,
+        "GET",
+        "/metrics/snapshot/no_such_metric",
+        &json!(null),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(err["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no_such_metric"));
+    server.shutdown();
+    server.wait();
+}
+
+/// Run deploy/nagios/check_switchboard against `port` (off the runtime: it blocks).
+async fn nagios(port: u16, extra: &[&str]) -> (i32, String) {
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/nagios/check_switchboard");
+        let out = std::process::Command::new(script)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
+            .output()
+            .expect("bash and curl");
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nagios_check_reads_health_ready() {
+    let secret = "nagios-admin-secret-0123456789";
+    let server = start(|c| c.admin.jwt_secret = Some(secret.into()));
+    let port = server.admin_addr().port();
+    let _c = Client::connect(server.ws_addr(), Fmt::Json, &token("n", None)).await;
+    let (code, out) = nagios(port, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with("SWITCHBOARD OK - ready, 1 connections"),
+        "{out}"
+    );
+    assert!(out.contains("| connections=1;"), "{out}");
+    let (code, out) = nagios(port, &["-w", "1", "-c", "5"]).await;
+    assert_eq!(code, 1, "{out}");
+    let (code, out) = nagios(port, &["-c", "1"]).await;
+    assert_eq!(code, 2, "{out}");
+    // Maintenance: not ready, critical.
+    let body = r#"{"on": true, "message": "upgrade"}"#;
+    let admin = server.admin_addr();
+    let (status, _) = admin_request(admin, secret, "POST", "/admin/maintenance", body).await;
+    assert_eq!(status, 200);
+    let (code, out) = nagios(port, &[]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("maintenance (HTTP 503)"), "{out}");
+    server.shutdown();
+    server.wait();
+    let (code, out) = nagios(port, &["-t", "2"]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no answer"), "{out}");
 }

@@ -742,3 +742,35 @@ async fn publish_without_reply_answers_only_refusals() {
     server.shutdown();
     server.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_chose_no_format_is_understood_by_its_first_message() {
+    let server = start(|_| {});
+    let addr = server.ws_addr();
+    let tok = token("ann", None);
+    // No subprotocol, no ?format=json: a text frame means JSON…
+    for (fmt, shape) in [(Fmt::Json, "text"), (Fmt::MsgPack, "binary")] {
+        let (stream, head) = upgrade(addr, None, "").await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(!head.contains("Sec-WebSocket-Protocol"), "{head}");
+        let mut c = Client::from_upgraded(stream, fmt);
+        let r = c.call(json!({"cmd": "connect", "token": tok})).await;
+        assert!(r["result"]["client"].is_string(), "{shape}: {r}");
+        let r = c
+            .call(json!({"cmd": "subscribe", "channel": "room:auto"}))
+            .await;
+        assert!(r.get("result").is_some(), "{shape}: {r}");
+    }
+    // …and a chosen format stays chosen: MessagePack asked for, JSON text sent.
+    let mut c = Client::open(addr, Fmt::MsgPack).await;
+    c.fmt = Fmt::Json;
+    c.send(&json!({"cmd": "connect", "id": 1, "token": tok}))
+        .await;
+    let (_, code, reason) = c.expect_close().await;
+    assert_eq!(code, 4000, "a command not in the chosen format");
+    assert!(
+        reason.contains("switchboard.v1.json") && reason.contains("?format=json"),
+        "{reason}"
+    );
+    server.shutdown();
+}

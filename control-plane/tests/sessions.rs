@@ -632,3 +632,76 @@ async fn scheduled_messages_fire_on_time_after_a_restart_and_can_be_cancelled() 
     server.wait();
     let _ = std::fs::remove_dir_all(store.parent().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_reads_an_inbox_s_devices_and_clears_what_is_pending() {
+    let server = start(|c| c.admin.jwt_secret = Some("inbox-admin-secret-0123456789".into()));
+    let (addr, admin) = (server.ws_addr(), server.admin_addr());
+    let bob = rich_token("bob", None, false);
+    let mut phone = connect_with(
+        addr,
+        json!({"cmd": "connect", "token": bob, "device": "phone"}),
+    )
+    .await
+    .0;
+    phone.next_push(&["inbox"]).await;
+    for i in 1..=3 {
+        let body = json!({"users": ["bob"], "data": i, "from": "ops"});
+        let (st, r) = api(admin, "POST", "/api/send", &body).await;
+        assert_eq!(st, 200, "{r}");
+    }
+    for _ in 0..3 {
+        phone.next_publication().await;
+    }
+    let r = phone.call(json!({"cmd": "ack", "offset": 1})).await;
+    assert_eq!(r["result"], json!({}), "{r}");
+    let (_laptop, _) = connect_with(
+        addr,
+        json!({"cmd": "connect", "token": bob, "device": "laptop"}),
+    )
+    .await;
+    let (st, stats) = api(admin, "GET", "/api/users/bob/inbox/stats", &Value::Null).await;
+    assert_eq!(st, 200, "{stats}");
+    assert_eq!(stats["channel"], "inbox:bob");
+    assert_eq!(stats["offset"], 3);
+    assert_eq!(stats["devices"][0]["device"], "phone", "{stats}");
+    assert_eq!(stats["devices"][0]["pending"], 2, "{stats}");
+
+    // Cleared: the phone's cursor moves to the latest message, audited.
+    let (st, r) = api(admin, "DELETE", "/api/users/bob/inbox", &Value::Null).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["cleared"], 1, "{r}");
+    let (_, stats) = api(admin, "GET", "/api/users/bob/inbox/stats", &Value::Null).await;
+    assert!(
+        stats["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["pending"] == 0),
+        "{stats}"
+    );
+    // The phone comes back: nothing pending.
+    drop(phone);
+    let mut phone = connect_with(
+        addr,
+        json!({"cmd": "connect", "token": bob, "device": "phone"}),
+    )
+    .await
+    .0;
+    let inbox = phone.next_push(&["inbox"]).await;
+    assert!(offsets(&inbox).is_empty(), "{inbox}");
+    let (st, audit) = admin_request(
+        admin,
+        "inbox-admin-secret-0123456789",
+        "GET",
+        "/admin/audit",
+        "",
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert!(audit.to_string().contains("\"inbox.clear\""), "{audit}");
+    let (st, _) = api(admin, "GET", "/api/users/%20/inbox/stats", &Value::Null).await;
+    assert_eq!(st, 400);
+    server.shutdown();
+    server.wait();
+}

@@ -588,6 +588,28 @@ impl EngineHandle {
         envelope::valid_channel(&channel).then_some(channel)
     }
 
+    /// `user`'s inbox: its devices' cursors and what each has not acknowledged; with
+    /// `clear`, every cursor moved to the latest offset first (server API).
+    pub fn inbox_state(
+        &self,
+        user: &str,
+        clear: bool,
+    ) -> Result<tokio::sync::oneshot::Receiver<crate::marks::InboxState>, Error> {
+        let channel = self.inbox_channel(user).ok_or(Error::InvalidChannel)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let owner = self.mesh.home_of(&channel);
+        let msg = ShardMsg::InboxState {
+            channel: channel.as_str().into(),
+            clear,
+            answer: tx,
+        };
+        self.mesh
+            .inbox(owner as usize)
+            .push(msg)
+            .map_err(|_| Error::Overloaded)?;
+        Ok(rx)
+    }
+
     /// Every receipt of `channel` (server API), from its owner shard.
     pub fn receipts(
         &self,

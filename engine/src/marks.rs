@@ -45,6 +45,34 @@ pub struct ReceiptView {
     pub at: u64,
 }
 
+/// One device's place in an inbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceCursor {
+    /// The device name it connects with.
+    pub device: String,
+    /// Acknowledged up to this offset (of `epoch`).
+    pub offset: u64,
+    /// Epoch of the offset (16 hex digits).
+    pub epoch: String,
+    /// Messages after it, not yet acknowledged (all of them after a new epoch).
+    pub pending: u64,
+}
+
+/// A user's inbox: its position, its devices' cursors, and what a clear did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InboxState {
+    /// The inbox channel.
+    pub channel: String,
+    /// Its current epoch (16 hex digits), or empty if it has no stream.
+    pub epoch: String,
+    /// Its latest offset.
+    pub offset: u64,
+    /// Each device with a cursor, as it was before any clear.
+    pub devices: Vec<DeviceCursor>,
+    /// Devices whose cursor a clear moved to the latest offset.
+    pub cleared: usize,
+}
+
 /// Every receipt of a channel, with the channel's current position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReceiptList {
@@ -106,6 +134,17 @@ impl Marks {
     /// Device `device`'s cursor on `channel`.
     pub fn cursor(&self, channel: &str, device: &str) -> Option<Position> {
         self.channels.get(channel)?.cursors.get(device).copied()
+    }
+
+    /// Every device's cursor on `channel`, by device name.
+    pub fn cursors(&self, channel: &str) -> Vec<(Box<str>, Position)> {
+        let mut list: Vec<(Box<str>, Position)> = self
+            .channels
+            .get(channel)
+            .map(|c| c.cursors.iter().map(|(d, p)| (d.clone(), *p)).collect())
+            .unwrap_or_default();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
     }
 
     /// Move `device`'s cursor on `channel` to `to` if that is forward (or a newer

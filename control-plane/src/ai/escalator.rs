@@ -13,7 +13,6 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-#[allow(clippy::disallowed_types)] // Control plane, never a shard: workers and admin API.
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -99,7 +98,6 @@ struct Job {
 
 /// Counters and lists the admin API and metrics read.
 #[derive(Debug, Default)]
-#[allow(clippy::disallowed_types)] // See the import.
 pub struct EscalationBook {
     /// Escalations fired.
     pub fired: AtomicU64,

@@ -8,7 +8,6 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-#[allow(clippy::disallowed_types)] // Control plane, never a shard: workers and admin API.
 use std::sync::Mutex;
 
 use switchboard_engine::ai_tap::AiItem;
@@ -45,7 +44,6 @@ pub struct HeldView {
 
 /// One pipeline's held messages.
 #[derive(Debug)]
-#[allow(clippy::disallowed_types)] // See the import.
 pub struct HeldBook {
     namespace: String,
     cap: usize,
@@ -56,7 +54,6 @@ pub struct HeldBook {
 
 impl HeldBook {
     /// An empty book of `workers` lists holding at most `cap` messages in all.
-    #[allow(clippy::disallowed_types)] // See the import.
     pub fn new(namespace: &str, workers: usize, cap: usize) -> HeldBook {
         HeldBook {
             namespace: namespace.into(),

@@ -392,4 +392,38 @@ impl Config {
             && self.auth.rsa_public_key_file.is_none()
             && self.auth.ec_public_key_file.is_none()
     }
+
+    /// In dev mode, what a newcomer tries first works without a config file: `room:*`
+    /// channels track presence, and `demo:*` channels are stored (`sync`), with
+    /// presence and edits. Namespaces the configuration names are left as they are.
+    /// Gives the namespaces added.
+    pub fn add_dev_namespaces(&mut self) -> Vec<&'static str> {
+        if !self.dev_mode() {
+            return Vec::new();
+        }
+        let mut added = Vec::new();
+        if !self.namespaces.contains_key("room") {
+            self.namespaces.insert(
+                "room".into(),
+                NamespaceConfig {
+                    presence: true,
+                    ..Default::default()
+                },
+            );
+            added.push("room");
+        }
+        if !self.namespaces.contains_key("demo") {
+            self.namespaces.insert(
+                "demo".into(),
+                NamespaceConfig {
+                    durability: Durability::Sync,
+                    presence: true,
+                    edits: true,
+                    ..Default::default()
+                },
+            );
+            added.push("demo");
+        }
+        added
+    }
 }

@@ -56,6 +56,24 @@ fn the_shipped_cluster_profile_loads() {
 }
 
 #[test]
+fn the_shipped_profiles_load_and_change_what_they_say() {
+    let load = |name: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tuning/{name}.toml"));
+        Config::load(Some(&path), &env(&[])).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let low = load("low-latency");
+    assert_eq!(low.engine.uring_coalesce_us, 0);
+    assert_eq!(low.engine.max_outbound_bytes, 131_072);
+    let fanout = load("high-fanout");
+    assert_eq!(fanout.engine.max_outbound_bytes, 1_048_576);
+    assert_eq!(fanout.engine.inbox_capacity, 262_144);
+    let many = load("max-connections");
+    assert_eq!(many.engine.max_connections, 1_000_000);
+    assert_eq!(many.engine.max_connections_per_ip, 0);
+    assert_eq!(many.engine.backlog, 65_535);
+}
+
+#[test]
 fn env_overrides() {
     let c = Config::load(
         None,

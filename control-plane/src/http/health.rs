@@ -1,6 +1,7 @@
 //! Health and metrics: `/health/live`, `/health/ready` (every shard accepting, the
 //! store writing, not in maintenance; `degraded` but still ready while a cluster's
-//! Redis is away) and `/metrics` (Prometheus text).
+//! Redis is away), `/metrics` (Prometheus text) and `/metrics/snapshot` (the same as
+//! JSON, whole or one family).
 //!
 //! Owns these routes and the readiness computation the admin health view shares. Does
 //! not own the metrics' rendering (`crate::metrics`).
@@ -26,6 +27,8 @@ pub fn routes() -> Router<Arc<HttpState>> {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics_text))
+        .route("/metrics/snapshot", get(metrics_snapshot))
+        .route("/metrics/snapshot/{name}", get(metric_family))
 }
 
 pub(super) async fn live() -> Response {
@@ -122,7 +125,8 @@ fn sync_warning(c: &crate::cluster::ClusterState) -> Option<String> {
     (!w.is_empty()).then_some(w)
 }
 
-pub(super) async fn metrics_text(State(s): State<Arc<HttpState>>) -> Response {
+/// The exposition text of everything, as `/metrics` serves it.
+async fn exposition(s: &HttpState) -> String {
     // Connections by state and queue depths: each shard counts its own (one pass over
     // its connections per scrape); a shard too busy to answer is left out.
     let census = s
@@ -132,21 +136,57 @@ pub(super) async fn metrics_text(State(s): State<Arc<HttpState>>) -> Response {
         })
         .await
         .unwrap_or_default();
+    metrics::render(
+        &s.engine,
+        &s.auth,
+        &s.api,
+        s.store.as_ref(),
+        &s.alerts,
+        &census,
+        s.cluster.as_deref(),
+        &s.ai,
+    )
+}
+
+pub(super) async fn metrics_text(State(s): State<Arc<HttpState>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics::render(
-            &s.engine,
-            &s.auth,
-            &s.api,
-            s.store.as_ref(),
-            &s.alerts,
-            &census,
-            s.cluster.as_deref(),
-            &s.ai,
-        ),
+        exposition(&s).await,
     )
         .into_response()
+}
+
+/// `GET /metrics/snapshot`: every metric as JSON (`{"at_ms", "metrics": {NAME: {type,
+/// help, samples: [{name, labels, value}]}}}`).
+async fn metrics_snapshot(State(s): State<Arc<HttpState>>) -> Response {
+    let mut body = metrics::snapshot::snapshot(&exposition(&s).await);
+    body["at_ms"] = json!(crate::clock::now_ms());
+    Json(body).into_response()
+}
+
+/// `GET /metrics/snapshot/{name}`: one family (404 naming it when there is none).
+async fn metric_family(
+    State(s): State<Arc<HttpState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    let text = exposition(&s).await;
+    match metrics::snapshot::families(&text)
+        .into_iter()
+        .find(|(n, _)| *n == name)
+    {
+        Some((_, family)) => {
+            let mut body = serde_json::to_value(family).unwrap_or(Value::Null);
+            body["name"] = json!(name);
+            body["at_ms"] = json!(crate::clock::now_ms());
+            Json(body).into_response()
+        }
+        None => super::errors::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no metric family {name:?} (GET /metrics/snapshot lists them)"),
+        ),
+    }
 }

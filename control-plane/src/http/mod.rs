@@ -10,7 +10,8 @@
 //! - [`health`]: `/health/*`, `/metrics`.
 //! - [`server_api`]: `/api/publish`, history, send, receipts, presence, schedule, calls.
 //! - [`notifications`]: create, list and read notifications (`/api/notifications*`).
-//! - [`users`]: `/api/users/*`, broadcast, the OpenAPI document.
+//! - [`users`]: `/api/users/*`, broadcast, the OpenAPI document; [`inboxes`]: a user's
+//!   inbox, its devices' cursors, clearing it.
 //! - [`admin_auth`]: admin tokens; [`admin_api`]: `/admin/*`; [`breakers`]:
 //!   `/admin/breakers`; [`ai_admin`]: `/admin/ai*` (pipelines, held messages).
 //! - [`guesses`]: failed credentials throttled per address (429 when out).
@@ -29,6 +30,7 @@ mod data_requests;
 pub mod errors;
 pub mod guesses;
 pub mod health;
+mod inboxes;
 pub mod keys;
 pub mod notifications;
 pub mod requests;
@@ -54,6 +56,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .merge(server_api::routes())
         .merge(notifications::routes())
         .merge(users::routes())
+        .merge(inboxes::routes())
         .merge(admin_api::routes())
         .merge(breakers::routes())
         .merge(ai_admin::routes())

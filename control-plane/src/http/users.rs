@@ -1,5 +1,5 @@
 //! The server API's user and connection routes for backends (API keys with scopes):
-//! broadcast to everyone, a user's status and pending inbox, server-side subscriptions
+//! broadcast to everyone, a user's status, server-side subscriptions
 //! and notification topics, disconnecting a user or a connection, revoking a user's
 //! tokens; and the OpenAPI document of the whole server API (`GET /api/openapi.json`,
 //! no key needed).
@@ -14,7 +14,7 @@
 
 use super::errors::{error, invalid};
 use super::notifications::refusal;
-use super::requests::{checked_query, json_body, key_of};
+use super::requests::{json_body, key_of};
 use super::state::HttpState;
 use axum::body::Body;
 use axum::extract::State;
@@ -37,7 +37,6 @@ pub fn routes() -> Router<Arc<HttpState>> {
         .route("/api/openapi.json", get(openapi))
         .route("/api/broadcast", post(broadcast))
         .route("/api/users/{user}", get(user_status))
-        .route("/api/users/{user}/inbox", get(user_inbox))
         .route("/api/users/{user}/disconnect", post(disconnect_user))
         .route("/api/users/{user}/revoke", post(revoke_user))
         .route("/api/users/{user}/subscribe", post(user_subscribe))
@@ -171,39 +170,6 @@ pub(super) async fn user_status(
         "last_seen": last_seen,
     }))
     .into_response()
-}
-
-#[derive(Deserialize)]
-pub(super) struct InboxQuery {
-    #[serde(default)]
-    since: u64,
-    #[serde(default)]
-    limit: Option<u32>,
-}
-
-/// `GET /api/users/{user}/inbox[?since=OFFSET&limit=N]`: the user's inbox messages after
-/// `since` (a device's cursor: what it has not acknowledged), oldest first.
-pub(super) async fn user_inbox(
-    State(s): State<Arc<HttpState>>,
-    headers: HeaderMap,
-    path: axum::extract::Path<String>,
-    query: Result<axum::extract::Query<InboxQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let q = match checked_query(&s, &headers, query, "[?since=OFFSET&limit=N]") {
-        Ok(q) => q,
-        Err(r) => return r,
-    };
-    let Some(channel) = s.engine.inbox_channel(&path.0) else {
-        return invalid("user", "inboxes are off or the user id is invalid");
-    };
-    let page = switchboard_protocol::history::Page {
-        after: q.since,
-        limit: q.limit.unwrap_or(100).clamp(1, 1000),
-        ..Default::default()
-    };
-    super::server_api::history_of(&s, &channel, page)
-        .await
-        .unwrap_or_else(|r| r)
 }
 
 #[derive(Deserialize, Default)]

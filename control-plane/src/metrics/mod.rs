@@ -9,11 +9,13 @@
 //! - `text`: the exposition format (families, samples, histograms);
 //! - `shards`: one `expose` for what the shards count;
 //! - `components`: one `expose` per control-plane component (breakers, process, auth
-//!   and API, store); `ai`: the AI pipelines and model endpoints.
+//!   and API, store); `ai`: the AI pipelines and model endpoints;
+//! - [`snapshot`]: the same text read back as JSON (`/metrics/snapshot`).
 
 mod ai;
 mod components;
 mod shards;
+pub mod snapshot;
 mod text;
 
 use switchboard_engine::control::Census;

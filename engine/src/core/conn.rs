@@ -68,6 +68,9 @@ pub struct Conn {
     pub(super) state: ConnState,
     /// Envelope format chosen by the subprotocol.
     pub(super) format: Format,
+    /// No format was asked for (no subprotocol, no `?format=json`): the first message
+    /// decides — a text frame means JSON, a binary frame MessagePack.
+    pub(super) format_open: bool,
     /// Peer address, released from the per-IP count on removal.
     pub(super) peer: IpAddr,
     /// Tick the current phase began (accept, upgrade, close).

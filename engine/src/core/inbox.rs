@@ -5,6 +5,8 @@
 //! `unschedule` (handed to the control plane). Does not own storage of marks
 //! ([`crate::marks`]) or firing schedules (control plane).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use switchboard_protocol::{ErrorCode, Payload, Position};
 
@@ -13,7 +15,7 @@ use super::ShardCore;
 use crate::access::Action;
 use crate::auth::{ControlRequest, ScheduleJob};
 use crate::journal::{MarkKind, MarkRecord};
-use crate::marks::ReceiptList;
+use crate::marks::{DeviceCursor, InboxState, ReceiptList};
 use crate::mesh::{MarkUpdate, ReplyBody, ShardMsg};
 use crate::metrics::CommandKind;
 
@@ -209,6 +211,52 @@ impl ShardCore {
     }
 
     /// On the owner: every receipt of `channel`, with its current position.
+    /// On an inbox's owner: its devices' cursors and what they have not acknowledged;
+    /// with `clear`, every cursor moves to the latest offset (stored and shared like an
+    /// `ack`), so no device has anything pending.
+    pub(super) fn inbox_state(&mut self, channel: Arc<str>, clear: bool) -> InboxState {
+        let top = self.streams.current(&channel).unwrap_or_default();
+        let devices: Vec<DeviceCursor> = self
+            .marks
+            .cursors(&channel)
+            .into_iter()
+            .map(|(device, at)| DeviceCursor {
+                device: device.into(),
+                offset: at.offset,
+                epoch: at.epoch_hex().as_str().to_string(),
+                pending: if at.epoch == top.epoch {
+                    top.offset.saturating_sub(at.offset)
+                } else {
+                    top.offset
+                },
+            })
+            .collect();
+        let mut cleared = 0;
+        if clear {
+            for d in devices.iter().filter(|d| d.pending > 0) {
+                self.apply_mark(MarkUpdate {
+                    channel: channel.clone(),
+                    kind: MarkKind::Cursor,
+                    who: d.device.as_str().into(),
+                    delivered: None,
+                    read: Some(top.offset),
+                });
+                cleared += 1;
+            }
+        }
+        InboxState {
+            channel: channel.to_string(),
+            epoch: if top.epoch == 0 && top.offset == 0 {
+                String::new()
+            } else {
+                top.epoch_hex().as_str().to_string()
+            },
+            offset: top.offset,
+            devices,
+            cleared,
+        }
+    }
+
     pub(super) fn receipt_list(&self, channel: &str) -> ReceiptList {
         let top = self.streams.current(channel);
         ReceiptList {

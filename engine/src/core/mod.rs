@@ -419,6 +419,7 @@ impl ShardCore {
             ping_sent: false,
             dirty: false,
             input_paused: false,
+            format_open: false,
             pending_in: None,
             assembler: MessageAssembler::default(),
             out: OutQueue::default(),
@@ -540,6 +541,13 @@ impl ShardCore {
                 members,
                 answer,
             } => self.answer_presence(channel, members, answer),
+            ShardMsg::InboxState {
+                channel,
+                clear,
+                answer,
+            } => {
+                let _ = answer.send(self.inbox_state(channel, clear));
+            }
             ShardMsg::Receipts { channel, answer } => {
                 let list = self.receipt_list(&channel);
                 self.answer_with(answer, list, CommandKind::Receipts, ReplyBody::Receipts);

@@ -12,9 +12,13 @@ use bytes::{Buf, Bytes, BytesMut};
 use switchboard_protocol::envelope;
 use switchboard_protocol::frame::{self, Check, OpCode, Role};
 use switchboard_protocol::handshake::{self, Parse, Upgrade};
-use switchboard_protocol::{CloseCode, Error as WireError, Message};
+use switchboard_protocol::{CloseCode, Error as WireError, Format, Message};
 
 use super::conn::{mark_dirty, ConnState};
+
+/// The close reason of a text frame on a connection that chose MessagePack.
+const TEXT_ON_MSGPACK: &str =
+    "text frame on a MessagePack connection: offer switchboard.v1.json or add ?format=json";
 use super::ShardCore;
 use crate::metrics::{CloseKind, ShardMetrics, COMMAND_SAMPLE};
 
@@ -146,6 +150,9 @@ impl ShardCore {
         let now = self.tick;
         let conn = &mut self.conns[slot as usize];
         conn.format = up.format;
+        // No subprotocol and no `?format=json` (which gives JSON): left to the first
+        // message, so a client that forgot to choose is understood either way.
+        conn.format_open = !up.subprotocol_offered && up.format == Format::MsgPack;
         conn.state = ConnState::AwaitingConnect;
         conn.since = now;
         if let Some(b) = up.bearer.as_deref() {
@@ -226,9 +233,35 @@ impl ShardCore {
             Message::Binary(payload) if self.conns[slot as usize].eio.is_some() => {
                 self.eio_ws_message(slot, true, payload)
             }
-            Message::Text(payload) | Message::Binary(payload) => {
+            Message::Text(payload) => {
+                self.settle_format(slot, Format::Json);
+                if self.conns[slot as usize].format == Format::MsgPack {
+                    // Never a MessagePack command (not UTF-8): a client in the wrong
+                    // format, told how to choose.
+                    let code = CloseCode(WireError::Envelope(String::new()).close_code());
+                    return self.begin_close(
+                        slot,
+                        code,
+                        TEXT_ON_MSGPACK,
+                        CloseKind::MalformedCommand,
+                    );
+                }
                 self.handle_command(slot, &payload)
             }
+            Message::Binary(payload) => {
+                self.settle_format(slot, Format::MsgPack);
+                self.handle_command(slot, &payload)
+            }
+        }
+    }
+
+    /// A connection that chose no format takes the one its first message is in.
+    #[inline]
+    fn settle_format(&mut self, slot: u32, format: Format) {
+        let conn = &mut self.conns[slot as usize];
+        if conn.format_open {
+            conn.format = format;
+            conn.format_open = false;
         }
     }
 

@@ -178,6 +178,16 @@ pub enum ShardMsg {
         /// Where the answer goes.
         answer: Answer<PresenceList>,
     },
+    /// For an inbox's owner: its devices' cursors, all moved to the latest offset
+    /// when `clear` (the server API).
+    InboxState {
+        /// The inbox channel.
+        channel: Arc<str>,
+        /// Move every device's cursor to the latest offset.
+        clear: bool,
+        /// Where the state goes.
+        answer: tokio::sync::oneshot::Sender<crate::marks::InboxState>,
+    },
     /// For this channel's owner: list the channel's receipts.
     Receipts {
         /// Channel name.
