@@ -463,6 +463,14 @@ async fn fail_closed_holds_then_releases_in_order() {
     assert_eq!(refused["error"]["code"], 103, "{refused}");
     let (status, _) = admin_call(&server, "DELETE", &format!("/admin/ai/held/{id}")).await;
     assert_eq!(status, 404);
+    // Bad ids: a clear 400 or 404, nothing released.
+    let (status, v) = admin_call(&server, "DELETE", "/admin/ai/held/abc").await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+    let (status, _) = admin_call(&server, "POST", "/admin/ai/held/999999/release").await;
+    assert_eq!(status, 404);
+    let (status, _) = admin_call(&server, "POST", "/admin/ai/held/-1/release").await;
+    assert_eq!(status, 400);
     let (_, audit) = admin_call(&server, "GET", "/admin/audit").await;
     assert!(audit.to_string().contains("ai.held.reject"), "{audit}");
     server.shutdown();

@@ -189,8 +189,7 @@ impl EscalationConfig {
                     "must not be empty".into(),
                 ));
             }
-            let escaped = regex::escape(k.trim()).replace(' ', r"\s+");
-            let re = Regex::new(&format!(r"(?i)(?:^|\b|\W){escaped}(?:$|\b|\W)"))
+            let re = super::intent::keyword_regex(k)
                 .map_err(|e| ConfigError::new(key(&format!("keywords[{j}]")), e.to_string()))?;
             keywords.push((k.clone(), re));
         }

@@ -135,18 +135,23 @@ impl HeldBook {
         None
     }
 
+    /// What the admin API shows of `held`.
+    pub fn view(&self, held: &Held) -> HeldView {
+        HeldView {
+            id: held.id,
+            namespace: self.namespace.clone(),
+            channel: held.item.channel.to_string(),
+            author: held.item.author.as_deref().map(str::to_owned),
+            since_ms: held.since_ms,
+            why: held.why.clone(),
+        }
+    }
+
     /// What is held, oldest first per worker.
     pub fn views(&self) -> Vec<HeldView> {
         let mut out = Vec::new();
         for w in 0..self.workers.len() {
-            out.extend(self.list(w).iter().map(|h| HeldView {
-                id: h.id,
-                namespace: self.namespace.clone(),
-                channel: h.item.channel.to_string(),
-                author: h.item.author.as_deref().map(str::to_owned),
-                since_ms: h.since_ms,
-                why: h.why.clone(),
-            }));
+            out.extend(self.list(w).iter().map(|h| self.view(h)));
         }
         out.sort_by_key(|v| v.id);
         out

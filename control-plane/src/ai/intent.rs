@@ -33,6 +33,13 @@ pub struct Intent {
     pub matched: Vec<String>,
 }
 
+/// The pattern of a keyword or phrase: whole words, any case, spaces in a phrase
+/// matching any run of spaces (the intent rules' and the escalation rules').
+pub fn keyword_regex(keyword: &str) -> Result<Regex, regex::Error> {
+    let escaped = regex::escape(keyword.trim()).replace(' ', r"\s+");
+    Regex::new(&format!(r"(?i)(?:^|\b|\W){escaped}(?:$|\b|\W)"))
+}
+
 /// Compiled rules.
 #[derive(Debug)]
 pub struct IntentRules {
@@ -64,15 +71,10 @@ impl IntentRules {
                         message: "must not be empty".into(),
                     });
                 }
-                // Whole words; spaces in a phrase match any run of spaces.
-                let escaped = regex::escape(k.trim()).replace(' ', r"\s+");
-                let re =
-                    Regex::new(&format!(r"(?i)(?:^|\b|\W){escaped}(?:$|\b|\W)")).map_err(|e| {
-                        ConfigError {
-                            key: format!("{key}[{i}].keywords[{j}]"),
-                            message: e.to_string(),
-                        }
-                    })?;
+                let re = keyword_regex(k).map_err(|e| ConfigError {
+                    key: format!("{key}[{i}].keywords[{j}]"),
+                    message: e.to_string(),
+                })?;
                 words.push((k.clone(), re));
             }
             out.push((r.intent.clone(), words));

@@ -187,7 +187,7 @@ impl AiView {
     /// shard answers.
     pub fn release(&self, id: u64) -> Result<(HeldView, Position), HeldError> {
         let (p, held) = self.take_held(id).ok_or(HeldError::NotFound)?;
-        let view = view_of(p, &held);
+        let view = p.held.view(&held);
         let out = self.outlet.as_ref().ok_or(HeldError::NotFound)?;
         PipelineStats::bump(&p.stats.released);
         let position = out.release(*held.item).map_err(HeldError::Refused)?;
@@ -197,7 +197,7 @@ impl AiView {
     /// Reject held message `id`: its publisher is told it was refused.
     pub fn reject(&self, id: u64) -> Result<HeldView, HeldError> {
         let (p, held) = self.take_held(id).ok_or(HeldError::NotFound)?;
-        let view = view_of(p, &held);
+        let view = p.held.view(&held);
         PipelineStats::bump(&p.stats.rejected);
         if let Some(out) = &self.outlet {
             let refused = Refused {
@@ -207,17 +207,6 @@ impl AiView {
             out.refuse(held.item.reply, refused);
         }
         Ok(view)
-    }
-}
-
-fn view_of(p: &Pipeline, h: &Held) -> HeldView {
-    HeldView {
-        id: h.id,
-        namespace: p.namespace.clone(),
-        channel: h.item.channel.to_string(),
-        author: h.item.author.as_deref().map(str::to_owned),
-        since_ms: h.since_ms,
-        why: h.why.clone(),
     }
 }
 

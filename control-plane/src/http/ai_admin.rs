@@ -21,6 +21,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use crate::ai::escalator::{Delivery, EscalationBook};
+use crate::ai::held::HeldView;
 use crate::ai::pipeline::{mode_name, HeldError};
 use crate::clock::now_ms;
 
@@ -178,6 +179,14 @@ fn not_found() -> Response {
     )
 }
 
+/// Record an operator's release or rejection of a held message.
+fn audit_held(s: &HttpState, who: &super::admin_auth::Admin, action: &str, view: &HeldView) {
+    let detail = json!({ "id": view.id, "namespace": view.namespace, "author": view.author });
+    let _ = s
+        .audit
+        .record(&who.name, action, Some(&view.channel), "ok", &detail);
+}
+
 /// `POST /admin/ai/held/{id}/release`: deliver a held message unscreened.
 async fn release(
     State(s): State<Arc<HttpState>>,
@@ -212,13 +221,7 @@ async fn release(
             )
         }
     };
-    let _ = s.audit.record(
-        &who.name,
-        "ai.held.release",
-        Some(&view.channel),
-        "ok",
-        &json!({ "id": id, "namespace": view.namespace, "author": view.author }),
-    );
+    audit_held(&s, &who, "ai.held.release", &view);
     Json(json!({ "ok": true, "id": id, "position": outcome })).into_response()
 }
 
@@ -236,12 +239,6 @@ async fn reject(
         Ok(v) => v,
         Err(_) => return not_found(),
     };
-    let _ = s.audit.record(
-        &who.name,
-        "ai.held.reject",
-        Some(&view.channel),
-        "ok",
-        &json!({ "id": id, "namespace": view.namespace, "author": view.author }),
-    );
+    audit_held(&s, &who, "ai.held.reject", &view);
     Json(json!({ "ok": true, "id": id })).into_response()
 }
